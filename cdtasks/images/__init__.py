@@ -1,0 +1,178 @@
+"""Images the lab needs, built offline: Debian packages -> root filesystem (mmdebstrap) -> image.
+
+Docker Hub is unreachable on air-gapped sites (and on the machines this project is built on), so
+every image is built from Debian bookworm packages and cached: an image is rebuilt only when its
+recipe changes (the recipe hash is an image label). Each image is tagged with the upstream version
+it pins, and the build fails if Debian ships another upstream version than the pin.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+HERE = Path(__file__).parent
+SOURCES = "/etc/apt/sources.list.d/debian.sources"
+SUITE = "bookworm"
+RECIPE_LABEL = "io.cdtasks.recipe"
+VERSIONS_LABEL = "io.cdtasks.versions"
+
+
+@dataclass(frozen=True)
+class Rootfs:
+    """A Debian root filesystem: packages, upstream version pins, files copied in."""
+
+    name: str
+    packages: tuple[str, ...]
+    pins: Mapping[str, str]  # package -> upstream version the image promises
+    files: Mapping[str, str] = field(default_factory=dict)  # path in rootfs -> file beside this module
+
+
+@dataclass(frozen=True)
+class Image:
+    key: str
+    repo: str
+    version: str
+    rootfs: Rootfs
+    entrypoint: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    expose: tuple[int, ...] = ()
+    upstream: str = ""  # the pinned upstream image this one stands in for
+
+    @property
+    def ref(self) -> str:
+        return f"{self.repo}:{self.version}"
+
+    def changes(self) -> list[str]:
+        """Dockerfile instructions `docker import` applies on top of the root filesystem."""
+        out = [f"ENTRYPOINT {json.dumps(list(self.entrypoint))}"]
+        out += [f"ENV {k}={v}" for k, v in sorted(self.env.items())]
+        out += [f"EXPOSE {p}" for p in self.expose]
+        return out
+
+    def recipe_hash(self) -> str:
+        h = hashlib.sha256()
+        h.update(json.dumps([SUITE, self.rootfs.packages, sorted(self.rootfs.pins.items()),
+                             self.changes()]).encode())
+        for target, name in sorted(self.rootfs.files.items()):
+            h.update(target.encode() + (HERE / name).read_bytes())
+        return h.hexdigest()[:16]
+
+
+NODE_FS = Rootfs(
+    "node",
+    ("docker.io", "iptables", "openssh-server", "ca-certificates", "procps", "iproute2"),
+    {"docker.io": "20.10.24"},
+    {"/usr/local/bin/cdtasks-node": "node-entrypoint.sh"},
+)
+# One root filesystem for everything that runs inside the nodes: its single layer is loaded into
+# a node once and then shared by the registry, proxy, database and application base images.
+RUNTIME_FS = Rootfs(
+    "runtime",
+    ("python3", "haproxy", "redis-server", "docker-registry", "ca-certificates"),
+    {"python3": "3.11", "haproxy": "2.6", "redis-server": "7.0", "docker-registry": "2.8.2"},
+    {"/etc/docker/registry/config.yml": "registry.yml"},
+)
+
+IMAGES: dict[str, Image] = {i.key: i for i in (
+    Image("node", "cdtasks/node", "20.10.24", NODE_FS, ("/usr/local/bin/cdtasks-node",),
+          upstream="docker:20.10.24-dind"),
+    Image("registry", "cdtasks/registry", "2.8.2", RUNTIME_FS,
+          ("/usr/bin/docker-registry", "serve", "/etc/docker/registry/config.yml"),
+          expose=(5000,), upstream="registry:2.8.2"),
+    Image("python", "cdtasks/python", "3.11", RUNTIME_FS, ("python3",),
+          upstream="python:3.11-slim-bookworm"),
+    Image("haproxy", "cdtasks/haproxy", "2.6", RUNTIME_FS,
+          ("haproxy", "-W", "-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"),
+          upstream="haproxy:2.6"),
+    Image("redis", "cdtasks/redis", "7.0", RUNTIME_FS,
+          ("redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "",
+           "--appendonly", "no"),
+          expose=(6379,), upstream="redis:7.0"),
+)}
+
+
+def upstream_version(debian_version: str) -> str:
+    """`5:7.0.15-1~deb12u1` -> `7.0.15`; `20.10.24+dfsg1-1+deb12u1+b6` -> `20.10.24`."""
+    v = debian_version.split(":", 1)[-1].rsplit("-", 1)[0]
+    return v.split("+", 1)[0].split("~", 1)[0]
+
+
+def check_pins(rootfs: Rootfs, installed: Mapping[str, str]) -> None:
+    """Raise ValueError naming the package whose upstream version differs from its pin."""
+    for pkg, pin in rootfs.pins.items():
+        if pkg not in installed:
+            raise ValueError(f"image {rootfs.name}: package {pkg} is not installed")
+        got = upstream_version(installed[pkg])
+        if got != pin and not got.startswith(pin + "."):
+            raise ValueError(f"image {rootfs.name}: {pkg} is {got}, the recipe pins {pin}")
+
+
+def mmdebstrap_command(rootfs: Rootfs, out_tar: Path, versions_file: Path) -> list[str]:
+    cmd = ["mmdebstrap", "--quiet", "--variant=apt", "--mode=root",
+           "--include=" + ",".join(rootfs.packages),
+           "--aptopt=APT::Install-Recommends \"false\"",
+           # Docs, man pages and translations are a third of the size and no node needs them.
+           "--dpkgopt=path-exclude=/usr/share/doc/*",
+           "--dpkgopt=path-exclude=/usr/share/man/*",
+           "--dpkgopt=path-exclude=/usr/share/locale/*"]
+    for target, name in sorted(rootfs.files.items()):
+        cmd.append("--customize-hook=" + shlex.join(
+            ["install", "-D", "-m", "755", str(HERE / name)]) + f' "$1"{shlex.quote(target)}')
+    cmd.append("--customize-hook=" + shlex.join(
+        ["chroot"]) + ' "$1" ' + shlex.join(["dpkg-query", "-W", "-f=${Package} ${Version}\\n"])
+        + " > " + shlex.quote(str(versions_file)))
+    cmd += [SUITE, str(out_tar), SOURCES]
+    return cmd
+
+
+def missing(client, images: list[Image]) -> list[Image]:
+    """The images that are absent or were built from another recipe."""
+    out = []
+    for image in images:
+        try:
+            labels = client.images.get(image.ref).labels or {}
+        except Exception as exc:  # docker.errors.ImageNotFound
+            if type(exc).__name__ != "ImageNotFound":
+                raise
+            labels = {}
+        if labels.get(RECIPE_LABEL) != image.recipe_hash():
+            out.append(image)
+    return out
+
+
+def build(client, images: list[Image], log: Callable[[str], None] = print) -> list[str]:
+    """Build what is missing or stale; return the refs built (empty when all were cached)."""
+    todo = missing(client, images)
+    built: list[str] = []
+    by_fs: dict[str, list[Image]] = {}
+    for image in todo:
+        by_fs.setdefault(image.rootfs.name, []).append(image)
+    for group in by_fs.values():
+        rootfs = group[0].rootfs
+        with tempfile.TemporaryDirectory(prefix=f"cdtasks-{rootfs.name}-") as tmp:
+            tar, versions_file = Path(tmp) / "rootfs.tar", Path(tmp) / "versions"
+            log(f"building root filesystem {rootfs.name} ({', '.join(rootfs.packages)})")
+            proc = subprocess.run(mmdebstrap_command(rootfs, tar, versions_file),
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+                raise RuntimeError(f"mmdebstrap failed for image {rootfs.name}:\n{tail}")
+            installed = dict(line.split(" ", 1) for line in
+                             versions_file.read_text().splitlines() if " " in line)
+            check_pins(rootfs, installed)
+            pinned = json.dumps({p: installed[p] for p in sorted(rootfs.pins)})
+            for image in group:
+                log(f"importing {image.ref}")
+                changes = image.changes() + [
+                    f"LABEL {RECIPE_LABEL}={image.recipe_hash()}",
+                    f"LABEL {VERSIONS_LABEL}={json.dumps(pinned)}"]
+                client.api.import_image_from_file(
+                    str(tar), repository=image.repo, tag=image.version, changes=changes)
+                built.append(image.ref)
+    return built

@@ -1,0 +1,15 @@
+"""Where machines come from. Tasks and library modules ask `for_settings` and use the interface."""
+from __future__ import annotations
+
+from ..config import Settings
+from .base import Endpoint, Provider, ProviderError
+
+
+def for_settings(settings: Settings) -> Provider:
+    if settings.provider == "lab":
+        from .lab import LabProvider
+        return LabProvider(settings)
+    raise ProviderError(f"{settings.source}: PROVIDER={settings.provider} is not available")
+
+
+__all__ = ["Endpoint", "Provider", "ProviderError", "for_settings"]

@@ -1,0 +1,275 @@
+"""The lab provider: each machine is a Docker-in-Docker container on the local engine.
+
+All nodes of a lab share one user-defined bridge network (docker-machine's host-only network).
+A node's Docker API is reachable from the host only through TLS on a 127.0.0.1 port, its sshd
+only with the lab's key and with the host key the lab generated (written to the lab's
+known_hosts). Everything created carries the label io.cdtasks.lab=<LAB_NAME>.
+"""
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import docker
+from docker.errors import APIError, NotFound
+
+from .. import engine, images
+from ..config import Settings
+from . import certs
+from .base import Endpoint, Log, Provider, ProviderError
+
+LAB_LABEL = "io.cdtasks.lab"
+ENV_LABEL = "io.cdtasks.env"
+NODE_LABEL = "io.cdtasks.node"
+PORTS = {"ssh": 22, "api": 2376, "http": 80}
+READY_TIMEOUT = 90
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class LabProvider(Provider):
+    name = "lab"
+
+    def __init__(self, settings: Settings, host: docker.DockerClient | None = None):
+        self.s = settings
+        self._host = host
+        self.root = settings.state_dir / settings.lab_name
+        self.known_hosts = self.root / "known_hosts"
+        self.ssh_key = self.root / "id_ed25519"
+
+    # -- names -----------------------------------------------------------------------------
+    @property
+    def host(self) -> docker.DockerClient:
+        if self._host is None:
+            self._host = engine.host_client()
+        return self._host
+
+    @property
+    def network(self) -> str:
+        return self.s.lab_name
+
+    def container_name(self, node: str) -> str:
+        return f"{self.s.lab_name}-{node}"
+
+    def volume_name(self, node: str) -> str:
+        return f"{self.s.lab_name}-{node}-docker"
+
+    def machine_dir(self, node: str) -> Path:
+        return self.root / "machines" / node
+
+    def labels(self, node: str | None = None) -> dict[str, str]:
+        out = {LAB_LABEL: self.s.lab_name, ENV_LABEL: self.s.env}
+        if node:
+            out[NODE_LABEL] = node
+        return out
+
+    def host_ports(self, node: str) -> dict[str, int | None]:
+        """Fixed host ports when LAB_PORT_BASE is set: base + 10 * node index + slot."""
+        if not self.s.lab_port_base:
+            return {k: None for k in PORTS}
+        i = self.s.nodes.index(node)
+        return {k: self.s.lab_port_base + 10 * i + slot for slot, k in enumerate(PORTS)}
+
+    # -- queries ---------------------------------------------------------------------------
+    def _container(self, node: str):
+        try:
+            return self.host.containers.get(self.container_name(node))
+        except NotFound:
+            return None
+
+    def _endpoint(self, node: str, container) -> Endpoint:
+        container.reload()
+        ports = container.attrs["NetworkSettings"]["Ports"] or {}
+
+        def published(port: int) -> int:
+            bindings = ports.get(f"{port}/tcp") or []
+            if not bindings:
+                raise ProviderError(f"node {node}: port {port} is not published; "
+                                    f"remove it with `inv destroy` and provision again")
+            return int(bindings[0]["HostPort"])
+
+        nets = container.attrs["NetworkSettings"]["Networks"]
+        address = (nets.get(self.network) or {}).get("IPAddress", "")
+        return Endpoint(node=node, docker_host=f"tcp://127.0.0.1:{published(2376)}",
+                        cert_path=self.machine_dir(node), ssh_host="127.0.0.1",
+                        ssh_port=published(22), ssh_user="root", ssh_key=self.ssh_key,
+                        known_hosts=self.known_hosts, address=address)
+
+    def http_port(self, node: str) -> int | None:
+        """The 127.0.0.1 port on which the host reaches the node's port 80 (the proxy)."""
+        c = self._container(node)
+        bindings = (c.attrs["NetworkSettings"]["Ports"] or {}).get("80/tcp") if c else None
+        return int(bindings[0]["HostPort"]) if bindings else None
+
+    def endpoints(self, nodes: Sequence[str]) -> dict[str, Endpoint]:
+        out = {}
+        for node in nodes:
+            c = self._container(node)
+            if c is not None and c.status == "running":
+                out[node] = self._endpoint(node, c)
+        return out
+
+    # -- create ----------------------------------------------------------------------------
+    def ensure(self, nodes: Sequence[str], log: Log) -> dict[str, Endpoint]:
+        image = images.IMAGES["node"]
+        if images.missing(self.host, [image]):
+            log(f"building the node image {image.ref} (once; cached afterwards)")
+            images.build(self.host, [image], log)
+        missing = [n for n in nodes if self._container(n) is None]
+        self._check_ports(missing)
+        self._ensure_network()
+        self.root.mkdir(parents=True, exist_ok=True)
+        certs.ensure_ca(self.root / "certs")
+        certs.ssh_keypair(self.ssh_key)
+        self.s.registry_dir.mkdir(parents=True, exist_ok=True)
+        with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+            results = list(pool.map(lambda n: self._ensure_node(n, image.ref, log), nodes))
+        self._write_known_hosts()
+        return dict(zip(nodes, results))
+
+    def _check_ports(self, nodes: Sequence[str]) -> None:
+        for node in nodes:
+            for what, port in self.host_ports(node).items():
+                if port is not None and not _port_free(port):
+                    raise ProviderError(f"host port 127.0.0.1:{port} ({node} {what}) is already "
+                                        f"taken; change LAB_PORT_BASE or free the port")
+
+    def _ensure_network(self) -> None:
+        if not self.host.networks.list(names=[self.network], filters={"label": f"{LAB_LABEL}={self.s.lab_name}"}):
+            self.host.networks.create(self.network, driver="bridge",
+                                      labels={LAB_LABEL: self.s.lab_name})
+
+    def _prepare_machine(self, node: str) -> Path:
+        """Certificates and keys for a new machine; what the node gets goes to machine/node/."""
+        d = self.machine_dir(node)
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        ca = self.root / "certs"
+        for f in ("ca.pem", "cert.pem", "key.pem"):  # DOCKER_CERT_PATH, as docker-machine lays it out
+            shutil.copy2(ca / f, d / f)
+        certs.server_cert(ca, d / "node" / "tls", [node, "localhost", "127.0.0.1"])
+        certs.ssh_keypair(d / "node" / "ssh" / "host_key")
+        (d / "node" / "ssh" / "authorized_keys").write_text(
+            self.ssh_key.with_suffix(".pub").read_text())
+        return d / "node"
+
+    def _ensure_node(self, node: str, image: str, log: Log) -> Endpoint:
+        c = self._container(node)
+        if c is not None and c.status != "running":
+            log(f"{node}: starting the stopped machine")
+            c.start()
+        elif c is None:
+            log(f"{node}: creating the machine")
+            self._remove_volume(node)  # a fresh machine must not inherit a dead node's swarm state
+            node_dir = self._prepare_machine(node)
+            ports = {f"{p}/tcp": ("127.0.0.1", self.host_ports(node)[k]) for k, p in PORTS.items()}
+            reg = str(self.s.registry_dir)
+            try:
+                c = self._create_container(node, image, node_dir)
+            except APIError as exc:
+                raise ProviderError(f"node {node}: cannot create its container: "
+                                    f"{exc.explanation or exc}") from None
+        endpoint = self._endpoint(node, c)
+        self._wait_ready(endpoint, c)
+        return endpoint
+
+    def _create_container(self, node: str, image: str, node_dir: Path):
+        api, reg = self.host.api, str(self.s.registry_dir)
+        ports = {p: ("127.0.0.1", self.host_ports(node)[k]) for k, p in PORTS.items()}
+        host_config = api.create_host_config(
+            port_bindings=ports, network_mode=self.network,
+            # --privileged fails on kernels without CAP_SYS_RESOURCE: grant the rest instead.
+            cap_add=["ALL"], cap_drop=["SYS_RESOURCE"],
+            security_opt=["seccomp=unconfined", "apparmor=unconfined"],
+            device_cgroup_rules=["a *:* rwm"], tmpfs={"/run": "", "/var/run": ""},
+            binds={self.volume_name(node): {"bind": "/var/lib/docker", "mode": "rw"},
+                   "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+                   str(node_dir): {"bind": "/etc/cdtasks", "mode": "ro"},
+                   reg: {"bind": reg, "mode": "rw"}})
+        # `--security-opt systempaths=unconfined`, which the SDK does not know: dockerd needs
+        # /proc and /sys unmasked to run containers of its own.
+        host_config.update(MaskedPaths=[], ReadonlyPaths=[])
+        self.host.volumes.create(self.volume_name(node), labels=self.labels(node))
+        created = api.create_container(
+            image, name=self.container_name(node), hostname=node, labels=self.labels(node),
+            ports=list(PORTS.values()), host_config=host_config)
+        api.start(created["Id"])
+        return self.host.containers.get(created["Id"])
+
+    def _remove_volume(self, node: str) -> None:
+        try:
+            self.host.volumes.get(self.volume_name(node)).remove(force=True)
+        except NotFound:
+            pass
+
+    def _wait_ready(self, endpoint: Endpoint, container) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            try:
+                engine.client(endpoint).close()
+                return
+            except engine.EngineError as exc:
+                container.reload()
+                if container.status != "running":
+                    tail = container.logs(tail=5).decode(errors="replace").strip()
+                    raise ProviderError(f"node {endpoint.node}: its machine stopped: {tail}") from None
+                if time.monotonic() > deadline:
+                    raise ProviderError(f"node {endpoint.node}: Docker did not answer within "
+                                        f"{READY_TIMEOUT}s: {exc}") from None
+                time.sleep(0.3)
+
+    def _write_known_hosts(self) -> None:
+        """known_hosts for every running node of this lab, from the host keys the lab made."""
+        lines = []
+        for c in self.host.containers.list(filters={"label": f"{LAB_LABEL}={self.s.lab_name}"}):
+            node = c.labels.get(NODE_LABEL)
+            pub = self.root / "machines" / node / "node" / "ssh" / "host_key.pub"
+            ports = (c.attrs["NetworkSettings"]["Ports"] or {}).get("22/tcp")
+            if pub.exists() and ports:
+                key_type, key = pub.read_text().split()[:2]
+                lines.append(f"[127.0.0.1]:{ports[0]['HostPort']} {key_type} {key}")
+        self.known_hosts.write_text("\n".join(sorted(lines)) + "\n")
+
+    # -- remove ----------------------------------------------------------------------------
+    def remove(self, nodes: Sequence[str], log: Log, purge: bool = False) -> list[str]:
+        removed = []
+        for node in nodes:
+            c = self._container(node)
+            if c is not None:
+                c.remove(force=True, v=True)
+                removed.append(f"container {c.name}")
+            try:
+                self.host.volumes.get(self.volume_name(node)).remove(force=True)
+                removed.append(f"volume {self.volume_name(node)}")
+            except NotFound:
+                pass
+            if self.machine_dir(node).exists():
+                shutil.rmtree(self.machine_dir(node))
+                removed.append(f"keys and certificates of {node}")
+        others = self.host.containers.list(all=True, filters={"label": f"{LAB_LABEL}={self.s.lab_name}"})
+        if not others:
+            for net in self.host.networks.list(filters={"label": f"{LAB_LABEL}={self.s.lab_name}"}):
+                net.remove()
+                removed.append(f"network {net.name}")
+            if self.root.exists():
+                shutil.rmtree(self.root)
+                removed.append(f"lab directory {self.root}")
+        else:
+            self._write_known_hosts()
+        if purge and self.s.registry_dir.exists():
+            shutil.rmtree(self.s.registry_dir)
+            removed.append(f"registry data {self.s.registry_dir}")
+        for r in removed:
+            log(f"removed {r}")
+        return removed
