@@ -12,6 +12,7 @@ import json
 import shlex
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -146,9 +147,10 @@ def missing(client, images: list[Image]) -> list[Image]:
     return out
 
 
-def build(client, images: list[Image], log: Callable[[str], None] = print) -> list[str]:
-    """Build what is missing or stale; return the refs built (empty when all were cached)."""
-    todo = missing(client, images)
+def build(client, images: list[Image], log: Callable[[str], None] = print,
+          force: bool = False) -> list[str]:
+    """Build what is missing or stale (all with `force`); return the refs built."""
+    todo = list(images) if force else missing(client, images)
     built: list[str] = []
     by_fs: dict[str, list[Image]] = {}
     for image in todo:
@@ -176,3 +178,23 @@ def build(client, images: list[Image], log: Callable[[str], None] = print) -> li
                     str(tar), repository=image.repo, tag=image.version, changes=changes)
                 built.append(image.ref)
     return built
+
+
+def distribute(source, targets: Mapping, refs: list[str], log: Callable[[str], None]) -> list[str]:
+    """Copy images from the local engine into the nodes that lack them (`docker save | docker
+    load`, streamed, nodes in parallel). Returns the nodes that received something."""
+
+    def one(item):
+        node, client = item
+        have = {t for i in client.images.list() for t in i.tags}
+        need = [r for r in refs if r not in have]
+        if not need:
+            return None
+        log(f"{node}: loading {', '.join(need)}")
+        res = source.api._get(source.api._url("/images/get"), params={"names": need}, stream=True)
+        source.api._raise_for_status(res)
+        client.images.load(res.iter_content(1 << 20))
+        return node
+
+    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+        return [n for n in pool.map(one, targets.items()) if n]

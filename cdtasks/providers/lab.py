@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +28,8 @@ ENV_LABEL = "io.cdtasks.env"
 NODE_LABEL = "io.cdtasks.node"
 PORTS = {"ssh": 22, "api": 2376, "http": 80}
 READY_TIMEOUT = 90
+# Both clusters of a lab are provisioned at once and share the node image and the network.
+_SHARED = threading.Lock()
 
 
 def _port_free(port: int) -> bool:
@@ -123,19 +126,21 @@ class LabProvider(Provider):
     # -- create ----------------------------------------------------------------------------
     def ensure(self, nodes: Sequence[str], log: Log) -> dict[str, Endpoint]:
         image = images.IMAGES["node"]
-        if images.missing(self.host, [image]):
-            log(f"building the node image {image.ref} (once; cached afterwards)")
-            images.build(self.host, [image], log)
         missing = [n for n in nodes if self._container(n) is None]
         self._check_ports(missing)
-        self._ensure_network()
-        self.root.mkdir(parents=True, exist_ok=True)
-        certs.ensure_ca(self.root / "certs")
-        certs.ssh_keypair(self.ssh_key)
-        self.s.registry_dir.mkdir(parents=True, exist_ok=True)
+        with _SHARED:
+            if images.missing(self.host, [image]):
+                log(f"building the node image {image.ref} (once; cached afterwards)")
+                images.build(self.host, [image], log)
+            self._ensure_network()
+            self.root.mkdir(parents=True, exist_ok=True)
+            certs.ensure_ca(self.root / "certs")
+            certs.ssh_keypair(self.ssh_key)
+            self.s.registry_dir.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
             results = list(pool.map(lambda n: self._ensure_node(n, image.ref, log), nodes))
-        self._write_known_hosts()
+        with _SHARED:
+            self._write_known_hosts()
         return dict(zip(nodes, results))
 
     def _check_ports(self, nodes: Sequence[str]) -> None:

@@ -1,0 +1,162 @@
+"""A cluster as the tasks see it: provision, status, destroy, and reaching its nodes."""
+from __future__ import annotations
+
+import shlex
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from . import engine, images, registry, services, swarm
+from .config import Settings
+from .providers import Endpoint, Provider, for_settings
+from .providers.base import Log
+
+REGISTRY_TIMEOUT = 120
+
+
+@dataclass
+class Cluster:
+    """One environment's nodes, reached through its provider."""
+
+    settings: Settings
+    provider: Provider
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    _clients: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, settings: Settings) -> "Cluster":
+        return cls(settings, for_settings(settings))
+
+    def discover(self) -> "Cluster":
+        self.endpoints = self.provider.endpoints(self.settings.nodes)
+        return self
+
+    def client(self, node: str):
+        if node not in self._clients:
+            if node not in self.endpoints:
+                raise engine.EngineError(f"node {node} of {self.settings.env} does not exist or is "
+                                         f"not running: run `inv provision --env {self.settings.env}`")
+            self._clients[node] = engine.client(self.endpoints[node])
+        return self._clients[node]
+
+    def clients(self) -> dict:
+        return {n: self.client(n) for n in self.settings.nodes}
+
+    def manager(self):
+        """A client of a manager that answers and has the swarm's control plane."""
+        for node in self.settings.managers:
+            if node in self.endpoints:
+                try:
+                    c = self.client(node)
+                    sw = c.info().get("Swarm") or {}
+                except engine.EngineError:
+                    continue
+                if sw.get("LocalNodeState") == "active" and sw.get("ControlAvailable"):
+                    return c
+        raise engine.EngineError(f"no manager of {self.settings.env} answers: "
+                                 f"run `inv provision --env {self.settings.env}`")
+
+    def routing(self) -> tuple[str, str]:
+        """Probe every node's kernel for IPVS (over SSH) unless ROUTING forces a mode."""
+        if self.settings.routing != "auto":
+            return swarm.routing_mode(self.settings, {})
+
+        def probe(ep: Endpoint) -> bool:
+            with engine.ssh(ep) as conn:
+                return conn.run(swarm.IPVS_PROBE, hide=True, warn=True).ok
+
+        with ThreadPoolExecutor(max_workers=len(self.endpoints) or 1) as pool:
+            found = dict(zip(self.endpoints, pool.map(probe, self.endpoints.values())))
+        return swarm.routing_mode(self.settings, found)
+
+
+@dataclass(frozen=True)
+class ProvisionResult:
+    env: str
+    actions: tuple[str, ...]
+    routing: str
+    routing_reason: str
+    seconds: float
+
+
+def provision(settings: Settings, log: Log) -> ProvisionResult:
+    """Machines, swarm membership, labels and the registry service: create only what is missing."""
+    started = time.monotonic()
+    c = Cluster.of(settings)
+    before = set(c.provider.endpoints(settings.nodes))
+    c.endpoints = c.provider.ensure(settings.nodes, log)
+    actions = [f"created machine {n}" for n in settings.nodes if n not in before]
+    clients = c.clients()
+    addresses = {n: ep.address for n, ep in c.endpoints.items()}
+    actions += [str(a) for a in swarm.converge(settings, clients, addresses, log)]
+    mode, reason = c.routing()
+    reg_image = settings.registry_image
+    host = getattr(c.provider, "host", None)
+    if host is not None and reg_image in {i.ref for i in images.IMAGES.values()}:
+        actions += [f"loaded {reg_image} into {n}" for n in
+                    images.distribute(host, clients, [reg_image], log)]
+    manager = c.manager()
+    spec = registry.spec(settings, mode)
+    actions += services.converge(manager, [spec], log)
+    services.wait_running(manager, [spec.name], REGISTRY_TIMEOUT, log)
+    return ProvisionResult(settings.env, tuple(actions), mode, reason, time.monotonic() - started)
+
+
+def provision_many(all_settings: Sequence[Settings], log: Log) -> list[ProvisionResult]:
+    """Several clusters at once: their machines and swarms are independent."""
+    with ThreadPoolExecutor(max_workers=len(all_settings) or 1) as pool:
+        return list(pool.map(lambda s: provision(s, log), all_settings))
+
+
+@dataclass(frozen=True)
+class Status:
+    env: str
+    members: tuple[swarm.Member, ...]
+    missing: tuple[str, ...]  # nodes without a running machine
+    services: tuple[tuple[str, str, str, str], ...]  # (name, mode, running/wanted, image)
+
+
+def status(settings: Settings) -> Status:
+    c = Cluster.of(settings).discover()
+    missing = tuple(n for n in settings.nodes if n not in c.endpoints)
+    if not c.endpoints:
+        return Status(settings.env, (), missing, ())
+    manager = c.manager()
+    members = tuple(sorted((swarm.member_of(n.attrs) for n in manager.nodes.list()),
+                           key=lambda m: m.hostname))
+    rows = []
+    for svc in manager.api.services():
+        name = svc["Spec"]["Name"]
+        running, wanted, _ = services.running_tasks(manager, name)
+        mode = "global" if "Global" in svc["Spec"]["Mode"] else "replicated"
+        image = svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+        rows.append((name, mode, f"{running}/{wanted}", image))
+    return Status(settings.env, members, missing, tuple(sorted(rows)))
+
+
+def destroy(settings: Settings, log: Log, purge: bool = False) -> list[str]:
+    return for_settings(settings).remove(settings.nodes, log, purge=purge)
+
+
+def endpoint(settings: Settings, node: str) -> Endpoint:
+    settings.check_node(node)
+    found = for_settings(settings).endpoints([node])
+    if node not in found:
+        raise engine.EngineError(f"node {node} is not running: run `inv provision --env {settings.env}`")
+    return found[node]
+
+
+def run_on(settings: Settings, node: str, command: str | None, pty: bool = False):
+    """One command (or an interactive shell) on a node, over SSH with host key verification."""
+    ep = endpoint(settings, node)
+    with engine.ssh(ep) as conn:
+        if command is None:
+            return conn.shell()
+        return conn.run(command, warn=True, pty=pty)
+
+
+def env_lines(ep: Endpoint) -> list[str]:
+    """What `docker-machine env NODE` prints, for `eval $(inv env NODE)`."""
+    return [f"export {k}={shlex.quote(v)}" for k, v in ep.env().items()]
+

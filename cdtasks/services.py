@@ -1,0 +1,238 @@
+"""Swarm services as data: a spec, the difference to what runs, converge, wait and diagnose.
+
+`ServiceSpec` is what the tool wants; `actual()` reads the same fields back from a running
+service, so a diff is a comparison of two plain values and changes touch only what differs.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields, replace
+from typing import Callable, Mapping, Sequence
+
+from docker import types
+from docker.errors import NotFound
+
+from .config import pinned_image
+
+Log = Callable[[str], None]
+MB = 1024 * 1024
+NS = 1_000_000_000
+
+
+class ServiceError(RuntimeError):
+    """A service could not be created, updated or brought to its replicas; names it and why."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    image: str
+    replicas: int | None = 1  # None: global mode, one task per eligible node
+    args: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()  # KEY=value
+    constraints: tuple[str, ...] = ()
+    reserve_mb: int = 0
+    mounts: tuple[str, ...] = ()  # type=bind,source=...,target=... (CLI syntax)
+    ports: tuple[tuple[int, int, str], ...] = ()  # (published, target, ingress|host)
+    networks: tuple[str, ...] = ()
+    endpoint_mode: str = "vip"  # vip | dnsrr
+    update_delay: int = 0  # seconds
+    update_order: str = "stop-first"  # stop-first | start-first
+    update_failure: str = "pause"  # pause | rollback | continue
+    stop_grace: int = 10  # seconds
+    configs: tuple[tuple[str, str], ...] = ()  # (config name, target path)
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def validated(self) -> "ServiceSpec":
+        try:
+            pinned_image(self.image)
+        except ValueError as exc:
+            raise ServiceError(f"service {self.name}: image {self.image} {exc}") from None
+        return self
+
+    # -- to the Engine API ---------------------------------------------------------------------
+    def api_kwargs(self, network_ids: Mapping[str, str], config_ids: Mapping[str, str]) -> dict:
+        mounts = [types.Mount.parse_mount_string(_cli_mount(m)) for m in self.mounts]
+        configs = [types.ConfigReference(config_ids[name], name, filename=target, mode=0o444)
+                   for name, target in self.configs]
+        container = types.ContainerSpec(self.image, args=list(self.args) or None,
+                                        env=list(self.env) or None, mounts=mounts or None,
+                                        stop_grace_period=self.stop_grace * NS,
+                                        configs=configs or None)
+        resources = types.Resources(mem_reservation=self.reserve_mb * MB) if self.reserve_mb else None
+        template = types.TaskTemplate(container, resources=resources,
+                                      placement=types.Placement(constraints=list(self.constraints)),
+                                      networks=[{"Target": network_ids[n]} for n in self.networks] or None)
+        mode = (types.ServiceMode("global") if self.replicas is None
+                else types.ServiceMode("replicated", replicas=self.replicas))
+        ports = [{"PublishedPort": p, "TargetPort": t, "Protocol": "tcp", "PublishMode": m}
+                 for p, t, m in self.ports]
+        endpoint = types.EndpointSpec(mode=self.endpoint_mode, ports=None)
+        endpoint["Ports"] = ports
+        update = types.UpdateConfig(parallelism=1, delay=self.update_delay * NS,
+                                    failure_action=self.update_failure, order=self.update_order,
+                                    monitor=5 * NS)
+        return dict(task_template=template, name=self.name, mode=mode, endpoint_spec=endpoint,
+                    update_config=update, labels=dict(self.labels))
+
+
+def _cli_mount(m: str) -> str:
+    """`type=bind,source=A,target=B[,readonly]` -> the SDK's `A:B[:ro]` form."""
+    parts = dict(p.split("=", 1) if "=" in p else (p, "1") for p in m.split(","))
+    return f"{parts['source']}:{parts['target']}" + (":ro" if "readonly" in parts else "")
+
+
+def actual(inspect: Mapping, network_names: Mapping[str, str], config_names: Mapping[str, str]) -> ServiceSpec:
+    """The fields of a running service's spec (from `inspect_service`) as a ServiceSpec."""
+    spec = inspect["Spec"]
+    tt, cs = spec["TaskTemplate"], spec["TaskTemplate"]["ContainerSpec"]
+    mode = spec.get("Mode", {})
+    upd = spec.get("UpdateConfig") or {}
+    ep = spec.get("EndpointSpec") or {}
+    mounts = tuple(f"type={m.get('Type', 'bind')},source={m['Source']},target={m['Target']}"
+                   + (",readonly" if m.get("ReadOnly") else "") for m in cs.get("Mounts") or [])
+    nets = tt.get("Networks") or spec.get("Networks") or []
+    return ServiceSpec(
+        name=spec["Name"], image=cs["Image"],
+        replicas=None if "Global" in mode else mode.get("Replicated", {}).get("Replicas", 1),
+        args=tuple(cs.get("Args") or ()), env=tuple(cs.get("Env") or ()),
+        constraints=tuple((tt.get("Placement") or {}).get("Constraints") or ()),
+        reserve_mb=((tt.get("Resources") or {}).get("Reservations") or {}).get("MemoryBytes", 0) // MB,
+        mounts=mounts,
+        ports=tuple((p["PublishedPort"], p["TargetPort"], p.get("PublishMode", "ingress"))
+                    for p in ep.get("Ports") or []),
+        networks=tuple(network_names.get(n["Target"], n["Target"]) for n in nets),
+        endpoint_mode=ep.get("Mode", "vip"),
+        update_delay=upd.get("Delay", 0) // NS,
+        update_order=upd.get("Order", "stop-first"),
+        update_failure=upd.get("FailureAction", "pause"),
+        stop_grace=cs.get("StopGracePeriod", 10 * NS) // NS,
+        configs=tuple((config_names.get(c["ConfigID"], c["ConfigName"]), c["File"]["Name"])
+                      for c in cs.get("Configs") or []),
+        labels=tuple(sorted((spec.get("Labels") or {}).items())),
+    )
+
+
+def diff(want: ServiceSpec, have: ServiceSpec | None) -> dict[str, tuple]:
+    """{field: (wanted, running)} for every field that differs; all fields when it is missing."""
+    out = {}
+    for f in fields(ServiceSpec):
+        w = getattr(want, f.name)
+        h = getattr(have, f.name) if have else None
+        if f.name in ("env", "constraints", "mounts", "ports", "networks", "configs", "labels"):
+            w, h = tuple(sorted(w)), (tuple(sorted(h)) if h is not None else None)
+        if f.name == "image" and h and "@sha256:" not in w:
+            h = h.split("@sha256:")[0]  # the CLI appends the digest it resolved; a tag pin ignores it
+        if w != h:
+            out[f.name] = (w, h)
+    return out
+
+
+# -- the engine side --------------------------------------------------------------------------
+def _lookup(client) -> tuple[dict[str, str], dict[str, str], dict[str, str], dict[str, str]]:
+    nets = {n["Name"]: n["Id"] for n in client.api.networks()}
+    confs = {c["Spec"]["Name"]: c["ID"] for c in client.api.configs()}
+    return nets, {v: k for k, v in nets.items()}, confs, {v: k for k, v in confs.items()}
+
+
+def inspect(client, name: str) -> Mapping | None:
+    try:
+        return client.api.inspect_service(name)
+    except NotFound:
+        return None
+
+
+def plan(client, specs: Sequence[ServiceSpec]) -> list[tuple[ServiceSpec, dict[str, tuple]]]:
+    """[(spec, differences)] for the services that are missing or differ from their spec."""
+    _, net_names, _, conf_names = _lookup(client)
+    out = []
+    for spec in specs:
+        running = inspect(client, spec.name)
+        have = actual(running, net_names, conf_names) if running else None
+        d = diff(spec.validated(), have)
+        if d:
+            out.append((spec, d if have else {}))
+    return out
+
+
+def converge(client, specs: Sequence[ServiceSpec], log: Log, update: bool = True) -> list[str]:
+    """Create what is missing; with `update`, update what differs. Returns what was done."""
+    nets, _, confs, _ = _lookup(client)
+    done = []
+    for spec, d in plan(client, specs):
+        missing = [n for n in spec.networks if n not in nets] + [c for c, _ in spec.configs if c not in confs]
+        if missing:
+            raise ServiceError(f"service {spec.name}: {', '.join(missing)} does not exist")
+        kwargs = spec.api_kwargs(nets, confs)
+        if not d:
+            log(f"creating service {spec.name} ({spec.image})")
+            client.api.create_service(**kwargs)
+            done.append(f"created {spec.name}")
+        elif update:
+            log(f"updating service {spec.name}: {', '.join(d)}")
+            current = client.api.inspect_service(spec.name)
+            client.api.update_service(current["ID"], current["Version"]["Index"], **kwargs)
+            done.append(f"updated {spec.name} ({', '.join(d)})")
+    return done
+
+
+def _replicas_wanted(client, spec: Mapping, service_id: str) -> int:
+    if "Global" not in spec["Mode"]:
+        return spec["Mode"].get("Replicated", {}).get("Replicas", 1)
+    if (spec["TaskTemplate"].get("Placement") or {}).get("Constraints"):
+        # Which nodes satisfy the constraints is the scheduler's call: count what it placed.
+        tasks = client.api.tasks(filters={"service": service_id, "desired-state": "running"})
+        return max(1, len({t.get("NodeID") for t in tasks}))
+    return sum(1 for n in client.api.nodes()
+               if n["Status"]["State"] == "ready" and n["Spec"].get("Availability") == "active")
+
+
+def running_tasks(client, name: str) -> tuple[int, int, list[Mapping]]:
+    """(running, wanted, tasks that should run) for one service."""
+    svc = client.api.inspect_service(name)
+    tasks = client.api.tasks(filters={"service": svc["ID"], "desired-state": "running"})
+    running = sum(1 for t in tasks if t["Status"]["State"] == "running")
+    return running, _replicas_wanted(client, svc["Spec"], svc["ID"]), tasks
+
+
+def diagnose(client, name: str) -> str:
+    """Why tasks don't run, in the tasks' own words (latest error per distinct message)."""
+    svc = client.api.inspect_service(name)
+    tasks = sorted(client.api.tasks(filters={"service": svc["ID"]}),
+                   key=lambda t: t.get("UpdatedAt", ""), reverse=True)
+    reasons = []
+    for t in tasks:
+        st = t["Status"]
+        msg = st.get("Err") or (st["Message"] if st["State"] in ("pending", "rejected", "failed") else "")
+        if msg and msg not in reasons:
+            reasons.append(msg)
+    return "; ".join(reasons[:3]) or "no task reported an error"
+
+
+def wait_running(client, names: Sequence[str], timeout: float, log: Log,
+                 poll: float = 0.5) -> None:
+    """Wait until every service has all its replicas running; on timeout say why."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        states = {n: running_tasks(client, n)[:2] for n in names}
+        text = ", ".join(f"{n} {r}/{w}" for n, (r, w) in states.items())
+        if all(r >= w for r, w in states.values()):
+            log(f"running: {text}")
+            return
+        if text != last:
+            log(f"waiting: {text}")
+            last = text
+        if time.monotonic() > deadline:
+            stuck = [n for n, (r, w) in states.items() if r < w]
+            why = "; ".join(f"{n}: {diagnose(client, n)}" for n in stuck)
+            raise ServiceError(f"timed out after {timeout:.0f}s waiting for {', '.join(stuck)}: {why}")
+        time.sleep(poll)
+
+
+def with_routing(spec: ServiceSpec, mode: str) -> ServiceSpec:
+    """Without IPVS (mode dnsrr): DNS round robin and host-mode ports instead of VIP and mesh."""
+    if mode != "dnsrr":
+        return spec
+    return replace(spec, endpoint_mode="dnsrr",
+                   ports=tuple((p, t, "host") for p, t, _ in spec.ports))

@@ -1,0 +1,211 @@
+"""Swarm membership and node labels: read the state, plan the difference, apply only that.
+
+Plans are plain data (tuples of actions), so the logic is tested without an engine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from .config import Settings
+from .providers.base import Log
+
+SWARM_PORT = 2377
+
+
+class SwarmError(RuntimeError):
+    """The cluster cannot be brought to the wanted state; the message names the node."""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What a node's own engine says about its swarm membership."""
+
+    name: str
+    address: str
+    state: str  # inactive | pending | active | error | locked
+    node_id: str = ""
+    cluster_id: str = ""
+    manager: bool = False
+
+
+@dataclass(frozen=True)
+class Member:
+    """One entry of the swarm's node list, as a manager sees it."""
+
+    id: str
+    hostname: str
+    role: str  # manager | worker
+    status: str  # ready | down | unknown | disconnected
+    availability: str = "active"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    leader: bool = False
+    reachability: str = ""
+    addr: str = ""
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # init | join | remove | promote | demote | label
+    node: str  # node name (hostname)
+    detail: Mapping[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        extra = " ".join(f"{k}={v}" for k, v in self.detail.items())
+        return f"{self.kind} {self.node}" + (f" ({extra})" if extra else "")
+
+
+def info_of(name: str, address: str, engine_info: Mapping) -> NodeInfo:
+    sw = engine_info.get("Swarm") or {}
+    return NodeInfo(name=name, address=address, state=sw.get("LocalNodeState", "inactive"),
+                    node_id=sw.get("NodeID", ""), cluster_id=(sw.get("Cluster") or {}).get("ID", ""),
+                    manager=bool(sw.get("ControlAvailable")))
+
+
+def member_of(node_attrs: Mapping) -> Member:
+    spec, status = node_attrs["Spec"], node_attrs.get("Status", {})
+    ms = node_attrs.get("ManagerStatus") or {}
+    return Member(id=node_attrs["ID"], hostname=node_attrs["Description"]["Hostname"],
+                  role=spec.get("Role", "worker"), status=status.get("State", "unknown"),
+                  availability=spec.get("Availability", "active"),
+                  labels=dict(spec.get("Labels") or {}), leader=bool(ms.get("Leader")),
+                  reachability=ms.get("Reachability", ""), addr=status.get("Addr", ""))
+
+
+def plan_membership(settings: Settings, infos: Mapping[str, NodeInfo],
+                    members: Sequence[Member]) -> tuple[Action, ...]:
+    """Init, joins, role changes and removal of stale entries that make the swarm match NODES."""
+    want_role = {n: ("worker" if n in settings.workers else "manager") for n in settings.nodes}
+    anchor = next((infos[n] for n in settings.managers
+                   if n in infos and infos[n].state == "active" and infos[n].manager), None)
+    actions: list[Action] = []
+    if anchor is None:
+        first = settings.leader
+        if infos[first].state != "inactive":
+            raise SwarmError(f"node {first} is in swarm state {infos[first].state!r}, "
+                             f"not part of a healthy cluster; destroy and provision it again")
+        actions.append(Action("init", first))
+        cluster = ""
+    else:
+        cluster = anchor.cluster_id
+    by_host: dict[str, list[Member]] = {}
+    for m in members:
+        by_host.setdefault(m.hostname, []).append(m)
+    for name in settings.nodes:
+        info = infos[name]
+        # Entries for this hostname that are not the node running now: left by a machine
+        # that was removed and recreated. Remove them so `docker node ls` tells the truth.
+        for m in by_host.get(name, []):
+            if m.id != info.node_id and m.status != "ready":
+                actions.append(Action("remove", name, {"id": m.id, "role": m.role}))
+        if actions and actions[0].kind == "init" and name == settings.leader:
+            continue
+        if info.state == "inactive":
+            actions.append(Action("join", name, {"role": want_role[name]}))
+        elif info.state == "active" and cluster and info.cluster_id != cluster:
+            raise SwarmError(f"node {name} belongs to another swarm ({info.cluster_id[:12]}); "
+                             f"make it leave (docker swarm leave --force) or destroy it")
+        elif info.state != "active":
+            raise SwarmError(f"node {name} is in swarm state {info.state!r}; "
+                             f"destroy and provision it again")
+        else:
+            current = next((m.role for m in by_host.get(name, []) if m.id == info.node_id), None)
+            if current and current != want_role[name]:
+                actions.append(Action("promote" if want_role[name] == "manager" else "demote", name))
+    return tuple(actions)
+
+
+def plan_labels(settings: Settings, members: Sequence[Member]) -> tuple[Action, ...]:
+    """Labels to set so every node carries the labels NODE_LABELS gives it."""
+    actions = []
+    ready = {m.hostname: m for m in members if m.status == "ready"}
+    for name in settings.nodes:
+        m = ready.get(name)
+        if m is None:
+            continue
+        for key, value in sorted(settings.labels_of(name).items()):
+            if m.labels.get(key) != value:
+                actions.append(Action("label", name, {"id": m.id, "key": key, "value": value}))
+    return tuple(actions)
+
+
+# -- reading and applying (the engine side) ---------------------------------------------------
+def read(clients: Mapping, addresses: Mapping[str, str]) -> tuple[dict[str, NodeInfo], list[Member]]:
+    infos = {n: info_of(n, addresses[n], c.info()) for n, c in clients.items()}
+    manager = next((clients[n] for n, i in infos.items() if i.state == "active" and i.manager), None)
+    members = [member_of(n.attrs) for n in manager.nodes.list()] if manager else []
+    return infos, members
+
+
+def _manager_client(clients: Mapping, infos: Mapping[str, NodeInfo], settings: Settings):
+    for name in settings.managers:
+        info = clients[name].info().get("Swarm") or {}
+        if info.get("LocalNodeState") == "active" and info.get("ControlAvailable"):
+            return clients[name]
+    raise SwarmError(f"no manager of {settings.env} answers")
+
+
+def apply(settings: Settings, clients: Mapping, addresses: Mapping[str, str],
+          actions: Sequence[Action], log: Log) -> None:
+    infos = {n: None for n in clients}
+    for action in actions:
+        log(f"{settings.env}: {action}")
+        if action.kind == "init":
+            addr = addresses[action.node]
+            clients[action.node].swarm.init(advertise_addr=addr, listen_addr=f"0.0.0.0:{SWARM_PORT}")
+            continue
+        manager = _manager_client(clients, infos, settings)
+        if action.kind == "join":
+            tokens = manager.swarm.attrs["JoinTokens"]
+            # The manager we talk to is alive; RemoteManagers may list a dead one first.
+            leader_addr = f"{manager.info()['Swarm']['NodeAddr']}:{SWARM_PORT}"
+            token = tokens["Manager" if action.detail["role"] == "manager" else "Worker"]
+            clients[action.node].swarm.join(
+                remote_addrs=[leader_addr], join_token=token,
+                advertise_addr=addresses[action.node], listen_addr=f"0.0.0.0:{SWARM_PORT}")
+        elif action.kind == "remove":
+            node = manager.nodes.get(action.detail["id"])
+            if action.detail.get("role") == "manager":
+                _update_spec(node, Role="worker")  # a manager entry cannot be removed directly
+                node = manager.nodes.get(action.detail["id"])
+            node.remove(force=True)
+        elif action.kind in ("promote", "demote"):
+            node = next(m for m in manager.nodes.list(filters={"name": action.node})
+                        if m.attrs["Description"]["Hostname"] == action.node)
+            _update_spec(node, Role="manager" if action.kind == "promote" else "worker")
+        elif action.kind == "label":
+            node = manager.nodes.get(action.detail["id"])
+            labels = dict(node.attrs["Spec"].get("Labels") or {})
+            labels[action.detail["key"]] = action.detail["value"]
+            _update_spec(node, Labels=labels)
+
+
+def _update_spec(node, **changes) -> None:
+    spec = dict(node.attrs["Spec"], **changes)
+    node.update(spec)
+
+
+def converge(settings: Settings, clients: Mapping, addresses: Mapping[str, str], log: Log) -> list[Action]:
+    """Membership first, then labels (they need the node IDs the joins create)."""
+    infos, members = read(clients, addresses)
+    done = list(plan_membership(settings, infos, members))
+    apply(settings, clients, addresses, done, log)
+    if done:
+        infos, members = read(clients, addresses)
+    labels = plan_labels(settings, members)
+    apply(settings, clients, addresses, labels, log)
+    return done + list(labels)
+
+
+IPVS_PROBE = "modprobe -q ip_vs 2>/dev/null; test -e /proc/net/ip_vs"
+
+
+def routing_mode(settings: Settings, probe_results: Mapping[str, bool]) -> tuple[str, str]:
+    """(mode, reason): the routing mesh when every node's kernel has IPVS, else dnsrr."""
+    if settings.routing != "auto":
+        return settings.routing, f"ROUTING={settings.routing} in {settings.source}"
+    lacking = sorted(n for n, ok in probe_results.items() if not ok)
+    if lacking:
+        return "dnsrr", (f"no IPVS in the kernel of {', '.join(lacking)}: services use host-mode "
+                         f"ports and DNS round robin instead of the routing mesh")
+    return "mesh", "IPVS available: routing mesh and virtual IPs"

@@ -1,0 +1,1 @@
+"""Thin Invoke task modules: resolve config and flags, call one library function, print."""

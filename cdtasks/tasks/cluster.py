@@ -1,0 +1,87 @@
+"""provision, status, env, ssh, destroy: the clusters and their machines."""
+from __future__ import annotations
+
+from invoke import Collection, Exit, task
+
+from .. import cluster, report
+from .common import envs, out, settings, user_errors
+
+ENV_HELP = "environment (a file in env/: test, prod); default: every environment"
+
+
+@task(help={"env": ENV_HELP})
+@user_errors
+def provision(c, env=None):
+    """Create or repair the clusters: machines, swarm, labels, registry (idempotent)."""
+    all_settings = [settings(e) for e in envs(env)]
+    log = report.make_logger("provision")
+    results = cluster.provision_many(all_settings, log)
+    notes = {r.routing_reason for r in results}
+    for note in notes:
+        out(f"routing: {note}")
+    report.print_table("provision", ["env", "changes", "routing", "seconds"],
+                       [[r.env, str(len(r.actions)) if r.actions else "none (up to date)",
+                         r.routing, f"{r.seconds:.1f}"] for r in results])
+
+
+@task(help={"env": ENV_HELP})
+@user_errors
+def status(c, env=None):
+    """Show each cluster's nodes (roles, state, labels) and services (replicas)."""
+    for e in envs(env):
+        st = cluster.status(settings(e))
+        rows = [[m.hostname, m.role + (" (leader)" if m.leader else ""), m.status,
+                 m.availability, m.reachability or "-",
+                 ",".join(f"{k}={v}" for k, v in sorted(m.labels.items())) or "-"]
+                for m in st.members]
+        rows += [[n, "-", "no machine", "-", "-", "-"] for n in st.missing]
+        report.print_table(f"{e}: nodes", ["node", "role", "status", "availability",
+                                           "manager", "labels"], rows)
+        if st.services:
+            report.print_table(f"{e}: services", ["service", "mode", "replicas", "image"],
+                               [list(s) for s in st.services])
+
+
+@task(help={"node": "node name, e.g. swarm-test-1",
+            "env": "environment of the node; default: the one whose NODES has it"})
+@user_errors
+def env(c, node, env=None):
+    """Print the exports that point the docker CLI at a node: eval $(inv env NODE)."""
+    s = _settings_with_node(node, env)
+    for line in cluster.env_lines(cluster.endpoint(s, node)):
+        out(line)
+    out(f"# Run this command to configure your shell: eval $(inv env {node})")
+
+
+@task(help={"node": "node name, e.g. swarm-test-1",
+            "cmd": "command to run instead of an interactive shell",
+            "env": "environment of the node; default: the one whose NODES has it"})
+@user_errors
+def ssh(c, node, cmd=None, env=None):
+    """Open a shell, or run one command, on a node over SSH (host key verified)."""
+    result = cluster.run_on(_settings_with_node(node, env), node, cmd)
+    if result is not None and not result.ok:
+        raise Exit(code=result.exited)
+
+
+@task(help={"env": ENV_HELP,
+            "purge": "also delete the registry data both clusters share"})
+@user_errors
+def destroy(c, env=None, purge=False):
+    """Remove the machines, networks, volumes, certificates and keys the tool created."""
+    log = report.make_logger("destroy")
+    removed = []
+    for e in envs(env):
+        removed += cluster.destroy(settings(e), log, purge=purge)
+    out(f"removed {len(removed)} item(s)" if removed else "nothing to remove")
+
+
+def _settings_with_node(node: str, env: str | None):
+    for e in envs(env):
+        s = settings(e)
+        if node in s.nodes:
+            return s
+    return settings(envs(env)[0]).check_node(node)  # raises: names the valid nodes
+
+
+ns = Collection("cluster", provision, status, env, ssh, destroy)
