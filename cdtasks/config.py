@@ -15,7 +15,8 @@ from typing import Any, Callable, Mapping
 from dotenv import dotenv_values
 
 ENV_PREFIX = "CDTASKS_"
-DEFAULT_ENV_DIR = Path(__file__).resolve().parent.parent / "env"
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_ENV_DIR = PROJECT_DIR / "env"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -80,6 +81,12 @@ def pinned_image(value: str) -> str:
     return value
 
 
+def _version(value: str) -> str:
+    if value in ("", "latest") or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", value):
+        raise ValueError("is not a pinned version (not empty, not latest, a valid image tag)")
+    return value
+
+
 def _path(value: str) -> Path:
     return Path(value).expanduser()
 
@@ -108,6 +115,33 @@ KEYS: dict[str, Key] = {
     "ROUTING": Key(_choice("auto", "mesh", "dnsrr"), "auto",
                    "mesh: routing mesh and VIPs; dnsrr: host-mode ports and DNS round robin; "
                    "auto: mesh when the nodes' kernel has IPVS"),
+    # -- the services (`inv services`) ----------------------------------------------------------
+    "APP_DIR": Key(_path, "demo", "the application's source: Dockerfile and compose file (relative "
+                                  "to the project directory or absolute)"),
+    "APP_SERVICE": Key(_name, "go-demo", "name of the application's Swarm service"),
+    "APP_IMAGE": Key(_name, "go-demo", "image name of the application in the cluster's registry"),
+    "APP_VERSION": Key(_version, "1.0", "version the service is created with (built and pushed "
+                                        "when the registry lacks it)"),
+    "APP_PORT": Key(_int(1, 65535), "8080", "port the application listens on"),
+    "APP_REPLICAS": Key(_int(0, 100), "2", "replicas of the application"),
+    "APP_RESERVE_MB": Key(_int(0, 1 << 20), "0", "memory reserved per application task"),
+    "UPDATE_DELAY": Key(_int(0, 3600), "5", "seconds between updating two tasks"),
+    "STOP_GRACE": Key(_int(1, 3600), "10", "seconds a task gets to stop before it is killed"),
+    "BASE_IMAGE": Key(pinned_image, "cdtasks/python:3.11", "base image of the application (build "
+                                                           "argument and compose variable BASE_IMAGE)"),
+    "DB_SERVICE": Key(_name, "go-demo-db", "name of the database service"),
+    "DB_IMAGE": Key(pinned_image, "cdtasks/redis:7.0", "database image"),
+    "DB_RESERVE_MB": Key(_int(0, 1 << 20), "0", "memory reserved for the database"),
+    "PROXY_SERVICE": Key(_name, "proxy", "name of the reverse proxy service"),
+    "PROXY_IMAGE": Key(pinned_image, "cdtasks/haproxy:2.6", "reverse proxy image"),
+    "PROXY_CONFIG": Key(_path, "demo/proxy/haproxy.cfg", "proxy configuration (a Swarm config)"),
+    "PROXY_REPLICAS": Key(_int(0, 100), "2", "replicas of the proxy"),
+    "PROXY_RESERVE_MB": Key(_int(0, 1 << 20), "0", "memory reserved per proxy task"),
+    "PROXY_PORT": Key(_int(1, 65535), "80", "port the proxy publishes"),
+    "PROXY_ADMIN_PORT": Key(_int(0, 65535), "8090", "proxy's admin/stats port (0: not published)"),
+    "CONSTRAINT": Key(str, "node.labels.env == prod-like", "placement constraint of every service "
+                                                          "(empty: none)"),
+    "SERVICES_TIMEOUT": Key(_int(5, 3600), "180", "seconds to wait for every replica to run"),
     "LAB_PORT_BASE": Key(_int(0, 65000), "0", "first host port for node ports on 127.0.0.1 "
                                               "(0: the engine picks free ones)"),
 }
@@ -130,6 +164,28 @@ class Settings:
     registry_dir: Path
     routing: str
     lab_port_base: int
+    app_dir: Path
+    app_service: str
+    app_image: str
+    app_version: str
+    app_port: int
+    app_replicas: int
+    app_reserve_mb: int
+    update_delay: int
+    stop_grace: int
+    base_image: str
+    db_service: str
+    db_image: str
+    db_reserve_mb: int
+    proxy_service: str
+    proxy_image: str
+    proxy_config: Path
+    proxy_replicas: int
+    proxy_reserve_mb: int
+    proxy_port: int
+    proxy_admin_port: int
+    constraint: str
+    services_timeout: int
     raw: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @property
@@ -178,14 +234,21 @@ def load(env: str, overrides: Mapping[str, Any] | None = None, *,
     parsed: dict[str, Any] = {}
     for key, spec in KEYS.items():
         raw = values.get(key, spec.default)
-        origin = (f"flag/{ENV_PREFIX}{key}" if key in (overrides or {}) or ENV_PREFIX + key in environ
-                  else str(path))
+        if (overrides or {}).get(key) is not None:
+            origin = "command line"
+        elif ENV_PREFIX + key in environ:
+            origin = f"process environment {ENV_PREFIX}{key}"
+        else:
+            origin = str(path)
         try:
             parsed[key.lower()] = spec.parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{origin}: {key}={raw!r}: {exc}") from None
     if not parsed["registry_dir"].parts:
         parsed["registry_dir"] = parsed["state_dir"] / "registry"
+    for key in ("app_dir", "proxy_config"):  # relative paths are relative to the project
+        if not parsed[key].is_absolute():
+            parsed[key] = PROJECT_DIR / parsed[key]
     settings = Settings(env=env, source=str(path), raw=values, **parsed)
     _check_consistency(settings)
     return settings

@@ -24,6 +24,10 @@ RECIPE_LABEL = "io.cdtasks.recipe"
 VERSIONS_LABEL = "io.cdtasks.versions"
 
 
+class ImageError(RuntimeError):
+    """An image could not be built; the message names it and the cause."""
+
+
 @dataclass(frozen=True)
 class Rootfs:
     """A Debian root filesystem: packages, upstream version pins, files copied in."""
@@ -41,6 +45,7 @@ class Image:
     version: str
     rootfs: Rootfs
     entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     expose: tuple[int, ...] = ()
     upstream: str = ""  # the pinned upstream image this one stands in for
@@ -51,7 +56,8 @@ class Image:
 
     def changes(self) -> list[str]:
         """Dockerfile instructions `docker import` applies on top of the root filesystem."""
-        out = [f"ENTRYPOINT {json.dumps(list(self.entrypoint))}"]
+        out = [f"ENTRYPOINT {json.dumps(list(self.entrypoint))}"] if self.entrypoint else []
+        out += [f"CMD {json.dumps(list(self.cmd))}"] if self.cmd else []
         out += [f"ENV {k}={v}" for k, v in sorted(self.env.items())]
         out += [f"EXPOSE {p}" for p in self.expose]
         return out
@@ -86,7 +92,8 @@ IMAGES: dict[str, Image] = {i.key: i for i in (
     Image("registry", "cdtasks/registry", "2.8.2", RUNTIME_FS,
           ("/usr/bin/docker-registry", "serve", "/etc/docker/registry/config.yml"),
           expose=(5000,), upstream="registry:2.8.2"),
-    Image("python", "cdtasks/python", "3.11", RUNTIME_FS, ("python3",),
+    # Like python:3.11-slim: no entrypoint, so compose commands and Dockerfile CMDs work as is.
+    Image("python", "cdtasks/python", "3.11", RUNTIME_FS, (), cmd=("python3",),
           upstream="python:3.11-slim-bookworm"),
     Image("haproxy", "cdtasks/haproxy", "2.6", RUNTIME_FS,
           ("haproxy", "-W", "-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"),
@@ -132,16 +139,21 @@ def mmdebstrap_command(rootfs: Rootfs, out_tar: Path, versions_file: Path) -> li
     return cmd
 
 
+def _image_id(client, ref: str) -> str | None:
+    try:
+        return client.images.get(ref).id
+    except Exception as exc:
+        if type(exc).__name__ != "ImageNotFound":
+            raise
+        return None
+
+
 def missing(client, images: list[Image]) -> list[Image]:
     """The images that are absent or were built from another recipe."""
     out = []
     for image in images:
-        try:
-            labels = client.images.get(image.ref).labels or {}
-        except Exception as exc:  # docker.errors.ImageNotFound
-            if type(exc).__name__ != "ImageNotFound":
-                raise
-            labels = {}
+        image_id = _image_id(client, image.ref)
+        labels = (client.images.get(image_id).labels or {}) if image_id else {}
         if labels.get(RECIPE_LABEL) != image.recipe_hash():
             out.append(image)
     return out
@@ -150,33 +162,45 @@ def missing(client, images: list[Image]) -> list[Image]:
 def build(client, images: list[Image], log: Callable[[str], None] = print,
           force: bool = False) -> list[str]:
     """Build what is missing or stale (all with `force`); return the refs built."""
-    todo = list(images) if force else missing(client, images)
+    stale = {i.rootfs.name for i in (images if force else missing(client, images))}
     built: list[str] = []
-    by_fs: dict[str, list[Image]] = {}
-    for image in todo:
-        by_fs.setdefault(image.rootfs.name, []).append(image)
-    for group in by_fs.values():
+    # Every image of a root filesystem is imported from the same tarball, so they share one
+    # layer: rebuilding one of them rebuilds its siblings too.
+    for fs_name in sorted(stale):
+        group = [i for i in IMAGES.values() if i.rootfs.name == fs_name]
         rootfs = group[0].rootfs
         with tempfile.TemporaryDirectory(prefix=f"cdtasks-{rootfs.name}-") as tmp:
             tar, versions_file = Path(tmp) / "rootfs.tar", Path(tmp) / "versions"
             log(f"building root filesystem {rootfs.name} ({', '.join(rootfs.packages)})")
-            proc = subprocess.run(mmdebstrap_command(rootfs, tar, versions_file),
-                                  capture_output=True, text=True)
+            try:
+                proc = subprocess.run(mmdebstrap_command(rootfs, tar, versions_file),
+                                      capture_output=True, text=True)
+            except FileNotFoundError:
+                raise ImageError("mmdebstrap is not installed (apt-get install mmdebstrap)") from None
             if proc.returncode != 0:
                 tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-                raise RuntimeError(f"mmdebstrap failed for image {rootfs.name}:\n{tail}")
+                raise ImageError(f"mmdebstrap failed for image {rootfs.name}:\n{tail}")
             installed = dict(line.split(" ", 1) for line in
                              versions_file.read_text().splitlines() if " " in line)
-            check_pins(rootfs, installed)
+            try:
+                check_pins(rootfs, installed)
+            except ValueError as exc:
+                raise ImageError(str(exc)) from None
             pinned = json.dumps({p: installed[p] for p in sorted(rootfs.pins)})
             for image in group:
                 log(f"importing {image.ref}")
+                old = _image_id(client, image.ref)
                 changes = image.changes() + [
                     f"LABEL {RECIPE_LABEL}={image.recipe_hash()}",
                     f"LABEL {VERSIONS_LABEL}={json.dumps(pinned)}"]
                 client.api.import_image_from_file(
                     str(tar), repository=image.repo, tag=image.version, changes=changes)
                 built.append(image.ref)
+                if old:  # the replaced build, now untagged: don't let rebuilds pile up
+                    try:
+                        client.images.remove(old)
+                    except Exception:  # still used by a container: Docker keeps it, so do we
+                        pass
     return built
 
 
@@ -184,10 +208,13 @@ def distribute(source, targets: Mapping, refs: list[str], log: Callable[[str], N
     """Copy images from the local engine into the nodes that lack them (`docker save | docker
     load`, streamed, nodes in parallel). Returns the nodes that received something."""
 
+    ids = {r: source.images.get(r).id for r in refs}
+
     def one(item):
         node, client = item
-        have = {t for i in client.images.list() for t in i.tags}
-        need = [r for r in refs if r not in have]
+        # By ID, not tag: a rebuilt image keeps its tag but must replace the node's copy.
+        have = {(t, i.id) for i in client.images.list() for t in i.tags}
+        need = [r for r in refs if (r, ids[r]) not in have]
         if not need:
             return None
         log(f"{node}: loading {', '.join(need)}")

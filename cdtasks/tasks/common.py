@@ -8,6 +8,7 @@ from invoke import Exit
 
 from .. import config
 from ..engine import EngineError
+from ..images import ImageError
 from ..providers.base import ProviderError
 from ..services import ServiceError
 from ..swarm import SwarmError
@@ -15,7 +16,8 @@ from ..swarm import SwarmError
 # Exit codes, documented in the README.
 BAD_INPUT, UNREACHABLE, CLUSTER = 2, 3, 4
 ERRORS = ((config.ConfigError, BAD_INPUT), (EngineError, UNREACHABLE),
-          (ProviderError, UNREACHABLE), (SwarmError, CLUSTER), (ServiceError, CLUSTER))
+          (ProviderError, UNREACHABLE), (SwarmError, CLUSTER), (ServiceError, CLUSTER),
+          (ImageError, CLUSTER))
 
 
 def settings(env: str, **overrides) -> config.Settings:
