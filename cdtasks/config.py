@@ -112,6 +112,9 @@ KEYS: dict[str, Key] = {
     "REGISTRY_RESERVE_MB": Key(_int(0, 1 << 20), "100", "memory reserved for the registry"),
     "REGISTRY_DIR": Key(_path, "", "host directory both clusters' registries store into "
                                     "(default STATE_DIR/registry)"),
+    "WORKSPACE_DIR": Key(_path, "", "host directory where `inv deliver` checks out sources; the "
+                                     "lab mounts it into every node at the same path, so compose "
+                                     "bind mounts work on the CD node (default STATE_DIR/workspace)"),
     "ROUTING": Key(_choice("auto", "mesh", "dnsrr"), "auto",
                    "mesh: routing mesh and VIPs; dnsrr: host-mode ports and DNS round robin; "
                    "auto: mesh when the nodes' kernel has IPVS"),
@@ -142,6 +145,12 @@ KEYS: dict[str, Key] = {
     "CONSTRAINT": Key(str, "node.labels.env == prod-like", "placement constraint of every service "
                                                           "(empty: none)"),
     "SERVICES_TIMEOUT": Key(_int(5, 3600), "180", "seconds to wait for every replica to run"),
+    # -- delivery (`inv deliver`) -------------------------------------------------------------------
+    "REPO": Key(str, "", "repository to deliver, URL or local path (empty: this project, whose "
+                         "sample is in demo/)"),
+    "COMPOSE_FILE": Key(str, "demo/docker-compose-test-local.yml",
+                        "the test compose file, relative to the repository root"),
+    "REPORTS_DIR": Key(_path, "reports", "where JSON and JUnit reports are written"),
     "LAB_PORT_BASE": Key(_int(0, 65000), "0", "first host port for node ports on 127.0.0.1 "
                                               "(0: the engine picks free ones)"),
 }
@@ -162,6 +171,7 @@ class Settings:
     registry_port: int
     registry_reserve_mb: int
     registry_dir: Path
+    workspace_dir: Path
     routing: str
     lab_port_base: int
     app_dir: Path
@@ -186,6 +196,9 @@ class Settings:
     proxy_admin_port: int
     constraint: str
     services_timeout: int
+    repo: str
+    compose_file: str
+    reports_dir: Path
     raw: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @property
@@ -231,36 +244,38 @@ def load(env: str, overrides: Mapping[str, Any] | None = None, *,
         if value is not None:
             values[key] = str(value)
 
+    def origin(key: str) -> str:
+        if (overrides or {}).get(key) is not None:
+            return "command line"
+        if ENV_PREFIX + key in environ:
+            return f"process environment {ENV_PREFIX}{key}"
+        return str(path)
+
     parsed: dict[str, Any] = {}
     for key, spec in KEYS.items():
         raw = values.get(key, spec.default)
-        if (overrides or {}).get(key) is not None:
-            origin = "command line"
-        elif ENV_PREFIX + key in environ:
-            origin = f"process environment {ENV_PREFIX}{key}"
-        else:
-            origin = str(path)
         try:
             parsed[key.lower()] = spec.parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"{origin}: {key}={raw!r}: {exc}") from None
-    if not parsed["registry_dir"].parts:
-        parsed["registry_dir"] = parsed["state_dir"] / "registry"
+            raise ConfigError(f"{origin(key)}: {key}={raw!r}: {exc}") from None
+    for key, default in (("registry_dir", "registry"), ("workspace_dir", "workspace")):
+        if not parsed[key].parts:
+            parsed[key] = parsed["state_dir"] / default
     for key in ("app_dir", "proxy_config"):  # relative paths are relative to the project
         if not parsed[key].is_absolute():
             parsed[key] = PROJECT_DIR / parsed[key]
     settings = Settings(env=env, source=str(path), raw=values, **parsed)
-    _check_consistency(settings)
+    _check_consistency(settings, origin)
     return settings
 
 
-def _check_consistency(s: Settings) -> None:
+def _check_consistency(s: Settings, origin: Callable[[str], str]) -> None:
     if not s.nodes:
-        raise ConfigError(f"{s.source}: NODES is empty")
+        raise ConfigError(f"{origin('NODES')}: NODES is empty")
     for key, names in (("WORKERS", s.workers), ("CD_NODE", (s.cd_node,)),
                        ("NODE_LABELS", tuple(n for n, _, _ in s.node_labels))):
         for name in names:
             if name not in s.nodes:
-                raise ConfigError(f"{s.source}: {key} names {name!r}, which is not in NODES")
+                raise ConfigError(f"{origin(key)}: {key} names {name!r}, which is not in NODES")
     if not s.managers:
-        raise ConfigError(f"{s.source}: every node is a worker; a swarm needs a manager")
+        raise ConfigError(f"{origin('WORKERS')}: every node is a worker; a swarm needs a manager")

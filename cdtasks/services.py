@@ -236,3 +236,67 @@ def with_routing(spec: ServiceSpec, mode: str) -> ServiceSpec:
         return spec
     return replace(spec, endpoint_mode="dnsrr",
                    ports=tuple((p, t, "host") for p, t, _ in spec.ports))
+
+
+# -- releases: a new image for a running service ---------------------------------------------
+FAILED_UPDATE = ("paused", "rollback_started", "rollback_paused", "rollback_completed")
+
+
+@dataclass(frozen=True)
+class Rollout:
+    service: str
+    image: str
+    state: str  # Swarm's UpdateStatus.State, or "unchanged" when the image was already running
+    seconds: float
+    message: str = ""
+
+
+def current_image(client, name: str) -> str:
+    svc = inspect(client, name)
+    if svc is None:
+        raise ServiceError(f"service {name} does not exist: create it with `inv services`")
+    return svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+
+
+def update_image(client, name: str, image: str) -> bool:
+    """`docker service update --image`: only the image changes. False when it already runs."""
+    svc = inspect(client, name)
+    if svc is None:
+        raise ServiceError(f"service {name} does not exist: create it with `inv services`")
+    template = svc["Spec"]["TaskTemplate"]
+    if template["ContainerSpec"]["Image"] == image:
+        return False
+    template["ContainerSpec"]["Image"] = image
+    client.api.update_service(svc["ID"], svc["Version"]["Index"], task_template=template,
+                              fetch_current_spec=True)
+    return True
+
+
+def wait_rollout(client, name: str, image: str, timeout: float,
+                 on_progress: Callable[[str], None], poll: float = 0.5) -> Rollout:
+    """Wait for a rolling update from Swarm's own state: UpdateStatus `completed` and every
+    replica running the image. `paused` and `rollback_*` are failures, although the CLI's
+    `docker service update` exits 0 on them."""
+    start = time.monotonic()
+    last = ""
+    while True:
+        svc = client.api.inspect_service(name)
+        status = svc.get("UpdateStatus") or {}
+        state = status.get("State", "unchanged")
+        running, wanted, tasks = running_tasks(client, name)
+        on_new = sum(1 for t in tasks if t["Status"]["State"] == "running"
+                     and t["Spec"]["ContainerSpec"]["Image"] == image)
+        text = f"{name}: {on_new}/{wanted} replicas on the new image ({state})"
+        if text != last:
+            on_progress(text)
+            last = text
+        elapsed = time.monotonic() - start
+        if state in FAILED_UPDATE:
+            return Rollout(name, image, state, elapsed, status.get("Message", ""))
+        if state in ("completed", "unchanged") and on_new >= wanted and running >= wanted:
+            return Rollout(name, image, state, elapsed, status.get("Message", ""))
+        if elapsed > timeout:
+            return Rollout(name, image, "timeout", elapsed,
+                           f"{on_new}/{wanted} replicas on {image} after {timeout:.0f}s: "
+                           f"{diagnose(client, name)}")
+        time.sleep(poll)

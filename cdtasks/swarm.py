@@ -85,9 +85,9 @@ def plan_membership(settings: Settings, infos: Mapping[str, NodeInfo],
             raise SwarmError(f"node {first} is in swarm state {infos[first].state!r}, "
                              f"not part of a healthy cluster; destroy and provision it again")
         actions.append(Action("init", first))
-        cluster = ""
-    else:
-        cluster = anchor.cluster_id
+    # Membership is decided by the node's ID in our manager's node list: `docker info` gives
+    # the cluster ID to managers only, so a worker's own view cannot tell.
+    ours = {m.id for m in members}
     by_host: dict[str, list[Member]] = {}
     for m in members:
         by_host.setdefault(m.hostname, []).append(m)
@@ -98,13 +98,14 @@ def plan_membership(settings: Settings, infos: Mapping[str, NodeInfo],
         for m in by_host.get(name, []):
             if m.id != info.node_id and m.status != "ready":
                 actions.append(Action("remove", name, {"id": m.id, "role": m.role}))
-        if actions and actions[0].kind == "init" and name == settings.leader:
+        if anchor is None and name == settings.leader:
             continue
         if info.state == "inactive":
             actions.append(Action("join", name, {"role": want_role[name]}))
-        elif info.state == "active" and cluster and info.cluster_id != cluster:
-            raise SwarmError(f"node {name} belongs to another swarm ({info.cluster_id[:12]}); "
-                             f"make it leave (docker swarm leave --force) or destroy it")
+        elif info.state == "active" and info.node_id not in ours:
+            other = f" ({info.cluster_id[:12]})" if info.cluster_id else ""
+            raise SwarmError(f"node {name} belongs to another swarm{other}; make it leave "
+                             f"(docker swarm leave --force) or destroy it")
         elif info.state != "active":
             raise SwarmError(f"node {name} is in swarm state {info.state!r}; "
                              f"destroy and provision it again")

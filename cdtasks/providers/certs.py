@@ -50,17 +50,21 @@ def _cert(subject: str, key, issuer_cert, issuer_key, *, ca=False, server_names=
 
 
 def ensure_ca(directory: Path) -> None:
-    """CA and client certificate, shared by every node of a lab (created once)."""
-    if (directory / "ca.pem").exists() and (directory / "cert.pem").exists():
+    """CA and client certificate, shared by every node of a lab. An existing CA is kept (the
+    nodes' server certificates hang on it); a lost client certificate is issued anew."""
+    if not (directory / "ca.pem").exists() or not (directory / "ca-key.pem").exists():
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca = _cert("cdtasks CA", ca_key, None, None, ca=True)
+        _write(directory / "ca-key.pem", _key_pem(ca_key), private=True)
+        _write(directory / "ca.pem", ca.public_bytes(serialization.Encoding.PEM))
+    if (directory / "cert.pem").exists() and (directory / "key.pem").exists():
         return
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("cdtasks CA", ca_key, None, None, ca=True)
+    ca_key = serialization.load_pem_private_key((directory / "ca-key.pem").read_bytes(), None)
+    ca = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _cert("cdtasks client", key, ca, ca_key, client=True)
-    _write(directory / "ca-key.pem", _key_pem(ca_key), private=True)
     _write(directory / "key.pem", _key_pem(key), private=True)
     _write(directory / "cert.pem", cert.public_bytes(serialization.Encoding.PEM))
-    _write(directory / "ca.pem", ca.public_bytes(serialization.Encoding.PEM))
 
 
 def server_cert(ca_dir: Path, out_dir: Path, names: list[str]) -> None:

@@ -137,6 +137,7 @@ class LabProvider(Provider):
             certs.ensure_ca(self.root / "certs")
             certs.ssh_keypair(self.ssh_key)
             self.s.registry_dir.mkdir(parents=True, exist_ok=True)
+            self.s.workspace_dir.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
             results = list(pool.map(lambda n: self._ensure_node(n, image.ref, log), nodes))
         with _SHARED:
@@ -190,7 +191,7 @@ class LabProvider(Provider):
         return endpoint
 
     def _create_container(self, node: str, image: str, node_dir: Path):
-        api, reg = self.host.api, str(self.s.registry_dir)
+        api, reg, ws = self.host.api, str(self.s.registry_dir), str(self.s.workspace_dir)
         ports = {p: ("127.0.0.1", self.host_ports(node)[k]) for k, p in PORTS.items()}
         host_config = api.create_host_config(
             port_bindings=ports, network_mode=self.network,
@@ -201,7 +202,7 @@ class LabProvider(Provider):
             binds={self.volume_name(node): {"bind": "/var/lib/docker", "mode": "rw"},
                    "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
                    str(node_dir): {"bind": "/etc/cdtasks", "mode": "ro"},
-                   reg: {"bind": reg, "mode": "rw"}})
+                   reg: {"bind": reg, "mode": "rw"}, ws: {"bind": ws, "mode": "rw"}})
         # `--security-opt systempaths=unconfined`, which the SDK does not know: dockerd needs
         # /proc and /sys unmasked to run containers of its own.
         host_config.update(MaskedPaths=[], ReadonlyPaths=[])

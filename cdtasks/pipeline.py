@@ -1,0 +1,334 @@
+"""The book's release steps as plain functions: checkout, unit, build, staging, publish,
+prod-like, production tests. Each returns a one-line detail or raises StepFailed; `run_steps`
+runs them in order, stops at the first failure and returns one StepResult per step."""
+from __future__ import annotations
+
+import base64
+import datetime
+import getpass
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import services, stack
+from .cluster import Cluster
+from .compose import Compose, ComposeError, unique_project
+from .config import PROJECT_DIR, Settings
+from .report import StepResult
+
+STEPS = ("checkout", "unit", "build", "staging", "publish", "prodlike", "prodtest")
+DELIVERED_LABEL = "io.cdtasks.delivered"  # Swarm configs recording versions that passed prod-like
+VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+class StepFailed(RuntimeError):
+    def __init__(self, detail: str, output_tail: str = ""):
+        super().__init__(detail)
+        self.output_tail = output_tail
+
+
+def check_version(version: str) -> str:
+    if not version or version == "latest" or not VERSION_RE.match(version):
+        raise StepFailed(f"version {version!r} is refused: give a pinned version "
+                         f"(not empty, not latest, letters, digits, . _ -)")
+    return version
+
+
+@dataclass
+class Release:
+    """One delivery run: what to deliver and what each step learned so far."""
+
+    settings: Settings
+    repo: str
+    ref: str = "HEAD"
+    version: str | None = None
+    dry_run: bool = False
+    log: Callable[[str], None] = print
+    on_line: Callable[[str], None] | None = None
+    workdir: Path | None = None
+    digest: str | None = None
+    previous_image: str | None = None
+    commands: list[str] = field(default_factory=list)
+    _cluster: Cluster | None = None
+    project: str = ""
+
+    @property
+    def cluster(self) -> Cluster:
+        if self._cluster is None:
+            self._cluster = Cluster.of(self.settings).discover()
+        return self._cluster
+
+    @property
+    def image(self) -> str:
+        """The image name every node uses for the cluster's registry."""
+        return f"localhost:{self.settings.registry_port}/{self.settings.app_image}"
+
+    @property
+    def ref_tag(self) -> str:
+        return f"{self.image}:{self.version}"
+
+    @property
+    def pinned(self) -> str:
+        """The exact image verified: repository@digest (tag kept for people reading it)."""
+        return f"{self.ref_tag}@{self.digest}" if self.digest else self.ref_tag
+
+    def record(self, argv: Sequence[str]) -> None:
+        self.commands.append(shlex.join(argv))
+        if self.dry_run:
+            self.log("would run: " + shlex.join(argv))
+
+    def compose(self, host_ip: str = "") -> Compose:
+        if self.workdir is None:
+            raise StepFailed("no checkout: run the checkout step first")
+        ep = self.cluster.endpoints.get(self.settings.cd_node)
+        if ep is None:
+            raise StepFailed(f"CD node {self.settings.cd_node} is not running: run `inv provision`")
+        s = self.settings
+        env = {"IMAGE": self.image, "VERSION": self.version or "", "BASE_IMAGE": s.base_image,
+               "DB_IMAGE": s.db_image, "HOST_IP": host_ip}
+        self.project = self.project or unique_project(f"{s.app_service}-{self.version}")
+        return Compose(self.workdir / s.compose_file, self.project, ep.env(), env,
+                       dry_run=self.dry_run, on_line=self.on_line)
+
+    def docker_argv(self, *args: str) -> list[str]:
+        """The docker CLI command equivalent to an SDK call on the CD node (for --dry-run)."""
+        return ["docker", "-H", self.cluster.endpoints[self.settings.cd_node].docker_host, *args]
+
+
+# -- steps --------------------------------------------------------------------------------------
+def _git(args: Sequence[str], cwd: Path | None = None) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StepFailed(f"`{shlex.join(['git', *args])}` failed: "
+                         f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}", proc.stderr[-2000:])
+    return proc.stdout.strip()
+
+
+def checkout(r: Release) -> str:
+    """Clone the repository at the ref into the workspace (seen by the nodes at the same path)."""
+    repo = r.repo or str(PROJECT_DIR)
+    r.settings.workspace_dir.mkdir(parents=True, exist_ok=True)
+    dest = Path(tempfile.mkdtemp(prefix=f"{r.settings.app_service}-", dir=r.settings.workspace_dir))
+    r.workdir = dest
+    if Path(repo).is_dir() and not (Path(repo) / ".git").exists():
+        if r.ref != "HEAD":
+            raise StepFailed(f"{repo} is not a git repository: --ref {r.ref} cannot be checked out")
+        shutil.copytree(repo, dest, dirs_exist_ok=True)
+        if not r.version:
+            raise StepFailed(f"{repo} is not a git repository: give --version")
+    else:
+        r.record(["git", "clone", "--quiet", repo, str(dest)])
+        _git(["clone", "--quiet", repo, str(dest)])
+        r.record(["git", "-C", str(dest), "checkout", "--quiet", r.ref])
+        _git(["checkout", "--quiet", r.ref], dest)
+        if not r.version:
+            try:
+                r.version = _git(["describe", "--tags", "--exact-match"], dest)
+            except StepFailed:
+                r.version = _git(["rev-parse", "--short", "HEAD"], dest)
+    check_version(r.version)
+    if not (dest / r.settings.compose_file).is_file():
+        raise StepFailed(f"{r.settings.compose_file} not found in {repo} at {r.ref}")
+    commit = _git(["rev-parse", "--short", "HEAD"], dest) if (dest / ".git").exists() else "-"
+    # Containers on the CD node run as root: let them read the checkout whatever the umask.
+    dest.chmod(0o755)
+    return f"{repo} at {r.ref} ({commit}) as version {r.version}"
+
+
+def _compose_step(r: Release, action: Callable[[Compose], object], host_ip: str = "") -> None:
+    c = r.compose(host_ip)
+    try:
+        with c.session():
+            action(c)
+    except ComposeError as exc:
+        raise StepFailed(str(exc), exc.result.tail() if exc.result else "") from None
+    finally:
+        r.commands += c.commands()
+        if r.dry_run:
+            for cmd in c.commands():
+                r.log("would run: " + cmd)
+
+
+def unit(r: Release) -> str:
+    _compose_step(r, lambda c: c.run("unit"))
+    return "unit tests passed"
+
+
+def build(r: Release) -> str:
+    _compose_step(r, lambda c: c.build("app"))
+    return f"built {r.ref_tag} on {r.settings.cd_node}"
+
+
+def staging(r: Release) -> str:
+    """staging-dep up, staging tests against it; `down` always (the session guarantees it)."""
+    def act(c: Compose) -> None:
+        c.up("staging-dep")
+        c.run("staging")
+    _compose_step(r, act)
+    return "staging tests passed; staging removed"
+
+
+def publish(r: Release) -> str:
+    r.record(r.docker_argv("push", r.ref_tag))
+    if r.dry_run:
+        return f"would push {r.ref_tag}"
+    cd = r.cluster.client(r.settings.cd_node)
+    for line in cd.images.push(r.image, tag=r.version, stream=True, decode=True):
+        if "error" in line:
+            raise StepFailed(f"pushing {r.ref_tag} failed: {line['error']}")
+        aux = line.get("aux") or {}
+        if aux.get("Digest"):
+            r.digest = aux["Digest"]
+    if not r.digest:
+        raise StepFailed(f"the registry reported no digest for {r.ref_tag}")
+    return f"pushed {r.ref_tag} ({r.digest[:19]})"
+
+
+def prepull(cluster: Cluster, service: str, image: str, log: Callable[[str], None]) -> list[str]:
+    """Pull the new image on every node that runs the service, in parallel, before the update:
+    the rolling update then only starts containers."""
+    manager = cluster.manager()
+    names = {n["ID"]: n["Description"]["Hostname"] for n in manager.api.nodes()}
+    _, _, tasks = services.running_tasks(manager, service)
+    nodes = sorted({names[t["NodeID"]] for t in tasks if t.get("NodeID") in names})
+    repo, _, digest = image.partition("@")
+
+    def pull(node: str) -> str:
+        cluster.client(node).api.pull(repo.rsplit(":", 1)[0],
+                                      tag=digest or repo.rsplit(":", 1)[1])
+        return node
+
+    with ThreadPoolExecutor(max_workers=len(nodes) or 1) as pool:
+        done = list(pool.map(pull, nodes))
+    log(f"pre-pulled {image} on {', '.join(done)}")
+    return done
+
+
+def rollout(cluster: Cluster, settings: Settings, image: str, log: Callable[[str], None],
+            dry_run: bool = False, record: Callable[[Sequence[str]], None] | None = None) -> services.Rollout:
+    """Pre-pull, `docker service update --image`, then wait for Swarm to report completion."""
+    svc = settings.app_service
+    if record:
+        record(["docker", "service", "update", "--image", image, svc])
+    if dry_run:
+        return services.Rollout(svc, image, "dry-run", 0.0)
+    manager = cluster.manager()
+    prepull(cluster, svc, image, log)
+    services.update_image(manager, svc, image)
+    return services.wait_rollout(manager, svc, image, settings.services_timeout, log)
+
+
+def prodlike(r: Release) -> str:
+    manager = None if r.dry_run else r.cluster.manager()
+    if manager is not None:
+        r.previous_image = services.current_image(manager, r.settings.app_service)
+    result = rollout(r.cluster, r.settings, r.pinned, r.log, r.dry_run, r.record)
+    if result.state not in ("completed", "unchanged", "dry-run"):
+        raise StepFailed(f"rolling update of {result.service} ended {result.state}: {result.message}")
+    return f"{r.settings.app_service} runs {r.ref_tag} on every replica ({result.seconds:.1f}s)"
+
+
+def host_ip(cluster: Cluster, settings: Settings, routing: str) -> str:
+    """Where production tests reach the proxy: any node with the routing mesh; without it, a
+    node that runs a proxy task."""
+    nodes = list(cluster.endpoints) if routing == "mesh" else stack.proxy_nodes(cluster, settings)
+    if not nodes:
+        raise StepFailed(f"no node of {settings.env} runs a {settings.proxy_service} task")
+    address = cluster.endpoints[nodes[0]].address
+    return address if settings.proxy_port == 80 else f"{address}:{settings.proxy_port}"
+
+
+def production_tests(r: Release, target: Cluster, target_settings: Settings) -> str:
+    """`run --rm production` on the CD node against a cluster's proxy."""
+    ip = "HOST_IP" if r.dry_run else host_ip(target, target_settings, target.routing()[0])
+    _compose_step(r, lambda c: c.run("production"), host_ip=ip)
+    return f"production tests passed against {target_settings.env} ({ip})"
+
+
+def prodtest(r: Release) -> str:
+    detail = production_tests(r, r.cluster, r.settings)
+    if not r.dry_run:
+        mark_delivered(r)
+    return detail
+
+
+STEP_FUNCS: dict[str, Callable[[Release], str]] = {
+    "checkout": checkout, "unit": unit, "build": build, "staging": staging,
+    "publish": publish, "prodlike": prodlike, "prodtest": prodtest}
+
+
+# -- what passed prod-like, recorded on the cluster -------------------------------------------
+def mark_delivered(r: Release) -> None:
+    """A Swarm config per version that passed prod-like: survives the machine the tool ran on."""
+    manager = r.cluster.manager()
+    data = {"service": r.settings.app_service, "version": r.version, "image": r.ref_tag,
+            "digest": r.digest, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "user": getpass.getuser()}
+    name = f"cdtasks-delivered-{r.settings.app_service}-{r.version}-{int(time.time() * 1000)}"
+    manager.api.create_config(name[:64], json.dumps(data).encode(),
+                              labels={DELIVERED_LABEL: r.settings.app_service})
+
+
+def delivered(manager, service: str) -> list[dict]:
+    """Versions that passed prod-like for a service, oldest first."""
+    configs = manager.api.configs(filters={"label": f"{DELIVERED_LABEL}={service}"})
+    out = [json.loads(base64.b64decode(manager.api.inspect_config(c["ID"])["Spec"]["Data"]))
+           for c in configs]
+    return sorted(out, key=lambda d: d["time"])
+
+
+# -- running steps ------------------------------------------------------------------------------
+def run_steps(r: Release, names: Sequence[str], progress) -> list[StepResult]:
+    """Run the named steps in order; the first failure stops the run, the rest are skipped."""
+    results: list[StepResult] = []
+    failed = False
+    for name in names:
+        if failed:
+            results.append(StepResult(name, False, 0.0, "not run", skipped=True))
+            continue
+        progress.step(name)
+        start = time.monotonic()
+        try:
+            detail = STEP_FUNCS[name](r)
+            result = StepResult(name, True, time.monotonic() - start, detail)
+        except StepFailed as exc:
+            result = StepResult(name, False, time.monotonic() - start, str(exc), exc.output_tail)
+        except KeyboardInterrupt:
+            progress.done(StepResult(name, False, time.monotonic() - start, "interrupted"))
+            raise
+        except Exception as exc:  # an engine or API error: still a failed step, with its reason
+            result = StepResult(name, False, time.monotonic() - start,
+                                f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+        progress.done(result)
+        results.append(result)
+        failed = not result.ok
+    return results
+
+
+def state_after(r: Release, results: list[StepResult]) -> str:
+    """What the failure left behind, in one line, for the user and the report."""
+    failed = next((x.name for x in results if x.failed), None)
+    if failed is None:
+        return f"{r.settings.app_service} runs {r.ref_tag} on prod-like"
+    if failed in ("checkout", "unit", "build", "staging"):
+        return f"nothing left behind (staging removed); {r.settings.app_service} untouched"
+    if failed == "publish":
+        return f"{r.ref_tag} not in the registry; {r.settings.app_service} untouched"
+    try:
+        running = services.current_image(r.cluster.manager(), r.settings.app_service)
+    except Exception:  # the state line must not hide the failure itself
+        running = "unknown"
+    return f"prod-like runs {running}"
+
+
+def cleanup(r: Release) -> None:
+    if r.workdir and r.workdir.exists():
+        shutil.rmtree(r.workdir, ignore_errors=True)
