@@ -3,10 +3,7 @@ prod-like, production tests. Each returns a one-line detail or raises StepFailed
 runs them in order, stops at the first failure and returns one StepResult per step."""
 from __future__ import annotations
 
-import base64
-import datetime
 import getpass
-import json
 import re
 import shlex
 import shutil
@@ -18,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import services, stack
+from . import records, services, stack
 from .cluster import Cluster
 from .compose import Compose, ComposeError, unique_project
 from .config import PROJECT_DIR, Settings
@@ -55,6 +52,7 @@ class Release:
     on_line: Callable[[str], None] | None = None
     workdir: Path | None = None
     digest: str | None = None
+    commit: str = ""
     previous_image: str | None = None
     commands: list[str] = field(default_factory=list)
     _cluster: Cluster | None = None
@@ -137,10 +135,10 @@ def checkout(r: Release) -> str:
     check_version(r.version)
     if not (dest / r.settings.compose_file).is_file():
         raise StepFailed(f"{r.settings.compose_file} not found in {repo} at {r.ref}")
-    commit = _git(["rev-parse", "--short", "HEAD"], dest) if (dest / ".git").exists() else "-"
+    r.commit = _git(["rev-parse", "HEAD"], dest) if (dest / ".git").exists() else ""
     # Containers on the CD node run as root: let them read the checkout whatever the umask.
     dest.chmod(0o755)
-    return f"{repo} at {r.ref} ({commit}) as version {r.version}"
+    return f"{repo} at {r.ref} ({r.commit[:7] or 'no git'}) as version {r.version}"
 
 
 def _compose_step(r: Release, action: Callable[[Compose], object], host_ip: str = "") -> None:
@@ -267,49 +265,46 @@ STEP_FUNCS: dict[str, Callable[[Release], str]] = {
 
 # -- what passed prod-like, recorded on the cluster -------------------------------------------
 def mark_delivered(r: Release) -> None:
-    """A Swarm config per version that passed prod-like: survives the machine the tool ran on."""
-    manager = r.cluster.manager()
-    data = {"service": r.settings.app_service, "version": r.version, "image": r.ref_tag,
-            "digest": r.digest, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "user": getpass.getuser()}
-    name = f"cdtasks-delivered-{r.settings.app_service}-{r.version}-{int(time.time() * 1000)}"
-    manager.api.create_config(name[:64], json.dumps(data).encode(),
-                              labels={DELIVERED_LABEL: r.settings.app_service})
+    """One record per version that passed prod-like: `inv deploy` promotes exactly its digest."""
+    records.put(r.cluster.manager(), "delivered", r.settings.app_service, {
+        "service": r.settings.app_service, "version": r.version, "image": r.ref_tag,
+        "digest": r.digest, "repo": r.repo, "commit": r.commit, "time": records.now(),
+        "user": getpass.getuser()})
 
 
 def delivered(manager, service: str) -> list[dict]:
     """Versions that passed prod-like for a service, oldest first."""
-    configs = manager.api.configs(filters={"label": f"{DELIVERED_LABEL}={service}"})
-    out = [json.loads(base64.b64decode(manager.api.inspect_config(c["ID"])["Spec"]["Data"]))
-           for c in configs]
-    return sorted(out, key=lambda d: d["time"])
+    return records.load(manager, "delivered", service)
 
 
 # -- running steps ------------------------------------------------------------------------------
+def run_step(name: str, fn: Callable, arg, progress) -> StepResult:
+    """One step with its timing; a failure becomes a failed StepResult, Ctrl-C propagates."""
+    progress.step(name)
+    start = time.monotonic()
+    try:
+        detail = fn(arg)
+        result = StepResult(name, True, time.monotonic() - start, detail)
+    except StepFailed as exc:
+        result = StepResult(name, False, time.monotonic() - start, str(exc), exc.output_tail)
+    except KeyboardInterrupt:
+        progress.done(StepResult(name, False, time.monotonic() - start, "interrupted"))
+        raise
+    except Exception as exc:  # an engine or API error: still a failed step, with its reason
+        result = StepResult(name, False, time.monotonic() - start,
+                            f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+    progress.done(result)
+    return result
+
+
 def run_steps(r: Release, names: Sequence[str], progress) -> list[StepResult]:
     """Run the named steps in order; the first failure stops the run, the rest are skipped."""
     results: list[StepResult] = []
-    failed = False
     for name in names:
-        if failed:
+        if results and (results[-1].failed or results[-1].skipped):
             results.append(StepResult(name, False, 0.0, "not run", skipped=True))
-            continue
-        progress.step(name)
-        start = time.monotonic()
-        try:
-            detail = STEP_FUNCS[name](r)
-            result = StepResult(name, True, time.monotonic() - start, detail)
-        except StepFailed as exc:
-            result = StepResult(name, False, time.monotonic() - start, str(exc), exc.output_tail)
-        except KeyboardInterrupt:
-            progress.done(StepResult(name, False, time.monotonic() - start, "interrupted"))
-            raise
-        except Exception as exc:  # an engine or API error: still a failed step, with its reason
-            result = StepResult(name, False, time.monotonic() - start,
-                                f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
-        progress.done(result)
-        results.append(result)
-        failed = not result.ok
+        else:
+            results.append(run_step(name, STEP_FUNCS[name], r, progress))
     return results
 
 

@@ -145,18 +145,23 @@ def _table(title: str, columns: list[str]) -> Table:
     return grid
 
 
+def _stdout() -> Console:
+    # Logs and pipes get wide tables: rich's 80-column default would wrap digests and paths.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
 def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     """A table on stdout; colours only on a terminal."""
     grid = _table(title, columns)
     for row in rows:
         grid.add_row(*(Text(cell) for cell in row))  # Text: cells are data, not rich markup
-    Console(highlight=False).print(grid)
+    _stdout().print(grid)
 
 
 def print_results(title: str, results: list[StepResult], secrets: Iterable[str] = ()) -> None:
     """The final table of a run, then the name and output tail of each failed step."""
     secrets = tuple(secrets)
-    console = Console(highlight=False)
+    console = _stdout()
     grid = _table(title, ["step", "result", "seconds", "detail"])
     grid.caption = f"total {sum(r.seconds for r in results):.1f}s"
     for r in results:

@@ -8,7 +8,9 @@ from invoke import Collection, Exit, task
 
 from .. import pipeline, report
 from ..pipeline import STEPS, Release
+from ..release import Deployment
 from .common import out, settings, user_errors
+from .release import run_deployment
 
 STEP_EXIT_BASE = 10  # a failed step exits 10 + its position: checkout 11 ... prodtest 17
 
@@ -22,6 +24,8 @@ FLAGS = {
     "compose_file": "compose file relative to the repository root (default COMPOSE_FILE)",
     "cd_node": "node that runs tests and builds (default CD_NODE)",
     "dry_run": "print every docker and compose command in order; change nothing",
+    "deploy": "continuous deployment: after a successful delivery, `inv deploy` it to --to-env",
+    "to_env": "environment `--deploy` deploys to (default prod)",
 }
 
 
@@ -53,8 +57,8 @@ def _finish(r: Release, results, title: str) -> None:
 @task(help=FLAGS)
 @user_errors
 def deliver(c, env="test", repo=None, ref="HEAD", version=None, service=None, image=None,
-            compose_file=None, cd_node=None, dry_run=False):
-    """Run the delivery pipeline: checkout, unit, build, staging, publish, prod-like, prod tests."""
+            compose_file=None, cd_node=None, dry_run=False, deploy=False, to_env="prod"):
+    """Deliver: checkout, unit, build, staging, publish, prod-like, prod tests (--deploy: on)."""
     s = _settings(env, service, image, compose_file, cd_node)
     with report.Progress("deliver") as progress:
         r = Release(s, repo or s.repo, ref, version, dry_run=dry_run, log=progress.log,
@@ -64,6 +68,8 @@ def deliver(c, env="test", repo=None, ref="HEAD", version=None, service=None, im
         finally:
             pipeline.cleanup(r)
     _finish(r, results, "deliver")
+    if deploy and not dry_run:
+        run_deployment(Deployment(settings(to_env), s, r.version), "deploy")
 
 
 # -- one step at a time: the checkout's state is kept in the workspace between tasks ---------

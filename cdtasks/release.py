@@ -1,0 +1,246 @@
+"""Continuous deployment: promote the exact digest verified on prod-like, verify with production
+tests, roll back automatically, one deployment per cluster at a time, and a history kept on the
+cluster itself and in a local log."""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from docker.errors import APIError, NotFound
+
+from . import pipeline, records, services
+from .cluster import Cluster
+from .config import Settings
+from .pipeline import Release, StepFailed
+from .report import StepResult
+
+LOCK_TTL = 15 * 60  # seconds after which a lock whose holder vanished counts as expired
+LOCK_POLL = 2.0
+
+
+class ReleaseError(RuntimeError):
+    """Bad input or a fault found before anything changed (unknown version, no service...)."""
+
+
+class LockHeld(RuntimeError):
+    """Another deployment holds the cluster's lock."""
+
+
+def _holder_text(h: dict) -> str:
+    return (f"{h.get('user')}@{h.get('host')} (pid {h.get('pid')}) since {h.get('time')}, "
+            f"deploying {h.get('version')}")
+
+
+def lock_expired(holder: dict, now: float | None = None, host: str | None = None) -> bool:
+    """Expired when its time is up, or when its holder ran on this host and is gone."""
+    if (now or time.time()) > float(holder.get("expires", 0)):
+        return True
+    if holder.get("host") == (host or socket.gethostname()):
+        try:
+            os.kill(int(holder.get("pid", 0)), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError):
+            return False
+    return False
+
+
+def acquire(manager, service: str, version: str, wait: float, log: Callable[[str], None]) -> str:
+    """Take the deployment lock of a service (waiting up to `wait` seconds); returns its token."""
+    token = secrets.token_hex(8)
+    holder = {"user": getpass.getuser(), "host": socket.gethostname(), "pid": os.getpid(),
+              "time": records.now(), "version": version, "expires": time.time() + LOCK_TTL,
+              "token": token}
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        current = records.try_lock(manager, service, holder)
+        if current is None:
+            return token
+        if lock_expired(current):
+            log(f"removing an expired lock of {_holder_text(current)}")
+            records.unlock(manager, service, current.get("token"))
+            continue
+        if time.monotonic() >= deadline:
+            raise LockHeld(f"{service} is being deployed by {_holder_text(current)}"
+                           + ("" if wait else "; use --wait to wait for it"))
+        if not told:
+            log(f"waiting for the lock held by {_holder_text(current)}")
+            told = True
+        time.sleep(LOCK_POLL)
+
+
+@dataclass
+class Deployment:
+    prod: Settings  # the cluster deployed to
+    test: Settings  # where versions are verified (prod-like) and the CD node runs tests
+    version: str | None = None
+    force: bool = False
+    auto_rollback: bool = True
+    wait: float = 0.0
+    log: Callable[[str], None] = print
+    on_line: Callable[[str], None] | None = None
+    kind: str = "deploy"  # deploy | rollback
+    # learned while running
+    image: str = ""
+    digest: str = ""
+    previous: str = ""
+    rolled_back: bool = False
+    release: Release | None = None
+    cluster: Cluster | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def service(self) -> str:
+        return self.prod.app_service
+
+
+def _repo_image(s: Settings) -> str:
+    return f"localhost:{s.registry_port}/{s.app_image}"
+
+
+def _digest_in_registry(manager, s: Settings, ref: str, node: str) -> str:
+    """The digest the registry has for `ref`, checked through a manager of the cluster."""
+    try:
+        return manager.images.get_registry_data(ref).id
+    except NotFound:
+        raise ReleaseError(f"unknown version: {ref} is not in the registry") from None
+    except APIError as exc:
+        text = str(exc.explanation or exc)
+        if "not found" in text.lower() or "manifest unknown" in text.lower():
+            raise ReleaseError(f"unknown version: {ref} is not in the registry") from None
+        raise ReleaseError(f"registry unreachable at localhost:{s.registry_port} "
+                           f"(asked through {node}): {text.splitlines()[0][:200]}") from None
+
+
+def resolve(d: Deployment) -> dict:
+    """What to deploy: the record of a version that passed prod-like (by default the last one).
+    A version that never passed there is refused unless forced. Nothing changes here."""
+    test_manager = Cluster.of(d.test).discover().manager()
+    passed = pipeline.delivered(test_manager, d.test.app_service)
+    if d.version is None:
+        if not passed:
+            raise ReleaseError(f"no version of {d.test.app_service} has passed `inv deliver` on "
+                               f"prod-like yet: deliver one, or give --version with --force")
+        return passed[-1]
+    found = [p for p in passed if p["version"] == d.version]
+    if found:
+        return found[-1]
+    if not d.force:
+        known = ", ".join(sorted({p["version"] for p in passed})) or "none"
+        raise ReleaseError(f"version {d.version} never passed prod-like (passed: {known}); "
+                           f"deliver it first, or use --force")
+    return {"version": d.version, "image": f"{_repo_image(d.prod)}:{d.version}", "digest": "",
+            "repo": d.test.repo, "commit": ""}
+
+
+def prepare(d: Deployment) -> str:
+    """Resolve the version and check the cluster before anything changes; take the lock.
+    Returns the lock token. Raises ReleaseError / LockHeld / EngineError with one clear line."""
+    if d.version is not None:
+        try:
+            pipeline.check_version(d.version)
+        except StepFailed as exc:
+            raise ReleaseError(str(exc)) from None
+    d.cluster = Cluster.of(d.prod).discover()
+    manager = d.cluster.manager()
+    d.previous = services.current_image(manager, d.service)
+    if d.kind == "rollback" and d.version is None:
+        spec = (services.inspect(manager, d.service).get("PreviousSpec") or {})
+        d.image = (spec.get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Image", "")
+        if not d.image:
+            raise ReleaseError(f"{d.service} on {d.prod.env} has no previous version to roll back to")
+        d.version = d.image.split("@")[0].rsplit(":", 1)[-1]
+        record = {"repo": d.test.repo, "commit": ""}
+    else:
+        record = resolve(d)
+        d.version = record["version"]
+        tag_ref = record["image"]
+        registry_digest = _digest_in_registry(manager, d.prod, tag_ref, d.prod.leader)
+        d.digest = record.get("digest") or registry_digest
+        # Production gets the digest verified on prod-like, never a tag resolved again.
+        d.image = f"{tag_ref}@{d.digest}"
+        _digest_in_registry(manager, d.prod, f"{_repo_image(d.prod)}@{d.digest}", d.prod.leader)
+    d.release = Release(d.test, record.get("repo") or d.test.repo, record.get("commit") or "HEAD",
+                        d.version, log=d.log, on_line=d.on_line)
+    return acquire(manager, d.service, d.version, d.wait, d.log)
+
+
+# -- steps ------------------------------------------------------------------------------------
+def _rollout_to(d: Deployment, image: str) -> str:
+    result = pipeline.rollout(d.cluster, d.prod, image, d.log)
+    if result.state not in ("completed", "unchanged"):
+        raise StepFailed(f"rolling update of {d.service} ended {result.state}: {result.message}")
+    return f"{d.service} on {d.prod.env}: every replica runs {image} ({result.seconds:.1f}s)"
+
+
+def _prodtest(d: Deployment) -> str:
+    if d.release.workdir is None:
+        pipeline.checkout(d.release)
+    return pipeline.production_tests(d.release, d.cluster, d.prod)
+
+
+def _rollback(d: Deployment) -> str:
+    d.rolled_back = True
+    return _rollout_to(d, d.previous)
+
+
+def run(d: Deployment, progress) -> list[StepResult]:
+    """rollout, production tests; on failure (and unless disabled) roll back to the previous
+    image and test again. The caller has taken the lock with `prepare`."""
+    results = [pipeline.run_step("rollout", lambda _: _rollout_to(d, d.image), d, progress)]
+    if results[-1].ok:
+        results.append(pipeline.run_step("prodtest", _prodtest, d, progress))
+    if results[-1].failed and d.auto_rollback and d.previous and d.previous != d.image:
+        results.append(pipeline.run_step("rollback", _rollback, d, progress))
+        results.append(pipeline.run_step("prodtest-after-rollback", _prodtest, d, progress))
+    return results
+
+
+def outcome(d: Deployment, results: list[StepResult]) -> str:
+    if all(r.ok for r in results):
+        return "deployed" if d.kind == "deploy" else "rolled back"
+    if d.rolled_back:
+        return "failed, rolled back" if results[-1].ok else "failed, rollback failed"
+    return "failed"
+
+
+def finish(d: Deployment, results: list[StepResult], token: str) -> dict:
+    """Release the lock and write the history entry (cluster and local log)."""
+    manager = d.cluster.manager()
+    entry = {"time": records.now(), "user": getpass.getuser(), "env": d.prod.env,
+             "service": d.service, "kind": d.kind, "version": d.version, "image": d.image,
+             "digest": d.digest, "previous": d.previous, "result": outcome(d, results),
+             "rolled_back": d.rolled_back,
+             "seconds": round(time.monotonic() - d.started, 1),
+             "steps": {r.name: r.status for r in results}}
+    try:
+        records.put(manager, "history", d.service, entry)
+    finally:
+        records.unlock(manager, d.service, token)
+        local_log(d.prod).parent.mkdir(parents=True, exist_ok=True)
+        with local_log(d.prod).open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+        if d.release:
+            pipeline.cleanup(d.release)
+    return entry
+
+
+def local_log(s: Settings):
+    return s.state_dir / "history" / f"{s.lab_name}-{s.env}-{s.app_service}.jsonl"
+
+
+def history(s: Settings) -> tuple[list[dict], str]:
+    """Deployments, oldest first, from the cluster; from the local log when it cannot answer."""
+    try:
+        return records.load(Cluster.of(s).discover().manager(), "history", s.app_service), "cluster"
+    except Exception as exc:  # the cluster is unreachable: the local log still tells
+        f = local_log(s)
+        rows = [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
+        return rows, f"local log {f} (cluster unreachable: {str(exc).splitlines()[0][:120]})"
