@@ -140,6 +140,16 @@ def resolve(d: Deployment) -> dict:
             "repo": d.test.repo, "commit": ""}
 
 
+def rollback_target(manager, service: str, current: str) -> str:
+    """The image of the last successful deployment other than the running one; else Swarm's
+    PreviousSpec (a service never deployed by the tool)."""
+    for entry in reversed(records.load(manager, "history", service)):
+        if entry["result"] in ("deployed", "rolled back") and entry["image"] != current:
+            return entry["image"]
+    spec = services.inspect(manager, service).get("PreviousSpec") or {}
+    return (spec.get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Image", "")
+
+
 def prepare(d: Deployment) -> str:
     """Resolve the version and check the cluster before anything changes; take the lock.
     Returns the lock token. Raises ReleaseError / LockHeld / EngineError with one clear line."""
@@ -152,11 +162,11 @@ def prepare(d: Deployment) -> str:
     manager = d.cluster.manager()
     d.previous = services.current_image(manager, d.service)
     if d.kind == "rollback" and d.version is None:
-        spec = (services.inspect(manager, d.service).get("PreviousSpec") or {})
-        d.image = (spec.get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Image", "")
+        d.image = rollback_target(manager, d.service, d.previous)
         if not d.image:
             raise ReleaseError(f"{d.service} on {d.prod.env} has no previous version to roll back to")
         d.version = d.image.split("@")[0].rsplit(":", 1)[-1]
+        d.digest = d.image.partition("@")[2]
         record = {"repo": d.test.repo, "commit": ""}
     else:
         record = resolve(d)

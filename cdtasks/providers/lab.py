@@ -179,8 +179,6 @@ class LabProvider(Provider):
             log(f"{node}: creating the machine")
             self._remove_volume(node)  # a fresh machine must not inherit a dead node's swarm state
             node_dir = self._prepare_machine(node)
-            ports = {f"{p}/tcp": ("127.0.0.1", self.host_ports(node)[k]) for k, p in PORTS.items()}
-            reg = str(self.s.registry_dir)
             try:
                 c = self._create_container(node, image, node_dir)
             except APIError as exc:

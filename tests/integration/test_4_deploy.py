@@ -1,0 +1,149 @@
+"""`inv deploy --env prod`: exact-digest promotion, automatic rollback, locks, history.
+Real lab, real CLI; the production cluster is driven exactly as a user would."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from cdtasks import pipeline, records
+from cdtasks.cluster import Cluster
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _manager(lab, env):
+    return Cluster.of(lab.settings(env)).discover().manager()
+
+
+def _task_images(manager, service="go-demo"):
+    svc = manager.api.inspect_service(service)
+    tasks = manager.api.tasks(filters={"service": svc["ID"], "desired-state": "running"})
+    return [t["Spec"]["ContainerSpec"]["Image"] for t in tasks if t["Status"]["State"] == "running"]
+
+
+@pytest.fixture(scope="module")
+def delivered(stack, tmp_path_factory):
+    """Version 2.0 delivered through prod-like, so production can take it."""
+    reports = tmp_path_factory.mktemp("reports")
+    stack.inv("deliver", "--version", "2.0", extra_env={"CDTASKS_REPORTS_DIR": str(reports)})
+    record = [r for r in pipeline.delivered(_manager(stack, "test"), "go-demo")
+              if r["version"] == "2.0"][-1]
+    return stack, record, reports
+
+
+def test_deploy_promotes_the_digest_verified_on_prod_like(delivered):
+    lab, record, reports = delivered
+    proc = lab.inv("deploy", "--env", "prod", extra_env={"CDTASKS_REPORTS_DIR": str(reports)})
+    assert "deployed (2.0" in proc.stdout
+    prod = _manager(lab, "prod")
+    images = _task_images(prod)
+    assert len(images) == 3, images
+    # Every production replica runs exactly the digest that passed prod-like, pinned by digest.
+    assert all(i.endswith("@" + record["digest"]) for i in images), images
+    assert all(i.endswith("@" + record["digest"]) for i in _task_images(_manager(lab, "test")))
+    hist = lab.inv("history", "--env", "prod").stdout
+    assert "2.0" in hist and "deployed" in hist and record["digest"][:19] in hist
+
+
+def test_a_version_that_never_passed_prod_like_is_refused(delivered):
+    lab, _, _ = delivered
+    before = _task_images(_manager(lab, "prod"))
+    proc = lab.inv("deploy", "--env", "prod", "--version", "9.9.9", check=False)
+    assert proc.returncode == 2
+    assert "9.9.9 never passed prod-like" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert _task_images(_manager(lab, "prod")) == before
+
+
+def _broken_version(lab, tmp_path, version: str) -> None:
+    """Build and push (no prod-like) a version whose hello answers wrongly: healthy for Swarm,
+    failing the production tests."""
+    repo = tmp_path / "repo"
+    shutil.copytree(os.path.join(ROOT, "demo"), repo / "demo")
+    server = repo / "demo" / "app" / "server.py"
+    text = server.read_text()
+    assert "hello, world!" in text
+    server.write_text(text.replace("hello, world!", "hello, broken!"))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "broken hello"]):
+        subprocess.run(["git", *args], cwd=repo, check=True, env=env)
+    lab.inv("checkout", "--repo", str(repo), "--version", version)
+    lab.inv("build")
+    lab.inv("publish")
+
+
+def test_failing_production_tests_roll_back_automatically(delivered, tmp_path):
+    lab, record, reports = delivered
+    _broken_version(lab, tmp_path, "2.1-broken")
+    good = _task_images(_manager(lab, "prod"))
+    assert all(i.endswith(record["digest"]) for i in good)
+    start = time.monotonic()
+    proc = lab.inv("deploy", "--env", "prod", "--version", "2.1-broken", "--force", check=False,
+                   extra_env={"CDTASKS_REPORTS_DIR": str(reports)})
+    print(f"\nfailing deploy + automatic rollback: {time.monotonic() - start:.1f}s")
+    assert proc.returncode == 20, proc.stdout + proc.stderr
+    assert "failed, rolled back" in proc.stdout
+    # Back on the previous digest, every replica.
+    images = _task_images(_manager(lab, "prod"))
+    assert len(images) == 3 and all(i.endswith("@" + record["digest"]) for i in images), images
+    entry = records.load(_manager(lab, "prod"), "history", "go-demo")[-1]
+    assert entry["version"] == "2.1-broken" and entry["rolled_back"] is True
+    assert entry["result"] == "failed, rolled back"
+    assert entry["steps"] == {"rollout": "ok", "prodtest": "FAILED", "rollback": "ok",
+                              "prodtest-after-rollback": "ok"}
+
+
+def test_a_second_deploy_is_refused_while_one_holds_the_lock(delivered):
+    lab, _, _ = delivered
+    prod = _manager(lab, "prod")
+    holder = {"user": "alice", "host": socket.gethostname(), "pid": os.getpid(),
+              "time": records.now(), "version": "2.0", "expires": time.time() + 600, "token": "t1"}
+    assert records.try_lock(prod, "go-demo", holder) is None
+    try:
+        proc = lab.inv("deploy", "--env", "prod", check=False)
+        assert proc.returncode == 22
+        assert "being deployed by alice@" in proc.stderr and "2.0" in proc.stderr
+    finally:
+        assert records.unlock(prod, "go-demo", "t1")
+
+
+def test_a_lock_whose_holder_died_expires(delivered):
+    lab, _, _ = delivered
+    prod = _manager(lab, "prod")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    holder = {"user": "bob", "host": socket.gethostname(), "pid": dead.pid,
+              "time": records.now(), "version": "2.0", "expires": time.time() + 600, "token": "t2"}
+    assert records.try_lock(prod, "go-demo", holder) is None
+    proc = lab.inv("deploy", "--env", "prod", check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "removing an expired lock of bob@" in proc.stderr
+    assert records.try_lock(prod, "go-demo", {**holder, "token": "t3"}) is None
+    records.unlock(prod, "go-demo", "t3")
+
+
+def test_rollback_by_hand_and_history(delivered, tmp_path):
+    lab, record, _ = delivered
+    lab.inv("rollback", "--env", "prod", "--to", "1.0")
+    images = _task_images(_manager(lab, "prod"))
+    assert all(":1.0@" in i for i in images) and len(images) == 3, images
+    lab.inv("rollback", "--env", "prod")  # back to the last good deployment: 2.0
+    images = _task_images(_manager(lab, "prod"))
+    assert all(i.endswith("@" + record["digest"]) for i in images), images
+    hist = lab.inv("history", "--env", "prod").stdout
+    assert hist.count("rollback") >= 2 and "failed, rolled back" in hist
+
+
+def test_bad_input_and_a_missing_service(delivered):
+    lab, _, _ = delivered
+    proc = lab.inv("deploy", "--env", "prod", "--version", "latest", check=False)
+    assert proc.returncode == 2 and "latest" in proc.stderr
+    proc = lab.inv("deploy", "--env", "prod", check=False,
+                   extra_env={"CDTASKS_APP_SERVICE": "no-such-service"})
+    assert proc.returncode == 4 and "inv services" in proc.stderr and "Traceback" not in proc.stderr
