@@ -91,11 +91,10 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
     addresses = {n: ep.address for n, ep in c.endpoints.items()}
     actions += [str(a) for a in swarm.converge(settings, clients, addresses, log)]
     mode, reason = c.routing()
-    reg_image = settings.registry_image
-    host = getattr(c.provider, "host", None)
-    if host is not None and reg_image in {i.ref for i in images.IMAGES.values()}:
-        actions += [f"loaded {reg_image} into {n}" for n in
-                    images.distribute(host, clients, [reg_image], log)]
+    host = c.provider.image_source()
+    if host is not None:
+        actions += [f"loaded {settings.registry_image} into {n}" for n in
+                    images.provide(host, clients, [settings.registry_image], log)]
     manager = c.manager()
     spec = registry.spec(settings, mode)
     actions += services.converge(manager, [spec], log)

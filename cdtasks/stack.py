@@ -109,13 +109,11 @@ def publish_first_version(cluster: Cluster, s: Settings, log: Log) -> list[str]:
 
 def lab_images(cluster: Cluster, s: Settings, log: Log) -> list[str]:
     """Put the offline-built images the services use onto the nodes that lack them."""
-    built = {i.ref for i in images.IMAGES.values()}
-    refs = [r for r in (s.db_image, s.proxy_image, s.base_image) if r in built]
-    host = getattr(cluster.provider, "host", None)
-    if host is None or not refs:
+    host = cluster.provider.image_source()
+    if host is None:
         return []
-    images.build(host, [i for i in images.IMAGES.values() if i.ref in refs], log)
-    return [f"loaded images into {n}" for n in images.distribute(host, cluster.clients(), refs, log)]
+    refs = [s.db_image, s.proxy_image, s.base_image]
+    return [f"loaded images into {n}" for n in images.provide(host, cluster.clients(), refs, log)]
 
 
 def ensure(s: Settings, log: Log, *, check: bool = False, update: bool = False) -> StackResult:

@@ -225,3 +225,13 @@ def distribute(source, targets: Mapping, refs: list[str], log: Callable[[str], N
 
     with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
         return [n for n in pool.map(one, targets.items()) if n]
+
+
+def provide(source, targets: Mapping, refs: list[str], log: Callable[[str], None]) -> list[str]:
+    """For the offline-built images among `refs`: build what is missing, then copy them into
+    the nodes that lack them. Other references are left for the nodes to pull."""
+    ours = [i for i in IMAGES.values() if i.ref in refs]
+    if not ours:
+        return []
+    build(source, ours, log)
+    return distribute(source, targets, [i.ref for i in ours], log)

@@ -48,6 +48,11 @@ class Provider(ABC):
     def endpoints(self, nodes: Sequence[str]) -> dict[str, Endpoint]:
         """Endpoints of the nodes that exist now (missing ones are left out)."""
 
+    def image_source(self):
+        """The engine whose offline-built images are copied into the nodes (None: the nodes
+        pull what they need themselves)."""
+        return None
+
     @abstractmethod
     def remove(self, nodes: Sequence[str], log: Log, purge: bool = False) -> list[str]:
         """Remove the nodes' machines and what was made for them; return what was removed."""

@@ -58,6 +58,9 @@ class LabProvider(Provider):
             self._host = engine.host_client()
         return self._host
 
+    def image_source(self) -> docker.DockerClient:
+        return self.host
+
     @property
     def network(self) -> str:
         return self.s.lab_name
