@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from . import engine, images, registry, services, swarm
-from .config import Settings
+from .config import ConfigError, Settings
 from .providers import Endpoint, Provider, for_settings
 from .providers.base import Log
 
@@ -102,8 +102,19 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
     return ProvisionResult(settings.env, tuple(actions), mode, reason, time.monotonic() - started)
 
 
+def check_port_ranges(all_settings: Sequence[Settings]) -> None:
+    """Fixed host ports (LAB_PORT_BASE) of clusters provisioned together must not overlap."""
+    spans = sorted((s.lab_port_base, s.lab_port_base + 10 * len(s.nodes), s.env)
+                   for s in all_settings if s.lab_port_base)
+    for (lo1, hi1, e1), (lo2, _, e2) in zip(spans, spans[1:]):
+        if lo2 < hi1:
+            raise ConfigError(f"LAB_PORT_BASE of {e1} ({lo1}) and {e2} ({lo2}) overlap: each "
+                              f"cluster needs {hi1 - lo1} ports from its base")
+
+
 def provision_many(all_settings: Sequence[Settings], log: Log) -> list[ProvisionResult]:
     """Several clusters at once: their machines and swarms are independent."""
+    check_port_ranges(all_settings)
     with ThreadPoolExecutor(max_workers=len(all_settings) or 1) as pool:
         return list(pool.map(lambda s: provision(s, log), all_settings))
 

@@ -95,8 +95,11 @@ def plan_membership(settings: Settings, infos: Mapping[str, NodeInfo],
         info = infos[name]
         # Entries for this hostname that are not the node running now: left by a machine
         # that was removed and recreated. Remove them so `docker node ls` tells the truth.
+        # A new machine (inactive) makes every entry of its hostname stale, even one that Swarm
+        # still shows Ready: a lost manager stays Ready/Unreachable for some seconds.
         for m in by_host.get(name, []):
-            if m.id != info.node_id and m.status != "ready":
+            if m.id != info.node_id and (info.state == "inactive" or m.status != "ready"
+                                         or m.reachability == "unreachable"):
                 actions.append(Action("remove", name, {"id": m.id, "role": m.role}))
         if anchor is None and name == settings.leader:
             continue

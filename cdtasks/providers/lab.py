@@ -211,7 +211,11 @@ class LabProvider(Provider):
         created = api.create_container(
             image, name=self.container_name(node), hostname=node, labels=self.labels(node),
             ports=list(PORTS.values()), host_config=host_config)
-        api.start(created["Id"])
+        try:
+            api.start(created["Id"])
+        except APIError:
+            api.remove_container(created["Id"], force=True)  # leave no half-made machine behind
+            raise
         return self.host.containers.get(created["Id"])
 
     def _remove_volume(self, node: str) -> None:

@@ -416,3 +416,16 @@ def test_fresh_cluster_with_a_node_still_in_an_old_swarm_is_refused(tmp_path):
              N3: info_of(N3, "10.0.0.3", WORKER_INFO)}  # a worker of some earlier swarm
     with pytest.raises(SwarmError, match=N3):
         plan_membership(s, infos, [])
+
+
+def test_recreated_node_whose_old_entry_still_shows_ready_is_cleaned_up(tmp_path):
+    # A lost manager stays Ready/Unreachable for seconds: the new machine must not wait for Down.
+    s = settings(tmp_path)
+    infos = {N1: active(N1, "id1"), N2: active(N2, "id2"), N3: inactive(N3)}
+    old = Member(id="old3", hostname=N3, role="manager", status="ready",
+                 reachability="unreachable")
+    members = [member("id1", N1, leader=True), member("id2", N2), old]
+    assert plan_membership(s, infos, members) == (
+        Action("remove", N3, {"id": "old3", "role": "manager"}),
+        Action("join", N3, {"role": "manager"}),
+    )
