@@ -114,7 +114,8 @@ KEYS: dict[str, Key] = {
                                     "(default STATE_DIR/registry)"),
     "WORKSPACE_DIR": Key(_path, "", "host directory where `inv deliver` checks out sources; the "
                                      "lab mounts it into every node at the same path, so compose "
-                                     "bind mounts work on the CD node (default STATE_DIR/workspace)"),
+                                     "bind mounts work on the CD node (default "
+                                     "STATE_DIR/LAB_NAME/workspace)"),
     "ROUTING": Key(_choice("auto", "mesh", "dnsrr"), "auto",
                    "mesh: routing mesh and VIPs; dnsrr: host-mode ports and DNS round robin; "
                    "auto: mesh when the nodes' kernel has IPVS"),
@@ -258,7 +259,9 @@ def load(env: str, overrides: Mapping[str, Any] | None = None, *,
             parsed[key.lower()] = spec.parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{origin(key)}: {key}={raw!r}: {exc}") from None
-    for key, default in (("registry_dir", "registry"), ("workspace_dir", "workspace")):
+    # The registry directory is shared by every cluster of the state dir; checkouts are the lab's.
+    for key, default in (("registry_dir", Path("registry")),
+                         ("workspace_dir", Path(parsed["lab_name"]) / "workspace")):
         if not parsed[key].parts:
             parsed[key] = parsed["state_dir"] / default
     for key in ("app_dir", "proxy_config"):  # relative paths are relative to the project

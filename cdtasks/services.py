@@ -292,7 +292,8 @@ def wait_rollout(client, name: str, image: str, timeout: float,
             last = text
         elapsed = time.monotonic() - start
         if state in FAILED_UPDATE:
-            return Rollout(name, image, state, elapsed, status.get("Message", ""))
+            return Rollout(name, image, state, elapsed,
+                           f"{status.get('Message', '')} ({diagnose(client, name)})")
         if state in ("completed", "unchanged") and on_new >= wanted and running >= wanted:
             return Rollout(name, image, state, elapsed, status.get("Message", ""))
         if elapsed > timeout:
