@@ -23,6 +23,7 @@ from .report import StepResult
 
 STEPS = ("checkout", "unit", "build", "staging", "publish", "prodlike", "prodtest")
 DELIVERED_LABEL = "io.cdtasks.delivered"  # Swarm configs recording versions that passed prod-like
+LOCK_WAIT = 600  # seconds a delivery waits for another release of the same service
 VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -53,6 +54,7 @@ class Release:
     workdir: Path | None = None
     digest: str | None = None
     commit: str = ""
+    lock: str = ""  # token of the service's lock while prod-like is being changed and tested
     previous_image: str | None = None
     commands: list[str] = field(default_factory=list)
     _cluster: Cluster | None = None
@@ -78,10 +80,10 @@ class Release:
         """The exact image verified: repository@digest (tag kept for people reading it)."""
         return f"{self.ref_tag}@{self.digest}" if self.digest else self.ref_tag
 
-    def record(self, argv: Sequence[str]) -> None:
+    def record(self, argv: Sequence[str], runs_in_dry_run: bool = False) -> None:
         self.commands.append(shlex.join(argv))
         if self.dry_run:
-            self.log("would run: " + shlex.join(argv))
+            self.log(("running: " if runs_in_dry_run else "would run: ") + shlex.join(argv))
 
     def compose(self, host_ip: str = "") -> Compose:
         if self.workdir is None:
@@ -105,8 +107,9 @@ class Release:
 def _git(args: Sequence[str], cwd: Path | None = None) -> str:
     proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise StepFailed(f"`{shlex.join(['git', *args])}` failed: "
-                         f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}", proc.stderr[-2000:])
+        lines = proc.stderr.strip().splitlines() or ["?"]
+        raise StepFailed(f"`{shlex.join(['git', *args])}` failed: {lines[-1]}",
+                         "\n".join(lines[-20:]) if len(lines) > 1 else "")
     return proc.stdout.strip()
 
 
@@ -123,9 +126,11 @@ def checkout(r: Release) -> str:
         if not r.version:
             raise StepFailed(f"{repo} is not a git repository: give --version")
     else:
-        r.record(["git", "clone", "--quiet", repo, str(dest)])
+        # A dry run checks out too: it changes nothing outside the workspace, and gives the
+        # version and the compose file the other steps print commands for.
+        r.record(["git", "clone", "--quiet", repo, str(dest)], runs_in_dry_run=True)
         _git(["clone", "--quiet", repo, str(dest)])
-        r.record(["git", "-C", str(dest), "checkout", "--quiet", r.ref])
+        r.record(["git", "-C", str(dest), "checkout", "--quiet", r.ref], runs_in_dry_run=True)
         _git(["checkout", "--quiet", r.ref], dest)
         if not r.version:
             try:
@@ -225,8 +230,11 @@ def rollout(cluster: Cluster, settings: Settings, image: str, log: Callable[[str
 
 
 def prodlike(r: Release) -> str:
-    manager = None if r.dry_run else r.cluster.manager()
-    if manager is not None:
+    if not r.dry_run:
+        # One release at a time changes (and then tests) the service: the same lock as deploy.
+        manager = r.cluster.manager()
+        r.lock = records.acquire(manager, r.settings.app_service, r.version, LOCK_WAIT, r.log,
+                                 action="delivering")
         r.previous_image = services.current_image(manager, r.settings.app_service)
     result = rollout(r.cluster, r.settings, r.pinned, r.log, r.dry_run, r.record)
     if result.state not in ("completed", "unchanged", "dry-run"):
@@ -252,10 +260,19 @@ def production_tests(r: Release, target: Cluster, target_settings: Settings) -> 
 
 
 def prodtest(r: Release) -> str:
-    detail = production_tests(r, r.cluster, r.settings)
-    if not r.dry_run:
-        mark_delivered(r)
-    return detail
+    try:
+        detail = production_tests(r, r.cluster, r.settings)
+        if not r.dry_run:
+            mark_delivered(r)
+        return detail
+    finally:
+        release_lock(r)
+
+
+def release_lock(r: Release) -> None:
+    if r.lock:
+        records.unlock(r.cluster.manager(), r.settings.app_service, r.lock)
+        r.lock = ""
 
 
 STEP_FUNCS: dict[str, Callable[[Release], str]] = {
@@ -284,6 +301,8 @@ def run_step(name: str, fn: Callable, arg, progress) -> StepResult:
     start = time.monotonic()
     try:
         detail = fn(arg)
+        if getattr(arg, "dry_run", False):
+            detail = f"dry run, not done: {detail}"
         result = StepResult(name, True, time.monotonic() - start, detail)
     except StepFailed as exc:
         result = StepResult(name, False, time.monotonic() - start, str(exc), exc.output_tail)
@@ -311,6 +330,8 @@ def run_steps(r: Release, names: Sequence[str], progress) -> list[StepResult]:
 def state_after(r: Release, results: list[StepResult]) -> str:
     """What the failure left behind, in one line, for the user and the report."""
     failed = next((x.name for x in results if x.failed), None)
+    if r.dry_run:
+        return "dry run: nothing was built, pushed or updated"
     if failed is None:
         return f"{r.settings.app_service} runs {r.ref_tag} on prod-like"
     if failed in ("checkout", "unit", "build", "staging"):
@@ -325,5 +346,7 @@ def state_after(r: Release, results: list[StepResult]) -> str:
 
 
 def cleanup(r: Release) -> None:
+    """After a run, also a failed or interrupted one: the lock and the checkout go."""
+    release_lock(r)
     if r.workdir and r.workdir.exists():
         shutil.rmtree(r.workdir, ignore_errors=True)

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import base64
 import datetime
+import getpass
 import json
+import os
 import secrets
+import socket
 import time
-from typing import Mapping
+from typing import Callable, Mapping
 
 from docker.errors import APIError, NotFound
 
 KIND_LABEL = "io.cdtasks.record"
+LOCK_TTL = 15 * 60  # seconds after which a lock whose holder vanished counts as expired
+LOCK_POLL = 2.0
 SERVICE_LABEL = "io.cdtasks.service"
 
 
@@ -43,6 +48,10 @@ def load(manager, kind: str, service: str) -> list[dict]:
 
 
 # -- locks -------------------------------------------------------------------------------------
+class LockHeld(RuntimeError):
+    """Another deployment holds the service's lock."""
+
+
 def lock_name(service: str) -> str:
     return f"cdtasks-lock-{service}"
 
@@ -71,3 +80,53 @@ def unlock(manager, service: str, token: str | None = None) -> bool:
         return True
     except NotFound:
         return False
+
+
+def _holder_text(h: dict) -> str:
+    return (f"{h.get('user')}@{h.get('host')} (pid {h.get('pid')}) since {h.get('time')}, "
+            f"{h.get('action', 'deploying')} {h.get('version')}")
+
+
+def lock_expired(holder: dict, at: float | None = None, host: str | None = None) -> bool:
+    """Expired when its time is up, or when its holder ran on this host and is gone."""
+    if (at or time.time()) > float(holder.get("expires", 0)):
+        return True
+    try:
+        pid = int(holder.get("pid", 0))
+    except (TypeError, ValueError):
+        return False
+    if pid > 0 and holder.get("host") == (host or socket.gethostname()):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, someone else's
+            return False
+    return False
+
+
+def acquire(manager, service: str, version: str, wait: float, log: Callable[[str], None],
+            action: str = "deploying") -> str:
+    """Take the lock that lets one release at a time change a service (waiting up to `wait`
+    seconds); returns its token for `unlock`."""
+    token = secrets.token_hex(8)
+    holder = {"user": getpass.getuser(), "host": socket.gethostname(), "pid": os.getpid(),
+              "time": now(), "version": version, "action": action,
+              "expires": time.time() + LOCK_TTL, "token": token}
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        current = try_lock(manager, service, holder)
+        if current is None:
+            return token
+        if lock_expired(current):
+            log(f"removing an expired lock of {_holder_text(current)}")
+            unlock(manager, service, current.get("token"))
+            continue
+        if time.monotonic() >= deadline:
+            raise LockHeld(f"{service} is being deployed by {_holder_text(current)}"
+                           + ("" if wait else "; use --wait to wait for it"))
+        if not told:
+            log(f"waiting for the lock held by {_holder_text(current)}")
+            told = True
+        time.sleep(LOCK_POLL)

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
-import secrets
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,60 +17,9 @@ from .config import Settings
 from .pipeline import Release, StepFailed
 from .report import StepResult
 
-LOCK_TTL = 15 * 60  # seconds after which a lock whose holder vanished counts as expired
-LOCK_POLL = 2.0
-
 
 class ReleaseError(RuntimeError):
     """Bad input or a fault found before anything changed (unknown version, no service...)."""
-
-
-class LockHeld(RuntimeError):
-    """Another deployment holds the cluster's lock."""
-
-
-def _holder_text(h: dict) -> str:
-    return (f"{h.get('user')}@{h.get('host')} (pid {h.get('pid')}) since {h.get('time')}, "
-            f"deploying {h.get('version')}")
-
-
-def lock_expired(holder: dict, now: float | None = None, host: str | None = None) -> bool:
-    """Expired when its time is up, or when its holder ran on this host and is gone."""
-    if (now or time.time()) > float(holder.get("expires", 0)):
-        return True
-    if holder.get("host") == (host or socket.gethostname()):
-        try:
-            os.kill(int(holder.get("pid", 0)), 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, ValueError):
-            return False
-    return False
-
-
-def acquire(manager, service: str, version: str, wait: float, log: Callable[[str], None]) -> str:
-    """Take the deployment lock of a service (waiting up to `wait` seconds); returns its token."""
-    token = secrets.token_hex(8)
-    holder = {"user": getpass.getuser(), "host": socket.gethostname(), "pid": os.getpid(),
-              "time": records.now(), "version": version, "expires": time.time() + LOCK_TTL,
-              "token": token}
-    deadline = time.monotonic() + wait
-    told = False
-    while True:
-        current = records.try_lock(manager, service, holder)
-        if current is None:
-            return token
-        if lock_expired(current):
-            log(f"removing an expired lock of {_holder_text(current)}")
-            records.unlock(manager, service, current.get("token"))
-            continue
-        if time.monotonic() >= deadline:
-            raise LockHeld(f"{service} is being deployed by {_holder_text(current)}"
-                           + ("" if wait else "; use --wait to wait for it"))
-        if not told:
-            log(f"waiting for the lock held by {_holder_text(current)}")
-            told = True
-        time.sleep(LOCK_POLL)
 
 
 @dataclass
@@ -179,7 +125,7 @@ def prepare(d: Deployment) -> str:
         _digest_in_registry(manager, d.prod, f"{_repo_image(d.prod)}@{d.digest}", d.prod.leader)
     d.release = Release(d.test, record.get("repo") or d.test.repo, record.get("commit") or "HEAD",
                         d.version, log=d.log, on_line=d.on_line)
-    return acquire(manager, d.service, d.version, d.wait, d.log)
+    return records.acquire(manager, d.service, d.version, d.wait, d.log)
 
 
 # -- steps ------------------------------------------------------------------------------------

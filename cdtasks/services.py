@@ -283,6 +283,10 @@ def wait_rollout(client, name: str, image: str, timeout: float,
         svc = client.api.inspect_service(name)
         status = svc.get("UpdateStatus") or {}
         state = status.get("State", "unchanged")
+        now_wanted = svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+        if now_wanted != image:  # another release updated the service meanwhile
+            return Rollout(name, image, "replaced", time.monotonic() - start,
+                           f"the service was updated to {now_wanted} meanwhile")
         running, wanted, tasks = running_tasks(client, name)
         on_new = sum(1 for t in tasks if t["Status"]["State"] == "running"
                      and t["Spec"]["ContainerSpec"]["Image"] == image)

@@ -100,7 +100,10 @@ def _one_step(name: str, r: Release) -> None:
     with report.Progress(name) as progress:
         r.log = progress.log
         r.on_line = lambda line: progress.update(line[-100:])
-        results = pipeline.run_steps(r, [name], progress)
+        try:
+            results = pipeline.run_steps(r, [name], progress)
+        finally:
+            pipeline.release_lock(r)  # a step run alone holds the lock only while it runs
     if not r.dry_run:
         _save(r)
     _finish(r, results, name)

@@ -4,7 +4,8 @@ from __future__ import annotations
 from invoke import Collection, Exit, task
 
 from .. import release, report
-from ..release import Deployment, LockHeld, ReleaseError
+from ..records import LockHeld
+from ..release import Deployment, ReleaseError
 from .common import BAD_INPUT, out, settings, user_errors
 
 ROLLED_BACK, NOT_RECOVERED, LOCKED = 20, 21, 22  # exit codes, documented in the README
