@@ -23,6 +23,7 @@ LOCK_WAIT = 600
 
 def run_deployment(d: Deployment, title: str) -> dict:
     """Prepare (lock), run, record, print and report; exit non-zero on failure."""
+    d.log = report.make_logger(title)
     try:
         token = release.prepare(d)
     except ReleaseError as exc:
