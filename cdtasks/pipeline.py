@@ -209,9 +209,10 @@ def prepull(cluster: Cluster, service: str, image: str, log: Callable[[str], Non
                                       tag=digest or repo.rsplit(":", 1)[1])
         return node
 
+    start = time.monotonic()
     with ThreadPoolExecutor(max_workers=len(nodes) or 1) as pool:
         done = list(pool.map(pull, nodes))
-    log(f"pre-pulled {image} on {', '.join(done)}")
+    log(f"pre-pulled {image} on {', '.join(done)} ({time.monotonic() - start:.1f}s)")
     return done
 
 
@@ -237,9 +238,25 @@ def prodlike(r: Release) -> str:
                                  action="delivering")
         r.previous_image = services.current_image(manager, r.settings.app_service)
     result = rollout(r.cluster, r.settings, r.pinned, r.log, r.dry_run, r.record)
-    if result.state not in ("completed", "unchanged", "dry-run"):
-        raise StepFailed(f"rolling update of {result.service} ended {result.state}: {result.message}")
+    check_rollout(result)
     return f"{r.settings.app_service} runs {r.ref_tag} on every replica ({result.seconds:.1f}s)"
+
+
+OK_ROLLOUT = ("completed", "unchanged", "converged", "dry-run")
+
+
+def check_rollout(result: services.Rollout) -> None:
+    if result.state not in OK_ROLLOUT:
+        raise StepFailed(f"rolling update of {result.service} ended {result.state}: {result.message}")
+
+
+def settle(cluster: Cluster, settings: Settings, log: Callable[[str], None]) -> None:
+    """After the tests that overlapped Swarm's monitor period: the update must have completed
+    (not paused, not rolled back by Swarm) with every replica on the image."""
+    manager = cluster.manager()
+    image = services.current_image(manager, settings.app_service)
+    check_rollout(services.wait_rollout(manager, settings.app_service, image,
+                                        settings.services_timeout, log, settled=True))
 
 
 def host_ip(cluster: Cluster, settings: Settings, routing: str) -> str:
@@ -253,9 +270,12 @@ def host_ip(cluster: Cluster, settings: Settings, routing: str) -> str:
 
 
 def production_tests(r: Release, target: Cluster, target_settings: Settings) -> str:
-    """`run --rm production` on the CD node against a cluster's proxy."""
+    """`run --rm production` on the CD node against a cluster's proxy, then the rolling update
+    that preceded them must have settled."""
     ip = "HOST_IP" if r.dry_run else host_ip(target, target_settings, target.routing()[0])
     _compose_step(r, lambda c: c.run("production"), host_ip=ip)
+    if not r.dry_run:
+        settle(target, target_settings, r.log)
     return f"production tests passed against {target_settings.env} ({ip})"
 
 

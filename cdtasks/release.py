@@ -131,8 +131,7 @@ def prepare(d: Deployment) -> str:
 # -- steps ------------------------------------------------------------------------------------
 def _rollout_to(d: Deployment, image: str) -> str:
     result = pipeline.rollout(d.cluster, d.prod, image, d.log)
-    if result.state not in ("completed", "unchanged"):
-        raise StepFailed(f"rolling update of {d.service} ended {result.state}: {result.message}")
+    pipeline.check_rollout(result)
     return f"{d.service} on {d.prod.env}: every replica runs {image} ({result.seconds:.1f}s)"
 
 

@@ -273,10 +273,13 @@ def update_image(client, name: str, image: str) -> bool:
 
 
 def wait_rollout(client, name: str, image: str, timeout: float,
-                 on_progress: Callable[[str], None], poll: float = 0.5) -> Rollout:
-    """Wait for a rolling update from Swarm's own state: UpdateStatus `completed` and every
-    replica running the image. `paused` and `rollback_*` are failures, although the CLI's
-    `docker service update` exits 0 on them."""
+                 on_progress: Callable[[str], None], poll: float = 0.5,
+                 settled: bool = False) -> Rollout:
+    """Wait for a rolling update from Swarm's own state: every replica running the image
+    (`converged`), and with `settled` also UpdateStatus `completed`, which Swarm reports only
+    after its monitor period. `paused` and `rollback_*` are failures, although the CLI's
+    `docker service update` exits 0 on them. Callers overlap the monitor period with their
+    tests, then ask again with `settled`."""
     start = time.monotonic()
     last = ""
     while True:
@@ -298,8 +301,10 @@ def wait_rollout(client, name: str, image: str, timeout: float,
         if state in FAILED_UPDATE:
             return Rollout(name, image, state, elapsed,
                            f"{status.get('Message', '')} ({diagnose(client, name)})")
-        if state in ("completed", "unchanged") and on_new >= wanted and running >= wanted:
-            return Rollout(name, image, state, elapsed, status.get("Message", ""))
+        done = ("completed", "unchanged") if settled else ("completed", "unchanged", "updating")
+        if state in done and on_new >= wanted and running >= wanted:
+            return Rollout(name, image, "converged" if state == "updating" else state, elapsed,
+                           status.get("Message", ""))
         if elapsed > timeout:
             return Rollout(name, image, "timeout", elapsed,
                            f"{on_new}/{wanted} replicas on {image} after {timeout:.0f}s: "
