@@ -54,6 +54,7 @@ class Release:
     workdir: Path | None = None
     digest: str | None = None
     commit: str = ""
+    converged_at: float = 0.0  # when the last rollout had every replica on its image
     lock: str = ""  # token of the service's lock while prod-like is being changed and tested
     previous_image: str | None = None
     commands: list[str] = field(default_factory=list)
@@ -239,10 +240,11 @@ def prodlike(r: Release) -> str:
         r.previous_image = services.current_image(manager, r.settings.app_service)
     result = rollout(r.cluster, r.settings, r.pinned, r.log, r.dry_run, r.record)
     check_rollout(result)
+    r.converged_at = time.monotonic()
     return f"{r.settings.app_service} runs {r.ref_tag} on every replica ({result.seconds:.1f}s)"
 
 
-OK_ROLLOUT = ("completed", "unchanged", "converged", "dry-run")
+OK_ROLLOUT = ("completed", "unchanged", "converged", "dry-run")  # Rollout states that are fine
 
 
 def check_rollout(result: services.Rollout) -> None:
@@ -250,13 +252,14 @@ def check_rollout(result: services.Rollout) -> None:
         raise StepFailed(f"rolling update of {result.service} ended {result.state}: {result.message}")
 
 
-def settle(cluster: Cluster, settings: Settings, log: Callable[[str], None]) -> None:
-    """After the tests that overlapped Swarm's monitor period: the update must have completed
-    (not paused, not rolled back by Swarm) with every replica on the image."""
+def settle(r: Release, cluster: Cluster, settings: Settings) -> None:
+    """After the tests that overlapped Swarm's monitor period: every replica must still run the
+    image, for the whole period, with no failure or rollback reported by Swarm."""
     manager = cluster.manager()
     image = services.current_image(manager, settings.app_service)
+    until = (r.converged_at or time.monotonic()) + services.MONITOR
     check_rollout(services.wait_rollout(manager, settings.app_service, image,
-                                        settings.services_timeout, log, settled=True))
+                                        settings.services_timeout, r.log, stable_until=until))
 
 
 def host_ip(cluster: Cluster, settings: Settings, routing: str) -> str:
@@ -275,7 +278,7 @@ def production_tests(r: Release, target: Cluster, target_settings: Settings) -> 
     ip = "HOST_IP" if r.dry_run else host_ip(target, target_settings, target.routing()[0])
     _compose_step(r, lambda c: c.run("production"), host_ip=ip)
     if not r.dry_run:
-        settle(target, target_settings, r.log)
+        settle(r, target, target_settings)
     return f"production tests passed against {target_settings.env} ({ip})"
 
 

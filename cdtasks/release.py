@@ -132,6 +132,7 @@ def prepare(d: Deployment) -> str:
 def _rollout_to(d: Deployment, image: str) -> str:
     result = pipeline.rollout(d.cluster, d.prod, image, d.log)
     pipeline.check_rollout(result)
+    d.release.converged_at = time.monotonic()
     return f"{d.service} on {d.prod.env}: every replica runs {image} ({result.seconds:.1f}s)"
 
 

@@ -71,7 +71,7 @@ class ServiceSpec:
         endpoint["Ports"] = ports
         update = types.UpdateConfig(parallelism=1, delay=self.update_delay * NS,
                                     failure_action=self.update_failure, order=self.update_order,
-                                    monitor=5 * NS)
+                                    monitor=MONITOR * NS)
         return dict(task_template=template, name=self.name, mode=mode, endpoint_spec=endpoint,
                     update_config=update, labels=dict(self.labels))
 
@@ -240,6 +240,7 @@ def with_routing(spec: ServiceSpec, mode: str) -> ServiceSpec:
 
 # -- releases: a new image for a running service ---------------------------------------------
 FAILED_UPDATE = ("paused", "rollback_started", "rollback_paused", "rollback_completed")
+MONITOR = 5  # seconds a new task must keep running before its update counts as good
 
 
 @dataclass(frozen=True)
@@ -274,12 +275,11 @@ def update_image(client, name: str, image: str) -> bool:
 
 def wait_rollout(client, name: str, image: str, timeout: float,
                  on_progress: Callable[[str], None], poll: float = 0.5,
-                 settled: bool = False) -> Rollout:
-    """Wait for a rolling update from Swarm's own state: every replica running the image
-    (`converged`), and with `settled` also UpdateStatus `completed`, which Swarm reports only
-    after its monitor period. `paused` and `rollback_*` are failures, although the CLI's
-    `docker service update` exits 0 on them. Callers overlap the monitor period with their
-    tests, then ask again with `settled`."""
+                 stable_until: float | None = None) -> Rollout:
+    """Follow a rolling update through Swarm's own state until every replica runs the image
+    (`converged`). `paused` and `rollback_*` are failures, although the CLI's `docker service
+    update` exits 0 on them. With `stable_until` (a time.monotonic() value) it also keeps
+    watching until then: the monitor period, which callers overlap with their tests."""
     start = time.monotonic()
     last = ""
     while True:
@@ -301,8 +301,8 @@ def wait_rollout(client, name: str, image: str, timeout: float,
         if state in FAILED_UPDATE:
             return Rollout(name, image, state, elapsed,
                            f"{status.get('Message', '')} ({diagnose(client, name)})")
-        done = ("completed", "unchanged") if settled else ("completed", "unchanged", "updating")
-        if state in done and on_new >= wanted and running >= wanted:
+        converged = on_new >= wanted and running >= wanted
+        if converged and time.monotonic() >= (stable_until or 0):
             return Rollout(name, image, "converged" if state == "updating" else state, elapsed,
                            status.get("Message", ""))
         if elapsed > timeout:
