@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -158,9 +159,15 @@ def main() -> None:
     try:
         say(f"tool: inv provision, lab {lab_a}")
         tool, _ = inv(["provision"], env_a)
-        say(f"no-op: inv provision again, lab {lab_a}")
-        noop, table = inv(["provision"], env_a)
-        up_to_date = table.count("up to date") == len(ENVS)
+        say(f"no-op: inv provision again (3 times), lab {lab_a}")
+        # Three runs: the first follows the provisioning at once, while the new engines are
+        # still settling; the median is what a user re-running provision sees.
+        noops = []
+        for _ in range(3):
+            seconds, table = inv(["provision"], env_a)
+            noops.append(seconds)
+            up_to_date = table.count("up to date") == len(ENVS)
+        noop = statistics.median(noops)
         # The replay starts with lab (a) gone, so it does not compete with its six engines.
         inv(["destroy", "--purge"], env_a)
         say(f"replay: the book's commands, one node at a time, lab {lab_b}")
@@ -179,7 +186,8 @@ def main() -> None:
           f"  tool (parallel)      {tool:6.1f} s\n"
           f"  book replay (serial) {serial:6.1f} s\n"
           f"  ratio                {ratio:6.2f}  (target <= {RATIO_TARGET})\n"
-          f"  no-op re-provision   {noop:6.1f} s  (target <= {NOOP_TARGET:g} s)"
+          f"  no-op re-provision   {noop:6.1f} s  (median of {', '.join(f'{n:.1f}' for n in noops)};"
+          f" target <= {NOOP_TARGET:g} s)"
           f"{'' if up_to_date else '  WARNING: it changed something'}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
@@ -187,7 +195,8 @@ def main() -> None:
         "nproc": len(os.sched_getaffinity(0)),
         "docker": host.version()["Version"],
         "tool_s": round(tool, 1), "replay_s": round(serial, 1), "ratio": round(ratio, 2),
-        "noop_s": round(noop, 1), "noop_up_to_date": up_to_date,
+        "noop_s": round(noop, 1), "noop_runs_s": [round(n, 1) for n in noops],
+        "noop_up_to_date": up_to_date,
         "targets": {"ratio": RATIO_TARGET, "noop_s": NOOP_TARGET},
         "note": "shared machine: other labs may have been running, figures are noisy",
     }, indent=2) + "\n")

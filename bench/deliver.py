@@ -1,0 +1,202 @@
+"""Delivery benchmark: `inv deliver` against the book's raw commands as a bash script, the same
+source delivered twice on one lab. Run from the repository root:
+
+    python3 bench/deliver.py [PAIRS]   # PAIRS (default 1): tool/script pairs, order alternating
+
+Creates a throwaway lab cdtbench<rand> (provision, services and a warm-up delivery, untimed) and
+removes it afterwards, also on failure or Ctrl-C. Figures go to bench/results/deliver.json.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cdtasks import config, engine  # noqa: E402
+from cdtasks.providers.lab import LAB_LABEL  # noqa: E402
+
+RATIO_TARGET = 1.0
+WARMUP = "1.0-warm"  # then 1.1 (tool), 1.2 (script), 1.3 (script), 1.4 (tool) ...
+RESULTS = ROOT / "bench" / "results" / "deliver.json"
+MARK = "@@step "  # lines the script prints (to stderr) when a step starts: "@@step NAME EPOCH"
+
+# The book's delivery, command after command, with the CD node's env as `docker-machine env`
+# gave it. `docker service update` waits for convergence itself (--detach=false) where the
+# book slept. HOST_IP: the address of a node running a proxy task (the book's `docker-machine ip`).
+SCRIPT = r"""
+set -euo pipefail
+step() { echo "@@step $1 $(date +%s.%N)" >&2; }
+step checkout
+git clone --quiet "$SRC" "$DEST"
+step env
+eval "$(cd "$ROOT" && inv env swarm-test-1)"
+cd "$DEST"
+export IMAGE=localhost:5000/go-demo VERSION BASE_IMAGE=cdtasks/python:3.11 DB_IMAGE=cdtasks/redis:7.0
+dc() { docker compose -f demo/docker-compose-test-local.yml -p "$PROJ" "$@"; }
+step unit;     dc run --rm unit
+step build;    dc build app
+step staging;  dc up -d staging-dep; dc run --rm staging; dc down
+step publish;  docker push "$IMAGE:$VERSION"
+step prodlike; docker service update --detach=false --image "$IMAGE:$VERSION" go-demo
+step prodtest
+NODE=$(docker service ps proxy -f desired-state=running --format '{{.Node}}' | awk 'NR==1')
+HOST_IP=$(docker node inspect -f '{{.Status.Addr}}' "$NODE")
+export HOST_IP; dc run --rm production
+step end
+"""
+
+
+def say(msg: str) -> None:
+    print(f"[bench] {msg}", flush=True)
+
+
+def lab_environ(lab: str, state: Path) -> dict[str, str]:
+    # Other labs' CDTASKS_* must not leak in; reports go to the temp dir, not the repository.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDTASKS_")}
+    return {**env, "CDTASKS_LAB_NAME": lab, "CDTASKS_STATE_DIR": str(state / "state"),
+            "CDTASKS_REPORTS_DIR": str(state / "reports")}
+
+
+def inv(args: list[str], environ: dict[str, str]) -> float:
+    """Run `inv ...` (its log shows live); returns the wall time."""
+    t0 = time.monotonic()
+    proc = subprocess.run(["inv", *args], cwd=ROOT, env=environ)
+    if proc.returncode:
+        raise RuntimeError(f"inv {' '.join(args)} failed (exit {proc.returncode})")
+    return time.monotonic() - t0
+
+
+def tool(environ: dict[str, str], version: str) -> tuple[float, dict[str, float]]:
+    """`inv deliver`, timed as a whole, and its steps from its JSON report."""
+    seconds = inv(["deliver", "--version", version], environ)
+    doc = json.loads((Path(environ["CDTASKS_REPORTS_DIR"]) / "deliver.json").read_text())
+    return seconds, {s["name"]: round(s["seconds"], 1) for s in doc["steps"]}
+
+
+def script(environ: dict[str, str], version: str) -> tuple[float, dict[str, float]]:
+    """The script above, timed as a whole and step by step (from its markers)."""
+    workspace = config.load("test", environ=environ).workspace_dir
+    dest = workspace / f"go-demo-book-{secrets.token_hex(3)}"
+    env = {**environ, "ROOT": str(ROOT), "SRC": str(ROOT), "DEST": str(dest),
+           "VERSION": version, "PROJ": f"go-demo-{version.replace('.', '-')}-book"}
+    marks: list[tuple[str, float]] = []
+    t0 = time.monotonic()
+    try:
+        with subprocess.Popen(["bash", "-c", SCRIPT], env=env, stderr=subprocess.PIPE,
+                              text=True, bufsize=1) as proc:
+            for line in proc.stderr:  # shown live, markers kept
+                if line.startswith(MARK):
+                    name, at = line[len(MARK):].split()
+                    marks.append((name, float(at)))
+                    say(f"script: {name}")
+                else:
+                    sys.stderr.write(line)
+        seconds = time.monotonic() - t0
+        if proc.returncode:
+            raise RuntimeError(f"the book's script failed (exit {proc.returncode})")
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+    steps = {a: round(tb - ta, 1) for (a, ta), (_, tb) in zip(marks, marks[1:])}
+    return seconds, steps
+
+
+def remove_lab(host, lab: str) -> None:
+    """Whatever `inv destroy` left of our lab (by its label): containers, volumes, network."""
+    flt = {"label": f"{LAB_LABEL}={lab}"}
+    for c in host.containers.list(all=True, filters=flt):
+        c.remove(force=True, v=True)
+    for v in host.volumes.list(filters=flt):
+        v.remove(force=True)
+    for n in host.networks.list(filters=flt):
+        n.remove()
+
+
+def mean(runs: list[dict], key: str) -> float:
+    return sum(r[key] for r in runs) / len(runs)
+
+
+def main(pairs: int) -> None:
+    host = engine.host_client()
+    lab = f"cdtbench{secrets.token_hex(3)}"
+    tmp = Path(tempfile.mkdtemp(prefix="cdtbench-"))
+    environ = lab_environ(lab, tmp)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    load_before = os.getloadavg()
+    # The library's commit when the run starts (others may commit while it runs: note it).
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()
+    runs: list[dict] = []
+    try:
+        say(f"setup (untimed): provision, services, lab {lab}")
+        inv(["provision"], environ)
+        inv(["services"], environ)
+        # A warm-up delivery of the same source: the timed runs then all find the same build
+        # cache and the same layers in the registry and on the nodes, whichever runs first.
+        say(f"setup (untimed): warm-up delivery {WARMUP}")
+        inv(["deliver", "--version", WARMUP], environ)
+        # Pairs alternate their order (tool first, then script first...): a machine whose load
+        # changes during the run does not favour one side.
+        kinds = [k for i in range(pairs) for k in (("tool", "script"), ("script", "tool"))[i % 2]]
+        for n, kind in enumerate(kinds, start=1):
+            version = f"1.{n}"
+            say(f"{kind}: version {version}" + (" (inv deliver)" if kind == "tool" else
+                                                " (the book's commands)"))
+            seconds, steps = (tool if kind == "tool" else script)(environ, version)
+            runs.append({"kind": kind, "version": version, "seconds": round(seconds, 1),
+                         "steps_s": steps, "load1": round(os.getloadavg()[0], 1)})
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # cleanup must not be cut short
+        say(f"cleaning up lab {lab}")
+        subprocess.run(["inv", "destroy", "--purge"], cwd=ROOT, env=environ,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        remove_lab(host, lab)
+        shutil.rmtree(tmp, ignore_errors=True)
+    load_after = os.getloadavg()
+
+    by = {k: [r for r in runs if r["kind"] == k] for k in ("tool", "script")}
+    t, b = mean(by["tool"], "seconds"), mean(by["script"], "seconds")
+    steps = {k: {n: round(sum(r["steps_s"].get(n, 0) for r in rs) / len(rs), 1)
+                 for n in rs[0]["steps_s"]} for k, rs in by.items()}
+    names = list(dict.fromkeys([*steps["tool"], *steps["script"]]))
+    cell = lambda d, n: f"{d[n]:6.1f} s" if n in d else "     - "  # noqa: E731
+    rows = "\n".join(f"    {n:<16} {cell(steps['tool'], n)}   {cell(steps['script'], n)}"
+                     for n in names)
+    each = ", ".join(f"{r['kind']} {r['version']} {r['seconds']} s" for r in runs)
+    print(f"\ndeliver benchmark (commit {commit}; same source; {each})\n"
+          f"  tool (inv deliver)   {t:6.1f} s\n"
+          f"  book script          {b:6.1f} s\n"
+          f"  ratio                {t / b:6.2f}  (target <= {RATIO_TARGET})\n"
+          f"  steps (mean)         tool      script\n{rows}\n"
+          f"  load average         {load_before[0]:.1f} before, {load_after[0]:.1f} after "
+          f"({len(os.sched_getaffinity(0))} cpus)")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "commit": commit,
+        "nproc": len(os.sched_getaffinity(0)), "docker": host.version()["Version"],
+        "loadavg_before": [round(x, 1) for x in load_before],
+        "loadavg_after": [round(x, 1) for x in load_after],
+        "tool_s": round(t, 1), "script_s": round(b, 1), "ratio": round(t / b, 2),
+        "tool_steps_s": steps["tool"], "script_steps_s": steps["script"], "runs": runs,
+        "targets": {"ratio": RATIO_TARGET},
+        "note": "shared machine: other labs may have been running, figures are noisy",
+    }, indent=2) + "\n")
+    print(f"  (written to {RESULTS.relative_to(ROOT)})")
+
+
+if __name__ == "__main__":
+    try:
+        main(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+    except KeyboardInterrupt:
+        sys.exit(130)
