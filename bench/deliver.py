@@ -8,7 +8,6 @@ removes it afterwards, also on failure or Ctrl-C. Figures go to bench/results/de
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import secrets
@@ -24,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cdtasks import config, engine  # noqa: E402
-from cdtasks.providers.lab import LAB_LABEL  # noqa: E402
+import benchlib  # noqa: E402
 
 RATIO_TARGET = 1.0
 WARMUP = "1.0-warm"  # then 1.1 (tool), 1.2 (script), 1.3 (script), 1.4 (tool) ...
@@ -57,29 +56,15 @@ step end
 """
 
 
-def say(msg: str) -> None:
-    print(f"[bench] {msg}", flush=True)
 
 
-def lab_environ(lab: str, state: Path) -> dict[str, str]:
-    # Other labs' CDTASKS_* must not leak in; reports go to the temp dir, not the repository.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CDTASKS_")}
-    return {**env, "CDTASKS_LAB_NAME": lab, "CDTASKS_STATE_DIR": str(state / "state"),
-            "CDTASKS_REPORTS_DIR": str(state / "reports")}
 
 
-def inv(args: list[str], environ: dict[str, str]) -> float:
-    """Run `inv ...` (its log shows live); returns the wall time."""
-    t0 = time.monotonic()
-    proc = subprocess.run(["inv", *args], cwd=ROOT, env=environ)
-    if proc.returncode:
-        raise RuntimeError(f"inv {' '.join(args)} failed (exit {proc.returncode})")
-    return time.monotonic() - t0
 
 
 def tool(environ: dict[str, str], version: str) -> tuple[float, dict[str, float]]:
     """`inv deliver`, timed as a whole, and its steps from its JSON report."""
-    seconds = inv(["deliver", "--version", version], environ)
+    seconds = benchlib.inv(["deliver", "--version", version], environ)
     doc = json.loads((Path(environ["CDTASKS_REPORTS_DIR"]) / "deliver.json").read_text())
     return seconds, {s["name"]: round(s["seconds"], 1) for s in doc["steps"]}
 
@@ -99,7 +84,7 @@ def script(environ: dict[str, str], version: str) -> tuple[float, dict[str, floa
                 if line.startswith(MARK):
                     name, at = line[len(MARK):].split()
                     marks.append((name, float(at)))
-                    say(f"script: {name}")
+                    benchlib.say(f"script: {name}")
                 else:
                     sys.stderr.write(line)
         seconds = time.monotonic() - t0
@@ -111,15 +96,6 @@ def script(environ: dict[str, str], version: str) -> tuple[float, dict[str, floa
     return seconds, steps
 
 
-def remove_lab(host, lab: str) -> None:
-    """Whatever `inv destroy` left of our lab (by its label): containers, volumes, network."""
-    flt = {"label": f"{LAB_LABEL}={lab}"}
-    for c in host.containers.list(all=True, filters=flt):
-        c.remove(force=True, v=True)
-    for v in host.volumes.list(filters=flt):
-        v.remove(force=True)
-    for n in host.networks.list(filters=flt):
-        n.remove()
 
 
 def mean(runs: list[dict], key: str) -> float:
@@ -130,7 +106,7 @@ def main(pairs: int) -> None:
     host = engine.host_client()
     lab = f"cdtbench{secrets.token_hex(3)}"
     tmp = Path(tempfile.mkdtemp(prefix="cdtbench-"))
-    environ = lab_environ(lab, tmp)
+    environ = benchlib.lab_environ(lab, tmp)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     load_before = os.getloadavg()
     # The library's commit when the run starts (others may commit while it runs: note it).
@@ -138,29 +114,29 @@ def main(pairs: int) -> None:
                             capture_output=True, text=True).stdout.strip()
     runs: list[dict] = []
     try:
-        say(f"setup (untimed): provision, services, lab {lab}")
-        inv(["provision"], environ)
-        inv(["services"], environ)
+        benchlib.say(f"setup (untimed): provision, services, lab {lab}")
+        benchlib.inv(["provision"], environ)
+        benchlib.inv(["services"], environ)
         # A warm-up delivery of the same source: the timed runs then all find the same build
         # cache and the same layers in the registry and on the nodes, whichever runs first.
-        say(f"setup (untimed): warm-up delivery {WARMUP}")
-        inv(["deliver", "--version", WARMUP], environ)
+        benchlib.say(f"setup (untimed): warm-up delivery {WARMUP}")
+        benchlib.inv(["deliver", "--version", WARMUP], environ)
         # Pairs alternate their order (tool first, then script first...): a machine whose load
         # changes during the run does not favour one side.
         kinds = [k for i in range(pairs) for k in (("tool", "script"), ("script", "tool"))[i % 2]]
         for n, kind in enumerate(kinds, start=1):
             version = f"1.{n}"
-            say(f"{kind}: version {version}" + (" (inv deliver)" if kind == "tool" else
+            benchlib.say(f"{kind}: version {version}" + (" (inv deliver)" if kind == "tool" else
                                                 " (the book's commands)"))
             seconds, steps = (tool if kind == "tool" else script)(environ, version)
             runs.append({"kind": kind, "version": version, "seconds": round(seconds, 1),
                          "steps_s": steps, "load1": round(os.getloadavg()[0], 1)})
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # cleanup must not be cut short
-        say(f"cleaning up lab {lab}")
+        benchlib.say(f"cleaning up lab {lab}")
         subprocess.run(["inv", "destroy", "--purge"], cwd=ROOT, env=environ,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        remove_lab(host, lab)
+        benchlib.remove_lab(host, lab)
         shutil.rmtree(tmp, ignore_errors=True)
     load_after = os.getloadavg()
 
@@ -180,19 +156,14 @@ def main(pairs: int) -> None:
           f"  steps (mean)         tool      script\n{rows}\n"
           f"  load average         {load_before[0]:.1f} before, {load_after[0]:.1f} after "
           f"({len(os.sched_getaffinity(0))} cpus)")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    benchlib.write_results(RESULTS, host, {
         "commit": commit,
-        "nproc": len(os.sched_getaffinity(0)), "docker": host.version()["Version"],
         "loadavg_before": [round(x, 1) for x in load_before],
         "loadavg_after": [round(x, 1) for x in load_after],
         "tool_s": round(t, 1), "script_s": round(b, 1), "ratio": round(t / b, 2),
         "tool_steps_s": steps["tool"], "script_steps_s": steps["script"], "runs": runs,
         "targets": {"ratio": RATIO_TARGET},
-        "note": "shared machine: other labs may have been running, figures are noisy",
-    }, indent=2) + "\n")
-    print(f"  (written to {RESULTS.relative_to(ROOT)})")
+    })
 
 
 if __name__ == "__main__":

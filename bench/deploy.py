@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from cdtasks import config, engine, stack  # noqa: E402
 from cdtasks.cluster import Cluster  # noqa: E402
-from cdtasks.providers.lab import LAB_LABEL  # noqa: E402
+import benchlib  # noqa: E402
 
 V_GOOD, V_BROKEN = "2.0", "2.1-broken"
 MIN_SENT, RATIO_TARGET = 500, 1.1
@@ -42,24 +42,10 @@ GIT_ID = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@cdtasks.invalid
           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@cdtasks.invalid"}
 
 
-def say(msg: str) -> None:
-    print(f"[bench] {msg}", flush=True)
 
 
-def lab_environ(lab: str, tmp: Path) -> dict[str, str]:
-    # Other labs' CDTASKS_* must not leak in; reports go to the temp dir, not the repository.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CDTASKS_")}
-    return {**env, "CDTASKS_LAB_NAME": lab, "CDTASKS_STATE_DIR": str(tmp / "state"),
-            "CDTASKS_REPORTS_DIR": str(tmp / "reports")}
 
 
-def inv(args: list[str], environ: dict[str, str], expect: int = 0) -> float:
-    """Run `inv ...` (its log shows live); returns the wall time."""
-    t0 = time.monotonic()
-    proc = subprocess.run(["inv", *args], cwd=ROOT, env=environ)
-    if proc.returncode != expect:
-        raise RuntimeError(f"inv {' '.join(args)} exited {proc.returncode}, expected {expect}")
-    return time.monotonic() - t0
 
 
 class Requests(threading.Thread):
@@ -138,22 +124,13 @@ def broken_repo(tmp: Path) -> Path:
     return repo
 
 
-def remove_lab(host, lab: str) -> None:
-    """Whatever `inv destroy` left of our lab (by its label): containers, volumes, network."""
-    flt = {"label": f"{LAB_LABEL}={lab}"}
-    for c in host.containers.list(all=True, filters=flt):
-        c.remove(force=True, v=True)
-    for v in host.volumes.list(filters=flt):
-        v.remove(force=True)
-    for n in host.networks.list(filters=flt):
-        n.remove()
 
 
 def main() -> None:
     host = engine.host_client()
     lab = f"cdtbench{secrets.token_hex(3)}"
     tmp = Path(tempfile.mkdtemp(prefix="cdtbench-"))
-    environ = lab_environ(lab, tmp)
+    environ = benchlib.lab_environ(lab, tmp)
     report = Path(environ["CDTASKS_REPORTS_DIR"]) / "deploy.json"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     load_before = os.getloadavg()
@@ -162,18 +139,18 @@ def main() -> None:
                             capture_output=True, text=True).stdout.strip()
     loop = None
     try:
-        say(f"setup (untimed): provision, services, inv deliver --version {V_GOOD}, lab {lab}")
+        benchlib.say(f"setup (untimed): provision, services, inv deliver --version {V_GOOD}, lab {lab}")
         for args in (["provision"], ["services"], ["deliver", "--version", V_GOOD]):
-            inv(args, environ)
+            benchlib.inv(args, environ)
         prod = config.load("prod", environ=environ)
         url = proxy_url(host, lab, prod)
         assert requests.get(url, timeout=10).status_code == 200, f"{url} does not answer"
 
         # (a) requests through the proxy from before the deploy starts until after it returns.
-        say(f"(a) GET {url} in a loop during inv deploy --env prod ({prod.app_version} -> {V_GOOD})")
+        benchlib.say(f"(a) GET {url} in a loop during inv deploy --env prod ({prod.app_version} -> {V_GOOD})")
         loop = Requests(url)
         loop.start()
-        deploy_s = inv(["deploy", "--env", "prod"], environ)
+        deploy_s = benchlib.inv(["deploy", "--env", "prod"], environ)
         loop.halt.set()
         loop.join()
         # (b) the rollout step of that deploy against what Swarm makes it wait.
@@ -181,11 +158,11 @@ def main() -> None:
         facts = swarm_facts(prod)
 
         # (c) a version that fails production tests, deployed anyway: rolled back (exit 20).
-        say(f"(c) build {V_BROKEN}, then inv deploy --version {V_BROKEN} --force")
+        benchlib.say(f"(c) build {V_BROKEN}, then inv deploy --version {V_BROKEN} --force")
         repo = broken_repo(tmp)
         for args in (["checkout", "--repo", str(repo), "--version", V_BROKEN], ["build"], ["publish"]):
-            inv(args, environ)
-        broken_s = inv(["deploy", "--env", "prod", "--version", V_BROKEN, "--force"], environ,
+            benchlib.inv(args, environ)
+        broken_s = benchlib.inv(["deploy", "--env", "prod", "--version", V_BROKEN, "--force"], environ,
                        expect=ROLLED_BACK)
         broken = {s["name"]: (s["status"], round(s["seconds"], 1))
                   for s in json.loads(report.read_text())["steps"]}
@@ -193,10 +170,10 @@ def main() -> None:
         if loop:
             loop.halt.set()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # cleanup must not be cut short
-        say(f"cleaning up lab {lab}")
+        benchlib.say(f"cleaning up lab {lab}")
         subprocess.run(["inv", "destroy", "--purge"], cwd=ROOT, env=environ,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        remove_lab(host, lab)
+        benchlib.remove_lab(host, lab)
         shutil.rmtree(tmp, ignore_errors=True)
     load_after = os.getloadavg()
 
@@ -223,11 +200,8 @@ def main() -> None:
           f"{back:.1f} s + prodtest {retest:.1f} s; whole deploy {broken_s:.1f} s)\n"
           f"  load average                {load_before[0]:.1f} before, {load_after[0]:.1f} after "
           f"({len(os.sched_getaffinity(0))} cpus)")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    benchlib.write_results(RESULTS, host, {
         "commit": commit,
-        "nproc": len(os.sched_getaffinity(0)), "docker": host.version()["Version"],
         "loadavg_before": [round(x, 1) for x in load_before],
         "loadavg_after": [round(x, 1) for x in load_after],
         "zero_downtime": {"sent": loop.sent, "failed": loop.failed, "failures": loop.failures[:20],
@@ -239,9 +213,7 @@ def main() -> None:
         "rollback": {"failure_to_recovered_s": round(back + retest, 1),
                      "deploy_s": round(broken_s, 1), "steps": broken},
         "targets": {"failed": 0, "min_sent": MIN_SENT, "rollout_ratio": RATIO_TARGET},
-        "note": "shared machine: other labs may have been running, figures are noisy",
-    }, indent=2) + "\n")
-    print(f"  (written to {RESULTS.relative_to(ROOT)})")
+    })
 
 
 if __name__ == "__main__":

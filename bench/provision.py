@@ -8,8 +8,6 @@ removes both afterwards, also on failure or Ctrl-C. Figures go to bench/results/
 """
 from __future__ import annotations
 
-import datetime
-import json
 import os
 import secrets
 import shutil
@@ -26,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from cdtasks import config, engine, images, registry  # noqa: E402
 from cdtasks.providers import certs  # noqa: E402
-from cdtasks.providers.lab import LAB_LABEL, LabProvider  # noqa: E402
+from cdtasks.providers.lab import LabProvider  # noqa: E402
+import benchlib  # noqa: E402
 
 ENVS = ("test", "prod")
 RATIO_TARGET, NOOP_TARGET = 0.5, 3.0
@@ -133,15 +132,6 @@ def replay(host, environ: dict[str, str]) -> float:
     return time.monotonic() - t0
 
 
-def remove_lab(host, lab: str) -> None:
-    """Everything labelled with the replay's lab name: containers, volumes, network."""
-    flt = {"label": f"{LAB_LABEL}={lab}"}
-    for c in host.containers.list(all=True, filters=flt):
-        c.remove(force=True, v=True)
-    for v in host.volumes.list(filters=flt):
-        v.remove(force=True)
-    for n in host.networks.list(filters=flt):
-        n.remove()
 
 
 def main() -> None:
@@ -178,7 +168,7 @@ def main() -> None:
         say("cleaning up both labs")
         subprocess.run(["inv", "destroy", "--purge"], cwd=ROOT, env=env_a,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        remove_lab(host, lab_b)
+        benchlib.remove_lab(host, lab_b)
         shutil.rmtree(tmp, ignore_errors=True)
 
     ratio = tool / serial
@@ -189,18 +179,12 @@ def main() -> None:
           f"  no-op re-provision   {noop:6.1f} s  (median of {', '.join(f'{n:.1f}' for n in noops)};"
           f" target <= {NOOP_TARGET:g} s)"
           f"{'' if up_to_date else '  WARNING: it changed something'}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "nproc": len(os.sched_getaffinity(0)),
-        "docker": host.version()["Version"],
+    benchlib.write_results(RESULTS, host, {
         "tool_s": round(tool, 1), "replay_s": round(serial, 1), "ratio": round(ratio, 2),
         "noop_s": round(noop, 1), "noop_runs_s": [round(n, 1) for n in noops],
         "noop_up_to_date": up_to_date,
         "targets": {"ratio": RATIO_TARGET, "noop_s": NOOP_TARGET},
-        "note": "shared machine: other labs may have been running, figures are noisy",
-    }, indent=2) + "\n")
-    print(f"  (written to {RESULTS.relative_to(ROOT)})")
+    })
 
 
 if __name__ == "__main__":

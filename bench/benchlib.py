@@ -1,0 +1,55 @@
+"""What the benchmarks share: removing a throwaway lab, and writing results with their context."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from cdtasks.providers.lab import LAB_LABEL
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTE = "shared machine: other labs may have been running, figures are noisy"
+
+
+def remove_lab(host, lab: str) -> None:
+    """Whatever `inv destroy` left of a lab (by its label): containers, volumes, network."""
+    flt = {"label": f"{LAB_LABEL}={lab}"}
+    for c in host.containers.list(all=True, filters=flt):
+        c.remove(force=True, v=True)
+    for v in host.volumes.list(filters=flt):
+        v.remove(force=True)
+    for n in host.networks.list(filters=flt):
+        n.remove()
+
+
+def write_results(path: Path, host, figures: dict) -> None:
+    """The figures plus when, where (cpus, engine) and a reminder that the machine is shared."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "nproc": len(os.sched_getaffinity(0)), "docker": host.version()["Version"],
+        **figures, "note": NOTE}, indent=2) + "\n")
+    print(f"  (written to {path.relative_to(path.parents[2])})")
+
+
+def say(msg: str) -> None:
+    print(f"[bench] {msg}", flush=True)
+
+
+def lab_environ(lab: str, tmp: Path) -> dict[str, str]:
+    # Other labs' CDTASKS_* must not leak in; reports go to the temp dir, not the repository.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDTASKS_")}
+    return {**env, "CDTASKS_LAB_NAME": lab, "CDTASKS_STATE_DIR": str(tmp / "state"),
+            "CDTASKS_REPORTS_DIR": str(tmp / "reports")}
+
+
+def inv(args: list[str], environ: dict[str, str], expect: int = 0) -> float:
+    """Run `inv ...` (its log shows live); returns the wall time."""
+    t0 = time.monotonic()
+    proc = subprocess.run(["inv", *args], cwd=ROOT, env=environ)
+    if proc.returncode != expect:
+        raise RuntimeError(f"inv {' '.join(args)} exited {proc.returncode}, expected {expect}")
+    return time.monotonic() - t0
