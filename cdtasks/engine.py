@@ -63,7 +63,10 @@ def ssh(endpoint: Endpoint):
     from fabric import Config, Connection
 
     conn = Connection(endpoint.ssh_host, user=endpoint.ssh_user, port=endpoint.ssh_port,
-                      config=Config(overrides={"load_ssh_configs": False}),
+                      # Commands take no stdin: where stdin is closed or captured (CI, tests)
+                      # mirroring it would fail; `inv ssh` without --cmd uses shell() instead.
+                      config=Config(overrides={"load_ssh_configs": False,
+                                               "run": {"in_stream": False}}),
                       connect_timeout=10,
                       connect_kwargs={"key_filename": str(endpoint.ssh_key),
                                       "look_for_keys": False, "allow_agent": False})
