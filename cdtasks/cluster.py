@@ -50,7 +50,8 @@ class Cluster:
                 try:
                     c = self.client(node)
                     sw = c.info().get("Swarm") or {}
-                except engine.EngineError:
+                except Exception:  # EngineError, or a cached client whose engine went away
+                    self._clients.pop(node, None)
                     continue
                 if sw.get("LocalNodeState") == "active" and sw.get("ControlAvailable"):
                     return c

@@ -356,7 +356,9 @@ def state_after(r: Release, results: list[StepResult]) -> str:
     if r.dry_run:
         return "dry run: nothing was built, pushed or updated"
     if failed is None:
-        return f"{r.settings.app_service} runs {r.ref_tag} on prod-like"
+        if any(x.name == "prodlike" for x in results):
+            return f"{r.settings.app_service} runs {r.ref_tag} on prod-like"
+        return f"{', '.join(x.name for x in results)} passed; prod-like not changed"
     if failed in ("checkout", "unit", "build", "staging"):
         return f"nothing left behind (staging removed); {r.settings.app_service} untouched"
     if failed == "publish":

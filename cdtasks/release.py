@@ -168,8 +168,8 @@ def outcome(d: Deployment, results: list[StepResult]) -> str:
 
 
 def finish(d: Deployment, results: list[StepResult], token: str) -> dict:
-    """Release the lock and write the history entry (cluster and local log)."""
-    manager = d.cluster.manager()
+    """Release the lock and write the history entry (cluster and local log). The local log and
+    the clean-up happen even when the cluster no longer answers."""
     entry = {"time": records.now(), "user": getpass.getuser(), "env": d.prod.env,
              "service": d.service, "kind": d.kind, "version": d.version, "image": d.image,
              "digest": d.digest, "previous": d.previous, "result": outcome(d, results),
@@ -177,9 +177,12 @@ def finish(d: Deployment, results: list[StepResult], token: str) -> dict:
              "seconds": round(time.monotonic() - d.started, 1),
              "steps": {r.name: r.status for r in results}}
     try:
-        records.put(manager, "history", d.service, entry)
+        manager = d.cluster.manager()
+        try:
+            records.put(manager, "history", d.service, entry)
+        finally:
+            records.unlock(manager, d.service, token)
     finally:
-        records.unlock(manager, d.service, token)
         local_log(d.prod).parent.mkdir(parents=True, exist_ok=True)
         with local_log(d.prod).open("a") as f:
             f.write(json.dumps(entry) + "\n")
