@@ -4,6 +4,8 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -53,3 +55,13 @@ def inv(args: list[str], environ: dict[str, str], expect: int = 0) -> float:
     if proc.returncode != expect:
         raise RuntimeError(f"inv {' '.join(args)} exited {proc.returncode}, expected {expect}")
     return time.monotonic() - t0
+
+
+def clean_up(host, lab: str, environ: dict[str, str], tmp: Path) -> None:
+    """Remove a benchmark's lab and temp dir; a second Ctrl-C must not cut this short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    say(f"cleaning up lab {lab}")
+    subprocess.run(["inv", "destroy", "--purge"], cwd=ROOT, env=environ,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    remove_lab(host, lab)
+    shutil.rmtree(tmp, ignore_errors=True)

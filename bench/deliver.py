@@ -132,12 +132,7 @@ def main(pairs: int) -> None:
             runs.append({"kind": kind, "version": version, "seconds": round(seconds, 1),
                          "steps_s": steps, "load1": round(os.getloadavg()[0], 1)})
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # cleanup must not be cut short
-        benchlib.say(f"cleaning up lab {lab}")
-        subprocess.run(["inv", "destroy", "--purge"], cwd=ROOT, env=environ,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        benchlib.remove_lab(host, lab)
-        shutil.rmtree(tmp, ignore_errors=True)
+        benchlib.clean_up(host, lab, environ, tmp)
     load_after = os.getloadavg()
 
     by = {k: [r for r in runs if r["kind"] == k] for k in ("tool", "script")}

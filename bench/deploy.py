@@ -169,12 +169,7 @@ def main() -> None:
     finally:
         if loop:
             loop.halt.set()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # cleanup must not be cut short
-        benchlib.say(f"cleaning up lab {lab}")
-        subprocess.run(["inv", "destroy", "--purge"], cwd=ROOT, env=environ,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        benchlib.remove_lab(host, lab)
-        shutil.rmtree(tmp, ignore_errors=True)
+        benchlib.clean_up(host, lab, environ, tmp)
     load_after = os.getloadavg()
 
     rollout, startup = steps["rollout"], sum(facts["startups_s"]) / len(facts["startups_s"])
