@@ -80,6 +80,11 @@ class LabProvider(Provider):
             out[NODE_LABEL] = node
         return out
 
+    def shared_dirs(self) -> dict[Path, Path]:
+        """Host directory -> where every node mounts it: the registry's storage (shared by both
+        clusters) and the workspace compose bind-mounts from, each at the same path."""
+        return {d: d for d in (self.s.registry_dir, self.s.workspace_dir)}
+
     def host_ports(self, node: str) -> dict[str, int | None]:
         """Fixed host ports when LAB_PORT_BASE is set: base + 10 * node index + slot."""
         if not self.s.lab_port_base:
@@ -139,8 +144,8 @@ class LabProvider(Provider):
             self.root.mkdir(parents=True, exist_ok=True)
             certs.ensure_ca(self.root / "certs")
             certs.ssh_keypair(self.ssh_key)
-            self.s.registry_dir.mkdir(parents=True, exist_ok=True)
-            self.s.workspace_dir.mkdir(parents=True, exist_ok=True)
+            for d in self.shared_dirs():  # keys: host side
+                d.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
             results = list(pool.map(lambda n: self._ensure_node(n, image.ref, log), nodes))
         with _SHARED:
@@ -192,7 +197,7 @@ class LabProvider(Provider):
         return endpoint
 
     def _create_container(self, node: str, image: str, node_dir: Path):
-        api, reg, ws = self.host.api, str(self.s.registry_dir), str(self.s.workspace_dir)
+        api = self.host.api
         ports = {p: ("127.0.0.1", self.host_ports(node)[k]) for k, p in PORTS.items()}
         host_config = api.create_host_config(
             port_bindings=ports, network_mode=self.network,
@@ -203,7 +208,7 @@ class LabProvider(Provider):
             binds={self.volume_name(node): {"bind": "/var/lib/docker", "mode": "rw"},
                    "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
                    str(node_dir): {"bind": "/etc/cdtasks", "mode": "ro"},
-                   reg: {"bind": reg, "mode": "rw"}, ws: {"bind": ws, "mode": "rw"}})
+                   **{str(h): {"bind": str(g), "mode": "rw"} for h, g in self.shared_dirs().items()}})
         # `--security-opt systempaths=unconfined`, which the SDK does not know: dockerd needs
         # /proc and /sys unmasked to run containers of its own.
         host_config.update(MaskedPaths=[], ReadonlyPaths=[])
