@@ -67,7 +67,8 @@ class Cluster:
             with engine.ssh(ep) as conn:
                 return conn.run(swarm.IPVS_PROBE, hide=True, warn=True).ok
 
-        with ThreadPoolExecutor(max_workers=len(self.endpoints) or 1) as pool:
+        workers = max(1, min(self.provider.parallel, len(self.endpoints)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
             found = dict(zip(self.endpoints, pool.map(probe, self.endpoints.values())))
         return swarm.routing_mode(self.settings, found)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -43,6 +44,38 @@ def _labels(value: str) -> tuple[tuple[str, str, str], ...]:
             raise ValueError(f"{item!r} is not node:key=value")
         out.append(m.groups())
     return tuple(out)
+
+
+def _hosts(value: str) -> tuple[tuple[str, str, str, int], ...]:
+    """`node=[user@]host[:port],...` -> ((node, user or "", host, port), ...)."""
+    out = []
+    for item in (v.strip() for v in value.split(",") if v.strip()):
+        m = re.fullmatch(r"([a-z0-9-]+)=(?:([A-Za-z0-9_.-]+)@)?([A-Za-z0-9_.-]+|\[[0-9a-fA-F:]+\])"
+                         r"(?::([0-9]{1,5}))?", item)
+        if not m or not 0 < int(m.group(4) or 22) < 65536:
+            raise ValueError(f"{item!r} is not node=[user@]host[:port]")
+        out.append((m.group(1), m.group(2) or "", m.group(3).strip("[]"), int(m.group(4) or 22)))
+    if len({n for n, *_ in out}) != len(out):
+        raise ValueError("a node is listed twice")
+    return tuple(out)
+
+
+def _addresses(value: str) -> tuple[tuple[str, str], ...]:
+    """`node=address,...` -> ((node, address), ...)."""
+    out = []
+    for item in (v.strip() for v in value.split(",") if v.strip()):
+        m = re.fullmatch(r"([a-z0-9-]+)=([0-9a-fA-F.:]+)", item)
+        if not m:
+            raise ValueError(f"{item!r} is not node=address")
+        out.append(m.groups())
+    return tuple(out)
+
+
+def _options(value: str) -> tuple[str, ...]:
+    try:
+        return tuple(shlex.split(value))
+    except ValueError as exc:  # an unclosed quote
+        raise ValueError(str(exc)) from None
 
 
 def _int(lo: int, hi: int) -> Callable[[str], int]:
@@ -91,6 +124,10 @@ def _path(value: str) -> Path:
     return Path(value).expanduser()
 
 
+def _optional_path(value: str) -> Path | None:
+    return _path(value) if value.strip() else None
+
+
 @dataclass(frozen=True)
 class Key:
     parse: Callable[[str], Any]
@@ -100,7 +137,9 @@ class Key:
 
 # Every key an env file may set. Defaults are the book's layout for the test cluster.
 KEYS: dict[str, Key] = {
-    "PROVIDER": Key(_choice("lab"), "lab", "where machines come from"),
+    "PROVIDER": Key(_choice("lab", "docker-machine", "ssh"), "lab",
+                    "where machines come from: lab (containers on the local engine), "
+                    "docker-machine (its CLI creates them), ssh (servers you already have)"),
     "LAB_NAME": Key(_name, "cdtasks", "prefix of every container, network and volume the lab creates"),
     "STATE_DIR": Key(_path, "~/.cdtasks", "certificates, keys, known_hosts and registry data"),
     "NODES": Key(_names, "swarm-test-1,swarm-test-2,swarm-test-3", "the cluster's nodes, first is the leader"),
@@ -119,6 +158,20 @@ KEYS: dict[str, Key] = {
     "ROUTING": Key(_choice("auto", "mesh", "dnsrr"), "auto",
                    "mesh: routing mesh and VIPs; dnsrr: host-mode ports and DNS round robin; "
                    "auto: mesh when the nodes' kernel has IPVS"),
+    # -- PROVIDER=docker-machine ------------------------------------------------------------------
+    "MACHINE_DRIVER": Key(_name, "virtualbox", "docker-machine driver (virtualbox, generic, "
+                                               "amazonec2, digitalocean, ...)"),
+    "MACHINE_OPTIONS": Key(_options, "", "options passed to `docker-machine create` (shell words), "
+                                         "e.g. --virtualbox-memory 2048"),
+    # -- PROVIDER=ssh --------------------------------------------------------------------------------
+    "SSH_HOSTS": Key(_hosts, "", "every node's SSH address: node=[user@]host[:port],..."),
+    "SSH_USER": Key(str, "root", "SSH user where SSH_HOSTS names none (must be able to run docker)"),
+    "SSH_KEY": Key(_optional_path, "", "private key file (empty: your SSH agent and default keys)"),
+    "SSH_KNOWN_HOSTS": Key(_path, "~/.ssh/known_hosts", "the host keys trusted; unknown or "
+                                                         "changed keys are refused"),
+    "SSH_PARALLEL": Key(_int(1, 64), "4", "hosts worked on at once"),
+    "NODE_ADDRESSES": Key(_addresses, "", "node=address the swarm uses between nodes (default: "
+                                          "the address of the host's default route)"),
     # -- the services (`inv services`) ----------------------------------------------------------
     "APP_DIR": Key(_path, "demo", "the application's source: Dockerfile and compose file (relative "
                                   "to the project directory or absolute)"),
@@ -175,6 +228,14 @@ class Settings:
     workspace_dir: Path
     routing: str
     lab_port_base: int
+    machine_driver: str
+    machine_options: tuple[str, ...]
+    ssh_hosts: tuple[tuple[str, str, str, int], ...]
+    ssh_user: str
+    ssh_key: Path | None
+    ssh_known_hosts: Path
+    ssh_parallel: int
+    node_addresses: tuple[tuple[str, str], ...]
     app_dir: Path
     app_service: str
     app_image: str
@@ -280,5 +341,16 @@ def _check_consistency(s: Settings, origin: Callable[[str], str]) -> None:
         for name in names:
             if name not in s.nodes:
                 raise ConfigError(f"{origin(key)}: {key} names {name!r}, which is not in NODES")
+    for key, names in (("SSH_HOSTS", [n for n, *_ in s.ssh_hosts]),
+                       ("NODE_ADDRESSES", [n for n, _ in s.node_addresses])):
+        for name in names:
+            if name not in s.nodes:
+                raise ConfigError(f"{origin(key)}: {key} names {name!r}, which is not in NODES")
+    if s.provider == "ssh":
+        listed = {n for n, *_ in s.ssh_hosts}
+        missing = [n for n in s.nodes if n not in listed]
+        if missing:
+            raise ConfigError(f"{origin('SSH_HOSTS')}: PROVIDER=ssh needs an SSH address for "
+                              f"{', '.join(missing)} in SSH_HOSTS")
     if not s.managers:
         raise ConfigError(f"{origin('WORKERS')}: every node is a worker; a swarm needs a manager")

@@ -1,11 +1,20 @@
-"""The one place that builds Docker clients: the local engine, or a node's engine over TLS/SSH."""
+"""The one place that builds Docker clients and SSH connections: the local engine, or a node's
+engine over TLS or SSH, and a node's shell."""
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import shlex
+import sys
+from pathlib import Path
 
 import docker
+import paramiko
 from docker.tls import TLSConfig
+from invoke import Config, Context
 
+from . import tunnel as tunnels
 from .providers.base import Endpoint
 
 TIMEOUT = 120
@@ -42,7 +51,8 @@ def host_client() -> docker.DockerClient:
 
 
 def client(endpoint: Endpoint, check: bool = True) -> docker.DockerClient:
-    """A client for one node's engine, verifying its TLS certificate against the lab's CA."""
+    """A client for one node's engine: TLS verified against the node's CA, or through the
+    node's SSH tunnel (host key verified)."""
     if endpoint.cert_path:
         d = endpoint.cert_path
         tls = TLSConfig(client_cert=(str(d / "cert.pem"), str(d / "key.pem")),
@@ -52,25 +62,111 @@ def client(endpoint: Endpoint, check: bool = True) -> docker.DockerClient:
         # requests would let REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE replace the lab's CA.
         c.api.trust_env = False
     else:
-        c = docker.DockerClient(base_url=endpoint.docker_host, timeout=TIMEOUT,
-                                version=API_VERSION, use_ssh_client=True)
+        c = docker.DockerClient(base_url=docker_env(endpoint)["DOCKER_HOST"], timeout=TIMEOUT,
+                                version=API_VERSION)
     return _checked(c, f"{endpoint.docker_host} ({endpoint.node})") if check else c
 
 
-def ssh(endpoint: Endpoint):
-    """A Fabric connection to a node that trusts only the host keys in the node's known_hosts."""
-    import paramiko
-    from fabric import Config, Connection
+def docker_env(endpoint: Endpoint) -> dict[str, str]:
+    """DOCKER_* variables for a docker or compose subprocess of this process."""
+    if not endpoint.via_ssh:
+        return endpoint.env()
+    tunnel = tunnels.open_for(endpoint, endpoint.node, lambda: _opened(endpoint))
+    return {"DOCKER_HOST": tunnel.url}
 
+
+class UnknownHostKey(paramiko.SSHException):
+    def __init__(self, host: str, port: int, key, known_hosts: Path):
+        where = host if port == 22 else f"[{host}]:{port}"
+        scan = shlex.join(["ssh-keyscan", *(["-p", str(port)] if port != 22 else []), host])
+        super().__init__(f"host key of {where} is not in {known_hosts} ({key.get_name()} "
+                         f"{fingerprint(key)}); if that is the host's key, trust it with: "
+                         f"{scan} >> {shlex.quote(str(known_hosts))}")
+
+
+class HostKeyChanged(paramiko.BadHostKeyException):
+    def __init__(self, exc: paramiko.BadHostKeyException, port: int, known_hosts: Path):
+        super().__init__(exc.hostname, exc.key, exc.expected_key)
+        where = exc.hostname if port == 22 else f"[{exc.hostname}]:{port}"
+        self.message = (f"host key of {where} CHANGED: it offers {fingerprint(exc.key)}, "
+                        f"{known_hosts} expects {fingerprint(exc.expected_key)}; if the host "
+                        f"was rebuilt, forget the old key with: ssh-keygen -R "
+                        f"{shlex.quote(where)} -f {shlex.quote(str(known_hosts))}")
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def fingerprint(key) -> str:
+    """OpenSSH's form: SHA256:<base64 without padding>."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class _Strict(paramiko.MissingHostKeyPolicy):
+    """RejectPolicy that says which key was offered and how to trust it."""
+
+    def __init__(self, port: int, known_hosts: Path):
+        self.port, self.known_hosts = port, known_hosts
+
+    def missing_host_key(self, client, hostname, key):
+        host = hostname[1:].rsplit("]:", 1)[0] if hostname.startswith("[") else hostname
+        raise UnknownHostKey(host, self.port, key, self.known_hosts)
+
+
+class CommandShell(Context):
+    """Commands on a node through a local command that owns the SSH session (`docker-machine
+    ssh NAME`): the run/shell interface of a Fabric Connection, for one code path."""
+
+    def __init__(self, argv: tuple[str, ...]):
+        super().__init__(Config(overrides={"run": {"in_stream": False}}))
+        self.argv = argv
+
+    def run(self, command: str, **kwargs):
+        return super().run(shlex.join([*self.argv, command]), **kwargs)
+
+    def shell(self):
+        return super().run(shlex.join(self.argv), pty=True, in_stream=sys.stdin, warn=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def ssh(endpoint: Endpoint):
+    """A connection to a node that trusts only the host keys in the endpoint's known_hosts
+    (opened, so an unknown or changed key is refused here, with its fingerprint)."""
+    if endpoint.shell:
+        return CommandShell(endpoint.shell)
+    return _opened(endpoint)
+
+
+def _opened(endpoint: Endpoint):
+    from fabric import Config as FabricConfig, Connection
+
+    known_hosts = endpoint.known_hosts or Path("~/.ssh/known_hosts").expanduser()
+    key = {"key_filename": str(endpoint.ssh_key), "look_for_keys": False,
+           "allow_agent": False} if endpoint.ssh_key else {}
     conn = Connection(endpoint.ssh_host, user=endpoint.ssh_user, port=endpoint.ssh_port,
                       # Commands take no stdin: where stdin is closed or captured (CI, tests)
                       # mirroring it would fail; `inv ssh` without --cmd uses shell() instead.
-                      config=Config(overrides={"load_ssh_configs": False,
-                                               "run": {"in_stream": False}}),
-                      connect_timeout=10,
-                      connect_kwargs={"key_filename": str(endpoint.ssh_key),
-                                      "look_for_keys": False, "allow_agent": False})
+                      config=FabricConfig(overrides={"load_ssh_configs": False,
+                                                     "run": {"in_stream": False}}),
+                      connect_timeout=10, connect_kwargs=key)
     # Fabric auto-adds unknown host keys; a tool that provisions clusters must not.
-    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    conn.client.load_host_keys(str(endpoint.known_hosts))
+    conn.client.set_missing_host_key_policy(_Strict(endpoint.ssh_port, known_hosts))
+    if known_hosts.exists():
+        conn.client.load_host_keys(str(known_hosts))
+    where = f"{endpoint.ssh_user}@{endpoint.ssh_host}:{endpoint.ssh_port} ({endpoint.node})"
+    try:
+        conn.open()
+    except paramiko.BadHostKeyException as exc:
+        raise HostKeyChanged(exc, endpoint.ssh_port, known_hosts) from None
+    except paramiko.AuthenticationException as exc:
+        raise EngineError(f"SSH to {where} refused the key "
+                          f"{endpoint.ssh_key or '(agent/default keys)'}: {exc}") from None
+    except (OSError, EOFError, paramiko.ssh_exception.NoValidConnectionsError) as exc:
+        raise EngineError(f"cannot reach SSH at {where}: {_reason(exc)}") from None
     return conn

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import records, services, stack
+from . import engine, records, services, stack, workspace
 from .cluster import Cluster
 from .compose import Compose, ComposeError, unique_project
 from .config import PROJECT_DIR, Settings
+from .providers import for_settings
 from .report import StepResult
 
 STEPS = ("checkout", "unit", "build", "staging", "publish", "prodlike", "prodtest")
@@ -96,7 +97,7 @@ class Release:
         env = {"IMAGE": self.image, "VERSION": self.version or "", "BASE_IMAGE": s.base_image,
                "DB_IMAGE": s.db_image, "HOST_IP": host_ip}
         self.project = self.project or unique_project(f"{s.app_service}-{self.version}")
-        return Compose(self.workdir / s.compose_file, self.project, ep.env(), env,
+        return Compose(self.workdir / s.compose_file, self.project, engine.docker_env(ep), env,
                        dry_run=self.dry_run, on_line=self.on_line)
 
     def docker_argv(self, *args: str) -> list[str]:
@@ -144,6 +145,12 @@ def checkout(r: Release) -> str:
     r.commit = _git(["rev-parse", "HEAD"], dest) if (dest / ".git").exists() else ""
     # Containers on the CD node run as root: let them read the checkout whatever the umask.
     dest.chmod(0o755)
+    if not for_settings(r.settings).shares_workspace:
+        r.record(["docker", "cp", str(dest), f"{r.settings.cd_node}:{dest}"])
+        if not r.dry_run:
+            size = workspace.upload(r.cluster.client(r.settings.cd_node), dest,
+                                    r.settings.registry_image)
+            r.log(f"copied the checkout to {r.settings.cd_node} ({size // 1024} KiB)")
     return f"{repo} at {r.ref} ({r.commit[:7] or 'no git'}) as version {r.version}"
 
 
@@ -374,4 +381,10 @@ def cleanup(r: Release) -> None:
     """After a run, also a failed or interrupted one: the lock and the checkout go."""
     release_lock(r)
     if r.workdir and r.workdir.exists():
+        if not r.dry_run and not for_settings(r.settings).shares_workspace:
+            try:
+                workspace.remove(r.cluster.client(r.settings.cd_node), r.workdir,
+                                 r.settings.registry_image)
+            except Exception as exc:  # clean-up must not hide the run's own result
+                r.log(f"could not remove the checkout from {r.settings.cd_node}: {exc}")
         shutil.rmtree(r.workdir, ignore_errors=True)

@@ -9,6 +9,12 @@ def for_settings(settings: Settings) -> Provider:
     if settings.provider == "lab":
         from .lab import LabProvider
         return LabProvider(settings)
+    if settings.provider == "docker-machine":
+        from .machine import MachineProvider
+        return MachineProvider(settings)
+    if settings.provider == "ssh":
+        from .ssh import SshProvider
+        return SshProvider(settings)
     raise ProviderError(f"{settings.source}: PROVIDER={settings.provider} is not available")
 
 

@@ -15,20 +15,28 @@ class ProviderError(RuntimeError):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """How to reach one node: its Docker API (TLS), SSH, and its address inside the cluster."""
+    """How to reach one node: its Docker API (TLS or SSH), a shell, and its address inside the
+    cluster."""
 
     node: str
     docker_host: str  # tcp://HOST:PORT (TLS verified) or ssh://USER@HOST:PORT
     cert_path: Path | None  # directory with ca.pem, cert.pem, key.pem, as DOCKER_CERT_PATH
-    ssh_host: str
-    ssh_port: int
-    ssh_user: str
-    ssh_key: Path
-    known_hosts: Path
     address: str  # the address other nodes reach it at (Swarm's advertise address)
+    ssh_host: str = ""
+    ssh_port: int = 22
+    ssh_user: str = "root"
+    ssh_key: Path | None = None  # None: the user's agent and default keys
+    known_hosts: Path | None = None  # the only host keys trusted (None: ~/.ssh/known_hosts)
+    # A local command that runs a command on the node, when the provider owns SSH itself
+    # (`docker-machine ssh NAME`); empty: Fabric connects to ssh_host with the fields above.
+    shell: tuple[str, ...] = ()
+
+    @property
+    def via_ssh(self) -> bool:
+        return self.docker_host.startswith("ssh://")
 
     def env(self) -> dict[str, str]:
-        """The variables `docker-machine env` would print for this node."""
+        """The variables that point the docker CLI at this node (`docker-machine env`)."""
         out = {"DOCKER_HOST": self.docker_host}
         if self.cert_path:
             out.update(DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=str(self.cert_path))
@@ -48,10 +56,20 @@ class Provider(ABC):
     def endpoints(self, nodes: Sequence[str]) -> dict[str, Endpoint]:
         """Endpoints of the nodes that exist now (missing ones are left out)."""
 
+    # True when every node sees the host's WORKSPACE_DIR at the same path (a mount); otherwise
+    # each checkout is copied to the CD node before compose bind-mounts from it.
+    shares_workspace = False
+    # Nodes worked on at once (SSH connections, image copies).
+    parallel = 16
+
     def image_source(self):
-        """The engine whose offline-built images are copied into the nodes (None: the nodes
-        pull what they need themselves)."""
-        return None
+        """The engine whose offline-built images are copied into the nodes: the local one when
+        it answers (None: the nodes pull what they need themselves)."""
+        from .. import engine  # engine builds clients from Endpoints: import it late
+        try:
+            return engine.host_client()
+        except engine.EngineError:
+            return None
 
     @abstractmethod
     def remove(self, nodes: Sequence[str], log: Log, purge: bool = False) -> list[str]:

@@ -43,6 +43,7 @@ def _port_free(port: int) -> bool:
 
 class LabProvider(Provider):
     name = "lab"
+    shares_workspace = True
 
     def __init__(self, settings: Settings, host: docker.DockerClient | None = None):
         self.s = settings

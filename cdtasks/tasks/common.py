@@ -5,6 +5,7 @@ import functools
 import sys
 
 from invoke import Exit
+from paramiko import SSHException
 
 from .. import config
 from ..engine import EngineError
@@ -17,7 +18,7 @@ from ..swarm import SwarmError
 BAD_INPUT, UNREACHABLE, CLUSTER = 2, 3, 4
 ERRORS = ((config.ConfigError, BAD_INPUT), (EngineError, UNREACHABLE),
           (ProviderError, UNREACHABLE), (SwarmError, CLUSTER), (ServiceError, CLUSTER),
-          (ImageError, CLUSTER))
+          (ImageError, CLUSTER), (SSHException, UNREACHABLE))
 
 
 def settings(env: str, **overrides) -> config.Settings:

@@ -1,0 +1,207 @@
+"""Every task, unchanged, on the other providers, chosen by PROVIDER= in the env files:
+
+- docker-machine: the stand-in `docker-machine` (tests/standin) on PATH, backed by lab machines;
+  the provider code is the one a user runs with the real binary.
+- ssh: lab machines (no swarm, nothing of the tool on them) reached as existing servers over SSH
+  on their 127.0.0.1 ports, with strict host keys.
+
+The flow is the lab's: provision -> services -> deliver -> deploy -> destroy, on smaller
+clusters (2 test nodes, 1 production node) to keep CI time down.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+from dotenv import dotenv_values
+
+from cdtasks import config, engine, pipeline, services, stack
+from cdtasks.cluster import Cluster
+from cdtasks.providers.lab import LAB_LABEL, NODE_LABEL, LabProvider
+
+from .conftest import ROOT, Lab
+
+STANDIN = ROOT / "tests" / "standin"
+TEST_NODES, PROD_NODES = ("swarm-test-1", "swarm-test-2"), ("swarm-1",)
+CLUSTERS = {
+    "test": dict(NODES=",".join(TEST_NODES), CD_NODE="swarm-test-1",
+                 NODE_LABELS="swarm-test-2:env=prod-like", PROXY_REPLICAS="1"),
+    "prod": dict(NODES=",".join(PROD_NODES), CD_NODE="swarm-1", NODE_LABELS="swarm-1:env=prod",
+                 APP_REPLICAS="2", PROXY_REPLICAS="1", UPDATE_DELAY="2"),
+}
+
+
+def write_envs(env_dir: Path, per_env: dict[str, dict]) -> None:
+    """The project's env files with this world's keys changed."""
+    env_dir.mkdir(parents=True, exist_ok=True)
+    for env, changes in per_env.items():
+        values = {**dotenv_values(ROOT / "env" / f"{env}.env"), **CLUSTERS[env], **changes}
+        (env_dir / f"{env}.env").write_text(
+            "".join(f"{k}={json.dumps(v) if ' ' in v else v}\n" for k, v in values.items()))
+
+
+class World(Lab):
+    """A Lab whose `inv` runs with this world's env files; machines found by their lab."""
+
+    provider: str = ""
+    backing_lab: str = ""  # the lab whose containers back the machines or servers
+
+    def node_container(self, node: str):
+        found = docker.from_env().containers.list(all=True, filters={"label": [
+            f"{LAB_LABEL}={self.backing_lab}", f"{NODE_LABEL}={node}"]})
+        return found[0] if found else None
+
+    def http_port(self, node: str) -> int:
+        c = self.node_container(node)
+        return int(c.attrs["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"])
+
+
+def _base_env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("CDTASKS_", "DOCKER_"))}
+
+
+def _machine_world(tmp: Path) -> World:
+    storage = tmp / "machines"
+    env = _base_env()
+    env.update(PATH=f"{STANDIN}{os.pathsep}{env['PATH']}", MACHINE_STORAGE_PATH=str(storage),
+               CDTASKS_ENV_DIR=str(tmp / "env"))
+    common = dict(PROVIDER="docker-machine", MACHINE_DRIVER="virtualbox",
+                  MACHINE_OPTIONS="--virtualbox-memory 1024", STATE_DIR=str(tmp / "state"))
+    write_envs(tmp / "env", {"test": common, "prod": common})
+    world = World(f"dm-{tmp.name}", tmp / "state", env)
+    world.provider = "docker-machine"
+    # The stand-in's lab: one per machine store (see tests/standin/docker-machine).
+    world.backing_lab = "dm" + hashlib.sha1(str(storage.resolve()).encode()).hexdigest()[:6]
+    return world
+
+
+def _ssh_world(tmp: Path) -> World:
+    """Servers first: lab machines only, as if someone had installed Docker on three hosts.
+    They mount a shared registry directory (the NFS share such servers would have), but not
+    the tool's workspace: checkouts must be copied to the CD node."""
+    shared = tmp / "shared-registry"
+    name = f"srv{uuid.uuid4().hex[:6]}"
+    servers = config.load("test", {"LAB_NAME": name, "STATE_DIR": str(tmp / "servers"),
+                                   "NODES": ",".join(TEST_NODES + PROD_NODES),
+                                   "CD_NODE": TEST_NODES[0], "NODE_LABELS": "",
+                                   "REGISTRY_DIR": str(shared),
+                                   "WORKSPACE_DIR": str(tmp / "servers" / "unused")}, environ={})
+    prov = LabProvider(servers)
+    eps = prov.ensure(servers.nodes, print)
+
+    def hosts(nodes):
+        return ",".join(f"{n}=root@127.0.0.1:{eps[n].ssh_port}" for n in nodes)
+
+    common = dict(PROVIDER="ssh", SSH_KEY=str(prov.ssh_key), SSH_KNOWN_HOSTS=str(prov.known_hosts),
+                  SSH_PARALLEL="2", STATE_DIR=str(tmp / "state"), REGISTRY_DIR=str(shared),
+                  WORKSPACE_DIR=str(tmp / "workspace"))
+    write_envs(tmp / "env", {"test": {**common, "SSH_HOSTS": hosts(TEST_NODES)},
+                             "prod": {**common, "SSH_HOSTS": hosts(PROD_NODES)}})
+    env = {**_base_env(), "CDTASKS_ENV_DIR": str(tmp / "env")}
+    world = World(name, tmp / "state", env)
+    world.provider, world.backing_lab = "ssh", name
+    world.servers = (prov, servers)
+    return world
+
+
+@pytest.fixture(scope="module", params=["docker-machine", "ssh"])
+def world(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(request.param.replace("-", ""))
+    w = _machine_world(tmp) if request.param == "docker-machine" else _ssh_world(tmp)
+    yield w
+    w.inv("destroy", "--purge", check=False)
+    if w.provider == "ssh":
+        prov, servers = w.servers
+        prov.remove(servers.nodes, print, purge=True)
+
+
+def _cluster(world: World, env: str) -> Cluster:
+    return Cluster.of(world.settings(env)).discover()
+
+
+def _task_images(manager, service="go-demo"):
+    tasks = manager.api.tasks(filters={"service": service, "desired-state": "running"})
+    return [t["Spec"]["ContainerSpec"]["Image"] for t in tasks if t["Status"]["State"] == "running"]
+
+
+# -- the flow -----------------------------------------------------------------------------------
+def test_provision(world):
+    proc = world.inv("provision")
+    assert "Traceback" not in proc.stderr
+    for env, nodes in (("test", TEST_NODES), ("prod", PROD_NODES)):
+        c = _cluster(world, env)
+        kind = "ssh://" if world.provider == "ssh" else "tcp://"
+        assert all(ep.docker_host.startswith(kind) for ep in c.endpoints.values())
+        members = {n.attrs["Description"]["Hostname"]: n.attrs for n in c.manager().nodes.list()}
+        assert sorted(members) == sorted(nodes)
+        assert all(m["Status"]["State"] == "ready" for m in members.values())
+        assert all(m["Spec"]["Role"] == "manager" for m in members.values())
+        for node, key, value in world.settings(env).node_labels:
+            assert members[node]["Spec"]["Labels"].get(key) == value
+        running, wanted, _ = services.running_tasks(c.manager(), "registry")
+        assert running == wanted == len(nodes)
+    again = world.inv("provision")
+    assert again.stdout.count("none (up to date)") == 2, again.stdout
+
+
+def test_env_and_ssh_reach_the_nodes(world):
+    proc = world.inv("env", "swarm-test-1")
+    assert "DOCKER_HOST=" in proc.stdout
+    assert world.inv("ssh", "swarm-test-2", "--cmd", "hostname").stdout.strip() == "swarm-test-2"
+
+
+def test_services(world):
+    world.inv("services")
+    test = world.settings("test")
+    c = _cluster(world, "test")
+    for node in stack.proxy_nodes(c, test):
+        r = requests.get(f"http://127.0.0.1:{world.http_port(node)}/demo/hello", timeout=10)
+        assert r.status_code == 200 and "hello" in r.text.lower()
+    assert world.inv("services", "--check").returncode == 0
+
+
+def test_deliver(world):
+    proc = world.inv("deliver", "--version", "1.1",
+                     extra_env={"CDTASKS_REPORTS_DIR": str(world.state_dir / "reports")})
+    test = _cluster(world, "test").manager()
+    record = [r for r in pipeline.delivered(test, "go-demo") if r["version"] == "1.1"][-1]
+    images = _task_images(test)
+    assert len(images) == 2 and all(i.endswith("@" + record["digest"]) for i in images), images
+    if world.provider == "ssh":  # the checkout went to the CD node, and went away after
+        assert "copied the checkout to swarm-test-1" in proc.stdout + proc.stderr
+        ws = world.settings("test").workspace_dir
+        listing = world.inv("ssh", "swarm-test-1", "--cmd", f"ls -A {ws}").stdout.split()
+        assert listing == [], listing
+
+
+def test_deploy(world):
+    world.inv("deploy", "--env", "prod", "--version", "1.1")
+    record = [r for r in pipeline.delivered(_cluster(world, "test").manager(), "go-demo")
+              if r["version"] == "1.1"][-1]
+    images = _task_images(_cluster(world, "prod").manager())
+    assert len(images) == 2 and all(i.endswith("@" + record["digest"]) for i in images), images
+    hist = world.inv("history", "--env", "prod").stdout
+    assert "1.1" in hist and "deployed" in hist
+
+
+def test_destroy(world):
+    world.inv("destroy", "--purge")
+    if world.provider == "docker-machine":
+        ls = subprocess.run(["docker-machine", "ls", "-q"], env=world.env, capture_output=True,
+                            text=True, check=True).stdout.split()
+        assert not set(ls) & set(TEST_NODES + PROD_NODES), ls
+        assert docker.from_env().containers.list(
+            all=True, filters={"label": f"{LAB_LABEL}={world.backing_lab}"}) == []
+    else:
+        # Servers are not ours to delete: they left the swarm, the registry's data is gone.
+        prov, servers = world.servers
+        for ep in prov.endpoints(servers.nodes).values():
+            assert engine.client(ep).info()["Swarm"]["LocalNodeState"] == "inactive"
+        assert list(servers.registry_dir.iterdir()) == []
