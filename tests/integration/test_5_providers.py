@@ -191,6 +191,59 @@ def test_deploy(world):
     assert "1.1" in hist and "deployed" in hist
 
 
+# -- what each provider refuses ----------------------------------------------------------------
+def _tampered(known_hosts: Path, tmp: Path) -> Path:
+    """known_hosts whose every entry holds another valid ed25519 key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    other = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    path = tmp / "tampered_known_hosts"
+    path.write_text("".join(f"{l.split()[0]} {other}\n" for l in known_hosts.read_text().splitlines()))
+    return path
+
+
+def test_refusals(world, tmp_path):
+    before = _task_images(_cluster(world, "prod").manager())
+    if world.provider == "ssh":
+        known = world.settings("prod").ssh_known_hosts
+        changed = world.inv("provision", "--env", "prod", check=False,
+                            extra_env={"CDTASKS_SSH_KNOWN_HOSTS": str(_tampered(known, tmp_path))})
+        assert changed.returncode == 3, changed.stderr
+        assert "CHANGED" in changed.stderr and "ssh-keygen -R" in changed.stderr
+        assert "SHA256:" in changed.stderr and "Traceback" not in changed.stderr
+        empty = tmp_path / "empty"
+        empty.write_text("")
+        unknown = world.inv("provision", "--env", "prod", check=False,
+                            extra_env={"CDTASKS_SSH_KNOWN_HOSTS": str(empty)})
+        assert unknown.returncode == 3 and "ssh-keyscan -p" in unknown.stderr, unknown.stderr
+        print(changed.stderr, unknown.stderr, sep="\n")
+    else:
+        no_binary = world.inv("provision", "--env", "prod", check=False,
+                              extra_env={"PATH": os.defpath})
+        assert no_binary.returncode == 3 and "not on PATH" in no_binary.stderr, no_binary.stderr
+        bad = world.inv("provision", "--env", "prod", check=False, extra_env={
+            "CDTASKS_NODES": "swarm-9", "CDTASKS_CD_NODE": "swarm-9", "CDTASKS_NODE_LABELS": "",
+            "CDTASKS_MACHINE_DRIVER": "nosuch"})
+        assert bad.returncode == 3, bad.stderr
+        assert "machine swarm-9" in bad.stderr and 'Driver "nosuch" not found' in bad.stderr
+        ls = subprocess.run(["docker-machine", "ls", "-q"], env=world.env, capture_output=True,
+                            text=True, check=True).stdout.split()
+        assert "swarm-9" not in ls, ls
+        print(no_binary.stderr, bad.stderr, sep="\n")
+    assert _task_images(_cluster(world, "prod").manager()) == before
+
+
+def test_a_machine_in_state_error_is_named(world):
+    if world.provider != "docker-machine":
+        pytest.skip("servers of the ssh provider have no machine state")
+    world.node_container("swarm-1").remove(force=True)  # the VM vanished behind its back
+    proc = world.inv("provision", "--env", "prod", check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert "machine swarm-1 is in state Error" in proc.stderr and "docker-machine rm -f" in proc.stderr
+
+
 def test_destroy(world):
     world.inv("destroy", "--purge")
     if world.provider == "docker-machine":
