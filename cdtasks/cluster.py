@@ -58,6 +58,16 @@ class Cluster:
         raise engine.EngineError(f"no manager of {self.settings.env} answers: "
                                  f"run `inv provision --env {self.settings.env}`")
 
+    def routing_in_use(self) -> str:
+        """The mode provision chose, read from the registry service it made (one API call
+        instead of an SSH probe of every node); probed when there is no registry yet."""
+        if self.settings.routing == "auto":
+            svc = services.inspect(self.manager(), registry.NAME)
+            if svc is not None:
+                mode = (svc["Spec"].get("EndpointSpec") or {}).get("Mode", "vip")
+                return "dnsrr" if mode == "dnsrr" else "mesh"
+        return self.routing()[0]
+
     def routing(self) -> tuple[str, str]:
         """Probe every node's kernel for IPVS (over SSH) unless ROUTING forces a mode."""
         if self.settings.routing != "auto":

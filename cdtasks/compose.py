@@ -174,16 +174,19 @@ class Compose:
         return self._call(["down", "--volumes", "--remove-orphans", "-t", DOWN_TIMEOUT], check)
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[Compose]:
+    def session(self, down: bool = True) -> Iterator[Compose]:
         """Yield self and always `down()` on exit; SIGTERM inside counts as Ctrl-C. If the block
-        failed, a failing down() becomes a note on the block's error instead of replacing it."""
+        failed, a failing down() becomes a note on the block's error instead of replacing it.
+        down=False: the caller takes the project down later (and must, also on failure)."""
         try:
             with _sigterm_as_interrupt():
                 yield self
         except BaseException as exc:
             try:
-                self.down()
+                if down:
+                    self.down()
             except Exception as cleanup:
                 exc.add_note(f"cleanup also failed: {cleanup}")
             raise
-        self.down()
+        if down:
+            self.down()

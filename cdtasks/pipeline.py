@@ -57,6 +57,10 @@ class Release:
     commit: str = ""
     converged_at: float = 0.0  # when the last rollout had every replica on its image
     lock: str = ""  # token of the service's lock while prod-like is being changed and tested
+    # A whole run takes the compose project down once, after staging (or in cleanup), instead
+    # of after every compose step; steps run alone always take it down.
+    defer_down: bool = False
+    compose_left: bool = False  # the project may have containers or networks up
     previous_image: str | None = None
     commands: list[str] = field(default_factory=list)
     _cluster: Cluster | None = None
@@ -154,11 +158,15 @@ def checkout(r: Release) -> str:
     return f"{repo} at {r.ref} ({r.commit[:7] or 'no git'}) as version {r.version}"
 
 
-def _compose_step(r: Release, action: Callable[[Compose], object], host_ip: str = "") -> None:
+def _compose_step(r: Release, action: Callable[[Compose], object], host_ip: str = "",
+                  defer: bool = False) -> None:
     c = r.compose(host_ip)
+    down = not (defer and r.defer_down)
+    r.compose_left = True
     try:
-        with c.session():
+        with c.session(down=down):
             action(c)
+        r.compose_left = not down
     except ComposeError as exc:
         raise StepFailed(str(exc), exc.result.tail() if exc.result else "") from None
     finally:
@@ -169,12 +177,12 @@ def _compose_step(r: Release, action: Callable[[Compose], object], host_ip: str 
 
 
 def unit(r: Release) -> str:
-    _compose_step(r, lambda c: c.run("unit"))
+    _compose_step(r, lambda c: c.run("unit"), defer=True)
     return "unit tests passed"
 
 
 def build(r: Release) -> str:
-    _compose_step(r, lambda c: c.build("app"))
+    _compose_step(r, lambda c: c.build("app"), defer=True)
     return f"built {r.ref_tag} on {r.settings.cd_node}"
 
 
@@ -282,7 +290,7 @@ def host_ip(cluster: Cluster, settings: Settings, routing: str) -> str:
 def production_tests(r: Release, target: Cluster, target_settings: Settings) -> str:
     """`run --rm production` on the CD node against a cluster's proxy, then the rolling update
     that preceded them must have settled."""
-    ip = "HOST_IP" if r.dry_run else host_ip(target, target_settings, target.routing()[0])
+    ip = "HOST_IP" if r.dry_run else host_ip(target, target_settings, target.routing_in_use())
     _compose_step(r, lambda c: c.run("production"), host_ip=ip)
     if not r.dry_run:
         settle(r, target, target_settings)
@@ -378,7 +386,16 @@ def state_after(r: Release, results: list[StepResult]) -> str:
 
 
 def cleanup(r: Release) -> None:
-    """After a run, also a failed or interrupted one: the lock and the checkout go."""
+    """After a run, also a failed or interrupted one: the compose project, the lock and the
+    checkout go."""
+    if r.compose_left and not r.dry_run:
+        try:
+            c = r.compose()
+            c.down(check=False)
+            r.commands += c.commands()
+        except Exception as exc:  # clean-up must not hide the run's own result
+            r.log(f"could not take the compose project {r.project} down: {exc}")
+        r.compose_left = False
     release_lock(r)
     if r.workdir and r.workdir.exists():
         if not r.dry_run and not for_settings(r.settings).shares_workspace:

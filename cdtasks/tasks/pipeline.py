@@ -62,7 +62,7 @@ def deliver(c, env="test", repo=None, ref="HEAD", version=None, service=None, im
     s = _settings(env, service, image, compose_file, cd_node)
     with report.Progress("deliver") as progress:
         r = Release(s, repo or s.repo, ref, version, dry_run=dry_run, log=progress.log,
-                    on_line=lambda line: progress.update(line[-100:]))
+                    on_line=lambda line: progress.update(line[-100:]), defer_down=True)
         try:
             results = pipeline.run_steps(r, STEPS, progress)
         finally:

@@ -267,6 +267,8 @@ def test_failing_unit_test_stops_at_unit(stack, demo_repo, tmp_path):
     unit = doc["steps"][1]
     assert unit["name"] == "unit" and unit["status"] == "FAILED"
     assert "DELIBERATE-UNIT-FAILURE" in unit["output_tail"]
+    # The run's clean-up took the compose project down (unit steps leave it to the run).
+    assert doc["meta"]["commands"][-1].endswith("down --volumes --remove-orphans -t 5")
     suite = suite_of(junit)
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("7", "1", "5")
     failure = suite.find("testcase[@name='unit']/failure")
@@ -320,10 +322,10 @@ def test_dry_run_prints_every_command_in_order_and_changes_nothing(stack, tmp_pa
     assert [r.split()[:2] for r in ran] == [["git", "clone"], ["git", "-C"]], ran
     print("\n".join(shown))
     expected = [
+        # One down for unit, build and staging: after staging (the run's clean-up would do it
+        # if unit or build failed).
         r"compose .* -p (\S+) run --rm unit$",
-        r"compose .* down ",
         r"compose .* build app$",
-        r"compose .* down ",
         r"compose .* up -d staging-dep$",
         r"compose .* run --rm staging$",
         r"compose .* down ",

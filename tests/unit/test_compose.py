@@ -214,6 +214,16 @@ def test_session_downs_on_keyboard_interrupt(compose_file):
     assert runner.subcommands() == ["up", "down"]
 
 
+def test_session_without_down_leaves_the_project_to_the_caller(compose_file):
+    runner = FakeRunner(run=1)
+    with make(compose_file, runner).session(down=False) as c:
+        c.build("app")
+    with pytest.raises(ComposeError):
+        with make(compose_file, runner).session(down=False) as c:
+            c.run("unit")
+    assert runner.subcommands() == ["build", "run"]
+
+
 def test_session_treats_sigterm_as_interrupt_and_restores_handler(compose_file):
     before = signal.getsignal(signal.SIGTERM)
     runner = FakeRunner()
