@@ -115,7 +115,15 @@ def _ssh_world(tmp: Path) -> World:
 def world(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(request.param.replace("-", ""))
     w = _machine_world(tmp) if request.param == "docker-machine" else _ssh_world(tmp)
+    # This process inspects the clusters too: with the same docker-machine and machine store.
+    saved = {k: os.environ.get(k) for k in ("PATH", "MACHINE_STORAGE_PATH")}
+    os.environ.update({k: w.env[k] for k in saved if k in w.env})
     yield w
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     w.inv("destroy", "--purge", check=False)
     if w.provider == "ssh":
         prov, servers = w.servers
