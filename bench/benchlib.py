@@ -10,21 +10,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from cdtasks.providers.lab import LAB_LABEL
+from cdtasks.providers.lab import remove_labelled
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTE = "shared machine: other labs may have been running, figures are noisy"
-
-
-def remove_lab(host, lab: str) -> None:
-    """Whatever `inv destroy` left of a lab (by its label): containers, volumes, network."""
-    flt = {"label": f"{LAB_LABEL}={lab}"}
-    for c in host.containers.list(all=True, filters=flt):
-        c.remove(force=True, v=True)
-    for v in host.volumes.list(filters=flt):
-        v.remove(force=True)
-    for n in host.networks.list(filters=flt):
-        n.remove()
 
 
 def write_results(path: Path, host, figures: dict) -> None:
@@ -63,5 +52,5 @@ def clean_up(host, lab: str, environ: dict[str, str], tmp: Path) -> None:
     say(f"cleaning up lab {lab}")
     subprocess.run(["inv", "destroy", "--purge"], cwd=ROOT, env=environ,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    remove_lab(host, lab)
+    remove_labelled(host, lab)  # whatever `inv destroy` left
     shutil.rmtree(tmp, ignore_errors=True)

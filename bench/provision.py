@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from cdtasks import config, engine, images, registry  # noqa: E402
 from cdtasks.providers import certs  # noqa: E402
-from cdtasks.providers.lab import LabProvider  # noqa: E402
+from cdtasks.providers.lab import LabProvider, remove_labelled  # noqa: E402
 import benchlib  # noqa: E402
 
 ENVS = ("test", "prod")
@@ -168,7 +168,7 @@ def main() -> None:
         say("cleaning up both labs")
         subprocess.run(["inv", "destroy", "--purge"], cwd=ROOT, env=env_a,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        benchlib.remove_lab(host, lab_b)
+        remove_labelled(host, lab_b)
         shutil.rmtree(tmp, ignore_errors=True)
 
     ratio = tool / serial

@@ -35,26 +35,34 @@ def _names(value: str) -> tuple[str, ...]:
     return items
 
 
-def _labels(value: str) -> tuple[tuple[str, str, str], ...]:
-    """`node:key=value,node:key=value` -> ((node, key, value), ...)."""
+def _matches(value: str, pattern: str, form: str) -> list[re.Match]:
+    """Each comma-separated item of `value` matched whole by `pattern`, or a ValueError
+    naming the item and the form it should have."""
     out = []
     for item in (v.strip() for v in value.split(",") if v.strip()):
-        m = re.fullmatch(r"([a-z0-9-]+):([A-Za-z0-9_.-]+)=([A-Za-z0-9_.-]*)", item)
+        m = re.fullmatch(pattern, item)
         if not m:
-            raise ValueError(f"{item!r} is not node:key=value")
-        out.append(m.groups())
-    return tuple(out)
+            raise ValueError(f"{item!r} is not {form}")
+        out.append(m)
+    return out
+
+
+def _labels(value: str) -> tuple[tuple[str, str, str], ...]:
+    """`node:key=value,node:key=value` -> ((node, key, value), ...)."""
+    return tuple(m.groups() for m in _matches(
+        value, r"([a-z0-9-]+):([A-Za-z0-9_.-]+)=([A-Za-z0-9_.-]*)", "node:key=value"))
 
 
 def _hosts(value: str) -> tuple[tuple[str, str, str, int], ...]:
     """`node=[user@]host[:port],...` -> ((node, user or "", host, port), ...)."""
+    form = "node=[user@]host[:port]"
     out = []
-    for item in (v.strip() for v in value.split(",") if v.strip()):
-        m = re.fullmatch(r"([a-z0-9-]+)=(?:([A-Za-z0-9_.-]+)@)?([A-Za-z0-9_.-]+|\[[0-9a-fA-F:]+\])"
-                         r"(?::([0-9]{1,5}))?", item)
-        if not m or not 0 < int(m.group(4) or 22) < 65536:
-            raise ValueError(f"{item!r} is not node=[user@]host[:port]")
-        out.append((m.group(1), m.group(2) or "", m.group(3).strip("[]"), int(m.group(4) or 22)))
+    for m in _matches(value, r"([a-z0-9-]+)=(?:([A-Za-z0-9_.-]+)@)?([A-Za-z0-9_.-]+|"
+                             r"\[[0-9a-fA-F:]+\])(?::([0-9]{1,5}))?", form):
+        port = int(m.group(4) or 22)
+        if not 0 < port < 65536:
+            raise ValueError(f"{m.group(0)!r} is not {form}: port {port}")
+        out.append((m.group(1), m.group(2) or "", m.group(3).strip("[]"), port))
     if len({n for n, *_ in out}) != len(out):
         raise ValueError("a node is listed twice")
     return tuple(out)
@@ -62,13 +70,8 @@ def _hosts(value: str) -> tuple[tuple[str, str, str, int], ...]:
 
 def _addresses(value: str) -> tuple[tuple[str, str], ...]:
     """`node=address,...` -> ((node, address), ...)."""
-    out = []
-    for item in (v.strip() for v in value.split(",") if v.strip()):
-        m = re.fullmatch(r"([a-z0-9-]+)=([0-9a-fA-F.:]+)", item)
-        if not m:
-            raise ValueError(f"{item!r} is not node=address")
-        out.append(m.groups())
-    return tuple(out)
+    return tuple(m.groups() for m in _matches(value, r"([a-z0-9-]+)=([0-9a-fA-F.:]+)",
+                                              "node=address"))
 
 
 def _options(value: str) -> tuple[str, ...]:

@@ -170,10 +170,25 @@ def _compose_step(r: Release, action: Callable[[Compose], object], host_ip: str 
     except ComposeError as exc:
         raise StepFailed(str(exc), exc.result.tail() if exc.result else "") from None
     finally:
-        r.commands += c.commands()
-        if r.dry_run:
-            for cmd in c.commands():
-                r.log("would run: " + cmd)
+        _noted(r, c)
+
+
+def _noted(r: Release, c: Compose) -> None:
+    r.commands += c.commands()
+    if r.dry_run:
+        for cmd in c.commands():
+            r.log("would run: " + cmd)
+
+
+def take_down(r: Release) -> None:
+    """The run's compose project down, after steps that left it up (no signal handling here:
+    it also runs beside the monitor-period watch, off the main thread)."""
+    c = r.compose()
+    try:
+        c.down(check=False)
+    finally:
+        r.compose_left = False
+        _noted(r, c)
 
 
 def unit(r: Release) -> str:
@@ -291,9 +306,14 @@ def production_tests(r: Release, target: Cluster, target_settings: Settings) -> 
     """`run --rm production` on the CD node against a cluster's proxy, then the rolling update
     that preceded them must have settled."""
     ip = "HOST_IP" if r.dry_run else host_ip(target, target_settings, target.routing_in_use())
-    _compose_step(r, lambda c: c.run("production"), host_ip=ip)
-    if not r.dry_run:
-        settle(r, target, target_settings)
+    _compose_step(r, lambda c: c.run("production"), host_ip=ip, defer=True)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # In a whole run the project goes down while Swarm's monitor period is watched.
+        down = pool.submit(take_down, r) if r.compose_left else None
+        if not r.dry_run:
+            settle(r, target, target_settings)
+        if down:
+            down.result()
     return f"production tests passed against {target_settings.env} ({ip})"
 
 
@@ -388,14 +408,11 @@ def state_after(r: Release, results: list[StepResult]) -> str:
 def cleanup(r: Release) -> None:
     """After a run, also a failed or interrupted one: the compose project, the lock and the
     checkout go."""
-    if r.compose_left and not r.dry_run:
+    if r.compose_left:
         try:
-            c = r.compose()
-            c.down(check=False)
-            r.commands += c.commands()
+            take_down(r)
         except Exception as exc:  # clean-up must not hide the run's own result
             r.log(f"could not take the compose project {r.project} down: {exc}")
-        r.compose_left = False
     release_lock(r)
     if r.workdir and r.workdir.exists():
         if not r.dry_run and not for_settings(r.settings).shares_workspace:

@@ -1,6 +1,7 @@
 """What every provider offers: machines for named nodes, and how to reach each one."""
 from __future__ import annotations
 
+import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,3 +75,14 @@ class Provider(ABC):
     @abstractmethod
     def remove(self, nodes: Sequence[str], log: Log, purge: bool = False) -> list[str]:
         """Remove the nodes' machines and what was made for them; return what was removed."""
+
+
+def removed_with_registry(settings, removed: list[str], log: Log, purge: bool) -> list[str]:
+    """The end of `remove` where the registry's data lives on this machine: delete it only
+    when purging, then say what went."""
+    if purge and settings.registry_dir.exists():
+        shutil.rmtree(settings.registry_dir)
+        removed.append(f"registry data {settings.registry_dir}")
+    for r in removed:
+        log(f"removed {r}")
+    return removed

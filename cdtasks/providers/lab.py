@@ -21,7 +21,7 @@ from docker.errors import APIError, NotFound
 from .. import engine, images
 from ..config import Settings
 from . import certs
-from .base import Endpoint, Log, Provider, ProviderError
+from .base import Endpoint, Log, Provider, ProviderError, removed_with_registry
 
 LAB_LABEL = "io.cdtasks.lab"
 ENV_LABEL = "io.cdtasks.env"
@@ -284,9 +284,16 @@ class LabProvider(Provider):
                 removed.append(f"lab directory {self.root}")
         else:
             self._write_known_hosts()
-        if purge and self.s.registry_dir.exists():
-            shutil.rmtree(self.s.registry_dir)
-            removed.append(f"registry data {self.s.registry_dir}")
-        for r in removed:
-            log(f"removed {r}")
-        return removed
+        return removed_with_registry(self.s, removed, log, purge)
+
+
+def remove_labelled(host: docker.DockerClient, lab_name: str) -> None:
+    """Whatever is left of a lab on the engine, by its label: containers, volumes, networks
+    (for clean-ups that must not depend on the lab's own state files)."""
+    flt = {"label": f"{LAB_LABEL}={lab_name}"}
+    for c in host.containers.list(all=True, filters=flt):
+        c.remove(force=True, v=True)
+    for v in host.volumes.list(filters=flt):
+        v.remove(force=True)
+    for n in host.networks.list(filters=flt):
+        n.remove()

@@ -9,14 +9,13 @@ holding the registry's storage and the workspace is shared into every VM at the 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
 from ..config import Settings
-from .base import Endpoint, Log, Provider, ProviderError
+from .base import Endpoint, Log, Provider, ProviderError, removed_with_registry
 
 BINARY = "docker-machine"
 # Error last: it is free text and may contain the separator.
@@ -171,9 +170,4 @@ class MachineProvider(Provider):
             log(f"{node}: docker-machine rm -f")
         self._each(lambda n: self._checked(n, "rm", "-f", n), existing)
         removed = [f"machine {n}" for n in existing]
-        if purge and self.s.registry_dir.exists():
-            shutil.rmtree(self.s.registry_dir)
-            removed.append(f"registry data {self.s.registry_dir}")
-        for r in removed:
-            log(f"removed {r}")
-        return removed
+        return removed_with_registry(self.s, removed, log, purge)

@@ -159,7 +159,11 @@ def test_provision(world):
     assert again.stdout.count("none (up to date)") == 2, again.stdout
 
 
-def test_env_and_ssh_reach_the_nodes(world):
+def test_status_env_and_ssh_reach_the_nodes(world):
+    status = world.inv("status").stdout
+    for node in TEST_NODES + PROD_NODES:
+        assert any(f" {node} " in line and "ready" in line.lower()
+                   for line in status.splitlines()), status
     proc = world.inv("env", "swarm-test-1")
     assert "DOCKER_HOST=" in proc.stdout
     assert world.inv("ssh", "swarm-test-2", "--cmd", "hostname").stdout.strip() == "swarm-test-2"

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
-docker = pytest.importorskip("docker")
-from docker.tls import TLSConfig  # noqa: E402
+import docker
+from docker.tls import TLSConfig
+
+from cdtasks.providers.lab import LAB_LABEL, remove_labelled
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDIN = ROOT / "tests" / "standin" / "docker-machine"
 NAME = "standin-1"
-LAB_LABEL = "io.cdtasks.lab"
 # The engine the stand-in puts its machines on, whatever DOCKER_HOST says.
 LOCAL_ENGINE = "unix:///var/run/docker.sock"
 
@@ -30,7 +31,8 @@ try:
     _host = docker.DockerClient(base_url=LOCAL_ENGINE)
     _host.ping()
 except Exception as exc:  # no socket, refused: no engine for this test
-    pytest.skip(f"no Docker engine answers at {LOCAL_ENGINE}: {exc}", allow_module_level=True)
+    pytest.fail(f"integration tests need a Docker engine at {LOCAL_ENGINE}: {exc}",
+                pytrace=False)
 
 
 class Standin:
@@ -73,13 +75,7 @@ def dm(tmp_path):
     try:
         yield standin
     finally:  # whatever failed: nothing of this lab stays on the engine (and only this lab's)
-        label = {"label": f"{LAB_LABEL}={standin.lab}"}
-        for c in _host.containers.list(all=True, filters=label):
-            c.remove(force=True, v=True)
-        for v in _host.volumes.list(filters=label):
-            v.remove(force=True)
-        for n in _host.networks.list(filters=label):
-            n.remove()
+        remove_labelled(_host, standin.lab)
 
 
 def machine_client(env: dict[str, str]) -> docker.DockerClient:

@@ -56,6 +56,14 @@ def test_machine_options_are_shell_words(tmp_path):
         _settings(tmp_path, MACHINE_OPTIONS="--engine-label 'open")
 
 
+@pytest.mark.parametrize("provider", ["docker-machine", "ssh"])
+def test_example_env_files_are_valid(provider):
+    env_dir = config.PROJECT_DIR / "env" / "examples" / provider
+    for env in ("test", "prod"):
+        s = config.load(env, environ={"CDTASKS_ENV_DIR": str(env_dir)})
+        assert s.provider == provider and s.env == env
+
+
 def test_unknown_provider(tmp_path):
     with pytest.raises(config.ConfigError, match="PROVIDER='vagrant'"):
         _settings(tmp_path, PROVIDER="vagrant")
