@@ -100,9 +100,13 @@ class Release:
         s = self.settings
         env = {"IMAGE": self.image, "VERSION": self.version or "", "BASE_IMAGE": s.base_image,
                "DB_IMAGE": s.db_image, "HOST_IP": host_ip}
-        self.project = self.project or unique_project(f"{s.app_service}-{self.version}")
-        return Compose(self.workdir / s.compose_file, self.project, engine.docker_env(ep), env,
-                       dry_run=self.dry_run, on_line=self.on_line)
+        return Compose(self.workdir / s.compose_file, self.project_name(), engine.docker_env(ep),
+                       env, dry_run=self.dry_run, on_line=self.on_line)
+
+    def project_name(self) -> str:
+        """One compose project per run, unique so that concurrent runs do not collide."""
+        self.project = self.project or unique_project(f"{self.settings.app_service}-{self.version}")
+        return self.project
 
     def docker_argv(self, *args: str) -> list[str]:
         """The docker CLI command equivalent to an SDK call on the CD node (for --dry-run)."""
@@ -353,36 +357,73 @@ def delivered(manager, service: str) -> list[dict]:
 
 
 # -- running steps ------------------------------------------------------------------------------
-def run_step(name: str, fn: Callable, arg, progress) -> StepResult:
+def _attempt(name: str, fn: Callable, arg) -> StepResult:
     """One step with its timing; a failure becomes a failed StepResult, Ctrl-C propagates."""
-    progress.step(name)
     start = time.monotonic()
     try:
         detail = fn(arg)
         if getattr(arg, "dry_run", False):
             detail = f"dry run, not done: {detail}"
-        result = StepResult(name, True, time.monotonic() - start, detail)
+        return StepResult(name, True, time.monotonic() - start, detail)
     except StepFailed as exc:
-        result = StepResult(name, False, time.monotonic() - start, str(exc), exc.output_tail)
+        return StepResult(name, False, time.monotonic() - start, str(exc), exc.output_tail)
+    except Exception as exc:  # an engine or API error: still a failed step, with its reason
+        return StepResult(name, False, time.monotonic() - start,
+                          f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+
+
+def run_step(name: str, fn: Callable, arg, progress) -> StepResult:
+    progress.step(name)
+    start = time.monotonic()
+    try:
+        result = _attempt(name, fn, arg)
     except KeyboardInterrupt:
         progress.done(StepResult(name, False, time.monotonic() - start, "interrupted"))
         raise
-    except Exception as exc:  # an engine or API error: still a failed step, with its reason
-        result = StepResult(name, False, time.monotonic() - start,
-                            f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
     progress.done(result)
     return result
+
+
+def _unbuild(r: Release, result: StepResult) -> None:
+    """A build that ran beside unit tests that failed leaves nothing behind."""
+    if result.ok:
+        r.cluster.client(r.settings.cd_node).images.remove(r.ref_tag, noprune=False)
+
+
+# A step, the one after it that does not need its result, and how to undo that one when the
+# first fails: in a whole run the second runs beside the first (the build beside unit tests).
+OVERLAP: dict[str, tuple[str, Callable[[Release, StepResult], None]]] = {"unit": ("build", _unbuild)}
 
 
 def run_steps(r: Release, names: Sequence[str], progress) -> list[StepResult]:
     """Run the named steps in order; the first failure stops the run, the rest are skipped."""
     results: list[StepResult] = []
-    for name in names:
-        if results and (results[-1].failed or results[-1].skipped):
-            results.append(StepResult(name, False, 0.0, "not run", skipped=True))
-        else:
+    ahead: dict[str, tuple] = {}  # step started beside the previous one -> (future, its undo)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for i, name in enumerate(names):
+            if results and (results[-1].failed or results[-1].skipped):
+                if name in ahead:  # it ran beside the step that failed: undo it
+                    _undo(r, name, *ahead.pop(name))
+                results.append(StepResult(name, False, 0.0, "not run", skipped=True))
+                continue
+            if name in ahead:
+                result = ahead.pop(name)[0].result()
+                progress.done(result)
+                results.append(result)
+                continue
+            partner, undo = OVERLAP.get(name, (None, None))
+            if partner and r.defer_down and not r.dry_run and names[i + 1:i + 2] == [partner]:
+                r.project_name()  # fixed before two threads use it
+                ahead[partner] = (pool.submit(_attempt, partner, STEP_FUNCS[partner], r), undo)
             results.append(run_step(name, STEP_FUNCS[name], r, progress))
     return results
+
+
+def _undo(r: Release, name: str, future, undo: Callable[[Release, StepResult], None]) -> None:
+    try:
+        undo(r, future.result())
+    except Exception as exc:  # the run already failed; say what is left, do not hide why
+        r.log(f"could not undo {name}: {exc}")
 
 
 def state_after(r: Release, results: list[StepResult]) -> str:
