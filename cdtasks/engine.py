@@ -40,14 +40,23 @@ def _reason(exc: Exception) -> str:
     return text[:200]
 
 
+HOST_ENGINE_VAR = "CDTASKS_DOCKER_HOST"
+DEFAULT_SOCKET = Path("/var/run/docker.sock")
+
+
 def host_client() -> docker.DockerClient:
-    """The engine this tool runs against locally (DOCKER_HOST or the default socket)."""
-    where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    """The engine of this machine: labs run on it, offline images are built in it.
+    `eval $(inv env NODE)` points DOCKER_HOST at a node, so that variable counts only when
+    neither CDTASKS_DOCKER_HOST nor the default socket names an engine."""
+    where = os.environ.get(HOST_ENGINE_VAR) or (
+        f"unix://{DEFAULT_SOCKET}" if DEFAULT_SOCKET.exists() else "")
+    shown = where or os.environ.get("DOCKER_HOST", "the DOCKER_* variables")
     try:
-        client = docker.from_env(timeout=TIMEOUT)
+        client = (docker.DockerClient(base_url=where, timeout=TIMEOUT) if where
+                  else docker.from_env(timeout=TIMEOUT))
     except Exception as exc:
-        raise EngineError(f"cannot reach Docker at {where}: {_reason(exc)}") from None
-    return _checked(client, where)
+        raise EngineError(f"cannot reach Docker at {shown}: {_reason(exc)}") from None
+    return _checked(client, shown)
 
 
 def client(endpoint: Endpoint, check: bool = True) -> docker.DockerClient:

@@ -55,7 +55,7 @@ class Release:
     workdir: Path | None = None
     digest: str | None = None
     commit: str = ""
-    converged_at: float = 0.0  # when the last rollout had every replica on its image
+    converged_at: float = 0.0  # monotonic time the last replica of the last rollout started running
     lock: str = ""  # token of the service's lock while prod-like is being changed and tested
     # A whole run takes the compose project down once, after staging (or in cleanup), instead
     # of after every compose step; steps run alone always take it down.
@@ -273,8 +273,7 @@ def prodlike(r: Release) -> str:
                                  action="delivering")
         r.previous_image = services.current_image(manager, r.settings.app_service)
     result = rollout(r.cluster, r.settings, r.pinned, r.log, r.dry_run, r.record)
-    check_rollout(result)
-    r.converged_at = time.monotonic()
+    converged(r, result)
     return f"{r.settings.app_service} runs {r.ref_tag} on every replica ({result.seconds:.1f}s)"
 
 
@@ -284,6 +283,12 @@ OK_ROLLOUT = ("completed", "unchanged", "converged", "dry-run")  # Rollout state
 def check_rollout(result: services.Rollout) -> None:
     if result.state not in OK_ROLLOUT:
         raise StepFailed(f"rolling update of {result.service} ended {result.state}: {result.message}")
+
+
+def converged(r: Release, result: services.Rollout) -> None:
+    """A rollout that ended well starts the monitor period `settle` watches."""
+    check_rollout(result)
+    r.converged_at = time.monotonic() - result.running_for
 
 
 def settle(r: Release, cluster: Cluster, settings: Settings) -> None:

@@ -131,8 +131,7 @@ def prepare(d: Deployment) -> str:
 # -- steps ------------------------------------------------------------------------------------
 def _rollout_to(d: Deployment, image: str) -> str:
     result = pipeline.rollout(d.cluster, d.prod, image, d.log)
-    pipeline.check_rollout(result)
-    d.release.converged_at = time.monotonic()
+    pipeline.converged(d.release, result)
     return f"{d.service} on {d.prod.env}: every replica runs {image} ({result.seconds:.1f}s)"
 
 

@@ -6,6 +6,7 @@ service, so a diff is a comparison of two plain values and changes touch only wh
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from dataclasses import dataclass, fields, replace
 from typing import Callable, Mapping, Sequence
 
@@ -250,6 +251,10 @@ class Rollout:
     state: str  # Swarm's UpdateStatus.State, or "unchanged" when the image was already running
     seconds: float
     message: str = ""
+    # How long, by the manager's clock, the last replica to start had been running when the
+    # rollout was seen converged: Swarm's monitor period counts from that start, not from when
+    # this tool noticed it.
+    running_for: float = 0.0
 
 
 def current_image(client, name: str) -> str:
@@ -273,8 +278,23 @@ def update_image(client, name: str, image: str) -> bool:
     return True
 
 
+def engine_time(text: str) -> datetime:
+    """An Engine API timestamp (RFC 3339, nanoseconds) as an aware datetime."""
+    head, _, frac = text.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+
+
+def _running_for(client, tasks: Sequence[Mapping], image: str) -> float:
+    started = [engine_time(t["Status"]["Timestamp"]) for t in tasks
+               if t["Status"]["State"] == "running" and t["Spec"]["ContainerSpec"]["Image"] == image]
+    if not started:
+        return 0.0
+    now = engine_time(client.info()["SystemTime"])
+    return max(0.0, (now - max(started)).total_seconds())
+
+
 def wait_rollout(client, name: str, image: str, timeout: float,
-                 on_progress: Callable[[str], None], poll: float = 0.5,
+                 on_progress: Callable[[str], None], poll: float = 0.25,
                  stable_until: float | None = None) -> Rollout:
     """Follow a rolling update through Swarm's own state until every replica runs the image
     (`converged`). `paused` and `rollback_*` are failures, although the CLI's `docker service
@@ -304,7 +324,7 @@ def wait_rollout(client, name: str, image: str, timeout: float,
         converged = on_new >= wanted and running >= wanted
         if converged and time.monotonic() >= (stable_until or 0):
             return Rollout(name, image, "converged" if state == "updating" else state, elapsed,
-                           status.get("Message", ""))
+                           status.get("Message", ""), _running_for(client, tasks, image))
         if elapsed > timeout:
             return Rollout(name, image, "timeout", elapsed,
                            f"{on_new}/{wanted} replicas on {image} after {timeout:.0f}s: "

@@ -203,13 +203,18 @@ def test_env_points_the_docker_cli_at_a_node(lab):
     assert set(exports) == {"DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"}
     assert re.fullmatch(r"tcp://127\.0\.0\.1:\d+", exports["DOCKER_HOST"])
     assert exports["DOCKER_TLS_VERIFY"] == "1"
+    # As in the book: point the shell at one node, then at another (the first node's DOCKER_*
+    # variables must not be taken for this machine's engine, where the lab runs).
     cli = subprocess.run(
         ["bash", "-c", 'eval "$(inv env swarm-test-1)" && '
-                       'docker node ls --format "{{.Hostname}}"'],
+                       'docker node ls --format "{{.Hostname}}" && '
+                       'eval "$(inv env swarm-test-2)" && docker info --format "{{.Name}}"'],
         cwd=ROOT,
         env=lab.env, capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
-    assert sorted(cli.stdout.split()) == list(TEST_NODES)
+    *listed, second = cli.stdout.split()
+    assert sorted(listed) == list(TEST_NODES)
+    assert second == "swarm-test-2"
 
     # The API port speaks TLS only, and only to holders of the lab's client certificate.
     port = int(exports["DOCKER_HOST"].rsplit(":", 1)[1])
@@ -305,7 +310,7 @@ def test_bad_value_from_process_environment(lab):
 
 
 def test_unreachable_docker(lab):
-    proc = lab.inv("status", check=False, extra_env={"DOCKER_HOST": "tcp://127.0.0.1:1"})
+    proc = lab.inv("status", check=False, extra_env={"CDTASKS_DOCKER_HOST": "tcp://127.0.0.1:1"})
     print(proc.stderr.strip())
     assert proc.returncode != 0
     assert "cannot reach Docker at" in proc.stderr and "127.0.0.1:1" in proc.stderr

@@ -351,3 +351,31 @@ def test_registry_spec_reads_back_without_drift(settings):
         spec = registry.spec(settings, mode)
         stored = engine_stores(spec.api_kwargs({}, {}))
         assert diff(spec, actual(stored, {}, {})) == {}
+
+
+def test_engine_timestamps_keep_their_fraction_and_zone():
+    from cdtasks.services import engine_time
+    t = engine_time("2026-11-26T23:06:55.459052117Z")
+    assert (t.hour, t.minute, t.second, t.microsecond) == (23, 6, 55, 459052)
+    assert t.utcoffset().total_seconds() == 0
+    assert engine_time("2026-11-26T23:06:55Z").microsecond == 0
+
+
+def test_the_monitor_period_counts_from_the_last_replica_start_by_the_managers_clock():
+    from cdtasks.services import _running_for
+
+    class Manager:
+        def info(self):
+            return {"SystemTime": "2026-11-26T23:07:00.000000000Z"}
+
+    def task(image, state, stamp):
+        return {"Status": {"State": state, "Timestamp": stamp},
+                "Spec": {"ContainerSpec": {"Image": image}}}
+
+    new, old = "localhost:5000/go-demo:1.1@sha256:aa", "localhost:5000/go-demo:1.0@sha256:bb"
+    tasks = [task(new, "running", "2026-11-26T23:06:52.500000000Z"),
+             task(new, "running", "2026-11-26T23:06:58.750000000Z"),  # the last to start
+             task(old, "running", "2026-11-26T23:06:59.900000000Z"),  # another image: ignored
+             task(new, "starting", "2026-11-26T23:06:59.950000000Z")]  # not running yet
+    assert _running_for(Manager(), tasks, new) == pytest.approx(1.25)
+    assert _running_for(Manager(), [], new) == 0.0
