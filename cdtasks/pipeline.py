@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -61,6 +61,7 @@ class Release:
     # of after every compose step; steps run alone always take it down.
     defer_down: bool = False
     compose_left: bool = False  # the project may have containers or networks up
+    teardown: Future | None = None  # that down, running beside the steps that don't need it
     previous_image: str | None = None
     commands: list[str] = field(default_factory=list)
     _cluster: Cluster | None = None
@@ -107,6 +108,27 @@ class Release:
         """One compose project per run, unique so that concurrent runs do not collide."""
         self.project = self.project or unique_project(f"{self.settings.app_service}-{self.version}")
         return self.project
+
+    def tear_down_beside(self) -> None:
+        """Start the project's down on a thread; `torn_down()` waits for it. A dry run lists
+        it in order instead."""
+        if self.dry_run:
+            take_down(self)
+            return
+        pool = ThreadPoolExecutor(max_workers=1)
+        self.teardown = pool.submit(take_down, self, quiet=True)
+        pool.shutdown(wait=False)
+
+    def torn_down(self) -> None:
+        """Wait for a down started by `tear_down_beside`; if it failed, the project stays
+        marked as left up (the run's clean-up tries again) and the run goes on."""
+        future, self.teardown = self.teardown, None
+        if future is None:
+            return
+        try:
+            future.result()
+        except Exception as exc:
+            self.log(f"could not take the compose project {self.project} down: {exc}")
 
     def docker_argv(self, *args: str) -> list[str]:
         """The docker CLI command equivalent to an SDK call on the CD node (for --dry-run)."""
@@ -164,6 +186,7 @@ def checkout(r: Release) -> str:
 
 def _compose_step(r: Release, action: Callable[[Compose], object], host_ip: str = "",
                   defer: bool = False) -> None:
+    r.torn_down()  # a down still running on this project ends before the project is used again
     c = r.compose(host_ip)
     down = not (defer and r.defer_down)
     r.compose_left = True
@@ -184,14 +207,16 @@ def _noted(r: Release, c: Compose) -> None:
             r.log("would run: " + cmd)
 
 
-def take_down(r: Release) -> None:
+def take_down(r: Release, quiet: bool = False) -> None:
     """The run's compose project down, after steps that left it up (no signal handling here:
-    it also runs beside the monitor-period watch, off the main thread)."""
+    it also runs off the main thread). A down that fails leaves the project marked as up.
+    quiet: its output is not shown live (it would read as the output of the step it runs beside)."""
     c = r.compose()
+    if quiet:
+        c.on_line = None
     try:
-        c.down(check=False)
+        r.compose_left = not c.down(check=False).ok
     finally:
-        r.compose_left = False
         _noted(r, c)
 
 
@@ -206,11 +231,17 @@ def build(r: Release) -> str:
 
 
 def staging(r: Release) -> str:
-    """staging-dep up, staging tests against it; `down` always (the session guarantees it)."""
+    """staging-dep up, staging tests against it; `down` always: at once when the step runs
+    alone (the session guarantees it); in a whole run beside publish and prod-like, which do
+    not use the project (and in the clean-up if the tests fail)."""
     def act(c: Compose) -> None:
         c.up("staging-dep")
         c.run("staging")
-    _compose_step(r, act)
+    _compose_step(r, act, defer=True)
+    if r.compose_left:
+        r.tear_down_beside()
+    if r.teardown:
+        return "staging tests passed; staging goes down beside the next steps"
     return "staging tests passed; staging removed"
 
 
@@ -316,13 +347,11 @@ def production_tests(r: Release, target: Cluster, target_settings: Settings) -> 
     that preceded them must have settled."""
     ip = "HOST_IP" if r.dry_run else host_ip(target, target_settings, target.routing_in_use())
     _compose_step(r, lambda c: c.run("production"), host_ip=ip, defer=True)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # In a whole run the project goes down while Swarm's monitor period is watched.
-        down = pool.submit(take_down, r) if r.compose_left else None
-        if not r.dry_run:
-            settle(r, target, target_settings)
-        if down:
-            down.result()
+    if r.compose_left:  # a whole run: the project goes down while the monitor period is watched
+        r.tear_down_beside()
+    if not r.dry_run:
+        settle(r, target, target_settings)
+    r.torn_down()
     return f"production tests passed against {target_settings.env} ({ip})"
 
 
@@ -454,6 +483,7 @@ def state_after(r: Release, results: list[StepResult]) -> str:
 def cleanup(r: Release) -> None:
     """After a run, also a failed or interrupted one: the compose project, the lock and the
     checkout go."""
+    r.torn_down()
     if r.compose_left:
         try:
             take_down(r)

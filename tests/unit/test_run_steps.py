@@ -80,3 +80,50 @@ def test_steps_run_one_after_another_outside_a_whole_run(steps):
         pipeline.run_steps(release, NAMES, Quiet())
         order = [e[:2] for e in events]
         assert order.index(("build", "start")) > order.index(("unit", "end"))
+
+
+def test_a_teardown_runs_beside_the_next_steps_and_is_waited_for(monkeypatch, tmp_path):
+    settings = load("test", {"STATE_DIR": str(tmp_path)}, environ={})
+    started, release_down = threading.Event(), threading.Event()
+    threads = []
+
+    def slow_down(r, quiet=False):
+        threads.append(threading.current_thread() is threading.main_thread())
+        started.set()
+        release_down.wait(5)
+        r.compose_left = False
+
+    monkeypatch.setattr(pipeline, "take_down", slow_down)
+    r = Release(settings, "", version="1.1", defer_down=True, compose_left=True)
+    r.tear_down_beside()
+    assert started.wait(5) and threads == [False]  # off the main thread; the caller went on
+    assert r.teardown is not None and not r.teardown.done()
+    release_down.set()
+    r.torn_down()
+    assert r.teardown is None and not r.compose_left
+
+
+def test_a_failed_teardown_is_reported_and_left_for_the_clean_up(monkeypatch, tmp_path):
+    settings = load("test", {"STATE_DIR": str(tmp_path)}, environ={})
+    logged = []
+
+    def broken_down(r, quiet=False):
+        raise RuntimeError("engine gone")
+
+    monkeypatch.setattr(pipeline, "take_down", broken_down)
+    r = Release(settings, "", version="1.1", defer_down=True, compose_left=True, log=logged.append)
+    r.project = "go-demo-1-1-abc"
+    r.tear_down_beside()
+    r.torn_down()
+    assert r.compose_left  # still up: cleanup() takes it down again
+    assert logged == ["could not take the compose project go-demo-1-1-abc down: engine gone"]
+
+
+def test_a_dry_run_lists_the_teardown_in_order(monkeypatch, tmp_path):
+    settings = load("test", {"STATE_DIR": str(tmp_path)}, environ={})
+    calls = []
+    monkeypatch.setattr(pipeline, "take_down",
+                        lambda r: calls.append(threading.current_thread() is threading.main_thread()))
+    r = Release(settings, "", version="1.1", defer_down=True, dry_run=True, compose_left=True)
+    r.tear_down_beside()
+    assert calls == [True] and r.teardown is None
