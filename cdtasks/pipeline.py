@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 from . import engine, records, services, stack, workspace
 from .cluster import Cluster
-from .compose import Compose, ComposeError, unique_project
+from .compose import Compose, ComposeError, compose_command, unique_project
 from .config import PROJECT_DIR, Settings
 from .providers import for_settings
 from .report import StepResult
@@ -262,12 +262,12 @@ def publish(r: Release) -> str:
 
 
 def prepull(cluster: Cluster, service: str, image: str, log: Callable[[str], None]) -> list[str]:
-    """Pull the new image on every node that runs the service, in parallel, before the update:
-    the rolling update then only starts containers."""
+    """Pull the new image, in parallel, before the update on every node the service's tasks
+    may be placed on (a rolling update may start a task on a node that runs none now): the
+    update then only starts containers."""
     manager = cluster.manager()
-    names = {n["ID"]: n["Description"]["Hostname"] for n in manager.api.nodes()}
-    _, _, tasks = services.running_tasks(manager, service)
-    nodes = sorted({names[t["NodeID"]] for t in tasks if t.get("NodeID") in names})
+    spec = services.existing(manager, service)["Spec"]
+    nodes = [n for n in services.eligible_nodes(manager, spec) if n in cluster.endpoints]
     repo, _, digest = image.partition("@")
 
     def pull(node: str) -> str:
@@ -434,6 +434,8 @@ def run_steps(r: Release, names: Sequence[str], progress) -> list[StepResult]:
     results: list[StepResult] = []
     ahead: dict[str, tuple] = {}  # step started beside the previous one -> (future, its undo)
     with ThreadPoolExecutor(max_workers=1) as pool:
+        if r.defer_down:  # a whole run: the compose CLI is found beside the checkout
+            pool.submit(compose_command)
         for i, name in enumerate(names):
             if results and (results[-1].failed or results[-1].skipped):
                 if name in ahead:  # it ran beside the step that failed: undo it

@@ -5,6 +5,7 @@ service, so a diff is a comparison of two plain values and changes touch only wh
 """
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime
 from dataclasses import dataclass, fields, replace
@@ -188,6 +189,37 @@ def _replicas_wanted(client, spec: Mapping, service_id: str) -> int:
                if n["Status"]["State"] == "ready" and n["Spec"].get("Availability") == "active")
 
 
+def constraint_matches(node: Mapping, constraint: str) -> bool | None:
+    """Swarm's placement rule for one node: `attr == value` or `attr != value`, values
+    compared without case as swarmkit does; None when the attribute is not one it reads here."""
+    m = re.fullmatch(r"\s*([\w.-]+)\s*(==|!=)\s*(.*?)\s*", constraint)
+    if not m:
+        return None
+    attr, op, value = m.groups()
+    desc, spec = node.get("Description") or {}, node.get("Spec") or {}
+    known = {"node.id": node.get("ID"), "node.hostname": desc.get("Hostname"),
+             "node.role": spec.get("Role"),
+             "node.platform.os": (desc.get("Platform") or {}).get("OS"),
+             "node.platform.arch": (desc.get("Platform") or {}).get("Architecture")}
+    for prefix, labels in (("node.labels.", spec.get("Labels")),
+                           ("engine.labels.", (desc.get("Engine") or {}).get("Labels"))):
+        if attr.startswith(prefix):
+            known[attr] = (labels or {}).get(attr[len(prefix):])
+    if attr not in known:
+        return None
+    equal = known[attr] is not None and str(known[attr]).lower() == value.lower()
+    return equal if op == "==" else not equal
+
+
+def eligible_nodes(client, spec: Mapping) -> list[str]:
+    """Hostnames of the ready, active nodes a service's tasks may be placed on (a constraint
+    this module cannot read counts as met: the caller gets more nodes, never fewer)."""
+    constraints = (spec["TaskTemplate"].get("Placement") or {}).get("Constraints") or []
+    return sorted(n["Description"]["Hostname"] for n in client.api.nodes()
+                  if n["Status"]["State"] == "ready" and n["Spec"].get("Availability") == "active"
+                  and all(constraint_matches(n, c) is not False for c in constraints))
+
+
 def running_tasks(client, name: str) -> tuple[int, int, list[Mapping]]:
     """(running, wanted, tasks that should run) for one service."""
     svc = client.api.inspect_service(name)
@@ -257,18 +289,21 @@ class Rollout:
     running_for: float = 0.0
 
 
-def current_image(client, name: str) -> str:
+def existing(client, name: str) -> Mapping:
+    """The service's inspect data; a release needs it to exist."""
     svc = inspect(client, name)
     if svc is None:
         raise ServiceError(f"service {name} does not exist: create it with `inv services`")
-    return svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+    return svc
+
+
+def current_image(client, name: str) -> str:
+    return existing(client, name)["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
 
 
 def update_image(client, name: str, image: str) -> bool:
     """`docker service update --image`: only the image changes. False when it already runs."""
-    svc = inspect(client, name)
-    if svc is None:
-        raise ServiceError(f"service {name} does not exist: create it with `inv services`")
+    svc = existing(client, name)
     template = svc["Spec"]["TaskTemplate"]
     if template["ContainerSpec"]["Image"] == image:
         return False

@@ -283,9 +283,9 @@ def test_subprocess_runner_stops_the_child_when_interrupted():
 
 @pytest.fixture
 def fresh_detection():
-    mod.compose_command.cache_clear()
+    mod._detect.cache_clear()
     yield
-    mod.compose_command.cache_clear()
+    mod._detect.cache_clear()
 
 
 BUNDLED = "/site-packages/compose/docker-compose"

@@ -379,3 +379,57 @@ def test_the_monitor_period_counts_from_the_last_replica_start_by_the_managers_c
              task(new, "starting", "2026-11-26T23:06:59.950000000Z")]  # not running yet
     assert _running_for(Manager(), tasks, new) == pytest.approx(1.25)
     assert _running_for(Manager(), [], new) == 0.0
+
+
+def _node(host, role="manager", labels=None, state="ready", availability="active"):
+    return {"ID": f"id-{host}", "Status": {"State": state},
+            "Spec": {"Role": role, "Labels": labels or {}, "Availability": availability},
+            "Description": {"Hostname": host, "Platform": {"OS": "linux", "Architecture": "x86_64"},
+                            "Engine": {"Labels": {"disk": "ssd"}}}}
+
+
+@pytest.mark.parametrize("constraint, expected", [
+    ("node.labels.env == prod-like", True),
+    ("node.labels.env==PROD-LIKE", True),  # swarmkit compares without case
+    ("node.labels.env != prod-like", False),
+    ("node.labels.missing == x", False),
+    ("node.labels.missing != x", True),  # a node without the label differs from any value
+    ("node.role == manager", True),
+    ("node.role == worker", False),
+    ("node.hostname != swarm-test-2", False),
+    ("node.id == id-swarm-test-2", True),
+    ("node.platform.os == linux", True),
+    ("engine.labels.disk == ssd", True),
+    ("node.ip == 10.0.0.1", None),  # not read here
+    ("nonsense", None),
+])
+def test_placement_constraints_as_swarm_reads_them(constraint, expected):
+    from cdtasks.services import constraint_matches
+    assert constraint_matches(_node("swarm-test-2", labels={"env": "prod-like"}), constraint) is expected
+
+
+def test_eligible_nodes_are_ready_active_and_meet_every_constraint():
+    from cdtasks.services import eligible_nodes
+
+    class Manager:
+        class api:
+            @staticmethod
+            def nodes():
+                return [_node("swarm-test-1"),
+                        _node("swarm-test-2", labels={"env": "prod-like"}),
+                        _node("swarm-test-3", labels={"env": "prod-like"}),
+                        _node("swarm-test-4", labels={"env": "prod-like"}, state="down"),
+                        _node("swarm-test-5", labels={"env": "prod-like"}, availability="drain")]
+
+    def spec(*constraints):
+        return {"TaskTemplate": {"Placement": {"Constraints": list(constraints)}}}
+
+    assert eligible_nodes(Manager(), spec("node.labels.env == prod-like")) == [
+        "swarm-test-2", "swarm-test-3"]
+    assert eligible_nodes(Manager(), spec("node.labels.env == prod-like",
+                                          "node.hostname != swarm-test-3")) == ["swarm-test-2"]
+    # A constraint it cannot read narrows nothing: more nodes pre-pulled, never fewer.
+    assert eligible_nodes(Manager(), spec("node.ip == 10.0.0.9")) == [
+        "swarm-test-1", "swarm-test-2", "swarm-test-3"]
+    assert eligible_nodes(Manager(), {"TaskTemplate": {}}) == [
+        "swarm-test-1", "swarm-test-2", "swarm-test-3"]
