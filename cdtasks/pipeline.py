@@ -433,7 +433,7 @@ def run_steps(r: Release, names: Sequence[str], progress) -> list[StepResult]:
     """Run the named steps in order; the first failure stops the run, the rest are skipped."""
     results: list[StepResult] = []
     ahead: dict[str, tuple] = {}  # step started beside the previous one -> (future, its undo)
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=2) as pool:  # a step ahead may start before the probe ends
         if r.defer_down:  # a whole run: the compose CLI is found beside the checkout
             pool.submit(compose_command)
         for i, name in enumerate(names):
