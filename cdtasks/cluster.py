@@ -178,7 +178,8 @@ def run_on(settings: Settings, node: str, command: str | None, pty: bool = False
         return conn.run(command, warn=True, pty=pty)
 
 
-def env_lines(ep: Endpoint) -> list[str]:
+def env_lines(settings: Settings, node: str) -> list[str]:
     """What `docker-machine env NODE` prints, for `eval $(inv env NODE)`."""
-    return [f"export {k}={shlex.quote(v)}" for k, v in ep.env().items()]
+    exports = for_settings(settings).exports(endpoint(settings, node))
+    return [f"export {k}={shlex.quote(v)}" for k, v in exports.items()]
 

@@ -74,6 +74,12 @@ def _addresses(value: str) -> tuple[tuple[str, str], ...]:
                                               "node=address"))
 
 
+def _node_paths(value: str) -> tuple[tuple[str, Path], ...]:
+    """`node=path,...` -> ((node, path with ~ expanded), ...)."""
+    return tuple((m.group(1), _path(m.group(2))) for m in _matches(
+        value, r"([a-z0-9-]+)=(\S+)", "node=path"))
+
+
 def _options(value: str) -> tuple[str, ...]:
     try:
         return tuple(shlex.split(value))
@@ -170,6 +176,7 @@ KEYS: dict[str, Key] = {
     "SSH_HOSTS": Key(_hosts, "", "every node's SSH address: node=[user@]host[:port],..."),
     "SSH_USER": Key(str, "root", "SSH user where SSH_HOSTS names none (must be able to run docker)"),
     "SSH_KEY": Key(_optional_path, "", "private key file (empty: your SSH agent and default keys)"),
+    "SSH_KEYS": Key(_node_paths, "", "node=key file,... for hosts whose key is not SSH_KEY"),
     "SSH_KNOWN_HOSTS": Key(_path, "~/.ssh/known_hosts", "the host keys trusted; unknown or "
                                                          "changed keys are refused"),
     "SSH_PARALLEL": Key(_int(1, 64), "4", "hosts worked on at once"),
@@ -236,6 +243,7 @@ class Settings:
     ssh_hosts: tuple[tuple[str, str, str, int], ...]
     ssh_user: str
     ssh_key: Path | None
+    ssh_keys: tuple[tuple[str, Path], ...]
     ssh_known_hosts: Path
     ssh_parallel: int
     node_addresses: tuple[tuple[str, str], ...]
@@ -340,11 +348,9 @@ def _check_consistency(s: Settings, origin: Callable[[str], str]) -> None:
     if not s.nodes:
         raise ConfigError(f"{origin('NODES')}: NODES is empty")
     for key, names in (("WORKERS", s.workers), ("CD_NODE", (s.cd_node,)),
-                       ("NODE_LABELS", tuple(n for n, _, _ in s.node_labels))):
-        for name in names:
-            if name not in s.nodes:
-                raise ConfigError(f"{origin(key)}: {key} names {name!r}, which is not in NODES")
-    for key, names in (("SSH_HOSTS", [n for n, *_ in s.ssh_hosts]),
+                       ("NODE_LABELS", [n for n, _, _ in s.node_labels]),
+                       ("SSH_HOSTS", [n for n, *_ in s.ssh_hosts]),
+                       ("SSH_KEYS", [n for n, _ in s.ssh_keys]),
                        ("NODE_ADDRESSES", [n for n, _ in s.node_addresses])):
         for name in names:
             if name not in s.nodes:

@@ -72,6 +72,10 @@ class Provider(ABC):
         except engine.EngineError:
             return None
 
+    def exports(self, ep: Endpoint) -> dict[str, str]:
+        """What `eval $(inv env NODE)` sets: the variables that point the docker CLI at it."""
+        return ep.env()
+
     @abstractmethod
     def remove(self, nodes: Sequence[str], log: Log, purge: bool = False) -> list[str]:
         """Remove the nodes' machines and what was made for them; return what was removed."""

@@ -9,6 +9,7 @@ holding the registry's storage and the workspace is shared into every VM at the 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -49,6 +50,16 @@ def parse_env(output: str) -> dict[str, str]:
         if line.startswith("export ") and "=" in line:
             key, _, value = line[len("export "):].partition("=")
             out[key.strip()] = value.strip().strip('"')
+    return out
+
+
+def parse_config(output: str) -> dict[str, str]:
+    """`config` -> {"host": "tcp://...", "tlscacert": ..., "tlscert": ..., "tlskey": ...}: the
+    docker CLI flags it prints, one a line (`--tlscacert="..."`, `-H=tcp://...`)."""
+    out = {}
+    for flag in shlex.split(output):
+        name, _, value = flag.lstrip("-").partition("=")
+        out["host" if name == "H" else name] = value
     return out
 
 
@@ -103,14 +114,27 @@ class MachineProvider(Provider):
 
     # -- queries ---------------------------------------------------------------------------
     def _endpoint(self, node: str) -> Endpoint:
+        """`ip` for the swarm's address; `config` for the Docker API and its TLS files."""
         address = self._checked(node, "ip", node).strip()
-        env = parse_env(self._checked(node, "env", "--shell", "bash", node))
-        if "DOCKER_HOST" not in env:
-            raise ProviderError(f"machine {node}: `{BINARY} env` printed no DOCKER_HOST")
-        cert_path = env.get("DOCKER_CERT_PATH")
-        return Endpoint(node=node, docker_host=env["DOCKER_HOST"],
-                        cert_path=Path(cert_path) if cert_path else None, address=address,
+        flags = parse_config(self._checked(node, "config", node))
+        if not flags.get("host"):
+            raise ProviderError(f"machine {node}: `{BINARY} config` printed no -H")
+        files = [Path(flags[k]) for k in ("tlscacert", "tlscert", "tlskey") if flags.get(k)]
+        if files and [(f.parent, f.name) for f in files] != [
+                (files[0].parent, n) for n in ("ca.pem", "cert.pem", "key.pem")]:
+            raise ProviderError(f"machine {node}: `{BINARY} config` names TLS files "
+                                f"{', '.join(map(str, files))}; expected ca.pem, cert.pem and "
+                                f"key.pem in one directory")
+        return Endpoint(node=node, docker_host=flags["host"],
+                        cert_path=files[0].parent if files else None, address=address,
                         shell=(BINARY, "ssh", node))
+
+    def exports(self, ep: Endpoint) -> dict[str, str]:
+        """docker-machine's own `env` (with DOCKER_MACHINE_NAME), as the book evals it."""
+        env = parse_env(self._checked(ep.node, "env", "--shell", "bash", ep.node))
+        if "DOCKER_HOST" not in env:
+            raise ProviderError(f"machine {ep.node}: `{BINARY} env` printed no DOCKER_HOST")
+        return env
 
     def _each(self, fn: Callable, nodes: Sequence[str]) -> list:
         with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:

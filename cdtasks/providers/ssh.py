@@ -43,6 +43,7 @@ class SshProvider(Provider):
         self.hosts = {n: (user or settings.ssh_user, host, port)
                       for n, user, host, port in settings.ssh_hosts}
         self.configured = dict(settings.node_addresses)
+        self.keys = dict(settings.ssh_keys)
         self.cache = settings.state_dir / "ssh" / f"{settings.env}-addresses.json"
 
     @property
@@ -57,7 +58,7 @@ class SshProvider(Provider):
         user, host, port = self.hosts[node]
         return Endpoint(node=node, docker_host=f"ssh://{user}@{host}:{port}", cert_path=None,
                         address=address, ssh_host=host, ssh_port=port, ssh_user=user,
-                        ssh_key=self.s.ssh_key, known_hosts=self.s.ssh_known_hosts)
+                        ssh_key=self.keys.get(node, self.s.ssh_key), known_hosts=self.s.ssh_known_hosts)
 
     def _each(self, fn, nodes: Sequence[str]) -> list:
         with ThreadPoolExecutor(max_workers=max(1, min(self.parallel, len(nodes)))) as pool:

@@ -48,7 +48,7 @@ def status(c, env=None):
 def env(c, node, env=None):
     """Print the exports that point the docker CLI at a node: eval $(inv env NODE)."""
     s = _settings_with_node(node, env)
-    for line in cluster.env_lines(cluster.endpoint(s, node)):
+    for line in cluster.env_lines(s, node):
         out(line)
     out(f"# Run this command to configure your shell: eval $(inv env {node})")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -20,6 +21,8 @@ from pathlib import Path
 import docker
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from dotenv import dotenv_values
 
 from cdtasks import config, engine, pipeline, services, stack
@@ -102,8 +105,16 @@ def _ssh_world(tmp: Path) -> World:
     common = dict(PROVIDER="ssh", SSH_KEY=str(prov.ssh_key), SSH_KNOWN_HOSTS=str(prov.known_hosts),
                   SSH_PARALLEL="2", STATE_DIR=str(tmp / "state"), REGISTRY_DIR=str(shared),
                   WORKSPACE_DIR=str(tmp / "workspace"))
+    # Production's default key is one no server accepts: its host gets in with its own key.
+    refused = tmp / "refused_ed25519"
+    refused.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption()))
+    refused.chmod(0o600)
     write_envs(tmp / "env", {"test": {**common, "SSH_HOSTS": hosts(TEST_NODES)},
-                             "prod": {**common, "SSH_HOSTS": hosts(PROD_NODES)}})
+                             "prod": {**common, "SSH_HOSTS": hosts(PROD_NODES),
+                                      "SSH_KEY": str(refused),
+                                      "SSH_KEYS": ",".join(f"{n}={prov.ssh_key}" for n in PROD_NODES)}})
     env = {**_base_env(), "CDTASKS_ENV_DIR": str(tmp / "env")}
     world = World(name, tmp / "state", env)
     world.provider, world.backing_lab = "ssh", name
@@ -165,7 +176,15 @@ def test_status_env_and_ssh_reach_the_nodes(world):
         assert any(f" {node} " in line and "ready" in line.lower()
                    for line in status.splitlines()), status
     proc = world.inv("env", "swarm-test-1")
-    assert "DOCKER_HOST=" in proc.stdout
+    if world.provider == "ssh":  # the docker CLI's own ssh, with the user's SSH setup
+        assert re.search(r"^export DOCKER_HOST=ssh://root@127\.0\.0\.1:\d+$", proc.stdout, re.M)
+    else:  # docker-machine's own `env`, as the book evals it; the docker CLI gets in with it
+        assert "export DOCKER_MACHINE_NAME=swarm-test-1" in proc.stdout
+        cli = subprocess.run(["bash", "-c", 'eval "$(inv env swarm-test-1)" && docker info '
+                              '--format "{{.Name}} {{.Swarm.LocalNodeState}}"'], cwd=ROOT,
+                             env=world.env, capture_output=True, text=True, timeout=120)
+        assert cli.returncode == 0, cli.stderr
+        assert cli.stdout.split() == ["swarm-test-1", "active"]
     assert world.inv("ssh", "swarm-test-2", "--cmd", "hostname").stdout.strip() == "swarm-test-2"
 
 
@@ -255,7 +274,7 @@ def test_destroy(world):
         assert proc.returncode == 3, proc.stderr
         assert "machine swarm-1 is in state Error" in proc.stderr
         assert "docker-machine rm -f" in proc.stderr
-    world.inv("destroy", "--purge")
+    proc = world.inv("destroy", "--purge")
     if world.provider == "docker-machine":
         ls = subprocess.run(["docker-machine", "ls", "-q"], env=world.env, capture_output=True,
                             text=True, check=True).stdout.split()
@@ -265,6 +284,9 @@ def test_destroy(world):
     else:
         # Servers are not ours to delete: they left the swarm, the registry's data is gone.
         prov, servers = world.servers
-        for ep in prov.endpoints(servers.nodes).values():
-            assert engine.client(ep).info()["Swarm"]["LocalNodeState"] == "inactive"
-        assert list(servers.registry_dir.iterdir()) == []
+        states = {n: engine.client(ep).info()["Swarm"]["LocalNodeState"]
+                  for n, ep in prov.endpoints(servers.nodes).items()}
+        assert states == {n: "inactive" for n in servers.nodes}, (states, proc.stdout)
+        left = sorted(str(p.relative_to(servers.registry_dir))
+                      for p in servers.registry_dir.rglob("*"))
+        assert left == [], (left, proc.stdout)

@@ -12,7 +12,7 @@ import pytest
 
 from cdtasks import config, engine, workspace
 from cdtasks.providers import ProviderError, for_settings
-from cdtasks.providers.machine import MachineProvider, parse_env, parse_ls
+from cdtasks.providers.machine import MachineProvider, parse_config, parse_env, parse_ls
 from cdtasks.providers.ssh import SshProvider, parse_route_source, parse_version
 
 
@@ -33,6 +33,20 @@ def test_ssh_hosts_parse(tmp_path):
     ep = prov.endpoint("swarm-test-1", "10.0.0.1")
     assert ep.docker_host == "ssh://deploy@10.0.0.1:2222" and ep.cert_path is None and ep.via_ssh
     assert ep.env() == {"DOCKER_HOST": "ssh://deploy@10.0.0.1:2222"}
+
+
+def test_a_host_may_have_its_own_key_file(tmp_path):
+    s = _settings(tmp_path, PROVIDER="ssh", SSH_KEY="~/.ssh/team",
+                  SSH_HOSTS="swarm-test-1=h1,swarm-test-2=h2,swarm-test-3=h3",
+                  SSH_KEYS="swarm-test-3=~/.ssh/old-host")
+    prov = for_settings(s)
+    assert prov.endpoint("swarm-test-3").ssh_key == Path("~/.ssh/old-host").expanduser()
+    assert prov.endpoint("swarm-test-1").ssh_key == Path("~/.ssh/team").expanduser()
+    for value, culprit in (("swarm-test-9=/k", "'swarm-test-9', which is not in NODES"),
+                           ("swarm-test-1", "'swarm-test-1' is not node=path")):
+        with pytest.raises(config.ConfigError) as exc:
+            _settings(tmp_path, SSH_KEYS=value)
+        assert "SSH_KEYS" in str(exc.value) and culprit in str(exc.value)
 
 
 @pytest.mark.parametrize("value, culprit", [
@@ -80,18 +94,31 @@ export DOCKER_MACHINE_NAME="swarm-test-1"
 """
 
 
+CONFIG = """--tlsverify
+--tlscacert="/home/u/.docker/machine/certs/ca.pem"
+--tlscert="/home/u/.docker/machine/certs/cert.pem"
+--tlskey="/home/u/.docker/machine/certs/key.pem"
+-H=tcp://192.168.99.100:2376
+"""
+
+
 def test_parse_ls_and_env():
     assert parse_ls(LS) == {"swarm-test-1": ("Running", ""), "swarm-test-2": ("Stopped", ""),
                             "swarm-test-3": ("Error", "machine does not exist")}
     assert parse_env(ENV)["DOCKER_HOST"] == "tcp://192.168.99.100:2376"
     assert parse_env(ENV)["DOCKER_CERT_PATH"].endswith("machines/swarm-test-1")
+    assert parse_config(CONFIG) == {
+        "tlsverify": "", "tlscacert": "/home/u/.docker/machine/certs/ca.pem",
+        "tlscert": "/home/u/.docker/machine/certs/cert.pem",
+        "tlskey": "/home/u/.docker/machine/certs/key.pem", "host": "tcp://192.168.99.100:2376"}
 
 
 class FakeMachine:
     """Records docker-machine calls and answers from a table (no machine involved)."""
 
-    def __init__(self, ls: str, fail: dict | None = None):
+    def __init__(self, ls: str, fail: dict | None = None, config: str = CONFIG):
         self.ls, self.fail, self.calls, self.envs = ls, fail or {}, [], []
+        self.config = config
 
     def __call__(self, argv, env, timeout):
         self.calls.append(list(argv[1:]))
@@ -99,7 +126,7 @@ class FakeMachine:
         cmd = argv[1]
         if cmd in self.fail:
             return subprocess.CompletedProcess(argv, 1, "", self.fail[cmd])
-        out = {"ls": self.ls, "ip": "192.168.99.100\n", "env": ENV}.get(cmd, "")
+        out = {"ls": self.ls, "ip": "192.168.99.100\n", "env": ENV, "config": self.config}.get(cmd, "")
         return subprocess.CompletedProcess(argv, 0, out, "")
 
 
@@ -117,7 +144,26 @@ def test_machine_ensure_creates_the_missing_starts_the_stopped(tmp_path):
     assert create_env["VIRTUALBOX_SHARE_FOLDER"] == f"{tmp_path}:{tmp_path}"
     ep = eps["swarm-test-1"]
     assert ep.address == "192.168.99.100" and ep.docker_host == "tcp://192.168.99.100:2376"
+    assert ep.cert_path == Path("/home/u/.docker/machine/certs")  # from `config`
     assert ep.shell == ("docker-machine", "ssh", "swarm-test-1")
+
+
+def test_machine_env_is_docker_machines_own(tmp_path):
+    fake = FakeMachine("swarm-test-1|Running|\n")
+    s = _settings(tmp_path, PROVIDER="docker-machine")
+    prov = MachineProvider(s, run=fake)
+    ep = prov.endpoints(["swarm-test-1"])["swarm-test-1"]
+    assert prov.exports(ep)["DOCKER_MACHINE_NAME"] == "swarm-test-1"
+    assert ["env", "--shell", "bash", "swarm-test-1"] in fake.calls
+
+
+def test_machine_config_with_scattered_tls_files_is_refused(tmp_path):
+    fake = FakeMachine("swarm-test-1|Running|\n", config=CONFIG.replace(
+        "certs/key.pem", "keys/client-key.pem"))
+    s = _settings(tmp_path, PROVIDER="docker-machine")
+    with pytest.raises(ProviderError, match="machine swarm-test-1: `docker-machine config` names "
+                                            "TLS files .*; expected ca.pem, cert.pem and key.pem"):
+        MachineProvider(s, run=fake).endpoints(["swarm-test-1"])
 
 
 def test_machine_in_error_is_refused_before_anything_changes(tmp_path):
