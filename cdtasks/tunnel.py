@@ -9,6 +9,7 @@ unix socket, readable by this user only, whose every connection becomes an SSH c
 from __future__ import annotations
 
 import atexit
+import contextlib
 import shutil
 import socket
 import tempfile
@@ -80,19 +81,23 @@ class Tunnel:
             threading.Thread(target=self._carry, args=(client,), daemon=True).start()
 
     def _carry(self, client: socket.socket) -> None:
+        chan = None
         try:
             chan = self._session()
             chan.exec_command(DIAL)
-        except Exception:  # the SDK sees a closed connection and reports the engine unreachable
+            upstream = threading.Thread(target=_pump, daemon=True,
+                                        args=(client.recv, chan.sendall, chan.shutdown_write))
+            upstream.start()
+            _pump(chan.recv, client.sendall, lambda: client.shutdown(socket.SHUT_WR))
+            upstream.join()
+        except Exception:  # a link that could not open or broke (node gone, process exiting):
+            pass  # the SDK sees its connection close and reports the engine unreachable
+        finally:
+            # Closing a channel sends a message: on a link already gone that raises too.
+            with contextlib.suppress(Exception):
+                if chan is not None:
+                    chan.close()
             client.close()
-            return
-        upstream = threading.Thread(target=_pump, daemon=True,
-                                    args=(client.recv, chan.sendall, chan.shutdown_write))
-        upstream.start()
-        _pump(chan.recv, client.sendall, lambda: client.shutdown(socket.SHUT_WR))
-        upstream.join()
-        chan.close()
-        client.close()
 
     def close(self) -> None:
         self._server.close()
