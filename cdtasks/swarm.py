@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+import docker
+
 from .config import Settings
 from .providers.base import Log
 
@@ -182,6 +184,21 @@ def apply(settings: Settings, clients: Mapping, addresses: Mapping[str, str],
             labels = dict(node.attrs["Spec"].get("Labels") or {})
             labels[action.detail["key"]] = action.detail["value"]
             _update_spec(node, Labels=labels)
+
+
+def leave(node: str, client) -> bool:
+    """Make the node leave its swarm; False if it was in none.
+
+    Straight to the API: docker-py's `client.swarm` inspects the swarm first, which a manager
+    whose cluster lost quorum (its peers left first) cannot answer; a forced leave still works.
+    """
+    if (client.info().get("Swarm") or {}).get("LocalNodeState", "inactive") == "inactive":
+        return False
+    try:
+        client.api.leave_swarm(force=True)
+    except docker.errors.APIError as exc:
+        raise SwarmError(f"node {node} cannot leave its swarm: {exc.explanation or exc}") from None
+    return True
 
 
 def _update_spec(node, **changes) -> None:

@@ -13,7 +13,7 @@ import shlex
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
-from .. import engine
+from .. import engine, swarm
 from ..config import Settings
 from .base import Endpoint, Log, Provider, ProviderError
 
@@ -134,8 +134,7 @@ class SshProvider(Provider):
             except engine.EngineError as exc:
                 log(f"{node}: skipped, {exc}")
                 return done
-            if (client.info().get("Swarm") or {}).get("LocalNodeState") != "inactive":
-                client.swarm.leave(force=True)
+            if swarm.leave(node, client):
                 done.append(f"{node} from the swarm")
             if purge:
                 with engine.ssh(ep) as conn:

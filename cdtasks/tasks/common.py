@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import sys
 
+from docker.errors import DockerException
 from invoke import Exit
 from paramiko import SSHException
 
@@ -18,7 +19,9 @@ from ..swarm import SwarmError
 BAD_INPUT, UNREACHABLE, CLUSTER = 2, 3, 4
 ERRORS = ((config.ConfigError, BAD_INPUT), (EngineError, UNREACHABLE),
           (ProviderError, UNREACHABLE), (SwarmError, CLUSTER), (ServiceError, CLUSTER),
-          (ImageError, CLUSTER), (SSHException, UNREACHABLE))
+          (ImageError, CLUSTER), (SSHException, UNREACHABLE),
+          # Last resort for an engine answer no library layer turned into its own error.
+          (DockerException, CLUSTER))
 
 
 def settings(env: str, **overrides) -> config.Settings:

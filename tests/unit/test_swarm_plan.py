@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import docker
+import requests
+
 import pytest
 
 from cdtasks.config import load
-from cdtasks.swarm import (Action, Member, NodeInfo, SwarmError, info_of, member_of,
+from cdtasks.swarm import (Action, Member, NodeInfo, SwarmError, info_of, leave, member_of,
                            plan_labels, plan_membership, routing_mode)
 
 N1, N2, N3 = "swarm-test-1", "swarm-test-2", "swarm-test-3"
@@ -429,3 +432,31 @@ def test_recreated_node_whose_old_entry_still_shows_ready_is_cleaned_up(tmp_path
         Action("remove", N3, {"id": "old3", "role": "manager"}),
         Action("join", N3, {"role": "manager"}),
     )
+
+
+class _LeavingEngine:
+    """Answers `info` with a swarm state; a leave is recorded, or refused like the engine does."""
+
+    def __init__(self, state: str, refuse: str = ""):
+        self.state, self.refuse, self.left = state, refuse, []
+        self.api = self
+
+    def info(self):
+        return {"Swarm": {"LocalNodeState": self.state}}
+
+    def leave_swarm(self, force=False):
+        if self.refuse:
+            raise docker.errors.APIError("500 Server Error", response=requests.Response(),
+                                         explanation=self.refuse)
+        self.left.append(force)
+
+
+def test_leave_is_forced_only_for_a_node_in_a_swarm():
+    inside, outside = _LeavingEngine("active"), _LeavingEngine("inactive")
+    assert leave(N1, inside) is True and inside.left == [True]
+    assert leave(N2, outside) is False and outside.left == []
+
+
+def test_a_refused_leave_names_the_node_and_the_engine_reason():
+    with pytest.raises(SwarmError, match=f"node {N2} cannot leave its swarm: context deadline"):
+        leave(N2, _LeavingEngine("active", refuse="context deadline exceeded"))
