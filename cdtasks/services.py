@@ -185,8 +185,12 @@ def _replicas_wanted(client, spec: Mapping, service_id: str) -> int:
         # Which nodes satisfy the constraints is the scheduler's call: count what it placed.
         tasks = client.api.tasks(filters={"service": service_id, "desired-state": "running"})
         return max(1, len({t.get("NodeID") for t in tasks}))
-    return sum(1 for n in client.api.nodes()
-               if n["Status"]["State"] == "ready" and n["Spec"].get("Availability") == "active")
+    return sum(1 for n in client.api.nodes() if _schedulable(n))
+
+
+def _schedulable(node: Mapping) -> bool:
+    """A node the scheduler places new tasks on: ready, and not paused or drained."""
+    return node["Status"]["State"] == "ready" and node["Spec"].get("Availability") == "active"
 
 
 def constraint_matches(node: Mapping, constraint: str) -> bool | None:
@@ -215,8 +219,7 @@ def eligible_nodes(client, spec: Mapping) -> list[str]:
     """Hostnames of the ready, active nodes a service's tasks may be placed on (a constraint
     this module cannot read counts as met: the caller gets more nodes, never fewer)."""
     constraints = (spec["TaskTemplate"].get("Placement") or {}).get("Constraints") or []
-    return sorted(n["Description"]["Hostname"] for n in client.api.nodes()
-                  if n["Status"]["State"] == "ready" and n["Spec"].get("Availability") == "active"
+    return sorted(n["Description"]["Hostname"] for n in client.api.nodes() if _schedulable(n)
                   and all(constraint_matches(n, c) is not False for c in constraints))
 
 

@@ -192,7 +192,7 @@ def leave(node: str, client) -> bool:
     Straight to the API: docker-py's `client.swarm` inspects the swarm first, which a manager
     whose cluster lost quorum (its peers left first) cannot answer; a forced leave still works.
     """
-    if (client.info().get("Swarm") or {}).get("LocalNodeState", "inactive") == "inactive":
+    if info_of(node, "", client.info()).state == "inactive":
         return False
     try:
         client.api.leave_swarm(force=True)
