@@ -7,7 +7,6 @@ import re
 import sys
 import threading
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic
 from typing import Any, Callable, Iterable
@@ -18,29 +17,13 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from .runner import StepResult
+
 # One lock for every plain stderr line, so lines from worker threads never interleave.
 _LOCK = threading.Lock()
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _STYLE = {"ok": "green", "FAILED": "bold red", "skipped": "yellow"}
-
-
-@dataclass(frozen=True)
-class StepResult:
-    name: str
-    ok: bool
-    seconds: float
-    detail: str = ""
-    output_tail: str = ""
-    skipped: bool = False
-
-    @property
-    def status(self) -> str:
-        return "skipped" if self.skipped else "ok" if self.ok else "FAILED"
-
-    @property
-    def failed(self) -> bool:
-        return not (self.ok or self.skipped)
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

@@ -15,8 +15,7 @@ from docker import types
 from docker.errors import NotFound
 
 from .config import pinned_image
-
-Log = Callable[[str], None]
+from .log import Log
 MB = 1024 * 1024
 NS = 1_000_000_000
 

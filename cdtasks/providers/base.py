@@ -5,9 +5,9 @@ import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
-Log = Callable[[str], None]
+from ..log import Log
 
 
 class ProviderError(RuntimeError):

@@ -21,7 +21,8 @@ from docker.errors import APIError, NotFound
 from .. import engine, images
 from ..config import Settings
 from . import certs
-from .base import Endpoint, Log, Provider, ProviderError, removed_with_registry
+from ..log import Log
+from .base import Endpoint, Provider, ProviderError, removed_with_registry
 
 LAB_LABEL = "io.cdtasks.lab"
 ENV_LABEL = "io.cdtasks.env"

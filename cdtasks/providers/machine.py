@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..config import Settings
-from .base import Endpoint, Log, Provider, ProviderError, removed_with_registry
+from ..log import Log
+from .base import Endpoint, Provider, ProviderError, removed_with_registry
 
 BINARY = "docker-machine"
 # Error last: it is free text and may contain the separator.

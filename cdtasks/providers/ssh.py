@@ -15,7 +15,8 @@ from typing import Sequence
 
 from .. import engine, swarm
 from ..config import Settings
-from .base import Endpoint, Log, Provider, ProviderError
+from ..log import Log
+from .base import Endpoint, Provider, ProviderError
 
 MIN_DOCKER = (20, 10)  # Engine API 1.41
 VERSION_CMD = "docker version --format '{{.Server.Version}}'"
