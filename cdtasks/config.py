@@ -110,6 +110,9 @@ def _name(value: str) -> str:
     return value
 
 
+SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "KEY")  # in a key's name: its value is secret
+
+
 def pinned_image(value: str) -> str:
     """An image reference with an explicit tag (or digest) other than `latest`."""
     name, _, digest = value.partition("@")
@@ -123,7 +126,8 @@ def pinned_image(value: str) -> str:
     return value
 
 
-def _version(value: str) -> str:
+def pinned_version(value: str) -> str:
+    """A version images may be tagged and deployed with: not empty, not latest, a valid tag."""
     if value in ("", "latest") or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", value):
         raise ValueError("is not a pinned version (not empty, not latest, a valid image tag)")
     return value
@@ -187,7 +191,7 @@ KEYS: dict[str, Key] = {
                                   "to the project directory or absolute)"),
     "APP_SERVICE": Key(_name, "go-demo", "name of the application's Swarm service"),
     "APP_IMAGE": Key(_name, "go-demo", "image name of the application in the cluster's registry"),
-    "APP_VERSION": Key(_version, "1.0", "version the service is created with (built and pushed "
+    "APP_VERSION": Key(pinned_version, "1.0", "version the service is created with (built and pushed "
                                         "when the registry lacks it)"),
     "APP_PORT": Key(_int(1, 65535), "8080", "port the application listens on"),
     "APP_REPLICAS": Key(_int(0, 100), "2", "replicas of the application"),
@@ -284,6 +288,11 @@ class Settings:
 
     def labels_of(self, node: str) -> dict[str, str]:
         return {k: v for n, k, v in self.node_labels if n == node}
+
+    @property
+    def secrets(self) -> list[str]:
+        """Values of env-file keys that look secret: they never reach output or reports."""
+        return [v for k, v in self.raw.items() if any(w in k for w in SECRET_WORDS)]
 
     def check_node(self, node: str) -> str:
         if node not in self.nodes:

@@ -27,6 +27,12 @@ def spec(settings: Settings, routing: str) -> ServiceSpec:
     return with_routing(base, routing)
 
 
-def local_ref(settings: Settings, name: str, version: str) -> str:
-    """How every node of the cluster names an image in its registry."""
-    return f"localhost:{settings.registry_port}/{name}:{version}"
+def address(settings: Settings) -> str:
+    return f"localhost:{settings.registry_port}"
+
+
+def local_ref(settings: Settings, name: str, version: str = "", digest: str = "") -> str:
+    """How every node of the cluster names an image in its registry:
+    localhost:PORT/NAME[:VERSION][@DIGEST]."""
+    return (f"{address(settings)}/{name}" + (f":{version}" if version else "")
+            + (f"@{digest}" if digest else ""))
