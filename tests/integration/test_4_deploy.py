@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from cdtasks import pipeline, records
+from cdtasks import records, rollout
 from cdtasks.cluster import Cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,7 +31,7 @@ def delivered(stack, tmp_path_factory):
     """Version 2.0 delivered through prod-like, so production can take it."""
     reports = tmp_path_factory.mktemp("reports")
     stack.inv("deliver", "--version", "2.0", extra_env={"CDTASKS_REPORTS_DIR": str(reports)})
-    record = [r for r in pipeline.delivered(_manager(stack, "test"), "go-demo")
+    record = [r for r in rollout.delivered(_manager(stack, "test"), "go-demo")
               if r["version"] == "2.0"][-1]
     return stack, record, reports
 
