@@ -191,8 +191,8 @@ KEYS: dict[str, Key] = {
                                   "to the project directory or absolute)"),
     "APP_SERVICE": Key(_name, "go-demo", "name of the application's Swarm service"),
     "APP_IMAGE": Key(_name, "go-demo", "image name of the application in the cluster's registry"),
-    "APP_VERSION": Key(pinned_version, "1.0", "version the service is created with (built and pushed "
-                                        "when the registry lacks it)"),
+    "APP_VERSION": Key(pinned_version, "1.0", "version the service is created with (built and "
+                                              "pushed when the registry lacks it)"),
     "APP_PORT": Key(_int(1, 65535), "8080", "port the application listens on"),
     "APP_REPLICAS": Key(_int(0, 100), "2", "replicas of the application"),
     "APP_RESERVE_MB": Key(_int(0, 1 << 20), "0", "memory reserved per application task"),

@@ -59,18 +59,22 @@ def _digest_in_registry(manager, s: Settings, ref: str, node: str) -> str:
         if "not found" in text.lower() or "manifest unknown" in text.lower():
             raise DeploymentError(f"unknown version: {ref} is not in the registry") from None
         raise DeploymentError(f"registry unreachable at {registry.address(s)} "
-                           f"(asked through {node}): {text.splitlines()[0][:200]}") from None
+                              f"(asked through {node}): {text.splitlines()[0][:200]}") from None
 
 
 def resolve(d: Deployment) -> dict:
-    """What to deploy: the record of a version that passed prod-like (by default the last one).
-    A version that never passed there is refused unless forced. Nothing changes here."""
+    """What to deploy, from the versions that passed prod-like on the test cluster."""
     test_manager = Cluster.of(d.test).discover().manager()
-    passed = rollout.delivered(test_manager, d.test.app_service)
+    return choose(d, rollout.delivered(test_manager, d.test.app_service))
+
+
+def choose(d: Deployment, passed: list[dict]) -> dict:
+    """The record of a version that passed prod-like (`passed`, oldest first; by default the
+    last one). A version that never passed there is refused unless forced."""
     if d.version is None:
         if not passed:
             raise DeploymentError(f"no version of {d.test.app_service} has passed `inv deliver` on "
-                               f"prod-like yet: deliver one, or give --version with --force")
+                                  f"prod-like yet: deliver one, or give --version with --force")
         return passed[-1]
     found = [p for p in passed if p["version"] == d.version]
     if found:
@@ -78,9 +82,9 @@ def resolve(d: Deployment) -> dict:
     if not d.force:
         known = ", ".join(sorted({p["version"] for p in passed})) or "none"
         raise DeploymentError(f"version {d.version} never passed prod-like (passed: {known}); "
-                           f"deliver it first, or use --force")
-    return {"version": d.version, "image": registry.local_ref(d.prod, d.prod.app_image, d.version), "digest": "",
-            "repo": d.test.repo, "commit": ""}
+                              f"deliver it first, or use --force")
+    return {"version": d.version, "image": registry.local_ref(d.prod, d.prod.app_image, d.version),
+            "digest": "", "repo": d.test.repo, "commit": ""}
 
 
 def rollback_target(manager, service: str, current: str) -> str:

@@ -16,6 +16,7 @@ from docker.errors import NotFound
 
 from .config import pinned_image
 from .log import Log
+
 MB = 1024 * 1024
 NS = 1_000_000_000
 
