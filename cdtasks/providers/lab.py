@@ -20,9 +20,10 @@ from docker.errors import APIError, NotFound
 
 from .. import engine, images
 from ..config import Settings
-from . import certs
+from ..engine import Endpoint
 from ..log import Log
-from .base import Endpoint, Provider, ProviderError, removed_with_registry
+from . import certs
+from .base import Provider, ProviderError, removed_with_registry
 
 LAB_LABEL = "io.cdtasks.lab"
 ENV_LABEL = "io.cdtasks.env"

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..config import Settings
+from ..engine import Endpoint
 from ..log import Log
-from .base import Endpoint, Provider, ProviderError, removed_with_registry
+from .base import Provider, ProviderError, removed_with_registry
 
 BINARY = "docker-machine"
 # Error last: it is free text and may contain the separator.
