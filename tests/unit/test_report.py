@@ -136,11 +136,21 @@ def test_progress_disabled_is_plain_even_on_a_terminal(monkeypatch):
     assert tty.getvalue() == "[deliver] unit ...\n[deliver] unit ... ok (0.5s)\n"
 
 
-def test_progress_live_on_a_terminal_prints_log_and_result_lines(monkeypatch):
-    for name in ("TTY_INTERACTIVE", "TERM", "NO_COLOR", "FORCE_COLOR"):
-        monkeypatch.delenv(name, raising=False)
-    tty = FakeTTY()
-    monkeypatch.setattr(sys, "stderr", tty)
+@pytest.fixture
+def terminal(monkeypatch):
+    """Makes stderr a terminal rich draws live progress on; called in the test itself, since
+    pytest's capture sets sys.stderr again between a fixture and the test."""
+    def install() -> FakeTTY:
+        for name in ("TTY_INTERACTIVE", "TERM", "NO_COLOR", "FORCE_COLOR"):
+            monkeypatch.delenv(name, raising=False)
+        stream = FakeTTY()
+        monkeypatch.setattr(sys, "stderr", stream)
+        return stream
+    return install
+
+
+def test_progress_live_on_a_terminal_prints_log_and_result_lines(terminal):
+    tty = terminal()
     with Progress("deliver") as p:
         assert p._live is not None
         p.step("unit")
@@ -204,11 +214,8 @@ def test_url_credentials_never_reach_progress_tables_or_reports(tmp_path, capsys
         assert "https://***@git.example.com/team/app.git" in text
 
 
-def test_live_progress_hides_url_credentials(monkeypatch):
-    for name in ("TTY_INTERACTIVE", "TERM", "NO_COLOR", "FORCE_COLOR"):
-        monkeypatch.delenv(name, raising=False)
-    tty = FakeTTY()
-    monkeypatch.setattr(sys, "stderr", tty)
+def test_live_progress_hides_url_credentials(terminal):
+    tty = terminal()
     with Progress("deliver") as p:
         p.step(f"checkout {REPO_URL}")
         p.update(f"fetching {REPO_URL}")
