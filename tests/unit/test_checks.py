@@ -2,6 +2,7 @@
 local server that never answers; no network)."""
 from __future__ import annotations
 
+import http.server
 import socket
 import subprocess
 import threading
@@ -116,13 +117,30 @@ def test_repo_url_that_never_answers_times_out(tmp_path):
     assert time.monotonic() - started < 5
 
 
-def test_repo_url_never_prompts_for_credentials(repo, monkeypatch):
-    # An ssh URL to a port nothing listens on, in batch mode: an error, never a prompt.
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    listener.close()
-    with pytest.raises(ConfigError, match=r"^--repo 'ssh://\*\*\*@127.0.0.1"):
-        checks.repo(f"ssh://git:pw@127.0.0.1:{port}/app.git", timeout=10)
+def test_repo_url_asking_for_credentials_fails_at_once_without_a_prompt(monkeypatch):
+    class AskForPassword(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    monkeypatch.delenv("GIT_ASKPASS", raising=False)
+    monkeypatch.delenv("SSH_ASKPASS", raising=False)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AskForPassword)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ConfigError) as err:
+            checks.repo(f"http://127.0.0.1:{server.server_port}/app.git", timeout=20)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "terminal prompts disabled" in str(err.value)
+    assert time.monotonic() - started < 10
 
 
 @pytest.mark.parametrize("value", ["ci/compose.yml", "./ci/compose.yml", "ci/../ci/compose.yml"])
