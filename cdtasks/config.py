@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 ENV_PREFIX = "CDTASKS_"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -127,10 +128,21 @@ def pinned_image(value: str) -> str:
 
 
 def pinned_version(value: str) -> str:
-    """A version images may be tagged and deployed with: not empty, not latest, a valid tag."""
+    """A version to deliver or deploy: a valid image tag, not empty, not `latest` (so no
+    shell characters either)."""
     if value in ("", "latest") or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", value):
         raise ValueError("is not a pinned version (not empty, not latest, a valid image tag)")
     return value
+
+
+def _variables(value: str) -> tuple[str, ...]:
+    """`NAME,NAME` -> variable names; DOCKER_* belong to the engine the tool points at."""
+    names = tuple(m.group(0) for m in _matches(value, r"[A-Za-z_][A-Za-z0-9_]*",
+                                               "a variable name"))
+    for name in names:
+        if name.startswith("DOCKER_"):
+            raise ValueError(f"{name}: DOCKER_* variables come from the node compose runs on")
+    return names
 
 
 def _path(value: str) -> Path:
@@ -218,6 +230,9 @@ KEYS: dict[str, Key] = {
                          "sample is in demo/)"),
     "COMPOSE_FILE": Key(str, "demo/docker-compose-test-local.yml",
                         "the test compose file, relative to the repository root"),
+    "PASS_ENV": Key(_variables, "", "variables of your environment compose runs get too "
+                                    "(NAME,NAME); by default they get only what compose needs "
+                                    "and the delivery's own (IMAGE, VERSION, HOST_IP, ...)"),
     "REPORTS_DIR": Key(_path, "reports", "where JSON and JUnit reports are written"),
     "LAB_PORT_BASE": Key(_int(0, 65000), "0", "first host port for node ports on 127.0.0.1 "
                                               "(0: the engine picks free ones)"),
@@ -275,6 +290,7 @@ class Settings:
     services_timeout: int
     repo: str
     compose_file: str
+    pass_env: tuple[str, ...]
     reports_dir: Path
     raw: Mapping[str, str] = field(repr=False, default_factory=dict)
 
@@ -314,6 +330,7 @@ def load(env: str, overrides: Mapping[str, Any] | None = None, *,
     if env not in known:
         raise ConfigError(f"unknown environment {env!r}: choose one of {', '.join(known) or '(none in ' + str(env_dir) + ')'}")
     path = env_dir / f"{env}.env"
+    check_env_lines(path)
     values: dict[str, str] = {}
     for key, value in dotenv_values(path).items():
         if key not in KEYS:
@@ -351,6 +368,24 @@ def load(env: str, overrides: Mapping[str, Any] | None = None, *,
     settings = Settings(env=env, source=str(path), raw=values, **parsed)
     _check_consistency(settings, origin)
     return settings
+
+
+def check_env_lines(path: Path) -> None:
+    """Refuse a line that is not KEY=VALUE, blank or a comment, naming the file and line:
+    python-dotenv would only warn and drop it. Its own parser reads the file, so its syntax
+    (quotes, `export `, values on several lines) stays valid."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            for binding in parse_stream(stream):
+                if binding.error or (binding.key is not None and binding.value is None):
+                    # dotenv counts from the blank lines before it; the line itself is not
+                    # shown: it may hold a secret that lacks its `=`.
+                    text = binding.original.string
+                    skipped = text[:len(text) - len(text.lstrip())].count("\n")
+                    line = binding.original.line + skipped
+                    raise ConfigError(f"{path}:{line}: not KEY=VALUE, a blank line or a # comment")
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
 
 
 def _check_consistency(s: Settings, origin: Callable[[str], str]) -> None:
