@@ -133,9 +133,10 @@ class LockState:
 
     @property
     def expires(self) -> float:
+        """Epoch seconds; a lock of an earlier version of the tool has its expiry in its data."""
         try:
-            return float(self.labels.get(EXPIRES_LABEL, 0))
-        except ValueError:
+            return float(self.labels.get(EXPIRES_LABEL, self.holder.get("expires", 0)))
+        except (TypeError, ValueError):
             return 0.0
 
     @property
@@ -188,15 +189,15 @@ def _remove(manager, config_id: str) -> bool:
         return False
 
 
-def expired(state: LockState, at: float | None = None, me: Mapping | None = None) -> str:
+def expired(state: LockState) -> str:
     """Why a lock may be taken over ("" while it holds): marked by another waiter, its expiry
     passed (by this machine's clock), or its holder known to be gone."""
-    at = time.time() if at is None else at
+    now = time.time()
     if state.taken_by:
         return f"being taken over by {state.taken_by}"
-    if at > state.expires:
-        return f"not renewed, expired {at - state.expires:.0f}s ago"
-    if holder_gone(state.holder, me):
+    if now > state.expires:
+        return f"not renewed, expired {now - state.expires:.0f}s ago"
+    if holder_gone(state.holder):
         return "its process is gone"
     return ""
 

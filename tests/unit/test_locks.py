@@ -1,4 +1,5 @@
 """Records and the deployment lock against an in-memory Swarm manager (the `swarm_manager` fixture of conftest.py)."""
+import json
 import subprocess
 import time
 
@@ -207,3 +208,14 @@ def test_a_lock_marked_for_takeover_is_lost_to_its_holder(manager):
     with pytest.raises(LockLost, match="taken over by carol@ci"):
         holder.check()
     Lock(manager, SVC, "2.0").acquire(0).release()  # the mark alone lets the next run in
+
+
+def test_a_lock_of_the_previous_version_holds_until_the_expiry_in_its_data(manager):
+    old = {"user": "dave", "host": "ci", "pid": 1, "time": "2026-11-29T10:00:00+00:00",
+           "version": "0.9", "expires": time.time() + 0.3, "token": "t1"}
+    manager.api.create_config(records.lock_name(SVC), json.dumps(old).encode(),
+                              labels={records.KIND_LABEL: "lock", records.SERVICE_LABEL: SVC})
+    with pytest.raises(LockHeld, match=r"dave@ci \(machine \?, pid 1\) since 2026-11-29T10:00"):
+        Lock(manager, SVC, "1.0").acquire(0)
+    time.sleep(0.35)
+    Lock(manager, SVC, "1.0").acquire(0).release()
