@@ -118,7 +118,7 @@ def describe(holder: Mapping) -> str:
     """One line naming a holder: who, where, since when, doing what."""
     machine = str(holder.get("machine") or "?")[:12]
     return (f"{holder.get('user')}@{holder.get('host')} (machine {machine}, pid {holder.get('pid')})"
-            f" since {holder.get('since', holder.get('time'))}, "
+            f" since {holder.get('time')}, "
             f"{holder.get('action', 'deploying')} {holder.get('version')}")
 
 
@@ -221,8 +221,10 @@ class Lock:
                  holder: Mapping | None = None):
         self.manager, self.service, self.log, self.ttl = manager, service, log, ttl
         # holder: this process unless given (a test standing in for another machine).
-        self.holder = {**(holder or identity()), "since": now(), "version": version,
-                       "action": action, "ttl": ttl, "nonce": secrets.token_hex(8)}
+        self.holder = {**(holder or identity()), "time": now(), "version": version,
+                       "action": action, "ttl": ttl, "nonce": secrets.token_hex(8),
+                       # Read only by runs of the tool's previous version, which renew nothing.
+                       "expires": time.time() + 15 * 60}
         self.id = ""
         self.lost: LockLost | None = None
         self._renewed = 0.0  # time.monotonic() of the last renewal the cluster accepted
