@@ -104,3 +104,54 @@ def swarm_manager() -> SimpleNamespace:
     api = docker.APIClient(base_url=BASE, version="1.41")
     api.mount(BASE, store)
     return SimpleNamespace(api=api, store=store)
+
+
+class FakeAPI:
+    """The Swarm API calls records.py, services.current_image and the release page make, kept
+    in memory; `down` makes the next calls fail as a cluster that does not answer."""
+
+    def __init__(self):
+        self.configs_by_id: dict[str, dict] = {}
+        self.services: dict[str, dict] = {}
+        self.tasks_list: list[dict] = []
+        self.nodes_list: list[dict] = []
+        self.down = 0
+
+    def _maybe_fail(self):
+        if self.down:
+            self.down -= 1
+            raise ConnectionError("manager unreachable")
+
+    def create_config(self, name, data, labels):
+        self._maybe_fail()
+        self.configs_by_id[name] = {"ID": name, "Spec": {"Name": name, "Labels": labels,
+                                                         "Data": base64.b64encode(data).decode()}}
+
+    def configs(self, filters):
+        self._maybe_fail()
+        wanted = dict(f.split("=", 1) for f in filters["label"])
+        return [c for c in self.configs_by_id.values()
+                if all(c["Spec"]["Labels"].get(k) == v for k, v in wanted.items())]
+
+    def inspect_config(self, config_id):
+        return self.configs_by_id[config_id]
+
+    def inspect_service(self, name):
+        self._maybe_fail()
+        return self.services[name]
+
+    def tasks(self, filters):
+        return [t for t in self.tasks_list if t["ServiceID"] == filters["service"]]
+
+    def nodes(self):
+        return self.nodes_list
+
+
+class FakeManager:
+    def __init__(self):
+        self.api = FakeAPI()
+
+
+@pytest.fixture()
+def manager() -> FakeManager:
+    return FakeManager()
