@@ -249,8 +249,9 @@ class Watcher:
 
     @property
     def name(self) -> str:
-        """The repository as records, logs and pages show it: credentials never."""
-        return redact_url(self.repo)
+        """The repository as records, logs and pages show it (and tell watchers apart by): a
+        local path made absolute, a URL without credentials."""
+        return str(Path(self.repo).resolve()) if Path(self.repo).is_dir() else redact_url(self.repo)
 
     def stop(self) -> None:
         self._stopping = True
