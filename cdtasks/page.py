@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import html
 import json
+import re
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -23,17 +24,14 @@ FILE_NAME = "releases.html"  # in REPORTS_DIR
 SUITES = ("deliver", "deploy", "rollback")  # the report files `inv report` reads besides the runs
 LAST = 20  # rows per table
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+_FRACTION = re.compile(r"(\.[0-9]+)")  # Python reads at most microseconds
 
 
 def _when(text: str | None) -> float | None:
     """Docker's and the records' timestamps (nanoseconds, Z or an offset) -> epoch seconds."""
     if not text or text.startswith("0001-"):
         return None
-    text = text.strip().replace("Z", "+00:00")
-    head, dot, rest = text.partition(".")
-    if dot:  # Python reads at most microseconds
-        digits = "".join(c for c in rest if c.isdigit())
-        text = f"{head}.{digits[:6]}{rest[len(digits):]}"
+    text = _FRACTION.sub(lambda m: m.group(1)[:7], text.strip().replace("Z", "+00:00"))
     try:
         return datetime.datetime.fromisoformat(text).timestamp()
     except ValueError:

@@ -149,6 +149,13 @@ def test_replicas_over_time(snap):
     assert classes.count("bar running") == 2 and classes.count("bar failed") == 2  # + the step
 
 
+def test_timestamps_of_docker_and_of_the_records():
+    assert page._when("2026-05-28T20:26:40.123456789Z") == pytest.approx(T0 + 0.123456)
+    assert page._when("2026-05-28T22:26:40.5+02:00") == pytest.approx(T0 + 0.5)
+    assert page._when("2026-05-28T20:26:40+00:00") == T0
+    assert page._when("0001-01-01T00:00:00Z") is None and page._when("garbage") is None
+
+
 def test_a_cluster_that_does_not_answer_leaves_the_rest_of_the_page(snap):
     prod = snap["clusters"][1]
     assert prod["error"] == "ConnectionError: no route to swarm-1" and prod["replicas"] == []
