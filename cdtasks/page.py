@@ -106,11 +106,13 @@ def snapshot(clusters: Sequence[dict], runs: Sequence[dict], reports: Sequence[d
     """Everything the page shows, credentials in URLs removed. `runs`: the watcher's saved runs
     (each with its reports); `reports`: reports written outside it (or the last ones)."""
     seen, docs = set(), []
-    for doc in [*(r for run in runs for r in run.get("reports", [])), *reports]:
+    ran = [{**r, "written": _when(run.get("time"))} for run in runs for r in run.get("reports", [])]
+    for doc in [*ran, *reports]:
         key = json.dumps({k: v for k, v in doc.items() if k != "written"}, sort_keys=True)
         if key not in seen:  # the watcher's last run also left its report on disk
             seen.add(key)
             docs.append(doc)
+    docs.sort(key=lambda d: d.get("written") or 0.0)  # oldest first, as every list here
     rows = {kind: [] for kind in ("watch", "delivered", "history")}
     for view in clusters:
         for kind, found in view["records"].items():
@@ -192,7 +194,8 @@ def _run(doc: Mapping) -> str:
     steps, measured = timeline(doc.get("steps") or [])
     total = max([s["start"] + s["seconds"] for s in steps] or [0.0]) or 1.0
     title = (f"{doc.get('suite', '?')} {meta.get('version', '')} — "
-             f"{'ok' if doc.get('ok') else 'FAILED'}, {float(doc.get('seconds') or 0):.1f}s")
+             f"{'ok' if doc.get('ok') else 'FAILED'}, {float(doc.get('seconds') or 0):.1f}s"
+             + (f", written {time_text(doc['written'])}" if doc.get("written") else ""))
     note = "" if measured else ('<p class="note">steps laid end to end: this report has no start '
                                 'times, so steps that ran beside each other are not shown so</p>')
     rows = []

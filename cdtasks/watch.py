@@ -114,10 +114,11 @@ def subject(repo: str, commit: str) -> str:
     if not Path(repo).is_dir():
         return ""
     try:
-        return _git(["-C", repo, "log", "-1", "--format=%s", "--end-of-options", commit],
+        line = _git(["-C", repo, "log", "-1", "--format=%s", "--end-of-options", commit],
                     timeout=10).strip()
     except SourceError:
         return ""
+    return "".join(c for c in line if c.isprintable())  # no terminal escapes reach the log
 
 
 # -- the records ----------------------------------------------------------------------------------

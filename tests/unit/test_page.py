@@ -118,6 +118,15 @@ def test_the_page_shows_each_run_and_what_is_running(snap):
     assert text.count("deliver 1.2 — FAILED") == 1  # the run and the same report on disk: once
 
 
+def test_runs_are_ordered_by_when_they_were_written(snap):
+    early = {"time": "2026-11-29T09:00:00+00:00", "reports": [{"suite": "deliver", "steps": []}]}
+    late = {"time": "2026-11-29T11:00:00+00:00", "reports": [{"suite": "deploy", "steps": []}]}
+    docs = page.snapshot([], [late, early], [{"suite": "rollback", "written": T0}], T0)["runs"]
+    assert [d["suite"] for d in docs] == ["rollback", "deliver", "deploy"]
+    assert "deploy  — FAILED, 0.0s, written 2026-11-29 11:00:00Z" in page.render(
+        page.snapshot([], [late], [], T0))
+
+
 def test_credentials_in_urls_never_reach_the_page(snap):
     html = page.render(snap)
     assert "t0ken-123" not in html and "https://***@git.example.org/app.git" in html

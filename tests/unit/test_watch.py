@@ -120,6 +120,8 @@ def test_head_and_default_branch_of_a_local_repository(repo: Path):
     assert watch.head(str(repo), "main") == git(repo, "rev-parse", "HEAD")
     assert watch.default_branch(str(repo)) == "main"
     assert watch.subject(str(repo), git(repo, "rev-parse", "HEAD")) == "first"
+    assert watch.subject(str(repo), commit(repo, "\x1b[2Jred\x07 alert")) == "[2Jred alert"
+    assert watch.subject("https://example.org/x.git", "0" * 40) == ""  # a URL: no fetch for it
 
 
 def test_a_missing_branch_or_repository_is_one_line(repo: Path, tmp_path: Path):
@@ -300,11 +302,14 @@ def test_a_failing_after_hook_is_said_and_the_watcher_goes_on(repo: Path, manage
     assert "after the run: OSError: disk full" in lines
 
 
-def test_woken_watcher_checks_at_once_without_polling(repo: Path, manager):
-    run, lines = FakeRun(), []
+def test_woken_watcher_checks_at_once_without_polling(repo: Path, manager, monkeypatch):
+    run, lines, reads = FakeRun(), [], []
+    real_head = watch.head
+    monkeypatch.setattr(watch, "head", lambda *a: reads.append(real_head(*a)) or reads[-1])
     w = make(repo, manager, run, lines, interval=0)
     with Running(w):
-        until(lambda: len(run.commits) == 1, "the first run")
+        # the first run, then the branch read again at once after it; then it waits
+        until(lambda: len(reads) == 2, "the read after the first run")
         newest = commit(repo, "pushed")
         time.sleep(0.2)
         assert len(run.commits) == 1  # no polling with interval 0
