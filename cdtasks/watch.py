@@ -13,7 +13,6 @@ import datetime
 import getpass
 import json
 import os
-import re
 import socket
 import subprocess
 import threading
@@ -24,19 +23,13 @@ from typing import Callable, Mapping, Sequence
 
 from . import records
 from .interrupt import exit_code
+from .report import redact
 
 KIND = "watch"
 GIT_TIMEOUT = 60  # seconds for one `git ls-remote` (a URL that hangs must not stop the watcher)
 BACKOFF_MAX = 300.0  # seconds between two tries while the cluster or the repository does not answer
 RUNS_DIR = "runs"  # under REPORTS_DIR: one JSON file per finished run, for the release page
 RESULT_CHARS = 300  # a record is a Swarm config (500 KB at most): the result text is cut to this
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@")
-
-
-def redact_url(text: str) -> str:
-    """Credentials in URLs (`https://user:token@host/...`) replaced by `***`.
-    Stands in for `report.redact_url`, which is being added: use that one once it is there."""
-    return _USERINFO.sub(r"\1***@", text)
 
 
 class WatchError(RuntimeError):
@@ -77,7 +70,7 @@ def _git(args: Sequence[str], timeout: float = GIT_TIMEOUT) -> str:
         raise SourceError(f"`git {args[0]}` got no answer in {timeout:.0f}s") from None
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        raise SourceError(f"`git {args[0]}` failed: {redact_url(last)}")
+        raise SourceError(f"`git {args[0]}` failed: {redact(last)}")
     return proc.stdout
 
 
@@ -95,7 +88,7 @@ def default_branch(repo: str) -> str:
     for line in _git(["ls-remote", "--symref", "--end-of-options", repo, "HEAD"]).splitlines():
         if line.startswith("ref: refs/heads/") and line.endswith("\tHEAD"):
             return line[len("ref: refs/heads/"):-len("\tHEAD")]
-    raise SourceError(f"{redact_url(repo)} has no default branch (its HEAD is detached): "
+    raise SourceError(f"{redact(repo)} has no default branch (its HEAD is detached): "
                       f"give the branch")
 
 
@@ -106,7 +99,7 @@ def head(repo: str, branch: str) -> str:
         sha, _, name = line.partition("\t")
         if name == ref:
             return sha
-    raise SourceError(f"no branch {branch} in {redact_url(repo)}")
+    raise SourceError(f"no branch {branch} in {redact(repo)}")
 
 
 def subject(repo: str, commit: str) -> str:
@@ -252,7 +245,7 @@ class Watcher:
     def name(self) -> str:
         """The repository as records, logs and pages show it (and tell watchers apart by): a
         local path made absolute, a URL without credentials."""
-        return str(Path(self.repo).resolve()) if Path(self.repo).is_dir() else redact_url(self.repo)
+        return str(Path(self.repo).resolve()) if Path(self.repo).is_dir() else redact(self.repo)
 
     def stop(self) -> None:
         self._stopping = True
@@ -300,7 +293,7 @@ class Watcher:
             return RunResult(1, f"error: {type(exc).__name__}: {exc}".splitlines()[0])
 
     def _finish(self, taken: dict, result: RunResult, started: float) -> None:
-        text = redact_url(result.text)
+        text = redact(result.text)
         finished = {k: taken[k] for k in ("repo", "branch", "commit")}
         finished.update(event="finished", time=records.now(), code=result.code, ok=result.ok,
                         result=text[:RESULT_CHARS], seconds=round(time.monotonic() - started, 1))
@@ -350,4 +343,4 @@ def scrub(value):
         return {str(k): scrub(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [scrub(v) for v in value]
-    return redact_url(value) if isinstance(value, str) else value
+    return redact(value) if isinstance(value, str) else value

@@ -1,19 +1,12 @@
 """watch, report: follow a branch and deliver each new commit; the release page."""
 from __future__ import annotations
 
-import time
-
 from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from .. import notify, page, report, watch
-from ..cluster import Cluster
 from ..config import PROJECT_DIR
-from ..interrupt import exit_code, signals_as_interrupt
-from ..watch import RecordStore, RunResult, SourceError, StoreError, Watcher
-from ..webhook import ListenError, Webhook
-from .common import BAD_INPUT, ERRORS, UNREACHABLE, out, settings, user_errors
+from .common import BAD_INPUT, UNREACHABLE, exit_code, out, settings, user_errors
 
 HELP = {
     "env": "environment whose cluster delivers and keeps the watch records (default test)",
@@ -28,30 +21,39 @@ HELP = {
 POLL = 60.0
 
 
-def run_delivery(c, env: str, repo: str, commit: str, deploy: bool, to_env: str) -> RunResult:
-    """ADAPT ON MERGE: the one place that knows where `inv deliver` lives. It runs exactly what
-    `inv deliver --repo REPO --ref COMMIT [--deploy --to-env E]` runs (today the task body of
-    `cdtasks/tasks/pipeline.py`, without its error wrapper so that an interruption reaches the
-    watcher as itself) and returns its exit code, one line, and the JSON reports it wrote."""
-    from .pipeline import deliver  # lazily: the delivery modules are being reshaped
+def run_delivery(c, env: str, repo: str, commit: str, deploy: bool, to_env: str):
+    """The one place that knows where `inv deliver` lives: it runs exactly what
+    `inv deliver --repo REPO --ref COMMIT [--deploy --to-env E]` runs (the task's body, without
+    its error wrapper, so that an interruption reaches the watcher as itself) and returns its
+    exit code, one line, and the JSON reports it wrote, as a `watch.RunResult`."""
+    import time
 
-    started = time.time()
+    from .. import report, watch
+    from .delivery import deliver
+
+    s, started = settings(env), time.time()
     code, text = 0, ""
     try:
         deliver.body.__wrapped__(c, env=env, repo=repo, ref=commit, deploy=deploy, to_env=to_env)
     except Exit as exc:
         code, text = exc.code, exc.message or ""
-    except tuple(e for e, _ in ERRORS) as exc:
-        code, text = next(n for e, n in ERRORS if isinstance(exc, e)), f"error: {exc}"
-    places = [(settings(env).reports_dir, "deliver")]
+    except Exception as exc:  # a library error: its documented code, as `inv deliver` exits
+        code = exit_code(exc)
+        if code is None:
+            raise
+        text = f"error: {exc}"
+    places = [(s.reports_dir, "deliver")]
     if deploy:
         places.append((settings(to_env).reports_dir, "deploy"))
     reports = watch.read_reports(places, started)
-    return RunResult(code, "; ".join(t for t in (watch.summary(reports), text) if t), reports)
+    text = "; ".join(t for t in (watch.summary(reports), text) if t)
+    return watch.RunResult(code, report.redact(text, s.secrets), reports)
 
 
 def _after_run(env: str, to_env: str, log):
     """What follows each run: keep it for the page, tell the team, rewrite the page."""
+    from .. import notify, page, watch
+
     s, prod = settings(env), settings(to_env)
 
     def keep(payload: dict) -> None:
@@ -85,18 +87,24 @@ def _pause(interval: str | None, listen: bool) -> float:
 def watch_(c, env="test", repo=None, branch=None, interval=None, deploy=False, to_env="prod",
            once=False, listen=None):
     """Follow a branch: deliver (--deploy: and deploy) each new commit once; --once for cron."""
+    from .. import report, watch  # imported here: `inv --list` stays light
+    from ..cluster import Cluster
+    from ..interrupt import exit_code as interrupted_code
+    from ..interrupt import signals_as_interrupt
+    from ..webhook import ListenError, Webhook
+
     s = settings(env)
     repo = repo or s.repo or str(PROJECT_DIR)
     log = report.make_logger("watch")
     try:
         branch = watch.check_branch(branch or s.watch_branch or watch.default_branch(repo))
         pause = _pause(interval, bool(listen))
-    except (ValueError, SourceError) as exc:
+    except (ValueError, watch.SourceError) as exc:
         raise Exit(f"error: {exc}", code=BAD_INPUT) from None
-    w = Watcher(repo, branch, RecordStore(lambda: Cluster.of(s).discover().manager(),
-                                          s.app_service),
-                lambda commit: run_delivery(c, env, repo, commit, deploy, to_env),
-                interval=pause, after=_after_run(env, to_env, log), log=log)
+    w = watch.Watcher(repo, branch,
+                      watch.RecordStore(lambda: Cluster.of(s).discover().manager(), s.app_service),
+                      lambda commit: run_delivery(c, env, repo, commit, deploy, to_env),
+                      interval=pause, after=_after_run(env, to_env, log), log=log)
     try:
         if once:
             with signals_as_interrupt(log):
@@ -117,20 +125,22 @@ def watch_(c, env="test", repo=None, branch=None, interval=None, deploy=False, t
         finally:
             if hook:
                 hook.stop()
-    except (ListenError, SourceError) as exc:
+    except (ListenError, watch.SourceError) as exc:
         raise Exit(f"error: {exc}", code=BAD_INPUT) from None
-    except StoreError as exc:
+    except watch.StoreError as exc:
         raise Exit(f"error: {exc}", code=UNREACHABLE) from None
     except KeyboardInterrupt as exc:
-        raise Exit("interrupted", code=exit_code(exc)) from None
+        raise Exit("interrupted", code=interrupted_code(exc)) from None
 
 
 @task(name="report", help={"env": "environment of the deliveries, prod-like and the watch (default test)",
-            "to_env": "environment of the deployments (default prod)",
-            "output": "where to write the page (default REPORTS_DIR/releases.html)"})
+                           "to_env": "environment of the deployments (default prod)",
+                           "output": "where to write the page (default REPORTS_DIR/releases.html)"})
 @user_errors
 def report_(c, env="test", to_env="prod", output=None):
     """Write the release page: a self-contained HTML file of deliveries, deployments and runs."""
+    from .. import page
+
     s = settings(env)
     snap = page.gather(s, settings(to_env))
     path = page.write(Path(output) if output else s.reports_dir / page.FILE_NAME, snap)
@@ -140,4 +150,4 @@ def report_(c, env="test", to_env="prod", output=None):
     out(f"release page: {path}")
 
 
-ns = Collection("watch", watch_, report_)  # not in tasks.py yet: wired after the reshape
+ns = Collection("watch", watch_, report_)  # not in tasks.py yet: the coordinator wires it

@@ -30,15 +30,19 @@ def task(slot, version, state, created, changed, node="n1"):
 
 
 def fill(manager, version: str) -> None:
-    api = manager.api
-    api.services["go-demo"] = {"Spec": {"TaskTemplate": {"ContainerSpec": {
+    """The service, its tasks and the nodes, answered beside conftest's config store (the page
+    reads them through the same client)."""
+    service = {"Spec": {"TaskTemplate": {"ContainerSpec": {
         "Image": f"localhost:5000/go-demo:{version}@sha256:{'ab' * 32}"}}}}
-    api.nodes_list = [{"ID": "n1", "Description": {"Hostname": "swarm-test-2"}},
-                      {"ID": "n2", "Description": {"Hostname": "swarm-test-3"}}]
-    api.tasks_list = [task(1, "1.0", "shutdown", T0, T0 + 60), task(1, version, "running", T0 + 60, T0 + 63),
-                      task(2, "1.0", "shutdown", T0, T0 + 70, "n2"),
-                      task(2, version, "failed", T0 + 70, T0 + 72, "n2"),
-                      task(2, version, "running", T0 + 75, T0 + 78, "n2")]
+    nodes = [{"ID": "n1", "Description": {"Hostname": "swarm-test-2"}},
+             {"ID": "n2", "Description": {"Hostname": "swarm-test-3"}}]
+    tasks = [task(1, "1.0", "shutdown", T0, T0 + 60), task(1, version, "running", T0 + 60, T0 + 63),
+             task(2, "1.0", "shutdown", T0, T0 + 70, "n2"),
+             task(2, version, "failed", T0 + 70, T0 + 72, "n2"),
+             task(2, version, "running", T0 + 75, T0 + 78, "n2")]
+    manager.api.inspect_service = lambda name: service
+    manager.api.nodes = lambda: nodes
+    manager.api.tasks = lambda filters: [t for t in tasks if t["ServiceID"] == filters["service"]]
 
 
 def report(suite, version, steps, ok=True, repo=CREDENTIAL_URL):
@@ -48,7 +52,8 @@ def report(suite, version, steps, ok=True, repo=CREDENTIAL_URL):
 
 
 @pytest.fixture()
-def snap(manager):
+def snap(swarm_manager):
+    manager = swarm_manager
     fill(manager, "1.2")
     records.put(manager, "watch", "go-demo", {"event": "taken", "repo": CREDENTIAL_URL,
                                               "branch": "main", "commit": "c" * 40,

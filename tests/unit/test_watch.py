@@ -2,9 +2,7 @@
 manager with the Swarm config API records.py uses (pure logic: no engine)."""
 from __future__ import annotations
 
-import base64
 import itertools
-import json
 import signal
 import subprocess
 import threading
@@ -47,15 +45,35 @@ def commit(repo: Path, message: str) -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
-# -- records: the `manager` fixture (conftest.py) keeps them as the Swarm config API does ----
+# -- records: conftest's in-memory Swarm config API, behind a real docker-py client ----------
+class Flaky:
+    """A manager whose next `down` calls fail, as a cluster that does not answer."""
+
+    def __init__(self, swarm):
+        self.swarm, self.down = swarm, 0
+
+    @property
+    def api(self):
+        if self.down:
+            self.down -= 1
+            raise ConnectionError("manager unreachable")
+        return self.swarm.api
+
+
+@pytest.fixture()
+def manager(swarm_manager) -> Flaky:
+    return Flaky(swarm_manager)
+
+
 def store_of(manager) -> RecordStore:
     return RecordStore(lambda: manager, "go-demo")
 
 
-def rows(manager) -> list[dict]:
-    """What the cluster holds, read without the fake's failures, oldest first."""
-    configs = sorted(manager.api.configs_by_id.items())
-    return [json.loads(base64.b64decode(c["Spec"]["Data"])) for _, c in configs]
+def rows(manager: Flaky) -> list[dict]:
+    """What the cluster holds, read without the failures, in Raft order."""
+    store = manager.swarm.store
+    return [store.data(cid) for cid, _ in sorted(store.configs.items(),
+                                                 key=lambda kv: kv[1]["Version"]["Index"])]
 
 
 class FakeRun:
@@ -142,10 +160,9 @@ def test_branch_names_are_checked_by_git():
             watch.check_branch(bad)
 
 
-def test_credentials_in_urls_are_redacted():
-    assert watch.redact_url("clone https://bob:t0ken@git.example.org/a.git and ssh://u@h/x") \
-        == "clone https://***@git.example.org/a.git and ssh://***@h/x"
-    assert watch.scrub({"r": ["https://a:b@h/"], "n": 1}) == {"r": ["https://***@h/"], "n": 1}
+def test_credentials_in_urls_are_scrubbed_from_json_values():
+    assert watch.scrub({"r": ["https://a:b@h/"], "n": 1, "t": None}) == \
+        {"r": ["https://***@h/"], "n": 1, "t": None}
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -247,7 +264,7 @@ def test_once_gives_the_runs_exit_code_then_nothing_new(repo: Path, manager):
 
 def test_a_silent_cluster_is_waited_out_with_a_growing_delay_and_said(repo: Path, manager):
     run, lines = FakeRun(), []
-    manager.api.down = 3  # load fails, then twice more
+    manager.down = 3  # load fails, then twice more
     with Running(make(repo, manager, run, lines, interval=0.02)):
         until(lambda: len(rows(manager)) == 2, "the run after the cluster came back")
     said = [line for line in lines if "does not answer" in line]
@@ -264,7 +281,7 @@ def test_the_end_of_a_run_the_cluster_missed_is_recorded_later(repo: Path, manag
     lines = []
 
     def run(commit):
-        manager.api.down = 1  # the cluster goes away during the run
+        manager.down = 1  # the cluster goes away during the run
         return RunResult(0, "ok")
 
     w = make(repo, manager, run, lines)

@@ -19,29 +19,31 @@ SCRIPT = r"""
 import json, sys, time
 from invoke import Context, Exit
 sys.path.insert(0, sys.argv[1])
-from conftest import FakeManager
-from cdtasks import page
+import docker
+from types import SimpleNamespace
+from conftest import BASE, ConfigStore
+from cdtasks import watch
+from cdtasks.cluster import Cluster
 from cdtasks.tasks import watch as tw
 
-manager = FakeManager()
+api = docker.APIClient(base_url=BASE, version="1.41")
+api.mount(BASE, ConfigStore())
+manager = SimpleNamespace(api=api)  # the test cluster's manager: records only
 
 class FakeCluster:
-    @classmethod
-    def of(cls, settings):
-        return cls()
     def discover(self):
         return self
     def manager(self):
         return manager
 
-tw.Cluster = page.Cluster = FakeCluster
+Cluster.of = classmethod(lambda cls, settings: FakeCluster())
 args = json.loads(sys.argv[2])
 code, slow = args.pop("code"), args.pop("slow")
 
 def run_delivery(c, env, repo, commit, deploy, to_env):
     print("running", commit, flush=True)
     time.sleep(slow)
-    return tw.RunResult(code, f"fake run of {commit[:7]}", ())
+    return watch.RunResult(code, f"fake run of {commit[:7]}", ())
 
 tw.run_delivery = run_delivery
 try:
@@ -51,7 +53,7 @@ except Exit as exc:  # what invoke's program does with it
     status = exc.code
     if exc.message:
         print(exc.message, file=sys.stderr)
-print("records", json.dumps(tw.RecordStore(lambda: manager, "go-demo").load()), flush=True)
+print("records", json.dumps(watch.RecordStore(lambda: manager, "go-demo").load()), flush=True)
 sys.exit(status)
 """
 
