@@ -153,6 +153,20 @@ def test_a_missing_branch_or_repository_is_one_line(repo: Path, tmp_path: Path):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_a_repository_that_does_not_answer_is_given_up_with_its_helpers(monkeypatch):
+    # `ext::` runs a command as the remote's transport: one that never answers
+    for name, value in (("GIT_CONFIG_COUNT", "1"), ("GIT_CONFIG_KEY_0", "protocol.ext.allow"),
+                        ("GIT_CONFIG_VALUE_0", "always")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(watch, "GIT_TIMEOUT", 0.5)
+    started = time.monotonic()
+    with pytest.raises(SourceError, match="`git ls-remote` got no answer in 0.5s"):
+        watch.head("ext::sh -c sleep% 37.5", "main")
+    assert time.monotonic() - started < 10
+    left = subprocess.run(["pgrep", "-f", "sleep 37.5"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""  # the helper went with git
+
+
 def test_branch_names_are_checked_by_git():
     assert watch.check_branch("feature/x") == "feature/x"
     for bad in ("a..b", "-x", "x y", ""):
