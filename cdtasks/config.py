@@ -334,8 +334,7 @@ def locate(environ: Mapping[str, str] | None = None, *, project_dir: Path | str 
     environ = os.environ if environ is None else environ
     project = Path(environ.get(ENV_PREFIX + "PROJECT_DIR") or project_dir or ".").expanduser()
     envs = Path(environ.get(ENV_PREFIX + "ENV_DIR") or env_dir or "env").expanduser()
-    project = project.absolute()
-    return Location(project, project / envs)
+    return Location(project.absolute(), project.absolute() / envs)
 
 
 def environments(env_dir: Path) -> list[str]:

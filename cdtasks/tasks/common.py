@@ -64,6 +64,7 @@ def _where(c) -> dict:
     tasks.py Invoke loaded (also where it reads invoke.yaml), never the installed package; a
     Program with a fixed namespace loads none: then the current directory."""
     ours = c.config.get("cdtasks") or {}
+    # Set by Invoke's Config.set_project_location when it loads tasks.py (no public accessor).
     base = Path(getattr(c.config, "_project_prefix", None) or ".")
     return {"project_dir": base / (ours.get("project_dir") or ""),
             "env_dir": ours.get("env_dir")}
