@@ -71,7 +71,7 @@ def tool(environ: dict[str, str], version: str) -> tuple[float, dict[str, float]
 
 def script(environ: dict[str, str], version: str) -> tuple[float, dict[str, float]]:
     """The script above, timed as a whole and step by step (from its markers)."""
-    workspace = config.load("test", environ=environ).workspace_dir
+    workspace = config.load("test", environ=environ, project_dir=ROOT).workspace_dir
     dest = workspace / f"go-demo-book-{secrets.token_hex(3)}"
     env = {**environ, "ROOT": str(ROOT), "SRC": str(ROOT), "DEST": str(dest),
            "VERSION": version, "PROJ": f"go-demo-{version.replace('.', '-')}-book"}

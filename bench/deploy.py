@@ -142,7 +142,7 @@ def main() -> None:
         benchlib.say(f"setup (untimed): provision, services, inv deliver --version {V_GOOD}, lab {lab}")
         for args in (["provision"], ["services"], ["deliver", "--version", V_GOOD]):
             benchlib.inv(args, environ)
-        prod = config.load("prod", environ=environ)
+        prod = config.load("prod", environ=environ, project_dir=ROOT)
         url = proxy_url(host, lab, prod)
         assert requests.get(url, timeout=10).status_code == 200, f"{url} does not answer"
 

@@ -63,7 +63,7 @@ def run(*cmd: str, stdin=None) -> str:
 def replay(host, environ: dict[str, str]) -> float:
     """The book's provisioning, one step after another: machines, then per cluster swarm init,
     joins, labels, the registry service, and the wait until it runs everywhere."""
-    settings = [config.load(e, environ=environ) for e in ENVS]
+    settings = [config.load(e, environ=environ, project_dir=ROOT) for e in ENVS]
     # One provider per cluster, as the tool has: a node's labels carry its cluster's env.
     providers = [LabProvider(s, host) for s in settings]
     node_image = images.IMAGES["node"].ref

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 from . import config, engine, registry, workspace
 from .cluster import Cluster
 from .compose import Compose, ComposeError, unique_project
-from .config import PROJECT_DIR, Settings
+from .config import Settings
 from .log import Log
 from .providers import for_settings
 from .runner import StepFailed, beside
@@ -93,7 +93,7 @@ class Checkout:
         """Clone the repository at the ref into the workspace (seen by the nodes at the same
         path); the version: given, else the git tag, else the short commit id."""
         s = self.settings
-        repo = self.repo or str(PROJECT_DIR)
+        repo = self.repo  # Settings.repo: the project directory when REPO is empty
         s.workspace_dir.mkdir(parents=True, exist_ok=True)
         dest = Path(tempfile.mkdtemp(prefix=f"{s.app_service}-", dir=s.workspace_dir))
         self.workdir = dest

@@ -1,8 +1,10 @@
 """Environment files -> one frozen, validated Settings object.
 
 Precedence, highest first: command-line flag > process environment (`CDTASKS_<KEY>`) > the
-environment's file `env/<name>.env` > the defaults below. Env files are read with
-`dotenv_values`, never loaded into os.environ, and every key is validated once, here.
+environment's file `<env dir>/<name>.env` > the defaults below. Env files are read with
+`dotenv_values`, never loaded into os.environ, and every key is validated once, here. Where the
+files are (`locate`) is given by the caller (the task layer reads Invoke's configuration), and
+`CDTASKS_PROJECT_DIR` / `CDTASKS_ENV_DIR` override it.
 """
 from __future__ import annotations
 
@@ -18,8 +20,6 @@ from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
 ENV_PREFIX = "CDTASKS_"
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_ENV_DIR = PROJECT_DIR / "env"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -234,14 +234,15 @@ KEYS: dict[str, Key] = {
                                                           "(empty: none)"),
     "SERVICES_TIMEOUT": Key(_int(5, 3600), "180", "seconds to wait for every replica to run"),
     # -- delivery (`inv deliver`) -------------------------------------------------------------------
-    "REPO": Key(str, "", "repository to deliver, URL or local path (empty: this project, whose "
-                         "sample is in demo/)"),
+    "REPO": Key(str, "", "repository to deliver, URL or local path (empty: the project "
+                         "directory; this project's sample is in demo/)"),
     "COMPOSE_FILE": Key(str, "demo/docker-compose-test-local.yml",
                         "the test compose file, relative to the repository root"),
     "PASS_ENV": Key(_variables, "", "variables of your environment compose runs get too "
                                     "(NAME,NAME); by default they get only what compose needs "
                                     "and the delivery's own (IMAGE, VERSION, HOST_IP, ...)"),
-    "REPORTS_DIR": Key(_path, "reports", "where JSON and JUnit reports are written"),
+    "REPORTS_DIR": Key(_path, "reports", "where JSON and JUnit reports are written (relative to "
+                                         "the project directory or absolute)"),
     "LAB_PORT_BASE": Key(_int(0, 65000), "0", "first host port for node ports on 127.0.0.1 "
                                               "(0: the engine picks free ones)"),
     # -- following a branch (`inv watch`) ---------------------------------------------------------
@@ -335,15 +336,37 @@ class Settings:
         return node
 
 
-def environments(env_dir: Path = DEFAULT_ENV_DIR) -> list[str]:
+@dataclass(frozen=True)
+class Location:
+    """Where a project's files are: relative paths of the settings (APP_DIR, PROXY_CONFIG,
+    REPORTS_DIR) and an empty REPO mean the project directory; env files are in env_dir."""
+    project_dir: Path
+    env_dir: Path
+
+
+def locate(environ: Mapping[str, str] | None = None, *, project_dir: Path | str | None = None,
+           env_dir: Path | str | None = None) -> Location:
+    """The process environment (`CDTASKS_PROJECT_DIR`, `CDTASKS_ENV_DIR`) over the arguments;
+    by default the current directory and its `env/`. A relative env dir is relative to the
+    project directory, a relative project directory to the current one."""
+    environ = os.environ if environ is None else environ
+    project = Path(environ.get(ENV_PREFIX + "PROJECT_DIR") or project_dir or ".").expanduser()
+    envs = Path(environ.get(ENV_PREFIX + "ENV_DIR") or env_dir or "env").expanduser()
+    return Location(project.absolute(), project.absolute() / envs)
+
+
+def environments(env_dir: Path) -> list[str]:
     return sorted(p.stem for p in env_dir.glob("*.env"))
 
 
 def load(env: str, overrides: Mapping[str, Any] | None = None, *,
-         environ: Mapping[str, str] | None = None, env_dir: Path | None = None) -> Settings:
-    """Read, merge and validate one environment's settings; raise ConfigError on bad input."""
+         environ: Mapping[str, str] | None = None, env_dir: Path | str | None = None,
+         project_dir: Path | str | None = None) -> Settings:
+    """Read, merge and validate one environment's settings; raise ConfigError on bad input.
+    `env_dir` and `project_dir` as `locate` takes them."""
     environ = os.environ if environ is None else environ
-    env_dir = Path(environ.get(ENV_PREFIX + "ENV_DIR", env_dir or DEFAULT_ENV_DIR))
+    where = locate(environ, project_dir=project_dir, env_dir=env_dir)
+    env_dir = where.env_dir
     known = environments(env_dir)
     if env not in known:
         raise ConfigError(f"unknown environment {env!r}: choose one of {', '.join(known) or '(none in ' + str(env_dir) + ')'}")
@@ -380,9 +403,9 @@ def load(env: str, overrides: Mapping[str, Any] | None = None, *,
                          ("workspace_dir", Path(parsed["lab_name"]) / "workspace")):
         if not parsed[key].parts:
             parsed[key] = parsed["state_dir"] / default
-    for key in ("app_dir", "proxy_config"):  # relative paths are relative to the project
-        if not parsed[key].is_absolute():
-            parsed[key] = PROJECT_DIR / parsed[key]
+    for key in ("app_dir", "proxy_config", "reports_dir"):  # relative to the project
+        parsed[key] = where.project_dir / parsed[key]
+    parsed["repo"] = parsed["repo"] or str(where.project_dir)
     settings = Settings(env=env, source=str(path), raw=values, **parsed)
     _check_consistency(settings, origin)
     return settings

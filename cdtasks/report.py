@@ -175,24 +175,34 @@ def _scrub(value: Any, clean: Callable[[str], str]) -> Any:
     return clean(str(value))  # Paths, dates and the like go through redaction as text too
 
 
+def _cleaner(secrets: Iterable[str]) -> Callable[[str], str]:
+    secrets = tuple(secrets)
+    return lambda text: redact(_ANSI.sub("", text), secrets)
+
+
+def report_doc(suite: str, results: list[StepResult], meta: dict,
+               secrets: Iterable[str] = ()) -> dict:
+    """The JSON report of a run (`<suite>.json`, and what `--json` prints), secrets redacted."""
+    clean = _cleaner(secrets)
+    return {"suite": suite, "ok": not any(r.failed for r in results),
+            "seconds": round(sum(r.seconds for r in results), 3), "meta": _scrub(meta, clean),
+            "steps": [{"name": clean(r.name), "status": r.status, "ok": r.ok, "skipped": r.skipped,
+                       "seconds": round(r.seconds, 3), "detail": clean(r.detail),
+                       "output_tail": clean(r.output_tail)} for r in results]}
+
+
 def write_reports(directory: Path, suite: str, results: list[StepResult], meta: dict,
                   secrets: Iterable[str] = ()) -> tuple[Path, Path]:
     """Write `<suite>.json` and `<suite>.junit.xml` into `directory`; return both paths."""
     secrets = tuple(secrets)
-
-    def clean(text: str) -> str:
-        return redact(_ANSI.sub("", text), secrets)
+    clean = _cleaner(secrets)
 
     def xml(text: str) -> str:
         return _XML_ILLEGAL.sub("", clean(text))  # control characters make the whole file unparsable
 
     directory.mkdir(parents=True, exist_ok=True)
-    total = round(sum(r.seconds for r in results), 3)
-    meta = _scrub(meta, clean)
-    doc = {"suite": suite, "ok": not any(r.failed for r in results), "seconds": total, "meta": meta,
-           "steps": [{"name": clean(r.name), "status": r.status, "ok": r.ok, "skipped": r.skipped,
-                      "seconds": round(r.seconds, 3), "detail": clean(r.detail),
-                      "output_tail": clean(r.output_tail)} for r in results]}
+    doc = report_doc(suite, results, meta, secrets)
+    total, meta = doc["seconds"], doc["meta"]
     json_path = directory / f"{suite}.json"
     json_path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 

@@ -1,1 +1,17 @@
-"""Thin Invoke task modules: resolve config and flags, call one library function, print."""
+"""Thin Invoke task modules: resolve config and flags, call one library function, print.
+
+`ns` is every task in one flat collection (`inv provision`, `inv deliver`, ...), with the
+modules' Invoke configuration defaults; each module's own `ns` can be added alone instead.
+`program` is the `cdtasks` command: the same tasks without a tasks.py."""
+from invoke import Collection, Program
+
+from . import cluster, delivery, deployment, images, lock, services, watch
+
+ns = Collection()
+for module in (cluster, images, services, delivery, deployment, lock, watch):
+    for name, t in module.ns.tasks.items():
+        ns.add_task(t, name=name)
+    ns.configure(module.ns.configuration())
+
+# No tasks.py is loaded, so no invoke.yaml is read either: the current directory is the project.
+program = Program(namespace=ns, name="cdtasks", binary="cdtasks")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from invoke import Collection, Exit, task
 
-from .common import envs, out, settings, user_errors
+from .common import CONFIG, JSON_HELP, envs, out, print_json, settings, user_errors
 
-ENV_HELP = "environment (a file in env/: test, prod); default: every environment"
+ENV_HELP = "environment (a file in the env directory: test, prod); default: every environment"
 
 
 @task(help={"env": ENV_HELP})
@@ -14,7 +14,7 @@ ENV_HELP = "environment (a file in env/: test, prod); default: every environment
 def provision(c, env=None):
     """Create or repair the clusters: machines, swarm, labels, registry (idempotent)."""
     from .. import cluster, report
-    all_settings = [settings(e) for e in envs(env)]
+    all_settings = [settings(c, e) for e in envs(c, env)]
     log = report.make_logger("provision")
     results = cluster.provision_many(all_settings, log)
     notes = {r.routing_reason for r in results}
@@ -25,22 +25,25 @@ def provision(c, env=None):
                          r.routing, f"{r.seconds:.1f}"] for r in results])
 
 
-@task(help={"env": ENV_HELP})
+@task(help={"env": ENV_HELP, "json": JSON_HELP})
 @user_errors
-def status(c, env=None):
+def status(c, env=None, json=False):
     """Show each cluster's nodes (roles, state, labels) and services (replicas)."""
     from .. import cluster, report
-    for e in envs(env):
-        st = cluster.status(settings(e))
+    found = [cluster.status(settings(c, e)) for e in envs(c, env)]
+    if json:
+        print_json({st.env: _status_json(st) for st in found})
+        return
+    for st in found:
         rows = [[m.hostname, m.role + (" (leader)" if m.leader else ""), m.status,
                  m.availability, m.reachability or "-",
                  ",".join(f"{k}={v}" for k, v in sorted(m.labels.items())) or "-"]
                 for m in st.members]
         rows += [[n, "-", "no machine", "-", "-", "-"] for n in st.missing]
-        report.print_table(f"{e}: nodes", ["node", "role", "status", "availability",
-                                           "manager", "labels"], rows)
+        report.print_table(f"{st.env}: nodes", ["node", "role", "status", "availability",
+                                                "manager", "labels"], rows)
         if st.services:
-            report.print_table(f"{e}: services", ["service", "mode", "replicas", "image"],
+            report.print_table(f"{st.env}: services", ["service", "mode", "replicas", "image"],
                                [list(s) for s in st.services])
 
 
@@ -50,7 +53,7 @@ def status(c, env=None):
 def env(c, node, env=None):
     """Print the exports that point the docker CLI at a node: eval $(inv env NODE)."""
     from .. import cluster
-    s = _settings_with_node(node, env)
+    s = _settings_with_node(c, node, env)
     for line in cluster.env_lines(s, node):
         out(line)
     out(f"# Run this command to configure your shell: eval $(inv env {node})")
@@ -63,7 +66,7 @@ def env(c, node, env=None):
 def ssh(c, node, cmd=None, env=None):
     """Open a shell, or run one command, on a node over SSH (host key verified)."""
     from .. import cluster
-    result = cluster.run_on(_settings_with_node(node, env), node, cmd)
+    result = cluster.run_on(_settings_with_node(c, node, env), node, cmd)
     if result is not None and not result.ok:
         raise Exit(code=result.exited)
 
@@ -76,17 +79,29 @@ def destroy(c, env=None, purge=False):
     from .. import cluster, report
     log = report.make_logger("destroy")
     removed = []
-    for e in envs(env):
-        removed += cluster.destroy(settings(e), log, purge=purge)
+    for e in envs(c, env):
+        removed += cluster.destroy(settings(c, e), log, purge=purge)
     out(f"removed {len(removed)} item(s)" if removed else "nothing to remove")
 
 
-def _settings_with_node(node: str, env: str | None):
-    for e in envs(env):
-        s = settings(e)
+def _status_json(st) -> dict:
+    """`inv status --json`'s document for one environment (fields: README)."""
+    return {"nodes": [{"node": m.hostname, "role": m.role, "leader": m.leader,
+                       "status": m.status, "availability": m.availability,
+                       "reachability": m.reachability, "labels": dict(m.labels)}
+                      for m in st.members],
+            "missing": list(st.missing),
+            "services": [{"service": name, "mode": mode, "replicas": replicas, "image": image}
+                         for name, mode, replicas, image in st.services]}
+
+
+def _settings_with_node(c, node: str, env: str | None):
+    for e in envs(c, env):
+        s = settings(c, e)
         if node in s.nodes:
             return s
-    return settings(envs(env)[0]).check_node(node)  # raises: names the valid nodes
+    return settings(c, envs(c, env)[0]).check_node(node)  # raises: names the valid nodes
 
 
 ns = Collection("cluster", provision, status, env, ssh, destroy)
+ns.configure(CONFIG)

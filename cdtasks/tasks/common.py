@@ -4,7 +4,9 @@ module, so the library is imported inside the tasks that use it."""
 from __future__ import annotations
 
 import functools
+import json
 import sys
+from pathlib import Path
 
 from invoke import Exit
 
@@ -49,15 +51,39 @@ def deployment_exit(result: str) -> int:
     return NOT_RECOVERED if result.startswith("failed") else 0
 
 
-def settings(env: str, **overrides) -> config.Settings:
-    return config.load(env, {k.upper(): v for k, v in overrides.items()})
+JSON_HELP = "print one JSON document on stdout instead of tables (fields: README); logs on stderr"
+
+# Invoke configuration every task module's collection declares (Invoke reads INVOKE_CDTASKS_*
+# only for declared keys): where a project's files are. None: the defaults of `_where`.
+CONFIG = {"cdtasks": {"project_dir": None, "env_dir": None}}
 
 
-def envs(env: str | None) -> list[str]:
-    """`--env` given: that one (validated on load); none: every environment, test first."""
+def _where(c) -> dict:
+    """`config.locate`'s arguments from the task's Invoke configuration (ns.configure,
+    invoke.yaml, INVOKE_CDTASKS_*). The project directory defaults to the directory of the
+    tasks.py Invoke loaded (also where it reads invoke.yaml), never the installed package; a
+    Program with a fixed namespace loads none: then the current directory."""
+    ours = c.config.get("cdtasks") or {}
+    # Set by Invoke's Config.set_project_location when it loads tasks.py (no public accessor).
+    base = Path(getattr(c.config, "_project_prefix", None) or ".")
+    return {"project_dir": base / (ours.get("project_dir") or ""),
+            "env_dir": ours.get("env_dir")}
+
+
+def settings(c, env: str, **overrides) -> config.Settings:
+    """The settings of `env` for a task's Context `c`: flags (`overrides`) over the rest."""
+    return config.load(env, {k.upper(): v for k, v in overrides.items()}, **_where(c))
+
+
+def envs(c, env: str | None) -> list[str]:
+    """`--env` given: that one (validated on load); none: every environment of the chosen env
+    directory, test first."""
     if env:
         return [env]
-    known = config.environments()
+    env_dir = config.locate(**_where(c)).env_dir
+    known = config.environments(env_dir)
+    if not known:
+        raise Exit(f"error: no environments (*.env files) in {env_dir}", code=BAD_INPUT)
     return sorted(known, key=lambda e: (e != "test", e))
 
 
@@ -79,5 +105,11 @@ def user_errors(task_fn):
     return wrapper
 
 
-def out(line: str = "") -> None:
-    sys.stdout.write(line + "\n")
+def out(line: str = "", stderr: bool = False) -> None:
+    """A line for the user on stdout; on stderr under --json, whose stdout holds only JSON."""
+    (sys.stderr if stderr else sys.stdout).write(line + "\n")
+
+
+def print_json(doc) -> None:
+    """One JSON document on one line of stdout (what --json prints)."""
+    sys.stdout.write(json.dumps(doc) + "\n")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from invoke import Collection, Exit, task
 
-from .common import out, settings, step_failed, user_errors
+from .common import CONFIG, JSON_HELP, out, print_json, settings, step_failed, user_errors
 from .deployment import deploy_and_report
 
 FLAGS = {
@@ -18,26 +18,31 @@ FLAGS = {
     "dry_run": "print every docker and compose command in order; change nothing",
     "deploy": "continuous deployment: after a successful delivery, `inv deploy` it to --to-env",
     "to_env": "environment `--deploy` deploys to (default prod)",
+    "json": JSON_HELP + "; with --deploy, the deploy report on a second line",
 }
 
 
-def _settings(env, service=None, image=None, compose_file=None, cd_node=None):
-    return settings(env, app_service=service, app_image=image, compose_file=compose_file,
+def _settings(c, env, service=None, image=None, compose_file=None, cd_node=None):
+    return settings(c, env, app_service=service, app_image=image, compose_file=compose_file,
                     cd_node=cd_node)
 
 
-def _finish(d, results, title: str) -> None:
-    """Print the results and the state left behind, write the reports, exit as documented."""
+def _finish(d, results, title: str, json: bool = False) -> None:
+    """Print the results (`json`: the report, nothing else on stdout) and the state left
+    behind, write the reports, exit as documented."""
     from .. import delivery, report
     s = d.settings
     state = delivery.state_after(d, results)
-    report.print_results(title, results, secrets=s.secrets)
-    out(state)
     meta = {"env": s.env, "service": s.app_service, "version": d.version, "ref": d.ref,
-            "repo": d.repo or "(this project)", "digest": d.digest, "state": state,
+            "repo": d.repo, "digest": d.digest, "state": state,
             "dry_run": d.dry_run, "commands": d.commands}
+    if json:
+        print_json(report.report_doc(title, results, meta, secrets=s.secrets))
+    else:
+        report.print_results(title, results, secrets=s.secrets)
+    out(state, json)
     paths = report.write_reports(s.reports_dir, title, results, meta, secrets=s.secrets)
-    out("reports: " + ", ".join(map(str, paths)))
+    out("reports: " + ", ".join(map(str, paths)), json)
     failed = next((x for x in results if x.failed), None)
     if failed is not None:
         raise Exit(code=step_failed(delivery.STEPS.index(failed.name)))
@@ -46,17 +51,19 @@ def _finish(d, results, title: str) -> None:
 @task(help=FLAGS)
 @user_errors
 def deliver(c, env="test", repo=None, ref="HEAD", version=None, service=None, image=None,
-            compose_file=None, cd_node=None, dry_run=False, deploy=False, to_env="prod"):
+            compose_file=None, cd_node=None, dry_run=False, deploy=False, to_env="prod",
+            json=False):
     """Deliver: checkout, unit, build, staging, publish, prod-like, prod tests (--deploy: on)."""
     from .. import delivery, deployment, report
-    s = _settings(env, service, image, compose_file, cd_node)
+    s = _settings(c, env, service, image, compose_file, cd_node)
     with report.Progress("deliver") as progress:
         d = delivery.Delivery(s, repo or s.repo, ref, version, dry_run=dry_run, log=progress.log,
                               on_line=lambda line: progress.update(line[-100:]), defer_down=True)
         results = delivery.deliver(d, progress)
-    _finish(d, results, "deliver")
+    _finish(d, results, "deliver", json)
     if deploy and not dry_run:
-        deploy_and_report(deployment.Deployment(settings(to_env), s, d.version), "deploy")
+        deploy_and_report(deployment.Deployment(settings(c, to_env), s, d.version), "deploy",
+                          json)
 
 
 def _one_step(name: str, d) -> None:
@@ -72,7 +79,7 @@ def _step_task(name: str, doc: str):
     def step(c, env="test", service=None, image=None, compose_file=None, cd_node=None,
              dry_run=False):
         from .. import delivery
-        s = _settings(env, service, image, compose_file, cd_node)
+        s = _settings(c, env, service, image, compose_file, cd_node)
         _one_step(name, delivery.load_state(s, dry_run=dry_run))
     step.__doc__ = doc
     step.__name__ = name
@@ -87,7 +94,7 @@ def checkout(c, env="test", repo=None, ref="HEAD", version=None, service=None, i
              compose_file=None, cd_node=None, dry_run=False):
     """Step 1: check the repository out into the workspace (the later steps use it)."""
     from .. import delivery
-    s = _settings(env, service, image, compose_file, cd_node)
+    s = _settings(c, env, service, image, compose_file, cd_node)
     _one_step("checkout", delivery.Delivery(s, repo or s.repo, ref, version, dry_run=dry_run))
 
 
@@ -99,3 +106,4 @@ prodlike = _step_task("prodlike", "Step 6: update the service on the prod-like n
 prodtest = _step_task("prodtest", "Step 7: production tests against the cluster's proxy.")
 
 ns = Collection("delivery", deliver, checkout, unit, build, staging, publish, prodlike, prodtest)
+ns.configure(CONFIG)

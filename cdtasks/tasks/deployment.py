@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from invoke import Collection, Exit, task
 
-from .common import deployment_exit, out, settings, user_errors
+from .common import CONFIG, JSON_HELP, deployment_exit, out, print_json, settings, user_errors
 
 HELP = {
     "env": "environment to deploy to (default prod)",
@@ -12,56 +12,65 @@ HELP = {
     "no_rollback": "keep a failing version running (for debugging) instead of rolling back",
     "wait": "wait for another deployment's lock instead of refusing (up to 10 minutes)",
     "source": "environment whose prod-like cluster verified the versions (default test)",
+    "json": JSON_HELP,
 }
 
 
-def deploy_and_report(d, title: str) -> dict:
-    """Run the deployment, print and report it; exit non-zero on failure."""
+def deploy_and_report(d, title: str, json: bool = False) -> dict:
+    """Run the deployment, print and report it (`json`: the report on stdout, nothing else);
+    exit non-zero on failure."""
     from .. import deployment, report
     with report.Progress(title) as progress:
         d.log = progress.log
         d.on_line = lambda line: progress.update(line[-100:])
         entry, results = deployment.run(d, progress)
-    report.print_results(title, results)
-    out(f"{d.service} on {d.prod.env}: {entry['result']} ({entry['version']}, {d.image})")
+    if json:
+        print_json(report.report_doc(title, results, entry))
+    else:
+        report.print_results(title, results)
+    out(f"{d.service} on {d.prod.env}: {entry['result']} ({entry['version']}, {d.image})", json)
     paths = report.write_reports(d.prod.reports_dir, title, results, entry)
-    out("reports: " + ", ".join(map(str, paths)))
+    out("reports: " + ", ".join(map(str, paths)), json)
     code = deployment_exit(entry["result"])
     if code:
         raise Exit(code=code)
     return entry
 
 
-def _deployment(env, source, version, wait, **kw):
+def _deployment(c, env, source, version, wait, **kw):
     from .. import deployment, rollout
-    return deployment.Deployment(settings(env), settings(source), version,
+    return deployment.Deployment(settings(c, env), settings(c, source), version,
                                  wait=rollout.LOCK_WAIT if wait else 0, **kw)
 
 
 @task(help=HELP)
 @user_errors
-def deploy(c, env="prod", version=None, force=False, no_rollback=False, wait=False, source="test"):
+def deploy(c, env="prod", version=None, force=False, no_rollback=False, wait=False, source="test",
+           json=False):
     """Deploy the digest verified on prod-like; production tests; roll back on failure."""
-    deploy_and_report(_deployment(env, source, version, wait, force=force,
-                                  auto_rollback=not no_rollback), "deploy")
+    deploy_and_report(_deployment(c, env, source, version, wait, force=force,
+                                  auto_rollback=not no_rollback), "deploy", json)
 
 
 @task(help={"env": HELP["env"], "to": "version to go back to (default: the previous image)",
-            "wait": HELP["wait"], "source": HELP["source"]})
+            "wait": HELP["wait"], "source": HELP["source"], "json": JSON_HELP})
 @user_errors
-def rollback(c, env="prod", to=None, wait=False, source="test"):
+def rollback(c, env="prod", to=None, wait=False, source="test", json=False):
     """Roll a cluster back to its previous version (or --to one), then production tests."""
-    deploy_and_report(_deployment(env, source, to, wait, force=True, auto_rollback=False,
-                                  kind="rollback"), "rollback")
+    deploy_and_report(_deployment(c, env, source, to, wait, force=True, auto_rollback=False,
+                                  kind="rollback"), "rollback", json)
 
 
-@task(help={"env": HELP["env"]})
+@task(help={"env": HELP["env"], "json": JSON_HELP})
 @user_errors
-def history(c, env="prod"):
+def history(c, env="prod", json=False):
     """List the deployments of a cluster: time, user, version, digest, result, duration."""
     from .. import deployment, report
-    s = settings(env)
+    s = settings(c, env)
     rows, where = deployment.history(s)
+    if json:
+        print_json({"env": env, "service": s.app_service, "source": where, "deployments": rows})
+        return
     report.print_table(f"{env}: deployments of {s.app_service} (from {where})",
                        ["time", "user", "kind", "version", "digest", "result", "rolled back",
                         "seconds"],
@@ -73,3 +82,4 @@ def history(c, env="prod"):
 
 
 ns = Collection("deployment", deploy, rollback, history)
+ns.configure(CONFIG)

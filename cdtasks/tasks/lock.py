@@ -5,7 +5,7 @@ import time
 
 from invoke import Collection, Exit, task
 
-from .common import BAD_INPUT, envs, out, settings, user_errors
+from .common import BAD_INPUT, CONFIG, envs, out, settings, user_errors
 
 HELP = {
     "action": "status: who holds the lock, or 'free'; release: remove it (needs --force)",
@@ -27,8 +27,8 @@ def lock(c, action, env=None, service=None, force=False):
     from .. import records  # imported here: `inv --list` stays light
     from ..cluster import Cluster
 
-    for e in envs(env):
-        s = settings(e)
+    for e in envs(c, env):
+        s = settings(c, e)
         svc = service or s.app_service
         manager = Cluster.of(s).discover().manager()
         if action == "release":
@@ -47,3 +47,4 @@ def lock(c, action, env=None, service=None, force=False):
 
 
 ns = Collection("lock", lock)
+ns.configure(CONFIG)

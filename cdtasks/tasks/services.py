@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from invoke import Collection, Exit, task
 
-from .common import BAD_INPUT, DRIFT, envs, out, settings, user_errors
+from .common import BAD_INPUT, CONFIG, DRIFT, envs, out, settings, user_errors
 
 
 @task(help={"env": "environment (test, prod); default: every environment",
@@ -16,8 +16,8 @@ def services(c, env=None, check=False, update=False):
     if check and update:
         raise Exit("error: --check and --update exclude each other", code=BAD_INPUT)
     drifted = False
-    for e in envs(env):
-        result = stack.ensure(settings(e), report.make_logger(f"services {e}"),
+    for e in envs(c, env):
+        result = stack.ensure(settings(c, e), report.make_logger(f"services {e}"),
                               check=check, update=update)
         if result.drift:
             drifted = True
@@ -35,3 +35,4 @@ def services(c, env=None, check=False, update=False):
 
 
 ns = Collection("services", services)
+ns.configure(CONFIG)

@@ -5,8 +5,7 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from ..config import PROJECT_DIR
-from .common import BAD_INPUT, UNREACHABLE, exit_code, out, settings, user_errors
+from .common import BAD_INPUT, CONFIG, UNREACHABLE, exit_code, out, settings, user_errors
 
 HELP = {
     "env": "environment whose cluster delivers and keeps the watch records (default test)",
@@ -31,7 +30,7 @@ def run_delivery(c, env: str, repo: str, commit: str, deploy: bool, to_env: str)
     from .. import report, watch
     from .delivery import deliver
 
-    s, started = settings(env), time.time()
+    s, started = settings(c, env), time.time()
     code, text = 0, ""
     try:
         deliver.body.__wrapped__(c, env=env, repo=repo, ref=commit, deploy=deploy, to_env=to_env)
@@ -44,17 +43,17 @@ def run_delivery(c, env: str, repo: str, commit: str, deploy: bool, to_env: str)
         text = f"error: {exc}"
     places = [(s.reports_dir, "deliver")]
     if deploy:
-        places.append((settings(to_env).reports_dir, "deploy"))
+        places.append((settings(c, to_env).reports_dir, "deploy"))
     reports = watch.read_reports(places, started)
     text = "; ".join(t for t in (watch.summary(reports), text) if t)
     return watch.RunResult(code, report.redact(text, s.secrets), reports)
 
 
-def _after_run(env: str, to_env: str, log):
+def _after_run(c, env: str, to_env: str, log):
     """What follows each run: keep it for the page, tell the team, rewrite the page."""
     from .. import notify, page, watch
 
-    s, prod = settings(env), settings(to_env)
+    s, prod = settings(c, env), settings(c, to_env)
 
     def keep(payload: dict) -> None:
         watch.save_run(s.reports_dir / watch.RUNS_DIR, payload)
@@ -93,8 +92,8 @@ def watch_(c, env="test", repo=None, branch=None, interval=None, deploy=False, t
     from ..interrupt import signals_as_interrupt
     from ..webhook import ListenError, Webhook
 
-    s = settings(env)
-    repo = repo or s.repo or str(PROJECT_DIR)
+    s = settings(c, env)
+    repo = repo or s.repo
     log = report.make_logger("watch")
     try:
         branch = watch.check_branch(branch or s.watch_branch or watch.default_branch(repo))
@@ -104,7 +103,7 @@ def watch_(c, env="test", repo=None, branch=None, interval=None, deploy=False, t
     w = watch.Watcher(repo, branch,
                       watch.RecordStore(lambda: Cluster.of(s).discover().manager(), s.app_service),
                       lambda commit: run_delivery(c, env, repo, commit, deploy, to_env),
-                      interval=pause, after=_after_run(env, to_env, log), log=log)
+                      interval=pause, after=_after_run(c, env, to_env, log), log=log)
     try:
         if once:
             with signals_as_interrupt(log):
@@ -141,8 +140,8 @@ def report_(c, env="test", to_env="prod", output=None):
     """Write the release page: a self-contained HTML file of deliveries, deployments and runs."""
     from .. import page
 
-    s = settings(env)
-    snap = page.gather(s, settings(to_env))
+    s = settings(c, env)
+    snap = page.gather(s, settings(c, to_env))
     path = page.write(Path(output) if output else s.reports_dir / page.FILE_NAME, snap)
     for view in snap["clusters"]:
         if view["error"]:
@@ -150,4 +149,5 @@ def report_(c, env="test", to_env="prod", output=None):
     out(f"release page: {path}")
 
 
-ns = Collection("watch", watch_, report_)  # not in tasks.py yet: the coordinator wires it
+ns = Collection("watch", watch_, report_)
+ns.configure(CONFIG)

@@ -34,7 +34,7 @@ class Lab:
 
     def settings(self, env: str):
         from cdtasks import config
-        return config.load(env, environ=self.env)
+        return config.load(env, environ=self.env, project_dir=ROOT)
 
     def container(self, node: str) -> str:
         return f"{self.name}-{node}"

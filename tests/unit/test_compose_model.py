@@ -3,13 +3,15 @@ demo's file, the book-style sample, the book's own go-demo file; and the contrac
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import pytest
 
 from cdtasks import compose as mod
 from cdtasks.compose import (ComposeError, ContractError, check_contract, compose_environment,
                              image_ref, model_of, read_model)
-from cdtasks.config import PROJECT_DIR
 
+PROJECT_DIR = Path(__file__).resolve().parents[2]  # this checkout
 DEMO = PROJECT_DIR / "demo"
 HELLO = PROJECT_DIR / "tests" / "apps" / "hello-book"
 # go-demo's docker-compose-test-local.yml as the book prints it.

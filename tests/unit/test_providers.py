@@ -72,7 +72,7 @@ def test_machine_options_are_shell_words(tmp_path):
 
 @pytest.mark.parametrize("provider", ["docker-machine", "ssh"])
 def test_example_env_files_are_valid(provider):
-    env_dir = config.PROJECT_DIR / "env" / "examples" / provider
+    env_dir = Path(__file__).resolve().parents[2] / "env" / "examples" / provider
     for env in ("test", "prod"):
         s = config.load(env, environ={"CDTASKS_ENV_DIR": str(env_dir)})
         assert s.provider == provider and s.env == env

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cdtasks.config import PROJECT_DIR
+PROJECT_DIR = Path(__file__).resolve().parents[2]  # this checkout
 
 SCRIPT = r"""
 import json, sys, time
