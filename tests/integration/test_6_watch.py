@@ -1,30 +1,113 @@
-"""`inv watch --once` and `inv report` on the real lab: a commit of this project is delivered
-once, its records live on the test cluster (a second watcher does not run it again), and the
-page shows what the clusters run.
-
-The watch tasks are not in tasks.py yet (they are wired after the delivery modules' reshape):
-until then they run from their own collection, as `inv` would run them."""
+"""`inv watch` and `inv report` on the real lab, run as a user runs them (`inv ...`, the watcher
+as a background process): a commit of this project is delivered once by `--once`; a repository
+gets three commits (good, failing unit tests, good) while `inv watch --deploy` follows it, is
+restarted in the middle and never runs a commit twice, the good ones reach production in order
+and the broken one never does; a push notification with a wrong signature starts nothing; the
+release page lists every commit with its result."""
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import signal
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
+import requests
 
 from cdtasks import records, services, watch
 from cdtasks.cluster import Cluster
 
 from .conftest import ROOT, Lab
 
-DRIVER = ("import sys; from invoke import Program; from cdtasks.tasks import watch; "
-          "Program(namespace=watch.ns).run(['inv', *sys.argv[1:]])")
+GIT_ID = ["-c", "user.name=cdtasks tests", "-c", "user.email=tests@cdtasks.invalid"]
+SECRET = "watch-test-webhook-secret"
 
 
 def inv_watch(lab: Lab, reports, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", DRIVER, *args], cwd=ROOT, text=True,
-                          capture_output=True, timeout=timeout,
-                          env={**lab.env, "CDTASKS_REPORTS_DIR": str(reports)})
+    return lab.inv(*args, check=False, timeout=timeout,
+                   extra_env={"CDTASKS_REPORTS_DIR": str(reports)})
+
+
+def manager(lab: Lab, env: str = "test"):
+    return Cluster.of(lab.settings(env)).discover().manager()
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *GIT_ID, *args], cwd=repo, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert text.count(old) == 1, f"{path}: expected {old!r} once"
+    path.write_text(text.replace(old, new))
+
+
+class Watcher:
+    """`inv watch ARGS` as a background process, its log (stdout and stderr) in a file."""
+
+    def __init__(self, lab: Lab, reports: Path, log: Path, *args: str, extra_env=None):
+        self.log_path = log
+        self._log = log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "invoke", "watch", *args], cwd=ROOT, stdin=subprocess.DEVNULL,
+            stdout=self._log, stderr=subprocess.STDOUT,
+            env={**lab.env, "CDTASKS_REPORTS_DIR": str(reports), **(extra_env or {})})
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, needle: str, timeout: float, start: int = 0) -> None:
+        """Until `needle` is in the log (after offset `start`); fails if the watcher exits."""
+        deadline = time.monotonic() + timeout
+        while needle not in self.text()[start:]:
+            assert self.proc.poll() is None, (f"the watcher exited {self.proc.returncode} "
+                                              f"waiting for {needle!r}:\n{self.text()[-4000:]}")
+            assert time.monotonic() < deadline, (f"no {needle!r} in the watcher's log after "
+                                                 f"{timeout:g}s:\n{self.text()[-4000:]}")
+            time.sleep(0.5)
+
+    def stop(self, timeout: float = 120) -> int | None:
+        """SIGTERM, then wait; SIGKILL only if it does not stop in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+        self._log.close()
+        return self.proc.returncode
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def watch_rows(lab: Lab, repo: Path) -> list[dict]:
+    s = lab.settings("test")
+    return [r for r in records.load(manager(lab), watch.KIND, s.app_service)
+            if r.get("repo") == str(repo.resolve())]
+
+
+def prod_images(lab: Lab, timeout: float = 60) -> list[str]:
+    """The images of the prod service's running tasks, once Swarm has settled on one image."""
+    mgr, service = manager(lab, "prod"), lab.settings("prod").app_service
+    deadline = time.monotonic() + timeout
+    while True:
+        tasks = mgr.api.tasks(filters={"service": service, "desired-state": "running"})
+        images = [t["Spec"]["ContainerSpec"]["Image"] for t in tasks
+                  if t["Status"]["State"] == "running"]
+        if (len(set(images)) == 1 and len(images) == len(tasks)) or time.monotonic() > deadline:
+            return images
+        time.sleep(1)
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +122,11 @@ def test_watch_once_delivers_the_newest_commit_once(stack: Lab, head: str, tmp_p
     assert first.returncode == 0, first.stderr[-3000:]
     assert f"new commit {head[:12]} on {branch}" in first.stderr
     s = stack.settings("test")
-    manager = Cluster.of(s).discover().manager()
-    mine = [r for r in records.load(manager, watch.KIND, s.app_service) if r["commit"] == head]
+    mgr = manager(stack)
+    mine = [r for r in records.load(mgr, watch.KIND, s.app_service) if r["commit"] == head]
     assert sorted(r["event"] for r in mine) == ["finished", "taken"]
     assert next(r for r in mine if r["event"] == "finished")["code"] == 0
-    assert records.load(manager, "delivered", s.app_service)[-1]["commit"] == head
+    assert records.load(mgr, "delivered", s.app_service)[-1]["commit"] == head
 
     again = inv_watch(stack, tmp_path, "watch", "--once", "--branch", branch)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -57,6 +140,145 @@ def test_watch_once_delivers_the_newest_commit_once(stack: Lab, head: str, tmp_p
     shown = inv_watch(stack, tmp_path, "report", "--output", str(out), timeout=300)
     assert shown.returncode == 0, shown.stderr[-3000:]
     html = out.read_text()
-    running = services.current_image(manager, s.app_service)
+    running = services.current_image(mgr, s.app_service)
     assert head[:7] in running and running.partition("@")[0] in html
     assert head[:12] in html and running.partition("@")[2][:19] in html
+
+
+def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, tmp_path):
+    repo, reports = tmp_path / "repo", tmp_path / "reports"
+    repo.mkdir()
+    archive = subprocess.run(["git", "archive", "HEAD", "demo"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(repo)], input=archive, check=True)
+    git(repo, "init", "--quiet", "-b", "main")  # no commit yet: the watcher waits for the first
+    test_server = repo / "demo/tests/unit/test_server.py"
+    history_before = len(json.loads(stack.inv("history", "--env", "prod", "--json").stdout)
+                         ["deployments"])
+    args = ("--repo", str(repo), "--branch", "main", "--deploy", "--interval", "2")
+    commits: dict[str, str] = {}
+    watchers: list[Watcher] = []
+    started = time.monotonic()
+    try:
+        first = Watcher(stack, reports, tmp_path / "watch-1.log", *args)
+        watchers.append(first)
+        first.wait_for("following main", 300)
+
+        git(repo, "add", "-A")
+        git(repo, "commit", "--quiet", "-m", "good one")
+        commits["good"] = git(repo, "rev-parse", "HEAD")
+        first.wait_for(f"new commit {commits['good'][:12]}", 300)
+
+        # The next commit arrives during the first one's run: it is taken right after.
+        edit(test_server, "    def test_hello_with_delay(self):",
+             "    def test_deliberately_broken(self):\n"
+             "        self.assertEqual(server.HELLO, \"DELIBERATE-UNIT-FAILURE\")\n\n"
+             "    def test_hello_with_delay(self):")
+        git(repo, "commit", "--quiet", "-am", "break a unit test")
+        commits["broken"] = git(repo, "rev-parse", "HEAD")
+        first.wait_for(f"commit {commits['good'][:12]}: ok", 1200)
+        first.wait_for(f"commit {commits['broken'][:12]}: FAILED", 900)
+        # The page is the last thing after a run: wait for it before stopping between commits.
+        page = reports / "releases.html"
+        deadline = time.monotonic() + 300
+        while not (page.is_file() and len(list((reports / watch.RUNS_DIR).glob("*.json"))) == 2
+                   and page.stat().st_mtime >= max(p.stat().st_mtime for p in
+                                                   (reports / watch.RUNS_DIR).glob("*.json"))):
+            assert time.monotonic() < deadline, first.text()[-3000:]
+            time.sleep(0.5)
+        print(f"\ngood and broken run after {time.monotonic() - started:.0f}s")
+        code = first.stop()
+        assert code == 128 + signal.SIGTERM, (code, first.text()[-3000:])
+
+        # Restarted: the head (broken) was taken by the first watcher; it is not run again.
+        second = Watcher(stack, reports, tmp_path / "watch-2.log", *args)
+        watchers.append(second)
+        second.wait_for("following main", 300)
+        time.sleep(6)  # a few polls of the branch whose head was taken before the restart
+        assert "new commit" not in second.text(), second.text()[-3000:]
+
+        edit(test_server, "    def test_deliberately_broken(self):\n"
+             "        self.assertEqual(server.HELLO, \"DELIBERATE-UNIT-FAILURE\")\n\n", "")
+        git(repo, "commit", "--quiet", "-am", "unit tests fixed")
+        commits["fixed"] = git(repo, "rev-parse", "HEAD")
+        second.wait_for(f"new commit {commits['fixed'][:12]}", 120)
+        second.wait_for(f"commit {commits['fixed'][:12]}: ok", 1200)
+        print(f"fixed one deployed after {time.monotonic() - started:.0f}s")
+        code = second.stop()
+        assert code == 128 + signal.SIGTERM, (code, second.text()[-3000:])
+        logs = first.text() + second.text()
+        assert "new commit" not in second.text().replace(f"new commit {commits['fixed'][:12]}", "")
+    finally:
+        for w in watchers:
+            w.stop()
+
+    # One `taken` and one `finished` per commit, across both watchers.
+    rows = watch_rows(stack, repo)
+    for name, commit in commits.items():
+        mine = sorted(r["event"] for r in rows if r["commit"] == commit)
+        assert mine == ["finished", "taken"], (name, mine)
+    ended = {r["commit"]: r for r in rows if r["event"] == "finished"}
+    assert ended[commits["good"]]["code"] == 0 and ended[commits["fixed"]]["code"] == 0
+    assert ended[commits["broken"]]["code"] == 12, ended[commits["broken"]]
+    assert "failed at unit" in ended[commits["broken"]]["result"], ended[commits["broken"]]
+    assert f"commit {commits['broken'][:12]}: FAILED (exit 12)" in logs
+
+    # Production got the good ones, in order, by the digest delivered; never the broken one.
+    s = stack.settings("test")
+    by_commit = {r["commit"]: r for r in records.load(manager(stack), "delivered", s.app_service)}
+    assert commits["broken"] not in by_commit
+    deployments = json.loads(stack.inv("history", "--env", "prod", "--json").stdout)["deployments"]
+    new = deployments[history_before:]
+    assert [(d["digest"], d["result"]) for d in new] == [
+        (by_commit[commits["good"]]["digest"], "deployed"),
+        (by_commit[commits["fixed"]]["digest"], "deployed")], new
+    images = prod_images(stack)
+    assert images and all(i.endswith("@" + by_commit[commits["fixed"]]["digest"])
+                          for i in images), images
+
+    # The page lists the three commits with their results.
+    out = tmp_path / "page.html"
+    shown = inv_watch(stack, reports, "report", "--output", str(out), timeout=300)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    html = out.read_text()
+    for commit in commits.values():
+        assert commit[:12] in html, commit
+    for subject in ("good one", "break a unit test", "unit tests fixed", "failed at unit"):
+        assert subject in html, subject
+
+    # A push notification: a wrong signature gets 401 and starts nothing; the right one a run
+    # (of a commit whose unit tests fail again: the shortest run).
+    port = free_port()
+    hook = Watcher(stack, reports, tmp_path / "watch-3.log", "--repo", str(repo), "--branch",
+                   "main", "--interval", "0", "--listen", f"127.0.0.1:{port}",
+                   extra_env={"CDTASKS_WEBHOOK_SECRET": SECRET})
+    try:
+        hook.wait_for("following main", 300)
+        time.sleep(5)  # its first look at the branch: the head was taken before
+        edit(test_server, "    def test_hello_with_delay(self):",
+             "    def test_deliberately_broken(self):\n"
+             "        self.assertEqual(server.HELLO, \"DELIBERATE-UNIT-FAILURE\")\n\n"
+             "    def test_hello_with_delay(self):")
+        git(repo, "commit", "--quiet", "-am", "pushed")
+        pushed = git(repo, "rev-parse", "HEAD")
+        body = json.dumps({"ref": "refs/heads/main", "after": pushed}).encode()
+        sign = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        headers = {"Content-Type": "application/json", "X-GitHub-Event": "push"}
+        url = f"http://127.0.0.1:{port}/"
+        wrong = requests.post(url, data=body, timeout=30, headers={
+            **headers, "X-Hub-Signature-256": "sha256=" + "0" * 64})
+        assert wrong.status_code == 401, wrong.text
+        time.sleep(5)
+        assert "new commit" not in hook.text(), hook.text()[-3000:]
+        assert not [r for r in watch_rows(stack, repo) if r["commit"] == pushed]
+        right = requests.post(url, data=body, timeout=30, headers={
+            **headers, "X-Hub-Signature-256": "sha256=" + sign})
+        assert right.status_code == 202, right.text
+        hook.wait_for(f"new commit {pushed[:12]}", 60)
+        hook.wait_for(f"commit {pushed[:12]}: FAILED", 900)
+        assert SECRET not in hook.text()
+    finally:
+        hook.stop()
+    assert sorted(r["event"] for r in watch_rows(stack, repo) if r["commit"] == pushed) == [
+        "finished", "taken"]
+    print(f"whole scenario {time.monotonic() - started:.0f}s")
