@@ -163,12 +163,13 @@ def run(d: Deployment, progress) -> tuple[dict, list[StepResult]]:
 def steps(d: Deployment, progress) -> list[StepResult]:
     """rollout, production tests; on failure (and unless disabled) roll back to the previous
     image and test again. The caller has taken the lock with `prepare`."""
-    results = [run_step("rollout", lambda: _rollout_to(d, d.image), progress)]
+    results = [run_step("rollout", lambda: _rollout_to(d, d.image), progress, origin=d.started)]
     if results[-1].ok:
-        results.append(run_step("prodtest", lambda: _prodtest(d), progress))
+        results.append(run_step("prodtest", lambda: _prodtest(d), progress, origin=d.started))
     if results[-1].failed and d.auto_rollback and d.previous and d.previous != d.image:
-        results.append(run_step("rollback", lambda: _rollback(d), progress))
-        results.append(run_step("prodtest-after-rollback", lambda: _prodtest(d), progress))
+        results.append(run_step("rollback", lambda: _rollback(d), progress, origin=d.started))
+        results.append(run_step("prodtest-after-rollback", lambda: _prodtest(d), progress,
+                                origin=d.started))
     return results
 
 

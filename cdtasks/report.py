@@ -187,7 +187,8 @@ def report_doc(suite: str, results: list[StepResult], meta: dict,
     return {"suite": suite, "ok": not any(r.failed for r in results),
             "seconds": round(sum(r.seconds for r in results), 3), "meta": _scrub(meta, clean),
             "steps": [{"name": clean(r.name), "status": r.status, "ok": r.ok, "skipped": r.skipped,
-                       "seconds": round(r.seconds, 3), "detail": clean(r.detail),
+                       "seconds": round(r.seconds, 3), "started": r.started,
+                       "detail": clean(r.detail),
                        "output_tail": clean(r.output_tail)} for r in results]}
 
 

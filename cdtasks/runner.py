@@ -27,6 +27,7 @@ class StepResult:
     detail: str = ""
     output_tail: str = ""
     skipped: bool = False
+    started: float | None = None  # seconds since the run began (0.1 s); None outside a run
 
     @property
     def status(self) -> str:
@@ -45,28 +46,38 @@ def beside(fn: Callable, *args, **kwargs) -> Future:
     return future
 
 
-def attempt(name: str, step: Step, dry_run: bool = False) -> StepResult:
-    """One step with its timing; a failure becomes a failed StepResult, Ctrl-C propagates."""
-    start = time.monotonic()
+def offset(origin: float | None) -> float | None:
+    """Seconds from `origin` (the run's time.monotonic() at its start) to now, to 0.1 s."""
+    return None if origin is None else round(time.monotonic() - origin, 1)
+
+
+def attempt(name: str, step: Step, dry_run: bool = False,
+            origin: float | None = None) -> StepResult:
+    """One step with its timing (and its start since `origin`, when given); a failure becomes
+    a failed StepResult, Ctrl-C propagates."""
+    start, started = time.monotonic(), offset(origin)
     try:
         detail = step()
         if dry_run:
             detail = f"dry run, not done: {detail}"
-        return StepResult(name, True, time.monotonic() - start, detail)
+        return StepResult(name, True, time.monotonic() - start, detail, started=started)
     except StepFailed as exc:
-        return StepResult(name, False, time.monotonic() - start, str(exc), exc.output_tail)
+        return StepResult(name, False, time.monotonic() - start, str(exc), exc.output_tail,
+                          started=started)
     except Exception as exc:  # an engine or API error: still a failed step, with its reason
         return StepResult(name, False, time.monotonic() - start,
-                          f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+                          f"{type(exc).__name__}: {exc}".splitlines()[0][:300], started=started)
 
 
-def run_step(name: str, step: Step, progress, dry_run: bool = False) -> StepResult:
+def run_step(name: str, step: Step, progress, dry_run: bool = False,
+             origin: float | None = None) -> StepResult:
     progress.step(name)
-    start = time.monotonic()
+    start, started = time.monotonic(), offset(origin)
     try:
-        result = attempt(name, step, dry_run)
+        result = attempt(name, step, dry_run, origin)
     except KeyboardInterrupt:
-        progress.done(StepResult(name, False, time.monotonic() - start, "interrupted"))
+        progress.done(StepResult(name, False, time.monotonic() - start, "interrupted",
+                                 started=started))
         raise
     progress.done(result)
     return result
@@ -77,7 +88,9 @@ def run_steps(names: Sequence[str], steps: Mapping[str, Step], progress, *,
               log: Log = print) -> list[StepResult]:
     """Run the named steps in order; the first failure stops the run, the rest are skipped.
     overlap: a step -> (the step after it that does not need its result, how to undo that one
-    when the first fails): the second runs beside the first when both are asked for."""
+    when the first fails): the second runs beside the first when both are asked for.
+    Each result's `started` is its offset from the start of this call."""
+    origin = time.monotonic()
     overlap = overlap or {}
     results: list[StepResult] = []
     ahead: dict[str, tuple[Future, Undo]] = {}  # step started beside the previous one
@@ -86,7 +99,8 @@ def run_steps(names: Sequence[str], steps: Mapping[str, Step], progress, *,
             if results and (results[-1].failed or results[-1].skipped):
                 if name in ahead:  # it ran beside the step that failed: undo it
                     _undo(name, *ahead.pop(name), log)
-                results.append(StepResult(name, False, 0.0, "not run", skipped=True))
+                results.append(StepResult(name, False, 0.0, "not run", skipped=True,
+                                          started=offset(origin)))
                 continue
             if name in ahead:
                 result = ahead.pop(name)[0].result()
@@ -95,8 +109,9 @@ def run_steps(names: Sequence[str], steps: Mapping[str, Step], progress, *,
                 continue
             partner, undo = overlap.get(name, (None, None))
             if partner and names[i + 1:i + 2] == [partner]:
-                ahead[partner] = (pool.submit(attempt, partner, steps[partner], dry_run), undo)
-            results.append(run_step(name, steps[name], progress, dry_run))
+                ahead[partner] = (pool.submit(attempt, partner, steps[partner], dry_run, origin),
+                                  undo)
+            results.append(run_step(name, steps[name], progress, dry_run, origin))
     return results
 
 

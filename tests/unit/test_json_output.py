@@ -17,7 +17,7 @@ from cdtasks.tasks import cluster as cluster_tasks, common, delivery as delivery
     deployment as deployment_tasks
 
 REPORT_KEYS = {"suite", "ok", "seconds", "meta", "steps"}
-STEP_KEYS = {"name", "status", "ok", "skipped", "seconds", "detail", "output_tail"}
+STEP_KEYS = {"name", "status", "ok", "skipped", "seconds", "started", "detail", "output_tail"}
 
 
 @pytest.fixture

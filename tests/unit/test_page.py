@@ -205,3 +205,32 @@ def test_a_real_browser_renders_the_rows(tmp_path: Path, snap):
     assert parsed.classes.count("replica") == 2
     text = " ".join(parsed.text)
     assert "deliver 1.2 — FAILED" in text and "deploy 1.1 — ok" in text and INJECTED in text
+
+
+def test_the_timeline_of_a_real_run_shows_steps_run_beside_each_other():
+    """The runner's results (fake steps, one beside another), through the JSON report, onto the
+    page: measured offsets, the overlapping step drawn from where it really started."""
+    import time
+
+    from cdtasks import report, runner
+
+    class Quiet:
+        step = done = staticmethod(lambda *a: None)
+
+    def sleeps(seconds):
+        return lambda: time.sleep(seconds) or "done"
+
+    results = runner.run_steps(["checkout", "unit", "build", "staging"],
+                               {"checkout": sleeps(0.2), "unit": sleeps(0.5), "build": sleeps(0.2),
+                                "staging": sleeps(0.1)}, Quiet(),
+                               overlap={"unit": ("build", lambda r: None)})
+    doc = report.report_doc("deliver", results, {"version": "1.3"})
+    steps, measured = page.timeline(doc["steps"])
+    assert measured
+    at = {s["name"]: s["start"] for s in steps}
+    assert at["checkout"] == pytest.approx(0.0, abs=0.1)
+    assert at["unit"] == pytest.approx(at["build"], abs=0.2)  # side by side, not end to end
+    assert at["staging"] >= at["unit"] + 0.4
+    html = page.render(page.snapshot([], [], [doc], T0))
+    assert "deliver 1.3 — ok" in html and "steps laid end to end" not in html
+    assert f"build: {at['build']:.1f}s + " in html

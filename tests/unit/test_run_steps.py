@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from cdtasks import delivery
+from cdtasks import delivery, runner
 from cdtasks.checkout import Checkout
 from cdtasks.config import load
 from cdtasks.delivery import Delivery
@@ -129,3 +129,28 @@ def test_a_dry_run_lists_the_teardown_in_order(monkeypatch, tmp_path):
     r = Delivery(settings, "", version="1.1", defer_down=True, dry_run=True, compose_left=True)
     r.tear_down_beside()
     assert calls == [True] and r.teardown is None
+
+
+def test_each_result_says_when_its_step_started_in_the_run(steps):
+    """`started`: seconds since the run began; the build beside the unit tests starts with them,
+    the next step after both; skipped steps when they were skipped."""
+    events, fail, _, settings = steps
+    results = delivery.run(Delivery(settings, "", version="1.1", defer_down=True), NAMES, Quiet())
+    at = {r.name: r for r in results}
+    assert at["checkout"].started == pytest.approx(0.0, abs=0.1)
+    assert abs(at["build"].started - at["unit"].started) <= 0.2  # beside each other
+    assert at["build"].started < at["unit"].started + at["unit"].seconds
+    assert at["staging"].started >= round(at["unit"].started + at["unit"].seconds, 1) - 0.1
+    assert all(round(r.started, 1) == r.started for r in results)
+
+    fail.add("unit")
+    results = delivery.run(Delivery(settings, "", version="1.1", defer_down=True), NAMES, Quiet())
+    unit, build, staging = results[1:]
+    assert build.skipped and staging.skipped
+    assert staging.started >= build.started >= round(unit.started + unit.seconds, 1) - 0.1
+
+
+def test_a_step_run_alone_has_no_start_offset_unless_given_its_runs_start():
+    assert runner.attempt("one", lambda: "done").started is None
+    origin = time.monotonic() - 2.0
+    assert runner.attempt("one", lambda: "done", origin=origin).started == pytest.approx(2.0, abs=0.2)
