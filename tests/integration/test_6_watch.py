@@ -26,6 +26,9 @@ from .conftest import ROOT, Lab
 
 GIT_ID = ["-c", "user.name=cdtasks tests", "-c", "user.email=tests@cdtasks.invalid"]
 SECRET = "watch-test-webhook-secret"
+ANCHOR = "    def test_hello_with_delay(self):"  # in demo/tests/unit/test_server.py
+BROKEN = ("    def test_deliberately_broken(self):\n"  # a unit test that fails, inserted before it
+          "        self.assertEqual(server.HELLO, \"DELIBERATE-UNIT-FAILURE\")\n\n")
 
 
 def inv_watch(lab: Lab, reports, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -170,10 +173,7 @@ def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, 
         first.wait_for(f"new commit {commits['good'][:12]}", 300)
 
         # The next commit arrives during the first one's run: it is taken right after.
-        edit(test_server, "    def test_hello_with_delay(self):",
-             "    def test_deliberately_broken(self):\n"
-             "        self.assertEqual(server.HELLO, \"DELIBERATE-UNIT-FAILURE\")\n\n"
-             "    def test_hello_with_delay(self):")
+        edit(test_server, ANCHOR, BROKEN + ANCHOR)
         git(repo, "commit", "--quiet", "-am", "break a unit test")
         commits["broken"] = git(repo, "rev-parse", "HEAD")
         first.wait_for(f"commit {commits['good'][:12]}: ok", 1200)
@@ -197,8 +197,7 @@ def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, 
         time.sleep(6)  # a few polls of the branch whose head was taken before the restart
         assert "new commit" not in second.text(), second.text()[-3000:]
 
-        edit(test_server, "    def test_deliberately_broken(self):\n"
-             "        self.assertEqual(server.HELLO, \"DELIBERATE-UNIT-FAILURE\")\n\n", "")
+        edit(test_server, BROKEN + ANCHOR, ANCHOR)
         git(repo, "commit", "--quiet", "-am", "unit tests fixed")
         commits["fixed"] = git(repo, "rev-parse", "HEAD")
         second.wait_for(f"new commit {commits['fixed'][:12]}", 120)
@@ -255,10 +254,7 @@ def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, 
     try:
         hook.wait_for("following main", 300)
         time.sleep(5)  # its first look at the branch: the head was taken before
-        edit(test_server, "    def test_hello_with_delay(self):",
-             "    def test_deliberately_broken(self):\n"
-             "        self.assertEqual(server.HELLO, \"DELIBERATE-UNIT-FAILURE\")\n\n"
-             "    def test_hello_with_delay(self):")
+        edit(test_server, ANCHOR, BROKEN + ANCHOR)
         git(repo, "commit", "--quiet", "-am", "pushed")
         pushed = git(repo, "rev-parse", "HEAD")
         body = json.dumps({"ref": "refs/heads/main", "after": pushed}).encode()
