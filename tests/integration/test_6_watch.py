@@ -244,6 +244,15 @@ def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, 
         assert commit[:12] in html, commit
     for subject in ("good one", "break a unit test", "unit tests fixed", "failed at unit"):
         assert subject in html, subject
+    # Each run's timeline from measured starts: the build began while the unit tests ran.
+    assert "steps laid end to end" not in html
+    [good_run] = [r for r in watch.saved_runs(reports / watch.RUNS_DIR)
+                  if r["commit"] == commits["good"]]
+    steps = {s["name"]: s for doc in good_run["reports"] if doc["suite"] == "deliver"
+             for s in doc["steps"]}
+    assert steps["unit"]["started"] <= steps["build"]["started"] < (
+        steps["unit"]["started"] + steps["unit"]["seconds"]), steps
+    assert steps["staging"]["started"] >= steps["build"]["started"], steps
 
     # A push notification: a wrong signature gets 401 and starts nothing; the right one a run
     # (of a commit whose unit tests fail again: the shortest run).
