@@ -254,8 +254,6 @@ def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, 
         assert all(isinstance(at, float) for _, at in starts), starts
         after = [at for name, at in starts if name != "build"]
         assert after == sorted(after), starts
-        ends = [s["started"] + s["seconds"] for s in doc["steps"]]
-        assert max(ends) <= float(doc["seconds"]) + 10, (doc["seconds"], starts)
     print("step starts of the good run:", [(s["name"], s["started"], round(s["seconds"], 1))
                                            for doc in good_run["reports"] for s in doc["steps"]])
 
