@@ -22,9 +22,11 @@ def deploy_and_report(d, title: str) -> dict:
         d.log = progress.log
         d.on_line = lambda line: progress.update(line[-100:])
         entry, results = deployment.run(d, progress)
-    report.print_results(title, results)
-    out(f"{d.service} on {d.prod.env}: {entry['result']} ({entry['version']}, {d.image})")
-    paths = report.write_reports(d.prod.reports_dir, title, results, entry)
+    secrets = [*d.prod.secrets, *d.test.secrets]
+    report.print_results(title, results, secrets=secrets)
+    out(report.redact(f"{d.service} on {d.prod.env}: {entry['result']} ({entry['version']}, "
+                      f"{d.image})", secrets))
+    paths = report.write_reports(d.prod.reports_dir, title, results, entry, secrets=secrets)
     out("reports: " + ", ".join(map(str, paths)))
     code = deployment_exit(entry["result"])
     if code:
@@ -59,13 +61,14 @@ def rollback(c, env="prod", to=None, wait=False, source="test"):
 @user_errors
 def history(c, env="prod"):
     """List the deployments of a cluster: time, user, version, digest, result, duration."""
-    from .. import deployment, report
+    from .. import deployment, registry, report
     s = settings(env)
     rows, where = deployment.history(s)
     report.print_table(f"{env}: deployments of {s.app_service} (from {where})",
-                       ["time", "user", "kind", "version", "digest", "result", "rolled back",
-                        "seconds"],
-                       [[r["time"], r["user"], r["kind"], r["version"], (r.get("digest") or "-")[:19],
+                       ["time", "user", "kind", "version", "image", "digest", "result",
+                        "rolled back", "seconds"],
+                       [[r["time"], r["user"], r["kind"], r["version"],
+                         registry.repository(r.get("image") or "-"), (r.get("digest") or "-")[:19],
                          r["result"], "yes" if r["rolled_back"] else "no", str(r["seconds"])]
                         for r in rows])
     if not rows:
