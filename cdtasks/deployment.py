@@ -133,11 +133,11 @@ def prepare(d: Deployment) -> str:
         d.image = f"{tag_ref}@{d.digest}"
         _digest_in_registry(manager, d.prod, f"{registry.repository(tag_ref)}@{d.digest}",
                             d.prod.leader)
-    d.checkout = tests_checkout(d, record)
+    d.checkout = checkout_for_tests(d, record)
     return records.acquire(manager, d.service, d.version, d.wait, d.log)
 
 
-def tests_checkout(d: Deployment, record: dict) -> Checkout:
+def checkout_for_tests(d: Deployment, record: dict) -> Checkout:
     """Where production tests run: the delivered repository at its commit, with the compose
     file it was delivered with. A record keeps the repository without its credentials: the
     test environment's REPO, when it is that repository, gives them back."""

@@ -3,7 +3,7 @@ publish, prod-like, production tests) run by the real CLI on the test cluster's 
 results table and the CI reports, the service rolled to the pinned image; a failing unit test or
 functional test stops the run at its step with its exit code and output, leaving nothing behind
 and the service untouched; --dry-run prints every command and changes nothing; bad input is
-refused at checkout; two delivers at once do not collide.
+refused (a bad flag before any step, an unknown ref at checkout); two delivers at once do not collide.
 
 Every test reads the cluster through its nodes' own TLS endpoints (the docker SDK) and runs the
 CLI as a user would (`lab.inv`). Reports go to a temporary REPORTS_DIR, never into the repository.
@@ -350,17 +350,23 @@ def test_dry_run_prints_every_command_in_order_and_changes_nothing(stack, tmp_pa
     assert compose_leftovers(stack) == []
 
 
-@pytest.mark.parametrize("args, needle", [
-    (("--version", "latest"), "latest"),
-    (("--version", "1.5", "--ref", "no-such-ref"), "no-such-ref"),
-], ids=["version-latest", "unknown-ref"])
-def test_bad_input_is_refused_at_checkout(stack, tmp_path, args, needle):
+def test_a_refused_version_stops_before_any_step(stack, tmp_path):
     before, _ = service_state(stack)
-    proc = deliver(stack, tmp_path / "reports", *args, timeout=300)
+    proc = deliver(stack, tmp_path / "reports", "--version", "latest", timeout=300)
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
+    assert proc.stderr.strip().startswith("error: --version 'latest'"), proc.stderr
+    assert table(proc.stdout) == {}, proc.stdout
+    assert service_state(stack)[0] == before
+
+
+def test_an_unknown_ref_is_refused_at_checkout(stack, tmp_path):
+    before, _ = service_state(stack)
+    proc = deliver(stack, tmp_path / "reports", "--version", "1.5", "--ref", "no-such-ref",
+                   timeout=300)
     assert proc.returncode == 11, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
     assert table(proc.stdout) == expect_steps(0, "checkout"), proc.stdout
     failed = re.search(r"^checkout FAILED: (.*)$", proc.stdout, re.M)
-    assert failed and needle in failed.group(1), proc.stdout
+    assert failed and "no-such-ref" in failed.group(1), proc.stdout
     assert service_state(stack)[0] == before
     assert compose_leftovers(stack) == []
 
