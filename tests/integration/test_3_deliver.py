@@ -146,12 +146,13 @@ def built_on_cd_node(lab, ref: str) -> bool:
     return True
 
 
-def hello_through_proxy(lab) -> str:
-    """GET /demo/hello through the test cluster's proxy on a prod-like node."""
+def hello_through_proxy(lab, nodes=PROD_LIKE) -> str:
+    """GET /demo/hello through the proxy on one of `nodes` (default: the test cluster's
+    prod-like nodes)."""
     last: object = None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        for node in sorted(PROD_LIKE):
+        for node in sorted(nodes):
             try:
                 r = requests.get(f"http://127.0.0.1:{lab.http_port(node)}/demo/hello", timeout=5)
                 if r.status_code == 200:
@@ -161,6 +162,32 @@ def hello_through_proxy(lab) -> str:
                 last = exc
         time.sleep(0.5)
     raise AssertionError(f"go-demo does not answer through the proxy: {last!r}")
+
+
+def at_once(lab, tmp_path: Path, runs: dict[str, list[str]], extra_env: dict | None = None,
+            timeout: float = 1800) -> dict[str, tuple[int, str, str]]:
+    """`inv ARGS` for every name in `runs`, all started together (reports in tmp_path/NAME);
+    name -> (exit code, stdout, stderr) once all have ended."""
+    started = time.monotonic()
+    procs = {}
+    for name, args in runs.items():
+        out, err = open(tmp_path / f"{name}.out", "w+"), open(tmp_path / f"{name}.err", "w+")
+        env = {**lab.env, **WIDE, **(extra_env or {}), "CDTASKS_REPORTS_DIR": str(tmp_path / name)}
+        procs[name] = (subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=ROOT,
+                                        env=env, stdout=out, stderr=err, text=True), out, err)
+    results = {}
+    for name, (proc, out, err) in procs.items():
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        out.seek(0), err.seek(0)
+        results[name] = (code, out.read(), err.read())
+        out.close(), err.close()
+        print(f"\n--- {' '.join(runs[name])}: exit {code} at {time.monotonic() - started:.1f}s\n"
+              f"{results[name][1].strip()}")
+    return results
 
 
 def git(repo: Path, *args: str) -> str:
@@ -377,28 +404,9 @@ def test_two_delivers_at_once_do_not_collide(stack, tmp_path):
     own compose project, so neither's unit/build/staging trips over the other's; both change the
     same service, so they take its lock in turn (prod-like update and production tests of one,
     then of the other) and both succeed. Afterwards the service runs the one that went last."""
-    runs = {}
     started = time.monotonic()
-    for version in ("1.3a", "1.3b"):
-        reports = tmp_path / version
-        out = open(tmp_path / f"{version}.out", "w+")
-        err = open(tmp_path / f"{version}.err", "w+")
-        env = {**stack.env, **WIDE, "CDTASKS_REPORTS_DIR": str(reports)}
-        proc = subprocess.Popen([sys.executable, "-m", "invoke", "deliver", "--version", version],
-                                cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
-        runs[version] = (proc, reports, out, err)
-    results = {}
-    for version, (proc, reports, out, err) in runs.items():
-        try:
-            code = proc.wait(timeout=1800)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        out.seek(0), err.seek(0)
-        results[version] = (code, out.read(), err.read(), reports)
-        out.close(), err.close()
-        print(f"\n--- deliver {version}: exit {code} at {time.monotonic() - started:.1f}s\n"
-              f"{results[version][1].strip()}")
+    ran = at_once(stack, tmp_path, {v: ["deliver", "--version", v] for v in ("1.3a", "1.3b")})
+    results = {v: (*r, tmp_path / v) for v, r in ran.items()}
 
     seen_projects = {}
     succeeded = []

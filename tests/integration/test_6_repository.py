@@ -17,26 +17,26 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import requests
 
 from cdtasks import records, services
 from cdtasks.cluster import Cluster
 from cdtasks.rollout import delivered
 
-from .test_3_deliver import (CD_NODE, ROOT, SERVICE, WIDE, assert_runs, compose_leftovers,
-                             expect_steps, git, hello_through_proxy, read_reports, table)
+from .test_3_deliver import (CD_NODE, ROOT, SERVICE, WIDE, assert_runs, at_once,
+                             compose_leftovers, expect_steps, git, hello_through_proxy,
+                             read_reports, table)
 
 APP = ROOT / "tests/apps/hello-book"
 COMPOSE = "docker-compose-ci.yml"
 IMAGE = "localhost:5000/hello-book"
 DEMO_IMAGE = "localhost:5000/go-demo"
+PROD = ("swarm-1", "swarm-2", "swarm-3")
 SECRET = "s3cret-Token-4711"
 # hello-book served where the sample's proxy sends go-demo's requests; compose gets the variable
 # only because PASS_ENV names it.
@@ -150,23 +150,6 @@ def record_of(lab, version: str) -> dict:
     return found[-1]
 
 
-def prod_hello(lab) -> str:
-    """GET /demo/hello through the production proxy, on whichever node runs one."""
-    last: object = None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for node in ("swarm-1", "swarm-2", "swarm-3"):
-            try:
-                r = requests.get(f"http://127.0.0.1:{lab.http_port(node)}/demo/hello", timeout=5)
-                if r.status_code == 200:
-                    return r.text
-                last = (r.status_code, r.text)
-            except requests.RequestException as exc:
-                last = exc
-        time.sleep(0.5)
-    raise AssertionError(f"production does not answer /demo/hello: {last!r}")
-
-
 def no_secret_anywhere(lab, *texts: str) -> None:
     """Neither the outputs given, nor a report, a step state, the local history or a record
     on either cluster holds the password."""
@@ -270,31 +253,13 @@ def test_deploy_puts_exactly_the_delivered_digest_on_production(stack, hello, tm
     hist = stack.inv("history", "--env", "prod", extra_env=WIDE).stdout
     row = [line for line in hist.splitlines() if "1.1" in line and IMAGE in line]
     assert row and "deployed" in row[-1] and record["digest"][:19] in row[-1], hist
-    assert prod_hello(stack) == "hello from hello-book 1.1\n"
+    assert hello_through_proxy(stack, PROD) == "hello from hello-book 1.1\n"
     no_secret_anywhere(stack, proc.stdout, proc.stderr)
 
 
 def test_two_delivers_of_hello_book_at_once_both_pass(stack, hello, tmp_path):
-    runs = {}
-    for version in ("1.2a", "1.2b"):
-        out = open(tmp_path / f"{version}.out", "w+")
-        err = open(tmp_path / f"{version}.err", "w+")
-        env = {**stack.env, **WIDE, **HELLO_ENV, "CDTASKS_REPORTS_DIR": str(tmp_path / version)}
-        proc = subprocess.Popen([sys.executable, "-m", "invoke", "deliver",
-                                 *hello_args(hello["path"], version)],
-                                cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
-        runs[version] = (proc, out, err)
-    results = {}
-    for version, (proc, out, err) in runs.items():
-        try:
-            code = proc.wait(timeout=1800)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        out.seek(0), err.seek(0)
-        results[version] = (code, out.read(), err.read())
-        out.close(), err.close()
-        print(f"\n--- deliver {version}: exit {code}\n{results[version][1].strip()}")
+    results = at_once(stack, tmp_path, {v: ["deliver", *hello_args(hello["path"], v)]
+                                        for v in ("1.2a", "1.2b")}, HELLO_ENV)
     for version, (code, stdout, stderr) in results.items():
         assert code == 0, (version, stdout[-3000:], stderr[-3000:])
         # Each staged, tagged and pushed its own build: the version the image reports.
@@ -320,4 +285,4 @@ def test_the_sample_is_delivered_and_deployed_back(stack, tmp_path):
     stack.inv("deploy", "--env", "prod", extra_env={"CDTASKS_REPORTS_DIR": str(tmp_path)})
     images = task_images(stack, "prod")
     assert set(images) == {f"{DEMO_IMAGE}:1.9@{record['digest']}"}, images
-    assert prod_hello(stack) == "hello, world!\n"
+    assert hello_through_proxy(stack, PROD) == "hello, world!\n"
