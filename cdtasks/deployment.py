@@ -6,7 +6,7 @@ from __future__ import annotations
 import getpass
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from docker.errors import APIError, NotFound
 
@@ -15,6 +15,7 @@ from .checkout import Checkout, check_version
 from .cluster import Cluster
 from .config import Settings
 from .log import Log
+from .report import redact
 from .runner import StepFailed, StepResult, run_step
 
 
@@ -62,10 +63,14 @@ def _digest_in_registry(manager, s: Settings, ref: str, node: str) -> str:
                               f"(asked through {node}): {text.splitlines()[0][:200]}") from None
 
 
+def passed(d: Deployment) -> list[dict]:
+    """The versions that passed prod-like on the test cluster, oldest first."""
+    return rollout.delivered(Cluster.of(d.test).discover().manager(), d.test.app_service)
+
+
 def resolve(d: Deployment) -> dict:
     """What to deploy, from the versions that passed prod-like on the test cluster."""
-    test_manager = Cluster.of(d.test).discover().manager()
-    return choose(d, rollout.delivered(test_manager, d.test.app_service))
+    return choose(d, passed(d))
 
 
 def choose(d: Deployment, passed: list[dict]) -> dict:
@@ -114,20 +119,34 @@ def prepare(d: Deployment) -> str:
             raise DeploymentError(f"{d.service} on {d.prod.env} has no previous version to roll back to")
         d.version = d.image.split("@")[0].rsplit(":", 1)[-1]
         d.digest = d.image.partition("@")[2]
-        record = {"repo": d.test.repo, "commit": ""}
+        # Its production tests are those of the delivery that verified it, if one did.
+        record = next((r for r in reversed(passed(d)) if d.digest and r.get("digest") == d.digest),
+                      {"repo": d.test.repo, "commit": ""})
     else:
         record = resolve(d)
         d.version = record["version"]
         tag_ref = record["image"]
         registry_digest = _digest_in_registry(manager, d.prod, tag_ref, d.prod.leader)
         d.digest = record.get("digest") or registry_digest
-        # Production gets the digest verified on prod-like, never a tag resolved again.
+        # Production gets the image and digest verified on prod-like, never a tag resolved
+        # again, whatever this environment's APP_IMAGE names.
         d.image = f"{tag_ref}@{d.digest}"
-        _digest_in_registry(manager, d.prod, registry.local_ref(d.prod, d.prod.app_image,
-                                                                digest=d.digest), d.prod.leader)
-    d.checkout = Checkout(d.test, record.get("repo") or d.test.repo, record.get("commit") or "HEAD",
-                          d.version, log=d.log, on_line=d.on_line)
+        _digest_in_registry(manager, d.prod, f"{registry.repository(tag_ref)}@{d.digest}",
+                            d.prod.leader)
+    d.checkout = checkout_for_tests(d, record)
     return records.acquire(manager, d.service, d.version, d.wait, d.log)
+
+
+def checkout_for_tests(d: Deployment, record: dict) -> Checkout:
+    """Where production tests run: the delivered repository at its commit, with the compose
+    file it was delivered with. A record keeps the repository without its credentials: the
+    test environment's REPO, when it is that repository, gives them back."""
+    repo = record.get("repo") or d.test.repo
+    if repo == redact(d.test.repo):
+        repo = d.test.repo
+    settings = replace(d.test, compose_file=record.get("compose_file") or d.test.compose_file)
+    return Checkout(settings, repo, record.get("commit") or "HEAD", d.version, log=d.log,
+                    on_line=d.on_line)
 
 
 # -- steps ------------------------------------------------------------------------------------

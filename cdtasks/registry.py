@@ -36,3 +36,11 @@ def local_ref(settings: Settings, name: str, version: str = "", digest: str = ""
     localhost:PORT/NAME[:VERSION][@DIGEST]."""
     return (f"{address(settings)}/{name}" + (f":{version}" if version else "")
             + (f"@{digest}" if digest else ""))
+
+
+def repository(ref: str) -> str:
+    """The repository of an image reference, without tag and digest:
+    `localhost:5000/go-demo:1.1@sha256:…` -> `localhost:5000/go-demo`."""
+    name = ref.partition("@")[0]
+    head, colon, tag = name.rpartition(":")
+    return head if colon and "/" not in tag else name

@@ -25,13 +25,15 @@ def exit_code(exc: BaseException) -> int | None:
     from paramiko import SSHException
 
     from .. import delivery, deployment, records
+    from ..compose import ContractError
     from ..engine import EngineError
     from ..images import ImageError
     from ..providers.base import ProviderError
     from ..services import ServiceError
     from ..swarm import SwarmError
     errors = ((config.ConfigError, BAD_INPUT), (delivery.DeliveryError, BAD_INPUT),
-              (deployment.DeploymentError, BAD_INPUT), (records.LockHeld, LOCKED),
+              (deployment.DeploymentError, BAD_INPUT), (ContractError, BAD_INPUT),
+              (records.LockHeld, LOCKED),
               (EngineError, UNREACHABLE), (ProviderError, UNREACHABLE), (SwarmError, CLUSTER),
               (ServiceError, CLUSTER), (ImageError, CLUSTER), (SSHException, UNREACHABLE),
               # Last resort for an engine answer no library layer turned into its own error.

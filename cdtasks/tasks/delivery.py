@@ -56,9 +56,11 @@ def deliver(c, env="test", repo=None, ref="HEAD", version=None, service=None, im
     """Deliver: checkout, unit, build, staging, publish, prod-like, prod tests (--deploy: on)."""
     from .. import delivery, deployment, report
     s = _settings(c, env, service, image, compose_file, cd_node)
+    d = delivery.Delivery(s, repo or s.repo, ref, version, dry_run=dry_run, defer_down=True)
+    delivery.check_input(d)
     with report.Progress("deliver") as progress:
-        d = delivery.Delivery(s, repo or s.repo, ref, version, dry_run=dry_run, log=progress.log,
-                              on_line=lambda line: progress.update(line[-100:]), defer_down=True)
+        d.log = progress.log
+        d.on_line = lambda line: progress.update(line[-100:])
         results = delivery.deliver(d, progress)
     _finish(d, results, "deliver", json)
     if deploy and not dry_run:
@@ -95,7 +97,9 @@ def checkout(c, env="test", repo=None, ref="HEAD", version=None, service=None, i
     """Step 1: check the repository out into the workspace (the later steps use it)."""
     from .. import delivery
     s = _settings(c, env, service, image, compose_file, cd_node)
-    _one_step("checkout", delivery.Delivery(s, repo or s.repo, ref, version, dry_run=dry_run))
+    d = delivery.Delivery(s, repo or s.repo, ref, version, dry_run=dry_run)
+    delivery.check_input(d)
+    _one_step("checkout", d)
 
 
 unit = _step_task("unit", "Step 2: unit tests (compose run --rm unit) on the CD node.")

@@ -24,12 +24,14 @@ def deploy_and_report(d, title: str, json: bool = False) -> dict:
         d.log = progress.log
         d.on_line = lambda line: progress.update(line[-100:])
         entry, results = deployment.run(d, progress)
+    secrets = [*d.prod.secrets, *d.test.secrets]
     if json:
-        print_json(report.report_doc(title, results, entry))
+        print_json(report.report_doc(title, results, entry, secrets=secrets))
     else:
-        report.print_results(title, results)
-    out(f"{d.service} on {d.prod.env}: {entry['result']} ({entry['version']}, {d.image})", json)
-    paths = report.write_reports(d.prod.reports_dir, title, results, entry)
+        report.print_results(title, results, secrets=secrets)
+    out(report.redact(f"{d.service} on {d.prod.env}: {entry['result']} ({entry['version']}, "
+                      f"{d.image})", secrets), json)
+    paths = report.write_reports(d.prod.reports_dir, title, results, entry, secrets=secrets)
     out("reports: " + ", ".join(map(str, paths)), json)
     code = deployment_exit(entry["result"])
     if code:
@@ -65,16 +67,17 @@ def rollback(c, env="prod", to=None, wait=False, source="test", json=False):
 @user_errors
 def history(c, env="prod", json=False):
     """List the deployments of a cluster: time, user, version, digest, result, duration."""
-    from .. import deployment, report
+    from .. import deployment, registry, report
     s = settings(c, env)
     rows, where = deployment.history(s)
     if json:
         print_json({"env": env, "service": s.app_service, "source": where, "deployments": rows})
         return
     report.print_table(f"{env}: deployments of {s.app_service} (from {where})",
-                       ["time", "user", "kind", "version", "digest", "result", "rolled back",
-                        "seconds"],
-                       [[r["time"], r["user"], r["kind"], r["version"], (r.get("digest") or "-")[:19],
+                       ["time", "user", "kind", "version", "image", "digest", "result",
+                        "rolled back", "seconds"],
+                       [[r["time"], r["user"], r["kind"], r["version"],
+                         registry.repository(r.get("image") or "-"), (r.get("digest") or "-")[:19],
                          r["result"], "yes" if r["rolled_back"] else "no", str(r["seconds"])]
                         for r in rows])
     if not rows:
