@@ -3,6 +3,7 @@ behaviour is proven end to end in tests/integration/test_5_providers.py."""
 from __future__ import annotations
 
 import io
+import stat
 import subprocess
 import tarfile
 from pathlib import Path
@@ -142,6 +143,9 @@ def test_machine_ensure_creates_the_missing_starts_the_stopped(tmp_path):
                                              "2048", "swarm-test-3"])]
     # The book's share folder: registry storage and workspace, at the same path in the VMs.
     assert create_env["VIRTUALBOX_SHARE_FOLDER"] == f"{tmp_path}:{tmp_path}"
+    # Made private; the VMs' root still reads and writes them.
+    for d in (s.registry_dir, s.workspace_dir, s.workspace_dir.parent):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
     ep = eps["swarm-test-1"]
     assert ep.address == "192.168.99.100" and ep.docker_host == "tcp://192.168.99.100:2376"
     assert ep.cert_path == Path("/home/u/.docker/machine/certs")  # from `config`
@@ -252,7 +256,7 @@ def test_host_check_returns_the_swarm_address_and_prepares_the_registry_dir(tmp_
     eps = SshProvider(s).ensure(s.nodes, lambda m: None)
     assert eps["swarm-test-1"].address == "10.0.0.7"
     assert eps["swarm-test-3"].address == "10.9.9.9"  # configured wins over detected
-    assert f"mkdir -p {s.registry_dir}" in conn.ran
+    assert f"mkdir -p -m 700 {s.registry_dir}" in conn.ran
     # Later tasks find the addresses without asking the hosts again.
     monkeypatch.setattr(engine, "ssh", lambda ep: pytest.fail("asked a host"))
     assert SshProvider(s).endpoints(s.nodes)["swarm-test-2"].address == "10.0.0.7"
