@@ -113,10 +113,15 @@ def replay(host, environ: dict[str, str]) -> float:
         # tool calls records the tag as given; --no-resolve-image makes the CLI do the same
         # instead of asking Docker Hub (unreachable here) for a digest.
         spec = registry.spec(s, "dnsrr")
+        (secret, _), = spec.secrets  # the registry's htpasswd, as `provision` gives it
+        with open(registry.auth_dir(s) / registry.HTPASSWD, "rb") as htpasswd:
+            run("docker", "exec", "-i", names[first], "docker", "secret", "create", secret, "-",
+                stdin=htpasswd)
         on(first, "service", "create", "--detach", "--no-resolve-image", "--name", spec.name,
            "--mode", "global", "--endpoint-mode", spec.endpoint_mode,
            "--reserve-memory", f"{spec.reserve_mb}M",
            *[f"--env={e}" for e in spec.env], *[f"--mount={m}" for m in spec.mounts],
+           *[f"--secret=source={n},target={t},mode=0400" for n, t in spec.secrets],
            *[f"--publish=mode={m},target={t},published={p}" for p, t, m in spec.ports],
            *[f"--label={k}={v}" for k, v in spec.labels], spec.image)
         deadline = time.monotonic() + REGISTRY_TIMEOUT
