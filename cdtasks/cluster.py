@@ -51,6 +51,8 @@ class Cluster:
                 try:
                     c = self.client(node)
                     sw = c.info().get("Swarm") or {}
+                except (engine.UnknownHostKey, engine.HostKeyChanged):
+                    raise  # not "no manager answers": the user must decide about the key
                 except Exception:  # EngineError, or a cached client whose engine went away
                     self._clients.pop(node, None)
                     continue

@@ -280,6 +280,41 @@ def test_host_key_messages_give_the_fingerprint_and_the_fix(tmp_path):
                             f"old key with: ssh-keygen -R h1 -f /k/known_hosts")
 
 
+def test_a_host_key_problem_is_not_taken_for_an_absent_manager(tmp_path, monkeypatch):
+    """Cluster.manager() skips managers that do not answer, but a refused host key stops it
+    with the key's own message (what `inv status` and `inv deploy` print)."""
+    from cdtasks.cluster import Cluster
+
+    s = _settings(tmp_path, PROVIDER="ssh", SSH_HOSTS="swarm-test-1=h1,swarm-test-2=h2,"
+                                                       "swarm-test-3=h3")
+    c = Cluster.of(s)
+    c.endpoints = {n: c.provider.endpoint(n, "10.0.0.1") for n in s.nodes}
+    key = paramiko.Ed25519Key.from_private_key_file(str(_ed25519(tmp_path / "k1")))
+    other = paramiko.Ed25519Key.from_private_key_file(str(_ed25519(tmp_path / "k2")))
+    tried = []
+
+    def answer(refusal):
+        def client(ep, **kwargs):
+            tried.append(ep.node)
+            raise refusal(ep)
+        return client
+
+    monkeypatch.setattr(engine, "client", answer(lambda ep: engine.EngineError("gone")))
+    with pytest.raises(engine.EngineError, match="no manager of test answers"):
+        c.manager()
+    assert tried == list(s.nodes)
+    for refusal in (lambda ep: engine.UnknownHostKey(ep.ssh_host, 22, key, s.ssh_known_hosts),
+                    lambda ep: engine.HostKeyChanged(
+                        paramiko.BadHostKeyException(ep.ssh_host, key, other), 22,
+                        s.ssh_known_hosts)):
+        tried.clear()
+        monkeypatch.setattr(engine, "client", answer(refusal))
+        with pytest.raises(paramiko.SSHException) as exc:
+            c.manager()
+        assert tried == ["swarm-test-1"] and "host key of h1" in str(exc.value)
+        assert engine.fingerprint(key) in str(exc.value)
+
+
 def _ed25519(path: Path) -> Path:
     from cdtasks.providers.certs import ssh_keypair
     ssh_keypair(path)
