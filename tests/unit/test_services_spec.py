@@ -346,7 +346,7 @@ def test_registry_api_kwargs(settings, tmp_path):
 
 def test_registry_follows_the_configured_port_and_directory(tmp_path):
     (tmp_path / "test.env").write_text(f"REGISTRY_PORT=5005\nREGISTRY_DIR={tmp_path / 'shared'}\n"
-                                       "REGISTRY_RESERVE_MB=64\n")
+                                       f"REGISTRY_RESERVE_MB=64\nSTATE_DIR={tmp_path / 'state'}\n")
     s = load("test", environ={}, env_dir=tmp_path)
     spec = registry.spec(s, "mesh")
     assert spec.ports == ((5005, 5005, "ingress"),)
