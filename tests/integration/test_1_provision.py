@@ -220,8 +220,9 @@ def test_state_is_private(lab):
             *[p for p in root.rglob("*") if p.is_dir() and s.workspace_dir not in p.parents]]
     loose = {str(d): oct(d.stat().st_mode & 0o777) for d in made if d.stat().st_mode & 0o777 != 0o700}
     assert not loose, loose
-    secret = [*root.rglob("*key*"), *registry.auth_dir(s).iterdir()]
-    secret = [p for p in secret if p.is_file() and not p.name.endswith((".pub", "-cert.pem"))]
+    names = {"ca-key.pem", "key.pem", "server-key.pem", "host_key", "id_ed25519", "password",
+             "htpasswd"}
+    secret = [p for p in [*root.rglob("*"), *registry.auth_dir(s).iterdir()] if p.name in names]
     assert len(secret) >= 2 + 3 * len(NODES["test"] + NODES["prod"]), secret
     loose = {str(f): oct(f.stat().st_mode & 0o777) for f in secret if f.stat().st_mode & 0o777 != 0o600}
     assert not loose, loose
