@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cdtasks import config, engine, images, registry  # noqa: E402
+from cdtasks import config, engine, images, registry, state  # noqa: E402
 from cdtasks.providers import certs  # noqa: E402
 from cdtasks.providers.lab import LabProvider, remove_labelled  # noqa: E402
 import benchlib  # noqa: E402
@@ -71,12 +71,12 @@ def replay(host, environ: dict[str, str]) -> float:
     # The lab's shared pieces, made as the provider makes them before its first machine.
     lab = providers[0]
     lab._ensure_network()
-    lab.root.mkdir(parents=True, exist_ok=True)
+    state.private_dir(lab.root)
     certs.ensure_ca(lab.root / "certs")
     certs.ssh_keypair(lab.ssh_key)
     for s in settings:
-        s.registry_dir.mkdir(parents=True, exist_ok=True)
-        s.workspace_dir.mkdir(parents=True, exist_ok=True)
+        state.private_dir(s.registry_dir)
+        state.private_dir(s.workspace_dir)
 
     addresses, names = {}, {}
     for prov, s in zip(providers, settings):

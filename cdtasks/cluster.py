@@ -9,8 +9,8 @@ from typing import Sequence
 
 from . import engine, images, registry, services, swarm
 from .config import ConfigError, Settings
+from .log import Log
 from .providers import Endpoint, Provider, for_settings
-from .providers.base import Log
 
 REGISTRY_TIMEOUT = 120
 
@@ -50,13 +50,13 @@ class Cluster:
             if node in self.endpoints:
                 try:
                     c = self.client(node)
-                    sw = c.info().get("Swarm") or {}
+                    info = swarm.info_of(node, "", c.info())
                 except (engine.UnknownHostKey, engine.HostKeyChanged):
                     raise  # not "no manager answers": the user must decide about the key
                 except Exception:  # EngineError, or a cached client whose engine went away
                     self._clients.pop(node, None)
                     continue
-                if sw.get("LocalNodeState") == "active" and sw.get("ControlAvailable"):
+                if info.controls:
                     return c
         raise engine.EngineError(f"no manager of {self.settings.env} answers: "
                                  f"run `inv provision --env {self.settings.env}`")

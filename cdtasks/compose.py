@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.metadata
+import json
 import os
 import re
 import secrets
@@ -17,8 +18,9 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Callable, Iterator, Mapping, Sequence
 
 OnLine = Callable[[str], None]
@@ -26,7 +28,13 @@ OnLine = Callable[[str], None]
 Runner = Callable[[Sequence[str], Mapping[str, str], OnLine | None], tuple[int, str]]
 
 DOWN_TIMEOUT = "5"  # seconds a container gets to stop before it is killed
+CONFIG_TIMEOUT = 60  # seconds `compose config` gets (it reads files only, no engine)
 _PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+# What compose itself needs from the operator's environment; everything else (CI tokens, other
+# COMPOSE_* settings) stays out unless the env file's PASS_ENV names it.
+RUNTIME_VARS = ("PATH", "HOME", "DOCKER_CONFIG", "TMPDIR", "LANG", "LANGUAGE")
+# The services of the book's compose contract; `app` must build the image that is delivered.
+CONTRACT = ("app", "unit", "staging-dep", "staging", "production")
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,132 @@ class ComposeError(RuntimeError):
     def __init__(self, message: str, result: ComposeResult | None = None):
         super().__init__(message)
         self.result = result
+
+
+class ContractError(ComposeError):
+    """The compose file does not parse or lacks what the book's contract needs; the message is
+    one line naming the file."""
+
+
+def compose_environment(docker_env: Mapping[str, str], env: Mapping[str, str],
+                        pass_env: Sequence[str] = (),
+                        environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a compose subprocess: what compose needs to run (RUNTIME_VARS,
+    LC_*), the variables PASS_ENV names, both from the operator's environment; then the
+    DOCKER_* of the engine it works on, then the contract's variables (IMAGE, VERSION, ...)."""
+    environ = os.environ if environ is None else environ
+    wanted = set(RUNTIME_VARS) | set(pass_env)
+    inherited = {k: v for k, v in environ.items() if k in wanted or k.startswith("LC_")}
+    return {**inherited, **docker_env, **env}
+
+
+def image_ref(ref: str) -> str:
+    """An image reference as the engine tags it: `go-demo` -> `go-demo:latest`,
+    `docker.io/library/mongo:3.2.10` -> `mongo:3.2.10`; digests are kept."""
+    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/",
+                   "index.docker.io/"):
+        if ref.startswith(prefix):
+            ref = ref[len(prefix):]
+            break
+    if "@" in ref or ":" in ref.rsplit("/", 1)[-1]:
+        return ref
+    return f"{ref}:latest"
+
+
+@dataclass(frozen=True)
+class Build:
+    """A service's build: the context as compose resolved it (absolute), the Dockerfile
+    relative to it, and the build arguments after interpolation."""
+
+    context: str
+    dockerfile: str
+    args: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ComposeModel:
+    """What a compose file declares, after interpolation and `extends`, as compose reads it."""
+
+    file: str
+    services: tuple[str, ...]
+    images: Mapping[str, str]  # service -> image as the engine tags it (no entry: none given)
+    builds: Mapping[str, Build]  # services that build an image
+    ports: Mapping[str, tuple[int, ...]]  # service -> host ports it publishes
+
+    @property
+    def app_build(self) -> Build | None:
+        return self.builds.get("app")
+
+    def built_image(self, service: str = "app", project: str = "") -> str:
+        """The image compose tags when it builds `service`: its `image:` (a plain `go-demo`
+        is `go-demo:latest`), else compose's own name `PROJECT-SERVICE:latest`."""
+        return self.images.get(service) or image_ref(f"{project}-{service}")
+
+
+def read_model(file: Path, environment: Mapping[str, str], command: Sequence[str] | None = None,
+               timeout: float = CONFIG_TIMEOUT) -> ComposeModel:
+    """Read a compose file as compose itself does (`config --format json`: offline, no engine),
+    with the environment the delivery gives compose: `read_model(c.file, c.environment(),
+    c.command)` for a Compose `c` of the run (or `c.model()`). Raises ContractError with
+    compose's own one-line message when the file does not parse or interpolate."""
+    argv = [*(command or compose_command()), "--ansi", "never", "-f", str(file),
+            "-p", "contract", "config", "--format", "json"]
+    try:
+        proc = subprocess.run(argv, env=dict(environment), stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, errors="replace", timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ContractError(f"{file}: `compose config` did not answer within {timeout:g}s") \
+            from None
+    except OSError as exc:
+        raise ComposeError(f"cannot run {shlex.join(argv[:2])}: {exc.strerror}") from None
+    # Warnings (the obsolete `version` key, unset variables) come on stderr too: not errors.
+    problems = [ln for ln in proc.stderr.splitlines() if ln.strip() and "level=warning" not in ln]
+    if proc.returncode != 0:
+        reason = (problems or proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])
+        raise ContractError(f"{file}: {reason[-1].strip()}")
+    return model_of(file, json.loads(proc.stdout))
+
+
+def model_of(file: Path, config: Mapping) -> ComposeModel:
+    """The model from compose's JSON form of the file (`config --format json`)."""
+    services = config.get("services") or {}
+    images, builds, ports = {}, {}, {}
+    for name, svc in services.items():
+        if svc.get("image"):
+            images[name] = image_ref(svc["image"])
+        if svc.get("build"):
+            b = svc["build"]
+            builds[name] = Build(b.get("context", "."), b.get("dockerfile") or "Dockerfile",
+                                 MappingProxyType({k: str(v) for k, v in
+                                                   (b.get("args") or {}).items() if v is not None}))
+        published = [p for entry in svc.get("ports") or () for p in _published(entry)]
+        if published:
+            ports[name] = tuple(published)
+    return ComposeModel(str(file), tuple(services), MappingProxyType(images),
+                        MappingProxyType(builds), MappingProxyType(ports))
+
+
+def _published(entry: Mapping) -> list[int]:
+    """Host ports of one `ports` entry: `8080`, a range `8080-8081`, none when ephemeral."""
+    first, _, last = str(entry.get("published") or "").partition("-")
+    if not first.isdigit():
+        return []
+    return list(range(int(first), int(last or first) + 1))
+
+
+def check_contract(model: ComposeModel, file: Path | str | None = None) -> ComposeModel:
+    """Refuse a compose file without the contract's services (`app`, `unit`, `staging-dep`,
+    `staging`, `production`) or whose `app` builds nothing; one line naming the file and
+    what is missing. Call it right after read_model, before any step runs."""
+    where = file or model.file
+    missing = [s for s in CONTRACT if s not in model.services]
+    if missing:
+        raise ContractError(f"{where}: no service {', '.join(missing)}: the compose file must "
+                            f"define {', '.join(CONTRACT)}")
+    if model.app_build is None:
+        raise ContractError(f"{where}: service app has no `build`: it must build the image "
+                            f"that is delivered")
+    return model
 
 
 _detecting = threading.Lock()
@@ -138,7 +272,7 @@ class Compose:
     def __init__(self, file: Path, project: str, docker_env: Mapping[str, str] | None = None,
                  env: Mapping[str, str] | None = None, *, dry_run: bool = False,
                  runner: Runner = subprocess_runner, on_line: OnLine | None = None,
-                 command: Sequence[str] | None = None):
+                 command: Sequence[str] | None = None, pass_env: Sequence[str] = ()):
         self.file, self.project = Path(file), project
         if not self.file.is_file():
             raise ComposeError(f"compose file not found: {self.file}")
@@ -148,6 +282,7 @@ class Compose:
         if any(k.startswith("DOCKER_") for k in self.env):
             raise ValueError("DOCKER_* variables belong in docker_env, not env")
         self.docker_env = dict(docker_env or {})
+        self.pass_env = tuple(pass_env)
         self.dry_run, self.runner, self.on_line = dry_run, runner, on_line
         self.command = tuple(command) if command else compose_command()
         self.issued: list[tuple[str, ...]] = []
@@ -157,9 +292,13 @@ class Compose:
         return [shlex.join(argv) for argv in self.issued]
 
     def environment(self) -> dict[str, str]:
-        """The subprocess environment; inherited DOCKER_* must not point it at another engine."""
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-        return {**inherited, **self.docker_env, **self.env}
+        """The subprocess environment (compose_environment): no inherited DOCKER_* pointing it
+        at another engine, no operator variable that PASS_ENV does not name."""
+        return compose_environment(self.docker_env, self.env, self.pass_env)
+
+    def model(self) -> ComposeModel:
+        """The project's model as compose reads it with this object's environment (read_model)."""
+        return read_model(self.file, self.environment(), self.command)
 
     def _call(self, args: Sequence[str], check: bool) -> ComposeResult:
         argv = (*self.command, "--ansi", "never", "-f", str(self.file), "-p", self.project, *args)

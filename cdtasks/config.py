@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 ENV_PREFIX = "CDTASKS_"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -110,6 +111,9 @@ def _name(value: str) -> str:
     return value
 
 
+SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "KEY")  # in a key's name: its value is secret
+
+
 def pinned_image(value: str) -> str:
     """An image reference with an explicit tag (or digest) other than `latest`."""
     name, _, digest = value.partition("@")
@@ -123,10 +127,22 @@ def pinned_image(value: str) -> str:
     return value
 
 
-def _version(value: str) -> str:
+def pinned_version(value: str) -> str:
+    """A version to deliver or deploy: a valid image tag, not empty, not `latest` (so no
+    shell characters either)."""
     if value in ("", "latest") or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", value):
         raise ValueError("is not a pinned version (not empty, not latest, a valid image tag)")
     return value
+
+
+def _variables(value: str) -> tuple[str, ...]:
+    """`NAME,NAME` -> variable names; DOCKER_* belong to the engine the tool points at."""
+    names = tuple(m.group(0) for m in _matches(value, r"[A-Za-z_][A-Za-z0-9_]*",
+                                               "a variable name"))
+    for name in names:
+        if name.startswith("DOCKER_"):
+            raise ValueError(f"{name}: DOCKER_* variables come from the node compose runs on")
+    return names
 
 
 def _path(value: str) -> Path:
@@ -188,8 +204,8 @@ KEYS: dict[str, Key] = {
                                   "to the project directory or absolute)"),
     "APP_SERVICE": Key(_name, "go-demo", "name of the application's Swarm service"),
     "APP_IMAGE": Key(_name, "go-demo", "image name of the application in the cluster's registry"),
-    "APP_VERSION": Key(_version, "1.0", "version the service is created with (built and pushed "
-                                        "when the registry lacks it)"),
+    "APP_VERSION": Key(pinned_version, "1.0", "version the service is created with (built and "
+                                              "pushed when the registry lacks it)"),
     "APP_PORT": Key(_int(1, 65535), "8080", "port the application listens on"),
     "APP_REPLICAS": Key(_int(0, 100), "2", "replicas of the application"),
     "APP_RESERVE_MB": Key(_int(0, 1 << 20), "0", "memory reserved per application task"),
@@ -215,6 +231,9 @@ KEYS: dict[str, Key] = {
                          "sample is in demo/)"),
     "COMPOSE_FILE": Key(str, "demo/docker-compose-test-local.yml",
                         "the test compose file, relative to the repository root"),
+    "PASS_ENV": Key(_variables, "", "variables of your environment compose runs get too "
+                                    "(NAME,NAME); by default they get only what compose needs "
+                                    "and the delivery's own (IMAGE, VERSION, HOST_IP, ...)"),
     "REPORTS_DIR": Key(_path, "reports", "where JSON and JUnit reports are written"),
     "LAB_PORT_BASE": Key(_int(0, 65000), "0", "first host port for node ports on 127.0.0.1 "
                                               "(0: the engine picks free ones)"),
@@ -272,6 +291,7 @@ class Settings:
     services_timeout: int
     repo: str
     compose_file: str
+    pass_env: tuple[str, ...]
     reports_dir: Path
     raw: Mapping[str, str] = field(repr=False, default_factory=dict)
 
@@ -285,6 +305,11 @@ class Settings:
 
     def labels_of(self, node: str) -> dict[str, str]:
         return {k: v for n, k, v in self.node_labels if n == node}
+
+    @property
+    def secrets(self) -> list[str]:
+        """Values of env-file keys that look secret: they never reach output or reports."""
+        return [v for k, v in self.raw.items() if any(w in k for w in SECRET_WORDS)]
 
     def check_node(self, node: str) -> str:
         if node not in self.nodes:
@@ -306,6 +331,7 @@ def load(env: str, overrides: Mapping[str, Any] | None = None, *,
     if env not in known:
         raise ConfigError(f"unknown environment {env!r}: choose one of {', '.join(known) or '(none in ' + str(env_dir) + ')'}")
     path = env_dir / f"{env}.env"
+    check_env_lines(path)
     values: dict[str, str] = {}
     for key, value in dotenv_values(path).items():
         if key not in KEYS:
@@ -343,6 +369,24 @@ def load(env: str, overrides: Mapping[str, Any] | None = None, *,
     settings = Settings(env=env, source=str(path), raw=values, **parsed)
     _check_consistency(settings, origin)
     return settings
+
+
+def check_env_lines(path: Path) -> None:
+    """Refuse a line that is not KEY=VALUE, blank or a comment, naming the file and line:
+    python-dotenv would only warn and drop it. Its own parser reads the file, so its syntax
+    (quotes, `export `, values on several lines) stays valid."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            for binding in parse_stream(stream):
+                if binding.error or (binding.key is not None and binding.value is None):
+                    # dotenv counts from the blank lines before it; the line itself is not
+                    # shown: it may hold a secret that lacks its `=`.
+                    text = binding.original.string
+                    skipped = text[:len(text) - len(text.lstrip())].count("\n")
+                    line = binding.original.line + skipped
+                    raise ConfigError(f"{path}:{line}: not KEY=VALUE, a blank line or a # comment")
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
 
 
 def _check_consistency(s: Settings, origin: Callable[[str], str]) -> None:

@@ -1,5 +1,6 @@
 """The one place that builds Docker clients and SSH connections: the local engine, or a node's
-engine over TLS or SSH, and a node's shell."""
+engine over TLS or SSH, and a node's shell, from an `Endpoint` (how to reach a node; providers
+make them)."""
 from __future__ import annotations
 
 import base64
@@ -7,6 +8,7 @@ import hashlib
 import os
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -16,7 +18,6 @@ from docker.tls import TLSConfig
 from invoke import Config, Context
 
 from . import tunnel as tunnels
-from .providers.base import Endpoint
 
 TIMEOUT = 120
 # Engine API 1.41 is Docker 20.10, the oldest engine the tool supports; fixing it saves a
@@ -26,6 +27,36 @@ API_VERSION = "1.41"
 
 class EngineError(RuntimeError):
     """No Docker engine answers where one was expected."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach one node: its Docker API (TLS or SSH), a shell, and its address inside the
+    cluster."""
+
+    node: str
+    docker_host: str  # tcp://HOST:PORT (TLS verified) or ssh://USER@HOST:PORT
+    cert_path: Path | None  # directory with ca.pem, cert.pem, key.pem, as DOCKER_CERT_PATH
+    address: str  # the address other nodes reach it at (Swarm's advertise address)
+    ssh_host: str = ""
+    ssh_port: int = 22
+    ssh_user: str = "root"
+    ssh_key: Path | None = None  # None: the user's agent and default keys
+    known_hosts: Path | None = None  # the only host keys trusted (None: ~/.ssh/known_hosts)
+    # A local command that runs a command on the node, when the provider owns SSH itself
+    # (`docker-machine ssh NAME`); empty: Fabric connects to ssh_host with the fields above.
+    shell: tuple[str, ...] = ()
+
+    @property
+    def via_ssh(self) -> bool:
+        return self.docker_host.startswith("ssh://")
+
+    def env(self) -> dict[str, str]:
+        """The variables that point the docker CLI at this node (`docker-machine env`)."""
+        out = {"DOCKER_HOST": self.docker_host}
+        if self.cert_path:
+            out.update(DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=str(self.cert_path))
+        return out
 
 
 def _checked(client: docker.DockerClient, where: str) -> docker.DockerClient:

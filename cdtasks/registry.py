@@ -71,15 +71,10 @@ def _matches(htpasswd: Path, password: str) -> bool:
         return False
 
 
-def server(settings: Settings) -> str:
-    """The registry as every node's engine names it."""
-    return f"localhost:{settings.registry_port}"
-
-
 def logins(settings: Settings) -> dict[str, tuple[str, str]]:
     """{registry: (user, password)} for the clients of the cluster's nodes."""
     creds = credentials(settings)
-    return {server(settings): (creds.username, creds.password)}
+    return {address(settings): (creds.username, creds.password)}
 
 
 def ensure_secret(manager, settings: Settings, log) -> list[str]:
@@ -116,6 +111,13 @@ def spec(settings: Settings, routing: str) -> ServiceSpec:
     return with_routing(base, routing)
 
 
-def local_ref(settings: Settings, name: str, version: str) -> str:
-    """How every node of the cluster names an image in its registry."""
-    return f"{server(settings)}/{name}:{version}"
+def address(settings: Settings) -> str:
+    """The registry as every node's engine names it."""
+    return f"localhost:{settings.registry_port}"
+
+
+def local_ref(settings: Settings, name: str, version: str = "", digest: str = "") -> str:
+    """How every node of the cluster names an image in its registry:
+    localhost:PORT/NAME[:VERSION][@DIGEST]."""
+    return (f"{address(settings)}/{name}" + (f":{version}" if version else "")
+            + (f"@{digest}" if digest else ""))

@@ -7,7 +7,6 @@ import re
 import sys
 import threading
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic
 from typing import Any, Callable, Iterable
@@ -18,33 +17,23 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from .runner import StepResult
+
 # One lock for every plain stderr line, so lines from worker threads never interleave.
 _LOCK = threading.Lock()
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _STYLE = {"ok": "green", "FAILED": "bold red", "skipped": "yellow"}
+# The user information of a URL (`https://user:token@`, `ssh://user:pw@`, `git+https://t@`):
+# up to the authority's last `@`, since a password may hold an unescaped one.
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s?#]*@")
 
 
-@dataclass(frozen=True)
-class StepResult:
-    name: str
-    ok: bool
-    seconds: float
-    detail: str = ""
-    output_tail: str = ""
-    skipped: bool = False
-
-    @property
-    def status(self) -> str:
-        return "skipped" if self.skipped else "ok" if self.ok else "FAILED"
-
-    @property
-    def failed(self) -> bool:
-        return not (self.ok or self.skipped)
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret of 4 or more characters replaced by `***`."""
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with credentials in URLs (`https://***@host/...`) and every secret of 4 or more
+    characters replaced by `***`. `redact(repo)` is the repository as it may be shown or
+    recorded."""
+    text = _URL_CREDENTIALS.sub(r"\1***@", text)
     # Env files yield None for bare keys; shorter values would mask ordinary words.
     # Longest first, so a secret containing a shorter one is hidden whole.
     for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
@@ -53,6 +42,7 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 
 
 def _emit(line: str) -> None:
+    line = redact(line)
     with _LOCK:
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
@@ -123,17 +113,17 @@ class Progress:
 
     def _line(self, text: str, style: str = "") -> None:
         if self._live:
-            self._console.print(Text(text, style=style), soft_wrap=True)
+            self._console.print(Text(redact(text), style=style), soft_wrap=True)
         else:
             _emit(text)
 
     def _render(self) -> Spinner:
         name, started, status = self._current
-        text = Text(f"[{self.title}] {name}", style="bold")
+        text = Text(redact(f"[{self.title}] {name}"), style="bold")
         if name:
             text.append(f"  {monotonic() - started:.0f}s")
         if status:
-            text.append(f"  {status}", style="dim")
+            text.append(f"  {redact(status)}", style="dim")
         self._spinner.update(text=text)
         return self._spinner
 
@@ -154,7 +144,7 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     """A table on stdout; colours only on a terminal."""
     grid = _table(title, columns)
     for row in rows:
-        grid.add_row(*(Text(cell) for cell in row))  # Text: cells are data, not rich markup
+        grid.add_row(*(Text(redact(cell)) for cell in row))  # Text: data, not rich markup
     _stdout().print(grid)
 
 

@@ -15,8 +15,8 @@ from docker import types
 from docker.errors import NotFound
 
 from .config import pinned_image
+from .log import Log
 
-Log = Callable[[str], None]
 MB = 1024 * 1024
 NS = 1_000_000_000
 

@@ -11,7 +11,7 @@ from docker.errors import APIError, NotFound
 from . import images, registry, services
 from .cluster import Cluster
 from .config import Settings
-from .providers.base import Log
+from .log import Log
 from .services import ServiceSpec, with_routing
 
 PROXY_NETWORK = "proxy"

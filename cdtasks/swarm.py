@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 import docker
 
 from .config import Settings
-from .providers.base import Log
+from .log import Log
 
 SWARM_PORT = 2377
 
@@ -29,6 +29,11 @@ class NodeInfo:
     node_id: str = ""
     cluster_id: str = ""
     manager: bool = False
+
+    @property
+    def controls(self) -> bool:
+        """An active manager that has the swarm's control plane (can answer swarm requests)."""
+        return self.state == "active" and self.manager
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ def plan_membership(settings: Settings, infos: Mapping[str, NodeInfo],
     """Init, joins, role changes and removal of stale entries that make the swarm match NODES."""
     want_role = {n: ("worker" if n in settings.workers else "manager") for n in settings.nodes}
     anchor = next((infos[n] for n in settings.managers
-                   if n in infos and infos[n].state == "active" and infos[n].manager), None)
+                   if n in infos and infos[n].controls), None)
     actions: list[Action] = []
     if anchor is None:
         first = settings.leader
@@ -138,15 +143,14 @@ def plan_labels(settings: Settings, members: Sequence[Member]) -> tuple[Action, 
 # -- reading and applying (the engine side) ---------------------------------------------------
 def read(clients: Mapping, addresses: Mapping[str, str]) -> tuple[dict[str, NodeInfo], list[Member]]:
     infos = {n: info_of(n, addresses[n], c.info()) for n, c in clients.items()}
-    manager = next((clients[n] for n, i in infos.items() if i.state == "active" and i.manager), None)
+    manager = next((clients[n] for n, i in infos.items() if i.controls), None)
     members = [member_of(n.attrs) for n in manager.nodes.list()] if manager else []
     return infos, members
 
 
 def _manager_client(clients: Mapping, infos: Mapping[str, NodeInfo], settings: Settings):
     for name in settings.managers:
-        info = clients[name].info().get("Swarm") or {}
-        if info.get("LocalNodeState") == "active" and info.get("ControlAvailable"):
+        if info_of(name, "", clients[name].info()).controls:
             return clients[name]
     raise SwarmError(f"no manager of {settings.env} answers")
 

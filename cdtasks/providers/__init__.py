@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..config import Settings
-from .base import Endpoint, Provider, ProviderError
+from ..engine import Endpoint
+from .base import Provider, ProviderError
 
 
 def for_settings(settings: Settings) -> Provider:

@@ -1,47 +1,18 @@
-"""What every provider offers: machines for named nodes, and how to reach each one."""
+"""What every provider offers: machines for named nodes, and how to reach each one (an
+`engine.Endpoint`)."""
 from __future__ import annotations
 
 import shutil
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
-Log = Callable[[str], None]
+from .. import engine
+from ..engine import Endpoint
+from ..log import Log
 
 
 class ProviderError(RuntimeError):
     """A machine could not be created, found or removed; the message names it."""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """How to reach one node: its Docker API (TLS or SSH), a shell, and its address inside the
-    cluster."""
-
-    node: str
-    docker_host: str  # tcp://HOST:PORT (TLS verified) or ssh://USER@HOST:PORT
-    cert_path: Path | None  # directory with ca.pem, cert.pem, key.pem, as DOCKER_CERT_PATH
-    address: str  # the address other nodes reach it at (Swarm's advertise address)
-    ssh_host: str = ""
-    ssh_port: int = 22
-    ssh_user: str = "root"
-    ssh_key: Path | None = None  # None: the user's agent and default keys
-    known_hosts: Path | None = None  # the only host keys trusted (None: ~/.ssh/known_hosts)
-    # A local command that runs a command on the node, when the provider owns SSH itself
-    # (`docker-machine ssh NAME`); empty: Fabric connects to ssh_host with the fields above.
-    shell: tuple[str, ...] = ()
-
-    @property
-    def via_ssh(self) -> bool:
-        return self.docker_host.startswith("ssh://")
-
-    def env(self) -> dict[str, str]:
-        """The variables that point the docker CLI at this node (`docker-machine env`)."""
-        out = {"DOCKER_HOST": self.docker_host}
-        if self.cert_path:
-            out.update(DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=str(self.cert_path))
-        return out
 
 
 class Provider(ABC):
@@ -66,7 +37,6 @@ class Provider(ABC):
     def image_source(self):
         """The engine whose offline-built images are copied into the nodes: the local one when
         it answers (None: the nodes pull what they need themselves)."""
-        from .. import engine  # engine builds clients from Endpoints: import it late
         try:
             return engine.host_client()
         except engine.EngineError:

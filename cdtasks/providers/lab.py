@@ -20,8 +20,10 @@ from docker.errors import APIError, NotFound
 
 from .. import engine, images, state
 from ..config import Settings
+from ..engine import Endpoint
+from ..log import Log
 from . import certs
-from .base import Endpoint, Log, Provider, ProviderError, removed_with_registry
+from .base import Provider, ProviderError, removed_with_registry
 
 LAB_LABEL = "io.cdtasks.lab"
 ENV_LABEL = "io.cdtasks.env"

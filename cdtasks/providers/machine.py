@@ -17,7 +17,9 @@ from typing import Callable, Sequence
 
 from .. import state
 from ..config import Settings
-from .base import Endpoint, Log, Provider, ProviderError, removed_with_registry
+from ..engine import Endpoint
+from ..log import Log
+from .base import Provider, ProviderError, removed_with_registry
 
 BINARY = "docker-machine"
 # Error last: it is free text and may contain the separator.

@@ -15,7 +15,9 @@ from typing import Sequence
 
 from .. import engine, state, swarm
 from ..config import Settings
-from .base import Endpoint, Log, Provider, ProviderError
+from ..engine import Endpoint
+from ..log import Log
+from .base import Provider, ProviderError
 
 MIN_DOCKER = (20, 10)  # Engine API 1.41
 VERSION_CMD = "docker version --format '{{.Server.Version}}'"

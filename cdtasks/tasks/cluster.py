@@ -1,9 +1,9 @@
-"""provision, status, env, ssh, destroy: the clusters and their machines."""
+"""provision, status, env, ssh, destroy: the clusters and their machines. The library is
+imported inside each task: `inv --list` imports every task module and must stay fast."""
 from __future__ import annotations
 
 from invoke import Collection, Exit, task
 
-from .. import cluster, report
 from .common import envs, out, settings, user_errors
 
 ENV_HELP = "environment (a file in env/: test, prod); default: every environment"
@@ -13,6 +13,7 @@ ENV_HELP = "environment (a file in env/: test, prod); default: every environment
 @user_errors
 def provision(c, env=None):
     """Create or repair the clusters: machines, swarm, labels, registry (idempotent)."""
+    from .. import cluster, report
     all_settings = [settings(e) for e in envs(env)]
     log = report.make_logger("provision")
     results = cluster.provision_many(all_settings, log)
@@ -28,6 +29,7 @@ def provision(c, env=None):
 @user_errors
 def status(c, env=None):
     """Show each cluster's nodes (roles, state, labels) and services (replicas)."""
+    from .. import cluster, report
     for e in envs(env):
         st = cluster.status(settings(e))
         rows = [[m.hostname, m.role + (" (leader)" if m.leader else ""), m.status,
@@ -47,6 +49,7 @@ def status(c, env=None):
 @user_errors
 def env(c, node, env=None):
     """Print the exports that point the docker CLI at a node: eval $(inv env NODE)."""
+    from .. import cluster
     s = _settings_with_node(node, env)
     for line in cluster.env_lines(s, node):
         out(line)
@@ -59,6 +62,7 @@ def env(c, node, env=None):
 @user_errors
 def ssh(c, node, cmd=None, env=None):
     """Open a shell, or run one command, on a node over SSH (host key verified)."""
+    from .. import cluster
     result = cluster.run_on(_settings_with_node(node, env), node, cmd)
     if result is not None and not result.ok:
         raise Exit(code=result.exited)
@@ -69,6 +73,7 @@ def ssh(c, node, cmd=None, env=None):
 @user_errors
 def destroy(c, env=None, purge=False):
     """Remove the machines, networks, volumes, certificates and keys the tool created."""
+    from .. import cluster, report
     log = report.make_logger("destroy")
     removed = []
     for e in envs(env):

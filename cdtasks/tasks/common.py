@@ -1,27 +1,52 @@
-"""What every task module shares: loading settings, and turning library errors into `Exit`."""
+"""What every task module shares: loading settings, the exit codes, and turning library errors
+into `Exit`. Imports stay light (no docker, paramiko, rich): `inv --list` loads every task
+module, so the library is imported inside the tasks that use it."""
 from __future__ import annotations
 
 import functools
 import sys
 
-from docker.errors import DockerException
 from invoke import Exit
-from paramiko import SSHException
 
 from .. import config
-from ..engine import EngineError
-from ..images import ImageError
-from ..providers.base import ProviderError
-from ..services import ServiceError
-from ..swarm import SwarmError
 
-# Exit codes, documented in the README.
-BAD_INPUT, UNREACHABLE, CLUSTER = 2, 3, 4
-ERRORS = ((config.ConfigError, BAD_INPUT), (EngineError, UNREACHABLE),
-          (ProviderError, UNREACHABLE), (SwarmError, CLUSTER), (ServiceError, CLUSTER),
-          (ImageError, CLUSTER), (SSHException, UNREACHABLE),
-          # Last resort for an engine answer no library layer turned into its own error.
-          (DockerException, CLUSTER))
+# Exit codes, documented in the README (its table lists them in this order).
+BAD_INPUT, UNREACHABLE, CLUSTER, DRIFT = 2, 3, 4, 5
+STEP_FAILED = 10  # + the failed step's position: checkout 11 ... prodtest 17
+ROLLED_BACK, NOT_RECOVERED, LOCKED = 20, 21, 22
+INTERRUPTED = 130
+
+
+def exit_code(exc: BaseException) -> int | None:
+    """The exit code of a library error (the first that matches), None for anything else."""
+    from docker.errors import DockerException
+    from paramiko import SSHException
+
+    from .. import delivery, deployment, records
+    from ..engine import EngineError
+    from ..images import ImageError
+    from ..providers.base import ProviderError
+    from ..services import ServiceError
+    from ..swarm import SwarmError
+    errors = ((config.ConfigError, BAD_INPUT), (delivery.DeliveryError, BAD_INPUT),
+              (deployment.DeploymentError, BAD_INPUT), (records.LockHeld, LOCKED),
+              (EngineError, UNREACHABLE), (ProviderError, UNREACHABLE), (SwarmError, CLUSTER),
+              (ServiceError, CLUSTER), (ImageError, CLUSTER), (SSHException, UNREACHABLE),
+              # Last resort for an engine answer no library layer turned into its own error.
+              (DockerException, CLUSTER))
+    return next((code for error, code in errors if isinstance(exc, error)), None)
+
+
+def step_failed(position: int) -> int:
+    """The exit code of a delivery whose step at `position` (0: checkout) failed."""
+    return STEP_FAILED + 1 + position
+
+
+def deployment_exit(result: str) -> int:
+    """The exit code of a deployment's result (its history entry's `result`)."""
+    if result == "failed, rolled back":
+        return ROLLED_BACK
+    return NOT_RECOVERED if result.startswith("failed") else 0
 
 
 def settings(env: str, **overrides) -> config.Settings:
@@ -43,9 +68,13 @@ def user_errors(task_fn):
         try:
             return task_fn(*args, **kwargs)
         except KeyboardInterrupt:
-            raise Exit("interrupted", code=130)
-        except tuple(e for e, _ in ERRORS) as exc:
-            code = next(c for e, c in ERRORS if isinstance(exc, e))
+            raise Exit("interrupted", code=INTERRUPTED)
+        except Exit:
+            raise
+        except Exception as exc:
+            code = exit_code(exc)
+            if code is None:
+                raise
             raise Exit(f"error: {exc}", code=code) from None
     return wrapper
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from invoke import Collection, task
 
-from .. import engine, images, report
 from .common import out, user_errors
 
 
@@ -11,6 +10,7 @@ from .common import out, user_errors
 @user_errors
 def build_images(c, force=False):
     """Build (or reuse) the offline images from Debian packages: node, registry, python, haproxy, redis."""
+    from .. import engine, images, report
     host = engine.host_client()
     wanted = list(images.IMAGES.values())
     built = images.build(host, wanted, report.make_logger("images"), force=force)

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 from invoke import Collection, Exit, task
 
-from .. import report, stack
-from .common import envs, out, settings, user_errors
-
-DRIFT = 5  # exit code of `--check` when what runs differs from the env file
+from .common import BAD_INPUT, DRIFT, envs, out, settings, user_errors
 
 
 @task(help={"env": "environment (test, prod); default: every environment",
@@ -15,8 +12,9 @@ DRIFT = 5  # exit code of `--check` when what runs differs from the env file
 @user_errors
 def services(c, env=None, check=False, update=False):
     """Create networks and services once; --check shows drift, --update converges."""
+    from .. import report, stack
     if check and update:
-        raise Exit("error: --check and --update exclude each other", code=2)
+        raise Exit("error: --check and --update exclude each other", code=BAD_INPUT)
     drifted = False
     for e in envs(env):
         result = stack.ensure(settings(e), report.make_logger(f"services {e}"),

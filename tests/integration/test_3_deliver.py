@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from cdtasks.cluster import Cluster
-from cdtasks.pipeline import delivered
+from cdtasks.rollout import delivered
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ("checkout", "unit", "build", "staging", "publish", "prodlike", "prodtest")

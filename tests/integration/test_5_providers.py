@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from dotenv import dotenv_values
 
-from cdtasks import config, engine, pipeline, services, stack
+from cdtasks import config, engine, rollout, services, stack
 from cdtasks.cluster import Cluster
 from cdtasks.providers.lab import LAB_LABEL, NODE_LABEL, LabProvider
 
@@ -202,7 +202,7 @@ def test_deliver(world):
     proc = world.inv("deliver", "--version", "1.1",
                      extra_env={"CDTASKS_REPORTS_DIR": str(world.state_dir / "reports")})
     test = _cluster(world, "test").manager()
-    record = [r for r in pipeline.delivered(test, "go-demo") if r["version"] == "1.1"][-1]
+    record = [r for r in rollout.delivered(test, "go-demo") if r["version"] == "1.1"][-1]
     images = _task_images(test)
     assert len(images) == 2 and all(i.endswith("@" + record["digest"]) for i in images), images
     if world.provider == "ssh":  # the checkout went to the CD node, and went away after
@@ -214,7 +214,7 @@ def test_deliver(world):
 
 def test_deploy(world):
     world.inv("deploy", "--env", "prod", "--version", "1.1")
-    record = [r for r in pipeline.delivered(_cluster(world, "test").manager(), "go-demo")
+    record = [r for r in rollout.delivered(_cluster(world, "test").manager(), "go-demo")
               if r["version"] == "1.1"][-1]
     images = _task_images(_cluster(world, "prod").manager())
     assert len(images) == 2 and all(i.endswith("@" + record["digest"]) for i in images), images

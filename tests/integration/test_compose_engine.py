@@ -46,6 +46,10 @@ services:
     <<: *python
     command: ["-c", "import time; print('started', flush=True); time.sleep(600)"]
     stop_signal: SIGKILL
+  env:
+    <<: *python
+    environment: [CDT_PASSED, CDT_NOT_PASSED]  # taken from compose's own environment
+    command: ["-c", "import os; print(sorted(k for k in os.environ if k.startswith('CDT_')))"]
 """
 
 
@@ -134,3 +138,10 @@ def test_two_projects_run_side_by_side(make):
     assert labelled(a.project) == ([], [])
     (still,), _ = labelled(b.project)
     assert still.id == cb.id and still.status == "running"
+
+
+def test_operator_variables_reach_services_only_when_pass_env_names_them(make, monkeypatch):
+    monkeypatch.setenv("CDT_PASSED", "ci-token-1")
+    monkeypatch.setenv("CDT_NOT_PASSED", "ci-token-2")
+    assert "[]" in make().run("env").output.splitlines()
+    assert "['CDT_PASSED']" in make(pass_env=["CDT_PASSED"]).run("env").output.splitlines()

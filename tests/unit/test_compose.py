@@ -160,8 +160,18 @@ def test_environment_drops_inherited_docker_vars(compose_file, monkeypatch):
     assert {k: v for k, v in env.items() if k.startswith("DOCKER_")} == {
         "DOCKER_HOST": "tcp://node:2376", "DOCKER_CERT_PATH": "/certs"}
     assert env["VERSION"] == "1.2" and env["IMAGE"] == "reg:5000/go-demo"
-    assert env["CDT_UNRELATED"] == "kept"
+    assert "CDT_UNRELATED" not in env
     assert "DOCKER_HOST" in os.environ  # the parent's own environment is untouched
+
+
+def test_environment_passes_only_what_compose_needs_and_pass_env(compose_file, monkeypatch):
+    monkeypatch.setattr(mod.os, "environ", {
+        "PATH": "/bin", "HOME": "/root", "DOCKER_CONFIG": "/cfg", "LC_ALL": "C.UTF-8",
+        "CI_JOB_TOKEN": "tok-123", "HTTP_PROXY": "p", "COMPOSE_FILE": "other.yml",
+        "VERSION": "from-operator", "DOCKER_HOST": "tcp://elsewhere:2376"})
+    c = make(compose_file, env={"VERSION": "1.2"}, pass_env=("HTTP_PROXY", "UNSET_NAME"))
+    assert c.environment() == {"PATH": "/bin", "HOME": "/root", "DOCKER_CONFIG": "/cfg",
+                               "LC_ALL": "C.UTF-8", "HTTP_PROXY": "p", "VERSION": "1.2"}
 
 
 def test_empty_docker_env_means_local_engine(compose_file, monkeypatch):

@@ -343,3 +343,46 @@ def test_inconsistent_value_from_environment_is_not_blamed_on_the_file(tmp_path)
         load("test", environ={"CDTASKS_CD_NODE": "swarm-9"}, env_dir=tmp_path)
     assert "'swarm-9'" in str(exc.value)
     assert str(path) not in str(exc.value)
+
+
+# -- lines of an env file --------------------------------------------------------------------------
+@pytest.mark.parametrize("bad, line", [
+    ("LAB_NAME=lab\nthis is not a setting\n", 2),
+    ("# comment\n\nNODES\n", 3),  # a bare key: dotenv would read it as unset
+    ("LAB_NAME=lab\n\nROUTING=\"auto\nSTATE_DIR=x\n", 3),  # unterminated quote swallows the rest
+    ("LAB_NAME=lab\n  = value\n", 2)])
+def test_a_line_that_is_not_key_value_names_file_and_line(tmp_path, bad, line):
+    path = write_env(tmp_path, "test", bad)
+    with pytest.raises(ConfigError) as err:
+        load("test", environ={}, env_dir=tmp_path)
+    assert str(err.value).startswith(f"{path}:{line}: not KEY=VALUE")
+
+
+def test_a_refused_line_is_not_shown(tmp_path):
+    write_env(tmp_path, "test", "REPO https://deploy:s3cr3t@git.example.com/x.git\n")
+    with pytest.raises(ConfigError) as err:
+        load("test", environ={}, env_dir=tmp_path)
+    assert "s3cr3t" not in str(err.value)
+
+
+def test_dotenv_syntax_still_reads(tmp_path):
+    s = load_text(tmp_path, "# comment\n\nexport LAB_NAME=lab-x\nCONSTRAINT='node.role == worker'\n"
+                            "MACHINE_OPTIONS=\"--opt a\n--opt b\"\nCD_NODE=swarm-test-2 # why\n"
+                            "  ROUTING = dnsrr\n")
+    assert s.lab_name == "lab-x" and s.constraint == "node.role == worker"
+    assert s.machine_options == ("--opt", "a", "--opt", "b")
+    assert s.cd_node == "swarm-test-2" and s.routing == "dnsrr"
+
+
+def test_pass_env_names(tmp_path):
+    assert load_text(tmp_path, "").pass_env == ()
+    assert load_text(tmp_path, "PASS_ENV=HTTP_PROXY, no_proxy,_X1\n").pass_env == \
+        ("HTTP_PROXY", "no_proxy", "_X1")
+
+
+@pytest.mark.parametrize("value, why", [("HTTP-PROXY", "not a variable name"),
+                                        ("1X", "not a variable name"),
+                                        ("DOCKER_HOST", "DOCKER_")])
+def test_pass_env_refuses_bad_names_and_docker_variables(tmp_path, value, why):
+    with pytest.raises(ConfigError, match=f"PASS_ENV={value!r}: .*{why}"):
+        load_text(tmp_path, f"PASS_ENV={value}\n")

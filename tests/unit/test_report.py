@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from cdtasks import report
-from cdtasks.report import Progress, StepResult, make_logger, print_results, print_table, redact, write_reports
+from cdtasks.report import Progress, make_logger, print_results, print_table, redact, write_reports
+from cdtasks.runner import StepResult
 
 SECRET = "s3cr3t-token"
 RESULTS = [
@@ -136,11 +137,21 @@ def test_progress_disabled_is_plain_even_on_a_terminal(monkeypatch):
     assert tty.getvalue() == "[deliver] unit ...\n[deliver] unit ... ok (0.5s)\n"
 
 
-def test_progress_live_on_a_terminal_prints_log_and_result_lines(monkeypatch):
-    for name in ("TTY_INTERACTIVE", "TERM", "NO_COLOR", "FORCE_COLOR"):
-        monkeypatch.delenv(name, raising=False)
-    tty = FakeTTY()
-    monkeypatch.setattr(sys, "stderr", tty)
+@pytest.fixture
+def terminal(monkeypatch):
+    """Makes stderr a terminal rich draws live progress on; called in the test itself, since
+    pytest's capture sets sys.stderr again between a fixture and the test."""
+    def install() -> FakeTTY:
+        for name in ("TTY_INTERACTIVE", "TERM", "NO_COLOR", "FORCE_COLOR"):
+            monkeypatch.delenv(name, raising=False)
+        stream = FakeTTY()
+        monkeypatch.setattr(sys, "stderr", stream)
+        return stream
+    return install
+
+
+def test_progress_live_on_a_terminal_prints_log_and_result_lines(terminal):
+    tty = terminal()
     with Progress("deliver") as p:
         assert p._live is not None
         p.step("unit")
@@ -168,3 +179,47 @@ def test_concurrent_logging_keeps_every_line_whole(capsys, use_progress):
     lines = capsys.readouterr().err.splitlines()
     expected = {f"[swarm] worker {n} line {i}" for n in range(threads) for i in range(per_thread)}
     assert len(lines) == len(expected) and set(lines) == expected
+
+
+# -- credentials in URLs --------------------------------------------------------------------------
+REPO_URL = "https://deploy:gh-t0ken-42@git.example.com/team/app.git"
+
+
+@pytest.mark.parametrize("text, shown", [
+    (REPO_URL, "https://***@git.example.com/team/app.git"),
+    ("ssh://git:pw@host:2222/x.git", "ssh://***@host:2222/x.git"),
+    ("git+https://t0ken@host/x", "git+https://***@host/x"),
+    ("HTTP://U:P@host/", "HTTP://***@host/"),
+    ("clone http://a:p@ss@h.io/x?mail=a@b failed", "clone http://***@h.io/x?mail=a@b failed"),
+    ("https://host/x?mail=a@b", "https://host/x?mail=a@b"),
+    ("git@github.com:me/x.git", "git@github.com:me/x.git"),  # scp-like: a user name, no secret
+    ("no url here", "no url here")])
+def test_redact_hides_url_credentials(text, shown):
+    assert redact(text) == shown
+
+
+def test_url_credentials_never_reach_progress_tables_or_reports(tmp_path, capsys):
+    with Progress("deliver") as p:
+        p.step(f"checkout {REPO_URL}")
+        p.log(f"cloning {REPO_URL}")
+        p.update(f"fetching {REPO_URL}")
+        p.done(StepResult("checkout", False, 1.0, f"git clone {REPO_URL} failed"))
+    make_logger("deliver")(f"repo {REPO_URL}")
+    print_table("runs", ["repo"], [[REPO_URL]])
+    print_results("deliver", [StepResult("checkout", False, 1.0, REPO_URL, REPO_URL)])
+    paths = write_reports(tmp_path, "deliver", [StepResult("checkout", False, 1.0, REPO_URL,
+                                                           REPO_URL)], {"repo": REPO_URL})
+    captured = capsys.readouterr()
+    for text in (captured.out, captured.err, *(p.read_text() for p in paths)):
+        assert "gh-t0ken-42" not in text and "deploy:" not in text
+        assert "https://***@git.example.com/team/app.git" in text
+
+
+def test_live_progress_hides_url_credentials(terminal):
+    tty = terminal()
+    with Progress("deliver") as p:
+        p.step(f"checkout {REPO_URL}")
+        p.update(f"fetching {REPO_URL}")
+        assert "gh-t0ken-42" not in str(p._render().text)
+        p.log(f"cloning {REPO_URL}")
+    assert "gh-t0ken-42" not in tty.getvalue() and "https://***@git.example.com" in tty.getvalue()

@@ -1,4 +1,4 @@
-"""run_steps: order, stopping at the first failure, and the build beside the unit tests in a
+"""delivery.run (the runner with delivery's steps): order, stopping at the first failure, and the build beside the unit tests in a
 whole run (fake steps; the real overlap is exercised by tests/integration/test_3_deliver.py)."""
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import time
 
 import pytest
 
-from cdtasks import pipeline
+from cdtasks import delivery
+from cdtasks.checkout import Checkout
 from cdtasks.config import load
-from cdtasks.pipeline import Release, StepFailed
+from cdtasks.delivery import Delivery
+from cdtasks.runner import StepFailed
 
 
 class Quiet:
@@ -38,10 +40,10 @@ def steps(monkeypatch, tmp_path):
             return f"{name} ok"
         return step
 
-    monkeypatch.setattr(pipeline, "STEP_FUNCS", {
+    monkeypatch.setattr(delivery, "STEP_FUNCS", {
         "checkout": fake("checkout", 0), "unit": fake("unit", 0.3), "build": fake("build", 0.1),
         "staging": fake("staging", 0)})
-    monkeypatch.setitem(pipeline.OVERLAP, "unit", ("build", lambda r, res: undone.append(res)))
+    monkeypatch.setitem(delivery.OVERLAP, "unit", ("build", lambda r, res: undone.append(res)))
     settings = load("test", {"STATE_DIR": str(tmp_path)}, environ={})
     return events, fail, undone, settings
 
@@ -52,7 +54,7 @@ NAMES = ["checkout", "unit", "build", "staging"]
 def test_a_whole_run_builds_beside_the_unit_tests(steps):
     events, _, undone, settings = steps
     progress = Quiet()
-    results = pipeline.run_steps(Release(settings, "", version="1.1", defer_down=True), NAMES, progress)
+    results = delivery.run(Delivery(settings, "", version="1.1", defer_down=True), NAMES, progress)
     assert [r.name for r in results] == NAMES and all(r.ok for r in results)
     order = [e[:2] for e in events]
     # The build started before the unit tests ended, off the main thread.
@@ -65,7 +67,7 @@ def test_a_whole_run_builds_beside_the_unit_tests(steps):
 def test_failed_unit_tests_undo_the_build_and_skip_it(steps):
     events, fail, undone, settings = steps
     fail.add("unit")
-    results = pipeline.run_steps(Release(settings, "", version="1.1", defer_down=True), NAMES, Quiet())
+    results = delivery.run(Delivery(settings, "", version="1.1", defer_down=True), NAMES, Quiet())
     assert [(r.name, r.ok, r.skipped) for r in results] == [
         ("checkout", True, False), ("unit", False, False), ("build", False, True),
         ("staging", False, True)]
@@ -74,10 +76,10 @@ def test_failed_unit_tests_undo_the_build_and_skip_it(steps):
 
 def test_steps_run_one_after_another_outside_a_whole_run(steps):
     events, _, _, settings = steps
-    for release in (Release(settings, "", version="1.1"),  # a task chaining steps itself
-                    Release(settings, "", version="1.1", defer_down=True, dry_run=True)):
+    for d in (Delivery(settings, "", version="1.1"),  # a task chaining steps itself
+              Delivery(settings, "", version="1.1", defer_down=True, dry_run=True)):
         events.clear()
-        pipeline.run_steps(release, NAMES, Quiet())
+        delivery.run(d, NAMES, Quiet())
         order = [e[:2] for e in events]
         assert order.index(("build", "start")) > order.index(("unit", "end"))
 
@@ -93,8 +95,8 @@ def test_a_teardown_runs_beside_the_next_steps_and_is_waited_for(monkeypatch, tm
         release_down.wait(5)
         r.compose_left = False
 
-    monkeypatch.setattr(pipeline, "take_down", slow_down)
-    r = Release(settings, "", version="1.1", defer_down=True, compose_left=True)
+    monkeypatch.setattr(Checkout, "take_down", slow_down)
+    r = Delivery(settings, "", version="1.1", defer_down=True, compose_left=True)
     r.tear_down_beside()
     assert started.wait(5) and threads == [False]  # off the main thread; the caller went on
     assert r.teardown is not None and not r.teardown.done()
@@ -110,8 +112,8 @@ def test_a_failed_teardown_is_reported_and_left_for_the_clean_up(monkeypatch, tm
     def broken_down(r, quiet=False):
         raise RuntimeError("engine gone")
 
-    monkeypatch.setattr(pipeline, "take_down", broken_down)
-    r = Release(settings, "", version="1.1", defer_down=True, compose_left=True, log=logged.append)
+    monkeypatch.setattr(Checkout, "take_down", broken_down)
+    r = Delivery(settings, "", version="1.1", defer_down=True, compose_left=True, log=logged.append)
     r.project = "go-demo-1-1-abc"
     r.tear_down_beside()
     r.torn_down()
@@ -122,8 +124,8 @@ def test_a_failed_teardown_is_reported_and_left_for_the_clean_up(monkeypatch, tm
 def test_a_dry_run_lists_the_teardown_in_order(monkeypatch, tmp_path):
     settings = load("test", {"STATE_DIR": str(tmp_path)}, environ={})
     calls = []
-    monkeypatch.setattr(pipeline, "take_down",
+    monkeypatch.setattr(Checkout, "take_down",
                         lambda r: calls.append(threading.current_thread() is threading.main_thread()))
-    r = Release(settings, "", version="1.1", defer_down=True, dry_run=True, compose_left=True)
+    r = Delivery(settings, "", version="1.1", defer_down=True, dry_run=True, compose_left=True)
     r.tear_down_beside()
     assert calls == [True] and r.teardown is None

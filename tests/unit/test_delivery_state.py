@@ -3,13 +3,13 @@ these paths)."""
 from pathlib import Path
 
 from cdtasks.config import load
-from cdtasks.pipeline import Release, state_after
-from cdtasks.report import StepResult
+from cdtasks.delivery import Delivery, state_after
+from cdtasks.runner import StepResult
 
 
-def _release(tmp_path: Path, **kw) -> Release:
+def _delivery(tmp_path: Path, **kw) -> Delivery:
     (tmp_path / "test.env").write_text("")
-    return Release(load("test", environ={}, env_dir=tmp_path), repo="", version="2.1", **kw)
+    return Delivery(load("test", environ={}, env_dir=tmp_path), repo="", version="2.1", **kw)
 
 
 def _ok(*names):
@@ -17,20 +17,20 @@ def _ok(*names):
 
 
 def test_a_full_delivery_names_what_runs_on_prod_like(tmp_path):
-    r = _release(tmp_path)
+    r = _delivery(tmp_path)
     state = state_after(r, _ok("checkout", "unit", "build", "staging", "publish", "prodlike",
                                "prodtest"))
     assert state == "go-demo runs localhost:5000/go-demo:2.1 on prod-like"
 
 
 def test_steps_run_alone_do_not_claim_a_rollout(tmp_path):
-    assert state_after(_release(tmp_path), _ok("publish")) == "publish passed; prod-like not changed"
+    assert state_after(_delivery(tmp_path), _ok("publish")) == "publish passed; prod-like not changed"
 
 
 def test_a_dry_run_says_nothing_changed(tmp_path):
-    assert "nothing was built" in state_after(_release(tmp_path, dry_run=True), _ok("checkout"))
+    assert "nothing was built" in state_after(_delivery(tmp_path, dry_run=True), _ok("checkout"))
 
 
 def test_a_failure_before_publish_leaves_nothing_behind(tmp_path):
     results = _ok("checkout") + [StepResult("unit", False, 1.0, "failed")]
-    assert state_after(_release(tmp_path), results).startswith("nothing left behind")
+    assert state_after(_delivery(tmp_path), results).startswith("nothing left behind")

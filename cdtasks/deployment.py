@@ -1,24 +1,24 @@
 """Continuous deployment: promote the exact digest verified on prod-like, verify with production
 tests, roll back automatically, one deployment per cluster at a time, and a history kept on the
-cluster itself and in a local log."""
+cluster itself and in a local log. `run` does it all; the work itself is `rollout`'s."""
 from __future__ import annotations
 
 import getpass
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 from docker.errors import APIError, NotFound
 
-from . import pipeline, records, services
+from . import records, registry, rollout, services
+from .checkout import Checkout, check_version
 from .cluster import Cluster
 from .config import Settings
-from .pipeline import Release, StepFailed
-from .report import StepResult
+from .log import Log
+from .runner import StepFailed, StepResult, run_step
 
 
-class ReleaseError(RuntimeError):
+class DeploymentError(RuntimeError):
     """Bad input or a fault found before anything changed (unknown version, no service...)."""
 
 
@@ -30,15 +30,16 @@ class Deployment:
     force: bool = False
     auto_rollback: bool = True
     wait: float = 0.0
-    log: Callable[[str], None] = print
-    on_line: Callable[[str], None] | None = None
+    log: Log = print
+    on_line: Log | None = None
     kind: str = "deploy"  # deploy | rollback
     # learned while running
     image: str = ""
     digest: str = ""
     previous: str = ""
     rolled_back: bool = False
-    release: Release | None = None
+    converged_at: float = 0.0  # monotonic time the last replica of the last rollout started
+    checkout: Checkout | None = None  # where the production tests run (on the test cluster's CD node)
     cluster: Cluster | None = None
     started: float = field(default_factory=time.monotonic)
 
@@ -47,43 +48,43 @@ class Deployment:
         return self.prod.app_service
 
 
-def _repo_image(s: Settings) -> str:
-    return f"localhost:{s.registry_port}/{s.app_image}"
-
-
 def _digest_in_registry(manager, s: Settings, ref: str, node: str) -> str:
     """The digest the registry has for `ref`, checked through a manager of the cluster."""
     try:
         return manager.images.get_registry_data(ref).id
     except NotFound:
-        raise ReleaseError(f"unknown version: {ref} is not in the registry") from None
+        raise DeploymentError(f"unknown version: {ref} is not in the registry") from None
     except APIError as exc:
         text = str(exc.explanation or exc)
         if "not found" in text.lower() or "manifest unknown" in text.lower():
-            raise ReleaseError(f"unknown version: {ref} is not in the registry") from None
-        raise ReleaseError(f"registry unreachable at localhost:{s.registry_port} "
-                           f"(asked through {node}): {text.splitlines()[0][:200]}") from None
+            raise DeploymentError(f"unknown version: {ref} is not in the registry") from None
+        raise DeploymentError(f"registry unreachable at {registry.address(s)} "
+                              f"(asked through {node}): {text.splitlines()[0][:200]}") from None
 
 
 def resolve(d: Deployment) -> dict:
-    """What to deploy: the record of a version that passed prod-like (by default the last one).
-    A version that never passed there is refused unless forced. Nothing changes here."""
+    """What to deploy, from the versions that passed prod-like on the test cluster."""
     test_manager = Cluster.of(d.test).discover().manager()
-    passed = pipeline.delivered(test_manager, d.test.app_service)
+    return choose(d, rollout.delivered(test_manager, d.test.app_service))
+
+
+def choose(d: Deployment, passed: list[dict]) -> dict:
+    """The record of a version that passed prod-like (`passed`, oldest first; by default the
+    last one). A version that never passed there is refused unless forced."""
     if d.version is None:
         if not passed:
-            raise ReleaseError(f"no version of {d.test.app_service} has passed `inv deliver` on "
-                               f"prod-like yet: deliver one, or give --version with --force")
+            raise DeploymentError(f"no version of {d.test.app_service} has passed `inv deliver` on "
+                                  f"prod-like yet: deliver one, or give --version with --force")
         return passed[-1]
     found = [p for p in passed if p["version"] == d.version]
     if found:
         return found[-1]
     if not d.force:
         known = ", ".join(sorted({p["version"] for p in passed})) or "none"
-        raise ReleaseError(f"version {d.version} never passed prod-like (passed: {known}); "
-                           f"deliver it first, or use --force")
-    return {"version": d.version, "image": f"{_repo_image(d.prod)}:{d.version}", "digest": "",
-            "repo": d.test.repo, "commit": ""}
+        raise DeploymentError(f"version {d.version} never passed prod-like (passed: {known}); "
+                              f"deliver it first, or use --force")
+    return {"version": d.version, "image": registry.local_ref(d.prod, d.prod.app_image, d.version),
+            "digest": "", "repo": d.test.repo, "commit": ""}
 
 
 def rollback_target(manager, service: str, current: str) -> str:
@@ -98,19 +99,19 @@ def rollback_target(manager, service: str, current: str) -> str:
 
 def prepare(d: Deployment) -> str:
     """Resolve the version and check the cluster before anything changes; take the lock.
-    Returns the lock token. Raises ReleaseError / LockHeld / EngineError with one clear line."""
+    Returns the lock token. Raises DeploymentError / LockHeld / EngineError with one clear line."""
     if d.version is not None:
         try:
-            pipeline.check_version(d.version)
+            check_version(d.version)
         except StepFailed as exc:
-            raise ReleaseError(str(exc)) from None
+            raise DeploymentError(str(exc)) from None
     d.cluster = Cluster.of(d.prod).discover()
     manager = d.cluster.manager()
     d.previous = services.current_image(manager, d.service)
     if d.kind == "rollback" and d.version is None:
         d.image = rollback_target(manager, d.service, d.previous)
         if not d.image:
-            raise ReleaseError(f"{d.service} on {d.prod.env} has no previous version to roll back to")
+            raise DeploymentError(f"{d.service} on {d.prod.env} has no previous version to roll back to")
         d.version = d.image.split("@")[0].rsplit(":", 1)[-1]
         d.digest = d.image.partition("@")[2]
         record = {"repo": d.test.repo, "commit": ""}
@@ -122,23 +123,24 @@ def prepare(d: Deployment) -> str:
         d.digest = record.get("digest") or registry_digest
         # Production gets the digest verified on prod-like, never a tag resolved again.
         d.image = f"{tag_ref}@{d.digest}"
-        _digest_in_registry(manager, d.prod, f"{_repo_image(d.prod)}@{d.digest}", d.prod.leader)
-    d.release = Release(d.test, record.get("repo") or d.test.repo, record.get("commit") or "HEAD",
-                        d.version, log=d.log, on_line=d.on_line)
+        _digest_in_registry(manager, d.prod, registry.local_ref(d.prod, d.prod.app_image,
+                                                                digest=d.digest), d.prod.leader)
+    d.checkout = Checkout(d.test, record.get("repo") or d.test.repo, record.get("commit") or "HEAD",
+                          d.version, log=d.log, on_line=d.on_line)
     return records.acquire(manager, d.service, d.version, d.wait, d.log)
 
 
 # -- steps ------------------------------------------------------------------------------------
 def _rollout_to(d: Deployment, image: str) -> str:
-    result = pipeline.rollout(d.cluster, d.prod, image, d.log)
-    pipeline.converged(d.release, result)
+    result = rollout.update(d.cluster, d.prod, image, d.log)
+    d.converged_at = rollout.monitor_start(result)
     return f"{d.service} on {d.prod.env}: every replica runs {image} ({result.seconds:.1f}s)"
 
 
 def _prodtest(d: Deployment) -> str:
-    if d.release.workdir is None:
-        pipeline.checkout(d.release)
-    return pipeline.production_tests(d.release, d.cluster, d.prod)
+    if d.checkout.workdir is None:
+        d.checkout.clone()
+    return rollout.production_tests(d.checkout, d.cluster, d.prod, d.converged_at)
 
 
 def _rollback(d: Deployment) -> str:
@@ -146,15 +148,27 @@ def _rollback(d: Deployment) -> str:
     return _rollout_to(d, d.previous)
 
 
-def run(d: Deployment, progress) -> list[StepResult]:
+def run(d: Deployment, progress) -> tuple[dict, list[StepResult]]:
+    """The whole deployment: prepare (lock), the steps, and the history entry (also after a
+    failure or Ctrl-C). Returns the entry and the step results."""
+    token = prepare(d)
+    results: list[StepResult] = []
+    try:
+        results = steps(d, progress)
+    finally:
+        entry = finish(d, results, token)
+    return entry, results
+
+
+def steps(d: Deployment, progress) -> list[StepResult]:
     """rollout, production tests; on failure (and unless disabled) roll back to the previous
     image and test again. The caller has taken the lock with `prepare`."""
-    results = [pipeline.run_step("rollout", lambda _: _rollout_to(d, d.image), d, progress)]
+    results = [run_step("rollout", lambda: _rollout_to(d, d.image), progress)]
     if results[-1].ok:
-        results.append(pipeline.run_step("prodtest", _prodtest, d, progress))
+        results.append(run_step("prodtest", lambda: _prodtest(d), progress))
     if results[-1].failed and d.auto_rollback and d.previous and d.previous != d.image:
-        results.append(pipeline.run_step("rollback", _rollback, d, progress))
-        results.append(pipeline.run_step("prodtest-after-rollback", _prodtest, d, progress))
+        results.append(run_step("rollback", lambda: _rollback(d), progress))
+        results.append(run_step("prodtest-after-rollback", lambda: _prodtest(d), progress))
     return results
 
 
@@ -185,8 +199,8 @@ def finish(d: Deployment, results: list[StepResult], token: str) -> dict:
         local_log(d.prod).parent.mkdir(parents=True, exist_ok=True)
         with local_log(d.prod).open("a") as f:
             f.write(json.dumps(entry) + "\n")
-        if d.release:
-            pipeline.cleanup(d.release)
+        if d.checkout:
+            d.checkout.close()
     return entry
 
 

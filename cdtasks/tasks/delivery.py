@@ -1,18 +1,10 @@
 """deliver, and each of its steps as a task of its own for shell scripts to chain."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from invoke import Collection, Exit, task
 
-from .. import pipeline, report
-from ..pipeline import STEPS, Release
-from ..release import Deployment
-from .common import out, settings, user_errors
-from .release import run_deployment
-
-STEP_EXIT_BASE = 10  # a failed step exits 10 + its position: checkout 11 ... prodtest 17
+from .common import out, settings, step_failed, user_errors
+from .deployment import deploy_and_report
 
 FLAGS = {
     "env": "environment whose cluster gets the release (default test)",
@@ -34,24 +26,21 @@ def _settings(env, service=None, image=None, compose_file=None, cd_node=None):
                     cd_node=cd_node)
 
 
-def _secrets(s) -> list[str]:
-    """Values of env-file keys that look secret never reach output or reports."""
-    return [v for k, v in s.raw.items() if any(w in k for w in ("PASSWORD", "SECRET", "TOKEN", "KEY"))]
-
-
-def _finish(r: Release, results, title: str) -> None:
-    s = r.settings
-    state = pipeline.state_after(r, results)
-    report.print_results(title, results, secrets=_secrets(s))
+def _finish(d, results, title: str) -> None:
+    """Print the results and the state left behind, write the reports, exit as documented."""
+    from .. import delivery, report
+    s = d.settings
+    state = delivery.state_after(d, results)
+    report.print_results(title, results, secrets=s.secrets)
     out(state)
-    meta = {"env": s.env, "service": s.app_service, "version": r.version, "ref": r.ref,
-            "repo": r.repo or "(this project)", "digest": r.digest, "state": state,
-            "dry_run": r.dry_run, "commands": r.commands}
-    paths = report.write_reports(s.reports_dir, title, results, meta, secrets=_secrets(s))
+    meta = {"env": s.env, "service": s.app_service, "version": d.version, "ref": d.ref,
+            "repo": d.repo or "(this project)", "digest": d.digest, "state": state,
+            "dry_run": d.dry_run, "commands": d.commands}
+    paths = report.write_reports(s.reports_dir, title, results, meta, secrets=s.secrets)
     out("reports: " + ", ".join(map(str, paths)))
-    failed = next((i for i, x in enumerate(results) if x.failed), None)
+    failed = next((x for x in results if x.failed), None)
     if failed is not None:
-        raise Exit(code=STEP_EXIT_BASE + 1 + STEPS.index(results[failed].name))
+        raise Exit(code=step_failed(delivery.STEPS.index(failed.name)))
 
 
 @task(help=FLAGS)
@@ -59,61 +48,32 @@ def _finish(r: Release, results, title: str) -> None:
 def deliver(c, env="test", repo=None, ref="HEAD", version=None, service=None, image=None,
             compose_file=None, cd_node=None, dry_run=False, deploy=False, to_env="prod"):
     """Deliver: checkout, unit, build, staging, publish, prod-like, prod tests (--deploy: on)."""
+    from .. import delivery, deployment, report
     s = _settings(env, service, image, compose_file, cd_node)
     with report.Progress("deliver") as progress:
-        r = Release(s, repo or s.repo, ref, version, dry_run=dry_run, log=progress.log,
-                    on_line=lambda line: progress.update(line[-100:]), defer_down=True)
-        try:
-            results = pipeline.run_steps(r, STEPS, progress)
-        finally:
-            pipeline.cleanup(r)
-    _finish(r, results, "deliver")
+        d = delivery.Delivery(s, repo or s.repo, ref, version, dry_run=dry_run, log=progress.log,
+                              on_line=lambda line: progress.update(line[-100:]), defer_down=True)
+        results = delivery.deliver(d, progress)
+    _finish(d, results, "deliver")
     if deploy and not dry_run:
-        run_deployment(Deployment(settings(to_env), s, r.version), "deploy")
+        deploy_and_report(deployment.Deployment(settings(to_env), s, d.version), "deploy")
 
 
-# -- one step at a time: the checkout's state is kept in the workspace between tasks ---------
-def _state_file(s) -> Path:
-    return s.workspace_dir / f"{s.app_service}.release.json"
-
-
-def _load(s, dry_run: bool) -> Release:
-    f = _state_file(s)
-    if not f.exists():
-        raise Exit(f"error: no checkout of {s.app_service}: run `inv checkout` first", code=2)
-    data = json.loads(f.read_text())
-    r = Release(s, data["repo"], data["ref"], data["version"], dry_run=dry_run,
-                log=report.make_logger(s.app_service), workdir=Path(data["workdir"]),
-                digest=data.get("digest"), project=data["project"])
-    if not r.workdir.exists():
-        raise Exit(f"error: checkout {r.workdir} is gone: run `inv checkout` again", code=2)
-    return r
-
-
-def _save(r: Release) -> None:
-    _state_file(r.settings).write_text(json.dumps({
-        "repo": r.repo, "ref": r.ref, "version": r.version, "workdir": str(r.workdir),
-        "digest": r.digest, "project": r.project}))
-
-
-def _one_step(name: str, r: Release) -> None:
+def _one_step(name: str, d) -> None:
+    from .. import delivery, report
     with report.Progress(name) as progress:
-        r.log = progress.log
-        r.on_line = lambda line: progress.update(line[-100:])
-        try:
-            results = pipeline.run_steps(r, [name], progress)
-        finally:
-            pipeline.release_lock(r)  # a step run alone holds the lock only while it runs
-    if not r.dry_run:
-        _save(r)
-    _finish(r, results, name)
+        d.log = progress.log
+        d.on_line = lambda line: progress.update(line[-100:])
+        results = delivery.step(d, name, progress)
+    _finish(d, results, name)
 
 
 def _step_task(name: str, doc: str):
     def step(c, env="test", service=None, image=None, compose_file=None, cd_node=None,
              dry_run=False):
+        from .. import delivery
         s = _settings(env, service, image, compose_file, cd_node)
-        _one_step(name, _load(s, dry_run))
+        _one_step(name, delivery.load_state(s, dry_run=dry_run))
     step.__doc__ = doc
     step.__name__ = name
     flags = ("env", "service", "image", "compose_file", "cd_node", "dry_run")
@@ -126,8 +86,9 @@ def _step_task(name: str, doc: str):
 def checkout(c, env="test", repo=None, ref="HEAD", version=None, service=None, image=None,
              compose_file=None, cd_node=None, dry_run=False):
     """Step 1: check the repository out into the workspace (the later steps use it)."""
+    from .. import delivery
     s = _settings(env, service, image, compose_file, cd_node)
-    _one_step("checkout", Release(s, repo or s.repo, ref, version, dry_run=dry_run))
+    _one_step("checkout", delivery.Delivery(s, repo or s.repo, ref, version, dry_run=dry_run))
 
 
 unit = _step_task("unit", "Step 2: unit tests (compose run --rm unit) on the CD node.")
@@ -137,4 +98,4 @@ publish = _step_task("publish", "Step 5: push the versioned image to the cluster
 prodlike = _step_task("prodlike", "Step 6: update the service on the prod-like nodes and wait.")
 prodtest = _step_task("prodtest", "Step 7: production tests against the cluster's proxy.")
 
-ns = Collection("pipeline", deliver, checkout, unit, build, staging, publish, prodlike, prodtest)
+ns = Collection("delivery", deliver, checkout, unit, build, staging, publish, prodlike, prodtest)

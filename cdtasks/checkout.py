@@ -1,0 +1,219 @@
+"""A checkout of the repository in the workspace and the compose project run in it on the CD
+node: what delivery's compose steps and the production tests (of delivery and deployment
+alike) work in. `clone` makes it; `compose_step` runs one compose action; `close` cleans up."""
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import config, engine, registry, workspace
+from .cluster import Cluster
+from .compose import Compose, ComposeError, unique_project
+from .config import PROJECT_DIR, Settings
+from .log import Log
+from .providers import for_settings
+from .runner import StepFailed, beside
+
+
+@dataclass
+class Checkout:
+    """One run's checkout and compose project; the version names the image it builds."""
+
+    settings: Settings
+    repo: str
+    ref: str = "HEAD"
+    version: str | None = None
+    dry_run: bool = False
+    log: Log = print
+    on_line: Callable[[str], None] | None = None
+    workdir: Path | None = None
+    commit: str = ""
+    # A whole run takes the compose project down once, after staging (or in cleanup), instead
+    # of after every compose step; steps run alone always take it down.
+    defer_down: bool = False
+    compose_left: bool = False  # the project may have containers or networks up
+    teardown: Future | None = None  # that down, running beside the steps that don't need it
+    commands: list[str] = field(default_factory=list)
+    project: str = ""
+    _cluster: Cluster | None = None
+    _naming: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def cluster(self) -> Cluster:
+        if self._cluster is None:
+            self._cluster = Cluster.of(self.settings).discover()
+        return self._cluster
+
+    @property
+    def image(self) -> str:
+        """The image name every node uses for the cluster's registry."""
+        return registry.local_ref(self.settings, self.settings.app_image)
+
+    @property
+    def ref_tag(self) -> str:
+        return registry.local_ref(self.settings, self.settings.app_image, self.version or "")
+
+    def record(self, argv: Sequence[str], runs_in_dry_run: bool = False) -> None:
+        self.commands.append(shlex.join(argv))
+        if self.dry_run:
+            self.log(("running: " if runs_in_dry_run else "would run: ") + shlex.join(argv))
+
+    def compose(self, host_ip: str = "") -> Compose:
+        if self.workdir is None:
+            raise StepFailed("no checkout: run the checkout step first")
+        ep = self.cluster.endpoints.get(self.settings.cd_node)
+        if ep is None:
+            raise StepFailed(f"CD node {self.settings.cd_node} is not running: run `inv provision`")
+        s = self.settings
+        env = {"IMAGE": self.image, "VERSION": self.version or "", "BASE_IMAGE": s.base_image,
+               "DB_IMAGE": s.db_image, "HOST_IP": host_ip}
+        return Compose(self.workdir / s.compose_file, self.project_name(), engine.docker_env(ep),
+                       env, dry_run=self.dry_run, on_line=self.on_line)
+
+    def project_name(self) -> str:
+        """One compose project per run, unique so that concurrent runs do not collide; fixed
+        once even when two steps ask at the same time (the build beside the unit tests)."""
+        with self._naming:
+            self.project = self.project or unique_project(f"{self.settings.app_service}-{self.version}")
+        return self.project
+
+    def docker_argv(self, *args: str) -> list[str]:
+        """The docker CLI command equivalent to an SDK call on the CD node (for --dry-run)."""
+        return ["docker", "-H", self.cluster.endpoints[self.settings.cd_node].docker_host, *args]
+
+    # -- making it --------------------------------------------------------------------------
+    def clone(self) -> str:
+        """Clone the repository at the ref into the workspace (seen by the nodes at the same
+        path); the version: given, else the git tag, else the short commit id."""
+        s = self.settings
+        repo = self.repo or str(PROJECT_DIR)
+        s.workspace_dir.mkdir(parents=True, exist_ok=True)
+        dest = Path(tempfile.mkdtemp(prefix=f"{s.app_service}-", dir=s.workspace_dir))
+        self.workdir = dest
+        if Path(repo).is_dir() and not (Path(repo) / ".git").exists():
+            if self.ref != "HEAD":
+                raise StepFailed(f"{repo} is not a git repository: --ref {self.ref} cannot be checked out")
+            shutil.copytree(repo, dest, dirs_exist_ok=True)
+            if not self.version:
+                raise StepFailed(f"{repo} is not a git repository: give --version")
+        else:
+            # A dry run checks out too: it changes nothing outside the workspace, and gives the
+            # version and the compose file the other steps print commands for.
+            self.record(["git", "clone", "--quiet", repo, str(dest)], runs_in_dry_run=True)
+            _git(["clone", "--quiet", repo, str(dest)])
+            self.record(["git", "-C", str(dest), "checkout", "--quiet", self.ref], runs_in_dry_run=True)
+            _git(["checkout", "--quiet", self.ref], dest)
+            if not self.version:
+                try:
+                    self.version = _git(["describe", "--tags", "--exact-match"], dest)
+                except StepFailed:
+                    self.version = _git(["rev-parse", "--short", "HEAD"], dest)
+        check_version(self.version)
+        if not (dest / s.compose_file).is_file():
+            raise StepFailed(f"{s.compose_file} not found in {repo} at {self.ref}")
+        self.commit = _git(["rev-parse", "HEAD"], dest) if (dest / ".git").exists() else ""
+        # Containers on the CD node run as root: let them read the checkout whatever the umask.
+        dest.chmod(0o755)
+        if not for_settings(s).shares_workspace:
+            self.record(["docker", "cp", str(dest), f"{s.cd_node}:{dest}"])
+            if not self.dry_run:
+                size = workspace.upload(self.cluster.client(s.cd_node), dest, s.registry_image)
+                self.log(f"copied the checkout to {s.cd_node} ({size // 1024} KiB)")
+        return f"{repo} at {self.ref} ({self.commit[:7] or 'no git'}) as version {self.version}"
+
+    # -- the compose project -----------------------------------------------------------------
+    def compose_step(self, action: Callable[[Compose], object], host_ip: str = "",
+                     defer: bool = False) -> None:
+        """One compose action in the project; down at once unless `defer` in a whole run."""
+        self.torn_down()  # a down still running on this project ends before it is used again
+        c = self.compose(host_ip)
+        down = not (defer and self.defer_down)
+        self.compose_left = True
+        try:
+            with c.session(down=down):
+                action(c)
+            self.compose_left = not down
+        except ComposeError as exc:
+            raise StepFailed(str(exc), exc.result.tail() if exc.result else "") from None
+        finally:
+            self._noted(c)
+
+    def _noted(self, c: Compose) -> None:
+        self.commands += c.commands()
+        if self.dry_run:
+            for cmd in c.commands():
+                self.log("would run: " + cmd)
+
+    def take_down(self, quiet: bool = False) -> None:
+        """The project down, after steps that left it up (no signal handling here: it also
+        runs off the main thread). A down that fails leaves the project marked as up.
+        quiet: its output is not shown live (it would read as the output of the step it runs
+        beside)."""
+        c = self.compose()
+        if quiet:
+            c.on_line = None
+        try:
+            self.compose_left = not c.down(check=False).ok
+        finally:
+            self._noted(c)
+
+    def tear_down_beside(self) -> None:
+        """Start the project's down on a thread; `torn_down()` waits for it. A dry run lists
+        it in order instead."""
+        if self.dry_run:
+            self.take_down()
+            return
+        self.teardown = beside(self.take_down, quiet=True)
+
+    def torn_down(self) -> None:
+        """Wait for a down started by `tear_down_beside`; if it failed, the project stays
+        marked as left up (the run's clean-up tries again) and the run goes on."""
+        future, self.teardown = self.teardown, None
+        if future is None:
+            return
+        try:
+            future.result()
+        except Exception as exc:
+            self.log(f"could not take the compose project {self.project} down: {exc}")
+
+    def close(self) -> None:
+        """After a run, also a failed or interrupted one: the compose project and the checkout
+        go; failures are logged, never raised (they must not hide the run's own result)."""
+        self.torn_down()
+        if self.compose_left:
+            try:
+                self.take_down()
+            except Exception as exc:
+                self.log(f"could not take the compose project {self.project} down: {exc}")
+        if self.workdir and self.workdir.exists():
+            s = self.settings
+            if not self.dry_run and not for_settings(s).shares_workspace:
+                try:
+                    workspace.remove(self.cluster.client(s.cd_node), self.workdir, s.registry_image)
+                except Exception as exc:
+                    self.log(f"could not remove the checkout from {s.cd_node}: {exc}")
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def check_version(version: str | None) -> str:
+    """The version rule of the env files (`config.pinned_version`), as a failed step."""
+    try:
+        return config.pinned_version(version or "")
+    except ValueError as exc:
+        raise StepFailed(f"version {version!r} is refused: {exc}") from None
+
+
+def _git(args: Sequence[str], cwd: Path | None = None) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or ["?"]
+        raise StepFailed(f"`{shlex.join(['git', *args])}` failed: {lines[-1]}",
+                         "\n".join(lines[-20:]) if len(lines) > 1 else "")
+    return proc.stdout.strip()

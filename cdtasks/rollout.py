@@ -1,0 +1,111 @@
+"""Changing the running service and proving it works, for delivery (prod-like) and deployment
+(production) alike: pre-pull, update by digest, wait on Swarm's UpdateStatus, HOST_IP, the
+production tests and, overlapping them, the watch of Swarm's monitor period (`settle`); and
+the record that ties the two: the versions that passed production tests on prod-like."""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
+
+from . import records, services, stack
+from .checkout import Checkout
+from .cluster import Cluster
+from .config import Settings
+from .log import Log
+from .runner import StepFailed
+
+LOCK_WAIT = 600  # seconds a change of a service waits for the lock another one holds
+OK_STATES = ("completed", "unchanged", "converged", "dry-run")  # Rollout states that are fine
+
+
+def prepull(cluster: Cluster, service: str, image: str, log: Log) -> list[str]:
+    """Pull the new image, in parallel, before the update on every node the service's tasks
+    may be placed on (a rolling update may start a task on a node that runs none now): the
+    update then only starts containers."""
+    manager = cluster.manager()
+    spec = services.existing(manager, service)["Spec"]
+    nodes = [n for n in services.eligible_nodes(manager, spec) if n in cluster.endpoints]
+    repo, _, digest = image.partition("@")
+
+    def pull(node: str) -> str:
+        cluster.client(node).api.pull(repo.rsplit(":", 1)[0],
+                                      tag=digest or repo.rsplit(":", 1)[1])
+        return node
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=len(nodes) or 1) as pool:
+        done = list(pool.map(pull, nodes))
+    log(f"pre-pulled {image} on {', '.join(done)} ({time.monotonic() - start:.1f}s)")
+    return done
+
+
+def update(cluster: Cluster, settings: Settings, image: str, log: Log, dry_run: bool = False,
+           record: Callable[[Sequence[str]], None] | None = None) -> services.Rollout:
+    """Pre-pull, `docker service update --image`, then wait for Swarm to report completion;
+    a rollout that did not end well fails the step."""
+    svc = settings.app_service
+    if record:
+        record(["docker", "service", "update", "--image", image, svc])
+    if dry_run:
+        return services.Rollout(svc, image, "dry-run", 0.0)
+    manager = cluster.manager()
+    prepull(cluster, svc, image, log)
+    services.update_image(manager, svc, image)
+    return check(services.wait_rollout(manager, svc, image, settings.services_timeout, log))
+
+
+def check(result: services.Rollout) -> services.Rollout:
+    if result.state not in OK_STATES:
+        raise StepFailed(f"rolling update of {result.service} ended {result.state}: {result.message}")
+    return result
+
+
+def monitor_start(result: services.Rollout) -> float:
+    """The monotonic time the last replica started: Swarm's monitor period counts from it."""
+    return time.monotonic() - result.running_for
+
+
+def settle(cluster: Cluster, settings: Settings, converged_at: float, log: Log) -> None:
+    """After the tests that overlapped Swarm's monitor period: every replica must still run the
+    image, for the whole period, with no failure or rollback reported by Swarm."""
+    manager = cluster.manager()
+    image = services.current_image(manager, settings.app_service)
+    until = (converged_at or time.monotonic()) + services.MONITOR
+    check(services.wait_rollout(manager, settings.app_service, image, settings.services_timeout,
+                                log, stable_until=until))
+
+
+def host_ip(cluster: Cluster, settings: Settings, routing: str) -> str:
+    """Where production tests reach the proxy (HOST_IP): any node with the routing mesh;
+    without it, a node that runs a proxy task."""
+    nodes = list(cluster.endpoints) if routing == "mesh" else stack.proxy_nodes(cluster, settings)
+    if not nodes:
+        raise StepFailed(f"no node of {settings.env} runs a {settings.proxy_service} task")
+    address = cluster.endpoints[nodes[0]].address
+    return address if settings.proxy_port == 80 else f"{address}:{settings.proxy_port}"
+
+
+def production_tests(co: Checkout, target: Cluster, target_settings: Settings,
+                     converged_at: float) -> str:
+    """`run --rm production` in the checkout on the CD node against a cluster's proxy, then the
+    rolling update that preceded them (its last replica started at `converged_at`) must have
+    settled."""
+    ip = "HOST_IP" if co.dry_run else host_ip(target, target_settings, target.routing_in_use())
+    co.compose_step(lambda c: c.run("production"), host_ip=ip, defer=True)
+    if co.compose_left:  # a whole run: the project goes down while the monitor period is watched
+        co.tear_down_beside()
+    if not co.dry_run:
+        settle(target, target_settings, converged_at, co.log)
+    co.torn_down()
+    return f"production tests passed against {target_settings.env} ({ip})"
+
+
+# -- versions that passed production tests on prod-like: delivery writes, deployment reads ----
+def mark_delivered(manager, service: str, entry: dict) -> None:
+    records.put(manager, "delivered", service, entry)
+
+
+def delivered(manager, service: str) -> list[dict]:
+    """Versions that passed prod-like for a service, oldest first."""
+    return records.load(manager, "delivered", service)

@@ -1,0 +1,75 @@
+"""Deployment logic without a cluster: which version is deployed (from the versions that passed
+prod-like) and what a run's outcome is; the cluster side runs in tests/integration/test_4_deploy.py."""
+from __future__ import annotations
+
+import pytest
+
+from cdtasks import deployment
+from cdtasks.config import load
+from cdtasks.deployment import Deployment, DeploymentError, choose, outcome
+from cdtasks.runner import StepResult
+
+
+@pytest.fixture
+def envs(tmp_path):
+    (tmp_path / "prod.env").write_text("REGISTRY_PORT=5100\nAPP_IMAGE=shop\nAPP_SERVICE=shop\n")
+    (tmp_path / "test.env").write_text("APP_SERVICE=shop\nREPO=https://example.invalid/shop.git\n")
+    return load("prod", environ={}, env_dir=tmp_path), load("test", environ={}, env_dir=tmp_path)
+
+
+def passed(*versions):
+    return [{"version": v, "image": f"localhost:5000/shop:{v}", "digest": f"sha256:{i}",
+             "repo": "r", "commit": "c"} for i, v in enumerate(versions)]
+
+
+# -- which version -------------------------------------------------------------------------------
+def test_the_last_version_that_passed_is_the_default(envs):
+    records = passed("1.0", "1.1", "1.2")
+    assert choose(Deployment(*envs), records) is records[-1]
+
+
+def test_a_named_version_is_its_last_record(envs):
+    records = passed("1.0", "1.1", "1.0")
+    assert choose(Deployment(*envs, version="1.0"), records) is records[2]
+
+
+def test_nothing_passed_yet_is_refused_with_what_to_do(envs):
+    with pytest.raises(DeploymentError, match="no version of shop has passed .* --force"):
+        choose(Deployment(*envs), [])
+
+
+def test_a_version_that_never_passed_is_refused_naming_those_that_did(envs):
+    with pytest.raises(DeploymentError, match=r"version 2.0 never passed prod-like \(passed: 1.0, 1.1\)"):
+        choose(Deployment(*envs, version="2.0"), passed("1.1", "1.0"))
+
+
+def test_force_deploys_a_version_from_the_target_registry(envs):
+    prod, test = envs
+    record = choose(Deployment(prod, test, version="2.0", force=True), passed("1.1"))
+    assert record["version"] == "2.0" and record["digest"] == ""
+    assert record["image"] == "localhost:5100/shop:2.0"  # the production cluster's registry
+    assert record["repo"] == test.repo  # production tests come from the source's repository
+
+
+@pytest.mark.parametrize("version", ["latest", "", "1.0 beta"])
+def test_a_refused_version_stops_before_any_cluster_is_asked(envs, version):
+    with pytest.raises(DeploymentError, match="refused"):
+        deployment.prepare(Deployment(*envs, version=version))
+
+
+# -- outcome -------------------------------------------------------------------------------------
+def results(*oks):
+    return [StepResult(f"s{i}", ok, 1.0) for i, ok in enumerate(oks)]
+
+
+@pytest.mark.parametrize("kind, rolled_back, oks, expected", [
+    ("deploy", False, (True, True), "deployed"),
+    ("rollback", False, (True, True), "rolled back"),
+    ("deploy", False, (True, False), "failed"),  # --no-rollback
+    ("deploy", True, (True, False, True, True), "failed, rolled back"),
+    ("deploy", True, (False, True, False), "failed, rollback failed"),
+    ("deploy", True, (True, False, True, False), "failed, rollback failed"),
+])
+def test_outcome(envs, kind, rolled_back, oks, expected):
+    d = Deployment(*envs, kind=kind, rolled_back=rolled_back)
+    assert outcome(d, results(*oks)) == expected
