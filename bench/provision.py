@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cdtasks import config, engine, images, registry  # noqa: E402
+from cdtasks import config, engine, images, registry, state  # noqa: E402
 from cdtasks.providers import certs  # noqa: E402
 from cdtasks.providers.lab import LabProvider, remove_labelled  # noqa: E402
 import benchlib  # noqa: E402
@@ -71,12 +71,12 @@ def replay(host, environ: dict[str, str]) -> float:
     # The lab's shared pieces, made as the provider makes them before its first machine.
     lab = providers[0]
     lab._ensure_network()
-    lab.root.mkdir(parents=True, exist_ok=True)
+    state.private_dir(lab.root)
     certs.ensure_ca(lab.root / "certs")
     certs.ssh_keypair(lab.ssh_key)
     for s in settings:
-        s.registry_dir.mkdir(parents=True, exist_ok=True)
-        s.workspace_dir.mkdir(parents=True, exist_ok=True)
+        state.private_dir(s.registry_dir)
+        state.private_dir(s.workspace_dir)
 
     addresses, names = {}, {}
     for prov, s in zip(providers, settings):
@@ -113,10 +113,15 @@ def replay(host, environ: dict[str, str]) -> float:
         # tool calls records the tag as given; --no-resolve-image makes the CLI do the same
         # instead of asking Docker Hub (unreachable here) for a digest.
         spec = registry.spec(s, "dnsrr")
+        (secret, _), = spec.secrets  # the registry's htpasswd, as `provision` gives it
+        with open(registry.auth_dir(s) / registry.HTPASSWD, "rb") as htpasswd:
+            run("docker", "exec", "-i", names[first], "docker", "secret", "create", secret, "-",
+                stdin=htpasswd)
         on(first, "service", "create", "--detach", "--no-resolve-image", "--name", spec.name,
            "--mode", "global", "--endpoint-mode", spec.endpoint_mode,
            "--reserve-memory", f"{spec.reserve_mb}M",
            *[f"--env={e}" for e in spec.env], *[f"--mount={m}" for m in spec.mounts],
+           *[f"--secret=source={n},target={t},mode=0400" for n, t in spec.secrets],
            *[f"--publish=mode={m},target={t},published={p}" for p, t, m in spec.ports],
            *[f"--label={k}={v}" for k, v in spec.labels], spec.image)
         deadline = time.monotonic() + REGISTRY_TIMEOUT

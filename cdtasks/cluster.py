@@ -37,7 +37,8 @@ class Cluster:
             if node not in self.endpoints:
                 raise engine.EngineError(f"node {node} of {self.settings.env} does not exist or is "
                                          f"not running: run `inv provision --env {self.settings.env}`")
-            self._clients[node] = engine.client(self.endpoints[node])
+            self._clients[node] = engine.client(self.endpoints[node],
+                                                registries=registry.logins(self.settings))
         return self._clients[node]
 
     def clients(self) -> dict:
@@ -50,6 +51,8 @@ class Cluster:
                 try:
                     c = self.client(node)
                     info = swarm.info_of(node, "", c.info())
+                except (engine.UnknownHostKey, engine.HostKeyChanged):
+                    raise  # not "no manager answers": the user must decide about the key
                 except Exception:  # EngineError, or a cached client whose engine went away
                     self._clients.pop(node, None)
                     continue
@@ -108,6 +111,7 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
         actions += [f"loaded {settings.registry_image} into {n}" for n in
                     images.provide(host, clients, [settings.registry_image], log)]
     manager = c.manager()
+    actions += registry.ensure_secret(manager, settings, log)
     spec = registry.spec(settings, mode)
     actions += services.converge(manager, [spec], log)
     services.wait_running(manager, [spec.name], REGISTRY_TIMEOUT, log)

@@ -174,7 +174,8 @@ KEYS: dict[str, Key] = {
                     "where machines come from: lab (containers on the local engine), "
                     "docker-machine (its CLI creates them), ssh (servers you already have)"),
     "LAB_NAME": Key(_name, "cdtasks", "prefix of every container, network and volume the lab creates"),
-    "STATE_DIR": Key(_path, "~/.cdtasks", "certificates, keys, known_hosts and registry data"),
+    "STATE_DIR": Key(_path, "~/.cdtasks", "certificates, keys, known_hosts, registry data and "
+                                            "credentials (created 0700)"),
     "NODES": Key(_names, "swarm-test-1,swarm-test-2,swarm-test-3", "the cluster's nodes, first is the leader"),
     "WORKERS": Key(_names, "", "nodes that join as workers (default: all are managers)"),
     "NODE_LABELS": Key(_labels, "", "node labels, node:key=value,..."),

@@ -43,6 +43,7 @@ class ServiceSpec:
     update_failure: str = "pause"  # pause | rollback | continue
     stop_grace: int = 10  # seconds
     configs: tuple[tuple[str, str], ...] = ()  # (config name, target path)
+    secrets: tuple[tuple[str, str], ...] = ()  # (secret name, file name in /run/secrets)
     labels: tuple[tuple[str, str], ...] = ()
 
     def validated(self) -> "ServiceSpec":
@@ -53,14 +54,17 @@ class ServiceSpec:
         return self
 
     # -- to the Engine API ---------------------------------------------------------------------
-    def api_kwargs(self, network_ids: Mapping[str, str], config_ids: Mapping[str, str]) -> dict:
+    def api_kwargs(self, network_ids: Mapping[str, str], config_ids: Mapping[str, str],
+                   secret_ids: Mapping[str, str] | None = None) -> dict:
         mounts = [types.Mount.parse_mount_string(_cli_mount(m)) for m in self.mounts]
         configs = [types.ConfigReference(config_ids[name], name, filename=target, mode=0o444)
                    for name, target in self.configs]
+        secrets = [types.SecretReference((secret_ids or {})[name], name, filename=target, mode=0o400)
+                   for name, target in self.secrets]
         container = types.ContainerSpec(self.image, args=list(self.args) or None,
                                         env=list(self.env) or None, mounts=mounts or None,
                                         stop_grace_period=self.stop_grace * NS,
-                                        configs=configs or None)
+                                        configs=configs or None, secrets=secrets or None)
         resources = types.Resources(mem_reservation=self.reserve_mb * MB) if self.reserve_mb else None
         template = types.TaskTemplate(container, resources=resources,
                                       placement=types.Placement(constraints=list(self.constraints)),
@@ -84,7 +88,8 @@ def _cli_mount(m: str) -> str:
     return f"{parts['source']}:{parts['target']}" + (":ro" if "readonly" in parts else "")
 
 
-def actual(inspect: Mapping, network_names: Mapping[str, str], config_names: Mapping[str, str]) -> ServiceSpec:
+def actual(inspect: Mapping, network_names: Mapping[str, str], config_names: Mapping[str, str],
+           secret_names: Mapping[str, str] | None = None) -> ServiceSpec:
     """The fields of a running service's spec (from `inspect_service`) as a ServiceSpec."""
     spec = inspect["Spec"]
     tt, cs = spec["TaskTemplate"], spec["TaskTemplate"]["ContainerSpec"]
@@ -111,6 +116,8 @@ def actual(inspect: Mapping, network_names: Mapping[str, str], config_names: Map
         stop_grace=cs.get("StopGracePeriod", 10 * NS) // NS,
         configs=tuple((config_names.get(c["ConfigID"], c["ConfigName"]), c["File"]["Name"])
                       for c in cs.get("Configs") or []),
+        secrets=tuple(((secret_names or {}).get(c["SecretID"], c["SecretName"]), c["File"]["Name"])
+                      for c in cs.get("Secrets") or []),
         labels=tuple(sorted((spec.get("Labels") or {}).items())),
     )
 
@@ -121,7 +128,8 @@ def diff(want: ServiceSpec, have: ServiceSpec | None) -> dict[str, tuple]:
     for f in fields(ServiceSpec):
         w = getattr(want, f.name)
         h = getattr(have, f.name) if have else None
-        if f.name in ("env", "constraints", "mounts", "ports", "networks", "configs", "labels"):
+        if f.name in ("env", "constraints", "mounts", "ports", "networks", "configs", "secrets",
+                      "labels"):
             w, h = tuple(sorted(w)), (tuple(sorted(h)) if h is not None else None)
         if f.name == "image" and h and "@sha256:" not in w:
             h = h.split("@sha256:")[0]  # the CLI appends the digest it resolved; a tag pin ignores it
@@ -131,10 +139,15 @@ def diff(want: ServiceSpec, have: ServiceSpec | None) -> dict[str, tuple]:
 
 
 # -- the engine side --------------------------------------------------------------------------
-def _lookup(client) -> tuple[dict[str, str], dict[str, str], dict[str, str], dict[str, str]]:
-    nets = {n["Name"]: n["Id"] for n in client.api.networks()}
-    confs = {c["Spec"]["Name"]: c["ID"] for c in client.api.configs()}
-    return nets, {v: k for k, v in nets.items()}, confs, {v: k for k, v in confs.items()}
+def _lookup(client) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """name -> ID of the cluster's networks, configs and secrets."""
+    return ({n["Name"]: n["Id"] for n in client.api.networks()},
+            {c["Spec"]["Name"]: c["ID"] for c in client.api.configs()},
+            {c["Spec"]["Name"]: c["ID"] for c in client.api.secrets()})
+
+
+def _names(ids: Mapping[str, str]) -> dict[str, str]:
+    return {v: k for k, v in ids.items()}
 
 
 def inspect(client, name: str) -> Mapping | None:
@@ -146,11 +159,12 @@ def inspect(client, name: str) -> Mapping | None:
 
 def plan(client, specs: Sequence[ServiceSpec]) -> list[tuple[ServiceSpec, dict[str, tuple]]]:
     """[(spec, differences)] for the services that are missing or differ from their spec."""
-    _, net_names, _, conf_names = _lookup(client)
+    nets, confs, secrets = _lookup(client)
     out = []
     for spec in specs:
         running = inspect(client, spec.name)
-        have = actual(running, net_names, conf_names) if running else None
+        have = (actual(running, _names(nets), _names(confs), _names(secrets))
+                if running else None)
         d = diff(spec.validated(), have)
         if d:
             out.append((spec, d if have else {}))
@@ -159,13 +173,14 @@ def plan(client, specs: Sequence[ServiceSpec]) -> list[tuple[ServiceSpec, dict[s
 
 def converge(client, specs: Sequence[ServiceSpec], log: Log, update: bool = True) -> list[str]:
     """Create what is missing; with `update`, update what differs. Returns what was done."""
-    nets, _, confs, _ = _lookup(client)
+    nets, confs, secrets = _lookup(client)
     done = []
     for spec, d in plan(client, specs):
-        missing = [n for n in spec.networks if n not in nets] + [c for c, _ in spec.configs if c not in confs]
+        missing = ([n for n in spec.networks if n not in nets] + [c for c, _ in spec.configs if c not in confs]
+                   + [c for c, _ in spec.secrets if c not in secrets])
         if missing:
             raise ServiceError(f"service {spec.name}: {', '.join(missing)} does not exist")
-        kwargs = spec.api_kwargs(nets, confs)
+        kwargs = spec.api_kwargs(nets, confs, secrets)
         if not d:
             log(f"creating service {spec.name} ({spec.image})")
             client.api.create_service(**kwargs)

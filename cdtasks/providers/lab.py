@@ -18,7 +18,7 @@ from typing import Sequence
 import docker
 from docker.errors import APIError, NotFound
 
-from .. import engine, images
+from .. import engine, images, state
 from ..config import Settings
 from ..engine import Endpoint
 from ..log import Log
@@ -144,11 +144,11 @@ class LabProvider(Provider):
                 log(f"building the node image {image.ref} (once; cached afterwards)")
                 images.build(self.host, [image], log)
             self._ensure_network()
-            self.root.mkdir(parents=True, exist_ok=True)
+            state.private_dir(self.root)
             certs.ensure_ca(self.root / "certs")
             certs.ssh_keypair(self.ssh_key)
-            for d in self.shared_dirs():  # keys: host side
-                d.mkdir(parents=True, exist_ok=True)
+            for d in self.shared_dirs():  # keys: host side; the nodes mount them as root
+                state.private_dir(d)
         with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
             results = list(pool.map(lambda n: self._ensure_node(n, image.ref, log), nodes))
         with _SHARED:
@@ -171,10 +171,9 @@ class LabProvider(Provider):
         """Certificates and keys for a new machine; what the node gets goes to machine/node/."""
         d = self.machine_dir(node)
         shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
+        state.private_dir(d)
         ca = self.root / "certs"
-        for f in ("ca.pem", "cert.pem", "key.pem"):  # DOCKER_CERT_PATH, as docker-machine lays it out
-            shutil.copy2(ca / f, d / f)
+        certs.client_files(ca, d)
         certs.server_cert(ca, d / "node" / "tls", [node, "localhost", "127.0.0.1"])
         certs.ssh_keypair(d / "node" / "ssh" / "host_key")
         (d / "node" / "ssh" / "authorized_keys").write_text(
