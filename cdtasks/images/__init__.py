@@ -97,7 +97,7 @@ RUNTIME_FS = Rootfs(
 IMAGES: dict[str, Image] = {i.key: i for i in (
     Image("node", "cdtasks/node", "20.10.24", NODE_FS, ("/usr/local/bin/cdtasks-node",),
           upstream="docker:20.10.24-dind"),
-    Image("registry", "cdtasks/registry", "2.8.2", RUNTIME_FS,
+    Image("registry", "cdtasks/registry-slim", "2.8.2", RUNTIME_FS,
           ("/usr/bin/docker-registry", "serve", "/etc/docker/registry/config.yml"),
           expose=(5000,), upstream="registry:2.8.2",
           # The Go binary needs only the C library and its loader (bookworm's merged /usr: /lib,
