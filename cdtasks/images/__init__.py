@@ -265,6 +265,13 @@ def _build(client, images: list[Image], log: Callable[[str], None], force: bool)
     return built
 
 
+def save(source, refs: list[str]):
+    """`docker save REF...` as a stream of chunks (the SDK saves one image per call)."""
+    res = source.api._get(source.api._url("/images/get"), params={"names": refs}, stream=True)
+    source.api._raise_for_status(res)
+    return res.iter_content(1 << 20)
+
+
 def distribute(source, targets: Mapping, refs: list[str], log: Callable[[str], None]) -> list[str]:
     """Copy images from the local engine into the nodes that lack them (`docker save | docker
     load`, streamed, nodes in parallel). Returns the nodes that received something."""
@@ -279,9 +286,7 @@ def distribute(source, targets: Mapping, refs: list[str], log: Callable[[str], N
         if not need:
             return None
         log(f"{node}: loading {', '.join(need)}")
-        res = source.api._get(source.api._url("/images/get"), params={"names": need}, stream=True)
-        source.api._raise_for_status(res)
-        client.images.load(res.iter_content(1 << 20))
+        client.images.load(save(source, need))
         return node
 
     with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
