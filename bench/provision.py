@@ -201,6 +201,8 @@ def main() -> None:
     if images.missing(host, wanted):  # built once, outside any timing
         say("building the node and registry images first (inv images)")
         inv(["images"], dict(os.environ))
+    # So is the seeded node image new machines start from.
+    LabProvider(config.load("test", environ=dict(os.environ)), host).node_image(say)
     rand = secrets.token_hex(3)
     tmp = Path(tempfile.mkdtemp(prefix="cdtbench-"))
     labs: list[str] = []

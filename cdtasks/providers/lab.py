@@ -135,16 +135,10 @@ class LabProvider(Provider):
 
     # -- create ----------------------------------------------------------------------------
     def ensure(self, nodes: Sequence[str], log: Log) -> dict[str, Endpoint]:
-        image = images.IMAGES["node"]
         missing = [n for n in nodes if self._container(n) is None]
         self._check_ports(missing)
         with _SHARED:
-            if images.missing(self.host, [image]):
-                log(f"building the node image {image.ref} (once; cached afterwards)")
-                images.build(self.host, [image], log)
-            # New nodes start with the registry image in their engine (see images/seed.py).
-            node_ref = seed.seeded(self.host, image, [images.IMAGES["registry"]],
-                                   lambda binds: dind_host_config(self.host.api, binds), log)
+            node_ref = self.node_image(log)
             self._ensure_network()
             self.root.mkdir(parents=True, exist_ok=True)
             certs.ensure_ca(self.root / "certs")
@@ -156,6 +150,16 @@ class LabProvider(Provider):
         with _SHARED:
             self._write_known_hosts()
         return dict(zip(nodes, results))
+
+    def node_image(self, log: Log) -> str:
+        """What new machines start from: the node image with the registry image already in its
+        engine (images/seed.py); built once per machine when missing."""
+        image = images.IMAGES["node"]
+        if images.missing(self.host, [image]):
+            log(f"building the node image {image.ref} (once; cached afterwards)")
+            images.build(self.host, [image], log)
+        return seed.seeded(self.host, image, [images.IMAGES["registry"]],
+                           lambda binds: dind_host_config(self.host.api, binds), log)
 
     def _check_ports(self, nodes: Sequence[str]) -> None:
         for node in nodes:
