@@ -138,7 +138,8 @@ class LabProvider(Provider):
         missing = [n for n in nodes if self._container(n) is None]
         self._check_ports(missing)
         with _SHARED:
-            node_ref = self.node_image(log)
+            # Only a machine to create needs the image (a re-provision makes no image calls).
+            node_ref = self.node_image(log) if missing else ""
             self._ensure_network()
             self.root.mkdir(parents=True, exist_ok=True)
             certs.ensure_ca(self.root / "certs")
