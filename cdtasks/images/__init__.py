@@ -101,10 +101,12 @@ IMAGES: dict[str, Image] = {i.key: i for i in (
           ("/usr/bin/docker-registry", "serve", "/etc/docker/registry/config.yml"),
           expose=(5000,), upstream="registry:2.8.2",
           # The Go binary needs only the C library and its loader (bookworm's merged /usr: /lib,
-          # /lib64 are links into usr/).
+          # /lib64 are links into usr/). `true` and `rm`: workspace.py uses the image, which every
+          # node has, as the carrier that copies a checkout to the CD node and removes it.
           keep=("usr/bin/docker-registry", "etc/docker/registry/config.yml", "lib", "lib64",
                 "usr/lib64/ld-linux*", "usr/lib/*/ld-linux*", "usr/lib/*/libc.so.6",
-                "etc/ssl/certs/ca-certificates.crt", "etc/passwd", "etc/group", "tmp")),
+                "etc/ssl/certs/ca-certificates.crt", "etc/passwd", "etc/group", "tmp",
+                "usr/bin/true", "usr/bin/rm")),
     # Like python:3.11-slim: no entrypoint, so compose commands and Dockerfile CMDs work as is.
     Image("python", "cdtasks/python", "3.11", RUNTIME_FS, (), cmd=("python3",),
           upstream="python:3.11-slim-bookworm"),

@@ -1,6 +1,7 @@
 """Image recipes: Debian version parsing, pins, recipe hashes and the mmdebstrap argv (no engine)."""
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import shlex
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cdtasks import config
+from cdtasks import config, workspace
 from cdtasks import images as mod
 from cdtasks.config import pinned_image
 from cdtasks.images import (IMAGES, NODE_FS, RUNTIME_FS, SOURCES, SUITE, Rootfs, check_pins,
@@ -300,3 +301,10 @@ def test_only_the_registry_image_is_slimmed_and_keep_counts_in_its_recipe(here_c
     image = IMAGES["registry"]
     assert "usr/bin/docker-registry" in image.keep and image.entrypoint[0] == "/usr/bin/docker-registry"
     assert replace(image, keep=image.keep + ("bin",)).recipe_hash() != image.recipe_hash()
+
+
+def test_the_registry_image_keeps_what_the_workspace_carrier_runs():
+    """workspace.py creates containers of REGISTRY_IMAGE with `true` and `rm -rf`."""
+    source = inspect.getsource(workspace)
+    assert '["true"]' in source and '["rm", "-rf"' in source
+    assert {"usr/bin/true", "usr/bin/rm"} <= set(IMAGES["registry"].keep)
