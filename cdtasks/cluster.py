@@ -98,23 +98,44 @@ class ProvisionResult:
 def provision(settings: Settings, log: Log) -> ProvisionResult:
     """Machines, swarm membership, labels and the registry service: create only what is missing."""
     started = time.monotonic()
+
+    def done(phase: str) -> None:  # `bench/provision.py` reads these lines for its phase table
+        log(f"{settings.env}: {phase} after {time.monotonic() - started:.1f}s")
+
     c = Cluster.of(settings)
     before = set(c.provider.endpoints(settings.nodes))
     c.endpoints = c.provider.ensure(settings.nodes, log)
+    done("machines ready")
     actions = [f"created machine {n}" for n in settings.nodes if n not in before]
     clients = c.clients()
     addresses = {n: ep.address for n, ep in c.endpoints.items()}
-    actions += [str(a) for a in swarm.converge(settings, clients, addresses, log)]
-    mode, reason = c.routing()
     host = c.provider.image_source()
-    if host is not None:
-        actions += [f"loaded {settings.registry_image} into {n}" for n in
-                    images.provide(host, clients, [settings.registry_image], log)]
+
+    def members() -> list[str]:
+        out = [str(a) for a in swarm.converge(settings, clients, addresses, log)]
+        done("swarm converged")
+        return out
+
+    def registry_image() -> list[str]:
+        loaded = images.provide(host, clients, [settings.registry_image], log)
+        done("registry image on every node")
+        return [f"loaded {settings.registry_image} into {n}" for n in loaded]
+
+    # Membership, the IPVS probe and copying the registry image into the nodes need only the
+    # machines, not each other: side by side.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        joined = pool.submit(members)
+        routing = pool.submit(c.routing)
+        loaded = pool.submit(registry_image) if host is not None else None
+        actions += joined.result()
+        mode, reason = routing.result()
+        actions += loaded.result() if loaded else []
     manager = c.manager()
     actions += registry.ensure_secret(manager, settings, log)
     spec = registry.spec(settings, mode)
     actions += services.converge(manager, [spec], log)
     services.wait_running(manager, [spec.name], REGISTRY_TIMEOUT, log)
+    done("registry running")
     return ProvisionResult(settings.env, tuple(actions), mode, reason, time.monotonic() - started)
 
 

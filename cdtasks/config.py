@@ -180,7 +180,7 @@ KEYS: dict[str, Key] = {
     "WORKERS": Key(_names, "", "nodes that join as workers (default: all are managers)"),
     "NODE_LABELS": Key(_labels, "", "node labels, node:key=value,..."),
     "CD_NODE": Key(_name, "swarm-test-1", "node that runs the CD work (tests, builds)"),
-    "REGISTRY_IMAGE": Key(pinned_image, "cdtasks/registry:2.8.2", "registry service image"),
+    "REGISTRY_IMAGE": Key(pinned_image, "cdtasks/registry-slim:2.8.2", "registry service image"),
     "REGISTRY_PORT": Key(_int(1, 65535), "5000", "registry port on every node (localhost:PORT)"),
     "REGISTRY_RESERVE_MB": Key(_int(0, 1 << 20), "100", "memory reserved for the registry"),
     "REGISTRY_DIR": Key(_path, "", "host directory both clusters' registries store into "

@@ -33,7 +33,7 @@ TEST_NODES = ("swarm-test-1", "swarm-test-2", "swarm-test-3")
 PROD_NODES = ("swarm-1", "swarm-2", "swarm-3")
 NODES = {"test": TEST_NODES, "prod": PROD_NODES}
 LAB_LABEL = "io.cdtasks.lab"
-REGISTRY_IMAGE = "cdtasks/registry:2.8.2"
+REGISTRY_IMAGE = "cdtasks/registry-slim:2.8.2"
 MB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[2]
 
