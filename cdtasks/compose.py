@@ -13,7 +13,6 @@ import os
 import re
 import secrets
 import shlex
-import signal
 import subprocess
 import threading
 import time
@@ -22,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Iterator, Mapping, Sequence
+
+from .interrupt import signals_as_interrupt
 
 OnLine = Callable[[str], None]
 # runner(argv, env, on_line) -> (exit code, combined stdout+stderr)
@@ -254,18 +255,6 @@ def subprocess_runner(argv: Sequence[str], env: Mapping[str, str],
                 proc.kill()
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    # Python may only set handlers in the main thread; elsewhere SIGTERM keeps its meaning.
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main else None
-    try:
-        yield
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
-
-
 class Compose:
     """One compose project (`-p`) from one file, on the engine that docker_env points at."""
 
@@ -330,7 +319,7 @@ class Compose:
         failed, a failing down() becomes a note on the block's error instead of replacing it.
         down=False: the caller takes the project down later (and must, also on failure)."""
         try:
-            with _sigterm_as_interrupt():
+            with signals_as_interrupt():
                 yield self
         except BaseException as exc:
             try:

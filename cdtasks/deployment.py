@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -15,7 +16,10 @@ from .checkout import Checkout, check_version
 from .cluster import Cluster
 from .config import Settings
 from .log import Log
-from .runner import StepFailed, StepResult, run_step
+from .runner import RunInterrupted, StepFailed, StepResult, run_step
+
+
+STARTED, UNFINISHED = "started", "unfinished"  # history results of a run not (yet) finished
 
 
 class DeploymentError(RuntimeError):
@@ -42,6 +46,7 @@ class Deployment:
     checkout: Checkout | None = None  # where the production tests run (on the test cluster's CD node)
     cluster: Cluster | None = None
     started: float = field(default_factory=time.monotonic)
+    run_id: str = field(default_factory=lambda: secrets.token_hex(6))  # ties its history entries
 
     @property
     def service(self) -> str:
@@ -149,56 +154,97 @@ def _rollback(d: Deployment) -> str:
 
 
 def run(d: Deployment, progress) -> tuple[dict, list[StepResult]]:
-    """The whole deployment: prepare (lock), the steps, and the history entry (also after a
-    failure or Ctrl-C). Returns the entry and the step results."""
+    """The whole deployment: prepare (lock), a "started" history entry, the steps, and the
+    final entry of the same run (also after a failure or a signal: then RunInterrupted goes on
+    with the entry as its `record`). Returns the entry and the step results."""
     token = prepare(d)
     results: list[StepResult] = []
+    stopped: KeyboardInterrupt | None = None
     try:
+        begin(d, token)
         results = steps(d, progress)
+    except RunInterrupted as exc:
+        results, stopped = exc.results, exc
+        raise
+    except KeyboardInterrupt as exc:
+        stopped = exc
+        raise
     finally:
-        entry = finish(d, results, token)
+        entry = finish(d, results, token, interrupted=stopped is not None)
+        if isinstance(stopped, RunInterrupted):
+            stopped.record = entry
     return entry, results
 
 
 def steps(d: Deployment, progress) -> list[StepResult]:
     """rollout, production tests; on failure (and unless disabled) roll back to the previous
     image and test again. The caller has taken the lock with `prepare`."""
-    results = [run_step("rollout", lambda: _rollout_to(d, d.image), progress)]
-    if results[-1].ok:
-        results.append(run_step("prodtest", lambda: _prodtest(d), progress))
-    if results[-1].failed and d.auto_rollback and d.previous and d.previous != d.image:
-        results.append(run_step("rollback", lambda: _rollback(d), progress))
-        results.append(run_step("prodtest-after-rollback", lambda: _prodtest(d), progress))
+    results: list[StepResult] = []
+    try:
+        results.append(run_step("rollout", lambda: _rollout_to(d, d.image), progress))
+        if results[-1].ok:
+            results.append(run_step("prodtest", lambda: _prodtest(d), progress))
+        if results[-1].failed and d.auto_rollback and d.previous and d.previous != d.image:
+            results.append(run_step("rollback", lambda: _rollback(d), progress))
+            results.append(run_step("prodtest-after-rollback", lambda: _prodtest(d), progress))
+    except RunInterrupted as exc:  # the steps that ran before the interrupted one, too
+        exc.results = results + exc.results
+        raise
     return results
 
 
-def outcome(d: Deployment, results: list[StepResult]) -> str:
-    if all(r.ok for r in results):
+def outcome(d: Deployment, results: list[StepResult], interrupted: bool = False) -> str:
+    """The history's result: "deployed" (or "rolled back") only when the rollout completed and
+    the production tests passed."""
+    if interrupted or any(r.interrupted for r in results):
+        return "interrupted"
+    passed = {r.name for r in results if r.ok}
+    if {"rollout", "prodtest"} <= passed and all(r.ok for r in results):
         return "deployed" if d.kind == "deploy" else "rolled back"
     if d.rolled_back:
         return "failed, rolled back" if results[-1].ok else "failed, rollback failed"
     return "failed"
 
 
-def finish(d: Deployment, results: list[StepResult], token: str) -> dict:
-    """Release the lock and write the history entry (cluster and local log). The local log and
-    the clean-up happen even when the cluster no longer answers."""
-    entry = {"time": records.now(), "user": getpass.getuser(), "env": d.prod.env,
-             "service": d.service, "kind": d.kind, "version": d.version, "image": d.image,
-             "digest": d.digest, "previous": d.previous, "result": outcome(d, results),
-             "rolled_back": d.rolled_back,
-             "seconds": round(time.monotonic() - d.started, 1),
-             "steps": {r.name: r.status for r in results}}
+def _entry(d: Deployment, result: str, results: list[StepResult]) -> dict:
+    return {"time": records.now(), "user": getpass.getuser(), "env": d.prod.env,
+            "service": d.service, "kind": d.kind, "version": d.version, "image": d.image,
+            "digest": d.digest, "previous": d.previous, "result": result,
+            "rolled_back": d.rolled_back, "seconds": round(time.monotonic() - d.started, 1),
+            "steps": {r.name: r.status for r in results}, "run": d.run_id}
+
+
+def _log_locally(d: Deployment, entry: dict) -> None:
+    local_log(d.prod).parent.mkdir(parents=True, exist_ok=True)
+    with local_log(d.prod).open("a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def begin(d: Deployment, token: str) -> None:
+    """The "started" entry, written before anything changes: a run killed with SIGKILL never
+    writes its final entry, and `history` then shows it as unfinished."""
+    entry = {**_entry(d, STARTED, []), "lock": token}
+    _log_locally(d, entry)
+    records.put(d.cluster.manager(), "history", d.service, entry)
+
+
+def finish(d: Deployment, results: list[StepResult], token: str,
+           interrupted: bool = False) -> dict:
+    """Release the lock and write the history entry (cluster and local log), with the image
+    each replica runs when the run was interrupted. The local log and the clean-up happen even
+    when the cluster no longer answers."""
+    entry = _entry(d, outcome(d, results, interrupted), results)
     try:
         manager = d.cluster.manager()
         try:
+            if entry["result"] == "interrupted":
+                entry["running"] = [f"{image} on {node}" for node, image in
+                                    services.replica_images(manager, d.service)]
             records.put(manager, "history", d.service, entry)
         finally:
             records.unlock(manager, d.service, token)
     finally:
-        local_log(d.prod).parent.mkdir(parents=True, exist_ok=True)
-        with local_log(d.prod).open("a") as f:
-            f.write(json.dumps(entry) + "\n")
+        _log_locally(d, entry)
         if d.checkout:
             d.checkout.close()
     return entry
@@ -209,10 +255,38 @@ def local_log(s: Settings):
 
 
 def history(s: Settings) -> tuple[list[dict], str]:
-    """Deployments, oldest first, from the cluster; from the local log when it cannot answer."""
+    """Deployments, oldest first, from the cluster; from the local log when it cannot answer.
+    A run that started and never finished shows as "running" while its lock is held, else as
+    "unfinished" (killed, or its machine died)."""
     try:
-        return records.load(Cluster.of(s).discover().manager(), "history", s.app_service), "cluster"
+        manager = Cluster.of(s).discover().manager()
+        rows = records.load(manager, "history", s.app_service)
+        return merge_runs(rows, _live_lock(manager, s.app_service)), "cluster"
     except Exception as exc:  # the cluster is unreachable: the local log still tells
         f = local_log(s)
         rows = [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
-        return rows, f"local log {f} (cluster unreachable: {str(exc).splitlines()[0][:120]})"
+        return (merge_runs(rows, None),
+                f"local log {f} (cluster unreachable: {str(exc).splitlines()[0][:120]})")
+
+
+def _live_lock(manager, service: str) -> str | None:
+    """The token of the service's lock while its holder lives; None when free or gone."""
+    try:
+        holder = records._data(manager, records.lock_name(service))
+    except NotFound:
+        return None
+    return None if records.lock_expired(holder) else holder.get("token")
+
+
+def merge_runs(rows: list[dict], lock_token: str | None) -> list[dict]:
+    """One row per run: its final entry; a run with only its "started" entry is "running" when
+    `lock_token` (the live holder of the lock) is its lock, else "unfinished"."""
+    finished = {r["run"] for r in rows if r.get("run") and r["result"] != STARTED}
+    out = []
+    for r in rows:
+        if r["result"] != STARTED:
+            out.append(r)
+        elif r.get("run") not in finished:
+            live = lock_token is not None and r.get("lock") == lock_token
+            out.append({**r, "result": "running" if live else UNFINISHED})
+    return out

@@ -231,6 +231,19 @@ def running_tasks(client, name: str) -> tuple[int, int, list[Mapping]]:
     return running, _replicas_wanted(client, svc["Spec"], svc["ID"]), tasks
 
 
+def hostnames(client) -> dict[str, str]:
+    """Node ID -> hostname, for the nodes of the swarm."""
+    return {n["ID"]: n["Description"]["Hostname"] for n in client.api.nodes()}
+
+
+def replica_images(client, name: str) -> list[tuple[str, str]]:
+    """(node, image) of every task of the service that runs now, sorted: what really serves."""
+    _, _, tasks = running_tasks(client, name)
+    nodes = hostnames(client)
+    return sorted((nodes.get(t.get("NodeID"), t.get("NodeID", "?")), t["Spec"]["ContainerSpec"]["Image"])
+                  for t in tasks if t["Status"]["State"] == "running")
+
+
 def diagnose(client, name: str) -> str:
     """Why tasks don't run, in the tasks' own words (latest error per distinct message)."""
     svc = client.api.inspect_service(name)

@@ -4,6 +4,7 @@ module, so the library is imported inside the tasks that use it."""
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 
 from invoke import Exit
@@ -14,7 +15,7 @@ from .. import config
 BAD_INPUT, UNREACHABLE, CLUSTER, DRIFT = 2, 3, 4, 5
 STEP_FAILED = 10  # + the failed step's position: checkout 11 ... prodtest 17
 ROLLED_BACK, NOT_RECOVERED, LOCKED = 20, 21, 22
-INTERRUPTED = 130
+INTERRUPTED = 130  # Ctrl-C; SIGTERM 143, SIGHUP 129 (128 + the signal, interrupt.exit_code)
 
 
 def exit_code(exc: BaseException) -> int | None:
@@ -62,13 +63,19 @@ def envs(env: str | None) -> list[str]:
 
 
 def user_errors(task_fn):
-    """Library errors become one line on stderr and a documented exit code, not a traceback."""
+    """Library errors become one line on stderr and a documented exit code, not a traceback.
+    SIGINT, SIGTERM and SIGHUP interrupt the whole task alike (the library cleans up on its
+    way out): one line, exit 128 + the signal."""
     @functools.wraps(task_fn)
     def wrapper(*args, **kwargs):
+        from .. import interrupt
         try:
-            return task_fn(*args, **kwargs)
-        except KeyboardInterrupt:
-            raise Exit("interrupted", code=INTERRUPTED)
+            with interrupt.signals_as_interrupt():
+                return task_fn(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            code = interrupt.exit_code(exc)
+            raise Exit(f"interrupted ({signal.Signals(code - 128).name}): what ran was cleaned up",
+                       code=code) from None
         except Exit:
             raise
         except Exception as exc:

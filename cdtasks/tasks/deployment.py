@@ -16,20 +16,33 @@ HELP = {
 
 
 def deploy_and_report(d, title: str) -> dict:
-    """Run the deployment, print and report it; exit non-zero on failure."""
+    """Run the deployment, print and report it; exit non-zero on failure (a signal: the
+    interruption goes on to `user_errors` once reported)."""
     from .. import deployment, report
-    with report.Progress(title) as progress:
-        d.log = progress.log
-        d.on_line = lambda line: progress.update(line[-100:])
-        entry, results = deployment.run(d, progress)
-    report.print_results(title, results)
-    out(f"{d.service} on {d.prod.env}: {entry['result']} ({entry['version']}, {d.image})")
-    paths = report.write_reports(d.prod.reports_dir, title, results, entry)
-    out("reports: " + ", ".join(map(str, paths)))
+    from ..runner import RunInterrupted
+    progress = report.Progress(title)
+    d.log = progress.log
+    d.on_line = lambda line: progress.update(line[-100:])
+    try:
+        with progress:
+            entry, results = deployment.run(d, progress)
+    except RunInterrupted as exc:
+        if exc.record is not None:
+            _report(d, title, exc.results, exc.record)
+        raise
+    _report(d, title, results, entry)
     code = deployment_exit(entry["result"])
     if code:
         raise Exit(code=code)
     return entry
+
+
+def _report(d, title: str, results, entry: dict) -> None:
+    from .. import report
+    report.print_results(title, results)
+    out(f"{d.service} on {d.prod.env}: {entry['result']} ({entry['version']}, {d.image})")
+    paths = report.write_reports(d.prod.reports_dir, title, results, entry)
+    out("reports: " + ", ".join(map(str, paths)))
 
 
 def _deployment(env, source, version, wait, **kw):
