@@ -100,8 +100,14 @@ def prodlike(d: Delivery) -> str:
 
 
 def prodtest(d: Delivery) -> str:
+    """Production tests against prod-like, which must run the published digest (`inv prodlike`
+    before) through Swarm's monitor period; only then is the version recorded as verified."""
     try:
-        detail = rollout.production_tests(d, d.cluster, d.settings, d.converged_at)
+        try:
+            detail = rollout.production_tests(d, d.cluster, d.settings, d.pinned, d.converged_at)
+        except StepFailed as exc:
+            raise StepFailed(f"{exc}; {d.version} is not recorded as verified",
+                             exc.output_tail) from None
         if not d.dry_run:
             mark_delivered(d)
         return detail

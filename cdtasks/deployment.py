@@ -145,7 +145,8 @@ def _rollout_to(d: Deployment, image: str) -> str:
 def _prodtest(d: Deployment) -> str:
     if d.checkout.workdir is None:
         d.checkout.clone()
-    return rollout.production_tests(d.checkout, d.cluster, d.prod, d.converged_at)
+    image = d.previous if d.rolled_back else d.image
+    return rollout.production_tests(d.checkout, d.cluster, d.prod, image, d.converged_at)
 
 
 def _rollback(d: Deployment) -> str:

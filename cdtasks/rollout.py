@@ -66,11 +66,12 @@ def monitor_start(result: services.Rollout) -> float:
     return time.monotonic() - result.running_for
 
 
-def settle(cluster: Cluster, settings: Settings, converged_at: float, log: Log) -> None:
-    """After the tests that overlapped Swarm's monitor period: every replica must still run the
-    image, for the whole period, with no failure or rollback reported by Swarm."""
+def settle(cluster: Cluster, settings: Settings, image: str, converged_at: float,
+           log: Log) -> None:
+    """After the tests that overlapped Swarm's monitor period: every replica must still run
+    `image` (the service's spec too), for the whole period, with no failure or rollback
+    reported by Swarm. converged_at 0 (not known): the period counts from now."""
     manager = cluster.manager()
-    image = services.current_image(manager, settings.app_service)
     until = (converged_at or time.monotonic()) + services.MONITOR
     check(services.wait_rollout(manager, settings.app_service, image, settings.services_timeout,
                                 log, stable_until=until))
@@ -86,17 +87,27 @@ def host_ip(cluster: Cluster, settings: Settings, routing: str) -> str:
     return address if settings.proxy_port == 80 else f"{address}:{settings.proxy_port}"
 
 
-def production_tests(co: Checkout, target: Cluster, target_settings: Settings,
+def runs(cluster: Cluster, settings: Settings, image: str) -> None:
+    """The service's spec must run exactly `image` (tests of anything else verify nothing)."""
+    running = services.current_image(cluster.manager(), settings.app_service)
+    if running != image:
+        raise StepFailed(f"{settings.app_service} on {settings.env} runs {running}, not {image}: "
+                         f"the production tests would test another version")
+
+
+def production_tests(co: Checkout, target: Cluster, target_settings: Settings, image: str,
                      converged_at: float) -> str:
-    """`run --rm production` in the checkout on the CD node against a cluster's proxy, then the
-    rolling update that preceded them (its last replica started at `converged_at`) must have
-    settled."""
+    """`run --rm production` in the checkout on the CD node against a cluster's proxy, which
+    must run `image`; then the rolling update that preceded them (its last replica started at
+    `converged_at`) must have settled on it."""
+    if not co.dry_run:
+        runs(target, target_settings, image)
     ip = "HOST_IP" if co.dry_run else host_ip(target, target_settings, target.routing_in_use())
     co.compose_step(lambda c: c.run("production"), host_ip=ip, defer=True)
     if co.compose_left:  # a whole run: the project goes down while the monitor period is watched
         co.tear_down_beside()
     if not co.dry_run:
-        settle(target, target_settings, converged_at, co.log)
+        settle(target, target_settings, image, converged_at, co.log)
     co.torn_down()
     return f"production tests passed against {target_settings.env} ({ip})"
 

@@ -225,6 +225,29 @@ def test_deliver_interrupted_in_each_step_leaves_nothing_and_claims_nothing(
         assert now == before
 
 
+# -- the prod-like gate cannot be skipped ----------------------------------------------------------
+def test_prodtest_without_prodlike_is_refused_and_records_nothing(stack, repo, tmp_path):
+    """`inv publish` then `inv prodtest` alone: prod-like still runs the old version, so the
+    tests would verify it, not the new one."""
+    env = {"CDTASKS_REPORTS_DIR": str(tmp_path)}
+    before = spec_image(stack)
+    stack.inv("checkout", "--repo", repo, "--version", "gate-1", extra_env=env)
+    try:
+        for step in ("unit", "build", "staging", "publish"):
+            stack.inv(step, extra_env=env)
+        proc = stack.inv("prodtest", check=False, extra_env=env)
+    finally:
+        workdir = json.loads(next(stack.settings("test").workspace_dir.glob("*.release.json"))
+                             .read_text())["workdir"]
+        subprocess.run(["rm", "-rf", workdir], check=False)
+    assert proc.returncode == 17, proc.stdout + proc.stderr
+    assert f"runs {before}, not " in proc.stdout + proc.stderr  # names what runs
+    assert "gate-1 is not recorded as verified" in proc.stdout + proc.stderr
+    assert "gate-1" not in [d["version"] for d in delivered(manager(stack), SERVICE)]
+    assert spec_image(stack) == before
+    assert lock_holder(stack, "test") == []
+
+
 # -- a failure on prod-like leaves it as it was ---------------------------------------------------
 def test_failed_health_check_on_prod_like_rolls_back_and_names_the_check(
         stack, repo, sick_repo, tmp_path):
