@@ -94,9 +94,25 @@ def prodlike(d: Delivery) -> str:
         d.lock = records.acquire(manager, d.settings.app_service, d.version, rollout.LOCK_WAIT,
                                  d.log, action="delivering")
         d.previous_image = services.current_image(manager, d.settings.app_service)
-    result = rollout.update(d.cluster, d.settings, d.pinned, d.log, d.dry_run, d.record)
+    try:
+        result = rollout.update(d.cluster, d.settings, d.pinned, d.log, d.dry_run, d.record)
+    except StepFailed as exc:
+        if d.dry_run or not d.previous_image or d.previous_image == d.pinned:
+            raise
+        raise StepFailed(f"{exc}; {restore(d)}", exc.output_tail) from None
     d.converged_at = rollout.monitor_start(result)
     return f"{d.settings.app_service} runs {d.ref_tag} on every replica ({result.seconds:.1f}s)"
+
+
+def restore(d: Delivery) -> str:
+    """After a failed prod-like rollout (paused, rolled back by Swarm, timed out): the image
+    it ran before on every replica again, as deploy does in production. Says how it ended."""
+    d.log(f"rolling prod-like back to {d.previous_image}")
+    try:
+        rollout.update(d.cluster, d.settings, d.previous_image, d.log)
+    except Exception as exc:  # the step's own failure stays the headline
+        return f"rolling back to {d.previous_image} failed too: {str(exc).splitlines()[0][:200]}"
+    return f"rolled back to {d.previous_image} on every replica"
 
 
 def prodtest(d: Delivery) -> str:
@@ -216,10 +232,21 @@ def state_after(d: Delivery, results: list[StepResult]) -> str:
     if failed == "publish":
         return f"{d.ref_tag} not in the registry; {d.settings.app_service} untouched"
     try:
-        running = services.current_image(d.cluster.manager(), d.settings.app_service)
+        running = replicas_text(services.replica_images(d.cluster.manager(),
+                                                        d.settings.app_service))
     except Exception:  # the state line must not hide the failure itself
         running = "unknown"
     return f"prod-like runs {running}"
+
+
+def replicas_text(replicas: list[tuple[str, str]]) -> str:
+    """What each replica runs, from services.replica_images, in a few words."""
+    images = {image for _, image in replicas}
+    if not replicas:
+        return "no replica"
+    if len(images) == 1:
+        return f"{images.pop()} on {', '.join(n for n, _ in replicas)}"
+    return ", ".join(f"{image} on {node}" for node, image in replicas)
 
 
 # -- what passed prod-like, recorded on the cluster -------------------------------------------

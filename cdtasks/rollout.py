@@ -12,11 +12,13 @@ from . import records, services, stack
 from .checkout import Checkout
 from .cluster import Cluster
 from .config import Settings
+from .engine import EngineError
 from .log import Log
 from .runner import StepFailed
 
 LOCK_WAIT = 600  # seconds a change of a service waits for the lock another one holds
-OK_STATES = ("completed", "unchanged", "converged", "dry-run")  # Rollout states that are fine
+# Rollout states that are fine (rollback_completed: Swarm rolled back to the image waited for)
+OK_STATES = ("completed", "unchanged", "converged", "dry-run", "rollback_completed")
 
 
 def prepull(cluster: Cluster, service: str, image: str, log: Log) -> list[str]:
@@ -29,15 +31,35 @@ def prepull(cluster: Cluster, service: str, image: str, log: Log) -> list[str]:
     repo, _, digest = image.partition("@")
 
     def pull(node: str) -> str:
-        cluster.client(node).api.pull(repo.rsplit(":", 1)[0],
-                                      tag=digest or repo.rsplit(":", 1)[1])
+        try:
+            cluster.client(node).api.pull(repo.rsplit(":", 1)[0],
+                                          tag=digest or repo.rsplit(":", 1)[1])
+        except Exception as exc:  # a node that went away is Swarm's to handle, not a failure
+            if not (isinstance(exc, EngineError) or services.transient(exc)):
+                raise
+            log(f"pre-pull skipped {node}: it does not answer ({str(exc).splitlines()[0][:120]})")
+            return ""
         return node
 
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=len(nodes) or 1) as pool:
-        done = list(pool.map(pull, nodes))
-    log(f"pre-pulled {image} on {', '.join(done)} ({time.monotonic() - start:.1f}s)")
+        done = [n for n in pool.map(pull, nodes) if n]
+    log(f"pre-pulled {image} on {', '.join(done) or 'no node'} ({time.monotonic() - start:.1f}s)")
     return done
+
+
+def on_manager(cluster: Cluster, act: Callable, log: Log, within: float = 60.0):
+    """`act(manager)`, tried again on a manager that answers after a transient API error (a
+    manager died, a leader election), for up to `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return act(cluster.manager())
+        except Exception as exc:
+            if not services.transient(exc) or time.monotonic() > deadline:
+                raise
+            log(f"a manager did not answer ({str(exc).splitlines()[0][:120]}); asking another one")
+            time.sleep(2.0)
 
 
 def update(cluster: Cluster, settings: Settings, image: str, log: Log, dry_run: bool = False,
@@ -49,10 +71,10 @@ def update(cluster: Cluster, settings: Settings, image: str, log: Log, dry_run: 
         record(["docker", "service", "update", "--image", image, svc])
     if dry_run:
         return services.Rollout(svc, image, "dry-run", 0.0)
-    manager = cluster.manager()
     prepull(cluster, svc, image, log)
-    services.update_image(manager, svc, image)
-    return check(services.wait_rollout(manager, svc, image, settings.services_timeout, log))
+    on_manager(cluster, lambda m: services.update_image(m, svc, image), log)
+    return check(services.wait_rollout(cluster.manager(), svc, image, settings.services_timeout,
+                                       log, cluster=cluster))
 
 
 def check(result: services.Rollout) -> services.Rollout:
@@ -74,7 +96,7 @@ def settle(cluster: Cluster, settings: Settings, image: str, converged_at: float
     manager = cluster.manager()
     until = (converged_at or time.monotonic()) + services.MONITOR
     check(services.wait_rollout(manager, settings.app_service, image, settings.services_timeout,
-                                log, stable_until=until))
+                                log, stable_until=until, cluster=cluster))
 
 
 def host_ip(cluster: Cluster, settings: Settings, routing: str) -> str:
