@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 
@@ -102,15 +101,12 @@ def test_failing_production_tests_roll_back_automatically(delivered, tmp_path):
 def test_a_second_deploy_is_refused_while_one_holds_the_lock(delivered):
     lab, _, _ = delivered
     prod = _manager(lab, "prod")
-    holder = {"user": "alice", "host": socket.gethostname(), "pid": os.getpid(),
-              "time": records.now(), "version": "2.0", "expires": time.time() + 600, "token": "t1"}
-    assert records.try_lock(prod, "go-demo", holder) is None
-    try:
+    held = records.Lock(prod, "go-demo", "2.0", holder={**records.identity(), "user": "alice"})
+    with held.acquire(0):
         proc = lab.inv("deploy", "--env", "prod", check=False)
         assert proc.returncode == 22
         assert "being deployed by alice@" in proc.stderr and "2.0" in proc.stderr
-    finally:
-        assert records.unlock(prod, "go-demo", "t1")
+    assert records.lock_state(prod, "go-demo") is None
 
 
 def test_a_lock_whose_holder_died_expires(delivered):
@@ -118,14 +114,12 @@ def test_a_lock_whose_holder_died_expires(delivered):
     prod = _manager(lab, "prod")
     dead = subprocess.Popen(["true"])
     dead.wait()
-    holder = {"user": "bob", "host": socket.gethostname(), "pid": dead.pid,
-              "time": records.now(), "version": "2.0", "expires": time.time() + 600, "token": "t2"}
-    assert records.try_lock(prod, "go-demo", holder) is None
+    holder = {**records.identity(), "user": "bob", "pid": dead.pid}
+    records.Lock(prod, "go-demo", "2.0", holder=holder).acquire(0, heartbeat=False)
     proc = lab.inv("deploy", "--env", "prod", check=False)
     assert proc.returncode == 0, proc.stderr
-    assert "removing an expired lock of bob@" in proc.stderr
-    assert records.try_lock(prod, "go-demo", {**holder, "token": "t3"}) is None
-    records.unlock(prod, "go-demo", "t3")
+    assert "taking over the lock of go-demo from bob@" in proc.stderr
+    assert records.lock_state(prod, "go-demo") is None
 
 
 def test_rollback_by_hand_and_history(delivered, tmp_path):

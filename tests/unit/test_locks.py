@@ -1,34 +1,223 @@
-"""When a deployment lock counts as expired (pure logic; the lock itself is tested on the lab)."""
-import os
+"""Records and the deployment lock against an in-memory Swarm manager (the `swarm_manager` fixture of conftest.py)."""
+import json
 import subprocess
 import time
 
-from cdtasks.records import lock_expired
+import pytest
+
+from cdtasks import records
+from cdtasks.records import Lock, LockHeld, LockLost
+
+SVC = "go-demo"
 
 
-def _holder(**kw):
-    return {"host": "here", "pid": os.getpid(), "expires": time.time() + 600, **kw}
+@pytest.fixture(autouse=True)
+def quick_polls(monkeypatch):
+    monkeypatch.setattr(records, "LOCK_POLL", 0.02)
 
 
-def test_a_live_holder_on_this_host_keeps_the_lock():
-    assert not lock_expired(_holder(), host="here")
+@pytest.fixture
+def manager(swarm_manager):
+    return swarm_manager
 
 
-def test_time_up_expires_whoever_holds_it():
-    assert lock_expired(_holder(expires=time.time() - 1), host="here")
-    assert lock_expired(_holder(host="elsewhere", expires=100.0), at=101.0, host="here")
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
-def test_a_dead_holder_on_this_host_expires_at_once():
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    assert lock_expired(_holder(pid=dead.pid), host="here")
+def _elsewhere(**kw) -> dict:
+    """A holder on another machine: nothing local can say whether it still runs."""
+    return {**records.identity(), "machine": "another-machine", "boot": "another-boot", **kw}
 
 
-def test_a_holder_on_another_host_is_trusted_until_its_time_is_up():
-    assert not lock_expired(_holder(host="elsewhere", pid=999999), host="here")
+def _lines():
+    lines = []
+    return lines, lines.append
 
 
-def test_a_garbled_pid_is_not_taken_for_a_dead_process():
-    assert not lock_expired(_holder(pid="x"), host="here")
-    assert not lock_expired(_holder(pid=0), host="here")
+def test_records_come_back_in_the_order_they_were_put(manager):
+    for i in range(30):  # many within one millisecond, where names alone would tie
+        records.put(manager, "history", SVC, {"n": i})
+    records.put(manager, "history", "other", {"n": -1})
+    records.put(manager, "delivered", SVC, {"n": -2})
+    assert [r["n"] for r in records.load(manager, "history", SVC)] == list(range(30))
+
+
+def test_acquire_then_release(manager):
+    lock = Lock(manager, SVC, "1.0", action="delivering").acquire(0)
+    state = records.lock_state(manager, SVC)
+    assert state.id == lock.id and state.name == records.lock_name(SVC)
+    assert state.holder["version"] == "1.0" and state.holder["action"] == "delivering"
+    assert state.holder["pid"] == records.identity()["pid"]
+    assert time.time() < state.expires <= time.time() + records.LOCK_TTL
+    lock.check()
+    assert lock.release() is True
+    assert records.lock_state(manager, SVC) is None
+    with Lock(manager, SVC, "1.1").acquire(0) as again:  # free again
+        assert records.lock_state(manager, SVC).id == again.id
+    assert records.lock_state(manager, SVC) is None
+
+
+def test_a_second_run_is_refused_naming_the_holder(manager):
+    with Lock(manager, SVC, "1.0", holder=_elsewhere(user="alice")).acquire(0):
+        with pytest.raises(LockHeld, match=r"being deployed by alice@.*deploying 1\.0; use --wait"):
+            Lock(manager, SVC, "2.0").acquire(0)
+        lines, log = _lines()
+        start = time.monotonic()
+        with pytest.raises(LockHeld, match=r"alice@.*\(waited 0s\)"):
+            Lock(manager, SVC, "2.0", log=log).acquire(0.3)
+        assert time.monotonic() - start >= 0.3
+        assert len(lines) == 1 and "waiting for the lock of go-demo, held by alice@" in lines[0]
+
+
+def test_a_waiter_keeps_saying_how_long_it_waited(manager, monkeypatch):
+    monkeypatch.setattr(records, "LOCK_PROGRESS", 0.1)
+    monkeypatch.setattr(records, "LOCK_POLL", 0.05)
+    with Lock(manager, SVC, "1.0", holder=_elsewhere(user="alice")).acquire(0):
+        lines, log = _lines()
+        with pytest.raises(LockHeld):
+            # Long against the progress interval: a loaded machine still gets several looks in.
+            Lock(manager, SVC, "2.0", log=log).acquire(1.5)
+    assert lines[0].startswith("waiting for the lock")
+    assert len(lines) >= 3 and all("still waiting" in x and "alice@" in x for x in lines[1:])
+
+
+def test_the_heartbeat_keeps_a_waiter_out_for_many_ttls(manager):
+    with Lock(manager, SVC, "1.0", ttl=0.3, holder=_elsewhere()).acquire(0) as holder:
+        first = records.lock_state(manager, SVC)
+        with pytest.raises(LockHeld):
+            Lock(manager, SVC, "2.0").acquire(1.2)  # four TTLs
+        renewed = records.lock_state(manager, SVC)
+        assert renewed.id == first.id and renewed.expires > first.expires
+        assert renewed.version > first.version
+        holder.check()
+
+
+def test_an_expired_lock_is_taken_over_by_its_id(manager):
+    stale = Lock(manager, SVC, "1.0", ttl=0.2, holder=_elsewhere()).acquire(0, heartbeat=False)
+    time.sleep(0.3)
+    lines, log = _lines()
+    taker = Lock(manager, SVC, "2.0", log=log).acquire(0)
+    assert records.lock_state(manager, SVC).id == taker.id != stale.id
+    assert "taking over the lock of go-demo from" in lines[0] and "expired" in lines[0]
+    with pytest.raises(LockLost, match=r"was removed; now held by .*2\.0"):
+        stale.check()
+    assert stale.release() is False  # removing by its ID cannot touch the newer lock
+    assert records.lock_state(manager, SVC).id == taker.id
+    taker.release()
+
+
+def test_a_renewal_between_a_waiters_look_and_its_takeover_keeps_the_lock(manager):
+    holder = Lock(manager, SVC, "1.0", ttl=0.2, holder=_elsewhere()).acquire(0, heartbeat=False)
+    time.sleep(0.25)
+    looked = records.lock_state(manager, SVC)
+    assert records.expired(looked)
+    holder._renewed = time.monotonic()  # late but still in its own lease
+    holder.renew()
+    Lock(manager, SVC, "2.0")._take_over(looked, "expired")  # the version moved on: refused
+    assert records.lock_state(manager, SVC).id == holder.id
+    holder.check()
+
+
+def test_a_holder_whose_clock_runs_ahead_is_taken_over_after_one_unchanged_ttl(manager):
+    holder = Lock(manager, SVC, "1.0", ttl=0.3, holder=_elsewhere()).acquire(0, heartbeat=False)
+    state = records.lock_state(manager, SVC)
+    records._update_labels(manager, state, {**state.labels, records.EXPIRES_LABEL: str(time.time() + 3600)})
+    with pytest.raises(LockHeld):
+        Lock(manager, SVC, "2.0").acquire(0)
+    start = time.monotonic()
+    taker = Lock(manager, SVC, "2.0").acquire(2)
+    assert 0.3 <= time.monotonic() - start < 1.5
+    assert records.lock_state(manager, SVC).id == taker.id != holder.id
+
+
+def test_check_and_the_heartbeat_notice_a_removed_lock(manager):
+    lines, log = _lines()
+    holder = Lock(manager, SVC, "1.0", ttl=0.3, log=log).acquire(0)
+    removed = records.force_release(manager, SVC)
+    assert removed.id == holder.id and removed.holder["version"] == "1.0"
+    with pytest.raises(LockLost, match="the lock of go-demo was removed"):
+        holder.check()
+    time.sleep(0.35)  # one heartbeat
+    assert isinstance(holder.lost, LockLost) and any(x.startswith("lost: ") for x in lines)
+    assert holder.release() is False
+    assert records.force_release(manager, SVC) is None  # free: nothing to remove
+
+
+def test_a_dead_holder_of_this_machine_is_taken_over_at_once(manager):
+    dead = Lock(manager, SVC, "1.0", holder={**records.identity(), "pid": _dead_pid()})
+    dead.acquire(0, heartbeat=False)
+    lines, log = _lines()
+    Lock(manager, SVC, "2.0", log=log).acquire(0).release()
+    assert "its process is gone" in lines[0]
+
+
+def test_same_hostname_but_another_machine_is_not_taken_for_dead(manager):
+    me = records.identity()
+    for other in ({"machine": "container-b"}, {"pidns": "pid:[1]"}, {"boot": "rebooted"}):
+        holder = Lock(manager, SVC, "1.0", holder={**me, "pid": _dead_pid(), **other})
+        holder.acquire(0, heartbeat=False)
+        assert records.lock_state(manager, SVC).holder["host"] == me["host"]
+        with pytest.raises(LockHeld):
+            Lock(manager, SVC, "2.0").acquire(0)
+        holder.release()
+
+
+def test_holder_gone_needs_the_same_process_not_only_the_same_pid():
+    me = records.identity()
+    assert not records.holder_gone(me, me)
+    assert records.holder_gone({**me, "started": "1"}, me)  # the pid was reused since
+    assert not records.holder_gone({**me, "pid": "x"}, me)
+    assert not records.holder_gone({**me, "pid": 0}, me)
+    assert not records.holder_gone({"host": me["host"], "pid": _dead_pid()}, me)  # old records
+
+
+def test_the_lease_runs_out_by_the_holders_own_clock(manager):
+    holder = Lock(manager, SVC, "1.0", ttl=0.2).acquire(0, heartbeat=False)
+    time.sleep(0.25)
+    with pytest.raises(LockLost, match=r"not renewed for 0s \(TTL 0s\)"):
+        holder.renew()  # never renew what a waiter may rightly have taken
+    assert holder.release() is True  # still its own config: removed by its ID
+
+
+def test_interrupted_while_waiting_leaves_nothing_behind(manager):
+    with Lock(manager, SVC, "1.0", holder=_elsewhere()).acquire(0) as holder:
+        def interrupt(line):
+            raise KeyboardInterrupt
+        with pytest.raises(KeyboardInterrupt):
+            Lock(manager, SVC, "2.0", log=interrupt).acquire(60)
+        assert [records.lock_state(manager, SVC).id] == list(manager.store.configs) == [holder.id]
+    manager.store.lose_create_answers = True
+    with pytest.raises(KeyboardInterrupt):
+        Lock(manager, SVC, "2.0").acquire(60)
+    assert manager.store.configs == {}
+
+
+def test_the_token_calls_of_today_hold_a_renewed_lock(manager):
+    token = records.acquire(manager, SVC, "1.0", 0, print, action="delivering")
+    assert records.lock_state(manager, SVC).id == token
+    assert records.unlock(manager, SVC, token) is True
+    assert records.unlock(manager, SVC, token) is False
+    assert records.lock_state(manager, SVC) is None
+
+
+def test_a_lock_marked_for_takeover_is_lost_to_its_holder(manager):
+    holder = Lock(manager, SVC, "1.0", holder=_elsewhere()).acquire(0, heartbeat=False)
+    state = records.lock_state(manager, SVC)
+    records._update_labels(manager, state, {**state.labels, records.TAKEN_LABEL: "carol@ci"})
+    with pytest.raises(LockLost, match="taken over by carol@ci"):
+        holder.check()
+    Lock(manager, SVC, "2.0").acquire(0).release()  # the mark alone lets the next run in
+
+
+def test_a_lock_of_the_previous_version_holds_until_the_expiry_in_its_data(manager):
+    old = {"user": "dave", "host": "ci", "pid": 1, "time": "2026-11-29T10:00:00+00:00",
+           "version": "0.9", "expires": time.time() + 0.3, "token": "t1"}
+    manager.api.create_config(records.lock_name(SVC), json.dumps(old).encode(),
+                              labels={records.KIND_LABEL: "lock", records.SERVICE_LABEL: SVC})
+    with pytest.raises(LockHeld, match=r"dave@ci \(machine \?, pid 1\) since 2026-11-29T10:00"):
+        Lock(manager, SVC, "1.0").acquire(0)
+    time.sleep(0.35)
+    Lock(manager, SVC, "1.0").acquire(0).release()

@@ -1,0 +1,49 @@
+"""lock: who holds a service's deployment lock, and removing a stale one by hand."""
+from __future__ import annotations
+
+import time
+
+from invoke import Collection, Exit, task
+
+from .common import BAD_INPUT, envs, out, settings, user_errors
+
+HELP = {
+    "action": "status: who holds the lock, or 'free'; release: remove it (needs --force)",
+    "env": "environment (a file in env/: test, prod); default: every environment",
+    "service": "service whose lock it is (default: the env file's APP_SERVICE)",
+    "force": "with release: remove the lock whoever holds it; its run stops before its next change",
+}
+
+
+@task(help=HELP)
+@user_errors
+def lock(c, action, env=None, service=None, force=False):
+    """Show who holds a service's deployment lock (status), or remove it (release --force)."""
+    if action not in ("status", "release"):
+        raise Exit(f"error: unknown action {action!r}: use status or release", code=BAD_INPUT)
+    if action == "release" and not force:
+        raise Exit("error: not released: --force removes the lock whoever holds it (that run "
+                   "stops before its next change); see `inv lock status` first", code=BAD_INPUT)
+    from .. import records  # imported here: `inv --list` stays light
+    from ..cluster import Cluster
+
+    for e in envs(env):
+        s = settings(e)
+        svc = service or s.app_service
+        manager = Cluster.of(s).discover().manager()
+        if action == "release":
+            removed = records.force_release(manager, svc)
+            out(f"{e}: removed the lock of {svc} held by {records.describe(removed.holder)}"
+                if removed else f"{e}: {svc} free, nothing to remove")
+            continue
+        state = records.lock_state(manager, svc)
+        if state is None:
+            out(f"{e}: {svc} free")
+            continue
+        why = records.expired(state)
+        left = (f"the next run takes it over ({why})" if why
+                else f"expires in {state.expires - time.time():.0f}s unless renewed")
+        out(f"{e}: {svc} locked by {records.describe(state.holder)}; {left}")
+
+
+ns = Collection("lock", lock)
