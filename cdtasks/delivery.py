@@ -31,7 +31,7 @@ class Delivery(Checkout):
 
     digest: str | None = None
     converged_at: float = 0.0  # monotonic time the last replica of the last rollout started running
-    lock: str = ""  # token of the service's lock while prod-like is being changed and tested
+    lock: records.Lock | None = None  # the service's lock while prod-like is changed and tested
     previous_image: str | None = None
 
     @property
@@ -89,11 +89,11 @@ def publish(d: Delivery) -> str:
 
 def prodlike(d: Delivery) -> str:
     if not d.dry_run:
-        # One release at a time changes (and then tests) the service: the same lock as deploy.
-        manager = d.cluster.manager()
-        d.lock = records.acquire(manager, d.settings.app_service, d.version, rollout.LOCK_WAIT,
-                                 d.log, action="delivering")
-        d.previous_image = services.current_image(manager, d.settings.app_service)
+        # One release at a time changes (and then tests) the service: the same lock as deploy,
+        # taken before the image it guards is read.
+        d.lock = records.Lock(d.cluster.live_manager(), d.settings.app_service, d.version,
+                              "delivering", d.log).acquire(rollout.LOCK_WAIT)
+        d.previous_image = services.current_image(d.cluster.manager(), d.settings.app_service)
     try:
         result = rollout.update(d.cluster, d.settings, d.pinned, d.log, d.dry_run, d.record)
     except StepFailed as exc:
@@ -109,6 +109,7 @@ def restore(d: Delivery) -> str:
     it ran before on every replica again, as deploy does in production. Says how it ended."""
     d.log(f"rolling prod-like back to {d.previous_image}")
     try:
+        d.lock.check()  # another run that took the lock changes the service now, not this one
         rollout.update(d.cluster, d.settings, d.previous_image, d.log)
     except Exception as exc:  # the step's own failure stays the headline
         return f"rolling back to {d.previous_image} failed too: {str(exc).splitlines()[0][:200]}"
@@ -133,8 +134,8 @@ def prodtest(d: Delivery) -> str:
 
 def release_lock(d: Delivery) -> None:
     if d.lock:
-        records.unlock(d.cluster.manager(), d.settings.app_service, d.lock)
-        d.lock = ""
+        lock, d.lock = d.lock, None
+        lock.release()
 
 
 STEP_FUNCS: dict[str, Callable[[Delivery], str]] = {

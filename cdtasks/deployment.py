@@ -20,6 +20,7 @@ from .runner import RunInterrupted, StepFailed, StepResult, run_step
 
 
 STARTED, UNFINISHED = "started", "unfinished"  # history results of a run not (yet) finished
+LOCK_LOST = "stopped, lock lost"
 
 
 class DeploymentError(RuntimeError):
@@ -102,37 +103,48 @@ def rollback_target(manager, service: str, current: str) -> str:
     return (spec.get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Image", "")
 
 
-def prepare(d: Deployment) -> str:
-    """Resolve the version and check the cluster before anything changes; take the lock.
-    Returns the lock token. Raises DeploymentError / LockHeld / EngineError with one clear line."""
+def prepare(d: Deployment) -> records.Lock:
+    """Resolve the version, take the lock, then read what it guards (the image production runs,
+    the rollback target) and check the cluster before anything changes. Returns the lock, held.
+    Raises DeploymentError / LockHeld / EngineError with one clear line."""
     if d.version is not None:
         try:
             check_version(d.version)
         except StepFailed as exc:
             raise DeploymentError(str(exc)) from None
     d.cluster = Cluster.of(d.prod).discover()
-    manager = d.cluster.manager()
-    d.previous = services.current_image(manager, d.service)
-    if d.kind == "rollback" and d.version is None:
-        d.image = rollback_target(manager, d.service, d.previous)
-        if not d.image:
-            raise DeploymentError(f"{d.service} on {d.prod.env} has no previous version to roll back to")
-        d.version = d.image.split("@")[0].rsplit(":", 1)[-1]
-        d.digest = d.image.partition("@")[2]
-        record = {"repo": d.test.repo, "commit": ""}
-    else:
-        record = resolve(d)
-        d.version = record["version"]
-        tag_ref = record["image"]
-        registry_digest = _digest_in_registry(manager, d.prod, tag_ref, d.prod.leader)
-        d.digest = record.get("digest") or registry_digest
-        # Production gets the digest verified on prod-like, never a tag resolved again.
-        d.image = f"{tag_ref}@{d.digest}"
-        _digest_in_registry(manager, d.prod, registry.local_ref(d.prod, d.prod.app_image,
-                                                                digest=d.digest), d.prod.leader)
+    back = d.kind == "rollback" and d.version is None
+    record = {"repo": d.test.repo, "commit": ""} if back else resolve(d)
+    # The lock before the state it guards: a run that waited for another one reads what that
+    # one left, not what ran before it.
+    lock = records.Lock(d.cluster.live_manager(), d.service, d.version or "a previous version",
+                        "rolling back" if d.kind == "rollback" else "deploying",
+                        d.log).acquire(d.wait)
+    try:
+        manager = d.cluster.manager()
+        d.previous = services.current_image(manager, d.service)
+        if back:
+            d.image = rollback_target(manager, d.service, d.previous)
+            if not d.image:
+                raise DeploymentError(f"{d.service} on {d.prod.env} has no previous version to "
+                                      f"roll back to")
+            d.version = d.image.split("@")[0].rsplit(":", 1)[-1]
+            d.digest = d.image.partition("@")[2]
+        else:
+            d.version = record["version"]
+            tag_ref = record["image"]
+            registry_digest = _digest_in_registry(manager, d.prod, tag_ref, d.prod.leader)
+            d.digest = record.get("digest") or registry_digest
+            # Production gets the digest verified on prod-like, never a tag resolved again.
+            d.image = f"{tag_ref}@{d.digest}"
+            _digest_in_registry(manager, d.prod, registry.local_ref(d.prod, d.prod.app_image,
+                                                                    digest=d.digest), d.prod.leader)
+    except BaseException:
+        lock.release()
+        raise
     d.checkout = Checkout(d.test, record.get("repo") or d.test.repo, record.get("commit") or "HEAD",
                           d.version, log=d.log, on_line=d.on_line)
-    return records.acquire(manager, d.service, d.version, d.wait, d.log)
+    return lock
 
 
 # -- steps ------------------------------------------------------------------------------------
@@ -156,49 +168,59 @@ def _rollback(d: Deployment) -> str:
 
 def run(d: Deployment, progress) -> tuple[dict, list[StepResult]]:
     """The whole deployment: prepare (lock), a "started" history entry, the steps, and the
-    final entry of the same run (also after a failure or a signal: then RunInterrupted goes on
-    with the entry as its `record`). Returns the entry and the step results."""
-    token = prepare(d)
+    final entry of the same run (also after a failure, a lost lock or a signal: then
+    RunInterrupted goes on with the entry as its `record`). Returns the entry and the results."""
+    lock = prepare(d)
     results: list[StepResult] = []
-    stopped: KeyboardInterrupt | None = None
+    stopped: BaseException | None = None
     try:
-        begin(d, token)
-        results = steps(d, progress)
+        begin(d, lock)
+        results = steps(d, lock, progress)
     except RunInterrupted as exc:
         results, stopped = exc.results, exc
         raise
-    except KeyboardInterrupt as exc:
-        stopped = exc
+    except BaseException as exc:
+        results, stopped = getattr(exc, "results", results), exc
         raise
     finally:
-        entry = finish(d, results, token, interrupted=stopped is not None)
+        entry = finish(d, results, lock, stopped)
         if isinstance(stopped, RunInterrupted):
             stopped.record = entry
     return entry, results
 
 
-def steps(d: Deployment, progress) -> list[StepResult]:
+def steps(d: Deployment, lock: records.Lock, progress) -> list[StepResult]:
     """rollout, production tests; on failure (and unless disabled) roll back to the previous
-    image and test again. The caller has taken the lock with `prepare`."""
+    image and test again. The caller holds `lock` (`prepare`); before each change it must
+    still hold it (records.LockLost, with the steps so far as `results`, otherwise)."""
     results: list[StepResult] = []
     try:
+        lock.check()
         results.append(run_step("rollout", lambda: _rollout_to(d, d.image), progress))
         if results[-1].ok:
             results.append(run_step("prodtest", lambda: _prodtest(d), progress))
         if results[-1].failed and d.auto_rollback and d.previous and d.previous != d.image:
+            lock.check()
             results.append(run_step("rollback", lambda: _rollback(d), progress))
             results.append(run_step("prodtest-after-rollback", lambda: _prodtest(d), progress))
     except RunInterrupted as exc:  # the steps that ran before the interrupted one, too
         exc.results = results + exc.results
         raise
+    except records.LockLost as exc:
+        exc.results = results
+        raise
     return results
 
 
-def outcome(d: Deployment, results: list[StepResult], interrupted: bool = False) -> str:
+def outcome(d: Deployment, results: list[StepResult],
+            stopped: BaseException | None = None) -> str:
     """The history's result: "deployed" (or "rolled back") only when the rollout completed and
-    the production tests passed."""
-    if interrupted or any(r.interrupted for r in results):
+    the production tests passed; "interrupted" by a signal; "lock lost" when another run took
+    the lock (`stopped`: what ended the run early)."""
+    if isinstance(stopped, KeyboardInterrupt) or any(r.interrupted for r in results):
         return "interrupted"
+    if isinstance(stopped, records.LockLost):
+        return LOCK_LOST
     passed = {r.name for r in results if r.ok}
     if {"rollout", "prodtest"} <= passed and all(r.ok for r in results):
         return "deployed" if d.kind == "deploy" else "rolled back"
@@ -221,33 +243,34 @@ def _log_locally(d: Deployment, entry: dict) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
-def begin(d: Deployment, token: str) -> None:
+def begin(d: Deployment, lock: records.Lock) -> None:
     """The "started" entry, written before anything changes: a run killed with SIGKILL never
     writes its final entry, and `history` then shows it as unfinished."""
-    entry = {**_entry(d, STARTED, []), "lock": token}
+    entry = {**_entry(d, STARTED, []), "lock": lock.id}
     _log_locally(d, entry)
     records.put(d.cluster.manager(), "history", d.service, entry)
 
 
-def finish(d: Deployment, results: list[StepResult], token: str,
-           interrupted: bool = False) -> dict:
-    """Release the lock and write the history entry (cluster and local log), with the image
-    each replica runs when the run was interrupted. The local log and the clean-up happen even
-    when the cluster no longer answers."""
-    entry = _entry(d, outcome(d, results, interrupted), results)
+def finish(d: Deployment, results: list[StepResult], lock: records.Lock,
+           stopped: BaseException | None = None) -> dict:
+    """Release the lock and write the history entry (cluster and local log); unless deployed,
+    with the image each replica runs now. The local log and the clean-up happen even when the
+    cluster no longer answers."""
+    entry = _entry(d, outcome(d, results, stopped), results)
     try:
-        manager = d.cluster.manager()
-        try:
-            if entry["result"] == "interrupted":
-                entry["running"] = [f"{image} on {node}" for node, image in
-                                    services.replica_images(manager, d.service)]
-            records.put(manager, "history", d.service, entry)
-        finally:
-            records.unlock(manager, d.service, token)
+        # Through a manager that answers, also during a leader election.
+        if entry["result"] not in ("deployed", "rolled back"):
+            entry["running"] = rollout.on_manager(d.cluster, lambda m: [
+                f"{image} on {node}" for node, image in services.replica_images(m, d.service)],
+                d.log)
+        rollout.on_manager(d.cluster, lambda m: records.put(m, "history", d.service, entry), d.log)
     finally:
-        _log_locally(d, entry)
-        if d.checkout:
-            d.checkout.close()
+        try:
+            lock.release()  # by its ID, through a manager that answers
+        finally:
+            _log_locally(d, entry)
+            if d.checkout:
+                d.checkout.close()
     return entry
 
 
@@ -271,12 +294,9 @@ def history(s: Settings) -> tuple[list[dict], str]:
 
 
 def _live_lock(manager, service: str) -> str | None:
-    """The token of the service's lock while its holder lives; None when free or gone."""
-    try:
-        holder = records._data(manager, records.lock_name(service))
-    except NotFound:
-        return None
-    return None if records.lock_expired(holder) else holder.get("token")
+    """The ID of the service's lock while its holder lives; None when free or expired."""
+    state = records.lock_state(manager, service)
+    return state.id if state and not records.expired(state) else None
 
 
 def merge_runs(rows: list[dict], lock_token: str | None) -> list[dict]:

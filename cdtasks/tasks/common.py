@@ -31,6 +31,7 @@ def exit_code(exc: BaseException) -> int | None:
     from ..swarm import SwarmError
     errors = ((config.ConfigError, BAD_INPUT), (delivery.DeliveryError, BAD_INPUT),
               (deployment.DeploymentError, BAD_INPUT), (records.LockHeld, LOCKED),
+              (records.LockLost, LOCKED),
               (EngineError, UNREACHABLE), (ProviderError, UNREACHABLE), (SwarmError, CLUSTER),
               (ServiceError, CLUSTER), (ImageError, CLUSTER), (SSHException, UNREACHABLE),
               # Last resort for an engine answer no library layer turned into its own error.

@@ -88,8 +88,14 @@ def test_an_interrupted_run_is_interrupted_whatever_ran_before(envs):
     d = Deployment(*envs)
     stopped = StepResult("prodtest", False, 1.0, "interrupted", interrupted=True)
     assert outcome(d, [*results(True), stopped]) == "interrupted"
-    assert outcome(d, [], interrupted=True) == "interrupted"  # stopped outside a step
-    assert outcome(d, results(True, True), interrupted=True) == "interrupted"
+    assert outcome(d, [], KeyboardInterrupt()) == "interrupted"  # stopped outside a step
+    assert outcome(d, results(True, True), KeyboardInterrupt()) == "interrupted"
+
+
+def test_a_run_that_lost_its_lock_is_never_deployed(envs):
+    from cdtasks.records import LockLost
+    d = Deployment(*envs)
+    assert outcome(d, results(True), LockLost("taken over")) == "stopped, lock lost"
 
 
 # -- history: a run's started entry and its final one ------------------------------------------
