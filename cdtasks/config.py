@@ -12,6 +12,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
@@ -153,6 +154,13 @@ def _optional_path(value: str) -> Path | None:
     return _path(value) if value.strip() else None
 
 
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if value and (parts.scheme not in ("http", "https") or not parts.hostname):
+        raise ValueError("is not an http:// or https:// URL")
+    return value
+
+
 @dataclass(frozen=True)
 class Key:
     parse: Callable[[str], Any]
@@ -239,6 +247,12 @@ KEYS: dict[str, Key] = {
     "REPORTS_DIR": Key(_path, "reports", "where JSON and JUnit reports are written"),
     "LAB_PORT_BASE": Key(_int(0, 65000), "0", "first host port for node ports on 127.0.0.1 "
                                               "(0: the engine picks free ones)"),
+    # -- following a branch (`inv watch`) ---------------------------------------------------------
+    "WATCH_BRANCH": Key(str, "", "branch `inv watch` follows (empty: the repository's default)"),
+    "WEBHOOK_SECRET": Key(str, "", "shared secret git servers sign pushes with (`inv watch --listen`)"),
+    "NOTIFY_URL": Key(_http_url, "", "URL each finished run is POSTed to as JSON (empty: none)"),
+    "NOTIFY_COMMAND": Key(_options, "", "command (shell words, no shell) given each finished "
+                                        "run as JSON on stdin (empty: none)"),
 }
 
 
@@ -296,6 +310,10 @@ class Settings:
     test_timeout: int
     pass_env: tuple[str, ...]
     reports_dir: Path
+    watch_branch: str
+    notify_command: tuple[str, ...]
+    notify_url: str = field(repr=False, default="")  # chat webhooks carry a token in the path
+    webhook_secret: str = field(repr=False, default="")
     raw: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @property

@@ -1,0 +1,153 @@
+"""watch, report: follow a branch and deliver each new commit; the release page."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke import Collection, Exit, task
+
+from ..config import PROJECT_DIR
+from .common import BAD_INPUT, UNREACHABLE, exit_code, out, settings, user_errors
+
+HELP = {
+    "env": "environment whose cluster delivers and keeps the watch records (default test)",
+    "repo": "repository to follow, URL or local path (default: REPO, else this project)",
+    "branch": "branch to follow (default: WATCH_BRANCH, else the repository's default branch)",
+    "interval": "seconds between two polls (default 60; with --listen 0: only on pushes)",
+    "deploy": "deploy each delivered commit to --to-env (continuous deployment)",
+    "to_env": "environment --deploy deploys to, and whose deployments the page shows (default prod)",
+    "once": "check once: run the newest commit if it is new, exit with that run's code",
+    "listen": "ADDR:PORT to accept signed push notifications on (WEBHOOK_SECRET), e.g. 127.0.0.1:9000",
+}
+POLL = 60.0
+
+
+def run_delivery(c, env: str, repo: str, commit: str, deploy: bool, to_env: str):
+    """The one place that knows where `inv deliver` lives: it runs exactly what
+    `inv deliver --repo REPO --ref COMMIT [--deploy --to-env E]` runs (the task's body, without
+    its error wrapper, so that an interruption reaches the watcher as itself) and returns its
+    exit code, one line, and the JSON reports it wrote, as a `watch.RunResult`."""
+    import time
+
+    from .. import report, watch
+    from .delivery import deliver
+
+    s, started = settings(env), time.time()
+    code, text = 0, ""
+    try:
+        deliver.body.__wrapped__(c, env=env, repo=repo, ref=commit, deploy=deploy, to_env=to_env)
+    except Exit as exc:
+        code, text = exc.code, exc.message or ""
+    except Exception as exc:  # a library error: its documented code, as `inv deliver` exits
+        code = exit_code(exc)
+        if code is None:
+            raise
+        text = f"error: {exc}"
+    places = [(s.reports_dir, "deliver")]
+    if deploy:
+        places.append((settings(to_env).reports_dir, "deploy"))
+    reports = watch.read_reports(places, started)
+    text = "; ".join(t for t in (watch.summary(reports), text) if t)
+    return watch.RunResult(code, report.redact(text, s.secrets), reports)
+
+
+def _after_run(env: str, to_env: str, log):
+    """What follows each run: keep it for the page, tell the team, rewrite the page."""
+    from .. import notify, page, watch
+
+    s, prod = settings(env), settings(to_env)
+
+    def keep(payload: dict) -> None:
+        watch.save_run(s.reports_dir / watch.RUNS_DIR, payload)
+
+    def tell(payload: dict) -> None:
+        notify.send(payload, s.notify_url, s.notify_command, log)
+
+    def publish(payload: dict) -> None:
+        page.write(s.reports_dir / page.FILE_NAME, page.gather(s, prod))
+
+    return [keep, tell, publish]
+
+
+def _pause(interval: str | None, listen: bool) -> float:
+    """Seconds between polls: the flag, else 60; with a webhook 0 (no polling) may be given."""
+    if interval is None:
+        return 0.0 if listen else POLL
+    try:
+        pause = float(interval)
+    except ValueError:
+        pause = -1.0
+    if pause < 0 or (pause == 0 and not listen) or pause != pause:
+        raise ValueError(f"--interval {interval}: give a number of seconds above 0 "
+                         f"(0 only with --listen)")
+    return pause
+
+
+@task(name="watch", help=HELP)
+@user_errors
+def watch_(c, env="test", repo=None, branch=None, interval=None, deploy=False, to_env="prod",
+           once=False, listen=None):
+    """Follow a branch: deliver (--deploy: and deploy) each new commit once; --once for cron."""
+    from .. import report, watch  # imported here: `inv --list` stays light
+    from ..cluster import Cluster
+    from ..interrupt import exit_code as interrupted_code
+    from ..interrupt import signals_as_interrupt
+    from ..webhook import ListenError, Webhook
+
+    s = settings(env)
+    repo = repo or s.repo or str(PROJECT_DIR)
+    log = report.make_logger("watch")
+    try:
+        branch = watch.check_branch(branch or s.watch_branch or watch.default_branch(repo))
+        pause = _pause(interval, bool(listen))
+    except (ValueError, watch.SourceError) as exc:
+        raise Exit(f"error: {exc}", code=BAD_INPUT) from None
+    w = watch.Watcher(repo, branch,
+                      watch.RecordStore(lambda: Cluster.of(s).discover().manager(), s.app_service),
+                      lambda commit: run_delivery(c, env, repo, commit, deploy, to_env),
+                      interval=pause, after=_after_run(env, to_env, log), log=log)
+    try:
+        if once:
+            with signals_as_interrupt(log):
+                result = w.check()
+            out(f"{w.name} {branch}: " + (result.text if result else "no new commit"))
+            if result and not result.ok:
+                raise Exit(code=result.code)
+            return
+        hook = Webhook(listen, s.webhook_secret, branch, w.wake.set, log) if listen else None
+        log(f"following {branch} of {w.name}"
+            + (f", every {pause:g}s" if pause else "")
+            + (f", pushes on {listen}" if hook else "") + (f", deploying to {to_env}" if deploy else ""))
+        try:
+            with signals_as_interrupt(log):
+                if hook:
+                    hook.start()
+                w.serve()
+        finally:
+            if hook:
+                hook.stop()
+    except (ListenError, watch.SourceError) as exc:
+        raise Exit(f"error: {exc}", code=BAD_INPUT) from None
+    except watch.StoreError as exc:
+        raise Exit(f"error: {exc}", code=UNREACHABLE) from None
+    except KeyboardInterrupt as exc:
+        raise Exit("interrupted", code=interrupted_code(exc)) from None
+
+
+@task(name="report", help={"env": "environment of the deliveries, prod-like and the watch (default test)",
+                           "to_env": "environment of the deployments (default prod)",
+                           "output": "where to write the page (default REPORTS_DIR/releases.html)"})
+@user_errors
+def report_(c, env="test", to_env="prod", output=None):
+    """Write the release page: a self-contained HTML file of deliveries, deployments and runs."""
+    from .. import page
+
+    s = settings(env)
+    snap = page.gather(s, settings(to_env))
+    path = page.write(Path(output) if output else s.reports_dir / page.FILE_NAME, snap)
+    for view in snap["clusters"]:
+        if view["error"]:
+            out(f"{view['label']} did not answer: {view['error']}")
+    out(f"release page: {path}")
+
+
+ns = Collection("watch", watch_, report_)  # not in tasks.py yet: the coordinator wires it

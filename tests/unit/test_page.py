@@ -1,0 +1,207 @@
+"""The release page: data from fake clusters and reports, HTML that is self-contained and
+escaped; rendered by a real browser engine (headless Chromium) when one is installed."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from cdtasks import page, records, watch
+
+INJECTED = '<script>alert("x")</script><img src=https://evil.example/x.png>'
+CREDENTIAL_URL = "https://bob:t0ken-123@git.example.org/app.git"
+T0 = 1_780_000_000.0  # epoch seconds the fake tasks are placed around
+
+
+def docker_time(epoch: float) -> str:
+    return page.time_text(epoch).replace(" ", "T").replace("Z", ".123456789Z")
+
+
+def task(slot, version, state, created, changed, node="n1"):
+    return {"ServiceID": "go-demo", "Slot": slot, "NodeID": node, "DesiredState": "running",
+            "CreatedAt": docker_time(created),
+            "Spec": {"ContainerSpec": {"Image": f"localhost:5000/go-demo:{version}@sha256:{version * 8}"}},
+            "Status": {"State": state, "Timestamp": docker_time(changed), "Err": ""}}
+
+
+def fill(manager, version: str) -> None:
+    """The service, its tasks and the nodes, answered beside conftest's config store (the page
+    reads them through the same client)."""
+    service = {"Spec": {"TaskTemplate": {"ContainerSpec": {
+        "Image": f"localhost:5000/go-demo:{version}@sha256:{'ab' * 32}"}}}}
+    nodes = [{"ID": "n1", "Description": {"Hostname": "swarm-test-2"}},
+             {"ID": "n2", "Description": {"Hostname": "swarm-test-3"}}]
+    tasks = [task(1, "1.0", "shutdown", T0, T0 + 60), task(1, version, "running", T0 + 60, T0 + 63),
+             task(2, "1.0", "shutdown", T0, T0 + 70, "n2"),
+             task(2, version, "failed", T0 + 70, T0 + 72, "n2"),
+             task(2, version, "running", T0 + 75, T0 + 78, "n2")]
+    manager.api.inspect_service = lambda name: service
+    manager.api.nodes = lambda: nodes
+    manager.api.tasks = lambda filters: [t for t in tasks if t["ServiceID"] == filters["service"]]
+
+
+def report(suite, version, steps, ok=True, repo=CREDENTIAL_URL):
+    return {"suite": suite, "ok": ok, "seconds": sum(s["seconds"] for s in steps),
+            "meta": {"env": "test", "version": version, "repo": repo, "state": "done"},
+            "steps": [{"status": "ok", "detail": "", "output_tail": "", **s} for s in steps]}
+
+
+@pytest.fixture()
+def snap(swarm_manager):
+    manager = swarm_manager
+    fill(manager, "1.2")
+    records.put(manager, "watch", "go-demo", {"event": "taken", "repo": CREDENTIAL_URL,
+                                              "branch": "main", "commit": "c" * 40,
+                                              "subject": INJECTED, "time": "2026-11-29T10:00:00+00:00"})
+    records.put(manager, "watch", "go-demo", {"event": "finished", "repo": CREDENTIAL_URL,
+                                              "branch": "main", "commit": "c" * 40, "code": 14,
+                                              "result": "deliver: failed at staging", "seconds": 30.5})
+    records.put(manager, "delivered", "go-demo", {"version": "1.2", "digest": "sha256:" + "ab" * 32,
+                                                  "commit": "c" * 40, "repo": CREDENTIAL_URL,
+                                                  "time": "2026-11-29T10:01:00+00:00", "user": "dev"})
+    test = page.cluster("prod-like (test)", "go-demo", lambda: manager, ("watch", "delivered"))
+
+    def silent():
+        raise ConnectionError("no route to swarm-1")
+
+    prod = page.cluster("production (prod)", "go-demo", silent, ("history",))
+    measured = report("deliver", "1.2", [
+        {"name": "checkout", "seconds": 2.0, "started": 0.0},
+        {"name": "unit", "seconds": 6.0, "started": 2.0},
+        {"name": "build", "seconds": 4.0, "started": 2.0},  # beside the unit tests
+        {"name": "staging", "seconds": 5.0, "started": 8.0, "status": "FAILED",
+         "detail": f"staging tests failed: {INJECTED}", "output_tail": "AssertionError"}], ok=False)
+    laid = report("deploy", "1.1", [{"name": "rollout", "seconds": 20.0},
+                                    {"name": "prodtest", "seconds": 5.0}])
+    runs = [{"commit": "c" * 40, "reports": [measured]}]
+    return page.snapshot([test, prod], runs, [laid, measured], now=T0 + 100)
+
+
+class Parsed(HTMLParser):
+    def __init__(self, text: str):
+        super().__init__()
+        self.tags, self.links, self.text, self.classes = [], [], [], []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        for name, value in attrs:
+            if name in ("src", "href", "action", "srcset", "data", "poster"):
+                self.links.append(value)
+            if name == "class":
+                self.classes.append(value)
+            if name == "style" and "url(" in (value or ""):
+                self.links.append(value)
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_the_page_is_self_contained_and_escapes_every_text(snap):
+    html = page.render(snap)
+    parsed = Parsed(html)
+    assert parsed.links == []  # no src, href or url(): nothing is fetched
+    assert not {"script", "img", "link", "iframe", "object"} & set(parsed.tags)
+    assert "@import" not in html
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html
+    assert INJECTED in "".join(parsed.text)  # shown as text, exactly as written
+
+
+def test_the_page_shows_each_run_and_what_is_running(snap):
+    text = " ".join(Parsed(page.render(snap)).text)
+    for expected in ("deliver 1.2 — FAILED, 17.0s", "deploy 1.1 — ok, 25.0s",  # each run once
+                     "localhost:5000/go-demo:1.2", "sha256:abababababab",  # versions running
+                     "did not answer: ConnectionError: no route to swarm-1",  # production silent
+                     "deliver: failed at staging", "cccccccccccc",  # the watched commit
+                     "staging tests failed"):  # the failure and its reason
+        assert expected in text, expected
+    assert text.count("deliver 1.2 — FAILED") == 1  # the run and the same report on disk: once
+
+
+def test_runs_are_ordered_by_when_they_were_written(snap):
+    early = {"time": "2026-11-29T09:00:00+00:00", "reports": [{"suite": "deliver", "steps": []}]}
+    late = {"time": "2026-11-29T11:00:00+00:00", "reports": [{"suite": "deploy", "steps": []}]}
+    docs = page.snapshot([], [late, early], [{"suite": "rollback", "written": T0}], T0)["runs"]
+    assert [d["suite"] for d in docs] == ["rollback", "deliver", "deploy"]
+    assert "deploy  — FAILED, 0.0s, written 2026-11-29 11:00:00Z" in page.render(
+        page.snapshot([], [late], [], T0))
+
+
+def test_credentials_in_urls_never_reach_the_page(snap):
+    html = page.render(snap)
+    assert "t0ken-123" not in html and "https://***@git.example.org/app.git" in html
+
+
+def test_the_timeline_uses_start_offsets_when_the_report_has_them(snap):
+    steps, measured = page.timeline(snap["runs"][0]["steps"])
+    assert measured and [(s["name"], s["start"]) for s in steps] == \
+        [("checkout", 0.0), ("unit", 2.0), ("build", 2.0), ("staging", 8.0)]
+    steps, measured = page.timeline(snap["runs"][1]["steps"])
+    assert not measured and [(s["name"], s["start"]) for s in steps] == [("rollout", 0.0),
+                                                                         ("prodtest", 20.0)]
+    html = page.render(snap)
+    # unit and build start together (2 of 13 s): their bars begin at the same place
+    assert html.count('style="left:15.38%;') == 2
+    assert html.count("steps laid end to end") == 1  # only the report without start times
+
+
+def test_replicas_over_time(snap):
+    reps = snap["clusters"][0]["replicas"]
+    assert [(r["slot"], r["version"], r["state"], r["node"]) for r in reps] == [
+        ("1", "1.0", "shutdown", "swarm-test-2"), ("1", "1.2", "running", "swarm-test-2"),
+        ("2", "1.0", "shutdown", "swarm-test-3"), ("2", "1.2", "failed", "swarm-test-3"),
+        ("2", "1.2", "running", "swarm-test-3")]
+    assert reps[0]["from"] == pytest.approx(T0) and reps[0]["to"] == pytest.approx(T0 + 60)
+    assert reps[1]["to"] is None  # still running: drawn up to now
+    classes = Parsed(page.render(snap)).classes
+    assert classes.count("replica") == 2
+    assert classes.count("bar running") == 2 and classes.count("bar failed") == 2  # + the step
+
+
+def test_timestamps_of_docker_and_of_the_records():
+    assert page._when("2026-05-28T20:26:40.123456789Z") == pytest.approx(T0 + 0.123456)
+    assert page._when("2026-05-28T22:26:40.5+02:00") == pytest.approx(T0 + 0.5)
+    assert page._when("2026-05-28T20:26:40+00:00") == T0
+    assert page._when("0001-01-01T00:00:00Z") is None and page._when("garbage") is None
+
+
+def test_a_cluster_that_does_not_answer_leaves_the_rest_of_the_page(snap):
+    prod = snap["clusters"][1]
+    assert prod["error"] == "ConnectionError: no route to swarm-1" and prod["replicas"] == []
+    assert "no deployment recorded" in page.render(snap)
+
+
+def test_reports_on_disk_and_write(tmp_path: Path, snap):
+    (tmp_path / "deliver.json").write_text(json.dumps(report("deliver", "9.9", [])))
+    (tmp_path / "deploy.json").write_text("{half written")
+    assert [d["meta"]["version"] for d in page.reports_on_disk([tmp_path, tmp_path])] == ["9.9"]
+    path = page.write(tmp_path / "out" / page.FILE_NAME, snap)
+    assert path.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert [p.name for p in path.parent.iterdir()] == [page.FILE_NAME]  # no temporary file left
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium installed (apt-get install chromium)")
+def test_a_real_browser_renders_the_rows(tmp_path: Path, snap):
+    path = page.write(tmp_path / page.FILE_NAME, snap)
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         # no network at all: a page that needed one would show it missing
+         "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
+         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", path.as_uri()],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)},
+        stdin=subprocess.DEVNULL)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    parsed = Parsed(dom.stdout)
+    assert "script" not in parsed.tags  # the commit message stayed text in the browser's DOM
+    assert parsed.classes.count("step ok") == 5 and parsed.classes.count("step failed") == 1
+    assert parsed.classes.count("replica") == 2
+    text = " ".join(parsed.text)
+    assert "deliver 1.2 — FAILED" in text and "deploy 1.1 — ok" in text and INJECTED in text
