@@ -8,12 +8,13 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import checks, config, engine, registry, workspace
+from . import checks, config, engine, registry, state, workspace
 from .cluster import Cluster
 from .compose import Compose, ComposeError, ComposeModel, check_contract, unique_project
 from .config import Settings
@@ -21,6 +22,10 @@ from .log import Log
 from .providers import for_settings
 from .report import redact
 from .runner import StepFailed, beside
+
+
+GIT_TIMEOUT = 600  # seconds a git command of a checkout may take (a clone of a big repository)
+DOWN_RETRY = 120  # seconds the clean-up tries to take a compose project down
 
 
 @dataclass
@@ -80,7 +85,8 @@ class Checkout:
         env = {"IMAGE": self.image, "VERSION": self.version or "", "BASE_IMAGE": s.base_image,
                "DB_IMAGE": s.db_image, "HOST_IP": host_ip}
         return Compose(self.workdir / s.compose_file, self.project_name(), docker_env,
-                       env, dry_run=self.dry_run, on_line=self.on_line, pass_env=s.pass_env)
+                       env, dry_run=self.dry_run, on_line=self.on_line, pass_env=s.pass_env,
+                       timeout=s.test_timeout)
 
     def contract(self) -> ComposeModel:
         """The compose file's model, read once (compose reads files only: no engine needed),
@@ -109,7 +115,7 @@ class Checkout:
         path); the version: given, else the git tag, else the short commit id."""
         s = self.settings
         repo = self.repo  # Settings.repo: the project directory when REPO is empty
-        s.workspace_dir.mkdir(parents=True, exist_ok=True)
+        state.private_dir(s.workspace_dir)
         dest = Path(tempfile.mkdtemp(prefix=f"{s.app_service}-", dir=s.workspace_dir))
         self.workdir = dest
         if Path(repo).is_dir() and not (Path(repo) / ".git").exists():
@@ -206,13 +212,24 @@ class Checkout:
 
     def close(self) -> None:
         """After a run, also a failed or interrupted one: the compose project and the checkout
-        go; failures are logged, never raised (they must not hide the run's own result)."""
+        go; failures are logged, never raised (they must not hide the run's own result). A
+        CD node's engine that went away (restarted) gets DOWN_RETRY seconds to come back."""
         self.torn_down()
-        if self.compose_left:
+        deadline = time.monotonic() + DOWN_RETRY
+        while self.compose_left and not self.dry_run:
             try:
                 self.take_down()
             except Exception as exc:
                 self.log(f"could not take the compose project {self.project} down: {exc}")
+            if not self.compose_left or time.monotonic() > deadline:
+                break
+            self.log(f"the compose project {self.project} is not down yet: trying again "
+                     f"(the CD node's engine may be restarting)")
+            time.sleep(5)
+            self._cluster = None  # its engine may answer on another address when back
+        if self.compose_left:
+            self.log(f"the compose project {self.project} may be left on {self.settings.cd_node}: "
+                     f"remove it with `docker compose -p {self.project} down`")
         if self.workdir and self.workdir.exists():
             s = self.settings
             if not self.dry_run and not for_settings(s).shares_workspace:
@@ -245,7 +262,14 @@ def _commit_of(checkout: Path, ref: str, shown_repo: str) -> str:
 
 
 def _git(args: Sequence[str], cwd: Path | None = None) -> str:
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    """git that never waits for an answer (no prompt, no stdin) nor longer than GIT_TIMEOUT."""
+    try:
+        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              env=checks.git_environment(), stdin=subprocess.DEVNULL,
+                              timeout=GIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise StepFailed(f"`{shlex.join(['git', *args])}` did not finish within "
+                         f"{GIT_TIMEOUT}s") from None
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or ["?"]
         raise StepFailed(redact(f"`{shlex.join(['git', *args])}` failed: {lines[-1]}"),

@@ -61,6 +61,11 @@ class Cluster:
         raise engine.EngineError(f"no manager of {self.settings.env} answers: "
                                  f"run `inv provision --env {self.settings.env}`")
 
+    def live_manager(self) -> "LiveManager":
+        """A client-like object whose `api` is a manager that answers at each use: for what
+        outlives one manager (a lock renewed through a rollout during which a manager dies)."""
+        return LiveManager(self)
+
     def routing_in_use(self) -> str:
         """The mode provision chose, read from the registry service it made (one API call
         instead of an SSH probe of every node); probed when there is no registry yet."""
@@ -84,6 +89,17 @@ class Cluster:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             found = dict(zip(self.endpoints, pool.map(probe, self.endpoints.values())))
         return swarm.routing_mode(self.settings, found)
+
+
+class LiveManager:
+    """`.api` of whichever manager of the cluster answers now (Cluster.manager() each time)."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+
+    @property
+    def api(self):
+        return self.cluster.manager().api
 
 
 @dataclass(frozen=True)

@@ -239,6 +239,9 @@ KEYS: dict[str, Key] = {
                          "directory; this project's sample is in demo/)"),
     "COMPOSE_FILE": Key(str, "demo/docker-compose-test-local.yml",
                         "the test compose file, relative to the repository root"),
+    "TEST_TIMEOUT": Key(_int(10, 86400), "1800", "seconds a compose command of a delivery (unit "
+                                                  "and staging tests, build, production tests) "
+                                                  "may run before it is stopped and its step fails"),
     "PASS_ENV": Key(_variables, "", "variables of your environment compose runs get too "
                                     "(NAME,NAME); by default they get only what compose needs "
                                     "and the delivery's own (IMAGE, VERSION, HOST_IP, ...)"),
@@ -306,6 +309,7 @@ class Settings:
     services_timeout: int
     repo: str
     compose_file: str
+    test_timeout: int
     pass_env: tuple[str, ...]
     reports_dir: Path
     watch_branch: str

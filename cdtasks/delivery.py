@@ -33,9 +33,9 @@ class Delivery(Checkout):
 
     digest: str | None = None
     converged_at: float = 0.0  # monotonic time the last replica of the last rollout started running
-    lock: str = ""  # token of the service's lock while prod-like is being changed and tested
+    lock: records.Lock | None = None  # the service's lock while prod-like is changed and tested
     previous_image: str | None = None
-    staging_lock: str = ""  # token of the CD node's staging lock while staging is up
+    staging_lock: records.Lock | None = None  # the CD node's staging lock while staging is up
     built: str = ""  # ID of the image the build made (compose's label names the run's project)
     checked: bool = False  # the flags passed `check_input`
     refused: Exception | None = None  # the checkout's bad input (exit 2, not a failed step)
@@ -191,19 +191,42 @@ def publish(d: Delivery) -> str:
 
 def prodlike(d: Delivery) -> str:
     if not d.dry_run:
-        # One release at a time changes (and then tests) the service: the same lock as deploy.
-        manager = d.cluster.manager()
-        d.lock = records.acquire(manager, d.settings.app_service, d.version, rollout.LOCK_WAIT,
-                                 d.log, action="delivering")
-        d.previous_image = services.current_image(manager, d.settings.app_service)
-    result = rollout.update(d.cluster, d.settings, d.pinned, d.log, d.dry_run, d.record)
+        # One release at a time changes (and then tests) the service: the same lock as deploy,
+        # taken before the image it guards is read.
+        d.lock = records.Lock(d.cluster.live_manager(), d.settings.app_service, d.version,
+                              "delivering", d.log).acquire(rollout.LOCK_WAIT)
+        d.previous_image = services.current_image(d.cluster.manager(), d.settings.app_service)
+    try:
+        result = rollout.update(d.cluster, d.settings, d.pinned, d.log, d.dry_run, d.record)
+    except StepFailed as exc:
+        if d.dry_run or not d.previous_image or d.previous_image == d.pinned:
+            raise
+        raise StepFailed(f"{exc}; {restore(d)}", exc.output_tail) from None
     d.converged_at = rollout.monitor_start(result)
     return f"{d.settings.app_service} runs {d.ref_tag} on every replica ({result.seconds:.1f}s)"
 
 
-def prodtest(d: Delivery) -> str:
+def restore(d: Delivery) -> str:
+    """After a failed prod-like rollout (paused, rolled back by Swarm, timed out): the image
+    it ran before on every replica again, as deploy does in production. Says how it ended."""
+    d.log(f"rolling prod-like back to {d.previous_image}")
     try:
-        detail = rollout.production_tests(d, d.cluster, d.settings, d.converged_at)
+        d.lock.check()  # another run that took the lock changes the service now, not this one
+        rollout.update(d.cluster, d.settings, d.previous_image, d.log)
+    except Exception as exc:  # the step's own failure stays the headline
+        return f"rolling back to {d.previous_image} failed too: {str(exc).splitlines()[0][:200]}"
+    return f"rolled back to {d.previous_image} on every replica"
+
+
+def prodtest(d: Delivery) -> str:
+    """Production tests against prod-like, which must run the published digest (`inv prodlike`
+    before) through Swarm's monitor period; only then is the version recorded as verified."""
+    try:
+        try:
+            detail = rollout.production_tests(d, d.cluster, d.settings, d.pinned, d.converged_at)
+        except StepFailed as exc:
+            raise StepFailed(f"{exc}; {d.version} is not recorded as verified",
+                             exc.output_tail) from None
         if not d.dry_run:
             mark_delivered(d)
         return detail
@@ -213,8 +236,8 @@ def prodtest(d: Delivery) -> str:
 
 def release_lock(d: Delivery) -> None:
     if d.lock:
-        records.unlock(d.cluster.manager(), d.settings.app_service, d.lock)
-        d.lock = ""
+        lock, d.lock = d.lock, None
+        lock.release()
     release_staging_lock(d)
 
 
@@ -223,25 +246,22 @@ def staging_lock_name(s: Settings) -> str:
 
 
 def take_staging_lock(d: Delivery) -> None:
-    """The CD node's staging lock (a record lock on the test cluster), waited for like the
-    service's lock; said in the log."""
+    """The CD node's staging lock (a record lock on the test cluster, renewed while held),
+    waited for like the service's lock; said in the log."""
     node = d.settings.cd_node
     ports = sorted({p for ps in d.contract().ports.values() for p in ps})
     d.log(f"staging takes the staging lock of {node}"
           + (f" (host ports {', '.join(map(str, ports))})" if ports else ""))
     if d.dry_run:
         return
-
-    def log(message: str) -> None:
-        d.log(message.replace("the lock held by", f"the staging lock of {node} held by"))
-    d.staging_lock = records.acquire(d.cluster.manager(), staging_lock_name(d.settings),
-                                     d.version, rollout.LOCK_WAIT, log, action="staging")
+    d.staging_lock = records.Lock(d.cluster.manager(), staging_lock_name(d.settings), d.version,
+                                  "staging", d.log).acquire(rollout.LOCK_WAIT)
 
 
 def release_staging_lock(d: Delivery) -> None:
     if d.staging_lock:
-        records.unlock(d.cluster.manager(), staging_lock_name(d.settings), d.staging_lock)
-        d.staging_lock = ""
+        lock, d.staging_lock = d.staging_lock, None
+        lock.release()
 
 
 STEP_FUNCS: dict[str, Callable[[Delivery], str]] = {
@@ -345,10 +365,21 @@ def state_after(d: Delivery, results: list[StepResult]) -> str:
     if failed == "publish":
         return f"{d.ref_tag} not in the registry; {d.settings.app_service} untouched"
     try:
-        running = services.current_image(d.cluster.manager(), d.settings.app_service)
+        running = replicas_text(services.replica_images(d.cluster.manager(),
+                                                        d.settings.app_service))
     except Exception:  # the state line must not hide the failure itself
         running = "unknown"
     return f"prod-like runs {running}"
+
+
+def replicas_text(replicas: list[tuple[str, str]]) -> str:
+    """What each replica runs, from services.replica_images, in a few words."""
+    images = {image for _, image in replicas}
+    if not replicas:
+        return "no replica"
+    if len(images) == 1:
+        return f"{images.pop()} on {', '.join(n for n, _ in replicas)}"
+    return ", ".join(f"{image} on {node}" for node, image in replicas)
 
 
 # -- what passed prod-like, recorded on the cluster -------------------------------------------

@@ -20,6 +20,7 @@ from invoke import Config, Context
 from . import tunnel as tunnels
 
 TIMEOUT = 120
+SSH_KEEPALIVE = 15  # seconds between SSH keepalive messages on an idle link
 # Engine API 1.41 is Docker 20.10, the oldest engine the tool supports; fixing it saves a
 # round trip per client and lets a client be built before its engine answers.
 API_VERSION = "1.41"
@@ -217,4 +218,6 @@ def _opened(endpoint: Endpoint):
                           f"{endpoint.ssh_key or '(agent/default keys)'}: {exc}") from None
     except (OSError, EOFError, paramiko.ssh_exception.NoValidConnectionsError) as exc:
         raise EngineError(f"cannot reach SSH at {where}: {_reason(exc)}") from None
+    # A link idle behind a NAT or firewall is kept open; a dead peer is noticed.
+    conn.client.get_transport().set_keepalive(SSH_KEEPALIVE)
     return conn

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Callable, Mapping, Sequence
 
 from docker import types
-from docker.errors import NotFound
+from docker.errors import APIError, DockerException, NotFound
 
 from .config import pinned_image
 from .log import Log
@@ -246,15 +246,58 @@ def running_tasks(client, name: str) -> tuple[int, int, list[Mapping]]:
     return running, _replicas_wanted(client, svc["Spec"], svc["ID"]), tasks
 
 
-def diagnose(client, name: str) -> str:
-    """Why tasks don't run, in the tasks' own words (latest error per distinct message)."""
+def hostnames(client) -> dict[str, str]:
+    """Node ID -> hostname, for the nodes of the swarm."""
+    return {n["ID"]: n["Description"]["Hostname"] for n in client.api.nodes()}
+
+
+def replica_images(client, name: str) -> list[tuple[str, str]]:
+    """(node, image) of every task of the service that runs now, sorted: what really serves."""
+    _, _, tasks = running_tasks(client, name)
+    nodes = hostnames(client)
+    return sorted((nodes.get(t.get("NodeID"), t.get("NodeID", "?")), t["Spec"]["ContainerSpec"]["Image"])
+                  for t in tasks if t["Status"]["State"] == "running")
+
+
+def health_output(container: Mapping) -> str:
+    """The last failing health check's output of a container (its inspect data), or ''."""
+    log = ((container.get("State") or {}).get("Health") or {}).get("Log") or []
+    failed = [h for h in log if h.get("ExitCode") != 0]
+    text = " ".join((failed[-1].get("Output") or "").split()) if failed else ""
+    return text[:300]
+
+
+def _health_of(t: Mapping, nodes: Mapping[str, str], node_client) -> str:
+    """The failing health check of a task's container, read on the node that ran it."""
+    container = ((t["Status"].get("ContainerStatus") or {}).get("ContainerID"))
+    host = nodes.get(t.get("NodeID", ""))
+    if not container or not host:
+        return ""
+    try:
+        return health_output(node_client(host).api.inspect_container(container))
+    except Exception:  # node gone, container removed: the task's own words still tell
+        return ""
+
+
+def diagnose(client, name: str, node_client: Callable[[str], object] | None = None) -> str:
+    """Why tasks don't run, in the tasks' own words (latest error per distinct message); with
+    `node_client` (hostname -> client) also the last output of a failing health check, read
+    from the container on the node that ran it."""
     svc = client.api.inspect_service(name)
     tasks = sorted(client.api.tasks(filters={"service": svc["ID"]}),
                    key=lambda t: t.get("UpdatedAt", ""), reverse=True)
     reasons = []
+    nodes = hostnames(client) if node_client else {}
+    looked = 0
     for t in tasks:
         st = t["Status"]
         msg = st.get("Err") or (st["Message"] if st["State"] in ("pending", "rejected", "failed") else "")
+        if node_client and looked < 3 and st["State"] not in ("new", "pending", "assigned",
+                                                              "running"):
+            looked += 1
+            health = _health_of(t, nodes, node_client)
+            if health:
+                msg = f"{msg + ': ' if msg else ''}health check failed: {health}"
         if msg and msg not in reasons:
             reasons.append(msg)
     return "; ".join(reasons[:3]) or "no task reported an error"
@@ -346,24 +389,57 @@ def _running_for(client, tasks: Sequence[Mapping], image: str) -> float:
     return max(0.0, (now - max(started)).total_seconds())
 
 
+def transient(exc: BaseException) -> bool:
+    """An API error worth one more try on another manager: the engine did not answer
+    (connection refused or reset, timeout), or the control plane was busy (5xx, a leader
+    election's "rpc error ... deadline exceeded", "does not have a leader")."""
+    if isinstance(exc, APIError):  # before OSError: requests' errors subclass it
+        text = str(exc.explanation or exc).lower()
+        return ((exc.status_code or 0) >= 500 or "deadline exceeded" in text
+                or "does not have a leader" in text)
+    if isinstance(exc, OSError):  # refused, reset, timed out; requests' connection errors
+        return True
+    # docker-py wraps some transport errors in its own DockerException
+    return isinstance(exc, DockerException) and any(
+        w in str(exc).lower() for w in ("connection", "timed out"))
+
+
 def wait_rollout(client, name: str, image: str, timeout: float,
                  on_progress: Callable[[str], None], poll: float = 0.25,
-                 stable_until: float | None = None) -> Rollout:
+                 stable_until: float | None = None, cluster=None) -> Rollout:
     """Follow a rolling update through Swarm's own state until every replica runs the image
     (`converged`). `paused` and `rollback_*` are failures, although the CLI's `docker service
-    update` exits 0 on them. With `stable_until` (a time.monotonic() value) it also keeps
-    watching until then: the monitor period, which callers overlap with their tests."""
+    update` exits 0 on them (but a rollback that brought back `image` is what was waited for).
+    With `stable_until` (a time.monotonic() value) it also keeps watching until then: the
+    monitor period, which callers overlap with their tests. `cluster` (anything with
+    `manager()` and `client(hostname)`): a transient API error (a manager died, a leader
+    election) is retried on a manager that answers until the timeout, and a failure names
+    the failing health check's output."""
     start = time.monotonic()
     last = ""
+    node_client = cluster.client if cluster is not None else None
     while True:
-        svc = client.api.inspect_service(name)
+        try:
+            svc = client.api.inspect_service(name)
+            running, wanted, tasks = running_tasks(client, name)
+        except Exception as exc:
+            if cluster is None or not transient(exc) or time.monotonic() - start > timeout:
+                raise
+            on_progress(f"{name}: the manager did not answer ({str(exc).splitlines()[0][:120]}); "
+                        f"asking another one")
+            time.sleep(1.0)
+            client = cluster.manager()
+            continue
         status = svc.get("UpdateStatus") or {}
         state = status.get("State", "unchanged")
         now_wanted = svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
-        if now_wanted != image:  # another release updated the service meanwhile
-            return Rollout(name, image, "replaced", time.monotonic() - start,
+        if now_wanted != image:
+            if state.startswith("rollback"):  # Swarm's own failure action
+                return Rollout(name, image, state, time.monotonic() - start,
+                               f"Swarm rolled back to {now_wanted}: {status.get('Message', '')} "
+                               f"({diagnose(client, name, node_client)})")
+            return Rollout(name, image, "replaced", time.monotonic() - start,  # another release
                            f"the service was updated to {now_wanted} meanwhile")
-        running, wanted, tasks = running_tasks(client, name)
         on_new = sum(1 for t in tasks if t["Status"]["State"] == "running"
                      and t["Spec"]["ContainerSpec"]["Image"] == image)
         text = f"{name}: {on_new}/{wanted} replicas on the new image ({state})"
@@ -371,15 +447,17 @@ def wait_rollout(client, name: str, image: str, timeout: float,
             on_progress(text)
             last = text
         elapsed = time.monotonic() - start
-        if state in FAILED_UPDATE:
+        # A rollback by Swarm towards `image` (the spec is `image` again) is what is waited for.
+        if state in FAILED_UPDATE and state not in ("rollback_started", "rollback_completed"):
             return Rollout(name, image, state, elapsed,
-                           f"{status.get('Message', '')} ({diagnose(client, name)})")
+                           f"{status.get('Message', '')} ({diagnose(client, name, node_client)})")
         converged = on_new >= wanted and running >= wanted
         if converged and time.monotonic() >= (stable_until or 0):
-            return Rollout(name, image, "converged" if state == "updating" else state, elapsed,
+            done = "converged" if state in ("updating", "rollback_started") else state
+            return Rollout(name, image, done, elapsed,
                            status.get("Message", ""), _running_for(client, tasks, image))
         if elapsed > timeout:
             return Rollout(name, image, "timeout", elapsed,
                            f"{on_new}/{wanted} replicas on {image} after {timeout:.0f}s: "
-                           f"{diagnose(client, name)}")
+                           f"{diagnose(client, name, node_client)}")
         time.sleep(poll)

@@ -18,12 +18,29 @@ HELP = {
 
 def deploy_and_report(d, title: str, json: bool = False) -> dict:
     """Run the deployment, print and report it (`json`: the report on stdout, nothing else);
-    exit non-zero on failure."""
+    exit non-zero on failure (a signal: the interruption goes on to `user_errors` once
+    reported)."""
     from .. import deployment, report
-    with report.Progress(title) as progress:
-        d.log = progress.log
-        d.on_line = lambda line: progress.update(line[-100:])
-        entry, results = deployment.run(d, progress)
+    from ..runner import RunInterrupted
+    progress = report.Progress(title)
+    d.log = progress.log
+    d.on_line = lambda line: progress.update(line[-100:])
+    try:
+        with progress:
+            entry, results = deployment.run(d, progress)
+    except RunInterrupted as exc:
+        if exc.record is not None:
+            _report(d, title, exc.results, exc.record, json)
+        raise
+    _report(d, title, results, entry, json)
+    code = deployment_exit(entry["result"])
+    if code:
+        raise Exit(code=code)
+    return entry
+
+
+def _report(d, title: str, results, entry: dict, json: bool = False) -> None:
+    from .. import report
     secrets = [*d.prod.secrets, *d.test.secrets]
     if json:
         print_json(report.report_doc(title, results, entry, secrets=secrets))
@@ -33,10 +50,6 @@ def deploy_and_report(d, title: str, json: bool = False) -> dict:
                       f"{d.image})", secrets), json)
     paths = report.write_reports(d.prod.reports_dir, title, results, entry, secrets=secrets)
     out("reports: " + ", ".join(map(str, paths)), json)
-    code = deployment_exit(entry["result"])
-    if code:
-        raise Exit(code=code)
-    return entry
 
 
 def _deployment(c, env, source, version, wait, **kw):

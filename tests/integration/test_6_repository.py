@@ -265,7 +265,7 @@ def test_two_delivers_of_hello_book_at_once_both_pass(stack, hello, tmp_path):
         # Each staged, tagged and pushed its own build: the version the image reports.
         record = record_of(stack, version)
         assert record["image"] == f"{IMAGE}:{version}"
-    waited = [v for v, r in results.items() if f"the staging lock of {CD_NODE} held by" in r[2]]
+    waited = [v for v, r in results.items() if f"the lock of staging-{CD_NODE}, held by" in r[2]]
     print(f"waited for the other's staging lock: {waited or 'neither'}")
     spec_image = services.current_image(manager(stack, "test"), SERVICE)
     m = re.fullmatch(rf"{re.escape(IMAGE)}:(1\.2[ab])@sha256:[0-9a-f]{{64}}", spec_image)

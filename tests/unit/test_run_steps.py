@@ -129,3 +129,23 @@ def test_a_dry_run_lists_the_teardown_in_order(monkeypatch, tmp_path):
     r = Delivery(settings, "", version="1.1", defer_down=True, dry_run=True, compose_left=True)
     r.tear_down_beside()
     assert calls == [True] and r.teardown is None
+
+
+def test_a_signal_in_a_step_reports_it_interrupted_and_the_rest_not_run():
+    import signal
+
+    from cdtasks.interrupt import Interrupted
+    from cdtasks.runner import RunInterrupted, run_steps
+
+    def stopped():
+        raise Interrupted(signal.SIGTERM)
+
+    progress = Quiet()
+    with pytest.raises(RunInterrupted) as caught:
+        run_steps(["a", "b", "c"], {"a": lambda: "fine", "b": stopped, "c": lambda: "never"},
+                  progress)
+    assert caught.value.signum == signal.SIGTERM
+    assert [(r.name, r.status) for r in caught.value.results] == [
+        ("a", "ok"), ("b", "interrupted"), ("c", "skipped")]
+    assert caught.value.results[1].detail == "interrupted"
+    assert progress.done_names == ["a", "b"]
