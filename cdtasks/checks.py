@@ -96,6 +96,11 @@ def compose_file(value: str, repo_path: str = "", at: str = "HEAD") -> str:
         return value
     where = Path(repo_path)
     if (where / ".git").exists():
+        known = subprocess.run(["git", "-C", str(where), "rev-parse", "--verify", "--quiet",
+                                "--end-of-options", f"{at}^{{commit}}"],
+                               stdin=subprocess.DEVNULL, capture_output=True)
+        if known.returncode != 0:
+            return value  # an unknown ref: the checkout step says so, naming the ref
         # git names paths in a tree without `.` or `a/..` steps
         proc = subprocess.run(["git", "-C", str(where), "cat-file", "-e", "--end-of-options",
                                f"{at}:{posixpath.normpath(value)}"], stdin=subprocess.DEVNULL,
