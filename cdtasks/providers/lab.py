@@ -249,7 +249,11 @@ class LabProvider(Provider):
                 time.sleep(0.3)
 
     def _write_known_hosts(self) -> None:
-        """known_hosts for every running node of this lab, from the host keys the lab made."""
+        """known_hosts for every running node of this lab, from the host keys the lab made.
+        A lab whose state directory is gone has no keys to trust: nothing is written (a
+        destroy of what is left must not fail on it)."""
+        if not self.root.is_dir():
+            return
         lines = []
         for c in self.host.containers.list(filters={"label": f"{LAB_LABEL}={self.s.lab_name}"}):
             node = c.labels.get(NODE_LABEL)
