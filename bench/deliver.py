@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cdtasks import config, engine  # noqa: E402
+from cdtasks import config, engine, registry  # noqa: E402
 import benchlib  # noqa: E402
 
 RATIO_TARGET = 1.0
@@ -33,6 +33,8 @@ MARK = "@@step "  # lines the script prints (to stderr) when a step starts: "@@s
 # The book's delivery, command after command, with the CD node's env as `docker-machine env`
 # gave it. `docker service update` waits for convergence itself (--detach=false) where the
 # book slept. HOST_IP: the address of a node running a proxy task (the book's `docker-machine ip`).
+# The registry wants the tool's user: the script logs in (into a DOCKER_CONFIG of its own) and
+# updates the service --with-registry-auth, as the book's commands would against such a registry.
 SCRIPT = r"""
 set -euo pipefail
 step() { echo "@@step $1 $(date +%s.%N)" >&2; }
@@ -40,6 +42,7 @@ step checkout
 git clone --quiet "$SRC" "$DEST"
 step env
 eval "$(cd "$ROOT" && inv env swarm-test-1)"
+docker login --username "$REGISTRY_USER" --password-stdin localhost:5000 <"$REGISTRY_PASSWORD" >/dev/null
 cd "$DEST"
 export IMAGE=localhost:5000/go-demo VERSION BASE_IMAGE=cdtasks/python:3.11 DB_IMAGE=cdtasks/redis:7.0
 dc() { docker compose -f demo/docker-compose-test-local.yml -p "$PROJ" "$@"; }
@@ -47,7 +50,7 @@ step unit;     dc run --rm unit
 step build;    dc build app
 step staging;  dc up -d staging-dep; dc run --rm staging; dc down
 step publish;  docker push "$IMAGE:$VERSION"
-step prodlike; docker service update --detach=false --image "$IMAGE:$VERSION" go-demo
+step prodlike; docker service update --detach=false --with-registry-auth --image "$IMAGE:$VERSION" go-demo
 step prodtest
 NODE=$(docker service ps proxy -f desired-state=running --format '{{.Node}}' | awk 'NR==1')
 HOST_IP=$(docker node inspect -f '{{.Status.Addr}}' "$NODE")
@@ -71,10 +74,15 @@ def tool(environ: dict[str, str], version: str) -> tuple[float, dict[str, float]
 
 def script(environ: dict[str, str], version: str) -> tuple[float, dict[str, float]]:
     """The script above, timed as a whole and step by step (from its markers)."""
-    workspace = config.load("test", environ=environ, project_dir=ROOT).workspace_dir
-    dest = workspace / f"go-demo-book-{secrets.token_hex(3)}"
+    settings = config.load("test", environ=environ, project_dir=ROOT)
+    dest = settings.workspace_dir / f"go-demo-book-{secrets.token_hex(3)}"
+    docker_config = Path(tempfile.mkdtemp(prefix="cdtbench-docker-"))  # 0700: the login lands here
+    (docker_config / "cli-plugins").symlink_to(
+        Path(environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "cli-plugins")
     env = {**environ, "ROOT": str(ROOT), "SRC": str(ROOT), "DEST": str(dest),
-           "VERSION": version, "PROJ": f"go-demo-{version.replace('.', '-')}-book"}
+           "VERSION": version, "PROJ": f"go-demo-{version.replace('.', '-')}-book",
+           "DOCKER_CONFIG": str(docker_config), "REGISTRY_USER": registry.USER,
+           "REGISTRY_PASSWORD": str(registry.auth_dir(settings) / "password")}
     marks: list[tuple[str, float]] = []
     t0 = time.monotonic()
     try:
@@ -92,6 +100,7 @@ def script(environ: dict[str, str], version: str) -> tuple[float, dict[str, floa
             raise RuntimeError(f"the book's script failed (exit {proc.returncode})")
     finally:
         shutil.rmtree(dest, ignore_errors=True)
+        shutil.rmtree(docker_config, ignore_errors=True)
     steps = {a: round(tb - ta, 1) for (a, ta), (_, tb) in zip(marks, marks[1:])}
     return seconds, steps
 

@@ -8,18 +8,24 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import config, engine, registry, workspace
+from . import checks, config, engine, registry, state, workspace
 from .cluster import Cluster
-from .compose import Compose, ComposeError, unique_project
+from .compose import Compose, ComposeError, ComposeModel, check_contract, unique_project
 from .config import Settings
 from .log import Log
 from .providers import for_settings
+from .report import redact
 from .runner import StepFailed, beside
+
+
+GIT_TIMEOUT = 600  # seconds a git command of a checkout may take (a clone of a big repository)
+DOWN_RETRY = 120  # seconds the clean-up tries to take a compose project down
 
 
 @dataclass
@@ -42,6 +48,7 @@ class Checkout:
     teardown: Future | None = None  # that down, running beside the steps that don't need it
     commands: list[str] = field(default_factory=list)
     project: str = ""
+    model: ComposeModel | None = None  # the compose file as compose reads it (`contract()`)
     _cluster: Cluster | None = None
     _naming: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -71,11 +78,25 @@ class Checkout:
         ep = self.cluster.endpoints.get(self.settings.cd_node)
         if ep is None:
             raise StepFailed(f"CD node {self.settings.cd_node} is not running: run `inv provision`")
+        return self._compose(engine.docker_env(ep), host_ip)
+
+    def _compose(self, docker_env: dict[str, str], host_ip: str = "") -> Compose:
         s = self.settings
         env = {"IMAGE": self.image, "VERSION": self.version or "", "BASE_IMAGE": s.base_image,
                "DB_IMAGE": s.db_image, "HOST_IP": host_ip}
-        return Compose(self.workdir / s.compose_file, self.project_name(), engine.docker_env(ep),
-                       env, dry_run=self.dry_run, on_line=self.on_line)
+        return Compose(self.workdir / s.compose_file, self.project_name(), docker_env,
+                       env, dry_run=self.dry_run, on_line=self.on_line, pass_env=s.pass_env,
+                       timeout=s.test_timeout)
+
+    def contract(self) -> ComposeModel:
+        """The compose file's model, read once (compose reads files only: no engine needed),
+        with the environment the steps give compose; ContractError when it lacks the book's
+        contract services, naming the file as the user gave it."""
+        if self.model is None:
+            if self.workdir is None:
+                raise StepFailed("no checkout: run the checkout step first")
+            self.model = check_contract(self._compose({}).model(), self.settings.compose_file)
+        return self.model
 
     def project_name(self) -> str:
         """One compose project per run, unique so that concurrent runs do not collide; fixed
@@ -94,7 +115,7 @@ class Checkout:
         path); the version: given, else the git tag, else the short commit id."""
         s = self.settings
         repo = self.repo  # Settings.repo: the project directory when REPO is empty
-        s.workspace_dir.mkdir(parents=True, exist_ok=True)
+        state.private_dir(s.workspace_dir)
         dest = Path(tempfile.mkdtemp(prefix=f"{s.app_service}-", dir=s.workspace_dir))
         self.workdir = dest
         if Path(repo).is_dir() and not (Path(repo) / ".git").exists():
@@ -106,18 +127,23 @@ class Checkout:
         else:
             # A dry run checks out too: it changes nothing outside the workspace, and gives the
             # version and the compose file the other steps print commands for.
-            self.record(["git", "clone", "--quiet", repo, str(dest)], runs_in_dry_run=True)
-            _git(["clone", "--quiet", repo, str(dest)])
-            self.record(["git", "-C", str(dest), "checkout", "--quiet", self.ref], runs_in_dry_run=True)
-            _git(["checkout", "--quiet", self.ref], dest)
+            # Shown and recorded without the credentials a URL may hold; git gets `--` and
+            # `--end-of-options` so that no repository or ref is read as an option.
+            self.record(["git", "clone", "--quiet", "--", redact(repo), str(dest)],
+                        runs_in_dry_run=True)
+            _git(["clone", "--quiet", "--", repo, str(dest)])
+            commit = _commit_of(dest, self.ref, redact(repo))
+            self.record(["git", "-C", str(dest), "checkout", "--quiet", "--detach", commit],
+                        runs_in_dry_run=True)
+            _git(["checkout", "--quiet", "--detach", commit], dest)
             if not self.version:
                 try:
                     self.version = _git(["describe", "--tags", "--exact-match"], dest)
                 except StepFailed:
                     self.version = _git(["rev-parse", "--short", "HEAD"], dest)
         check_version(self.version)
-        if not (dest / s.compose_file).is_file():
-            raise StepFailed(f"{s.compose_file} not found in {repo} at {self.ref}")
+        if not checks.inside(dest, s.compose_file).is_file():
+            raise StepFailed(f"{s.compose_file} not found in {redact(repo)} at {self.ref}")
         self.commit = _git(["rev-parse", "HEAD"], dest) if (dest / ".git").exists() else ""
         # Containers on the CD node run as root: let them read the checkout whatever the umask.
         dest.chmod(0o755)
@@ -126,7 +152,8 @@ class Checkout:
             if not self.dry_run:
                 size = workspace.upload(self.cluster.client(s.cd_node), dest, s.registry_image)
                 self.log(f"copied the checkout to {s.cd_node} ({size // 1024} KiB)")
-        return f"{repo} at {self.ref} ({self.commit[:7] or 'no git'}) as version {self.version}"
+        return (f"{redact(repo)} at {self.ref} ({self.commit[:7] or 'no git'}) as version "
+                f"{self.version}")
 
     # -- the compose project -----------------------------------------------------------------
     def compose_step(self, action: Callable[[Compose], object], host_ip: str = "",
@@ -185,13 +212,24 @@ class Checkout:
 
     def close(self) -> None:
         """After a run, also a failed or interrupted one: the compose project and the checkout
-        go; failures are logged, never raised (they must not hide the run's own result)."""
+        go; failures are logged, never raised (they must not hide the run's own result). A
+        CD node's engine that went away (restarted) gets DOWN_RETRY seconds to come back."""
         self.torn_down()
-        if self.compose_left:
+        deadline = time.monotonic() + DOWN_RETRY
+        while self.compose_left and not self.dry_run:
             try:
                 self.take_down()
             except Exception as exc:
                 self.log(f"could not take the compose project {self.project} down: {exc}")
+            if not self.compose_left or time.monotonic() > deadline:
+                break
+            self.log(f"the compose project {self.project} is not down yet: trying again "
+                     f"(the CD node's engine may be restarting)")
+            time.sleep(5)
+            self._cluster = None  # its engine may answer on another address when back
+        if self.compose_left:
+            self.log(f"the compose project {self.project} may be left on {self.settings.cd_node}: "
+                     f"remove it with `docker compose -p {self.project} down`")
         if self.workdir and self.workdir.exists():
             s = self.settings
             if not self.dry_run and not for_settings(s).shares_workspace:
@@ -210,10 +248,30 @@ def check_version(version: str | None) -> str:
         raise StepFailed(f"version {version!r} is refused: {exc}") from None
 
 
+def _commit_of(checkout: Path, ref: str, shown_repo: str) -> str:
+    """The commit a ref names in a fresh clone: a tag, a commit, or a branch (the clone has
+    the remote's other branches as origin/NAME). `git checkout` of git 2.39 knows no
+    `--end-of-options`, `rev-parse` does: the checkout then gets a commit id."""
+    for name in (ref, f"origin/{ref}"):
+        proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "--end-of-options",
+                               f"{name}^{{commit}}"], cwd=checkout, capture_output=True,
+                              text=True)
+        if proc.returncode == 0:
+            return proc.stdout.strip()
+    raise StepFailed(f"--ref {ref}: no such branch, tag or commit in {shown_repo}")
+
+
 def _git(args: Sequence[str], cwd: Path | None = None) -> str:
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    """git that never waits for an answer (no prompt, no stdin) nor longer than GIT_TIMEOUT."""
+    try:
+        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              env=checks.git_environment(), stdin=subprocess.DEVNULL,
+                              timeout=GIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise StepFailed(f"`{shlex.join(['git', *args])}` did not finish within "
+                         f"{GIT_TIMEOUT}s") from None
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or ["?"]
-        raise StepFailed(f"`{shlex.join(['git', *args])}` failed: {lines[-1]}",
-                         "\n".join(lines[-20:]) if len(lines) > 1 else "")
+        raise StepFailed(redact(f"`{shlex.join(['git', *args])}` failed: {lines[-1]}"),
+                         redact("\n".join(lines[-20:])) if len(lines) > 1 else "")
     return proc.stdout.strip()

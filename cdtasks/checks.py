@@ -41,6 +41,14 @@ def ref(value: str) -> str:
     return value
 
 
+def git_environment() -> dict[str, str]:
+    """The environment of a git command that must not wait for an answer: no terminal
+    prompt, ssh in batch mode (callers also close its stdin)."""
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+    return env
+
+
 def repo(value: str, timeout: float = LS_REMOTE_TIMEOUT) -> str:
     """`--repo`: empty (this project), a local git repository or directory, or a URL that
     answers `git ls-remote` within `timeout` without asking for credentials."""
@@ -53,9 +61,7 @@ def repo(value: str, timeout: float = LS_REMOTE_TIMEOUT) -> str:
         if not Path(value).is_dir():
             raise ConfigError(f"--repo {shown!r}: no such directory (give a local path or a URL)")
         return value
-    # No prompt may wait for an answer: no terminal prompt, no stdin, ssh in batch mode.
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+    env = git_environment()
     # Its own session: on timeout git's transport helpers (git-remote-https, ssh) go too.
     with subprocess.Popen(["git", "ls-remote", "--quiet", value, "HEAD"], env=env,
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -90,6 +96,11 @@ def compose_file(value: str, repo_path: str = "", at: str = "HEAD") -> str:
         return value
     where = Path(repo_path)
     if (where / ".git").exists():
+        known = subprocess.run(["git", "-C", str(where), "rev-parse", "--verify", "--quiet",
+                                "--end-of-options", f"{at}^{{commit}}"],
+                               stdin=subprocess.DEVNULL, capture_output=True)
+        if known.returncode != 0:
+            return value  # an unknown ref: the checkout step says so, naming the ref
         # git names paths in a tree without `.` or `a/..` steps
         proc = subprocess.run(["git", "-C", str(where), "cat-file", "-e", "--end-of-options",
                                f"{at}:{posixpath.normpath(value)}"], stdin=subprocess.DEVNULL,

@@ -37,7 +37,8 @@ class Cluster:
             if node not in self.endpoints:
                 raise engine.EngineError(f"node {node} of {self.settings.env} does not exist or is "
                                          f"not running: run `inv provision --env {self.settings.env}`")
-            self._clients[node] = engine.client(self.endpoints[node])
+            self._clients[node] = engine.client(self.endpoints[node],
+                                                registries=registry.logins(self.settings))
         return self._clients[node]
 
     def clients(self) -> dict:
@@ -50,6 +51,8 @@ class Cluster:
                 try:
                     c = self.client(node)
                     info = swarm.info_of(node, "", c.info())
+                except (engine.UnknownHostKey, engine.HostKeyChanged):
+                    raise  # not "no manager answers": the user must decide about the key
                 except Exception:  # EngineError, or a cached client whose engine went away
                     self._clients.pop(node, None)
                     continue
@@ -57,6 +60,11 @@ class Cluster:
                     return c
         raise engine.EngineError(f"no manager of {self.settings.env} answers: "
                                  f"run `inv provision --env {self.settings.env}`")
+
+    def live_manager(self) -> "LiveManager":
+        """A client-like object whose `api` is a manager that answers at each use: for what
+        outlives one manager (a lock renewed through a rollout during which a manager dies)."""
+        return LiveManager(self)
 
     def routing_in_use(self) -> str:
         """The mode provision chose, read from the registry service it made (one API call
@@ -83,6 +91,17 @@ class Cluster:
         return swarm.routing_mode(self.settings, found)
 
 
+class LiveManager:
+    """`.api` of whichever manager of the cluster answers now (Cluster.manager() each time)."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+
+    @property
+    def api(self):
+        return self.cluster.manager().api
+
+
 @dataclass(frozen=True)
 class ProvisionResult:
     env: str
@@ -95,22 +114,44 @@ class ProvisionResult:
 def provision(settings: Settings, log: Log) -> ProvisionResult:
     """Machines, swarm membership, labels and the registry service: create only what is missing."""
     started = time.monotonic()
+
+    def done(phase: str) -> None:  # `bench/provision.py` reads these lines for its phase table
+        log(f"{settings.env}: {phase} after {time.monotonic() - started:.1f}s")
+
     c = Cluster.of(settings)
     before = set(c.provider.endpoints(settings.nodes))
     c.endpoints = c.provider.ensure(settings.nodes, log)
+    done("machines ready")
     actions = [f"created machine {n}" for n in settings.nodes if n not in before]
     clients = c.clients()
     addresses = {n: ep.address for n, ep in c.endpoints.items()}
-    actions += [str(a) for a in swarm.converge(settings, clients, addresses, log)]
-    mode, reason = c.routing()
     host = c.provider.image_source()
-    if host is not None:
-        actions += [f"loaded {settings.registry_image} into {n}" for n in
-                    images.provide(host, clients, [settings.registry_image], log)]
+
+    def members() -> list[str]:
+        out = [str(a) for a in swarm.converge(settings, clients, addresses, log)]
+        done("swarm converged")
+        return out
+
+    def registry_image() -> list[str]:
+        loaded = images.provide(host, clients, [settings.registry_image], log)
+        done("registry image on every node")
+        return [f"loaded {settings.registry_image} into {n}" for n in loaded]
+
+    # Membership, the IPVS probe and copying the registry image into the nodes need only the
+    # machines, not each other: side by side.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        joined = pool.submit(members)
+        routing = pool.submit(c.routing)
+        loaded = pool.submit(registry_image) if host is not None else None
+        actions += joined.result()
+        mode, reason = routing.result()
+        actions += loaded.result() if loaded else []
     manager = c.manager()
+    actions += registry.ensure_secret(manager, settings, log)
     spec = registry.spec(settings, mode)
     actions += services.converge(manager, [spec], log)
     services.wait_running(manager, [spec.name], REGISTRY_TIMEOUT, log)
+    done("registry running")
     return ProvisionResult(settings.env, tuple(actions), mode, reason, time.monotonic() - started)
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Iterator, Mapping, Sequence
 
+from .interrupt import signals_as_interrupt
+
 OnLine = Callable[[str], None]
 # runner(argv, env, on_line) -> (exit code, combined stdout+stderr)
 Runner = Callable[[Sequence[str], Mapping[str, str], OnLine | None], tuple[int, str]]
@@ -232,38 +234,60 @@ def unique_project(prefix: str) -> str:
     return f"{base}-{secrets.token_hex(4)}"
 
 
+class ComposeTimeout(ComposeError):
+    """A compose command ran longer than it may (TEST_TIMEOUT) and was stopped."""
+
+
 def subprocess_runner(argv: Sequence[str], env: Mapping[str, str],
-                      on_line: OnLine | None) -> tuple[int, str]:
+                      on_line: OnLine | None, timeout: float | None = None) -> tuple[int, str]:
+    """Run compose, its output line by line to `on_line`; after `timeout` seconds it is
+    stopped (SIGTERM, then SIGKILL) and ComposeTimeout raised with what it printed."""
     lines: list[str] = []
+    start = time.monotonic()
+    # Its own process group, stopped whole: the docker CLI's plugin process and whatever else
+    # compose starts would otherwise keep running (and hold its output open).
     with subprocess.Popen(list(argv), env=dict(env), stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, errors="replace", bufsize=1) as proc:
+                          text=True, errors="replace", bufsize=1,
+                          start_new_session=True) as proc:
+        expired = threading.Event()
+
+        def stop() -> None:
+            expired.set()
+            _stop_group(proc)
+
+        timer = threading.Timer(timeout, stop) if timeout else None
+        if timer:
+            timer.daemon = True
+            timer.start()
         try:
             for line in proc.stdout:
                 lines.append(line)
                 if on_line:
                     on_line(line.rstrip("\r\n"))
-            return proc.wait(), "".join(lines)
+            code = proc.wait()
+            if expired.is_set():
+                result = ComposeResult(tuple(argv), code, time.monotonic() - start, "".join(lines))
+                raise ComposeTimeout(f"`{result.command}` ran over TEST_TIMEOUT ({timeout:g}s) "
+                                     f"and was stopped", result)
+            return code, "".join(lines)
         finally:
+            if timer:
+                timer.cancel()
             # Interrupted (Ctrl-C, SIGTERM, a raising on_line): compose must not keep running
             # alongside the down() that follows.
             if proc.poll() is None:
-                proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
-                proc.kill()
+                _stop_group(proc, grace=5)
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    # Python may only set handlers in the main thread; elsewhere SIGTERM keeps its meaning.
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main else None
-    try:
-        yield
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
+def _stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM to the process group of `proc`, SIGKILL after `grace` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+            return
 
 
 class Compose:
@@ -272,7 +296,8 @@ class Compose:
     def __init__(self, file: Path, project: str, docker_env: Mapping[str, str] | None = None,
                  env: Mapping[str, str] | None = None, *, dry_run: bool = False,
                  runner: Runner = subprocess_runner, on_line: OnLine | None = None,
-                 command: Sequence[str] | None = None, pass_env: Sequence[str] = ()):
+                 command: Sequence[str] | None = None, pass_env: Sequence[str] = (),
+                 timeout: float | None = None):
         self.file, self.project = Path(file), project
         if not self.file.is_file():
             raise ComposeError(f"compose file not found: {self.file}")
@@ -286,6 +311,7 @@ class Compose:
         self.dry_run, self.runner, self.on_line = dry_run, runner, on_line
         self.command = tuple(command) if command else compose_command()
         self.issued: list[tuple[str, ...]] = []
+        self.timeout = timeout  # seconds each command may run (None: no limit)
 
     def commands(self) -> list[str]:
         """Every command issued so far, in order, for display."""
@@ -306,7 +332,8 @@ class Compose:
         if self.dry_run:
             return ComposeResult(argv, 0, 0.0, "")
         start = time.monotonic()
-        code, output = self.runner(argv, self.environment(), self.on_line)
+        limit = {"timeout": self.timeout} if self.timeout else {}  # runners without one: none
+        code, output = self.runner(argv, self.environment(), self.on_line, **limit)
         result = ComposeResult(argv, code, time.monotonic() - start, output)
         if check and not result.ok:
             raise ComposeError(f"`{result.command}` failed with exit code {code}", result)
@@ -330,7 +357,7 @@ class Compose:
         failed, a failing down() becomes a note on the block's error instead of replacing it.
         down=False: the caller takes the project down later (and must, also on failure)."""
         try:
-            with _sigterm_as_interrupt():
+            with signals_as_interrupt():
                 yield self
         except BaseException as exc:
             try:

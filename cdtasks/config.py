@@ -174,12 +174,13 @@ KEYS: dict[str, Key] = {
                     "where machines come from: lab (containers on the local engine), "
                     "docker-machine (its CLI creates them), ssh (servers you already have)"),
     "LAB_NAME": Key(_name, "cdtasks", "prefix of every container, network and volume the lab creates"),
-    "STATE_DIR": Key(_path, "~/.cdtasks", "certificates, keys, known_hosts and registry data"),
+    "STATE_DIR": Key(_path, "~/.cdtasks", "certificates, keys, known_hosts, registry data and "
+                                            "credentials (created 0700)"),
     "NODES": Key(_names, "swarm-test-1,swarm-test-2,swarm-test-3", "the cluster's nodes, first is the leader"),
     "WORKERS": Key(_names, "", "nodes that join as workers (default: all are managers)"),
     "NODE_LABELS": Key(_labels, "", "node labels, node:key=value,..."),
     "CD_NODE": Key(_name, "swarm-test-1", "node that runs the CD work (tests, builds)"),
-    "REGISTRY_IMAGE": Key(pinned_image, "cdtasks/registry:2.8.2", "registry service image"),
+    "REGISTRY_IMAGE": Key(pinned_image, "cdtasks/registry-slim:2.8.2", "registry service image"),
     "REGISTRY_PORT": Key(_int(1, 65535), "5000", "registry port on every node (localhost:PORT)"),
     "REGISTRY_RESERVE_MB": Key(_int(0, 1 << 20), "100", "memory reserved for the registry"),
     "REGISTRY_DIR": Key(_path, "", "host directory both clusters' registries store into "
@@ -238,6 +239,9 @@ KEYS: dict[str, Key] = {
                          "directory; this project's sample is in demo/)"),
     "COMPOSE_FILE": Key(str, "demo/docker-compose-test-local.yml",
                         "the test compose file, relative to the repository root"),
+    "TEST_TIMEOUT": Key(_int(10, 86400), "1800", "seconds a compose command of a delivery (unit "
+                                                  "and staging tests, build, production tests) "
+                                                  "may run before it is stopped and its step fails"),
     "PASS_ENV": Key(_variables, "", "variables of your environment compose runs get too "
                                     "(NAME,NAME); by default they get only what compose needs "
                                     "and the delivery's own (IMAGE, VERSION, HOST_IP, ...)"),
@@ -305,6 +309,7 @@ class Settings:
     services_timeout: int
     repo: str
     compose_file: str
+    test_timeout: int
     pass_env: tuple[str, ...]
     reports_dir: Path
     watch_branch: str

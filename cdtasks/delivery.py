@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import getpass
 import json
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import records, registry, rollout, services
+from . import checks, project_images, records, registry, rollout, services
 from .checkout import Checkout
-from .compose import Compose, compose_command
-from .config import Settings
+from .compose import Compose, ContractError, compose_command
+from .config import ConfigError, Settings
+from .report import redact
 from .runner import StepFailed, StepResult, beside, run_steps
 
 STEPS = ("checkout", "unit", "build", "staging", "publish", "prodlike", "prodtest")
@@ -31,8 +33,14 @@ class Delivery(Checkout):
 
     digest: str | None = None
     converged_at: float = 0.0  # monotonic time the last replica of the last rollout started running
-    lock: str = ""  # token of the service's lock while prod-like is being changed and tested
+    lock: records.Lock | None = None  # the service's lock while prod-like is changed and tested
     previous_image: str | None = None
+    staging_lock: records.Lock | None = None  # the CD node's staging lock while staging is up
+    built: str = ""  # ID of the image the build made (compose's label names the run's project)
+    checked: bool = False  # the flags passed `check_input`
+    refused: Exception | None = None  # the checkout's bad input (exit 2, not a failed step)
+    images_ready: bool = False  # the project's images are on the CD node
+    _providing: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def pinned(self) -> str:
@@ -41,29 +49,123 @@ class Delivery(Checkout):
                                   self.digest or "")
 
 
+def check_input(d: Delivery) -> None:
+    """The flags (--version, --ref, --repo, --compose-file), before any step runs: ConfigError,
+    one line naming the flag (exit 2). Tasks call it before their progress display; `deliver`
+    and `step` call it for other callers."""
+    if d.version is not None:
+        checks.version(d.version)
+    checks.ref(d.ref)
+    checks.repo(d.repo)
+    checks.compose_file(d.settings.compose_file, d.repo, d.ref)
+    d.checked = True
+
+
 # -- steps --------------------------------------------------------------------------------------
 def checkout(d: Delivery) -> str:
-    return d.clone()
+    """Clone, then read the compose file's model once: a file without the contract (or one
+    leaving the checkout) is bad input, raised by `run` after the step (exit 2)."""
+    try:
+        detail = d.clone()
+        d.contract()
+    except (ContractError, ConfigError) as exc:
+        d.refused = exc
+        d.close()  # nothing runs in this checkout (a step run alone keeps no state of it)
+        raise StepFailed(str(exc)) from None
+    return detail
+
+
+def provide_images(d: Delivery) -> None:
+    """The images the project's tests and build need, put on the CD node once per run (unit
+    and build ask at the same time in a whole run): no `inv services` needed before."""
+    with d._providing:
+        if d.images_ready or d.dry_run:
+            return
+        s, cluster = d.settings, d.cluster
+        try:
+            done = project_images.ensure(d.contract(), cluster.client(s.cd_node), s.cd_node,
+                                         registry.address(s), cluster.provider.image_source(),
+                                         d.log)
+        except project_images.MissingImage as exc:
+            raise StepFailed(str(exc)) from None
+        for line in done:
+            d.log(line)
+        d.images_ready = True
 
 
 def unit(d: Delivery) -> str:
+    provide_images(d)
     d.compose_step(lambda c: c.run("unit"), defer=True)
     return "unit tests passed"
 
 
 def build(d: Delivery) -> str:
+    provide_images(d)
     d.compose_step(lambda c: c.build("app"), defer=True)
+    tag_built(d)
     return f"built {d.ref_tag} on {d.settings.cd_node}"
+
+
+def tag_built(d: Delivery) -> None:
+    """Tag the image the build made as REGISTRY/APP_IMAGE:VERSION, as the book does (`docker tag
+    go-demo localhost:5000/go-demo:1.1`). Found by the labels compose puts on what it builds
+    (this run's unique project, service app), not by the compose file's name: with a plain
+    `image: go-demo` another run of the same project may build `go-demo:latest` between this
+    build and this tag, and the tag would then take the other run's image."""
+    s, named = d.settings, d.contract().built_image(project=d.project)
+    if named != d.ref_tag:  # `${IMAGE}:${VERSION}` style: compose tagged it already
+        d.record(d.docker_argv("tag", named, d.ref_tag))
+    if d.dry_run:
+        return
+    cd = d.cluster.client(s.cd_node)
+    found = cd.images.list(filters={"label": [f"com.docker.compose.project={d.project}",
+                                              "com.docker.compose.service=app"]})
+    if len(found) != 1:
+        raise StepFailed(f"the build made {len(found)} images labelled with project {d.project} "
+                         f"on {s.cd_node}, not one: cannot tell which is {named}")
+    found[0].tag(d.image, d.version)
+    d.built = found[0].id
+
+
+def name_the_build(d: Delivery) -> None:
+    """Under the staging lock: the compose file's own name for the built image (what
+    staging-dep runs) is this run's build again, since another run's build may have retagged
+    it after ours. Safe: every run that ups staging-dep from that name on this node retags
+    and ups under the same lock, and `up` binds the container to the image ID."""
+    named = d.contract().built_image(project=d.project)
+    if named == d.ref_tag:
+        return
+    d.record(d.docker_argv("tag", d.ref_tag, named))
+    if not d.dry_run and d.built:
+        repository, _, tag = named.rpartition(":")
+        d.cluster.client(d.settings.cd_node).images.get(d.built).tag(repository, tag)
+
+
+def staging_lock_needed(d: Delivery) -> bool:
+    """Two runs on one CD node must not share staging when the project publishes host ports
+    (the second `up` would fail on the port), nor when staging-dep runs a name that is the same
+    for every run (`image: go-demo` is `go-demo:latest`: the other run's build may retag it)."""
+    model = d.contract()
+    return bool(model.ports) or model.built_image(project=d.project) != d.ref_tag
 
 
 def staging(d: Delivery) -> str:
     """staging-dep up, staging tests against it; `down` always: at once when the step runs
     alone (the session guarantees it); in a whole run beside publish and prod-like, which do
-    not use the project (and in the clean-up if the tests fail)."""
+    not use the project (and in the clean-up if the tests fail). Under the CD node's staging
+    lock when needed (`staging_lock_needed`): then down at once, before the lock goes."""
     def act(c: Compose) -> None:
         c.up("staging-dep")
         c.run("staging")
-    d.compose_step(act, defer=True)
+    if not staging_lock_needed(d):
+        d.compose_step(act, defer=True)
+    else:
+        take_staging_lock(d)
+        try:
+            name_the_build(d)
+            d.compose_step(act)
+        finally:
+            release_staging_lock(d)
     if d.compose_left:
         d.tear_down_beside()
     if d.teardown:
@@ -89,19 +191,42 @@ def publish(d: Delivery) -> str:
 
 def prodlike(d: Delivery) -> str:
     if not d.dry_run:
-        # One release at a time changes (and then tests) the service: the same lock as deploy.
-        manager = d.cluster.manager()
-        d.lock = records.acquire(manager, d.settings.app_service, d.version, rollout.LOCK_WAIT,
-                                 d.log, action="delivering")
-        d.previous_image = services.current_image(manager, d.settings.app_service)
-    result = rollout.update(d.cluster, d.settings, d.pinned, d.log, d.dry_run, d.record)
+        # One release at a time changes (and then tests) the service: the same lock as deploy,
+        # taken before the image it guards is read.
+        d.lock = records.Lock(d.cluster.live_manager(), d.settings.app_service, d.version,
+                              "delivering", d.log).acquire(rollout.LOCK_WAIT)
+        d.previous_image = services.current_image(d.cluster.manager(), d.settings.app_service)
+    try:
+        result = rollout.update(d.cluster, d.settings, d.pinned, d.log, d.dry_run, d.record)
+    except StepFailed as exc:
+        if d.dry_run or not d.previous_image or d.previous_image == d.pinned:
+            raise
+        raise StepFailed(f"{exc}; {restore(d)}", exc.output_tail) from None
     d.converged_at = rollout.monitor_start(result)
     return f"{d.settings.app_service} runs {d.ref_tag} on every replica ({result.seconds:.1f}s)"
 
 
-def prodtest(d: Delivery) -> str:
+def restore(d: Delivery) -> str:
+    """After a failed prod-like rollout (paused, rolled back by Swarm, timed out): the image
+    it ran before on every replica again, as deploy does in production. Says how it ended."""
+    d.log(f"rolling prod-like back to {d.previous_image}")
     try:
-        detail = rollout.production_tests(d, d.cluster, d.settings, d.converged_at)
+        d.lock.check()  # another run that took the lock changes the service now, not this one
+        rollout.update(d.cluster, d.settings, d.previous_image, d.log)
+    except Exception as exc:  # the step's own failure stays the headline
+        return f"rolling back to {d.previous_image} failed too: {str(exc).splitlines()[0][:200]}"
+    return f"rolled back to {d.previous_image} on every replica"
+
+
+def prodtest(d: Delivery) -> str:
+    """Production tests against prod-like, which must run the published digest (`inv prodlike`
+    before) through Swarm's monitor period; only then is the version recorded as verified."""
+    try:
+        try:
+            detail = rollout.production_tests(d, d.cluster, d.settings, d.pinned, d.converged_at)
+        except StepFailed as exc:
+            raise StepFailed(f"{exc}; {d.version} is not recorded as verified",
+                             exc.output_tail) from None
         if not d.dry_run:
             mark_delivered(d)
         return detail
@@ -111,8 +236,32 @@ def prodtest(d: Delivery) -> str:
 
 def release_lock(d: Delivery) -> None:
     if d.lock:
-        records.unlock(d.cluster.manager(), d.settings.app_service, d.lock)
-        d.lock = ""
+        lock, d.lock = d.lock, None
+        lock.release()
+    release_staging_lock(d)
+
+
+def staging_lock_name(s: Settings) -> str:
+    return f"staging-{s.cd_node}"
+
+
+def take_staging_lock(d: Delivery) -> None:
+    """The CD node's staging lock (a record lock on the test cluster, renewed while held),
+    waited for like the service's lock; said in the log."""
+    node = d.settings.cd_node
+    ports = sorted({p for ps in d.contract().ports.values() for p in ps})
+    d.log(f"staging takes the staging lock of {node}"
+          + (f" (host ports {', '.join(map(str, ports))})" if ports else ""))
+    if d.dry_run:
+        return
+    d.staging_lock = records.Lock(d.cluster.manager(), staging_lock_name(d.settings), d.version,
+                                  "staging", d.log).acquire(rollout.LOCK_WAIT)
+
+
+def release_staging_lock(d: Delivery) -> None:
+    if d.staging_lock:
+        lock, d.staging_lock = d.staging_lock, None
+        lock.release()
 
 
 STEP_FUNCS: dict[str, Callable[[Delivery], str]] = {
@@ -137,9 +286,14 @@ def run(d: Delivery, names: Sequence[str], progress) -> list[StepResult]:
     together = d.defer_down and not d.dry_run
     if d.defer_down:  # a whole run: the compose CLI is found beside the checkout
         beside(compose_command)
+    if "checkout" in names and not d.checked:
+        check_input(d)
     overlap = {k: (partner, partial(undo, d)) for k, (partner, undo) in OVERLAP.items()}
-    return run_steps(names, {n: partial(STEP_FUNCS[n], d) for n in names}, progress,
-                     overlap=overlap if together else None, dry_run=d.dry_run, log=d.log)
+    results = run_steps(names, {n: partial(STEP_FUNCS[n], d) for n in names}, progress,
+                        overlap=overlap if together else None, dry_run=d.dry_run, log=d.log)
+    if d.refused is not None:
+        raise d.refused
+    return results
 
 
 def deliver(d: Delivery, progress) -> list[StepResult]:
@@ -179,8 +333,8 @@ def state_file(s: Settings) -> Path:
 
 def save_state(d: Delivery) -> None:
     state_file(d.settings).write_text(json.dumps({
-        "repo": d.repo, "ref": d.ref, "version": d.version, "workdir": str(d.workdir),
-        "digest": d.digest, "project": d.project}))
+        "repo": redact(d.repo), "ref": d.ref, "version": d.version, "workdir": str(d.workdir),
+        "digest": d.digest, "project": d.project, "built": d.built}))
 
 
 def load_state(s: Settings, **kw) -> Delivery:
@@ -190,7 +344,8 @@ def load_state(s: Settings, **kw) -> Delivery:
         raise DeliveryError(f"no checkout of {s.app_service}: run `inv checkout` first")
     data = json.loads(f.read_text())
     d = Delivery(s, data["repo"], data["ref"], data["version"], workdir=Path(data["workdir"]),
-                 digest=data.get("digest"), project=data["project"], **kw)
+                 digest=data.get("digest"), project=data["project"],
+                 built=data.get("built") or "", **kw)
     if not d.workdir.exists():
         raise DeliveryError(f"checkout {d.workdir} is gone: run `inv checkout` again")
     return d
@@ -210,10 +365,21 @@ def state_after(d: Delivery, results: list[StepResult]) -> str:
     if failed == "publish":
         return f"{d.ref_tag} not in the registry; {d.settings.app_service} untouched"
     try:
-        running = services.current_image(d.cluster.manager(), d.settings.app_service)
+        running = replicas_text(services.replica_images(d.cluster.manager(),
+                                                        d.settings.app_service))
     except Exception:  # the state line must not hide the failure itself
         running = "unknown"
     return f"prod-like runs {running}"
+
+
+def replicas_text(replicas: list[tuple[str, str]]) -> str:
+    """What each replica runs, from services.replica_images, in a few words."""
+    images = {image for _, image in replicas}
+    if not replicas:
+        return "no replica"
+    if len(images) == 1:
+        return f"{images.pop()} on {', '.join(n for n, _ in replicas)}"
+    return ", ".join(f"{image} on {node}" for node, image in replicas)
 
 
 # -- what passed prod-like, recorded on the cluster -------------------------------------------
@@ -221,5 +387,6 @@ def mark_delivered(d: Delivery) -> None:
     """One record per version that passed prod-like: `inv deploy` promotes exactly its digest."""
     rollout.mark_delivered(d.cluster.manager(), d.settings.app_service, {
         "service": d.settings.app_service, "version": d.version, "image": d.ref_tag,
-        "digest": d.digest, "repo": d.repo, "commit": d.commit, "time": records.now(),
+        "digest": d.digest, "repo": redact(d.repo), "commit": d.commit,
+        "compose_file": d.settings.compose_file, "time": records.now(),
         "user": getpass.getuser()})

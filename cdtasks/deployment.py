@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import getpass
 import json
+import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from docker.errors import APIError, NotFound
 
-from . import records, registry, rollout, services
+from . import records, registry, rollout, services, state
 from .checkout import Checkout, check_version
 from .cluster import Cluster
 from .config import Settings
 from .log import Log
-from .runner import StepFailed, StepResult, run_step
+from .report import redact
+from .runner import RunInterrupted, StepFailed, StepResult, run_step
+
+
+STARTED, UNFINISHED = "started", "unfinished"  # history results of a run not (yet) finished
+LOCK_LOST = "stopped, lock lost"
 
 
 class DeploymentError(RuntimeError):
@@ -42,6 +48,7 @@ class Deployment:
     checkout: Checkout | None = None  # where the production tests run (on the test cluster's CD node)
     cluster: Cluster | None = None
     started: float = field(default_factory=time.monotonic)
+    run_id: str = field(default_factory=lambda: secrets.token_hex(6))  # ties its history entries
 
     @property
     def service(self) -> str:
@@ -62,10 +69,14 @@ def _digest_in_registry(manager, s: Settings, ref: str, node: str) -> str:
                               f"(asked through {node}): {text.splitlines()[0][:200]}") from None
 
 
+def passed(d: Deployment) -> list[dict]:
+    """The versions that passed prod-like on the test cluster, oldest first."""
+    return rollout.delivered(Cluster.of(d.test).discover().manager(), d.test.app_service)
+
+
 def resolve(d: Deployment) -> dict:
     """What to deploy, from the versions that passed prod-like on the test cluster."""
-    test_manager = Cluster.of(d.test).discover().manager()
-    return choose(d, rollout.delivered(test_manager, d.test.app_service))
+    return choose(d, passed(d))
 
 
 def choose(d: Deployment, passed: list[dict]) -> dict:
@@ -97,37 +108,63 @@ def rollback_target(manager, service: str, current: str) -> str:
     return (spec.get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Image", "")
 
 
-def prepare(d: Deployment) -> str:
-    """Resolve the version and check the cluster before anything changes; take the lock.
-    Returns the lock token. Raises DeploymentError / LockHeld / EngineError with one clear line."""
+def prepare(d: Deployment) -> records.Lock:
+    """Resolve the version, take the lock, then read what it guards (the image production runs,
+    the rollback target) and check the cluster before anything changes. Returns the lock, held.
+    Raises DeploymentError / LockHeld / EngineError with one clear line."""
     if d.version is not None:
         try:
             check_version(d.version)
         except StepFailed as exc:
             raise DeploymentError(str(exc)) from None
     d.cluster = Cluster.of(d.prod).discover()
-    manager = d.cluster.manager()
-    d.previous = services.current_image(manager, d.service)
-    if d.kind == "rollback" and d.version is None:
-        d.image = rollback_target(manager, d.service, d.previous)
-        if not d.image:
-            raise DeploymentError(f"{d.service} on {d.prod.env} has no previous version to roll back to")
-        d.version = d.image.split("@")[0].rsplit(":", 1)[-1]
-        d.digest = d.image.partition("@")[2]
-        record = {"repo": d.test.repo, "commit": ""}
-    else:
-        record = resolve(d)
-        d.version = record["version"]
-        tag_ref = record["image"]
-        registry_digest = _digest_in_registry(manager, d.prod, tag_ref, d.prod.leader)
-        d.digest = record.get("digest") or registry_digest
-        # Production gets the digest verified on prod-like, never a tag resolved again.
-        d.image = f"{tag_ref}@{d.digest}"
-        _digest_in_registry(manager, d.prod, registry.local_ref(d.prod, d.prod.app_image,
-                                                                digest=d.digest), d.prod.leader)
-    d.checkout = Checkout(d.test, record.get("repo") or d.test.repo, record.get("commit") or "HEAD",
-                          d.version, log=d.log, on_line=d.on_line)
-    return records.acquire(manager, d.service, d.version, d.wait, d.log)
+    back = d.kind == "rollback" and d.version is None
+    record = {"repo": d.test.repo, "commit": ""} if back else resolve(d)
+    # The lock before the state it guards: a run that waited for another one reads what that
+    # one left, not what ran before it.
+    lock = records.Lock(d.cluster.live_manager(), d.service, d.version or "a previous version",
+                        "rolling back" if d.kind == "rollback" else "deploying",
+                        d.log).acquire(d.wait)
+    try:
+        manager = d.cluster.manager()
+        d.previous = services.current_image(manager, d.service)
+        if back:
+            d.image = rollback_target(manager, d.service, d.previous)
+            if not d.image:
+                raise DeploymentError(f"{d.service} on {d.prod.env} has no previous version to "
+                                      f"roll back to")
+            d.version = d.image.split("@")[0].rsplit(":", 1)[-1]
+            d.digest = d.image.partition("@")[2]
+            # Its production tests are those of the delivery that verified it, if one did.
+            record = next((r for r in reversed(passed(d))
+                           if d.digest and r.get("digest") == d.digest), record)
+        else:
+            d.version = record["version"]
+            tag_ref = record["image"]
+            registry_digest = _digest_in_registry(manager, d.prod, tag_ref, d.prod.leader)
+            d.digest = record.get("digest") or registry_digest
+            # Production gets the image and digest verified on prod-like, never a tag resolved
+            # again, whatever this environment's APP_IMAGE names.
+            d.image = f"{tag_ref}@{d.digest}"
+            _digest_in_registry(manager, d.prod, f"{registry.repository(tag_ref)}@{d.digest}",
+                                d.prod.leader)
+    except BaseException:
+        lock.release()
+        raise
+    d.checkout = checkout_for_tests(d, record)
+    return lock
+
+
+def checkout_for_tests(d: Deployment, record: dict) -> Checkout:
+    """Where production tests run: the delivered repository at its commit, with the compose
+    file it was delivered with. A record keeps the repository without its credentials: the
+    test environment's REPO, when it is that repository, gives them back."""
+    repo = record.get("repo") or d.test.repo
+    if repo == redact(d.test.repo):
+        repo = d.test.repo
+    settings = replace(d.test, compose_file=record.get("compose_file") or d.test.compose_file)
+    return Checkout(settings, repo, record.get("commit") or "HEAD", d.version, log=d.log,
+                    on_line=d.on_line)
 
 
 # -- steps ------------------------------------------------------------------------------------
@@ -140,7 +177,8 @@ def _rollout_to(d: Deployment, image: str) -> str:
 def _prodtest(d: Deployment) -> str:
     if d.checkout.workdir is None:
         d.checkout.clone()
-    return rollout.production_tests(d.checkout, d.cluster, d.prod, d.converged_at)
+    image = d.previous if d.rolled_back else d.image
+    return rollout.production_tests(d.checkout, d.cluster, d.prod, image, d.converged_at)
 
 
 def _rollback(d: Deployment) -> str:
@@ -149,59 +187,114 @@ def _rollback(d: Deployment) -> str:
 
 
 def run(d: Deployment, progress) -> tuple[dict, list[StepResult]]:
-    """The whole deployment: prepare (lock), the steps, and the history entry (also after a
-    failure or Ctrl-C). Returns the entry and the step results."""
-    token = prepare(d)
+    """The whole deployment: prepare (lock), a "started" history entry, the steps, and the
+    final entry of the same run (also after a failure, a lost lock or a signal: then
+    RunInterrupted goes on with the entry as its `record`). Returns the entry and the results."""
+    lock = prepare(d)
     results: list[StepResult] = []
+    stopped: BaseException | None = None
     try:
-        results = steps(d, progress)
+        begin(d, lock)
+        results = steps(d, lock, progress)
+    except RunInterrupted as exc:
+        results, stopped = exc.results, exc
+        raise
+    except BaseException as exc:
+        results, stopped = getattr(exc, "results", results), exc
+        raise
     finally:
-        entry = finish(d, results, token)
+        entry = finish(d, results, lock, stopped)
+        if isinstance(stopped, RunInterrupted):
+            stopped.record = entry
     return entry, results
 
 
-def steps(d: Deployment, progress) -> list[StepResult]:
+def steps(d: Deployment, lock: records.Lock, progress) -> list[StepResult]:
     """rollout, production tests; on failure (and unless disabled) roll back to the previous
-    image and test again. The caller has taken the lock with `prepare`."""
-    results = [run_step("rollout", lambda: _rollout_to(d, d.image), progress, origin=d.started)]
-    if results[-1].ok:
-        results.append(run_step("prodtest", lambda: _prodtest(d), progress, origin=d.started))
-    if results[-1].failed and d.auto_rollback and d.previous and d.previous != d.image:
-        results.append(run_step("rollback", lambda: _rollback(d), progress, origin=d.started))
-        results.append(run_step("prodtest-after-rollback", lambda: _prodtest(d), progress,
+    image and test again. The caller holds `lock` (`prepare`); before each change it must
+    still hold it (records.LockLost, with the steps so far as `results`, otherwise)."""
+    results: list[StepResult] = []
+    try:
+        lock.check()
+        results.append(run_step("rollout", lambda: _rollout_to(d, d.image), progress,
                                 origin=d.started))
+        if results[-1].ok:
+            results.append(run_step("prodtest", lambda: _prodtest(d), progress,
+                                origin=d.started))
+        if results[-1].failed and d.auto_rollback and d.previous and d.previous != d.image:
+            lock.check()
+            results.append(run_step("rollback", lambda: _rollback(d), progress,
+                                origin=d.started))
+            results.append(run_step("prodtest-after-rollback", lambda: _prodtest(d), progress,
+                                origin=d.started))
+    except RunInterrupted as exc:  # the steps that ran before the interrupted one, too
+        exc.results = results + exc.results
+        raise
+    except records.LockLost as exc:
+        exc.results = results
+        raise
     return results
 
 
-def outcome(d: Deployment, results: list[StepResult]) -> str:
-    if all(r.ok for r in results):
+def outcome(d: Deployment, results: list[StepResult],
+            stopped: BaseException | None = None) -> str:
+    """The history's result: "deployed" (or "rolled back") only when the rollout completed and
+    the production tests passed; "interrupted" by a signal; "lock lost" when another run took
+    the lock (`stopped`: what ended the run early)."""
+    if isinstance(stopped, KeyboardInterrupt) or any(r.interrupted for r in results):
+        return "interrupted"
+    if isinstance(stopped, records.LockLost):
+        return LOCK_LOST
+    passed = {r.name for r in results if r.ok}
+    if {"rollout", "prodtest"} <= passed and all(r.ok for r in results):
         return "deployed" if d.kind == "deploy" else "rolled back"
     if d.rolled_back:
         return "failed, rolled back" if results[-1].ok else "failed, rollback failed"
     return "failed"
 
 
-def finish(d: Deployment, results: list[StepResult], token: str) -> dict:
-    """Release the lock and write the history entry (cluster and local log). The local log and
-    the clean-up happen even when the cluster no longer answers."""
-    entry = {"time": records.now(), "user": getpass.getuser(), "env": d.prod.env,
-             "service": d.service, "kind": d.kind, "version": d.version, "image": d.image,
-             "digest": d.digest, "previous": d.previous, "result": outcome(d, results),
-             "rolled_back": d.rolled_back,
-             "seconds": round(time.monotonic() - d.started, 1),
-             "steps": {r.name: r.status for r in results}}
+def _entry(d: Deployment, result: str, results: list[StepResult]) -> dict:
+    return {"time": records.now(), "user": getpass.getuser(), "env": d.prod.env,
+            "service": d.service, "kind": d.kind, "version": d.version, "image": d.image,
+            "digest": d.digest, "previous": d.previous, "result": result,
+            "rolled_back": d.rolled_back, "seconds": round(time.monotonic() - d.started, 1),
+            "steps": {r.name: r.status for r in results}, "run": d.run_id}
+
+
+def _log_locally(d: Deployment, entry: dict) -> None:
+    state.private_dir(local_log(d.prod).parent)
+    with local_log(d.prod).open("a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def begin(d: Deployment, lock: records.Lock) -> None:
+    """The "started" entry, written before anything changes: a run killed with SIGKILL never
+    writes its final entry, and `history` then shows it as unfinished."""
+    entry = {**_entry(d, STARTED, []), "lock": lock.id}
+    _log_locally(d, entry)
+    records.put(d.cluster.manager(), "history", d.service, entry)
+
+
+def finish(d: Deployment, results: list[StepResult], lock: records.Lock,
+           stopped: BaseException | None = None) -> dict:
+    """Release the lock and write the history entry (cluster and local log); unless deployed,
+    with the image each replica runs now. The local log and the clean-up happen even when the
+    cluster no longer answers."""
+    entry = _entry(d, outcome(d, results, stopped), results)
     try:
-        manager = d.cluster.manager()
-        try:
-            records.put(manager, "history", d.service, entry)
-        finally:
-            records.unlock(manager, d.service, token)
+        # Through a manager that answers, also during a leader election.
+        if entry["result"] not in ("deployed", "rolled back"):
+            entry["running"] = rollout.on_manager(d.cluster, lambda m: [
+                f"{image} on {node}" for node, image in services.replica_images(m, d.service)],
+                d.log)
+        rollout.on_manager(d.cluster, lambda m: records.put(m, "history", d.service, entry), d.log)
     finally:
-        local_log(d.prod).parent.mkdir(parents=True, exist_ok=True)
-        with local_log(d.prod).open("a") as f:
-            f.write(json.dumps(entry) + "\n")
-        if d.checkout:
-            d.checkout.close()
+        try:
+            lock.release()  # by its ID, through a manager that answers
+        finally:
+            _log_locally(d, entry)
+            if d.checkout:
+                d.checkout.close()
     return entry
 
 
@@ -210,10 +303,35 @@ def local_log(s: Settings):
 
 
 def history(s: Settings) -> tuple[list[dict], str]:
-    """Deployments, oldest first, from the cluster; from the local log when it cannot answer."""
+    """Deployments, oldest first, from the cluster; from the local log when it cannot answer.
+    A run that started and never finished shows as "running" while its lock is held, else as
+    "unfinished" (killed, or its machine died)."""
     try:
-        return records.load(Cluster.of(s).discover().manager(), "history", s.app_service), "cluster"
+        manager = Cluster.of(s).discover().manager()
+        rows = records.load(manager, "history", s.app_service)
+        return merge_runs(rows, _live_lock(manager, s.app_service)), "cluster"
     except Exception as exc:  # the cluster is unreachable: the local log still tells
         f = local_log(s)
         rows = [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
-        return rows, f"local log {f} (cluster unreachable: {str(exc).splitlines()[0][:120]})"
+        return (merge_runs(rows, None),
+                f"local log {f} (cluster unreachable: {str(exc).splitlines()[0][:120]})")
+
+
+def _live_lock(manager, service: str) -> str | None:
+    """The ID of the service's lock while its holder lives; None when free or expired."""
+    state = records.lock_state(manager, service)
+    return state.id if state and not records.expired(state) else None
+
+
+def merge_runs(rows: list[dict], lock_token: str | None) -> list[dict]:
+    """One row per run: its final entry; a run with only its "started" entry is "running" when
+    `lock_token` (the live holder of the lock) is its lock, else "unfinished"."""
+    finished = {r["run"] for r in rows if r.get("run") and r["result"] != STARTED}
+    out = []
+    for r in rows:
+        if r["result"] != STARTED:
+            out.append(r)
+        elif r.get("run") not in finished:
+            live = lock_token is not None and r.get("lock") == lock_token
+            out.append({**r, "result": "running" if live else UNFINISHED})
+    return out

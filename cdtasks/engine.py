@@ -10,6 +10,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import docker
 import paramiko
@@ -19,6 +20,7 @@ from invoke import Config, Context
 from . import tunnel as tunnels
 
 TIMEOUT = 120
+SSH_KEEPALIVE = 15  # seconds between SSH keepalive messages on an idle link
 # Engine API 1.41 is Docker 20.10, the oldest engine the tool supports; fixing it saves a
 # round trip per client and lets a client be built before its engine answers.
 API_VERSION = "1.41"
@@ -90,9 +92,13 @@ def host_client() -> docker.DockerClient:
     return _checked(client, shown)
 
 
-def client(endpoint: Endpoint, check: bool = True) -> docker.DockerClient:
+def client(endpoint: Endpoint, check: bool = True,
+           registries: Mapping[str, tuple[str, str]] | None = None) -> docker.DockerClient:
     """A client for one node's engine: TLS verified against the node's CA, or through the
-    node's SSH tunnel (host key verified)."""
+    node's SSH tunnel (host key verified). `registries` ({server: (user, password)}) are sent
+    as X-Registry-Auth with every push, pull, service create and update naming an image of
+    theirs (docker-py reads them from its auth configs), so Swarm gives them to the nodes
+    that pull the service's image."""
     if endpoint.cert_path:
         d = endpoint.cert_path
         tls = TLSConfig(client_cert=(str(d / "cert.pem"), str(d / "key.pem")),
@@ -104,6 +110,9 @@ def client(endpoint: Endpoint, check: bool = True) -> docker.DockerClient:
     else:
         c = docker.DockerClient(base_url=docker_env(endpoint)["DOCKER_HOST"], timeout=TIMEOUT,
                                 version=API_VERSION)
+    for server, (user, password) in (registries or {}).items():
+        c.api._auth_configs.add_auth(server, {"username": user, "password": password,
+                                              "serveraddress": server})
     return _checked(c, f"{endpoint.docker_host} ({endpoint.node})") if check else c
 
 
@@ -209,4 +218,6 @@ def _opened(endpoint: Endpoint):
                           f"{endpoint.ssh_key or '(agent/default keys)'}: {exc}") from None
     except (OSError, EOFError, paramiko.ssh_exception.NoValidConnectionsError) as exc:
         raise EngineError(f"cannot reach SSH at {where}: {_reason(exc)}") from None
+    # A link idle behind a NAT or firewall is kept open; a dead peer is noticed.
+    conn.client.get_transport().set_keepalive(SSH_KEEPALIVE)
     return conn

@@ -380,21 +380,3 @@ class Lock:
         removed = bool(self.id) and _remove(self.manager, self.id)
         self.id = ""
         return removed
-
-
-# -- what pipeline.py and release.py call today; they go once those hold a Lock themselves -------
-_held: dict[str, Lock] = {}
-
-
-def acquire(manager, service: str, version: str, wait: float, log: Callable[[str], None],
-            action: str = "deploying") -> str:
-    """Take the service's lock (waiting up to `wait` seconds); returns its token for `unlock`."""
-    lock = Lock(manager, service, version, action, log).acquire(wait)
-    _held[lock.id] = lock
-    return lock.id
-
-
-def unlock(manager, service: str, token: str) -> bool:
-    """Release the lock `acquire` returned `token` for."""
-    lock = _held.pop(token, None)
-    return lock.release() if lock else False

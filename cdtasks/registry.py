@@ -2,32 +2,117 @@
 the directory both clusters share, so an image pushed through one is pullable through the other."""
 from __future__ import annotations
 
-from dataclasses import replace
+import hashlib
+import secrets
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+import bcrypt
+
+from . import state
 from .config import Settings
 from .services import ServiceSpec, with_routing
 
 NAME = "registry"
 DATA = "/var/lib/registry"
+USER = "cdtasks"
+HTPASSWD = "htpasswd"  # the secret's file in /run/secrets/
+LABELS = (("io.cdtasks.role", "registry"),)
+# The registry checks the bcrypt hash on every request (a push makes dozens): the fewest rounds
+# keep that cheap, and a 256-bit random password needs no key stretching.
+ROUNDS = 4
+_generating = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The registry's only user: what clients log in with, and its htpasswd line."""
+
+    username: str
+    password: str = field(repr=False)
+    htpasswd: bytes = field(repr=False)
+
+    @property
+    def secret_name(self) -> str:
+        """Swarm secrets are immutable: other credentials get another name (and the registry
+        another spec)."""
+        return f"{NAME}-{HTPASSWD}-{hashlib.sha256(self.htpasswd).hexdigest()[:10]}"
+
+
+def auth_dir(settings: Settings) -> Path:
+    """Where the credentials live: beside the other state, shared by every cluster of it."""
+    return settings.state_dir / "registry-auth"
+
+
+def credentials(settings: Settings) -> Credentials:
+    """The registry's user and password for this STATE_DIR, made on first use: `password`
+    (random) and `htpasswd` (its bcrypt hash), both 0600 in a 0700 directory. Runs that start
+    together agree: the first file written wins."""
+    d = auth_dir(settings)
+    with _generating:
+        state.create_private(d / "password", (secrets.token_urlsafe(32) + "\n").encode())
+        password = (d / "password").read_text().strip()
+        if (not state.create_private(d / HTPASSWD, _htpasswd(password))
+                and not _matches(d / HTPASSWD, password)):
+            state.write_private(d / HTPASSWD, _htpasswd(password))  # password replaced by hand
+        return Credentials(USER, password, (d / HTPASSWD).read_bytes())
+
+
+def _htpasswd(password: str) -> bytes:
+    return f"{USER}:".encode() + bcrypt.hashpw(password.encode(), bcrypt.gensalt(ROUNDS)) + b"\n"
+
+
+def _matches(htpasswd: Path, password: str) -> bool:
+    user, _, hashed = htpasswd.read_bytes().strip().partition(b":")
+    try:
+        return user == USER.encode() and bcrypt.checkpw(password.encode(), hashed)
+    except ValueError:  # not a bcrypt hash
+        return False
+
+
+def logins(settings: Settings) -> dict[str, tuple[str, str]]:
+    """{registry: (user, password)} for the clients of the cluster's nodes."""
+    creds = credentials(settings)
+    return {address(settings): (creds.username, creds.password)}
+
+
+def ensure_secret(manager, settings: Settings, log) -> list[str]:
+    """The htpasswd file as a Swarm secret of the cluster, created once per content."""
+    creds = credentials(settings)
+    if any(x["Spec"]["Name"] == creds.secret_name
+           for x in manager.api.secrets(filters={"name": creds.secret_name})):
+        return []
+    log(f"creating secret {creds.secret_name} (the registry's {HTPASSWD})")
+    manager.api.create_secret(creds.secret_name, creds.htpasswd, labels=dict(LABELS))
+    return [f"created secret {creds.secret_name}"]
 
 
 def spec(settings: Settings, routing: str) -> ServiceSpec:
     """The book's registry service. With the routing mesh, one replica published on every node
-    (`-p 5000:5000`); without IPVS, a task on every node publishing in host mode instead."""
+    (`-p 5000:5000`); without IPVS, a task on every node publishing in host mode instead.
+    Only the tool's user may push or pull (htpasswd from a Swarm secret; the registry accepts
+    basic auth over plain HTTP, and engines send it to localhost registries). Deletes stay
+    off: `inv destroy --purge` empties the directory itself."""
     port = settings.registry_port
     base = ServiceSpec(
         name=NAME, image=settings.registry_image, replicas=1,
-        env=(f"REGISTRY_HTTP_ADDR=:{port}",),
+        env=(f"REGISTRY_HTTP_ADDR=:{port}", "REGISTRY_AUTH=htpasswd",
+             f"REGISTRY_AUTH_HTPASSWD_REALM={NAME}",
+             f"REGISTRY_AUTH_HTPASSWD_PATH=/run/secrets/{HTPASSWD}",
+             "REGISTRY_STORAGE_DELETE_ENABLED=false"),
         reserve_mb=settings.registry_reserve_mb,
         mounts=(f"type=bind,source={settings.registry_dir},target={DATA}",),
         ports=((port, port, "ingress"),),
-        labels=(("io.cdtasks.role", "registry"),))
+        secrets=((credentials(settings).secret_name, HTPASSWD),),
+        labels=LABELS)
     if routing == "dnsrr":
         base = replace(base, replicas=None)
     return with_routing(base, routing)
 
 
 def address(settings: Settings) -> str:
+    """The registry as every node's engine names it."""
     return f"localhost:{settings.registry_port}"
 
 
@@ -36,3 +121,11 @@ def local_ref(settings: Settings, name: str, version: str = "", digest: str = ""
     localhost:PORT/NAME[:VERSION][@DIGEST]."""
     return (f"{address(settings)}/{name}" + (f":{version}" if version else "")
             + (f"@{digest}" if digest else ""))
+
+
+def repository(ref: str) -> str:
+    """The repository of an image reference, without tag and digest:
+    `localhost:5000/go-demo:1.1@sha256:…` -> `localhost:5000/go-demo`."""
+    name = ref.partition("@")[0]
+    head, colon, tag = name.rpartition(":")
+    return head if colon and "/" not in tag else name

@@ -23,7 +23,7 @@ from .runner import StepResult
 _LOCK = threading.Lock()
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-_STYLE = {"ok": "green", "FAILED": "bold red", "skipped": "yellow"}
+_STYLE = {"ok": "green", "FAILED": "bold red", "skipped": "yellow", "interrupted": "bold red"}
 # The user information of a URL (`https://user:token@`, `ssh://user:pw@`, `git+https://t@`):
 # up to the authority's last `@`, since a password may hold an unescaped one.
 _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s?#]*@")

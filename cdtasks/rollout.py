@@ -12,11 +12,13 @@ from . import records, services, stack
 from .checkout import Checkout
 from .cluster import Cluster
 from .config import Settings
+from .engine import EngineError
 from .log import Log
 from .runner import StepFailed
 
 LOCK_WAIT = 600  # seconds a change of a service waits for the lock another one holds
-OK_STATES = ("completed", "unchanged", "converged", "dry-run")  # Rollout states that are fine
+# Rollout states that are fine (rollback_completed: Swarm rolled back to the image waited for)
+OK_STATES = ("completed", "unchanged", "converged", "dry-run", "rollback_completed")
 
 
 def prepull(cluster: Cluster, service: str, image: str, log: Log) -> list[str]:
@@ -29,15 +31,35 @@ def prepull(cluster: Cluster, service: str, image: str, log: Log) -> list[str]:
     repo, _, digest = image.partition("@")
 
     def pull(node: str) -> str:
-        cluster.client(node).api.pull(repo.rsplit(":", 1)[0],
-                                      tag=digest or repo.rsplit(":", 1)[1])
+        try:
+            cluster.client(node).api.pull(repo.rsplit(":", 1)[0],
+                                          tag=digest or repo.rsplit(":", 1)[1])
+        except Exception as exc:  # a node that went away is Swarm's to handle, not a failure
+            if not (isinstance(exc, EngineError) or services.transient(exc)):
+                raise
+            log(f"pre-pull skipped {node}: it does not answer ({str(exc).splitlines()[0][:120]})")
+            return ""
         return node
 
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=len(nodes) or 1) as pool:
-        done = list(pool.map(pull, nodes))
-    log(f"pre-pulled {image} on {', '.join(done)} ({time.monotonic() - start:.1f}s)")
+        done = [n for n in pool.map(pull, nodes) if n]
+    log(f"pre-pulled {image} on {', '.join(done) or 'no node'} ({time.monotonic() - start:.1f}s)")
     return done
+
+
+def on_manager(cluster: Cluster, act: Callable, log: Log, within: float = 60.0):
+    """`act(manager)`, tried again on a manager that answers after a transient API error (a
+    manager died, a leader election), for up to `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return act(cluster.manager())
+        except Exception as exc:
+            if not services.transient(exc) or time.monotonic() > deadline:
+                raise
+            log(f"a manager did not answer ({str(exc).splitlines()[0][:120]}); asking another one")
+            time.sleep(2.0)
 
 
 def update(cluster: Cluster, settings: Settings, image: str, log: Log, dry_run: bool = False,
@@ -49,10 +71,10 @@ def update(cluster: Cluster, settings: Settings, image: str, log: Log, dry_run: 
         record(["docker", "service", "update", "--image", image, svc])
     if dry_run:
         return services.Rollout(svc, image, "dry-run", 0.0)
-    manager = cluster.manager()
     prepull(cluster, svc, image, log)
-    services.update_image(manager, svc, image)
-    return check(services.wait_rollout(manager, svc, image, settings.services_timeout, log))
+    on_manager(cluster, lambda m: services.update_image(m, svc, image), log)
+    return check(services.wait_rollout(cluster.manager(), svc, image, settings.services_timeout,
+                                       log, cluster=cluster))
 
 
 def check(result: services.Rollout) -> services.Rollout:
@@ -66,14 +88,15 @@ def monitor_start(result: services.Rollout) -> float:
     return time.monotonic() - result.running_for
 
 
-def settle(cluster: Cluster, settings: Settings, converged_at: float, log: Log) -> None:
-    """After the tests that overlapped Swarm's monitor period: every replica must still run the
-    image, for the whole period, with no failure or rollback reported by Swarm."""
+def settle(cluster: Cluster, settings: Settings, image: str, converged_at: float,
+           log: Log) -> None:
+    """After the tests that overlapped Swarm's monitor period: every replica must still run
+    `image` (the service's spec too), for the whole period, with no failure or rollback
+    reported by Swarm. converged_at 0 (not known): the period counts from now."""
     manager = cluster.manager()
-    image = services.current_image(manager, settings.app_service)
     until = (converged_at or time.monotonic()) + services.MONITOR
     check(services.wait_rollout(manager, settings.app_service, image, settings.services_timeout,
-                                log, stable_until=until))
+                                log, stable_until=until, cluster=cluster))
 
 
 def host_ip(cluster: Cluster, settings: Settings, routing: str) -> str:
@@ -86,17 +109,27 @@ def host_ip(cluster: Cluster, settings: Settings, routing: str) -> str:
     return address if settings.proxy_port == 80 else f"{address}:{settings.proxy_port}"
 
 
-def production_tests(co: Checkout, target: Cluster, target_settings: Settings,
+def runs(cluster: Cluster, settings: Settings, image: str) -> None:
+    """The service's spec must run exactly `image` (tests of anything else verify nothing)."""
+    running = services.current_image(cluster.manager(), settings.app_service)
+    if running != image:
+        raise StepFailed(f"{settings.app_service} on {settings.env} runs {running}, not {image}: "
+                         f"the production tests would test another version")
+
+
+def production_tests(co: Checkout, target: Cluster, target_settings: Settings, image: str,
                      converged_at: float) -> str:
-    """`run --rm production` in the checkout on the CD node against a cluster's proxy, then the
-    rolling update that preceded them (its last replica started at `converged_at`) must have
-    settled."""
+    """`run --rm production` in the checkout on the CD node against a cluster's proxy, which
+    must run `image`; then the rolling update that preceded them (its last replica started at
+    `converged_at`) must have settled on it."""
+    if not co.dry_run:
+        runs(target, target_settings, image)
     ip = "HOST_IP" if co.dry_run else host_ip(target, target_settings, target.routing_in_use())
     co.compose_step(lambda c: c.run("production"), host_ip=ip, defer=True)
     if co.compose_left:  # a whole run: the project goes down while the monitor period is watched
         co.tear_down_beside()
     if not co.dry_run:
-        settle(target, target_settings, converged_at, co.log)
+        settle(target, target_settings, image, converged_at, co.log)
     co.torn_down()
     return f"production tests passed against {target_settings.env} ({ip})"
 

@@ -2,11 +2,13 @@
 one before it where that is safe, and undo it when that one fails. Knows nothing of Docker."""
 from __future__ import annotations
 
+import signal
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+from .interrupt import Interrupted
 from .log import Log
 
 Step = Callable[[], str]  # does the work, returns a one-line detail, raises StepFailed
@@ -27,15 +29,33 @@ class StepResult:
     detail: str = ""
     output_tail: str = ""
     skipped: bool = False
+    interrupted: bool = False  # stopped by a signal while it ran (failed, detail "interrupted")
     started: float | None = None  # seconds since the run began (0.1 s); None outside a run
 
     @property
     def status(self) -> str:
+        if self.interrupted:
+            return "interrupted"
         return "skipped" if self.skipped else "ok" if self.ok else "FAILED"
 
     @property
     def failed(self) -> bool:
         return not (self.ok or self.skipped)
+
+
+class RunInterrupted(Interrupted):
+    """Steps stopped by a signal: `results` are the steps so far, the interrupted one last
+    (then the ones not run); `record` what the run wrote about itself (a history entry)."""
+
+    def __init__(self, signum: int, results: list[StepResult]):
+        super().__init__(signum)
+        self.results = results
+        self.record: dict | None = None
+
+
+def signum_of(exc: KeyboardInterrupt) -> int:
+    """The signal behind an interruption: SIGINT for a plain KeyboardInterrupt."""
+    return getattr(exc, "signum", signal.SIGINT)
 
 
 def beside(fn: Callable, *args, **kwargs) -> Future:
@@ -71,14 +91,18 @@ def attempt(name: str, step: Step, dry_run: bool = False,
 
 def run_step(name: str, step: Step, progress, dry_run: bool = False,
              origin: float | None = None) -> StepResult:
+    """One step shown by `progress`; a signal raises RunInterrupted with this step's result."""
     progress.step(name)
     start, started = time.monotonic(), offset(origin)
     try:
         result = attempt(name, step, dry_run, origin)
-    except KeyboardInterrupt:
-        progress.done(StepResult(name, False, time.monotonic() - start, "interrupted",
-                                 started=started))
+    except RunInterrupted:
         raise
+    except KeyboardInterrupt as exc:
+        result = StepResult(name, False, time.monotonic() - start, "interrupted",
+                            interrupted=True, started=started)
+        progress.done(result)
+        raise RunInterrupted(signum_of(exc), [result]) from exc
     progress.done(result)
     return result
 
@@ -99,20 +123,34 @@ def run_steps(names: Sequence[str], steps: Mapping[str, Step], progress, *,
             if results and (results[-1].failed or results[-1].skipped):
                 if name in ahead:  # it ran beside the step that failed: undo it
                     _undo(name, *ahead.pop(name), log)
-                results.append(StepResult(name, False, 0.0, "not run", skipped=True,
-                                          started=offset(origin)))
+                results.append(not_run(name, offset(origin)))
                 continue
-            if name in ahead:
-                result = ahead.pop(name)[0].result()
-                progress.done(result)
-                results.append(result)
-                continue
-            partner, undo = overlap.get(name, (None, None))
-            if partner and names[i + 1:i + 2] == [partner]:
-                ahead[partner] = (pool.submit(attempt, partner, steps[partner], dry_run, origin),
-                                  undo)
-            results.append(run_step(name, steps[name], progress, dry_run, origin))
+            try:
+                if name in ahead:
+                    result = ahead.pop(name)[0].result()
+                    progress.done(result)
+                    results.append(result)
+                    continue
+                partner, undo = overlap.get(name, (None, None))
+                if partner and names[i + 1:i + 2] == [partner]:
+                    ahead[partner] = (pool.submit(attempt, partner, steps[partner], dry_run, origin),
+                                      undo)
+                results.append(run_step(name, steps[name], progress, dry_run, origin))
+            except KeyboardInterrupt as exc:
+                # What ran beside the interrupted step is undone too; the rest is not run.
+                for other, (future, undo) in ahead.items():
+                    _undo(other, future, undo, log)
+                stopped = exc.results if isinstance(exc, RunInterrupted) else [
+                    StepResult(name, False, 0.0, "interrupted", interrupted=True,
+                               started=offset(origin))]
+                results += stopped + [not_run(n, offset(origin))
+                                      for n in names[len(results) + len(stopped):]]
+                raise RunInterrupted(signum_of(exc), results) from exc
     return results
+
+
+def not_run(name: str, started: float | None = None) -> StepResult:
+    return StepResult(name, False, 0.0, "not run", skipped=True, started=started)
 
 
 def _undo(name: str, future: Future, undo: Undo, log: Log) -> None:

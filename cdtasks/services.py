@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Callable, Mapping, Sequence
 
 from docker import types
-from docker.errors import NotFound
+from docker.errors import APIError, DockerException, NotFound
 
 from .config import pinned_image
 from .log import Log
@@ -43,6 +43,7 @@ class ServiceSpec:
     update_failure: str = "pause"  # pause | rollback | continue
     stop_grace: int = 10  # seconds
     configs: tuple[tuple[str, str], ...] = ()  # (config name, target path)
+    secrets: tuple[tuple[str, str], ...] = ()  # (secret name, file name in /run/secrets)
     labels: tuple[tuple[str, str], ...] = ()
 
     def validated(self) -> "ServiceSpec":
@@ -53,14 +54,17 @@ class ServiceSpec:
         return self
 
     # -- to the Engine API ---------------------------------------------------------------------
-    def api_kwargs(self, network_ids: Mapping[str, str], config_ids: Mapping[str, str]) -> dict:
+    def api_kwargs(self, network_ids: Mapping[str, str], config_ids: Mapping[str, str],
+                   secret_ids: Mapping[str, str] | None = None) -> dict:
         mounts = [types.Mount.parse_mount_string(_cli_mount(m)) for m in self.mounts]
         configs = [types.ConfigReference(config_ids[name], name, filename=target, mode=0o444)
                    for name, target in self.configs]
+        secrets = [types.SecretReference((secret_ids or {})[name], name, filename=target, mode=0o400)
+                   for name, target in self.secrets]
         container = types.ContainerSpec(self.image, args=list(self.args) or None,
                                         env=list(self.env) or None, mounts=mounts or None,
                                         stop_grace_period=self.stop_grace * NS,
-                                        configs=configs or None)
+                                        configs=configs or None, secrets=secrets or None)
         resources = types.Resources(mem_reservation=self.reserve_mb * MB) if self.reserve_mb else None
         template = types.TaskTemplate(container, resources=resources,
                                       placement=types.Placement(constraints=list(self.constraints)),
@@ -84,7 +88,8 @@ def _cli_mount(m: str) -> str:
     return f"{parts['source']}:{parts['target']}" + (":ro" if "readonly" in parts else "")
 
 
-def actual(inspect: Mapping, network_names: Mapping[str, str], config_names: Mapping[str, str]) -> ServiceSpec:
+def actual(inspect: Mapping, network_names: Mapping[str, str], config_names: Mapping[str, str],
+           secret_names: Mapping[str, str] | None = None) -> ServiceSpec:
     """The fields of a running service's spec (from `inspect_service`) as a ServiceSpec."""
     spec = inspect["Spec"]
     tt, cs = spec["TaskTemplate"], spec["TaskTemplate"]["ContainerSpec"]
@@ -111,6 +116,8 @@ def actual(inspect: Mapping, network_names: Mapping[str, str], config_names: Map
         stop_grace=cs.get("StopGracePeriod", 10 * NS) // NS,
         configs=tuple((config_names.get(c["ConfigID"], c["ConfigName"]), c["File"]["Name"])
                       for c in cs.get("Configs") or []),
+        secrets=tuple(((secret_names or {}).get(c["SecretID"], c["SecretName"]), c["File"]["Name"])
+                      for c in cs.get("Secrets") or []),
         labels=tuple(sorted((spec.get("Labels") or {}).items())),
     )
 
@@ -121,7 +128,8 @@ def diff(want: ServiceSpec, have: ServiceSpec | None) -> dict[str, tuple]:
     for f in fields(ServiceSpec):
         w = getattr(want, f.name)
         h = getattr(have, f.name) if have else None
-        if f.name in ("env", "constraints", "mounts", "ports", "networks", "configs", "labels"):
+        if f.name in ("env", "constraints", "mounts", "ports", "networks", "configs", "secrets",
+                      "labels"):
             w, h = tuple(sorted(w)), (tuple(sorted(h)) if h is not None else None)
         if f.name == "image" and h and "@sha256:" not in w:
             h = h.split("@sha256:")[0]  # the CLI appends the digest it resolved; a tag pin ignores it
@@ -131,10 +139,15 @@ def diff(want: ServiceSpec, have: ServiceSpec | None) -> dict[str, tuple]:
 
 
 # -- the engine side --------------------------------------------------------------------------
-def _lookup(client) -> tuple[dict[str, str], dict[str, str], dict[str, str], dict[str, str]]:
-    nets = {n["Name"]: n["Id"] for n in client.api.networks()}
-    confs = {c["Spec"]["Name"]: c["ID"] for c in client.api.configs()}
-    return nets, {v: k for k, v in nets.items()}, confs, {v: k for k, v in confs.items()}
+def _lookup(client) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """name -> ID of the cluster's networks, configs and secrets."""
+    return ({n["Name"]: n["Id"] for n in client.api.networks()},
+            {c["Spec"]["Name"]: c["ID"] for c in client.api.configs()},
+            {c["Spec"]["Name"]: c["ID"] for c in client.api.secrets()})
+
+
+def _names(ids: Mapping[str, str]) -> dict[str, str]:
+    return {v: k for k, v in ids.items()}
 
 
 def inspect(client, name: str) -> Mapping | None:
@@ -146,11 +159,12 @@ def inspect(client, name: str) -> Mapping | None:
 
 def plan(client, specs: Sequence[ServiceSpec]) -> list[tuple[ServiceSpec, dict[str, tuple]]]:
     """[(spec, differences)] for the services that are missing or differ from their spec."""
-    _, net_names, _, conf_names = _lookup(client)
+    nets, confs, secrets = _lookup(client)
     out = []
     for spec in specs:
         running = inspect(client, spec.name)
-        have = actual(running, net_names, conf_names) if running else None
+        have = (actual(running, _names(nets), _names(confs), _names(secrets))
+                if running else None)
         d = diff(spec.validated(), have)
         if d:
             out.append((spec, d if have else {}))
@@ -159,13 +173,14 @@ def plan(client, specs: Sequence[ServiceSpec]) -> list[tuple[ServiceSpec, dict[s
 
 def converge(client, specs: Sequence[ServiceSpec], log: Log, update: bool = True) -> list[str]:
     """Create what is missing; with `update`, update what differs. Returns what was done."""
-    nets, _, confs, _ = _lookup(client)
+    nets, confs, secrets = _lookup(client)
     done = []
     for spec, d in plan(client, specs):
-        missing = [n for n in spec.networks if n not in nets] + [c for c, _ in spec.configs if c not in confs]
+        missing = ([n for n in spec.networks if n not in nets] + [c for c, _ in spec.configs if c not in confs]
+                   + [c for c, _ in spec.secrets if c not in secrets])
         if missing:
             raise ServiceError(f"service {spec.name}: {', '.join(missing)} does not exist")
-        kwargs = spec.api_kwargs(nets, confs)
+        kwargs = spec.api_kwargs(nets, confs, secrets)
         if not d:
             log(f"creating service {spec.name} ({spec.image})")
             client.api.create_service(**kwargs)
@@ -231,15 +246,58 @@ def running_tasks(client, name: str) -> tuple[int, int, list[Mapping]]:
     return running, _replicas_wanted(client, svc["Spec"], svc["ID"]), tasks
 
 
-def diagnose(client, name: str) -> str:
-    """Why tasks don't run, in the tasks' own words (latest error per distinct message)."""
+def hostnames(client) -> dict[str, str]:
+    """Node ID -> hostname, for the nodes of the swarm."""
+    return {n["ID"]: n["Description"]["Hostname"] for n in client.api.nodes()}
+
+
+def replica_images(client, name: str) -> list[tuple[str, str]]:
+    """(node, image) of every task of the service that runs now, sorted: what really serves."""
+    _, _, tasks = running_tasks(client, name)
+    nodes = hostnames(client)
+    return sorted((nodes.get(t.get("NodeID"), t.get("NodeID", "?")), t["Spec"]["ContainerSpec"]["Image"])
+                  for t in tasks if t["Status"]["State"] == "running")
+
+
+def health_output(container: Mapping) -> str:
+    """The last failing health check's output of a container (its inspect data), or ''."""
+    log = ((container.get("State") or {}).get("Health") or {}).get("Log") or []
+    failed = [h for h in log if h.get("ExitCode") != 0]
+    text = " ".join((failed[-1].get("Output") or "").split()) if failed else ""
+    return text[:300]
+
+
+def _health_of(t: Mapping, nodes: Mapping[str, str], node_client) -> str:
+    """The failing health check of a task's container, read on the node that ran it."""
+    container = ((t["Status"].get("ContainerStatus") or {}).get("ContainerID"))
+    host = nodes.get(t.get("NodeID", ""))
+    if not container or not host:
+        return ""
+    try:
+        return health_output(node_client(host).api.inspect_container(container))
+    except Exception:  # node gone, container removed: the task's own words still tell
+        return ""
+
+
+def diagnose(client, name: str, node_client: Callable[[str], object] | None = None) -> str:
+    """Why tasks don't run, in the tasks' own words (latest error per distinct message); with
+    `node_client` (hostname -> client) also the last output of a failing health check, read
+    from the container on the node that ran it."""
     svc = client.api.inspect_service(name)
     tasks = sorted(client.api.tasks(filters={"service": svc["ID"]}),
                    key=lambda t: t.get("UpdatedAt", ""), reverse=True)
     reasons = []
+    nodes = hostnames(client) if node_client else {}
+    looked = 0
     for t in tasks:
         st = t["Status"]
         msg = st.get("Err") or (st["Message"] if st["State"] in ("pending", "rejected", "failed") else "")
+        if node_client and looked < 3 and st["State"] not in ("new", "pending", "assigned",
+                                                              "running"):
+            looked += 1
+            health = _health_of(t, nodes, node_client)
+            if health:
+                msg = f"{msg + ': ' if msg else ''}health check failed: {health}"
         if msg and msg not in reasons:
             reasons.append(msg)
     return "; ".join(reasons[:3]) or "no task reported an error"
@@ -331,24 +389,57 @@ def _running_for(client, tasks: Sequence[Mapping], image: str) -> float:
     return max(0.0, (now - max(started)).total_seconds())
 
 
+def transient(exc: BaseException) -> bool:
+    """An API error worth one more try on another manager: the engine did not answer
+    (connection refused or reset, timeout), or the control plane was busy (5xx, a leader
+    election's "rpc error ... deadline exceeded", "does not have a leader")."""
+    if isinstance(exc, APIError):  # before OSError: requests' errors subclass it
+        text = str(exc.explanation or exc).lower()
+        return ((exc.status_code or 0) >= 500 or "deadline exceeded" in text
+                or "does not have a leader" in text)
+    if isinstance(exc, OSError):  # refused, reset, timed out; requests' connection errors
+        return True
+    # docker-py wraps some transport errors in its own DockerException
+    return isinstance(exc, DockerException) and any(
+        w in str(exc).lower() for w in ("connection", "timed out"))
+
+
 def wait_rollout(client, name: str, image: str, timeout: float,
                  on_progress: Callable[[str], None], poll: float = 0.25,
-                 stable_until: float | None = None) -> Rollout:
+                 stable_until: float | None = None, cluster=None) -> Rollout:
     """Follow a rolling update through Swarm's own state until every replica runs the image
     (`converged`). `paused` and `rollback_*` are failures, although the CLI's `docker service
-    update` exits 0 on them. With `stable_until` (a time.monotonic() value) it also keeps
-    watching until then: the monitor period, which callers overlap with their tests."""
+    update` exits 0 on them (but a rollback that brought back `image` is what was waited for).
+    With `stable_until` (a time.monotonic() value) it also keeps watching until then: the
+    monitor period, which callers overlap with their tests. `cluster` (anything with
+    `manager()` and `client(hostname)`): a transient API error (a manager died, a leader
+    election) is retried on a manager that answers until the timeout, and a failure names
+    the failing health check's output."""
     start = time.monotonic()
     last = ""
+    node_client = cluster.client if cluster is not None else None
     while True:
-        svc = client.api.inspect_service(name)
+        try:
+            svc = client.api.inspect_service(name)
+            running, wanted, tasks = running_tasks(client, name)
+        except Exception as exc:
+            if cluster is None or not transient(exc) or time.monotonic() - start > timeout:
+                raise
+            on_progress(f"{name}: the manager did not answer ({str(exc).splitlines()[0][:120]}); "
+                        f"asking another one")
+            time.sleep(1.0)
+            client = cluster.manager()
+            continue
         status = svc.get("UpdateStatus") or {}
         state = status.get("State", "unchanged")
         now_wanted = svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
-        if now_wanted != image:  # another release updated the service meanwhile
-            return Rollout(name, image, "replaced", time.monotonic() - start,
+        if now_wanted != image:
+            if state.startswith("rollback"):  # Swarm's own failure action
+                return Rollout(name, image, state, time.monotonic() - start,
+                               f"Swarm rolled back to {now_wanted}: {status.get('Message', '')} "
+                               f"({diagnose(client, name, node_client)})")
+            return Rollout(name, image, "replaced", time.monotonic() - start,  # another release
                            f"the service was updated to {now_wanted} meanwhile")
-        running, wanted, tasks = running_tasks(client, name)
         on_new = sum(1 for t in tasks if t["Status"]["State"] == "running"
                      and t["Spec"]["ContainerSpec"]["Image"] == image)
         text = f"{name}: {on_new}/{wanted} replicas on the new image ({state})"
@@ -356,15 +447,17 @@ def wait_rollout(client, name: str, image: str, timeout: float,
             on_progress(text)
             last = text
         elapsed = time.monotonic() - start
-        if state in FAILED_UPDATE:
+        # A rollback by Swarm towards `image` (the spec is `image` again) is what is waited for.
+        if state in FAILED_UPDATE and state not in ("rollback_started", "rollback_completed"):
             return Rollout(name, image, state, elapsed,
-                           f"{status.get('Message', '')} ({diagnose(client, name)})")
+                           f"{status.get('Message', '')} ({diagnose(client, name, node_client)})")
         converged = on_new >= wanted and running >= wanted
         if converged and time.monotonic() >= (stable_until or 0):
-            return Rollout(name, image, "converged" if state == "updating" else state, elapsed,
+            done = "converged" if state in ("updating", "rollback_started") else state
+            return Rollout(name, image, done, elapsed,
                            status.get("Message", ""), _running_for(client, tasks, image))
         if elapsed > timeout:
             return Rollout(name, image, "timeout", elapsed,
                            f"{on_new}/{wanted} replicas on {image} after {timeout:.0f}s: "
-                           f"{diagnose(client, name)}")
+                           f"{diagnose(client, name, node_client)}")
         time.sleep(poll)

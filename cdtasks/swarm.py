@@ -4,6 +4,7 @@ Plans are plain data (tuples of actions), so the logic is tested without an engi
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -155,39 +156,62 @@ def _manager_client(clients: Mapping, infos: Mapping[str, NodeInfo], settings: S
     raise SwarmError(f"no manager of {settings.env} answers")
 
 
+def _side_by_side(action: Action) -> bool:
+    """Workers' joins and labels change nothing another action depends on; init, managers'
+    joins (each changes the Raft membership), removals and role changes go one at a time."""
+    return action.kind == "label" or (action.kind == "join" and action.detail["role"] == "worker")
+
+
 def apply(settings: Settings, clients: Mapping, addresses: Mapping[str, str],
           actions: Sequence[Action], log: Log) -> None:
-    infos = {n: None for n in clients}
+    """The one-at-a-time actions in order, then the others side by side, one node's (several
+    labels update the same node spec) still in order."""
+    def in_order(group: Sequence[Action]) -> None:
+        for action in group:
+            _apply_one(settings, clients, addresses, action, log)
+
+    in_order([a for a in actions if not _side_by_side(a)])
+    per_node: dict[str, list[Action]] = {}
     for action in actions:
-        log(f"{settings.env}: {action}")
-        if action.kind == "init":
-            addr = addresses[action.node]
-            clients[action.node].swarm.init(advertise_addr=addr, listen_addr=f"0.0.0.0:{SWARM_PORT}")
-            continue
-        manager = _manager_client(clients, infos, settings)
-        if action.kind == "join":
-            tokens = manager.swarm.attrs["JoinTokens"]
-            # The manager we talk to is alive; RemoteManagers may list a dead one first.
-            leader_addr = f"{manager.info()['Swarm']['NodeAddr']}:{SWARM_PORT}"
-            token = tokens["Manager" if action.detail["role"] == "manager" else "Worker"]
-            clients[action.node].swarm.join(
-                remote_addrs=[leader_addr], join_token=token,
-                advertise_addr=addresses[action.node], listen_addr=f"0.0.0.0:{SWARM_PORT}")
-        elif action.kind == "remove":
+        if _side_by_side(action):
+            per_node.setdefault(action.node, []).append(action)
+    if per_node:
+        with ThreadPoolExecutor(max_workers=len(per_node)) as pool:
+            list(pool.map(in_order, per_node.values()))
+
+
+def _apply_one(settings: Settings, clients: Mapping, addresses: Mapping[str, str],
+               action: Action, log: Log) -> None:
+    infos = {n: None for n in clients}
+    log(f"{settings.env}: {action}")
+    if action.kind == "init":
+        addr = addresses[action.node]
+        clients[action.node].swarm.init(advertise_addr=addr, listen_addr=f"0.0.0.0:{SWARM_PORT}")
+        return
+    manager = _manager_client(clients, infos, settings)
+    if action.kind == "join":
+        tokens = manager.swarm.attrs["JoinTokens"]
+        # The manager we talk to is alive; RemoteManagers may list a dead one first.
+        leader_addr = f"{manager.info()['Swarm']['NodeAddr']}:{SWARM_PORT}"
+        token = tokens["Manager" if action.detail["role"] == "manager" else "Worker"]
+        clients[action.node].swarm.join(
+            remote_addrs=[leader_addr], join_token=token,
+            advertise_addr=addresses[action.node], listen_addr=f"0.0.0.0:{SWARM_PORT}")
+    elif action.kind == "remove":
+        node = manager.nodes.get(action.detail["id"])
+        if action.detail.get("role") == "manager":
+            _update_spec(node, Role="worker")  # a manager entry cannot be removed directly
             node = manager.nodes.get(action.detail["id"])
-            if action.detail.get("role") == "manager":
-                _update_spec(node, Role="worker")  # a manager entry cannot be removed directly
-                node = manager.nodes.get(action.detail["id"])
-            node.remove(force=True)
-        elif action.kind in ("promote", "demote"):
-            node = next(m for m in manager.nodes.list(filters={"name": action.node})
-                        if m.attrs["Description"]["Hostname"] == action.node)
-            _update_spec(node, Role="manager" if action.kind == "promote" else "worker")
-        elif action.kind == "label":
-            node = manager.nodes.get(action.detail["id"])
-            labels = dict(node.attrs["Spec"].get("Labels") or {})
-            labels[action.detail["key"]] = action.detail["value"]
-            _update_spec(node, Labels=labels)
+        node.remove(force=True)
+    elif action.kind in ("promote", "demote"):
+        node = next(m for m in manager.nodes.list(filters={"name": action.node})
+                    if m.attrs["Description"]["Hostname"] == action.node)
+        _update_spec(node, Role="manager" if action.kind == "promote" else "worker")
+    elif action.kind == "label":
+        node = manager.nodes.get(action.detail["id"])
+        labels = dict(node.attrs["Spec"].get("Labels") or {})
+        labels[action.detail["key"]] = action.detail["value"]
+        _update_spec(node, Labels=labels)
 
 
 def leave(node: str, client) -> bool:

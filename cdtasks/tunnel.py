@@ -21,6 +21,7 @@ import paramiko
 
 DIAL = "docker system dial-stdio"
 CHUNK = 1 << 16
+SSH_CHANNEL_TIMEOUT = 30  # seconds to open a channel on a link (a dead link does not answer)
 
 
 def _pump(read: Callable[[int], bytes], write: Callable[[bytes], object],
@@ -65,12 +66,12 @@ class Tunnel:
             self._conns = [c for c in self._conns if c.is_connected]
             for conn in self._conns:
                 try:
-                    return conn.client.get_transport().open_session()
+                    return conn.client.get_transport().open_session(timeout=SSH_CHANNEL_TIMEOUT)
                 except (paramiko.ChannelException, paramiko.SSHException):
                     continue
             conn = self._connect()
             self._conns.append(conn)
-            return conn.client.get_transport().open_session()
+            return conn.client.get_transport().open_session(timeout=SSH_CHANNEL_TIMEOUT)
 
     def _accept(self) -> None:
         while True:

@@ -7,11 +7,15 @@ it pins, and the build fails if Debian ships another upstream version than the p
 """
 from __future__ import annotations
 
+import fcntl
+import fnmatch
 import hashlib
 import json
 import shlex
 import subprocess
+import tarfile
 import tempfile
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +53,8 @@ class Image:
     env: Mapping[str, str] = field(default_factory=dict)
     expose: tuple[int, ...] = ()
     upstream: str = ""  # the pinned upstream image this one stands in for
+    # Paths (fnmatch globs, relative to /) the image keeps of its root filesystem; empty: all.
+    keep: tuple[str, ...] = ()
 
     @property
     def ref(self) -> str:
@@ -65,7 +71,7 @@ class Image:
     def recipe_hash(self) -> str:
         h = hashlib.sha256()
         h.update(json.dumps([SUITE, self.rootfs.packages, sorted(self.rootfs.pins.items()),
-                             self.changes()]).encode())
+                             self.changes(), *([list(self.keep)] if self.keep else [])]).encode())
         for target, name in sorted(self.rootfs.files.items()):
             h.update(target.encode() + (HERE / name).read_bytes())
         return h.hexdigest()[:16]
@@ -78,7 +84,9 @@ NODE_FS = Rootfs(
     {"/usr/local/bin/cdtasks-node": "node-entrypoint.sh"},
 )
 # One root filesystem for everything that runs inside the nodes: its single layer is loaded into
-# a node once and then shared by the registry, proxy, database and application base images.
+# a node once and then shared by the proxy, database and application base images. The registry
+# image keeps only its own files of it (a tenth of the size): every node of both clusters gets it
+# at `provision`, long before (if ever) it needs the others.
 RUNTIME_FS = Rootfs(
     "runtime",
     ("python3", "haproxy", "redis-server", "docker-registry", "ca-certificates"),
@@ -89,9 +97,16 @@ RUNTIME_FS = Rootfs(
 IMAGES: dict[str, Image] = {i.key: i for i in (
     Image("node", "cdtasks/node", "20.10.24", NODE_FS, ("/usr/local/bin/cdtasks-node",),
           upstream="docker:20.10.24-dind"),
-    Image("registry", "cdtasks/registry", "2.8.2", RUNTIME_FS,
+    Image("registry", "cdtasks/registry-slim", "2.8.2", RUNTIME_FS,
           ("/usr/bin/docker-registry", "serve", "/etc/docker/registry/config.yml"),
-          expose=(5000,), upstream="registry:2.8.2"),
+          expose=(5000,), upstream="registry:2.8.2",
+          # The Go binary needs only the C library and its loader (bookworm's merged /usr: /lib,
+          # /lib64 are links into usr/). `true` and `rm`: workspace.py uses the image, which every
+          # node has, as the carrier that copies a checkout to the CD node and removes it.
+          keep=("usr/bin/docker-registry", "etc/docker/registry/config.yml", "lib", "lib64",
+                "usr/lib64/ld-linux*", "usr/lib/*/ld-linux*", "usr/lib/*/libc.so.6",
+                "etc/ssl/certs/ca-certificates.crt", "etc/passwd", "etc/group", "tmp",
+                "usr/bin/true", "usr/bin/rm")),
     # Like python:3.11-slim: no entrypoint, so compose commands and Dockerfile CMDs work as is.
     Image("python", "cdtasks/python", "3.11", RUNTIME_FS, (), cmd=("python3",),
           upstream="python:3.11-slim-bookworm"),
@@ -159,9 +174,53 @@ def missing(client, images: list[Image]) -> list[Image]:
     return out
 
 
+# One build at a time on this machine: both clusters of `provision` (threads) and other labs'
+# runs (processes) would otherwise build the same root filesystem side by side.
+LOCK_FILE = Path(tempfile.gettempdir()) / "cdtasks-images.lock"
+
+
+@contextmanager
+def _build_lock(log: Callable[[str], None]):
+    with open(LOCK_FILE, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("waiting for another build of the images to finish")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def slim_tar(src: Path, dst: Path, keep: tuple[str, ...]) -> None:
+    """Copy the members of tarball `src` whose path matches a `keep` glob, with their parent
+    directories (and the targets of kept hard links), to `dst`."""
+    with tarfile.open(src) as tin:
+        members = tin.getmembers()
+        path = {id(m): m.name.removeprefix("./").rstrip("/") for m in members}
+        wanted = {path[id(m)] for m in members
+                  if any(fnmatch.fnmatchcase(path[id(m)], g) for g in keep)}
+        wanted |= {m.linkname.removeprefix("./") for m in members
+                   if m.islnk() and path[id(m)] in wanted}
+        parents = {"/".join(p.split("/")[:i]) for p in wanted for i in range(1, p.count("/") + 1)}
+        with tarfile.open(dst, "w") as tout:
+            for m in members:
+                if path[id(m)] in wanted or path[id(m)] in parents:
+                    tout.addfile(m, tin.extractfile(m) if m.isreg() else None)
+
+
 def build(client, images: list[Image], log: Callable[[str], None] = print,
           force: bool = False) -> list[str]:
-    """Build what is missing or stale (all with `force`); return the refs built."""
+    """Build what is missing or stale (all with `force`); return the refs built. Waits for a
+    build running elsewhere on this machine, then builds only what that one did not."""
+    if not force and not missing(client, images):
+        return []
+    with _build_lock(log):
+        return _build(client, images, log, force)
+
+
+def _build(client, images: list[Image], log: Callable[[str], None], force: bool) -> list[str]:
     stale = {i.rootfs.name for i in (images if force else missing(client, images))}
     built: list[str] = []
     # Every image of a root filesystem is imported from the same tarball, so they share one
@@ -190,11 +249,15 @@ def build(client, images: list[Image], log: Callable[[str], None] = print,
             for image in group:
                 log(f"importing {image.ref}")
                 old = _image_id(client, image.ref)
+                source = tar
+                if image.keep:
+                    source = Path(tmp) / f"{image.key}.tar"
+                    slim_tar(tar, source, image.keep)
                 changes = image.changes() + [
                     f"LABEL {RECIPE_LABEL}={image.recipe_hash()}",
                     f"LABEL {VERSIONS_LABEL}={json.dumps(pinned)}"]
                 client.api.import_image_from_file(
-                    str(tar), repository=image.repo, tag=image.version, changes=changes)
+                    str(source), repository=image.repo, tag=image.version, changes=changes)
                 built.append(image.ref)
                 if old:  # the replaced build, now untagged: don't let rebuilds pile up
                     try:
@@ -202,6 +265,13 @@ def build(client, images: list[Image], log: Callable[[str], None] = print,
                     except Exception:  # still used by a container: Docker keeps it, so do we
                         pass
     return built
+
+
+def save(source, refs: list[str]):
+    """`docker save REF...` as a stream of chunks (the SDK saves one image per call)."""
+    res = source.api._get(source.api._url("/images/get"), params={"names": refs}, stream=True)
+    source.api._raise_for_status(res)
+    return res.iter_content(1 << 20)
 
 
 def distribute(source, targets: Mapping, refs: list[str], log: Callable[[str], None]) -> list[str]:
@@ -218,9 +288,7 @@ def distribute(source, targets: Mapping, refs: list[str], log: Callable[[str], N
         if not need:
             return None
         log(f"{node}: loading {', '.join(need)}")
-        res = source.api._get(source.api._url("/images/get"), params={"names": need}, stream=True)
-        source.api._raise_for_status(res)
-        client.images.load(res.iter_content(1 << 20))
+        client.images.load(save(source, need))
         return node
 
     with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from pathlib import Path
 
 from cryptography import x509
@@ -12,14 +11,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .. import state
+
 VALID_DAYS = 3650
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    if private:
+        state.write_private(path, data)
+    else:
+        state.private_dir(path.parent)
+        path.write_bytes(data)
 
 
 def _key_pem(key) -> bytes:
@@ -65,6 +67,14 @@ def ensure_ca(directory: Path) -> None:
     cert = _cert("cdtasks client", key, ca, ca_key, client=True)
     _write(directory / "key.pem", _key_pem(key), private=True)
     _write(directory / "cert.pem", cert.public_bytes(serialization.Encoding.PEM))
+
+
+def client_files(ca_dir: Path, out_dir: Path) -> None:
+    """A DOCKER_CERT_PATH as docker-machine lays it out: ca.pem, cert.pem and key.pem of the
+    lab's client (the key written private, not copied then tightened)."""
+    for name in ("ca.pem", "cert.pem"):
+        _write(out_dir / name, (ca_dir / name).read_bytes())
+    _write(out_dir / "key.pem", (ca_dir / "key.pem").read_bytes(), private=True)
 
 
 def server_cert(ca_dir: Path, out_dir: Path, names: list[str]) -> None:

@@ -18,7 +18,8 @@ from typing import Sequence
 import docker
 from docker.errors import APIError, NotFound
 
-from .. import engine, images
+from .. import engine, images, state
+from ..images import seed
 from ..config import Settings
 from ..engine import Endpoint
 from ..log import Log
@@ -136,24 +137,32 @@ class LabProvider(Provider):
 
     # -- create ----------------------------------------------------------------------------
     def ensure(self, nodes: Sequence[str], log: Log) -> dict[str, Endpoint]:
-        image = images.IMAGES["node"]
         missing = [n for n in nodes if self._container(n) is None]
         self._check_ports(missing)
         with _SHARED:
-            if images.missing(self.host, [image]):
-                log(f"building the node image {image.ref} (once; cached afterwards)")
-                images.build(self.host, [image], log)
+            # Only a machine to create needs the image (a re-provision makes no image calls).
+            node_ref = self.node_image(log) if missing else ""
             self._ensure_network()
-            self.root.mkdir(parents=True, exist_ok=True)
+            state.private_dir(self.root)
             certs.ensure_ca(self.root / "certs")
             certs.ssh_keypair(self.ssh_key)
-            for d in self.shared_dirs():  # keys: host side
-                d.mkdir(parents=True, exist_ok=True)
+            for d in self.shared_dirs():  # keys: host side; the nodes mount them as root
+                state.private_dir(d)
         with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
-            results = list(pool.map(lambda n: self._ensure_node(n, image.ref, log), nodes))
+            results = list(pool.map(lambda n: self._ensure_node(n, node_ref, log), nodes))
         with _SHARED:
             self._write_known_hosts()
         return dict(zip(nodes, results))
+
+    def node_image(self, log: Log) -> str:
+        """What new machines start from: the node image with the registry image already in its
+        engine (images/seed.py); built once per machine when missing."""
+        image = images.IMAGES["node"]
+        if images.missing(self.host, [image]):
+            log(f"building the node image {image.ref} (once; cached afterwards)")
+            images.build(self.host, [image], log)
+        return seed.seeded(self.host, image, [images.IMAGES["registry"]],
+                           lambda binds: dind_host_config(self.host.api, binds), log)
 
     def _check_ports(self, nodes: Sequence[str]) -> None:
         for node in nodes:
@@ -171,10 +180,9 @@ class LabProvider(Provider):
         """Certificates and keys for a new machine; what the node gets goes to machine/node/."""
         d = self.machine_dir(node)
         shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
+        state.private_dir(d)
         ca = self.root / "certs"
-        for f in ("ca.pem", "cert.pem", "key.pem"):  # DOCKER_CERT_PATH, as docker-machine lays it out
-            shutil.copy2(ca / f, d / f)
+        certs.client_files(ca, d)
         certs.server_cert(ca, d / "node" / "tls", [node, "localhost", "127.0.0.1"])
         certs.ssh_keypair(d / "node" / "ssh" / "host_key")
         (d / "node" / "ssh" / "authorized_keys").write_text(
@@ -202,19 +210,11 @@ class LabProvider(Provider):
     def _create_container(self, node: str, image: str, node_dir: Path):
         api = self.host.api
         ports = {p: ("127.0.0.1", self.host_ports(node)[k]) for k, p in PORTS.items()}
-        host_config = api.create_host_config(
-            port_bindings=ports, network_mode=self.network,
-            # --privileged fails on kernels without CAP_SYS_RESOURCE: grant the rest instead.
-            cap_add=["ALL"], cap_drop=["SYS_RESOURCE"],
-            security_opt=["seccomp=unconfined", "apparmor=unconfined"],
-            device_cgroup_rules=["a *:* rwm"], tmpfs={"/run": "", "/var/run": ""},
-            binds={self.volume_name(node): {"bind": "/var/lib/docker", "mode": "rw"},
-                   "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
-                   str(node_dir): {"bind": "/etc/cdtasks", "mode": "ro"},
-                   **{str(h): {"bind": str(g), "mode": "rw"} for h, g in self.shared_dirs().items()}})
-        # `--security-opt systempaths=unconfined`, which the SDK does not know: dockerd needs
-        # /proc and /sys unmasked to run containers of its own.
-        host_config.update(MaskedPaths=[], ReadonlyPaths=[])
+        host_config = dind_host_config(
+            api, {self.volume_name(node): {"bind": "/var/lib/docker", "mode": "rw"},
+                  str(node_dir): {"bind": "/etc/cdtasks", "mode": "ro"},
+                  **{str(h): {"bind": str(g), "mode": "rw"} for h, g in self.shared_dirs().items()}},
+            port_bindings=ports, network_mode=self.network)
         self.host.volumes.create(self.volume_name(node), labels=self.labels(node))
         created = api.create_container(
             image, name=self.container_name(node), hostname=node, labels=self.labels(node),
@@ -249,7 +249,11 @@ class LabProvider(Provider):
                 time.sleep(0.3)
 
     def _write_known_hosts(self) -> None:
-        """known_hosts for every running node of this lab, from the host keys the lab made."""
+        """known_hosts for every running node of this lab, from the host keys the lab made.
+        A lab whose state directory is gone has no keys to trust: nothing is written (a
+        destroy of what is left must not fail on it)."""
+        if not self.root.is_dir():
+            return
         lines = []
         for c in self.host.containers.list(filters={"label": f"{LAB_LABEL}={self.s.lab_name}"}):
             node = c.labels.get(NODE_LABEL)
@@ -287,6 +291,20 @@ class LabProvider(Provider):
         else:
             self._write_known_hosts()
         return removed_with_registry(self.s, removed, log, purge)
+
+
+def dind_host_config(api, binds: dict, **more) -> dict:
+    """A host config for a container running its own dockerd, with `binds` and `more` options."""
+    host_config = api.create_host_config(
+        # --privileged fails on kernels without CAP_SYS_RESOURCE: grant the rest instead.
+        cap_add=["ALL"], cap_drop=["SYS_RESOURCE"],
+        security_opt=["seccomp=unconfined", "apparmor=unconfined"],
+        device_cgroup_rules=["a *:* rwm"], tmpfs={"/run": "", "/var/run": ""},
+        binds={**binds, "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}}, **more)
+    # `--security-opt systempaths=unconfined`, which the SDK does not know: dockerd needs
+    # /proc and /sys unmasked to run containers of its own.
+    host_config.update(MaskedPaths=[], ReadonlyPaths=[])
+    return host_config
 
 
 def remove_labelled(host: docker.DockerClient, lab_name: str) -> None:

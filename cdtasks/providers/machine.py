@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .. import state
 from ..config import Settings
 from ..engine import Endpoint
 from ..log import Log
@@ -156,9 +157,9 @@ class MachineProvider(Provider):
             raise ProviderError("; ".join(broken) + ": remove it with `docker-machine rm -f "
                                 "NAME` (or `inv destroy`) and provision again")
         if self.shares_workspace:
-            self.share_folder.mkdir(parents=True, exist_ok=True)
+            state.private_dir(self.share_folder)
         for d in (self.s.registry_dir, self.s.workspace_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            state.private_dir(d)
 
         def one(node: str) -> str | None:
             state = states.get(node, ("",))[0]

@@ -13,7 +13,7 @@ import shlex
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
-from .. import engine, swarm
+from .. import engine, state, swarm
 from ..config import Settings
 from ..engine import Endpoint
 from ..log import Log
@@ -97,7 +97,7 @@ class SshProvider(Provider):
     # -- check -----------------------------------------------------------------------------
     def ensure(self, nodes: Sequence[str], log: Log) -> dict[str, Endpoint]:
         addresses = dict(zip(nodes, self._each(lambda n: self._check(n, log), nodes)))
-        self.cache.parent.mkdir(parents=True, exist_ok=True)
+        state.private_dir(self.cache.parent)
         self.cache.write_text(json.dumps({**self._cached(), **addresses}, indent=1))
         return {n: self.endpoint(n, a) for n, a in addresses.items()}
 
@@ -119,7 +119,7 @@ class SshProvider(Provider):
                 raise ProviderError(f"{where}: Docker {proc.stdout.strip()} is too old: "
                                     f"{'.'.join(map(str, MIN_DOCKER))} or newer is needed")
             # The registry bind-mounts it; on servers it should be storage both clusters share.
-            conn.run(shlex.join(["mkdir", "-p", str(self.s.registry_dir)]), hide=True)
+            conn.run(shlex.join(["mkdir", "-p", "-m", "700", str(self.s.registry_dir)]), hide=True)
             address = self._detect_address(node, conn)
         log(f"{node}: Docker {proc.stdout.strip()} at {self.where(node)}, swarm address {address}")
         return address

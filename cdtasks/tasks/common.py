@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from .. import config
 BAD_INPUT, UNREACHABLE, CLUSTER, DRIFT = 2, 3, 4, 5
 STEP_FAILED = 10  # + the failed step's position: checkout 11 ... prodtest 17
 ROLLED_BACK, NOT_RECOVERED, LOCKED = 20, 21, 22
-INTERRUPTED = 130
+INTERRUPTED = 130  # Ctrl-C; SIGTERM 143, SIGHUP 129 (128 + the signal, interrupt.exit_code)
 
 
 def exit_code(exc: BaseException) -> int | None:
@@ -25,13 +26,15 @@ def exit_code(exc: BaseException) -> int | None:
     from paramiko import SSHException
 
     from .. import delivery, deployment, records
+    from ..compose import ContractError
     from ..engine import EngineError
     from ..images import ImageError
     from ..providers.base import ProviderError
     from ..services import ServiceError
     from ..swarm import SwarmError
     errors = ((config.ConfigError, BAD_INPUT), (delivery.DeliveryError, BAD_INPUT),
-              (deployment.DeploymentError, BAD_INPUT), (records.LockHeld, LOCKED),
+              (deployment.DeploymentError, BAD_INPUT), (ContractError, BAD_INPUT),
+              (records.LockHeld, LOCKED), (records.LockLost, LOCKED),
               (EngineError, UNREACHABLE), (ProviderError, UNREACHABLE), (SwarmError, CLUSTER),
               (ServiceError, CLUSTER), (ImageError, CLUSTER), (SSHException, UNREACHABLE),
               # Last resort for an engine answer no library layer turned into its own error.
@@ -88,13 +91,19 @@ def envs(c, env: str | None) -> list[str]:
 
 
 def user_errors(task_fn):
-    """Library errors become one line on stderr and a documented exit code, not a traceback."""
+    """Library errors become one line on stderr and a documented exit code, not a traceback.
+    SIGINT, SIGTERM and SIGHUP interrupt the whole task alike (the library cleans up on its
+    way out): one line, exit 128 + the signal."""
     @functools.wraps(task_fn)
     def wrapper(*args, **kwargs):
+        from .. import interrupt
         try:
-            return task_fn(*args, **kwargs)
-        except KeyboardInterrupt:
-            raise Exit("interrupted", code=INTERRUPTED)
+            with interrupt.signals_as_interrupt():
+                return task_fn(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            code = interrupt.exit_code(exc)
+            raise Exit(f"interrupted ({signal.Signals(code - 128).name}): what ran was cleaned up",
+                       code=code) from None
         except Exit:
             raise
         except Exception as exc:

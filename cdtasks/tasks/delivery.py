@@ -27,9 +27,22 @@ def _settings(c, env, service=None, image=None, compose_file=None, cd_node=None)
                     cd_node=cd_node)
 
 
+def _reported(d, title: str, progress, run, json: bool = False) -> None:
+    """`run(progress)`, then `_finish`: also when a signal stopped it (then the interruption
+    goes on to `user_errors`, which exits 128 + the signal)."""
+    from ..runner import RunInterrupted
+    try:
+        with progress:
+            results = run(progress)
+    except RunInterrupted as exc:
+        _finish(d, exc.results, title, json)
+        raise
+    _finish(d, results, title, json)
+
+
 def _finish(d, results, title: str, json: bool = False) -> None:
     """Print the results (`json`: the report, nothing else on stdout) and the state left
-    behind, write the reports, exit as documented."""
+    behind, write the reports, exit as documented (an interrupted run: the caller exits)."""
     from .. import delivery, report
     s = d.settings
     state = delivery.state_after(d, results)
@@ -44,7 +57,7 @@ def _finish(d, results, title: str, json: bool = False) -> None:
     paths = report.write_reports(s.reports_dir, title, results, meta, secrets=s.secrets)
     out("reports: " + ", ".join(map(str, paths)), json)
     failed = next((x for x in results if x.failed), None)
-    if failed is not None:
+    if failed is not None and not failed.interrupted:
         raise Exit(code=step_failed(delivery.STEPS.index(failed.name)))
 
 
@@ -56,11 +69,11 @@ def deliver(c, env="test", repo=None, ref="HEAD", version=None, service=None, im
     """Deliver: checkout, unit, build, staging, publish, prod-like, prod tests (--deploy: on)."""
     from .. import delivery, deployment, report
     s = _settings(c, env, service, image, compose_file, cd_node)
-    with report.Progress("deliver") as progress:
-        d = delivery.Delivery(s, repo or s.repo, ref, version, dry_run=dry_run, log=progress.log,
-                              on_line=lambda line: progress.update(line[-100:]), defer_down=True)
-        results = delivery.deliver(d, progress)
-    _finish(d, results, "deliver", json)
+    progress = report.Progress("deliver")
+    d = delivery.Delivery(s, repo or s.repo, ref, version, dry_run=dry_run, log=progress.log,
+                          on_line=lambda line: progress.update(line[-100:]), defer_down=True)
+    delivery.check_input(d)
+    _reported(d, "deliver", progress, lambda p: delivery.deliver(d, p), json)
     if deploy and not dry_run:
         deploy_and_report(deployment.Deployment(settings(c, to_env), s, d.version), "deploy",
                           json)
@@ -68,11 +81,10 @@ def deliver(c, env="test", repo=None, ref="HEAD", version=None, service=None, im
 
 def _one_step(name: str, d) -> None:
     from .. import delivery, report
-    with report.Progress(name) as progress:
-        d.log = progress.log
-        d.on_line = lambda line: progress.update(line[-100:])
-        results = delivery.step(d, name, progress)
-    _finish(d, results, name)
+    progress = report.Progress(name)
+    d.log = progress.log
+    d.on_line = lambda line: progress.update(line[-100:])
+    _reported(d, name, progress, lambda p: delivery.step(d, name, p))
 
 
 def _step_task(name: str, doc: str):
@@ -95,7 +107,9 @@ def checkout(c, env="test", repo=None, ref="HEAD", version=None, service=None, i
     """Step 1: check the repository out into the workspace (the later steps use it)."""
     from .. import delivery
     s = _settings(c, env, service, image, compose_file, cd_node)
-    _one_step("checkout", delivery.Delivery(s, repo or s.repo, ref, version, dry_run=dry_run))
+    d = delivery.Delivery(s, repo or s.repo, ref, version, dry_run=dry_run)
+    delivery.check_input(d)
+    _one_step("checkout", d)
 
 
 unit = _step_task("unit", "Step 2: unit tests (compose run --rm unit) on the CD node.")

@@ -18,23 +18,38 @@ HELP = {
 
 def deploy_and_report(d, title: str, json: bool = False) -> dict:
     """Run the deployment, print and report it (`json`: the report on stdout, nothing else);
-    exit non-zero on failure."""
+    exit non-zero on failure (a signal: the interruption goes on to `user_errors` once
+    reported)."""
     from .. import deployment, report
-    with report.Progress(title) as progress:
-        d.log = progress.log
-        d.on_line = lambda line: progress.update(line[-100:])
-        entry, results = deployment.run(d, progress)
-    if json:
-        print_json(report.report_doc(title, results, entry))
-    else:
-        report.print_results(title, results)
-    out(f"{d.service} on {d.prod.env}: {entry['result']} ({entry['version']}, {d.image})", json)
-    paths = report.write_reports(d.prod.reports_dir, title, results, entry)
-    out("reports: " + ", ".join(map(str, paths)), json)
+    from ..runner import RunInterrupted
+    progress = report.Progress(title)
+    d.log = progress.log
+    d.on_line = lambda line: progress.update(line[-100:])
+    try:
+        with progress:
+            entry, results = deployment.run(d, progress)
+    except RunInterrupted as exc:
+        if exc.record is not None:
+            _report(d, title, exc.results, exc.record, json)
+        raise
+    _report(d, title, results, entry, json)
     code = deployment_exit(entry["result"])
     if code:
         raise Exit(code=code)
     return entry
+
+
+def _report(d, title: str, results, entry: dict, json: bool = False) -> None:
+    from .. import report
+    secrets = [*d.prod.secrets, *d.test.secrets]
+    if json:
+        print_json(report.report_doc(title, results, entry, secrets=secrets))
+    else:
+        report.print_results(title, results, secrets=secrets)
+    out(report.redact(f"{d.service} on {d.prod.env}: {entry['result']} ({entry['version']}, "
+                      f"{d.image})", secrets), json)
+    paths = report.write_reports(d.prod.reports_dir, title, results, entry, secrets=secrets)
+    out("reports: " + ", ".join(map(str, paths)), json)
 
 
 def _deployment(c, env, source, version, wait, **kw):
@@ -65,16 +80,17 @@ def rollback(c, env="prod", to=None, wait=False, source="test", json=False):
 @user_errors
 def history(c, env="prod", json=False):
     """List the deployments of a cluster: time, user, version, digest, result, duration."""
-    from .. import deployment, report
+    from .. import deployment, registry, report
     s = settings(c, env)
     rows, where = deployment.history(s)
     if json:
         print_json({"env": env, "service": s.app_service, "source": where, "deployments": rows})
         return
     report.print_table(f"{env}: deployments of {s.app_service} (from {where})",
-                       ["time", "user", "kind", "version", "digest", "result", "rolled back",
-                        "seconds"],
-                       [[r["time"], r["user"], r["kind"], r["version"], (r.get("digest") or "-")[:19],
+                       ["time", "user", "kind", "version", "image", "digest", "result",
+                        "rolled back", "seconds"],
+                       [[r["time"], r["user"], r["kind"], r["version"],
+                         registry.repository(r.get("image") or "-"), (r.get("digest") or "-")[:19],
                          r["result"], "yes" if r["rolled_back"] else "no", str(r["seconds"])]
                         for r in rows])
     if not rows:

@@ -2,6 +2,7 @@
 tool's own CLI, under names of this run only (so leftovers from other runs don't matter)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -66,3 +67,57 @@ def lab(tmp_path_factory) -> Lab:
 def stack(lab: Lab) -> Lab:
     lab.inv("services")
     return lab
+
+
+# What a stranger on the nodes' network tries against each node's registry (port 5000), and what
+# the tool's user does. Run in a container that is not a node; prints {address: {probe: status}}.
+REGISTRY_PROBE = r"""
+import base64, json, os, urllib.request, urllib.error
+
+def status(method, url, auth=False, headers=None):
+    req = urllib.request.Request(url, method=method, headers=dict(headers or {}),
+                                 data=b"{}" if method in ("PUT", "POST") else None)
+    if auth:
+        token = base64.b64encode(f"{os.environ['USER_NAME']}:{os.environ['PASSWORD']}".encode())
+        req.add_header("Authorization", "Basic " + token.decode())
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+out = {}
+manifest = {"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
+for address in os.environ["ADDRESSES"].split(","):
+    v2 = f"http://{address}:5000/v2"
+    code, _, body = status("GET", f"{v2}/_catalog", auth=True)
+    repos = json.loads(body).get("repositories", []) if code == 200 else []
+    _, headers, _ = status("HEAD", f"{v2}/{os.environ['REPO']}/manifests/{os.environ['TAG']}",
+                           auth=True, headers=manifest)
+    digest = headers.get("Docker-Content-Digest", "sha256:" + "0" * 64)
+    out[address] = {
+        "catalog with auth": code, "repositories": repos,
+        "catalog": status("GET", f"{v2}/_catalog")[0],
+        "push": status("POST", f"{v2}/{os.environ['REPO']}/blobs/uploads/")[0],
+        "overwrite tag": status("PUT", f"{v2}/{os.environ['REPO']}/manifests/{os.environ['TAG']}",
+                                headers={"Content-Type": manifest["Accept"]})[0],
+        "delete": status("DELETE", f"{v2}/{os.environ['REPO']}/manifests/{digest}")[0],
+        "delete with auth": status("DELETE", f"{v2}/{os.environ['REPO']}/manifests/{digest}",
+                                   auth=True)[0],
+    }
+print(json.dumps(out))
+"""
+
+
+def probe_registries(network: str, addresses: list[str], settings, repo: str, tag: str,
+                     label: tuple[str, str]) -> dict:
+    """REGISTRY_PROBE from a throwaway container on `network` (one of the test's, labelled so
+    its clean-up finds it), with the registry's credentials of `settings`."""
+    from cdtasks import registry
+    creds = registry.credentials(settings)
+    out = docker.from_env().containers.run(
+        "cdtasks/python:3.11", ["python3", "-c", REGISTRY_PROBE], network=network, remove=True,
+        labels=dict([label]), environment={
+            "ADDRESSES": ",".join(addresses), "REPO": repo, "TAG": tag,
+            "USER_NAME": creds.username, "PASSWORD": creds.password})
+    return json.loads(out.decode().strip().splitlines()[-1])

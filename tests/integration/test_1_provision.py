@@ -24,14 +24,16 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from cdtasks import engine
+from cdtasks import engine, registry
 from cdtasks.cluster import Cluster
+
+from .conftest import probe_registries
 
 TEST_NODES = ("swarm-test-1", "swarm-test-2", "swarm-test-3")
 PROD_NODES = ("swarm-1", "swarm-2", "swarm-3")
 NODES = {"test": TEST_NODES, "prod": PROD_NODES}
 LAB_LABEL = "io.cdtasks.lab"
-REGISTRY_IMAGE = "cdtasks/registry:2.8.2"
+REGISTRY_IMAGE = "cdtasks/registry-slim:2.8.2"
 MB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -193,6 +195,37 @@ def test_image_pushed_via_test_cluster_is_pulled_via_prod(lab):
                 client.images.remove(ref, force=True)
             except docker.errors.NotFound:
                 pass
+
+
+def test_registry_refuses_strangers(lab):
+    """Every node's port 5000, from a container on the lab's network that is not a node."""
+    nodes = TEST_NODES + PROD_NODES
+    host = docker.from_env()
+    addresses = [host.containers.get(lab.container(n)).attrs["NetworkSettings"]["Networks"]
+                 [lab.name]["IPAddress"] for n in nodes]
+    found = probe_registries(lab.name, addresses, lab.settings("test"), "probe", "1",
+                             (LAB_LABEL, lab.name))
+    print(found)
+    for node, address in zip(nodes, addresses):
+        assert found[address] | {"repositories": None} == {
+            "catalog with auth": 200, "repositories": None, "catalog": 401, "push": 401,
+            "overwrite tag": 401, "delete": 401, "delete with auth": 405}, (node, found[address])
+
+
+def test_state_is_private(lab):
+    """What the tool made under STATE_DIR: directories 0700, keys and credentials 0600."""
+    s = lab.settings("test")
+    root = s.state_dir / s.lab_name
+    made = [root, s.registry_dir, s.workspace_dir, registry.auth_dir(s),
+            *[p for p in root.rglob("*") if p.is_dir() and s.workspace_dir not in p.parents]]
+    loose = {str(d): oct(d.stat().st_mode & 0o777) for d in made if d.stat().st_mode & 0o777 != 0o700}
+    assert not loose, loose
+    names = {"ca-key.pem", "key.pem", "server-key.pem", "host_key", "id_ed25519", "password",
+             "htpasswd"}
+    secret = [p for p in [*root.rglob("*"), *registry.auth_dir(s).iterdir()] if p.name in names]
+    assert len(secret) >= 2 + 3 * len(NODES["test"] + NODES["prod"]), secret
+    loose = {str(f): oct(f.stat().st_mode & 0o777) for f in secret if f.stat().st_mode & 0o777 != 0o600}
+    assert not loose, loose
 
 
 # -- reaching a node ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@ publish, prod-like, production tests) run by the real CLI on the test cluster's 
 results table and the CI reports, the service rolled to the pinned image; a failing unit test or
 functional test stops the run at its step with its exit code and output, leaving nothing behind
 and the service untouched; --dry-run prints every command and changes nothing; bad input is
-refused at checkout; two delivers at once do not collide.
+refused (a bad flag before any step, an unknown ref at checkout); two delivers at once do not collide.
 
 Every test reads the cluster through its nodes' own TLS endpoints (the docker SDK) and runs the
 CLI as a user would (`lab.inv`). Reports go to a temporary REPORTS_DIR, never into the repository.
@@ -146,12 +146,13 @@ def built_on_cd_node(lab, ref: str) -> bool:
     return True
 
 
-def hello_through_proxy(lab) -> str:
-    """GET /demo/hello through the test cluster's proxy on a prod-like node."""
+def hello_through_proxy(lab, nodes=PROD_LIKE) -> str:
+    """GET /demo/hello through the proxy on one of `nodes` (default: the test cluster's
+    prod-like nodes)."""
     last: object = None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        for node in sorted(PROD_LIKE):
+        for node in sorted(nodes):
             try:
                 r = requests.get(f"http://127.0.0.1:{lab.http_port(node)}/demo/hello", timeout=5)
                 if r.status_code == 200:
@@ -161,6 +162,32 @@ def hello_through_proxy(lab) -> str:
                 last = exc
         time.sleep(0.5)
     raise AssertionError(f"go-demo does not answer through the proxy: {last!r}")
+
+
+def at_once(lab, tmp_path: Path, runs: dict[str, list[str]], extra_env: dict | None = None,
+            timeout: float = 1800) -> dict[str, tuple[int, str, str]]:
+    """`inv ARGS` for every name in `runs`, all started together (reports in tmp_path/NAME);
+    name -> (exit code, stdout, stderr) once all have ended."""
+    started = time.monotonic()
+    procs = {}
+    for name, args in runs.items():
+        out, err = open(tmp_path / f"{name}.out", "w+"), open(tmp_path / f"{name}.err", "w+")
+        env = {**lab.env, **WIDE, **(extra_env or {}), "CDTASKS_REPORTS_DIR": str(tmp_path / name)}
+        procs[name] = (subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=ROOT,
+                                        env=env, stdout=out, stderr=err, text=True), out, err)
+    results = {}
+    for name, (proc, out, err) in procs.items():
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        out.seek(0), err.seek(0)
+        results[name] = (code, out.read(), err.read())
+        out.close(), err.close()
+        print(f"\n--- {' '.join(runs[name])}: exit {code} at {time.monotonic() - started:.1f}s\n"
+              f"{results[name][1].strip()}")
+    return results
 
 
 def git(repo: Path, *args: str) -> str:
@@ -350,17 +377,23 @@ def test_dry_run_prints_every_command_in_order_and_changes_nothing(stack, tmp_pa
     assert compose_leftovers(stack) == []
 
 
-@pytest.mark.parametrize("args, needle", [
-    (("--version", "latest"), "latest"),
-    (("--version", "1.5", "--ref", "no-such-ref"), "no-such-ref"),
-], ids=["version-latest", "unknown-ref"])
-def test_bad_input_is_refused_at_checkout(stack, tmp_path, args, needle):
+def test_a_refused_version_stops_before_any_step(stack, tmp_path):
     before, _ = service_state(stack)
-    proc = deliver(stack, tmp_path / "reports", *args, timeout=300)
+    proc = deliver(stack, tmp_path / "reports", "--version", "latest", timeout=300)
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
+    assert proc.stderr.strip().startswith("error: --version 'latest'"), proc.stderr
+    assert table(proc.stdout) == {}, proc.stdout
+    assert service_state(stack)[0] == before
+
+
+def test_an_unknown_ref_is_refused_at_checkout(stack, tmp_path):
+    before, _ = service_state(stack)
+    proc = deliver(stack, tmp_path / "reports", "--version", "1.5", "--ref", "no-such-ref",
+                   timeout=300)
     assert proc.returncode == 11, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
     assert table(proc.stdout) == expect_steps(0, "checkout"), proc.stdout
     failed = re.search(r"^checkout FAILED: (.*)$", proc.stdout, re.M)
-    assert failed and needle in failed.group(1), proc.stdout
+    assert failed and "no-such-ref" in failed.group(1), proc.stdout
     assert service_state(stack)[0] == before
     assert compose_leftovers(stack) == []
 
@@ -371,28 +404,9 @@ def test_two_delivers_at_once_do_not_collide(stack, tmp_path):
     own compose project, so neither's unit/build/staging trips over the other's; both change the
     same service, so they take its lock in turn (prod-like update and production tests of one,
     then of the other) and both succeed. Afterwards the service runs the one that went last."""
-    runs = {}
     started = time.monotonic()
-    for version in ("1.3a", "1.3b"):
-        reports = tmp_path / version
-        out = open(tmp_path / f"{version}.out", "w+")
-        err = open(tmp_path / f"{version}.err", "w+")
-        env = {**stack.env, **WIDE, "CDTASKS_REPORTS_DIR": str(reports)}
-        proc = subprocess.Popen([sys.executable, "-m", "invoke", "deliver", "--version", version],
-                                cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
-        runs[version] = (proc, reports, out, err)
-    results = {}
-    for version, (proc, reports, out, err) in runs.items():
-        try:
-            code = proc.wait(timeout=1800)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        out.seek(0), err.seek(0)
-        results[version] = (code, out.read(), err.read(), reports)
-        out.close(), err.close()
-        print(f"\n--- deliver {version}: exit {code} at {time.monotonic() - started:.1f}s\n"
-              f"{results[version][1].strip()}")
+    ran = at_once(stack, tmp_path, {v: ["deliver", "--version", v] for v in ("1.3a", "1.3b")})
+    results = {v: (*r, tmp_path / v) for v, r in ran.items()}
 
     seen_projects = {}
     succeeded = []

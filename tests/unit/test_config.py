@@ -35,7 +35,7 @@ def test_empty_file_gives_the_documented_defaults(tmp_path):
     assert s.workers == ()
     assert s.node_labels == ()
     assert s.cd_node == "swarm-test-1"
-    assert s.registry_image == "cdtasks/registry:2.8.2"
+    assert s.registry_image == "cdtasks/registry-slim:2.8.2"
     assert s.registry_port == 5000 and isinstance(s.registry_port, int)
     assert s.registry_reserve_mb == 100
     # REGISTRY_DIR empty: the registry lives under STATE_DIR
@@ -229,7 +229,7 @@ def test_lists_tolerate_spaces_and_empty_items(tmp_path):
     "vfarcic/go-demo:2.0",
     "localhost:5000/go-demo:1.0",
     "registry.example.com:443/team/go-demo:1.0-rc1",
-    "cdtasks/registry:2.8.2",
+    "cdtasks/registry-slim:2.8.2",
     "go-demo@sha256:" + "a" * 64,
     "localhost:5000/go-demo@sha256:" + "b" * 64,
     "go-demo:1.0@sha256:" + "c" * 64,

@@ -58,8 +58,11 @@ def test_a_refused_version_stops_before_any_cluster_is_asked(envs, version):
 
 
 # -- outcome -------------------------------------------------------------------------------------
+NAMES = ("rollout", "prodtest", "rollback", "prodtest-after-rollback")
+
+
 def results(*oks):
-    return [StepResult(f"s{i}", ok, 1.0) for i, ok in enumerate(oks)]
+    return [StepResult(NAMES[i], ok, 1.0) for i, ok in enumerate(oks)]
 
 
 @pytest.mark.parametrize("kind, rolled_back, oks, expected", [
@@ -73,3 +76,45 @@ def results(*oks):
 def test_outcome(envs, kind, rolled_back, oks, expected):
     d = Deployment(*envs, kind=kind, rolled_back=rolled_back)
     assert outcome(d, results(*oks)) == expected
+
+
+def test_no_step_or_no_production_test_is_never_deployed(envs):
+    d = Deployment(*envs)
+    assert outcome(d, []) == "failed"
+    assert outcome(d, results(True)) == "failed"  # the rollout alone proves nothing
+
+
+def test_an_interrupted_run_is_interrupted_whatever_ran_before(envs):
+    d = Deployment(*envs)
+    stopped = StepResult("prodtest", False, 1.0, "interrupted", interrupted=True)
+    assert outcome(d, [*results(True), stopped]) == "interrupted"
+    assert outcome(d, [], KeyboardInterrupt()) == "interrupted"  # stopped outside a step
+    assert outcome(d, results(True, True), KeyboardInterrupt()) == "interrupted"
+
+
+def test_a_run_that_lost_its_lock_is_never_deployed(envs):
+    from cdtasks.records import LockLost
+    d = Deployment(*envs)
+    assert outcome(d, results(True), LockLost("taken over")) == "stopped, lock lost"
+
+
+# -- history: a run's started entry and its final one ------------------------------------------
+def entry(run, result, lock=""):
+    return {"run": run, "result": result, "version": run, **({"lock": lock} if lock else {})}
+
+
+def test_a_finished_run_shows_once_with_its_final_result():
+    rows = [entry("a", "started", "t1"), entry("a", "deployed")]
+    assert deployment.merge_runs(rows, None) == [entry("a", "deployed")]
+
+
+def test_a_started_run_without_its_final_entry_is_unfinished_unless_its_holder_lives():
+    rows = [entry("a", "started", "t1"), entry("a", "interrupted"), entry("b", "started", "t2")]
+    assert [r["result"] for r in deployment.merge_runs(rows, None)] == ["interrupted", "unfinished"]
+    assert [r["result"] for r in deployment.merge_runs(rows, "t1")] == ["interrupted", "unfinished"]
+    assert [r["result"] for r in deployment.merge_runs(rows, "t2")] == ["interrupted", "running"]
+
+
+def test_entries_of_older_versions_without_a_run_id_are_kept():
+    old = {"result": "deployed", "version": "1.0"}
+    assert deployment.merge_runs([old, entry("b", "started", "t")], None)[0] == old

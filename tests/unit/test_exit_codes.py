@@ -68,3 +68,34 @@ def test_a_failed_step_exits_ten_plus_its_position():
     ("failed, rollback failed", common.NOT_RECOVERED), ("failed", common.NOT_RECOVERED)])
 def test_deployment_results_exit_as_documented(result, code):
     assert common.deployment_exit(result) == code
+
+
+@pytest.mark.parametrize("signum, code", [(2, 130), (15, 143), (1, 129)])
+def test_a_signal_exits_128_plus_its_number_in_one_line(signum, code):
+    from cdtasks.interrupt import Interrupted
+
+    @common.user_errors
+    def interrupted(c):
+        raise Interrupted(signum)
+
+    with pytest.raises(Exit) as caught:
+        interrupted(None)
+    assert caught.value.code == code
+    assert caught.value.message.startswith("interrupted (SIG") and "\n" not in caught.value.message
+
+
+def test_sigterm_inside_a_task_interrupts_it():
+    import os
+    import signal
+    import time
+
+    @common.user_errors
+    def long_task(c):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Exit) as caught:
+        long_task(None)
+    assert caught.value.code == 143
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -1,17 +1,20 @@
 """Image recipes: Debian version parsing, pins, recipe hashes and the mmdebstrap argv (no engine)."""
 from __future__ import annotations
 
+import inspect
+import io
 import os
 import shlex
 import shutil
 import stat
 import subprocess
+import tarfile
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from cdtasks import config
+from cdtasks import config, workspace
 from cdtasks import images as mod
 from cdtasks.config import pinned_image
 from cdtasks.images import (IMAGES, NODE_FS, RUNTIME_FS, SOURCES, SUITE, Rootfs, check_pins,
@@ -252,3 +255,56 @@ def test_changes_are_dockerfile_instructions():
     py = IMAGES["python"].changes()
     assert not any(c.startswith("ENTRYPOINT") for c in py)
     assert 'CMD ["python3"]' in py
+
+
+# -- slim_tar -------------------------------------------------------------------------------------
+def _tar_of(path: Path, entries: dict) -> Path:
+    """A tarball with mmdebstrap's "./" prefix: name -> bytes (file), "dir", ("sym", target)
+    or ("hard", target)."""
+    with tarfile.open(path, "w") as tar:
+        for name, what in entries.items():
+            info = tarfile.TarInfo("./" + name)
+            if what == "dir":
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif isinstance(what, tuple):
+                info.type = tarfile.SYMTYPE if what[0] == "sym" else tarfile.LNKTYPE
+                info.linkname = what[1] if what[0] == "sym" else "./" + what[1]
+                tar.addfile(info)
+            else:
+                info.size = len(what)
+                tar.addfile(info, io.BytesIO(what))
+    return path
+
+
+def test_slim_tar_keeps_matches_their_parents_and_hard_link_targets(tmp_path):
+    src = _tar_of(tmp_path / "full.tar", {
+        "usr": "dir", "usr/bin": "dir", "usr/lib": "dir", "usr/lib/x86_64-linux-gnu": "dir",
+        "usr/bin/app": b"binary", "usr/bin/python3": b"big",
+        "usr/lib/x86_64-linux-gnu/libc.so.6": b"libc", "usr/lib/x86_64-linux-gnu/libz.so": b"z",
+        "lib": ("sym", "usr/lib"), "etc": "dir", "etc/app.yml": b"cfg",
+        "etc/alias": ("hard", "etc/app.yml"), "var": "dir", "var/cache": "dir"})
+    dst = tmp_path / "slim.tar"
+    mod.slim_tar(src, dst, ("usr/bin/app", "usr/lib/*/libc.so.6", "lib", "etc/alias"))
+    with tarfile.open(dst) as tar:
+        kept = {m.name.removeprefix("./"): m for m in tar.getmembers()}
+        assert set(kept) == {"usr", "usr/bin", "usr/bin/app", "usr/lib",
+                             "usr/lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu/libc.so.6",
+                             "lib", "etc", "etc/app.yml", "etc/alias"}
+        assert tar.extractfile(kept["usr/bin/app"]).read() == b"binary"
+        assert kept["lib"].issym() and kept["lib"].linkname == "usr/lib"
+        assert kept["etc/alias"].islnk()
+
+
+def test_only_the_registry_image_is_slimmed_and_keep_counts_in_its_recipe(here_copy):
+    assert [k for k, i in IMAGES.items() if i.keep] == ["registry"]
+    image = IMAGES["registry"]
+    assert "usr/bin/docker-registry" in image.keep and image.entrypoint[0] == "/usr/bin/docker-registry"
+    assert replace(image, keep=image.keep + ("bin",)).recipe_hash() != image.recipe_hash()
+
+
+def test_the_registry_image_keeps_what_the_workspace_carrier_runs():
+    """workspace.py creates containers of REGISTRY_IMAGE with `true` and `rm -rf`."""
+    source = inspect.getsource(workspace)
+    assert '["true"]' in source and '["rm", "-rf"' in source
+    assert {"usr/bin/true", "usr/bin/rm"} <= set(IMAGES["registry"].keep)

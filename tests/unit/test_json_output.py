@@ -82,7 +82,8 @@ def test_deploy_json_is_the_report_file(c, monkeypatch, capsys, tmp_path, result
     entry = {"env": "prod", "version": "1.1", "result": result, "digest": "sha256:ab"}
     results = [StepResult("deploy", True, 2.0), StepResult("prodtest", code == 0, 1.0, "x")]
     monkeypatch.setattr(deployment, "run", lambda d, progress: (entry, results))
-    d = SimpleNamespace(service="go-demo", prod=prod, image="localhost:5000/go-demo:1.1")
+    d = SimpleNamespace(service="go-demo", prod=prod, test=common.settings(c, "test"),
+                        image="localhost:5000/go-demo:1.1")
     if code:
         with pytest.raises(Exit) as exc:
             deployment_tasks.deploy_and_report(d, "deploy", json=True)

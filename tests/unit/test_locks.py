@@ -195,14 +195,6 @@ def test_interrupted_while_waiting_leaves_nothing_behind(manager):
     assert manager.store.configs == {}
 
 
-def test_the_token_calls_of_today_hold_a_renewed_lock(manager):
-    token = records.acquire(manager, SVC, "1.0", 0, print, action="delivering")
-    assert records.lock_state(manager, SVC).id == token
-    assert records.unlock(manager, SVC, token) is True
-    assert records.unlock(manager, SVC, token) is False
-    assert records.lock_state(manager, SVC) is None
-
-
 def test_a_lock_marked_for_takeover_is_lost_to_its_holder(manager):
     holder = Lock(manager, SVC, "1.0", holder=_elsewhere()).acquire(0, heartbeat=False)
     state = records.lock_state(manager, SVC)

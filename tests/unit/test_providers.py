@@ -3,6 +3,7 @@ behaviour is proven end to end in tests/integration/test_5_providers.py."""
 from __future__ import annotations
 
 import io
+import stat
 import subprocess
 import tarfile
 from pathlib import Path
@@ -142,6 +143,9 @@ def test_machine_ensure_creates_the_missing_starts_the_stopped(tmp_path):
                                              "2048", "swarm-test-3"])]
     # The book's share folder: registry storage and workspace, at the same path in the VMs.
     assert create_env["VIRTUALBOX_SHARE_FOLDER"] == f"{tmp_path}:{tmp_path}"
+    # Made private; the VMs' root still reads and writes them.
+    for d in (s.registry_dir, s.workspace_dir, s.workspace_dir.parent):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
     ep = eps["swarm-test-1"]
     assert ep.address == "192.168.99.100" and ep.docker_host == "tcp://192.168.99.100:2376"
     assert ep.cert_path == Path("/home/u/.docker/machine/certs")  # from `config`
@@ -252,7 +256,7 @@ def test_host_check_returns_the_swarm_address_and_prepares_the_registry_dir(tmp_
     eps = SshProvider(s).ensure(s.nodes, lambda m: None)
     assert eps["swarm-test-1"].address == "10.0.0.7"
     assert eps["swarm-test-3"].address == "10.9.9.9"  # configured wins over detected
-    assert f"mkdir -p {s.registry_dir}" in conn.ran
+    assert f"mkdir -p -m 700 {s.registry_dir}" in conn.ran
     # Later tasks find the addresses without asking the hosts again.
     monkeypatch.setattr(engine, "ssh", lambda ep: pytest.fail("asked a host"))
     assert SshProvider(s).endpoints(s.nodes)["swarm-test-2"].address == "10.0.0.7"
@@ -274,6 +278,41 @@ def test_host_key_messages_give_the_fingerprint_and_the_fix(tmp_path):
     assert str(changed) == (f"host key of h1 CHANGED: it offers {fp}, /k/known_hosts expects "
                             f"{engine.fingerprint(other)}; if the host was rebuilt, forget the "
                             f"old key with: ssh-keygen -R h1 -f /k/known_hosts")
+
+
+def test_a_host_key_problem_is_not_taken_for_an_absent_manager(tmp_path, monkeypatch):
+    """Cluster.manager() skips managers that do not answer, but a refused host key stops it
+    with the key's own message (what `inv status` and `inv deploy` print)."""
+    from cdtasks.cluster import Cluster
+
+    s = _settings(tmp_path, PROVIDER="ssh", SSH_HOSTS="swarm-test-1=h1,swarm-test-2=h2,"
+                                                       "swarm-test-3=h3")
+    c = Cluster.of(s)
+    c.endpoints = {n: c.provider.endpoint(n, "10.0.0.1") for n in s.nodes}
+    key = paramiko.Ed25519Key.from_private_key_file(str(_ed25519(tmp_path / "k1")))
+    other = paramiko.Ed25519Key.from_private_key_file(str(_ed25519(tmp_path / "k2")))
+    tried = []
+
+    def answer(refusal):
+        def client(ep, **kwargs):
+            tried.append(ep.node)
+            raise refusal(ep)
+        return client
+
+    monkeypatch.setattr(engine, "client", answer(lambda ep: engine.EngineError("gone")))
+    with pytest.raises(engine.EngineError, match="no manager of test answers"):
+        c.manager()
+    assert tried == list(s.nodes)
+    for refusal in (lambda ep: engine.UnknownHostKey(ep.ssh_host, 22, key, s.ssh_known_hosts),
+                    lambda ep: engine.HostKeyChanged(
+                        paramiko.BadHostKeyException(ep.ssh_host, key, other), 22,
+                        s.ssh_known_hosts)):
+        tried.clear()
+        monkeypatch.setattr(engine, "client", answer(refusal))
+        with pytest.raises(paramiko.SSHException) as exc:
+            c.manager()
+        assert tried == ["swarm-test-1"] and "host key of h1" in str(exc.value)
+        assert engine.fingerprint(key) in str(exc.value)
 
 
 def _ed25519(path: Path) -> Path:

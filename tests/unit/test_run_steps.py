@@ -154,3 +154,23 @@ def test_a_step_run_alone_has_no_start_offset_unless_given_its_runs_start():
     assert runner.attempt("one", lambda: "done").started is None
     origin = time.monotonic() - 2.0
     assert runner.attempt("one", lambda: "done", origin=origin).started == pytest.approx(2.0, abs=0.2)
+
+
+def test_a_signal_in_a_step_reports_it_interrupted_and_the_rest_not_run():
+    import signal
+
+    from cdtasks.interrupt import Interrupted
+    from cdtasks.runner import RunInterrupted, run_steps
+
+    def stopped():
+        raise Interrupted(signal.SIGTERM)
+
+    progress = Quiet()
+    with pytest.raises(RunInterrupted) as caught:
+        run_steps(["a", "b", "c"], {"a": lambda: "fine", "b": stopped, "c": lambda: "never"},
+                  progress)
+    assert caught.value.signum == signal.SIGTERM
+    assert [(r.name, r.status) for r in caught.value.results] == [
+        ("a", "ok"), ("b", "interrupted"), ("c", "skipped")]
+    assert caught.value.results[1].detail == "interrupted"
+    assert progress.done_names == ["a", "b"]

@@ -303,7 +303,7 @@ def settings(tmp_path):
 def test_registry_spec_with_the_routing_mesh(settings, tmp_path):
     spec = registry.spec(settings, "mesh")
     assert spec.name == "registry"
-    assert spec.image == settings.registry_image == "cdtasks/registry:2.8.2"
+    assert spec.image == settings.registry_image == "cdtasks/registry-slim:2.8.2"
     assert spec.replicas == 1
     assert spec.ports == ((5000, 5000, "ingress"),)
     assert spec.endpoint_mode == "vip"
@@ -322,21 +322,31 @@ def test_registry_spec_without_ipvs(settings):
     assert spec.mounts == registry.spec(settings, "mesh").mounts
 
 
+def _secret_ids(settings) -> dict[str, str]:
+    return {registry.credentials(settings).secret_name: "s3cr3tid"}
+
+
 def test_registry_api_kwargs(settings, tmp_path):
-    k = registry.spec(settings, "mesh").api_kwargs({}, {})
+    k = registry.spec(settings, "mesh").api_kwargs({}, {}, _secret_ids(settings))
     cs = k["task_template"]["ContainerSpec"]
     assert cs["Mounts"] == [{"Type": "bind", "Source": str(tmp_path / "state" / "registry"),
                              "Target": "/var/lib/registry", "ReadOnly": False}]
     assert k["task_template"]["Resources"]["Reservations"]["MemoryBytes"] == 100 * MB == 104857600
     assert "REGISTRY_HTTP_ADDR=:5000" in cs["Env"]
-    k = registry.spec(settings, "dnsrr").api_kwargs({}, {})
+    # Only the tool's user gets in (htpasswd from the secret); deletes stay off.
+    assert {"REGISTRY_AUTH=htpasswd", "REGISTRY_AUTH_HTPASSWD_PATH=/run/secrets/htpasswd",
+            "REGISTRY_STORAGE_DELETE_ENABLED=false"} <= set(cs["Env"])
+    name = registry.credentials(settings).secret_name
+    assert cs["Secrets"] == [{"SecretID": "s3cr3tid", "SecretName": name,
+                              "File": {"Name": "htpasswd", "UID": "0", "GID": "0", "Mode": 0o400}}]
+    k = registry.spec(settings, "dnsrr").api_kwargs({}, {}, _secret_ids(settings))
     assert k["mode"] == {"global": {}}
     assert k["endpoint_spec"]["Ports"][0]["PublishMode"] == "host"
 
 
 def test_registry_follows_the_configured_port_and_directory(tmp_path):
     (tmp_path / "test.env").write_text(f"REGISTRY_PORT=5005\nREGISTRY_DIR={tmp_path / 'shared'}\n"
-                                       "REGISTRY_RESERVE_MB=64\n")
+                                       f"REGISTRY_RESERVE_MB=64\nSTATE_DIR={tmp_path / 'state'}\n")
     s = load("test", environ={}, env_dir=tmp_path)
     spec = registry.spec(s, "mesh")
     assert spec.ports == ((5005, 5005, "ingress"),)
@@ -349,8 +359,9 @@ def test_registry_follows_the_configured_port_and_directory(tmp_path):
 def test_registry_spec_reads_back_without_drift(settings):
     for mode in ("mesh", "dnsrr"):
         spec = registry.spec(settings, mode)
-        stored = engine_stores(spec.api_kwargs({}, {}))
-        assert diff(spec, actual(stored, {}, {})) == {}
+        ids = _secret_ids(settings)
+        stored = engine_stores(spec.api_kwargs({}, {}, ids))
+        assert diff(spec, actual(stored, {}, {}, {v: k for k, v in ids.items()})) == {}
 
 
 def test_engine_timestamps_keep_their_fraction_and_zone():

@@ -1,6 +1,7 @@
 """Swarm membership and label plans as plain data, and parsing of Engine API answers (no engine)."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import docker
@@ -8,6 +9,7 @@ import requests
 
 import pytest
 
+from cdtasks import swarm
 from cdtasks.config import load
 from cdtasks.swarm import (Action, Member, NodeInfo, SwarmError, info_of, leave, member_of,
                            plan_labels, plan_membership, routing_mode)
@@ -460,3 +462,40 @@ def test_leave_is_forced_only_for_a_node_in_a_swarm():
 def test_a_refused_leave_names_the_node_and_the_engine_reason():
     with pytest.raises(SwarmError, match=f"node {N2} cannot leave its swarm: context deadline"):
         leave(N2, _LeavingEngine("active", refuse="context deadline exceeded"))
+
+
+# -- apply: what goes one at a time, what side by side -------------------------------------------
+def test_apply_runs_init_and_manager_joins_in_order_before_workers_and_labels(tmp_path, monkeypatch):
+    s = settings(tmp_path, NODES="n1,n2,n3,n4,n5", CD_NODE="n1", WORKERS="n4,n5")
+    gate, order, lock = threading.Barrier(2, timeout=5), [], threading.Lock()
+
+    def fake(settings_, clients, addresses, action, log):
+        with lock:
+            order.append(str(action))
+        if action.kind == "join" and action.detail["role"] == "worker":
+            gate.wait()  # passes only when both workers' joins run at the same time
+
+    monkeypatch.setattr(swarm, "_apply_one", fake)
+    actions = [Action("init", "n1"), Action("join", "n2", {"role": "manager"}),
+               Action("join", "n4", {"role": "worker"}), Action("join", "n3", {"role": "manager"}),
+               Action("join", "n5", {"role": "worker"})]
+    swarm.apply(s, {}, {}, actions, lambda m: None)
+    assert order[:3] == ["init n1", "join n2 (role=manager)", "join n3 (role=manager)"]
+    assert sorted(order[3:]) == ["join n4 (role=worker)", "join n5 (role=worker)"]
+
+    order.clear()
+    gate = threading.Barrier(2, timeout=5)
+    labels = [Action("label", "n2", {"id": "a", "key": "k1", "value": "1"}),
+              Action("label", "n3", {"id": "b", "key": "k", "value": "v"}),
+              Action("label", "n2", {"id": "a", "key": "k2", "value": "2"})]
+
+    def fake_labels(settings_, clients, addresses, action, log):
+        with lock:
+            order.append(action.detail["key"])
+        if action.detail["key"] in ("k1", "k"):
+            gate.wait()  # n2's first label and n3's label at the same time
+
+    monkeypatch.setattr(swarm, "_apply_one", fake_labels)
+    swarm.apply(s, {}, {}, labels, lambda m: None)
+    assert order.index("k1") < order.index("k2")  # one node's labels stay in order
+    assert sorted(order) == ["k", "k1", "k2"]

@@ -7,6 +7,7 @@ import time
 import unittest
 
 HOST_IP = os.environ.get("HOST_IP", "").strip()
+PREFIX = os.environ.get("PREFIX") or "/hello"  # where the app is served (as it was built)
 WAIT_SECONDS = 30  # the service, or the proxy's view of it, may still be starting
 
 
@@ -30,26 +31,30 @@ class HelloBookTest(unittest.TestCase):
         deadline = time.monotonic() + WAIT_SECONDS
         while True:
             try:
-                last = get("/hello/health")
+                last = get(PREFIX + "/health")
                 if last[0] == 200:
                     return
             except (OSError, http.client.HTTPException) as e:
                 last = e
             if time.monotonic() > deadline:
-                raise AssertionError(f"{HOST_IP}: /hello/health not answering after "
+                raise AssertionError(f"{HOST_IP}: {PREFIX}/health not answering after "
                                      f"{WAIT_SECONDS}s: {last!r}")
             time.sleep(1)
 
     def test_reports_its_version(self):
-        status, version = get("/hello/version")
+        status, version = get(PREFIX + "/version")
         self.assertEqual(status, 200)
         self.assertRegex(version, r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\n$")
-        self.assertEqual(get("/hello"), (200, f"hello from hello-book {version}"))
+        # Not compared with the answer above: behind a proxy the two requests may reach two
+        # replicas, and right after a rolling update one may still be the old version.
+        status, greeting = get(PREFIX)
+        self.assertEqual(status, 200)
+        self.assertRegex(greeting, r"^hello from hello-book [A-Za-z0-9_][A-Za-z0-9_.-]*\n$")
 
     def test_counts_visits_in_the_database(self):
-        status, first = get("/hello/visits")
+        status, first = get(PREFIX + "/visits")
         self.assertEqual(status, 200, first)
-        status, second = get("/hello/visits")
+        status, second = get(PREFIX + "/visits")
         self.assertEqual(status, 200, second)
         self.assertGreater(int(second), int(first))
 

@@ -24,17 +24,25 @@ def free_port() -> int:
 
 class RouteTest(unittest.TestCase):
     def test_version_and_health(self):
-        self.assertEqual(server.route("/hello", "1.2", None), (200, "hello from hello-book 1.2\n"))
-        self.assertEqual(server.route("/hello/version", "1.2", None), (200, "1.2\n"))
-        self.assertEqual(server.route("/hello/health", "1.2", None), (200, "ok\n"))
-        self.assertEqual(server.route("/other", "1.2", None)[0], 404)
+        self.assertEqual(server.route("/hello", "1.2", None, "/hello"),
+                         (200, "hello from hello-book 1.2\n"))
+        self.assertEqual(server.route("/hello/version", "1.2", None, "/hello"), (200, "1.2\n"))
+        self.assertEqual(server.route("/hello/health", "1.2", None, "/hello"), (200, "ok\n"))
+        self.assertEqual(server.route("/other", "1.2", None, "/hello")[0], 404)
+
+    def test_served_under_another_prefix(self):
+        self.assertEqual(server.route("/demo/hello", "1.2", None, "/demo/hello"),
+                         (200, "hello from hello-book 1.2\n"))
+        self.assertEqual(server.route("/demo/hello/health", "1", None, "/demo/hello"),
+                         (200, "ok\n"))
+        self.assertEqual(server.route("/hello/health", "1", None, "/demo/hello")[0], 404)
 
     def test_visits_and_a_database_that_is_down(self):
-        self.assertEqual(server.route("/hello/visits", "1", lambda: 7), (200, "7\n"))
+        self.assertEqual(server.route("/hello/visits", "1", lambda: 7, "/hello"), (200, "7\n"))
 
         def down():
             raise ConnectionRefusedError("refused")
-        status, body = server.route("/hello/visits", "1", down)
+        status, body = server.route("/hello/visits", "1", down, "/hello")
         self.assertEqual(status, 503)
         self.assertIn("refused", body)
 
@@ -67,7 +75,7 @@ class CountVisitTest(unittest.TestCase):
 class StopTest(unittest.TestCase):
     def test_sigterm_stops_the_server_promptly(self):
         port = free_port()
-        env = {**os.environ, "PORT": str(port), "APP_VERSION": "9.9"}
+        env = {**os.environ, "PORT": str(port), "APP_VERSION": "9.9", "PREFIX": "/hello"}
         proc = subprocess.Popen([sys.executable, "-u", str(APP / "server.py")], env=env,
                                 stdout=subprocess.PIPE, text=True)
         try:

@@ -1,6 +1,8 @@
 """hello-book: answers its version over HTTP on 8080 and counts visits in Redis.
 
-Env: PORT (default 8080), APP_VERSION (default "dev"), DB as "host" or "host:port" (default db:6379).
+Env: PORT (default 8080), APP_VERSION (default "dev"), DB as "host" or "host:port" (default db:6379),
+PREFIX: the path it is served under (default /hello; behind a shared proxy, the path the proxy
+routes to it).
 """
 import os
 import signal
@@ -8,7 +10,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-PREFIX = "/hello"
+PREFIX = os.environ.get("PREFIX") or "/hello"
 
 
 def db_address(value: str) -> tuple[str, int]:
@@ -28,15 +30,15 @@ def count_visit(address: tuple[str, int]) -> int:
     return int(reply[1:])
 
 
-def route(path: str, version: str, visit) -> tuple[int, str]:
-    """The answer to GET `path`: (status, body)."""
-    if path in (PREFIX, PREFIX + "/"):
+def route(path: str, version: str, visit, prefix: str = PREFIX) -> tuple[int, str]:
+    """The answer to GET `path` under `prefix`: (status, body)."""
+    if path in (prefix, prefix + "/"):
         return 200, f"hello from hello-book {version}\n"
-    if path == PREFIX + "/version":
+    if path == prefix + "/version":
         return 200, f"{version}\n"
-    if path == PREFIX + "/health":
+    if path == prefix + "/health":
         return 200, "ok\n"
-    if path == PREFIX + "/visits":
+    if path == prefix + "/visits":
         try:
             return 200, f"{visit()}\n"
         except OSError as e:

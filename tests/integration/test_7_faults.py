@@ -1,0 +1,385 @@
+"""Faults on the real lab: runs interrupted (Ctrl-C to the process group as a terminal sends it,
+SIGTERM to the process as a CI server sends it, SIGKILL), nodes and engines killed under a
+running release. Each case checks the end state it must leave: the exit code, nothing left on
+the CD node (compose projects, checkouts), no lock held, and records that say what really runs.
+
+The README's "What happens when..." table is written from these cases.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from cdtasks import deployment, records
+from cdtasks.cluster import Cluster
+from cdtasks.rollout import delivered
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICE = "go-demo"
+CD_NODE = "swarm-test-1"
+STEPS = ("checkout", "unit", "build", "staging", "publish", "prodlike", "prodtest")
+COMPOSE_LABEL = "com.docker.compose.project"
+GIT_ID = ["-c", "user.name=cdtasks tests", "-c", "user.email=tests@cdtasks.invalid"]
+
+
+# -- helpers ------------------------------------------------------------------------------------
+class Run:
+    """`inv ARGS` started in its own process group, its stderr followed line by line."""
+
+    def __init__(self, lab, args, extra_env=None):
+        self.lines: list[str] = []
+        self.seen = threading.Condition()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "invoke", *args], cwd=ROOT, text=True, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**lab.env, "COLUMNS": "250", **(extra_env or {})})
+        self.stdout = ""
+        self._out = threading.Thread(target=self._read_stdout, daemon=True)
+        self._err = threading.Thread(target=self._read_stderr, daemon=True)
+        self._out.start()
+        self._err.start()
+
+    def _read_stdout(self):
+        self.stdout = self.proc.stdout.read()
+
+    def _read_stderr(self):
+        for line in self.proc.stderr:
+            with self.seen:
+                self.lines.append(line.rstrip("\n"))
+                self.seen.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 300) -> str:
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self.seen:
+            i = 0
+            while True:
+                for line in self.lines[i:]:
+                    if rx.search(line):
+                        return line
+                i = len(self.lines)
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"never saw /{pattern}/ (exit {self.proc.poll()}):\n"
+                                         + "\n".join(self.lines[-40:]))
+                self.seen.wait(0.5)
+
+    def ctrl_c(self):
+        os.killpg(self.proc.pid, signal.SIGINT)  # what a terminal sends to the foreground group
+
+    def signal(self, signum):
+        self.proc.send_signal(signum)  # what a CI server (or `kill`) sends to the process
+
+    def finish(self, timeout: float = 600) -> int:
+        code = self.proc.wait(timeout)
+        self._out.join(10)
+        self._err.join(10)
+        print(f"\nexit {code}\nstdout:\n{self.stdout[-3000:]}\nstderr:\n"
+              + "\n".join(self.lines[-60:]))
+        return code
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+
+def manager(lab, env="test"):
+    return Cluster.of(lab.settings(env)).discover().manager()
+
+
+def compose_leftovers(lab) -> list[str]:
+    cd = Cluster.of(lab.settings("test")).discover().client(CD_NODE)
+    flt = {"label": COMPOSE_LABEL}
+    return ([f"container {c.name}" for c in cd.containers.list(all=True, filters=flt)]
+            + [f"network {n.name}" for n in cd.networks.list(filters=flt)])
+
+
+def checkouts(lab) -> list[str]:
+    ws = lab.settings("test").workspace_dir
+    return sorted(p.name for p in ws.iterdir() if p.is_dir()) if ws.exists() else []
+
+
+def lock_holder(lab, env="test"):
+    mgr = manager(lab, env)
+    found = mgr.api.configs(filters={"name": records.lock_name(SERVICE)})
+    return [c for c in found if c["Spec"]["Name"] == records.lock_name(SERVICE)]
+
+
+def spec_image(lab, env="test") -> str:
+    return manager(lab, env).api.inspect_service(SERVICE)["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+
+
+def running_images(lab, env) -> list[str]:
+    mgr = manager(lab, env)
+    svc = mgr.api.inspect_service(SERVICE)
+    tasks = mgr.api.tasks(filters={"service": svc["ID"], "desired-state": "running"})
+    return sorted(t["Spec"]["ContainerSpec"]["Image"] for t in tasks
+                  if t["Status"]["State"] == "running")
+
+
+def history(lab, env="prod") -> list[dict]:
+    """The history `inv history` shows (runs merged), read through the library."""
+    return deployment.history(lab.settings(env))[0]
+
+
+def wait_for_replicas(lab, env, timeout=180):
+    """Every replica of the service runs the spec's image (after a fault, Swarm settles)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        want, images = spec_image(lab, env), running_images(lab, env)
+        if images and all(i == want for i in images):
+            return want
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{env}: {images} never all on {want}")
+        time.sleep(1)
+
+
+def assert_clean(lab):
+    assert compose_leftovers(lab) == []
+    assert checkouts(lab) == []
+    assert lock_holder(lab, "test") == []
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *GIT_ID, *args], cwd=repo, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def repo(stack, tmp_path_factory) -> str:
+    """The sample at HEAD as a repository of its own, plus a commit whose image fails its
+    Swarm health check (it passes unit and staging tests, which do not wait for health)."""
+    path = tmp_path_factory.mktemp("fault-repo")
+    archive = subprocess.run(["git", "archive", "HEAD", "demo"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(path)], input=archive, check=True)
+    git(path, "init", "--quiet", "-b", "main")
+    git(path, "add", "-A")
+    git(path, "commit", "--quiet", "-m", "demo")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sick_repo(repo, tmp_path_factory) -> str:
+    """A commit of the sample whose health check always fails."""
+    path = Path(repo)
+    git(path, "checkout", "--quiet", "-b", "sick")
+    check = path / "demo/app/healthcheck.py"
+    check.write_text("import sys\nprint('DELIBERATELY-UNHEALTHY: /demo/hello not checked')\n"
+                     "sys.exit(1)\n")
+    git(path, "commit", "--quiet", "-am", "a health check that always fails")
+    git(path, "checkout", "--quiet", "main")
+    return "sick"
+
+
+def deliver(lab, repo, version, tmp_path, *extra) -> Run:
+    return Run(lab, ["deliver", "--repo", repo, "--version", version, *extra],
+               {"CDTASKS_REPORTS_DIR": str(tmp_path)})
+
+
+# -- deliver interrupted in every step ----------------------------------------------------------
+# The delay after a step's start line: long enough to be inside the step's work.
+STEP_DELAY = {"checkout": 0.0, "unit": 2.0, "build": 3.0, "staging": 3.0, "publish": 0.3,
+              "prodlike": 2.0, "prodtest": 2.0}
+# In a whole run the build runs beside the unit tests: it has no start line of its own, and a
+# signal then stops the unit tests (the build beside them is undone).
+STARTS_WITH = {"build": "unit"}
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("step", STEPS)
+def test_deliver_interrupted_in_each_step_leaves_nothing_and_claims_nothing(
+        stack, repo, tmp_path, step, how):
+    version = f"int-{step}-{how}"
+    before = spec_image(stack)
+    run = deliver(stack, repo, version, tmp_path)
+    run.wait_for(rf"^\[deliver\] {STARTS_WITH.get(step, step)} \.\.\.$")
+    time.sleep(STEP_DELAY[step])
+    run.ctrl_c() if how == "ctrl-c" else run.signal(signal.SIGTERM)
+    code = run.finish()
+    assert code == (130 if how == "ctrl-c" else 143), run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    assert "interrupted" in run.stdout
+    report = json.loads((tmp_path / "deliver.json").read_text())
+    statuses = {r["name"]: r for r in report["steps"]}
+    stopped = next(n for n in STEPS if statuses[n]["status"] != "ok")
+    # A short step may end before the signal lands: the run then stops in a later one.
+    assert STEPS.index(stopped) >= STEPS.index(STARTS_WITH.get(step, step)), statuses
+    assert statuses[stopped]["status"] == "interrupted", statuses
+    assert "interrupted" in statuses[stopped]["detail"]
+    assert all(statuses[n]["status"] == "skipped" for n in STEPS[STEPS.index(stopped) + 1:])
+    assert_clean(stack)
+    # The version is never recorded as verified, and prod-like runs one image on every replica.
+    assert version not in [d["version"] for d in delivered(manager(stack), SERVICE)]
+    now = wait_for_replicas(stack, "test")
+    if STEPS.index(stopped) < STEPS.index("prodlike"):
+        assert now == before
+
+
+# -- the prod-like gate cannot be skipped ----------------------------------------------------------
+def test_prodtest_without_prodlike_is_refused_and_records_nothing(stack, repo, tmp_path):
+    """`inv publish` then `inv prodtest` alone: prod-like still runs the old version, so the
+    tests would verify it, not the new one."""
+    env = {"CDTASKS_REPORTS_DIR": str(tmp_path)}
+    before = spec_image(stack)
+    stack.inv("checkout", "--repo", repo, "--version", "gate-1", extra_env=env)
+    try:
+        for step in ("unit", "build", "staging", "publish"):
+            stack.inv(step, extra_env=env)
+        proc = stack.inv("prodtest", check=False, extra_env=env)
+    finally:
+        workdir = json.loads(next(stack.settings("test").workspace_dir.glob("*.release.json"))
+                             .read_text())["workdir"]
+        subprocess.run(["rm", "-rf", workdir], check=False)
+    assert proc.returncode == 17, proc.stdout + proc.stderr
+    assert f"runs {before}, not " in proc.stdout + proc.stderr  # names what runs
+    assert "gate-1 is not recorded as verified" in proc.stdout + proc.stderr
+    assert "gate-1" not in [d["version"] for d in delivered(manager(stack), SERVICE)]
+    assert spec_image(stack) == before
+    assert lock_holder(stack, "test") == []
+
+
+# -- a failure on prod-like leaves it as it was ---------------------------------------------------
+def test_failed_health_check_on_prod_like_rolls_back_and_names_the_check(
+        stack, repo, sick_repo, tmp_path):
+    before = wait_for_replicas(stack, "test")
+    run = deliver(stack, repo, "sick-1", tmp_path, "--ref", sick_repo)
+    code = run.finish()
+    assert code == 16, run.stdout
+    assert "DELIBERATELY-UNHEALTHY" in run.stdout + run.stderr  # the check's own output
+    assert "no task reported an error" not in run.stdout
+    # Back on the image it ran before, on every replica, and the summary says so.
+    assert wait_for_replicas(stack, "test") == before
+    assert f"prod-like runs {before}" in run.stdout
+    assert_clean(stack)
+
+
+# -- deploy interrupted, killed -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def verified(stack, repo, tmp_path_factory) -> str:
+    """A version delivered through prod-like that production does not run yet."""
+    reports = tmp_path_factory.mktemp("reports")
+    stack.inv("deliver", "--repo", repo, "--version", "faults-1",
+              extra_env={"CDTASKS_REPORTS_DIR": str(reports)})
+    return "faults-1"
+
+
+def _deploy(lab, version, tmp_path, *extra) -> Run:
+    return Run(lab, ["deploy", "--env", "prod", "--version", version, *extra],
+               {"CDTASKS_REPORTS_DIR": str(tmp_path)})
+
+
+def _fresh_version(lab, repo, tmp_path, version) -> str:
+    lab.inv("deliver", "--repo", repo, "--version", version,
+            extra_env={"CDTASKS_REPORTS_DIR": str(tmp_path)})
+    return version
+
+
+@pytest.mark.parametrize("where,how", [("rollout", "ctrl-c"), ("rollout", "sigterm"),
+                                       ("prodtest", "sigterm")])
+def test_deploy_interrupted_records_interrupted_and_what_runs(stack, repo, tmp_path, where, how):
+    version = _fresh_version(stack, repo, tmp_path, f"dep-{where}-{how}")
+    run = _deploy(stack, version, tmp_path)
+    run.wait_for(rf"^\[deploy\] {where} \.\.\.$")
+    time.sleep(1.0)
+    run.ctrl_c() if how == "ctrl-c" else run.signal(signal.SIGTERM)
+    code = run.finish()
+    assert code == (130 if how == "ctrl-c" else 143)
+    assert "Traceback" not in run.stderr
+    last = history(stack)[-1]
+    assert last["version"] == version
+    assert last["result"] == "interrupted", last
+    assert last["running"], last  # the image each replica ran when the run stopped
+    assert lock_holder(stack, "prod") == []
+    # An interrupted deployment is never a target of `inv rollback`.
+    assert "deployed" not in run.stdout
+
+
+def test_deploy_killed_mid_rollout_is_recorded_unfinished_and_the_next_recovers(
+        stack, repo, tmp_path):
+    version = _fresh_version(stack, repo, tmp_path, "dep-killed")
+    run = _deploy(stack, version, tmp_path)
+    run.wait_for(r"^\[deploy\] rollout \.\.\.$")
+    time.sleep(1.0)
+    run.signal(signal.SIGKILL)
+    assert run.finish() == -signal.SIGKILL
+    assert lock_holder(stack, "prod")  # nobody could release it
+    # The next deployment recovers the lock of the dead holder at once, not after its expiry.
+    started = time.monotonic()
+    again = stack.inv("deploy", "--env", "prod", "--version", version, check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert time.monotonic() - started < 120
+    rows = history(stack)
+    killed = [r for r in rows if r["version"] == version and r["result"] != "deployed"]
+    assert killed and killed[0]["result"] == "unfinished", rows[-3:]
+    assert rows[-1]["version"] == version and rows[-1]["result"] == "deployed"
+    assert lock_holder(stack, "prod") == []
+
+
+@pytest.mark.parametrize("victim", ["swarm-3", "swarm-1"])  # a manager; the leader
+def test_deploy_survives_a_production_node_killed_mid_rollout(stack, repo, tmp_path, victim):
+    version = _fresh_version(stack, repo, tmp_path, f"dep-kill-{victim}")
+    run = _deploy(stack, version, tmp_path)
+    run.wait_for(r"^\[deploy\] rollout \.\.\.$")
+    time.sleep(2.0)
+    docker.from_env().containers.get(stack.container(victim)).kill()
+    code = run.finish(900)
+    try:
+        assert "Traceback" not in run.stderr
+        last = history(stack)[-1]
+        assert last["version"] == version
+        if code == 0:
+            assert last["result"] == "deployed"
+            assert all(i.endswith(last["digest"]) for i in running_images(stack, "prod"))
+        else:
+            assert code in (20, 21), run.stdout
+            assert last["result"].startswith("failed")
+        assert lock_holder(stack, "prod") == []
+    finally:
+        stack.inv("provision", "--env", "prod")  # repairs the node for the tests after this one
+    wait_for_replicas(stack, "prod")
+
+
+# -- the registry and the CD node's engine under a delivery ---------------------------------------
+def test_registry_task_killed_during_publish(stack, repo, tmp_path):
+    before = spec_image(stack)
+    run = deliver(stack, repo, "reg-killed", tmp_path)
+    run.wait_for(r"^\[deliver\] publish \.\.\.$")
+    cd = Cluster.of(stack.settings("test")).discover().client(CD_NODE)
+    for c in cd.containers.list(filters={"label": "com.docker.swarm.service.name=registry"}):
+        c.kill()
+    code = run.finish()
+    assert "Traceback" not in run.stderr
+    assert code in (0, 15), run.stdout  # pushed after Swarm restarted it, or failed at publish
+    if code == 15:
+        assert "reg-killed" not in [d["version"] for d in delivered(manager(stack), SERVICE)]
+        assert spec_image(stack) == before
+    assert_clean(stack)
+    wait_for_replicas(stack, "test")
+
+
+def test_cd_engine_restarted_during_staging(stack, repo, tmp_path):
+    before = spec_image(stack)
+    run = deliver(stack, repo, "engine-restart", tmp_path)
+    run.wait_for(r"^\[deliver\] staging \.\.\.$")
+    time.sleep(2.0)
+    docker.from_env().containers.get(stack.container(CD_NODE)).restart(timeout=5)
+    code = run.finish()
+    try:
+        assert "Traceback" not in run.stderr
+        assert code == 14, run.stdout
+        assert spec_image(stack) == before
+        assert checkouts(stack) == []
+        assert lock_holder(stack, "test") == []
+    finally:
+        stack.inv("provision", "--env", "test")
+    assert compose_leftovers(stack) == []

@@ -1,0 +1,109 @@
+"""services.diagnose and the transient-error rule with a fake manager and fake nodes (pure
+logic: which task, which node, which container; the real health checks fail in
+tests/integration/test_7_faults.py)."""
+from __future__ import annotations
+
+import pytest
+import requests
+from docker.errors import APIError, NotFound
+
+from cdtasks import services
+from cdtasks.delivery import replicas_text
+
+
+class FakeAPI:
+    def __init__(self, tasks=(), nodes=(), containers=None):
+        self._tasks, self._nodes, self._containers = list(tasks), list(nodes), containers or {}
+        self.inspected = []
+
+    def inspect_service(self, name):
+        return {"ID": "svc1", "Spec": {"Name": name}}
+
+    def tasks(self, filters):
+        return self._tasks
+
+    def nodes(self):
+        return self._nodes
+
+    def inspect_container(self, cid):
+        self.inspected.append(cid)
+        if cid not in self._containers:
+            raise NotFound("no such container")
+        return self._containers[cid]
+
+
+class Fake:
+    def __init__(self, api):
+        self.api = api
+
+
+def task(state, node="n2", container="c1", err="", updated="2026-01-01T00:00:02Z"):
+    return {"NodeID": node, "UpdatedAt": updated,
+            "Status": {"State": state, "Err": err, "Message": state,
+                       "ContainerStatus": {"ContainerID": container}}}
+
+
+def health(*runs):
+    return {"State": {"Health": {"Status": "unhealthy", "Log": [
+        {"ExitCode": code, "Output": out} for code, out in runs]}}}
+
+
+NODES = [{"ID": "n2", "Description": {"Hostname": "swarm-test-2"}},
+         {"ID": "n3", "Description": {"Hostname": "swarm-test-3"}}]
+
+
+def test_a_failed_health_check_is_named_with_its_last_output_from_the_node_that_ran_it():
+    manager = Fake(FakeAPI([task("failed", "n3", "c9", err="task: non-zero exit (137)")], NODES))
+    node = Fake(FakeAPI(containers={"c9": health((0, "ok"), (1, "first\n"), (1, "DB  down\n"))}))
+    asked = []
+
+    def node_client(host):
+        asked.append(host)
+        return node
+
+    why = services.diagnose(manager, "go-demo", node_client)
+    assert asked == ["swarm-test-3"]
+    assert why == "task: non-zero exit (137): health check failed: DB down"
+
+
+def test_without_nodes_or_containers_the_tasks_own_words_remain():
+    manager = Fake(FakeAPI([task("failed", err="no suitable node")], NODES))
+    assert services.diagnose(manager, "go-demo") == "no suitable node"
+    gone = Fake(FakeAPI())  # the container was removed: nothing to add
+    assert services.diagnose(manager, "go-demo", lambda h: gone) == "no suitable node"
+
+
+def test_running_tasks_are_not_inspected():
+    manager = Fake(FakeAPI([task("running")], NODES))
+    node = FakeAPI(containers={"c1": health((1, "old"))})
+    assert services.diagnose(manager, "go-demo", lambda h: Fake(node)) == "no task reported an error"
+    assert node.inspected == []
+
+
+def test_health_output_is_the_last_failure_on_one_line():
+    assert services.health_output(health((1, "a\nb"), (0, "fine"))) == "a b"
+    assert services.health_output({"State": {}}) == ""
+
+
+def response(code):
+    r = requests.Response()
+    r.status_code, r.url, r.reason = code, "http://engine/v1.41/services", "x"
+    return r
+
+
+@pytest.mark.parametrize("exc, expected", [
+    (requests.exceptions.ConnectionError("refused"), True),
+    (ConnectionRefusedError(), True),
+    (APIError("rpc error: code = DeadlineExceeded desc = context deadline exceeded"), True),
+    (APIError("boom", response=response(503)), True),
+    (APIError("no such image", response=response(404), explanation="no such image"), False),
+    (ValueError("a bug"), False),
+])
+def test_transient_errors(exc, expected):
+    assert services.transient(exc) is expected
+
+
+def test_replicas_text_says_what_each_replica_runs():
+    assert replicas_text([("a", "img:1"), ("b", "img:1")]) == "img:1 on a, b"
+    assert replicas_text([("a", "img:1"), ("b", "img:2")]) == "img:1 on a, img:2 on b"
+    assert replicas_text([]) == "no replica"
