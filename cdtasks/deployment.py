@@ -118,6 +118,9 @@ def prepare(d: Deployment) -> records.Lock:
         except StepFailed as exc:
             raise DeploymentError(str(exc)) from None
     d.cluster = Cluster.of(d.prod).discover()
+    # A service that does not exist is named as such first (create it with `inv services`),
+    # before the versions verified for it are looked up.
+    services.existing(d.cluster.manager(), d.service)
     back = d.kind == "rollback" and d.version is None
     record = {"repo": d.test.repo, "commit": ""} if back else resolve(d)
     # The lock before the state it guards: a run that waited for another one reads what that
