@@ -238,6 +238,17 @@ def eligible_nodes(client, spec: Mapping) -> list[str]:
                   and all(constraint_matches(n, c) is not False for c in constraints))
 
 
+def _stopping(client, svc: Mapping, image: str) -> int:
+    """Tasks of another image that Swarm told to shut down and that still run (a manager that
+    does not answer now counts as one: the next look decides)."""
+    try:
+        tasks = client.api.tasks(filters={"service": svc["ID"], "desired-state": "shutdown"})
+    except Exception:
+        return 1
+    return sum(1 for t in tasks if t["Status"]["State"] == "running"
+               and t["Spec"]["ContainerSpec"]["Image"] != image)
+
+
 def running_tasks(client, name: str) -> tuple[int, int, list[Mapping]]:
     """(running, wanted, tasks that should run) for one service."""
     svc = client.api.inspect_service(name)
@@ -451,7 +462,9 @@ def wait_rollout(client, name: str, image: str, timeout: float,
         if state in FAILED_UPDATE and state not in ("rollback_started", "rollback_completed"):
             return Rollout(name, image, state, elapsed,
                            f"{status.get('Message', '')} ({diagnose(client, name, node_client)})")
-        converged = on_new >= wanted and running >= wanted
+        # Every replica runs the new image only once the old ones stopped too: a task told to
+        # shut down keeps answering (through the proxy) until its process exits.
+        converged = on_new >= wanted and running >= wanted and not _stopping(client, svc, image)
         if converged and time.monotonic() >= (stable_until or 0):
             done = "converged" if state in ("updating", "rollback_started") else state
             return Rollout(name, image, done, elapsed,
