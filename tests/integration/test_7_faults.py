@@ -103,9 +103,22 @@ def compose_leftovers(lab) -> list[str]:
             + [f"network {n.name}" for n in cd.networks.list(filters=flt)])
 
 
-def checkouts(lab) -> list[str]:
+_EARLIER: set[str] = set()  # checkouts other test files left (step-by-step runs keep theirs)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _earlier_checkouts(lab):
+    _EARLIER.update(_all_checkouts(lab))
+
+
+def _all_checkouts(lab) -> list[str]:
     ws = lab.settings("test").workspace_dir
     return sorted(p.name for p in ws.iterdir() if p.is_dir()) if ws.exists() else []
+
+
+def checkouts(lab) -> list[str]:
+    """Checkouts made since this file began and still in the workspace."""
+    return [name for name in _all_checkouts(lab) if name not in _EARLIER]
 
 
 def lock_holder(lab, env="test"):
