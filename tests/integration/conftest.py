@@ -15,6 +15,26 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
+GIT_ID = ["-c", "user.name=cdtasks tests", "-c", "user.email=tests@cdtasks.invalid"]
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *GIT_ID, *args], cwd=repo, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def sample_repository(path: Path, message: str | None = None) -> Path:
+    """This project's demo/ at HEAD in a git repository of its own at `path` (branch main),
+    committed with `message`, or left with no commit yet when None."""
+    archive = subprocess.run(["git", "archive", "HEAD", "demo"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(path)], input=archive, check=True)
+    git(path, "init", "--quiet", "-b", "main")
+    if message is not None:
+        git(path, "add", "-A")
+        git(path, "commit", "--quiet", "-m", message)
+    return path
+
 
 @dataclass
 class Lab:

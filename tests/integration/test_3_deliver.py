@@ -26,6 +26,8 @@ import requests
 from cdtasks.cluster import Cluster
 from cdtasks.rollout import delivered
 
+from .conftest import git, sample_repository
+
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ("checkout", "unit", "build", "staging", "publish", "prodlike", "prodtest")
 SERVICE = "go-demo"
@@ -35,7 +37,6 @@ PROD_LIKE = {"swarm-test-2", "swarm-test-3"}
 COMPOSE_LABEL = "com.docker.compose.project"
 WIDE = {"COLUMNS": "250"}  # keep rich from wrapping table cells
 ROW = re.compile(r"^\W*(" + "|".join(STEPS) + r")\s*[│|]\s*(ok|FAILED|skipped)\s*[│|]", re.M)
-GIT_ID = ["-c", "user.name=cdtasks tests", "-c", "user.email=tests@cdtasks.invalid"]
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -190,11 +191,6 @@ def at_once(lab, tmp_path: Path, runs: dict[str, list[str]], extra_env: dict | N
     return results
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *GIT_ID, *args], cwd=repo, check=True, capture_output=True,
-                          text=True).stdout.strip()
-
-
 def edit(path: Path, old: str, new: str, count: int = 1) -> None:
     text = path.read_text()
     assert text.count(old) == count, f"{path}: expected {count}x {old!r}, found {text.count(old)}"
@@ -207,13 +203,7 @@ def demo_repo(tmp_path_factory) -> dict[str, str]:
     """A git repository holding this project's demo/ at HEAD, plus two commits on top of it:
     one whose unit tests fail, one whose functional tests fail (its unit tests updated to pass).
     Returns the repository path and the commit ids."""
-    repo = tmp_path_factory.mktemp("demo-repo")
-    archive = subprocess.run(["git", "archive", "HEAD", "demo"], cwd=ROOT, check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(repo)], input=archive, check=True)
-    git(repo, "init", "--quiet", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "--quiet", "-m", "demo as in cdtasks HEAD")
+    repo = sample_repository(tmp_path_factory.mktemp("demo-repo"), "demo as in cdtasks HEAD")
     base = git(repo, "rev-parse", "HEAD")
 
     # A unit test that fails, with a marker to find in the output tail.

@@ -22,9 +22,8 @@ import requests
 from cdtasks import records, services, watch
 from cdtasks.cluster import Cluster
 
-from .conftest import ROOT, Lab
+from .conftest import ROOT, Lab, git, sample_repository
 
-GIT_ID = ["-c", "user.name=cdtasks tests", "-c", "user.email=tests@cdtasks.invalid"]
 SECRET = "watch-test-webhook-secret"
 ANCHOR = "    def test_hello_with_delay(self):"  # in demo/tests/unit/test_server.py
 BROKEN = ("    def test_deliberately_broken(self):\n"  # a unit test that fails, inserted before it
@@ -38,11 +37,6 @@ def inv_watch(lab: Lab, reports, *args: str, timeout: float = 900) -> subprocess
 
 def manager(lab: Lab, env: str = "test"):
     return Cluster.of(lab.settings(env)).discover().manager()
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *GIT_ID, *args], cwd=repo, check=True, capture_output=True,
-                          text=True).stdout.strip()
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -151,10 +145,7 @@ def test_watch_once_delivers_the_newest_commit_once(stack: Lab, head: str, tmp_p
 def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, tmp_path):
     repo, reports = tmp_path / "repo", tmp_path / "reports"
     repo.mkdir()
-    archive = subprocess.run(["git", "archive", "HEAD", "demo"], cwd=ROOT, check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(repo)], input=archive, check=True)
-    git(repo, "init", "--quiet", "-b", "main")  # no commit yet: the watcher waits for the first
+    sample_repository(repo)  # no commit yet: the watcher waits for the first
     test_server = repo / "demo/tests/unit/test_server.py"
     history_before = len(json.loads(stack.inv("history", "--env", "prod", "--json").stdout)
                          ["deployments"])

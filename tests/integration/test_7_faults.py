@@ -24,12 +24,13 @@ from cdtasks import deployment, records
 from cdtasks.cluster import Cluster
 from cdtasks.rollout import delivered
 
+from .conftest import git, sample_repository
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "go-demo"
 CD_NODE = "swarm-test-1"
 STEPS = ("checkout", "unit", "build", "staging", "publish", "prodlike", "prodtest")
 COMPOSE_LABEL = "com.docker.compose.project"
-GIT_ID = ["-c", "user.name=cdtasks tests", "-c", "user.email=tests@cdtasks.invalid"]
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -162,23 +163,11 @@ def assert_clean(lab):
     assert lock_holder(lab, "test") == []
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *GIT_ID, *args], cwd=repo, check=True, capture_output=True,
-                          text=True).stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def repo(stack, tmp_path_factory) -> str:
     """The sample at HEAD as a repository of its own, plus a commit whose image fails its
     Swarm health check (it passes unit and staging tests, which do not wait for health)."""
-    path = tmp_path_factory.mktemp("fault-repo")
-    archive = subprocess.run(["git", "archive", "HEAD", "demo"], cwd=ROOT, check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(path)], input=archive, check=True)
-    git(path, "init", "--quiet", "-b", "main")
-    git(path, "add", "-A")
-    git(path, "commit", "--quiet", "-m", "demo")
-    return str(path)
+    return str(sample_repository(tmp_path_factory.mktemp("fault-repo"), "demo"))
 
 
 @pytest.fixture(scope="module")
