@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from . import engine, images, registry, services, swarm
+from . import engine, gateway, images, registry, services, swarm
 from .config import ConfigError, Settings
 from .log import Log
 from .providers import Endpoint, Provider, for_settings
@@ -23,6 +23,7 @@ class Cluster:
     provider: Provider
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     _clients: dict = field(default_factory=dict, repr=False)
+    _gateway: gateway.Gateway | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, settings: Settings) -> "Cluster":
@@ -44,36 +45,22 @@ class Cluster:
     def clients(self) -> dict:
         return {n: self.client(n) for n in self.settings.nodes}
 
-    def manager(self):
-        """A client of a manager that answers and has the swarm's control plane."""
-        for node in self.settings.managers:
-            if node in self.endpoints:
-                try:
-                    c = self.client(node)
-                    info = swarm.info_of(node, "", c.info())
-                except (engine.UnknownHostKey, engine.HostKeyChanged):
-                    raise  # not "no manager answers": the user must decide about the key
-                except Exception:  # EngineError, or a cached client whose engine went away
-                    self._clients.pop(node, None)
-                    continue
-                if info.controls:
-                    return c
-        raise engine.EngineError(f"no manager of {self.settings.env} answers: "
-                                 f"run `inv provision --env {self.settings.env}`")
-
-    def live_manager(self) -> "LiveManager":
-        """A client-like object whose `api` is a manager that answers at each use: for what
-        outlives one manager (a lock renewed through a rollout during which a manager dies)."""
-        return LiveManager(self)
+    def gateway(self, log: Log | None = None) -> gateway.Gateway:
+        """The cluster's session with its managers (one per Cluster; `log` tells its failovers)."""
+        if self._gateway is None:
+            self._gateway = gateway.Gateway(self.settings.env, self.settings.managers,
+                                            self.client, lambda n: self._clients.pop(n, None))
+        if log is not None:
+            self._gateway.log = log
+        return self._gateway
 
     def routing_in_use(self) -> str:
         """The mode provision chose, read from the registry service it made (one API call
         instead of an SSH probe of every node); probed when there is no registry yet."""
         if self.settings.routing == "auto":
-            svc = services.inspect(self.manager(), registry.NAME)
+            svc = self.gateway().service(registry.NAME)
             if svc is not None:
-                mode = (svc["Spec"].get("EndpointSpec") or {}).get("Mode", "vip")
-                return "dnsrr" if mode == "dnsrr" else "mesh"
+                return "dnsrr" if svc.endpoint_mode == "dnsrr" else "mesh"
         return self.routing()[0]
 
     def routing(self) -> tuple[str, str]:
@@ -89,17 +76,6 @@ class Cluster:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             found = dict(zip(self.endpoints, pool.map(probe, self.endpoints.values())))
         return swarm.routing_mode(self.settings, found)
-
-
-class LiveManager:
-    """`.api` of whichever manager of the cluster answers now (Cluster.manager() each time)."""
-
-    def __init__(self, cluster: Cluster):
-        self.cluster = cluster
-
-    @property
-    def api(self):
-        return self.cluster.manager().api
 
 
 @dataclass(frozen=True)
@@ -146,7 +122,7 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
         actions += joined.result()
         mode, reason = routing.result()
         actions += loaded.result() if loaded else []
-    manager = c.manager()
+    manager = c.gateway(log)
     actions += registry.ensure_secret(manager, settings, log)
     spec = registry.spec(settings, mode)
     actions += services.converge(manager, [spec], log)
@@ -175,7 +151,7 @@ def provision_many(all_settings: Sequence[Settings], log: Log) -> list[Provision
 @dataclass(frozen=True)
 class Status:
     env: str
-    members: tuple[swarm.Member, ...]
+    members: tuple[gateway.Node, ...]
     missing: tuple[str, ...]  # nodes without a running machine
     services: tuple[tuple[str, str, str, str], ...]  # (name, mode, running/wanted, image)
 
@@ -185,16 +161,12 @@ def status(settings: Settings) -> Status:
     missing = tuple(n for n in settings.nodes if n not in c.endpoints)
     if not c.endpoints:
         return Status(settings.env, (), missing, ())
-    manager = c.manager()
-    members = tuple(sorted((swarm.member_of(n.attrs) for n in manager.nodes.list()),
-                           key=lambda m: m.hostname))
+    manager = c.gateway()
+    members = tuple(sorted(manager.nodes(), key=lambda m: m.hostname))
     rows = []
-    for svc in manager.api.services():
-        name = svc["Spec"]["Name"]
-        running, wanted, _ = services.running_tasks(manager, name)
-        mode = "global" if "Global" in svc["Spec"]["Mode"] else "replicated"
-        image = svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
-        rows.append((name, mode, f"{running}/{wanted}", image))
+    for svc in manager.services():
+        running, wanted, _ = services.running_tasks(manager, svc.name)
+        rows.append((svc.name, svc.mode, f"{running}/{wanted}", svc.image))
     return Status(settings.env, members, missing, tuple(sorted(rows)))
 
 

@@ -193,9 +193,9 @@ def prodlike(d: Delivery) -> str:
     if not d.dry_run:
         # One release at a time changes (and then tests) the service: the same lock as deploy,
         # taken before the image it guards is read.
-        d.lock = records.Lock(d.cluster.live_manager(), d.settings.app_service, d.version,
+        d.lock = records.Lock(d.cluster.gateway(), d.settings.app_service, d.version,
                               "delivering", d.log).acquire(rollout.LOCK_WAIT)
-        d.previous_image = services.current_image(d.cluster.manager(), d.settings.app_service)
+        d.previous_image = services.current_image(d.cluster.gateway(), d.settings.app_service)
     try:
         result = rollout.update(d.cluster, d.settings, d.pinned, d.log, d.dry_run, d.record)
     except StepFailed as exc:
@@ -254,7 +254,7 @@ def take_staging_lock(d: Delivery) -> None:
           + (f" (host ports {', '.join(map(str, ports))})" if ports else ""))
     if d.dry_run:
         return
-    d.staging_lock = records.Lock(d.cluster.manager(), staging_lock_name(d.settings), d.version,
+    d.staging_lock = records.Lock(d.cluster.gateway(), staging_lock_name(d.settings), d.version,
                                   "staging", d.log).acquire(rollout.LOCK_WAIT)
 
 
@@ -365,7 +365,7 @@ def state_after(d: Delivery, results: list[StepResult]) -> str:
     if failed == "publish":
         return f"{d.ref_tag} not in the registry; {d.settings.app_service} untouched"
     try:
-        running = replicas_text(services.replica_images(d.cluster.manager(),
+        running = replicas_text(services.replica_images(d.cluster.gateway(),
                                                         d.settings.app_service))
     except Exception:  # the state line must not hide the failure itself
         running = "unknown"
@@ -385,7 +385,7 @@ def replicas_text(replicas: list[tuple[str, str]]) -> str:
 # -- what passed prod-like, recorded on the cluster -------------------------------------------
 def mark_delivered(d: Delivery) -> None:
     """One record per version that passed prod-like: `inv deploy` promotes exactly its digest."""
-    rollout.mark_delivered(d.cluster.manager(), d.settings.app_service, {
+    rollout.mark_delivered(d.cluster.gateway(), d.settings.app_service, {
         "service": d.settings.app_service, "version": d.version, "image": d.ref_tag,
         "digest": d.digest, "repo": redact(d.repo), "commit": d.commit,
         "compose_file": d.settings.compose_file, "time": records.now(),

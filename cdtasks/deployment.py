@@ -9,9 +9,7 @@ import secrets
 import time
 from dataclasses import dataclass, field, replace
 
-from docker.errors import APIError, NotFound
-
-from . import records, registry, rollout, services, state
+from . import gateway, records, registry, rollout, services, state
 from .checkout import Checkout, check_version
 from .cluster import Cluster
 from .config import Settings
@@ -58,11 +56,11 @@ class Deployment:
 def _digest_in_registry(manager, s: Settings, ref: str, node: str) -> str:
     """The digest the registry has for `ref`, checked through a manager of the cluster."""
     try:
-        return manager.images.get_registry_data(ref).id
-    except NotFound:
+        return manager.registry_digest(ref)
+    except gateway.NotFound:
         raise DeploymentError(f"unknown version: {ref} is not in the registry") from None
-    except APIError as exc:
-        text = str(exc.explanation or exc)
+    except gateway.APIFailure as exc:
+        text = str(exc)
         if "not found" in text.lower() or "manifest unknown" in text.lower():
             raise DeploymentError(f"unknown version: {ref} is not in the registry") from None
         raise DeploymentError(f"registry unreachable at {registry.address(s)} "
@@ -71,7 +69,7 @@ def _digest_in_registry(manager, s: Settings, ref: str, node: str) -> str:
 
 def passed(d: Deployment) -> list[dict]:
     """The versions that passed prod-like on the test cluster, oldest first."""
-    return rollout.delivered(Cluster.of(d.test).discover().manager(), d.test.app_service)
+    return rollout.delivered(Cluster.of(d.test).discover().gateway(), d.test.app_service)
 
 
 def resolve(d: Deployment) -> dict:
@@ -104,8 +102,7 @@ def rollback_target(manager, service: str, current: str) -> str:
     for entry in reversed(records.load(manager, "history", service)):
         if entry["result"] in ("deployed", "rolled back") and entry["image"] != current:
             return entry["image"]
-    spec = services.inspect(manager, service).get("PreviousSpec") or {}
-    return (spec.get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Image", "")
+    return services.existing(manager, service).previous_image
 
 
 def prepare(d: Deployment) -> records.Lock:
@@ -120,16 +117,16 @@ def prepare(d: Deployment) -> records.Lock:
     d.cluster = Cluster.of(d.prod).discover()
     # A service that does not exist is named as such first (create it with `inv services`),
     # before the versions verified for it are looked up.
-    services.existing(d.cluster.manager(), d.service)
+    services.existing(d.cluster.gateway(d.log), d.service)
     back = d.kind == "rollback" and d.version is None
     record = {"repo": d.test.repo, "commit": ""} if back else resolve(d)
     # The lock before the state it guards: a run that waited for another one reads what that
     # one left, not what ran before it.
-    lock = records.Lock(d.cluster.live_manager(), d.service, d.version or "a previous version",
+    lock = records.Lock(d.cluster.gateway(), d.service, d.version or "a previous version",
                         "rolling back" if d.kind == "rollback" else "deploying",
                         d.log).acquire(d.wait)
     try:
-        manager = d.cluster.manager()
+        manager = d.cluster.gateway()
         d.previous = services.current_image(manager, d.service)
         if back:
             d.image = rollback_target(manager, d.service, d.previous)
@@ -275,7 +272,7 @@ def begin(d: Deployment, lock: records.Lock) -> None:
     writes its final entry, and `history` then shows it as unfinished."""
     entry = {**_entry(d, STARTED, []), "lock": lock.id}
     _log_locally(d, entry)
-    records.put(d.cluster.manager(), "history", d.service, entry)
+    records.put(d.cluster.gateway(), "history", d.service, entry)
 
 
 def finish(d: Deployment, results: list[StepResult], lock: records.Lock,
@@ -285,12 +282,12 @@ def finish(d: Deployment, results: list[StepResult], lock: records.Lock,
     cluster no longer answers."""
     entry = _entry(d, outcome(d, results, stopped), results)
     try:
-        # Through a manager that answers, also during a leader election.
+        # Through a manager that answers, also during a leader election (the gateway's).
+        manager = d.cluster.gateway(d.log)
         if entry["result"] not in ("deployed", "rolled back"):
-            entry["running"] = rollout.on_manager(d.cluster, lambda m: [
-                f"{image} on {node}" for node, image in services.replica_images(m, d.service)],
-                d.log)
-        rollout.on_manager(d.cluster, lambda m: records.put(m, "history", d.service, entry), d.log)
+            entry["running"] = [f"{image} on {node}"
+                                for node, image in services.replica_images(manager, d.service)]
+        records.put(manager, "history", d.service, entry)
     finally:
         try:
             lock.release()  # by its ID, through a manager that answers
@@ -310,7 +307,7 @@ def history(s: Settings) -> tuple[list[dict], str]:
     A run that started and never finished shows as "running" while its lock is held, else as
     "unfinished" (killed, or its machine died)."""
     try:
-        manager = Cluster.of(s).discover().manager()
+        manager = Cluster.of(s).discover().gateway()
         rows = records.load(manager, "history", s.app_service)
         return merge_runs(rows, _live_lock(manager, s.app_service)), "cluster"
     except Exception as exc:  # the cluster is unreachable: the local log still tells

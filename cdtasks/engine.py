@@ -26,6 +26,9 @@ SSH_KEEPALIVE = 15  # seconds between SSH keepalive messages on an idle link
 API_VERSION = "1.41"
 
 
+Client = docker.DockerClient  # a node's or the host's engine, for annotations elsewhere
+
+
 class EngineError(RuntimeError):
     """No Docker engine answers where one was expected."""
 

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 from . import records, services, watch
 from .cluster import Cluster
 from .config import Settings
+from .gateway import Task
 
 FILE_NAME = "releases.html"  # in REPORTS_DIR
 SUITES = ("deliver", "deploy", "rollback")  # the report files `inv report` reads besides the runs
@@ -47,23 +48,20 @@ def time_text(epoch: float) -> str:
 
 
 # -- data ---------------------------------------------------------------------------------------
-def replicas(tasks: Sequence[Mapping], nodes: Mapping[str, str]) -> list[dict]:
+def replicas(tasks: Sequence[Task], nodes: Mapping[str, str]) -> list[dict]:
     """Swarm tasks of a service as rows: slot, node, version, digest, state, from, to (epoch)."""
     out = []
     for t in tasks:
-        image = t.get("Spec", {}).get("ContainerSpec", {}).get("Image", "")
-        status = t.get("Status") or {}
-        state = status.get("State", "")
-        name, _, digest = image.partition("@")
+        state = t.state
+        name, _, digest = t.image.partition("@")
         ended = state not in ("new", "pending", "assigned", "accepted", "preparing", "ready",
                               "starting", "running")
-        out.append({"slot": str(t.get("Slot") or nodes.get(t.get("NodeID", ""), "?")),
-                    "node": nodes.get(t.get("NodeID", ""), t.get("NodeID", "")[:12]),
+        out.append({"slot": str(t.slot or nodes.get(t.node_id, "?")),
+                    "node": nodes.get(t.node_id, t.node_id[:12]),
                     "version": name.rsplit(":", 1)[-1] if ":" in name.rsplit("/", 1)[-1] else name,
-                    "digest": digest, "state": state, "desired": t.get("DesiredState", ""),
-                    "error": status.get("Err", ""),
-                    "from": _when(t.get("CreatedAt")),
-                    "to": _when(status.get("Timestamp")) if ended else None})
+                    "digest": digest, "state": state, "desired": t.desired_state,
+                    "error": t.error, "from": _when(t.created_at),
+                    "to": _when(t.timestamp) if ended else None})
     return sorted(out, key=lambda r: (r["slot"], r["from"] or 0))
 
 
@@ -76,9 +74,7 @@ def cluster(label: str, service: str, connect: Callable[[], object],
     try:
         manager = connect()
         view["image"] = services.current_image(manager, service)
-        nodes = {n["ID"]: n.get("Description", {}).get("Hostname", n["ID"][:12])
-                 for n in manager.api.nodes()}
-        view["replicas"] = replicas(manager.api.tasks(filters={"service": service}), nodes)
+        view["replicas"] = replicas(manager.tasks(service), services.hostnames(manager))
         for kind in view["records"]:
             view["records"][kind] = records.load(manager, kind, service)
     except Exception as exc:  # the page still tells what the other sources know
@@ -126,7 +122,7 @@ def gather(test: Settings, prod: Settings) -> dict:
     """The snapshot of a test cluster (prod-like, deliveries, watched commits), a production
     cluster (deployments) and the reports under both environments' REPORTS_DIR."""
     def manager_of(s: Settings) -> Callable[[], object]:
-        return lambda: Cluster.of(s).discover().manager()
+        return lambda: Cluster.of(s).discover().gateway()
 
     views = [cluster(f"prod-like ({test.env})", test.app_service, manager_of(test),
                      (watch.KIND, "delivered")),

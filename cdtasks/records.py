@@ -9,7 +9,6 @@ as taken over the same way before removing it by its ID, so it never removes one
 """
 from __future__ import annotations
 
-import base64
 import datetime
 import getpass
 import json
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from docker.errors import APIError, NotFound
+from .gateway import APIFailure, Config, Conflict, Gateway, NotFound
 
 KIND_LABEL = "io.cdtasks.record"
 LOCK_TTL = 90.0  # seconds a lock lives unless renewed; its holder renews it every third of that
@@ -37,25 +36,20 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def put(manager, kind: str, service: str, data: Mapping) -> str:
+def put(manager: Gateway, kind: str, service: str, data: Mapping) -> str:
     """Store one record; returns its config name (time-ordered, unique)."""
     name = f"cdtasks-{kind}-{int(time.time() * 1000)}-{secrets.token_hex(3)}"
-    manager.api.create_config(name, json.dumps(dict(data)).encode(),
-                              labels={KIND_LABEL: kind, SERVICE_LABEL: service})
+    manager.create_config(name, json.dumps(dict(data)).encode(),
+                          labels={KIND_LABEL: kind, SERVICE_LABEL: service})
     return name
 
 
-def _data(manager, config_id: str) -> dict:
-    return json.loads(base64.b64decode(manager.api.inspect_config(config_id)["Spec"]["Data"]))
-
-
-def load(manager, kind: str, service: str) -> list[dict]:
+def load(manager: Gateway, kind: str, service: str) -> list[dict]:
     """All records of a kind for a service, oldest first."""
-    configs = manager.api.configs(filters={"label": [f"{KIND_LABEL}={kind}",
-                                                     f"{SERVICE_LABEL}={service}"]})
+    configs = manager.configs(labels={KIND_LABEL: kind, SERVICE_LABEL: service})
     # Records are never updated, so their version index is the Raft index of their creation:
     # one order for every writer, where names made in the same millisecond would tie.
-    return [_data(manager, c["ID"]) for c in sorted(configs, key=lambda c: c["Version"]["Index"])]
+    return [json.loads(manager.config(c.id).data) for c in sorted(configs, key=lambda c: c.version)]
 
 
 # -- locks -------------------------------------------------------------------------------------
@@ -151,42 +145,32 @@ class LockState:
             return LOCK_TTL
 
 
-def _state(config: dict) -> LockState:
-    spec = config["Spec"]
+def _state(config: Config) -> LockState:
     try:
-        holder = json.loads(base64.b64decode(spec.get("Data") or b""))
+        holder = json.loads(config.data)
     except ValueError:
         holder = {}
-    return LockState(config["ID"], config["Version"]["Index"], spec["Name"],
-                     dict(spec.get("Labels") or {}), holder if isinstance(holder, dict) else {})
+    return LockState(config.id, config.version, config.name, dict(config.labels),
+                     holder if isinstance(holder, dict) else {})
 
 
 def lock_state(manager, service: str) -> LockState | None:
     """The service's lock, or None when it is free."""
     try:
-        return _state(manager.api.inspect_config(lock_name(service)))
+        return _state(manager.config(lock_name(service)))
     except NotFound:
         return None
 
 
-def _update_labels(manager, state: LockState, labels: Mapping) -> None:
-    """POST /configs/{id}/update at the version read: docker-py 7.1 has no update_config, so this
-    goes through the client's own request helpers. Swarm refuses it (APIError) when the config
-    changed since, and with NotFound when it is gone."""
-    api = manager.api
-    res = api._post_json(api._url("/configs/{0}/update", state.id),
-                         params={"version": state.version},
-                         data={"Name": state.name, "Labels": dict(labels)})
-    api._raise_for_status(res)
+def _update_labels(manager: Gateway, state: LockState, labels: Mapping) -> None:
+    """The labels at the version read: Swarm refuses it (APIFailure) when the config changed
+    since, and with NotFound when it is gone."""
+    manager.update_config_labels(Config(state.id, state.name, state.version), labels)
 
 
-def _remove(manager, config_id: str) -> bool:
+def _remove(manager: Gateway, config_id: str) -> bool:
     """Remove a lock by the ID it was created with: a newer lock of the same name has another."""
-    try:
-        manager.api.remove_config(config_id)
-        return True
-    except NotFound:
-        return False
+    return manager.remove_config(config_id)
 
 
 def expired(state: LockState) -> str:
@@ -244,13 +228,12 @@ class Lock:
     def _create(self) -> bool:
         try:
             self._renewed = time.monotonic()
-            created = self.manager.api.create_config(
-                lock_name(self.service), json.dumps(self.holder).encode(), labels=self._labels())
-        except APIError as exc:
-            if exc.status_code != 409:
-                raise
+            created = self.manager.create_config(
+                lock_name(self.service), json.dumps(self.holder).encode(), labels=self._labels(),
+                retry=False)
+        except Conflict:
             return False
-        self.id = created["ID"]
+        self.id = created
         return True
 
     def acquire(self, wait: float, heartbeat: bool = True) -> "Lock":
@@ -314,7 +297,7 @@ class Lock:
         if not state.taken_by:
             try:
                 _update_labels(self.manager, state, {**state.labels, TAKEN_LABEL: describe(self.holder)})
-            except APIError:  # renewed, or removed, since we read it: look again
+            except APIFailure:  # renewed, or removed, since we read it: look again
                 return
         self.log(f"taking over the lock of {self.service} from {describe(state.holder)}: {why}")
         _remove(self.manager, state.id)
@@ -322,7 +305,7 @@ class Lock:
     def _own_state(self) -> LockState:
         """Our lock as the cluster has it; LockLost when it is no longer ours."""
         try:
-            state = _state(self.manager.api.inspect_config(self.id))
+            state = _state(self.manager.config(self.id))
         except NotFound:
             now_held = lock_state(self.manager, self.service)
             by = f"; now held by {describe(now_held.holder)}" if now_held else ""
@@ -350,7 +333,7 @@ class Lock:
         state = self._verify()
         try:
             _update_labels(self.manager, state, self._labels())
-        except APIError:
+        except APIFailure:
             self._own_state()  # gone or taken over: LockLost; otherwise a transient failure
             raise
         self._renewed = time.monotonic()

@@ -80,11 +80,10 @@ def logins(settings: Settings) -> dict[str, tuple[str, str]]:
 def ensure_secret(manager, settings: Settings, log) -> list[str]:
     """The htpasswd file as a Swarm secret of the cluster, created once per content."""
     creds = credentials(settings)
-    if any(x["Spec"]["Name"] == creds.secret_name
-           for x in manager.api.secrets(filters={"name": creds.secret_name})):
+    if creds.secret_name in manager.secrets():
         return []
     log(f"creating secret {creds.secret_name} (the registry's {HTPASSWD})")
-    manager.api.create_secret(creds.secret_name, creds.htpasswd, labels=dict(LABELS))
+    manager.create_secret(creds.secret_name, creds.htpasswd, labels=dict(LABELS))
     return [f"created secret {creds.secret_name}"]
 
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from docker.errors import APIError, NotFound
-
-from . import images, registry, services
+from . import gateway, images, registry, services
 from .cluster import Cluster
 from .config import Settings
 from .log import Log
@@ -69,16 +67,16 @@ class StackResult:
 
 def _ensure_networks_and_config(manager, s: Settings, log: Log) -> list[str]:
     done = []
-    have = {n["Name"] for n in manager.api.networks()}
+    have = manager.networks()
     for net in networks(s):
         if net not in have:
             log(f"creating overlay network {net}")
-            manager.api.create_network(net, driver="overlay", attachable=True,
-                                       labels=dict([STACK_LABEL]))
+            manager.create_network(net, labels=dict([STACK_LABEL]))
             done.append(f"created network {net}")
     name = proxy_config_name(s)
-    if not manager.api.configs(filters={"name": name}):
-        manager.api.create_config(name, s.proxy_config.read_bytes(), labels=dict([STACK_LABEL]))
+    if not manager.configs(name=name):
+        manager.create_config(name, s.proxy_config.read_bytes(), labels=dict([STACK_LABEL]),
+                              retry=False)
         done.append(f"created config {name}")
     return done
 
@@ -88,9 +86,9 @@ def publish_first_version(cluster: Cluster, s: Settings, log: Log) -> list[str]:
     cd = cluster.client(s.cd_node)
     ref = app_ref(s)
     try:
-        cd.images.get_registry_data(ref)
+        gateway.registry_digest(cd, ref)
         return []
-    except (NotFound, APIError):
+    except gateway.APIFailure:
         pass
     if not (s.app_dir / "Dockerfile").exists():
         raise services.ServiceError(f"APP_DIR {s.app_dir} has no Dockerfile to build {ref} from")
@@ -120,12 +118,10 @@ def ensure(s: Settings, log: Log, *, check: bool = False, update: bool = False) 
     """`check`: only compare. Otherwise create what is missing, and with `update` also converge
     what differs; then wait until every replica runs."""
     cluster = Cluster.of(s).discover()
-    manager = cluster.manager()
+    manager = cluster.gateway(log)
     routing, _ = cluster.routing()
-    existing = {n: services.inspect(manager, n) for n in (s.db_service, s.app_service, s.proxy_service)}
-    running_app = existing[s.app_service]
-    app_image = (running_app["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
-                 if running_app else None)
+    running_app = manager.service(s.app_service)
+    app_image = running_app.image if running_app else None
     wanted = specs(s, routing, app_image)
     if check:
         drift = tuple((spec.name, field, _fmt(w), _fmt(h))
@@ -154,7 +150,7 @@ def _fmt(value) -> str:
 
 def proxy_nodes(cluster: Cluster, s: Settings) -> list[str]:
     """Nodes that run a proxy task now (where HOST_IP can point without the routing mesh)."""
-    manager = cluster.manager()
-    names = {n["ID"]: n["Description"]["Hostname"] for n in manager.api.nodes()}
+    manager = cluster.gateway()
+    names = services.hostnames(manager)
     _, _, tasks = services.running_tasks(manager, s.proxy_service)
-    return sorted({names[t["NodeID"]] for t in tasks if t["Status"]["State"] == "running"})
+    return sorted({names[t.node_id] for t in tasks if t.state == "running"})

@@ -15,13 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-import docker
-from docker.errors import APIError, NotFound
 
 from .. import engine, images, state
 from ..images import seed
 from ..config import Settings
 from ..engine import Endpoint
+from ..gateway import APIFailure, NotFound, translated
 from ..log import Log
 from . import certs
 from .base import Provider, ProviderError, removed_with_registry
@@ -48,7 +47,7 @@ class LabProvider(Provider):
     name = "lab"
     shares_workspace = True
 
-    def __init__(self, settings: Settings, host: docker.DockerClient | None = None):
+    def __init__(self, settings: Settings, host: engine.Client | None = None):
         self.s = settings
         self._host = host
         self.root = settings.state_dir / settings.lab_name
@@ -57,12 +56,12 @@ class LabProvider(Provider):
 
     # -- names -----------------------------------------------------------------------------
     @property
-    def host(self) -> docker.DockerClient:
+    def host(self) -> engine.Client:
         if self._host is None:
             self._host = engine.host_client()
         return self._host
 
-    def image_source(self) -> docker.DockerClient:
+    def image_source(self) -> engine.Client:
         return self.host
 
     @property
@@ -99,7 +98,8 @@ class LabProvider(Provider):
     # -- queries ---------------------------------------------------------------------------
     def _container(self, node: str):
         try:
-            return self.host.containers.get(self.container_name(node))
+            with translated():
+                return self.host.containers.get(self.container_name(node))
         except NotFound:
             return None
 
@@ -199,10 +199,10 @@ class LabProvider(Provider):
             self._remove_volume(node)  # a fresh machine must not inherit a dead node's swarm state
             node_dir = self._prepare_machine(node)
             try:
-                c = self._create_container(node, image, node_dir)
-            except APIError as exc:
-                raise ProviderError(f"node {node}: cannot create its container: "
-                                    f"{exc.explanation or exc}") from None
+                with translated():
+                    c = self._create_container(node, image, node_dir)
+            except APIFailure as exc:
+                raise ProviderError(f"node {node}: cannot create its container: {exc}") from None
         endpoint = self._endpoint(node, c)
         self._wait_ready(endpoint, c)
         return endpoint
@@ -220,15 +220,17 @@ class LabProvider(Provider):
             image, name=self.container_name(node), hostname=node, labels=self.labels(node),
             ports=list(PORTS.values()), host_config=host_config)
         try:
-            api.start(created["Id"])
-        except APIError:
+            with translated():
+                api.start(created["Id"])
+        except APIFailure:
             api.remove_container(created["Id"], force=True)  # leave no half-made machine behind
             raise
         return self.host.containers.get(created["Id"])
 
     def _remove_volume(self, node: str) -> None:
         try:
-            self.host.volumes.get(self.volume_name(node)).remove(force=True)
+            with translated():
+                self.host.volumes.get(self.volume_name(node)).remove(force=True)
         except NotFound:
             pass
 
@@ -273,7 +275,8 @@ class LabProvider(Provider):
                 c.remove(force=True, v=True)
                 removed.append(f"container {c.name}")
             try:
-                self.host.volumes.get(self.volume_name(node)).remove(force=True)
+                with translated():
+                    self.host.volumes.get(self.volume_name(node)).remove(force=True)
                 removed.append(f"volume {self.volume_name(node)}")
             except NotFound:
                 pass
@@ -307,7 +310,7 @@ def dind_host_config(api, binds: dict, **more) -> dict:
     return host_config
 
 
-def remove_labelled(host: docker.DockerClient, lab_name: str) -> None:
+def remove_labelled(host: engine.Client, lab_name: str) -> None:
     """Whatever is left of a lab on the engine, by its label: containers, volumes, networks
     (for clean-ups that must not depend on the lab's own state files)."""
     flt = {"label": f"{LAB_LABEL}={lab_name}"}

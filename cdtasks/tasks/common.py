@@ -22,12 +22,12 @@ INTERRUPTED = 130  # Ctrl-C; SIGTERM 143, SIGHUP 129 (128 + the signal, interrup
 
 def exit_code(exc: BaseException) -> int | None:
     """The exit code of a library error (the first that matches), None for anything else."""
-    from docker.errors import DockerException
     from paramiko import SSHException
 
     from .. import delivery, deployment, records
     from ..compose import ContractError
     from ..engine import EngineError
+    from ..gateway import APIFailure
     from ..images import ImageError
     from ..providers.base import ProviderError
     from ..services import ServiceError
@@ -38,7 +38,7 @@ def exit_code(exc: BaseException) -> int | None:
               (EngineError, UNREACHABLE), (ProviderError, UNREACHABLE), (SwarmError, CLUSTER),
               (ServiceError, CLUSTER), (ImageError, CLUSTER), (SSHException, UNREACHABLE),
               # Last resort for an engine answer no library layer turned into its own error.
-              (DockerException, CLUSTER))
+              (APIFailure, CLUSTER))
     return next((code for error, code in errors if isinstance(exc, error)), None)
 
 

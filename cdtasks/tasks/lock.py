@@ -30,7 +30,7 @@ def lock(c, action, env=None, service=None, force=False):
     for e in envs(c, env):
         s = settings(c, e)
         svc = service or s.app_service
-        manager = Cluster.of(s).discover().manager()
+        manager = Cluster.of(s).discover().gateway()
         if action == "release":
             removed = records.force_release(manager, svc)
             out(f"{e}: removed the lock of {svc} held by {records.describe(removed.holder)}"

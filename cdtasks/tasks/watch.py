@@ -101,7 +101,7 @@ def watch_(c, env="test", repo=None, branch=None, interval=None, deploy=False, t
     except (ValueError, watch.SourceError) as exc:
         raise Exit(f"error: {exc}", code=BAD_INPUT) from None
     w = watch.Watcher(repo, branch,
-                      watch.RecordStore(lambda: Cluster.of(s).discover().manager(), s.app_service),
+                      watch.RecordStore(lambda: Cluster.of(s).discover().gateway(), s.app_service),
                       lambda commit: run_delivery(c, env, repo, commit, deploy, to_env),
                       interval=pause, after=_after_run(c, env, to_env, log), log=log)
     try:

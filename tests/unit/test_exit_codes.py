@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import pytest
-from docker.errors import APIError
 from invoke import Exit
 from paramiko import SSHException
 
 from cdtasks import config, deployment, records
 from cdtasks.delivery import STEPS, DeliveryError
 from cdtasks.engine import EngineError
+from cdtasks.gateway import APIFailure
 from cdtasks.images import ImageError
 from cdtasks.providers.base import ProviderError
 from cdtasks.services import ServiceError
@@ -27,7 +27,7 @@ from cdtasks.tasks import common
     (SwarmError("no manager of test answers"), common.CLUSTER),
     (ServiceError("go-demo: 0/2 running"), common.CLUSTER),
     (ImageError("debian ships 7.1, not 7.0"), common.CLUSTER),
-    (APIError("500 Server Error"), common.CLUSTER),  # an engine answer nobody turned into an error
+    (APIFailure("500 Server Error"), common.CLUSTER),  # an engine answer nobody turned into an error
 ])
 def test_library_errors_exit_with_their_documented_code(error, code):
     @common.user_errors

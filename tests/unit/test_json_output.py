@@ -12,7 +12,7 @@ from invoke import Config, Context, Exit
 
 from cdtasks import cluster, delivery, deployment, ns
 from cdtasks.runner import StepResult
-from cdtasks.swarm import Member
+from cdtasks.gateway import Node
 from cdtasks.tasks import cluster as cluster_tasks, common, delivery as delivery_tasks, \
     deployment as deployment_tasks
 
@@ -45,9 +45,9 @@ def test_status_json(c, monkeypatch, capsys):
         if s.env == "prod":
             return cluster.Status("prod", (), ("swarm-1",), ())
         return cluster.Status("test", (
-            Member("id1", "swarm-test-1", "manager", "ready", labels={}, leader=True,
+            Node("id1", "swarm-test-1", "manager", "ready", labels={}, leader=True,
                    reachability="reachable", addr="10.0.0.2"),
-            Member("id2", "swarm-test-2", "worker", "down", "drain", {"env": "prod-like"})),
+            Node("id2", "swarm-test-2", "worker", "down", "drain", {"env": "prod-like"})),
             ("swarm-test-3",), (("go-demo", "replicated", "2/2", "localhost:5000/go-demo:1.0"),))
     monkeypatch.setattr(cluster, "status", status)
     cluster_tasks.status(c, json=True)

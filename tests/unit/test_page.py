@@ -32,7 +32,7 @@ def task(slot, version, state, created, changed, node="n1"):
 def fill(manager, version: str) -> None:
     """The service, its tasks and the nodes, answered beside conftest's config store (the page
     reads them through the same client)."""
-    service = {"Spec": {"TaskTemplate": {"ContainerSpec": {
+    service = {"ID": "go-demo", "Spec": {"Name": "go-demo", "TaskTemplate": {"ContainerSpec": {
         "Image": f"localhost:5000/go-demo:{version}@sha256:{'ab' * 32}"}}}}
     nodes = [{"ID": "n1", "Description": {"Hostname": "swarm-test-2"}},
              {"ID": "n2", "Description": {"Hostname": "swarm-test-3"}}]

@@ -11,8 +11,8 @@ import pytest
 
 from cdtasks import swarm
 from cdtasks.config import load
-from cdtasks.swarm import (Action, Member, NodeInfo, SwarmError, info_of, leave, member_of,
-                           plan_labels, plan_membership, routing_mode)
+from cdtasks.gateway import Node, NodeInfo, info_of, node_of
+from cdtasks.swarm import Action, SwarmError, leave, plan_labels, plan_membership, routing_mode
 
 N1, N2, N3 = "swarm-test-1", "swarm-test-2", "swarm-test-3"
 CLUSTER = "wupxe8p8ycmgdohlrzuzrudu2"
@@ -36,8 +36,8 @@ def active(name: str, node_id: str, manager: bool = True, cluster: str = CLUSTER
 
 
 def member(node_id: str, hostname: str, role: str = "manager", status: str = "ready",
-           labels=None, leader: bool = False) -> Member:
-    return Member(id=node_id, hostname=hostname, role=role, status=status,
+           labels=None, leader: bool = False) -> Node:
+    return Node(id=node_id, hostname=hostname, role=role, status=status,
                   labels=labels or {}, leader=leader)
 
 
@@ -303,7 +303,7 @@ INACTIVE_INFO = {
 def test_info_of_a_manager():
     info = info_of(N1, "10.0.0.1", MANAGER_INFO)
     assert info == NodeInfo(name=N1, address="10.0.0.1", state="active", node_id="24ifsmvkjbyhk",
-                            cluster_id=CLUSTER, manager=True)
+                            cluster_id=CLUSTER, manager=True, node_addr="10.0.0.1")
 
 
 def test_info_of_a_worker():
@@ -354,15 +354,16 @@ WORKER_NODE = {
 }
 
 
-def test_member_of_the_leader():
-    m = member_of(LEADER_NODE)
-    assert m == Member(id="24ifsmvkjbyhk", hostname=N2, role="manager", status="ready",
+def test_node_of_the_leader():
+    m = node_of(LEADER_NODE)
+    assert m == Node(id="24ifsmvkjbyhk", hostname=N2, role="manager", status="ready",
                        availability="active", labels={"env": "prod-like", "disk": "ssd"},
-                       leader=True, reachability="reachable", addr="10.0.0.2")
+                     leader=True, reachability="reachable", addr="10.0.0.2", os="linux",
+                     arch="x86_64")
 
 
-def test_member_of_a_worker_without_manager_status_or_labels():
-    m = member_of(WORKER_NODE)
+def test_node_of_a_worker_without_manager_status_or_labels():
+    m = node_of(WORKER_NODE)
     assert (m.id, m.hostname, m.role, m.status, m.availability) == (
         "8dvxq0pq0hd3o", N3, "worker", "down", "drain")
     assert m.labels == {}
@@ -372,7 +373,7 @@ def test_member_of_a_worker_without_manager_status_or_labels():
 
 def test_member_labels_are_a_copy():
     node = {**LEADER_NODE, "Spec": dict(LEADER_NODE["Spec"], Labels={"env": "prod-like"})}
-    m = member_of(node)
+    m = node_of(node)
     node["Spec"]["Labels"]["env"] = "changed"
     assert m.labels == {"env": "prod-like"}
 
@@ -388,7 +389,7 @@ def test_parsed_converged_cluster_plans_nothing(tmp_path):
                     Description=dict(LEADER_NODE["Description"], Hostname=name),
                     Spec=dict(LEADER_NODE["Spec"], Labels={"env": "prod-like"} if name == N2 else {}),
                     ManagerStatus={"Leader": i == 1, "Reachability": "reachable"})
-        members.append(member_of(node))
+        members.append(node_of(node))
     assert plan_membership(s, infos, members) == ()
     assert plan_labels(s, members) == ()
 
@@ -427,7 +428,7 @@ def test_recreated_node_whose_old_entry_still_shows_ready_is_cleaned_up(tmp_path
     # A lost manager stays Ready/Unreachable for seconds: the new machine must not wait for Down.
     s = settings(tmp_path)
     infos = {N1: active(N1, "id1"), N2: active(N2, "id2"), N3: inactive(N3)}
-    old = Member(id="old3", hostname=N3, role="manager", status="ready",
+    old = Node(id="old3", hostname=N3, role="manager", status="ready",
                  reachability="unreachable")
     members = [member("id1", N1, leader=True), member("id2", N2), old]
     assert plan_membership(s, infos, members) == (

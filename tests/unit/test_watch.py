@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cdtasks import watch
+from cdtasks.gateway import Unreachable
 from cdtasks.interrupt import Interrupted
 from cdtasks.watch import RecordStore, RunResult, Runs, SourceError, Watcher
 
@@ -52,12 +53,11 @@ class Flaky:
     def __init__(self, swarm):
         self.swarm, self.down = swarm, 0
 
-    @property
-    def api(self):
+    def __getattr__(self, name):
         if self.down:
             self.down -= 1
-            raise ConnectionError("manager unreachable")
-        return self.swarm.api
+            raise Unreachable("manager unreachable")
+        return getattr(self.swarm, name)
 
 
 @pytest.fixture()
@@ -283,7 +283,7 @@ def test_a_silent_cluster_is_waited_out_with_a_growing_delay_and_said(repo: Path
         until(lambda: len(rows(manager)) == 2, "the run after the cluster came back")
     said = [line for line in lines if "does not answer" in line]
     assert len(said) == 3
-    assert "the cluster does not answer (ConnectionError: manager unreachable): trying again in 0.02s" \
+    assert "the cluster does not answer (Unreachable: manager unreachable): trying again in 0.02s" \
         == said[0]
     assert said[1].endswith("trying again in 0.04s") and said[2].endswith("trying again in 0.08s")
     assert "the cluster and the repository answer again" in lines
