@@ -28,6 +28,7 @@ def run_delivery(c, env: str, repo: str, commit: str, deploy: bool, to_env: str)
     import time
 
     from .. import report, watch
+    from ..redaction import redact
     from .delivery import deliver
 
     s, started = settings(c, env), time.time()
@@ -41,12 +42,12 @@ def run_delivery(c, env: str, repo: str, commit: str, deploy: bool, to_env: str)
         if code is None:
             raise
         text = f"error: {exc}"
-    places = [(s.reports_dir, "deliver")]
+    places = [(s.delivery.reports_dir, "deliver")]
     if deploy:
-        places.append((settings(c, to_env).reports_dir, "deploy"))
+        places.append((settings(c, to_env).delivery.reports_dir, "deploy"))
     reports = watch.read_reports(places, started)
     text = "; ".join(t for t in (watch.summary(reports), text) if t)
-    return watch.RunResult(code, report.redact(text, s.secrets), reports)
+    return watch.RunResult(code, redact(text, s.secrets), reports)
 
 
 def _after_run(c, env: str, to_env: str, log):
@@ -56,13 +57,13 @@ def _after_run(c, env: str, to_env: str, log):
     s, prod = settings(c, env), settings(c, to_env)
 
     def keep(payload: dict) -> None:
-        watch.save_run(s.reports_dir / watch.RUNS_DIR, payload)
+        watch.save_run(s.delivery.reports_dir / watch.RUNS_DIR, payload)
 
     def tell(payload: dict) -> None:
-        notify.send(payload, s.notify_url, s.notify_command, log)
+        notify.send(payload, s.watch.notify_url, s.watch.notify_command, log)
 
     def publish(payload: dict) -> None:
-        page.write(s.reports_dir / page.FILE_NAME, page.gather(s, prod))
+        page.write(s.delivery.reports_dir / page.FILE_NAME, page.gather(s, prod))
 
     return [keep, tell, publish]
 
@@ -93,15 +94,15 @@ def watch_(c, env="test", repo=None, branch=None, interval=None, deploy=False, t
     from ..webhook import ListenError, Webhook
 
     s = settings(c, env)
-    repo = repo or s.repo
+    repo = repo or s.delivery.repo
     log = report.make_logger("watch")
     try:
-        branch = watch.check_branch(branch or s.watch_branch or watch.default_branch(repo))
+        branch = watch.check_branch(branch or s.watch.watch_branch or watch.default_branch(repo))
         pause = _pause(interval, bool(listen))
     except (ValueError, watch.SourceError) as exc:
         raise Exit(f"error: {exc}", code=BAD_INPUT) from None
     w = watch.Watcher(repo, branch,
-                      watch.RecordStore(lambda: Cluster.of(s).discover().manager(), s.app_service),
+                      watch.RecordStore(lambda: Cluster.of(s).discover().manager(), s.services.app_service),
                       lambda commit: run_delivery(c, env, repo, commit, deploy, to_env),
                       interval=pause, after=_after_run(c, env, to_env, log), log=log)
     try:
@@ -112,7 +113,7 @@ def watch_(c, env="test", repo=None, branch=None, interval=None, deploy=False, t
             if result and not result.ok:
                 raise Exit(code=result.code)
             return
-        hook = Webhook(listen, s.webhook_secret, branch, w.wake.set, log) if listen else None
+        hook = Webhook(listen, s.watch.webhook_secret, branch, w.wake.set, log) if listen else None
         log(f"following {branch} of {w.name}"
             + (f", every {pause:g}s" if pause else "")
             + (f", pushes on {listen}" if hook else "") + (f", deploying to {to_env}" if deploy else ""))
@@ -142,7 +143,7 @@ def report_(c, env="test", to_env="prod", output=None):
 
     s = settings(c, env)
     snap = page.gather(s, settings(c, to_env))
-    path = page.write(Path(output) if output else s.reports_dir / page.FILE_NAME, snap)
+    path = page.write(Path(output) if output else s.delivery.reports_dir / page.FILE_NAME, snap)
     for view in snap["clusters"]:
         if view["error"]:
             out(f"{view['label']} did not answer: {view['error']}")

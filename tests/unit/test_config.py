@@ -28,20 +28,20 @@ def test_empty_file_gives_the_documented_defaults(tmp_path):
     s = load_text(tmp_path, "")
     assert s.env == "test"
     assert s.source == str(tmp_path / "test.env")
-    assert s.provider == "lab"
-    assert s.lab_name == "cdtasks"
-    assert s.state_dir == Path("~/.cdtasks").expanduser()
-    assert s.nodes == ("swarm-test-1", "swarm-test-2", "swarm-test-3")
-    assert s.workers == ()
-    assert s.node_labels == ()
-    assert s.cd_node == "swarm-test-1"
-    assert s.registry_image == "cdtasks/registry-slim:2.8.2"
-    assert s.registry_port == 5000 and isinstance(s.registry_port, int)
-    assert s.registry_reserve_mb == 100
+    assert s.cluster.provider == "lab"
+    assert s.cluster.lab_name == "cdtasks"
+    assert s.cluster.state_dir == Path("~/.cdtasks").expanduser()
+    assert s.cluster.nodes == ("swarm-test-1", "swarm-test-2", "swarm-test-3")
+    assert s.cluster.workers == ()
+    assert s.cluster.node_labels == ()
+    assert s.cluster.cd_node == "swarm-test-1"
+    assert s.registry.registry_image == "cdtasks/registry-slim:2.8.2"
+    assert s.registry.registry_port == 5000 and isinstance(s.registry.registry_port, int)
+    assert s.registry.registry_reserve_mb == 100
     # REGISTRY_DIR empty: the registry lives under STATE_DIR
-    assert s.registry_dir == s.state_dir / "registry"
-    assert s.routing == "auto"
-    assert s.lab_port_base == 0
+    assert s.registry.registry_dir == s.cluster.state_dir / "registry"
+    assert s.cluster.routing == "auto"
+    assert s.cluster.lab_port_base == 0
 
 
 def test_every_default_passes_its_own_parser():
@@ -51,20 +51,20 @@ def test_every_default_passes_its_own_parser():
 
 def test_registry_dir_set_explicitly_is_kept(tmp_path):
     s = load_text(tmp_path, f"STATE_DIR={tmp_path / 'state'}\nREGISTRY_DIR={tmp_path / 'shared'}\n")
-    assert s.state_dir == tmp_path / "state"
-    assert s.registry_dir == tmp_path / "shared"
+    assert s.cluster.state_dir == tmp_path / "state"
+    assert s.registry.registry_dir == tmp_path / "shared"
 
 
 def test_registry_dir_follows_state_dir_when_empty(tmp_path):
     s = load_text(tmp_path, f"STATE_DIR={tmp_path / 'state'}\nREGISTRY_DIR=\n")
-    assert s.registry_dir == tmp_path / "state" / "registry"
+    assert s.registry.registry_dir == tmp_path / "state" / "registry"
 
 
 def test_comments_and_values_are_read_from_the_file(tmp_path):
     s = load_text(tmp_path, "# a comment\nNODES=a-1,b-2\nCD_NODE=b-2\nREGISTRY_PORT=5001\n")
-    assert s.nodes == ("a-1", "b-2")
-    assert s.cd_node == "b-2"
-    assert s.registry_port == 5001
+    assert s.cluster.nodes == ("a-1", "b-2")
+    assert s.cluster.cd_node == "b-2"
+    assert s.registry.registry_port == 5001
     assert s.raw["NODES"] == "a-1,b-2"
 
 
@@ -74,35 +74,35 @@ def test_precedence_flag_over_environment_over_file_over_default(tmp_path):
     environ = {"CDTASKS_REGISTRY_PORT": "5002"}
     flags = {"REGISTRY_PORT": 5003}
 
-    assert load("test", flags, environ=environ, env_dir=tmp_path).registry_port == 5003
-    assert load("test", None, environ=environ, env_dir=tmp_path).registry_port == 5002
-    assert load("test", None, environ={}, env_dir=tmp_path).registry_port == 5001
+    assert load("test", flags, environ=environ, env_dir=tmp_path).registry.registry_port == 5003
+    assert load("test", None, environ=environ, env_dir=tmp_path).registry.registry_port == 5002
+    assert load("test", None, environ={}, env_dir=tmp_path).registry.registry_port == 5001
     write_env(tmp_path, "test", "")
-    assert load("test", None, environ={}, env_dir=tmp_path).registry_port == 5000
+    assert load("test", None, environ={}, env_dir=tmp_path).registry.registry_port == 5000
 
 
 def test_flag_given_as_none_does_not_override(tmp_path):
     write_env(tmp_path, "test", "ROUTING=dnsrr\n")
     s = load("test", {"ROUTING": None}, environ={"CDTASKS_ROUTING": "mesh"}, env_dir=tmp_path)
-    assert s.routing == "mesh"
+    assert s.cluster.routing == "mesh"
     s = load("test", {"ROUTING": None}, environ={}, env_dir=tmp_path)
-    assert s.routing == "dnsrr"
+    assert s.cluster.routing == "dnsrr"
 
 
 def test_environment_variable_without_prefix_is_ignored(tmp_path):
     s = load_text(tmp_path, "", environ={"REGISTRY_PORT": "6000", "ROUTING": "dnsrr"})
-    assert s.registry_port == 5000
-    assert s.routing == "auto"
+    assert s.registry.registry_port == 5000
+    assert s.cluster.routing == "auto"
 
 
 def test_values_of_different_keys_come_from_different_layers(tmp_path):
     write_env(tmp_path, "test", "NODES=n1,n2,n3\nCD_NODE=n1\nROUTING=mesh\n")
     s = load("test", {"CD_NODE": "n3"}, environ={"CDTASKS_WORKERS": "n2"}, env_dir=tmp_path)
-    assert s.nodes == ("n1", "n2", "n3")  # file
-    assert s.workers == ("n2",)  # process environment
-    assert s.cd_node == "n3"  # flag
-    assert s.routing == "mesh"  # file
-    assert s.registry_port == 5000  # default
+    assert s.cluster.nodes == ("n1", "n2", "n3")  # file
+    assert s.cluster.workers == ("n2",)  # process environment
+    assert s.cluster.cd_node == "n3"  # flag
+    assert s.cluster.routing == "mesh"  # file
+    assert s.registry.registry_port == 5000  # default
 
 
 # -- environments ---------------------------------------------------------------------------------
@@ -218,9 +218,9 @@ def test_empty_nodes_is_refused(tmp_path):
 def test_lists_tolerate_spaces_and_empty_items(tmp_path):
     s = load_text(tmp_path, "NODES= a , b ,,c\nCD_NODE=a\nWORKERS=c,\n"
                             "NODE_LABELS=a:env=prod , b:zone=x.y-1,\n")
-    assert s.nodes == ("a", "b", "c")
-    assert s.workers == ("c",)
-    assert s.node_labels == (("a", "env", "prod"), ("b", "zone", "x.y-1"))
+    assert s.cluster.nodes == ("a", "b", "c")
+    assert s.cluster.workers == ("c",)
+    assert s.cluster.node_labels == (("a", "env", "prod"), ("b", "zone", "x.y-1"))
 
 
 # -- pinned_image ---------------------------------------------------------------------------------
@@ -254,26 +254,26 @@ def test_pinned_image_refuses_untagged_and_latest(ref, why):
 def test_settings_is_frozen(tmp_path):
     s = load_text(tmp_path, "")
     with pytest.raises(dataclasses.FrozenInstanceError):
-        s.registry_port = 1  # type: ignore[misc]
+        s.registry.registry_port = 1  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
-        s.nodes = ("x",)  # type: ignore[misc]
+        s.cluster.nodes = ("x",)  # type: ignore[misc]
 
 
 def test_managers_and_leader_follow_workers(tmp_path):
     s = load_text(tmp_path, "NODES=n1,n2,n3,n4\nWORKERS=n1,n3\nCD_NODE=n1\n")
-    assert s.managers == ("n2", "n4")
-    assert s.leader == "n2"  # the first node is a worker: the first manager leads
+    assert s.cluster.managers == ("n2", "n4")
+    assert s.cluster.leader == "n2"  # the first node is a worker: the first manager leads
     s = load_text(tmp_path, "NODES=n1,n2,n3\nCD_NODE=n1\n")
-    assert s.managers == ("n1", "n2", "n3")
-    assert s.leader == "n1"
+    assert s.cluster.managers == ("n1", "n2", "n3")
+    assert s.cluster.leader == "n1"
 
 
 def test_labels_of(tmp_path):
     s = load_text(tmp_path, "NODES=n1,n2\nCD_NODE=n1\n"
                             "NODE_LABELS=n1:env=prod,n1:zone=a,n2:env=prod-like\n")
-    assert s.labels_of("n1") == {"env": "prod", "zone": "a"}
-    assert s.labels_of("n2") == {"env": "prod-like"}
-    assert s.labels_of("n3") == {}
+    assert s.cluster.labels_of("n1") == {"env": "prod", "zone": "a"}
+    assert s.cluster.labels_of("n2") == {"env": "prod-like"}
+    assert s.cluster.labels_of("n3") == {}
 
 
 def test_check_node(tmp_path):
@@ -294,27 +294,27 @@ def test_project_environments_exist():
 def test_project_test_env_is_the_books_cd_cluster(monkeypatch):
     monkeypatch.chdir(REPO)
     s = load("test", environ={}, env_dir=Path("env"))
-    assert s.nodes == ("swarm-test-1", "swarm-test-2", "swarm-test-3")
-    assert s.managers == s.nodes and s.leader == "swarm-test-1"
-    assert s.cd_node == "swarm-test-1"
-    assert s.labels_of("swarm-test-1") == {}
-    assert s.labels_of("swarm-test-2") == {"env": "prod-like"}
-    assert s.labels_of("swarm-test-3") == {"env": "prod-like"}
-    assert s.registry_port == 5000
-    assert s.registry_reserve_mb == 100
-    assert pinned_image(s.registry_image) == s.registry_image
+    assert s.cluster.nodes == ("swarm-test-1", "swarm-test-2", "swarm-test-3")
+    assert s.cluster.managers == s.cluster.nodes and s.cluster.leader == "swarm-test-1"
+    assert s.cluster.cd_node == "swarm-test-1"
+    assert s.cluster.labels_of("swarm-test-1") == {}
+    assert s.cluster.labels_of("swarm-test-2") == {"env": "prod-like"}
+    assert s.cluster.labels_of("swarm-test-3") == {"env": "prod-like"}
+    assert s.registry.registry_port == 5000
+    assert s.registry.registry_reserve_mb == 100
+    assert pinned_image(s.registry.registry_image) == s.registry.registry_image
 
 
 def test_project_prod_env_is_the_books_production_cluster(monkeypatch):
     monkeypatch.chdir(REPO)
     s = load("prod", environ={}, env_dir=Path("env"))
-    assert s.nodes == ("swarm-1", "swarm-2", "swarm-3")
-    assert s.managers == s.nodes and s.leader == "swarm-1"
-    for node in s.nodes:
-        assert s.labels_of(node) == {"env": "prod"}
-    assert s.registry_port == 5000
-    assert s.registry_reserve_mb == 100
-    assert pinned_image(s.registry_image) == s.registry_image
+    assert s.cluster.nodes == ("swarm-1", "swarm-2", "swarm-3")
+    assert s.cluster.managers == s.cluster.nodes and s.cluster.leader == "swarm-1"
+    for node in s.cluster.nodes:
+        assert s.cluster.labels_of(node) == {"env": "prod"}
+    assert s.registry.registry_port == 5000
+    assert s.registry.registry_reserve_mb == 100
+    assert pinned_image(s.registry.registry_image) == s.registry.registry_image
 
 
 def test_project_envs_share_the_registry_directory(monkeypatch):
@@ -322,8 +322,8 @@ def test_project_envs_share_the_registry_directory(monkeypatch):
     pullable through the other (registry.py's contract)."""
     monkeypatch.chdir(REPO)
     test, prod = (load(e, environ={}, env_dir=Path("env")) for e in ("test", "prod"))
-    assert test.registry_dir == prod.registry_dir
-    assert test.registry_image == prod.registry_image
+    assert test.registry.registry_dir == prod.registry.registry_dir
+    assert test.registry.registry_image == prod.registry.registry_image
 
 
 # -- where a bad value came from ---------------------------------------------------------------
@@ -369,14 +369,14 @@ def test_dotenv_syntax_still_reads(tmp_path):
     s = load_text(tmp_path, "# comment\n\nexport LAB_NAME=lab-x\nCONSTRAINT='node.role == worker'\n"
                             "MACHINE_OPTIONS=\"--opt a\n--opt b\"\nCD_NODE=swarm-test-2 # why\n"
                             "  ROUTING = dnsrr\n")
-    assert s.lab_name == "lab-x" and s.constraint == "node.role == worker"
-    assert s.machine_options == ("--opt", "a", "--opt", "b")
-    assert s.cd_node == "swarm-test-2" and s.routing == "dnsrr"
+    assert s.cluster.lab_name == "lab-x" and s.services.constraint == "node.role == worker"
+    assert s.machine.machine_options == ("--opt", "a", "--opt", "b")
+    assert s.cluster.cd_node == "swarm-test-2" and s.cluster.routing == "dnsrr"
 
 
 def test_pass_env_names(tmp_path):
-    assert load_text(tmp_path, "").pass_env == ()
-    assert load_text(tmp_path, "PASS_ENV=HTTP_PROXY, no_proxy,_X1\n").pass_env == \
+    assert load_text(tmp_path, "").delivery.pass_env == ()
+    assert load_text(tmp_path, "PASS_ENV=HTTP_PROXY, no_proxy,_X1\n").delivery.pass_env == \
         ("HTTP_PROXY", "no_proxy", "_X1")
 
 
