@@ -1,9 +1,12 @@
-"""Environment files -> one frozen, validated Settings object.
+"""Environment files -> one frozen, validated Settings object, in sections.
 
-Precedence, highest first: command-line flag > process environment (`CDTASKS_<KEY>`) > the
-environment's file `<env dir>/<name>.env` > the defaults below. Env files are read with
-`dotenv_values`, never loaded into os.environ, and every key is validated once, here. Where the
-files are (`locate`) is given by the caller (the task layer reads Invoke's configuration), and
+Each key is declared once, as a field of its section (`key(parse, default, doc)`); the env-file
+name is the field's name in capitals, and `KEYS` is derived from the sections. Precedence,
+highest first: command-line flag > process environment (`CDTASKS_<KEY>`) > the environment's
+file `<env dir>/<name>.env` > the directory's `base.env` (what every environment shares) > the
+defaults. Env files are read with `dotenv_values` without interpolation (values as written),
+never loaded into os.environ, and every key is validated once, here. Where the files are
+(`locate`) is given by the caller (the task layer reads Invoke's configuration), and
 `CDTASKS_PROJECT_DIR` / `CDTASKS_ENV_DIR` override it.
 """
 from __future__ import annotations
@@ -166,6 +169,14 @@ def _http_url(value: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class Key:
+    parse: Callable[[str], Any]
+    default: str
+    doc: str
+    shared: bool = False
+
+
 def key(parse: Callable[[str], Any], default: str, doc: str, *, shared: bool = False,
         secret: bool = False) -> Any:
     """A field of a settings section: the env-file key is the field's name in capitals, read
@@ -173,14 +184,6 @@ def key(parse: Callable[[str], Any], default: str, doc: str, *, shared: bool = F
     env directory must agree on it (the clusters share what it names); `secret`: kept out of
     reprs."""
     return field(repr=not secret, metadata={"key": Key(parse, default, doc, shared)})
-
-
-@dataclass(frozen=True)
-class Key:
-    parse: Callable[[str], Any]
-    default: str
-    doc: str
-    shared: bool = False
 
 
 # The sections of the settings, each key declared once. Defaults are the book's layout for the
@@ -345,7 +348,8 @@ def _keys() -> dict[str, Key]:
     out: dict[str, Key] = {}
     for section in SECTIONS.values():
         for f in fields(section):
-            assert f.name.upper() not in out, f"{f.name} is declared twice"
+            if f.name.upper() in out:  # two sections would read one env-file key
+                raise TypeError(f"{f.name} is declared in two sections")
             out[f.name.upper()] = f.metadata["key"]
     return out
 
