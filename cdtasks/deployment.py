@@ -19,7 +19,6 @@ from .log import Log
 from .report import redact
 from .runner import RunInterrupted, StepFailed, StepResult, run_step
 
-
 STARTED, UNFINISHED = "started", "unfinished"  # history results of a run not (yet) finished
 LOCK_LOST = "stopped, lock lost"
 
@@ -104,7 +103,7 @@ def rollback_target(manager, service: str, current: str) -> str:
     for entry in reversed(records.load(manager, "history", service)):
         if entry["result"] in ("deployed", "rolled back") and entry["image"] != current:
             return entry["image"]
-    spec = services.inspect(manager, service).get("PreviousSpec") or {}
+    spec = (services.inspect(manager, service) or {}).get("PreviousSpec") or {}
     return (spec.get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Image", "")
 
 
@@ -172,12 +171,14 @@ def checkout_for_tests(d: Deployment, record: dict) -> Checkout:
 
 # -- steps ------------------------------------------------------------------------------------
 def _rollout_to(d: Deployment, image: str) -> str:
+    assert d.cluster is not None  # prepare() found it
     result = rollout.update(d.cluster, d.prod, image, d.log)
     d.converged_at = rollout.monitor_start(result)
     return f"{d.service} on {d.prod.env}: every replica runs {image} ({result.seconds:.1f}s)"
 
 
 def _prodtest(d: Deployment) -> str:
+    assert d.checkout is not None and d.cluster is not None  # prepare() set them
     if d.checkout.workdir is None:
         d.checkout.clone()
     image = d.previous if d.rolled_back else d.image
@@ -274,6 +275,7 @@ def begin(d: Deployment, lock: records.Lock) -> None:
     """The "started" entry, written before anything changes: a run killed with SIGKILL never
     writes its final entry, and `history` then shows it as unfinished."""
     entry = {**_entry(d, STARTED, []), "lock": lock.id}
+    assert d.cluster is not None  # prepare() found it
     _log_locally(d, entry)
     records.put(d.cluster.manager(), "history", d.service, entry)
 
@@ -284,13 +286,15 @@ def finish(d: Deployment, results: list[StepResult], lock: records.Lock,
     with the image each replica runs now. The local log and the clean-up happen even when the
     cluster no longer answers."""
     entry = _entry(d, outcome(d, results, stopped), results)
+    cluster = d.cluster
+    assert cluster is not None  # prepare() found it
     try:
         # Through a manager that answers, also during a leader election.
         if entry["result"] not in ("deployed", "rolled back"):
-            entry["running"] = rollout.on_manager(d.cluster, lambda m: [
+            entry["running"] = rollout.on_manager(cluster, lambda m: [
                 f"{image} on {node}" for node, image in services.replica_images(m, d.service)],
                 d.log)
-        rollout.on_manager(d.cluster, lambda m: records.put(m, "history", d.service, entry), d.log)
+        rollout.on_manager(cluster, lambda m: records.put(m, "history", d.service, entry), d.log)
     finally:
         try:
             lock.release()  # by its ID, through a manager that answers

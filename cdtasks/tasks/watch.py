@@ -37,10 +37,10 @@ def run_delivery(c, env: str, repo: str, commit: str, deploy: bool, to_env: str)
     except Exit as exc:
         code, text = exc.code, exc.message or ""
     except Exception as exc:  # a library error: its documented code, as `inv deliver` exits
-        code = exit_code(exc)
-        if code is None:
+        mapped = exit_code(exc)
+        if mapped is None:
             raise
-        text = f"error: {exc}"
+        code, text = mapped, f"error: {exc}"
     places = [(s.reports_dir, "deliver")]
     if deploy:
         places.append((settings(c, to_env).reports_dir, "deploy"))

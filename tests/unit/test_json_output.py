@@ -13,8 +13,10 @@ from invoke import Config, Context, Exit
 from cdtasks import cluster, delivery, deployment, ns
 from cdtasks.runner import StepResult
 from cdtasks.swarm import Member
-from cdtasks.tasks import cluster as cluster_tasks, common, delivery as delivery_tasks, \
-    deployment as deployment_tasks
+from cdtasks.tasks import cluster as cluster_tasks
+from cdtasks.tasks import common
+from cdtasks.tasks import delivery as delivery_tasks
+from cdtasks.tasks import deployment as deployment_tasks
 
 REPORT_KEYS = {"suite", "ok", "seconds", "meta", "steps"}
 STEP_KEYS = {"name", "status", "ok", "skipped", "seconds", "started", "detail", "output_tail"}

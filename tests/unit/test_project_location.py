@@ -10,7 +10,9 @@ import pytest
 from invoke import Config, Context, Exit
 
 from cdtasks import cluster, config, ns, stack
-from cdtasks.tasks import cluster as cluster_tasks, common, services as services_tasks
+from cdtasks.tasks import cluster as cluster_tasks
+from cdtasks.tasks import common
+from cdtasks.tasks import services as services_tasks
 
 NODES = {"alpha": "a-1,a-2", "beta": "b-1", "gamma": "g-1"}
 
