@@ -320,8 +320,19 @@ def history(s: Settings) -> tuple[list[dict], str]:
     except Exception as exc:  # the cluster is unreachable: the local log still tells
         f = local_log(s)
         rows = [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
-        return (merge_runs(rows, None),
-                f"local log {f} (cluster unreachable: {str(exc).splitlines()[0][:120]})")
+        age = (f"last written {_age(time.time() - f.stat().st_mtime)} ago" if f.exists()
+               else "never written on this machine")
+        return (merge_runs(rows, None), f"local log {f}, {age}, this machine's runs only "
+                f"(cluster unreachable: {str(exc).splitlines()[0][:120]})")
+
+
+def _age(seconds: float) -> str:
+    """A duration as a person reads it: 45s, 12m, 3h 5m, 2d 4h."""
+    s = max(int(seconds), 0)
+    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60)):
+        if s >= size:
+            return f"{s // size}{unit} {s % size // sub_size}{sub}"
+    return f"{s // 60}m" if s >= 60 else f"{s}s"
 
 
 def _live_lock(manager, service: str) -> str | None:

@@ -54,8 +54,6 @@ def deployment_exit(result: str) -> int:
     return NOT_RECOVERED if result.startswith("failed") else 0
 
 
-JSON_HELP = "print one JSON document on stdout instead of tables (fields: README); logs on stderr"
-
 # Invoke configuration every task module's collection declares (Invoke reads INVOKE_CDTASKS_*
 # only for declared keys): where a project's files are. None: the defaults of `_where`.
 CONFIG = {"cdtasks": {"project_dir": None, "env_dir": None}}

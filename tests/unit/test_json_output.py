@@ -52,7 +52,9 @@ def test_status_json(c, monkeypatch, capsys):
             Member("id2", "swarm-test-2", "worker", "down", "drain", {"env": "prod-like"})),
             ("swarm-test-3",), (("go-demo", "replicated", "2/2", "localhost:5000/go-demo:1.0"),))
     monkeypatch.setattr(cluster, "status", status)
-    cluster_tasks.status(c, json=True)
+    with pytest.raises(Exit) as exc:  # prod has no machine: said, and exit 3 after the JSON
+        cluster_tasks.status(c, json=True)
+    assert exc.value.code == 3 and "`inv provision --env prod`" in exc.value.message
     out = capsys.readouterr()
     doc = one_document(out.out)
     assert list(doc) == ["test", "prod"]  # every environment, test first
