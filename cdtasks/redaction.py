@@ -3,7 +3,7 @@ credentials in URLs. Every output, report and record goes through `redact`."""
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "KEY")  # in a key's name: its value is secret
 # The user information of a URL (`https://user:token@`, `ssh://user:pw@`, `git+https://t@`):

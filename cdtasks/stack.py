@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from docker.errors import APIError, NotFound
 
@@ -40,7 +41,8 @@ def specs(s: Settings, routing: str, app_image: str | None = None) -> list[Servi
     """The three services, adapted to the cluster's routing (mesh, or dnsrr and host ports)."""
     placement = (s.services.constraint,) if s.services.constraint.strip() else ()
     proxy_net, app_net = networks(s)
-    common = dict(constraints=placement, labels=(STACK_LABEL,), stop_grace=s.services.stop_grace)
+    common: dict[str, Any] = dict(constraints=placement, labels=(STACK_LABEL,),
+                                  stop_grace=s.services.stop_grace)
     db = ServiceSpec(name=s.services.db_service, image=s.services.db_image, replicas=1, reserve_mb=s.services.db_reserve_mb,
                      networks=(app_net,), **common)
     # start-first plus the image's HEALTHCHECK and a graceful stop on SIGTERM: a rolling
@@ -49,7 +51,7 @@ def specs(s: Settings, routing: str, app_image: str | None = None) -> list[Servi
                       env=(f"DB={s.services.db_service}", f"PORT={s.services.app_port}"),
                       reserve_mb=s.services.app_reserve_mb, networks=(app_net, proxy_net),
                       update_delay=s.services.update_delay, update_order="start-first", **common)
-    ports = ((s.services.proxy_port, 80, "ingress"),)
+    ports: tuple[tuple[int, int, str], ...] = ((s.services.proxy_port, 80, "ingress"),)
     if s.services.proxy_admin_port:
         ports += ((s.services.proxy_admin_port, 8090, "ingress"),)
     proxy = ServiceSpec(name=s.services.proxy_service, image=s.services.proxy_image, replicas=s.services.proxy_replicas,
