@@ -105,10 +105,10 @@ def user_errors(task_fn):
         except Exit:
             raise
         except Exception as exc:
-            code = exit_code(exc)
-            if code is None:
+            mapped = exit_code(exc)
+            if mapped is None:
                 raise
-            raise Exit(f"error: {exc}", code=code) from None
+            raise Exit(f"error: {exc}", code=mapped) from None
     return wrapper
 
 

@@ -20,7 +20,7 @@ def services(c, env=None, check=False, update=False, json=False):
                               check=check, update=update)
         drifted = drifted or bool(result.drift)
         docs[e] = {"done": list(result.done),
-                   "drift": [dict(zip(("service", "field", "env_file", "running"), d))
+                   "drift": [dict(zip(("service", "field", "env_file", "running"), d, strict=True))
                              for d in result.drift]}
         if json:
             continue
