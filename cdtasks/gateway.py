@@ -16,10 +16,11 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import docker.errors
 import requests
@@ -329,7 +330,7 @@ def service_request(spec, network_ids: Mapping[str, str], config_ids: Mapping[st
 
 def _cli_mount(m: str) -> str:
     """`type=bind,source=A,target=B[,readonly]` -> the SDK's `A:B[:ro]` form."""
-    parts = dict(p.split("=", 1) if "=" in p else (p, "1") for p in m.split(","))
+    parts = {k: v if sep else "1" for k, sep, v in (p.partition("=") for p in m.split(","))}
     return f"{parts['source']}:{parts['target']}" + (":ro" if "readonly" in parts else "")
 
 
@@ -423,7 +424,7 @@ class Gateway:
     (unless the call says `retry=False`: a create that may have gone through). `client_of(node)`
     gives a node's client (a cached one; `forget(node)` drops it from that cache)."""
 
-    def __init__(self, env: str, managers: Sequence[str], client_of: Callable[[str], object],
+    def __init__(self, env: str, managers: Sequence[str], client_of: Callable[[str], Any],
                  forget: Callable[[str], None] = lambda node: None,
                  log: Callable[[str], None] = lambda line: None, within: float = RETRY_WITHIN):
         self.env, self.managers, self.log, self.within = env, tuple(managers), log, within
@@ -432,12 +433,12 @@ class Gateway:
         self._mutex = threading.Lock()
 
     @classmethod
-    def of_client(cls, client, name: str = "manager") -> "Gateway":
+    def of_client(cls, client, name: str = "manager") -> Gateway:
         """A session with one engine (a single-node swarm, or a test's stand-in)."""
         return cls(name, [name], lambda node: client)
 
     # the manager that answers
-    def _manager(self) -> tuple[str, object]:
+    def _manager(self) -> tuple[str, Any]:
         with self._mutex:
             if self._name is None:
                 self._name = self._probe()
@@ -466,7 +467,7 @@ class Gateway:
         """The node that answers for the cluster now (probed if none did yet)."""
         return self._manager()[0]
 
-    def call(self, op: Callable[[object], T], retry: bool = True) -> T:
+    def call(self, op: Callable[[Any], T], retry: bool = True) -> T:
         """`op(client)` on the manager that answers, errors translated: the one retry policy."""
         deadline = time.monotonic() + self.within
         failed_over = False

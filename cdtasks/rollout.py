@@ -5,8 +5,8 @@ the record that ties the two: the versions that passed production tests on prod-
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
 
 from . import gateway, records, services, stack
 from .checkout import Checkout
@@ -50,7 +50,7 @@ def update(cluster: Cluster, settings: Settings, image: str, log: Log, dry_run: 
            record: Callable[[Sequence[str]], None] | None = None) -> services.Rollout:
     """Pre-pull, `docker service update --image`, then wait for Swarm to report completion;
     a rollout that did not end well fails the step."""
-    svc = settings.app_service
+    svc = settings.services.app_service
     if record:
         record(["docker", "service", "update", "--image", image, svc])
     if dry_run:
@@ -58,7 +58,7 @@ def update(cluster: Cluster, settings: Settings, image: str, log: Log, dry_run: 
     prepull(cluster, svc, image, log)
     manager = cluster.gateway(log)
     services.update_image(manager, svc, image)
-    return check(services.wait_rollout(manager, svc, image, settings.services_timeout, log,
+    return check(services.wait_rollout(manager, svc, image, settings.services.services_timeout, log,
                                        node_client=cluster.client))
 
 
@@ -79,8 +79,8 @@ def settle(cluster: Cluster, settings: Settings, image: str, converged_at: float
     `image` (the service's spec too), for the whole period, with no failure or rollback
     reported by Swarm. converged_at 0 (not known): the period counts from now."""
     until = (converged_at or time.monotonic()) + services.MONITOR
-    check(services.wait_rollout(cluster.gateway(log), settings.app_service, image,
-                                settings.services_timeout, log, stable_until=until,
+    check(services.wait_rollout(cluster.gateway(log), settings.services.app_service, image,
+                                settings.services.services_timeout, log, stable_until=until,
                                 node_client=cluster.client))
 
 
@@ -89,16 +89,16 @@ def host_ip(cluster: Cluster, settings: Settings, routing: str) -> str:
     without it, a node that runs a proxy task."""
     nodes = list(cluster.endpoints) if routing == "mesh" else stack.proxy_nodes(cluster, settings)
     if not nodes:
-        raise StepFailed(f"no node of {settings.env} runs a {settings.proxy_service} task")
+        raise StepFailed(f"no node of {settings.env} runs a {settings.services.proxy_service} task")
     address = cluster.endpoints[nodes[0]].address
-    return address if settings.proxy_port == 80 else f"{address}:{settings.proxy_port}"
+    return address if settings.services.proxy_port == 80 else f"{address}:{settings.services.proxy_port}"
 
 
 def runs(cluster: Cluster, settings: Settings, image: str) -> None:
     """The service's spec must run exactly `image` (tests of anything else verify nothing)."""
-    running = services.current_image(cluster.gateway(), settings.app_service)
+    running = services.current_image(cluster.gateway(), settings.services.app_service)
     if running != image:
-        raise StepFailed(f"{settings.app_service} on {settings.env} runs {running}, not {image}: "
+        raise StepFailed(f"{settings.services.app_service} on {settings.env} runs {running}, not {image}: "
                          f"the production tests would test another version")
 
 

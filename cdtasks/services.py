@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Callable, Mapping, Sequence
 
-from .config import pinned_image
 from . import gateway
+from .config import pinned_image
 from .gateway import Gateway, Node, Service, Task
 from .log import Log
 
@@ -44,7 +44,7 @@ class ServiceSpec:
     secrets: tuple[tuple[str, str], ...] = ()  # (secret name, file name in /run/secrets)
     labels: tuple[tuple[str, str], ...] = ()
 
-    def validated(self) -> "ServiceSpec":
+    def validated(self) -> ServiceSpec:
         try:
             pinned_image(self.image)
         except ValueError as exc:

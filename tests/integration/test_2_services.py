@@ -4,6 +4,7 @@ placed and sized as each env file says, answering through each cluster's proxy; 
 cannot be scheduled diagnosed in Swarm's own words."""
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -13,6 +14,8 @@ import requests
 
 from cdtasks.cluster import Cluster
 
+from .conftest import manager_of
+
 TEST_NODES = ("swarm-test-1", "swarm-test-2", "swarm-test-3")
 PROD_NODES = ("swarm-1", "swarm-2", "swarm-3")
 MB = 1024 * 1024
@@ -21,7 +24,7 @@ WIDE = {"COLUMNS": "200"}  # keep rich from wrapping table cells
 
 
 def manager(lab, env: str):
-    return Cluster.of(lab.settings(env)).discover().manager()
+    return manager_of(Cluster.of(lab.settings(env)).discover())
 
 
 def running_on(client, service: str) -> list[str]:
@@ -168,10 +171,9 @@ def test_unschedulable_service_is_diagnosed(stack):
     finally:
         # Leave the stack as it was: what this run created (services, then network and config).
         for svc in names.values():
-            try:
+            # Not created when the tool refused early.
+            with contextlib.suppress(Exception):
                 client.api.remove_service(svc)
-            except Exception:  # noqa: BLE001 - not created when the tool refused early
-                pass
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

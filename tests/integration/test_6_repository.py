@@ -28,9 +28,21 @@ from cdtasks import records, services
 from cdtasks.cluster import Cluster
 from cdtasks.rollout import delivered
 
-from .test_3_deliver import (CD_NODE, ROOT, SERVICE, WIDE, assert_runs, at_once,
-                             compose_leftovers, expect_steps, git, hello_through_proxy,
-                             read_reports, table)
+from .conftest import manager_of
+from .test_3_deliver import (
+    CD_NODE,
+    ROOT,
+    SERVICE,
+    WIDE,
+    assert_runs,
+    at_once,
+    compose_leftovers,
+    expect_steps,
+    git,
+    hello_through_proxy,
+    read_reports,
+    table,
+)
 
 APP = ROOT / "tests/apps/hello-book"
 COMPOSE = "docker-compose-ci.yml"
@@ -135,7 +147,7 @@ def hello_args(repo: str, version: str) -> tuple[str, ...]:
 
 
 def manager(lab, env: str):
-    return Cluster.of(lab.settings(env)).discover().manager()
+    return manager_of(Cluster.of(lab.settings(env)).discover())
 
 
 def task_images(lab, env: str) -> list[str]:
@@ -156,7 +168,7 @@ def no_secret_anywhere(lab, *texts: str) -> None:
     for text in texts:
         assert SECRET not in text, text[-2000:]
     s = lab.settings("test")
-    for where in (s.workspace_dir, lab.state_dir):
+    for where in (s.delivery.workspace_dir, lab.state_dir):
         for f in Path(where).rglob("*"):
             if f.is_file() and f.suffix in (".json", ".jsonl", ".xml"):
                 assert SECRET not in f.read_text(errors="replace"), f
@@ -206,7 +218,7 @@ def test_bad_flags_get_one_line_and_exit_2(lab, hello, tmp_path):
 def test_deliver_before_inv_services_goes_as_far_as_the_service(lab, hello, tmp_path):
     """Right after `inv provision`: the images the tests need are put on the CD node by the
     delivery itself; prod-like then needs the service and says how to create it."""
-    if services.inspect(manager(lab, "test"), SERVICE) is not None:
+    if manager(lab, "test").service(SERVICE) is not None:
         pytest.skip("the services exist already (an earlier test file created them)")
     proc = deliver(lab, tmp_path / "reports", *hello_args(hello["path"], "0.8"))
     assert proc.returncode == 16, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])

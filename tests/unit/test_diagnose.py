@@ -8,8 +8,8 @@ import requests
 from docker.errors import APIError, NotFound
 
 from cdtasks import gateway, services
-from cdtasks.gateway import Node, Service, Task
 from cdtasks.delivery import replicas_text
+from cdtasks.gateway import Node, Service, Task
 
 
 class FakeAPI:

@@ -11,10 +11,12 @@ import pytest
 from invoke import Config, Context, Exit
 
 from cdtasks import cluster, delivery, deployment, ns
-from cdtasks.runner import StepResult
 from cdtasks.gateway import Node
-from cdtasks.tasks import cluster as cluster_tasks, common, delivery as delivery_tasks, \
-    deployment as deployment_tasks
+from cdtasks.runner import StepResult
+from cdtasks.tasks import cluster as cluster_tasks
+from cdtasks.tasks import common
+from cdtasks.tasks import delivery as delivery_tasks
+from cdtasks.tasks import deployment as deployment_tasks
 
 REPORT_KEYS = {"suite", "ok", "seconds", "meta", "steps"}
 STEP_KEYS = {"name", "status", "ok", "skipped", "seconds", "started", "detail", "output_tail"}
@@ -50,7 +52,9 @@ def test_status_json(c, monkeypatch, capsys):
             Node("id2", "swarm-test-2", "worker", "down", "drain", {"env": "prod-like"})),
             ("swarm-test-3",), (("go-demo", "replicated", "2/2", "localhost:5000/go-demo:1.0"),))
     monkeypatch.setattr(cluster, "status", status)
-    cluster_tasks.status(c, json=True)
+    with pytest.raises(Exit) as exc:  # prod has no machine: said, and exit 3 after the JSON
+        cluster_tasks.status(c, json=True)
+    assert exc.value.code == 3 and "`inv provision --env prod`" in exc.value.message
     out = capsys.readouterr()
     doc = one_document(out.out)
     assert list(doc) == ["test", "prod"]  # every environment, test first
@@ -102,7 +106,7 @@ def test_deploy_json_is_the_report_file(c, monkeypatch, capsys, tmp_path, result
 def test_deliver_json_is_the_report_file_with_secrets_redacted(c, monkeypatch, capsys, tmp_path):
     s = common.settings(c, "prod")
     monkeypatch.setattr(delivery, "state_after", lambda d, results: "nothing left behind")
-    d = SimpleNamespace(settings=s, version="1.1", ref="HEAD", repo=s.repo, digest="sha256:ab",
+    d = SimpleNamespace(settings=s, version="1.1", ref="HEAD", repo=s.delivery.repo, digest="sha256:ab",
                         dry_run=False, commands=[["docker", "push", "x"]])
     results = [StepResult("checkout", True, 1.0, "key /keys/hunter2hunter2")]
     delivery_tasks._finish(d, results, "deliver", json=True)
@@ -113,7 +117,7 @@ def test_deliver_json_is_the_report_file_with_secrets_redacted(c, monkeypatch, c
     assert set(doc["meta"]) == {"env", "service", "version", "ref", "repo", "digest", "state",
                                 "dry_run", "commands"}
     assert doc["meta"]["repo"] == str(tmp_path)  # REPO empty: the project directory
-    assert doc == json.loads((Path(s.reports_dir) / "deliver.json").read_text())
+    assert doc == json.loads((Path(s.delivery.reports_dir) / "deliver.json").read_text())
     assert "nothing left behind" in out.err and "reports: " in out.err
 
 
@@ -127,8 +131,48 @@ def test_without_json_the_tables_stay_on_stdout(c, monkeypatch, capsys):
 
 
 def test_every_json_flag_is_documented():
-    """deliver, deploy, rollback, status, history take --json with help; the README names each."""
+    """Every task that prints tables takes --json with help; the README names each."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    for name in ("deliver", "deploy", "rollback", "status", "history"):
+    for name in ("deliver", "deploy", "rollback", "status", "history", "services", "lock"):
         assert "json" in ns.tasks[name].help, name
         assert f"`inv {name} --json`" in readme, name
+    assert "json" in ns.tasks["watch"].help and "`inv watch --once --json`" in readme
+
+
+def test_services_json_with_drift_exits_5_after_the_document(c, monkeypatch, capsys):
+    from cdtasks import stack
+    from cdtasks.tasks import services as services_tasks
+
+    def ensure(s, log, check, update):
+        drift = (("go-demo", "replicas", "2", "3"),) if s.env == "prod" else ()
+        return SimpleNamespace(done=(), drift=drift)
+    monkeypatch.setattr(stack, "ensure", ensure)
+    with pytest.raises(Exit) as exc:
+        services_tasks.services(c, check=True, json=True)
+    assert exc.value.code == 5
+    doc = one_document(capsys.readouterr().out)
+    assert doc == {"test": {"done": [], "drift": []},
+                   "prod": {"done": [], "drift": [{"service": "go-demo", "field": "replicas",
+                                                   "env_file": "2", "running": "3"}]}}
+
+
+def test_lock_status_json(c, monkeypatch, capsys):
+    from cdtasks import records
+    from cdtasks.cluster import Cluster
+    from cdtasks.tasks import lock as lock_tasks
+
+    manager = object()
+    monkeypatch.setattr(Cluster, "of", classmethod(lambda cls, s: SimpleNamespace(
+        discover=lambda: SimpleNamespace(gateway=lambda: manager))))
+    holder = {"user": "ci", "host": "h", "machine": "m", "pid": 7, "time": "t",
+              "action": "deploying", "version": "1.1"}
+    held = records.LockState("id", 3, "cdtasks-lock-go-demo",
+                             {records.EXPIRES_LABEL: "9999999999"}, holder)
+    monkeypatch.setattr(records, "lock_state", lambda m, svc: held if m is manager else None)
+    monkeypatch.setattr(records, "expired", lambda state: "")
+    lock_tasks.lock(c, "status", env="prod", json=True)
+    out = capsys.readouterr()
+    doc = one_document(out.out)
+    assert list(doc) == ["prod"] and doc["prod"]["holder"] == holder
+    assert doc["prod"]["service"] == "go-demo" and doc["prod"]["expires_in"] > 0
+    assert doc["prod"]["expired"] == "" and "locked by ci@h" in out.err
