@@ -14,11 +14,9 @@ from .checkout import Checkout, check_version
 from .cluster import Cluster
 from .config import Settings
 from .log import Log
+from .outcome import Outcome
 from .redaction import redact
 from .runner import RunInterrupted, StepFailed, StepResult, run_step
-
-STARTED, UNFINISHED = "started", "unfinished"  # history results of a run not (yet) finished
-LOCK_LOST = "stopped, lock lost"
 
 
 class DeploymentError(RuntimeError):
@@ -99,7 +97,7 @@ def rollback_target(manager, service: str, current: str) -> str:
     """The image of the last successful deployment other than the running one; else Swarm's
     PreviousSpec (a service never deployed by the tool)."""
     for entry in reversed(records.load(manager, "history", service)):
-        if entry["result"] in ("deployed", "rolled back") and entry["image"] != current:
+        if Outcome.of(entry["result"]).ok and entry["image"] != current:
             return entry["image"]
     return services.existing(manager, service).previous_image
 
@@ -239,20 +237,20 @@ def steps(d: Deployment, lock: records.Lock, progress) -> list[StepResult]:
 
 
 def outcome(d: Deployment, results: list[StepResult],
-            stopped: BaseException | None = None) -> str:
+            stopped: BaseException | None = None) -> Outcome:
     """The history's result: "deployed" (or "rolled back") only when the rollout completed and
     the production tests passed; "interrupted" by a signal; "lock lost" when another run took
     the lock (`stopped`: what ended the run early)."""
     if isinstance(stopped, KeyboardInterrupt) or any(r.interrupted for r in results):
-        return "interrupted"
+        return Outcome.INTERRUPTED
     if isinstance(stopped, records.LockLost):
-        return LOCK_LOST
+        return Outcome.LOCK_LOST
     passed = {r.name for r in results if r.ok}
     if {"rollout", "prodtest"} <= passed and all(r.ok for r in results):
-        return "deployed" if d.kind == "deploy" else "rolled back"
+        return Outcome.DEPLOYED if d.kind == "deploy" else Outcome.ROLLED_BACK
     if d.rolled_back:
-        return "failed, rolled back" if results[-1].ok else "failed, rollback failed"
-    return "failed"
+        return Outcome.FAILED_ROLLED_BACK if results[-1].ok else Outcome.FAILED_NOT_RECOVERED
+    return Outcome.FAILED
 
 
 def _entry(d: Deployment, result: str, results: list[StepResult]) -> dict:
@@ -272,7 +270,7 @@ def _log_locally(d: Deployment, entry: dict) -> None:
 def begin(d: Deployment, lock: records.Lock) -> None:
     """The "started" entry, written before anything changes: a run killed with SIGKILL never
     writes its final entry, and `history` then shows it as unfinished."""
-    entry = {**_entry(d, STARTED, []), "lock": lock.id}
+    entry = {**_entry(d, Outcome.STARTED, []), "lock": lock.id}
     assert d.cluster is not None  # prepare() found it
     _log_locally(d, entry)
     records.put(d.cluster.gateway(), "history", d.service, entry)
@@ -289,7 +287,7 @@ def finish(d: Deployment, results: list[StepResult], lock: records.Lock,
     try:
         # Through a manager that answers, also during a leader election (the gateway's).
         manager = cluster.gateway(d.log)
-        if entry["result"] not in ("deployed", "rolled back"):
+        if not Outcome.of(entry["result"]).ok:
             entry["running"] = [f"{image} on {node}"
                                 for node, image in services.replica_images(manager, d.service)]
         records.put(manager, "history", d.service, entry)
@@ -342,12 +340,12 @@ def _live_lock(manager, service: str) -> str | None:
 def merge_runs(rows: list[dict], lock_token: str | None) -> list[dict]:
     """One row per run: its final entry; a run with only its "started" entry is "running" when
     `lock_token` (the live holder of the lock) is its lock, else "unfinished"."""
-    finished = {r["run"] for r in rows if r.get("run") and r["result"] != STARTED}
+    finished = {r["run"] for r in rows if r.get("run") and r["result"] != Outcome.STARTED}
     out = []
     for r in rows:
-        if r["result"] != STARTED:
+        if r["result"] != Outcome.STARTED:
             out.append(r)
         elif r.get("run") not in finished:
             live = lock_token is not None and r.get("lock") == lock_token
-            out.append({**r, "result": "running" if live else UNFINISHED})
+            out.append({**r, "result": Outcome.RUNNING if live else Outcome.UNFINISHED})
     return out

@@ -21,6 +21,7 @@ from . import records, services, watch
 from .cluster import Cluster
 from .config import Settings
 from .gateway import Task
+from .outcome import Outcome
 
 FILE_NAME = "releases.html"  # in REPORTS_DIR
 SUITES = ("deliver", "deploy", "rollback")  # the report files `inv report` reads besides the runs
@@ -243,7 +244,7 @@ def _failures(snap: Mapping) -> list[list]:
                 rows.append([doc.get("suite"), (doc.get("meta") or {}).get("version", ""),
                              s.get("name"), s.get("detail"), s.get("output_tail", "")[-400:]])
     for h in snap["history"]:
-        if str(h.get("result", "")).startswith("failed"):
+        if Outcome.of(str(h.get("result", ""))).failed:
             rows.append([h.get("kind"), h.get("version"), ", ".join(
                 k for k, v in (h.get("steps") or {}).items() if v == "FAILED"), h.get("result"), ""])
     for w in snap["watched"]:

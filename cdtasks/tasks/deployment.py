@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from invoke import Collection, Exit
 
-from .common import CONFIG, deployment_exit, out, print_json, settings, user_errors
+from .common import CONFIG, out, print_json, settings, user_errors
 from .flags import task
 
 NOTES = {"env": "the cluster deployed to (default prod)", "test_env": "default test"}
@@ -26,7 +26,8 @@ def deploy_and_report(d, title: str, json: bool = False) -> dict:
             _report(d, title, exc.results, exc.record, json)
         raise
     _report(d, title, results, entry, json)
-    code = deployment_exit(entry["result"])
+    from ..outcome import Outcome
+    code = Outcome.of(entry["result"]).exit_code
     if code:
         raise Exit(code=code)
     return entry

@@ -1,6 +1,8 @@
 """Library errors -> documented exit codes, one line on stderr, no traceback (tasks/common.py)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from invoke import Exit
 from paramiko import SSHException
@@ -10,6 +12,7 @@ from cdtasks.delivery import STEPS, DeliveryError
 from cdtasks.engine import EngineError
 from cdtasks.gateway import APIFailure
 from cdtasks.images import ImageError
+from cdtasks.outcome import Outcome
 from cdtasks.providers.base import ProviderError
 from cdtasks.services import ServiceError
 from cdtasks.swarm import SwarmError
@@ -65,9 +68,18 @@ def test_a_failed_step_exits_ten_plus_its_position():
 
 @pytest.mark.parametrize("result, code", [
     ("deployed", 0), ("rolled back", 0), ("failed, rolled back", common.ROLLED_BACK),
-    ("failed, rollback failed", common.NOT_RECOVERED), ("failed", common.NOT_RECOVERED)])
+    ("failed, rollback failed", common.NOT_RECOVERED), ("failed", common.NOT_RECOVERED),
+    ("stopped, lock lost", common.LOCKED), ("interrupted", common.INTERRUPTED),
+    ("failed, something newer", common.NOT_RECOVERED)])  # a record worded otherwise
 def test_deployment_results_exit_as_documented(result, code):
-    assert common.deployment_exit(result) == code
+    assert Outcome.of(result).exit_code == code
+
+
+def test_every_outcome_is_its_record_text():
+    """History records hold the text: records of earlier versions load as the same outcomes."""
+    for outcome in Outcome:
+        assert Outcome.of(str(outcome)) is outcome
+        assert json.loads(json.dumps({"result": outcome})) == {"result": outcome.value}
 
 
 @pytest.mark.parametrize("signum, code", [(2, 130), (15, 143), (1, 129)])
