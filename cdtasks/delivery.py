@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from . import checks, project_images, records, registry, rollout, services
+from . import checks, outcome, project_images, records, registry, rollout, services
 from .checkout import Checkout
 from .compose import Compose, ContractError, compose_command
 from .config import ConfigError, Settings
+from .deployment import Deployment
 from .redaction import redact
 from .runner import StepFailed, StepResult, beside, run_steps
 
@@ -305,6 +306,28 @@ def deliver(d: Delivery, progress) -> list[StepResult]:
         return run(d, STEPS, progress)
     finally:
         cleanup(d)
+
+
+def failed_code(results: Sequence[StepResult]) -> int:
+    """The exit code of a delivery's results: 0, or the failed step's (an interrupted one is
+    the interruption's to tell)."""
+    failed = next((r for r in results if r.failed and not r.interrupted), None)
+    return outcome.step_failed(STEPS.index(failed.name)) if failed else 0
+
+
+def deliver_then_deploy(d: Delivery, prod: Settings | None,
+                        delivered: Callable[[Delivery], list[StepResult]],
+                        deployed: Callable[[Deployment], dict]) -> int:
+    """`inv deliver [--deploy]` and the watcher alike: deliver `d`; when it passed and `prod` is
+    given (not a dry run), deploy the version it verified there. `delivered(d)` runs the
+    delivery and shows and keeps its results, `deployed(deployment)` the deployment's, returning
+    its history entry (the caller's presentation). Returns the exit code (outcome's table)."""
+    check_input(d)
+    code = failed_code(delivered(d))
+    if code or prod is None or d.dry_run:
+        return code
+    entry = deployed(Deployment(prod, d.settings, d.version))
+    return outcome.Outcome.of(entry["result"]).exit_code
 
 
 def step(d: Delivery, name: str, progress) -> list[StepResult]:

@@ -11,7 +11,7 @@ NOTES = {"env": "the cluster deployed to (default prod)", "test_env": "default t
 
 def deploy_and_report(d, title: str, json: bool = False) -> dict:
     """Run the deployment, print and report it (`json`: the report on stdout, nothing else);
-    exit non-zero on failure (a signal: the interruption goes on to `user_errors` once
+    returns its history entry (a signal: the interruption goes on to `user_errors` once
     reported)."""
     from .. import deployment, report
     from ..runner import RunInterrupted
@@ -26,11 +26,15 @@ def deploy_and_report(d, title: str, json: bool = False) -> dict:
             _report(d, title, exc.results, exc.record, json)
         raise
     _report(d, title, results, entry, json)
+    return entry
+
+
+def _deployed(d, title: str, json: bool) -> None:
+    """`deploy_and_report`, exiting with the outcome's code."""
     from ..outcome import Outcome
-    code = Outcome.of(entry["result"]).exit_code
+    code = Outcome.of(deploy_and_report(d, title, json)["result"]).exit_code
     if code:
         raise Exit(code=code)
-    return entry
 
 
 def _report(d, title: str, results, entry: dict, json: bool = False) -> None:
@@ -59,16 +63,16 @@ def _deployment(c, env, test_env, version, wait, **kw):
 def deploy(c, env="prod", version=None, force=False, no_rollback=False, wait=False,
            test_env="test", json=False):
     """Deploy the digest verified on prod-like; production tests; roll back on failure."""
-    deploy_and_report(_deployment(c, env, test_env, version, wait, force=force,
-                                  auto_rollback=not no_rollback), "deploy", json)
+    _deployed(_deployment(c, env, test_env, version, wait, force=force,
+                          auto_rollback=not no_rollback), "deploy", json)
 
 
 @task(notes={**NOTES, "version": "the one to go back to (default: the previous image)"})
 @user_errors
 def rollback(c, env="prod", version=None, wait=False, test_env="test", json=False):
     """Roll a cluster back to its previous version (or --version V), then production tests."""
-    deploy_and_report(_deployment(c, env, test_env, version, wait, force=True, auto_rollback=False,
-                                  kind="rollback"), "rollback", json)
+    _deployed(_deployment(c, env, test_env, version, wait, force=True, auto_rollback=False,
+                          kind="rollback"), "rollback", json)
 
 
 @task(notes={"env": "whose deployments (default prod)"})

@@ -90,10 +90,10 @@ def test_deploy_json_is_the_report_file(c, monkeypatch, capsys, tmp_path, result
                         image="localhost:5000/go-demo:1.1")
     if code:
         with pytest.raises(Exit) as exc:
-            deployment_tasks.deploy_and_report(d, "deploy", json=True)
+            deployment_tasks._deployed(d, "deploy", json=True)
         assert exc.value.code == code
     else:
-        deployment_tasks.deploy_and_report(d, "deploy", json=True)
+        deployment_tasks._deployed(d, "deploy", json=True)
     out = capsys.readouterr()
     doc = one_document(out.out)
     assert set(doc) == REPORT_KEYS and doc["suite"] == "deploy" and doc["ok"] is (code == 0)
