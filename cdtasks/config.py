@@ -115,6 +115,27 @@ def _name(value: str) -> str:
 SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "KEY")  # in a key's name: its value is secret
 
 
+class _Unshown(ValueError):
+    """A bad value that must not be echoed back (it holds credentials)."""
+
+
+def _registry_url(value: str) -> str:
+    """`host:port[/path]`, as engines name a registry in image references (they speak HTTPS
+    to it, trusting the CA in /etc/docker/certs.d/HOST:PORT/)."""
+    if not value:
+        return ""
+    if "@" in value:
+        raise _Unshown("holds credentials: give REGISTRY_USER and REGISTRY_PASSWORD_FILE instead")
+    if "://" in value:
+        raise ValueError("has a scheme: give host:port[/path] (engines use HTTPS)")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*:[0-9]{1,5}(/[a-z0-9]+([._-]+[a-z0-9]+)*)*",
+                        value):
+        raise ValueError("is not host:port[/path] (path: lowercase a-z, 0-9, . _ -)")
+    if not 0 < int(value.split("/")[0].rpartition(":")[2]) < 65536:
+        raise ValueError("has a port outside 1..65535")
+    return value
+
+
 def pinned_image(value: str) -> str:
     """An image reference with an explicit tag (or digest) other than `latest`."""
     name, _, digest = value.partition("@")
@@ -185,6 +206,13 @@ KEYS: dict[str, Key] = {
     "REGISTRY_RESERVE_MB": Key(_int(0, 1 << 20), "100", "memory reserved for the registry"),
     "REGISTRY_DIR": Key(_path, "", "host directory both clusters' registries store into "
                                     "(default STATE_DIR/registry)"),
+    "REGISTRY_URL": Key(_registry_url, "", "your own registry, host:port[/path], instead of a "
+                                           "registry service per cluster (empty: the book's)"),
+    "REGISTRY_USER": Key(str, "", "user of REGISTRY_URL"),
+    "REGISTRY_PASSWORD_FILE": Key(_optional_path, "", "file holding REGISTRY_USER's password"),
+    "REGISTRY_CA_FILE": Key(_optional_path, "", "CA certificate (PEM) of REGISTRY_URL's TLS "
+                                                "certificate, given to every node (empty: "
+                                                "the nodes already trust it)"),
     "WORKSPACE_DIR": Key(_path, "", "host directory where `inv deliver` checks out sources; the "
                                      "lab mounts it into every node at the same path, so compose "
                                      "bind mounts work on the CD node (default "
@@ -273,6 +301,10 @@ class Settings:
     registry_port: int
     registry_reserve_mb: int
     registry_dir: Path
+    registry_url: str
+    registry_user: str
+    registry_password_file: Path | None
+    registry_ca_file: Path | None
     workspace_dir: Path
     routing: str
     lab_port_base: int
@@ -331,8 +363,12 @@ class Settings:
 
     @property
     def secrets(self) -> list[str]:
-        """Values of env-file keys that look secret: they never reach output or reports."""
-        return [v for k, v in self.raw.items() if any(w in k for w in SECRET_WORDS)]
+        """Values of env-file keys that look secret, and the registry's password: they never
+        reach output or reports (a *_FILE key's value is a path, not the secret)."""
+        return [v for k, v in self.raw.items()
+                if any(w in k for w in SECRET_WORDS) and not k.endswith("_FILE")] + (
+            [self.registry_password_file.read_text().strip()] if self.registry_password_file
+            else [])
 
     def check_node(self, node: str) -> str:
         if node not in self.nodes:
@@ -401,6 +437,8 @@ def load(env: str, overrides: Mapping[str, Any] | None = None, *,
         raw = values.get(key, spec.default)
         try:
             parsed[key.lower()] = spec.parse(raw)
+        except _Unshown as exc:
+            raise ConfigError(f"{origin(key)}: {key}: {exc}") from None
         except ValueError as exc:
             raise ConfigError(f"{origin(key)}: {key}={raw!r}: {exc}") from None
     # The registry directory is shared by every cluster of the state dir; checkouts are the lab's.
@@ -410,6 +448,9 @@ def load(env: str, overrides: Mapping[str, Any] | None = None, *,
             parsed[key] = parsed["state_dir"] / default
     for key in ("app_dir", "proxy_config", "reports_dir"):  # relative to the project
         parsed[key] = where.project_dir / parsed[key]
+    for key in ("registry_password_file", "registry_ca_file"):
+        if parsed[key] is not None:
+            parsed[key] = where.project_dir / parsed[key]
     parsed["repo"] = parsed["repo"] or str(where.project_dir)
     settings = Settings(env=env, source=str(path), raw=values, **parsed)
     _check_consistency(settings, origin)
@@ -453,3 +494,29 @@ def _check_consistency(s: Settings, origin: Callable[[str], str]) -> None:
                               f"{', '.join(missing)} in SSH_HOSTS")
     if not s.managers:
         raise ConfigError(f"{origin('WORKERS')}: every node is a worker; a swarm needs a manager")
+    _check_registry(s, origin)
+
+
+def _check_registry(s: Settings, origin: Callable[[str], str]) -> None:
+    """Your own registry: its keys together, its files readable (the password never shown)."""
+    given = {"REGISTRY_USER": s.registry_user, "REGISTRY_PASSWORD_FILE": s.registry_password_file,
+             "REGISTRY_CA_FILE": s.registry_ca_file}
+    for key, value in given.items():
+        if value and not s.registry_url:
+            raise ConfigError(f"{origin(key)}: {key} is set but REGISTRY_URL is empty")
+    if bool(s.registry_user) != bool(s.registry_password_file):
+        key = "REGISTRY_PASSWORD_FILE" if s.registry_user else "REGISTRY_USER"
+        raise ConfigError(f"{origin(key)}: REGISTRY_USER and REGISTRY_PASSWORD_FILE go together: "
+                          f"set {key} too")
+    for key, path in (("REGISTRY_PASSWORD_FILE", s.registry_password_file),
+                      ("REGISTRY_CA_FILE", s.registry_ca_file)):
+        if path is None:
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{origin(key)}: {key}={path}: {exc.strerror}") from None
+        if key == "REGISTRY_PASSWORD_FILE" and not data.strip():
+            raise ConfigError(f"{origin(key)}: {key}={path} is empty")
+        if key == "REGISTRY_CA_FILE" and b"-----BEGIN CERTIFICATE-----" not in data:
+            raise ConfigError(f"{origin(key)}: {key}={path} holds no PEM certificate")
