@@ -17,13 +17,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cdtasks import config, engine, registry  # noqa: E402
 import benchlib  # noqa: E402
+
+from cdtasks import config, engine, registry  # noqa: E402
 
 RATIO_TARGET = 1.0
 WARMUP = "1.0-warm"  # then 1.1 (tool), 1.2 (script), 1.3 (script), 1.4 (tool) ...
@@ -101,7 +103,7 @@ def script(environ: dict[str, str], version: str) -> tuple[float, dict[str, floa
     finally:
         shutil.rmtree(dest, ignore_errors=True)
         shutil.rmtree(docker_config, ignore_errors=True)
-    steps = {a: round(tb - ta, 1) for (a, ta), (_, tb) in zip(marks, marks[1:])}
+    steps = {a: round(tb - ta, 1) for (a, ta), (_, tb) in pairwise(marks)}
     return seconds, steps
 
 

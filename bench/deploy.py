@@ -28,9 +28,10 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import benchlib  # noqa: E402
+
 from cdtasks import config, engine, stack  # noqa: E402
 from cdtasks.cluster import Cluster  # noqa: E402
-import benchlib  # noqa: E402
 
 V_GOOD, V_BROKEN = "2.0", "2.1-broken"
 MIN_SENT, RATIO_TARGET = 500, 1.1

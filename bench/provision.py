@@ -25,10 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import benchlib  # noqa: E402
+
 from cdtasks import config, engine, images, registry, state  # noqa: E402
 from cdtasks.providers import certs  # noqa: E402
 from cdtasks.providers.lab import LabProvider, remove_labelled  # noqa: E402
-import benchlib  # noqa: E402
 
 ENVS = ("test", "prod")
 SIZES = (3, 6, 12)  # one cluster: 3 managers, the rest workers
@@ -108,7 +109,7 @@ def replay(host, environ: dict[str, str]) -> tuple[float, dict[str, float]]:
 
     part("machines")  # the lab's shared pieces
     addresses, names = {}, {}
-    for prov, s in zip(providers, settings):
+    for prov, s in zip(providers, settings, strict=True):
         for node in s.nodes:
             # The provider's own container code path (same caps, security opts, unmasked /proc
             # and /sys, tmpfs, volumes, certs, ports), called for one node at a time.
@@ -274,7 +275,7 @@ def main() -> None:
           f" target <= {NOOP_TARGET:g} s)"
           f"{'' if up_to_date else '  WARNING: it changed something'}")
     print("  one cluster, by size (3 managers, the rest workers):")
-    for prev, row in zip([None, *size_rows], size_rows):
+    for prev, row in zip([None, *size_rows], size_rows, strict=False):
         grow = f"  x{row['seconds'] / prev['seconds']:.2f} for x{row['nodes'] // prev['nodes']} nodes" \
             if prev else ""
         print(f"    {row['nodes']:>2} nodes {row['seconds']:5.1f} s{grow}   " +

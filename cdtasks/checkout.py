@@ -9,10 +9,10 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from . import checks, config, engine, registry, state, workspace
 from .cluster import Cluster
@@ -22,7 +22,6 @@ from .log import Log
 from .providers import for_settings
 from .report import redact
 from .runner import StepFailed, beside
-
 
 GIT_TIMEOUT = 600  # seconds a git command of a checkout may take (a clone of a big repository)
 DOWN_RETRY = 120  # seconds the clean-up tries to take a compose project down
@@ -78,13 +77,13 @@ class Checkout:
         ep = self.cluster.endpoints.get(self.settings.cd_node)
         if ep is None:
             raise StepFailed(f"CD node {self.settings.cd_node} is not running: run `inv provision`")
-        return self._compose(engine.docker_env(ep), host_ip)
+        return self._compose(self.workdir, engine.docker_env(ep), host_ip)
 
-    def _compose(self, docker_env: dict[str, str], host_ip: str = "") -> Compose:
+    def _compose(self, workdir: Path, docker_env: dict[str, str], host_ip: str = "") -> Compose:
         s = self.settings
         env = {"IMAGE": self.image, "VERSION": self.version or "", "BASE_IMAGE": s.base_image,
                "DB_IMAGE": s.db_image, "HOST_IP": host_ip}
-        return Compose(self.workdir / s.compose_file, self.project_name(), docker_env,
+        return Compose(workdir / s.compose_file, self.project_name(), docker_env,
                        env, dry_run=self.dry_run, on_line=self.on_line, pass_env=s.pass_env,
                        timeout=s.test_timeout)
 
@@ -95,7 +94,8 @@ class Checkout:
         if self.model is None:
             if self.workdir is None:
                 raise StepFailed("no checkout: run the checkout step first")
-            self.model = check_contract(self._compose({}).model(), self.settings.compose_file)
+            self.model = check_contract(self._compose(self.workdir, {}).model(),
+                                        self.settings.compose_file)
         return self.model
 
     def project_name(self) -> str:

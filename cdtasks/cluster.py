@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Sequence
+from itertools import pairwise
 
 from . import engine, images, registry, services, swarm
 from .config import ConfigError, Settings
@@ -25,10 +26,10 @@ class Cluster:
     _clients: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def of(cls, settings: Settings) -> "Cluster":
+    def of(cls, settings: Settings) -> Cluster:
         return cls(settings, for_settings(settings))
 
-    def discover(self) -> "Cluster":
+    def discover(self) -> Cluster:
         self.endpoints = self.provider.endpoints(self.settings.nodes)
         return self
 
@@ -61,7 +62,7 @@ class Cluster:
         raise engine.EngineError(f"no manager of {self.settings.env} answers: "
                                  f"run `inv provision --env {self.settings.env}`")
 
-    def live_manager(self) -> "LiveManager":
+    def live_manager(self) -> LiveManager:
         """A client-like object whose `api` is a manager that answers at each use: for what
         outlives one manager (a lock renewed through a rollout during which a manager dies)."""
         return LiveManager(self)
@@ -87,7 +88,7 @@ class Cluster:
 
         workers = max(1, min(self.provider.parallel, len(self.endpoints)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            found = dict(zip(self.endpoints, pool.map(probe, self.endpoints.values())))
+            found = dict(zip(self.endpoints, pool.map(probe, self.endpoints.values()), strict=True))
         return swarm.routing_mode(self.settings, found)
 
 
@@ -177,7 +178,7 @@ def check_port_ranges(all_settings: Sequence[Settings]) -> None:
     """Fixed host ports (LAB_PORT_BASE) of clusters provisioned together must not overlap."""
     spans = sorted((s.lab_port_base, s.lab_port_base + 10 * len(s.nodes), s.env)
                    for s in all_settings if s.lab_port_base)
-    for (lo1, hi1, e1), (lo2, _, e2) in zip(spans, spans[1:]):
+    for (lo1, hi1, e1), (lo2, _, e2) in pairwise(spans):
         if lo2 < hi1:
             raise ConfigError(f"LAB_PORT_BASE of {e1} ({lo1}) and {e2} ({lo2}) overlap: each "
                               f"cluster needs {hi1 - lo1} ports from its base")

@@ -8,10 +8,10 @@ from __future__ import annotations
 import getpass
 import json
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
 
 from . import checks, project_images, records, registry, rollout, services
 from .checkout import Checkout
@@ -193,7 +193,7 @@ def prodlike(d: Delivery) -> str:
     if not d.dry_run:
         # One release at a time changes (and then tests) the service: the same lock as deploy,
         # taken before the image it guards is read.
-        d.lock = records.Lock(d.cluster.live_manager(), d.settings.app_service, d.version,
+        d.lock = records.Lock(d.cluster.live_manager(), d.settings.app_service, d.version or "",
                               "delivering", d.log).acquire(rollout.LOCK_WAIT)
         d.previous_image = services.current_image(d.cluster.manager(), d.settings.app_service)
     try:
@@ -209,13 +209,15 @@ def prodlike(d: Delivery) -> str:
 def restore(d: Delivery) -> str:
     """After a failed prod-like rollout (paused, rolled back by Swarm, timed out): the image
     it ran before on every replica again, as deploy does in production. Says how it ended."""
-    d.log(f"rolling prod-like back to {d.previous_image}")
+    lock, previous = d.lock, d.previous_image
+    assert lock is not None and previous  # prodlike took the lock, then read the image
+    d.log(f"rolling prod-like back to {previous}")
     try:
-        d.lock.check()  # another run that took the lock changes the service now, not this one
-        rollout.update(d.cluster, d.settings, d.previous_image, d.log)
+        lock.check()  # another run that took the lock changes the service now, not this one
+        rollout.update(d.cluster, d.settings, previous, d.log)
     except Exception as exc:  # the step's own failure stays the headline
-        return f"rolling back to {d.previous_image} failed too: {str(exc).splitlines()[0][:200]}"
-    return f"rolled back to {d.previous_image} on every replica"
+        return f"rolling back to {previous} failed too: {str(exc).splitlines()[0][:200]}"
+    return f"rolled back to {previous} on every replica"
 
 
 def prodtest(d: Delivery) -> str:
@@ -254,7 +256,7 @@ def take_staging_lock(d: Delivery) -> None:
           + (f" (host ports {', '.join(map(str, ports))})" if ports else ""))
     if d.dry_run:
         return
-    d.staging_lock = records.Lock(d.cluster.manager(), staging_lock_name(d.settings), d.version,
+    d.staging_lock = records.Lock(d.cluster.manager(), staging_lock_name(d.settings), d.version or "",
                                   "staging", d.log).acquire(rollout.LOCK_WAIT)
 
 
@@ -343,11 +345,12 @@ def load_state(s: Settings, **kw) -> Delivery:
     if not f.exists():
         raise DeliveryError(f"no checkout of {s.app_service}: run `inv checkout` first")
     data = json.loads(f.read_text())
-    d = Delivery(s, data["repo"], data["ref"], data["version"], workdir=Path(data["workdir"]),
+    workdir = Path(data["workdir"])
+    d = Delivery(s, data["repo"], data["ref"], data["version"], workdir=workdir,
                  digest=data.get("digest"), project=data["project"],
                  built=data.get("built") or "", **kw)
-    if not d.workdir.exists():
-        raise DeliveryError(f"checkout {d.workdir} is gone: run `inv checkout` again")
+    if not workdir.exists():
+        raise DeliveryError(f"checkout {workdir} is gone: run `inv checkout` again")
     return d
 
 

@@ -19,7 +19,6 @@ from .log import Log
 from .report import redact
 from .runner import RunInterrupted, StepFailed, StepResult, run_step
 
-
 STARTED, UNFINISHED = "started", "unfinished"  # history results of a run not (yet) finished
 LOCK_LOST = "stopped, lock lost"
 
@@ -104,7 +103,7 @@ def rollback_target(manager, service: str, current: str) -> str:
     for entry in reversed(records.load(manager, "history", service)):
         if entry["result"] in ("deployed", "rolled back") and entry["image"] != current:
             return entry["image"]
-    spec = services.inspect(manager, service).get("PreviousSpec") or {}
+    spec = (services.inspect(manager, service) or {}).get("PreviousSpec") or {}
     return (spec.get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Image", "")
 
 
@@ -172,12 +171,14 @@ def checkout_for_tests(d: Deployment, record: dict) -> Checkout:
 
 # -- steps ------------------------------------------------------------------------------------
 def _rollout_to(d: Deployment, image: str) -> str:
+    assert d.cluster is not None  # prepare() found it
     result = rollout.update(d.cluster, d.prod, image, d.log)
     d.converged_at = rollout.monitor_start(result)
     return f"{d.service} on {d.prod.env}: every replica runs {image} ({result.seconds:.1f}s)"
 
 
 def _prodtest(d: Deployment) -> str:
+    assert d.checkout is not None and d.cluster is not None  # prepare() set them
     if d.checkout.workdir is None:
         d.checkout.clone()
     image = d.previous if d.rolled_back else d.image
@@ -274,6 +275,7 @@ def begin(d: Deployment, lock: records.Lock) -> None:
     """The "started" entry, written before anything changes: a run killed with SIGKILL never
     writes its final entry, and `history` then shows it as unfinished."""
     entry = {**_entry(d, STARTED, []), "lock": lock.id}
+    assert d.cluster is not None  # prepare() found it
     _log_locally(d, entry)
     records.put(d.cluster.manager(), "history", d.service, entry)
 
@@ -284,13 +286,15 @@ def finish(d: Deployment, results: list[StepResult], lock: records.Lock,
     with the image each replica runs now. The local log and the clean-up happen even when the
     cluster no longer answers."""
     entry = _entry(d, outcome(d, results, stopped), results)
+    cluster = d.cluster
+    assert cluster is not None  # prepare() found it
     try:
         # Through a manager that answers, also during a leader election.
         if entry["result"] not in ("deployed", "rolled back"):
-            entry["running"] = rollout.on_manager(d.cluster, lambda m: [
+            entry["running"] = rollout.on_manager(cluster, lambda m: [
                 f"{image} on {node}" for node, image in services.replica_images(m, d.service)],
                 d.log)
-        rollout.on_manager(d.cluster, lambda m: records.put(m, "history", d.service, entry), d.log)
+        rollout.on_manager(cluster, lambda m: records.put(m, "history", d.service, entry), d.log)
     finally:
         try:
             lock.release()  # by its ID, through a manager that answers
@@ -316,8 +320,19 @@ def history(s: Settings) -> tuple[list[dict], str]:
     except Exception as exc:  # the cluster is unreachable: the local log still tells
         f = local_log(s)
         rows = [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
-        return (merge_runs(rows, None),
-                f"local log {f} (cluster unreachable: {str(exc).splitlines()[0][:120]})")
+        age = (f"last written {_age(time.time() - f.stat().st_mtime)} ago" if f.exists()
+               else "never written on this machine")
+        return (merge_runs(rows, None), f"local log {f}, {age}, this machine's runs only "
+                f"(cluster unreachable: {str(exc).splitlines()[0][:120]})")
+
+
+def _age(seconds: float) -> str:
+    """A duration as a person reads it: 45s, 12m, 3h 5m, 2d 4h."""
+    s = max(int(seconds), 0)
+    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60)):
+        if s >= size:
+            return f"{s // size}{unit} {s % size // sub_size}{sub}"
+    return f"{s // 60}m" if s >= 60 else f"{s}s"
 
 
 def _live_lock(manager, service: str) -> str | None:

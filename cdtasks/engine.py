@@ -8,9 +8,9 @@ import hashlib
 import os
 import shlex
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import docker
 import paramiko
@@ -193,7 +193,8 @@ def ssh(endpoint: Endpoint):
 
 
 def _opened(endpoint: Endpoint):
-    from fabric import Config as FabricConfig, Connection
+    from fabric import Config as FabricConfig
+    from fabric import Connection
 
     known_hosts = endpoint.known_hosts or Path("~/.ssh/known_hosts").expanduser()
     key = {"key_filename": str(endpoint.ssh_key), "look_for_keys": False,

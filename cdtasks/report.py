@@ -7,9 +7,10 @@ import re
 import sys
 import threading
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from time import monotonic
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
@@ -209,8 +210,8 @@ def write_reports(directory: Path, suite: str, results: list[StepResult], meta: 
 
     counts = {"tests": str(len(results)), "failures": str(sum(r.failed for r in results)),
               "errors": "0", "skipped": str(sum(r.skipped for r in results)), "time": f"{total:.3f}"}
-    root = ET.Element("testsuites", name=suite, **counts)
-    testsuite = ET.SubElement(root, "testsuite", name=suite, **counts)
+    root = ET.Element("testsuites", {"name": suite, **counts})
+    testsuite = ET.SubElement(root, "testsuite", {"name": suite, **counts})
     properties = ET.SubElement(testsuite, "properties")
     for key, value in meta.items():
         ET.SubElement(properties, "property", name=xml(key),

@@ -5,8 +5,8 @@ the record that ties the two: the versions that passed production tests on prod-
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
 
 from . import records, services, stack
 from .checkout import Checkout

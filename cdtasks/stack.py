@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from docker.errors import APIError, NotFound
 
@@ -40,7 +41,8 @@ def specs(s: Settings, routing: str, app_image: str | None = None) -> list[Servi
     """The three services, adapted to the cluster's routing (mesh, or dnsrr and host ports)."""
     placement = (s.constraint,) if s.constraint.strip() else ()
     proxy_net, app_net = networks(s)
-    common = dict(constraints=placement, labels=(STACK_LABEL,), stop_grace=s.stop_grace)
+    common: dict[str, Any] = dict(constraints=placement, labels=(STACK_LABEL,),
+                                  stop_grace=s.stop_grace)
     db = ServiceSpec(name=s.db_service, image=s.db_image, replicas=1, reserve_mb=s.db_reserve_mb,
                      networks=(app_net,), **common)
     # start-first plus the image's HEALTHCHECK and a graceful stop on SIGTERM: a rolling
@@ -49,7 +51,7 @@ def specs(s: Settings, routing: str, app_image: str | None = None) -> list[Servi
                       env=(f"DB={s.db_service}", f"PORT={s.app_port}"),
                       reserve_mb=s.app_reserve_mb, networks=(app_net, proxy_net),
                       update_delay=s.update_delay, update_order="start-first", **common)
-    ports = ((s.proxy_port, 80, "ingress"),)
+    ports: tuple[tuple[int, int, str], ...] = ((s.proxy_port, 80, "ingress"),)
     if s.proxy_admin_port:
         ports += ((s.proxy_admin_port, 8090, "ingress"),)
     proxy = ServiceSpec(name=s.proxy_service, image=s.proxy_image, replicas=s.proxy_replicas,

@@ -4,9 +4,9 @@ Plans are plain data (tuples of actions), so the logic is tested without an engi
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import docker
 
@@ -149,7 +149,7 @@ def read(clients: Mapping, addresses: Mapping[str, str]) -> tuple[dict[str, Node
     return infos, members
 
 
-def _manager_client(clients: Mapping, infos: Mapping[str, NodeInfo], settings: Settings):
+def _manager_client(clients: Mapping, settings: Settings):
     for name in settings.managers:
         if info_of(name, "", clients[name].info()).controls:
             return clients[name]
@@ -182,13 +182,12 @@ def apply(settings: Settings, clients: Mapping, addresses: Mapping[str, str],
 
 def _apply_one(settings: Settings, clients: Mapping, addresses: Mapping[str, str],
                action: Action, log: Log) -> None:
-    infos = {n: None for n in clients}
     log(f"{settings.env}: {action}")
     if action.kind == "init":
         addr = addresses[action.node]
         clients[action.node].swarm.init(advertise_addr=addr, listen_addr=f"0.0.0.0:{SWARM_PORT}")
         return
-    manager = _manager_client(clients, infos, settings)
+    manager = _manager_client(clients, settings)
     if action.kind == "join":
         tokens = manager.swarm.attrs["JoinTokens"]
         # The manager we talk to is alive; RemoteManagers may list a dead one first.

@@ -7,21 +7,22 @@ known_hosts). Everything created carries the label io.cdtasks.lab=<LAB_NAME>.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import docker
 from docker.errors import APIError, NotFound
 
 from .. import engine, images, state
-from ..images import seed
 from ..config import Settings
 from ..engine import Endpoint
+from ..images import seed
 from ..log import Log
 from . import certs
 from .base import Provider, ProviderError, removed_with_registry
@@ -152,7 +153,7 @@ class LabProvider(Provider):
             results = list(pool.map(lambda n: self._ensure_node(n, node_ref, log), nodes))
         with _SHARED:
             self._write_known_hosts()
-        return dict(zip(nodes, results))
+        return dict(zip(nodes, results, strict=True))
 
     def node_image(self, log: Log) -> str:
         """What new machines start from: the node image with the registry image already in its
@@ -227,10 +228,8 @@ class LabProvider(Provider):
         return self.host.containers.get(created["Id"])
 
     def _remove_volume(self, node: str) -> None:
-        try:
+        with contextlib.suppress(NotFound):
             self.host.volumes.get(self.volume_name(node)).remove(force=True)
-        except NotFound:
-            pass
 
     def _wait_ready(self, endpoint: Endpoint, container) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -293,7 +292,7 @@ class LabProvider(Provider):
         return removed_with_registry(self.s, removed, log, purge)
 
 
-def dind_host_config(api, binds: dict, **more) -> dict:
+def dind_host_config(api, binds: Mapping[str, dict], **more) -> dict:
     """A host config for a container running its own dockerd, with `binds` and `more` options."""
     host_config = api.create_host_config(
         # --privileged fails on kernels without CAP_SYS_RESOURCE: grant the rest instead.

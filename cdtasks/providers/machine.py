@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .. import state
 from ..config import Settings
@@ -68,7 +68,7 @@ def parse_config(output: str) -> dict[str, str]:
 
 def _message(proc: subprocess.CompletedProcess) -> str:
     """docker-machine's own words: the last lines of stderr (else stdout)."""
-    lines = [l for l in (proc.stderr or proc.stdout or "").strip().splitlines() if l.strip()]
+    lines = [ln for ln in (proc.stderr or proc.stdout or "").strip().splitlines() if ln.strip()]
     return " / ".join(lines[-2:]) if lines else f"exit code {proc.returncode}"
 
 
@@ -146,7 +146,7 @@ class MachineProvider(Provider):
     def endpoints(self, nodes: Sequence[str]) -> dict[str, Endpoint]:
         states = self.states()
         running = [n for n in nodes if states.get(n, ("",))[0] == "Running"]
-        return dict(zip(running, self._each(self._endpoint, running)))
+        return dict(zip(running, self._each(self._endpoint, running), strict=True))
 
     # -- create ----------------------------------------------------------------------------
     def ensure(self, nodes: Sequence[str], log: Log) -> dict[str, Endpoint]:
@@ -177,7 +177,7 @@ class MachineProvider(Provider):
         errors = [e for e in self._each(one, nodes) if e]
         if errors:
             raise ProviderError("; ".join(errors))
-        return dict(zip(nodes, self._each(self._endpoint, nodes)))
+        return dict(zip(nodes, self._each(self._endpoint, nodes), strict=True))
 
     def _create(self, node: str) -> None:
         proc = self.dm("create", "-d", self.s.machine_driver, *self.s.machine_options, node,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 from .. import engine, state, swarm
 from ..config import Settings
@@ -87,7 +87,7 @@ class SshProvider(Provider):
         known = {**self._cached(), **self.configured}
         unknown = [n for n in nodes if n not in known]
         if unknown:  # never provisioned from here: ask the hosts
-            known.update(zip(unknown, self._each(self._address_of, unknown)))
+            known.update(zip(unknown, self._each(self._address_of, unknown), strict=True))
         return {n: self.endpoint(n, known[n]) for n in nodes}
 
     def _address_of(self, node: str) -> str:
@@ -96,7 +96,7 @@ class SshProvider(Provider):
 
     # -- check -----------------------------------------------------------------------------
     def ensure(self, nodes: Sequence[str], log: Log) -> dict[str, Endpoint]:
-        addresses = dict(zip(nodes, self._each(lambda n: self._check(n, log), nodes)))
+        addresses = dict(zip(nodes, self._each(lambda n: self._check(n, log), nodes), strict=True))
         state.private_dir(self.cache.parent)
         self.cache.write_text(json.dumps({**self._cached(), **addresses}, indent=1))
         return {n: self.endpoint(n, a) for n, a in addresses.items()}
@@ -129,7 +129,7 @@ class SshProvider(Provider):
         """The hosts are not ours to delete: they leave the swarm (its services go with it);
         with purge, the registry's data is deleted too."""
         def one(node: str) -> list[str]:
-            done = []
+            done: list[str] = []
             ep = self.endpoint(node)
             try:
                 client = engine.client(ep)

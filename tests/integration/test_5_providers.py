@@ -232,7 +232,7 @@ def test_registry_refuses_strangers(world):
     found = probe_registries(world.backing_lab, addresses, world.settings("test"), "go-demo",
                              "1.1", (LAB_LABEL, world.backing_lab))
     print(json.dumps(found, indent=1))
-    for node, address in zip(nodes, addresses):
+    for node, address in zip(nodes, addresses, strict=True):
         got = found[address]
         assert got["catalog with auth"] == 200 and "go-demo" in got["repositories"], (node, got)
         assert {k: got[k] for k in ("catalog", "push", "overwrite tag", "delete")} == {
@@ -249,7 +249,7 @@ def _tampered(known_hosts: Path, tmp: Path) -> Path:
     other = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
     path = tmp / "tampered_known_hosts"
-    path.write_text("".join(f"{l.split()[0]} {other}\n" for l in known_hosts.read_text().splitlines()))
+    path.write_text("".join(f"{ln.split()[0]} {other}\n" for ln in known_hosts.read_text().splitlines()))
     return path
 
 

@@ -28,9 +28,20 @@ from cdtasks import records, services
 from cdtasks.cluster import Cluster
 from cdtasks.rollout import delivered
 
-from .test_3_deliver import (CD_NODE, ROOT, SERVICE, WIDE, assert_runs, at_once,
-                             compose_leftovers, expect_steps, git, hello_through_proxy,
-                             read_reports, table)
+from .test_3_deliver import (
+    CD_NODE,
+    ROOT,
+    SERVICE,
+    WIDE,
+    assert_runs,
+    at_once,
+    compose_leftovers,
+    expect_steps,
+    git,
+    hello_through_proxy,
+    read_reports,
+    table,
+)
 
 APP = ROOT / "tests/apps/hello-book"
 COMPOSE = "docker-compose-ci.yml"

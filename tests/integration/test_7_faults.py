@@ -293,7 +293,7 @@ def test_deploy_interrupted_records_interrupted_and_what_runs(stack, repo, tmp_p
     version = _fresh_version(stack, repo, tmp_path, f"dep-{where}-{how}")
     run = _deploy(stack, version, tmp_path)
     run.wait_for(rf"^\[deploy\] {where} \.\.\.$")
-    time.sleep(STEP_DELAY[where] if where in STEP_DELAY else 1.0)
+    time.sleep(STEP_DELAY.get(where, 1.0))
     run.ctrl_c() if how == "ctrl-c" else run.signal(signal.SIGTERM)
     code = run.finish()
     assert code == (130 if how == "ctrl-c" else 143)

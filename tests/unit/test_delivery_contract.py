@@ -5,6 +5,7 @@ credentials kept out of the step state, and where deployment runs the production
 delivered record."""
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from pathlib import Path
@@ -102,7 +103,7 @@ def test_a_compose_file_without_staging_is_bad_input_and_nothing_runs(settings, 
     git(hello, "commit", "--quiet", "-am", "no staging")
     d = Delivery(settings, str(hello), "HEAD", "1.0", defer_down=True)
     ran = []
-    steps = {n: (lambda n: lambda d: ran.append(n) or "ok")(n) for n in delivery.STEPS}
+    steps = {n: functools.partial(lambda n, d: ran.append(n) or "ok", n) for n in delivery.STEPS}
     steps["checkout"] = delivery.checkout
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(delivery, "STEP_FUNCS", steps)

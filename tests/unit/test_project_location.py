@@ -10,7 +10,10 @@ import pytest
 from invoke import Config, Context, Exit
 
 from cdtasks import cluster, config, ns, stack
-from cdtasks.tasks import cluster as cluster_tasks, common, services as services_tasks
+from cdtasks.swarm import Member
+from cdtasks.tasks import cluster as cluster_tasks
+from cdtasks.tasks import common
+from cdtasks.tasks import services as services_tasks
 
 NODES = {"alpha": "a-1,a-2", "beta": "b-1", "gamma": "g-1"}
 
@@ -135,7 +138,8 @@ def _seen(monkeypatch) -> list:
     seen = []
 
     class Status:
-        env, members, missing, services = "x", (), (), ()
+        env, missing, services = "x", (), ()
+        members = (Member("id1", "g-1", "manager", "ready", labels={}),)
 
     monkeypatch.setattr(cluster, "provision_many", lambda ss, log: seen.extend(ss) or [])
     monkeypatch.setattr(cluster, "status", lambda s: seen.append(s) or Status())

@@ -329,6 +329,7 @@ def test_workspace_archive_leaves_git_out(tmp_path):
     (checkout / "demo").mkdir()
     (checkout / "demo" / "compose.yml").write_text("services: {}")
     (checkout / ".gitignore").write_text("*.pyc")
-    names = tarfile.open(fileobj=io.BytesIO(workspace._archive(checkout))).getnames()
+    with tarfile.open(fileobj=io.BytesIO(workspace._archive(checkout))) as archive:
+        names = archive.getnames()
     assert sorted(names) == ["go-demo-x", "go-demo-x/.gitignore", "go-demo-x/demo",
                              "go-demo-x/demo/compose.yml"]

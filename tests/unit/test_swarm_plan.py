@@ -5,14 +5,23 @@ import threading
 from pathlib import Path
 
 import docker
-import requests
-
 import pytest
+import requests
 
 from cdtasks import swarm
 from cdtasks.config import load
-from cdtasks.swarm import (Action, Member, NodeInfo, SwarmError, info_of, leave, member_of,
-                           plan_labels, plan_membership, routing_mode)
+from cdtasks.swarm import (
+    Action,
+    Member,
+    NodeInfo,
+    SwarmError,
+    info_of,
+    leave,
+    member_of,
+    plan_labels,
+    plan_membership,
+    routing_mode,
+)
 
 N1, N2, N3 = "swarm-test-1", "swarm-test-2", "swarm-test-3"
 CLUSTER = "wupxe8p8ycmgdohlrzuzrudu2"
