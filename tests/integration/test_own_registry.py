@@ -157,7 +157,7 @@ def test_own_registry_end_to_end(own):
     assert "deployed (2.0" in out, out
     assert _running_images(_manager(lab, "prod")) == [f"{URL}/go-demo:2.0@{pushed}"]
 
-    _inv(lab, "rollback", "--env", "prod", "--to", "1.0")
+    _inv(lab, "rollback", "--env", "prod", "--version", "1.0")
     assert _running_images(_manager(lab, "prod")) == [
         f"{URL}/go-demo:1.0@{_pushed_digest(lab, work, password, '1.0')}"]
     history = _inv(lab, "history", "--env", "prod", "--json")
