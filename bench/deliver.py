@@ -77,7 +77,7 @@ def tool(environ: dict[str, str], version: str) -> tuple[float, dict[str, float]
 def script(environ: dict[str, str], version: str) -> tuple[float, dict[str, float]]:
     """The script above, timed as a whole and step by step (from its markers)."""
     settings = config.load("test", environ=environ, project_dir=ROOT)
-    dest = settings.workspace_dir / f"go-demo-book-{secrets.token_hex(3)}"
+    dest = settings.delivery.workspace_dir / f"go-demo-book-{secrets.token_hex(3)}"
     docker_config = Path(tempfile.mkdtemp(prefix="cdtbench-docker-"))  # 0700: the login lands here
     (docker_config / "cli-plugins").symlink_to(
         Path(environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "cli-plugins")

@@ -30,7 +30,7 @@ class Cluster:
         return cls(settings, for_settings(settings))
 
     def discover(self) -> Cluster:
-        self.endpoints = self.provider.endpoints(self.settings.nodes)
+        self.endpoints = self.provider.endpoints(self.settings.cluster.nodes)
         return self
 
     def client(self, node: str):
@@ -43,11 +43,11 @@ class Cluster:
         return self._clients[node]
 
     def clients(self) -> dict:
-        return {n: self.client(n) for n in self.settings.nodes}
+        return {n: self.client(n) for n in self.settings.cluster.nodes}
 
     def manager(self):
         """A client of a manager that answers and has the swarm's control plane."""
-        for node in self.settings.managers:
+        for node in self.settings.cluster.managers:
             if node in self.endpoints:
                 try:
                     c = self.client(node)
@@ -70,7 +70,7 @@ class Cluster:
     def routing_in_use(self) -> str:
         """The mode provision chose, read from the registry service it made (one API call
         instead of an SSH probe of every node); probed when there is no registry yet."""
-        if self.settings.routing == "auto":
+        if self.settings.cluster.routing == "auto":
             svc = services.inspect(self.manager(), registry.NAME)
             if svc is not None:
                 mode = (svc["Spec"].get("EndpointSpec") or {}).get("Mode", "vip")
@@ -79,7 +79,7 @@ class Cluster:
 
     def routing(self) -> tuple[str, str]:
         """Probe every node's kernel for IPVS (over SSH) unless ROUTING forces a mode."""
-        if self.settings.routing != "auto":
+        if self.settings.cluster.routing != "auto":
             return swarm.routing_mode(self.settings, {})
 
         def probe(ep: Endpoint) -> bool:
@@ -120,10 +120,10 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
         log(f"{settings.env}: {phase} after {time.monotonic() - started:.1f}s")
 
     c = Cluster.of(settings)
-    before = set(c.provider.endpoints(settings.nodes))
-    c.endpoints = c.provider.ensure(settings.nodes, log)
+    before = set(c.provider.endpoints(settings.cluster.nodes))
+    c.endpoints = c.provider.ensure(settings.cluster.nodes, log)
     done("machines ready")
-    actions = [f"created machine {n}" for n in settings.nodes if n not in before]
+    actions = [f"created machine {n}" for n in settings.cluster.nodes if n not in before]
     clients = c.clients()
     addresses = {n: ep.address for n, ep in c.endpoints.items()}
     host = c.provider.image_source()
@@ -136,9 +136,9 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
     def registry_image() -> list[str]:
         if registry.external(settings):
             return prepare_for_registry(c, settings, log)
-        loaded = images.provide(host, clients, [settings.registry_image], log)
+        loaded = images.provide(host, clients, [settings.registry.registry_image], log)
         done("registry image on every node")
-        return [f"loaded {settings.registry_image} into {n}" for n in loaded]
+        return [f"loaded {settings.registry.registry_image} into {n}" for n in loaded]
 
     # Membership, the IPVS probe and copying the registry image into the nodes (or giving
     # them your own registry's CA and login) need only the machines, not each other.
@@ -176,8 +176,8 @@ def prepare_for_registry(c: Cluster, settings: Settings, log: Log) -> list[str]:
 
 def check_port_ranges(all_settings: Sequence[Settings]) -> None:
     """Fixed host ports (LAB_PORT_BASE) of clusters provisioned together must not overlap."""
-    spans = sorted((s.lab_port_base, s.lab_port_base + 10 * len(s.nodes), s.env)
-                   for s in all_settings if s.lab_port_base)
+    spans = sorted((s.cluster.lab_port_base, s.cluster.lab_port_base + 10 * len(s.cluster.nodes), s.env)
+                   for s in all_settings if s.cluster.lab_port_base)
     for (lo1, hi1, e1), (lo2, _, e2) in pairwise(spans):
         if lo2 < hi1:
             raise ConfigError(f"LAB_PORT_BASE of {e1} ({lo1}) and {e2} ({lo2}) overlap: each "
@@ -201,7 +201,7 @@ class Status:
 
 def status(settings: Settings) -> Status:
     c = Cluster.of(settings).discover()
-    missing = tuple(n for n in settings.nodes if n not in c.endpoints)
+    missing = tuple(n for n in settings.cluster.nodes if n not in c.endpoints)
     if not c.endpoints:
         return Status(settings.env, (), missing, ())
     manager = c.manager()
@@ -218,7 +218,7 @@ def status(settings: Settings) -> Status:
 
 
 def destroy(settings: Settings, log: Log, purge: bool = False) -> list[str]:
-    return for_settings(settings).remove(settings.nodes, log, purge=purge)
+    return for_settings(settings).remove(settings.cluster.nodes, log, purge=purge)
 
 
 def endpoint(settings: Settings, node: str) -> Endpoint:

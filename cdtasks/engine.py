@@ -18,6 +18,7 @@ from docker.tls import TLSConfig
 from invoke import Config, Context
 
 from . import tunnel as tunnels
+from .config import ENGINE_VAR
 
 TIMEOUT = 120
 SSH_KEEPALIVE = 15  # seconds between SSH keepalive messages on an idle link
@@ -73,7 +74,7 @@ def _reason(exc: Exception) -> str:
     return text[:200]
 
 
-HOST_ENGINE_VAR = "CDTASKS_DOCKER_HOST"
+HOST_ENGINE_VAR = ENGINE_VAR  # CDTASKS_DOCKER_HOST; config knows it, to refuse typos of it
 DEFAULT_SOCKET = Path("/var/run/docker.sock")
 
 

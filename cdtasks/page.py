@@ -129,11 +129,11 @@ def gather(test: Settings, prod: Settings) -> dict:
     def manager_of(s: Settings) -> Callable[[], object]:
         return lambda: Cluster.of(s).discover().manager()
 
-    views = [cluster(f"prod-like ({test.env})", test.app_service, manager_of(test),
+    views = [cluster(f"prod-like ({test.env})", test.services.app_service, manager_of(test),
                      (watch.KIND, "delivered")),
-             cluster(f"production ({prod.env})", prod.app_service, manager_of(prod), ("history",))]
-    return snapshot(views, watch.saved_runs(test.reports_dir / watch.RUNS_DIR),
-                    reports_on_disk([test.reports_dir, prod.reports_dir]), time.time())
+             cluster(f"production ({prod.env})", prod.services.app_service, manager_of(prod), ("history",))]
+    return snapshot(views, watch.saved_runs(test.delivery.reports_dir / watch.RUNS_DIR),
+                    reports_on_disk([test.delivery.reports_dir, prod.delivery.reports_dir]), time.time())
 
 
 def timeline(steps: Sequence[Mapping]) -> tuple[list[dict], bool]:

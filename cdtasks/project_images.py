@@ -5,7 +5,7 @@ registry, or the delivery stops with one line naming the image and the service t
 
 How the delivery calls it, after the checkout and before the unit tests and the build:
 
-    model = check_contract(compose.model(), settings.compose_file)
+    model = check_contract(compose.model(), settings.delivery.compose_file)
     project_images.ensure(model, cluster.client(cd_node), cd_node, registry.address(settings),
                           cluster.provider.image_source(), log)
 

@@ -47,7 +47,7 @@ class Credentials:
 
 def auth_dir(settings: Settings) -> Path:
     """Where the credentials live: beside the other state, shared by every cluster of it."""
-    return settings.state_dir / "registry-auth"
+    return settings.cluster.state_dir / "registry-auth"
 
 
 def credentials(settings: Settings) -> Credentials:
@@ -78,16 +78,17 @@ def _matches(htpasswd: Path, password: str) -> bool:
 
 def external(settings: Settings) -> bool:
     """Your own registry (REGISTRY_URL) instead of a registry service per cluster."""
-    return bool(settings.registry_url)
+    return bool(settings.registry.registry_url)
 
 
 def logins(settings: Settings) -> dict[str, tuple[str, str]]:
     """{HOST:PORT: (user, password)} for the clients of the cluster's nodes."""
+    r = settings.registry
     if external(settings):
-        if settings.registry_password_file is None:
+        if r.registry_password_file is None:
             return {}
-        return {server(settings): (settings.registry_user,
-                                   settings.registry_password_file.read_text().strip())}
+        return {server(settings): (r.registry_user,
+                                   r.registry_password_file.read_text().strip())}
     creds = credentials(settings)
     return {server(settings): (creds.username, creds.password)}
 
@@ -96,8 +97,8 @@ def ca_command(settings: Settings) -> str:
     """A node's shell command that puts REGISTRY_CA_FILE where its engine looks for it (read
     at each connection: no restart), printing `changed` when it did. Through sudo where the SSH
     user is not root (servers of the ssh provider, docker-machine's VMs)."""
-    target = f"{CERTS_D}/{server(settings)}"
-    pem = settings.registry_ca_file.read_text() if settings.registry_ca_file else ""
+    target, ca_file = f"{CERTS_D}/{server(settings)}", settings.registry.registry_ca_file
+    pem = ca_file.read_text() if ca_file else ""
     script = (f"mkdir -p {shlex.quote(target)} && cd {shlex.quote(target)} && "
               f"printf %s {shlex.quote(pem)} > ca.crt.new && chmod 644 ca.crt.new && "
               f"if cmp -s ca.crt.new ca.crt; then rm ca.crt.new; "
@@ -112,7 +113,7 @@ def prepare_node(endpoint: engine.Endpoint, client, settings: Settings) -> list[
     release needs them. Nothing is stored on the node: every push, pull and service update
     sends the login (engine.client)."""
     done, where = [], server(settings)
-    if settings.registry_ca_file:
+    if settings.registry.registry_ca_file:
         with engine.ssh(endpoint) as conn:
             result = conn.run(ca_command(settings), hide=True, warn=True)
         if not result.ok:
@@ -148,15 +149,15 @@ def spec(settings: Settings, routing: str) -> ServiceSpec:
     Only the tool's user may push or pull (htpasswd from a Swarm secret; the registry accepts
     basic auth over plain HTTP, and engines send it to localhost registries). Deletes stay
     off: `inv destroy --purge` empties the directory itself."""
-    port = settings.registry_port
+    port = settings.registry.registry_port
     base = ServiceSpec(
-        name=NAME, image=settings.registry_image, replicas=1,
+        name=NAME, image=settings.registry.registry_image, replicas=1,
         env=(f"REGISTRY_HTTP_ADDR=:{port}", "REGISTRY_AUTH=htpasswd",
              f"REGISTRY_AUTH_HTPASSWD_REALM={NAME}",
              f"REGISTRY_AUTH_HTPASSWD_PATH=/run/secrets/{HTPASSWD}",
              "REGISTRY_STORAGE_DELETE_ENABLED=false"),
-        reserve_mb=settings.registry_reserve_mb,
-        mounts=(f"type=bind,source={settings.registry_dir},target={DATA}",),
+        reserve_mb=settings.registry.registry_reserve_mb,
+        mounts=(f"type=bind,source={settings.registry.registry_dir},target={DATA}",),
         ports=((port, port, "ingress"),),
         secrets=((credentials(settings).secret_name, HTPASSWD),),
         labels=LABELS)
@@ -168,7 +169,7 @@ def spec(settings: Settings, routing: str) -> ServiceSpec:
 def address(settings: Settings) -> str:
     """The registry as every node's engine names it, with the path images go under:
     REGISTRY_URL (HOST:PORT[/PATH]), or the service's localhost:PORT."""
-    return settings.registry_url or f"localhost:{settings.registry_port}"
+    return settings.registry.registry_url or f"localhost:{settings.registry.registry_port}"
 
 
 def server(settings: Settings) -> str:

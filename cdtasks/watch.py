@@ -25,7 +25,7 @@ from typing import Any
 
 from . import records
 from .interrupt import exit_code
-from .report import redact
+from .redaction import redact
 
 KIND = "watch"
 GIT_TIMEOUT = 60  # seconds for one `git ls-remote` (a URL that hangs must not stop the watcher)

@@ -81,12 +81,12 @@ class MachineProvider(Provider):
 
     @property
     def shares_workspace(self) -> bool:
-        return self.s.machine_driver == "virtualbox"
+        return self.s.machine.machine_driver == "virtualbox"
 
     @property
     def share_folder(self) -> Path:
         """One folder holds what the VMs must see: the registry's storage and the workspace."""
-        return Path(os.path.commonpath([self.s.registry_dir, self.s.workspace_dir]))
+        return Path(os.path.commonpath([self.s.registry.registry_dir, self.s.delivery.workspace_dir]))
 
     def _env(self) -> dict:
         env = dict(os.environ)
@@ -158,14 +158,14 @@ class MachineProvider(Provider):
                                 "NAME` (or `inv destroy`) and provision again")
         if self.shares_workspace:
             state.private_dir(self.share_folder)
-        for d in (self.s.registry_dir, self.s.workspace_dir):
+        for d in (self.s.registry.registry_dir, self.s.delivery.workspace_dir):
             state.private_dir(d)
 
         def one(node: str) -> str | None:
             state = states.get(node, ("",))[0]
             try:
                 if not state:
-                    log(f"{node}: docker-machine create -d {self.s.machine_driver}")
+                    log(f"{node}: docker-machine create -d {self.s.machine.machine_driver}")
                     self._create(node)
                 elif state != "Running":
                     log(f"{node}: starting the {state.lower()} machine")
@@ -180,14 +180,14 @@ class MachineProvider(Provider):
         return dict(zip(nodes, self._each(self._endpoint, nodes), strict=True))
 
     def _create(self, node: str) -> None:
-        proc = self.dm("create", "-d", self.s.machine_driver, *self.s.machine_options, node,
+        proc = self.dm("create", "-d", self.s.machine.machine_driver, *self.s.machine.machine_options, node,
                        timeout=CREATE_TIMEOUT)
         if proc.returncode != 0:
             # docker-machine keeps a half-made machine (state Error): remove it so that the
             # next provision starts clean, then say what docker-machine said.
             if node in self.states():
                 self.dm("rm", "-f", node)
-            raise ProviderError(f"machine {node}: `{BINARY} create -d {self.s.machine_driver}` "
+            raise ProviderError(f"machine {node}: `{BINARY} create -d {self.s.machine.machine_driver}` "
                                 f"failed: {_message(proc)}")
 
     # -- remove ----------------------------------------------------------------------------

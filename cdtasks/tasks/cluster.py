@@ -107,7 +107,7 @@ def _status_json(st) -> dict:
 def _settings_with_node(c, node: str, env: str | None):
     for e in envs(c, env):
         s = settings(c, e)
-        if node in s.nodes:
+        if node in s.cluster.nodes:
             return s
     return settings(c, envs(c, env)[0]).check_node(node)  # raises: names the valid nodes
 

@@ -40,7 +40,7 @@ def _finish(d, results, title: str, json: bool = False) -> None:
     from .. import delivery, report
     s = d.settings
     state = delivery.state_after(d, results)
-    meta = {"env": s.env, "service": s.app_service, "version": d.version, "ref": d.ref,
+    meta = {"env": s.env, "service": s.services.app_service, "version": d.version, "ref": d.ref,
             "repo": d.repo, "digest": d.digest, "state": state,
             "dry_run": d.dry_run, "commands": d.commands}
     if json:
@@ -48,7 +48,7 @@ def _finish(d, results, title: str, json: bool = False) -> None:
     else:
         report.print_results(title, results, secrets=s.secrets)
     out(state, json)
-    paths = report.write_reports(s.reports_dir, title, results, meta, secrets=s.secrets)
+    paths = report.write_reports(s.delivery.reports_dir, title, results, meta, secrets=s.secrets)
     out("reports: " + ", ".join(map(str, paths)), json)
     failed = next((x for x in results if x.failed), None)
     if failed is not None and not failed.interrupted:
@@ -64,7 +64,7 @@ def deliver(c, env="test", repo=None, ref="HEAD", version=None, service=None, im
     from .. import delivery, deployment, report
     s = _settings(c, env, service, image, compose_file, cd_node)
     progress = report.Progress("deliver")
-    d = delivery.Delivery(s, repo or s.repo, ref, version, dry_run=dry_run, log=progress.log,
+    d = delivery.Delivery(s, repo or s.delivery.repo, ref, version, dry_run=dry_run, log=progress.log,
                           on_line=lambda line: progress.update(line[-100:]), defer_down=True)
     delivery.check_input(d)
     _reported(d, "deliver", progress, lambda p: delivery.deliver(d, p), json)
@@ -99,7 +99,7 @@ def checkout(c, env="test", repo=None, ref="HEAD", version=None, service=None, i
     """Deliver's first step: check the repository out into the workspace (the later steps use it)."""
     from .. import delivery
     s = _settings(c, env, service, image, compose_file, cd_node)
-    d = delivery.Delivery(s, repo or s.repo, ref, version, dry_run=dry_run)
+    d = delivery.Delivery(s, repo or s.delivery.repo, ref, version, dry_run=dry_run)
     delivery.check_input(d)
     _one_step("checkout", d)
 

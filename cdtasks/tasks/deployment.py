@@ -34,14 +34,15 @@ def deploy_and_report(d, title: str, json: bool = False) -> dict:
 
 def _report(d, title: str, results, entry: dict, json: bool = False) -> None:
     from .. import report
+    from ..redaction import redact
     secrets = [*d.prod.secrets, *d.test.secrets]
     if json:
         print_json(report.report_doc(title, results, entry, secrets=secrets))
     else:
         report.print_results(title, results, secrets=secrets)
-    out(report.redact(f"{d.service} on {d.prod.env}: {entry['result']} ({entry['version']}, "
+    out(redact(f"{d.service} on {d.prod.env}: {entry['result']} ({entry['version']}, "
                       f"{d.image})", secrets), json)
-    paths = report.write_reports(d.prod.reports_dir, title, results, entry, secrets=secrets)
+    paths = report.write_reports(d.prod.delivery.reports_dir, title, results, entry, secrets=secrets)
     out("reports: " + ", ".join(map(str, paths)), json)
 
 
@@ -79,9 +80,9 @@ def history(c, env="prod", json=False):
     if where != "cluster":  # the local log has only this machine's runs, and may be old
         out(f"warning: {env}'s cluster did not answer; showing the {where}", stderr=True)
     if json:
-        print_json({"env": env, "service": s.app_service, "source": where, "deployments": rows})
+        print_json({"env": env, "service": s.services.app_service, "source": where, "deployments": rows})
         return
-    report.print_table(f"{env}: deployments of {s.app_service} (from {where})",
+    report.print_table(f"{env}: deployments of {s.services.app_service} (from {where})",
                        ["time", "user", "kind", "version", "image", "digest", "result",
                         "rolled back", "seconds"],
                        [[r["time"], r["user"], r["kind"], r["version"],

@@ -26,7 +26,7 @@ def lock(c, action, env=None, service=None, force=False, json=False):
     docs = {}
     for e in envs(c, env):
         s = settings(c, e)
-        svc = service or s.app_service
+        svc = service or s.services.app_service
         manager = Cluster.of(s).discover().manager()
         if action == "release":
             removed = records.force_release(manager, svc)

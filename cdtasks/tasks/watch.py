@@ -32,7 +32,8 @@ def run_delivery(c, env: str, repo: str, commit: str, deploy: bool, prod_env: st
     exit code, one line, and the JSON reports it wrote, as a `watch.RunResult`."""
     import time
 
-    from .. import report, watch
+    from .. import watch
+    from ..redaction import redact
     from .delivery import deliver
 
     s, started = settings(c, env), time.time()
@@ -47,12 +48,12 @@ def run_delivery(c, env: str, repo: str, commit: str, deploy: bool, prod_env: st
         if mapped is None:
             raise
         code, text = mapped, f"error: {exc}"
-    places = [(s.reports_dir, "deliver")]
+    places = [(s.delivery.reports_dir, "deliver")]
     if deploy:
-        places.append((settings(c, prod_env).reports_dir, "deploy"))
+        places.append((settings(c, prod_env).delivery.reports_dir, "deploy"))
     reports = watch.read_reports(places, started)
     text = "; ".join(t for t in (watch.summary(reports), text) if t)
-    return watch.RunResult(code, report.redact(text, s.secrets), reports)
+    return watch.RunResult(code, redact(text, s.secrets), reports)
 
 
 def _after_run(c, env: str, prod_env: str, log):
@@ -62,13 +63,13 @@ def _after_run(c, env: str, prod_env: str, log):
     s, prod = settings(c, env), settings(c, prod_env)
 
     def keep(payload: dict) -> None:
-        watch.save_run(s.reports_dir / watch.RUNS_DIR, payload)
+        watch.save_run(s.delivery.reports_dir / watch.RUNS_DIR, payload)
 
     def tell(payload: dict) -> None:
-        notify.send(payload, s.notify_url, s.notify_command, log)
+        notify.send(payload, s.watch.notify_url, s.watch.notify_command, log)
 
     def publish(payload: dict) -> None:
-        page.write(s.reports_dir / page.FILE_NAME, page.gather(s, prod))
+        page.write(s.delivery.reports_dir / page.FILE_NAME, page.gather(s, prod))
 
     return [keep, tell, publish]
 
@@ -99,17 +100,17 @@ def watch_(c, env="test", repo=None, branch=None, interval=None, deploy=False, p
     from ..webhook import ListenError, Webhook
 
     s = settings(c, env)
-    repo = repo or s.repo
+    repo = repo or s.delivery.repo
     log = report.make_logger("watch")
     try:
-        branch = watch.check_branch(branch or s.watch_branch or watch.default_branch(repo))
+        branch = watch.check_branch(branch or s.watch.watch_branch or watch.default_branch(repo))
         pause = _pause(interval, bool(listen))
         if json and not once:
             raise ValueError("--json goes with --once (a watcher that keeps running logs lines)")
     except (ValueError, watch.SourceError) as exc:
         raise Exit(f"error: {exc}", code=BAD_INPUT) from None
     w = watch.Watcher(repo, branch,
-                      watch.RecordStore(lambda: Cluster.of(s).discover().manager(), s.app_service),
+                      watch.RecordStore(lambda: Cluster.of(s).discover().manager(), s.services.app_service),
                       lambda commit: run_delivery(c, env, repo, commit, deploy, prod_env),
                       interval=pause, after=_after_run(c, env, prod_env, log), log=log)
     try:
@@ -127,7 +128,7 @@ def watch_(c, env="test", repo=None, branch=None, interval=None, deploy=False, p
             if result and not result.ok:
                 raise Exit(code=result.code)
             return
-        hook = Webhook(listen, s.webhook_secret, branch, w.wake.set, log) if listen else None
+        hook = Webhook(listen, s.watch.webhook_secret, branch, w.wake.set, log) if listen else None
         log(f"following {branch} of {w.name}"
             + (f", every {pause:g}s" if pause else "")
             + (f", pushes on {listen}" if hook else "") + (f", deploying to {prod_env}" if deploy else ""))
@@ -164,7 +165,7 @@ def report_(c, env="test", prod_env="prod", output=None):
         raise Exit(f"error: --output {output} is a directory: name the file", code=BAD_INPUT)
     s = settings(c, env)
     snap = page.gather(s, settings(c, prod_env))
-    path = page.write(Path(output) if output else s.reports_dir / page.FILE_NAME, snap)
+    path = page.write(Path(output) if output else s.delivery.reports_dir / page.FILE_NAME, snap)
     for view in snap["clusters"]:
         if view["error"]:
             out(f"{view['label']} did not answer: {view['error']}")

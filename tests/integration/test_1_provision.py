@@ -214,9 +214,9 @@ def test_registry_refuses_strangers(lab):
 def test_state_is_private(lab):
     """What the tool made under STATE_DIR: directories 0700, keys and credentials 0600."""
     s = lab.settings("test")
-    root = s.state_dir / s.lab_name
-    made = [root, s.registry_dir, s.workspace_dir, registry.auth_dir(s),
-            *[p for p in root.rglob("*") if p.is_dir() and s.workspace_dir not in p.parents]]
+    root = s.cluster.state_dir / s.cluster.lab_name
+    made = [root, s.registry.registry_dir, s.delivery.workspace_dir, registry.auth_dir(s),
+            *[p for p in root.rglob("*") if p.is_dir() and s.delivery.workspace_dir not in p.parents]]
     loose = {str(d): oct(d.stat().st_mode & 0o777) for d in made if d.stat().st_mode & 0o777 != 0o700}
     assert not loose, loose
     names = {"ca-key.pem", "key.pem", "server-key.pem", "host_key", "id_ed25519", "password",

@@ -430,7 +430,7 @@ def test_two_delivers_at_once_do_not_collide(stack, tmp_path):
 
 def test_deliver_leaves_no_checkout_behind(stack):
     """Every deliver above removed its clone from the workspace, whatever the containers wrote."""
-    workspace = stack.settings("test").workspace_dir
+    workspace = stack.settings("test").delivery.workspace_dir
     left = sorted(p.name for p in workspace.glob(f"{SERVICE}-*")) if workspace.exists() else []
     assert left == [], f"checkouts left in {workspace}: {left}"
 

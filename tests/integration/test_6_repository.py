@@ -167,7 +167,7 @@ def no_secret_anywhere(lab, *texts: str) -> None:
     for text in texts:
         assert SECRET not in text, text[-2000:]
     s = lab.settings("test")
-    for where in (s.workspace_dir, lab.state_dir):
+    for where in (s.delivery.workspace_dir, lab.state_dir):
         for f in Path(where).rglob("*"):
             if f.is_file() and f.suffix in (".json", ".jsonl", ".xml"):
                 assert SECRET not in f.read_text(errors="replace"), f

@@ -113,7 +113,7 @@ def _earlier_checkouts(lab):
 
 
 def _all_checkouts(lab) -> list[str]:
-    ws = lab.settings("test").workspace_dir
+    ws = lab.settings("test").delivery.workspace_dir
     return sorted(p.name for p in ws.iterdir() if p.is_dir()) if ws.exists() else []
 
 
@@ -240,7 +240,7 @@ def test_prodtest_without_prodlike_is_refused_and_records_nothing(stack, repo, t
             stack.inv(step, extra_env=env)
         proc = stack.inv("prodtest", check=False, extra_env=env)
     finally:
-        workdir = json.loads(next(stack.settings("test").workspace_dir.glob("*.release.json"))
+        workdir = json.loads(next(stack.settings("test").delivery.workspace_dir.glob("*.release.json"))
                              .read_text())["workdir"]
         subprocess.run(["rm", "-rf", workdir], check=False)
     assert proc.returncode == 17, proc.stdout + proc.stderr

@@ -106,7 +106,7 @@ def test_deploy_json_is_the_report_file(c, monkeypatch, capsys, tmp_path, result
 def test_deliver_json_is_the_report_file_with_secrets_redacted(c, monkeypatch, capsys, tmp_path):
     s = common.settings(c, "prod")
     monkeypatch.setattr(delivery, "state_after", lambda d, results: "nothing left behind")
-    d = SimpleNamespace(settings=s, version="1.1", ref="HEAD", repo=s.repo, digest="sha256:ab",
+    d = SimpleNamespace(settings=s, version="1.1", ref="HEAD", repo=s.delivery.repo, digest="sha256:ab",
                         dry_run=False, commands=[["docker", "push", "x"]])
     results = [StepResult("checkout", True, 1.0, "key /keys/hunter2hunter2")]
     delivery_tasks._finish(d, results, "deliver", json=True)
@@ -117,7 +117,7 @@ def test_deliver_json_is_the_report_file_with_secrets_redacted(c, monkeypatch, c
     assert set(doc["meta"]) == {"env", "service", "version", "ref", "repo", "digest", "state",
                                 "dry_run", "commands"}
     assert doc["meta"]["repo"] == str(tmp_path)  # REPO empty: the project directory
-    assert doc == json.loads((Path(s.reports_dir) / "deliver.json").read_text())
+    assert doc == json.loads((Path(s.delivery.reports_dir) / "deliver.json").read_text())
     assert "nothing left behind" in out.err and "reports: " in out.err
 
 
