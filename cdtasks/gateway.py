@@ -396,6 +396,12 @@ def registry_digest(client, ref: str) -> str:
         return client.images.get_registry_data(ref).id
 
 
+def login(client, user: str, password: str, registry: str) -> None:
+    """A node's engine logs in to a registry (proving its address, CA and the password)."""
+    with translated():
+        client.login(user, password, registry=registry, reauth=True)
+
+
 def pull(client, image: str) -> None:
     """Pull `image` (NAME:TAG, NAME@DIGEST or NAME:TAG@DIGEST) into a node's engine."""
     repo, _, digest = image.partition("@")
