@@ -15,6 +15,7 @@ from . import records, registry, rollout, services, state
 from .checkout import Checkout, check_version
 from .cluster import Cluster
 from .config import Settings
+from .interrupt import deferred
 from .log import Log
 from .report import redact
 from .runner import RunInterrupted, StepFailed, StepResult, run_step
@@ -270,12 +271,17 @@ def _log_locally(d: Deployment, entry: dict) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
+def _last_success(entry) -> bool | None:
+    """Pruning keeps the last successful deployment, whatever failed since (`rollback_target`)."""
+    return True if entry.get("result") in ("deployed", "rolled back") else None
+
+
 def begin(d: Deployment, lock: records.Lock) -> None:
     """The "started" entry, written before anything changes: a run killed with SIGKILL never
     writes its final entry, and `history` then shows it as unfinished."""
     entry = {**_entry(d, STARTED, []), "lock": lock.id}
     _log_locally(d, entry)
-    records.put(d.cluster.manager(), "history", d.service, entry)
+    records.put(d.cluster.manager(), "history", d.service, entry, group=_last_success)
 
 
 def finish(d: Deployment, results: list[StepResult], lock: records.Lock,
@@ -290,12 +296,15 @@ def finish(d: Deployment, results: list[StepResult], lock: records.Lock,
             entry["running"] = rollout.on_manager(d.cluster, lambda m: [
                 f"{image} on {node}" for node, image in services.replica_images(m, d.service)],
                 d.log)
-        rollout.on_manager(d.cluster, lambda m: records.put(m, "history", d.service, entry), d.log)
+        with deferred():  # a signal here would leave a finished run "unfinished" for good
+            rollout.on_manager(d.cluster, lambda m: records.put(m, "history", d.service, entry,
+                                                                group=_last_success), d.log)
     finally:
         try:
             lock.release()  # by its ID, through a manager that answers
         finally:
-            _log_locally(d, entry)
+            with deferred():
+                _log_locally(d, entry)
             if d.checkout:
                 d.checkout.close()
     return entry
@@ -312,7 +321,7 @@ def history(s: Settings) -> tuple[list[dict], str]:
     try:
         manager = Cluster.of(s).discover().manager()
         rows = records.load(manager, "history", s.app_service)
-        return merge_runs(rows, _live_lock(manager, s.app_service)), "cluster"
+        return merge_runs(rows, live_lock(manager, s.app_service)), "cluster"
     except Exception as exc:  # the cluster is unreachable: the local log still tells
         f = local_log(s)
         rows = [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
@@ -320,7 +329,7 @@ def history(s: Settings) -> tuple[list[dict], str]:
                 f"local log {f} (cluster unreachable: {str(exc).splitlines()[0][:120]})")
 
 
-def _live_lock(manager, service: str) -> str | None:
+def live_lock(manager, service: str) -> str | None:
     """The ID of the service's lock while its holder lives; None when free or expired."""
     state = records.lock_state(manager, service)
     return state.id if state and not records.expired(state) else None
