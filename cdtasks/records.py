@@ -12,6 +12,7 @@ watchers taking one commit) cannot both succeed. Records beyond KEEP per kind ar
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import getpass
 import hashlib
@@ -21,9 +22,9 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from docker.errors import APIError, NotFound
 
@@ -41,7 +42,7 @@ KEEP = 200
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def put(manager, kind: str, service: str, data: Mapping,
@@ -51,10 +52,8 @@ def put(manager, kind: str, service: str, data: Mapping,
     name = f"cdtasks-{kind}-{int(time.time() * 1000)}-{secrets.token_hex(3)}"
     manager.api.create_config(name, json.dumps(dict(data)).encode(),
                               labels={KIND_LABEL: kind, SERVICE_LABEL: service})
-    try:
+    with contextlib.suppress(Exception):  # the record is stored; the next put prunes again
         prune(manager, kind, service, KEEP, group)
-    except Exception:  # the record is stored; what was not pruned now goes with the next put
-        pass
     return name
 
 
@@ -139,6 +138,8 @@ class LockHeld(RuntimeError):
 
 class LockLost(RuntimeError):
     """The lock this run held is gone (taken over, removed by hand, or not renewed in time)."""
+
+    results: list  # the steps that ran before, set by the run that lost it
 
 
 def lock_name(service: str) -> str:
@@ -305,7 +306,7 @@ class Lock:
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -327,11 +328,12 @@ class Lock:
         self.id = created["ID"]
         return True
 
-    def acquire(self, wait: float, heartbeat: bool = True) -> "Lock":
+    def acquire(self, wait: float, heartbeat: bool = True) -> Lock:
         """Take the lock, waiting up to `wait` seconds for its holder (LockHeld after that);
         an expired lock is taken over. `heartbeat=False` leaves renewing to the caller."""
         start = time.monotonic()
-        told, last_told, seen = "", 0.0, (None, 0.0)  # seen: (id, version) and since when
+        told, last_told = "", 0.0
+        seen: tuple[tuple[str, int] | None, float] = (None, 0.0)  # (id, version) and since when
         try:
             while not self._create():
                 state = lock_state(self.manager, self.service)

@@ -20,10 +20,10 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import Callable
 from urllib.parse import parse_qs
 
 MAX_BODY = 1 << 20  # bytes; a push event of 20 commits is well under 100 KB
@@ -141,7 +141,7 @@ class _Server:
                 if key.fileobj is self.socket:
                     self._accept()
                 else:
-                    self._read(self.clients[key.fileobj])
+                    self._read(key.data)
             now = time.monotonic()
             for client in [c for c in self.clients.values() if c.deadline <= now]:
                 self.log(f"webhook: 408 to {client.address}: request not whole within {TIMEOUT:g}s")
@@ -160,7 +160,7 @@ class _Server:
             sock.setblocking(False)
             client = _Client(sock, address[0], time.monotonic() + TIMEOUT)
             self.clients[sock] = client
-            self.selector.register(sock, selectors.EVENT_READ)
+            self.selector.register(sock, selectors.EVENT_READ, client)
 
     def _read(self, client: _Client) -> None:
         try:
@@ -175,7 +175,7 @@ class _Server:
         client.data += chunk
         if whole(bytes(client.data)):
             try:
-                answer = _Handler(bytes(client.data), (client.address, 0), self).wfile.getvalue()
+                answer = _Handler(bytes(client.data), (client.address, 0), self).out.getvalue()
             except Exception as exc:  # a fault here must not end the thread every push needs
                 self.log(f"webhook: 500 to {client.address}: {type(exc).__name__}: {exc}")
                 answer = _answer_bytes(500, "internal error")
@@ -208,28 +208,24 @@ def _answer_bytes(code: int, text: str) -> bytes:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """http.server's parsing and answers over a request already read whole (`raw`); the answer
-    is left in `wfile` for the server to send."""
+    """http.server's parsing and answers over a request already read whole (`raw`), handled
+    as it is made; the answer is left in `out` for the server to send."""
 
-    server: _Server
     server_version = "cdtasks-webhook"
     sys_version = ""
 
-    def __init__(self, raw: bytes, client_address, server: _Server):
-        self.raw = raw
-        super().__init__(None, client_address, server)
-
-    def setup(self):
-        self.rfile, self.wfile = io.BytesIO(self.raw), io.BytesIO()
-
-    def finish(self):
-        pass
+    def __init__(self, raw: bytes, client_address: tuple[str, int], hook: _Server):
+        # No socket: BaseRequestHandler's own __init__ (setup, handle, finish) is not used.
+        self.hook, self.client_address = hook, client_address
+        self.rfile, self.out = io.BytesIO(raw), io.BytesIO()
+        self.wfile = self.out
+        self.handle()
 
     def log_message(self, format, *args):  # requests are said by `_answer`, headers never
         pass
 
     def _answer(self, code: int, text: str) -> None:
-        self.server.log(f"webhook: {code} to {self.client_address[0]}: {text}")
+        self.hook.log(f"webhook: {code} to {self.client_address[0]}: {text}")
         body = (text + "\n").encode()
         self.send_response(code)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
@@ -253,7 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(length))
         if len(body) != int(length):
             return self._answer(400, "body shorter than its Content-Length")
-        if not signed(self.server.secret, body, self.headers):
+        if not signed(self.hook.secret, body, self.headers):
             return self._answer(401, "missing or wrong signature")
         event = next((self.headers[h] for h in EVENT_HEADERS if self.headers.get(h)), "push")
         if event.lower() in PING_EVENTS:
@@ -262,10 +258,10 @@ class _Handler(BaseHTTPRequestHandler):
             ref = pushed_ref(body, self.headers.get("Content-Type", ""))
         except (ValueError, UnicodeDecodeError) as exc:
             return self._answer(400, f"not a push event: {str(exc)[:100]}")
-        if ref != f"refs/heads/{self.server.branch}":
+        if ref != f"refs/heads/{self.hook.branch}":
             return self._answer(202, f"ignored: {ref[:100]} is not the watched branch")
-        self.server.on_push()
-        return self._answer(202, f"checking {self.server.branch}")
+        self.hook.on_push()
+        return self._answer(202, f"checking {self.hook.branch}")
 
 
 class Webhook:
@@ -285,9 +281,10 @@ class Webhook:
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.server.socket.getsockname()[:2]
+        host, port = self.server.socket.getsockname()[:2]
+        return str(host), int(port)
 
-    def start(self) -> "Webhook":
+    def start(self) -> Webhook:
         self.thread.start()
         return self
 

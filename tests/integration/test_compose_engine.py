@@ -1,6 +1,7 @@
 """Compose against the real engine: every project is uniquely named and removed after its test."""
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -105,13 +106,12 @@ def test_run_bad_raises_with_its_exit_code(make):
 
 def test_session_removes_everything_after_an_exception(make):
     c = make()
-    with pytest.raises(RuntimeError, match="boom"):
-        with c.session():
-            c.up("dep")
-            c.run("ok")
-            containers, networks = labelled(c.project)
-            assert [x.status for x in containers] == ["running"] and networks
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), c.session():
+        c.up("dep")
+        c.run("ok")
+        containers, networks = labelled(c.project)
+        assert [x.status for x in containers] == ["running"] and networks
+        raise RuntimeError("boom")
     assert labelled(c.project) == ([], [])
 
 
@@ -121,9 +121,8 @@ def test_sigterm_during_a_long_run_still_removes_everything(make):
             os.kill(os.getpid(), signal.SIGTERM)
 
     c = make(on_line=terminate_once_started)
-    with pytest.raises(KeyboardInterrupt):
-        with c.session():
-            c.run("dep")
+    with pytest.raises(KeyboardInterrupt), c.session():
+        c.run("dep")
     assert [argv[argv.index("-p") + 2] for argv in c.issued] == ["run", "down"]
     assert labelled(c.project) == ([], [])
 
@@ -159,7 +158,5 @@ def test_a_build_says_nothing_of_bake(make, tmp_path):
         assert result.ok and "Bake" not in result.output and "buildx" not in result.output, \
             result.output
     finally:
-        try:
+        with contextlib.suppress(docker.errors.ImageNotFound):
             _client.images.remove(f"{c.project}-built", force=True)
-        except docker.errors.ImageNotFound:
-            pass

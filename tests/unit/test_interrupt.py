@@ -14,9 +14,8 @@ from cdtasks.interrupt import Interrupted, deferred, exit_code, signals_as_inter
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_each_signal_raises_interrupted_with_its_exit_code(signum):
     before = signal.getsignal(signum)
-    with pytest.raises(Interrupted) as err:
-        with signals_as_interrupt():
-            os.kill(os.getpid(), signum)
+    with pytest.raises(Interrupted) as err, signals_as_interrupt():
+        os.kill(os.getpid(), signum)
     assert err.value.signum == signum
     assert exit_code(err.value) == 128 + signum
     assert signal.getsignal(signum) == before  # restored
@@ -28,26 +27,24 @@ def test_a_plain_keyboard_interrupt_is_130():
 
 def test_a_second_signal_does_not_break_off_the_clean_up():
     said, cleaned = [], []
-    with pytest.raises(Interrupted) as err:
-        with signals_as_interrupt(said.append):
-            try:
-                os.kill(os.getpid(), signal.SIGTERM)
-            finally:
-                os.kill(os.getpid(), signal.SIGINT)  # would abort the clean-up below
-                cleaned.append(True)
+    with pytest.raises(Interrupted) as err, signals_as_interrupt(said.append):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)  # would abort the clean-up below
+            cleaned.append(True)
     assert cleaned == [True]
     assert err.value.signum == signal.SIGTERM
     assert len(said) == 1 and "SIGINT received: still cleaning up after SIGTERM" in said[0]
 
 
 def test_nested_blocks_keep_the_outer_handler():
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted), signals_as_interrupt():
+        outer = signal.getsignal(signal.SIGTERM)
         with signals_as_interrupt():
-            outer = signal.getsignal(signal.SIGTERM)
-            with signals_as_interrupt():
-                assert signal.getsignal(signal.SIGTERM) is outer
             assert signal.getsignal(signal.SIGTERM) is outer
-            os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is outer
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_an_ignored_signal_stays_ignored():
@@ -66,16 +63,15 @@ def test_an_ignored_signal_stays_ignored():
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_during_a_deferred_write_is_delivered_after_it(signum):
     written = []
-    with pytest.raises(Interrupted) as err:
-        with signals_as_interrupt():
-            outer = signal.getsignal(signum)
-            with deferred():
-                os.kill(os.getpid(), signum)
-                os.kill(os.getpid(), signal.SIGTERM)  # a second one: only the first is raised
-                time.sleep(0.05)  # the handler would run here, mid-write
-                written.append("finished")
-            assert signal.getsignal(signum) is outer  # restored before it is raised again
-            written.append("after")  # not reached: the signal is raised as the block ends
+    with pytest.raises(Interrupted) as err, signals_as_interrupt():
+        outer = signal.getsignal(signum)
+        with deferred():
+            os.kill(os.getpid(), signum)
+            os.kill(os.getpid(), signal.SIGTERM)  # a second one: only the first is raised
+            time.sleep(0.05)  # the handler would run here, mid-write
+            written.append("finished")
+        assert signal.getsignal(signum) is outer  # restored before it is raised again
+        written.append("after")  # not reached: the signal is raised as the block ends
     assert written == ["finished"]
     assert err.value.signum == signum
 

@@ -306,8 +306,8 @@ def test_a_silent_cluster_is_waited_out_with_a_growing_delay_and_said(repo: Path
         until(lambda: len(rows(manager)) == 2, "the run after the cluster came back")
     said = [line for line in lines if "does not answer" in line]
     assert len(said) == 3
-    assert "the cluster does not answer (ConnectionError: manager unreachable): trying again in 0.02s" \
-        == said[0]
+    assert said[0] \
+        == "the cluster does not answer (ConnectionError: manager unreachable): trying again in 0.02s"
     assert said[1].endswith("trying again in 0.04s") and said[2].endswith("trying again in 0.08s")
     assert "the cluster and the repository answer again" in lines
     assert len(run.commits) == 1
@@ -411,9 +411,8 @@ def test_a_signal_while_the_end_is_written_comes_after_the_record(repo: Path, ma
 
     store.put = put_with_a_signal
     w = Watcher(str(repo), "main", store, FakeRun(), log=lines.append)
-    with pytest.raises(Interrupted) as err:
-        with signals_as_interrupt():
-            w.check()
+    with pytest.raises(Interrupted) as err, signals_as_interrupt():
+        w.check()
     assert err.value.signum == signal.SIGTERM
     assert [(r["event"], r["commit"], r.get("code")) for r in rows(manager)] == [
         ("taken", head, None), ("finished", head, 0)]
