@@ -140,7 +140,7 @@ class _Server:
             for key, _ in self.selector.select(max(wait, 0.0)):
                 if key.fileobj is self.socket:
                     self._accept()
-                else:
+                elif key.data.sock in self.clients:  # not closed earlier in this round
                     self._read(key.data)
             now = time.monotonic()
             for client in [c for c in self.clients.values() if c.deadline <= now]:
