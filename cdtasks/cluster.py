@@ -68,13 +68,16 @@ class Cluster:
         return LiveManager(self)
 
     def routing_in_use(self) -> str:
-        """The mode provision chose, read from the registry service it made (one API call
-        instead of an SSH probe of every node); probed when there is no registry yet."""
+        """The mode provision chose, read from the registry service it made, or with your own
+        registry from the proxy `inv services` made (one API call instead of an SSH probe of
+        every node); probed when there is neither yet."""
         if self.settings.cluster.routing == "auto":
-            svc = services.inspect(self.manager(), registry.NAME)
-            if svc is not None:
-                mode = (svc["Spec"].get("EndpointSpec") or {}).get("Mode", "vip")
-                return "dnsrr" if mode == "dnsrr" else "mesh"
+            manager = self.manager()
+            for name in (registry.NAME, self.settings.services.proxy_service):
+                svc = services.inspect(manager, name)
+                if svc is not None:
+                    mode = (svc["Spec"].get("EndpointSpec") or {}).get("Mode", "vip")
+                    return "dnsrr" if mode == "dnsrr" else "mesh"
         return self.routing()[0]
 
     def routing(self) -> tuple[str, str]:
