@@ -172,3 +172,15 @@ def test_bad_registry_settings_are_refused_before_anything_runs(own, tmp_path):
         assert proc.returncode == 2, proc
         assert said in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert password not in proc.stdout + proc.stderr
+
+
+def test_a_wrong_password_stops_provision_naming_the_node(own, tmp_path):
+    lab, _, password = own
+    (tmp_path / "wrong").write_text(password[::-1] + "\n")
+    proc = lab.inv("provision", check=False,
+                   extra_env={"CDTASKS_REGISTRY_PASSWORD_FILE": str(tmp_path / "wrong")})
+    assert proc.returncode == 3, proc
+    assert re.search(rf"r[tp]-1 cannot log in to {ALIAS}:{PORT} as team: .*401 Unauthorized",
+                     proc.stderr), proc.stderr
+    assert password not in proc.stdout + proc.stderr
+    assert password[::-1] not in proc.stdout + proc.stderr
