@@ -137,19 +137,26 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
         return out
 
     def registry_image() -> list[str]:
+        if registry.external(settings):
+            return prepare_for_registry(c, settings, log)
         loaded = images.provide(host, clients, [settings.registry.registry_image], log)
         done("registry image on every node")
         return [f"loaded {settings.registry.registry_image} into {n}" for n in loaded]
 
-    # Membership, the IPVS probe and copying the registry image into the nodes need only the
-    # machines, not each other: side by side.
+    # Membership, the IPVS probe and copying the registry image into the nodes (or giving
+    # them your own registry's CA and login) need only the machines, not each other.
     with ThreadPoolExecutor(max_workers=3) as pool:
         joined = pool.submit(members)
         routing = pool.submit(c.routing)
-        loaded = pool.submit(registry_image) if host is not None else None
+        loaded = (pool.submit(registry_image)
+                  if host is not None or registry.external(settings) else None)
         actions += joined.result()
         mode, reason = routing.result()
         actions += loaded.result() if loaded else []
+    if registry.external(settings):
+        done(f"every node logged in to {registry.server(settings)}")
+        return ProvisionResult(settings.env, tuple(actions), mode, reason,
+                               time.monotonic() - started)
     manager = c.manager()
     actions += registry.ensure_secret(manager, settings, log)
     spec = registry.spec(settings, mode)
@@ -157,6 +164,17 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
     services.wait_running(manager, [spec.name], REGISTRY_TIMEOUT, log)
     done("registry running")
     return ProvisionResult(settings.env, tuple(actions), mode, reason, time.monotonic() - started)
+
+
+def prepare_for_registry(c: Cluster, settings: Settings, log: Log) -> list[str]:
+    """Your own registry instead of a service: every node gets its CA and logs in to it."""
+    log(f"{settings.env}: registry {registry.address(settings)} (REGISTRY_URL): no registry "
+        f"service is created")
+    workers = max(1, min(c.provider.parallel, len(c.endpoints)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        found = list(pool.map(lambda n: registry.prepare_node(c.endpoints[n], c.client(n), settings),
+                              c.endpoints))
+    return [a for actions in found for a in actions]
 
 
 def check_port_ranges(all_settings: Sequence[Settings]) -> None:
