@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 from . import engine, images, registry, services, swarm
+
+# Settings whole: a cluster is its nodes, its provider (which
+# reads the provider's own section) and the registry it runs
 from .config import ConfigError, Settings
 from .log import Log
 from .providers import Endpoint, Provider, for_settings
@@ -83,7 +86,7 @@ class Cluster:
     def routing(self) -> tuple[str, str]:
         """Probe every node's kernel for IPVS (over SSH) unless ROUTING forces a mode."""
         if self.settings.cluster.routing != "auto":
-            return swarm.routing_mode(self.settings, {})
+            return swarm.routing_mode(self.settings.cluster, self.settings.source, {})
 
         def probe(ep: Endpoint) -> bool:
             with engine.ssh(ep) as conn:
@@ -92,7 +95,7 @@ class Cluster:
         workers = max(1, min(self.provider.parallel, len(self.endpoints)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             found = dict(zip(self.endpoints, pool.map(probe, self.endpoints.values()), strict=True))
-        return swarm.routing_mode(self.settings, found)
+        return swarm.routing_mode(self.settings.cluster, self.settings.source, found)
 
 
 class LiveManager:
@@ -132,7 +135,7 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
     host = c.provider.image_source()
 
     def members() -> list[str]:
-        out = [str(a) for a in swarm.converge(settings, clients, addresses, log)]
+        out = [str(a) for a in swarm.converge(settings.cluster, settings.env, clients, addresses, log)]
         done("swarm converged")
         return out
 
