@@ -57,11 +57,6 @@ class Lab:
         from cdtasks import config
         return config.load(env, environ=self.env, project_dir=ROOT)
 
-    def manager(self, env: str):
-        """A client of a manager of the environment's cluster that answers."""
-        from cdtasks.cluster import Cluster
-        return Cluster.of(self.settings(env)).discover().manager()
-
     def container(self, node: str) -> str:
         return f"{self.name}-{node}"
 
@@ -69,12 +64,6 @@ class Lab:
         """127.0.0.1 port on which the host reaches a node's port 80."""
         c = docker.from_env().containers.get(self.container(node))
         return int(c.attrs["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"])
-
-
-def running_images(manager, service: str = "go-demo") -> list[str]:
-    """The image of each running task of `service`, as Swarm gave it to the task."""
-    tasks = manager.api.tasks(filters={"service": service, "desired-state": "running"})
-    return [t["Spec"]["ContainerSpec"]["Image"] for t in tasks if t["Status"]["State"] == "running"]
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,19 @@ import time
 import pytest
 
 from cdtasks import records, rollout
-
-from .conftest import running_images
+from cdtasks.cluster import Cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _manager(lab, env):
+    return Cluster.of(lab.settings(env)).discover().manager()
+
+
+def _task_images(manager, service="go-demo"):
+    svc = manager.api.inspect_service(service)
+    tasks = manager.api.tasks(filters={"service": svc["ID"], "desired-state": "running"})
+    return [t["Spec"]["ContainerSpec"]["Image"] for t in tasks if t["Status"]["State"] == "running"]
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +30,7 @@ def delivered(stack, tmp_path_factory):
     """Version 2.0 delivered through prod-like, so production can take it."""
     reports = tmp_path_factory.mktemp("reports")
     stack.inv("deliver", "--version", "2.0", extra_env={"CDTASKS_REPORTS_DIR": str(reports)})
-    record = [r for r in rollout.delivered(stack.manager("test"), "go-demo")
+    record = [r for r in rollout.delivered(_manager(stack, "test"), "go-demo")
               if r["version"] == "2.0"][-1]
     return stack, record, reports
 
@@ -30,24 +39,24 @@ def test_deploy_promotes_the_digest_verified_on_prod_like(delivered):
     lab, record, reports = delivered
     proc = lab.inv("deploy", "--env", "prod", extra_env={"CDTASKS_REPORTS_DIR": str(reports)})
     assert "deployed (2.0" in proc.stdout
-    prod = lab.manager("prod")
-    images = running_images(prod)
+    prod = _manager(lab, "prod")
+    images = _task_images(prod)
     assert len(images) == 3, images
     # Every production replica runs exactly the digest that passed prod-like, pinned by digest.
     assert all(i.endswith("@" + record["digest"]) for i in images), images
-    assert all(i.endswith("@" + record["digest"]) for i in running_images(lab.manager("test")))
+    assert all(i.endswith("@" + record["digest"]) for i in _task_images(_manager(lab, "test")))
     hist = lab.inv("history", "--env", "prod").stdout
     assert "2.0" in hist and "deployed" in hist and record["digest"][:19] in hist
 
 
 def test_a_version_that_never_passed_prod_like_is_refused(delivered):
     lab, _, _ = delivered
-    before = running_images(lab.manager("prod"))
+    before = _task_images(_manager(lab, "prod"))
     proc = lab.inv("deploy", "--env", "prod", "--version", "9.9.9", check=False)
     assert proc.returncode == 2
     assert "9.9.9 never passed prod-like" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert running_images(lab.manager("prod")) == before
+    assert _task_images(_manager(lab, "prod")) == before
 
 
 def _broken_version(lab, tmp_path, version: str) -> None:
@@ -71,7 +80,7 @@ def _broken_version(lab, tmp_path, version: str) -> None:
 def test_failing_production_tests_roll_back_automatically(delivered, tmp_path):
     lab, record, reports = delivered
     _broken_version(lab, tmp_path, "2.1-broken")
-    good = running_images(lab.manager("prod"))
+    good = _task_images(_manager(lab, "prod"))
     assert all(i.endswith(record["digest"]) for i in good)
     start = time.monotonic()
     proc = lab.inv("deploy", "--env", "prod", "--version", "2.1-broken", "--force", check=False,
@@ -80,9 +89,9 @@ def test_failing_production_tests_roll_back_automatically(delivered, tmp_path):
     assert proc.returncode == 20, proc.stdout + proc.stderr
     assert "failed, rolled back" in proc.stdout
     # Back on the previous digest, every replica.
-    images = running_images(lab.manager("prod"))
+    images = _task_images(_manager(lab, "prod"))
     assert len(images) == 3 and all(i.endswith("@" + record["digest"]) for i in images), images
-    entry = records.load(lab.manager("prod"), "history", "go-demo")[-1]
+    entry = records.load(_manager(lab, "prod"), "history", "go-demo")[-1]
     assert entry["version"] == "2.1-broken" and entry["rolled_back"] is True
     assert entry["result"] == "failed, rolled back"
     assert entry["steps"] == {"rollout": "ok", "prodtest": "FAILED", "rollback": "ok",
@@ -91,7 +100,7 @@ def test_failing_production_tests_roll_back_automatically(delivered, tmp_path):
 
 def test_a_second_deploy_is_refused_while_one_holds_the_lock(delivered):
     lab, _, _ = delivered
-    prod = lab.manager("prod")
+    prod = _manager(lab, "prod")
     held = records.Lock(prod, "go-demo", "2.0", holder={**records.identity(), "user": "alice"})
     with held.acquire(0):
         proc = lab.inv("deploy", "--env", "prod", check=False)
@@ -102,7 +111,7 @@ def test_a_second_deploy_is_refused_while_one_holds_the_lock(delivered):
 
 def test_a_lock_whose_holder_died_expires(delivered):
     lab, _, _ = delivered
-    prod = lab.manager("prod")
+    prod = _manager(lab, "prod")
     dead = subprocess.Popen(["true"])
     dead.wait()
     holder = {**records.identity(), "user": "bob", "pid": dead.pid}
@@ -116,10 +125,10 @@ def test_a_lock_whose_holder_died_expires(delivered):
 def test_rollback_by_hand_and_history(delivered, tmp_path):
     lab, record, _ = delivered
     lab.inv("rollback", "--env", "prod", "--version", "1.0")
-    images = running_images(lab.manager("prod"))
+    images = _task_images(_manager(lab, "prod"))
     assert all(":1.0@" in i for i in images) and len(images) == 3, images
     lab.inv("rollback", "--env", "prod")  # back to the last good deployment: 2.0
-    images = running_images(lab.manager("prod"))
+    images = _task_images(_manager(lab, "prod"))
     assert all(i.endswith("@" + record["digest"]) for i in images), images
     hist = lab.inv("history", "--env", "prod").stdout
     assert hist.count("rollback") >= 2 and "failed, rolled back" in hist

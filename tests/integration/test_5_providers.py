@@ -29,7 +29,7 @@ from cdtasks import config, engine, rollout, services, stack
 from cdtasks.cluster import Cluster
 from cdtasks.providers.lab import LAB_LABEL, NODE_LABEL, LabProvider
 
-from .conftest import ROOT, Lab, probe_registries, running_images
+from .conftest import ROOT, Lab, probe_registries
 
 STANDIN = ROOT / "tests" / "standin"
 TEST_NODES, PROD_NODES = ("swarm-test-1", "swarm-test-2"), ("swarm-1",)
@@ -145,6 +145,11 @@ def _cluster(world: World, env: str) -> Cluster:
     return Cluster.of(world.settings(env)).discover()
 
 
+def _task_images(manager, service="go-demo"):
+    tasks = manager.api.tasks(filters={"service": service, "desired-state": "running"})
+    return [t["Spec"]["ContainerSpec"]["Image"] for t in tasks if t["Status"]["State"] == "running"]
+
+
 # -- the flow -----------------------------------------------------------------------------------
 def test_provision(world):
     proc = world.inv("provision")
@@ -198,7 +203,7 @@ def test_deliver(world):
                      extra_env={"CDTASKS_REPORTS_DIR": str(world.state_dir / "reports")})
     test = _cluster(world, "test").manager()
     record = [r for r in rollout.delivered(test, "go-demo") if r["version"] == "1.1"][-1]
-    images = running_images(test)
+    images = _task_images(test)
     assert len(images) == 2 and all(i.endswith("@" + record["digest"]) for i in images), images
     if world.provider == "ssh":  # the checkout went to the CD node, and went away after
         assert "copied the checkout to swarm-test-1" in proc.stdout + proc.stderr
@@ -211,7 +216,7 @@ def test_deploy(world):
     world.inv("deploy", "--env", "prod", "--version", "1.1")
     record = [r for r in rollout.delivered(_cluster(world, "test").manager(), "go-demo")
               if r["version"] == "1.1"][-1]
-    images = running_images(_cluster(world, "prod").manager())
+    images = _task_images(_cluster(world, "prod").manager())
     assert len(images) == 2 and all(i.endswith("@" + record["digest"]) for i in images), images
     hist = world.inv("history", "--env", "prod").stdout
     assert "1.1" in hist and "deployed" in hist
@@ -249,7 +254,7 @@ def _tampered(known_hosts: Path, tmp: Path) -> Path:
 
 
 def test_refusals(world, tmp_path):
-    before = running_images(_cluster(world, "prod").manager())
+    before = _task_images(_cluster(world, "prod").manager())
     if world.provider == "ssh":
         known = world.settings("prod").ssh.ssh_known_hosts
         changed = world.inv("provision", "--env", "prod", check=False,
@@ -286,7 +291,7 @@ def test_refusals(world, tmp_path):
                             text=True, check=True).stdout.split()
         assert "swarm-9" not in ls, ls
         print(no_binary.stderr, bad.stderr, sep="\n")
-    assert running_images(_cluster(world, "prod").manager()) == before
+    assert _task_images(_cluster(world, "prod").manager()) == before
 
 
 def test_destroy(world):

@@ -19,10 +19,11 @@ import docker
 import pytest
 
 from cdtasks import registry, rollout
+from cdtasks.cluster import Cluster
 from cdtasks.providers import certs
 from cdtasks.providers.lab import LAB_LABEL, remove_labelled
 
-from .conftest import ROOT, Lab, running_images
+from .conftest import ROOT, Lab
 
 ALIAS, PORT, PATH = "team-registry", 5443, "team"
 URL = f"{ALIAS}:{PORT}/{PATH}"
@@ -108,6 +109,15 @@ def _inv(lab, *args) -> str:
     return proc.stdout + proc.stderr
 
 
+def _manager(lab, env):
+    return Cluster.of(lab.settings(env)).discover().manager()
+
+
+def running_images(manager, service: str = "go-demo") -> list[str]:
+    tasks = manager.api.tasks(filters={"service": service, "desired-state": "running"})
+    return [t["Spec"]["ContainerSpec"]["Image"] for t in tasks if t["Status"]["State"] == "running"]
+
+
 def _pushed_digest(lab, work: Path, password: str, version: str) -> str:
     """The digest the registry itself serves for go-demo:VERSION."""
     out = docker.from_env().containers.run(
@@ -131,23 +141,23 @@ def test_own_registry_end_to_end(own):
         assert found.exit_code == 0 and found.output.decode() == ca, (node, found)
     assert "none (up to date)" in _inv(lab, "provision")  # the CA is not written again
     for env in ("test", "prod"):
-        assert registry.NAME not in {s["Spec"]["Name"] for s in lab.manager(env).api.services()}
+        assert registry.NAME not in {s["Spec"]["Name"] for s in _manager(lab, env).api.services()}
     provisioned = time.monotonic()
 
     _inv(lab, "services")
-    assert running_images(lab.manager("prod")) == [f"{URL}/go-demo:1.0"]
+    assert running_images(_manager(lab, "prod")) == [f"{URL}/go-demo:1.0"]
     _inv(lab, "deliver", "--version", "2.0")
-    delivered = [r for r in rollout.delivered(lab.manager("test"), "go-demo")
+    delivered = [r for r in rollout.delivered(_manager(lab, "test"), "go-demo")
                  if r["version"] == "2.0"][-1]
     pushed = _pushed_digest(lab, work, password, "2.0")
     assert delivered["digest"] == pushed
 
     out = _inv(lab, "deploy", "--env", "prod")
     assert "deployed (2.0" in out, out
-    assert running_images(lab.manager("prod")) == [f"{URL}/go-demo:2.0@{pushed}"]
+    assert running_images(_manager(lab, "prod")) == [f"{URL}/go-demo:2.0@{pushed}"]
 
     _inv(lab, "rollback", "--env", "prod", "--version", "1.0")
-    assert running_images(lab.manager("prod")) == [
+    assert running_images(_manager(lab, "prod")) == [
         f"{URL}/go-demo:1.0@{_pushed_digest(lab, work, password, '1.0')}"]
     history = _inv(lab, "history", "--env", "prod", "--json")
     assert "rollback" in history and pushed in history
@@ -155,7 +165,7 @@ def test_own_registry_end_to_end(own):
     # The password is in no output, report, record or service spec.
     reports = [p.read_text(errors="replace") for p in (work / "reports").rglob("*") if p.is_file()]
     assert reports
-    specs = [json.dumps(s) for env in ("test", "prod") for s in lab.manager(env).api.services()]
+    specs = [json.dumps(s) for env in ("test", "prod") for s in _manager(lab, env).api.services()]
     for text in [*lab.outputs, *reports, *specs]:
         assert password not in text
     print(f"own registry: provision {provisioned - started:.0f}s, services to rollback "
