@@ -279,11 +279,14 @@ def health_output(container: Mapping) -> str:
     failed = [h for h in health.get("Log") or [] if h.get("ExitCode") != 0]
     if not failed:
         return ""
-    output = " ".join((failed[-1].get("Output") or "").split())[:300] or "no output"
+    # The last probe that said something: a probe cut short as the container stops prints
+    # nothing (exit 137).
+    probe = next((h for h in reversed(failed) if (h.get("Output") or "").strip()), failed[-1])
+    output = " ".join((probe.get("Output") or "").split())[:300] or "no output"
     test = list(((container.get("Config") or {}).get("Healthcheck") or {}).get("Test") or ())
     command = (test[1] if test[:1] == ["CMD-SHELL"] and len(test) > 1
                else shlex.join(test[1:]) if test[:1] == ["CMD"] else "")
-    facts = [f"exit code {failed[-1].get('ExitCode')}"]
+    facts = [f"exit code {probe.get('ExitCode')}"]
     streak = health.get("FailingStreak") or 0
     if streak:
         facts.append(f"{streak} failed probe{'s' if streak > 1 else ''} in a row")

@@ -87,6 +87,9 @@ def test_health_output_is_the_last_failure_on_one_line():
     assert services.health_output(health((1, "a\nb"), (0, "fine"), test=("NONE",))) \
         == "a b (exit code 1)"
     assert services.health_output(health((0, "fine"))) == ""
+    # a probe cut short as the container stops says nothing: the last one that spoke is named
+    assert services.health_output(health((1, "DB down"), (137, ""), test=("NONE",))) \
+        == "DB down (exit code 1, 2 failed probes in a row)"
     assert services.health_output({"State": {}}) == ""
 
 
