@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import checks, config, engine, registry, state, workspace
+from . import checks, compose_policy, config, engine, registry, state, workspace
 from .cluster import Cluster
 from .compose import Compose, ComposeError, ComposeModel, check_contract, unique_project
 from .config import Settings
@@ -91,11 +91,17 @@ class Checkout:
     def contract(self) -> ComposeModel:
         """The compose file's model, read once (compose reads files only: no engine needed),
         with the environment the steps give compose; ContractError when it lacks the book's
-        contract services, naming the file as the user gave it."""
+        contract services or reaches outside the checkout (`compose_policy`: the files it
+        names are checked before compose reads them), naming the file as the user gave it."""
         if self.model is None:
             if self.workdir is None:
                 raise StepFailed("no checkout: run the checkout step first")
-            self.model = check_contract(self._compose({}).model(), self.settings.compose_file)
+            name = self.settings.compose_file
+            policy = compose_policy.Policy.of(self.settings, self.workdir)
+            compose_policy.check_files(policy, name)
+            model = check_contract(self._compose({}).model(), name)
+            compose_policy.check_model(policy, name, model.config)
+            self.model = model
         return self.model
 
     def project_name(self) -> str:
