@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import checks, compose_policy, config, engine, registry, state, workspace
+from . import checks, compose_policy, config, engine, git_credentials, registry, state, workspace
 from .cluster import Cluster
 from .compose import Compose, ComposeError, ComposeModel, check_contract, unique_project
 from .config import Settings
@@ -137,7 +137,8 @@ class Checkout:
             # `--end-of-options` so that no repository or ref is read as an option.
             self.record(["git", "clone", "--quiet", "--", redact(repo), str(dest)],
                         runs_in_dry_run=True)
-            _git(["clone", "--quiet", "--", repo, str(dest)])
+            # The URL's credentials go through git's environment: none in argv or .git/config.
+            _git(["clone", "--quiet", "--", git_credentials.url(repo), str(dest)], repo=repo)
             commit = _commit_of(dest, self.ref, redact(repo))
             self.record(["git", "-C", str(dest), "checkout", "--quiet", "--detach", commit],
                         runs_in_dry_run=True)
@@ -166,6 +167,10 @@ class Checkout:
                      defer: bool = False) -> None:
         """One compose action in the project; down at once unless `defer` in a whole run."""
         self.torn_down()  # a down still running on this project ends before it is used again
+        try:
+            self.contract()  # also a checkout no delivery checked (deploy's production tests)
+        except ComposeError as exc:
+            raise StepFailed(str(exc)) from None
         c = self.compose(host_ip)
         down = not (defer and self.defer_down)
         self.compose_left = True
@@ -267,11 +272,12 @@ def _commit_of(checkout: Path, ref: str, shown_repo: str) -> str:
     raise StepFailed(f"--ref {ref}: no such branch, tag or commit in {shown_repo}")
 
 
-def _git(args: Sequence[str], cwd: Path | None = None) -> str:
-    """git that never waits for an answer (no prompt, no stdin) nor longer than GIT_TIMEOUT."""
+def _git(args: Sequence[str], cwd: Path | None = None, repo: str = "") -> str:
+    """git that never waits for an answer (no prompt, no stdin) nor longer than GIT_TIMEOUT;
+    with `repo`'s credentials when it fetches from it."""
     try:
         proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                              env=checks.git_environment(), stdin=subprocess.DEVNULL,
+                              env=checks.git_environment(repo), stdin=subprocess.DEVNULL,
                               timeout=GIT_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise StepFailed(f"`{shlex.join(['git', *args])}` did not finish within "
