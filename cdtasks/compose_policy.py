@@ -53,15 +53,16 @@ class Policy:
 
     @classmethod
     def of(cls, settings, checkout: Path) -> Policy:
+        """From config.Settings: its delivery section, the state and registry directories."""
+        d = settings.delivery
         protected = [(p, "the Docker socket") for p in SOCKETS]
-        for path, what in ((settings.registry_dir, "the registry's directory"),
-                           (settings.workspace_dir, "the workspace"),
-                           (settings.state_dir, "the state directory")):
+        for path, what in ((settings.registry.registry_dir, "the registry's directory"),
+                           (d.workspace_dir, "the workspace"),
+                           (settings.cluster.state_dir, "the state directory")):
             protected += [(Path(os.path.normpath(path)), what), (Path(os.path.realpath(path)), what)]
         return cls(Path(os.path.realpath(checkout)), Path(os.path.normpath(checkout)),
-                   tuple(protected),
-                   tuple(Path(p) for p in settings.compose_mount_prefixes),
-                   frozenset(settings.compose_allow))
+                   tuple(protected), tuple(Path(p) for p in d.compose_mount_prefixes),
+                   frozenset(d.compose_allow))
 
 
 # -- the files compose reads -----------------------------------------------------------------

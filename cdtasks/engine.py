@@ -8,9 +8,9 @@ import hashlib
 import os
 import shlex
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import docker
 import paramiko
@@ -18,6 +18,7 @@ from docker.tls import TLSConfig
 from invoke import Config, Context
 
 from . import tunnel as tunnels
+from .config import ENGINE_VAR
 
 TIMEOUT = 120
 SSH_KEEPALIVE = 15  # seconds between SSH keepalive messages on an idle link
@@ -73,7 +74,7 @@ def _reason(exc: Exception) -> str:
     return text[:200]
 
 
-HOST_ENGINE_VAR = "CDTASKS_DOCKER_HOST"
+HOST_ENGINE_VAR = ENGINE_VAR  # CDTASKS_DOCKER_HOST; config knows it, to refuse typos of it
 DEFAULT_SOCKET = Path("/var/run/docker.sock")
 
 
@@ -193,7 +194,8 @@ def ssh(endpoint: Endpoint):
 
 
 def _opened(endpoint: Endpoint):
-    from fabric import Config as FabricConfig, Connection
+    from fabric import Config as FabricConfig
+    from fabric import Connection
 
     known_hosts = endpoint.known_hosts or Path("~/.ssh/known_hosts").expanduser()
     key = {"key_filename": str(endpoint.ssh_key), "look_for_keys": False,

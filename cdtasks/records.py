@@ -18,9 +18,9 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 from docker.errors import APIError, NotFound
 
@@ -34,7 +34,7 @@ SERVICE_LABEL = "io.cdtasks.service"
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def put(manager, kind: str, service: str, data: Mapping) -> str:
@@ -65,6 +65,8 @@ class LockHeld(RuntimeError):
 
 class LockLost(RuntimeError):
     """The lock this run held is gone (taken over, removed by hand, or not renewed in time)."""
+
+    results: list  # the steps that ran before, set by the run that lost it
 
 
 def lock_name(service: str) -> str:
@@ -231,7 +233,7 @@ class Lock:
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -253,11 +255,12 @@ class Lock:
         self.id = created["ID"]
         return True
 
-    def acquire(self, wait: float, heartbeat: bool = True) -> "Lock":
+    def acquire(self, wait: float, heartbeat: bool = True) -> Lock:
         """Take the lock, waiting up to `wait` seconds for its holder (LockHeld after that);
         an expired lock is taken over. `heartbeat=False` leaves renewing to the caller."""
         start = time.monotonic()
-        told, last_told, seen = "", 0.0, (None, 0.0)  # seen: (id, version) and since when
+        told, last_told = "", 0.0
+        seen: tuple[tuple[str, int] | None, float] = (None, 0.0)  # (id, version) and since when
         try:
             while not self._create():
                 state = lock_state(self.manager, self.service)

@@ -42,9 +42,11 @@ def lab(tmp_path):
 
 
 def settings(lab, prefixes=("/tmp",), allow=()):
-    return SimpleNamespace(state_dir=lab.state, registry_dir=lab.state / "registry",
-                           workspace_dir=lab.state / "lab" / "workspace",
-                           compose_mount_prefixes=prefixes, compose_allow=allow)
+    return SimpleNamespace(cluster=SimpleNamespace(state_dir=lab.state),
+                           registry=SimpleNamespace(registry_dir=lab.state / "registry"),
+                           delivery=SimpleNamespace(workspace_dir=lab.state / "lab" / "workspace",
+                                                    compose_mount_prefixes=prefixes,
+                                                    compose_allow=allow))
 
 
 def check(lab, text: str | None = None, name="compose.yml", **kw) -> None:
@@ -189,8 +191,8 @@ def test_the_settings_keys_take_absolute_paths_and_known_keys(tmp_path):
     (tmp_path / "t.env").write_text("COMPOSE_MOUNT_PREFIXES=/tmp,/var/cache/go/\n"
                                     "COMPOSE_ALLOW=/var/run/docker.sock,privileged\n")
     s = config.load("t", environ={}, env_dir=tmp_path, project_dir=tmp_path)
-    assert s.compose_mount_prefixes == ("/tmp", "/var/cache/go")
-    assert s.compose_allow == ("/var/run/docker.sock", "privileged")
+    assert s.delivery.compose_mount_prefixes == ("/tmp", "/var/cache/go")
+    assert s.delivery.compose_allow == ("/var/run/docker.sock", "privileged")
     for bad in ("COMPOSE_MOUNT_PREFIXES=tmp", "COMPOSE_ALLOW=everything"):
         (tmp_path / "t.env").write_text(bad + "\n")
         with pytest.raises(config.ConfigError, match=bad.split("=")[0]):
