@@ -7,7 +7,7 @@ with the user name and token from variables of git's own environment.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 # Git runs it with `sh -c`: the values come from its environment, its text has none of them.
