@@ -46,7 +46,7 @@ def _mount(entry: str):
 
 def paths(lab) -> dict:
     s = lab.settings("test")
-    return {"state": s.state_dir, "registry": s.registry_dir}
+    return {"state": s.cluster.state_dir, "registry": s.registry.registry_dir}
 
 
 # branch -> (edit of the compose file, what the refusal names: service, key, path)
@@ -86,7 +86,7 @@ def escapes(stack, tmp_path_factory) -> str:
         assert edit(text, stack) != text, branch
         compose.write_text(edit(text, stack))
         if branch == "symlink":
-            os.symlink(stack.settings("test").state_dir, path / "demo/state")
+            os.symlink(stack.settings("test").cluster.state_dir, path / "demo/state")
         git(path, "add", "-A")
         git(path, "commit", "--quiet", "-m", f"escape: {branch}")
     git(path, "checkout", "--quiet", "main")
@@ -94,7 +94,7 @@ def escapes(stack, tmp_path_factory) -> str:
 
 
 def cd_images(lab) -> list[str]:
-    cd = Cluster.of(lab.settings("test")).discover().client(lab.settings("test").cd_node)
+    cd = Cluster.of(lab.settings("test")).discover().client(lab.settings("test").cluster.cd_node)
     return [t for i in cd.images.list() for t in i.tags]
 
 
@@ -196,7 +196,7 @@ def test_the_checkout_keeps_no_token_and_a_wrong_one_is_named_without_showing_it
     url, _ = token_repo
     env = {"CDTASKS_REPORTS_DIR": str(tmp_path)}
     stack.inv("checkout", "--repo", url, "--version", "tok-2", extra_env=env)
-    state = next(stack.settings("test").workspace_dir.glob("*.release.json"))
+    state = next(stack.settings("test").delivery.workspace_dir.glob("*.release.json"))
     workdir = Path(json.loads(state.read_text())["workdir"])
     try:
         config = (workdir / ".git" / "config").read_text()
