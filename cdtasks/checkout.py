@@ -17,6 +17,9 @@ from pathlib import Path
 from . import checks, compose_policy, config, engine, git_credentials, registry, state, workspace
 from .cluster import Cluster
 from .compose import Compose, ComposeError, ComposeModel, check_contract, unique_project
+
+# Settings whole: a checkout builds its Cluster (Cluster.of) and reads
+# the delivery, services (images, service name) and registry sections
 from .config import Settings
 from .log import Log
 from .providers import for_settings
