@@ -120,6 +120,8 @@ class ComposeModel:
     images: Mapping[str, str]  # service -> image as the engine tags it (no entry: none given)
     builds: Mapping[str, Build]  # services that build an image
     ports: Mapping[str, tuple[int, ...]]  # service -> host ports it publishes
+    # compose's whole JSON form of the file, for checks of what else it declares
+    config: Mapping = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def app_build(self) -> Build | None:
@@ -171,7 +173,7 @@ def model_of(file: Path, config: Mapping) -> ComposeModel:
         if published:
             ports[name] = tuple(published)
     return ComposeModel(str(file), tuple(services), MappingProxyType(images),
-                        MappingProxyType(builds), MappingProxyType(ports))
+                        MappingProxyType(builds), MappingProxyType(ports), config)
 
 
 def _published(entry: Mapping) -> list[int]:

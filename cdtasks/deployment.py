@@ -14,6 +14,8 @@ from docker.errors import APIError, NotFound
 from . import records, registry, rollout, services, state
 from .checkout import Checkout, check_version
 from .cluster import Cluster
+
+# Settings whole: two clusters (Cluster.of) and a Checkout for the tests
 from .config import Settings
 from .interrupt import deferred
 from .log import Log
@@ -174,7 +176,7 @@ def checkout_for_tests(d: Deployment, record: dict) -> Checkout:
 # -- steps ------------------------------------------------------------------------------------
 def _rollout_to(d: Deployment, image: str) -> str:
     assert d.cluster is not None  # prepare() found it
-    result = rollout.update(d.cluster, d.prod, image, d.log)
+    result = rollout.update(d.cluster, d.prod.services, image, d.log)
     d.converged_at = rollout.monitor_start(result)
     return f"{d.service} on {d.prod.env}: every replica runs {image} ({result.seconds:.1f}s)"
 
@@ -184,7 +186,7 @@ def _prodtest(d: Deployment) -> str:
     if d.checkout.workdir is None:
         d.checkout.clone()
     image = d.previous if d.rolled_back else d.image
-    return rollout.production_tests(d.checkout, d.cluster, d.prod, image, d.converged_at)
+    return rollout.production_tests(d.checkout, d.cluster, image, d.converged_at)
 
 
 def _rollback(d: Deployment) -> str:

@@ -21,6 +21,8 @@ from typing import Any
 
 from . import deployment, records, services, watch
 from .cluster import Cluster
+
+# Settings whole: each environment's Cluster (Cluster.of) is read
 from .config import Settings
 
 FILE_NAME = "releases.html"  # in REPORTS_DIR

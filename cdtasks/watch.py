@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import records
+from . import checks, git_credentials, records
 from .interrupt import deferred, exit_code
 from .redaction import redact
 
@@ -63,12 +63,11 @@ class RunResult:
 
 
 # -- git ------------------------------------------------------------------------------------------
-def _git(args: Sequence[str], timeout: float | None = None) -> str:
+def _git(args: Sequence[str], timeout: float | None = None, repo: str = "") -> str:
     """A git command that never asks for anything: no terminal prompt, no stdin, a time limit
-    (GIT_TIMEOUT unless given)."""
+    (GIT_TIMEOUT unless given); `repo`'s credentials through its environment."""
     timeout = timeout or GIT_TIMEOUT
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")  # ssh would ask on the tty
+    env = checks.git_environment(repo)
     # Its own session, so that on a timeout or Ctrl-C its transport helpers (git-remote-https,
     # ssh) are killed with it instead of lingering.
     with subprocess.Popen(["git", *args], env=env, stdin=subprocess.DEVNULL,
@@ -99,7 +98,8 @@ def check_branch(branch: str) -> str:
 
 def default_branch(repo: str) -> str:
     """The branch the repository's HEAD points at (what a clone checks out)."""
-    for line in _git(["ls-remote", "--symref", "--end-of-options", repo, "HEAD"]).splitlines():
+    for line in _git(["ls-remote", "--symref", "--end-of-options", git_credentials.url(repo),
+                      "HEAD"], repo=repo).splitlines():
         if line.startswith("ref: refs/heads/") and line.endswith("\tHEAD"):
             return line[len("ref: refs/heads/"):-len("\tHEAD")]
     raise SourceError(f"{redact(repo)} has no default branch (its HEAD is detached): "
@@ -109,7 +109,8 @@ def default_branch(repo: str) -> str:
 def head(repo: str, branch: str) -> str:
     """The newest commit of a branch, for a local path or a URL alike."""
     ref = f"refs/heads/{branch}"
-    for line in _git(["ls-remote", "--end-of-options", repo, ref]).splitlines():
+    for line in _git(["ls-remote", "--end-of-options", git_credentials.url(repo), ref],
+                     repo=repo).splitlines():
         sha, _, name = line.partition("\t")
         if name == ref:
             return sha
