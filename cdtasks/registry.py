@@ -15,6 +15,9 @@ import bcrypt
 from docker.errors import APIError
 
 from . import engine, state
+
+# Settings whole: the registry section, and the state directory (cluster) where the
+# credentials live
 from .config import Settings
 from .services import ServiceSpec, with_routing
 
