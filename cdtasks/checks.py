@@ -10,6 +10,7 @@ import signal
 import subprocess
 from pathlib import Path, PurePosixPath
 
+from . import git_credentials
 from .config import ConfigError, pinned_version
 from .redaction import redact
 
@@ -41,12 +42,13 @@ def ref(value: str) -> str:
     return value
 
 
-def git_environment() -> dict[str, str]:
+def git_environment(repo: str = "") -> dict[str, str]:
     """The environment of a git command that must not wait for an answer: no terminal
-    prompt, ssh in batch mode (callers also close its stdin)."""
+    prompt, ssh in batch mode (callers also close its stdin); with the credentials of `repo`'s
+    URL, which git then gets as `git_credentials.url(repo)`."""
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
     env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-    return env
+    return {**env, **git_credentials.environment(repo, env)}
 
 
 def repo(value: str, timeout: float = LS_REMOTE_TIMEOUT) -> str:
@@ -61,9 +63,10 @@ def repo(value: str, timeout: float = LS_REMOTE_TIMEOUT) -> str:
         if not Path(value).is_dir():
             raise ConfigError(f"--repo {shown!r}: no such directory (give a local path or a URL)")
         return value
-    env = git_environment()
+    env = git_environment(value)
     # Its own session: on timeout git's transport helpers (git-remote-https, ssh) go too.
-    with subprocess.Popen(["git", "ls-remote", "--quiet", value, "HEAD"], env=env,
+    with subprocess.Popen(["git", "ls-remote", "--quiet", git_credentials.url(value), "HEAD"],
+                          env=env,
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True, errors="replace",
                           start_new_session=True) as proc:

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 from . import engine, gateway, images, registry, services, swarm
+
+# Settings whole: a cluster is its nodes, its provider (which
+# reads the provider's own section) and the registry it runs
 from .config import ConfigError, Settings
 from .log import Log
 from .providers import Endpoint, Provider, for_settings
@@ -56,18 +59,21 @@ class Cluster:
         return self._gateway
 
     def routing_in_use(self) -> str:
-        """The mode provision chose, read from the registry service it made (one API call
-        instead of an SSH probe of every node); probed when there is no registry yet."""
+        """The mode provision chose, read from the registry service it made, or with your own
+        registry from the proxy `inv services` made (one API call instead of an SSH probe of
+        every node); probed when there is neither yet."""
         if self.settings.cluster.routing == "auto":
-            svc = self.gateway().service(registry.NAME)
-            if svc is not None:
-                return "dnsrr" if svc.endpoint_mode == "dnsrr" else "mesh"
+            manager = self.gateway()
+            for name in (registry.NAME, self.settings.services.proxy_service):
+                svc = manager.service(name)
+                if svc is not None:
+                    return "dnsrr" if svc.endpoint_mode == "dnsrr" else "mesh"
         return self.routing()[0]
 
     def routing(self) -> tuple[str, str]:
         """Probe every node's kernel for IPVS (over SSH) unless ROUTING forces a mode."""
         if self.settings.cluster.routing != "auto":
-            return swarm.routing_mode(self.settings, {})
+            return swarm.routing_mode(self.settings.cluster, self.settings.source, {})
 
         def probe(ep: Endpoint) -> bool:
             with engine.ssh(ep) as conn:
@@ -76,7 +82,7 @@ class Cluster:
         workers = max(1, min(self.provider.parallel, len(self.endpoints)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             found = dict(zip(self.endpoints, pool.map(probe, self.endpoints.values()), strict=True))
-        return swarm.routing_mode(self.settings, found)
+        return swarm.routing_mode(self.settings.cluster, self.settings.source, found)
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,7 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
     host = c.provider.image_source()
 
     def members() -> list[str]:
-        out = [str(a) for a in swarm.converge(settings, clients, addresses, log)]
+        out = [str(a) for a in swarm.converge(settings.cluster, settings.env, clients, addresses, log)]
         done("swarm converged")
         return out
 

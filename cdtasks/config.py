@@ -180,6 +180,27 @@ def _path(value: str) -> Path:
         raise ValueError("is not a path: its ~user names no user here") from None
 
 
+def _absolute_paths(value: str) -> tuple[str, ...]:
+    """`/path,/path` -> normalised absolute paths."""
+    items = tuple(os.path.normpath(v.strip()) for v in value.split(",") if v.strip())
+    for item in items:
+        if not item.startswith("/"):
+            raise ValueError(f"{item!r} is not an absolute path")
+    return items
+
+
+def _compose_allowed(value: str) -> tuple[str, ...]:
+    """COMPOSE_ALLOW: absolute paths and the keys of compose_policy.HOST_KEYS."""
+    from .compose_policy import HOST_KEYS
+    items = tuple(os.path.normpath(v.strip()) if v.strip().startswith("/") else v.strip()
+                  for v in value.split(",") if v.strip())
+    for item in items:
+        if not item.startswith("/") and item not in HOST_KEYS:
+            raise ValueError(f"{item!r} is neither an absolute path nor one of "
+                             f"{', '.join(HOST_KEYS)}")
+    return items
+
+
 def _optional_path(value: str) -> Path | None:
     return _path(value) if value.strip() else None
 
@@ -346,6 +367,16 @@ class DeliverySettings:
                                                     "get too (NAME,NAME); by default they get "
                                                     "only what compose needs and the delivery's "
                                                     "own (IMAGE, VERSION, HOST_IP, ...)")
+    compose_mount_prefixes: tuple[str, ...] = key(
+        _absolute_paths, "/tmp", "host directories (PATH,PATH) under which a delivered compose "
+                                 "file may bind-mount on the CD node besides its checkout (the "
+                                 "book's unit tests mount /tmp/go as a build cache)")
+    compose_allow: tuple[str, ...] = key(
+        _compose_allowed, "", "exact host paths a delivered compose file may bind-mount although "
+                              "protected (the Docker socket, the registry, workspace and state "
+                              "directories) or outside COMPOSE_MOUNT_PREFIXES, and the keys that "
+                              "give a service the host (privileged, pid, cap_add, devices, "
+                              "network_mode, ...: see the README); comma-separated")
     reports_dir: Path = key(_path, "reports", "where JSON and JUnit reports are written "
                                               "(relative to the project directory or absolute)")
     workspace_dir: Path = key(_path, "", "host directory where `inv deliver` checks out sources; "

@@ -16,6 +16,8 @@ from pathlib import Path
 from . import checks, outcome, project_images, records, registry, rollout, services
 from .checkout import Checkout
 from .compose import Compose, ContractError, compose_command
+
+# Settings whole: a delivery is a Checkout (see checkout.py)
 from .config import ConfigError, Settings
 from .deployment import Deployment
 from .redaction import redact
@@ -198,7 +200,7 @@ def prodlike(d: Delivery) -> str:
                               "delivering", d.log).acquire(rollout.LOCK_WAIT)
         d.previous_image = services.current_image(d.cluster.gateway(), d.settings.services.app_service)
     try:
-        result = rollout.update(d.cluster, d.settings, d.pinned, d.log, d.dry_run, d.record)
+        result = rollout.update(d.cluster, d.settings.services, d.pinned, d.log, d.dry_run, d.record)
     except StepFailed as exc:
         if d.dry_run or not d.previous_image or d.previous_image == d.pinned:
             raise
@@ -215,7 +217,7 @@ def restore(d: Delivery) -> str:
     d.log(f"rolling prod-like back to {previous}")
     try:
         lock.check()  # another run that took the lock changes the service now, not this one
-        rollout.update(d.cluster, d.settings, previous, d.log)
+        rollout.update(d.cluster, d.settings.services, previous, d.log)
     except Exception as exc:  # the step's own failure stays the headline
         return f"rolling back to {previous} failed too: {str(exc).splitlines()[0][:200]}"
     return f"rolled back to {previous} on every replica"
@@ -226,7 +228,7 @@ def prodtest(d: Delivery) -> str:
     before) through Swarm's monitor period; only then is the version recorded as verified."""
     try:
         try:
-            detail = rollout.production_tests(d, d.cluster, d.settings, d.pinned, d.converged_at)
+            detail = rollout.production_tests(d, d.cluster, d.pinned, d.converged_at)
         except StepFailed as exc:
             raise StepFailed(f"{exc}; {d.version} is not recorded as verified",
                              exc.output_tail) from None

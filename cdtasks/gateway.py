@@ -14,6 +14,7 @@ must forget the manager that failed and probe another, which is the session's ow
 from __future__ import annotations
 
 import base64
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -410,11 +411,25 @@ def pull(client, image: str) -> None:
 
 
 def health_output(container: Mapping) -> str:
-    """The last failing health check's output of a container (its inspect data), or ''."""
-    log = ((container.get("State") or {}).get("Health") or {}).get("Log") or []
-    failed = [h for h in log if h.get("ExitCode") != 0]
-    text = " ".join((failed[-1].get("Output") or "").split()) if failed else ""
-    return text[:300]
+    """The last failing health check of a container (its inspect data) in a few words: its
+    output, the command, its exit code and how many probes failed in a row; '' if none failed.
+    A check that prints nothing (`HEALTHCHECK CMD false`) is still named by the rest."""
+    health = (container.get("State") or {}).get("Health") or {}
+    failed = [h for h in health.get("Log") or [] if h.get("ExitCode") != 0]
+    if not failed:
+        return ""
+    # The last probe that said something: a probe cut short as the container stops prints
+    # nothing (exit 137).
+    probe = next((h for h in reversed(failed) if (h.get("Output") or "").strip()), failed[-1])
+    output = " ".join((probe.get("Output") or "").split())[:300] or "no output"
+    test = list(((container.get("Config") or {}).get("Healthcheck") or {}).get("Test") or ())
+    command = (test[1] if test[:1] == ["CMD-SHELL"] and len(test) > 1
+               else shlex.join(test[1:]) if test[:1] == ["CMD"] else "")
+    facts = [f"exit code {probe.get('ExitCode')}"]
+    streak = health.get("FailingStreak") or 0
+    if streak:
+        facts.append(f"{streak} failed probe{'s' if streak > 1 else ''} in a row")
+    return f"{output} ({f'`{command[:200]}`: ' if command else ''}{', '.join(facts)})"
 
 
 def container_health(client, container_id: str) -> str:
@@ -561,14 +576,26 @@ class Gateway:
     def create_secret(self, name: str, data: bytes, labels: Mapping[str, str]) -> None:
         self.call(lambda c: c.api.create_secret(name, data, labels=dict(labels)), retry=False)
 
-    def configs(self, name: str | None = None,
-                labels: Mapping[str, str] | None = None) -> list[Config]:
-        """Configs by name or labels, without their data."""
+    def configs(self, name: str | None = None, labels: Mapping[str, str] | None = None,
+                data: bool = False) -> list[Config]:
+        """Configs by name or labels; their data only with `data` (one list call where the
+        engine's list carries it; each one read where it does not)."""
         filters = {**({"name": name} if name else {}),
                    **({"label": [f"{k}={v}" for k, v in labels.items()]} if labels else {})}
-        return self.call(lambda c: [config_of({**x, "Spec": {**x["Spec"], "Data": ""}})
-                                    for x in c.api.configs(filters=filters or None)
-                                    if not name or x["Spec"]["Name"] == name])
+
+        def read(c) -> list[Config]:
+            out = []
+            for x in c.api.configs(filters=filters or None):
+                if name and x["Spec"]["Name"] != name:
+                    continue
+                if not data:
+                    x = {**x, "Spec": {**x["Spec"], "Data": ""}}
+                elif x["Spec"].get("Data") is None:
+                    x = c.api.inspect_config(x["ID"])
+                out.append(config_of(x))
+            return out
+
+        return self.call(read)
 
     def config(self, ref: str) -> Config:
         """One config with its data, by ID or name (NotFound)."""

@@ -14,6 +14,9 @@ from pathlib import Path
 import bcrypt
 
 from . import engine, gateway, state
+
+# Settings whole: the registry section, and the state directory (cluster) where the
+# credentials live
 from .config import Settings
 from .services import ServiceSpec, with_routing
 

@@ -201,6 +201,7 @@ def replica_images(gw: Gateway, name: str) -> list[tuple[str, str]]:
                   for t in tasks if t.state == "running")
 
 
+
 def _health_of(t: Task, nodes: Mapping[str, str], node_client) -> str:
     """The failing health check of a task's container, read on the node that ran it."""
     host = nodes.get(t.node_id)

@@ -9,7 +9,10 @@ from typing import Any
 
 from . import gateway, images, registry, services
 from .cluster import Cluster
-from .config import Settings
+
+# Settings whole where a Cluster is built, or the
+# registry (references) and the cluster (CD node) are read beside the services
+from .config import ServicesSettings, Settings
 from .log import Log
 from .services import ServiceSpec, with_routing
 
@@ -150,9 +153,9 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def proxy_nodes(cluster: Cluster, s: Settings) -> list[str]:
+def proxy_nodes(cluster: Cluster, app: ServicesSettings) -> list[str]:
     """Nodes that run a proxy task now (where HOST_IP can point without the routing mesh)."""
     manager = cluster.gateway()
     names = services.hostnames(manager)
-    _, _, tasks = services.running_tasks(manager, s.services.proxy_service)
+    _, _, tasks = services.running_tasks(manager, app.proxy_service)
     return sorted({names[t.node_id] for t in tasks if t.state == "running"})

@@ -23,7 +23,7 @@ from cdtasks.cluster import Cluster
 from cdtasks.providers import certs
 from cdtasks.providers.lab import LAB_LABEL, remove_labelled
 
-from .conftest import ROOT, Lab
+from .conftest import ROOT, Lab, manager_of
 
 ALIAS, PORT, PATH = "team-registry", 5443, "team"
 URL = f"{ALIAS}:{PORT}/{PATH}"
@@ -110,12 +110,11 @@ def _inv(lab, *args) -> str:
 
 
 def _manager(lab, env):
-    return Cluster.of(lab.settings(env)).discover().manager()
+    return manager_of(Cluster.of(lab.settings(env)).discover())
 
 
-def _running_images(manager, service="go-demo") -> list[str]:
-    svc = manager.api.inspect_service(service)
-    tasks = manager.api.tasks(filters={"service": svc["ID"], "desired-state": "running"})
+def running_images(manager, service: str = "go-demo") -> list[str]:
+    tasks = manager.api.tasks(filters={"service": service, "desired-state": "running"})
     return [t["Spec"]["ContainerSpec"]["Image"] for t in tasks if t["Status"]["State"] == "running"]
 
 
@@ -146,7 +145,7 @@ def test_own_registry_end_to_end(own):
     provisioned = time.monotonic()
 
     _inv(lab, "services")
-    assert _running_images(_manager(lab, "prod")) == [f"{URL}/go-demo:1.0"]
+    assert running_images(_manager(lab, "prod")) == [f"{URL}/go-demo:1.0"]
     _inv(lab, "deliver", "--version", "2.0")
     delivered = [r for r in rollout.delivered(_manager(lab, "test"), "go-demo")
                  if r["version"] == "2.0"][-1]
@@ -155,10 +154,10 @@ def test_own_registry_end_to_end(own):
 
     out = _inv(lab, "deploy", "--env", "prod")
     assert "deployed (2.0" in out, out
-    assert _running_images(_manager(lab, "prod")) == [f"{URL}/go-demo:2.0@{pushed}"]
+    assert running_images(_manager(lab, "prod")) == [f"{URL}/go-demo:2.0@{pushed}"]
 
     _inv(lab, "rollback", "--env", "prod", "--version", "1.0")
-    assert _running_images(_manager(lab, "prod")) == [
+    assert running_images(_manager(lab, "prod")) == [
         f"{URL}/go-demo:1.0@{_pushed_digest(lab, work, password, '1.0')}"]
     history = _inv(lab, "history", "--env", "prod", "--json")
     assert "rollback" in history and pushed in history
@@ -183,3 +182,15 @@ def test_bad_registry_settings_are_refused_before_anything_runs(own, tmp_path):
         assert proc.returncode == 2, proc
         assert said in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert password not in proc.stdout + proc.stderr
+
+
+def test_a_wrong_password_stops_provision_naming_the_node(own, tmp_path):
+    lab, _, password = own
+    (tmp_path / "wrong").write_text(password[::-1] + "\n")
+    proc = lab.inv("provision", check=False,
+                   extra_env={"CDTASKS_REGISTRY_PASSWORD_FILE": str(tmp_path / "wrong")})
+    assert proc.returncode == 3, proc
+    assert re.search(rf"r[tp]-1 cannot log in to {ALIAS}:{PORT} as team: .*401 Unauthorized",
+                     proc.stderr), proc.stderr
+    assert password not in proc.stdout + proc.stderr
+    assert password[::-1] not in proc.stdout + proc.stderr
