@@ -11,6 +11,7 @@ a pull, a container's health) that provision and rollouts need outside a session
 The retry policy is a small loop rather than a library (tenacity): between two attempts it
 must forget the manager that failed and probe another, which is the session's own state.
 """
+
 from __future__ import annotations
 
 import base64
@@ -71,7 +72,9 @@ def translate(exc: BaseException) -> BaseException:
             return NotFound(text, 404)
         return (Conflict if status == 409 else APIFailure)(text, status)
     if isinstance(exc, (requests.RequestException, ConnectionError, TimeoutError)):
-        return Unreachable(f"the engine did not answer: {_first_line(str(exc)) or type(exc).__name__}")
+        return Unreachable(
+            f"the engine did not answer: {_first_line(str(exc)) or type(exc).__name__}"
+        )
     if isinstance(exc, docker.errors.DockerException):
         # docker-py wraps some transport errors in its own DockerException
         text = str(exc)
@@ -86,8 +89,12 @@ def translated() -> Iterator[None]:
     """SDK and transport errors raised inside become the project's own."""
     try:
         yield
-    except (docker.errors.DockerException, requests.RequestException, ConnectionError,
-            TimeoutError) as exc:
+    except (
+        docker.errors.DockerException,
+        requests.RequestException,
+        ConnectionError,
+        TimeoutError,
+    ) as exc:
         raise translate(exc) from None
 
 
@@ -100,8 +107,7 @@ def transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, APIFailure):
         text = str(exc).lower()
-        return (exc.status >= 500 or "deadline exceeded" in text
-                or "does not have a leader" in text)
+        return exc.status >= 500 or "deadline exceeded" in text or "does not have a leader" in text
     return False
 
 
@@ -160,29 +166,43 @@ def service_of(attrs: Mapping) -> Service:
     mode = spec.get("Mode") or {}
     upd, ep = spec.get("UpdateConfig") or {}, spec.get("EndpointSpec") or {}
     status = attrs.get("UpdateStatus") or {}
-    previous = ((attrs.get("PreviousSpec") or {}).get("TaskTemplate") or {}).get("ContainerSpec") or {}
+    previous = ((attrs.get("PreviousSpec") or {}).get("TaskTemplate") or {}).get(
+        "ContainerSpec"
+    ) or {}
     return Service(
-        id=attrs.get("ID", ""), name=spec["Name"], version=(attrs.get("Version") or {}).get("Index", 0),
+        id=attrs.get("ID", ""),
+        name=spec["Name"],
+        version=(attrs.get("Version") or {}).get("Index", 0),
         image=cs.get("Image", ""),
         replicas=None if "Global" in mode else (mode.get("Replicated") or {}).get("Replicas", 1),
         constraints=tuple((tt.get("Placement") or {}).get("Constraints") or ()),
-        labels=dict(spec.get("Labels") or {}), endpoint_mode=ep.get("Mode", "vip"),
-        update_state=status.get("State", ""), update_message=status.get("Message", ""),
+        labels=dict(spec.get("Labels") or {}),
+        endpoint_mode=ep.get("Mode", "vip"),
+        update_state=status.get("State", ""),
+        update_message=status.get("Message", ""),
         previous_image=previous.get("Image", ""),
-        args=tuple(cs.get("Args") or ()), env=tuple(cs.get("Env") or ()),
-        mounts=tuple(Mount(m["Source"], m["Target"], m.get("Type", "bind"), bool(m.get("ReadOnly")))
-                     for m in cs.get("Mounts") or []),
-        ports=tuple((p["PublishedPort"], p["TargetPort"], p.get("PublishMode", "ingress"))
-                    for p in ep.get("Ports") or []),
+        args=tuple(cs.get("Args") or ()),
+        env=tuple(cs.get("Env") or ()),
+        mounts=tuple(
+            Mount(m["Source"], m["Target"], m.get("Type", "bind"), bool(m.get("ReadOnly")))
+            for m in cs.get("Mounts") or []
+        ),
+        ports=tuple(
+            (p["PublishedPort"], p["TargetPort"], p.get("PublishMode", "ingress"))
+            for p in ep.get("Ports") or []
+        ),
         network_ids=tuple(n["Target"] for n in tt.get("Networks") or spec.get("Networks") or []),
         reserve_bytes=((tt.get("Resources") or {}).get("Reservations") or {}).get("MemoryBytes", 0),
-        update_delay=upd.get("Delay", 0) // NS, update_order=upd.get("Order", "stop-first"),
+        update_delay=upd.get("Delay", 0) // NS,
+        update_order=upd.get("Order", "stop-first"),
         update_failure=upd.get("FailureAction", "pause"),
         stop_grace=cs.get("StopGracePeriod", 10 * NS) // NS,
-        configs=tuple((c["ConfigID"], c["ConfigName"], c["File"]["Name"])
-                      for c in cs.get("Configs") or []),
-        secrets=tuple((c["SecretID"], c["SecretName"], c["File"]["Name"])
-                      for c in cs.get("Secrets") or []),
+        configs=tuple(
+            (c["ConfigID"], c["ConfigName"], c["File"]["Name"]) for c in cs.get("Configs") or []
+        ),
+        secrets=tuple(
+            (c["SecretID"], c["SecretName"], c["File"]["Name"]) for c in cs.get("Secrets") or []
+        ),
     )
 
 
@@ -209,14 +229,22 @@ class Task:
 def task_of(attrs: Mapping) -> Task:
     status = attrs.get("Status") or {}
     container = status.get("ContainerStatus") or {}
-    return Task(id=attrs.get("ID", ""), service_id=attrs.get("ServiceID", ""),
-                node_id=attrs.get("NodeID", ""), state=status.get("State", ""),
-                desired_state=attrs.get("DesiredState", ""),
-                image=((attrs.get("Spec") or {}).get("ContainerSpec") or {}).get("Image", ""),
-                error=status.get("Err", ""), message=status.get("Message", ""),
-                slot=attrs.get("Slot"), container_id=container.get("ContainerID", ""),
-                exit_code=container.get("ExitCode"), timestamp=status.get("Timestamp", ""),
-                created_at=attrs.get("CreatedAt", ""), updated_at=attrs.get("UpdatedAt", ""))
+    return Task(
+        id=attrs.get("ID", ""),
+        service_id=attrs.get("ServiceID", ""),
+        node_id=attrs.get("NodeID", ""),
+        state=status.get("State", ""),
+        desired_state=attrs.get("DesiredState", ""),
+        image=((attrs.get("Spec") or {}).get("ContainerSpec") or {}).get("Image", ""),
+        error=status.get("Err", ""),
+        message=status.get("Message", ""),
+        slot=attrs.get("Slot"),
+        container_id=container.get("ContainerID", ""),
+        exit_code=container.get("ExitCode"),
+        timestamp=status.get("Timestamp", ""),
+        created_at=attrs.get("CreatedAt", ""),
+        updated_at=attrs.get("UpdatedAt", ""),
+    )
 
 
 @dataclass(frozen=True)
@@ -247,13 +275,20 @@ def node_of(attrs: Mapping) -> Node:
     desc = attrs.get("Description") or {}
     ms = attrs.get("ManagerStatus") or {}
     platform = desc.get("Platform") or {}
-    return Node(id=attrs["ID"], hostname=desc.get("Hostname", attrs["ID"][:12]),
-                role=spec.get("Role", "worker"), status=status.get("State", "unknown"),
-                availability=spec.get("Availability", "active"),
-                labels=dict(spec.get("Labels") or {}), leader=bool(ms.get("Leader")),
-                reachability=ms.get("Reachability", ""), addr=status.get("Addr", ""),
-                os=platform.get("OS", ""), arch=platform.get("Architecture", ""),
-                engine_labels=dict((desc.get("Engine") or {}).get("Labels") or {}))
+    return Node(
+        id=attrs["ID"],
+        hostname=desc.get("Hostname", attrs["ID"][:12]),
+        role=spec.get("Role", "worker"),
+        status=status.get("State", "unknown"),
+        availability=spec.get("Availability", "active"),
+        labels=dict(spec.get("Labels") or {}),
+        leader=bool(ms.get("Leader")),
+        reachability=ms.get("Reachability", ""),
+        addr=status.get("Addr", ""),
+        os=platform.get("OS", ""),
+        arch=platform.get("Architecture", ""),
+        engine_labels=dict((desc.get("Engine") or {}).get("Labels") or {}),
+    )
 
 
 @dataclass(frozen=True)
@@ -276,9 +311,15 @@ class NodeInfo:
 
 def info_of(name: str, address: str, engine_info: Mapping) -> NodeInfo:
     sw = engine_info.get("Swarm") or {}
-    return NodeInfo(name=name, address=address, state=sw.get("LocalNodeState", "inactive"),
-                    node_id=sw.get("NodeID", ""), cluster_id=(sw.get("Cluster") or {}).get("ID", ""),
-                    manager=bool(sw.get("ControlAvailable")), node_addr=sw.get("NodeAddr", ""))
+    return NodeInfo(
+        name=name,
+        address=address,
+        state=sw.get("LocalNodeState", "inactive"),
+        node_id=sw.get("NodeID", ""),
+        cluster_id=(sw.get("Cluster") or {}).get("ID", ""),
+        manager=bool(sw.get("ControlAvailable")),
+        node_addr=sw.get("NodeAddr", ""),
+    )
 
 
 @dataclass(frozen=True)
@@ -294,39 +335,76 @@ class Config:
 
 def config_of(attrs: Mapping) -> Config:
     spec = attrs["Spec"]
-    return Config(attrs["ID"], spec["Name"], attrs["Version"]["Index"],
-                  dict(spec.get("Labels") or {}), base64.b64decode(spec.get("Data") or b""))
+    return Config(
+        attrs["ID"],
+        spec["Name"],
+        attrs["Version"]["Index"],
+        dict(spec.get("Labels") or {}),
+        base64.b64decode(spec.get("Data") or b""),
+    )
 
 
 # -- to the engine ---------------------------------------------------------------------------
-def service_request(spec, network_ids: Mapping[str, str], config_ids: Mapping[str, str],
-                    secret_ids: Mapping[str, str], monitor: int) -> dict:
+def service_request(
+    spec,
+    network_ids: Mapping[str, str],
+    config_ids: Mapping[str, str],
+    secret_ids: Mapping[str, str],
+    monitor: int,
+) -> dict:
     """The SDK's create/update arguments for a `services.ServiceSpec` (networks, configs and
     secrets by the IDs given; `monitor`: seconds of Swarm's update monitor period)."""
     mounts = [types.Mount.parse_mount_string(_cli_mount(m)) for m in spec.mounts]
-    configs = [types.ConfigReference(config_ids[name], name, filename=target, mode=0o444)
-               for name, target in spec.configs]
-    secrets = [types.SecretReference(secret_ids[name], name, filename=target, mode=0o400)
-               for name, target in spec.secrets]
-    container = types.ContainerSpec(spec.image, args=list(spec.args) or None,
-                                    env=list(spec.env) or None, mounts=mounts or None,
-                                    stop_grace_period=spec.stop_grace * NS,
-                                    configs=configs or None, secrets=secrets or None)
+    configs = [
+        types.ConfigReference(config_ids[name], name, filename=target, mode=0o444)
+        for name, target in spec.configs
+    ]
+    secrets = [
+        types.SecretReference(secret_ids[name], name, filename=target, mode=0o400)
+        for name, target in spec.secrets
+    ]
+    container = types.ContainerSpec(
+        spec.image,
+        args=list(spec.args) or None,
+        env=list(spec.env) or None,
+        mounts=mounts or None,
+        stop_grace_period=spec.stop_grace * NS,
+        configs=configs or None,
+        secrets=secrets or None,
+    )
     resources = types.Resources(mem_reservation=spec.reserve_mb * MB) if spec.reserve_mb else None
-    template = types.TaskTemplate(container, resources=resources,
-                                  placement=types.Placement(constraints=list(spec.constraints)),
-                                  networks=[{"Target": network_ids[n]} for n in spec.networks] or None)
-    mode = (types.ServiceMode("global") if spec.replicas is None
-            else types.ServiceMode("replicated", replicas=spec.replicas))
-    ports = [{"PublishedPort": p, "TargetPort": t, "Protocol": "tcp", "PublishMode": m}
-             for p, t, m in spec.ports]
+    template = types.TaskTemplate(
+        container,
+        resources=resources,
+        placement=types.Placement(constraints=list(spec.constraints)),
+        networks=[{"Target": network_ids[n]} for n in spec.networks] or None,
+    )
+    mode = (
+        types.ServiceMode("global")
+        if spec.replicas is None
+        else types.ServiceMode("replicated", replicas=spec.replicas)
+    )
+    ports = [
+        {"PublishedPort": p, "TargetPort": t, "Protocol": "tcp", "PublishMode": m}
+        for p, t, m in spec.ports
+    ]
     endpoint = types.EndpointSpec(mode=spec.endpoint_mode, ports=None)
     endpoint["Ports"] = ports
-    update = types.UpdateConfig(parallelism=1, delay=spec.update_delay * NS,
-                                failure_action=spec.update_failure, order=spec.update_order,
-                                monitor=monitor * NS)
-    return dict(task_template=template, name=spec.name, mode=mode, endpoint_spec=endpoint,
-                update_config=update, labels=dict(spec.labels))
+    update = types.UpdateConfig(
+        parallelism=1,
+        delay=spec.update_delay * NS,
+        failure_action=spec.update_failure,
+        order=spec.update_order,
+        monitor=monitor * NS,
+    )
+    return dict(
+        task_template=template,
+        name=spec.name,
+        mode=mode,
+        endpoint_spec=endpoint,
+        update_config=update,
+        labels=dict(spec.labels),
+    )
 
 
 def _cli_mount(m: str) -> str:
@@ -358,8 +436,12 @@ def swarm_join(client, manager, role: str, advertise_addr: str, port: int) -> No
         tokens = manager.swarm.attrs["JoinTokens"]
         # The manager we talk to is alive; RemoteManagers may list a dead one first.
         remote = f"{manager.info()['Swarm']['NodeAddr']}:{port}"
-        client.swarm.join(remote_addrs=[remote], join_token=tokens[role.capitalize()],
-                          advertise_addr=advertise_addr, listen_addr=f"0.0.0.0:{port}")
+        client.swarm.join(
+            remote_addrs=[remote],
+            join_token=tokens[role.capitalize()],
+            advertise_addr=advertise_addr,
+            listen_addr=f"0.0.0.0:{port}",
+        )
 
 
 def update_node(manager, node_id: str, **changes) -> None:
@@ -423,8 +505,13 @@ def health_output(container: Mapping) -> str:
     probe = next((h for h in reversed(failed) if (h.get("Output") or "").strip()), failed[-1])
     output = " ".join((probe.get("Output") or "").split())[:300] or "no output"
     test = list(((container.get("Config") or {}).get("Healthcheck") or {}).get("Test") or ())
-    command = (test[1] if test[:1] == ["CMD-SHELL"] and len(test) > 1
-               else shlex.join(test[1:]) if test[:1] == ["CMD"] else "")
+    command = (
+        test[1]
+        if test[:1] == ["CMD-SHELL"] and len(test) > 1
+        else shlex.join(test[1:])
+        if test[:1] == ["CMD"]
+        else ""
+    )
     facts = [f"exit code {probe.get('ExitCode')}"]
     streak = health.get("FailingStreak") or 0
     if streak:
@@ -445,9 +532,15 @@ class Gateway:
     (unless the call says `retry=False`: a create that may have gone through). `client_of(node)`
     gives a node's client (a cached one; `forget(node)` drops it from that cache)."""
 
-    def __init__(self, env: str, managers: Sequence[str], client_of: Callable[[str], Any],
-                 forget: Callable[[str], None] = lambda node: None,
-                 log: Callable[[str], None] = lambda line: None, within: float = RETRY_WITHIN):
+    def __init__(
+        self,
+        env: str,
+        managers: Sequence[str],
+        client_of: Callable[[str], Any],
+        forget: Callable[[str], None] = lambda node: None,
+        log: Callable[[str], None] = lambda line: None,
+        within: float = RETRY_WITHIN,
+    ):
         self.env, self.managers, self.log, self.within = env, tuple(managers), log, within
         self._client_of, self._forget = client_of, forget
         self._name: str | None = None
@@ -506,8 +599,10 @@ class Gateway:
                 if not retry or time.monotonic() > deadline:
                     raise
                 failed_over = True
-                self.log(f"{self.env}: manager {name or '-'} did not answer "
-                         f"({_first_line(str(exc))}); asking another one")
+                self.log(
+                    f"{self.env}: manager {name or '-'} did not answer "
+                    f"({_first_line(str(exc))}); asking another one"
+                )
                 time.sleep(RETRY_PAUSE)
 
     # services and tasks
@@ -527,27 +622,35 @@ class Gateway:
 
     def update_service(self, name: str, **kwargs) -> None:
         """Replace a service's spec by these arguments, at the version read just before."""
+
         def update(c) -> None:
             current = c.api.inspect_service(name)
             c.api.update_service(current["ID"], current["Version"]["Index"], **kwargs)
+
         self.call(update)
 
     def update_image(self, name: str, image: str) -> bool:
         """`docker service update --image`: only the image changes. False when it already runs."""
+
         def update(c) -> bool:
             svc = c.api.inspect_service(name)
             template = svc["Spec"]["TaskTemplate"]
             if template["ContainerSpec"]["Image"] == image:
                 return False
             template["ContainerSpec"]["Image"] = image
-            c.api.update_service(svc["ID"], svc["Version"]["Index"], task_template=template,
-                                 fetch_current_spec=True)
+            c.api.update_service(
+                svc["ID"], svc["Version"]["Index"], task_template=template, fetch_current_spec=True
+            )
             return True
+
         return self.call(update)
 
     def tasks(self, service: str, desired_state: str | None = None) -> list[Task]:
         """The tasks of a service (its name or ID), optionally only those of a desired state."""
-        filters = {"service": service, **({"desired-state": desired_state} if desired_state else {})}
+        filters = {
+            "service": service,
+            **({"desired-state": desired_state} if desired_state else {}),
+        }
         return self.call(lambda c: [task_of(t) for t in c.api.tasks(filters=filters)])
 
     def nodes(self) -> list[Node]:
@@ -566,8 +669,12 @@ class Gateway:
         return self.call(lambda c: {n["Name"]: n["Id"] for n in c.api.networks()})
 
     def create_network(self, name: str, labels: Mapping[str, str]) -> None:
-        self.call(lambda c: c.api.create_network(name, driver="overlay", attachable=True,
-                                                 labels=dict(labels)), retry=False)
+        self.call(
+            lambda c: c.api.create_network(
+                name, driver="overlay", attachable=True, labels=dict(labels)
+            ),
+            retry=False,
+        )
 
     def secrets(self) -> dict[str, str]:
         """name -> ID."""
@@ -576,12 +683,15 @@ class Gateway:
     def create_secret(self, name: str, data: bytes, labels: Mapping[str, str]) -> None:
         self.call(lambda c: c.api.create_secret(name, data, labels=dict(labels)), retry=False)
 
-    def configs(self, name: str | None = None, labels: Mapping[str, str] | None = None,
-                data: bool = False) -> list[Config]:
+    def configs(
+        self, name: str | None = None, labels: Mapping[str, str] | None = None, data: bool = False
+    ) -> list[Config]:
         """Configs by name or labels; their data only with `data` (one list call where the
         engine's list carries it; each one read where it does not)."""
-        filters = {**({"name": name} if name else {}),
-                   **({"label": [f"{k}={v}" for k, v in labels.items()]} if labels else {})}
+        filters = {
+            **({"name": name} if name else {}),
+            **({"label": [f"{k}={v}" for k, v in labels.items()]} if labels else {}),
+        }
 
         def read(c) -> list[Config]:
             out = []
@@ -601,23 +711,29 @@ class Gateway:
         """One config with its data, by ID or name (NotFound)."""
         return self.call(lambda c: config_of(c.api.inspect_config(ref)))
 
-    def create_config(self, name: str, data: bytes, labels: Mapping[str, str],
-                      retry: bool = True) -> str:
+    def create_config(
+        self, name: str, data: bytes, labels: Mapping[str, str], retry: bool = True
+    ) -> str:
         """Its ID; Conflict when the name is taken (`retry=False` where a create whose answer
         was lost must not be taken for someone else's)."""
-        return self.call(lambda c: c.api.create_config(name, data, labels=dict(labels))["ID"],
-                         retry=retry)
+        return self.call(
+            lambda c: c.api.create_config(name, data, labels=dict(labels))["ID"], retry=retry
+        )
 
     def update_config_labels(self, config: Config, labels: Mapping[str, str]) -> None:
         """POST /configs/{id}/update at the version read (docker-py 7.1 has no update_config).
         Swarm refuses it when the config changed since (APIFailure) or is gone (NotFound): the
         caller reads again, so it is not retried."""
+
         def update(c) -> None:
             api = c.api
-            res = api._post_json(api._url("/configs/{0}/update", config.id),
-                                 params={"version": config.version},
-                                 data={"Name": config.name, "Labels": dict(labels)})
+            res = api._post_json(
+                api._url("/configs/{0}/update", config.id),
+                params={"version": config.version},
+                data={"Name": config.name, "Labels": dict(labels)},
+            )
             api._raise_for_status(res)
+
         self.call(update, retry=False)
 
     def remove_config(self, config_id: str) -> bool:

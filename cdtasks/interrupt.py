@@ -8,6 +8,7 @@ stops the process at once. A signal the caller set to be ignored (`nohup`, `&` i
 stays ignored. `deferred` holds these signals back across a write that must be whole (the last
 record of a run) and delivers them right after it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +46,10 @@ class _Handler:
         if self.first is None:
             self.first = signum
             raise Interrupted(signum)
-        self.say(f"{signal.Signals(signum).name} received: still cleaning up after "
-                 f"{signal.Signals(self.first).name}; SIGKILL stops at once, leaving things behind")
+        self.say(
+            f"{signal.Signals(signum).name} received: still cleaning up after "
+            f"{signal.Signals(self.first).name}; SIGKILL stops at once, leaving things behind"
+        )
 
 
 _active = threading.local()
@@ -66,8 +69,9 @@ def signals_as_interrupt(say: Callable[[str], None] = _stderr) -> Iterator[None]
         yield
         return
     handler = _Handler(say)
-    previous = {s: signal.signal(s, handler) for s in SIGNALS
-                if signal.getsignal(s) is not signal.SIG_IGN}
+    previous = {
+        s: signal.signal(s, handler) for s in SIGNALS if signal.getsignal(s) is not signal.SIG_IGN
+    }
     _active.on = True
     try:
         yield
@@ -87,8 +91,11 @@ def deferred() -> Iterator[None]:
         yield
         return
     held: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in SIGNALS
-                if signal.getsignal(s) is not signal.SIG_IGN}
+    previous = {
+        s: signal.signal(s, lambda signum, frame: held.append(signum))
+        for s in SIGNALS
+        if signal.getsignal(s) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:

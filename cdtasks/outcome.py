@@ -2,6 +2,7 @@
 the one table from outcomes, failed delivery steps and library errors to the exit codes the
 README documents (its table lists them in this order). Light to import: every task module
 reads it."""
+
 from __future__ import annotations
 
 from enum import StrEnum
@@ -50,9 +51,13 @@ class Outcome(StrEnum):
         return EXIT_CODES.get(self, 0)
 
 
-EXIT_CODES = {Outcome.FAILED_ROLLED_BACK: ROLLED_BACK, Outcome.FAILED_NOT_RECOVERED: NOT_RECOVERED,
-              Outcome.FAILED: NOT_RECOVERED, Outcome.LOCK_LOST: LOCKED,
-              Outcome.INTERRUPTED: INTERRUPTED}
+EXIT_CODES = {
+    Outcome.FAILED_ROLLED_BACK: ROLLED_BACK,
+    Outcome.FAILED_NOT_RECOVERED: NOT_RECOVERED,
+    Outcome.FAILED: NOT_RECOVERED,
+    Outcome.LOCK_LOST: LOCKED,
+    Outcome.INTERRUPTED: INTERRUPTED,
+}
 
 
 def step_failed(position: int) -> int:
@@ -72,11 +77,21 @@ def error_code(exc: BaseException) -> int | None:
     from .providers.base import ProviderError
     from .services import ServiceError
     from .swarm import SwarmError
-    errors = ((config.ConfigError, BAD_INPUT), (delivery.DeliveryError, BAD_INPUT),
-              (deployment.DeploymentError, BAD_INPUT), (ContractError, BAD_INPUT),
-              (records.LockHeld, LOCKED), (records.LockLost, LOCKED),
-              (EngineError, UNREACHABLE), (ProviderError, UNREACHABLE), (SwarmError, CLUSTER),
-              (ServiceError, CLUSTER), (ImageError, CLUSTER), (SSHException, UNREACHABLE),
-              # Last resort for an engine answer no library layer turned into its own error.
-              (APIFailure, CLUSTER))
+
+    errors = (
+        (config.ConfigError, BAD_INPUT),
+        (delivery.DeliveryError, BAD_INPUT),
+        (deployment.DeploymentError, BAD_INPUT),
+        (ContractError, BAD_INPUT),
+        (records.LockHeld, LOCKED),
+        (records.LockLost, LOCKED),
+        (EngineError, UNREACHABLE),
+        (ProviderError, UNREACHABLE),
+        (SwarmError, CLUSTER),
+        (ServiceError, CLUSTER),
+        (ImageError, CLUSTER),
+        (SSHException, UNREACHABLE),
+        # Last resort for an engine answer no library layer turned into its own error.
+        (APIFailure, CLUSTER),
+    )
     return next((code for error, code in errors if isinstance(exc, error)), None)

@@ -9,6 +9,7 @@ as taken over the same way before removing it by its ID, so it never removes one
 A claim is a record whose name its key alone gives: two processes claiming one key (two
 watchers taking one commit) cannot both succeed. Records beyond KEEP per kind are pruned.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,13 +45,19 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def put(manager: Gateway, kind: str, service: str, data: Mapping,
-        group: Callable[[Mapping], object] = lambda row: None) -> str:
+def put(
+    manager: Gateway,
+    kind: str,
+    service: str,
+    data: Mapping,
+    group: Callable[[Mapping], object] = lambda row: None,
+) -> str:
     """Store one record, then prune the kind beyond KEEP (`prunable`, with `group`); returns its
     config name (time-ordered, unique)."""
     name = f"cdtasks-{kind}-{int(time.time() * 1000)}-{secrets.token_hex(3)}"
-    manager.create_config(name, json.dumps(dict(data)).encode(),
-                          labels={KIND_LABEL: kind, SERVICE_LABEL: service})
+    manager.create_config(
+        name, json.dumps(dict(data)).encode(), labels={KIND_LABEL: kind, SERVICE_LABEL: service}
+    )
     with contextlib.suppress(Exception):  # the record is stored; the next put prunes again
         prune(manager, kind, service, KEEP, group)
     return name
@@ -68,8 +75,12 @@ def claim(manager: Gateway, kind: str, service: str, key: str, data: Mapping) ->
     that key exists already (someone claimed it first). Not retried: a create whose answer was
     lost would then be taken for someone else's claim."""
     try:
-        manager.create_config(claim_name(kind, service, key), json.dumps(dict(data)).encode(),
-                              labels={KIND_LABEL: kind, SERVICE_LABEL: service}, retry=False)
+        manager.create_config(
+            claim_name(kind, service, key),
+            json.dumps(dict(data)).encode(),
+            labels={KIND_LABEL: kind, SERVICE_LABEL: service},
+            retry=False,
+        )
     except Conflict:
         return False
     return True
@@ -89,8 +100,9 @@ def load(manager: Gateway, kind: str, service: str) -> list[dict]:
     return [row for _, row in entries(manager, kind, service)]
 
 
-def prunable(rows: Sequence[Mapping], keep: int,
-             group: Callable[[Mapping], object] = lambda row: None) -> list[int]:
+def prunable(
+    rows: Sequence[Mapping], keep: int, group: Callable[[Mapping], object] = lambda row: None
+) -> list[int]:
     """Indexes of the records (oldest first) beyond the newest `keep` that may go: all but the
     newest of each group (`group(row)`, None: no group) kept for what a reader still needs."""
     kept_groups: set = set()
@@ -105,8 +117,13 @@ def prunable(rows: Sequence[Mapping], keep: int,
     return sorted(out)
 
 
-def prune(manager: Gateway, kind: str, service: str, keep: int,
-          group: Callable[[Mapping], object] = lambda row: None) -> int:
+def prune(
+    manager: Gateway,
+    kind: str,
+    service: str,
+    keep: int,
+    group: Callable[[Mapping], object] = lambda row: None,
+) -> int:
     """Remove the records `prunable` names (each Swarm config costs the managers' Raft store and
     every load); returns how many went. A record removed meanwhile by another pruner is fine."""
     listed = entries(manager, kind, service)
@@ -153,10 +170,20 @@ def identity() -> dict:
         pidns = os.readlink("/proc/self/ns/pid")
     except OSError:
         pidns = ""
-    machine = (_read("/etc/machine-id") or _read("/var/lib/dbus/machine-id")
-               or (f"{host}/{boot}" if boot else ""))
-    return {"user": getpass.getuser(), "host": host, "machine": machine, "boot": boot,
-            "pidns": pidns, "pid": os.getpid(), "started": _started(os.getpid())}
+    machine = (
+        _read("/etc/machine-id")
+        or _read("/var/lib/dbus/machine-id")
+        or (f"{host}/{boot}" if boot else "")
+    )
+    return {
+        "user": getpass.getuser(),
+        "host": host,
+        "machine": machine,
+        "boot": boot,
+        "pidns": pidns,
+        "pid": os.getpid(),
+        "started": _started(os.getpid()),
+    }
 
 
 def holder_gone(holder: Mapping, me: Mapping | None = None) -> bool:
@@ -175,14 +202,17 @@ def holder_gone(holder: Mapping, me: Mapping | None = None) -> bool:
 def describe(holder: Mapping) -> str:
     """One line naming a holder: who, where, since when, doing what."""
     machine = str(holder.get("machine") or "?")[:12]
-    return (f"{holder.get('user')}@{holder.get('host')} (machine {machine}, pid {holder.get('pid')})"
-            f" since {holder.get('time')}, "
-            f"{holder.get('action', 'deploying')} {holder.get('version')}")
+    return (
+        f"{holder.get('user')}@{holder.get('host')} (machine {machine}, pid {holder.get('pid')})"
+        f" since {holder.get('time')}, "
+        f"{holder.get('action', 'deploying')} {holder.get('version')}"
+    )
 
 
 @dataclass(frozen=True)
 class LockState:
     """A service's lock as the cluster has it now."""
+
     id: str
     version: int  # the config's version index, which an update must name
     name: str
@@ -214,8 +244,13 @@ def _state(config: Config) -> LockState:
         holder = json.loads(config.data)
     except ValueError:
         holder = {}
-    return LockState(config.id, config.version, config.name, dict(config.labels),
-                     holder if isinstance(holder, dict) else {})
+    return LockState(
+        config.id,
+        config.version,
+        config.name,
+        dict(config.labels),
+        holder if isinstance(holder, dict) else {},
+    )
 
 
 def lock_state(manager, service: str) -> LockState | None:
@@ -264,15 +299,28 @@ class Lock:
     `release()` removes it by its config ID. Also a context manager:
     `with Lock(manager, service, version).acquire(wait) as lock: ...`."""
 
-    def __init__(self, manager, service: str, version: str, action: str = "deploying",
-                 log: Callable[[str], None] = lambda line: None, ttl: float = LOCK_TTL,
-                 holder: Mapping | None = None):
+    def __init__(
+        self,
+        manager,
+        service: str,
+        version: str,
+        action: str = "deploying",
+        log: Callable[[str], None] = lambda line: None,
+        ttl: float = LOCK_TTL,
+        holder: Mapping | None = None,
+    ):
         self.manager, self.service, self.log, self.ttl = manager, service, log, ttl
         # holder: this process unless given (a test standing in for another machine).
-        self.holder = {**(holder or identity()), "time": now(), "version": version,
-                       "action": action, "ttl": ttl, "nonce": secrets.token_hex(8),
-                       # Read only by runs of the tool's previous version, which renew nothing.
-                       "expires": time.time() + 15 * 60}
+        self.holder = {
+            **(holder or identity()),
+            "time": now(),
+            "version": version,
+            "action": action,
+            "ttl": ttl,
+            "nonce": secrets.token_hex(8),
+            # Read only by runs of the tool's previous version, which renew nothing.
+            "expires": time.time() + 15 * 60,
+        }
         self.id = ""
         self.lost: LockLost | None = None
         self._renewed = 0.0  # time.monotonic() of the last renewal the cluster accepted
@@ -286,15 +334,21 @@ class Lock:
         self.release()
 
     def _labels(self) -> dict:
-        return {KIND_LABEL: "lock", SERVICE_LABEL: self.service,
-                EXPIRES_LABEL: f"{time.time() + self.ttl:.3f}"}
+        return {
+            KIND_LABEL: "lock",
+            SERVICE_LABEL: self.service,
+            EXPIRES_LABEL: f"{time.time() + self.ttl:.3f}",
+        }
 
     def _create(self) -> bool:
         try:
             self._renewed = time.monotonic()
             created = self.manager.create_config(
-                lock_name(self.service), json.dumps(self.holder).encode(), labels=self._labels(),
-                retry=False)
+                lock_name(self.service),
+                json.dumps(self.holder).encode(),
+                labels=self._labels(),
+                retry=False,
+            )
         except Conflict:
             return False
         self.id = created
@@ -322,17 +376,21 @@ class Lock:
                     continue
                 waited = time.monotonic() - start
                 if waited >= wait:
-                    raise LockHeld(f"{self.service} is being deployed by {describe(state.holder)}"
-                                   + (f" (waited {waited:.0f}s)" if wait
-                                      else "; use --wait to wait for it"))
+                    raise LockHeld(
+                        f"{self.service} is being deployed by {describe(state.holder)}"
+                        + (f" (waited {waited:.0f}s)" if wait else "; use --wait to wait for it")
+                    )
                 if told != state.id:
-                    self.log(f"waiting for the lock of {self.service}, held by "
-                             f"{describe(state.holder)}")
+                    self.log(
+                        f"waiting for the lock of {self.service}, held by {describe(state.holder)}"
+                    )
                     told, last_told = state.id, time.monotonic()
                 elif time.monotonic() - last_told >= LOCK_PROGRESS:
-                    self.log(f"still waiting for the lock of {self.service} ({waited:.0f}s of "
-                             f"{wait:.0f}s), held by {state.holder.get('user')}@"
-                             f"{state.holder.get('host')}")
+                    self.log(
+                        f"still waiting for the lock of {self.service} ({waited:.0f}s of "
+                        f"{wait:.0f}s), held by {state.holder.get('user')}@"
+                        f"{state.holder.get('host')}"
+                    )
                     last_told = time.monotonic()
                 time.sleep(min(LOCK_POLL, max(0.0, wait - waited)))
         except LockHeld:
@@ -342,8 +400,9 @@ class Lock:
                 self._remove_unrecorded()
             raise
         if heartbeat:
-            self._beat = threading.Thread(target=self._heartbeat, daemon=True,
-                                          name=f"lock-{self.service}")
+            self._beat = threading.Thread(
+                target=self._heartbeat, daemon=True, name=f"lock-{self.service}"
+            )
             self._beat.start()
         return self
 
@@ -361,7 +420,9 @@ class Lock:
         renewed meanwhile changed the version, so the mark fails and its lock stays."""
         if not state.taken_by:
             try:
-                _update_labels(self.manager, state, {**state.labels, TAKEN_LABEL: describe(self.holder)})
+                _update_labels(
+                    self.manager, state, {**state.labels, TAKEN_LABEL: describe(self.holder)}
+                )
             except APIFailure:  # renewed, or removed, since we read it: look again
                 return
         self.log(f"taking over the lock of {self.service} from {describe(state.holder)}: {why}")
@@ -389,8 +450,10 @@ class Lock:
         state = self._own_state()
         late = time.monotonic() - self._renewed
         if late > self.ttl:  # a waiter may rightly take it any moment: never renew or act on it
-            raise LockLost(f"the lock of {self.service} was not renewed for {late:.0f}s "
-                           f"(TTL {self.ttl:.0f}s); another run may take it")
+            raise LockLost(
+                f"the lock of {self.service} was not renewed for {late:.0f}s "
+                f"(TTL {self.ttl:.0f}s); another run may take it"
+            )
         return state
 
     def renew(self) -> None:
@@ -416,8 +479,9 @@ class Lock:
                 self.log(f"lost: {exc}")
                 return
             except Exception as exc:  # the engine did not answer: check() fails once the TTL is up
-                self.log(f"could not renew the lock of {self.service}: "
-                         f"{str(exc).splitlines()[0][:160]}")
+                self.log(
+                    f"could not renew the lock of {self.service}: {str(exc).splitlines()[0][:160]}"
+                )
 
     def release(self) -> bool:
         """Stop renewing and remove the lock by its ID (never a newer lock of the same name);

@@ -2,6 +2,7 @@
 (production) alike: pre-pull, update by digest, wait on Swarm's UpdateStatus, HOST_IP, the
 production tests and, overlapping them, the watch of Swarm's monitor period (`settle`); and
 the record that ties the two: the versions that passed production tests on prod-like."""
+
 from __future__ import annotations
 
 import time
@@ -46,8 +47,14 @@ def prepull(cluster: Cluster, service: str, image: str, log: Log) -> list[str]:
     return done
 
 
-def update(cluster: Cluster, app: ServicesSettings, image: str, log: Log, dry_run: bool = False,
-           record: Callable[[Sequence[str]], None] | None = None) -> services.Rollout:
+def update(
+    cluster: Cluster,
+    app: ServicesSettings,
+    image: str,
+    log: Log,
+    dry_run: bool = False,
+    record: Callable[[Sequence[str]], None] | None = None,
+) -> services.Rollout:
     """Pre-pull, `docker service update --image`, then wait for Swarm to report completion;
     a rollout that did not end well fails the step. `app`: the services of `cluster`'s
     settings (the application's name and how long to wait)."""
@@ -59,13 +66,18 @@ def update(cluster: Cluster, app: ServicesSettings, image: str, log: Log, dry_ru
     prepull(cluster, svc, image, log)
     manager = cluster.gateway(log)
     services.update_image(manager, svc, image)
-    return check(services.wait_rollout(manager, svc, image, app.services_timeout, log,
-                                       node_client=cluster.client))
+    return check(
+        services.wait_rollout(
+            manager, svc, image, app.services_timeout, log, node_client=cluster.client
+        )
+    )
 
 
 def check(result: services.Rollout) -> services.Rollout:
     if result.state not in OK_STATES:
-        raise StepFailed(f"rolling update of {result.service} ended {result.state}: {result.message}")
+        raise StepFailed(
+            f"rolling update of {result.service} ended {result.state}: {result.message}"
+        )
     return result
 
 
@@ -74,15 +86,24 @@ def monitor_start(result: services.Rollout) -> float:
     return time.monotonic() - result.running_for
 
 
-def settle(cluster: Cluster, app: ServicesSettings, image: str, converged_at: float,
-           log: Log) -> None:
+def settle(
+    cluster: Cluster, app: ServicesSettings, image: str, converged_at: float, log: Log
+) -> None:
     """After the tests that overlapped Swarm's monitor period: every replica must still run
     `image` (the service's spec too), for the whole period, with no failure or rollback
     reported by Swarm. converged_at 0 (not known): the period counts from now."""
     until = (converged_at or time.monotonic()) + services.MONITOR
-    check(services.wait_rollout(cluster.gateway(log), app.app_service, image,
-                                app.services_timeout, log, stable_until=until,
-                                node_client=cluster.client))
+    check(
+        services.wait_rollout(
+            cluster.gateway(log),
+            app.app_service,
+            image,
+            app.services_timeout,
+            log,
+            stable_until=until,
+            node_client=cluster.client,
+        )
+    )
 
 
 def host_ip(cluster: Cluster, app: ServicesSettings, routing: str) -> str:
@@ -99,8 +120,10 @@ def runs(cluster: Cluster, app: ServicesSettings, image: str) -> None:
     """The service's spec must run exactly `image` (tests of anything else verify nothing)."""
     running = services.current_image(cluster.gateway(), app.app_service)
     if running != image:
-        raise StepFailed(f"{app.app_service} on {cluster.settings.env} runs {running}, not "
-                         f"{image}: the production tests would test another version")
+        raise StepFailed(
+            f"{app.app_service} on {cluster.settings.env} runs {running}, not "
+            f"{image}: the production tests would test another version"
+        )
 
 
 def production_tests(co: Checkout, target: Cluster, image: str, converged_at: float) -> str:

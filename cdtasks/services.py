@@ -3,6 +3,7 @@
 `ServiceSpec` is what the tool wants; `actual()` reads the same fields back from a running
 service, so a diff is a comparison of two plain values and changes touch only what differs.
 """
+
 from __future__ import annotations
 
 import re
@@ -51,23 +52,42 @@ class ServiceSpec:
             raise ServiceError(f"service {self.name}: image {self.image} {exc}") from None
         return self
 
-    def api_kwargs(self, network_ids: Mapping[str, str], config_ids: Mapping[str, str],
-                   secret_ids: Mapping[str, str] | None = None) -> dict:
+    def api_kwargs(
+        self,
+        network_ids: Mapping[str, str],
+        config_ids: Mapping[str, str],
+        secret_ids: Mapping[str, str] | None = None,
+    ) -> dict:
         """What the Engine API is sent to create or update the service (by the gateway)."""
         return gateway.service_request(self, network_ids, config_ids, secret_ids or {}, MONITOR)
 
 
-def actual(svc: Service, network_names: Mapping[str, str], config_names: Mapping[str, str],
-           secret_names: Mapping[str, str] | None = None) -> ServiceSpec:
+def actual(
+    svc: Service,
+    network_names: Mapping[str, str],
+    config_names: Mapping[str, str],
+    secret_names: Mapping[str, str] | None = None,
+) -> ServiceSpec:
     """The fields of a running service as a ServiceSpec (names of what its IDs refer to now)."""
     return ServiceSpec(
-        name=svc.name, image=svc.image, replicas=svc.replicas, args=svc.args, env=svc.env,
-        constraints=svc.constraints, reserve_mb=svc.reserve_bytes // MB,
-        mounts=tuple(f"type={m.type},source={m.source},target={m.target}"
-                     + (",readonly" if m.readonly else "") for m in svc.mounts),
-        ports=svc.ports, networks=tuple(network_names.get(n, n) for n in svc.network_ids),
-        endpoint_mode=svc.endpoint_mode, update_delay=svc.update_delay,
-        update_order=svc.update_order, update_failure=svc.update_failure,
+        name=svc.name,
+        image=svc.image,
+        replicas=svc.replicas,
+        args=svc.args,
+        env=svc.env,
+        constraints=svc.constraints,
+        reserve_mb=svc.reserve_bytes // MB,
+        mounts=tuple(
+            f"type={m.type},source={m.source},target={m.target}"
+            + (",readonly" if m.readonly else "")
+            for m in svc.mounts
+        ),
+        ports=svc.ports,
+        networks=tuple(network_names.get(n, n) for n in svc.network_ids),
+        endpoint_mode=svc.endpoint_mode,
+        update_delay=svc.update_delay,
+        update_order=svc.update_order,
+        update_failure=svc.update_failure,
         stop_grace=svc.stop_grace,
         configs=tuple((config_names.get(i, n), f) for i, n, f in svc.configs),
         secrets=tuple(((secret_names or {}).get(i, n), f) for i, n, f in svc.secrets),
@@ -81,11 +101,21 @@ def diff(want: ServiceSpec, have: ServiceSpec | None) -> dict[str, tuple]:
     for f in fields(ServiceSpec):
         w = getattr(want, f.name)
         h = getattr(have, f.name) if have else None
-        if f.name in ("env", "constraints", "mounts", "ports", "networks", "configs", "secrets",
-                      "labels"):
+        if f.name in (
+            "env",
+            "constraints",
+            "mounts",
+            "ports",
+            "networks",
+            "configs",
+            "secrets",
+            "labels",
+        ):
             w, h = tuple(sorted(w)), (tuple(sorted(h)) if h is not None else None)
         if f.name == "image" and h and "@sha256:" not in w:
-            h = h.split("@sha256:")[0]  # the CLI appends the digest it resolved; a tag pin ignores it
+            h = h.split("@sha256:")[
+                0
+            ]  # the CLI appends the digest it resolved; a tag pin ignores it
         if w != h:
             out[f.name] = (w, h)
     return out
@@ -107,8 +137,7 @@ def plan(gw: Gateway, specs: Sequence[ServiceSpec]) -> list[tuple[ServiceSpec, d
     out = []
     for spec in specs:
         running = gw.service(spec.name)
-        have = (actual(running, _names(nets), _names(confs), _names(secrets))
-                if running else None)
+        have = actual(running, _names(nets), _names(confs), _names(secrets)) if running else None
         d = diff(spec.validated(), have)
         if d:
             out.append((spec, d if have else {}))
@@ -120,8 +149,11 @@ def converge(gw: Gateway, specs: Sequence[ServiceSpec], log: Log, update: bool =
     nets, confs, secrets = _lookup(gw)
     done = []
     for spec, d in plan(gw, specs):
-        missing = ([n for n in spec.networks if n not in nets] + [c for c, _ in spec.configs if c not in confs]
-                   + [c for c, _ in spec.secrets if c not in secrets])
+        missing = (
+            [n for n in spec.networks if n not in nets]
+            + [c for c, _ in spec.configs if c not in confs]
+            + [c for c, _ in spec.secrets if c not in secrets]
+        )
         if missing:
             raise ServiceError(f"service {spec.name}: {', '.join(missing)} does not exist")
         kwargs = spec.api_kwargs(nets, confs, secrets)
@@ -152,11 +184,16 @@ def constraint_matches(node: Node, constraint: str) -> bool | None:
     if not m:
         return None
     attr, op, value = m.groups()
-    known = {"node.id": node.id, "node.hostname": node.hostname, "node.role": node.role,
-             "node.platform.os": node.os or None, "node.platform.arch": node.arch or None}
+    known = {
+        "node.id": node.id,
+        "node.hostname": node.hostname,
+        "node.role": node.role,
+        "node.platform.os": node.os or None,
+        "node.platform.arch": node.arch or None,
+    }
     for prefix, labels in (("node.labels.", node.labels), ("engine.labels.", node.engine_labels)):
         if attr.startswith(prefix):
-            known[attr] = labels.get(attr[len(prefix):])
+            known[attr] = labels.get(attr[len(prefix) :])
     if attr not in known:
         return None
     equal = known[attr] is not None and str(known[attr]).lower() == value.lower()
@@ -166,8 +203,11 @@ def constraint_matches(node: Node, constraint: str) -> bool | None:
 def eligible_nodes(gw: Gateway, svc: Service) -> list[str]:
     """Hostnames of the ready, active nodes a service's tasks may be placed on (a constraint
     this module cannot read counts as met: the caller gets more nodes, never fewer)."""
-    return sorted(n.hostname for n in gw.nodes() if n.schedulable
-                  and all(constraint_matches(n, c) is not False for c in svc.constraints))
+    return sorted(
+        n.hostname
+        for n in gw.nodes()
+        if n.schedulable and all(constraint_matches(n, c) is not False for c in svc.constraints)
+    )
 
 
 def _stopping(gw: Gateway, svc: Service, image: str) -> int:
@@ -197,9 +237,9 @@ def replica_images(gw: Gateway, name: str) -> list[tuple[str, str]]:
     """(node, image) of every task of the service that runs now, sorted: what really serves."""
     _, _, tasks = running_tasks(gw, name)
     nodes = hostnames(gw)
-    return sorted((nodes.get(t.node_id, t.node_id or "?"), t.image)
-                  for t in tasks if t.state == "running")
-
+    return sorted(
+        (nodes.get(t.node_id, t.node_id or "?"), t.image) for t in tasks if t.state == "running"
+    )
 
 
 def _health_of(t: Task, nodes: Mapping[str, str], node_client) -> str:
@@ -224,8 +264,7 @@ def diagnose(gw: Gateway, name: str, node_client: Callable[[str], object] | None
     looked = 0
     for t in tasks:
         msg = t.error or (t.message if t.state in ("pending", "rejected", "failed") else "")
-        if node_client and looked < 3 and t.state not in ("new", "pending", "assigned",
-                                                          "running"):
+        if node_client and looked < 3 and t.state not in ("new", "pending", "assigned", "running"):
             looked += 1
             health = _health_of(t, nodes, node_client)
             if health:
@@ -235,8 +274,9 @@ def diagnose(gw: Gateway, name: str, node_client: Callable[[str], object] | None
     return "; ".join(reasons[:3]) or "no task reported an error"
 
 
-def wait_running(gw: Gateway, names: Sequence[str], timeout: float, log: Log,
-                 poll: float = 0.5) -> None:
+def wait_running(
+    gw: Gateway, names: Sequence[str], timeout: float, log: Log, poll: float = 0.5
+) -> None:
     """Wait until every service has all its replicas running; on timeout say why."""
     deadline = time.monotonic() + timeout
     last = ""
@@ -252,7 +292,9 @@ def wait_running(gw: Gateway, names: Sequence[str], timeout: float, log: Log,
         if time.monotonic() > deadline:
             stuck = [n for n, (r, w) in states.items() if r < w]
             why = "; ".join(f"{n}: {diagnose(gw, n)}" for n in stuck)
-            raise ServiceError(f"timed out after {timeout:.0f}s waiting for {', '.join(stuck)}: {why}")
+            raise ServiceError(
+                f"timed out after {timeout:.0f}s waiting for {', '.join(stuck)}: {why}"
+            )
         time.sleep(poll)
 
 
@@ -260,8 +302,9 @@ def with_routing(spec: ServiceSpec, mode: str) -> ServiceSpec:
     """Without IPVS (mode dnsrr): DNS round robin and host-mode ports instead of VIP and mesh."""
     if mode != "dnsrr":
         return spec
-    return replace(spec, endpoint_mode="dnsrr",
-                   ports=tuple((p, t, "host") for p, t, _ in spec.ports))
+    return replace(
+        spec, endpoint_mode="dnsrr", ports=tuple((p, t, "host") for p, t, _ in spec.ports)
+    )
 
 
 # -- releases: a new image for a running service ---------------------------------------------
@@ -301,17 +344,24 @@ def update_image(gw: Gateway, name: str, image: str) -> bool:
 
 
 def _running_for(gw: Gateway, tasks: Sequence[Task], image: str) -> float:
-    started = [gateway.engine_time(t.timestamp) for t in tasks
-               if t.state == "running" and t.image == image]
+    started = [
+        gateway.engine_time(t.timestamp) for t in tasks if t.state == "running" and t.image == image
+    ]
     if not started:
         return 0.0
     return max(0.0, (gw.clock() - max(started)).total_seconds())
 
 
-def wait_rollout(gw: Gateway, name: str, image: str, timeout: float,
-                 on_progress: Callable[[str], None], poll: float = 0.25,
-                 stable_until: float | None = None,
-                 node_client: Callable[[str], object] | None = None) -> Rollout:
+def wait_rollout(
+    gw: Gateway,
+    name: str,
+    image: str,
+    timeout: float,
+    on_progress: Callable[[str], None],
+    poll: float = 0.25,
+    stable_until: float | None = None,
+    node_client: Callable[[str], object] | None = None,
+) -> Rollout:
     """Follow a rolling update through Swarm's own state until every replica runs the image
     (`converged`). `paused` and `rollback_*` are failures, although the CLI's `docker service
     update` exits 0 on them (but a rollback that brought back `image` is what was waited for).
@@ -327,11 +377,21 @@ def wait_rollout(gw: Gateway, name: str, image: str, timeout: float,
         state = svc.update_state or "unchanged"
         if svc.image != image:
             if state.startswith("rollback"):  # Swarm's own failure action
-                return Rollout(name, image, state, time.monotonic() - start,
-                               f"Swarm rolled back to {svc.image}: {svc.update_message} "
-                               f"({diagnose(gw, name, node_client)})")
-            return Rollout(name, image, "replaced", time.monotonic() - start,  # another release
-                           f"the service was updated to {svc.image} meanwhile")
+                return Rollout(
+                    name,
+                    image,
+                    state,
+                    time.monotonic() - start,
+                    f"Swarm rolled back to {svc.image}: {svc.update_message} "
+                    f"({diagnose(gw, name, node_client)})",
+                )
+            return Rollout(
+                name,
+                image,
+                "replaced",
+                time.monotonic() - start,  # another release
+                f"the service was updated to {svc.image} meanwhile",
+            )
         on_new = sum(1 for t in tasks if t.state == "running" and t.image == image)
         text = f"{name}: {on_new}/{wanted} replicas on the new image ({state})"
         if text != last:
@@ -340,17 +400,28 @@ def wait_rollout(gw: Gateway, name: str, image: str, timeout: float,
         elapsed = time.monotonic() - start
         # A rollback by Swarm towards `image` (the spec is `image` again) is what is waited for.
         if state in FAILED_UPDATE and state not in ("rollback_started", "rollback_completed"):
-            return Rollout(name, image, state, elapsed,
-                           f"{svc.update_message} ({diagnose(gw, name, node_client)})")
+            return Rollout(
+                name,
+                image,
+                state,
+                elapsed,
+                f"{svc.update_message} ({diagnose(gw, name, node_client)})",
+            )
         # Every replica runs the new image only once the old ones stopped too: a task told to
         # shut down keeps answering (through the proxy) until its process exits.
         converged = on_new >= wanted and running >= wanted and not _stopping(gw, svc, image)
         if converged and time.monotonic() >= (stable_until or 0):
             done = "converged" if state in ("updating", "rollback_started") else state
-            return Rollout(name, image, done, elapsed, svc.update_message,
-                           _running_for(gw, tasks, image))
+            return Rollout(
+                name, image, done, elapsed, svc.update_message, _running_for(gw, tasks, image)
+            )
         if elapsed > timeout:
-            return Rollout(name, image, "timeout", elapsed,
-                           f"{on_new}/{wanted} replicas on {image} after {timeout:.0f}s: "
-                           f"{diagnose(gw, name, node_client)}")
+            return Rollout(
+                name,
+                image,
+                "timeout",
+                elapsed,
+                f"{on_new}/{wanted} replicas on {image} after {timeout:.0f}s: "
+                f"{diagnose(gw, name, node_client)}",
+            )
         time.sleep(poll)

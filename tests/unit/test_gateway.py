@@ -1,6 +1,7 @@
 """The gateway's session: a manager probed once, another one after a transient error, one
 retry policy, and the SDK's errors as the project's own (fake engines; the real failover is
 tests/integration/test_7_faults.py's killed manager)."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,10 +12,16 @@ from cdtasks import gateway
 from cdtasks.engine import EngineError
 from cdtasks.gateway import APIFailure, Conflict, Gateway, Unreachable
 
-SERVICE = {"ID": "s1", "Version": {"Index": 7},
-           "Spec": {"Name": "go-demo", "Mode": {"Replicated": {"Replicas": 2}},
-                    "TaskTemplate": {"ContainerSpec": {"Image": "img:1"}}},
-           "UpdateStatus": {"State": "completed", "Message": "update completed"}}
+SERVICE = {
+    "ID": "s1",
+    "Version": {"Index": 7},
+    "Spec": {
+        "Name": "go-demo",
+        "Mode": {"Replicated": {"Replicas": 2}},
+        "TaskTemplate": {"ContainerSpec": {"Image": "img:1"}},
+    },
+    "UpdateStatus": {"State": "completed", "Message": "update completed"},
+}
 
 
 class Engine:
@@ -41,8 +48,9 @@ class Engine:
 
 def session(*engines: Engine, within: float = 5.0) -> tuple[Gateway, list[str]]:
     by_name, forgotten, lines = {e.name: e for e in engines}, [], []
-    gw = Gateway("test", list(by_name), by_name.__getitem__, forgotten.append, lines.append,
-                 within=within)
+    gw = Gateway(
+        "test", list(by_name), by_name.__getitem__, forgotten.append, lines.append, within=within
+    )
     return gw, forgotten
 
 
@@ -57,8 +65,12 @@ def test_the_manager_is_probed_once_and_a_worker_skipped():
     for _ in range(3):
         svc = gw.service("go-demo")
     assert (worker.infos, m2.infos, m2.calls) == (1, 1, 3)
-    assert (svc.name, svc.image, svc.replicas, svc.update_state) == ("go-demo", "img:1", 2,
-                                                                     "completed")
+    assert (svc.name, svc.image, svc.replicas, svc.update_state) == (
+        "go-demo",
+        "img:1",
+        2,
+        "completed",
+    )
 
 
 def test_a_transient_error_fails_over_to_another_manager():
@@ -109,13 +121,23 @@ def test_a_create_is_not_retried():
     assert forgotten == ["n1"]  # but the next call asks another manager
 
 
-@pytest.mark.parametrize("exc, kind, status", [
-    (NotFound("no such config"), gateway.NotFound, 404),
-    (APIError("409 Client Error", response=type("R", (), {"status_code": 409})(),
-              explanation="name conflicts"), Conflict, 409),
-    (ConnectionRefusedError(), Unreachable, None),
-    (ValueError("a bug"), ValueError, None),
-])
+@pytest.mark.parametrize(
+    "exc, kind, status",
+    [
+        (NotFound("no such config"), gateway.NotFound, 404),
+        (
+            APIError(
+                "409 Client Error",
+                response=type("R", (), {"status_code": 409})(),
+                explanation="name conflicts",
+            ),
+            Conflict,
+            409,
+        ),
+        (ConnectionRefusedError(), Unreachable, None),
+        (ValueError("a bug"), ValueError, None),
+    ],
+)
 def test_sdk_errors_become_the_projects_own(exc, kind, status):
     found = gateway.translate(exc)
     assert type(found) is kind

@@ -1,5 +1,6 @@
 """Every way a run is stopped takes one path: SIGINT, SIGTERM and SIGHUP raise `Interrupted`
 once, with the shell's exit code; later signals do not break off the clean-up."""
+
 from __future__ import annotations
 
 import os

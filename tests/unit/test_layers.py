@@ -2,6 +2,7 @@
 never imports the task layer or Invoke's tasks; the tasks never import the Docker SDK; only the
 gateway (and engine.py, which builds the clients) imports it, and only the gateway reads the
 Engine API's dictionaries."""
+
 from __future__ import annotations
 
 import ast
@@ -39,7 +40,7 @@ def imports(path: Path) -> list[tuple[str, set[str]]]:
             out += [(a.name, set()) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = package.split(".")
-            base = base[:len(base) - node.level + 1] if node.level else []
+            base = base[: len(base) - node.level + 1] if node.level else []
             target = ".".join([*base, node.module] if node.module else base)
             names = {a.name for a in node.names}
             out.append((target, names))
@@ -86,8 +87,11 @@ def test_only_the_gateway_reads_engine_api_dictionaries(path):
     me = module_name(path)
     if me == "cdtasks.gateway":
         return
-    found = {n.value for n in ast.walk(ast.parse(path.read_text()))
-             if isinstance(n, ast.Constant) and n.value in ENGINE_KEYS}
+    found = {
+        n.value
+        for n in ast.walk(ast.parse(path.read_text()))
+        if isinstance(n, ast.Constant) and n.value in ENGINE_KEYS
+    }
     assert not found, f"{me} reads {sorted(found)} of the Engine API: use the gateway's models"
 
 
