@@ -12,6 +12,7 @@ progress are skipped for the last of them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import getpass
 import json
@@ -84,7 +85,8 @@ def _git(args: Sequence[str], timeout: float | None = None, repo: str = "") -> s
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except BaseException as exc:
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             if isinstance(exc, subprocess.TimeoutExpired):
                 raise SourceError(f"`git {args[0]}` got no answer in {timeout:g}s") from None
