@@ -59,7 +59,9 @@ VOCABULARY: dict[str, Flag] = {
     # One task's own.
     "cmd": Flag(None, "command to run instead of an interactive shell"),
     "purge": Flag(None, "also delete the registry data both clusters share"),
-    "check": Flag(None, "only compare the env file with what runs; exit 5 on drift"),
+    "check": Flag(
+        None, "only compare the env file (or its STACK_FILE) with what runs; exit 5 on drift"
+    ),
     "update": Flag(None, "also update services whose spec differs (only what differs)"),
     "action": Flag(
         None, "status: who holds the lock, or 'free'; release: remove it (needs --force)"
