@@ -340,3 +340,13 @@ def wait_jobs(manager, names: Sequence[str], timeout: float, log: Log, poll: flo
                     f"{services.diagnose(manager, name)}"
                 )
             time.sleep(poll)
+
+
+def service_name(s: Settings, name: str) -> str:
+    """The Swarm name of a service: with STACK_FILE, one of the file's (`api` or `team_api`),
+    else any service of the cluster."""
+    if s.stack.stack_file is None:
+        return name
+    st = read_file(s)
+    short = name.removeprefix(f"{st.name}_")
+    return st.scoped(st.service(short).name)

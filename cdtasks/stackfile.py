@@ -401,7 +401,7 @@ class _Reader:
             if k.startswith("x-"):
                 continue
             if k not in allowed:
-                raise self.fail(where, _unknown(k, allowed))
+                raise self.fail(where, _unknown(k, allowed, service=allowed is SERVICE_KEYS))
         return {k: v for k, v in value.items() if not k.startswith("x-")}
 
     def text(self, value: Any, where: str) -> str:
@@ -478,10 +478,10 @@ def _scalar(v: Any) -> str:
     return str(v)
 
 
-def _unknown(key: str, allowed: tuple[str, ...]) -> str:
-    if key in SWARM_IGNORES:
+def _unknown(key: str, allowed: tuple[str, ...], service: bool) -> str:
+    if service and key in SWARM_IGNORES:
         return f"key {key}: Swarm ignores it in a stack (remove it)"
-    if key in NOT_MAPPED:
+    if service and key in NOT_MAPPED:
         return f"key {key} is not supported by cdtasks yet (remove it)"
     hint = difflib.get_close_matches(key, allowed, n=1)
     return f"unknown key {key}" + (f" (did you mean {hint[0]}?)" if hint else "")

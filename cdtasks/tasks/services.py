@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 from invoke import Collection, Exit
 
+from . import flags
 from .common import BAD_INPUT, CONFIG, DRIFT, envs, out, print_json, settings, user_errors
 from .flags import task
 
@@ -49,5 +52,26 @@ def services(c, env=None, check=False, update=False, json=False):
         raise Exit(code=DRIFT)
 
 
-ns = Collection("services", services)
+@task(
+    notes={"service": "a service of STACK_FILE (`api`) or any service of the cluster"},
+    positional=["service"],
+)
+@user_errors
+def logs(c, service=None, env="test", since=None, tail=None, follow=False):
+    """Print a service's logs through a manager, as `docker service logs` does."""
+    from .. import cluster, services, stack
+
+    s = settings(c, env)
+    name = stack.service_name(s, service or s.services.app_service)
+    try:
+        started = time.time() - flags.seconds(since) if since else 0
+        lines = int(tail) if tail is not None else None
+    except ValueError as exc:
+        raise Exit(f"error: {exc}", code=BAD_INPUT) from None
+    manager = cluster.Cluster.of(s).discover().manager()
+    for line in services.logs(manager, name, since=int(started), tail=lines, follow=follow):
+        out(line)
+
+
+ns = Collection("services", services, logs)
 ns.configure(CONFIG)

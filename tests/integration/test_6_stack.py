@@ -152,19 +152,20 @@ def test_check_reports_drift_and_update_converges(team):
 
 
 GOOD = """
-services:
-  web:
-    image: cdtasks/haproxy:2.6
-    ports: ["8071:80"]
-    networks: [front]
-  db:
-    image: cdtasks/redis:7.0
-    networks: [front]
 networks:
   front: {}
 configs:
   cfg:
     file: ./stack.yml
+services:
+  web:
+    image: cdtasks/haproxy:2.6
+    ports: ["8071:80"]
+    networks: [front]
+    configs: [cfg]
+  db:
+    image: cdtasks/redis:7.0
+    networks: [front]
 """
 BAD = {
     "misspelled key": (
@@ -211,3 +212,21 @@ def test_bad_input_exits_2_with_nothing_created(team, tmp_path, case):
         assert not on_manager(
             team, kind, "ls", "-q", "--filter", f"label=com.docker.stack.namespace={name}"
         ).split(), kind
+
+
+def test_logs_of_a_stack_service_through_a_manager(team):
+    proc = team.inv("logs", "migrate", "--env", "test")
+    lines = proc.stdout.splitlines()
+    print(lines)
+    assert any(
+        line.startswith("team_migrate.") and line.endswith("| schema migrated to 1")
+        for line in lines
+    )
+    proc = team.inv("logs", "worker", "--env", "test", "--since", "1h")
+    assert "worker started" in [line.split(" | ", 1)[1] for line in proc.stdout.splitlines()]
+    proc = team.inv("logs", "api", "--env", "test", "--tail", "1")
+    tasks = [line.split(" | ")[0] for line in proc.stdout.splitlines()]
+    assert len(tasks) == len(set(tasks)) and all(t.startswith("team_api.") for t in tasks)
+    proc = team.inv("logs", "nothere", "--env", "test", check=False)
+    assert proc.returncode == 2
+    assert "no service 'nothere' (the file has api, migrate, worker, store, proxy)" in proc.stderr

@@ -46,7 +46,7 @@ def test_the_team_stack_maps_every_key():
     assert api.deploy.preferences == ("node.hostname",) and api.deploy.max_replicas_per_node == 2
     assert api.deploy.resources.mem_limit == 128 * 1024 * 1024
     assert api.deploy.resources.cpu_reservation == 50_000_000
-    assert api.healthcheck.test[0] == "CMD" and api.healthcheck.start_period == 30 * 10**9
+    assert api.healthcheck.test[0] == "CMD" and api.healthcheck.start_period == 60 * 10**9
     assert ("front", ("team-api",)) in api.networks
     assert api.secrets[0].target == "api_token" and api.configs[0].target.startswith("/etc")
     assert s.service("migrate").deploy.mode == "replicated-job"
