@@ -333,6 +333,24 @@ def running_tasks(client, name: str) -> tuple[int, int, list[Mapping]]:
     return running, _replicas_wanted(client, svc["Spec"], svc["ID"]), tasks
 
 
+def mode_of(spec: Mapping) -> str:
+    """replicated, global, replicated-job or global-job, as the CLI names them."""
+    kind = next(iter(spec.get("Mode") or {"Replicated": {}}))
+    return {"ReplicatedJob": "replicated-job", "GlobalJob": "global-job"}.get(kind, kind.lower())
+
+
+def progress(client, svc: Mapping) -> tuple[int, int]:
+    """(running, wanted) of a service, (completed, wanted) of a job."""
+    mode = svc["Spec"].get("Mode") or {}
+    if "ReplicatedJob" in mode or "GlobalJob" in mode:
+        tasks = client.api.tasks(filters={"service": svc["ID"]})
+        done = sum(1 for t in tasks if t["Status"]["State"] == "complete")
+        total = (mode.get("ReplicatedJob") or {}).get("TotalCompletions")
+        return done, total or max(1, len({t.get("NodeID") for t in tasks}))
+    running, wanted, _ = running_tasks(client, svc["Spec"]["Name"])
+    return running, wanted
+
+
 def hostnames(client) -> dict[str, str]:
     """Node ID -> hostname, for the nodes of the swarm."""
     return {n["ID"]: n["Description"]["Hostname"] for n in client.api.nodes()}

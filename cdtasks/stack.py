@@ -324,13 +324,7 @@ def wait_jobs(manager, names: Sequence[str], timeout: float, log: Log, poll: flo
     deadline = time.monotonic() + timeout
     for name in names:
         while True:
-            svc = manager.api.inspect_service(name)
-            mode = svc["Spec"]["Mode"]
-            total = (mode.get("ReplicatedJob") or {}).get("TotalCompletions", 1)
-            tasks = manager.api.tasks(filters={"service": svc["ID"]})
-            done = sum(1 for t in tasks if t["Status"]["State"] == "complete")
-            if "GlobalJob" in mode:
-                total = max(1, len({t.get("NodeID") for t in tasks}))
+            done, total = services.progress(manager, manager.api.inspect_service(name))
             if done >= total:
                 log(f"job {name}: {done}/{total} completed")
                 break

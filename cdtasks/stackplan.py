@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from docker import types
@@ -72,12 +72,13 @@ def _mode(s: Service) -> dict:
     engine reads but returns as "Replicated")."""
     d = s.deploy
     n = 1 if d.replicas is None else d.replicas
-    return {
+    modes: dict[str, dict] = {
         "replicated": {"Replicated": {"Replicas": n}},
         "replicated-job": {"ReplicatedJob": {"MaxConcurrent": n, "TotalCompletions": n}},
         "global": {"Global": {}},
         "global-job": {"GlobalJob": {}},
-    }[d.mode]
+    }
+    return modes[d.mode]
 
 
 def service_spec(
@@ -133,29 +134,15 @@ def service_spec(
         stop_grace_period=s.stop_grace_period,
         configs=[ref(types.ConfigReference, config_ids, cfgs, f) for f in s.configs] or None,
         secrets=[ref(types.SecretReference, secret_ids, secs, f) for f in s.secrets] or None,
-        healthcheck=types.Healthcheck(
-            test=list(hc.test),
-            interval=hc.interval,
-            timeout=hc.timeout,
-            retries=hc.retries,
-            start_period=hc.start_period,
-        )
-        if hc
-        else None,
+        # the model's fields are the SDK's argument names
+        healthcheck=types.Healthcheck(**{**asdict(hc), "test": list(hc.test)}) if hc else None,
     )
     d = s.deploy
     res = d.resources
     restart = d.restart_policy
     template = types.TaskTemplate(
         container,
-        resources=types.Resources(
-            cpu_limit=res.cpu_limit,
-            mem_limit=res.mem_limit,
-            cpu_reservation=res.cpu_reservation,
-            mem_reservation=res.mem_reservation,
-        )
-        if res
-        else None,
+        resources=types.Resources(**asdict(res)) if res else None,
         restart_policy=_dropped(
             {
                 # compose's default condition is `any`, as Swarm's

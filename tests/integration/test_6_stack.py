@@ -230,3 +230,34 @@ def test_logs_of_a_stack_service_through_a_manager(team):
     proc = team.inv("logs", "nothere", "--env", "test", check=False)
     assert proc.returncode == 2
     assert "no service 'nothere' (the file has api, migrate, worker, store, proxy)" in proc.stderr
+
+
+def test_status_lists_the_stack_and_the_errors_of_a_service_short_of_replicas(team):
+    on_manager(
+        team,
+        "service",
+        "update",
+        "--detach",
+        "--image",
+        "localhost:5000/team-worker:0.0",
+        "team_worker",
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        proc = team.inv("status", "--env", "test", "--json")
+        rows = {r["service"]: r for r in json.loads(proc.stdout)["test"]["services"]}
+        if rows["team_worker"]["errors"] or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    print(rows)
+    assert set(SERVICES) <= set(rows)
+    assert (
+        rows["team_migrate"]["mode"] == "replicated-job"
+        and rows["team_migrate"]["replicas"] == "1/1"
+    )
+    assert rows["team_api"]["replicas"] == "2/2" and rows["team_api"]["errors"] == ""
+    worker = rows["team_worker"]
+    assert worker["replicas"] == "0/1" and worker["image"] == "localhost:5000/team-worker:0.0"
+    assert "team-worker:0.0" in worker["errors"] or "No such image" in worker["errors"], worker
+    proc = team.inv("services", "--env", "test", "--update", extra_env=WIDE)
+    assert "updated service team_worker (image)" in proc.stdout, proc.stdout

@@ -8,7 +8,7 @@ sys.path.insert(0, "/app/shared")
 import store  # noqa: E402
 
 target = os.environ.get("SCHEMA", "1")
-for attempt in range(30):  # the store may still be starting
+for _ in range(30):  # the store may still be starting
     try:
         store.command("SET", "schema", target)
         break
