@@ -200,7 +200,8 @@ class Status:
     env: str
     members: tuple[gateway.Node, ...]
     missing: tuple[str, ...]  # nodes without a running machine
-    services: tuple[tuple[str, str, str, str], ...]  # (name, mode, running/wanted, image)
+    # (name, mode, running/wanted or completed/wanted for a job, image, last task errors)
+    services: tuple[tuple[str, str, str, str, str], ...]
 
 
 def status(settings: Settings) -> Status:
@@ -212,8 +213,10 @@ def status(settings: Settings) -> Status:
     members = tuple(sorted(manager.nodes(), key=lambda m: m.hostname))
     rows = []
     for svc in manager.services():
-        running, wanted, _ = services.running_tasks(manager, svc.name)
-        rows.append((svc.name, svc.mode, f"{running}/{wanted}", svc.image))
+        done, wanted = services.progress(manager, svc)
+        # a service short of its replicas (or a job of its completions): its tasks' last errors
+        errors = services.diagnose(manager, svc.name) if done < wanted else ""
+        rows.append((svc.name, svc.mode, f"{done}/{wanted}", svc.image, errors))
     return Status(settings.env, members, missing, tuple(sorted(rows)))
 
 

@@ -134,7 +134,7 @@ class Service:
     name: str
     version: int  # the index an update must name
     image: str
-    replicas: int | None  # None: global mode
+    replicas: int | None  # None: global mode (a job: how many complete, None: one per node)
     constraints: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     endpoint_mode: str = "vip"
@@ -153,10 +153,13 @@ class Service:
     stop_grace: int = 10  # seconds
     configs: tuple[tuple[str, str, str], ...] = ()  # (config ID, config name, target file)
     secrets: tuple[tuple[str, str, str], ...] = ()  # (secret ID, secret name, file name)
+    job: bool = False  # replicated-job or global-job: its tasks run to completion
+    tty: bool = False
 
     @property
     def mode(self) -> str:
-        return "global" if self.replicas is None else "replicated"
+        """replicated, global, replicated-job or global-job, as the CLI names them."""
+        return ("global" if self.replicas is None else "replicated") + ("-job" if self.job else "")
 
 
 def service_of(attrs: Mapping) -> Service:
@@ -174,7 +177,13 @@ def service_of(attrs: Mapping) -> Service:
         name=spec["Name"],
         version=(attrs.get("Version") or {}).get("Index", 0),
         image=cs.get("Image", ""),
-        replicas=None if "Global" in mode else (mode.get("Replicated") or {}).get("Replicas", 1),
+        replicas=(
+            None
+            if "Global" in mode or "GlobalJob" in mode
+            else (mode.get("ReplicatedJob") or {}).get("TotalCompletions", 1)
+            if "ReplicatedJob" in mode
+            else (mode.get("Replicated") or {}).get("Replicas", 1)
+        ),
         constraints=tuple((tt.get("Placement") or {}).get("Constraints") or ()),
         labels=dict(spec.get("Labels") or {}),
         endpoint_mode=ep.get("Mode", "vip"),
@@ -203,6 +212,8 @@ def service_of(attrs: Mapping) -> Service:
         secrets=tuple(
             (c["SecretID"], c["SecretName"], c["File"]["Name"]) for c in cs.get("Secrets") or []
         ),
+        job="ReplicatedJob" in mode or "GlobalJob" in mode,
+        tty=bool(cs.get("TTY")),
     )
 
 
@@ -492,6 +503,14 @@ def pull(client, image: str) -> None:
         client.api.pull(repo.rsplit(":", 1)[0], tag=digest or repo.rsplit(":", 1)[1])
 
 
+def exec_in(client, container_id: str, argv: Sequence[str]) -> tuple[int | None, str]:
+    """(exit code, output) of a command run in a container on a node's engine (docker exec)."""
+    with translated():
+        exec_id = client.api.exec_create(container_id, list(argv))["Id"]
+        out = client.api.exec_start(exec_id).decode(errors="replace")
+        return client.api.exec_inspect(exec_id).get("ExitCode"), out
+
+
 def health_output(container: Mapping) -> str:
     """The last failing health check of a container (its inspect data) in a few words: its
     output, the command, its exit code and how many probes failed in a row; '' if none failed.
@@ -645,6 +664,21 @@ class Gateway:
 
         return self.call(update)
 
+    def service_specs(self, labels: Mapping[str, str]) -> dict[str, Mapping[str, Any]]:
+        """name -> Engine API ServiceSpec of the services with these labels: for the stack
+        planner, which writes specs as `docker stack deploy` does and compares spec to spec."""
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        return self.call(
+            lambda c: {x["Spec"]["Name"]: x["Spec"] for x in c.api.services(filters=filters)}
+        )
+
+    def service_logs(self, service_id: str, **kwargs) -> Iterator[bytes]:
+        """A service's log stream (the SDK's service_logs arguments), errors translated also
+        while it streams."""
+        stream = self.call(lambda c: c.api.service_logs(service_id, **kwargs))
+        with translated():
+            yield from stream
+
     def tasks(self, service: str, desired_state: str | None = None) -> list[Task]:
         """The tasks of a service (its name or ID), optionally only those of a desired state."""
         filters = {
@@ -668,10 +702,18 @@ class Gateway:
         """name -> ID."""
         return self.call(lambda c: {n["Name"]: n["Id"] for n in c.api.networks()})
 
-    def create_network(self, name: str, labels: Mapping[str, str]) -> None:
+    def create_network(
+        self,
+        name: str,
+        labels: Mapping[str, str],
+        driver: str = "overlay",
+        attachable: bool = True,
+        **more,
+    ) -> None:
+        """`more`: the SDK's other create_network arguments (scope, internal, options)."""
         self.call(
             lambda c: c.api.create_network(
-                name, driver="overlay", attachable=True, labels=dict(labels)
+                name, driver=driver, attachable=attachable, labels=dict(labels), **more
             ),
             retry=False,
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 
 from . import gateway
@@ -228,6 +228,16 @@ def running_tasks(gw: Gateway, name: str) -> tuple[int, int, list[Task]]:
     return running, _replicas_wanted(gw, svc), tasks
 
 
+def progress(gw: Gateway, svc: Service) -> tuple[int, int]:
+    """(running, wanted) of a service, (completed, wanted) of a job."""
+    if svc.job:
+        tasks = gw.tasks(svc.id)
+        done = sum(1 for t in tasks if t.state == "complete")
+        return done, svc.replicas or max(1, len({t.node_id for t in tasks}))
+    running, wanted, _ = running_tasks(gw, svc.name)
+    return running, wanted
+
+
 def hostnames(gw: Gateway) -> dict[str, str]:
     """Node ID -> hostname, for the nodes of the swarm."""
     return {n.id: n.hostname for n in gw.nodes()}
@@ -425,3 +435,44 @@ def wait_rollout(
                 f"{diagnose(gw, name, node_client)}",
             )
         time.sleep(poll)
+
+
+# -- logs ------------------------------------------------------------------------------------
+def logs(
+    gw: Gateway, name: str, *, since: int = 0, tail: int | None = None, follow: bool = False
+) -> Iterator[str]:
+    """A service's log lines through a manager, as `docker service logs` prints them
+    (`service.slot.task@node | line`); `since`: a Unix time, `tail`: lines per task."""
+    svc = existing(gw, name)
+    nodes = hostnames(gw)
+    names = {
+        t.id: f"{name}.{t.slot or t.node_id}.{t.id[:12]}@{nodes.get(t.node_id, '?')}"
+        for t in gw.tasks(svc.id)
+    }
+    stream = gw.service_logs(
+        svc.id,
+        details=True,  # each line then names its task: com.docker.swarm.task.id=...
+        follow=follow,
+        stdout=True,
+        stderr=True,
+        since=since,
+        tail="all" if tail is None else tail,
+        is_tty=svc.tty,
+    )
+    pending = b""
+    for chunk in stream:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            yield _log_line(raw.decode("utf-8", "replace"), names)
+    if pending:
+        yield _log_line(pending.decode("utf-8", "replace"), names)
+
+
+def _log_line(text: str, names: Mapping[str, str]) -> str:
+    details, _, message = text.partition(" ")
+    attrs = dict(p.partition("=")[::2] for p in details.split(",") if "=" in p)
+    task = attrs.get("com.docker.swarm.task.id")
+    if task is None:  # no details prefix: the whole text is the message
+        return text
+    return f"{names.get(task, task[:12])} | {message}"
