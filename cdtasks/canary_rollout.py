@@ -87,6 +87,9 @@ class Run:
             endpoint_spec=spec.get("EndpointSpec"),
         )
         services.wait_running(manager, [self.name], self.app.services_timeout, self.log)
+        # dnsrr: the name resolves to each task (a slot each); a VIP is one slot for them all
+        dnsrr = (spec.get("EndpointSpec") or {}).get("Mode") == "dnsrr"
+        wanted = self.gate.replicas if dnsrr else 1
         deadline = time.monotonic() + UP_TIMEOUT
         while True:
             readings = haproxy.read(self.cluster, self._replicas())
@@ -97,12 +100,12 @@ class Run:
                 )
                 for r in readings
             ]
-            if all(n >= self.gate.replicas for n in seen):
+            if all(n >= wanted for n in seen):
                 return
             if time.monotonic() > deadline:
                 raise StepFailed(
                     f"{self.name} runs, but after {UP_TIMEOUT:.0f} s the proxy replicas see "
-                    f"{', '.join(map(str, seen))} of its {self.gate.replicas} task(s) up "
+                    f"{', '.join(map(str, seen))} of its {wanted} server(s) up "
                     f"(HAProxy's health check of it fails?)"
                 )
             time.sleep(1.0)
