@@ -74,8 +74,13 @@ VOCABULARY: dict[str, Flag] = {
     # One task's own.
     "cmd": Flag(None, "command to run instead of an interactive shell"),
     "purge": Flag(None, "also delete the registry data both clusters share"),
-    "check": Flag(None, "only compare the env file with what runs; exit 5 on drift"),
+    "check": Flag(
+        None, "only compare the env file (or its STACK_FILE) with what runs; exit 5 on drift"
+    ),
     "update": Flag(None, "also update services whose spec differs (only what differs)"),
+    "since": Flag(None, "only log lines newer than this: a duration (10m, 1h30m) back from now"),
+    "tail": Flag(None, "only the last N log lines of each task"),
+    "follow": Flag(None, "keep printing new log lines until interrupted"),
     "action": Flag(
         None, "status: who holds the lock, or 'free'; release: remove it (needs --force)"
     ),
@@ -88,6 +93,16 @@ VOCABULARY: dict[str, Flag] = {
         "ADDR:PORT to accept signed push notifications on (WEBHOOK_SECRET), e.g. 127.0.0.1:9000",
     ),
 }
+
+
+def seconds(duration: str) -> float:
+    """A flag's duration (`10m`, `1h30m`, `45s`) in seconds; ValueError naming the form."""
+    from ..stackfile import duration_ns
+
+    try:
+        return duration_ns(duration) / 1e9
+    except ValueError:
+        raise ValueError(f"--since {duration!r} is not a duration (e.g. 10m, 1h30m)") from None
 
 
 class VocabularyTask(Task):
