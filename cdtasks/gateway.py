@@ -15,6 +15,7 @@ must forget the manager that failed and probe another, which is the session's ow
 from __future__ import annotations
 
 import base64
+import copy
 import shlex
 import threading
 import time
@@ -663,6 +664,37 @@ class Gateway:
             return True
 
         return self.call(update)
+
+    def create_beside(
+        self, model: str, name: str, image: str, replicas: int, labels: Mapping[str, str]
+    ) -> None:
+        """A service with `model`'s task template, networks and endpoint under another name,
+        image, replica count and labels (a canary beside the running service). Not retried: a
+        create whose answer was lost would then fail on its own name."""
+
+        def create(c) -> None:
+            spec = c.api.inspect_service(model)["Spec"]
+            template = copy.deepcopy(spec["TaskTemplate"])
+            template["ContainerSpec"]["Image"] = image
+            template.pop("ForceUpdate", None)
+            c.api.create_service(
+                template,
+                name=name,
+                labels=dict(labels),
+                mode={"Replicated": {"Replicas": replicas}},
+                networks=spec.get("Networks"),
+                endpoint_spec=spec.get("EndpointSpec"),
+            )
+
+        self.call(create, retry=False)
+
+    def remove_service(self, name: str) -> bool:
+        """False when there was none."""
+        try:
+            self.call(lambda c: c.api.remove_service(name))
+            return True
+        except NotFound:
+            return False
 
     def service_specs(self, labels: Mapping[str, str]) -> dict[str, Mapping[str, Any]]:
         """name -> Engine API ServiceSpec of the services with these labels: for the stack

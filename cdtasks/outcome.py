@@ -22,6 +22,9 @@ class Outcome(StrEnum):
     FAILED_ROLLED_BACK = "failed, rolled back"
     FAILED_NOT_RECOVERED = "failed, rollback failed"
     FAILED = "failed"  # nothing rolled back (`--no-rollback`, or no previous version)
+    # A canary that failed its gate (production untouched); the record's text goes on with the
+    # figure that failed: "canary aborted: 23.4 % errors > 1 % ...".
+    CANARY_ABORTED = "canary aborted"
     INTERRUPTED = "interrupted"
     LOCK_LOST = "stopped, lock lost"
     STARTED = "started"  # the entry written before anything changes
@@ -35,6 +38,8 @@ class Outcome(StrEnum):
         try:
             return cls(result)
         except ValueError:
+            if result.startswith(f"{cls.CANARY_ABORTED}:"):
+                return cls.CANARY_ABORTED
             return cls.FAILED_NOT_RECOVERED if result.startswith("failed") else cls.UNFINISHED
 
     @property
@@ -44,7 +49,12 @@ class Outcome(StrEnum):
 
     @property
     def failed(self) -> bool:
-        return self in (Outcome.FAILED_ROLLED_BACK, Outcome.FAILED_NOT_RECOVERED, Outcome.FAILED)
+        return self in (
+            Outcome.FAILED_ROLLED_BACK,
+            Outcome.FAILED_NOT_RECOVERED,
+            Outcome.FAILED,
+            Outcome.CANARY_ABORTED,
+        )
 
     @property
     def exit_code(self) -> int:
@@ -53,6 +63,7 @@ class Outcome(StrEnum):
 
 EXIT_CODES = {
     Outcome.FAILED_ROLLED_BACK: ROLLED_BACK,
+    Outcome.CANARY_ABORTED: ROLLED_BACK,  # as the README says: production is as it was
     Outcome.FAILED_NOT_RECOVERED: NOT_RECOVERED,
     Outcome.FAILED: NOT_RECOVERED,
     Outcome.LOCK_LOST: LOCKED,

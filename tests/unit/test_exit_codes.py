@@ -84,6 +84,7 @@ def test_a_failed_step_exits_ten_plus_its_position():
         ("stopped, lock lost", common.LOCKED),
         ("interrupted", common.INTERRUPTED),
         ("failed, something newer", common.NOT_RECOVERED),
+        ("canary aborted: 23.4 % errors > 1 % over 412 requests", common.ROLLED_BACK),
     ],
 )  # a record worded otherwise
 def test_deployment_results_exit_as_documented(result, code):
