@@ -640,8 +640,9 @@ class Gateway:
         retried: a create whose answer was lost would then fail on its own name."""
         self.call(lambda c: c.api.create_service(**kwargs), retry=False)
 
-    def update_service(self, name: str, **kwargs) -> None:
-        """Replace a service's spec by these arguments, at the version read just before."""
+    def update_service(self, name: str, /, **kwargs) -> None:
+        """Replace a service's spec by these arguments (the SDK's update_service ones, `name`
+        among them where a full spec is given), at the version read just before."""
 
         def update(c) -> None:
             current = c.api.inspect_service(name)

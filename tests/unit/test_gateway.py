@@ -143,3 +143,24 @@ def test_sdk_errors_become_the_projects_own(exc, kind, status):
     assert type(found) is kind
     if status:
         assert found.status == status
+
+
+def test_a_whole_spec_with_its_name_updates_the_service_at_the_version_read():
+    """services.converge and the stack planner pass the SDK's arguments, `name` among them."""
+    engine, updates = Engine("m1"), []
+    engine.update_service = lambda *args, **kwargs: updates.append((args, kwargs))
+    gw, _ = session(engine)
+    gw.update_service("go-demo", name="go-demo", labels={"a": "b"})
+    assert updates == [(("s1", 7), {"name": "go-demo", "labels": {"a": "b"}})]
+
+
+def test_a_job_s_mode_and_completions_come_from_its_spec():
+    job = {
+        **SERVICE,
+        "Spec": {**SERVICE["Spec"], "Mode": {"ReplicatedJob": {"TotalCompletions": 3}}},
+    }
+    svc = gateway.service_of(job)
+    assert (svc.mode, svc.job, svc.replicas) == ("replicated-job", True, 3)
+    every_node = gateway.service_of({**job, "Spec": {**job["Spec"], "Mode": {"GlobalJob": {}}}})
+    assert (every_node.mode, every_node.replicas) == ("global-job", None)
+    assert gateway.service_of(SERVICE).mode == "replicated"
