@@ -214,20 +214,18 @@ def read(cluster: Cluster, replicas: Sequence[Replica]) -> list[Reading]:
     return _each(replicas, one)
 
 
-def set_weights(
-    cluster: Cluster, replicas: Sequence[Replica], weights: Mapping[str, int | str]
-) -> None:
-    """`set weight BACKEND/SERVER W` on every replica (W: 0-256, or "100%" for the configured
-    weight). An answer other than silence is HAProxy refusing it (no such server, no admin
-    level): ProxyError naming it."""
-    cmds = [f"set weight {server} {w}" for server, w in weights.items()]
+def set_weights(cluster: Cluster, weights: Mapping[Replica, Mapping[str, int | str]]) -> None:
+    """`set weight BACKEND/SERVER W` on each replica, all replicas at once (W: 0-256, or "100%"
+    for the configured weight). An answer other than silence is HAProxy refusing it (no such
+    server, no admin level): ProxyError naming it."""
 
     def one(replica: Replica) -> None:
+        cmds = [f"set weight {server} {w}" for server, w in weights[replica].items()]
         for cmd, answer in zip(cmds, command(cluster, replica, *cmds), strict=True):
             if answer.strip():
                 raise ProxyError(f"{_where(replica)} refused `{cmd}`: {answer.strip()[:160]}")
 
-    _each(replicas, one)
+    _each(list(weights), one)
 
 
 def servers_named(reading: Reading, backend: str, prefix: str) -> tuple[Server, ...]:
@@ -255,7 +253,7 @@ def check(cluster: Cluster, replicas: Sequence[Replica], backend: str, slots: st
         if not own:
             raise ProxyError(f"{where}: backend {backend} has no {slots}N servers: {_enable()}")
         try:
-            set_weights(cluster, [reading.replica], {own[0].full_name: own[0].weight})
+            set_weights(cluster, {reading.replica: {own[0].full_name: own[0].weight}})
         except ProxyError as exc:  # "Permission denied": the socket's level is not admin
             raise ProxyError(f"{exc}; {_enable()}") from None
     return readings

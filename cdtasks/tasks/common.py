@@ -64,7 +64,9 @@ def step_failed(position: int) -> int:
 
 def deployment_exit(result: str) -> int:
     """The exit code of a deployment's result (its history entry's `result`)."""
-    if result == "failed, rolled back":
+    from ..deployment import CANARY_ABORTED
+
+    if result == "failed, rolled back" or result.startswith(CANARY_ABORTED):
         return ROLLED_BACK
     return NOT_RECOVERED if result.startswith("failed") else 0
 

@@ -55,6 +55,21 @@ VOCABULARY: dict[str, Flag] = {
         None, "keep a failing version running (for debugging) instead of rolling back"
     ),
     "json": Flag("j", JSON_MEANING),
+    # A canary before a deployment's rollout (README "Canary releases").
+    "canary": Flag(
+        None,
+        "PERCENT[,PERCENT...]: first run the release as a canary service that gets these "
+        "shares of the requests through the proxy, step by step, judged at each step",
+    ),
+    "canary_for": Flag(None, "seconds each canary step lasts (default 30)"),
+    "canary_replicas": Flag(None, "tasks of the canary service (default 1)"),
+    "max_error_rate": Flag(
+        None, "percent of the canary's requests in a step that may fail: 5xx, failed connections"
+    ),
+    "max_latency": Flag(
+        None, "ms: limit of the canary's response time in a step (HAProxy's rtime; 0: none)"
+    ),
+    "min_requests": Flag(None, "fewer canary requests than this in a step fail the canary"),
     "output": Flag("o", "file to write"),
     # One task's own.
     "cmd": Flag(None, "command to run instead of an interactive shell"),
