@@ -96,6 +96,11 @@ class Server:
         return f"{self.backend}/{self.name}"
 
     @property
+    def up(self) -> bool:
+        """Taking requests: UP, or going down (UP 1/2), as HAProxy's health checks see it."""
+        return self.status.startswith("UP")
+
+    @property
     def resolved(self) -> bool:
         """A server-template slot that has an address (a task behind it); else MAINT."""
         return not self.status.startswith("MAINT")
