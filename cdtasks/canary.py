@@ -13,7 +13,7 @@ client would fail a good release)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from .haproxy import Server
@@ -79,6 +79,20 @@ def weights(percent: float, stable: int, canary: int) -> tuple[int, int]:
         if abs(got - share) < best[0]:
             best = (abs(got - share), ws, wc)
     return best[1], best[2]
+
+
+def backend_weights(
+    backend: Sequence[Server], canaries: Collection[str], percent: float
+) -> dict[str, int | str]:
+    """Each server's weight ("BACKEND/SERVER" -> weight) so that the servers named in
+    `canaries` get `percent` of the requests, counting the servers that are up on each side;
+    0 % gives back the configured weights ("100%"), the canary's slots 0."""
+    own = [s for s in backend if s.name in canaries]
+    stable = [s for s in backend if s.name not in canaries]
+    if not percent:
+        return {**{s.full_name: "100%" for s in stable}, **{s.full_name: 0 for s in own}}
+    ws, wc = weights(percent, sum(s.up for s in stable), sum(s.up for s in own))
+    return {**{s.full_name: ws for s in stable}, **{s.full_name: wc for s in own}}
 
 
 Snapshot = Mapping[str, Mapping[str, Server]]  # proxy task ID -> server name -> its counters

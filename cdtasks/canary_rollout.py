@@ -83,10 +83,7 @@ class Run:
         while True:
             readings = haproxy.read(self.cluster, self._replicas())
             seen = [
-                sum(
-                    s.status.startswith("UP")
-                    for s in haproxy.servers_named(r, self.app.app_service, SLOTS)
-                )
+                sum(s.up for s in haproxy.servers_named(r, self.app.app_service, SLOTS))
                 for r in readings
             ]
             if all(n >= wanted for n in seen):
@@ -104,18 +101,8 @@ class Run:
 
     # -- weights --------------------------------------------------------------------------------
     def _weights(self, reading: haproxy.Reading, percent: float) -> dict[str, int | str]:
-        """Every server of the backend: `percent` of the requests to the canary's servers that
-        are up; 0 % gives back the configured weights (canary 0)."""
-        own = haproxy.servers_named(reading, self.app.app_service, SLOTS)
-        stable = [s for s in reading.backend(self.app.app_service) if s not in own]
-        if not percent:
-            return {
-                **{s.full_name: "100%" for s in stable},
-                **{s.full_name: 0 for s in own},
-            }
-        up = lambda group: sum(s.status.startswith("UP") for s in group)  # noqa: E731
-        ws, wc = canary.weights(percent, up(stable), up(own))
-        return {**{s.full_name: ws for s in stable}, **{s.full_name: wc for s in own}}
+        own = {s.name for s in haproxy.servers_named(reading, self.app.app_service, SLOTS)}
+        return canary.backend_weights(reading.backend(self.app.app_service), own, percent)
 
     def _weigh(self, readings: Sequence[haproxy.Reading], only_new: bool = False) -> None:
         todo = [r for r in readings if not (only_new and r.replica.task in self.weighted)]
@@ -139,9 +126,9 @@ class Run:
         POLL seconds; StepFailed("...") as soon as the verdict is a failure."""
         self.percent = percent
         self.weighted.clear()
-        readings = haproxy.read(self.cluster, self._replicas())
-        self._weigh(readings)
-        before = _snapshot(readings, self.app.app_service)
+        self._weigh(haproxy.read(self.cluster, self._replicas()))
+        # Read again: what was served while the weights changed belongs to no step.
+        before = _snapshot(self._read(), self.app.app_service)
         start = time.monotonic()
         total = len(self.gate.steps)
         self.log(f"canary step {index + 1}/{total}: {percent:g} % for {self.gate.hold:g} s")

@@ -742,12 +742,12 @@ class Gateway:
         driver: str = "overlay",
         attachable: bool = True,
         **more,
-    ) -> None:
-        """`more`: the SDK's other create_network arguments (scope, internal, options)."""
-        self.call(
+    ) -> str:
+        """Its ID. `more`: the SDK's other create_network arguments (scope, internal, options)."""
+        return self.call(
             lambda c: c.api.create_network(
                 name, driver=driver, attachable=attachable, labels=dict(labels), **more
-            ),
+            )["Id"],
             retry=False,
         )
 
@@ -755,8 +755,11 @@ class Gateway:
         """name -> ID."""
         return self.call(lambda c: {s["Spec"]["Name"]: s["ID"] for s in c.api.secrets()})
 
-    def create_secret(self, name: str, data: bytes, labels: Mapping[str, str]) -> None:
-        self.call(lambda c: c.api.create_secret(name, data, labels=dict(labels)), retry=False)
+    def create_secret(self, name: str, data: bytes, labels: Mapping[str, str]) -> str:
+        """Its ID."""
+        return self.call(
+            lambda c: c.api.create_secret(name, data, labels=dict(labels))["ID"], retry=False
+        )
 
     def configs(
         self, name: str | None = None, labels: Mapping[str, str] | None = None, data: bool = False

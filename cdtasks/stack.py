@@ -223,7 +223,7 @@ def _actual(manager: gateway.Gateway, name: str) -> stackplan.Actual:
     )
 
 
-def _calls(manager: gateway.Gateway, name: str) -> stackplan.Calls:
+def _calls(manager: gateway.Gateway) -> stackplan.Calls:
     return stackplan.Calls(
         create_network=lambda n, labels, **kw: manager.create_network(
             n, labels, scope="swarm", **kw
@@ -233,7 +233,6 @@ def _calls(manager: gateway.Gateway, name: str) -> stackplan.Calls:
         create_secret=manager.create_secret,
         create_service=manager.create_service,
         update_service=manager.update_service,
-        read=lambda: _actual(manager, name),
     )
 
 
@@ -266,32 +265,49 @@ def _routing_note(p: stackplan.Plan) -> str:
     )
 
 
-def ensure_file(s: Settings, log: Log, *, check: bool = False, update: bool = False) -> StackResult:
-    """The stack file's networks, configs, secrets and services, as `docker stack deploy`
-    makes them; the whole file is validated (and what it names outside found) before any
-    change."""
+@dataclass(frozen=True)
+class FilePlan:
+    """A stack file's plan and what it was computed from."""
+
+    settings: Settings
+    stack: stackfile.Stack
+    plan: stackplan.Plan
+    cluster: Cluster
+    manager: Any
+
+
+def plan_file(s: Settings, log: Log) -> FilePlan:
+    """What `inv services` would change, computed from what runs (`inv plan` prints it): the
+    whole file validated, and what it names outside found, before any change."""
     stack = read_file(s)
     cluster = Cluster.of(s).discover()
     manager = cluster.gateway(log)
-    routing = cluster.routing_in_use()
     actual = _actual(manager, stack.name)
-    p = stackplan.plan(stack, actual, routing)
+    p = stackplan.plan(stack, actual, cluster.routing_in_use())
     if p.adapted:
         log(_routing_note(p))
     missing = stackplan.missing_external(stack, actual)
     if missing:
         raise stackplan.StackError(f"{stack.path}: {', '.join(missing)} does not exist")
+    return FilePlan(s, stack, p, cluster, manager)
+
+
+def ensure_file(s: Settings, log: Log, *, check: bool = False, update: bool = False) -> StackResult:
+    """The stack file's networks, configs, secrets and services, as `docker stack deploy`
+    makes them: its plan carried out (`check`: only returned as drift), then waited for."""
+    fp = plan_file(s, log)
+    stack, p, manager = fp.stack, fp.plan, fp.manager
     if check:
-        return StackResult(s.env, routing, (), _drift(p.changes))
-    done = _check_images(cluster, manager, stack, log)
-    done += stackplan.apply(stack, p, _calls(manager, stack.name), log, update)
+        return StackResult(s.env, p.routing, (), _drift(p.changes))
+    done = _check_images(fp.cluster, manager, stack, log)
+    done += stackplan.apply(stack, p, _calls(manager), log, update)
     drift = () if update else _drift(c for c in p.drift if c.action == "update")
     changed = [c for c in p.drift if c.action in ("changed", "extra")]
     jobs = {stack.scoped(x.name) for x in stack.services if x.is_job}
     running = [stack.scoped(x.name) for x in stack.services if not x.is_job]
     services.wait_running(manager, running, s.services.services_timeout, log)
     wait_jobs(manager, sorted(jobs), s.services.services_timeout, log)
-    return StackResult(s.env, routing, tuple(done), drift + _drift(changed))
+    return StackResult(s.env, p.routing, tuple(done), drift + _drift(changed))
 
 
 def _drift(changes) -> tuple[tuple[str, str, str, str], ...]:

@@ -129,7 +129,7 @@ def service_spec(
         env=[f"{k}={v}" for k, v in s.environment] or None,
         workdir=s.working_dir,
         user=s.user,
-        labels=ns,
+        labels={**dict(s.labels), **ns},
         mounts=mounts or None,
         stop_grace_period=s.stop_grace_period,
         configs=[ref(types.ConfigReference, config_ids, cfgs, f) for f in s.configs] or None,
@@ -216,6 +216,7 @@ FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("command", ("TaskTemplate", "ContainerSpec", "Args")),
     ("environment", ("TaskTemplate", "ContainerSpec", "Env")),
     ("hostname", ("TaskTemplate", "ContainerSpec", "Hostname")),
+    ("labels", ("TaskTemplate", "ContainerSpec", "Labels")),
     ("user", ("TaskTemplate", "ContainerSpec", "User")),
     ("working_dir", ("TaskTemplate", "ContainerSpec", "Dir")),
     ("healthcheck", ("TaskTemplate", "ContainerSpec", "Healthcheck")),
@@ -266,8 +267,19 @@ def differences(want: Mapping, have: Mapping) -> list[tuple[str, str, str]]:
         if name in UNORDERED and isinstance(w, list) and isinstance(h, list):
             w, h = sorted(w, key=repr), sorted(h, key=repr)
         if w != h:
-            out.append((name, _show(w), _show(h)))
+            out.append(_replicas(w, h) or (name, _show(w), _show(h)))
     return out
+
+
+def _replicas(w: Any, h: Any) -> tuple[str, str, str] | None:
+    """A replicated service whose only change is its replicas: said as such."""
+    if isinstance(w, Mapping) and isinstance(h, Mapping) and list(w) == list(h) == ["Replicated"]:
+        return (
+            "deploy.replicas",
+            str(w["Replicated"].get("Replicas")),
+            str(h["Replicated"].get("Replicas")),
+        )
+    return None
 
 
 def _show(value: Any) -> str:
@@ -368,22 +380,38 @@ def plan(stack: Stack, actual: Actual, routing: str) -> Plan:
 # -- carrying it out ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Calls:
-    """The Swarm operations a plan needs, given by the caller (the cluster's manager)."""
+    """The Swarm operations a plan needs, given by the caller (the cluster's manager); the
+    create calls return the new object's ID."""
 
-    create_network: Callable[..., None]
-    create_config: Callable[[str, bytes, Mapping[str, str]], object]  # its result unused
-    create_secret: Callable[[str, bytes, Mapping[str, str]], None]
+    create_network: Callable[..., str]
+    create_config: Callable[[str, bytes, Mapping[str, str]], str]
+    create_secret: Callable[[str, bytes, Mapping[str, str]], str]
     create_service: Callable[..., None]
     update_service: Callable[..., None]
-    read: Callable[[], Actual]
+
+
+def with_ids(spec: Mapping[str, Any], ids: Mapping[str, str]) -> dict[str, Any]:
+    """A planned spec with the networks, configs and secrets it named (not created when it was
+    planned) replaced by their IDs: the plan shown is the plan carried out."""
+    tt = dict(spec["TaskTemplate"])
+    cs = dict(tt["ContainerSpec"])
+    for key, ref in (("Configs", "ConfigID"), ("Secrets", "SecretID")):
+        if cs.get(key):
+            cs[key] = [{**r, ref: ids.get(r[ref], r[ref])} for r in cs[key]]
+    if tt.get("Networks"):
+        tt["Networks"] = [
+            {**n, "Target": ids.get(n["Target"], n["Target"])} for n in tt["Networks"]
+        ]
+    return {**spec, "TaskTemplate": {**tt, "ContainerSpec": cs}}
 
 
 def apply(
     stack: Stack, p: Plan, calls: Calls, log: Callable[[str], None], update: bool
 ) -> list[str]:
-    """Create what the plan creates; with `update`, update the services that differ. Objects
-    first, then services, whose specs are made again with the new objects' IDs."""
+    """Carry out the plan: create its networks, configs and secrets, then its services; with
+    `update`, update the services that differ too."""
     done = []
+    ids: dict[str, str] = {}
     ns = {NAMESPACE: stack.name}
     nets = {n.name: n for n in stack.networks}
     blobs = {b.name: b for b in stack.configs} | {b.name: b for b in stack.secrets}
@@ -393,7 +421,7 @@ def apply(
         log(f"creating {c.kind} {c.name}")
         if c.kind == "network":
             n = nets[c.name]
-            calls.create_network(
+            ids[c.name] = calls.create_network(
                 c.name,
                 driver=n.driver,
                 options=dict(n.driver_opts) or None,
@@ -403,25 +431,23 @@ def apply(
             )
         elif c.kind == "config":
             b = blobs[c.name]
-            calls.create_config(c.name, b.data, {**dict(b.labels), **ns, DIGEST: digest(b)})
+            labels = {**dict(b.labels), **ns, DIGEST: digest(b)}
+            ids[c.name] = calls.create_config(c.name, b.data, labels)
         else:
             b = blobs[c.name]
-            calls.create_secret(c.name, b.data, {**dict(b.labels), **ns})
+            ids[c.name] = calls.create_secret(c.name, b.data, {**dict(b.labels), **ns})
         done.append(f"created {c.kind} {c.name}")
-    services = [c for c in p.changes if c.kind == "service" and c.action in ("create", "update")]
-    if not services:
-        return done
-    fresh = plan(stack, calls.read(), p.routing) if len(done) else p  # IDs of what was created
-    for c in fresh.changes:
+    for c in p.changes:
         if c.kind != "service" or c.spec is None:
             continue
+        spec = with_ids(c.spec, ids)
         if c.action == "create":
-            log(f"creating service {c.name} ({c.spec['TaskTemplate']['ContainerSpec']['Image']})")
-            calls.create_service(**request(c.spec))
+            log(f"creating service {c.name} ({spec['TaskTemplate']['ContainerSpec']['Image']})")
+            calls.create_service(**request(spec))
             done.append(f"created service {c.name}")
         elif c.action == "update" and update:
             keys = ", ".join(k for k, _, _ in c.keys)
             log(f"updating service {c.name}: {keys}")
-            calls.update_service(c.name, **request(c.spec))
+            calls.update_service(c.name, **request(spec))
             done.append(f"updated service {c.name} ({keys})")
     return done

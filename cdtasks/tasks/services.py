@@ -73,5 +73,51 @@ def logs(c, service=None, env="test", since=None, tail=None, follow=False):
         out(line)
 
 
-ns = Collection("services", services, logs)
+@task(notes={"env": "default: every environment"})
+@user_errors
+def plan(c, env=None, json=False):
+    """Show what `inv services --update` would change in STACK_FILE's stack, from what runs."""
+    from .. import report, stack
+
+    docs = {}
+    for e in envs(c, env):
+        s = settings(c, e)
+        if s.stack.stack_file is None:
+            raise Exit(f"error: {s.source}: inv plan needs STACK_FILE", code=BAD_INPUT)
+        p = stack.plan_file(s, report.make_logger(f"plan {e}")).plan
+        docs[e] = {
+            "stack": p.stack,
+            "routing": p.routing,
+            "adapted": list(p.adapted),
+            "changes": [
+                {
+                    "kind": ch.kind,
+                    "name": ch.name,
+                    "action": ch.action,
+                    "keys": [
+                        dict(zip(("key", "wanted", "running"), k, strict=True)) for k in ch.keys
+                    ],
+                }
+                for ch in p.changes
+            ],
+        }
+        if json:
+            continue
+        if not p.changes:
+            out(f"{e}: stack {p.stack} runs as {s.stack.stack_file.name} says: nothing to change")
+            continue
+        report.print_table(
+            f"{e}: plan of stack {p.stack} ({s.stack.stack_file.name} vs running)",
+            ["kind", "name", "action", "key", "wanted", "running"],
+            [
+                [ch.kind, ch.name, ch.action, *k]
+                for ch in p.changes
+                for k in (ch.keys or [("-", "-", "-")])
+            ],
+        )
+    if json:
+        print_json(docs)
+
+
+ns = Collection("services", services, logs, plan)
 ns.configure(CONFIG)

@@ -136,21 +136,27 @@ def test_second_run_changes_nothing(team):
     assert versions(team) == before
 
 
-def test_check_reports_drift_and_update_converges(team):
+def plan_of(team) -> list[tuple[str, str, list[str]]]:
+    doc = json.loads(team.inv("plan", "--env", "test", "--json").stdout)["test"]
+    return [(c["name"], c["action"], [k["key"] for k in c["keys"]]) for c in doc["changes"]]
+
+
+def test_check_and_plan_report_drift_and_update_converges(team):
     proc = team.inv("services", "--env", "test", "--check", check=False, extra_env=WIDE)
     assert proc.returncode == 0 and "test: services match stack.yml" in proc.stdout, proc.stdout
+    assert plan_of(team) == []
     on_manager(
         team, "service", "update", "--detach", "--replicas", "1", "--env-add", "X=1", "team_api"
     )
     proc = team.inv("services", "--env", "test", "--check", check=False, extra_env=WIDE)
     print(proc.stdout)
     assert proc.returncode == 5
-    assert (
-        "deploy.mode" in proc.stdout and "environment" in proc.stdout and "team_api" in proc.stdout
-    )
+    assert "deploy.replicas" in proc.stdout and "environment" in proc.stdout
+    assert plan_of(team) == [("team_api", "update", ["environment", "deploy.replicas"])]
     proc = team.inv("services", "--env", "test", "--update", extra_env=WIDE)
-    assert "updated service team_api (environment, deploy.mode)" in proc.stdout, proc.stdout
+    assert "updated service team_api (environment, deploy.replicas)" in proc.stdout, proc.stdout
     assert team.inv("services", "--env", "test", "--check", check=False).returncode == 0
+    assert plan_of(team) == []
 
 
 GOOD = """

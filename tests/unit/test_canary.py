@@ -113,3 +113,27 @@ def test_too_little_traffic_fails_at_the_end_of_a_step_never_before():
 def test_a_step_is_described_with_its_share_of_all_requests():
     line = canary.describe(10, Figures(105, 0, 4), Figures(1000, 0, 3))
     assert line == "10 %: 105 requests (10.5 % of 1000), 0 errors (0.0 %), rtime 4 ms"
+
+
+def test_backend_weights_count_the_servers_up_and_give_back_the_configured_ones():
+    def at(name, status):
+        return Server("go-demo", name, status, 1, 0, 0, 0, 0, 0, 0, 0)
+
+    backend = [
+        at("app1", "UP"),
+        at("app2", "UP 1/2"),  # going down, still taking requests
+        at("app3", "MAINT (resolution)"),
+        at("canary1", "UP"),
+        at("canary2", "MAINT (resolution)"),
+    ]
+    got = canary.backend_weights(backend, {"canary1", "canary2"}, 20)
+    ws, wc = canary.weights(20, 2, 1)
+    assert got == {
+        "go-demo/app1": ws,
+        "go-demo/app2": ws,
+        "go-demo/app3": ws,
+        "go-demo/canary1": wc,
+        "go-demo/canary2": wc,
+    }
+    back = canary.backend_weights(backend, {"canary1", "canary2"}, 0)
+    assert back["go-demo/app3"] == "100%" and back["go-demo/canary2"] == 0

@@ -59,6 +59,10 @@ def test_from_nothing_everything_is_created_with_stack_names_and_labels():
         "ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}
     }
     assert services["team_proxy"]["Mode"] == {"Global": {}}
+    assert services["team_worker"]["TaskTemplate"]["ContainerSpec"]["Labels"] == {
+        "team.role": "worker",
+        "com.docker.stack.namespace": "team",
+    }
     mount = services["team_store"]["TaskTemplate"]["ContainerSpec"]["Mounts"][0]
     assert mount["Source"] == "team_store-data"
     assert mount["VolumeOptions"]["Labels"] == {"com.docker.stack.namespace": "team"}
@@ -81,8 +85,8 @@ def test_a_changed_key_is_named():
         ),
     )
     p = stackplan.plan(changed, have, "mesh")
-    assert [(c.name, c.action, [k for k, _, _ in c.keys]) for c in p.changes] == [
-        ("team_api", "update", ["deploy.mode"])
+    assert [(c.name, c.action, list(c.keys)) for c in p.changes] == [
+        ("team_api", "update", [("deploy.replicas", "3", "2")])
     ]
 
 
@@ -113,3 +117,24 @@ def test_swarm_omitting_zero_values_is_no_difference():
     want = {"UpdateConfig": {"Parallelism": 1, "Delay": 0, "FailureAction": "pause"}}
     have = {"UpdateConfig": {"Parallelism": 1, "FailureAction": "pause"}}
     assert stackplan.differences(want, have) == []
+
+
+def test_the_plan_carried_out_is_the_plan_shown():
+    """Services planned before their networks, configs and secrets existed name them; the
+    calls get the IDs the creates returned, and nothing is planned again."""
+    stack = team()
+    p = stackplan.plan(stack, Actual({}, {}, {}, {}), "mesh")
+    calls: list = []
+    made = stackplan.Calls(
+        create_network=lambda name, **kw: f"id-{name}",
+        create_config=lambda name, data, labels: f"id-{name}",
+        create_secret=lambda name, data, labels: f"id-{name}",
+        create_service=lambda **kw: calls.append(kw),
+        update_service=lambda name, **kw: calls.append(kw),
+    )
+    stackplan.apply(stack, p, made, lambda line: None, update=True)
+    assert [c["name"] for c in calls] == [c.name for c in p.changes if c.kind == "service"]
+    api = next(c for c in calls if c["name"] == "team_api")["task_template"]
+    assert [n["Target"] for n in api["Networks"]] == ["id-team_front", "id-team_back"]
+    assert api["ContainerSpec"]["Configs"][0]["ConfigID"] == "id-team_greeting"
+    assert api["ContainerSpec"]["Secrets"][0]["SecretID"] == "id-team_api_token"
