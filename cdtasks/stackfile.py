@@ -130,6 +130,7 @@ class Service:
     user: str | None = None
     working_dir: str | None = None
     hostname: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()  # the containers' (deploy.labels: the service's)
     deploy: Deploy = field(default_factory=Deploy)
 
     @property
@@ -214,6 +215,7 @@ SERVICE_KEYS = (
     "user",
     "working_dir",
     "hostname",
+    "labels",
     "deploy",
 )
 DEPLOY_KEYS = (
@@ -248,7 +250,6 @@ SWARM_IGNORES = (
 )
 # Keys Swarm honours that cdtasks does not map yet: refused rather than dropped.
 NOT_MAPPED = (
-    "labels",
     "init",
     "stop_signal",
     "read_only",
@@ -674,6 +675,7 @@ def _service(
         user=opt("user", r.text),
         working_dir=opt("working_dir", r.text),
         hostname=opt("hostname", r.text),
+        labels=r.pairs(doc.get("labels"), f"{at}: labels"),
         deploy=_deploy(r, doc.get("deploy"), f"{at}: deploy"),
     )
 

@@ -100,7 +100,7 @@ services:
             "service db: ports: host port 8000/tcp is already published by service web",
         ),
         (GOOD.replace("redis:7.0", "redis"), "service db: image: cdtasks/redis has no tag"),
-        (GOOD + "    labels: [a=b]\n", "service db: key labels is not supported by cdtasks yet"),
+        (GOOD + "    logging: {}\n", "service db: key logging is not supported by cdtasks yet"),
         (GOOD + "    networks: [nowhere]\n", "network nowhere is not declared"),
         (GOOD + "    deploy:\n      mode: global\n      replicas: 2\n", "remove replicas"),
     ],

@@ -59,6 +59,10 @@ def test_from_nothing_everything_is_created_with_stack_names_and_labels():
         "ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}
     }
     assert services["team_proxy"]["Mode"] == {"Global": {}}
+    assert services["team_worker"]["TaskTemplate"]["ContainerSpec"]["Labels"] == {
+        "team.role": "worker",
+        "com.docker.stack.namespace": "team",
+    }
     mount = services["team_store"]["TaskTemplate"]["ContainerSpec"]["Mounts"][0]
     assert mount["Source"] == "team_store-data"
     assert mount["VolumeOptions"]["Labels"] == {"com.docker.stack.namespace": "team"}
