@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import checks, config, engine, registry, state, workspace
+from . import checks, config, engine, interrupt, registry, state, workspace
 from .cluster import Cluster
 from .compose import Compose, ComposeError, ComposeModel, check_contract, unique_project
 from .config import Settings
@@ -51,6 +51,7 @@ class Checkout:
     model: ComposeModel | None = None  # the compose file as compose reads it (`contract()`)
     _cluster: Cluster | None = None
     _naming: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _untrack: Callable[[], object] | None = field(default=None, repr=False)
 
     @property
     def cluster(self) -> Cluster:
@@ -163,6 +164,9 @@ class Checkout:
         c = self.compose(host_ip)
         down = not (defer and self.defer_down)
         self.compose_left = True
+        if self._untrack is None:  # named if a signal's clean-up is cut short
+            self._untrack = interrupt.track(lambda: f"compose project {self.project} on "
+                                            f"{self.settings.cd_node}" if self.compose_left else "")
         try:
             with c.session(down=down):
                 action(c)
@@ -213,9 +217,10 @@ class Checkout:
     def close(self) -> None:
         """After a run, also a failed or interrupted one: the compose project and the checkout
         go; failures are logged, never raised (they must not hide the run's own result). A
-        CD node's engine that went away (restarted) gets DOWN_RETRY seconds to come back."""
+        CD node's engine that went away (restarted) gets DOWN_RETRY seconds to come back (after
+        a signal: what is left of the clean-up's time)."""
         self.torn_down()
-        deadline = time.monotonic() + DOWN_RETRY
+        deadline = time.monotonic() + interrupt.remaining(DOWN_RETRY)
         while self.compose_left and not self.dry_run:
             try:
                 self.take_down()
@@ -225,11 +230,14 @@ class Checkout:
                 break
             self.log(f"the compose project {self.project} is not down yet: trying again "
                      f"(the CD node's engine may be restarting)")
-            time.sleep(5)
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
             self._cluster = None  # its engine may answer on another address when back
-        if self.compose_left:
-            self.log(f"the compose project {self.project} may be left on {self.settings.cd_node}: "
-                     f"remove it with `docker compose -p {self.project} down`")
+        if self.compose_left and not self.dry_run:
+            self.log(f"left behind: compose project {self.project} on {self.settings.cd_node} "
+                     f"(remove it with `docker compose -p {self.project} down`)")
+        if self._untrack:
+            self._untrack()
+            self._untrack = None
         if self.workdir and self.workdir.exists():
             s = self.settings
             if not self.dry_run and not for_settings(s).shares_workspace:

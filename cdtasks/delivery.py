@@ -197,7 +197,8 @@ def prodlike(d: Delivery) -> str:
                               "delivering", d.log).acquire(rollout.LOCK_WAIT)
         d.previous_image = services.current_image(d.cluster.manager(), d.settings.app_service)
     try:
-        result = rollout.update(d.cluster, d.settings, d.pinned, d.log, d.dry_run, d.record)
+        result = rollout.update(d.cluster, d.settings, d.pinned, d.log, d.dry_run, d.record,
+                                d.lock)
     except StepFailed as exc:
         if d.dry_run or not d.previous_image or d.previous_image == d.pinned:
             raise
@@ -212,7 +213,7 @@ def restore(d: Delivery) -> str:
     d.log(f"rolling prod-like back to {d.previous_image}")
     try:
         d.lock.check()  # another run that took the lock changes the service now, not this one
-        rollout.update(d.cluster, d.settings, d.previous_image, d.log)
+        rollout.update(d.cluster, d.settings, d.previous_image, d.log, lock=d.lock)
     except Exception as exc:  # the step's own failure stays the headline
         return f"rolling back to {d.previous_image} failed too: {str(exc).splitlines()[0][:200]}"
     return f"rolled back to {d.previous_image} on every replica"
@@ -361,6 +362,9 @@ def state_after(d: Delivery, results: list[StepResult]) -> str:
             return f"{d.settings.app_service} runs {d.ref_tag} on prod-like"
         return f"{', '.join(x.name for x in results)} passed; prod-like not changed"
     if failed in ("checkout", "unit", "build", "staging"):
+        if d.compose_left:  # its clean-up was cut short, or the CD node did not answer
+            return (f"left behind: compose project {d.project} on {d.settings.cd_node}; "
+                    f"{d.settings.app_service} untouched")
         return f"nothing left behind (staging removed); {d.settings.app_service} untouched"
     if failed == "publish":
         return f"{d.ref_tag} not in the registry; {d.settings.app_service} untouched"

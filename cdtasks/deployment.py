@@ -171,8 +171,8 @@ def checkout_for_tests(d: Deployment, record: dict) -> Checkout:
 
 
 # -- steps ------------------------------------------------------------------------------------
-def _rollout_to(d: Deployment, image: str) -> str:
-    result = rollout.update(d.cluster, d.prod, image, d.log)
+def _rollout_to(d: Deployment, image: str, lock: records.Lock) -> str:
+    result = rollout.update(d.cluster, d.prod, image, d.log, lock=lock)
     d.converged_at = rollout.monitor_start(result)
     return f"{d.service} on {d.prod.env}: every replica runs {image} ({result.seconds:.1f}s)"
 
@@ -184,9 +184,9 @@ def _prodtest(d: Deployment) -> str:
     return rollout.production_tests(d.checkout, d.cluster, d.prod, image, d.converged_at)
 
 
-def _rollback(d: Deployment) -> str:
+def _rollback(d: Deployment, lock: records.Lock) -> str:
     d.rolled_back = True
-    return _rollout_to(d, d.previous)
+    return _rollout_to(d, d.previous, lock)
 
 
 def run(d: Deployment, progress) -> tuple[dict, list[StepResult]]:
@@ -219,14 +219,14 @@ def steps(d: Deployment, lock: records.Lock, progress) -> list[StepResult]:
     results: list[StepResult] = []
     try:
         lock.check()
-        results.append(run_step("rollout", lambda: _rollout_to(d, d.image), progress,
+        results.append(run_step("rollout", lambda: _rollout_to(d, d.image, lock), progress,
                                 origin=d.started))
         if results[-1].ok:
             results.append(run_step("prodtest", lambda: _prodtest(d), progress,
                                 origin=d.started))
         if results[-1].failed and d.auto_rollback and d.previous and d.previous != d.image:
             lock.check()
-            results.append(run_step("rollback", lambda: _rollback(d), progress,
+            results.append(run_step("rollback", lambda: _rollback(d, lock), progress,
                                 origin=d.started))
             results.append(run_step("prodtest-after-rollback", lambda: _prodtest(d), progress,
                                 origin=d.started))

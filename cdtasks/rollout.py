@@ -63,16 +63,23 @@ def on_manager(cluster: Cluster, act: Callable, log: Log, within: float = 60.0):
 
 
 def update(cluster: Cluster, settings: Settings, image: str, log: Log, dry_run: bool = False,
-           record: Callable[[Sequence[str]], None] | None = None) -> services.Rollout:
+           record: Callable[[Sequence[str]], None] | None = None,
+           lock: records.Lock | None = None) -> services.Rollout:
     """Pre-pull, `docker service update --image`, then wait for Swarm to report completion;
-    a rollout that did not end well fails the step."""
+    a rollout that did not end well fails the step. `lock` (the service's, held) is checked
+    right before the update, after the pre-pull that may take long (LockLost)."""
     svc = settings.app_service
     if record:
         record(["docker", "service", "update", "--image", image, svc])
     if dry_run:
         return services.Rollout(svc, image, "dry-run", 0.0)
     prepull(cluster, svc, image, log)
-    on_manager(cluster, lambda m: services.update_image(m, svc, image), log)
+
+    def change(manager) -> bool:
+        if lock:
+            lock.check()
+        return services.update_image(manager, svc, image)
+    on_manager(cluster, change, log)
     return check(services.wait_rollout(cluster.manager(), svc, image, settings.services_timeout,
                                        log, cluster=cluster))
 

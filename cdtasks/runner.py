@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import signal
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+from . import interrupt
 from .interrupt import Interrupted
 from .log import Log
 
@@ -118,7 +119,8 @@ def run_steps(names: Sequence[str], steps: Mapping[str, Step], progress, *,
     overlap = overlap or {}
     results: list[StepResult] = []
     ahead: dict[str, tuple[Future, Undo]] = {}  # step started beside the previous one
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
         for i, name in enumerate(names):
             if results and (results[-1].failed or results[-1].skipped):
                 if name in ahead:  # it ran beside the step that failed: undo it
@@ -146,6 +148,9 @@ def run_steps(names: Sequence[str], steps: Mapping[str, Step], progress, *,
                 results += stopped + [not_run(n, offset(origin))
                                       for n in names[len(results) + len(stopped):]]
                 raise RunInterrupted(signum_of(exc), results) from exc
+    finally:
+        # After a signal, a step still running beside is not waited for (it was told to stop).
+        pool.shutdown(wait=not interrupt.stopping())
     return results
 
 
@@ -154,7 +159,11 @@ def not_run(name: str, started: float | None = None) -> StepResult:
 
 
 def _undo(name: str, future: Future, undo: Undo, log: Log) -> None:
+    """Undo a step that ran beside one that failed, once it ends; after a signal, only if it
+    ends within the clean-up's time."""
     try:
-        undo(future.result())
+        undo(future.result(timeout=interrupt.remaining()))
+    except FutureTimeout:
+        log(f"left behind: {name}, still running beside the interrupted step")
     except Exception as exc:  # the run already failed; say what is left, do not hide why
         log(f"could not undo {name}: {exc}")
