@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import checks, config, engine, interrupt, registry, state, workspace
+from . import checks, config, engine, git, interrupt, registry, state, workspace
 from .cluster import Cluster
 from .compose import Compose, ComposeError, ComposeModel, check_contract, unique_project
 from .config import Settings
@@ -261,25 +261,23 @@ def _commit_of(checkout: Path, ref: str, shown_repo: str) -> str:
     the remote's other branches as origin/NAME). `git checkout` of git 2.39 knows no
     `--end-of-options`, `rev-parse` does: the checkout then gets a commit id."""
     for name in (ref, f"origin/{ref}"):
-        proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "--end-of-options",
-                               f"{name}^{{commit}}"], cwd=checkout, capture_output=True,
-                              text=True)
-        if proc.returncode == 0:
-            return proc.stdout.strip()
+        found = _git(["rev-parse", "--verify", "--quiet", "--end-of-options",
+                      f"{name}^{{commit}}"], checkout, check=False)
+        if found:
+            return found
     raise StepFailed(f"--ref {ref}: no such branch, tag or commit in {shown_repo}")
 
 
-def _git(args: Sequence[str], cwd: Path | None = None) -> str:
-    """git that never waits for an answer (no prompt, no stdin) nor longer than GIT_TIMEOUT."""
+def _git(args: Sequence[str], cwd: Path | None = None, check: bool = True) -> str:
+    """git that never waits for an answer (`git.run`) nor longer than GIT_TIMEOUT; its output,
+    "" when it fails and not `check`."""
     try:
-        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                              env=checks.git_environment(), stdin=subprocess.DEVNULL,
-                              timeout=GIT_TIMEOUT)
+        proc = git.run(args, GIT_TIMEOUT, cwd)
     except subprocess.TimeoutExpired:
         raise StepFailed(f"`{shlex.join(['git', *args])}` did not finish within "
                          f"{GIT_TIMEOUT}s") from None
-    if proc.returncode != 0:
+    if proc.returncode != 0 and check:
         lines = proc.stderr.strip().splitlines() or ["?"]
         raise StepFailed(redact(f"`{shlex.join(['git', *args])}` failed: {lines[-1]}"),
                          redact("\n".join(lines[-20:])) if len(lines) > 1 else "")
-    return proc.stdout.strip()
+    return proc.stdout.strip() if proc.returncode == 0 else ""

@@ -16,11 +16,25 @@ import docker
 import paramiko
 from docker.tls import TLSConfig
 from invoke import Config, Context
+from urllib3.util import Timeout
 
 from . import tunnel as tunnels
 
-TIMEOUT = 120
+TIMEOUT = 120  # seconds an Engine API answer may take (a pull answers when it is done)
+CONNECT_TIMEOUT = 10  # seconds to connect to a node's engine: an unreachable node costs this
 SSH_KEEPALIVE = 15  # seconds between SSH keepalive messages on an idle link
+SSH_COMMAND_TIMEOUT = 120  # seconds a command the tool runs on a node over SSH may take
+
+
+class _NodeTimeout(Timeout):
+    """A node client's timeout: connecting within CONNECT_TIMEOUT, each answer within TIMEOUT.
+    docker-py adds a container's stop grace period to its timeout (`+ seconds`)."""
+
+    def __add__(self, seconds: float) -> "_NodeTimeout":
+        return _NodeTimeout(connect=self.connect_timeout, read=self.read_timeout + seconds)
+
+
+NODE_TIMEOUT = _NodeTimeout(connect=CONNECT_TIMEOUT, read=TIMEOUT)
 # Engine API 1.41 is Docker 20.10, the oldest engine the tool supports; fixing it saves a
 # round trip per client and lets a client be built before its engine answers.
 API_VERSION = "1.41"
@@ -103,13 +117,13 @@ def client(endpoint: Endpoint, check: bool = True,
         d = endpoint.cert_path
         tls = TLSConfig(client_cert=(str(d / "cert.pem"), str(d / "key.pem")),
                         ca_cert=str(d / "ca.pem"), verify=True)
-        c = docker.DockerClient(base_url=endpoint.docker_host, tls=tls, timeout=TIMEOUT,
+        c = docker.DockerClient(base_url=endpoint.docker_host, tls=tls, timeout=NODE_TIMEOUT,
                                 version=API_VERSION)
         # requests would let REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE replace the lab's CA.
         c.api.trust_env = False
     else:
-        c = docker.DockerClient(base_url=docker_env(endpoint)["DOCKER_HOST"], timeout=TIMEOUT,
-                                version=API_VERSION)
+        c = docker.DockerClient(base_url=docker_env(endpoint)["DOCKER_HOST"],
+                                timeout=NODE_TIMEOUT, version=API_VERSION)
     for server, (user, password) in (registries or {}).items():
         c.api._auth_configs.add_auth(server, {"username": user, "password": password,
                                               "serveraddress": server})
@@ -168,7 +182,8 @@ class CommandShell(Context):
     ssh NAME`): the run/shell interface of a Fabric Connection, for one code path."""
 
     def __init__(self, argv: tuple[str, ...]):
-        super().__init__(Config(overrides={"run": {"in_stream": False}}))
+        super().__init__(Config(overrides={"run": {"in_stream": False},
+                                           "timeouts": {"command": SSH_COMMAND_TIMEOUT}}))
         self.argv = argv
 
     def run(self, command: str, **kwargs):
@@ -201,8 +216,11 @@ def _opened(endpoint: Endpoint):
     conn = Connection(endpoint.ssh_host, user=endpoint.ssh_user, port=endpoint.ssh_port,
                       # Commands take no stdin: where stdin is closed or captured (CI, tests)
                       # mirroring it would fail; `inv ssh` without --cmd uses shell() instead.
+                      # A command that hangs (a stuck mount, a dead engine) ends after
+                      # SSH_COMMAND_TIMEOUT (CommandTimedOut) unless its call says otherwise.
                       config=FabricConfig(overrides={"load_ssh_configs": False,
-                                                     "run": {"in_stream": False}}),
+                                                     "run": {"in_stream": False},
+                                                     "timeouts": {"command": SSH_COMMAND_TIMEOUT}}),
                       connect_timeout=10, connect_kwargs=key)
     # Fabric auto-adds unknown host keys; a tool that provisions clusters must not.
     conn.client.set_missing_host_key_policy(_Strict(endpoint.ssh_port, known_hosts))

@@ -13,7 +13,6 @@ import datetime
 import getpass
 import json
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from . import records
+from . import git, records
 from .interrupt import exit_code
 from .report import redact
 
@@ -61,28 +60,17 @@ class RunResult:
 
 # -- git ------------------------------------------------------------------------------------------
 def _git(args: Sequence[str], timeout: float | None = None) -> str:
-    """A git command that never asks for anything: no terminal prompt, no stdin, a time limit
+    """A git command that never asks for anything (`git.run`), within `timeout` seconds
     (GIT_TIMEOUT unless given)."""
     timeout = timeout or GIT_TIMEOUT
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")  # ssh would ask on the tty
-    # Its own session, so that on a timeout or Ctrl-C its transport helpers (git-remote-https,
-    # ssh) are killed with it instead of lingering.
-    with subprocess.Popen(["git", *args], env=env, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          errors="replace", start_new_session=True) as proc:
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except BaseException as exc:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            if isinstance(exc, subprocess.TimeoutExpired):
-                raise SourceError(f"`git {args[0]}` got no answer in {timeout:g}s") from None
-            raise
+    try:
+        proc = git.run(args, timeout)
+    except subprocess.TimeoutExpired:
+        raise SourceError(f"`git {args[0]}` got no answer in {timeout:g}s") from None
     if proc.returncode != 0:
-        last = (stderr.strip().splitlines() or ["?"])[-1]
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
         raise SourceError(f"`git {args[0]}` failed: {redact(last)}")
-    return stdout
+    return proc.stdout
 
 
 def check_branch(branch: str) -> str:

@@ -20,6 +20,7 @@ from ..log import Log
 from .base import Provider, ProviderError
 
 MIN_DOCKER = (20, 10)  # Engine API 1.41
+PURGE_TIMEOUT = 1800  # seconds deleting the registry's data may take (many layers)
 VERSION_CMD = "docker version --format '{{.Server.Version}}'"
 # The source address of the default route: what `docker swarm init` would advertise.
 ADDRESS_CMD = "ip -4 -o route get 1.1.1.1"
@@ -142,7 +143,7 @@ class SshProvider(Provider):
                 with engine.ssh(ep) as conn:
                     # Its contents: on servers the directory is usually a mount point.
                     conn.run(shlex.join(["find", str(self.s.registry_dir), "-mindepth", "1",
-                                         "-delete"]), hide=True, warn=True)
+                                         "-delete"]), hide=True, warn=True, timeout=PURGE_TIMEOUT)
                 done.append(f"registry data {self.s.registry_dir} on {node}")
             return done
 

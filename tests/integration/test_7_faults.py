@@ -425,9 +425,17 @@ def _remove_leftovers(lab, before: list[str]) -> None:
 
 
 def _long_unit(lab, slow_repo, tmp_path, version) -> Run:
+    """A delivery of `slow_repo` once its unit container runs (the build beside it too)."""
     run = deliver(lab, slow_repo, version, tmp_path)
     run.wait_for(r"^\[deliver\] unit \.\.\.$")
-    time.sleep(8)  # the unit container and the build beside it both run
+    cd = Cluster.of(lab.settings("test")).discover().client(CD_NODE)
+    deadline = time.monotonic() + 300
+    while not [c for c in cd.containers.list(filters={
+            "label": "com.docker.compose.service=unit", "status": "running"})
+            if c.labels.get(COMPOSE_LABEL, "").startswith(f"go-demo-{version}-")]:
+        assert run.proc.poll() is None and time.monotonic() < deadline, run.stderr[-2000:]
+        time.sleep(0.5)
+    time.sleep(3)
     return run
 
 
