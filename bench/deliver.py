@@ -17,13 +17,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cdtasks import config, engine, registry  # noqa: E402
 import benchlib  # noqa: E402
+
+from cdtasks import config, engine, registry  # noqa: E402
 
 RATIO_TARGET = 1.0
 WARMUP = "1.0-warm"  # then 1.1 (tool), 1.2 (script), 1.3 (script), 1.4 (tool) ...
@@ -75,7 +77,7 @@ def tool(environ: dict[str, str], version: str) -> tuple[float, dict[str, float]
 def script(environ: dict[str, str], version: str) -> tuple[float, dict[str, float]]:
     """The script above, timed as a whole and step by step (from its markers)."""
     settings = config.load("test", environ=environ, project_dir=ROOT)
-    dest = settings.workspace_dir / f"go-demo-book-{secrets.token_hex(3)}"
+    dest = settings.delivery.workspace_dir / f"go-demo-book-{secrets.token_hex(3)}"
     docker_config = Path(tempfile.mkdtemp(prefix="cdtbench-docker-"))  # 0700: the login lands here
     (docker_config / "cli-plugins").symlink_to(
         Path(environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "cli-plugins")
@@ -101,7 +103,7 @@ def script(environ: dict[str, str], version: str) -> tuple[float, dict[str, floa
     finally:
         shutil.rmtree(dest, ignore_errors=True)
         shutil.rmtree(docker_config, ignore_errors=True)
-    steps = {a: round(tb - ta, 1) for (a, ta), (_, tb) in zip(marks, marks[1:])}
+    steps = {a: round(tb - ta, 1) for (a, ta), (_, tb) in pairwise(marks)}
     return seconds, steps
 
 

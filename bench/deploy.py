@@ -28,9 +28,10 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import benchlib  # noqa: E402
+
 from cdtasks import config, engine, stack  # noqa: E402
 from cdtasks.cluster import Cluster  # noqa: E402
-import benchlib  # noqa: E402
 
 V_GOOD, V_BROKEN = "2.0", "2.1-broken"
 MIN_SENT, RATIO_TARGET = 500, 1.1
@@ -94,11 +95,11 @@ def swarm_facts(prod) -> dict:
     return before Swarm marks the update completed (after its trailing delay and monitor
     period): wait for that here, untimed."""
     manager, deadline = Cluster.of(prod).discover().manager(), time.monotonic() + 120
-    while (status := (svc := manager.api.inspect_service(prod.app_service)).get(
+    while (status := (svc := manager.api.inspect_service(prod.services.app_service)).get(
             "UpdateStatus") or {}).get("State") != "completed" and time.monotonic() < deadline:
         time.sleep(0.5)
     if "CompletedAt" not in status:
-        raise RuntimeError(f"Swarm's update of {prod.app_service} still {status.get('State')}")
+        raise RuntimeError(f"Swarm's update of {prod.services.app_service} still {status.get('State')}")
     spec = svc["Spec"]
     image = spec["TaskTemplate"]["ContainerSpec"]["Image"]
     tasks = manager.api.tasks(filters={"service": svc["ID"], "desired-state": "running"})
@@ -147,7 +148,7 @@ def main() -> None:
         assert requests.get(url, timeout=10).status_code == 200, f"{url} does not answer"
 
         # (a) requests through the proxy from before the deploy starts until after it returns.
-        benchlib.say(f"(a) GET {url} in a loop during inv deploy --env prod ({prod.app_version} -> {V_GOOD})")
+        benchlib.say(f"(a) GET {url} in a loop during inv deploy --env prod ({prod.services.app_version} -> {V_GOOD})")
         loop = Requests(url)
         loop.start()
         deploy_s = benchlib.inv(["deploy", "--env", "prod"], environ)

@@ -25,10 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import benchlib  # noqa: E402
+
 from cdtasks import config, engine, images, registry, state  # noqa: E402
 from cdtasks.providers import certs  # noqa: E402
 from cdtasks.providers.lab import LabProvider, remove_labelled  # noqa: E402
-import benchlib  # noqa: E402
 
 ENVS = ("test", "prod")
 SIZES = (3, 6, 12)  # one cluster: 3 managers, the rest workers
@@ -94,8 +95,8 @@ def replay(host, environ: dict[str, str]) -> tuple[float, dict[str, float]]:
     certs.ensure_ca(lab.root / "certs")
     certs.ssh_keypair(lab.ssh_key)
     for s in settings:
-        state.private_dir(s.registry_dir)
-        state.private_dir(s.workspace_dir)
+        state.private_dir(s.registry.registry_dir)
+        state.private_dir(s.delivery.workspace_dir)
 
     parts = dict.fromkeys(("machines", "image loads", "swarm", "registry"), 0.0)
     mark = t0
@@ -108,8 +109,8 @@ def replay(host, environ: dict[str, str]) -> tuple[float, dict[str, float]]:
 
     part("machines")  # the lab's shared pieces
     addresses, names = {}, {}
-    for prov, s in zip(providers, settings):
-        for node in s.nodes:
+    for prov, s in zip(providers, settings, strict=True):
+        for node in s.cluster.nodes:
             # The provider's own container code path (same caps, security opts, unmasked /proc
             # and /sys, tmpfs, volumes, certs, ports), called for one node at a time.
             c = prov._create_container(node, node_image, prov._prepare_machine(node))
@@ -117,16 +118,16 @@ def replay(host, environ: dict[str, str]) -> tuple[float, dict[str, float]]:
             prov._wait_ready(endpoint, c)
             addresses[node], names[node] = endpoint.address, c.name
             part("machines")
-            save = subprocess.Popen(["docker", "save", s.registry_image], stdout=subprocess.PIPE)
+            save = subprocess.Popen(["docker", "save", s.registry.registry_image], stdout=subprocess.PIPE)
             run("docker", "exec", "-i", c.name, "docker", "load", "-q", stdin=save.stdout)
             save.stdout.close()
             if save.wait():
-                raise RuntimeError(f"docker save {s.registry_image} failed")
+                raise RuntimeError(f"docker save {s.registry.registry_image} failed")
             part("image loads")
             say(f"replay: {node} ready, registry image loaded ({time.monotonic() - t0:.1f} s)")
 
     for s in settings:
-        first, *others = s.nodes
+        first, *others = s.cluster.nodes
 
         def on(node: str, *args: str) -> str:  # like `docker-machine ssh NODE docker ...`
             return run("docker", "exec", names[node], "docker", *args)
@@ -135,10 +136,10 @@ def replay(host, environ: dict[str, str]) -> tuple[float, dict[str, float]]:
            "--listen-addr", "0.0.0.0:2377")
         for node in others:
             token = on(first, "swarm", "join-token", "-q",
-                       "worker" if node in s.workers else "manager")
+                       "worker" if node in s.cluster.workers else "manager")
             on(node, "swarm", "join", "--token", token, "--advertise-addr", addresses[node],
                "--listen-addr", "0.0.0.0:2377", f"{addresses[first]}:2377")
-        for node, key, value in s.node_labels:
+        for node, key, value in s.cluster.node_labels:
             on(first, "node", "update", "--label-add", f"{key}={value}", node)
         part("swarm")
         # The tool's registry spec without IPVS: global, host-mode port, dnsrr. The API the
@@ -159,13 +160,13 @@ def replay(host, environ: dict[str, str]) -> tuple[float, dict[str, float]]:
         deadline = time.monotonic() + REGISTRY_TIMEOUT
         while sum(line.startswith("Running") for line in on(
                 first, "service", "ps", spec.name, "--filter", "desired-state=running",
-                "--format", "{{.CurrentState}}").splitlines()) < len(s.nodes):
+                "--format", "{{.CurrentState}}").splitlines()) < len(s.cluster.nodes):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{s.env}: registry not running on every node after "
                                    f"{REGISTRY_TIMEOUT}s")
             time.sleep(POLL)
         part("registry")
-        say(f"replay: {s.env} swarm up, registry on {len(s.nodes)} nodes "
+        say(f"replay: {s.env} swarm up, registry on {len(s.cluster.nodes)} nodes "
             f"({time.monotonic() - t0:.1f} s)")
     return time.monotonic() - t0, {k: round(v, 1) for k, v in parts.items()}
 
@@ -274,7 +275,7 @@ def main() -> None:
           f" target <= {NOOP_TARGET:g} s)"
           f"{'' if up_to_date else '  WARNING: it changed something'}")
     print("  one cluster, by size (3 managers, the rest workers):")
-    for prev, row in zip([None, *size_rows], size_rows):
+    for prev, row in zip([None, *size_rows], size_rows, strict=False):
         grow = f"  x{row['seconds'] / prev['seconds']:.2f} for x{row['nodes'] // prev['nodes']} nodes" \
             if prev else ""
         print(f"    {row['nodes']:>2} nodes {row['seconds']:5.1f} s{grow}   " +

@@ -9,10 +9,10 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from . import checks, config, engine, git, interrupt, registry, state, workspace
 from .cluster import Cluster
@@ -20,9 +20,8 @@ from .compose import Compose, ComposeError, ComposeModel, check_contract, unique
 from .config import Settings
 from .log import Log
 from .providers import for_settings
-from .report import redact
+from .redaction import redact
 from .runner import StepFailed, beside
-
 
 GIT_TIMEOUT = 600  # seconds a git command of a checkout may take (a clone of a big repository)
 DOWN_RETRY = 120  # seconds the clean-up tries to take a compose project down
@@ -62,11 +61,11 @@ class Checkout:
     @property
     def image(self) -> str:
         """The image name every node uses for the cluster's registry."""
-        return registry.local_ref(self.settings, self.settings.app_image)
+        return registry.local_ref(self.settings, self.settings.services.app_image)
 
     @property
     def ref_tag(self) -> str:
-        return registry.local_ref(self.settings, self.settings.app_image, self.version or "")
+        return registry.local_ref(self.settings, self.settings.services.app_image, self.version or "")
 
     def record(self, argv: Sequence[str], runs_in_dry_run: bool = False) -> None:
         self.commands.append(shlex.join(argv))
@@ -76,18 +75,18 @@ class Checkout:
     def compose(self, host_ip: str = "") -> Compose:
         if self.workdir is None:
             raise StepFailed("no checkout: run the checkout step first")
-        ep = self.cluster.endpoints.get(self.settings.cd_node)
+        ep = self.cluster.endpoints.get(self.settings.cluster.cd_node)
         if ep is None:
-            raise StepFailed(f"CD node {self.settings.cd_node} is not running: run `inv provision`")
-        return self._compose(engine.docker_env(ep), host_ip)
+            raise StepFailed(f"CD node {self.settings.cluster.cd_node} is not running: run `inv provision`")
+        return self._compose(self.workdir, engine.docker_env(ep), host_ip)
 
-    def _compose(self, docker_env: dict[str, str], host_ip: str = "") -> Compose:
+    def _compose(self, workdir: Path, docker_env: dict[str, str], host_ip: str = "") -> Compose:
         s = self.settings
-        env = {"IMAGE": self.image, "VERSION": self.version or "", "BASE_IMAGE": s.base_image,
-               "DB_IMAGE": s.db_image, "HOST_IP": host_ip}
-        return Compose(self.workdir / s.compose_file, self.project_name(), docker_env,
-                       env, dry_run=self.dry_run, on_line=self.on_line, pass_env=s.pass_env,
-                       timeout=s.test_timeout)
+        env = {"IMAGE": self.image, "VERSION": self.version or "", "BASE_IMAGE": s.services.base_image,
+               "DB_IMAGE": s.services.db_image, "HOST_IP": host_ip}
+        return Compose(workdir / s.delivery.compose_file, self.project_name(), docker_env,
+                       env, dry_run=self.dry_run, on_line=self.on_line, pass_env=s.delivery.pass_env,
+                       timeout=s.delivery.test_timeout)
 
     def contract(self) -> ComposeModel:
         """The compose file's model, read once (compose reads files only: no engine needed),
@@ -96,28 +95,29 @@ class Checkout:
         if self.model is None:
             if self.workdir is None:
                 raise StepFailed("no checkout: run the checkout step first")
-            self.model = check_contract(self._compose({}).model(), self.settings.compose_file)
+            self.model = check_contract(self._compose(self.workdir, {}).model(),
+                                        self.settings.delivery.compose_file)
         return self.model
 
     def project_name(self) -> str:
         """One compose project per run, unique so that concurrent runs do not collide; fixed
         once even when two steps ask at the same time (the build beside the unit tests)."""
         with self._naming:
-            self.project = self.project or unique_project(f"{self.settings.app_service}-{self.version}")
+            self.project = self.project or unique_project(f"{self.settings.services.app_service}-{self.version}")
         return self.project
 
     def docker_argv(self, *args: str) -> list[str]:
         """The docker CLI command equivalent to an SDK call on the CD node (for --dry-run)."""
-        return ["docker", "-H", self.cluster.endpoints[self.settings.cd_node].docker_host, *args]
+        return ["docker", "-H", self.cluster.endpoints[self.settings.cluster.cd_node].docker_host, *args]
 
     # -- making it --------------------------------------------------------------------------
     def clone(self) -> str:
         """Clone the repository at the ref into the workspace (seen by the nodes at the same
         path); the version: given, else the git tag, else the short commit id."""
         s = self.settings
-        repo = self.repo  # Settings.repo: the project directory when REPO is empty
-        state.private_dir(s.workspace_dir)
-        dest = Path(tempfile.mkdtemp(prefix=f"{s.app_service}-", dir=s.workspace_dir))
+        repo = self.repo  # DeliverySettings.repo: the project directory when REPO is empty
+        state.private_dir(s.delivery.workspace_dir)
+        dest = Path(tempfile.mkdtemp(prefix=f"{s.services.app_service}-", dir=s.delivery.workspace_dir))
         self.workdir = dest
         if Path(repo).is_dir() and not (Path(repo) / ".git").exists():
             if self.ref != "HEAD":
@@ -143,16 +143,16 @@ class Checkout:
                 except StepFailed:
                     self.version = _git(["rev-parse", "--short", "HEAD"], dest)
         check_version(self.version)
-        if not checks.inside(dest, s.compose_file).is_file():
-            raise StepFailed(f"{s.compose_file} not found in {redact(repo)} at {self.ref}")
+        if not checks.inside(dest, s.delivery.compose_file).is_file():
+            raise StepFailed(f"{s.delivery.compose_file} not found in {redact(repo)} at {self.ref}")
         self.commit = _git(["rev-parse", "HEAD"], dest) if (dest / ".git").exists() else ""
         # Containers on the CD node run as root: let them read the checkout whatever the umask.
         dest.chmod(0o755)
         if not for_settings(s).shares_workspace:
-            self.record(["docker", "cp", str(dest), f"{s.cd_node}:{dest}"])
+            self.record(["docker", "cp", str(dest), f"{s.cluster.cd_node}:{dest}"])
             if not self.dry_run:
-                size = workspace.upload(self.cluster.client(s.cd_node), dest, s.registry_image)
-                self.log(f"copied the checkout to {s.cd_node} ({size // 1024} KiB)")
+                size = workspace.upload(self.cluster.client(s.cluster.cd_node), dest, s.registry.registry_image)
+                self.log(f"copied the checkout to {s.cluster.cd_node} ({size // 1024} KiB)")
         return (f"{redact(repo)} at {self.ref} ({self.commit[:7] or 'no git'}) as version "
                 f"{self.version}")
 
@@ -166,7 +166,7 @@ class Checkout:
         self.compose_left = True
         if self._untrack is None:  # named if a signal's clean-up is cut short
             self._untrack = interrupt.track(lambda: f"compose project {self.project} on "
-                                            f"{self.settings.cd_node}" if self.compose_left else "")
+                                            f"{self.settings.cluster.cd_node}" if self.compose_left else "")
         try:
             with c.session(down=down):
                 action(c)
@@ -233,7 +233,7 @@ class Checkout:
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
             self._cluster = None  # its engine may answer on another address when back
         if self.compose_left and not self.dry_run:
-            self.log(f"left behind: compose project {self.project} on {self.settings.cd_node} "
+            self.log(f"left behind: compose project {self.project} on {self.settings.cluster.cd_node} "
                      f"(remove it with `docker compose -p {self.project} down`)")
         if self._untrack:
             self._untrack()
@@ -242,9 +242,9 @@ class Checkout:
             s = self.settings
             if not self.dry_run and not for_settings(s).shares_workspace:
                 try:
-                    workspace.remove(self.cluster.client(s.cd_node), self.workdir, s.registry_image)
+                    workspace.remove(self.cluster.client(s.cluster.cd_node), self.workdir, s.registry.registry_image)
                 except Exception as exc:
-                    self.log(f"could not remove the checkout from {s.cd_node}: {exc}")
+                    self.log(f"could not remove the checkout from {s.cluster.cd_node}: {exc}")
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from . import git
 from .config import ConfigError, pinned_version
-from .report import redact
+from .redaction import redact
 
 LS_REMOTE_TIMEOUT = 20  # seconds a repository URL gets to answer `git ls-remote`
 # `scheme://...` or scp-like `user@host:path`; anything else is a local path.

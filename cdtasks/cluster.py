@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Sequence
+from itertools import pairwise
 
 from . import engine, images, registry, services, swarm
 from .config import ConfigError, Settings
@@ -25,11 +26,11 @@ class Cluster:
     _clients: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def of(cls, settings: Settings) -> "Cluster":
+    def of(cls, settings: Settings) -> Cluster:
         return cls(settings, for_settings(settings))
 
-    def discover(self) -> "Cluster":
-        self.endpoints = self.provider.endpoints(self.settings.nodes)
+    def discover(self) -> Cluster:
+        self.endpoints = self.provider.endpoints(self.settings.cluster.nodes)
         return self
 
     def client(self, node: str):
@@ -42,11 +43,11 @@ class Cluster:
         return self._clients[node]
 
     def clients(self) -> dict:
-        return {n: self.client(n) for n in self.settings.nodes}
+        return {n: self.client(n) for n in self.settings.cluster.nodes}
 
     def manager(self):
         """A client of a manager that answers and has the swarm's control plane."""
-        for node in self.settings.managers:
+        for node in self.settings.cluster.managers:
             if node in self.endpoints:
                 try:
                     c = self.client(node)
@@ -61,7 +62,7 @@ class Cluster:
         raise engine.EngineError(f"no manager of {self.settings.env} answers: "
                                  f"run `inv provision --env {self.settings.env}`")
 
-    def live_manager(self) -> "LiveManager":
+    def live_manager(self) -> LiveManager:
         """A client-like object whose `api` is a manager that answers at each use: for what
         outlives one manager (a lock renewed through a rollout during which a manager dies)."""
         return LiveManager(self)
@@ -69,7 +70,7 @@ class Cluster:
     def routing_in_use(self) -> str:
         """The mode provision chose, read from the registry service it made (one API call
         instead of an SSH probe of every node); probed when there is no registry yet."""
-        if self.settings.routing == "auto":
+        if self.settings.cluster.routing == "auto":
             svc = services.inspect(self.manager(), registry.NAME)
             if svc is not None:
                 mode = (svc["Spec"].get("EndpointSpec") or {}).get("Mode", "vip")
@@ -78,7 +79,7 @@ class Cluster:
 
     def routing(self) -> tuple[str, str]:
         """Probe every node's kernel for IPVS (over SSH) unless ROUTING forces a mode."""
-        if self.settings.routing != "auto":
+        if self.settings.cluster.routing != "auto":
             return swarm.routing_mode(self.settings, {})
 
         def probe(ep: Endpoint) -> bool:
@@ -87,7 +88,7 @@ class Cluster:
 
         workers = max(1, min(self.provider.parallel, len(self.endpoints)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            found = dict(zip(self.endpoints, pool.map(probe, self.endpoints.values())))
+            found = dict(zip(self.endpoints, pool.map(probe, self.endpoints.values()), strict=True))
         return swarm.routing_mode(self.settings, found)
 
 
@@ -119,10 +120,10 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
         log(f"{settings.env}: {phase} after {time.monotonic() - started:.1f}s")
 
     c = Cluster.of(settings)
-    before = set(c.provider.endpoints(settings.nodes))
-    c.endpoints = c.provider.ensure(settings.nodes, log)
+    before = set(c.provider.endpoints(settings.cluster.nodes))
+    c.endpoints = c.provider.ensure(settings.cluster.nodes, log)
     done("machines ready")
-    actions = [f"created machine {n}" for n in settings.nodes if n not in before]
+    actions = [f"created machine {n}" for n in settings.cluster.nodes if n not in before]
     clients = c.clients()
     addresses = {n: ep.address for n, ep in c.endpoints.items()}
     host = c.provider.image_source()
@@ -133,9 +134,9 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
         return out
 
     def registry_image() -> list[str]:
-        loaded = images.provide(host, clients, [settings.registry_image], log)
+        loaded = images.provide(host, clients, [settings.registry.registry_image], log)
         done("registry image on every node")
-        return [f"loaded {settings.registry_image} into {n}" for n in loaded]
+        return [f"loaded {settings.registry.registry_image} into {n}" for n in loaded]
 
     # Membership, the IPVS probe and copying the registry image into the nodes need only the
     # machines, not each other: side by side.
@@ -157,9 +158,9 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
 
 def check_port_ranges(all_settings: Sequence[Settings]) -> None:
     """Fixed host ports (LAB_PORT_BASE) of clusters provisioned together must not overlap."""
-    spans = sorted((s.lab_port_base, s.lab_port_base + 10 * len(s.nodes), s.env)
-                   for s in all_settings if s.lab_port_base)
-    for (lo1, hi1, e1), (lo2, _, e2) in zip(spans, spans[1:]):
+    spans = sorted((s.cluster.lab_port_base, s.cluster.lab_port_base + 10 * len(s.cluster.nodes), s.env)
+                   for s in all_settings if s.cluster.lab_port_base)
+    for (lo1, hi1, e1), (lo2, _, e2) in pairwise(spans):
         if lo2 < hi1:
             raise ConfigError(f"LAB_PORT_BASE of {e1} ({lo1}) and {e2} ({lo2}) overlap: each "
                               f"cluster needs {hi1 - lo1} ports from its base")
@@ -182,7 +183,7 @@ class Status:
 
 def status(settings: Settings) -> Status:
     c = Cluster.of(settings).discover()
-    missing = tuple(n for n in settings.nodes if n not in c.endpoints)
+    missing = tuple(n for n in settings.cluster.nodes if n not in c.endpoints)
     if not c.endpoints:
         return Status(settings.env, (), missing, ())
     manager = c.manager()
@@ -199,7 +200,7 @@ def status(settings: Settings) -> Status:
 
 
 def destroy(settings: Settings, log: Log, purge: bool = False) -> list[str]:
-    return for_settings(settings).remove(settings.nodes, log, purge=purge)
+    return for_settings(settings).remove(settings.cluster.nodes, log, purge=purge)
 
 
 def endpoint(settings: Settings, node: str) -> Endpoint:

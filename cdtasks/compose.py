@@ -17,11 +17,11 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Iterator, Mapping, Sequence
 
 from . import interrupt
 from .interrupt import signals_as_interrupt
@@ -268,7 +268,7 @@ def subprocess_runner(argv: Sequence[str], env: Mapping[str, str],
 
         try:
             with interrupt.stop_on_signal(stopper):
-                for line in proc.stdout:
+                for line in proc.stdout or ():  # a pipe: never None
                     lines.append(line)
                     if on_line:
                         on_line(line.rstrip("\r\n"))

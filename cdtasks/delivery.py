@@ -8,16 +8,16 @@ from __future__ import annotations
 import getpass
 import json
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
 
 from . import checks, project_images, records, registry, rollout, services
 from .checkout import Checkout
 from .compose import Compose, ContractError, compose_command
 from .config import ConfigError, Settings
-from .report import redact
+from .redaction import redact
 from .runner import StepFailed, StepResult, beside, run_steps
 
 STEPS = ("checkout", "unit", "build", "staging", "publish", "prodlike", "prodtest")
@@ -45,7 +45,7 @@ class Delivery(Checkout):
     @property
     def pinned(self) -> str:
         """The exact image verified: repository:version@digest (the tag kept for people)."""
-        return registry.local_ref(self.settings, self.settings.app_image, self.version or "",
+        return registry.local_ref(self.settings, self.settings.services.app_image, self.version or "",
                                   self.digest or "")
 
 
@@ -57,7 +57,7 @@ def check_input(d: Delivery) -> None:
         checks.version(d.version)
     checks.ref(d.ref)
     checks.repo(d.repo)
-    checks.compose_file(d.settings.compose_file, d.repo, d.ref)
+    checks.compose_file(d.settings.delivery.compose_file, d.repo, d.ref)
     d.checked = True
 
 
@@ -83,7 +83,7 @@ def provide_images(d: Delivery) -> None:
             return
         s, cluster = d.settings, d.cluster
         try:
-            done = project_images.ensure(d.contract(), cluster.client(s.cd_node), s.cd_node,
+            done = project_images.ensure(d.contract(), cluster.client(s.cluster.cd_node), s.cluster.cd_node,
                                          registry.address(s), cluster.provider.image_source(),
                                          d.log)
         except project_images.MissingImage as exc:
@@ -103,7 +103,7 @@ def build(d: Delivery) -> str:
     provide_images(d)
     d.compose_step(lambda c: c.build("app"), defer=True)
     tag_built(d)
-    return f"built {d.ref_tag} on {d.settings.cd_node}"
+    return f"built {d.ref_tag} on {d.settings.cluster.cd_node}"
 
 
 def tag_built(d: Delivery) -> None:
@@ -117,12 +117,12 @@ def tag_built(d: Delivery) -> None:
         d.record(d.docker_argv("tag", named, d.ref_tag))
     if d.dry_run:
         return
-    cd = d.cluster.client(s.cd_node)
+    cd = d.cluster.client(s.cluster.cd_node)
     found = cd.images.list(filters={"label": [f"com.docker.compose.project={d.project}",
                                               "com.docker.compose.service=app"]})
     if len(found) != 1:
         raise StepFailed(f"the build made {len(found)} images labelled with project {d.project} "
-                         f"on {s.cd_node}, not one: cannot tell which is {named}")
+                         f"on {s.cluster.cd_node}, not one: cannot tell which is {named}")
     found[0].tag(d.image, d.version)
     d.built = found[0].id
 
@@ -138,7 +138,7 @@ def name_the_build(d: Delivery) -> None:
     d.record(d.docker_argv("tag", d.ref_tag, named))
     if not d.dry_run and d.built:
         repository, _, tag = named.rpartition(":")
-        d.cluster.client(d.settings.cd_node).images.get(d.built).tag(repository, tag)
+        d.cluster.client(d.settings.cluster.cd_node).images.get(d.built).tag(repository, tag)
 
 
 def staging_lock_needed(d: Delivery) -> bool:
@@ -177,7 +177,7 @@ def publish(d: Delivery) -> str:
     d.record(d.docker_argv("push", d.ref_tag))
     if d.dry_run:
         return f"would push {d.ref_tag}"
-    cd = d.cluster.client(d.settings.cd_node)
+    cd = d.cluster.client(d.settings.cluster.cd_node)
     for line in cd.images.push(d.image, tag=d.version, stream=True, decode=True):
         if "error" in line:
             raise StepFailed(f"pushing {d.ref_tag} failed: {line['error']}")
@@ -193,9 +193,9 @@ def prodlike(d: Delivery) -> str:
     if not d.dry_run:
         # One release at a time changes (and then tests) the service: the same lock as deploy,
         # taken before the image it guards is read.
-        d.lock = records.Lock(d.cluster.live_manager(), d.settings.app_service, d.version,
+        d.lock = records.Lock(d.cluster.live_manager(), d.settings.services.app_service, d.version or "",
                               "delivering", d.log).acquire(rollout.LOCK_WAIT)
-        d.previous_image = services.current_image(d.cluster.manager(), d.settings.app_service)
+        d.previous_image = services.current_image(d.cluster.manager(), d.settings.services.app_service)
     try:
         result = rollout.update(d.cluster, d.settings, d.pinned, d.log, d.dry_run, d.record,
                                 d.lock)
@@ -204,19 +204,21 @@ def prodlike(d: Delivery) -> str:
             raise
         raise StepFailed(f"{exc}; {restore(d)}", exc.output_tail) from None
     d.converged_at = rollout.monitor_start(result)
-    return f"{d.settings.app_service} runs {d.ref_tag} on every replica ({result.seconds:.1f}s)"
+    return f"{d.settings.services.app_service} runs {d.ref_tag} on every replica ({result.seconds:.1f}s)"
 
 
 def restore(d: Delivery) -> str:
     """After a failed prod-like rollout (paused, rolled back by Swarm, timed out): the image
     it ran before on every replica again, as deploy does in production. Says how it ended."""
-    d.log(f"rolling prod-like back to {d.previous_image}")
+    lock, previous = d.lock, d.previous_image
+    assert lock is not None and previous  # prodlike took the lock, then read the image
+    d.log(f"rolling prod-like back to {previous}")
     try:
-        d.lock.check()  # another run that took the lock changes the service now, not this one
-        rollout.update(d.cluster, d.settings, d.previous_image, d.log, lock=d.lock)
+        lock.check()  # another run that took the lock changes the service now, not this one
+        rollout.update(d.cluster, d.settings, previous, d.log, lock=lock)
     except Exception as exc:  # the step's own failure stays the headline
-        return f"rolling back to {d.previous_image} failed too: {str(exc).splitlines()[0][:200]}"
-    return f"rolled back to {d.previous_image} on every replica"
+        return f"rolling back to {previous} failed too: {str(exc).splitlines()[0][:200]}"
+    return f"rolled back to {previous} on every replica"
 
 
 def prodtest(d: Delivery) -> str:
@@ -243,19 +245,19 @@ def release_lock(d: Delivery) -> None:
 
 
 def staging_lock_name(s: Settings) -> str:
-    return f"staging-{s.cd_node}"
+    return f"staging-{s.cluster.cd_node}"
 
 
 def take_staging_lock(d: Delivery) -> None:
     """The CD node's staging lock (a record lock on the test cluster, renewed while held),
     waited for like the service's lock; said in the log."""
-    node = d.settings.cd_node
+    node = d.settings.cluster.cd_node
     ports = sorted({p for ps in d.contract().ports.values() for p in ps})
     d.log(f"staging takes the staging lock of {node}"
           + (f" (host ports {', '.join(map(str, ports))})" if ports else ""))
     if d.dry_run:
         return
-    d.staging_lock = records.Lock(d.cluster.manager(), staging_lock_name(d.settings), d.version,
+    d.staging_lock = records.Lock(d.cluster.manager(), staging_lock_name(d.settings), d.version or "",
                                   "staging", d.log).acquire(rollout.LOCK_WAIT)
 
 
@@ -273,7 +275,7 @@ STEP_FUNCS: dict[str, Callable[[Delivery], str]] = {
 def _unbuild(d: Delivery, result: StepResult) -> None:
     """A build that ran beside unit tests that failed leaves nothing behind."""
     if result.ok:
-        d.cluster.client(d.settings.cd_node).images.remove(d.ref_tag, noprune=False)
+        d.cluster.client(d.settings.cluster.cd_node).images.remove(d.ref_tag, noprune=False)
 
 
 # A step, the one after it that does not need its result, and how to undo that one when the
@@ -329,7 +331,7 @@ def cleanup(d: Delivery) -> None:
 
 # -- one step at a time: the checkout's state in the workspace between tasks -----------------
 def state_file(s: Settings) -> Path:
-    return s.workspace_dir / f"{s.app_service}.release.json"
+    return s.delivery.workspace_dir / f"{s.services.app_service}.release.json"
 
 
 def save_state(d: Delivery) -> None:
@@ -342,13 +344,14 @@ def load_state(s: Settings, **kw) -> Delivery:
     """The delivery the last step left (`kw`: how this one runs: dry_run, log...)."""
     f = state_file(s)
     if not f.exists():
-        raise DeliveryError(f"no checkout of {s.app_service}: run `inv checkout` first")
+        raise DeliveryError(f"no checkout of {s.services.app_service}: run `inv checkout` first")
     data = json.loads(f.read_text())
-    d = Delivery(s, data["repo"], data["ref"], data["version"], workdir=Path(data["workdir"]),
+    workdir = Path(data["workdir"])
+    d = Delivery(s, data["repo"], data["ref"], data["version"], workdir=workdir,
                  digest=data.get("digest"), project=data["project"],
                  built=data.get("built") or "", **kw)
-    if not d.workdir.exists():
-        raise DeliveryError(f"checkout {d.workdir} is gone: run `inv checkout` again")
+    if not workdir.exists():
+        raise DeliveryError(f"checkout {workdir} is gone: run `inv checkout` again")
     return d
 
 
@@ -359,18 +362,18 @@ def state_after(d: Delivery, results: list[StepResult]) -> str:
         return "dry run: nothing was built, pushed or updated"
     if failed is None:
         if any(x.name == "prodlike" for x in results):
-            return f"{d.settings.app_service} runs {d.ref_tag} on prod-like"
+            return f"{d.settings.services.app_service} runs {d.ref_tag} on prod-like"
         return f"{', '.join(x.name for x in results)} passed; prod-like not changed"
     if failed in ("checkout", "unit", "build", "staging"):
         if d.compose_left:  # its clean-up was cut short, or the CD node did not answer
-            return (f"left behind: compose project {d.project} on {d.settings.cd_node}; "
-                    f"{d.settings.app_service} untouched")
-        return f"nothing left behind (staging removed); {d.settings.app_service} untouched"
+            return (f"left behind: compose project {d.project} on {d.settings.cluster.cd_node}; "
+                    f"{d.settings.services.app_service} untouched")
+        return f"nothing left behind (staging removed); {d.settings.services.app_service} untouched"
     if failed == "publish":
-        return f"{d.ref_tag} not in the registry; {d.settings.app_service} untouched"
+        return f"{d.ref_tag} not in the registry; {d.settings.services.app_service} untouched"
     try:
         running = replicas_text(services.replica_images(d.cluster.manager(),
-                                                        d.settings.app_service))
+                                                        d.settings.services.app_service))
     except Exception:  # the state line must not hide the failure itself
         running = "unknown"
     return f"prod-like runs {running}"
@@ -389,8 +392,8 @@ def replicas_text(replicas: list[tuple[str, str]]) -> str:
 # -- what passed prod-like, recorded on the cluster -------------------------------------------
 def mark_delivered(d: Delivery) -> None:
     """One record per version that passed prod-like: `inv deploy` promotes exactly its digest."""
-    rollout.mark_delivered(d.cluster.manager(), d.settings.app_service, {
-        "service": d.settings.app_service, "version": d.version, "image": d.ref_tag,
+    rollout.mark_delivered(d.cluster.manager(), d.settings.services.app_service, {
+        "service": d.settings.services.app_service, "version": d.version, "image": d.ref_tag,
         "digest": d.digest, "repo": redact(d.repo), "commit": d.commit,
-        "compose_file": d.settings.compose_file, "time": records.now(),
+        "compose_file": d.settings.delivery.compose_file, "time": records.now(),
         "user": getpass.getuser()})

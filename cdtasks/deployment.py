@@ -16,9 +16,8 @@ from .checkout import Checkout, check_version
 from .cluster import Cluster
 from .config import Settings
 from .log import Log
-from .report import redact
+from .redaction import redact
 from .runner import RunInterrupted, StepFailed, StepResult, run_step
-
 
 STARTED, UNFINISHED = "started", "unfinished"  # history results of a run not (yet) finished
 LOCK_LOST = "stopped, lock lost"
@@ -52,7 +51,7 @@ class Deployment:
 
     @property
     def service(self) -> str:
-        return self.prod.app_service
+        return self.prod.services.app_service
 
 
 def _digest_in_registry(manager, s: Settings, ref: str, node: str) -> str:
@@ -71,7 +70,7 @@ def _digest_in_registry(manager, s: Settings, ref: str, node: str) -> str:
 
 def passed(d: Deployment) -> list[dict]:
     """The versions that passed prod-like on the test cluster, oldest first."""
-    return rollout.delivered(Cluster.of(d.test).discover().manager(), d.test.app_service)
+    return rollout.delivered(Cluster.of(d.test).discover().manager(), d.test.services.app_service)
 
 
 def resolve(d: Deployment) -> dict:
@@ -84,7 +83,7 @@ def choose(d: Deployment, passed: list[dict]) -> dict:
     last one). A version that never passed there is refused unless forced."""
     if d.version is None:
         if not passed:
-            raise DeploymentError(f"no version of {d.test.app_service} has passed `inv deliver` on "
+            raise DeploymentError(f"no version of {d.test.services.app_service} has passed `inv deliver` on "
                                   f"prod-like yet: deliver one, or give --version with --force")
         return passed[-1]
     found = [p for p in passed if p["version"] == d.version]
@@ -94,8 +93,8 @@ def choose(d: Deployment, passed: list[dict]) -> dict:
         known = ", ".join(sorted({p["version"] for p in passed})) or "none"
         raise DeploymentError(f"version {d.version} never passed prod-like (passed: {known}); "
                               f"deliver it first, or use --force")
-    return {"version": d.version, "image": registry.local_ref(d.prod, d.prod.app_image, d.version),
-            "digest": "", "repo": d.test.repo, "commit": ""}
+    return {"version": d.version, "image": registry.local_ref(d.prod, d.prod.services.app_image, d.version),
+            "digest": "", "repo": d.test.delivery.repo, "commit": ""}
 
 
 def rollback_target(manager, service: str, current: str) -> str:
@@ -104,7 +103,7 @@ def rollback_target(manager, service: str, current: str) -> str:
     for entry in reversed(records.load(manager, "history", service)):
         if entry["result"] in ("deployed", "rolled back") and entry["image"] != current:
             return entry["image"]
-    spec = services.inspect(manager, service).get("PreviousSpec") or {}
+    spec = (services.inspect(manager, service) or {}).get("PreviousSpec") or {}
     return (spec.get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Image", "")
 
 
@@ -122,7 +121,7 @@ def prepare(d: Deployment) -> records.Lock:
     # before the versions verified for it are looked up.
     services.existing(d.cluster.manager(), d.service)
     back = d.kind == "rollback" and d.version is None
-    record = {"repo": d.test.repo, "commit": ""} if back else resolve(d)
+    record = {"repo": d.test.delivery.repo, "commit": ""} if back else resolve(d)
     # The lock before the state it guards: a run that waited for another one reads what that
     # one left, not what ran before it.
     lock = records.Lock(d.cluster.live_manager(), d.service, d.version or "a previous version",
@@ -144,13 +143,13 @@ def prepare(d: Deployment) -> records.Lock:
         else:
             d.version = record["version"]
             tag_ref = record["image"]
-            registry_digest = _digest_in_registry(manager, d.prod, tag_ref, d.prod.leader)
+            registry_digest = _digest_in_registry(manager, d.prod, tag_ref, d.prod.cluster.leader)
             d.digest = record.get("digest") or registry_digest
             # Production gets the image and digest verified on prod-like, never a tag resolved
             # again, whatever this environment's APP_IMAGE names.
             d.image = f"{tag_ref}@{d.digest}"
             _digest_in_registry(manager, d.prod, f"{registry.repository(tag_ref)}@{d.digest}",
-                                d.prod.leader)
+                                d.prod.cluster.leader)
     except BaseException:
         lock.release()
         raise
@@ -162,22 +161,25 @@ def checkout_for_tests(d: Deployment, record: dict) -> Checkout:
     """Where production tests run: the delivered repository at its commit, with the compose
     file it was delivered with. A record keeps the repository without its credentials: the
     test environment's REPO, when it is that repository, gives them back."""
-    repo = record.get("repo") or d.test.repo
-    if repo == redact(d.test.repo):
-        repo = d.test.repo
-    settings = replace(d.test, compose_file=record.get("compose_file") or d.test.compose_file)
+    repo = record.get("repo") or d.test.delivery.repo
+    if repo == redact(d.test.delivery.repo):
+        repo = d.test.delivery.repo
+    compose_file = record.get("compose_file") or d.test.delivery.compose_file
+    settings = replace(d.test, delivery=replace(d.test.delivery, compose_file=compose_file))
     return Checkout(settings, repo, record.get("commit") or "HEAD", d.version, log=d.log,
                     on_line=d.on_line)
 
 
 # -- steps ------------------------------------------------------------------------------------
 def _rollout_to(d: Deployment, image: str, lock: records.Lock) -> str:
+    assert d.cluster is not None  # prepare() found it
     result = rollout.update(d.cluster, d.prod, image, d.log, lock=lock)
     d.converged_at = rollout.monitor_start(result)
     return f"{d.service} on {d.prod.env}: every replica runs {image} ({result.seconds:.1f}s)"
 
 
 def _prodtest(d: Deployment) -> str:
+    assert d.checkout is not None and d.cluster is not None  # prepare() set them
     if d.checkout.workdir is None:
         d.checkout.clone()
     image = d.previous if d.rolled_back else d.image
@@ -274,6 +276,7 @@ def begin(d: Deployment, lock: records.Lock) -> None:
     """The "started" entry, written before anything changes: a run killed with SIGKILL never
     writes its final entry, and `history` then shows it as unfinished."""
     entry = {**_entry(d, STARTED, []), "lock": lock.id}
+    assert d.cluster is not None  # prepare() found it
     _log_locally(d, entry)
     records.put(d.cluster.manager(), "history", d.service, entry)
 
@@ -284,13 +287,15 @@ def finish(d: Deployment, results: list[StepResult], lock: records.Lock,
     with the image each replica runs now. The local log and the clean-up happen even when the
     cluster no longer answers."""
     entry = _entry(d, outcome(d, results, stopped), results)
+    cluster = d.cluster
+    assert cluster is not None  # prepare() found it
     try:
         # Through a manager that answers, also during a leader election.
         if entry["result"] not in ("deployed", "rolled back"):
-            entry["running"] = rollout.on_manager(d.cluster, lambda m: [
+            entry["running"] = rollout.on_manager(cluster, lambda m: [
                 f"{image} on {node}" for node, image in services.replica_images(m, d.service)],
                 d.log)
-        rollout.on_manager(d.cluster, lambda m: records.put(m, "history", d.service, entry), d.log)
+        rollout.on_manager(cluster, lambda m: records.put(m, "history", d.service, entry), d.log)
     finally:
         try:
             lock.release()  # by its ID, through a manager that answers
@@ -302,7 +307,7 @@ def finish(d: Deployment, results: list[StepResult], lock: records.Lock,
 
 
 def local_log(s: Settings):
-    return s.state_dir / "history" / f"{s.lab_name}-{s.env}-{s.app_service}.jsonl"
+    return s.cluster.state_dir / "history" / f"{s.cluster.lab_name}-{s.env}-{s.services.app_service}.jsonl"
 
 
 def history(s: Settings) -> tuple[list[dict], str]:
@@ -311,13 +316,24 @@ def history(s: Settings) -> tuple[list[dict], str]:
     "unfinished" (killed, or its machine died)."""
     try:
         manager = Cluster.of(s).discover().manager()
-        rows = records.load(manager, "history", s.app_service)
-        return merge_runs(rows, _live_lock(manager, s.app_service)), "cluster"
+        rows = records.load(manager, "history", s.services.app_service)
+        return merge_runs(rows, _live_lock(manager, s.services.app_service)), "cluster"
     except Exception as exc:  # the cluster is unreachable: the local log still tells
         f = local_log(s)
         rows = [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
-        return (merge_runs(rows, None),
-                f"local log {f} (cluster unreachable: {str(exc).splitlines()[0][:120]})")
+        age = (f"last written {_age(time.time() - f.stat().st_mtime)} ago" if f.exists()
+               else "never written on this machine")
+        return (merge_runs(rows, None), f"local log {f}, {age}, this machine's runs only "
+                f"(cluster unreachable: {str(exc).splitlines()[0][:120]})")
+
+
+def _age(seconds: float) -> str:
+    """A duration as a person reads it: 45s, 12m, 3h 5m, 2d 4h."""
+    s = max(int(seconds), 0)
+    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60)):
+        if s >= size:
+            return f"{s // size}{unit} {s % size // sub_size}{sub}"
+    return f"{s // 60}m" if s >= 60 else f"{s}s"
 
 
 def _live_lock(manager, service: str) -> str | None:

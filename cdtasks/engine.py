@@ -8,9 +8,9 @@ import hashlib
 import os
 import shlex
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import docker
 import paramiko
@@ -19,6 +19,7 @@ from invoke import Config, Context
 from urllib3.util import Timeout
 
 from . import tunnel as tunnels
+from .config import ENGINE_VAR
 
 TIMEOUT = 120  # seconds an Engine API answer may take (a pull answers when it is done)
 CONNECT_TIMEOUT = 10  # seconds to connect to a node's engine: an unreachable node costs this
@@ -30,8 +31,9 @@ class _NodeTimeout(Timeout):
     """A node client's timeout: connecting within CONNECT_TIMEOUT, each answer within TIMEOUT.
     docker-py adds a container's stop grace period to its timeout (`+ seconds`)."""
 
-    def __add__(self, seconds: float) -> "_NodeTimeout":
-        return _NodeTimeout(connect=self.connect_timeout, read=self.read_timeout + seconds)
+    def __add__(self, seconds: float) -> _NodeTimeout:
+        return _NodeTimeout(connect=self.connect_timeout,
+                            read=(self.read_timeout or 0) + seconds)
 
 
 NODE_TIMEOUT = _NodeTimeout(connect=CONNECT_TIMEOUT, read=TIMEOUT)
@@ -87,7 +89,7 @@ def _reason(exc: Exception) -> str:
     return text[:200]
 
 
-HOST_ENGINE_VAR = "CDTASKS_DOCKER_HOST"
+HOST_ENGINE_VAR = ENGINE_VAR  # CDTASKS_DOCKER_HOST; config knows it, to refuse typos of it
 DEFAULT_SOCKET = Path("/var/run/docker.sock")
 
 
@@ -208,7 +210,8 @@ def ssh(endpoint: Endpoint):
 
 
 def _opened(endpoint: Endpoint):
-    from fabric import Config as FabricConfig, Connection
+    from fabric import Config as FabricConfig
+    from fabric import Connection
 
     known_hosts = endpoint.known_hosts or Path("~/.ssh/known_hosts").expanduser()
     key = {"key_filename": str(endpoint.ssh_key), "look_for_keys": False,

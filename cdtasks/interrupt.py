@@ -16,7 +16,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import overload
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 CLEANUP_BOUND = 30.0  # seconds the clean-up after a signal may take before the process exits
@@ -85,6 +86,10 @@ _tracked: dict[int, Callable[[], str]] = {}
 _stoppers: dict[int, Callable[[], None]] = {}
 
 
+@overload
+def remaining(default: float) -> float: ...
+@overload
+def remaining(default: float | None = None) -> float | None: ...
 def remaining(default: float | None = None) -> float | None:
     """Seconds left for the clean-up after a signal (at least 1); `default` when no signal
     came: what a call made during a clean-up may wait at most."""
@@ -104,7 +109,10 @@ def track(describe: Callable[[], str]) -> Callable[[], None]:
     the process stopped now ("" when nothing): named when the clean-up is cut short."""
     key = next(_keys)
     _tracked[key] = describe
-    return lambda: _tracked.pop(key, None)
+
+    def untrack() -> None:
+        _tracked.pop(key, None)
+    return untrack
 
 
 def left_behind() -> list[str]:

@@ -1,4 +1,4 @@
 """The log callback every library function takes: one line of progress, shown by the caller."""
-from typing import Callable
+from collections.abc import Callable
 
 Log = Callable[[str], None]

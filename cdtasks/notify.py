@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import requests

@@ -13,8 +13,9 @@ import html
 import json
 import re
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from . import records, services, watch
 from .cluster import Cluster
@@ -43,7 +44,7 @@ def _stamp(epoch: float | None) -> str:
 
 
 def time_text(epoch: float) -> str:
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime(_TIME_FORMAT) + "Z"
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime(_TIME_FORMAT) + "Z"
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -67,11 +68,11 @@ def replicas(tasks: Sequence[Mapping], nodes: Mapping[str, str]) -> list[dict]:
     return sorted(out, key=lambda r: (r["slot"], r["from"] or 0))
 
 
-def cluster(label: str, service: str, connect: Callable[[], object],
+def cluster(label: str, service: str, connect: Callable[[], Any],
             kinds: Iterable[str]) -> dict:
     """What one cluster says about a service (image, replicas, records of `kinds`), or why
     it said nothing."""
-    view = {"label": label, "service": service, "image": "", "replicas": [],
+    view: dict[str, Any] = {"label": label, "service": service, "image": "", "replicas": [],
             "records": {k: [] for k in kinds}, "error": ""}
     try:
         manager = connect()
@@ -113,7 +114,7 @@ def snapshot(clusters: Sequence[dict], runs: Sequence[dict], reports: Sequence[d
             seen.add(key)
             docs.append(doc)
     docs.sort(key=lambda d: d.get("written") or 0.0)  # oldest first, as every list here
-    rows = {kind: [] for kind in ("watch", "delivered", "history")}
+    rows: dict[str, list[dict]] = {kind: [] for kind in ("watch", "delivered", "history")}
     for view in clusters:
         for kind, found in view["records"].items():
             rows.setdefault(kind, []).extend(found)
@@ -128,11 +129,11 @@ def gather(test: Settings, prod: Settings) -> dict:
     def manager_of(s: Settings) -> Callable[[], object]:
         return lambda: Cluster.of(s).discover().manager()
 
-    views = [cluster(f"prod-like ({test.env})", test.app_service, manager_of(test),
+    views = [cluster(f"prod-like ({test.env})", test.services.app_service, manager_of(test),
                      (watch.KIND, "delivered")),
-             cluster(f"production ({prod.env})", prod.app_service, manager_of(prod), ("history",))]
-    return snapshot(views, watch.saved_runs(test.reports_dir / watch.RUNS_DIR),
-                    reports_on_disk([test.reports_dir, prod.reports_dir]), time.time())
+             cluster(f"production ({prod.env})", prod.services.app_service, manager_of(prod), ("history",))]
+    return snapshot(views, watch.saved_runs(test.delivery.reports_dir / watch.RUNS_DIR),
+                    reports_on_disk([test.delivery.reports_dir, prod.delivery.reports_dir]), time.time())
 
 
 def timeline(steps: Sequence[Mapping]) -> tuple[list[dict], bool]:

@@ -7,8 +7,8 @@ import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 
 def run(argv: Sequence[str], timeout: float, cwd: Path | str | None = None,

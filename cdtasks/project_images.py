@@ -5,9 +5,9 @@ registry, or the delivery stops with one line naming the image and the service t
 
 How the delivery calls it, after the checkout and before the unit tests and the build:
 
-    model = check_contract(compose.model(), settings.compose_file)
+    model = check_contract(compose.model(), settings.delivery.compose_file)
     project_images.ensure(model, cluster.client(cd_node), cd_node,
-                          f"localhost:{settings.registry_port}",
+                          f"localhost:{settings.registry.registry_port}",
                           cluster.provider.image_source(), log)
 
 or step by step: needed(model, read_dockerfiles(model)) -> plan(...) -> apply(...).
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 from docker.errors import APIError
 

@@ -25,9 +25,9 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 from docker.errors import APIError, NotFound
 
@@ -45,7 +45,7 @@ SERVICE_LABEL = "io.cdtasks.service"
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def put(manager, kind: str, service: str, data: Mapping) -> str:
@@ -76,6 +76,8 @@ class LockHeld(RuntimeError):
 
 class LockLost(RuntimeError):
     """The lock this run held is gone (taken over, removed by hand, or not renewed in time)."""
+
+    results: list  # the steps that ran before, set by the run that lost it
 
 
 def lock_name(service: str) -> str:
@@ -274,7 +276,7 @@ class Lock:
         """Seconds of the lease left unused: LOCK_MARGIN, less for a short TTL (tests)."""
         return min(LOCK_MARGIN, self.ttl / 3)
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -296,11 +298,12 @@ class Lock:
         self.id = created["ID"]
         return True
 
-    def acquire(self, wait: float, heartbeat: bool = True) -> "Lock":
+    def acquire(self, wait: float, heartbeat: bool = True) -> Lock:
         """Take the lock, waiting up to `wait` seconds for its holder (LockHeld after that);
         an expired lock is taken over. `heartbeat=False` leaves renewing to the caller."""
         start = self.clock()
-        told, last_told, seen = "", 0.0, (None, 0.0)  # seen: (id, version) and since when
+        told, last_told = "", 0.0
+        seen: tuple[tuple[str, int] | None, float] = (None, 0.0)  # (id, version) and since when
         limit, hinted = wait, ""
         try:
             while not self._create():
@@ -357,7 +360,7 @@ class Lock:
         if not self.id:
             return ""
         free = self.wall() + self.ttl - (self.clock() - self._renewed)
-        at = datetime.datetime.fromtimestamp(free, datetime.timezone.utc).strftime("%H:%M:%S")
+        at = datetime.datetime.fromtimestamp(free, datetime.UTC).strftime("%H:%M:%S")
         return (f"lock of {self.service} not released: another run can take it over once it "
                 f"has gone unrenewed for its {self.ttl:.0f}s TTL (from about {at} UTC), or "
                 f"`inv unlock` removes it")

@@ -42,7 +42,7 @@ class Credentials:
 
 def auth_dir(settings: Settings) -> Path:
     """Where the credentials live: beside the other state, shared by every cluster of it."""
-    return settings.state_dir / "registry-auth"
+    return settings.cluster.state_dir / "registry-auth"
 
 
 def credentials(settings: Settings) -> Credentials:
@@ -94,15 +94,15 @@ def spec(settings: Settings, routing: str) -> ServiceSpec:
     Only the tool's user may push or pull (htpasswd from a Swarm secret; the registry accepts
     basic auth over plain HTTP, and engines send it to localhost registries). Deletes stay
     off: `inv destroy --purge` empties the directory itself."""
-    port = settings.registry_port
+    port = settings.registry.registry_port
     base = ServiceSpec(
-        name=NAME, image=settings.registry_image, replicas=1,
+        name=NAME, image=settings.registry.registry_image, replicas=1,
         env=(f"REGISTRY_HTTP_ADDR=:{port}", "REGISTRY_AUTH=htpasswd",
              f"REGISTRY_AUTH_HTPASSWD_REALM={NAME}",
              f"REGISTRY_AUTH_HTPASSWD_PATH=/run/secrets/{HTPASSWD}",
              "REGISTRY_STORAGE_DELETE_ENABLED=false"),
-        reserve_mb=settings.registry_reserve_mb,
-        mounts=(f"type=bind,source={settings.registry_dir},target={DATA}",),
+        reserve_mb=settings.registry.registry_reserve_mb,
+        mounts=(f"type=bind,source={settings.registry.registry_dir},target={DATA}",),
         ports=((port, port, "ingress"),),
         secrets=((credentials(settings).secret_name, HTPASSWD),),
         labels=LABELS)
@@ -113,7 +113,7 @@ def spec(settings: Settings, routing: str) -> ServiceSpec:
 
 def address(settings: Settings) -> str:
     """The registry as every node's engine names it."""
-    return f"localhost:{settings.registry_port}"
+    return f"localhost:{settings.registry.registry_port}"
 
 
 def local_ref(settings: Settings, name: str, version: str = "", digest: str = "") -> str:

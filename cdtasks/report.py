@@ -7,9 +7,10 @@ import re
 import sys
 import threading
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from time import monotonic
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
@@ -17,6 +18,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from .redaction import redact
 from .runner import StepResult
 
 # One lock for every plain stderr line, so lines from worker threads never interleave.
@@ -24,23 +26,6 @@ _LOCK = threading.Lock()
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _STYLE = {"ok": "green", "FAILED": "bold red", "skipped": "yellow", "interrupted": "bold red"}
-# The user information of a URL (`https://user:token@`, `ssh://user:pw@`, `git+https://t@`):
-# up to the authority's last `@`, since a password may hold an unescaped one.
-_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s?#]*@")
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """`text` with credentials in URLs (`https://***@host/...`) and every secret of 4 or more
-    characters replaced by `***`. `redact(repo)` is the repository as it may be shown or
-    recorded."""
-    text = _URL_CREDENTIALS.sub(r"\1***@", text)
-    # Env files yield None for bare keys; shorter values would mask ordinary words.
-    # Longest first, so a secret containing a shorter one is hidden whole.
-    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
 def _emit(line: str) -> None:
     line = redact(line)
     with _LOCK:
@@ -209,8 +194,8 @@ def write_reports(directory: Path, suite: str, results: list[StepResult], meta: 
 
     counts = {"tests": str(len(results)), "failures": str(sum(r.failed for r in results)),
               "errors": "0", "skipped": str(sum(r.skipped for r in results)), "time": f"{total:.3f}"}
-    root = ET.Element("testsuites", name=suite, **counts)
-    testsuite = ET.SubElement(root, "testsuite", name=suite, **counts)
+    root = ET.Element("testsuites", {"name": suite, **counts})
+    testsuite = ET.SubElement(root, "testsuite", {"name": suite, **counts})
     properties = ET.SubElement(testsuite, "properties")
     for key, value in meta.items():
         ET.SubElement(properties, "property", name=xml(key),

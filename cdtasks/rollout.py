@@ -5,8 +5,8 @@ the record that ties the two: the versions that passed production tests on prod-
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
 
 from . import records, services, stack
 from .checkout import Checkout
@@ -68,7 +68,7 @@ def update(cluster: Cluster, settings: Settings, image: str, log: Log, dry_run: 
     """Pre-pull, `docker service update --image`, then wait for Swarm to report completion;
     a rollout that did not end well fails the step. `lock` (the service's, held) is checked
     right before the update, after the pre-pull that may take long (LockLost)."""
-    svc = settings.app_service
+    svc = settings.services.app_service
     if record:
         record(["docker", "service", "update", "--image", image, svc])
     if dry_run:
@@ -80,7 +80,7 @@ def update(cluster: Cluster, settings: Settings, image: str, log: Log, dry_run: 
             lock.check()
         return services.update_image(manager, svc, image)
     on_manager(cluster, change, log)
-    return check(services.wait_rollout(cluster.manager(), svc, image, settings.services_timeout,
+    return check(services.wait_rollout(cluster.manager(), svc, image, settings.services.services_timeout,
                                        log, cluster=cluster))
 
 
@@ -102,7 +102,7 @@ def settle(cluster: Cluster, settings: Settings, image: str, converged_at: float
     reported by Swarm. converged_at 0 (not known): the period counts from now."""
     manager = cluster.manager()
     until = (converged_at or time.monotonic()) + services.MONITOR
-    check(services.wait_rollout(manager, settings.app_service, image, settings.services_timeout,
+    check(services.wait_rollout(manager, settings.services.app_service, image, settings.services.services_timeout,
                                 log, stable_until=until, cluster=cluster))
 
 
@@ -111,16 +111,16 @@ def host_ip(cluster: Cluster, settings: Settings, routing: str) -> str:
     without it, a node that runs a proxy task."""
     nodes = list(cluster.endpoints) if routing == "mesh" else stack.proxy_nodes(cluster, settings)
     if not nodes:
-        raise StepFailed(f"no node of {settings.env} runs a {settings.proxy_service} task")
+        raise StepFailed(f"no node of {settings.env} runs a {settings.services.proxy_service} task")
     address = cluster.endpoints[nodes[0]].address
-    return address if settings.proxy_port == 80 else f"{address}:{settings.proxy_port}"
+    return address if settings.services.proxy_port == 80 else f"{address}:{settings.services.proxy_port}"
 
 
 def runs(cluster: Cluster, settings: Settings, image: str) -> None:
     """The service's spec must run exactly `image` (tests of anything else verify nothing)."""
-    running = services.current_image(cluster.manager(), settings.app_service)
+    running = services.current_image(cluster.manager(), settings.services.app_service)
     if running != image:
-        raise StepFailed(f"{settings.app_service} on {settings.env} runs {running}, not {image}: "
+        raise StepFailed(f"{settings.services.app_service} on {settings.env} runs {running}, not {image}: "
                          f"the production tests would test another version")
 
 

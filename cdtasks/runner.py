@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import signal
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 from . import interrupt
 from .interrupt import Interrupted
@@ -133,8 +134,8 @@ def run_steps(names: Sequence[str], steps: Mapping[str, Step], progress, *,
                     progress.done(result)
                     results.append(result)
                     continue
-                partner, undo = overlap.get(name, (None, None))
-                if partner and names[i + 1:i + 2] == [partner]:
+                if name in overlap and names[i + 1:i + 2] == [overlap[name][0]]:
+                    partner, undo = overlap[name]
                     ahead[partner] = (pool.submit(attempt, partner, steps[partner], dry_run, origin),
                                       undo)
                 results.append(run_step(name, steps[name], progress, dry_run, origin))

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Callable, Mapping, Sequence
+from datetime import datetime
 
 from docker import types
 from docker.errors import APIError, DockerException, NotFound
@@ -46,7 +46,7 @@ class ServiceSpec:
     secrets: tuple[tuple[str, str], ...] = ()  # (secret name, file name in /run/secrets)
     labels: tuple[tuple[str, str], ...] = ()
 
-    def validated(self) -> "ServiceSpec":
+    def validated(self) -> ServiceSpec:
         try:
             pinned_image(self.image)
         except ValueError as exc:
@@ -84,7 +84,7 @@ class ServiceSpec:
 
 def _cli_mount(m: str) -> str:
     """`type=bind,source=A,target=B[,readonly]` -> the SDK's `A:B[:ro]` form."""
-    parts = dict(p.split("=", 1) if "=" in p else (p, "1") for p in m.split(","))
+    parts = {k: v if sep else "1" for k, sep, v in (p.partition("=") for p in m.split(","))}
     return f"{parts['source']}:{parts['target']}" + (":ro" if "readonly" in parts else "")
 
 
@@ -266,7 +266,7 @@ def replica_images(client, name: str) -> list[tuple[str, str]]:
     """(node, image) of every task of the service that runs now, sorted: what really serves."""
     _, _, tasks = running_tasks(client, name)
     nodes = hostnames(client)
-    return sorted((nodes.get(t.get("NodeID"), t.get("NodeID", "?")), t["Spec"]["ContainerSpec"]["Image"])
+    return sorted((nodes.get(t.get("NodeID", ""), t.get("NodeID", "?")), t["Spec"]["ContainerSpec"]["Image"])
                   for t in tasks if t["Status"]["State"] == "running")
 
 

@@ -4,9 +4,9 @@ Plans are plain data (tuples of actions), so the logic is tested without an engi
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import docker
 
@@ -83,12 +83,12 @@ def member_of(node_attrs: Mapping) -> Member:
 def plan_membership(settings: Settings, infos: Mapping[str, NodeInfo],
                     members: Sequence[Member]) -> tuple[Action, ...]:
     """Init, joins, role changes and removal of stale entries that make the swarm match NODES."""
-    want_role = {n: ("worker" if n in settings.workers else "manager") for n in settings.nodes}
-    anchor = next((infos[n] for n in settings.managers
+    want_role = {n: ("worker" if n in settings.cluster.workers else "manager") for n in settings.cluster.nodes}
+    anchor = next((infos[n] for n in settings.cluster.managers
                    if n in infos and infos[n].controls), None)
     actions: list[Action] = []
     if anchor is None:
-        first = settings.leader
+        first = settings.cluster.leader
         if infos[first].state != "inactive":
             raise SwarmError(f"node {first} is in swarm state {infos[first].state!r}, "
                              f"not part of a healthy cluster; destroy and provision it again")
@@ -99,7 +99,7 @@ def plan_membership(settings: Settings, infos: Mapping[str, NodeInfo],
     by_host: dict[str, list[Member]] = {}
     for m in members:
         by_host.setdefault(m.hostname, []).append(m)
-    for name in settings.nodes:
+    for name in settings.cluster.nodes:
         info = infos[name]
         # Entries for this hostname that are not the node running now: left by a machine
         # that was removed and recreated. Remove them so `docker node ls` tells the truth.
@@ -109,7 +109,7 @@ def plan_membership(settings: Settings, infos: Mapping[str, NodeInfo],
             if m.id != info.node_id and (info.state == "inactive" or m.status != "ready"
                                          or m.reachability == "unreachable"):
                 actions.append(Action("remove", name, {"id": m.id, "role": m.role}))
-        if anchor is None and name == settings.leader:
+        if anchor is None and name == settings.cluster.leader:
             continue
         if info.state == "inactive":
             actions.append(Action("join", name, {"role": want_role[name]}))
@@ -131,11 +131,11 @@ def plan_labels(settings: Settings, members: Sequence[Member]) -> tuple[Action, 
     """Labels to set so every node carries the labels NODE_LABELS gives it."""
     actions = []
     ready = {m.hostname: m for m in members if m.status == "ready"}
-    for name in settings.nodes:
+    for name in settings.cluster.nodes:
         m = ready.get(name)
         if m is None:
             continue
-        for key, value in sorted(settings.labels_of(name).items()):
+        for key, value in sorted(settings.cluster.labels_of(name).items()):
             if m.labels.get(key) != value:
                 actions.append(Action("label", name, {"id": m.id, "key": key, "value": value}))
     return tuple(actions)
@@ -149,8 +149,8 @@ def read(clients: Mapping, addresses: Mapping[str, str]) -> tuple[dict[str, Node
     return infos, members
 
 
-def _manager_client(clients: Mapping, infos: Mapping[str, NodeInfo], settings: Settings):
-    for name in settings.managers:
+def _manager_client(clients: Mapping, settings: Settings):
+    for name in settings.cluster.managers:
         if info_of(name, "", clients[name].info()).controls:
             return clients[name]
     raise SwarmError(f"no manager of {settings.env} answers")
@@ -182,13 +182,12 @@ def apply(settings: Settings, clients: Mapping, addresses: Mapping[str, str],
 
 def _apply_one(settings: Settings, clients: Mapping, addresses: Mapping[str, str],
                action: Action, log: Log) -> None:
-    infos = {n: None for n in clients}
     log(f"{settings.env}: {action}")
     if action.kind == "init":
         addr = addresses[action.node]
         clients[action.node].swarm.init(advertise_addr=addr, listen_addr=f"0.0.0.0:{SWARM_PORT}")
         return
-    manager = _manager_client(clients, infos, settings)
+    manager = _manager_client(clients, settings)
     if action.kind == "join":
         tokens = manager.swarm.attrs["JoinTokens"]
         # The manager we talk to is alive; RemoteManagers may list a dead one first.
@@ -251,8 +250,8 @@ IPVS_PROBE = "modprobe -q ip_vs 2>/dev/null; test -e /proc/net/ip_vs"
 
 def routing_mode(settings: Settings, probe_results: Mapping[str, bool]) -> tuple[str, str]:
     """(mode, reason): the routing mesh when every node's kernel has IPVS, else dnsrr."""
-    if settings.routing != "auto":
-        return settings.routing, f"ROUTING={settings.routing} in {settings.source}"
+    if settings.cluster.routing != "auto":
+        return settings.cluster.routing, f"ROUTING={settings.cluster.routing} in {settings.source}"
     lacking = sorted(n for n, ok in probe_results.items() if not ok)
     if lacking:
         return "dnsrr", (f"no IPVS in the kernel of {', '.join(lacking)}: services use host-mode "

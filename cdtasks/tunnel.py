@@ -14,9 +14,10 @@ import shutil
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+import fabric
 import paramiko
 
 DIAL = "docker system dial-stdio"
@@ -33,16 +34,14 @@ def _pump(read: Callable[[int], bytes], write: Callable[[bytes], object],
     except (OSError, EOFError, paramiko.SSHException):
         pass  # the other side went away: the connection is over either way
     finally:
-        try:
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
             done()
-        except (OSError, EOFError, paramiko.SSHException):
-            pass
 
 
 class Tunnel:
     """A unix socket on this machine that reaches one node's Docker over a verified SSH link."""
 
-    def __init__(self, node: str, connect: Callable[[], object]):
+    def __init__(self, node: str, connect: Callable[[], fabric.Connection]):
         self.node = node
         self._connect = connect  # -> an opened Fabric Connection (host key already verified)
         self._conns = [connect()]

@@ -17,13 +17,14 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any
 
 from . import git, records
 from .interrupt import exit_code
-from .report import redact
+from .redaction import redact
 
 KIND = "watch"
 GIT_TIMEOUT = 60  # seconds for one `git ls-remote` (a URL that hangs must not stop the watcher)
@@ -118,9 +119,9 @@ class RecordStore:
     """The watch records of a service on a cluster; `connect` gives a manager's client and is
     asked again after a failure (the cluster may have come back through another manager)."""
 
-    def __init__(self, connect: Callable[[], object], service: str):
+    def __init__(self, connect: Callable[[], Any], service: str):
         self._connect = connect
-        self._manager = None
+        self._manager: Any = None
         self.service = service
 
     def _call(self, fn: Callable):
@@ -148,10 +149,10 @@ class Runs:
     finished: dict[str, dict] = field(default_factory=dict)  # commit -> its `finished` record
 
     @classmethod
-    def of(cls, rows: Sequence[Mapping], repo: str, branch: str) -> "Runs":
+    def of(cls, rows: Sequence[Mapping], repo: str, branch: str) -> Runs:
         runs = cls()
         for row in rows:
-            kept = {"taken": runs.taken, "finished": runs.finished}.get(row.get("event"))
+            kept = {"taken": runs.taken, "finished": runs.finished}.get(row.get("event", ""))
             if kept is not None and row.get("repo") == repo and row.get("branch") == branch:
                 kept[row.get("commit", "")] = dict(row)
         return runs
@@ -203,7 +204,7 @@ def read_reports(places: Sequence[tuple[Path, str]], since: float) -> tuple[dict
 def save_run(directory: Path, payload: Mapping) -> Path:
     """One JSON file per finished run (with its reports) under `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%f")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%f")
     path = directory / f"{stamp}-{str(payload.get('commit', ''))[:12]}.json"
     path.write_text(json.dumps(dict(payload), indent=2) + "\n", encoding="utf-8")
     return path
@@ -296,6 +297,7 @@ class Watcher:
         finished = {k: taken[k] for k in ("repo", "branch", "commit")}
         finished.update(event="finished", time=records.now(), code=result.code, ok=result.ok,
                         result=text[:RESULT_CHARS], seconds=round(time.monotonic() - started, 1))
+        assert self._runs is not None  # read when the commit was taken
         self._runs.finished[taken["commit"]] = finished
         try:
             self.store.put(finished)

@@ -15,8 +15,8 @@ import ipaddress
 import json
 import socket
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 from urllib.parse import parse_qs
 
 MAX_BODY = 1 << 20  # bytes; a push event of 20 commits is well under 100 KB
@@ -170,9 +170,10 @@ class Webhook:
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.server.server_address[:2]
+        host, port = self.server.server_address[:2]  # an AF_INET server: (host, port)
+        return str(host), int(port)
 
-    def start(self) -> "Webhook":
+    def start(self) -> Webhook:
         self.thread.start()
         return self
 

@@ -7,6 +7,7 @@ it pins, and the build fails if Debian ships another upstream version than the p
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import fnmatch
 import hashlib
@@ -15,11 +16,11 @@ import shlex
 import subprocess
 import tarfile
 import tempfile
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
 
 from .. import procs
 
@@ -272,10 +273,9 @@ def _build(client, images: list[Image], log: Callable[[str], None], force: bool)
                     str(source), repository=image.repo, tag=image.version, changes=changes)
                 built.append(image.ref)
                 if old:  # the replaced build, now untagged: don't let rebuilds pile up
-                    try:
+                    # Still used by a container: Docker keeps it, so do we.
+                    with contextlib.suppress(Exception):
                         client.images.remove(old)
-                    except Exception:  # still used by a container: Docker keeps it, so do we
-                        pass
     return built
 
 

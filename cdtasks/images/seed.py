@@ -10,13 +10,14 @@ copied into a container of the node image, which is committed as `<node image>-s
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 from . import Image, ImageError, _build_lock, _image_id, build, save
 
@@ -90,10 +91,9 @@ def _make(client, node: Image, images: list[Image], host_config: HostConfig,
                    changes=node.changes() + [
                        f"LABEL {SEED_LABEL}={_key(client, node, images)}"])
         if old:  # the replaced seed, now untagged
-            try:
+            # Still used by a container: Docker keeps it, so do we.
+            with contextlib.suppress(Exception):
                 client.images.remove(old)
-            except Exception:  # still used by a container: Docker keeps it, so do we
-                pass
     finally:
         for cid in made:
             api.remove_container(cid, force=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from abc import ABC, abstractmethod
-from typing import Sequence
+from collections.abc import Sequence
 
 from .. import engine
 from ..engine import Endpoint
@@ -28,11 +28,16 @@ class Provider(ABC):
     def endpoints(self, nodes: Sequence[str]) -> dict[str, Endpoint]:
         """Endpoints of the nodes that exist now (missing ones are left out)."""
 
-    # True when every node sees the host's WORKSPACE_DIR at the same path (a mount); otherwise
-    # each checkout is copied to the CD node before compose bind-mounts from it.
-    shares_workspace = False
-    # Nodes worked on at once (SSH connections, image copies).
-    parallel = 16
+    @property
+    def shares_workspace(self) -> bool:
+        """True when every node sees the host's WORKSPACE_DIR at the same path (a mount);
+        otherwise each checkout is copied to the CD node before compose bind-mounts from it."""
+        return False
+
+    @property
+    def parallel(self) -> int:
+        """Nodes worked on at once (SSH connections, image copies)."""
+        return 16
 
     def image_source(self):
         """The engine whose offline-built images are copied into the nodes: the local one when
@@ -54,9 +59,9 @@ class Provider(ABC):
 def removed_with_registry(settings, removed: list[str], log: Log, purge: bool) -> list[str]:
     """The end of `remove` where the registry's data lives on this machine: delete it only
     when purging, then say what went."""
-    if purge and settings.registry_dir.exists():
-        shutil.rmtree(settings.registry_dir)
-        removed.append(f"registry data {settings.registry_dir}")
+    if purge and settings.registry.registry_dir.exists():
+        shutil.rmtree(settings.registry.registry_dir)
+        removed.append(f"registry data {settings.registry.registry_dir}")
     for r in removed:
         log(f"removed {r}")
     return removed

@@ -30,7 +30,7 @@ def _key_pem(key) -> bytes:
 
 
 def _cert(subject: str, key, issuer_cert, issuer_key, *, ca=False, server_names=(), client=False):
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     builder = (x509.CertificateBuilder()
                .subject_name(name)
@@ -55,10 +55,10 @@ def ensure_ca(directory: Path) -> None:
     """CA and client certificate, shared by every node of a lab. An existing CA is kept (the
     nodes' server certificates hang on it); a lost client certificate is issued anew."""
     if not (directory / "ca.pem").exists() or not (directory / "ca-key.pem").exists():
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca = _cert("cdtasks CA", ca_key, None, None, ca=True)
-        _write(directory / "ca-key.pem", _key_pem(ca_key), private=True)
-        _write(directory / "ca.pem", ca.public_bytes(serialization.Encoding.PEM))
+        root_key = ec.generate_private_key(ec.SECP256R1())
+        root = _cert("cdtasks CA", root_key, None, None, ca=True)
+        _write(directory / "ca-key.pem", _key_pem(root_key), private=True)
+        _write(directory / "ca.pem", root.public_bytes(serialization.Encoding.PEM))
     if (directory / "cert.pem").exists() and (directory / "key.pem").exists():
         return
     ca_key = serialization.load_pem_private_key((directory / "ca-key.pem").read_bytes(), None)

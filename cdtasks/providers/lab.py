@@ -7,21 +7,22 @@ known_hosts). Everything created carries the label io.cdtasks.lab=<LAB_NAME>.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import docker
 from docker.errors import APIError, NotFound
 
 from .. import engine, images, state
-from ..images import seed
 from ..config import Settings
 from ..engine import Endpoint
+from ..images import seed
 from ..log import Log
 from . import certs
 from .base import Provider, ProviderError, removed_with_registry
@@ -51,7 +52,7 @@ class LabProvider(Provider):
     def __init__(self, settings: Settings, host: docker.DockerClient | None = None):
         self.s = settings
         self._host = host
-        self.root = settings.state_dir / settings.lab_name
+        self.root = settings.cluster.state_dir / settings.cluster.lab_name
         self.known_hosts = self.root / "known_hosts"
         self.ssh_key = self.root / "id_ed25519"
 
@@ -67,19 +68,19 @@ class LabProvider(Provider):
 
     @property
     def network(self) -> str:
-        return self.s.lab_name
+        return self.s.cluster.lab_name
 
     def container_name(self, node: str) -> str:
-        return f"{self.s.lab_name}-{node}"
+        return f"{self.s.cluster.lab_name}-{node}"
 
     def volume_name(self, node: str) -> str:
-        return f"{self.s.lab_name}-{node}-docker"
+        return f"{self.s.cluster.lab_name}-{node}-docker"
 
     def machine_dir(self, node: str) -> Path:
         return self.root / "machines" / node
 
     def labels(self, node: str | None = None) -> dict[str, str]:
-        out = {LAB_LABEL: self.s.lab_name, ENV_LABEL: self.s.env}
+        out = {LAB_LABEL: self.s.cluster.lab_name, ENV_LABEL: self.s.env}
         if node:
             out[NODE_LABEL] = node
         return out
@@ -87,14 +88,14 @@ class LabProvider(Provider):
     def shared_dirs(self) -> dict[Path, Path]:
         """Host directory -> where every node mounts it: the registry's storage (shared by both
         clusters) and the workspace compose bind-mounts from, each at the same path."""
-        return {d: d for d in (self.s.registry_dir, self.s.workspace_dir)}
+        return {d: d for d in (self.s.registry.registry_dir, self.s.delivery.workspace_dir)}
 
     def host_ports(self, node: str) -> dict[str, int | None]:
         """Fixed host ports when LAB_PORT_BASE is set: base + 10 * node index + slot."""
-        if not self.s.lab_port_base:
+        if not self.s.cluster.lab_port_base:
             return {k: None for k in PORTS}
-        i = self.s.nodes.index(node)
-        return {k: self.s.lab_port_base + 10 * i + slot for slot, k in enumerate(PORTS)}
+        i = self.s.cluster.nodes.index(node)
+        return {k: self.s.cluster.lab_port_base + 10 * i + slot for slot, k in enumerate(PORTS)}
 
     # -- queries ---------------------------------------------------------------------------
     def _container(self, node: str):
@@ -152,7 +153,7 @@ class LabProvider(Provider):
             results = list(pool.map(lambda n: self._ensure_node(n, node_ref, log), nodes))
         with _SHARED:
             self._write_known_hosts()
-        return dict(zip(nodes, results))
+        return dict(zip(nodes, results, strict=True))
 
     def node_image(self, log: Log) -> str:
         """What new machines start from: the node image with the registry image already in its
@@ -172,9 +173,9 @@ class LabProvider(Provider):
                                         f"taken; change LAB_PORT_BASE or free the port")
 
     def _ensure_network(self) -> None:
-        if not self.host.networks.list(names=[self.network], filters={"label": f"{LAB_LABEL}={self.s.lab_name}"}):
+        if not self.host.networks.list(names=[self.network], filters={"label": f"{LAB_LABEL}={self.s.cluster.lab_name}"}):
             self.host.networks.create(self.network, driver="bridge",
-                                      labels={LAB_LABEL: self.s.lab_name})
+                                      labels={LAB_LABEL: self.s.cluster.lab_name})
 
     def _prepare_machine(self, node: str) -> Path:
         """Certificates and keys for a new machine; what the node gets goes to machine/node/."""
@@ -227,10 +228,8 @@ class LabProvider(Provider):
         return self.host.containers.get(created["Id"])
 
     def _remove_volume(self, node: str) -> None:
-        try:
+        with contextlib.suppress(NotFound):
             self.host.volumes.get(self.volume_name(node)).remove(force=True)
-        except NotFound:
-            pass
 
     def _wait_ready(self, endpoint: Endpoint, container) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -255,7 +254,7 @@ class LabProvider(Provider):
         if not self.root.is_dir():
             return
         lines = []
-        for c in self.host.containers.list(filters={"label": f"{LAB_LABEL}={self.s.lab_name}"}):
+        for c in self.host.containers.list(filters={"label": f"{LAB_LABEL}={self.s.cluster.lab_name}"}):
             node = c.labels.get(NODE_LABEL)
             pub = self.root / "machines" / node / "node" / "ssh" / "host_key.pub"
             ports = (c.attrs["NetworkSettings"]["Ports"] or {}).get("22/tcp")
@@ -280,9 +279,9 @@ class LabProvider(Provider):
             if self.machine_dir(node).exists():
                 shutil.rmtree(self.machine_dir(node))
                 removed.append(f"keys and certificates of {node}")
-        others = self.host.containers.list(all=True, filters={"label": f"{LAB_LABEL}={self.s.lab_name}"})
+        others = self.host.containers.list(all=True, filters={"label": f"{LAB_LABEL}={self.s.cluster.lab_name}"})
         if not others:
-            for net in self.host.networks.list(filters={"label": f"{LAB_LABEL}={self.s.lab_name}"}):
+            for net in self.host.networks.list(filters={"label": f"{LAB_LABEL}={self.s.cluster.lab_name}"}):
                 net.remove()
                 removed.append(f"network {net.name}")
             if self.root.exists():
@@ -293,7 +292,7 @@ class LabProvider(Provider):
         return removed_with_registry(self.s, removed, log, purge)
 
 
-def dind_host_config(api, binds: dict, **more) -> dict:
+def dind_host_config(api, binds: Mapping[str, dict], **more) -> dict:
     """A host config for a container running its own dockerd, with `binds` and `more` options."""
     host_config = api.create_host_config(
         # --privileged fails on kernels without CAP_SYS_RESOURCE: grant the rest instead.

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .. import state
 from ..config import Settings
@@ -68,7 +68,7 @@ def parse_config(output: str) -> dict[str, str]:
 
 def _message(proc: subprocess.CompletedProcess) -> str:
     """docker-machine's own words: the last lines of stderr (else stdout)."""
-    lines = [l for l in (proc.stderr or proc.stdout or "").strip().splitlines() if l.strip()]
+    lines = [ln for ln in (proc.stderr or proc.stdout or "").strip().splitlines() if ln.strip()]
     return " / ".join(lines[-2:]) if lines else f"exit code {proc.returncode}"
 
 
@@ -81,12 +81,12 @@ class MachineProvider(Provider):
 
     @property
     def shares_workspace(self) -> bool:
-        return self.s.machine_driver == "virtualbox"
+        return self.s.machine.machine_driver == "virtualbox"
 
     @property
     def share_folder(self) -> Path:
         """One folder holds what the VMs must see: the registry's storage and the workspace."""
-        return Path(os.path.commonpath([self.s.registry_dir, self.s.workspace_dir]))
+        return Path(os.path.commonpath([self.s.registry.registry_dir, self.s.delivery.workspace_dir]))
 
     def _env(self) -> dict:
         env = dict(os.environ)
@@ -146,7 +146,7 @@ class MachineProvider(Provider):
     def endpoints(self, nodes: Sequence[str]) -> dict[str, Endpoint]:
         states = self.states()
         running = [n for n in nodes if states.get(n, ("",))[0] == "Running"]
-        return dict(zip(running, self._each(self._endpoint, running)))
+        return dict(zip(running, self._each(self._endpoint, running), strict=True))
 
     # -- create ----------------------------------------------------------------------------
     def ensure(self, nodes: Sequence[str], log: Log) -> dict[str, Endpoint]:
@@ -158,14 +158,14 @@ class MachineProvider(Provider):
                                 "NAME` (or `inv destroy`) and provision again")
         if self.shares_workspace:
             state.private_dir(self.share_folder)
-        for d in (self.s.registry_dir, self.s.workspace_dir):
+        for d in (self.s.registry.registry_dir, self.s.delivery.workspace_dir):
             state.private_dir(d)
 
         def one(node: str) -> str | None:
             state = states.get(node, ("",))[0]
             try:
                 if not state:
-                    log(f"{node}: docker-machine create -d {self.s.machine_driver}")
+                    log(f"{node}: docker-machine create -d {self.s.machine.machine_driver}")
                     self._create(node)
                 elif state != "Running":
                     log(f"{node}: starting the {state.lower()} machine")
@@ -177,17 +177,17 @@ class MachineProvider(Provider):
         errors = [e for e in self._each(one, nodes) if e]
         if errors:
             raise ProviderError("; ".join(errors))
-        return dict(zip(nodes, self._each(self._endpoint, nodes)))
+        return dict(zip(nodes, self._each(self._endpoint, nodes), strict=True))
 
     def _create(self, node: str) -> None:
-        proc = self.dm("create", "-d", self.s.machine_driver, *self.s.machine_options, node,
+        proc = self.dm("create", "-d", self.s.machine.machine_driver, *self.s.machine.machine_options, node,
                        timeout=CREATE_TIMEOUT)
         if proc.returncode != 0:
             # docker-machine keeps a half-made machine (state Error): remove it so that the
             # next provision starts clean, then say what docker-machine said.
             if node in self.states():
                 self.dm("rm", "-f", node)
-            raise ProviderError(f"machine {node}: `{BINARY} create -d {self.s.machine_driver}` "
+            raise ProviderError(f"machine {node}: `{BINARY} create -d {self.s.machine.machine_driver}` "
                                 f"failed: {_message(proc)}")
 
     # -- remove ----------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 from .. import engine, state, swarm
 from ..config import Settings
@@ -43,15 +43,15 @@ class SshProvider(Provider):
 
     def __init__(self, settings: Settings):
         self.s = settings
-        self.hosts = {n: (user or settings.ssh_user, host, port)
-                      for n, user, host, port in settings.ssh_hosts}
-        self.configured = dict(settings.node_addresses)
-        self.keys = dict(settings.ssh_keys)
-        self.cache = settings.state_dir / "ssh" / f"{settings.env}-addresses.json"
+        self.hosts = {n: (user or settings.ssh.ssh_user, host, port)
+                      for n, user, host, port in settings.ssh.ssh_hosts}
+        self.configured = dict(settings.ssh.node_addresses)
+        self.keys = dict(settings.ssh.ssh_keys)
+        self.cache = settings.cluster.state_dir / "ssh" / f"{settings.env}-addresses.json"
 
     @property
     def parallel(self) -> int:
-        return self.s.ssh_parallel
+        return self.s.ssh.ssh_parallel
 
     def where(self, node: str) -> str:
         user, host, port = self.hosts[node]
@@ -61,7 +61,7 @@ class SshProvider(Provider):
         user, host, port = self.hosts[node]
         return Endpoint(node=node, docker_host=f"ssh://{user}@{host}:{port}", cert_path=None,
                         address=address, ssh_host=host, ssh_port=port, ssh_user=user,
-                        ssh_key=self.keys.get(node, self.s.ssh_key), known_hosts=self.s.ssh_known_hosts)
+                        ssh_key=self.keys.get(node, self.s.ssh.ssh_key), known_hosts=self.s.ssh.ssh_known_hosts)
 
     def _each(self, fn, nodes: Sequence[str]) -> list:
         with ThreadPoolExecutor(max_workers=max(1, min(self.parallel, len(nodes)))) as pool:
@@ -88,7 +88,7 @@ class SshProvider(Provider):
         known = {**self._cached(), **self.configured}
         unknown = [n for n in nodes if n not in known]
         if unknown:  # never provisioned from here: ask the hosts
-            known.update(zip(unknown, self._each(self._address_of, unknown)))
+            known.update(zip(unknown, self._each(self._address_of, unknown), strict=True))
         return {n: self.endpoint(n, known[n]) for n in nodes}
 
     def _address_of(self, node: str) -> str:
@@ -97,7 +97,7 @@ class SshProvider(Provider):
 
     # -- check -----------------------------------------------------------------------------
     def ensure(self, nodes: Sequence[str], log: Log) -> dict[str, Endpoint]:
-        addresses = dict(zip(nodes, self._each(lambda n: self._check(n, log), nodes)))
+        addresses = dict(zip(nodes, self._each(lambda n: self._check(n, log), nodes), strict=True))
         state.private_dir(self.cache.parent)
         self.cache.write_text(json.dumps({**self._cached(), **addresses}, indent=1))
         return {n: self.endpoint(n, a) for n, a in addresses.items()}
@@ -120,7 +120,7 @@ class SshProvider(Provider):
                 raise ProviderError(f"{where}: Docker {proc.stdout.strip()} is too old: "
                                     f"{'.'.join(map(str, MIN_DOCKER))} or newer is needed")
             # The registry bind-mounts it; on servers it should be storage both clusters share.
-            conn.run(shlex.join(["mkdir", "-p", "-m", "700", str(self.s.registry_dir)]), hide=True)
+            conn.run(shlex.join(["mkdir", "-p", "-m", "700", str(self.s.registry.registry_dir)]), hide=True)
             address = self._detect_address(node, conn)
         log(f"{node}: Docker {proc.stdout.strip()} at {self.where(node)}, swarm address {address}")
         return address
@@ -130,7 +130,7 @@ class SshProvider(Provider):
         """The hosts are not ours to delete: they leave the swarm (its services go with it);
         with purge, the registry's data is deleted too."""
         def one(node: str) -> list[str]:
-            done = []
+            done: list[str] = []
             ep = self.endpoint(node)
             try:
                 client = engine.client(ep)
@@ -142,9 +142,10 @@ class SshProvider(Provider):
             if purge:
                 with engine.ssh(ep) as conn:
                     # Its contents: on servers the directory is usually a mount point.
-                    conn.run(shlex.join(["find", str(self.s.registry_dir), "-mindepth", "1",
-                                         "-delete"]), hide=True, warn=True, timeout=PURGE_TIMEOUT)
-                done.append(f"registry data {self.s.registry_dir} on {node}")
+                    conn.run(shlex.join(["find", str(self.s.registry.registry_dir), "-mindepth", "1",
+                                         "-delete"]), hide=True, warn=True,
+                             timeout=PURGE_TIMEOUT)
+                done.append(f"registry data {self.s.registry.registry_dir} on {node}")
             return done
 
         removed = [r for rs in self._each(one, nodes) for r in rs]

@@ -2,14 +2,16 @@
 imported inside each task: `inv --list` imports every task module and must stay fast."""
 from __future__ import annotations
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit
 
-from .common import CONFIG, JSON_HELP, envs, out, print_json, settings, user_errors
+from .common import CONFIG, UNREACHABLE, envs, out, print_json, settings, user_errors
+from .flags import task
 
-ENV_HELP = "environment (a file in the env directory: test, prod); default: every environment"
+EVERY = {"env": "default: every environment"}
+OF_NODE = {"env": "default: the one whose NODES has the node"}
 
 
-@task(help={"env": ENV_HELP})
+@task(notes=EVERY)
 @user_errors
 def provision(c, env=None):
     """Create or repair the clusters: machines, swarm, labels, registry (idempotent)."""
@@ -25,7 +27,7 @@ def provision(c, env=None):
                          r.routing, f"{r.seconds:.1f}"] for r in results])
 
 
-@task(help={"env": ENV_HELP, "json": JSON_HELP})
+@task(notes=EVERY)
 @user_errors
 def status(c, env=None, json=False):
     """Show each cluster's nodes (roles, state, labels) and services (replicas)."""
@@ -33,8 +35,19 @@ def status(c, env=None, json=False):
     found = [cluster.status(settings(c, e)) for e in envs(c, env)]
     if json:
         print_json({st.env: _status_json(st) for st in found})
-        return
+    else:
+        _status_tables(found, report)
+    empty = [st.env for st in found if not st.members]
+    if empty:
+        raise Exit("error: no machine runs in " + ", ".join(empty) + ": `inv provision"
+                   + (f" --env {empty[0]}`" if len(empty) == 1 else "`") + " creates them",
+                   code=UNREACHABLE)
+
+
+def _status_tables(found, report) -> None:
     for st in found:
+        if not st.members:  # said on stderr, with the exit code
+            continue
         rows = [[m.hostname, m.role + (" (leader)" if m.leader else ""), m.status,
                  m.availability, m.reachability or "-",
                  ",".join(f"{k}={v}" for k, v in sorted(m.labels.items())) or "-"]
@@ -47,8 +60,7 @@ def status(c, env=None, json=False):
                                [list(s) for s in st.services])
 
 
-@task(help={"node": "node name, e.g. swarm-test-1",
-            "env": "environment of the node; default: the one whose NODES has it"})
+@task(notes=OF_NODE)
 @user_errors
 def env(c, node, env=None):
     """Print the exports that point the docker CLI at a node: eval $(inv env NODE)."""
@@ -59,9 +71,7 @@ def env(c, node, env=None):
     out(f"# Run this command to configure your shell: eval $(inv env {node})")
 
 
-@task(help={"node": "node name, e.g. swarm-test-1",
-            "cmd": "command to run instead of an interactive shell",
-            "env": "environment of the node; default: the one whose NODES has it"})
+@task(notes=OF_NODE)
 @user_errors
 def ssh(c, node, cmd=None, env=None):
     """Open a shell, or run one command, on a node over SSH (host key verified)."""
@@ -71,8 +81,7 @@ def ssh(c, node, cmd=None, env=None):
         raise Exit(code=result.exited)
 
 
-@task(help={"env": ENV_HELP,
-            "purge": "also delete the registry data both clusters share"})
+@task(notes=EVERY)
 @user_errors
 def destroy(c, env=None, purge=False):
     """Remove the machines, networks, volumes, certificates and keys the tool created."""
@@ -98,7 +107,7 @@ def _status_json(st) -> dict:
 def _settings_with_node(c, node: str, env: str | None):
     for e in envs(c, env):
         s = settings(c, e)
-        if node in s.nodes:
+        if node in s.cluster.nodes:
             return s
     return settings(c, envs(c, env)[0]).check_node(node)  # raises: names the valid nodes
 

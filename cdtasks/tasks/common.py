@@ -54,8 +54,6 @@ def deployment_exit(result: str) -> int:
     return NOT_RECOVERED if result.startswith("failed") else 0
 
 
-JSON_HELP = "print one JSON document on stdout instead of tables (fields: README); logs on stderr"
-
 # Invoke configuration every task module's collection declares (Invoke reads INVOKE_CDTASKS_*
 # only for declared keys): where a project's files are. None: the defaults of `_where`.
 CONFIG = {"cdtasks": {"project_dir": None, "env_dir": None}}
@@ -107,10 +105,10 @@ def user_errors(task_fn):
         except Exit:
             raise
         except Exception as exc:
-            code = exit_code(exc)
-            if code is None:
+            mapped = exit_code(exc)
+            if mapped is None:
                 raise
-            raise Exit(f"error: {exc}", code=code) from None
+            raise Exit(f"error: {exc}", code=mapped) from None
     return wrapper
 
 

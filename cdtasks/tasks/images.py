@@ -1,12 +1,13 @@
 """images: build the offline images the lab and the sample need."""
 from __future__ import annotations
 
-from invoke import Collection, task
+from invoke import Collection
 
 from .common import out, user_errors
+from .flags import task
 
 
-@task(help={"force": "rebuild even when the cached images match their recipes"})
+@task(name="images", notes={"force": "rebuild even when the cached images match their recipes"})
 @user_errors
 def build_images(c, force=False):
     """Build (or reuse) the offline images from Debian packages: node, registry, python, haproxy, redis."""
@@ -20,4 +21,4 @@ def build_images(c, force=False):
 
 
 ns = Collection("images")
-ns.add_task(build_images, name="images", default=True)
+ns.add_task(build_images, default=True)

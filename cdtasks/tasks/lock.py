@@ -3,21 +3,17 @@ from __future__ import annotations
 
 import time
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit
 
-from .common import BAD_INPUT, CONFIG, envs, out, settings, user_errors
-
-HELP = {
-    "action": "status: who holds the lock, or 'free'; release: remove it (needs --force)",
-    "env": "environment (a file in env/: test, prod); default: every environment",
-    "service": "service whose lock it is (default: the env file's APP_SERVICE)",
-    "force": "with release: remove the lock whoever holds it; its run stops before its next change",
-}
+from .common import BAD_INPUT, CONFIG, envs, out, print_json, settings, user_errors
+from .flags import task
 
 
-@task(help=HELP)
+@task(notes={"env": "default: every environment",
+             "force": "with release: remove the lock whoever holds it; its run stops before its "
+                      "next change"})
 @user_errors
-def lock(c, action, env=None, service=None, force=False):
+def lock(c, action, env=None, service=None, force=False, json=False):
     """Show who holds a service's deployment lock (status), or remove it (release --force)."""
     if action not in ("status", "release"):
         raise Exit(f"error: unknown action {action!r}: use status or release", code=BAD_INPUT)
@@ -27,23 +23,30 @@ def lock(c, action, env=None, service=None, force=False):
     from .. import records  # imported here: `inv --list` stays light
     from ..cluster import Cluster
 
+    docs = {}
     for e in envs(c, env):
         s = settings(c, e)
-        svc = service or s.app_service
+        svc = service or s.services.app_service
         manager = Cluster.of(s).discover().manager()
         if action == "release":
             removed = records.force_release(manager, svc)
+            docs[e] = {"service": svc, "removed": removed.holder if removed else None}
             out(f"{e}: removed the lock of {svc} held by {records.describe(removed.holder)}"
-                if removed else f"{e}: {svc} free, nothing to remove")
+                if removed else f"{e}: {svc} free, nothing to remove", json)
             continue
         state = records.lock_state(manager, svc)
         if state is None:
-            out(f"{e}: {svc} free")
+            docs[e] = {"service": svc, "holder": None, "expires_in": None, "expired": ""}
+            out(f"{e}: {svc} free", json)
             continue
         why = records.expired(state)
+        docs[e] = {"service": svc, "holder": state.holder,
+                   "expires_in": round(state.expires - time.time()), "expired": why}
         left = (f"the next run takes it over ({why})" if why
                 else f"expires in {state.expires - time.time():.0f}s unless renewed")
-        out(f"{e}: {svc} locked by {records.describe(state.holder)}; {left}")
+        out(f"{e}: {svc} locked by {records.describe(state.holder)}; {left}", json)
+    if json:
+        print_json(docs)
 
 
 ns = Collection("lock", lock)

@@ -1,68 +1,75 @@
 """watch, report: follow a branch and deliver each new commit; the release page."""
 from __future__ import annotations
 
+import sys
+from contextlib import redirect_stdout
 from pathlib import Path
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit
 
-from .common import BAD_INPUT, CONFIG, UNREACHABLE, exit_code, out, settings, user_errors
+from .common import (
+    BAD_INPUT,
+    CONFIG,
+    UNREACHABLE,
+    exit_code,
+    out,
+    print_json,
+    settings,
+    user_errors,
+)
+from .flags import task
 
-HELP = {
-    "env": "environment whose cluster delivers and keeps the watch records (default test)",
-    "repo": "repository to follow, URL or local path (default: REPO, else this project)",
-    "branch": "branch to follow (default: WATCH_BRANCH, else the repository's default branch)",
-    "interval": "seconds between two polls (default 60; with --listen 0: only on pushes)",
-    "deploy": "deploy each delivered commit to --to-env (continuous deployment)",
-    "to_env": "environment --deploy deploys to, and whose deployments the page shows (default prod)",
-    "once": "check once: run the newest commit if it is new, exit with that run's code",
-    "listen": "ADDR:PORT to accept signed push notifications on (WEBHOOK_SECRET), e.g. 127.0.0.1:9000",
-}
+NOTES = {"env": "the cluster that delivers and keeps the watch records (default test)",
+         "prod_env": "with --deploy; also whose deployments the page shows (default prod)",
+         "repo": "the one followed", "json": "with --once: the run's result"}
 POLL = 60.0
 
 
-def run_delivery(c, env: str, repo: str, commit: str, deploy: bool, to_env: str):
+def run_delivery(c, env: str, repo: str, commit: str, deploy: bool, prod_env: str):
     """The one place that knows where `inv deliver` lives: it runs exactly what
     `inv deliver --repo REPO --ref COMMIT [--deploy --to-env E]` runs (the task's body, without
     its error wrapper, so that an interruption reaches the watcher as itself) and returns its
     exit code, one line, and the JSON reports it wrote, as a `watch.RunResult`."""
     import time
 
-    from .. import report, watch
+    from .. import watch
+    from ..redaction import redact
     from .delivery import deliver
 
     s, started = settings(c, env), time.time()
     code, text = 0, ""
     try:
-        deliver.body.__wrapped__(c, env=env, repo=repo, ref=commit, deploy=deploy, to_env=to_env)
+        deliver.body.__wrapped__(c, env=env, repo=repo, ref=commit, deploy=deploy,
+                                 prod_env=prod_env)
     except Exit as exc:
         code, text = exc.code, exc.message or ""
     except Exception as exc:  # a library error: its documented code, as `inv deliver` exits
-        code = exit_code(exc)
-        if code is None:
+        mapped = exit_code(exc)
+        if mapped is None:
             raise
-        text = f"error: {exc}"
-    places = [(s.reports_dir, "deliver")]
+        code, text = mapped, f"error: {exc}"
+    places = [(s.delivery.reports_dir, "deliver")]
     if deploy:
-        places.append((settings(c, to_env).reports_dir, "deploy"))
+        places.append((settings(c, prod_env).delivery.reports_dir, "deploy"))
     reports = watch.read_reports(places, started)
     text = "; ".join(t for t in (watch.summary(reports), text) if t)
-    return watch.RunResult(code, report.redact(text, s.secrets), reports)
+    return watch.RunResult(code, redact(text, s.secrets), reports)
 
 
-def _after_run(c, env: str, to_env: str, log):
+def _after_run(c, env: str, prod_env: str, log):
     """What follows each run: keep it for the page, tell the team, rewrite the page."""
     from .. import notify, page, watch
 
-    s, prod = settings(c, env), settings(c, to_env)
+    s, prod = settings(c, env), settings(c, prod_env)
 
     def keep(payload: dict) -> None:
-        watch.save_run(s.reports_dir / watch.RUNS_DIR, payload)
+        watch.save_run(s.delivery.reports_dir / watch.RUNS_DIR, payload)
 
     def tell(payload: dict) -> None:
-        notify.send(payload, s.notify_url, s.notify_command, log)
+        notify.send(payload, s.watch.notify_url, s.watch.notify_command, log)
 
     def publish(payload: dict) -> None:
-        page.write(s.reports_dir / page.FILE_NAME, page.gather(s, prod))
+        page.write(s.delivery.reports_dir / page.FILE_NAME, page.gather(s, prod))
 
     return [keep, tell, publish]
 
@@ -81,10 +88,10 @@ def _pause(interval: str | None, listen: bool) -> float:
     return pause
 
 
-@task(name="watch", help=HELP)
+@task(name="watch", notes=NOTES)
 @user_errors
-def watch_(c, env="test", repo=None, branch=None, interval=None, deploy=False, to_env="prod",
-           once=False, listen=None):
+def watch_(c, env="test", repo=None, branch=None, interval=None, deploy=False, prod_env="prod",
+           once=False, listen=None, json=False):
     """Follow a branch: deliver (--deploy: and deploy) each new commit once; --once for cron."""
     from .. import report, watch  # imported here: `inv --list` stays light
     from ..cluster import Cluster
@@ -93,29 +100,38 @@ def watch_(c, env="test", repo=None, branch=None, interval=None, deploy=False, t
     from ..webhook import ListenError, Webhook
 
     s = settings(c, env)
-    repo = repo or s.repo
+    repo = repo or s.delivery.repo
     log = report.make_logger("watch")
     try:
-        branch = watch.check_branch(branch or s.watch_branch or watch.default_branch(repo))
+        branch = watch.check_branch(branch or s.watch.watch_branch or watch.default_branch(repo))
         pause = _pause(interval, bool(listen))
+        if json and not once:
+            raise ValueError("--json goes with --once (a watcher that keeps running logs lines)")
     except (ValueError, watch.SourceError) as exc:
         raise Exit(f"error: {exc}", code=BAD_INPUT) from None
     w = watch.Watcher(repo, branch,
-                      watch.RecordStore(lambda: Cluster.of(s).discover().manager(), s.app_service),
-                      lambda commit: run_delivery(c, env, repo, commit, deploy, to_env),
-                      interval=pause, after=_after_run(c, env, to_env, log), log=log)
+                      watch.RecordStore(lambda: Cluster.of(s).discover().manager(), s.services.app_service),
+                      lambda commit: run_delivery(c, env, repo, commit, deploy, prod_env),
+                      interval=pause, after=_after_run(c, env, prod_env, log), log=log)
     try:
         if once:
-            with signals_as_interrupt(log):
+            # Under --json stdout holds only the result: the run's own output goes to stderr.
+            with signals_as_interrupt(log), redirect_stdout(sys.stderr if json else sys.stdout):
                 result = w.check()
-            out(f"{w.name} {branch}: " + (result.text if result else "no new commit"))
+            if json:
+                print_json({"repo": w.name, "branch": branch, "new": result is not None,
+                            "code": result.code if result else 0,
+                            "result": result.text if result else "no new commit",
+                            "reports": list(result.reports) if result else []})
+            else:
+                out(f"{w.name} {branch}: " + (result.text if result else "no new commit"))
             if result and not result.ok:
                 raise Exit(code=result.code)
             return
-        hook = Webhook(listen, s.webhook_secret, branch, w.wake.set, log) if listen else None
+        hook = Webhook(listen, s.watch.webhook_secret, branch, w.wake.set, log) if listen else None
         log(f"following {branch} of {w.name}"
             + (f", every {pause:g}s" if pause else "")
-            + (f", pushes on {listen}" if hook else "") + (f", deploying to {to_env}" if deploy else ""))
+            + (f", pushes on {listen}" if hook else "") + (f", deploying to {prod_env}" if deploy else ""))
         try:
             with signals_as_interrupt(log):
                 if hook:
@@ -132,17 +148,24 @@ def watch_(c, env="test", repo=None, branch=None, interval=None, deploy=False, t
         raise Exit("interrupted", code=interrupted_code(exc)) from None
 
 
-@task(name="report", help={"env": "environment of the deliveries, prod-like and the watch (default test)",
-                           "to_env": "environment of the deployments (default prod)",
-                           "output": "where to write the page (default REPORTS_DIR/releases.html)"})
+@task(name="report", notes={"env": "the cluster of the deliveries, prod-like and the watch "
+                                    "(default test)",
+                             "prod_env": "whose deployments the page shows (default prod)",
+                             "output": "the page (default REPORTS_DIR/releases.html); its "
+                                       "directory must exist"})
 @user_errors
-def report_(c, env="test", to_env="prod", output=None):
+def report_(c, env="test", prod_env="prod", output=None):
     """Write the release page: a self-contained HTML file of deliveries, deployments and runs."""
     from .. import page
 
+    if output and not Path(output).resolve().parent.is_dir():
+        raise Exit(f"error: --output {output}: directory {Path(output).resolve().parent} does "
+                   "not exist", code=BAD_INPUT)
+    if output and Path(output).is_dir():
+        raise Exit(f"error: --output {output} is a directory: name the file", code=BAD_INPUT)
     s = settings(c, env)
-    snap = page.gather(s, settings(c, to_env))
-    path = page.write(Path(output) if output else s.reports_dir / page.FILE_NAME, snap)
+    snap = page.gather(s, settings(c, prod_env))
+    path = page.write(Path(output) if output else s.delivery.reports_dir / page.FILE_NAME, snap)
     for view in snap["clusters"]:
         if view["error"]:
             out(f"{view['label']} did not answer: {view['error']}")

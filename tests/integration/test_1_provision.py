@@ -7,6 +7,7 @@ CLI as a user would (`lab.inv`). Tests run in file order; the repair test goes l
 removes a machine."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import re
@@ -191,10 +192,8 @@ def test_image_pushed_via_test_cluster_is_pulled_via_prod(lab):
             box.remove(force=True)
     finally:
         for client in (cd, prod):
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 client.images.remove(ref, force=True)
-            except docker.errors.NotFound:
-                pass
 
 
 def test_registry_refuses_strangers(lab):
@@ -206,7 +205,7 @@ def test_registry_refuses_strangers(lab):
     found = probe_registries(lab.name, addresses, lab.settings("test"), "probe", "1",
                              (LAB_LABEL, lab.name))
     print(found)
-    for node, address in zip(nodes, addresses):
+    for node, address in zip(nodes, addresses, strict=True):
         assert found[address] | {"repositories": None} == {
             "catalog with auth": 200, "repositories": None, "catalog": 401, "push": 401,
             "overwrite tag": 401, "delete": 401, "delete with auth": 405}, (node, found[address])
@@ -215,9 +214,9 @@ def test_registry_refuses_strangers(lab):
 def test_state_is_private(lab):
     """What the tool made under STATE_DIR: directories 0700, keys and credentials 0600."""
     s = lab.settings("test")
-    root = s.state_dir / s.lab_name
-    made = [root, s.registry_dir, s.workspace_dir, registry.auth_dir(s),
-            *[p for p in root.rglob("*") if p.is_dir() and s.workspace_dir not in p.parents]]
+    root = s.cluster.state_dir / s.cluster.lab_name
+    made = [root, s.registry.registry_dir, s.delivery.workspace_dir, registry.auth_dir(s),
+            *[p for p in root.rglob("*") if p.is_dir() and s.delivery.workspace_dir not in p.parents]]
     loose = {str(d): oct(d.stat().st_mode & 0o777) for d in made if d.stat().st_mode & 0o777 != 0o700}
     assert not loose, loose
     names = {"ca-key.pem", "key.pem", "server-key.pem", "host_key", "id_ed25519", "password",
@@ -268,10 +267,10 @@ def _tampered_known_hosts(ep, tmp_path):
     """The lab's known_hosts with the node's entry holding another (valid) ed25519 key."""
     entry = f"[127.0.0.1]:{ep.ssh_port}"
     lines = ep.known_hosts.read_text().splitlines()
-    assert any(l.split()[0] == entry for l in lines), f"{entry} not in {ep.known_hosts}"
+    assert any(ln.split()[0] == entry for ln in lines), f"{entry} not in {ep.known_hosts}"
     other = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
-    out = [f"{entry} {other}" if l.split()[0] == entry else l for l in lines]
+    out = [f"{entry} {other}" if ln.split()[0] == entry else ln for ln in lines]
     path = tmp_path / "known_hosts"
     path.write_text("\n".join(out) + "\n")
     return path
@@ -286,16 +285,15 @@ def test_ssh_verifies_the_host_key(lab, tmp_path):
         assert conn.run("hostname", hide=True).stdout.strip() == "swarm-2"
 
     tampered = dataclasses.replace(ep, known_hosts=_tampered_known_hosts(ep, tmp_path))
-    with pytest.raises(paramiko.BadHostKeyException) as exc:
-        with engine.ssh(tampered) as conn:
-            conn.run("hostname", hide=True)
+    with pytest.raises(paramiko.BadHostKeyException) as exc, engine.ssh(tampered) as conn:
+        conn.run("hostname", hide=True)
     print(f"tampered known_hosts: {exc.value!r}")
 
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
-    with pytest.raises(paramiko.SSHException) as exc:
-        with engine.ssh(dataclasses.replace(ep, known_hosts=empty)) as conn:
-            conn.run("hostname", hide=True)
+    with (pytest.raises(paramiko.SSHException) as exc,
+          engine.ssh(dataclasses.replace(ep, known_hosts=empty)) as conn):
+        conn.run("hostname", hide=True)
     print(f"unknown host: {exc.value!r}")
 
 

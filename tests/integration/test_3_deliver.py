@@ -11,6 +11,7 @@ Tests run in file order; each leaves go-demo running a delivered image on every 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -171,23 +172,25 @@ def at_once(lab, tmp_path: Path, runs: dict[str, list[str]], extra_env: dict | N
     name -> (exit code, stdout, stderr) once all have ended."""
     started = time.monotonic()
     procs = {}
-    for name, args in runs.items():
-        out, err = open(tmp_path / f"{name}.out", "w+"), open(tmp_path / f"{name}.err", "w+")
-        env = {**lab.env, **WIDE, **(extra_env or {}), "CDTASKS_REPORTS_DIR": str(tmp_path / name)}
-        procs[name] = (subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=ROOT,
-                                        env=env, stdout=out, stderr=err, text=True), out, err)
     results = {}
-    for name, (proc, out, err) in procs.items():
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        out.seek(0), err.seek(0)
-        results[name] = (code, out.read(), err.read())
-        out.close(), err.close()
-        print(f"\n--- {' '.join(runs[name])}: exit {code} at {time.monotonic() - started:.1f}s\n"
-              f"{results[name][1].strip()}")
+    with contextlib.ExitStack() as files:
+        for name, args in runs.items():
+            out = files.enter_context(open(tmp_path / f"{name}.out", "w+"))
+            err = files.enter_context(open(tmp_path / f"{name}.err", "w+"))
+            env = {**lab.env, **WIDE, **(extra_env or {}),
+                   "CDTASKS_REPORTS_DIR": str(tmp_path / name)}
+            procs[name] = (subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=ROOT,
+                                            env=env, stdout=out, stderr=err, text=True), out, err)
+        for name, (proc, out, err) in procs.items():
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+            out.seek(0), err.seek(0)
+            results[name] = (code, out.read(), err.read())
+            print(f"\n--- {' '.join(runs[name])}: exit {code} at "
+                  f"{time.monotonic() - started:.1f}s\n{results[name][1].strip()}")
     return results
 
 
@@ -352,7 +355,7 @@ def test_dry_run_prints_every_command_in_order_and_changes_nothing(stack, tmp_pa
         r"compose .* down ",
     ]
     assert len(shown) == len(expected), shown
-    for line, pattern in zip(shown, expected):
+    for line, pattern in zip(shown, expected, strict=True):
         assert re.search(pattern, line), (pattern, line)
     assert len(projects(shown)) == 1, shown  # one compose project for the whole run
     doc, _ = read_reports(reports)
@@ -400,7 +403,7 @@ def test_two_delivers_at_once_do_not_collide(stack, tmp_path):
 
     seen_projects = {}
     succeeded = []
-    for version, (code, stdout, stderr, reports) in results.items():
+    for version, (code, _stdout, stderr, reports) in results.items():
         doc, _ = read_reports(reports)
         seen_projects[version] = projects(doc["meta"]["commands"])
         assert len(seen_projects[version]) == 1, doc["meta"]["commands"]
@@ -427,7 +430,7 @@ def test_two_delivers_at_once_do_not_collide(stack, tmp_path):
 
 def test_deliver_leaves_no_checkout_behind(stack):
     """Every deliver above removed its clone from the workspace, whatever the containers wrote."""
-    workspace = stack.settings("test").workspace_dir
+    workspace = stack.settings("test").delivery.workspace_dir
     left = sorted(p.name for p in workspace.glob(f"{SERVICE}-*")) if workspace.exists() else []
     assert left == [], f"checkouts left in {workspace}: {left}"
 

@@ -124,7 +124,7 @@ def test_a_lock_whose_holder_died_expires(delivered):
 
 def test_rollback_by_hand_and_history(delivered, tmp_path):
     lab, record, _ = delivered
-    lab.inv("rollback", "--env", "prod", "--to", "1.0")
+    lab.inv("rollback", "--env", "prod", "--version", "1.0")
     images = _task_images(_manager(lab, "prod"))
     assert all(":1.0@" in i for i in images) and len(images) == 3, images
     lab.inv("rollback", "--env", "prod")  # back to the last good deployment: 2.0

@@ -97,7 +97,7 @@ def _ssh_world(tmp: Path) -> World:
                                    "REGISTRY_DIR": str(shared),
                                    "WORKSPACE_DIR": str(tmp / "servers" / "unused")}, environ={})
     prov = LabProvider(servers)
-    eps = prov.ensure(servers.nodes, print)
+    eps = prov.ensure(servers.cluster.nodes, print)
 
     def hosts(nodes):
         return ",".join(f"{n}=root@127.0.0.1:{eps[n].ssh_port}" for n in nodes)
@@ -138,7 +138,7 @@ def world(request, tmp_path_factory):
     w.inv("destroy", "--purge", check=False)
     if w.provider == "ssh":
         prov, servers = w.servers
-        prov.remove(servers.nodes, print, purge=True)
+        prov.remove(servers.cluster.nodes, print, purge=True)
 
 
 def _cluster(world: World, env: str) -> Cluster:
@@ -162,7 +162,7 @@ def test_provision(world):
         assert sorted(members) == sorted(nodes)
         assert all(m["Status"]["State"] == "ready" for m in members.values())
         assert all(m["Spec"]["Role"] == "manager" for m in members.values())
-        for node, key, value in world.settings(env).node_labels:
+        for node, key, value in world.settings(env).cluster.node_labels:
             assert members[node]["Spec"]["Labels"].get(key) == value
         running, wanted, _ = services.running_tasks(c.manager(), "registry")
         assert running == wanted == len(nodes)
@@ -207,7 +207,7 @@ def test_deliver(world):
     assert len(images) == 2 and all(i.endswith("@" + record["digest"]) for i in images), images
     if world.provider == "ssh":  # the checkout went to the CD node, and went away after
         assert "copied the checkout to swarm-test-1" in proc.stdout + proc.stderr
-        ws = world.settings("test").workspace_dir
+        ws = world.settings("test").delivery.workspace_dir
         listing = world.inv("ssh", "swarm-test-1", "--cmd", f"ls -A {ws}").stdout.split()
         assert listing == [], listing
 
@@ -232,7 +232,7 @@ def test_registry_refuses_strangers(world):
     found = probe_registries(world.backing_lab, addresses, world.settings("test"), "go-demo",
                              "1.1", (LAB_LABEL, world.backing_lab))
     print(json.dumps(found, indent=1))
-    for node, address in zip(nodes, addresses):
+    for node, address in zip(nodes, addresses, strict=True):
         got = found[address]
         assert got["catalog with auth"] == 200 and "go-demo" in got["repositories"], (node, got)
         assert {k: got[k] for k in ("catalog", "push", "overwrite tag", "delete")} == {
@@ -249,14 +249,14 @@ def _tampered(known_hosts: Path, tmp: Path) -> Path:
     other = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
     path = tmp / "tampered_known_hosts"
-    path.write_text("".join(f"{l.split()[0]} {other}\n" for l in known_hosts.read_text().splitlines()))
+    path.write_text("".join(f"{ln.split()[0]} {other}\n" for ln in known_hosts.read_text().splitlines()))
     return path
 
 
 def test_refusals(world, tmp_path):
     before = _task_images(_cluster(world, "prod").manager())
     if world.provider == "ssh":
-        known = world.settings("prod").ssh_known_hosts
+        known = world.settings("prod").ssh.ssh_known_hosts
         changed = world.inv("provision", "--env", "prod", check=False,
                             extra_env={"CDTASKS_SSH_KNOWN_HOSTS": str(_tampered(known, tmp_path))})
         assert changed.returncode == 3, changed.stderr
@@ -318,8 +318,8 @@ def test_destroy(world):
         # Servers are not ours to delete: they left the swarm, the registry's data is gone.
         prov, servers = world.servers
         states = {n: engine.client(ep).info()["Swarm"]["LocalNodeState"]
-                  for n, ep in prov.endpoints(servers.nodes).items()}
-        assert states == {n: "inactive" for n in servers.nodes}, (states, proc.stdout)
-        left = sorted(str(p.relative_to(servers.registry_dir))
-                      for p in servers.registry_dir.rglob("*"))
+                  for n, ep in prov.endpoints(servers.cluster.nodes).items()}
+        assert states == {n: "inactive" for n in servers.cluster.nodes}, (states, proc.stdout)
+        left = sorted(str(p.relative_to(servers.registry.registry_dir))
+                      for p in servers.registry.registry_dir.rglob("*"))
         assert left == [], (left, proc.stdout)

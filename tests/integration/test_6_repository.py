@@ -28,9 +28,20 @@ from cdtasks import records, services
 from cdtasks.cluster import Cluster
 from cdtasks.rollout import delivered
 
-from .test_3_deliver import (CD_NODE, ROOT, SERVICE, WIDE, assert_runs, at_once,
-                             compose_leftovers, expect_steps, git, hello_through_proxy,
-                             read_reports, table)
+from .test_3_deliver import (
+    CD_NODE,
+    ROOT,
+    SERVICE,
+    WIDE,
+    assert_runs,
+    at_once,
+    compose_leftovers,
+    expect_steps,
+    git,
+    hello_through_proxy,
+    read_reports,
+    table,
+)
 
 APP = ROOT / "tests/apps/hello-book"
 COMPOSE = "docker-compose-ci.yml"
@@ -156,7 +167,7 @@ def no_secret_anywhere(lab, *texts: str) -> None:
     for text in texts:
         assert SECRET not in text, text[-2000:]
     s = lab.settings("test")
-    for where in (s.workspace_dir, lab.state_dir):
+    for where in (s.delivery.workspace_dir, lab.state_dir):
         for f in Path(where).rglob("*"):
             if f.is_file() and f.suffix in (".json", ".jsonl", ".xml"):
                 assert SECRET not in f.read_text(errors="replace"), f

@@ -113,7 +113,7 @@ def _earlier_checkouts(lab):
 
 
 def _all_checkouts(lab) -> list[str]:
-    ws = lab.settings("test").workspace_dir
+    ws = lab.settings("test").delivery.workspace_dir
     return sorted(p.name for p in ws.iterdir() if p.is_dir()) if ws.exists() else []
 
 
@@ -240,7 +240,7 @@ def test_prodtest_without_prodlike_is_refused_and_records_nothing(stack, repo, t
             stack.inv(step, extra_env=env)
         proc = stack.inv("prodtest", check=False, extra_env=env)
     finally:
-        workdir = json.loads(next(stack.settings("test").workspace_dir.glob("*.release.json"))
+        workdir = json.loads(next(stack.settings("test").delivery.workspace_dir.glob("*.release.json"))
                              .read_text())["workdir"]
         subprocess.run(["rm", "-rf", workdir], check=False)
     assert proc.returncode == 17, proc.stdout + proc.stderr
@@ -293,7 +293,7 @@ def test_deploy_interrupted_records_interrupted_and_what_runs(stack, repo, tmp_p
     version = _fresh_version(stack, repo, tmp_path, f"dep-{where}-{how}")
     run = _deploy(stack, version, tmp_path)
     run.wait_for(rf"^\[deploy\] {where} \.\.\.$")
-    time.sleep(STEP_DELAY[where] if where in STEP_DELAY else 1.0)
+    time.sleep(STEP_DELAY.get(where, 1.0))
     run.ctrl_c() if how == "ctrl-c" else run.signal(signal.SIGTERM)
     code = run.finish()
     assert code == (130 if how == "ctrl-c" else 143)

@@ -64,8 +64,11 @@ class Project:
 
 
 def _env_file(name: str) -> str:
-    """This checkout's env file with the sample's paths moved to the project's `app/`."""
+    """This checkout's env file; in base.env (where they are set), the sample's paths moved to
+    the project's `app/`."""
     text = (ROOT / "env" / f"{name}.env").read_text()
+    if name != "base":
+        return text
     for key, value in (("APP_DIR", "app"), ("PROXY_CONFIG", "app/proxy/haproxy.cfg"),
                        ("COMPOSE_FILE", "app/docker-compose-test-local.yml")):
         assert f"\n{key}=" in text, key
@@ -79,7 +82,7 @@ def _project(directory: Path, python: Path, lab, env_dir: str) -> Project:
     `app/`, all in one git repository (the default repository is the project)."""
     shutil.copytree(ROOT / "demo", directory / "app")
     (directory / env_dir).mkdir()
-    for name in ("test", "prod"):
+    for name in ("base", "test", "prod"):
         (directory / env_dir / f"{name}.env").write_text(_env_file(name))
     (directory / "tasks.py").write_text("from cdtasks import ns  # every cdtasks task\n")
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "a project using cdtasks"]):

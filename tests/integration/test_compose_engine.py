@@ -103,13 +103,12 @@ def test_run_bad_raises_with_its_exit_code(make):
 
 def test_session_removes_everything_after_an_exception(make):
     c = make()
-    with pytest.raises(RuntimeError, match="boom"):
-        with c.session():
-            c.up("dep")
-            c.run("ok")
-            containers, networks = labelled(c.project)
-            assert [x.status for x in containers] == ["running"] and networks
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), c.session():
+        c.up("dep")
+        c.run("ok")
+        containers, networks = labelled(c.project)
+        assert [x.status for x in containers] == ["running"] and networks
+        raise RuntimeError("boom")
     assert labelled(c.project) == ([], [])
 
 
@@ -119,9 +118,8 @@ def test_sigterm_during_a_long_run_still_removes_everything(make):
             os.kill(os.getpid(), signal.SIGTERM)
 
     c = make(on_line=terminate_once_started)
-    with pytest.raises(KeyboardInterrupt):
-        with c.session():
-            c.run("dep")
+    with pytest.raises(KeyboardInterrupt), c.session():
+        c.run("dep")
     assert [argv[argv.index("-p") + 2] for argv in c.issued] == ["run", "down"]
     assert labelled(c.project) == ([], [])
 

@@ -9,8 +9,13 @@ import urllib.request
 
 import pytest
 
-from cdtasks.compose import ComposeError, check_contract, compose_command, compose_environment, \
-    read_model
+from cdtasks.compose import (
+    ComposeError,
+    check_contract,
+    compose_command,
+    compose_environment,
+    read_model,
+)
 from cdtasks.images import IMAGES
 from cdtasks.project_images import MissingImage, ensure
 

@@ -14,9 +14,8 @@ import uuid
 from contextlib import closing
 from pathlib import Path
 
-import pytest
-
 import docker
+import pytest
 from docker.tls import TLSConfig
 
 from cdtasks.providers.lab import LAB_LABEL, remove_labelled

@@ -81,7 +81,7 @@ def test_ensure_ca_twice_keeps_the_same_ca(tmp_path):
 
 
 def test_certificates_are_valid_now_and_for_years(lab):
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     for path in (lab[0] / "ca.pem", lab[0] / "cert.pem", lab[1] / "server-cert.pem"):
         c = cert(path)
         assert c.not_valid_before_utc <= now < c.not_valid_after_utc

@@ -2,6 +2,7 @@
 local server that never answers; no network)."""
 from __future__ import annotations
 
+import contextlib
 import http.server
 import socket
 import subprocess
@@ -97,10 +98,8 @@ def test_repo_url_that_never_answers_times_out(tmp_path):
     def hold():
         listener.settimeout(0.2)
         while not stop.is_set():
-            try:
+            with contextlib.suppress(OSError):
                 held.append(listener.accept()[0])
-            except OSError:
-                pass
     thread = threading.Thread(target=hold, daemon=True)
     thread.start()
     port = listener.getsockname()[1]

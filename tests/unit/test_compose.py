@@ -200,27 +200,25 @@ def test_session_downs_on_success(compose_file):
 
 def test_session_downs_on_exception(compose_file):
     runner = FakeRunner()
-    with pytest.raises(RuntimeError, match="boom"):
-        with make(compose_file, runner).session() as c:
-            c.up("staging-dep")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), make(compose_file, runner).session() as c:
+        c.up("staging-dep")
+        raise RuntimeError("boom")
     assert runner.subcommands() == ["up", "down"]
 
 
 def test_session_downs_after_failed_command(compose_file):
     runner = FakeRunner(run=1)
-    with pytest.raises(ComposeError, match="run --rm staging"):
-        with make(compose_file, runner).session() as c:
-            c.run("staging")
+    with (pytest.raises(ComposeError, match="run --rm staging"),
+          make(compose_file, runner).session() as c):
+        c.run("staging")
     assert runner.subcommands() == ["run", "down"]
 
 
 def test_session_downs_on_keyboard_interrupt(compose_file):
     runner = FakeRunner()
-    with pytest.raises(KeyboardInterrupt):
-        with make(compose_file, runner).session() as c:
-            c.up("staging-dep")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), make(compose_file, runner).session() as c:
+        c.up("staging-dep")
+        raise KeyboardInterrupt
     assert runner.subcommands() == ["up", "down"]
 
 
@@ -228,28 +226,25 @@ def test_session_without_down_leaves_the_project_to_the_caller(compose_file):
     runner = FakeRunner(run=1)
     with make(compose_file, runner).session(down=False) as c:
         c.build("app")
-    with pytest.raises(ComposeError):
-        with make(compose_file, runner).session(down=False) as c:
-            c.run("unit")
+    with pytest.raises(ComposeError), make(compose_file, runner).session(down=False) as c:
+        c.run("unit")
     assert runner.subcommands() == ["build", "run"]
 
 
 def test_session_treats_sigterm_as_interrupt_and_restores_handler(compose_file):
     before = signal.getsignal(signal.SIGTERM)
     runner = FakeRunner()
-    with pytest.raises(KeyboardInterrupt):
-        with make(compose_file, runner).session():
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)
+    with pytest.raises(KeyboardInterrupt), make(compose_file, runner).session():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
     assert runner.subcommands() == ["down"]
     assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_failing_down_does_not_mask_the_original_error(compose_file):
     runner = FakeRunner(down=1)
-    with pytest.raises(RuntimeError, match="boom") as err:
-        with make(compose_file, runner).session():
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom") as err, make(compose_file, runner).session():
+        raise RuntimeError("boom")
     assert runner.subcommands() == ["down"]
     assert any("cleanup also failed" in note and "down" in note for note in err.value.__notes__)
 
@@ -257,16 +252,15 @@ def test_failing_down_does_not_mask_the_original_error(compose_file):
 def test_failing_down_does_not_mask_keyboard_interrupt(compose_file):
     def runner(argv, env, on_line):
         raise OSError("engine gone")
-    with pytest.raises(KeyboardInterrupt) as err:
-        with make(compose_file, runner).session():
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt) as err, make(compose_file, runner).session():
+        raise KeyboardInterrupt
     assert "engine gone" in err.value.__notes__[0]
 
 
 def test_failing_down_after_success_raises(compose_file):
-    with pytest.raises(ComposeError, match="down"):
-        with make(compose_file, FakeRunner(down=1)).session():
-            pass
+    with (pytest.raises(ComposeError, match="down"),
+          make(compose_file, FakeRunner(down=1)).session()):
+        pass
 
 
 def test_subprocess_runner_combines_output_and_streams():

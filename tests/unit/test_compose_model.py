@@ -2,14 +2,20 @@
 demo's file, the book-style sample, the book's own go-demo file; and the contract check."""
 from __future__ import annotations
 
-
 from pathlib import Path
 
 import pytest
 
 from cdtasks import compose as mod
-from cdtasks.compose import (ComposeError, ContractError, check_contract, compose_environment,
-                             image_ref, model_of, read_model)
+from cdtasks.compose import (
+    ComposeError,
+    ContractError,
+    check_contract,
+    compose_environment,
+    image_ref,
+    model_of,
+    read_model,
+)
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]  # this checkout
 DEMO = PROJECT_DIR / "demo"

@@ -5,6 +5,7 @@ credentials kept out of the step state, and where deployment runs the production
 delivered record."""
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from pathlib import Path
@@ -102,7 +103,7 @@ def test_a_compose_file_without_staging_is_bad_input_and_nothing_runs(settings, 
     git(hello, "commit", "--quiet", "-am", "no staging")
     d = Delivery(settings, str(hello), "HEAD", "1.0", defer_down=True)
     ran = []
-    steps = {n: (lambda n: lambda d: ran.append(n) or "ok")(n) for n in delivery.STEPS}
+    steps = {n: functools.partial(lambda n, d: ran.append(n) or "ok", n) for n in delivery.STEPS}
     steps["checkout"] = delivery.checkout
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(delivery, "STEP_FUNCS", steps)
@@ -129,7 +130,7 @@ def test_staging_takes_the_cd_nodes_lock_when_runs_could_collide(settings, image
 
 
 def test_the_step_state_keeps_no_credentials(settings, tmp_path):
-    settings.workspace_dir.mkdir(parents=True)
+    settings.delivery.workspace_dir.mkdir(parents=True)
     d = Delivery(settings, "https://ci:t0ken-secret@git.example/app.git", version="1.0",
                  workdir=tmp_path, project="p-1", built="sha256:abc")
     delivery.save_state(d)
@@ -147,9 +148,9 @@ def test_deployment_tests_with_the_delivered_compose_file_and_the_env_files_cred
     record = {"repo": "https://***@git.example/app.git", "commit": "abc",
               "compose_file": "docker-compose-ci.yml"}
     co = checkout_for_tests(d, record)
-    assert (co.repo, co.ref, co.settings.compose_file) == (url, "abc", "docker-compose-ci.yml")
+    assert (co.repo, co.ref, co.settings.delivery.compose_file) == (url, "abc", "docker-compose-ci.yml")
     other = checkout_for_tests(d, {"repo": "/srv/other", "commit": "def"})
-    assert (other.repo, other.settings.compose_file) == ("/srv/other", test.compose_file)
+    assert (other.repo, other.settings.delivery.compose_file) == ("/srv/other", test.delivery.compose_file)
 
 
 @pytest.mark.parametrize("ref, repository", [

@@ -12,7 +12,8 @@ from cdtasks.runner import StepResult
 
 @pytest.fixture
 def envs(tmp_path):
-    (tmp_path / "prod.env").write_text("REGISTRY_PORT=5100\nAPP_IMAGE=shop\nAPP_SERVICE=shop\n")
+    (tmp_path / "base.env").write_text("REGISTRY_PORT=5100\n")  # both clusters' registries
+    (tmp_path / "prod.env").write_text("APP_IMAGE=shop\nAPP_SERVICE=shop\n")
     (tmp_path / "test.env").write_text("APP_SERVICE=shop\nREPO=https://example.invalid/shop.git\n")
     return load("prod", environ={}, env_dir=tmp_path), load("test", environ={}, env_dir=tmp_path)
 
@@ -48,7 +49,7 @@ def test_force_deploys_a_version_from_the_target_registry(envs):
     record = choose(Deployment(prod, test, version="2.0", force=True), passed("1.1"))
     assert record["version"] == "2.0" and record["digest"] == ""
     assert record["image"] == "localhost:5100/shop:2.0"  # the production cluster's registry
-    assert record["repo"] == test.repo  # production tests come from the source's repository
+    assert record["repo"] == test.delivery.repo  # production tests come from the source's repository
 
 
 @pytest.mark.parametrize("version", ["latest", "", "1.0 beta"])

@@ -17,8 +17,17 @@ import pytest
 from cdtasks import config, workspace
 from cdtasks import images as mod
 from cdtasks.config import pinned_image
-from cdtasks.images import (IMAGES, NODE_FS, RUNTIME_FS, SOURCES, SUITE, Rootfs, check_pins,
-                            mmdebstrap_command, upstream_version)
+from cdtasks.images import (
+    IMAGES,
+    NODE_FS,
+    RUNTIME_FS,
+    SOURCES,
+    SUITE,
+    Rootfs,
+    check_pins,
+    mmdebstrap_command,
+    upstream_version,
+)
 
 
 # -- upstream_version -----------------------------------------------------------------------------

@@ -12,8 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from cdtasks.interrupt import (Interrupted, exit_code, remaining, signals_as_interrupt,
-                               stop_on_signal)
+from cdtasks.interrupt import (
+    Interrupted,
+    exit_code,
+    remaining,
+    signals_as_interrupt,
+    stop_on_signal,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,9 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_each_signal_raises_interrupted_with_its_exit_code(signum):
     before = signal.getsignal(signum)
-    with pytest.raises(Interrupted) as err:
-        with signals_as_interrupt():
-            os.kill(os.getpid(), signum)
+    with pytest.raises(Interrupted) as err, signals_as_interrupt():
+        os.kill(os.getpid(), signum)
     assert err.value.signum == signum
     assert exit_code(err.value) == 128 + signum
     assert signal.getsignal(signum) == before  # restored
@@ -88,21 +92,19 @@ def test_a_second_signal_ends_the_clean_up_at_once():
 
 def test_stoppers_are_told_at_the_first_signal_only_within_their_block():
     told = []
-    with pytest.raises(Interrupted):
-        with signals_as_interrupt():
-            with stop_on_signal(lambda: told.append("outside")):
-                pass
-            with stop_on_signal(lambda: told.append("inside")):
-                os.kill(os.getpid(), signal.SIGTERM)
+    with pytest.raises(Interrupted), signals_as_interrupt():
+        with stop_on_signal(lambda: told.append("outside")):
+            pass
+        with stop_on_signal(lambda: told.append("inside")):
+            os.kill(os.getpid(), signal.SIGTERM)
     assert told == ["inside"]
     assert remaining(7.0) == 7.0  # after the block: no clean-up is running
 
 
 def test_nested_blocks_keep_the_outer_handler():
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted), signals_as_interrupt():
+        outer = signal.getsignal(signal.SIGTERM)
         with signals_as_interrupt():
-            outer = signal.getsignal(signal.SIGTERM)
-            with signals_as_interrupt():
-                assert signal.getsignal(signal.SIGTERM) is outer
             assert signal.getsignal(signal.SIGTERM) is outer
-            os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is outer
+        os.kill(os.getpid(), signal.SIGTERM)

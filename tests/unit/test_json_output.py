@@ -13,8 +13,10 @@ from invoke import Config, Context, Exit
 from cdtasks import cluster, delivery, deployment, ns
 from cdtasks.runner import StepResult
 from cdtasks.swarm import Member
-from cdtasks.tasks import cluster as cluster_tasks, common, delivery as delivery_tasks, \
-    deployment as deployment_tasks
+from cdtasks.tasks import cluster as cluster_tasks
+from cdtasks.tasks import common
+from cdtasks.tasks import delivery as delivery_tasks
+from cdtasks.tasks import deployment as deployment_tasks
 
 REPORT_KEYS = {"suite", "ok", "seconds", "meta", "steps"}
 STEP_KEYS = {"name", "status", "ok", "skipped", "seconds", "started", "detail", "output_tail"}
@@ -50,7 +52,9 @@ def test_status_json(c, monkeypatch, capsys):
             Member("id2", "swarm-test-2", "worker", "down", "drain", {"env": "prod-like"})),
             ("swarm-test-3",), (("go-demo", "replicated", "2/2", "localhost:5000/go-demo:1.0"),))
     monkeypatch.setattr(cluster, "status", status)
-    cluster_tasks.status(c, json=True)
+    with pytest.raises(Exit) as exc:  # prod has no machine: said, and exit 3 after the JSON
+        cluster_tasks.status(c, json=True)
+    assert exc.value.code == 3 and "`inv provision --env prod`" in exc.value.message
     out = capsys.readouterr()
     doc = one_document(out.out)
     assert list(doc) == ["test", "prod"]  # every environment, test first
@@ -102,7 +106,7 @@ def test_deploy_json_is_the_report_file(c, monkeypatch, capsys, tmp_path, result
 def test_deliver_json_is_the_report_file_with_secrets_redacted(c, monkeypatch, capsys, tmp_path):
     s = common.settings(c, "prod")
     monkeypatch.setattr(delivery, "state_after", lambda d, results: "nothing left behind")
-    d = SimpleNamespace(settings=s, version="1.1", ref="HEAD", repo=s.repo, digest="sha256:ab",
+    d = SimpleNamespace(settings=s, version="1.1", ref="HEAD", repo=s.delivery.repo, digest="sha256:ab",
                         dry_run=False, commands=[["docker", "push", "x"]])
     results = [StepResult("checkout", True, 1.0, "key /keys/hunter2hunter2")]
     delivery_tasks._finish(d, results, "deliver", json=True)
@@ -113,7 +117,7 @@ def test_deliver_json_is_the_report_file_with_secrets_redacted(c, monkeypatch, c
     assert set(doc["meta"]) == {"env", "service", "version", "ref", "repo", "digest", "state",
                                 "dry_run", "commands"}
     assert doc["meta"]["repo"] == str(tmp_path)  # REPO empty: the project directory
-    assert doc == json.loads((Path(s.reports_dir) / "deliver.json").read_text())
+    assert doc == json.loads((Path(s.delivery.reports_dir) / "deliver.json").read_text())
     assert "nothing left behind" in out.err and "reports: " in out.err
 
 

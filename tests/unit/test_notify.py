@@ -28,9 +28,9 @@ def test_the_command_gets_the_json_on_stdin(tmp_path: Path):
     script = tmp_path / "take.py"
     script.write_text("import sys, pathlib; pathlib.Path(sys.argv[1]).write_text(sys.stdin.read())")
     s = settings_with(tmp_path, NOTIFY_COMMAND=f"{sys.executable} {script} '{out}'")
-    assert s.notify_command == (sys.executable, str(script), str(out))  # shell words, no shell
+    assert s.watch.notify_command == (sys.executable, str(script), str(out))  # shell words, no shell
     lines = []
-    assert notify.send(PAYLOAD, command=s.notify_command, log=lines.append) == []
+    assert notify.send(PAYLOAD, command=s.watch.notify_command, log=lines.append) == []
     assert json.loads(out.read_text()) == PAYLOAD
     assert lines == []
 
@@ -78,7 +78,7 @@ def receiver():
 def test_the_url_gets_a_json_post(receiver, tmp_path: Path):
     url = f"http://127.0.0.1:{receiver.server_address[1]}/hooks/T0KEN-IN-PATH"
     s = settings_with(tmp_path, NOTIFY_URL=url)
-    assert notify.send(PAYLOAD, url=s.notify_url, log=print) == []
+    assert notify.send(PAYLOAD, url=s.watch.notify_url, log=print) == []
     [(path, kind, body)] = Receiver.got
     assert (path, kind, json.loads(body)) == ("/hooks/T0KEN-IN-PATH", "application/json", PAYLOAD)
 
@@ -103,4 +103,4 @@ def test_notify_keys_are_validated_and_kept_out_of_repr(tmp_path: Path):
         settings_with(tmp_path, NOTIFY_COMMAND="mail 'unclosed")
     s = settings_with(tmp_path, NOTIFY_URL="https://chat.example.org/T0KEN", WEBHOOK_SECRET="hush-1234")
     assert "T0KEN" not in repr(s) and "hush-1234" not in repr(s)
-    assert (s.webhook_secret, s.watch_branch, s.notify_command) == ("hush-1234", "", ())
+    assert (s.watch.webhook_secret, s.watch.watch_branch, s.watch.notify_command) == ("hush-1234", "", ())

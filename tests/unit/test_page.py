@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cdtasks import page, records, watch
+from cdtasks import page, records
 
 INJECTED = '<script>alert("x")</script><img src=https://evil.example/x.png>'
 CREDENTIAL_URL = "https://bob:t0ken-123@git.example.org/app.git"

@@ -7,10 +7,25 @@ from pathlib import Path
 import pytest
 
 from cdtasks import images
-from cdtasks.compose import ComposeError, check_contract, compose_command, compose_environment, \
-    model_of, read_model
-from cdtasks.project_images import (OFFLINE, PRESENT, REGISTRY, MissingImage, dockerfile_bases,
-                                    needed, plan, read_dockerfiles, registry_ref)
+from cdtasks.compose import (
+    ComposeError,
+    check_contract,
+    compose_command,
+    compose_environment,
+    model_of,
+    read_model,
+)
+from cdtasks.project_images import (
+    OFFLINE,
+    PRESENT,
+    REGISTRY,
+    MissingImage,
+    dockerfile_bases,
+    needed,
+    plan,
+    read_dockerfiles,
+    registry_ref,
+)
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]  # this checkout
 OFFLINE_REFS = {i.ref for i in images.IMAGES.values()}

@@ -10,7 +10,10 @@ import pytest
 from invoke import Config, Context, Exit
 
 from cdtasks import cluster, config, ns, stack
-from cdtasks.tasks import cluster as cluster_tasks, common, services as services_tasks
+from cdtasks.swarm import Member
+from cdtasks.tasks import cluster as cluster_tasks
+from cdtasks.tasks import common
+from cdtasks.tasks import services as services_tasks
 
 NODES = {"alpha": "a-1,a-2", "beta": "b-1", "gamma": "g-1"}
 
@@ -67,13 +70,13 @@ def test_locate_process_environment_wins_over_the_arguments(tmp_path):
 def test_relative_settings_paths_and_the_default_repository_are_the_projects(tmp_path):
     root = project(tmp_path / "proj")
     s = config.load("alpha", environ={}, project_dir=root)
-    assert s.app_dir == root / "src"
-    assert s.proxy_config == root / "demo" / "proxy" / "haproxy.cfg"
-    assert s.reports_dir == root / "reports"
-    assert s.repo == str(root)
+    assert s.services.app_dir == root / "src"
+    assert s.services.proxy_config == root / "demo" / "proxy" / "haproxy.cfg"
+    assert s.delivery.reports_dir == root / "reports"
+    assert s.delivery.repo == str(root)
     s = config.load("alpha", {"REPORTS_DIR": "/abs/reports", "REPO": "https://example/r.git"},
                     environ={}, project_dir=root)
-    assert s.reports_dir == Path("/abs/reports") and s.repo == "https://example/r.git"
+    assert s.delivery.reports_dir == Path("/abs/reports") and s.delivery.repo == "https://example/r.git"
 
 
 # -- the task layer: Invoke configuration -> config.load's arguments ----------------------------
@@ -81,27 +84,27 @@ def test_the_project_is_where_tasks_py_was_found_not_the_package(tmp_path):
     root = project(tmp_path / "proj")
     (tmp_path / "proj" / "sub").mkdir()
     s = common.settings(context(root), "alpha")
-    assert s.app_dir == root / "src" and s.source == str(root / "env" / "alpha.env")
-    assert "site-packages" not in str(s.app_dir) and Path(config.__file__).parent not in \
-        s.app_dir.parents
+    assert s.services.app_dir == root / "src" and s.source == str(root / "env" / "alpha.env")
+    assert "site-packages" not in str(s.services.app_dir) and Path(config.__file__).parent not in \
+        s.services.app_dir.parents
 
 
 def test_without_a_loaded_tasks_py_the_project_is_the_current_directory(tmp_path):
     project(tmp_path)
-    assert common.settings(context(None), "beta").app_dir == tmp_path / "src"
+    assert common.settings(context(None), "beta").services.app_dir == tmp_path / "src"
 
 
 def test_invoke_yaml_chooses_the_env_dir(tmp_path):
     root = project(tmp_path / "proj", "environments", envs=("gamma",))
     c = context(root, "cdtasks:\n  env_dir: environments\n")
     assert common.envs(c, None) == ["gamma"]
-    assert common.settings(c, "gamma").nodes == ("g-1",)
+    assert common.settings(c, "gamma").cluster.nodes == ("g-1",)
 
 
 def test_invoke_yaml_project_dir_is_relative_to_tasks_py(tmp_path):
     root = project(tmp_path / "proj" / "deploy")
     c = context(tmp_path / "proj", "cdtasks:\n  project_dir: deploy\n")
-    assert common.settings(c, "alpha").app_dir == root / "src"
+    assert common.settings(c, "alpha").services.app_dir == root / "src"
 
 
 def test_precedence_flag_process_env_invoke_config_env_file(tmp_path, monkeypatch):
@@ -116,10 +119,10 @@ def test_precedence_flag_process_env_invoke_config_env_file(tmp_path, monkeypatc
     c = context(tmp_path / "proj", yaml)
     assert common.envs(c, None) == ["gamma"]
     # For a key: the flag over CDTASKS_<KEY> over the env file (APP_DIR=src) of that directory.
-    assert common.settings(c, "gamma").app_dir == tmp_path / "proj" / "src"
+    assert common.settings(c, "gamma").services.app_dir == tmp_path / "proj" / "src"
     monkeypatch.setenv("CDTASKS_APP_DIR", "from-variable")
-    assert common.settings(c, "gamma").app_dir == tmp_path / "proj" / "from-variable"
-    assert common.settings(c, "gamma", app_dir="/flag").app_dir == Path("/flag")
+    assert common.settings(c, "gamma").services.app_dir == tmp_path / "proj" / "from-variable"
+    assert common.settings(c, "gamma", app_dir="/flag").services.app_dir == Path("/flag")
 
 
 def test_an_env_dir_without_env_files_is_one_clear_error(tmp_path):
@@ -135,7 +138,8 @@ def _seen(monkeypatch) -> list:
     seen = []
 
     class Status:
-        env, members, missing, services = "x", (), (), ()
+        env, missing, services = "x", (), ()
+        members = (Member("id1", "g-1", "manager", "ready", labels={}),)
 
     monkeypatch.setattr(cluster, "provision_many", lambda ss, log: seen.extend(ss) or [])
     monkeypatch.setattr(cluster, "status", lambda s: seen.append(s) or Status())

@@ -25,7 +25,7 @@ def _settings(tmp_path, **overrides):
 def test_ssh_hosts_parse(tmp_path):
     s = _settings(tmp_path, PROVIDER="ssh", SSH_HOSTS="swarm-test-1=deploy@10.0.0.1:2222,"
                   "swarm-test-2=10.0.0.2,swarm-test-3=[fd00::3]:22", SSH_USER="ops")
-    assert s.ssh_hosts == (("swarm-test-1", "deploy", "10.0.0.1", 2222),
+    assert s.ssh.ssh_hosts == (("swarm-test-1", "deploy", "10.0.0.1", 2222),
                            ("swarm-test-2", "", "10.0.0.2", 22),
                            ("swarm-test-3", "", "fd00::3", 22))
     prov = for_settings(s)
@@ -66,7 +66,7 @@ def test_bad_ssh_hosts_are_named(tmp_path, value, culprit):
 def test_machine_options_are_shell_words(tmp_path):
     s = _settings(tmp_path, PROVIDER="docker-machine",
                   MACHINE_OPTIONS="--engine-label 'team=a b' --virtualbox-memory 2048")
-    assert s.machine_options == ("--engine-label", "team=a b", "--virtualbox-memory", "2048")
+    assert s.machine.machine_options == ("--engine-label", "team=a b", "--virtualbox-memory", "2048")
     with pytest.raises(config.ConfigError, match="MACHINE_OPTIONS"):
         _settings(tmp_path, MACHINE_OPTIONS="--engine-label 'open")
 
@@ -76,7 +76,7 @@ def test_example_env_files_are_valid(provider):
     env_dir = Path(__file__).resolve().parents[2] / "env" / "examples" / provider
     for env in ("test", "prod"):
         s = config.load(env, environ={"CDTASKS_ENV_DIR": str(env_dir)})
-        assert s.provider == provider and s.env == env
+        assert s.cluster.provider == provider and s.env == env
 
 
 def test_unknown_provider(tmp_path):
@@ -135,7 +135,7 @@ def test_machine_ensure_creates_the_missing_starts_the_stopped(tmp_path):
     fake = FakeMachine("swarm-test-1|Running|\nswarm-test-2|Stopped|\n")
     s = _settings(tmp_path, PROVIDER="docker-machine",
                   MACHINE_OPTIONS="--virtualbox-memory 2048")
-    eps = MachineProvider(s, run=fake).ensure(s.nodes, lambda m: None)
+    eps = MachineProvider(s, run=fake).ensure(s.cluster.nodes, lambda m: None)
     assert ["create", "-d", "virtualbox", "--virtualbox-memory", "2048", "swarm-test-3"] in fake.calls
     assert ["start", "swarm-test-2"] in fake.calls
     assert not any(c[0] in ("create", "start") and c[-1] == "swarm-test-1" for c in fake.calls)
@@ -144,7 +144,7 @@ def test_machine_ensure_creates_the_missing_starts_the_stopped(tmp_path):
     # The book's share folder: registry storage and workspace, at the same path in the VMs.
     assert create_env["VIRTUALBOX_SHARE_FOLDER"] == f"{tmp_path}:{tmp_path}"
     # Made private; the VMs' root still reads and writes them.
-    for d in (s.registry_dir, s.workspace_dir, s.workspace_dir.parent):
+    for d in (s.registry.registry_dir, s.delivery.workspace_dir, s.delivery.workspace_dir.parent):
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
     ep = eps["swarm-test-1"]
     assert ep.address == "192.168.99.100" and ep.docker_host == "tcp://192.168.99.100:2376"
@@ -174,7 +174,7 @@ def test_machine_in_error_is_refused_before_anything_changes(tmp_path):
     fake = FakeMachine(LS)
     s = _settings(tmp_path, PROVIDER="docker-machine")
     with pytest.raises(ProviderError) as exc:
-        MachineProvider(s, run=fake).ensure(s.nodes, lambda m: None)
+        MachineProvider(s, run=fake).ensure(s.cluster.nodes, lambda m: None)
     assert "machine swarm-test-3 is in state Error (machine does not exist)" in str(exc.value)
     assert [c[0] for c in fake.calls] == ["ls"]
 
@@ -187,7 +187,7 @@ def test_failed_create_names_the_machine_and_docker_machines_words(tmp_path):
     prov = MachineProvider(s, run=fake)
     assert not prov.shares_workspace  # a cloud VM cannot see this machine's directories
     with pytest.raises(ProviderError) as exc:
-        prov.ensure(s.nodes, lambda m: None)
+        prov.ensure(s.cluster.nodes, lambda m: None)
     assert str(exc.value) == ("machine swarm-test-3: `docker-machine create -d amazonec2` failed: "
                               "Error creating machine: Error in driver during machine creation: "
                               "quota exceeded")
@@ -199,7 +199,7 @@ def test_missing_docker_machine_binary(tmp_path):
         raise FileNotFoundError(argv[0])
     s = _settings(tmp_path, PROVIDER="docker-machine")
     with pytest.raises(ProviderError, match="`docker-machine` is not on PATH"):
-        MachineProvider(s, run=missing).endpoints(s.nodes)
+        MachineProvider(s, run=missing).endpoints(s.cluster.nodes)
 
 
 # -- ssh --------------------------------------------------------------------------------------
@@ -253,13 +253,13 @@ def test_host_check_returns_the_swarm_address_and_prepares_the_registry_dir(tmp_
     conn = FakeConn({"docker version": (0, "24.0.7\n", ""),
                      "ip -4": (0, "1.1.1.1 via 10.0.0.1 dev eth0 src 10.0.0.7 uid 0", "")})
     monkeypatch.setattr(engine, "ssh", lambda ep: conn)
-    eps = SshProvider(s).ensure(s.nodes, lambda m: None)
+    eps = SshProvider(s).ensure(s.cluster.nodes, lambda m: None)
     assert eps["swarm-test-1"].address == "10.0.0.7"
     assert eps["swarm-test-3"].address == "10.9.9.9"  # configured wins over detected
-    assert f"mkdir -p -m 700 {s.registry_dir}" in conn.ran
+    assert f"mkdir -p -m 700 {s.registry.registry_dir}" in conn.ran
     # Later tasks find the addresses without asking the hosts again.
     monkeypatch.setattr(engine, "ssh", lambda ep: pytest.fail("asked a host"))
-    assert SshProvider(s).endpoints(s.nodes)["swarm-test-2"].address == "10.0.0.7"
+    assert SshProvider(s).endpoints(s.cluster.nodes)["swarm-test-2"].address == "10.0.0.7"
 
 
 # -- host keys --------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ def test_a_host_key_problem_is_not_taken_for_an_absent_manager(tmp_path, monkeyp
     s = _settings(tmp_path, PROVIDER="ssh", SSH_HOSTS="swarm-test-1=h1,swarm-test-2=h2,"
                                                        "swarm-test-3=h3")
     c = Cluster.of(s)
-    c.endpoints = {n: c.provider.endpoint(n, "10.0.0.1") for n in s.nodes}
+    c.endpoints = {n: c.provider.endpoint(n, "10.0.0.1") for n in s.cluster.nodes}
     key = paramiko.Ed25519Key.from_private_key_file(str(_ed25519(tmp_path / "k1")))
     other = paramiko.Ed25519Key.from_private_key_file(str(_ed25519(tmp_path / "k2")))
     tried = []
@@ -302,11 +302,11 @@ def test_a_host_key_problem_is_not_taken_for_an_absent_manager(tmp_path, monkeyp
     monkeypatch.setattr(engine, "client", answer(lambda ep: engine.EngineError("gone")))
     with pytest.raises(engine.EngineError, match="no manager of test answers"):
         c.manager()
-    assert tried == list(s.nodes)
-    for refusal in (lambda ep: engine.UnknownHostKey(ep.ssh_host, 22, key, s.ssh_known_hosts),
+    assert tried == list(s.cluster.nodes)
+    for refusal in (lambda ep: engine.UnknownHostKey(ep.ssh_host, 22, key, s.ssh.ssh_known_hosts),
                     lambda ep: engine.HostKeyChanged(
                         paramiko.BadHostKeyException(ep.ssh_host, key, other), 22,
-                        s.ssh_known_hosts)):
+                        s.ssh.ssh_known_hosts)):
         tried.clear()
         monkeypatch.setattr(engine, "client", answer(refusal))
         with pytest.raises(paramiko.SSHException) as exc:
@@ -329,6 +329,7 @@ def test_workspace_archive_leaves_git_out(tmp_path):
     (checkout / "demo").mkdir()
     (checkout / "demo" / "compose.yml").write_text("services: {}")
     (checkout / ".gitignore").write_text("*.pyc")
-    names = tarfile.open(fileobj=io.BytesIO(workspace._archive(checkout))).getnames()
+    with tarfile.open(fileobj=io.BytesIO(workspace._archive(checkout))) as archive:
+        names = archive.getnames()
     assert sorted(names) == ["go-demo-x", "go-demo-x/.gitignore", "go-demo-x/demo",
                              "go-demo-x/demo/compose.yml"]

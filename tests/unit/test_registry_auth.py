@@ -23,7 +23,7 @@ def settings(tmp_path):
 def test_credentials_are_made_once_private_and_hashed(settings):
     creds = registry.credentials(settings)
     d = registry.auth_dir(settings)
-    assert mode(d) == mode(settings.state_dir) == 0o700
+    assert mode(d) == mode(settings.cluster.state_dir) == 0o700
     assert mode(d / "password") == mode(d / "htpasswd") == 0o600
     assert (d / "password").read_text().strip() == creds.password and len(creds.password) >= 40
     user, _, hashed = creds.htpasswd.strip().partition(b":")

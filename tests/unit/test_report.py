@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from cdtasks import report
-from cdtasks.report import Progress, make_logger, print_results, print_table, redact, write_reports
+from cdtasks.redaction import redact
+from cdtasks.report import Progress, make_logger, print_results, print_table, write_reports
 from cdtasks.runner import StepResult
 
 SECRET = "s3cr3t-token"

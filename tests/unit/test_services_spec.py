@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -303,7 +302,7 @@ def settings(tmp_path):
 def test_registry_spec_with_the_routing_mesh(settings, tmp_path):
     spec = registry.spec(settings, "mesh")
     assert spec.name == "registry"
-    assert spec.image == settings.registry_image == "cdtasks/registry-slim:2.8.2"
+    assert spec.image == settings.registry.registry_image == "cdtasks/registry-slim:2.8.2"
     assert spec.replicas == 1
     assert spec.ports == ((5000, 5000, "ingress"),)
     assert spec.endpoint_mode == "vip"

@@ -52,9 +52,9 @@ def test_a_release_keeps_its_own_image(settings):
 
 def test_the_proxy_config_is_named_by_its_content(settings):
     proxy = by_name(stack.specs(settings, "mesh"))["edge"]
-    digest = hashlib.sha256(settings.proxy_config.read_bytes()).hexdigest()[:10]
+    digest = hashlib.sha256(settings.services.proxy_config.read_bytes()).hexdigest()[:10]
     assert proxy.configs == ((f"edge-cfg-{digest}", stack.HAPROXY_CFG),)
-    settings.proxy_config.write_text("global\n  maxconn 128\n")
+    settings.services.proxy_config.write_text("global\n  maxconn 128\n")
     changed = by_name(stack.specs(settings, "mesh"))["edge"]
     assert changed.configs[0][0] != proxy.configs[0][0]  # Swarm configs are immutable
 
@@ -76,6 +76,6 @@ def test_the_admin_port_is_published_when_asked(settings, tmp_path):
 
 
 def test_an_unreadable_proxy_config_names_the_file(settings, tmp_path):
-    settings.proxy_config.unlink()
+    settings.services.proxy_config.unlink()
     with pytest.raises(stack.services.ServiceError, match="PROXY_CONFIG .*haproxy.cfg"):
         stack.specs(settings, "mesh")

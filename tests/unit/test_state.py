@@ -86,7 +86,7 @@ def test_lab_node_files_are_private(tmp_path, loose_umask):
     """What the lab writes for a new machine, without an engine: keys, certificates, dirs."""
     s = config.load("test", {"STATE_DIR": str(tmp_path / "state")}, environ={})
     lab = LabProvider(s, host=object())
-    root = tmp_path / "state" / s.lab_name
+    root = tmp_path / "state" / s.cluster.lab_name
     certs.ensure_ca(root / "certs")
     certs.ssh_keypair(lab.ssh_key)
     node_dir = lab._prepare_machine("swarm-test-1")

@@ -5,14 +5,23 @@ import threading
 from pathlib import Path
 
 import docker
-import requests
-
 import pytest
+import requests
 
 from cdtasks import swarm
 from cdtasks.config import load
-from cdtasks.swarm import (Action, Member, NodeInfo, SwarmError, info_of, leave, member_of,
-                           plan_labels, plan_membership, routing_mode)
+from cdtasks.swarm import (
+    Action,
+    Member,
+    NodeInfo,
+    SwarmError,
+    info_of,
+    leave,
+    member_of,
+    plan_labels,
+    plan_membership,
+    routing_mode,
+)
 
 N1, N2, N3 = "swarm-test-1", "swarm-test-2", "swarm-test-3"
 CLUSTER = "wupxe8p8ycmgdohlrzuzrudu2"
@@ -48,7 +57,7 @@ def kinds(actions) -> list[tuple[str, str]]:
 # -- plan_membership ------------------------------------------------------------------------------
 def test_fresh_cluster_inits_the_leader_and_joins_the_rest_with_their_roles(tmp_path):
     s = settings(tmp_path, WORKERS=N3)
-    infos = {n: inactive(n) for n in s.nodes}
+    infos = {n: inactive(n) for n in s.cluster.nodes}
     plan = plan_membership(s, infos, [])
     assert plan == (
         Action("init", N1),
@@ -59,7 +68,7 @@ def test_fresh_cluster_inits_the_leader_and_joins_the_rest_with_their_roles(tmp_
 
 def test_fresh_cluster_whose_first_node_is_a_worker_inits_on_the_first_manager(tmp_path):
     s = settings(tmp_path, WORKERS=N1)
-    plan = plan_membership(s, {n: inactive(n) for n in s.nodes}, [])
+    plan = plan_membership(s, {n: inactive(n) for n in s.cluster.nodes}, [])
     assert plan[0] == Action("init", N2)
     assert sorted(plan[1:], key=str) == [Action("join", N1, {"role": "worker"}),
                                          Action("join", N3, {"role": "manager"})]

@@ -283,8 +283,8 @@ def test_a_silent_cluster_is_waited_out_with_a_growing_delay_and_said(repo: Path
         until(lambda: len(rows(manager)) == 2, "the run after the cluster came back")
     said = [line for line in lines if "does not answer" in line]
     assert len(said) == 3
-    assert "the cluster does not answer (ConnectionError: manager unreachable): trying again in 0.02s" \
-        == said[0]
+    assert said[0] \
+        == "the cluster does not answer (ConnectionError: manager unreachable): trying again in 0.02s"
     assert said[1].endswith("trying again in 0.04s") and said[2].endswith("trying again in 0.08s")
     assert "the cluster and the repository answer again" in lines
     assert len(run.commits) == 1

@@ -40,7 +40,7 @@ Cluster.of = classmethod(lambda cls, settings: FakeCluster())
 args = json.loads(sys.argv[2])
 code, slow = args.pop("code"), args.pop("slow")
 
-def run_delivery(c, env, repo, commit, deploy, to_env):
+def run_delivery(c, env, repo, commit, deploy, prod_env):
     print("running", commit, flush=True)
     time.sleep(slow)
     return watch.RunResult(code, f"fake run of {commit[:7]}", ())
