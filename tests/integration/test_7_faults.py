@@ -439,6 +439,14 @@ def _long_unit(lab, slow_repo, tmp_path, version) -> Run:
     return run
 
 
+def _sigterm(run: Run, timeout: float) -> tuple[int, float]:
+    """SIGTERM to the run: its exit code, and the seconds from the signal to its exit."""
+    sent = time.monotonic()
+    run.signal(signal.SIGTERM)
+    code = run.finish(timeout=timeout)
+    return code, time.monotonic() - sent
+
+
 def _unit_interrupted(tmp_path) -> dict:
     report = json.loads((tmp_path / "deliver.json").read_text())
     return {r["name"]: r["status"] for r in report["steps"]}
@@ -446,10 +454,7 @@ def _unit_interrupted(tmp_path) -> dict:
 
 def test_sigterm_during_a_long_build_cleans_up_within_the_bound(stack, slow_repo, tmp_path):
     run = _long_unit(stack, slow_repo, tmp_path, "slow-1")
-    sent = time.monotonic()
-    run.signal(signal.SIGTERM)
-    code = run.finish(timeout=120)
-    took = time.monotonic() - sent
+    code, took = _sigterm(run, timeout=120)
     print(f"exited {took:.1f}s after SIGTERM")
     assert code == 143, run.stderr[-2000:]
     assert took < 40, f"the clean-up took {took:.1f}s"
@@ -465,10 +470,7 @@ def test_a_second_signal_ends_the_clean_up_at_once_naming_what_is_left(
     run = _long_unit(stack, slow_repo, tmp_path, "slow-2")
     run.signal(signal.SIGTERM)
     time.sleep(0.5)  # inside the clean-up: `down` waits 5 s for the sleeping unit container
-    sent = time.monotonic()
-    run.signal(signal.SIGTERM)
-    code = run.finish(timeout=60)
-    took = time.monotonic() - sent
+    code, took = _sigterm(run, timeout=60)
     print(f"exited {took:.1f}s after the second SIGTERM")
     try:
         assert code == 143, run.stderr[-2000:]
@@ -490,10 +492,7 @@ def test_cleanup_against_a_frozen_cd_engine_stops_at_the_bound_naming_the_projec
     run = _long_unit(stack, slow_repo, tmp_path, "slow-3")
     node.pause()
     try:
-        sent = time.monotonic()
-        run.signal(signal.SIGTERM)
-        code = run.finish(timeout=180)
-        took = time.monotonic() - sent
+        code, took = _sigterm(run, timeout=180)
         print(f"exited {took:.1f}s after SIGTERM, the CD engine frozen")
     finally:
         node.unpause()
