@@ -419,7 +419,7 @@ def _remove_leftovers(lab, before: list[str]) -> None:
         c.remove(force=True)
     for n in cd.networks.list(filters=flt):
         n.remove()
-    ws = lab.settings("test").workspace_dir
+    ws = lab.settings("test").delivery.workspace_dir
     for name in set(checkouts(lab)) - set(before):
         subprocess.run(["rm", "-rf", str(ws / name)], check=False)
 
