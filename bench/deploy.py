@@ -79,7 +79,7 @@ class Requests(threading.Thread):
 
 def proxy_url(host, lab: str, prod) -> str:
     """A prod node running a proxy task, through the 127.0.0.1 port its port 80 is published on."""
-    node = stack.proxy_nodes(Cluster.of(prod).discover(), prod)[0]
+    node = stack.proxy_nodes(Cluster.of(prod).discover(), prod.services)[0]
     ports = host.containers.get(f"{lab}-{node}").attrs["NetworkSettings"]["Ports"]["80/tcp"]
     return f"http://127.0.0.1:{ports[0]['HostPort']}/demo/hello"
 

@@ -14,9 +14,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checks, config, engine, git, interrupt, registry, state, workspace
+from . import checks, compose_policy, config, engine, git, git_credentials, interrupt, registry, state, workspace
 from .cluster import Cluster
 from .compose import Compose, ComposeError, ComposeModel, check_contract, unique_project
+
+# Settings whole: a checkout builds its Cluster (Cluster.of) and reads
+# the delivery, services (images, service name) and registry sections
 from .config import Settings
 from .log import Log
 from .providers import for_settings
@@ -91,12 +94,17 @@ class Checkout:
     def contract(self) -> ComposeModel:
         """The compose file's model, read once (compose reads files only: no engine needed),
         with the environment the steps give compose; ContractError when it lacks the book's
-        contract services, naming the file as the user gave it."""
+        contract services or reaches outside the checkout (`compose_policy`: the files it
+        names are checked before compose reads them), naming the file as the user gave it."""
         if self.model is None:
             if self.workdir is None:
                 raise StepFailed("no checkout: run the checkout step first")
-            self.model = check_contract(self._compose(self.workdir, {}).model(),
-                                        self.settings.delivery.compose_file)
+            name = self.settings.delivery.compose_file
+            policy = compose_policy.Policy.of(self.settings, self.workdir)
+            compose_policy.check_files(policy, name)
+            model = check_contract(self._compose(self.workdir, {}).model(), name)
+            compose_policy.check_model(policy, name, model.config)
+            self.model = model
         return self.model
 
     def project_name(self) -> str:
@@ -132,7 +140,8 @@ class Checkout:
             # `--end-of-options` so that no repository or ref is read as an option.
             self.record(["git", "clone", "--quiet", "--", redact(repo), str(dest)],
                         runs_in_dry_run=True)
-            _git(["clone", "--quiet", "--", repo, str(dest)])
+            # The URL's credentials go through git's environment: none in argv or .git/config.
+            _git(["clone", "--quiet", "--", git_credentials.url(repo), str(dest)], repo=repo)
             commit = _commit_of(dest, self.ref, redact(repo))
             self.record(["git", "-C", str(dest), "checkout", "--quiet", "--detach", commit],
                         runs_in_dry_run=True)
@@ -161,6 +170,10 @@ class Checkout:
                      defer: bool = False) -> None:
         """One compose action in the project; down at once unless `defer` in a whole run."""
         self.torn_down()  # a down still running on this project ends before it is used again
+        try:
+            self.contract()  # also a checkout no delivery checked (deploy's production tests)
+        except ComposeError as exc:
+            raise StepFailed(str(exc)) from None
         c = self.compose(host_ip)
         down = not (defer and self.defer_down)
         self.compose_left = True
@@ -268,11 +281,12 @@ def _commit_of(checkout: Path, ref: str, shown_repo: str) -> str:
     raise StepFailed(f"--ref {ref}: no such branch, tag or commit in {shown_repo}")
 
 
-def _git(args: Sequence[str], cwd: Path | None = None, check: bool = True) -> str:
-    """git that never waits for an answer (`git.run`) nor longer than GIT_TIMEOUT; its output,
-    "" when it fails and not `check`."""
+def _git(args: Sequence[str], cwd: Path | None = None, check: bool = True,
+         repo: str = "") -> str:
+    """git that never waits for an answer (`git.run`) nor longer than GIT_TIMEOUT, with `repo`'s
+    credentials when it fetches from it; its output, "" when it fails and not `check`."""
     try:
-        proc = git.run(args, GIT_TIMEOUT, cwd)
+        proc = git.run(args, GIT_TIMEOUT, cwd, repo)
     except subprocess.TimeoutExpired:
         raise StepFailed(f"`{shlex.join(['git', *args])}` did not finish within "
                          f"{GIT_TIMEOUT}s") from None

@@ -8,7 +8,7 @@ import re
 import subprocess
 from pathlib import Path, PurePosixPath
 
-from . import git
+from . import git, git_credentials
 from .config import ConfigError, pinned_version
 from .redaction import redact
 
@@ -53,7 +53,8 @@ def repo(value: str, timeout: float = LS_REMOTE_TIMEOUT) -> str:
             raise ConfigError(f"--repo {shown!r}: no such directory (give a local path or a URL)")
         return value
     try:
-        proc = git.run(["ls-remote", "--quiet", value, "HEAD"], timeout)
+        proc = git.run(["ls-remote", "--quiet", git_credentials.url(value), "HEAD"], timeout,
+                       repo=value)
     except subprocess.TimeoutExpired:
         raise ConfigError(f"--repo {shown!r}: did not answer `git ls-remote` within "
                           f"{timeout:g}s") from None

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 from . import engine, images, registry, services, swarm
+
+# Settings whole: a cluster is its nodes, its provider (which
+# reads the provider's own section) and the registry it runs
 from .config import ConfigError, Settings
 from .log import Log
 from .providers import Endpoint, Provider, for_settings
@@ -68,19 +71,22 @@ class Cluster:
         return LiveManager(self)
 
     def routing_in_use(self) -> str:
-        """The mode provision chose, read from the registry service it made (one API call
-        instead of an SSH probe of every node); probed when there is no registry yet."""
+        """The mode provision chose, read from the registry service it made, or with your own
+        registry from the proxy `inv services` made (one API call instead of an SSH probe of
+        every node); probed when there is neither yet."""
         if self.settings.cluster.routing == "auto":
-            svc = services.inspect(self.manager(), registry.NAME)
-            if svc is not None:
-                mode = (svc["Spec"].get("EndpointSpec") or {}).get("Mode", "vip")
-                return "dnsrr" if mode == "dnsrr" else "mesh"
+            manager = self.manager()
+            for name in (registry.NAME, self.settings.services.proxy_service):
+                svc = services.inspect(manager, name)
+                if svc is not None:
+                    mode = (svc["Spec"].get("EndpointSpec") or {}).get("Mode", "vip")
+                    return "dnsrr" if mode == "dnsrr" else "mesh"
         return self.routing()[0]
 
     def routing(self) -> tuple[str, str]:
         """Probe every node's kernel for IPVS (over SSH) unless ROUTING forces a mode."""
         if self.settings.cluster.routing != "auto":
-            return swarm.routing_mode(self.settings, {})
+            return swarm.routing_mode(self.settings.cluster, self.settings.source, {})
 
         def probe(ep: Endpoint) -> bool:
             with engine.ssh(ep) as conn:
@@ -89,7 +95,7 @@ class Cluster:
         workers = max(1, min(self.provider.parallel, len(self.endpoints)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             found = dict(zip(self.endpoints, pool.map(probe, self.endpoints.values()), strict=True))
-        return swarm.routing_mode(self.settings, found)
+        return swarm.routing_mode(self.settings.cluster, self.settings.source, found)
 
 
 class LiveManager:
@@ -129,24 +135,31 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
     host = c.provider.image_source()
 
     def members() -> list[str]:
-        out = [str(a) for a in swarm.converge(settings, clients, addresses, log)]
+        out = [str(a) for a in swarm.converge(settings.cluster, settings.env, clients, addresses, log)]
         done("swarm converged")
         return out
 
     def registry_image() -> list[str]:
+        if registry.external(settings):
+            return prepare_for_registry(c, settings, log)
         loaded = images.provide(host, clients, [settings.registry.registry_image], log)
         done("registry image on every node")
         return [f"loaded {settings.registry.registry_image} into {n}" for n in loaded]
 
-    # Membership, the IPVS probe and copying the registry image into the nodes need only the
-    # machines, not each other: side by side.
+    # Membership, the IPVS probe and copying the registry image into the nodes (or giving
+    # them your own registry's CA and login) need only the machines, not each other.
     with ThreadPoolExecutor(max_workers=3) as pool:
         joined = pool.submit(members)
         routing = pool.submit(c.routing)
-        loaded = pool.submit(registry_image) if host is not None else None
+        loaded = (pool.submit(registry_image)
+                  if host is not None or registry.external(settings) else None)
         actions += joined.result()
         mode, reason = routing.result()
         actions += loaded.result() if loaded else []
+    if registry.external(settings):
+        done(f"every node logged in to {registry.server(settings)}")
+        return ProvisionResult(settings.env, tuple(actions), mode, reason,
+                               time.monotonic() - started)
     manager = c.manager()
     actions += registry.ensure_secret(manager, settings, log)
     spec = registry.spec(settings, mode)
@@ -154,6 +167,17 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
     services.wait_running(manager, [spec.name], REGISTRY_TIMEOUT, log)
     done("registry running")
     return ProvisionResult(settings.env, tuple(actions), mode, reason, time.monotonic() - started)
+
+
+def prepare_for_registry(c: Cluster, settings: Settings, log: Log) -> list[str]:
+    """Your own registry instead of a service: every node gets its CA and logs in to it."""
+    log(f"{settings.env}: registry {registry.address(settings)} (REGISTRY_URL): no registry "
+        f"service is created")
+    workers = max(1, min(c.provider.parallel, len(c.endpoints)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        found = list(pool.map(lambda n: registry.prepare_node(c.endpoints[n], c.client(n), settings),
+                              c.endpoints))
+    return [a for actions in found for a in actions]
 
 
 def check_port_ranges(all_settings: Sequence[Settings]) -> None:

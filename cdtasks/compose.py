@@ -36,6 +36,9 @@ _PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 # What compose itself needs from the operator's environment; everything else (CI tokens, other
 # COMPOSE_* settings) stays out unless the env file's PASS_ENV names it.
 RUNTIME_VARS = ("PATH", "HOME", "DOCKER_CONFIG", "TMPDIR", "LANG", "LANGUAGE")
+# Compose's own settings (PASS_ENV may override them): builds without Bake, which needs buildx
+# (not installed; compose says so in every build otherwise).
+SETTINGS = {"COMPOSE_BAKE": "false"}
 # The services of the book's compose contract; `app` must build the image that is delivered.
 CONTRACT = ("app", "unit", "staging-dep", "staging", "production")
 
@@ -78,12 +81,12 @@ def compose_environment(docker_env: Mapping[str, str], env: Mapping[str, str],
                         pass_env: Sequence[str] = (),
                         environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a compose subprocess: what compose needs to run (RUNTIME_VARS,
-    LC_*), the variables PASS_ENV names, both from the operator's environment; then the
-    DOCKER_* of the engine it works on, then the contract's variables (IMAGE, VERSION, ...)."""
+    LC_*), the variables PASS_ENV names, both from the operator's environment, over SETTINGS;
+    then the DOCKER_* of the engine it works on, then the contract's variables (IMAGE, ...)."""
     environ = os.environ if environ is None else environ
     wanted = set(RUNTIME_VARS) | set(pass_env)
     inherited = {k: v for k, v in environ.items() if k in wanted or k.startswith("LC_")}
-    return {**inherited, **docker_env, **env}
+    return {**SETTINGS, **inherited, **docker_env, **env}
 
 
 def image_ref(ref: str) -> str:
@@ -118,6 +121,8 @@ class ComposeModel:
     images: Mapping[str, str]  # service -> image as the engine tags it (no entry: none given)
     builds: Mapping[str, Build]  # services that build an image
     ports: Mapping[str, tuple[int, ...]]  # service -> host ports it publishes
+    # compose's whole JSON form of the file, for checks of what else it declares
+    config: Mapping = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def app_build(self) -> Build | None:
@@ -169,7 +174,7 @@ def model_of(file: Path, config: Mapping) -> ComposeModel:
         if published:
             ports[name] = tuple(published)
     return ComposeModel(str(file), tuple(services), MappingProxyType(images),
-                        MappingProxyType(builds), MappingProxyType(ports))
+                        MappingProxyType(builds), MappingProxyType(ports), config)
 
 
 def _published(entry: Mapping) -> list[int]:

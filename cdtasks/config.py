@@ -121,6 +121,27 @@ def _name(value: str) -> str:
     return value
 
 
+class _Unshown(ValueError):
+    """A bad value that must not be echoed back (it holds credentials)."""
+
+
+def _registry_url(value: str) -> str:
+    """`host:port[/path]`, as engines name a registry in image references (they speak HTTPS
+    to it, trusting the CA in /etc/docker/certs.d/HOST:PORT/)."""
+    if not value:
+        return ""
+    if "@" in value:
+        raise _Unshown("holds credentials: give REGISTRY_USER and REGISTRY_PASSWORD_FILE instead")
+    if "://" in value:
+        raise ValueError("has a scheme: give host:port[/path] (engines use HTTPS)")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*:[0-9]{1,5}(/[a-z0-9]+([._-]+[a-z0-9]+)*)*",
+                        value):
+        raise ValueError("is not host:port[/path] (path: lowercase a-z, 0-9, . _ -)")
+    if not 0 < int(value.split("/")[0].rpartition(":")[2]) < 65536:
+        raise ValueError("has a port outside 1..65535")
+    return value
+
+
 def pinned_image(value: str) -> str:
     """An image reference with an explicit tag (or digest) other than `latest`."""
     name, _, digest = value.partition("@")
@@ -157,6 +178,27 @@ def _path(value: str) -> Path:
         return Path(value).expanduser()
     except RuntimeError:  # ~user of a user that does not exist
         raise ValueError("is not a path: its ~user names no user here") from None
+
+
+def _absolute_paths(value: str) -> tuple[str, ...]:
+    """`/path,/path` -> normalised absolute paths."""
+    items = tuple(os.path.normpath(v.strip()) for v in value.split(",") if v.strip())
+    for item in items:
+        if not item.startswith("/"):
+            raise ValueError(f"{item!r} is not an absolute path")
+    return items
+
+
+def _compose_allowed(value: str) -> tuple[str, ...]:
+    """COMPOSE_ALLOW: absolute paths and the keys of compose_policy.HOST_KEYS."""
+    from .compose_policy import HOST_KEYS
+    items = tuple(os.path.normpath(v.strip()) if v.strip().startswith("/") else v.strip()
+                  for v in value.split(",") if v.strip())
+    for item in items:
+        if not item.startswith("/") and item not in HOST_KEYS:
+            raise ValueError(f"{item!r} is neither an absolute path nor one of "
+                             f"{', '.join(HOST_KEYS)}")
+    return items
 
 
 def _optional_path(value: str) -> Path | None:
@@ -263,6 +305,16 @@ class RegistrySettings:
     registry_reserve_mb: int = key(_int(0, 1 << 20), "100", "memory reserved for the registry")
     registry_dir: Path = key(_path, "", "host directory both clusters' registries store into "
                                         "(default STATE_DIR/registry)", shared=True)
+    registry_url: str = key(_registry_url, "", "your own registry, host:port[/path], instead of "
+                                               "a registry service per cluster (empty: the "
+                                               "book's)", shared=True)
+    registry_user: str = key(str, "", "user of REGISTRY_URL", shared=True)
+    registry_password_file: Path | None = key(_optional_path, "", "file holding REGISTRY_USER's "
+                                                                  "password", shared=True)
+    registry_ca_file: Path | None = key(_optional_path, "", "CA certificate (PEM) of "
+                                                            "REGISTRY_URL's TLS certificate, "
+                                                            "given to every node (empty: the "
+                                                            "nodes already trust it)", shared=True)
 
 
 @dataclass(frozen=True)
@@ -315,6 +367,16 @@ class DeliverySettings:
                                                     "get too (NAME,NAME); by default they get "
                                                     "only what compose needs and the delivery's "
                                                     "own (IMAGE, VERSION, HOST_IP, ...)")
+    compose_mount_prefixes: tuple[str, ...] = key(
+        _absolute_paths, "/tmp", "host directories (PATH,PATH) under which a delivered compose "
+                                 "file may bind-mount on the CD node besides its checkout (the "
+                                 "book's unit tests mount /tmp/go as a build cache)")
+    compose_allow: tuple[str, ...] = key(
+        _compose_allowed, "", "exact host paths a delivered compose file may bind-mount although "
+                              "protected (the Docker socket, the registry, workspace and state "
+                              "directories) or outside COMPOSE_MOUNT_PREFIXES, and the keys that "
+                              "give a service the host (privileged, pid, cap_add, devices, "
+                              "network_mode, ...: see the README); comma-separated")
     reports_dir: Path = key(_path, "reports", "where JSON and JUnit reports are written "
                                               "(relative to the project directory or absolute)")
     workspace_dir: Path = key(_path, "", "host directory where `inv deliver` checks out sources; "
@@ -378,8 +440,10 @@ class Settings:
 
     @property
     def secrets(self) -> list[str]:
-        """Values of env-file keys that look secret: they never reach output or reports."""
-        return secret_values(self.raw)
+        """Values of env-file keys that look secret, and your registry's password: they never
+        reach output or reports."""
+        password = self.registry.registry_password_file
+        return secret_values(self.raw) + ([password.read_text().strip()] if password else [])
 
     def check_node(self, node: str) -> str:
         if node not in self.cluster.nodes:
@@ -450,6 +514,8 @@ def check_environ(environ: Mapping[str, str]) -> None:
 def _parse(name: str, raw: str, where: str) -> Any:
     try:
         return KEYS[name].parse(raw)
+    except _Unshown as exc:
+        raise ConfigError(f"{where}: {name}: {exc}") from None
     except ValueError as exc:
         raise ConfigError(f"{where}: {name}={raw!r}: {exc}") from None
 
@@ -517,6 +583,9 @@ def load(env: str, overrides: Mapping[str, Any] | None = None, *,
             parsed[name] = parsed["state_dir"] / default
     for name in ("app_dir", "proxy_config", "reports_dir"):  # relative to the project
         parsed[name] = where.project_dir / parsed[name]
+    for name in ("registry_password_file", "registry_ca_file"):
+        if parsed[name] is not None:
+            parsed[name] = where.project_dir / parsed[name]
     parsed["repo"] = parsed["repo"] or str(where.project_dir)
     sections = {attr: section(**{f.name: parsed[f.name] for f in fields(section)})
                 for attr, section in SECTIONS.items()}
@@ -565,3 +634,29 @@ def _check_consistency(settings: Settings, origin: Callable[[str], str]) -> None
                               f"{', '.join(missing)} in SSH_HOSTS")
     if not s.managers:
         raise ConfigError(f"{origin('WORKERS')}: every node is a worker; a swarm needs a manager")
+    _check_registry(settings.registry, origin)
+
+
+def _check_registry(r: RegistrySettings, origin: Callable[[str], str]) -> None:
+    """Your own registry: its keys together, its files readable (the password never shown)."""
+    given = {"REGISTRY_USER": r.registry_user, "REGISTRY_PASSWORD_FILE": r.registry_password_file,
+             "REGISTRY_CA_FILE": r.registry_ca_file}
+    for name, value in given.items():
+        if value and not r.registry_url:
+            raise ConfigError(f"{origin(name)}: {name} is set but REGISTRY_URL is empty")
+    if bool(r.registry_user) != bool(r.registry_password_file):
+        name = "REGISTRY_PASSWORD_FILE" if r.registry_user else "REGISTRY_USER"
+        raise ConfigError(f"{origin(name)}: REGISTRY_USER and REGISTRY_PASSWORD_FILE go together: "
+                          f"set {name} too")
+    for name, path in (("REGISTRY_PASSWORD_FILE", r.registry_password_file),
+                       ("REGISTRY_CA_FILE", r.registry_ca_file)):
+        if path is None:
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{origin(name)}: {name}={path}: {exc.strerror}") from None
+        if name == "REGISTRY_PASSWORD_FILE" and not data.strip():
+            raise ConfigError(f"{origin(name)}: {name}={path} is empty")
+        if name == "REGISTRY_CA_FILE" and b"-----BEGIN CERTIFICATE-----" not in data:
+            raise ConfigError(f"{origin(name)}: {name}={path} holds no PEM certificate")

@@ -16,6 +16,8 @@ from pathlib import Path
 from . import checks, project_images, records, registry, rollout, services
 from .checkout import Checkout
 from .compose import Compose, ContractError, compose_command
+
+# Settings whole: a delivery is a Checkout (see checkout.py)
 from .config import ConfigError, Settings
 from .redaction import redact
 from .runner import StepFailed, StepResult, beside, run_steps
@@ -197,8 +199,8 @@ def prodlike(d: Delivery) -> str:
                               "delivering", d.log).acquire(rollout.LOCK_WAIT)
         d.previous_image = services.current_image(d.cluster.manager(), d.settings.services.app_service)
     try:
-        result = rollout.update(d.cluster, d.settings, d.pinned, d.log, d.dry_run, d.record,
-                                d.lock)
+        result = rollout.update(d.cluster, d.settings.services, d.pinned, d.log, d.dry_run,
+                                d.record, d.lock)
     except StepFailed as exc:
         if d.dry_run or not d.previous_image or d.previous_image == d.pinned:
             raise
@@ -215,7 +217,7 @@ def restore(d: Delivery) -> str:
     d.log(f"rolling prod-like back to {previous}")
     try:
         lock.check()  # another run that took the lock changes the service now, not this one
-        rollout.update(d.cluster, d.settings, previous, d.log, lock=lock)
+        rollout.update(d.cluster, d.settings.services, previous, d.log, lock=lock)
     except Exception as exc:  # the step's own failure stays the headline
         return f"rolling back to {previous} failed too: {str(exc).splitlines()[0][:200]}"
     return f"rolled back to {previous} on every replica"
@@ -226,7 +228,7 @@ def prodtest(d: Delivery) -> str:
     before) through Swarm's monitor period; only then is the version recorded as verified."""
     try:
         try:
-            detail = rollout.production_tests(d, d.cluster, d.settings, d.pinned, d.converged_at)
+            detail = rollout.production_tests(d, d.cluster, d.pinned, d.converged_at)
         except StepFailed as exc:
             raise StepFailed(f"{exc}; {d.version} is not recorded as verified",
                              exc.output_tail) from None

@@ -14,7 +14,10 @@ from docker.errors import APIError, NotFound
 from . import records, registry, rollout, services, state
 from .checkout import Checkout, check_version
 from .cluster import Cluster
+
+# Settings whole: two clusters (Cluster.of) and a Checkout for the tests
 from .config import Settings
+from .interrupt import deferred
 from .log import Log
 from .redaction import redact
 from .runner import RunInterrupted, StepFailed, StepResult, run_step
@@ -173,7 +176,7 @@ def checkout_for_tests(d: Deployment, record: dict) -> Checkout:
 # -- steps ------------------------------------------------------------------------------------
 def _rollout_to(d: Deployment, image: str, lock: records.Lock) -> str:
     assert d.cluster is not None  # prepare() found it
-    result = rollout.update(d.cluster, d.prod, image, d.log, lock=lock)
+    result = rollout.update(d.cluster, d.prod.services, image, d.log, lock=lock)
     d.converged_at = rollout.monitor_start(result)
     return f"{d.service} on {d.prod.env}: every replica runs {image} ({result.seconds:.1f}s)"
 
@@ -183,7 +186,7 @@ def _prodtest(d: Deployment) -> str:
     if d.checkout.workdir is None:
         d.checkout.clone()
     image = d.previous if d.rolled_back else d.image
-    return rollout.production_tests(d.checkout, d.cluster, d.prod, image, d.converged_at)
+    return rollout.production_tests(d.checkout, d.cluster, image, d.converged_at)
 
 
 def _rollback(d: Deployment, lock: records.Lock) -> str:
@@ -272,13 +275,18 @@ def _log_locally(d: Deployment, entry: dict) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
+def _last_success(entry) -> bool | None:
+    """Pruning keeps the last successful deployment, whatever failed since (`rollback_target`)."""
+    return True if entry.get("result") in ("deployed", "rolled back") else None
+
+
 def begin(d: Deployment, lock: records.Lock) -> None:
     """The "started" entry, written before anything changes: a run killed with SIGKILL never
     writes its final entry, and `history` then shows it as unfinished."""
     entry = {**_entry(d, STARTED, []), "lock": lock.id}
     assert d.cluster is not None  # prepare() found it
     _log_locally(d, entry)
-    records.put(d.cluster.manager(), "history", d.service, entry)
+    records.put(d.cluster.manager(), "history", d.service, entry, group=_last_success)
 
 
 def finish(d: Deployment, results: list[StepResult], lock: records.Lock,
@@ -295,12 +303,15 @@ def finish(d: Deployment, results: list[StepResult], lock: records.Lock,
             entry["running"] = rollout.on_manager(cluster, lambda m: [
                 f"{image} on {node}" for node, image in services.replica_images(m, d.service)],
                 d.log)
-        rollout.on_manager(cluster, lambda m: records.put(m, "history", d.service, entry), d.log)
+        with deferred():  # a signal here would leave a finished run "unfinished" for good
+            rollout.on_manager(cluster, lambda m: records.put(m, "history", d.service, entry,
+                                                              group=_last_success), d.log)
     finally:
         try:
             lock.release()  # by its ID, through a manager that answers
         finally:
-            _log_locally(d, entry)
+            with deferred():
+                _log_locally(d, entry)
             if d.checkout:
                 d.checkout.close()
     return entry
@@ -317,7 +328,7 @@ def history(s: Settings) -> tuple[list[dict], str]:
     try:
         manager = Cluster.of(s).discover().manager()
         rows = records.load(manager, "history", s.services.app_service)
-        return merge_runs(rows, _live_lock(manager, s.services.app_service)), "cluster"
+        return merge_runs(rows, live_lock(manager, s.services.app_service)), "cluster"
     except Exception as exc:  # the cluster is unreachable: the local log still tells
         f = local_log(s)
         rows = [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
@@ -336,7 +347,7 @@ def _age(seconds: float) -> str:
     return f"{s // 60}m" if s >= 60 else f"{s}s"
 
 
-def _live_lock(manager, service: str) -> str | None:
+def live_lock(manager, service: str) -> str | None:
     """The ID of the service's lock while its holder lives; None when free or expired."""
     state = records.lock_state(manager, service)
     return state.id if state and not records.expired(state) else None

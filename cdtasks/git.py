@@ -5,24 +5,25 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from . import procs
+from . import git_credentials, procs
 
 LOCAL_TIMEOUT = 30  # seconds a git command on a local repository may take (no network)
 
 
-def environment() -> dict[str, str]:
+def environment(repo: str = "") -> dict[str, str]:
     """The environment of a git command that must not wait for an answer: no terminal
-    prompt, ssh in batch mode (`run` also closes its stdin)."""
+    prompt, ssh in batch mode (`run` also closes its stdin); with the credentials of `repo`'s
+    URL, which git then gets as `git_credentials.url(repo)`."""
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
     env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")  # ssh would ask on the tty
-    return env
+    return {**env, **git_credentials.environment(repo, env)}
 
 
 def run(args: Sequence[str], timeout: float, cwd: Path | str | None = None,
-        env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+        repo: str = "") -> subprocess.CompletedProcess:
     """`git ARGS` (`procs.run`: killed with its transport helpers after `timeout` seconds or
-    an interruption, the exception going on), in `environment()` unless `env` is given."""
-    return procs.run(["git", *args], timeout, cwd, env or environment())
+    an interruption, the exception going on), in `environment(repo)`."""
+    return procs.run(["git", *args], timeout, cwd, environment(repo))

@@ -5,7 +5,9 @@ so every task takes the same path: clean up, record, exit 128 + the signal's num
 The clean-up after a signal is bounded: CLEANUP_BOUND seconds after it (or at once on a second
 signal) the process exits anyway, first naming, one line each, what it leaves behind (what the
 run `track`s: a compose project, a lock). Subprocesses registered with `stop_on_signal` (a build
-beside the interrupted step) are told to stop when the first signal arrives.
+beside the interrupted step) are told to stop when the first signal arrives. A signal the caller
+set to be ignored (`nohup`, `&` in a script) stays ignored. `deferred` holds these signals back
+across a write that must be whole (the last record of a run) and delivers them right after it.
 """
 from __future__ import annotations
 
@@ -153,7 +155,8 @@ def signals_as_interrupt(say: Callable[[str], None] = _stderr) -> Iterator[None]
         yield
         return
     handler = _Handler(say)
-    previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    previous = {s: signal.signal(s, handler) for s in SIGNALS
+                if signal.getsignal(s) is not signal.SIG_IGN}
     _active.on = True
     try:
         yield
@@ -163,3 +166,24 @@ def signals_as_interrupt(say: Callable[[str], None] = _stderr) -> Iterator[None]
         _active.on = False
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block, SIGINT/SIGTERM/SIGHUP wait: a record written there is written whole (a
+    `finished` record cut off leaves its commit "unfinished" for good). The first signal that
+    arrived is raised again right after the block, to whatever handles it outside (then an
+    `Interrupted` propagates from the `with`). Outside the main thread it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in SIGNALS
+                if signal.getsignal(s) is not signal.SIG_IGN}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        if held:
+            signal.raise_signal(held[0])

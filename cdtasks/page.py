@@ -11,14 +11,18 @@ from __future__ import annotations
 import datetime
 import html
 import json
+import os
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import records, services, watch
+from . import deployment, records, services, watch
 from .cluster import Cluster
+
+# Settings whole: each environment's Cluster (Cluster.of) is read
 from .config import Settings
 
 FILE_NAME = "releases.html"  # in REPORTS_DIR
@@ -82,6 +86,9 @@ def cluster(label: str, service: str, connect: Callable[[], Any],
         view["replicas"] = replicas(manager.api.tasks(filters={"service": service}), nodes)
         for kind in view["records"]:
             view["records"][kind] = records.load(manager, kind, service)
+        if "history" in view["records"]:  # one row per deployment, not its "started" entry too
+            view["records"]["history"] = deployment.merge_runs(
+                view["records"]["history"], deployment.live_lock(manager, service))
     except Exception as exc:  # the page still tells what the other sources know
         view["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else '-'}"
     return view
@@ -317,9 +324,16 @@ def render(snap: Mapping) -> str:
 
 
 def write(path: Path, snap: Mapping) -> Path:
-    """Write the page atomically (a browser reloading it never sees half a file)."""
+    """Write the page atomically (a browser reloading it never sees half a file), through a
+    temporary file of its own: `inv report` and the watcher may write the page at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render(snap), encoding="utf-8")
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(render(snap))
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the page from a web server
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path

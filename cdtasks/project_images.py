@@ -6,8 +6,7 @@ registry, or the delivery stops with one line naming the image and the service t
 How the delivery calls it, after the checkout and before the unit tests and the build:
 
     model = check_contract(compose.model(), settings.delivery.compose_file)
-    project_images.ensure(model, cluster.client(cd_node), cd_node,
-                          f"localhost:{settings.registry.registry_port}",
+    project_images.ensure(model, cluster.client(cd_node), cd_node, registry.address(settings),
                           cluster.provider.image_source(), log)
 
 or step by step: needed(model, read_dockerfiles(model)) -> plan(...) -> apply(...).
@@ -128,7 +127,8 @@ def needed(model: ComposeModel, dockerfiles: Mapping[str, str]) -> dict[str, str
 
 
 def registry_ref(image: str, registry: str) -> str:
-    """Where the cluster's registry keeps `image`: `mongo:3.2.10` -> `localhost:5000/mongo:3.2.10`."""
+    """Where the cluster's registry (registry.address) keeps `image`: `mongo:3.2.10` ->
+    `localhost:5000/mongo:3.2.10`."""
     return image if image.startswith(registry + "/") else f"{registry}/{image}"
 
 

@@ -6,6 +6,8 @@ lock's config either succeeds or fails with a conflict, atomically, on the manag
 Only a config's labels may change, and only at the version index last read (optimistic
 concurrency): the lock's expiry is a label its holder renews, and a waiter marks an expired lock
 as taken over the same way before removing it by its ID, so it never removes one renewed since.
+A claim is a record whose name its key alone gives: two processes claiming one key (two
+watchers taking one commit) cannot both succeed. Records beyond KEEP per kind are pruned.
 
 Lease arithmetic that holds whatever the machines' clocks say: a waiter takes a lock over only
 once it has seen it unchanged (same ID, same version) for a whole TTL on its own monotonic
@@ -17,15 +19,17 @@ bounds each call of its lock to LOCK_CALL_TIMEOUT, well below the TTL.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import getpass
+import hashlib
 import json
 import os
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,31 +46,100 @@ LOCK_MARGIN = 10.0  # seconds of its lease a holder keeps unused (a check, then 
 EXPIRES_LABEL = "io.cdtasks.expires"  # epoch seconds, renewed by the holder
 TAKEN_LABEL = "io.cdtasks.taken-by"  # set by a waiter on an expired lock just before removing it
 SERVICE_LABEL = "io.cdtasks.service"
+# Records of a kind kept per service; older ones are pruned at each put, except the newest of
+# each group the kind's writer names (what a reader still needs: a branch's last taken commit,
+# the last successful deployment). The page shows the last 20; `inv history` what is kept.
+KEEP = 200
 
 
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def put(manager, kind: str, service: str, data: Mapping) -> str:
-    """Store one record; returns its config name (time-ordered, unique)."""
+def put(manager, kind: str, service: str, data: Mapping,
+        group: Callable[[Mapping], object] = lambda row: None) -> str:
+    """Store one record, then prune the kind beyond KEEP (`prunable`, with `group`); returns its
+    config name (time-ordered, unique)."""
     name = f"cdtasks-{kind}-{int(time.time() * 1000)}-{secrets.token_hex(3)}"
     manager.api.create_config(name, json.dumps(dict(data)).encode(),
                               labels={KIND_LABEL: kind, SERVICE_LABEL: service})
+    with contextlib.suppress(Exception):  # the record is stored; the next put prunes again
+        prune(manager, kind, service, KEEP, group)
     return name
 
 
-def _data(manager, config_id: str) -> dict:
-    return json.loads(base64.b64decode(manager.api.inspect_config(config_id)["Spec"]["Data"]))
+def claim_name(kind: str, service: str, key: str) -> str:
+    """The one config name a claim of `key` can have (Swarm names: 64 characters at most)."""
+    digest = hashlib.sha256(f"{service}\0{key}".encode()).hexdigest()[:32]
+    return f"cdtasks-{kind}-claim-{digest}"
 
 
-def load(manager, kind: str, service: str) -> list[dict]:
-    """All records of a kind for a service, oldest first."""
+def claim(manager, kind: str, service: str, key: str, data: Mapping) -> bool:
+    """Store a record under a name that only `key` gives: atomic across processes and machines
+    (the managers' Raft store refuses a second config of that name). False when a record of
+    that key exists already (someone claimed it first)."""
+    try:
+        manager.api.create_config(claim_name(kind, service, key), json.dumps(dict(data)).encode(),
+                                  labels={KIND_LABEL: kind, SERVICE_LABEL: service})
+    except APIError as exc:
+        if exc.status_code != 409:
+            raise
+        return False
+    return True
+
+
+def _data(manager, config: Mapping) -> dict:
+    data = (config.get("Spec") or {}).get("Data")
+    if data is None:  # an engine whose list leaves the data out: ask for this one
+        data = manager.api.inspect_config(config["ID"])["Spec"]["Data"]
+    return json.loads(base64.b64decode(data))
+
+
+def entries(manager, kind: str, service: str) -> list[tuple[str, dict]]:
+    """(config ID, record) of every record of a kind for a service, oldest first: one list
+    call, which carries each record's data."""
     configs = manager.api.configs(filters={"label": [f"{KIND_LABEL}={kind}",
                                                      f"{SERVICE_LABEL}={service}"]})
     # Records are never updated, so their version index is the Raft index of their creation:
     # one order for every writer, where names made in the same millisecond would tie.
-    return [_data(manager, c["ID"]) for c in sorted(configs, key=lambda c: c["Version"]["Index"])]
+    return [(c["ID"], _data(manager, c))
+            for c in sorted(configs, key=lambda c: c["Version"]["Index"])]
+
+
+def load(manager, kind: str, service: str) -> list[dict]:
+    """All records of a kind for a service, oldest first."""
+    return [row for _, row in entries(manager, kind, service)]
+
+
+def prunable(rows: Sequence[Mapping], keep: int,
+             group: Callable[[Mapping], object] = lambda row: None) -> list[int]:
+    """Indexes of the records (oldest first) beyond the newest `keep` that may go: all but the
+    newest of each group (`group(row)`, None: no group) kept for what a reader still needs."""
+    kept_groups: set = set()
+    out = []
+    for i in range(len(rows) - 1, -1, -1):
+        g = group(rows[i])
+        newest_of_group = g is not None and g not in kept_groups
+        if g is not None:
+            kept_groups.add(g)
+        if i < len(rows) - keep and not newest_of_group:
+            out.append(i)
+    return sorted(out)
+
+
+def prune(manager, kind: str, service: str, keep: int,
+          group: Callable[[Mapping], object] = lambda row: None) -> int:
+    """Remove the records `prunable` names (each Swarm config costs the managers' Raft store and
+    every load); returns how many went. A record removed meanwhile by another pruner is fine."""
+    listed = entries(manager, kind, service)
+    gone = 0
+    for i in prunable([row for _, row in listed], keep, group):
+        try:
+            manager.api.remove_config(listed[i][0])
+            gone += 1
+        except NotFound:
+            pass
+    return gone
 
 
 # -- locks -------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import records, services, stack
 from .checkout import Checkout
 from .cluster import Cluster
-from .config import Settings
+from .config import ServicesSettings
 from .engine import EngineError
 from .log import Log
 from .runner import StepFailed
@@ -62,13 +62,14 @@ def on_manager(cluster: Cluster, act: Callable, log: Log, within: float = 60.0):
             time.sleep(2.0)
 
 
-def update(cluster: Cluster, settings: Settings, image: str, log: Log, dry_run: bool = False,
+def update(cluster: Cluster, app: ServicesSettings, image: str, log: Log, dry_run: bool = False,
            record: Callable[[Sequence[str]], None] | None = None,
            lock: records.Lock | None = None) -> services.Rollout:
     """Pre-pull, `docker service update --image`, then wait for Swarm to report completion;
-    a rollout that did not end well fails the step. `lock` (the service's, held) is checked
-    right before the update, after the pre-pull that may take long (LockLost)."""
-    svc = settings.services.app_service
+    a rollout that did not end well fails the step. `app`: the services of `cluster`'s
+    settings (the application's name and how long to wait). `lock` (the service's, held) is
+    checked right before the update, after the pre-pull that may take long (LockLost)."""
+    svc = app.app_service
     if record:
         record(["docker", "service", "update", "--image", image, svc])
     if dry_run:
@@ -80,7 +81,7 @@ def update(cluster: Cluster, settings: Settings, image: str, log: Log, dry_run: 
             lock.check()
         return services.update_image(manager, svc, image)
     on_manager(cluster, change, log)
-    return check(services.wait_rollout(cluster.manager(), svc, image, settings.services.services_timeout,
+    return check(services.wait_rollout(cluster.manager(), svc, image, app.services_timeout,
                                        log, cluster=cluster))
 
 
@@ -95,50 +96,50 @@ def monitor_start(result: services.Rollout) -> float:
     return time.monotonic() - result.running_for
 
 
-def settle(cluster: Cluster, settings: Settings, image: str, converged_at: float,
+def settle(cluster: Cluster, app: ServicesSettings, image: str, converged_at: float,
            log: Log) -> None:
     """After the tests that overlapped Swarm's monitor period: every replica must still run
     `image` (the service's spec too), for the whole period, with no failure or rollback
     reported by Swarm. converged_at 0 (not known): the period counts from now."""
     manager = cluster.manager()
     until = (converged_at or time.monotonic()) + services.MONITOR
-    check(services.wait_rollout(manager, settings.services.app_service, image, settings.services.services_timeout,
+    check(services.wait_rollout(manager, app.app_service, image, app.services_timeout,
                                 log, stable_until=until, cluster=cluster))
 
 
-def host_ip(cluster: Cluster, settings: Settings, routing: str) -> str:
+def host_ip(cluster: Cluster, app: ServicesSettings, routing: str) -> str:
     """Where production tests reach the proxy (HOST_IP): any node with the routing mesh;
     without it, a node that runs a proxy task."""
-    nodes = list(cluster.endpoints) if routing == "mesh" else stack.proxy_nodes(cluster, settings)
+    nodes = list(cluster.endpoints) if routing == "mesh" else stack.proxy_nodes(cluster, app)
     if not nodes:
-        raise StepFailed(f"no node of {settings.env} runs a {settings.services.proxy_service} task")
+        raise StepFailed(f"no node of {cluster.settings.env} runs a {app.proxy_service} task")
     address = cluster.endpoints[nodes[0]].address
-    return address if settings.services.proxy_port == 80 else f"{address}:{settings.services.proxy_port}"
+    return address if app.proxy_port == 80 else f"{address}:{app.proxy_port}"
 
 
-def runs(cluster: Cluster, settings: Settings, image: str) -> None:
+def runs(cluster: Cluster, app: ServicesSettings, image: str) -> None:
     """The service's spec must run exactly `image` (tests of anything else verify nothing)."""
-    running = services.current_image(cluster.manager(), settings.services.app_service)
+    running = services.current_image(cluster.manager(), app.app_service)
     if running != image:
-        raise StepFailed(f"{settings.services.app_service} on {settings.env} runs {running}, not {image}: "
-                         f"the production tests would test another version")
+        raise StepFailed(f"{app.app_service} on {cluster.settings.env} runs {running}, not "
+                         f"{image}: the production tests would test another version")
 
 
-def production_tests(co: Checkout, target: Cluster, target_settings: Settings, image: str,
-                     converged_at: float) -> str:
+def production_tests(co: Checkout, target: Cluster, image: str, converged_at: float) -> str:
     """`run --rm production` in the checkout on the CD node against a cluster's proxy, which
     must run `image`; then the rolling update that preceded them (its last replica started at
     `converged_at`) must have settled on it."""
+    app = target.settings.services
     if not co.dry_run:
-        runs(target, target_settings, image)
-    ip = "HOST_IP" if co.dry_run else host_ip(target, target_settings, target.routing_in_use())
+        runs(target, app, image)
+    ip = "HOST_IP" if co.dry_run else host_ip(target, app, target.routing_in_use())
     co.compose_step(lambda c: c.run("production"), host_ip=ip, defer=True)
     if co.compose_left:  # a whole run: the project goes down while the monitor period is watched
         co.tear_down_beside()
     if not co.dry_run:
-        settle(target, target_settings, image, converged_at, co.log)
+        settle(target, app, image, converged_at, co.log)
     co.torn_down()
-    return f"production tests passed against {target_settings.env} ({ip})"
+    return f"production tests passed against {target.settings.env} ({ip})"
 
 
 # -- versions that passed production tests on prod-like: delivery writes, deployment reads ----

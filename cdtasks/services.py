@@ -6,6 +6,7 @@ service, so a diff is a comparison of two plain values and changes touch only wh
 from __future__ import annotations
 
 import re
+import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -271,11 +272,25 @@ def replica_images(client, name: str) -> list[tuple[str, str]]:
 
 
 def health_output(container: Mapping) -> str:
-    """The last failing health check's output of a container (its inspect data), or ''."""
-    log = ((container.get("State") or {}).get("Health") or {}).get("Log") or []
-    failed = [h for h in log if h.get("ExitCode") != 0]
-    text = " ".join((failed[-1].get("Output") or "").split()) if failed else ""
-    return text[:300]
+    """The last failing health check of a container (its inspect data) in a few words: its
+    output, the command, its exit code and how many probes failed in a row; '' if none failed.
+    A check that prints nothing (`HEALTHCHECK CMD false`) is still named by the rest."""
+    health = (container.get("State") or {}).get("Health") or {}
+    failed = [h for h in health.get("Log") or [] if h.get("ExitCode") != 0]
+    if not failed:
+        return ""
+    # The last probe that said something: a probe cut short as the container stops prints
+    # nothing (exit 137).
+    probe = next((h for h in reversed(failed) if (h.get("Output") or "").strip()), failed[-1])
+    output = " ".join((probe.get("Output") or "").split())[:300] or "no output"
+    test = list(((container.get("Config") or {}).get("Healthcheck") or {}).get("Test") or ())
+    command = (test[1] if test[:1] == ["CMD-SHELL"] and len(test) > 1
+               else shlex.join(test[1:]) if test[:1] == ["CMD"] else "")
+    facts = [f"exit code {probe.get('ExitCode')}"]
+    streak = health.get("FailingStreak") or 0
+    if streak:
+        facts.append(f"{streak} failed probe{'s' if streak > 1 else ''} in a row")
+    return f"{output} ({f'`{command[:200]}`: ' if command else ''}{', '.join(facts)})"
 
 
 def _health_of(t: Mapping, nodes: Mapping[str, str], node_client) -> str:

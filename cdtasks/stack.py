@@ -11,7 +11,10 @@ from docker.errors import APIError, NotFound
 
 from . import images, registry, services
 from .cluster import Cluster
-from .config import Settings
+
+# Settings whole where a Cluster is built, or the
+# registry (references) and the cluster (CD node) are read beside the services
+from .config import ServicesSettings, Settings
 from .log import Log
 from .services import ServiceSpec, with_routing
 
@@ -154,9 +157,9 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def proxy_nodes(cluster: Cluster, s: Settings) -> list[str]:
+def proxy_nodes(cluster: Cluster, app: ServicesSettings) -> list[str]:
     """Nodes that run a proxy task now (where HOST_IP can point without the routing mesh)."""
     manager = cluster.manager()
     names = {n["ID"]: n["Description"]["Hostname"] for n in manager.api.nodes()}
-    _, _, tasks = services.running_tasks(manager, s.services.proxy_service)
+    _, _, tasks = services.running_tasks(manager, app.proxy_service)
     return sorted({names[t["NodeID"]] for t in tasks if t["Status"]["State"] == "running"})

@@ -3,9 +3,11 @@ callable the caller gives. What was taken and how it ended is kept as records on
 (kind `watch`), so a restarted watcher, or one on another machine, never runs a commit twice.
 
 A commit is recorded as `taken` before its run starts and `finished` after: a `taken` without
-`finished` is a run the watcher did not see to its end (a crash, a killed process); it is
-reported, not run again. Only the newest commit of a branch is taken: commits pushed while a run
-is in progress are skipped for the last of them.
+`finished` is a run in progress elsewhere, or one its watcher did not see to its end (a crash, a
+killed process); it is reported, not run again. Taking is a claim (`records.claim`): of two
+watchers, on one machine or two, only one takes a commit, and each looks at fresh records
+before it tries. Only the newest commit of a branch is taken: commits pushed while a run is in
+progress are skipped for the last of them.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import git, records
-from .interrupt import exit_code
+from . import git, git_credentials, records
+from .interrupt import deferred, exit_code
 from .redaction import redact
 
 KIND = "watch"
@@ -60,12 +62,12 @@ class RunResult:
 
 
 # -- git ------------------------------------------------------------------------------------------
-def _git(args: Sequence[str], timeout: float | None = None) -> str:
+def _git(args: Sequence[str], timeout: float | None = None, repo: str = "") -> str:
     """A git command that never asks for anything (`git.run`), within `timeout` seconds
-    (GIT_TIMEOUT unless given)."""
+    (GIT_TIMEOUT unless given); `repo`'s credentials through its environment."""
     timeout = timeout or GIT_TIMEOUT
     try:
-        proc = git.run(args, timeout)
+        proc = git.run(args, timeout, repo=repo)
     except subprocess.TimeoutExpired:
         raise SourceError(f"`git {args[0]}` got no answer in {timeout:g}s") from None
     if proc.returncode != 0:
@@ -85,7 +87,8 @@ def check_branch(branch: str) -> str:
 
 def default_branch(repo: str) -> str:
     """The branch the repository's HEAD points at (what a clone checks out)."""
-    for line in _git(["ls-remote", "--symref", "--end-of-options", repo, "HEAD"]).splitlines():
+    for line in _git(["ls-remote", "--symref", "--end-of-options", git_credentials.url(repo),
+                      "HEAD"], repo=repo).splitlines():
         if line.startswith("ref: refs/heads/") and line.endswith("\tHEAD"):
             return line[len("ref: refs/heads/"):-len("\tHEAD")]
     raise SourceError(f"{redact(repo)} has no default branch (its HEAD is detached): "
@@ -95,7 +98,8 @@ def default_branch(repo: str) -> str:
 def head(repo: str, branch: str) -> str:
     """The newest commit of a branch, for a local path or a URL alike."""
     ref = f"refs/heads/{branch}"
-    for line in _git(["ls-remote", "--end-of-options", repo, ref]).splitlines():
+    for line in _git(["ls-remote", "--end-of-options", git_credentials.url(repo), ref],
+                     repo=repo).splitlines():
         sha, _, name = line.partition("\t")
         if name == ref:
             return sha
@@ -138,7 +142,18 @@ class RecordStore:
         return self._call(lambda m: records.load(m, KIND, self.service))
 
     def put(self, data: Mapping) -> None:
-        self._call(lambda m: records.put(m, KIND, self.service, data))
+        self._call(lambda m: records.put(m, KIND, self.service, data, group=_newest_kept))
+
+    def take(self, data: Mapping) -> bool:
+        """Record `taken` for a commit unless a watcher did already (False then): atomic."""
+        key = "\0".join(str(data[k]) for k in ("repo", "branch", "commit"))
+        return self._call(lambda m: records.claim(m, KIND, self.service, key, data))
+
+
+def _newest_kept(row: Mapping) -> tuple:
+    """Pruning keeps each branch's newest `taken` (a quiet branch's head stays taken) and
+    `finished`."""
+    return (row.get("repo"), row.get("branch"), row.get("event"))
 
 
 @dataclass
@@ -236,7 +251,9 @@ class Watcher:
     log: Callable[[str], None] = print
     backoff_max: float = BACKOFF_MAX
     wake: threading.Event = field(default_factory=threading.Event)
-    _runs: Runs | None = None
+    _looked: bool = False  # the records were read once (what was left unfinished is said)
+    _told: set[str] = field(default_factory=set)  # commits said to be taken elsewhere
+    _mine: set[str] = field(default_factory=set)  # commits this watcher took
     _unwritten: list[dict] = field(default_factory=list)  # finished records the cluster missed
     _stopping: bool = False
     _failing: bool = False  # the last try found the cluster or the repository silent
@@ -252,16 +269,27 @@ class Watcher:
         self.wake.set()
 
     def _state(self) -> Runs:
+        """The records as the cluster has them now (another watcher may have taken a commit)."""
         for row in list(self._unwritten):  # finished records kept while the cluster was away
             self.store.put(row)
             self._unwritten.remove(row)
-        if self._runs is None:
-            self._runs = Runs.of(self.store.load(), self.name, self.branch)
-            for r in self._runs.unfinished():
-                self.log(f"commit {r['commit'][:12]} of {self.branch} was taken at {r.get('time')} "
-                         f"by {r.get('user')}@{r.get('host')} (pid {r.get('pid')}) and never "
-                         f"finished: not run again (`inv deliver --ref {r['commit'][:12]}` runs it)")
-        return self._runs
+        runs = Runs.of(self.store.load(), self.name, self.branch)
+        if not self._looked:  # the first look: what earlier watchers left unfinished
+            self._looked = True
+            for r in runs.unfinished():
+                self._tell(r)
+        return runs
+
+    def _tell(self, taken: Mapping) -> None:
+        """Say once that a commit was taken elsewhere and is not run here."""
+        commit = str(taken.get("commit", ""))
+        if commit in self._told:
+            return
+        self._told.add(commit)
+        who = (f"at {taken.get('time')} by {taken.get('user')}@{taken.get('host')} "
+               f"(pid {taken.get('pid')})" if taken.get("user") else "by another watcher")
+        self.log(f"commit {commit[:12]} of {self.branch} was taken {who}, not run here; it runs "
+                 f"there, or stopped unfinished (`inv deliver --ref {commit[:12]}` runs it)")
 
     def check(self) -> RunResult | None:
         """One poll: run the branch's newest commit if no watcher took it yet. None when there
@@ -269,13 +297,19 @@ class Watcher:
         commit = head(self.repo, self.branch)
         runs = self._state()
         if commit in runs.taken:
+            if commit not in runs.finished and commit not in self._mine:
+                self._tell(runs.taken[commit])
             return None
         base = {"repo": self.name, "branch": self.branch, "commit": commit}
         taken = {**base, "event": "taken", "time": records.now(), "user": getpass.getuser(),
                  "host": socket.gethostname(), "pid": os.getpid(),
                  "subject": subject(self.repo, commit)}
-        self.store.put(taken)  # before the run: a restart must not run it again
-        runs.taken[commit] = taken
+        # Before the run (a restart must not run it again), and only if no watcher took it
+        # since our look.
+        if not self.store.take(taken):
+            self._tell(self._state().taken.get(commit, base))
+            return None
+        self._mine.add(commit)
         self.log(f"new commit {commit[:12]} on {self.branch}: {taken['subject'] or 'running'}")
         started = time.monotonic()
         try:
@@ -297,10 +331,9 @@ class Watcher:
         finished = {k: taken[k] for k in ("repo", "branch", "commit")}
         finished.update(event="finished", time=records.now(), code=result.code, ok=result.ok,
                         result=text[:RESULT_CHARS], seconds=round(time.monotonic() - started, 1))
-        assert self._runs is not None  # read when the commit was taken
-        self._runs.finished[taken["commit"]] = finished
         try:
-            self.store.put(finished)
+            with deferred():  # a signal here would leave the commit "unfinished" for good
+                self.store.put(finished)
         except WatchError as exc:
             self.log(f"could not record the end of {taken['commit'][:12]} ({exc}): "
                      f"recorded when the cluster answers again")

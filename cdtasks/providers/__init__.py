@@ -1,6 +1,8 @@
 """Where machines come from. Tasks and library modules ask `for_settings` and use the interface."""
 from __future__ import annotations
 
+# Settings whole: providers read the cluster, their own section (machine
+# or ssh), the registry and workspace directories they share into nodes, and the env name
 from ..config import Settings
 from ..engine import Endpoint
 from .base import Provider, ProviderError

@@ -77,10 +77,13 @@ def lab(tmp_path_factory) -> Lab:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CDTASKS_", "DOCKER_"))}
     env.update(CDTASKS_LAB_NAME=name, CDTASKS_STATE_DIR=str(state))
     lab = Lab(name, state, env)
-    lab.inv("provision")
-    yield lab
-    # Whatever the tests did, leave nothing of this run behind (the destroy test checks it).
-    lab.inv("destroy", "--purge", check=False)
+    try:
+        lab.inv("provision")
+        yield lab
+    finally:
+        # Whatever the tests did (a failed provision too), leave nothing of this run behind
+        # (the destroy test checks it).
+        lab.inv("destroy", "--purge", check=False)
 
 
 @pytest.fixture(scope="session")

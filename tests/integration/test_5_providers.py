@@ -192,7 +192,7 @@ def test_services(world):
     world.inv("services")
     test = world.settings("test")
     c = _cluster(world, "test")
-    for node in stack.proxy_nodes(c, test):
+    for node in stack.proxy_nodes(c, test.services):
         r = requests.get(f"http://127.0.0.1:{world.http_port(node)}/demo/hello", timeout=10)
         assert r.status_code == 200 and "hello" in r.text.lower()
     assert world.inv("services", "--check").returncode == 0

@@ -134,6 +134,7 @@ def test_watch_once_delivers_the_newest_commit_once(stack: Lab, head: str, tmp_p
 
     assert (tmp_path / "releases.html").is_file()  # kept current by the watcher
     out = tmp_path / "page" / "releases.html"
+    out.parent.mkdir()  # `inv report` refuses a directory that does not exist
     shown = inv_watch(stack, tmp_path, "report", "--output", str(out), timeout=300)
     assert shown.returncode == 0, shown.stderr[-3000:]
     html = out.read_text()

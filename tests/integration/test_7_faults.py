@@ -183,6 +183,19 @@ def sick_repo(repo, tmp_path_factory) -> str:
     return "sick"
 
 
+@pytest.fixture(scope="module")
+def silent_repo(repo) -> str:
+    """A commit of the sample whose health check fails and prints nothing (`CMD false`)."""
+    path = Path(repo)
+    git(path, "checkout", "--quiet", "-b", "silent", "main")
+    dockerfile = path / "demo/Dockerfile"
+    dockerfile.write_text(re.sub(r"(?m)^(HEALTHCHECK .*) CMD .*$", r"\1 CMD false",
+                                 dockerfile.read_text()))
+    git(path, "commit", "--quiet", "-am", "a health check that fails silently")
+    git(path, "checkout", "--quiet", "main")
+    return "silent"
+
+
 def deliver(lab, repo, version, tmp_path, *extra) -> Run:
     return Run(lab, ["deliver", "--repo", repo, "--version", version, *extra],
                {"CDTASKS_REPORTS_DIR": str(tmp_path)})
@@ -260,9 +273,24 @@ def test_failed_health_check_on_prod_like_rolls_back_and_names_the_check(
     assert code == 16, run.stdout
     assert "DELIBERATELY-UNHEALTHY" in run.stdout + run.stderr  # the check's own output
     assert "no task reported an error" not in run.stdout
+    assert re.search(r"health check failed: .*exit code 1, \d+ failed probes? in a row",
+                     run.stdout), run.stdout
     # Back on the image it ran before, on every replica, and the summary says so.
     assert wait_for_replicas(stack, "test") == before
     assert f"prod-like runs {before}" in run.stdout
+    assert_clean(stack)
+
+
+def test_a_health_check_that_prints_nothing_is_named_by_command_and_exit_code(
+        stack, repo, silent_repo, tmp_path):
+    before = wait_for_replicas(stack, "test")
+    run = deliver(stack, repo, "silent-1", tmp_path, "--ref", silent_repo)
+    code = run.finish()
+    assert code == 16, run.stdout
+    assert "no task reported an error" not in run.stdout
+    assert re.search(r"health check failed: no output \(`false`: exit code 1, \d+ failed "
+                     r"probes? in a row\)", run.stdout), run.stdout
+    assert wait_for_replicas(stack, "test") == before
     assert_clean(stack)
 
 

@@ -171,7 +171,15 @@ def test_environment_passes_only_what_compose_needs_and_pass_env(compose_file, m
         "VERSION": "from-operator", "DOCKER_HOST": "tcp://elsewhere:2376"})
     c = make(compose_file, env={"VERSION": "1.2"}, pass_env=("HTTP_PROXY", "UNSET_NAME"))
     assert c.environment() == {"PATH": "/bin", "HOME": "/root", "DOCKER_CONFIG": "/cfg",
-                               "LC_ALL": "C.UTF-8", "HTTP_PROXY": "p", "VERSION": "1.2"}
+                               "LC_ALL": "C.UTF-8", "HTTP_PROXY": "p", "VERSION": "1.2",
+                               "COMPOSE_BAKE": "false"}
+
+
+def test_compose_builds_without_bake_unless_pass_env_says_otherwise(compose_file, monkeypatch):
+    """Bake needs buildx, which the CD node lacks: compose would say so in every build."""
+    monkeypatch.setattr(mod.os, "environ", {"PATH": "/bin", "COMPOSE_BAKE": "true"})
+    assert make(compose_file).environment()["COMPOSE_BAKE"] == "false"
+    assert make(compose_file, pass_env=("COMPOSE_BAKE",)).environment()["COMPOSE_BAKE"] == "true"
 
 
 def test_empty_docker_env_means_local_engine(compose_file, monkeypatch):

@@ -131,8 +131,48 @@ def test_without_json_the_tables_stay_on_stdout(c, monkeypatch, capsys):
 
 
 def test_every_json_flag_is_documented():
-    """deliver, deploy, rollback, status, history take --json with help; the README names each."""
+    """Every task that prints tables takes --json with help; the README names each."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    for name in ("deliver", "deploy", "rollback", "status", "history"):
+    for name in ("deliver", "deploy", "rollback", "status", "history", "services", "lock"):
         assert "json" in ns.tasks[name].help, name
         assert f"`inv {name} --json`" in readme, name
+    assert "json" in ns.tasks["watch"].help and "`inv watch --once --json`" in readme
+
+
+def test_services_json_with_drift_exits_5_after_the_document(c, monkeypatch, capsys):
+    from cdtasks import stack
+    from cdtasks.tasks import services as services_tasks
+
+    def ensure(s, log, check, update):
+        drift = (("go-demo", "replicas", "2", "3"),) if s.env == "prod" else ()
+        return SimpleNamespace(done=(), drift=drift)
+    monkeypatch.setattr(stack, "ensure", ensure)
+    with pytest.raises(Exit) as exc:
+        services_tasks.services(c, check=True, json=True)
+    assert exc.value.code == 5
+    doc = one_document(capsys.readouterr().out)
+    assert doc == {"test": {"done": [], "drift": []},
+                   "prod": {"done": [], "drift": [{"service": "go-demo", "field": "replicas",
+                                                   "env_file": "2", "running": "3"}]}}
+
+
+def test_lock_status_json(c, monkeypatch, capsys):
+    from cdtasks import records
+    from cdtasks.cluster import Cluster
+    from cdtasks.tasks import lock as lock_tasks
+
+    manager = object()
+    monkeypatch.setattr(Cluster, "of", classmethod(lambda cls, s: SimpleNamespace(
+        discover=lambda: SimpleNamespace(manager=lambda: manager))))
+    holder = {"user": "ci", "host": "h", "machine": "m", "pid": 7, "time": "t",
+              "action": "deploying", "version": "1.1"}
+    held = records.LockState("id", 3, "cdtasks-lock-go-demo",
+                             {records.EXPIRES_LABEL: "9999999999"}, holder)
+    monkeypatch.setattr(records, "lock_state", lambda m, svc: held if m is manager else None)
+    monkeypatch.setattr(records, "expired", lambda state: "")
+    lock_tasks.lock(c, "status", env="prod", json=True)
+    out = capsys.readouterr()
+    doc = one_document(out.out)
+    assert list(doc) == ["prod"] and doc["prod"]["holder"] == holder
+    assert doc["prod"]["service"] == "go-demo" and doc["prod"]["expires_in"] > 0
+    assert doc["prod"]["expired"] == "" and "locked by ci@h" in out.err

@@ -234,3 +234,30 @@ def test_the_timeline_of_a_real_run_shows_steps_run_beside_each_other():
     html = page.render(page.snapshot([], [], [doc], T0))
     assert "deliver 1.3 — ok" in html and "steps laid end to end" not in html
     assert f"build: {at['build']:.1f}s + " in html
+
+
+def test_each_write_has_a_temporary_file_of_its_own(tmp_path: Path, snap, monkeypatch):
+    """`inv report` beside the watcher: two writers never share (and crash on) one temp file."""
+    moved, real_replace = [], os.replace
+    monkeypatch.setattr(page.os, "replace", lambda src, dst: moved.append(src) or real_replace(src, dst))
+    target = tmp_path / page.FILE_NAME
+    page.write(target, snap)
+    page.write(target, snap)
+    assert len(set(moved)) == 2 and all(Path(m).parent == tmp_path for m in moved)
+    assert [p.name for p in tmp_path.iterdir()] == [page.FILE_NAME]
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_deployment_is_one_row_not_its_started_entry_too(swarm_manager):
+    fill(swarm_manager, "1.2")
+    base = {"env": "prod", "kind": "deploy", "image": "x", "digest": "sha256:" + "cd" * 32,
+            "user": "dev", "service": "go-demo"}
+    for entry in ({**base, "run": "r1", "version": "1.1", "result": "started"},
+                  {**base, "run": "r1", "version": "1.1", "result": "deployed"},
+                  {**base, "run": "r2", "version": "1.2", "result": "started"}):
+        records.put(swarm_manager, "history", "go-demo", entry)
+    prod = page.cluster("production (prod)", "go-demo", lambda: swarm_manager, ("history",))
+    snap = page.snapshot([prod], [], [], now=T0)
+    assert [(h["version"], h["result"]) for h in snap["history"]] == [("1.1", "deployed"),
+                                                                       ("1.2", "unfinished")]
+    assert "started" not in page.render(snap).split('id="deployments"')[1].split("<h2")[0]

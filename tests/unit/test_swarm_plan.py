@@ -58,7 +58,7 @@ def kinds(actions) -> list[tuple[str, str]]:
 def test_fresh_cluster_inits_the_leader_and_joins_the_rest_with_their_roles(tmp_path):
     s = settings(tmp_path, WORKERS=N3)
     infos = {n: inactive(n) for n in s.cluster.nodes}
-    plan = plan_membership(s, infos, [])
+    plan = plan_membership(s.cluster, infos, [])
     assert plan == (
         Action("init", N1),
         Action("join", N2, {"role": "manager"}),
@@ -68,7 +68,7 @@ def test_fresh_cluster_inits_the_leader_and_joins_the_rest_with_their_roles(tmp_
 
 def test_fresh_cluster_whose_first_node_is_a_worker_inits_on_the_first_manager(tmp_path):
     s = settings(tmp_path, WORKERS=N1)
-    plan = plan_membership(s, {n: inactive(n) for n in s.cluster.nodes}, [])
+    plan = plan_membership(s.cluster, {n: inactive(n) for n in s.cluster.nodes}, [])
     assert plan[0] == Action("init", N2)
     assert sorted(plan[1:], key=str) == [Action("join", N1, {"role": "worker"}),
                                          Action("join", N3, {"role": "manager"})]
@@ -78,7 +78,7 @@ def test_converged_cluster_needs_nothing(tmp_path):
     s = settings(tmp_path)
     infos = {N1: active(N1, "id1"), N2: active(N2, "id2"), N3: active(N3, "id3")}
     members = [member("id1", N1, leader=True), member("id2", N2), member("id3", N3)]
-    assert plan_membership(s, infos, members) == ()
+    assert plan_membership(s.cluster, infos, members) == ()
 
 
 def test_recreated_node_has_its_stale_entry_removed_then_joins(tmp_path):
@@ -86,7 +86,7 @@ def test_recreated_node_has_its_stale_entry_removed_then_joins(tmp_path):
     infos = {N1: active(N1, "id1"), N2: active(N2, "id2"), N3: inactive(N3)}
     members = [member("id1", N1, leader=True), member("id2", N2),
                member("old3", N3, status="down")]
-    assert plan_membership(s, infos, members) == (
+    assert plan_membership(s.cluster, infos, members) == (
         Action("remove", N3, {"id": "old3", "role": "manager"}),
         Action("join", N3, {"role": "manager"}),
     )
@@ -97,7 +97,7 @@ def test_recreated_worker_removal_carries_the_worker_role(tmp_path):
     infos = {N1: active(N1, "id1"), N2: active(N2, "id2"), N3: inactive(N3)}
     members = [member("id1", N1, leader=True), member("id2", N2),
                member("old3", N3, role="worker", status="down")]
-    assert plan_membership(s, infos, members) == (
+    assert plan_membership(s.cluster, infos, members) == (
         Action("remove", N3, {"id": "old3", "role": "worker"}),
         Action("join", N3, {"role": "worker"}),
     )
@@ -108,7 +108,7 @@ def test_recreated_leader_joins_the_running_swarm_instead_of_a_new_init(tmp_path
     infos = {N1: inactive(N1), N2: active(N2, "id2"), N3: active(N3, "id3")}
     members = [member("old1", N1, status="down"), member("id2", N2, leader=True),
                member("id3", N3)]
-    plan = plan_membership(s, infos, members)
+    plan = plan_membership(s.cluster, infos, members)
     assert "init" not in [a.kind for a in plan]
     assert plan == (
         Action("remove", N1, {"id": "old1", "role": "manager"}),
@@ -122,7 +122,7 @@ def test_ready_entry_of_the_running_node_is_not_removed(tmp_path):
     infos = {N1: active(N1, "id1"), N2: active(N2, "id2"), N3: active(N3, "id3")}
     members = [member("id1", N1), member("id2", N2), member("id3", N3),
                member("old3", N3, status="down"), member("gone2", N2, status="unknown")]
-    plan = plan_membership(s, infos, members)
+    plan = plan_membership(s.cluster, infos, members)
     assert sorted(plan, key=str) == [Action("remove", N2, {"id": "gone2", "role": "manager"}),
                                      Action("remove", N3, {"id": "old3", "role": "manager"})]
     assert all(a.detail["id"] not in ("id1", "id2", "id3") for a in plan)
@@ -134,7 +134,7 @@ def test_node_in_another_swarm_is_refused_by_name(tmp_path):
              N3: active(N3, "x3", cluster=OTHER_CLUSTER)}
     members = [member("id1", N1, leader=True), member("id2", N2)]
     with pytest.raises(SwarmError) as exc:
-        plan_membership(s, infos, members)
+        plan_membership(s.cluster, infos, members)
     assert N3 in str(exc.value)
     assert "another swarm" in str(exc.value)
     assert OTHER_CLUSTER[:12] in str(exc.value)
@@ -146,7 +146,7 @@ def test_node_in_a_broken_state_is_refused_by_name(tmp_path, state):
     infos = {N1: active(N1, "id1"), N2: active(N2, "id2"),
              N3: NodeInfo(N3, "10.0.0.3", state, node_id="id3")}
     with pytest.raises(SwarmError) as exc:
-        plan_membership(s, infos, [member("id1", N1), member("id2", N2)])
+        plan_membership(s.cluster, infos, [member("id1", N1), member("id2", N2)])
     assert N3 in str(exc.value) and repr(state) in str(exc.value)
 
 
@@ -154,7 +154,7 @@ def test_no_manager_and_leader_not_inactive_is_refused(tmp_path):
     s = settings(tmp_path)
     infos = {N1: NodeInfo(N1, "10.0.0.1", "error"), N2: inactive(N2), N3: inactive(N3)}
     with pytest.raises(SwarmError) as exc:
-        plan_membership(s, infos, [])
+        plan_membership(s.cluster, infos, [])
     assert N1 in str(exc.value) and "'error'" in str(exc.value)
 
 
@@ -163,14 +163,14 @@ def test_worker_that_should_be_a_manager_is_promoted(tmp_path):
     infos = {N1: active(N1, "id1"), N2: active(N2, "id2"), N3: active(N3, "id3", manager=False)}
     members = [member("id1", N1, leader=True), member("id2", N2),
                member("id3", N3, role="worker")]
-    assert plan_membership(s, infos, members) == (Action("promote", N3),)
+    assert plan_membership(s.cluster, infos, members) == (Action("promote", N3),)
 
 
 def test_manager_that_should_be_a_worker_is_demoted(tmp_path):
     s = settings(tmp_path, WORKERS=N3)
     infos = {N1: active(N1, "id1"), N2: active(N2, "id2"), N3: active(N3, "id3")}
     members = [member("id1", N1, leader=True), member("id2", N2), member("id3", N3)]
-    assert plan_membership(s, infos, members) == (Action("demote", N3),)
+    assert plan_membership(s.cluster, infos, members) == (Action("demote", N3),)
 
 
 def test_role_is_read_from_the_entry_of_the_running_node_not_a_stale_one(tmp_path):
@@ -178,7 +178,7 @@ def test_role_is_read_from_the_entry_of_the_running_node_not_a_stale_one(tmp_pat
     infos = {N1: active(N1, "id1"), N2: active(N2, "id2"), N3: active(N3, "id3")}
     members = [member("id1", N1), member("id2", N2), member("id3", N3),
                member("old3", N3, role="worker", status="down")]
-    plan = plan_membership(s, infos, members)
+    plan = plan_membership(s.cluster, infos, members)
     assert plan == (Action("remove", N3, {"id": "old3", "role": "worker"}),)
 
 
@@ -194,7 +194,7 @@ LABELS = f"{N2}:env=prod-like,{N3}:env=prod-like"
 def test_missing_and_wrong_labels_are_set_on_the_right_ids(tmp_path):
     s = settings(tmp_path, NODE_LABELS=LABELS)
     members = [member("id1", N1), member("id2", N2), member("id3", N3, labels={"env": "prod"})]
-    assert plan_labels(s, members) == (
+    assert plan_labels(s.cluster, members) == (
         Action("label", N2, {"id": "id2", "key": "env", "value": "prod-like"}),
         Action("label", N3, {"id": "id3", "key": "env", "value": "prod-like"}),
     )
@@ -205,21 +205,21 @@ def test_labels_already_right_need_nothing(tmp_path):
     members = [member("id1", N1, labels={"other": "x"}),
                member("id2", N2, labels={"env": "prod-like"}),
                member("id3", N3, labels={"env": "prod-like", "extra": "kept"})]
-    assert plan_labels(s, members) == ()
+    assert plan_labels(s.cluster, members) == ()
 
 
 def test_labels_go_to_the_ready_entry_and_skip_absent_nodes(tmp_path):
     s = settings(tmp_path, NODE_LABELS=f"{N1}:zone=a,{N1}:env=prod-like,{LABELS}")
     members = [member("old2", N2, status="down"), member("id2", N2),
                member("id3", N3, status="down")]  # N1 absent, N3 only down
-    assert plan_labels(s, members) == (
+    assert plan_labels(s.cluster, members) == (
         Action("label", N2, {"id": "id2", "key": "env", "value": "prod-like"}),
     )
 
 
 def test_several_labels_of_one_node_are_planned_in_key_order(tmp_path):
     s = settings(tmp_path, NODE_LABELS=f"{N1}:zone=a,{N1}:env=prod,{N1}:disk=ssd")
-    plan = plan_labels(s, [member("id1", N1, labels={"env": "prod"})])
+    plan = plan_labels(s.cluster, [member("id1", N1, labels={"env": "prod"})])
     assert [(a.detail["key"], a.detail["value"]) for a in plan] == [("disk", "ssd"), ("zone", "a")]
     assert {a.detail["id"] for a in plan} == {"id1"}
 
@@ -227,14 +227,14 @@ def test_several_labels_of_one_node_are_planned_in_key_order(tmp_path):
 # -- routing_mode ---------------------------------------------------------------------------------
 def test_auto_routing_uses_the_mesh_when_every_node_has_ipvs(tmp_path):
     s = settings(tmp_path)
-    mode, reason = routing_mode(s, {N1: True, N2: True, N3: True})
+    mode, reason = routing_mode(s.cluster, s.source, {N1: True, N2: True, N3: True})
     assert mode == "mesh"
     assert "IPVS" in reason
 
 
 def test_auto_routing_falls_back_to_dnsrr_and_names_the_nodes_without_ipvs(tmp_path):
     s = settings(tmp_path)
-    mode, reason = routing_mode(s, {N1: True, N3: False, N2: False})
+    mode, reason = routing_mode(s.cluster, s.source, {N1: True, N3: False, N2: False})
     assert mode == "dnsrr"
     assert f"{N2}, {N3}" in reason
     assert N1 not in reason
@@ -244,7 +244,7 @@ def test_auto_routing_falls_back_to_dnsrr_and_names_the_nodes_without_ipvs(tmp_p
 def test_forced_routing_ignores_the_probe(tmp_path, forced):
     s = settings(tmp_path, ROUTING=forced)
     for probes in ({N1: True, N2: True, N3: True}, {N1: False, N2: False, N3: False}):
-        mode, reason = routing_mode(s, probes)
+        mode, reason = routing_mode(s.cluster, s.source, probes)
         assert mode == forced
         assert f"ROUTING={forced}" in reason
         assert s.source in reason
@@ -398,8 +398,8 @@ def test_parsed_converged_cluster_plans_nothing(tmp_path):
                     Spec=dict(LEADER_NODE["Spec"], Labels={"env": "prod-like"} if name == N2 else {}),
                     ManagerStatus={"Leader": i == 1, "Reachability": "reachable"})
         members.append(member_of(node))
-    assert plan_membership(s, infos, members) == ()
-    assert plan_labels(s, members) == ()
+    assert plan_membership(s.cluster, infos, members) == ()
+    assert plan_labels(s.cluster, members) == ()
 
 
 # -- known defect (documented, not fixed here) ----------------------------------------------------
@@ -415,13 +415,13 @@ def _cluster_with_worker_n3(worker_role_in_list: str):
 def test_converged_cluster_with_a_worker_from_real_info_needs_nothing(tmp_path):
     s = settings(tmp_path, WORKERS=N3)
     infos, members = _cluster_with_worker_n3("worker")
-    assert plan_membership(s, infos, members) == ()
+    assert plan_membership(s.cluster, infos, members) == ()
 
 
 def test_worker_from_real_info_that_should_be_a_manager_is_promoted(tmp_path):
     s = settings(tmp_path)
     infos, members = _cluster_with_worker_n3("worker")
-    assert plan_membership(s, infos, members) == (Action("promote", N3),)
+    assert plan_membership(s.cluster, infos, members) == (Action("promote", N3),)
 
 
 def test_fresh_cluster_with_a_node_still_in_an_old_swarm_is_refused(tmp_path):
@@ -429,7 +429,7 @@ def test_fresh_cluster_with_a_node_still_in_an_old_swarm_is_refused(tmp_path):
     infos = {N1: inactive(N1), N2: inactive(N2),
              N3: info_of(N3, "10.0.0.3", WORKER_INFO)}  # a worker of some earlier swarm
     with pytest.raises(SwarmError, match=N3):
-        plan_membership(s, infos, [])
+        plan_membership(s.cluster, infos, [])
 
 
 def test_recreated_node_whose_old_entry_still_shows_ready_is_cleaned_up(tmp_path):
@@ -439,7 +439,7 @@ def test_recreated_node_whose_old_entry_still_shows_ready_is_cleaned_up(tmp_path
     old = Member(id="old3", hostname=N3, role="manager", status="ready",
                  reachability="unreachable")
     members = [member("id1", N1, leader=True), member("id2", N2), old]
-    assert plan_membership(s, infos, members) == (
+    assert plan_membership(s.cluster, infos, members) == (
         Action("remove", N3, {"id": "old3", "role": "manager"}),
         Action("join", N3, {"role": "manager"}),
     )
@@ -478,7 +478,7 @@ def test_apply_runs_init_and_manager_joins_in_order_before_workers_and_labels(tm
     s = settings(tmp_path, NODES="n1,n2,n3,n4,n5", CD_NODE="n1", WORKERS="n4,n5")
     gate, order, lock = threading.Barrier(2, timeout=5), [], threading.Lock()
 
-    def fake(settings_, clients, addresses, action, log):
+    def fake(cluster_, env_, clients, addresses, action, log):
         with lock:
             order.append(str(action))
         if action.kind == "join" and action.detail["role"] == "worker":
@@ -488,7 +488,7 @@ def test_apply_runs_init_and_manager_joins_in_order_before_workers_and_labels(tm
     actions = [Action("init", "n1"), Action("join", "n2", {"role": "manager"}),
                Action("join", "n4", {"role": "worker"}), Action("join", "n3", {"role": "manager"}),
                Action("join", "n5", {"role": "worker"})]
-    swarm.apply(s, {}, {}, actions, lambda m: None)
+    swarm.apply(s.cluster, s.env, {}, {}, actions, lambda m: None)
     assert order[:3] == ["init n1", "join n2 (role=manager)", "join n3 (role=manager)"]
     assert sorted(order[3:]) == ["join n4 (role=worker)", "join n5 (role=worker)"]
 
@@ -498,13 +498,13 @@ def test_apply_runs_init_and_manager_joins_in_order_before_workers_and_labels(tm
               Action("label", "n3", {"id": "b", "key": "k", "value": "v"}),
               Action("label", "n2", {"id": "a", "key": "k2", "value": "2"})]
 
-    def fake_labels(settings_, clients, addresses, action, log):
+    def fake_labels(cluster_, env_, clients, addresses, action, log):
         with lock:
             order.append(action.detail["key"])
         if action.detail["key"] in ("k1", "k"):
             gate.wait()  # n2's first label and n3's label at the same time
 
     monkeypatch.setattr(swarm, "_apply_one", fake_labels)
-    swarm.apply(s, {}, {}, labels, lambda m: None)
+    swarm.apply(s.cluster, s.env, {}, {}, labels, lambda m: None)
     assert order.index("k1") < order.index("k2")  # one node's labels stay in order
     assert sorted(order) == ["k", "k1", "k2"]

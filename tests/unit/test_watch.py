@@ -3,6 +3,7 @@ manager with the Swarm config API records.py uses (pure logic: no engine)."""
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import subprocess
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cdtasks import watch
-from cdtasks.interrupt import Interrupted
+from cdtasks.interrupt import Interrupted, signals_as_interrupt
 from cdtasks.watch import RecordStore, RunResult, Runs, SourceError, Watcher
 
 WAIT = 20.0  # seconds a test waits for the watcher thread to do what it should
@@ -252,10 +253,32 @@ def test_an_unfinished_commit_is_reported_not_run_again(repo: Path, manager):
     run = FakeRun()
     assert make(repo, manager, run, lines).check() is None
     assert run.commits == []
-    assert any(f"commit {head[:12]} of main was taken at 2026-01-01" in line
-               and "never finished: not run again" in line for line in lines)
+    said = [line for line in lines if f"commit {head[:12]} of main was taken at 2026-01-01" in line]
+    assert len(said) == 1 and "u@h (pid 42), not run here" in said[0], lines
+    assert make(repo, manager, run, lines).check() is None
     paired = watch.pairs(rows(manager))
     assert paired[0]["result"].startswith("unfinished") and paired[0]["code"] is None
+
+
+def test_two_watchers_take_a_commit_once(repo: Path, manager):
+    """One runs it; the other, looking at fresh records during that run, leaves it; a third
+    whose look was stale (taken between its look and its take) loses the claim."""
+    head = git(repo, "rev-parse", "HEAD")
+    first, second, third, lines = FakeRun(), FakeRun(), FakeRun(), []
+    first.gate = threading.Event()
+    a = make(repo, manager, first, lines)
+    b = make(repo, manager, second, lines)
+    stale = make(repo, manager, third, lines)
+    stale.store.load = lambda: []  # read before `a` took the commit
+    with Running(a):
+        assert first.started.wait(WAIT)
+        assert b.check() is None and stale.check() is None
+        first.gate.set()
+        until(lambda: len(rows(manager)) == 2, "the run's end")
+    assert first.commits == [head] and second.commits == [] and third.commits == []
+    assert [(r["event"], r["commit"]) for r in rows(manager)] == [("taken", head), ("finished", head)]
+    assert len([line for line in lines if f"commit {head[:12]} of main was taken" in line]) == 2
+    assert len([line for line in lines if f"new commit {head[:12]}" in line]) == 1
 
 
 def test_records_of_other_branches_and_repositories_do_not_count(repo: Path):
@@ -371,3 +394,25 @@ def test_summary_and_reports_of_a_run(tmp_path: Path):
     for i in (3, 1, 2):  # the order they ran in, whatever their commits
         watch.save_run(tmp_path / "runs", {"commit": f"{i}" * 40, "n": i})
     assert [r["n"] for r in watch.saved_runs(tmp_path / "runs", last=2)] == [1, 2]
+
+
+def test_a_signal_while_the_end_is_written_comes_after_the_record(repo: Path, manager):
+    """SIGTERM arriving in the middle of writing `finished`: the record is written whole, then
+    the watcher is interrupted (the commit is not left "unfinished")."""
+    head = git(repo, "rev-parse", "HEAD")
+    lines, store = [], store_of(manager)
+    put = store.put
+
+    def put_with_a_signal(data):
+        if data["event"] == "finished":
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # without deferral the handler raises here, before the write
+        put(data)
+
+    store.put = put_with_a_signal
+    w = Watcher(str(repo), "main", store, FakeRun(), log=lines.append)
+    with pytest.raises(Interrupted) as err, signals_as_interrupt():
+        w.check()
+    assert err.value.signum == signal.SIGTERM
+    assert [(r["event"], r["commit"], r.get("code")) for r in rows(manager)] == [
+        ("taken", head, None), ("finished", head, 0)]

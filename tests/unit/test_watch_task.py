@@ -130,3 +130,19 @@ def test_ctrl_c_stops_a_watcher_waiting_for_pushes_and_its_server(setup):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert sorted(r["event"] for r in records_of(stdout)) == ["finished", "taken"]
+
+
+def test_once_json_is_one_document_on_stdout_and_the_runs_output_on_stderr(setup):
+    proc = start(setup, once=True, code=16, json=True)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 16, stderr
+    doc = json.loads(stdout.splitlines()[0])  # the next line is the test script's records
+    assert doc["branch"] == "main" and doc["new"] is True and doc["code"] == 16
+    assert doc["result"].endswith("fake run of " + records_of(stdout)[0]["commit"][:7])
+    assert doc["reports"] == [] and "running" in stderr and "running" not in stdout
+
+
+def test_json_goes_with_once_only(setup):
+    proc = start(setup, json=True)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "--json goes with --once" in stderr

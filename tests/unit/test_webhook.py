@@ -9,6 +9,7 @@ import http.client
 import json
 import socket
 import threading
+import time
 
 import pytest
 
@@ -115,11 +116,71 @@ def test_chunked_or_unsized_bodies_and_other_methods_are_refused(hook):
 
 
 def test_a_client_that_goes_silent_is_dropped(hook, monkeypatch):
-    monkeypatch.setattr(webhook._Handler, "timeout", 0.3)
+    monkeypatch.setattr(webhook, "TIMEOUT", 0.3)
     with socket.create_connection(hook.address, timeout=10) as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
-        assert sock.recv(4096) == b""  # closed by the server, unanswered
+        assert sock.recv(4096).startswith(b"HTTP/1.0 408 ")
+        assert sock.recv(4096) == b""  # then closed
     assert not hook.pushes.is_set()
+    assert "webhook: 408 to 127.0.0.1: request not whole within 0.3s" in hook.lines
+
+
+def test_a_whole_request_has_one_deadline_however_its_bytes_trickle(hook, monkeypatch):
+    """A byte now and then used to renew a per-read timeout: the deadline is the request's."""
+    monkeypatch.setattr(webhook, "TIMEOUT", 0.6)
+    with socket.create_connection(hook.address, timeout=10) as sock:
+        started = time.monotonic()
+        answer = b""
+        for byte in b"POST / HTTP/1.1\r\nHost: x\r\n":
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            sock.settimeout(0.1)
+            try:
+                answer = sock.recv(4096)
+                break
+            except TimeoutError:
+                continue
+        assert answer.startswith(b"HTTP/1.0 408") and time.monotonic() - started < 2.0
+
+
+def test_trickling_clients_leave_a_signed_push_answered_at_once(hook):
+    sockets = [socket.create_connection(hook.address, timeout=10)
+               for _ in range(webhook.MAX_PENDING + 8)]  # more than it reads at once
+    try:
+        for s in sockets:
+            s.sendall(b"POST / HTTP/1.1\r\n")
+        started = time.monotonic()
+        assert post(hook, PUSH, {"X-Hub-Signature-256": "sha256=" + sign(PUSH),
+                                 "X-GitHub-Event": "push"}) == (202, "checking main\n")
+        assert time.monotonic() - started < 2.0
+        assert hook.pushes.is_set()
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_clients_that_leave_early_are_no_error(hook):
+    for partial in (b"POST / HTT", b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nab", b""):
+        with socket.create_connection(hook.address, timeout=10) as s:
+            s.sendall(partial)
+    sock = socket.create_connection(hook.address, timeout=10)  # leaves before its answer
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    sock.close()
+    assert post(hook, b"", {}, method="GET")[0] == 405  # still serving
+    assert hook.thread.is_alive()
+
+
+def test_whole_requests():
+    head = b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n"
+    assert not webhook.whole(b"POST / HTTP/1.1\r\nContent-Le")
+    assert not webhook.whole(head + b"ab") and webhook.whole(head + b"abc")
+    assert webhook.whole(b"POST / HTTP/1.1\r\n\r\n")  # no length: refused at once (411)
+    assert webhook.whole(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert webhook.whole(b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (webhook.MAX_BODY + 1))
+    assert webhook.whole(b"X" * (webhook.MAX_HEADERS + 1))
 
 
 def test_only_the_address_given_listens(hook):
