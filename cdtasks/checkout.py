@@ -1,6 +1,7 @@
 """A checkout of the repository in the workspace and the compose project run in it on the CD
 node: what delivery's compose steps and the production tests (of delivery and deployment
 alike) work in. `clone` makes it; `compose_step` runs one compose action; `close` cleans up."""
+
 from __future__ import annotations
 
 import shlex
@@ -14,7 +15,18 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checks, compose_policy, config, engine, git, git_credentials, interrupt, registry, state, workspace
+from . import (
+    checks,
+    compose_policy,
+    config,
+    engine,
+    git,
+    git_credentials,
+    interrupt,
+    registry,
+    state,
+    workspace,
+)
 from .cluster import Cluster
 from .compose import Compose, ComposeError, ComposeModel, check_contract, unique_project
 
@@ -68,7 +80,9 @@ class Checkout:
 
     @property
     def ref_tag(self) -> str:
-        return registry.local_ref(self.settings, self.settings.services.app_image, self.version or "")
+        return registry.local_ref(
+            self.settings, self.settings.services.app_image, self.version or ""
+        )
 
     def record(self, argv: Sequence[str], runs_in_dry_run: bool = False) -> None:
         self.commands.append(shlex.join(argv))
@@ -80,16 +94,30 @@ class Checkout:
             raise StepFailed("no checkout: run the checkout step first")
         ep = self.cluster.endpoints.get(self.settings.cluster.cd_node)
         if ep is None:
-            raise StepFailed(f"CD node {self.settings.cluster.cd_node} is not running: run `inv provision`")
+            raise StepFailed(
+                f"CD node {self.settings.cluster.cd_node} is not running: run `inv provision`"
+            )
         return self._compose(self.workdir, engine.docker_env(ep), host_ip)
 
     def _compose(self, workdir: Path, docker_env: dict[str, str], host_ip: str = "") -> Compose:
         s = self.settings
-        env = {"IMAGE": self.image, "VERSION": self.version or "", "BASE_IMAGE": s.services.base_image,
-               "DB_IMAGE": s.services.db_image, "HOST_IP": host_ip}
-        return Compose(workdir / s.delivery.compose_file, self.project_name(), docker_env,
-                       env, dry_run=self.dry_run, on_line=self.on_line, pass_env=s.delivery.pass_env,
-                       timeout=s.delivery.test_timeout)
+        env = {
+            "IMAGE": self.image,
+            "VERSION": self.version or "",
+            "BASE_IMAGE": s.services.base_image,
+            "DB_IMAGE": s.services.db_image,
+            "HOST_IP": host_ip,
+        }
+        return Compose(
+            workdir / s.delivery.compose_file,
+            self.project_name(),
+            docker_env,
+            env,
+            dry_run=self.dry_run,
+            on_line=self.on_line,
+            pass_env=s.delivery.pass_env,
+            timeout=s.delivery.test_timeout,
+        )
 
     def contract(self) -> ComposeModel:
         """The compose file's model, read once (compose reads files only: no engine needed),
@@ -111,12 +139,19 @@ class Checkout:
         """One compose project per run, unique so that concurrent runs do not collide; fixed
         once even when two steps ask at the same time (the build beside the unit tests)."""
         with self._naming:
-            self.project = self.project or unique_project(f"{self.settings.services.app_service}-{self.version}")
+            self.project = self.project or unique_project(
+                f"{self.settings.services.app_service}-{self.version}"
+            )
         return self.project
 
     def docker_argv(self, *args: str) -> list[str]:
         """The docker CLI command equivalent to an SDK call on the CD node (for --dry-run)."""
-        return ["docker", "-H", self.cluster.endpoints[self.settings.cluster.cd_node].docker_host, *args]
+        return [
+            "docker",
+            "-H",
+            self.cluster.endpoints[self.settings.cluster.cd_node].docker_host,
+            *args,
+        ]
 
     # -- making it --------------------------------------------------------------------------
     def clone(self) -> str:
@@ -125,11 +160,15 @@ class Checkout:
         s = self.settings
         repo = self.repo  # DeliverySettings.repo: the project directory when REPO is empty
         state.private_dir(s.delivery.workspace_dir)
-        dest = Path(tempfile.mkdtemp(prefix=f"{s.services.app_service}-", dir=s.delivery.workspace_dir))
+        dest = Path(
+            tempfile.mkdtemp(prefix=f"{s.services.app_service}-", dir=s.delivery.workspace_dir)
+        )
         self.workdir = dest
         if Path(repo).is_dir() and not (Path(repo) / ".git").exists():
             if self.ref != "HEAD":
-                raise StepFailed(f"{repo} is not a git repository: --ref {self.ref} cannot be checked out")
+                raise StepFailed(
+                    f"{repo} is not a git repository: --ref {self.ref} cannot be checked out"
+                )
             shutil.copytree(repo, dest, dirs_exist_ok=True)
             if not self.version:
                 raise StepFailed(f"{repo} is not a git repository: give --version")
@@ -138,13 +177,16 @@ class Checkout:
             # version and the compose file the other steps print commands for.
             # Shown and recorded without the credentials a URL may hold; git gets `--` and
             # `--end-of-options` so that no repository or ref is read as an option.
-            self.record(["git", "clone", "--quiet", "--", redact(repo), str(dest)],
-                        runs_in_dry_run=True)
+            self.record(
+                ["git", "clone", "--quiet", "--", redact(repo), str(dest)], runs_in_dry_run=True
+            )
             # The URL's credentials go through git's environment: none in argv or .git/config.
             _git(["clone", "--quiet", "--", git_credentials.url(repo), str(dest)], repo=repo)
             commit = _commit_of(dest, self.ref, redact(repo))
-            self.record(["git", "-C", str(dest), "checkout", "--quiet", "--detach", commit],
-                        runs_in_dry_run=True)
+            self.record(
+                ["git", "-C", str(dest), "checkout", "--quiet", "--detach", commit],
+                runs_in_dry_run=True,
+            )
             _git(["checkout", "--quiet", "--detach", commit], dest)
             if not self.version:
                 try:
@@ -160,14 +202,19 @@ class Checkout:
         if not for_settings(s).shares_workspace:
             self.record(["docker", "cp", str(dest), f"{s.cluster.cd_node}:{dest}"])
             if not self.dry_run:
-                size = workspace.upload(self.cluster.client(s.cluster.cd_node), dest, s.registry.registry_image)
+                size = workspace.upload(
+                    self.cluster.client(s.cluster.cd_node), dest, s.registry.registry_image
+                )
                 self.log(f"copied the checkout to {s.cluster.cd_node} ({size // 1024} KiB)")
-        return (f"{redact(repo)} at {self.ref} ({self.commit[:7] or 'no git'}) as version "
-                f"{self.version}")
+        return (
+            f"{redact(repo)} at {self.ref} ({self.commit[:7] or 'no git'}) as version "
+            f"{self.version}"
+        )
 
     # -- the compose project -----------------------------------------------------------------
-    def compose_step(self, action: Callable[[Compose], object], host_ip: str = "",
-                     defer: bool = False) -> None:
+    def compose_step(
+        self, action: Callable[[Compose], object], host_ip: str = "", defer: bool = False
+    ) -> None:
         """One compose action in the project; down at once unless `defer` in a whole run."""
         self.torn_down()  # a down still running on this project ends before it is used again
         try:
@@ -178,8 +225,13 @@ class Checkout:
         down = not (defer and self.defer_down)
         self.compose_left = True
         if self._untrack is None:  # named if a signal's clean-up is cut short
-            self._untrack = interrupt.track(lambda: f"compose project {self.project} on "
-                                            f"{self.settings.cluster.cd_node}" if self.compose_left else "")
+            self._untrack = interrupt.track(
+                lambda: (
+                    f"compose project {self.project} on {self.settings.cluster.cd_node}"
+                    if self.compose_left
+                    else ""
+                )
+            )
         try:
             with c.session(down=down):
                 action(c)
@@ -241,13 +293,17 @@ class Checkout:
                 self.log(f"could not take the compose project {self.project} down: {exc}")
             if not self.compose_left or time.monotonic() > deadline:
                 break
-            self.log(f"the compose project {self.project} is not down yet: trying again "
-                     f"(the CD node's engine may be restarting)")
+            self.log(
+                f"the compose project {self.project} is not down yet: trying again "
+                f"(the CD node's engine may be restarting)"
+            )
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
             self._cluster = None  # its engine may answer on another address when back
         if self.compose_left and not self.dry_run:
-            self.log(f"left behind: compose project {self.project} on {self.settings.cluster.cd_node} "
-                     f"(remove it with `docker compose -p {self.project} down`)")
+            self.log(
+                f"left behind: compose project {self.project} on {self.settings.cluster.cd_node} "
+                f"(remove it with `docker compose -p {self.project} down`)"
+            )
         if self._untrack:
             self._untrack()
             self._untrack = None
@@ -255,7 +311,11 @@ class Checkout:
             s = self.settings
             if not self.dry_run and not for_settings(s).shares_workspace:
                 try:
-                    workspace.remove(self.cluster.client(s.cluster.cd_node), self.workdir, s.registry.registry_image)
+                    workspace.remove(
+                        self.cluster.client(s.cluster.cd_node),
+                        self.workdir,
+                        s.registry.registry_image,
+                    )
                 except Exception as exc:
                     self.log(f"could not remove the checkout from {s.cluster.cd_node}: {exc}")
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -274,24 +334,29 @@ def _commit_of(checkout: Path, ref: str, shown_repo: str) -> str:
     the remote's other branches as origin/NAME). `git checkout` of git 2.39 knows no
     `--end-of-options`, `rev-parse` does: the checkout then gets a commit id."""
     for name in (ref, f"origin/{ref}"):
-        found = _git(["rev-parse", "--verify", "--quiet", "--end-of-options",
-                      f"{name}^{{commit}}"], checkout, check=False)
+        found = _git(
+            ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}"],
+            checkout,
+            check=False,
+        )
         if found:
             return found
     raise StepFailed(f"--ref {ref}: no such branch, tag or commit in {shown_repo}")
 
 
-def _git(args: Sequence[str], cwd: Path | None = None, check: bool = True,
-         repo: str = "") -> str:
+def _git(args: Sequence[str], cwd: Path | None = None, check: bool = True, repo: str = "") -> str:
     """git that never waits for an answer (`git.run`) nor longer than GIT_TIMEOUT, with `repo`'s
     credentials when it fetches from it; its output, "" when it fails and not `check`."""
     try:
         proc = git.run(args, GIT_TIMEOUT, cwd, repo)
     except subprocess.TimeoutExpired:
-        raise StepFailed(f"`{shlex.join(['git', *args])}` did not finish within "
-                         f"{GIT_TIMEOUT}s") from None
+        raise StepFailed(
+            f"`{shlex.join(['git', *args])}` did not finish within {GIT_TIMEOUT}s"
+        ) from None
     if proc.returncode != 0 and check:
         lines = proc.stderr.strip().splitlines() or ["?"]
-        raise StepFailed(redact(f"`{shlex.join(['git', *args])}` failed: {lines[-1]}"),
-                         redact("\n".join(lines[-20:])) if len(lines) > 1 else "")
+        raise StepFailed(
+            redact(f"`{shlex.join(['git', *args])}` failed: {lines[-1]}"),
+            redact("\n".join(lines[-20:])) if len(lines) > 1 else "",
+        )
     return proc.stdout.strip() if proc.returncode == 0 else ""

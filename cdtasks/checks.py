@@ -1,6 +1,7 @@
 """Checks of the delivery's flags before any step runs: `--version`, `--ref`, `--repo` and
 `--compose-file`. Each returns the value it accepts or raises config.ConfigError with one line
 naming the flag and the value (exit 2), credentials in a repository URL hidden."""
+
 from __future__ import annotations
 
 import posixpath
@@ -33,10 +34,11 @@ def ref(value: str) -> str:
     """`--ref`: a branch, tag or commit; never an option. Callers still pass it to git after
     `--end-of-options` (`git checkout --end-of-options REF`, `git cat-file -e
     --end-of-options REF:PATH`)."""
-    if not value or value.startswith("-") or any(c.isspace() or not c.isprintable()
-                                                  for c in value):
-        raise ConfigError(f"--ref {value!r}: give a branch, tag or commit (no leading -, no "
-                          f"spaces or control characters)")
+    if not value or value.startswith("-") or any(c.isspace() or not c.isprintable() for c in value):
+        raise ConfigError(
+            f"--ref {value!r}: give a branch, tag or commit (no leading -, no "
+            f"spaces or control characters)"
+        )
     return value
 
 
@@ -53,11 +55,13 @@ def repo(value: str, timeout: float = LS_REMOTE_TIMEOUT) -> str:
             raise ConfigError(f"--repo {shown!r}: no such directory (give a local path or a URL)")
         return value
     try:
-        proc = git.run(["ls-remote", "--quiet", git_credentials.url(value), "HEAD"], timeout,
-                       repo=value)
+        proc = git.run(
+            ["ls-remote", "--quiet", git_credentials.url(value), "HEAD"], timeout, repo=value
+        )
     except subprocess.TimeoutExpired:
-        raise ConfigError(f"--repo {shown!r}: did not answer `git ls-remote` within "
-                          f"{timeout:g}s") from None
+        raise ConfigError(
+            f"--repo {shown!r}: did not answer `git ls-remote` within {timeout:g}s"
+        ) from None
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
         raise ConfigError(f"--repo {shown!r}: {redact(lines[-1].strip())}")
@@ -81,16 +85,37 @@ def compose_file(value: str, repo_path: str = "", at: str = "HEAD") -> str:
     where = Path(repo_path)
     if (where / ".git").exists():
         try:
-            known = git.run(["-C", str(where), "rev-parse", "--verify", "--quiet",
-                             "--end-of-options", f"{at}^{{commit}}"], git.LOCAL_TIMEOUT)
+            known = git.run(
+                [
+                    "-C",
+                    str(where),
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    "--end-of-options",
+                    f"{at}^{{commit}}",
+                ],
+                git.LOCAL_TIMEOUT,
+            )
             if known.returncode != 0:
                 return value  # an unknown ref: the checkout step says so, naming the ref
             # git names paths in a tree without `.` or `a/..` steps
-            proc = git.run(["-C", str(where), "cat-file", "-e", "--end-of-options",
-                            f"{at}:{posixpath.normpath(value)}"], git.LOCAL_TIMEOUT)
+            proc = git.run(
+                [
+                    "-C",
+                    str(where),
+                    "cat-file",
+                    "-e",
+                    "--end-of-options",
+                    f"{at}:{posixpath.normpath(value)}",
+                ],
+                git.LOCAL_TIMEOUT,
+            )
         except subprocess.TimeoutExpired:
-            raise ConfigError(f"--compose-file {value!r}: git did not answer within "
-                              f"{git.LOCAL_TIMEOUT}s in {repo_path}") from None
+            raise ConfigError(
+                f"--compose-file {value!r}: git did not answer within "
+                f"{git.LOCAL_TIMEOUT}s in {repo_path}"
+            ) from None
         if proc.returncode != 0:
             raise ConfigError(f"--compose-file {value!r}: not in {repo_path} at {at}")
     elif not (where / value).is_file():

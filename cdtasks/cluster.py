@@ -1,4 +1,5 @@
 """A cluster as the tasks see it: provision, status, destroy, and reaching its nodes."""
+
 from __future__ import annotations
 
 import shlex
@@ -39,10 +40,13 @@ class Cluster:
     def client(self, node: str):
         if node not in self._clients:
             if node not in self.endpoints:
-                raise engine.EngineError(f"node {node} of {self.settings.env} does not exist or is "
-                                         f"not running: run `inv provision --env {self.settings.env}`")
-            self._clients[node] = engine.client(self.endpoints[node],
-                                                registries=registry.logins(self.settings))
+                raise engine.EngineError(
+                    f"node {node} of {self.settings.env} does not exist or is "
+                    f"not running: run `inv provision --env {self.settings.env}`"
+                )
+            self._clients[node] = engine.client(
+                self.endpoints[node], registries=registry.logins(self.settings)
+            )
         return self._clients[node]
 
     def clients(self) -> dict:
@@ -62,8 +66,10 @@ class Cluster:
                     continue
                 if info.controls:
                     return c
-        raise engine.EngineError(f"no manager of {self.settings.env} answers: "
-                                 f"run `inv provision --env {self.settings.env}`")
+        raise engine.EngineError(
+            f"no manager of {self.settings.env} answers: "
+            f"run `inv provision --env {self.settings.env}`"
+        )
 
     def live_manager(self) -> LiveManager:
         """A client-like object whose `api` is a manager that answers at each use: for what
@@ -135,7 +141,9 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
     host = c.provider.image_source()
 
     def members() -> list[str]:
-        out = [str(a) for a in swarm.converge(settings.cluster, settings.env, clients, addresses, log)]
+        out = [
+            str(a) for a in swarm.converge(settings.cluster, settings.env, clients, addresses, log)
+        ]
         done("swarm converged")
         return out
 
@@ -151,15 +159,17 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
     with ThreadPoolExecutor(max_workers=3) as pool:
         joined = pool.submit(members)
         routing = pool.submit(c.routing)
-        loaded = (pool.submit(registry_image)
-                  if host is not None or registry.external(settings) else None)
+        loaded = (
+            pool.submit(registry_image) if host is not None or registry.external(settings) else None
+        )
         actions += joined.result()
         mode, reason = routing.result()
         actions += loaded.result() if loaded else []
     if registry.external(settings):
         done(f"every node logged in to {registry.server(settings)}")
-        return ProvisionResult(settings.env, tuple(actions), mode, reason,
-                               time.monotonic() - started)
+        return ProvisionResult(
+            settings.env, tuple(actions), mode, reason, time.monotonic() - started
+        )
     manager = c.manager()
     actions += registry.ensure_secret(manager, settings, log)
     spec = registry.spec(settings, mode)
@@ -171,23 +181,33 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
 
 def prepare_for_registry(c: Cluster, settings: Settings, log: Log) -> list[str]:
     """Your own registry instead of a service: every node gets its CA and logs in to it."""
-    log(f"{settings.env}: registry {registry.address(settings)} (REGISTRY_URL): no registry "
-        f"service is created")
+    log(
+        f"{settings.env}: registry {registry.address(settings)} (REGISTRY_URL): no registry "
+        f"service is created"
+    )
     workers = max(1, min(c.provider.parallel, len(c.endpoints)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        found = list(pool.map(lambda n: registry.prepare_node(c.endpoints[n], c.client(n), settings),
-                              c.endpoints))
+        found = list(
+            pool.map(
+                lambda n: registry.prepare_node(c.endpoints[n], c.client(n), settings), c.endpoints
+            )
+        )
     return [a for actions in found for a in actions]
 
 
 def check_port_ranges(all_settings: Sequence[Settings]) -> None:
     """Fixed host ports (LAB_PORT_BASE) of clusters provisioned together must not overlap."""
-    spans = sorted((s.cluster.lab_port_base, s.cluster.lab_port_base + 10 * len(s.cluster.nodes), s.env)
-                   for s in all_settings if s.cluster.lab_port_base)
+    spans = sorted(
+        (s.cluster.lab_port_base, s.cluster.lab_port_base + 10 * len(s.cluster.nodes), s.env)
+        for s in all_settings
+        if s.cluster.lab_port_base
+    )
     for (lo1, hi1, e1), (lo2, _, e2) in pairwise(spans):
         if lo2 < hi1:
-            raise ConfigError(f"LAB_PORT_BASE of {e1} ({lo1}) and {e2} ({lo2}) overlap: each "
-                              f"cluster needs {hi1 - lo1} ports from its base")
+            raise ConfigError(
+                f"LAB_PORT_BASE of {e1} ({lo1}) and {e2} ({lo2}) overlap: each "
+                f"cluster needs {hi1 - lo1} ports from its base"
+            )
 
 
 def provision_many(all_settings: Sequence[Settings], log: Log) -> list[ProvisionResult]:
@@ -211,8 +231,9 @@ def status(settings: Settings) -> Status:
     if not c.endpoints:
         return Status(settings.env, (), missing, ())
     manager = c.manager()
-    members = tuple(sorted((swarm.member_of(n.attrs) for n in manager.nodes.list()),
-                           key=lambda m: m.hostname))
+    members = tuple(
+        sorted((swarm.member_of(n.attrs) for n in manager.nodes.list()), key=lambda m: m.hostname)
+    )
     rows = []
     for svc in manager.api.services():
         name = svc["Spec"]["Name"]
@@ -231,7 +252,9 @@ def endpoint(settings: Settings, node: str) -> Endpoint:
     settings.check_node(node)
     found = for_settings(settings).endpoints([node])
     if node not in found:
-        raise engine.EngineError(f"node {node} is not running: run `inv provision --env {settings.env}`")
+        raise engine.EngineError(
+            f"node {node} is not running: run `inv provision --env {settings.env}`"
+        )
     return found[node]
 
 
@@ -248,4 +271,3 @@ def env_lines(settings: Settings, node: str) -> list[str]:
     """What `docker-machine env NODE` prints, for `eval $(inv env NODE)`."""
     exports = for_settings(settings).exports(endpoint(settings, node))
     return [f"export {k}={shlex.quote(v)}" for k, v in exports.items()]
-

@@ -8,6 +8,7 @@ read (`include`, `extends.file` and `env_file` are resolved away in compose's mo
 compose reads any of it; `check_model` reads compose's resolved model (`config --format json`).
 Each refusal is one line naming the file, the service, the key and the path (exit 2).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,9 +27,18 @@ SOCKETS = (Path("/var/run/docker.sock"), Path("/run/docker.sock"))
 # Keys that hand a service (or its build) the CD node's host, refused unless COMPOSE_ALLOW names
 # them. Namespace keys are refused for `host` and for another container's (`container:NAME`).
 NAMESPACES = ("pid", "ipc", "uts", "userns_mode", "cgroup", "network_mode")
-HOST_KEYS = ("privileged", *NAMESPACES, "cap_add", "devices", "device_cgroup_rules",
-             "security_opt", "volumes_from", "build.privileged", "build.entitlements",
-             "build.network")
+HOST_KEYS = (
+    "privileged",
+    *NAMESPACES,
+    "cap_add",
+    "devices",
+    "device_cgroup_rules",
+    "security_opt",
+    "volumes_from",
+    "build.privileged",
+    "build.entitlements",
+    "build.network",
+)
 # The contract's production tests reach the release through the host's network (HOST_IP).
 HOST_NETWORK_SERVICES = ("production",)
 # Build contexts that name no host path: an image, another service's build.
@@ -56,13 +66,22 @@ class Policy:
         """From config.Settings: its delivery section, the state and registry directories."""
         d = settings.delivery
         protected = [(p, "the Docker socket") for p in SOCKETS]
-        for path, what in ((settings.registry.registry_dir, "the registry's directory"),
-                           (d.workspace_dir, "the workspace"),
-                           (settings.cluster.state_dir, "the state directory")):
-            protected += [(Path(os.path.normpath(path)), what), (Path(os.path.realpath(path)), what)]
-        return cls(Path(os.path.realpath(checkout)), Path(os.path.normpath(checkout)),
-                   tuple(protected), tuple(Path(p) for p in d.compose_mount_prefixes),
-                   frozenset(d.compose_allow))
+        for path, what in (
+            (settings.registry.registry_dir, "the registry's directory"),
+            (d.workspace_dir, "the workspace"),
+            (settings.cluster.state_dir, "the state directory"),
+        ):
+            protected += [
+                (Path(os.path.normpath(path)), what),
+                (Path(os.path.realpath(path)), what),
+            ]
+        return cls(
+            Path(os.path.realpath(checkout)),
+            Path(os.path.normpath(checkout)),
+            tuple(protected),
+            tuple(Path(p) for p in d.compose_mount_prefixes),
+            frozenset(d.compose_allow),
+        )
 
 
 # -- the files compose reads -----------------------------------------------------------------
@@ -78,8 +97,9 @@ def check_files(policy: Policy, compose_file: str) -> None:
         seen.add(path)
         label = str(path.relative_to(policy.root))
         if len(seen) > MAX_FILES:
-            raise Refused(f"{label}: more than {MAX_FILES} compose files through include and "
-                          f"extends")
+            raise Refused(
+                f"{label}: more than {MAX_FILES} compose files through include and extends"
+            )
         dotenv = base / ".env"  # compose reads it for interpolation
         if os.path.lexists(dotenv):
             _inside(policy, base, ".env", label, "the project's .env")
@@ -88,14 +108,15 @@ def check_files(policy: Policy, compose_file: str) -> None:
             spec = entry if isinstance(entry, Mapping) else {"path": entry}
             where = base
             if spec.get("project_directory") is not None:
-                where = _inside(policy, base, spec["project_directory"], label,
-                                "include: project_directory")
+                where = _inside(
+                    policy, base, spec["project_directory"], label, "include: project_directory"
+                )
             for p in _items(spec.get("env_file")):
                 _inside(policy, base, p, label, "include: env_file")
             for p in _items(spec.get("path")):
                 todo.append((_inside(policy, base, p, label, "include"), where))
         services = doc.get("services")
-        for name, svc in (services.items() if isinstance(services, Mapping) else ()):
+        for name, svc in services.items() if isinstance(services, Mapping) else ():
             if not isinstance(svc, Mapping):
                 continue
             at = f"{label}: service {name}"
@@ -131,8 +152,9 @@ def _load(path: Path, label: str) -> Mapping:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise Refused(f"{label}{line}: not valid YAML "
-                      f"({getattr(exc, 'problem', None) or 'cannot parse'})") from None
+        raise Refused(
+            f"{label}{line}: not valid YAML ({getattr(exc, 'problem', None) or 'cannot parse'})"
+        ) from None
     return doc if isinstance(doc, Mapping) else {}
 
 
@@ -156,8 +178,10 @@ def _inside(policy: Policy, base: Path, value, where: str, key: str) -> Path:
     checkout and be given literally (a variable is resolved by compose, after this check)."""
     text = str(value)
     if "$" in text:
-        raise Refused(f"{where}: {key}: {text}: a variable in a path compose reads; write the "
-                      f"path inside the checkout literally")
+        raise Refused(
+            f"{where}: {key}: {text}: a variable in a path compose reads; write the "
+            f"path inside the checkout literally"
+        )
     if "://" in text or text.startswith("git@"):
         raise Refused(f"{where}: {key}: {text}: not a path inside the checkout")
     target = Path(os.path.realpath(base / os.path.expanduser(text)))
@@ -185,12 +209,15 @@ def check_model(policy: Policy, compose_file: str, config: Mapping) -> None:
             elif mount.get("type") == "volume" and mount.get("source") in volumes:
                 device = ((volumes[mount["source"]] or {}).get("driver_opts") or {}).get("device")
                 if device:
-                    _mount(policy, at, f"volumes ({mount['source']}: driver_opts.device)",
-                           str(device))
+                    _mount(
+                        policy, at, f"volumes ({mount['source']}: driver_opts.device)", str(device)
+                    )
         for key, value in _host_keys(name, svc):
             if key not in policy.allowed:
-                raise Refused(f"{at}: {key}: {value}: gives the service the CD node's host; "
-                              f"refused unless COMPOSE_ALLOW names {key}")
+                raise Refused(
+                    f"{at}: {key}: {value}: gives the service the CD node's host; "
+                    f"refused unless COMPOSE_ALLOW names {key}"
+                )
     for kind in ("secrets", "configs"):
         for name, spec in (config.get(kind) or {}).items():
             if (spec or {}).get("file"):
@@ -203,12 +230,13 @@ def _build(policy: Policy, at: str, build: Mapping) -> None:
     if build.get("dockerfile"):
         _inside(policy, root, build["dockerfile"], at, "build.dockerfile")
     extra = build.get("additional_contexts") or {}
-    pairs = extra.items() if isinstance(extra, Mapping) else (
-        str(e).partition("=")[::2] for e in extra)
+    pairs = (
+        extra.items() if isinstance(extra, Mapping) else (str(e).partition("=")[::2] for e in extra)
+    )
     for name, value in pairs:
         value = str(value)
         if value.startswith("oci-layout://"):
-            value = value[len("oci-layout://"):]
+            value = value[len("oci-layout://") :]
         elif value.startswith(NOT_A_PATH):
             continue
         _inside(policy, policy.root, value, at, f"build.additional_contexts.{name}")
@@ -228,15 +256,21 @@ def _mount(policy: Policy, at: str, key: str, source: str) -> None:
         within = [(p, w) for p, w in policy.protected if candidate.is_relative_to(p)]
         holds = [(p, w) for p, w in policy.protected if p.is_relative_to(candidate)]
         if within or holds:
-            p, what = (max(within, key=lambda x: len(x[0].parts)) if within
-                       else min(holds, key=lambda x: len(x[0].parts)))
+            p, what = (
+                max(within, key=lambda x: len(x[0].parts))
+                if within
+                else min(holds, key=lambda x: len(x[0].parts))
+            )
             how = "is" if p == candidate else "is inside" if within else "holds"
-            raise Refused(f"{at}: {key}: {source} {how} {what}; refused unless COMPOSE_ALLOW "
-                          f"names {path}")
+            raise Refused(
+                f"{at}: {key}: {source} {how} {what}; refused unless COMPOSE_ALLOW names {path}"
+            )
     if not any(path.is_relative_to(p) for p in policy.prefixes):
-        raise Refused(f"{at}: {key}: {source} is outside the checkout and COMPOSE_MOUNT_PREFIXES "
-                      f"({', '.join(map(str, policy.prefixes)) or 'none'}); refused unless "
-                      f"COMPOSE_ALLOW names {path}")
+        raise Refused(
+            f"{at}: {key}: {source} is outside the checkout and COMPOSE_MOUNT_PREFIXES "
+            f"({', '.join(map(str, policy.prefixes)) or 'none'}); refused unless "
+            f"COMPOSE_ALLOW names {path}"
+        )
 
 
 def _host_keys(name: str, svc: Mapping) -> Iterable[tuple[str, str]]:
@@ -245,14 +279,18 @@ def _host_keys(name: str, svc: Mapping) -> Iterable[tuple[str, str]]:
         yield "privileged", "true"
     for key in NAMESPACES:
         value = str(svc.get(key) or "")
-        if value.startswith("container:") or (value == "host" and not (
-                key == "network_mode" and name in HOST_NETWORK_SERVICES)):
+        if value.startswith("container:") or (
+            value == "host" and not (key == "network_mode" and name in HOST_NETWORK_SERVICES)
+        ):
             yield key, value
     for key in ("cap_add", "devices", "device_cgroup_rules"):
         if svc.get(key):
             yield key, ", ".join(_text(v) for v in svc[key])
-    weakened = [str(o) for o in svc.get("security_opt") or ()
-                if "unconfined" in str(o) or "disable" in str(o)]
+    weakened = [
+        str(o)
+        for o in svc.get("security_opt") or ()
+        if "unconfined" in str(o) or "disable" in str(o)
+    ]
     if weakened:
         yield "security_opt", ", ".join(weakened)
     others = [str(v) for v in svc.get("volumes_from") or () if str(v).startswith("container:")]

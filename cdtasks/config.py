@@ -9,6 +9,7 @@ never loaded into os.environ, and every key is validated once, here. Where the f
 (`locate`) is given by the caller (the task layer reads Invoke's configuration), and
 `CDTASKS_PROJECT_DIR` / `CDTASKS_ENV_DIR` override it.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -58,16 +59,24 @@ def _matches(value: str, pattern: str, form: str) -> list[re.Match]:
 
 def _labels(value: str) -> tuple[tuple[str, str, str], ...]:
     """`node:key=value,node:key=value` -> ((node, key, value), ...)."""
-    return tuple(m.groups() for m in _matches(
-        value, r"([a-z0-9-]+):([A-Za-z0-9_.-]+)=([A-Za-z0-9_.-]*)", "node:key=value"))
+    return tuple(
+        m.groups()
+        for m in _matches(
+            value, r"([a-z0-9-]+):([A-Za-z0-9_.-]+)=([A-Za-z0-9_.-]*)", "node:key=value"
+        )
+    )
 
 
 def _hosts(value: str) -> tuple[tuple[str, str, str, int], ...]:
     """`node=[user@]host[:port],...` -> ((node, user or "", host, port), ...)."""
     form = "node=[user@]host[:port]"
     out = []
-    for m in _matches(value, r"([a-z0-9-]+)=(?:([A-Za-z0-9_.-]+)@)?([A-Za-z0-9_.-]+|"
-                             r"\[[0-9a-fA-F:]+\])(?::([0-9]{1,5}))?", form):
+    for m in _matches(
+        value,
+        r"([a-z0-9-]+)=(?:([A-Za-z0-9_.-]+)@)?([A-Za-z0-9_.-]+|"
+        r"\[[0-9a-fA-F:]+\])(?::([0-9]{1,5}))?",
+        form,
+    ):
         port = int(m.group(4) or 22)
         if not 0 < port < 65536:
             raise ValueError(f"{m.group(0)!r} is not {form}: port {port}")
@@ -79,14 +88,16 @@ def _hosts(value: str) -> tuple[tuple[str, str, str, int], ...]:
 
 def _addresses(value: str) -> tuple[tuple[str, str], ...]:
     """`node=address,...` -> ((node, address), ...)."""
-    return tuple(m.groups() for m in _matches(value, r"([a-z0-9-]+)=([0-9a-fA-F.:]+)",
-                                              "node=address"))
+    return tuple(
+        m.groups() for m in _matches(value, r"([a-z0-9-]+)=([0-9a-fA-F.:]+)", "node=address")
+    )
 
 
 def _node_paths(value: str) -> tuple[tuple[str, Path], ...]:
     """`node=path,...` -> ((node, path with ~ expanded), ...)."""
-    return tuple((m.group(1), _path(m.group(2))) for m in _matches(
-        value, r"([a-z0-9-]+)=(\S+)", "node=path"))
+    return tuple(
+        (m.group(1), _path(m.group(2))) for m in _matches(value, r"([a-z0-9-]+)=(\S+)", "node=path")
+    )
 
 
 def _options(value: str) -> tuple[str, ...]:
@@ -104,6 +115,7 @@ def _int(lo: int, hi: int) -> Callable[[str], int]:
         if not lo <= n <= hi:
             raise ValueError(f"{n} is outside {lo}..{hi}")
         return n
+
     return parse
 
 
@@ -112,6 +124,7 @@ def _choice(*options: str) -> Callable[[str], str]:
         if value not in options:
             raise ValueError(f"choose one of {', '.join(options)}")
         return value
+
     return parse
 
 
@@ -134,8 +147,9 @@ def _registry_url(value: str) -> str:
         raise _Unshown("holds credentials: give REGISTRY_USER and REGISTRY_PASSWORD_FILE instead")
     if "://" in value:
         raise ValueError("has a scheme: give host:port[/path] (engines use HTTPS)")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*:[0-9]{1,5}(/[a-z0-9]+([._-]+[a-z0-9]+)*)*",
-                        value):
+    if not re.fullmatch(
+        r"[A-Za-z0-9][A-Za-z0-9.-]*:[0-9]{1,5}(/[a-z0-9]+([._-]+[a-z0-9]+)*)*", value
+    ):
         raise ValueError("is not host:port[/path] (path: lowercase a-z, 0-9, . _ -)")
     if not 0 < int(value.split("/")[0].rpartition(":")[2]) < 65536:
         raise ValueError("has a port outside 1..65535")
@@ -165,8 +179,7 @@ def pinned_version(value: str) -> str:
 
 def _variables(value: str) -> tuple[str, ...]:
     """`NAME,NAME` -> variable names; DOCKER_* belong to the engine the tool points at."""
-    names = tuple(m.group(0) for m in _matches(value, r"[A-Za-z_][A-Za-z0-9_]*",
-                                               "a variable name"))
+    names = tuple(m.group(0) for m in _matches(value, r"[A-Za-z_][A-Za-z0-9_]*", "a variable name"))
     for name in names:
         if name.startswith("DOCKER_"):
             raise ValueError(f"{name}: DOCKER_* variables come from the node compose runs on")
@@ -192,12 +205,17 @@ def _absolute_paths(value: str) -> tuple[str, ...]:
 def _compose_allowed(value: str) -> tuple[str, ...]:
     """COMPOSE_ALLOW: absolute paths and the keys of compose_policy.HOST_KEYS."""
     from .compose_policy import HOST_KEYS
-    items = tuple(os.path.normpath(v.strip()) if v.strip().startswith("/") else v.strip()
-                  for v in value.split(",") if v.strip())
+
+    items = tuple(
+        os.path.normpath(v.strip()) if v.strip().startswith("/") else v.strip()
+        for v in value.split(",")
+        if v.strip()
+    )
     for item in items:
         if not item.startswith("/") and item not in HOST_KEYS:
-            raise ValueError(f"{item!r} is neither an absolute path nor one of "
-                             f"{', '.join(HOST_KEYS)}")
+            raise ValueError(
+                f"{item!r} is neither an absolute path nor one of {', '.join(HOST_KEYS)}"
+            )
     return items
 
 
@@ -220,8 +238,14 @@ class Key:
     shared: bool = False
 
 
-def key(parse: Callable[[str], Any], default: str, doc: str, *, shared: bool = False,
-        secret: bool = False) -> Any:
+def key(
+    parse: Callable[[str], Any],
+    default: str,
+    doc: str,
+    *,
+    shared: bool = False,
+    secret: bool = False,
+) -> Any:
     """A field of a settings section: the env-file key is the field's name in capitals, read
     from text by `parse`, `default` when no layer sets it. `shared`: every environment of an
     env directory must agree on it (the clusters share what it names); `secret`: kept out of
@@ -234,25 +258,46 @@ def key(parse: Callable[[str], Any], default: str, doc: str, *, shared: bool = F
 @dataclass(frozen=True)
 class ClusterSettings:
     """The cluster's machines and nodes."""
-    provider: str = key(_choice("lab", "docker-machine", "ssh"), "lab",
-                        "where machines come from: lab (containers on the local engine), "
-                        "docker-machine (its CLI creates them), ssh (servers you already have)")
-    lab_name: str = key(_name, "cdtasks", "prefix of every container, network and volume the lab "
-                                          "creates", shared=True)
-    state_dir: Path = key(_path, "~/.cdtasks", "certificates, keys, known_hosts, registry data "
-                                               "and credentials (created 0700)", shared=True)
-    nodes: tuple[str, ...] = key(_names, "swarm-test-1,swarm-test-2,swarm-test-3",
-                                 "the cluster's nodes, first is the leader")
-    workers: tuple[str, ...] = key(_names, "", "nodes that join as workers (default: all are "
-                                               "managers)")
-    node_labels: tuple[tuple[str, str, str], ...] = key(_labels, "",
-                                                        "node labels, node:key=value,...")
+
+    provider: str = key(
+        _choice("lab", "docker-machine", "ssh"),
+        "lab",
+        "where machines come from: lab (containers on the local engine), "
+        "docker-machine (its CLI creates them), ssh (servers you already have)",
+    )
+    lab_name: str = key(
+        _name,
+        "cdtasks",
+        "prefix of every container, network and volume the lab creates",
+        shared=True,
+    )
+    state_dir: Path = key(
+        _path,
+        "~/.cdtasks",
+        "certificates, keys, known_hosts, registry data and credentials (created 0700)",
+        shared=True,
+    )
+    nodes: tuple[str, ...] = key(
+        _names, "swarm-test-1,swarm-test-2,swarm-test-3", "the cluster's nodes, first is the leader"
+    )
+    workers: tuple[str, ...] = key(
+        _names, "", "nodes that join as workers (default: all are managers)"
+    )
+    node_labels: tuple[tuple[str, str, str], ...] = key(
+        _labels, "", "node labels, node:key=value,..."
+    )
     cd_node: str = key(_name, "swarm-test-1", "node that runs the CD work (tests, builds)")
-    routing: str = key(_choice("auto", "mesh", "dnsrr"), "auto",
-                       "mesh: routing mesh and VIPs; dnsrr: host-mode ports and DNS round robin; "
-                       "auto: mesh when the nodes' kernel has IPVS")
-    lab_port_base: int = key(_int(0, 65000), "0", "first host port for node ports on 127.0.0.1 "
-                                                  "(0: the engine picks free ones)")
+    routing: str = key(
+        _choice("auto", "mesh", "dnsrr"),
+        "auto",
+        "mesh: routing mesh and VIPs; dnsrr: host-mode ports and DNS round robin; "
+        "auto: mesh when the nodes' kernel has IPVS",
+    )
+    lab_port_base: int = key(
+        _int(0, 65000),
+        "0",
+        "first host port for node ports on 127.0.0.1 (0: the engine picks free ones)",
+    )
 
     @property
     def managers(self) -> tuple[str, ...]:
@@ -269,142 +314,227 @@ class ClusterSettings:
 @dataclass(frozen=True)
 class MachineSettings:
     """PROVIDER=docker-machine."""
-    machine_driver: str = key(_name, "virtualbox", "docker-machine driver (virtualbox, generic, "
-                                                   "amazonec2, digitalocean, ...)")
-    machine_options: tuple[str, ...] = key(_options, "", "options passed to `docker-machine "
-                                                         "create` (shell words), e.g. "
-                                                         "--virtualbox-memory 2048")
+
+    machine_driver: str = key(
+        _name,
+        "virtualbox",
+        "docker-machine driver (virtualbox, generic, amazonec2, digitalocean, ...)",
+    )
+    machine_options: tuple[str, ...] = key(
+        _options,
+        "",
+        "options passed to `docker-machine create` (shell words), e.g. --virtualbox-memory 2048",
+    )
 
 
 @dataclass(frozen=True)
 class SshSettings:
     """PROVIDER=ssh."""
+
     ssh_hosts: tuple[tuple[str, str, str, int], ...] = key(
-        _hosts, "", "every node's SSH address: node=[user@]host[:port],...")
-    ssh_user: str = key(str, "root", "SSH user where SSH_HOSTS names none (must be able to run "
-                                     "docker)")
-    ssh_key: Path | None = key(_optional_path, "", "private key file (empty: your SSH agent and "
-                                                   "default keys)")
-    ssh_keys: tuple[tuple[str, Path], ...] = key(_node_paths, "", "node=key file,... for hosts "
-                                                                  "whose key is not SSH_KEY")
-    ssh_known_hosts: Path = key(_path, "~/.ssh/known_hosts", "the host keys trusted; unknown or "
-                                                             "changed keys are refused")
+        _hosts, "", "every node's SSH address: node=[user@]host[:port],..."
+    )
+    ssh_user: str = key(
+        str, "root", "SSH user where SSH_HOSTS names none (must be able to run docker)"
+    )
+    ssh_key: Path | None = key(
+        _optional_path, "", "private key file (empty: your SSH agent and default keys)"
+    )
+    ssh_keys: tuple[tuple[str, Path], ...] = key(
+        _node_paths, "", "node=key file,... for hosts whose key is not SSH_KEY"
+    )
+    ssh_known_hosts: Path = key(
+        _path, "~/.ssh/known_hosts", "the host keys trusted; unknown or changed keys are refused"
+    )
     ssh_parallel: int = key(_int(1, 64), "4", "hosts worked on at once")
     node_addresses: tuple[tuple[str, str], ...] = key(
-        _addresses, "", "node=address the swarm uses between nodes (default: the address of the "
-                        "host's default route)")
+        _addresses,
+        "",
+        "node=address the swarm uses between nodes (default: the address of the "
+        "host's default route)",
+    )
 
 
 @dataclass(frozen=True)
 class RegistrySettings:
     """The registry both clusters push to and pull from (one storage directory)."""
-    registry_image: str = key(pinned_image, "cdtasks/registry-slim:2.8.2",
-                              "registry service image", shared=True)
-    registry_port: int = key(_int(1, 65535), "5000", "registry port on every node "
-                                                     "(localhost:PORT)", shared=True)
+
+    registry_image: str = key(
+        pinned_image, "cdtasks/registry-slim:2.8.2", "registry service image", shared=True
+    )
+    registry_port: int = key(
+        _int(1, 65535), "5000", "registry port on every node (localhost:PORT)", shared=True
+    )
     registry_reserve_mb: int = key(_int(0, 1 << 20), "100", "memory reserved for the registry")
-    registry_dir: Path = key(_path, "", "host directory both clusters' registries store into "
-                                        "(default STATE_DIR/registry)", shared=True)
-    registry_url: str = key(_registry_url, "", "your own registry, host:port[/path], instead of "
-                                               "a registry service per cluster (empty: the "
-                                               "book's)", shared=True)
+    registry_dir: Path = key(
+        _path,
+        "",
+        "host directory both clusters' registries store into (default STATE_DIR/registry)",
+        shared=True,
+    )
+    registry_url: str = key(
+        _registry_url,
+        "",
+        "your own registry, host:port[/path], instead of "
+        "a registry service per cluster (empty: the "
+        "book's)",
+        shared=True,
+    )
     registry_user: str = key(str, "", "user of REGISTRY_URL", shared=True)
-    registry_password_file: Path | None = key(_optional_path, "", "file holding REGISTRY_USER's "
-                                                                  "password", shared=True)
-    registry_ca_file: Path | None = key(_optional_path, "", "CA certificate (PEM) of "
-                                                            "REGISTRY_URL's TLS certificate, "
-                                                            "given to every node (empty: the "
-                                                            "nodes already trust it)", shared=True)
+    registry_password_file: Path | None = key(
+        _optional_path, "", "file holding REGISTRY_USER's password", shared=True
+    )
+    registry_ca_file: Path | None = key(
+        _optional_path,
+        "",
+        "CA certificate (PEM) of "
+        "REGISTRY_URL's TLS certificate, "
+        "given to every node (empty: the "
+        "nodes already trust it)",
+        shared=True,
+    )
 
 
 @dataclass(frozen=True)
 class ServicesSettings:
     """The services `inv services` creates."""
-    app_dir: Path = key(_path, "demo", "the application's source: Dockerfile and compose file "
-                                       "(relative to the project directory or absolute)")
+
+    app_dir: Path = key(
+        _path,
+        "demo",
+        "the application's source: Dockerfile and compose file "
+        "(relative to the project directory or absolute)",
+    )
     app_service: str = key(_name, "go-demo", "name of the application's Swarm service")
-    app_image: str = key(_name, "go-demo", "image name of the application in the cluster's "
-                                           "registry")
-    app_version: str = key(pinned_version, "1.0", "version the service is created with (built "
-                                                   "and pushed when the registry lacks it)")
+    app_image: str = key(
+        _name, "go-demo", "image name of the application in the cluster's registry"
+    )
+    app_version: str = key(
+        pinned_version,
+        "1.0",
+        "version the service is created with (built and pushed when the registry lacks it)",
+    )
     app_port: int = key(_int(1, 65535), "8080", "port the application listens on")
     app_replicas: int = key(_int(0, 100), "2", "replicas of the application")
     app_reserve_mb: int = key(_int(0, 1 << 20), "0", "memory reserved per application task")
     update_delay: int = key(_int(0, 3600), "5", "seconds between updating two tasks")
     stop_grace: int = key(_int(1, 3600), "10", "seconds a task gets to stop before it is killed")
-    base_image: str = key(pinned_image, "cdtasks/python:3.11", "base image of the application "
-                                                              "(build argument and compose "
-                                                              "variable BASE_IMAGE)")
+    base_image: str = key(
+        pinned_image,
+        "cdtasks/python:3.11",
+        "base image of the application (build argument and compose variable BASE_IMAGE)",
+    )
     db_service: str = key(_name, "go-demo-db", "name of the database service")
     db_image: str = key(pinned_image, "cdtasks/redis:7.0", "database image")
     db_reserve_mb: int = key(_int(0, 1 << 20), "0", "memory reserved for the database")
     proxy_service: str = key(_name, "proxy", "name of the reverse proxy service")
     proxy_image: str = key(pinned_image, "cdtasks/haproxy:2.6", "reverse proxy image")
-    proxy_config: Path = key(_path, "demo/proxy/haproxy.cfg", "proxy configuration (a Swarm "
-                                                              "config)")
+    proxy_config: Path = key(
+        _path, "demo/proxy/haproxy.cfg", "proxy configuration (a Swarm config)"
+    )
     proxy_replicas: int = key(_int(0, 100), "2", "replicas of the proxy")
     proxy_reserve_mb: int = key(_int(0, 1 << 20), "0", "memory reserved per proxy task")
     proxy_port: int = key(_int(1, 65535), "80", "port the proxy publishes")
-    proxy_admin_port: int = key(_int(0, 65535), "8090", "proxy's admin/stats port (0: not "
-                                                        "published)")
-    constraint: str = key(str, "node.labels.env == prod-like", "placement constraint of every "
-                                                               "service (empty: none)")
+    proxy_admin_port: int = key(
+        _int(0, 65535), "8090", "proxy's admin/stats port (0: not published)"
+    )
+    constraint: str = key(
+        str, "node.labels.env == prod-like", "placement constraint of every service (empty: none)"
+    )
     services_timeout: int = key(_int(5, 3600), "180", "seconds to wait for every replica to run")
 
 
 @dataclass(frozen=True)
 class DeliverySettings:
     """`inv deliver`: what is checked out, where, and how long its steps may run."""
-    repo: str = key(str, "", "repository to deliver, URL or local path (empty: the project "
-                             "directory; this project's sample is in demo/)")
-    compose_file: str = key(str, "demo/docker-compose-test-local.yml",
-                            "the test compose file, relative to the repository root")
-    test_timeout: int = key(_int(10, 86400), "1800", "seconds a compose command of a delivery "
-                                                     "(unit and staging tests, build, production "
-                                                     "tests) may run before it is stopped and its "
-                                                     "step fails")
-    pass_env: tuple[str, ...] = key(_variables, "", "variables of your environment compose runs "
-                                                    "get too (NAME,NAME); by default they get "
-                                                    "only what compose needs and the delivery's "
-                                                    "own (IMAGE, VERSION, HOST_IP, ...)")
+
+    repo: str = key(
+        str,
+        "",
+        "repository to deliver, URL or local path (empty: the project "
+        "directory; this project's sample is in demo/)",
+    )
+    compose_file: str = key(
+        str,
+        "demo/docker-compose-test-local.yml",
+        "the test compose file, relative to the repository root",
+    )
+    test_timeout: int = key(
+        _int(10, 86400),
+        "1800",
+        "seconds a compose command of a delivery "
+        "(unit and staging tests, build, production "
+        "tests) may run before it is stopped and its "
+        "step fails",
+    )
+    pass_env: tuple[str, ...] = key(
+        _variables,
+        "",
+        "variables of your environment compose runs "
+        "get too (NAME,NAME); by default they get "
+        "only what compose needs and the delivery's "
+        "own (IMAGE, VERSION, HOST_IP, ...)",
+    )
     compose_mount_prefixes: tuple[str, ...] = key(
-        _absolute_paths, "/tmp", "host directories (PATH,PATH) under which a delivered compose "
-                                 "file may bind-mount on the CD node besides its checkout (the "
-                                 "book's unit tests mount /tmp/go as a build cache)")
+        _absolute_paths,
+        "/tmp",
+        "host directories (PATH,PATH) under which a delivered compose "
+        "file may bind-mount on the CD node besides its checkout (the "
+        "book's unit tests mount /tmp/go as a build cache)",
+    )
     compose_allow: tuple[str, ...] = key(
-        _compose_allowed, "", "exact host paths a delivered compose file may bind-mount although "
-                              "protected (the Docker socket, the registry, workspace and state "
-                              "directories) or outside COMPOSE_MOUNT_PREFIXES, and the keys that "
-                              "give a service the host (privileged, pid, cap_add, devices, "
-                              "network_mode, ...: see the README); comma-separated")
-    reports_dir: Path = key(_path, "reports", "where JSON and JUnit reports are written "
-                                              "(relative to the project directory or absolute)")
-    workspace_dir: Path = key(_path, "", "host directory where `inv deliver` checks out sources; "
-                                         "the lab mounts it into every node at the same path, so "
-                                         "compose bind mounts work on the CD node (default "
-                                         "STATE_DIR/LAB_NAME/workspace)")
+        _compose_allowed,
+        "",
+        "exact host paths a delivered compose file may bind-mount although "
+        "protected (the Docker socket, the registry, workspace and state "
+        "directories) or outside COMPOSE_MOUNT_PREFIXES, and the keys that "
+        "give a service the host (privileged, pid, cap_add, devices, "
+        "network_mode, ...: see the README); comma-separated",
+    )
+    reports_dir: Path = key(
+        _path,
+        "reports",
+        "where JSON and JUnit reports are written (relative to the project directory or absolute)",
+    )
+    workspace_dir: Path = key(
+        _path,
+        "",
+        "host directory where `inv deliver` checks out sources; "
+        "the lab mounts it into every node at the same path, so "
+        "compose bind mounts work on the CD node (default "
+        "STATE_DIR/LAB_NAME/workspace)",
+    )
 
 
 @dataclass(frozen=True)
 class WatchSettings:
     """`inv watch`: the branch followed and who hears of each run."""
-    watch_branch: str = key(str, "", "branch `inv watch` follows (empty: the repository's "
-                                     "default)")
-    webhook_secret: str = key(str, "", "shared secret git servers sign pushes with "
-                                       "(`inv watch --listen`)", secret=True)
+
+    watch_branch: str = key(str, "", "branch `inv watch` follows (empty: the repository's default)")
+    webhook_secret: str = key(
+        str, "", "shared secret git servers sign pushes with (`inv watch --listen`)", secret=True
+    )
     # Chat webhooks carry a token in the path.
-    notify_url: str = key(_http_url, "", "URL each finished run is POSTed to as JSON (empty: "
-                                         "none)", secret=True)
-    notify_command: tuple[str, ...] = key(_options, "", "command (shell words, no shell) given "
-                                                        "each finished run as JSON on stdin "
-                                                        "(empty: none)")
+    notify_url: str = key(
+        _http_url, "", "URL each finished run is POSTed to as JSON (empty: none)", secret=True
+    )
+    notify_command: tuple[str, ...] = key(
+        _options,
+        "",
+        "command (shell words, no shell) given each finished run as JSON on stdin (empty: none)",
+    )
 
 
 # Settings' attribute -> its section; every key of every section is an env-file key.
 SECTIONS: dict[str, type] = {
-    "cluster": ClusterSettings, "machine": MachineSettings, "ssh": SshSettings,
-    "registry": RegistrySettings, "services": ServicesSettings, "delivery": DeliverySettings,
-    "watch": WatchSettings}
+    "cluster": ClusterSettings,
+    "machine": MachineSettings,
+    "ssh": SshSettings,
+    "registry": RegistrySettings,
+    "services": ServicesSettings,
+    "delivery": DeliverySettings,
+    "watch": WatchSettings,
+}
 
 
 def _keys() -> dict[str, Key]:
@@ -427,6 +557,7 @@ OTHER_VARIABLES = (ENV_PREFIX + "PROJECT_DIR", ENV_PREFIX + "ENV_DIR", ENGINE_VA
 @dataclass(frozen=True)
 class Settings:
     """One environment's settings: a section per concern, so a module can take only its part."""
+
     env: str
     source: str  # the env file it came from
     cluster: ClusterSettings
@@ -447,8 +578,10 @@ class Settings:
 
     def check_node(self, node: str) -> str:
         if node not in self.cluster.nodes:
-            raise ConfigError(f"unknown node {node!r} in environment {self.env}: "
-                              f"choose one of {', '.join(self.cluster.nodes)}")
+            raise ConfigError(
+                f"unknown node {node!r} in environment {self.env}: "
+                f"choose one of {', '.join(self.cluster.nodes)}"
+            )
         return node
 
 
@@ -456,12 +589,17 @@ class Settings:
 class Location:
     """Where a project's files are: relative paths of the settings (APP_DIR, PROXY_CONFIG,
     REPORTS_DIR) and an empty REPO mean the project directory; env files are in env_dir."""
+
     project_dir: Path
     env_dir: Path
 
 
-def locate(environ: Mapping[str, str] | None = None, *, project_dir: Path | str | None = None,
-           env_dir: Path | str | None = None) -> Location:
+def locate(
+    environ: Mapping[str, str] | None = None,
+    *,
+    project_dir: Path | str | None = None,
+    env_dir: Path | str | None = None,
+) -> Location:
     """The process environment (`CDTASKS_PROJECT_DIR`, `CDTASKS_ENV_DIR`) over the arguments;
     by default the current directory and its `env/`. A relative env dir is relative to the
     project directory, a relative project directory to the current one."""
@@ -486,8 +624,9 @@ def read_env_file(path: Path) -> dict[str, str]:
     for name, value in dotenv_values(path, interpolate=False).items():
         if name not in KEYS:
             hint = difflib.get_close_matches(name, KEYS, n=1)
-            raise ConfigError(f"{path}: unknown key {name}"
-                              + (f" (did you mean {hint[0]}?)" if hint else ""))
+            raise ConfigError(
+                f"{path}: unknown key {name}" + (f" (did you mean {hint[0]}?)" if hint else "")
+            )
         values[name] = "" if value is None else value
     return values
 
@@ -507,8 +646,10 @@ def check_environ(environ: Mapping[str, str]) -> None:
     for name in sorted(environ):
         if name.startswith(ENV_PREFIX) and name not in known:
             hint = difflib.get_close_matches(name, known, n=1)
-            raise ConfigError(f"process environment: unknown variable {name}"
-                              + (f" (did you mean {hint[0]}?)" if hint else ""))
+            raise ConfigError(
+                f"process environment: unknown variable {name}"
+                + (f" (did you mean {hint[0]}?)" if hint else "")
+            )
 
 
 def _parse(name: str, raw: str, where: str) -> Any:
@@ -534,11 +675,15 @@ def _check_shared(env_dir: Path, env: str, mine: Mapping[str, tuple[str, str]]) 
             except ValueError:
                 continue  # a bad value is reported where it is loaded, naming its file
             if not same:
-                a, b = (f"{origin.removesuffix(DEFAULTED)} ({value!r}"
-                        f"{', its default' if origin.endswith(DEFAULTED) else ''})"
-                        for value, origin in (mine[name], theirs[name]))
-                raise ConfigError(f"{name} differs between {a} and {b}: every environment "
-                                  f"shares it; set it once in {env_dir / (BASE + '.env')}")
+                a, b = (
+                    f"{origin.removesuffix(DEFAULTED)} ({value!r}"
+                    f"{', its default' if origin.endswith(DEFAULTED) else ''})"
+                    for value, origin in (mine[name], theirs[name])
+                )
+                raise ConfigError(
+                    f"{name} differs between {a} and {b}: every environment "
+                    f"shares it; set it once in {env_dir / (BASE + '.env')}"
+                )
 
 
 DEFAULTED = " (default)"  # how `_layers` marks a key no file sets
@@ -553,9 +698,14 @@ def _layers(env_dir: Path, env: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-def load(env: str, overrides: Mapping[str, Any] | None = None, *,
-         environ: Mapping[str, str] | None = None, env_dir: Path | str | None = None,
-         project_dir: Path | str | None = None) -> Settings:
+def load(
+    env: str,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    env_dir: Path | str | None = None,
+    project_dir: Path | str | None = None,
+) -> Settings:
     """Read, merge and validate one environment's settings; raise ConfigError on bad input.
     `env_dir` and `project_dir` as `locate` takes them."""
     environ = os.environ if environ is None else environ
@@ -564,7 +714,9 @@ def load(env: str, overrides: Mapping[str, Any] | None = None, *,
     env_dir = where.env_dir
     known = environments(env_dir)
     if env not in known:
-        raise ConfigError(f"unknown environment {env!r}: choose one of {', '.join(known) or '(none in ' + str(env_dir) + ')'}")
+        raise ConfigError(
+            f"unknown environment {env!r}: choose one of {', '.join(known) or '(none in ' + str(env_dir) + ')'}"
+        )
     path = env_dir / f"{env}.env"
     layers = _layers(env_dir, env)
     _check_shared(env_dir, env, layers)
@@ -577,8 +729,10 @@ def load(env: str, overrides: Mapping[str, Any] | None = None, *,
 
     parsed = {name.lower(): _parse(name, value, origin) for name, (value, origin) in layers.items()}
     # The registry directory is shared by every cluster of the state dir; checkouts are the lab's.
-    for name, default in (("registry_dir", Path("registry")),
-                          ("workspace_dir", Path(parsed["lab_name"]) / "workspace")):
+    for name, default in (
+        ("registry_dir", Path("registry")),
+        ("workspace_dir", Path(parsed["lab_name"]) / "workspace"),
+    ):
         if not parsed[name].parts:
             parsed[name] = parsed["state_dir"] / default
     for name in ("app_dir", "proxy_config", "reports_dir"):  # relative to the project
@@ -587,10 +741,13 @@ def load(env: str, overrides: Mapping[str, Any] | None = None, *,
         if parsed[name] is not None:
             parsed[name] = where.project_dir / parsed[name]
     parsed["repo"] = parsed["repo"] or str(where.project_dir)
-    sections = {attr: section(**{f.name: parsed[f.name] for f in fields(section)})
-                for attr, section in SECTIONS.items()}
-    raw = {name: value for name, (value, origin) in layers.items()
-           if not origin.endswith(DEFAULTED)}
+    sections = {
+        attr: section(**{f.name: parsed[f.name] for f in fields(section)})
+        for attr, section in SECTIONS.items()
+    }
+    raw = {
+        name: value for name, (value, origin) in layers.items() if not origin.endswith(DEFAULTED)
+    }
     settings = Settings(env=env, source=str(path), raw=raw, **sections)
     _check_consistency(settings, lambda name: layers[name][1].removesuffix(DEFAULTED))
     return settings
@@ -607,7 +764,7 @@ def check_env_lines(path: Path) -> None:
                     # dotenv counts from the blank lines before it; the line itself is not
                     # shown: it may hold a secret that lacks its `=`.
                     text = binding.original.string
-                    skipped = text[:len(text) - len(text.lstrip())].count("\n")
+                    skipped = text[: len(text) - len(text.lstrip())].count("\n")
                     line = binding.original.line + skipped
                     raise ConfigError(f"{path}:{line}: not KEY=VALUE, a blank line or a # comment")
     except OSError as exc:
@@ -618,11 +775,14 @@ def _check_consistency(settings: Settings, origin: Callable[[str], str]) -> None
     s, ssh = settings.cluster, settings.ssh
     if not s.nodes:
         raise ConfigError(f"{origin('NODES')}: NODES is empty")
-    for key, names in (("WORKERS", s.workers), ("CD_NODE", (s.cd_node,)),
-                       ("NODE_LABELS", [n for n, _, _ in s.node_labels]),
-                       ("SSH_HOSTS", [n for n, *_ in ssh.ssh_hosts]),
-                       ("SSH_KEYS", [n for n, _ in ssh.ssh_keys]),
-                       ("NODE_ADDRESSES", [n for n, _ in ssh.node_addresses])):
+    for key, names in (
+        ("WORKERS", s.workers),
+        ("CD_NODE", (s.cd_node,)),
+        ("NODE_LABELS", [n for n, _, _ in s.node_labels]),
+        ("SSH_HOSTS", [n for n, *_ in ssh.ssh_hosts]),
+        ("SSH_KEYS", [n for n, _ in ssh.ssh_keys]),
+        ("NODE_ADDRESSES", [n for n, _ in ssh.node_addresses]),
+    ):
         for name in names:
             if name not in s.nodes:
                 raise ConfigError(f"{origin(key)}: {key} names {name!r}, which is not in NODES")
@@ -630,8 +790,10 @@ def _check_consistency(settings: Settings, origin: Callable[[str], str]) -> None
         listed = {n for n, *_ in ssh.ssh_hosts}
         missing = [n for n in s.nodes if n not in listed]
         if missing:
-            raise ConfigError(f"{origin('SSH_HOSTS')}: PROVIDER=ssh needs an SSH address for "
-                              f"{', '.join(missing)} in SSH_HOSTS")
+            raise ConfigError(
+                f"{origin('SSH_HOSTS')}: PROVIDER=ssh needs an SSH address for "
+                f"{', '.join(missing)} in SSH_HOSTS"
+            )
     if not s.managers:
         raise ConfigError(f"{origin('WORKERS')}: every node is a worker; a swarm needs a manager")
     _check_registry(settings.registry, origin)
@@ -639,17 +801,23 @@ def _check_consistency(settings: Settings, origin: Callable[[str], str]) -> None
 
 def _check_registry(r: RegistrySettings, origin: Callable[[str], str]) -> None:
     """Your own registry: its keys together, its files readable (the password never shown)."""
-    given = {"REGISTRY_USER": r.registry_user, "REGISTRY_PASSWORD_FILE": r.registry_password_file,
-             "REGISTRY_CA_FILE": r.registry_ca_file}
+    given = {
+        "REGISTRY_USER": r.registry_user,
+        "REGISTRY_PASSWORD_FILE": r.registry_password_file,
+        "REGISTRY_CA_FILE": r.registry_ca_file,
+    }
     for name, value in given.items():
         if value and not r.registry_url:
             raise ConfigError(f"{origin(name)}: {name} is set but REGISTRY_URL is empty")
     if bool(r.registry_user) != bool(r.registry_password_file):
         name = "REGISTRY_PASSWORD_FILE" if r.registry_user else "REGISTRY_USER"
-        raise ConfigError(f"{origin(name)}: REGISTRY_USER and REGISTRY_PASSWORD_FILE go together: "
-                          f"set {name} too")
-    for name, path in (("REGISTRY_PASSWORD_FILE", r.registry_password_file),
-                       ("REGISTRY_CA_FILE", r.registry_ca_file)):
+        raise ConfigError(
+            f"{origin(name)}: REGISTRY_USER and REGISTRY_PASSWORD_FILE go together: set {name} too"
+        )
+    for name, path in (
+        ("REGISTRY_PASSWORD_FILE", r.registry_password_file),
+        ("REGISTRY_CA_FILE", r.registry_ca_file),
+    ):
         if path is None:
             continue
         try:

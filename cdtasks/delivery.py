@@ -3,6 +3,7 @@ staging, publish, prod-like, production tests. Each returns a one-line detail or
 StepFailed; `deliver` runs them all (with what may overlap), `step` one at a time, its state
 kept in the workspace between tasks. Versions that pass prod-like are recorded on the cluster
 (`rollout.mark_delivered`), for deployment to promote."""
+
 from __future__ import annotations
 
 import getpass
@@ -47,8 +48,9 @@ class Delivery(Checkout):
     @property
     def pinned(self) -> str:
         """The exact image verified: repository:version@digest (the tag kept for people)."""
-        return registry.local_ref(self.settings, self.settings.services.app_image, self.version or "",
-                                  self.digest or "")
+        return registry.local_ref(
+            self.settings, self.settings.services.app_image, self.version or "", self.digest or ""
+        )
 
 
 def check_input(d: Delivery) -> None:
@@ -85,9 +87,14 @@ def provide_images(d: Delivery) -> None:
             return
         s, cluster = d.settings, d.cluster
         try:
-            done = project_images.ensure(d.contract(), cluster.client(s.cluster.cd_node), s.cluster.cd_node,
-                                         registry.address(s), cluster.provider.image_source(),
-                                         d.log)
+            done = project_images.ensure(
+                d.contract(),
+                cluster.client(s.cluster.cd_node),
+                s.cluster.cd_node,
+                registry.address(s),
+                cluster.provider.image_source(),
+                d.log,
+            )
         except project_images.MissingImage as exc:
             raise StepFailed(str(exc)) from None
         for line in done:
@@ -120,11 +127,16 @@ def tag_built(d: Delivery) -> None:
     if d.dry_run:
         return
     cd = d.cluster.client(s.cluster.cd_node)
-    found = cd.images.list(filters={"label": [f"com.docker.compose.project={d.project}",
-                                              "com.docker.compose.service=app"]})
+    found = cd.images.list(
+        filters={
+            "label": [f"com.docker.compose.project={d.project}", "com.docker.compose.service=app"]
+        }
+    )
     if len(found) != 1:
-        raise StepFailed(f"the build made {len(found)} images labelled with project {d.project} "
-                         f"on {s.cluster.cd_node}, not one: cannot tell which is {named}")
+        raise StepFailed(
+            f"the build made {len(found)} images labelled with project {d.project} "
+            f"on {s.cluster.cd_node}, not one: cannot tell which is {named}"
+        )
     found[0].tag(d.image, d.version)
     d.built = found[0].id
 
@@ -156,9 +168,11 @@ def staging(d: Delivery) -> str:
     alone (the session guarantees it); in a whole run beside publish and prod-like, which do
     not use the project (and in the clean-up if the tests fail). Under the CD node's staging
     lock when needed (`staging_lock_needed`): then down at once, before the lock goes."""
+
     def act(c: Compose) -> None:
         c.up("staging-dep")
         c.run("staging")
+
     if not staging_lock_needed(d):
         d.compose_step(act, defer=True)
     else:
@@ -195,12 +209,20 @@ def prodlike(d: Delivery) -> str:
     if not d.dry_run:
         # One release at a time changes (and then tests) the service: the same lock as deploy,
         # taken before the image it guards is read.
-        d.lock = records.Lock(d.cluster.live_manager(), d.settings.services.app_service, d.version or "",
-                              "delivering", d.log).acquire(rollout.LOCK_WAIT)
-        d.previous_image = services.current_image(d.cluster.manager(), d.settings.services.app_service)
+        d.lock = records.Lock(
+            d.cluster.live_manager(),
+            d.settings.services.app_service,
+            d.version or "",
+            "delivering",
+            d.log,
+        ).acquire(rollout.LOCK_WAIT)
+        d.previous_image = services.current_image(
+            d.cluster.manager(), d.settings.services.app_service
+        )
     try:
-        result = rollout.update(d.cluster, d.settings.services, d.pinned, d.log, d.dry_run,
-                                d.record, d.lock)
+        result = rollout.update(
+            d.cluster, d.settings.services, d.pinned, d.log, d.dry_run, d.record, d.lock
+        )
     except StepFailed as exc:
         if d.dry_run or not d.previous_image or d.previous_image == d.pinned:
             raise
@@ -230,8 +252,9 @@ def prodtest(d: Delivery) -> str:
         try:
             detail = rollout.production_tests(d, d.cluster, d.pinned, d.converged_at)
         except StepFailed as exc:
-            raise StepFailed(f"{exc}; {d.version} is not recorded as verified",
-                             exc.output_tail) from None
+            raise StepFailed(
+                f"{exc}; {d.version} is not recorded as verified", exc.output_tail
+            ) from None
         if not d.dry_run:
             mark_delivered(d)
         return detail
@@ -255,12 +278,15 @@ def take_staging_lock(d: Delivery) -> None:
     waited for like the service's lock; said in the log."""
     node = d.settings.cluster.cd_node
     ports = sorted({p for ps in d.contract().ports.values() for p in ps})
-    d.log(f"staging takes the staging lock of {node}"
-          + (f" (host ports {', '.join(map(str, ports))})" if ports else ""))
+    d.log(
+        f"staging takes the staging lock of {node}"
+        + (f" (host ports {', '.join(map(str, ports))})" if ports else "")
+    )
     if d.dry_run:
         return
-    d.staging_lock = records.Lock(d.cluster.manager(), staging_lock_name(d.settings), d.version or "",
-                                  "staging", d.log).acquire(rollout.LOCK_WAIT)
+    d.staging_lock = records.Lock(
+        d.cluster.manager(), staging_lock_name(d.settings), d.version or "", "staging", d.log
+    ).acquire(rollout.LOCK_WAIT)
 
 
 def release_staging_lock(d: Delivery) -> None:
@@ -270,8 +296,14 @@ def release_staging_lock(d: Delivery) -> None:
 
 
 STEP_FUNCS: dict[str, Callable[[Delivery], str]] = {
-    "checkout": checkout, "unit": unit, "build": build, "staging": staging,
-    "publish": publish, "prodlike": prodlike, "prodtest": prodtest}
+    "checkout": checkout,
+    "unit": unit,
+    "build": build,
+    "staging": staging,
+    "publish": publish,
+    "prodlike": prodlike,
+    "prodtest": prodtest,
+}
 
 
 def _unbuild(d: Delivery, result: StepResult) -> None:
@@ -282,7 +314,9 @@ def _unbuild(d: Delivery, result: StepResult) -> None:
 
 # A step, the one after it that does not need its result, and how to undo that one when the
 # first fails: in a whole run the second runs beside the first (the build beside unit tests).
-OVERLAP: dict[str, tuple[str, Callable[[Delivery, StepResult], None]]] = {"unit": ("build", _unbuild)}
+OVERLAP: dict[str, tuple[str, Callable[[Delivery, StepResult], None]]] = {
+    "unit": ("build", _unbuild)
+}
 
 
 # -- running them -------------------------------------------------------------------------------
@@ -294,8 +328,14 @@ def run(d: Delivery, names: Sequence[str], progress) -> list[StepResult]:
     if "checkout" in names and not d.checked:
         check_input(d)
     overlap = {k: (partner, partial(undo, d)) for k, (partner, undo) in OVERLAP.items()}
-    results = run_steps(names, {n: partial(STEP_FUNCS[n], d) for n in names}, progress,
-                        overlap=overlap if together else None, dry_run=d.dry_run, log=d.log)
+    results = run_steps(
+        names,
+        {n: partial(STEP_FUNCS[n], d) for n in names},
+        progress,
+        overlap=overlap if together else None,
+        dry_run=d.dry_run,
+        log=d.log,
+    )
     if d.refused is not None:
         raise d.refused
     return results
@@ -337,9 +377,19 @@ def state_file(s: Settings) -> Path:
 
 
 def save_state(d: Delivery) -> None:
-    state_file(d.settings).write_text(json.dumps({
-        "repo": redact(d.repo), "ref": d.ref, "version": d.version, "workdir": str(d.workdir),
-        "digest": d.digest, "project": d.project, "built": d.built}))
+    state_file(d.settings).write_text(
+        json.dumps(
+            {
+                "repo": redact(d.repo),
+                "ref": d.ref,
+                "version": d.version,
+                "workdir": str(d.workdir),
+                "digest": d.digest,
+                "project": d.project,
+                "built": d.built,
+            }
+        )
+    )
 
 
 def load_state(s: Settings, **kw) -> Delivery:
@@ -349,9 +399,17 @@ def load_state(s: Settings, **kw) -> Delivery:
         raise DeliveryError(f"no checkout of {s.services.app_service}: run `inv checkout` first")
     data = json.loads(f.read_text())
     workdir = Path(data["workdir"])
-    d = Delivery(s, data["repo"], data["ref"], data["version"], workdir=workdir,
-                 digest=data.get("digest"), project=data["project"],
-                 built=data.get("built") or "", **kw)
+    d = Delivery(
+        s,
+        data["repo"],
+        data["ref"],
+        data["version"],
+        workdir=workdir,
+        digest=data.get("digest"),
+        project=data["project"],
+        built=data.get("built") or "",
+        **kw,
+    )
     if not workdir.exists():
         raise DeliveryError(f"checkout {workdir} is gone: run `inv checkout` again")
     return d
@@ -368,14 +426,17 @@ def state_after(d: Delivery, results: list[StepResult]) -> str:
         return f"{', '.join(x.name for x in results)} passed; prod-like not changed"
     if failed in ("checkout", "unit", "build", "staging"):
         if d.compose_left:  # its clean-up was cut short, or the CD node did not answer
-            return (f"left behind: compose project {d.project} on {d.settings.cluster.cd_node}; "
-                    f"{d.settings.services.app_service} untouched")
+            return (
+                f"left behind: compose project {d.project} on {d.settings.cluster.cd_node}; "
+                f"{d.settings.services.app_service} untouched"
+            )
         return f"nothing left behind (staging removed); {d.settings.services.app_service} untouched"
     if failed == "publish":
         return f"{d.ref_tag} not in the registry; {d.settings.services.app_service} untouched"
     try:
-        running = replicas_text(services.replica_images(d.cluster.manager(),
-                                                        d.settings.services.app_service))
+        running = replicas_text(
+            services.replica_images(d.cluster.manager(), d.settings.services.app_service)
+        )
     except Exception:  # the state line must not hide the failure itself
         running = "unknown"
     return f"prod-like runs {running}"
@@ -394,8 +455,18 @@ def replicas_text(replicas: list[tuple[str, str]]) -> str:
 # -- what passed prod-like, recorded on the cluster -------------------------------------------
 def mark_delivered(d: Delivery) -> None:
     """One record per version that passed prod-like: `inv deploy` promotes exactly its digest."""
-    rollout.mark_delivered(d.cluster.manager(), d.settings.services.app_service, {
-        "service": d.settings.services.app_service, "version": d.version, "image": d.ref_tag,
-        "digest": d.digest, "repo": redact(d.repo), "commit": d.commit,
-        "compose_file": d.settings.delivery.compose_file, "time": records.now(),
-        "user": getpass.getuser()})
+    rollout.mark_delivered(
+        d.cluster.manager(),
+        d.settings.services.app_service,
+        {
+            "service": d.settings.services.app_service,
+            "version": d.version,
+            "image": d.ref_tag,
+            "digest": d.digest,
+            "repo": redact(d.repo),
+            "commit": d.commit,
+            "compose_file": d.settings.delivery.compose_file,
+            "time": records.now(),
+            "user": getpass.getuser(),
+        },
+    )

@@ -1,6 +1,7 @@
 """Continuous deployment: promote the exact digest verified on prod-like, verify with production
 tests, roll back automatically, one deployment per cluster at a time, and a history kept on the
 cluster itself and in a local log. `run` does it all; the work itself is `rollout`'s."""
+
 from __future__ import annotations
 
 import getpass
@@ -47,7 +48,9 @@ class Deployment:
     previous: str = ""
     rolled_back: bool = False
     converged_at: float = 0.0  # monotonic time the last replica of the last rollout started
-    checkout: Checkout | None = None  # where the production tests run (on the test cluster's CD node)
+    checkout: Checkout | None = (
+        None  # where the production tests run (on the test cluster's CD node)
+    )
     cluster: Cluster | None = None
     started: float = field(default_factory=time.monotonic)
     run_id: str = field(default_factory=lambda: secrets.token_hex(6))  # ties its history entries
@@ -67,8 +70,10 @@ def _digest_in_registry(manager, s: Settings, ref: str, node: str) -> str:
         text = str(exc.explanation or exc)
         if "not found" in text.lower() or "manifest unknown" in text.lower():
             raise DeploymentError(f"unknown version: {ref} is not in the registry") from None
-        raise DeploymentError(f"registry unreachable at {registry.address(s)} "
-                              f"(asked through {node}): {text.splitlines()[0][:200]}") from None
+        raise DeploymentError(
+            f"registry unreachable at {registry.address(s)} "
+            f"(asked through {node}): {text.splitlines()[0][:200]}"
+        ) from None
 
 
 def passed(d: Deployment) -> list[dict]:
@@ -86,18 +91,27 @@ def choose(d: Deployment, passed: list[dict]) -> dict:
     last one). A version that never passed there is refused unless forced."""
     if d.version is None:
         if not passed:
-            raise DeploymentError(f"no version of {d.test.services.app_service} has passed `inv deliver` on "
-                                  f"prod-like yet: deliver one, or give --version with --force")
+            raise DeploymentError(
+                f"no version of {d.test.services.app_service} has passed `inv deliver` on "
+                f"prod-like yet: deliver one, or give --version with --force"
+            )
         return passed[-1]
     found = [p for p in passed if p["version"] == d.version]
     if found:
         return found[-1]
     if not d.force:
         known = ", ".join(sorted({p["version"] for p in passed})) or "none"
-        raise DeploymentError(f"version {d.version} never passed prod-like (passed: {known}); "
-                              f"deliver it first, or use --force")
-    return {"version": d.version, "image": registry.local_ref(d.prod, d.prod.services.app_image, d.version),
-            "digest": "", "repo": d.test.delivery.repo, "commit": ""}
+        raise DeploymentError(
+            f"version {d.version} never passed prod-like (passed: {known}); "
+            f"deliver it first, or use --force"
+        )
+    return {
+        "version": d.version,
+        "image": registry.local_ref(d.prod, d.prod.services.app_image, d.version),
+        "digest": "",
+        "repo": d.test.delivery.repo,
+        "commit": "",
+    }
 
 
 def rollback_target(manager, service: str, current: str) -> str:
@@ -127,22 +141,28 @@ def prepare(d: Deployment) -> records.Lock:
     record = {"repo": d.test.delivery.repo, "commit": ""} if back else resolve(d)
     # The lock before the state it guards: a run that waited for another one reads what that
     # one left, not what ran before it.
-    lock = records.Lock(d.cluster.live_manager(), d.service, d.version or "a previous version",
-                        "rolling back" if d.kind == "rollback" else "deploying",
-                        d.log).acquire(d.wait)
+    lock = records.Lock(
+        d.cluster.live_manager(),
+        d.service,
+        d.version or "a previous version",
+        "rolling back" if d.kind == "rollback" else "deploying",
+        d.log,
+    ).acquire(d.wait)
     try:
         manager = d.cluster.manager()
         d.previous = services.current_image(manager, d.service)
         if back:
             d.image = rollback_target(manager, d.service, d.previous)
             if not d.image:
-                raise DeploymentError(f"{d.service} on {d.prod.env} has no previous version to "
-                                      f"roll back to")
+                raise DeploymentError(
+                    f"{d.service} on {d.prod.env} has no previous version to roll back to"
+                )
             d.version = d.image.split("@")[0].rsplit(":", 1)[-1]
             d.digest = d.image.partition("@")[2]
             # Its production tests are those of the delivery that verified it, if one did.
-            record = next((r for r in reversed(passed(d))
-                           if d.digest and r.get("digest") == d.digest), record)
+            record = next(
+                (r for r in reversed(passed(d)) if d.digest and r.get("digest") == d.digest), record
+            )
         else:
             d.version = record["version"]
             tag_ref = record["image"]
@@ -151,8 +171,9 @@ def prepare(d: Deployment) -> records.Lock:
             # Production gets the image and digest verified on prod-like, never a tag resolved
             # again, whatever this environment's APP_IMAGE names.
             d.image = f"{tag_ref}@{d.digest}"
-            _digest_in_registry(manager, d.prod, f"{registry.repository(tag_ref)}@{d.digest}",
-                                d.prod.cluster.leader)
+            _digest_in_registry(
+                manager, d.prod, f"{registry.repository(tag_ref)}@{d.digest}", d.prod.cluster.leader
+            )
     except BaseException:
         lock.release()
         raise
@@ -169,8 +190,9 @@ def checkout_for_tests(d: Deployment, record: dict) -> Checkout:
         repo = d.test.delivery.repo
     compose_file = record.get("compose_file") or d.test.delivery.compose_file
     settings = replace(d.test, delivery=replace(d.test.delivery, compose_file=compose_file))
-    return Checkout(settings, repo, record.get("commit") or "HEAD", d.version, log=d.log,
-                    on_line=d.on_line)
+    return Checkout(
+        settings, repo, record.get("commit") or "HEAD", d.version, log=d.log, on_line=d.on_line
+    )
 
 
 # -- steps ------------------------------------------------------------------------------------
@@ -224,17 +246,21 @@ def steps(d: Deployment, lock: records.Lock, progress) -> list[StepResult]:
     results: list[StepResult] = []
     try:
         lock.check()
-        results.append(run_step("rollout", lambda: _rollout_to(d, d.image, lock), progress,
-                                origin=d.started))
+        results.append(
+            run_step("rollout", lambda: _rollout_to(d, d.image, lock), progress, origin=d.started)
+        )
         if results[-1].ok:
-            results.append(run_step("prodtest", lambda: _prodtest(d), progress,
-                                origin=d.started))
+            results.append(run_step("prodtest", lambda: _prodtest(d), progress, origin=d.started))
         if results[-1].failed and d.auto_rollback and d.previous and d.previous != d.image:
             lock.check()
-            results.append(run_step("rollback", lambda: _rollback(d, lock), progress,
-                                origin=d.started))
-            results.append(run_step("prodtest-after-rollback", lambda: _prodtest(d), progress,
-                                origin=d.started))
+            results.append(
+                run_step("rollback", lambda: _rollback(d, lock), progress, origin=d.started)
+            )
+            results.append(
+                run_step(
+                    "prodtest-after-rollback", lambda: _prodtest(d), progress, origin=d.started
+                )
+            )
     except RunInterrupted as exc:  # the steps that ran before the interrupted one, too
         exc.results = results + exc.results
         raise
@@ -244,8 +270,7 @@ def steps(d: Deployment, lock: records.Lock, progress) -> list[StepResult]:
     return results
 
 
-def outcome(d: Deployment, results: list[StepResult],
-            stopped: BaseException | None = None) -> str:
+def outcome(d: Deployment, results: list[StepResult], stopped: BaseException | None = None) -> str:
     """The history's result: "deployed" (or "rolled back") only when the rollout completed and
     the production tests passed; "interrupted" by a signal; "lock lost" when another run took
     the lock (`stopped`: what ended the run early)."""
@@ -262,11 +287,22 @@ def outcome(d: Deployment, results: list[StepResult],
 
 
 def _entry(d: Deployment, result: str, results: list[StepResult]) -> dict:
-    return {"time": records.now(), "user": getpass.getuser(), "env": d.prod.env,
-            "service": d.service, "kind": d.kind, "version": d.version, "image": d.image,
-            "digest": d.digest, "previous": d.previous, "result": result,
-            "rolled_back": d.rolled_back, "seconds": round(time.monotonic() - d.started, 1),
-            "steps": {r.name: r.status for r in results}, "run": d.run_id}
+    return {
+        "time": records.now(),
+        "user": getpass.getuser(),
+        "env": d.prod.env,
+        "service": d.service,
+        "kind": d.kind,
+        "version": d.version,
+        "image": d.image,
+        "digest": d.digest,
+        "previous": d.previous,
+        "result": result,
+        "rolled_back": d.rolled_back,
+        "seconds": round(time.monotonic() - d.started, 1),
+        "steps": {r.name: r.status for r in results},
+        "run": d.run_id,
+    }
 
 
 def _log_locally(d: Deployment, entry: dict) -> None:
@@ -289,8 +325,12 @@ def begin(d: Deployment, lock: records.Lock) -> None:
     records.put(d.cluster.manager(), "history", d.service, entry, group=_last_success)
 
 
-def finish(d: Deployment, results: list[StepResult], lock: records.Lock,
-           stopped: BaseException | None = None) -> dict:
+def finish(
+    d: Deployment,
+    results: list[StepResult],
+    lock: records.Lock,
+    stopped: BaseException | None = None,
+) -> dict:
     """Release the lock and write the history entry (cluster and local log); unless deployed,
     with the image each replica runs now. The local log and the clean-up happen even when the
     cluster no longer answers."""
@@ -300,12 +340,19 @@ def finish(d: Deployment, results: list[StepResult], lock: records.Lock,
     try:
         # Through a manager that answers, also during a leader election.
         if entry["result"] not in ("deployed", "rolled back"):
-            entry["running"] = rollout.on_manager(cluster, lambda m: [
-                f"{image} on {node}" for node, image in services.replica_images(m, d.service)],
-                d.log)
+            entry["running"] = rollout.on_manager(
+                cluster,
+                lambda m: [
+                    f"{image} on {node}" for node, image in services.replica_images(m, d.service)
+                ],
+                d.log,
+            )
         with deferred():  # a signal here would leave a finished run "unfinished" for good
-            rollout.on_manager(cluster, lambda m: records.put(m, "history", d.service, entry,
-                                                              group=_last_success), d.log)
+            rollout.on_manager(
+                cluster,
+                lambda m: records.put(m, "history", d.service, entry, group=_last_success),
+                d.log,
+            )
     finally:
         try:
             lock.release()  # by its ID, through a manager that answers
@@ -318,7 +365,11 @@ def finish(d: Deployment, results: list[StepResult], lock: records.Lock,
 
 
 def local_log(s: Settings):
-    return s.cluster.state_dir / "history" / f"{s.cluster.lab_name}-{s.env}-{s.services.app_service}.jsonl"
+    return (
+        s.cluster.state_dir
+        / "history"
+        / f"{s.cluster.lab_name}-{s.env}-{s.services.app_service}.jsonl"
+    )
 
 
 def history(s: Settings) -> tuple[list[dict], str]:
@@ -332,10 +383,16 @@ def history(s: Settings) -> tuple[list[dict], str]:
     except Exception as exc:  # the cluster is unreachable: the local log still tells
         f = local_log(s)
         rows = [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
-        age = (f"last written {_age(time.time() - f.stat().st_mtime)} ago" if f.exists()
-               else "never written on this machine")
-        return (merge_runs(rows, None), f"local log {f}, {age}, this machine's runs only "
-                f"(cluster unreachable: {str(exc).splitlines()[0][:120]})")
+        age = (
+            f"last written {_age(time.time() - f.stat().st_mtime)} ago"
+            if f.exists()
+            else "never written on this machine"
+        )
+        return (
+            merge_runs(rows, None),
+            f"local log {f}, {age}, this machine's runs only "
+            f"(cluster unreachable: {str(exc).splitlines()[0][:120]})",
+        )
 
 
 def _age(seconds: float) -> str:

@@ -1,6 +1,7 @@
 """git as a subprocess that never waits for an answer: no terminal prompt, ssh in batch mode, no
 stdin, a time limit, and its transport helpers (git-remote-https, ssh) killed with it on a
 timeout or an interruption (`procs.run`). Every git command of the tool goes through `run`."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,9 @@ def environment(repo: str = "") -> dict[str, str]:
     return {**env, **git_credentials.environment(repo, env)}
 
 
-def run(args: Sequence[str], timeout: float, cwd: Path | str | None = None,
-        repo: str = "") -> subprocess.CompletedProcess:
+def run(
+    args: Sequence[str], timeout: float, cwd: Path | str | None = None, repo: str = ""
+) -> subprocess.CompletedProcess:
     """`git ARGS` (`procs.run`: killed with its transport helpers after `timeout` seconds or
     an interruption, the exception going on), in `environment(repo)`."""
     return procs.run(["git", *args], timeout, cwd, environment(repo))

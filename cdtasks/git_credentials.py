@@ -4,6 +4,7 @@ through its environment, never its argv (any `ps` shows that) nor the checkout's
 credential helper, configured by GIT_CONFIG_* variables for that URL's origin only, answers
 with the user name and token from variables of git's own environment.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,10 @@ from collections.abc import Mapping
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 # Git runs it with `sh -c`: the values come from its environment, its text has none of them.
-HELPER = ('!f() { test "$1" = get || return 0; '
-          'printf "username=%s\\npassword=%s\\n" "$CD_GIT_USERNAME" "$CD_GIT_PASSWORD"; }; f')
+HELPER = (
+    '!f() { test "$1" = get || return 0; '
+    'printf "username=%s\\npassword=%s\\n" "$CD_GIT_USERNAME" "$CD_GIT_PASSWORD"; }; f'
+)
 
 
 def url(repo: str) -> str:
@@ -40,9 +43,11 @@ def environment(repo: str, environ: Mapping[str, str] | None = None) -> dict[str
         first = 0
     # The empty helper first: no helper of the user's configuration is asked (or told) for it.
     entries = [(f"credential.{origin}.helper", ""), (f"credential.{origin}.helper", HELPER)]
-    env = {"GIT_CONFIG_COUNT": str(first + len(entries)),
-           "CD_GIT_USERNAME": unquote(parts.username or ""),
-           "CD_GIT_PASSWORD": unquote(parts.password or "")}
+    env = {
+        "GIT_CONFIG_COUNT": str(first + len(entries)),
+        "CD_GIT_USERNAME": unquote(parts.username or ""),
+        "CD_GIT_PASSWORD": unquote(parts.password or ""),
+    }
     for i, (key, value) in enumerate(entries, start=first):
         env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = key, value
     return env

@@ -9,6 +9,7 @@ beside the interrupted step) are told to stop when the first signal arrives. A s
 set to be ignored (`nohup`, `&` in a script) stays ignored. `deferred` holds these signals back
 across a write that must be whole (the last record of a run) and delivers them right after it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,8 +53,9 @@ class _Handler:
         if self.first is None:
             self.first = signum
             _state.deadline = time.monotonic() + CLEANUP_BOUND
-            self.watchdog = threading.Timer(CLEANUP_BOUND, self.abandon,
-                                            (f"the clean-up took over {CLEANUP_BOUND:.0f}s",))
+            self.watchdog = threading.Timer(
+                CLEANUP_BOUND, self.abandon, (f"the clean-up took over {CLEANUP_BOUND:.0f}s",)
+            )
             self.watchdog.daemon = True
             self.watchdog.start()
             for stop in list(_stoppers.values()):
@@ -114,6 +116,7 @@ def track(describe: Callable[[], str]) -> Callable[[], None]:
 
     def untrack() -> None:
         _tracked.pop(key, None)
+
     return untrack
 
 
@@ -155,8 +158,9 @@ def signals_as_interrupt(say: Callable[[str], None] = _stderr) -> Iterator[None]
         yield
         return
     handler = _Handler(say)
-    previous = {s: signal.signal(s, handler) for s in SIGNALS
-                if signal.getsignal(s) is not signal.SIG_IGN}
+    previous = {
+        s: signal.signal(s, handler) for s in SIGNALS if signal.getsignal(s) is not signal.SIG_IGN
+    }
     _active.on = True
     try:
         yield
@@ -178,8 +182,11 @@ def deferred() -> Iterator[None]:
         yield
         return
     held: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in SIGNALS
-                if signal.getsignal(s) is not signal.SIG_IGN}
+    previous = {
+        s: signal.signal(s, lambda signum, frame: held.append(signum))
+        for s in SIGNALS
+        if signal.getsignal(s) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:

@@ -16,6 +16,7 @@ holder counts its lease from the moment it SENT its last accepted renewal (the w
 starts no earlier than the cluster applied it), acts only while LOCK_MARGIN of it is left, and
 bounds each call of its lock to LOCK_CALL_TIMEOUT, well below the TTL.
 """
+
 from __future__ import annotations
 
 import base64
@@ -56,13 +57,19 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def put(manager, kind: str, service: str, data: Mapping,
-        group: Callable[[Mapping], object] = lambda row: None) -> str:
+def put(
+    manager,
+    kind: str,
+    service: str,
+    data: Mapping,
+    group: Callable[[Mapping], object] = lambda row: None,
+) -> str:
     """Store one record, then prune the kind beyond KEEP (`prunable`, with `group`); returns its
     config name (time-ordered, unique)."""
     name = f"cdtasks-{kind}-{int(time.time() * 1000)}-{secrets.token_hex(3)}"
-    manager.api.create_config(name, json.dumps(dict(data)).encode(),
-                              labels={KIND_LABEL: kind, SERVICE_LABEL: service})
+    manager.api.create_config(
+        name, json.dumps(dict(data)).encode(), labels={KIND_LABEL: kind, SERVICE_LABEL: service}
+    )
     with contextlib.suppress(Exception):  # the record is stored; the next put prunes again
         prune(manager, kind, service, KEEP, group)
     return name
@@ -79,8 +86,11 @@ def claim(manager, kind: str, service: str, key: str, data: Mapping) -> bool:
     (the managers' Raft store refuses a second config of that name). False when a record of
     that key exists already (someone claimed it first)."""
     try:
-        manager.api.create_config(claim_name(kind, service, key), json.dumps(dict(data)).encode(),
-                                  labels={KIND_LABEL: kind, SERVICE_LABEL: service})
+        manager.api.create_config(
+            claim_name(kind, service, key),
+            json.dumps(dict(data)).encode(),
+            labels={KIND_LABEL: kind, SERVICE_LABEL: service},
+        )
     except APIError as exc:
         if exc.status_code != 409:
             raise
@@ -98,12 +108,14 @@ def _data(manager, config: Mapping) -> dict:
 def entries(manager, kind: str, service: str) -> list[tuple[str, dict]]:
     """(config ID, record) of every record of a kind for a service, oldest first: one list
     call, which carries each record's data."""
-    configs = manager.api.configs(filters={"label": [f"{KIND_LABEL}={kind}",
-                                                     f"{SERVICE_LABEL}={service}"]})
+    configs = manager.api.configs(
+        filters={"label": [f"{KIND_LABEL}={kind}", f"{SERVICE_LABEL}={service}"]}
+    )
     # Records are never updated, so their version index is the Raft index of their creation:
     # one order for every writer, where names made in the same millisecond would tie.
-    return [(c["ID"], _data(manager, c))
-            for c in sorted(configs, key=lambda c: c["Version"]["Index"])]
+    return [
+        (c["ID"], _data(manager, c)) for c in sorted(configs, key=lambda c: c["Version"]["Index"])
+    ]
 
 
 def load(manager, kind: str, service: str) -> list[dict]:
@@ -111,8 +123,9 @@ def load(manager, kind: str, service: str) -> list[dict]:
     return [row for _, row in entries(manager, kind, service)]
 
 
-def prunable(rows: Sequence[Mapping], keep: int,
-             group: Callable[[Mapping], object] = lambda row: None) -> list[int]:
+def prunable(
+    rows: Sequence[Mapping], keep: int, group: Callable[[Mapping], object] = lambda row: None
+) -> list[int]:
     """Indexes of the records (oldest first) beyond the newest `keep` that may go: all but the
     newest of each group (`group(row)`, None: no group) kept for what a reader still needs."""
     kept_groups: set = set()
@@ -127,8 +140,13 @@ def prunable(rows: Sequence[Mapping], keep: int,
     return sorted(out)
 
 
-def prune(manager, kind: str, service: str, keep: int,
-          group: Callable[[Mapping], object] = lambda row: None) -> int:
+def prune(
+    manager,
+    kind: str,
+    service: str,
+    keep: int,
+    group: Callable[[Mapping], object] = lambda row: None,
+) -> int:
     """Remove the records `prunable` names (each Swarm config costs the managers' Raft store and
     every load); returns how many went. A record removed meanwhile by another pruner is fine."""
     listed = entries(manager, kind, service)
@@ -181,10 +199,20 @@ def identity() -> dict:
         pidns = os.readlink("/proc/self/ns/pid")
     except OSError:
         pidns = ""
-    machine = (_read("/etc/machine-id") or _read("/var/lib/dbus/machine-id")
-               or (f"{host}/{boot}" if boot else ""))
-    return {"user": getpass.getuser(), "host": host, "machine": machine, "boot": boot,
-            "pidns": pidns, "pid": os.getpid(), "started": _started(os.getpid())}
+    machine = (
+        _read("/etc/machine-id")
+        or _read("/var/lib/dbus/machine-id")
+        or (f"{host}/{boot}" if boot else "")
+    )
+    return {
+        "user": getpass.getuser(),
+        "host": host,
+        "machine": machine,
+        "boot": boot,
+        "pidns": pidns,
+        "pid": os.getpid(),
+        "started": _started(os.getpid()),
+    }
 
 
 def holder_gone(holder: Mapping, me: Mapping | None = None) -> bool:
@@ -203,14 +231,17 @@ def holder_gone(holder: Mapping, me: Mapping | None = None) -> bool:
 def describe(holder: Mapping) -> str:
     """One line naming a holder: who, where, since when, doing what."""
     machine = str(holder.get("machine") or "?")[:12]
-    return (f"{holder.get('user')}@{holder.get('host')} (machine {machine}, pid {holder.get('pid')})"
-            f" since {holder.get('time')}, "
-            f"{holder.get('action', 'deploying')} {holder.get('version')}")
+    return (
+        f"{holder.get('user')}@{holder.get('host')} (machine {machine}, pid {holder.get('pid')})"
+        f" since {holder.get('time')}, "
+        f"{holder.get('action', 'deploying')} {holder.get('version')}"
+    )
 
 
 @dataclass(frozen=True)
 class LockState:
     """A service's lock as the cluster has it now."""
+
     id: str
     version: int  # the config's version index, which an update must name
     name: str
@@ -243,8 +274,13 @@ def _state(config: dict) -> LockState:
         holder = json.loads(base64.b64decode(spec.get("Data") or b""))
     except ValueError:
         holder = {}
-    return LockState(config["ID"], config["Version"]["Index"], spec["Name"],
-                     dict(spec.get("Labels") or {}), holder if isinstance(holder, dict) else {})
+    return LockState(
+        config["ID"],
+        config["Version"]["Index"],
+        spec["Name"],
+        dict(spec.get("Labels") or {}),
+        holder if isinstance(holder, dict) else {},
+    )
 
 
 def _timeout() -> float:
@@ -271,9 +307,12 @@ def _update_labels(manager, state: LockState, labels: Mapping) -> None:
     goes through the client's own request helpers. Swarm refuses it (APIError) when the config
     changed since, and with NotFound when it is gone."""
     api = manager.api
-    res = api._post_json(api._url("/configs/{0}/update", state.id),
-                         params={"version": state.version},
-                         data={"Name": state.name, "Labels": dict(labels)}, timeout=_timeout())
+    res = api._post_json(
+        api._url("/configs/{0}/update", state.id),
+        params={"version": state.version},
+        data={"Name": state.name, "Labels": dict(labels)},
+        timeout=_timeout(),
+    )
     api._raise_for_status(res)
 
 
@@ -281,8 +320,7 @@ def _remove(manager, config_id: str) -> bool:
     """Remove a lock by the ID it was created with: a newer lock of the same name has another."""
     api = manager.api
     try:
-        api._raise_for_status(api._delete(api._url("/configs/{0}", config_id),
-                                          timeout=_timeout()))
+        api._raise_for_status(api._delete(api._url("/configs/{0}", config_id), timeout=_timeout()))
         return True
     except NotFound:
         return False
@@ -325,18 +363,33 @@ class Lock:
     `with Lock(manager, service, version).acquire(wait) as lock: ...`.
     `clock`, `wall` and `sleep` are injected by tests (monotonic time, epoch time, waiting)."""
 
-    def __init__(self, manager, service: str, version: str, action: str = "deploying",
-                 log: Callable[[str], None] = lambda line: None, ttl: float = LOCK_TTL,
-                 holder: Mapping | None = None, *, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        manager,
+        service: str,
+        version: str,
+        action: str = "deploying",
+        log: Callable[[str], None] = lambda line: None,
+        ttl: float = LOCK_TTL,
+        holder: Mapping | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.manager, self.service, self.log, self.ttl = manager, service, log, ttl
         self.clock, self.wall, self.sleep = clock, wall, sleep
         # holder: this process unless given (a test standing in for another machine).
-        self.holder = {**(holder or identity()), "time": now(), "version": version,
-                       "action": action, "ttl": ttl, "nonce": secrets.token_hex(8),
-                       # Read only by runs of the tool's previous version, which renew nothing.
-                       "expires": wall() + 15 * 60}
+        self.holder = {
+            **(holder or identity()),
+            "time": now(),
+            "version": version,
+            "action": action,
+            "ttl": ttl,
+            "nonce": secrets.token_hex(8),
+            # Read only by runs of the tool's previous version, which renew nothing.
+            "expires": wall() + 15 * 60,
+        }
         self.id = ""
         self.lost: LockLost | None = None
         self._renewed = 0.0  # clock() when the last renewal the cluster accepted was sent
@@ -356,14 +409,18 @@ class Lock:
         self.release()
 
     def _labels(self) -> dict:
-        return {KIND_LABEL: "lock", SERVICE_LABEL: self.service,
-                EXPIRES_LABEL: f"{self.wall() + self.ttl:.3f}"}
+        return {
+            KIND_LABEL: "lock",
+            SERVICE_LABEL: self.service,
+            EXPIRES_LABEL: f"{self.wall() + self.ttl:.3f}",
+        }
 
     def _create(self) -> bool:
         try:
             self._renewed = self.clock()
             created = self.manager.api.create_config(
-                lock_name(self.service), json.dumps(self.holder).encode(), labels=self._labels())
+                lock_name(self.service), json.dumps(self.holder).encode(), labels=self._labels()
+            )
         except APIError as exc:
             if exc.status_code != 409:
                 raise
@@ -398,21 +455,27 @@ class Lock:
                 if behind > 0 and hinted != state.id:
                     # Only a hint (either clock may be wrong): watch it one TTL, then decide.
                     hinted, limit = state.id, max(limit, waited + state.ttl + LOCK_POLL)
-                    self.log(f"the lock of {self.service} looks expired by this machine's "
-                             f"clock ({behind:.0f}s ago): taken over if it stays unchanged for "
-                             f"its TTL ({state.ttl:.0f}s)")
+                    self.log(
+                        f"the lock of {self.service} looks expired by this machine's "
+                        f"clock ({behind:.0f}s ago): taken over if it stays unchanged for "
+                        f"its TTL ({state.ttl:.0f}s)"
+                    )
                 if waited >= limit:
-                    raise LockHeld(f"{self.service} is being deployed by {describe(state.holder)}"
-                                   + (f" (waited {waited:.0f}s)" if wait
-                                      else "; use --wait to wait for it"))
+                    raise LockHeld(
+                        f"{self.service} is being deployed by {describe(state.holder)}"
+                        + (f" (waited {waited:.0f}s)" if wait else "; use --wait to wait for it")
+                    )
                 if told != state.id:
-                    self.log(f"waiting for the lock of {self.service}, held by "
-                             f"{describe(state.holder)}")
+                    self.log(
+                        f"waiting for the lock of {self.service}, held by {describe(state.holder)}"
+                    )
                     told, last_told = state.id, now
                 elif now - last_told >= LOCK_PROGRESS:
-                    self.log(f"still waiting for the lock of {self.service} ({waited:.0f}s of "
-                             f"{limit:.0f}s), held by {state.holder.get('user')}@"
-                             f"{state.holder.get('host')}")
+                    self.log(
+                        f"still waiting for the lock of {self.service} ({waited:.0f}s of "
+                        f"{limit:.0f}s), held by {state.holder.get('user')}@"
+                        f"{state.holder.get('host')}"
+                    )
                     last_told = now
                 self.sleep(min(LOCK_POLL, max(0.0, limit - waited)))
         except LockHeld:
@@ -422,8 +485,9 @@ class Lock:
                 self._remove_unrecorded()
             raise
         if heartbeat:
-            self._beat = threading.Thread(target=self._heartbeat, daemon=True,
-                                          name=f"lock-{self.service}")
+            self._beat = threading.Thread(
+                target=self._heartbeat, daemon=True, name=f"lock-{self.service}"
+            )
             self._beat.start()
         self._untrack = interrupt.track(self.left_behind)
         return self
@@ -434,9 +498,11 @@ class Lock:
             return ""
         free = self.wall() + self.ttl - (self.clock() - self._renewed)
         at = datetime.datetime.fromtimestamp(free, datetime.UTC).strftime("%H:%M:%S")
-        return (f"lock of {self.service} not released: another run can take it over once it "
-                f"has gone unrenewed for its {self.ttl:.0f}s TTL (from about {at} UTC), or "
-                f"`inv unlock` removes it")
+        return (
+            f"lock of {self.service} not released: another run can take it over once it "
+            f"has gone unrenewed for its {self.ttl:.0f}s TTL (from about {at} UTC), or "
+            f"`inv unlock` removes it"
+        )
 
     def _remove_unrecorded(self) -> None:
         """Our lock, if the create went through but its answer never reached us."""
@@ -452,7 +518,9 @@ class Lock:
         renewed meanwhile changed the version, so the mark fails and its lock stays."""
         if not state.taken_by:
             try:
-                _update_labels(self.manager, state, {**state.labels, TAKEN_LABEL: describe(self.holder)})
+                _update_labels(
+                    self.manager, state, {**state.labels, TAKEN_LABEL: describe(self.holder)}
+                )
             except APIError:  # renewed, or removed, since we read it: look again
                 return
         self.log(f"taking over the lock of {self.service} from {describe(state.holder)}: {why}")
@@ -482,8 +550,10 @@ class Lock:
         # A waiter may take it once it is unchanged for a TTL after our last renewal reached
         # the cluster (not before we sent it): never renew or act on it that late.
         if late > self.ttl - self.margin:
-            raise LockLost(f"the lock of {self.service} was not renewed for {late:.0f}s "
-                           f"(TTL {self.ttl:.0f}s); another run may take it")
+            raise LockLost(
+                f"the lock of {self.service} was not renewed for {late:.0f}s "
+                f"(TTL {self.ttl:.0f}s); another run may take it"
+            )
         return state
 
     def renew(self) -> None:
@@ -513,8 +583,9 @@ class Lock:
                 self.log(f"lost: {exc}")
                 return
             except Exception as exc:  # the engine did not answer: check() fails once the TTL is up
-                self.log(f"could not renew the lock of {self.service}: "
-                         f"{str(exc).splitlines()[0][:160]}")
+                self.log(
+                    f"could not renew the lock of {self.service}: {str(exc).splitlines()[0][:160]}"
+                )
                 pause = self.ttl / 9  # soon again, while the lease lasts
 
     def release(self) -> bool:

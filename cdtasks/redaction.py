@@ -1,5 +1,6 @@
 """What is secret and how it is hidden: values of env-file keys whose names say secret, and the
 credentials in URLs. Every output, report and record goes through `redact`."""
+
 from __future__ import annotations
 
 import re
@@ -14,8 +15,9 @@ _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s?#]*@")
 def secret_values(raw: Mapping[str, str]) -> list[str]:
     """The values of `raw` (key -> value as written) whose keys look secret; a *_FILE key's
     value only says where a secret is (its reader adds the secret itself)."""
-    return [v for k, v in raw.items()
-            if any(w in k for w in SECRET_WORDS) and not k.endswith("_FILE")]
+    return [
+        v for k, v in raw.items() if any(w in k for w in SECRET_WORDS) and not k.endswith("_FILE")
+    ]
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

@@ -2,6 +2,7 @@
 reachable as localhost:PORT on every node, storing into the directory both clusters share, so
 an image pushed through one is pullable through the other. Or your own registry (REGISTRY_URL):
 no service; every node gets its CA and logs in to it, and both clusters push and pull there."""
+
 from __future__ import annotations
 
 import hashlib
@@ -61,8 +62,9 @@ def credentials(settings: Settings) -> Credentials:
     with _generating:
         state.create_private(d / "password", (secrets.token_urlsafe(32) + "\n").encode())
         password = (d / "password").read_text().strip()
-        if (not state.create_private(d / HTPASSWD, _htpasswd(password))
-                and not _matches(d / HTPASSWD, password)):
+        if not state.create_private(d / HTPASSWD, _htpasswd(password)) and not _matches(
+            d / HTPASSWD, password
+        ):
             state.write_private(d / HTPASSWD, _htpasswd(password))  # password replaced by hand
         return Credentials(USER, password, (d / HTPASSWD).read_bytes())
 
@@ -90,8 +92,7 @@ def logins(settings: Settings) -> dict[str, tuple[str, str]]:
     if external(settings):
         if r.registry_password_file is None:
             return {}
-        return {server(settings): (r.registry_user,
-                                   r.registry_password_file.read_text().strip())}
+        return {server(settings): (r.registry_user, r.registry_password_file.read_text().strip())}
     creds = credentials(settings)
     return {server(settings): (creds.username, creds.password)}
 
@@ -102,12 +103,16 @@ def ca_command(settings: Settings) -> str:
     user is not root (servers of the ssh provider, docker-machine's VMs)."""
     target, ca_file = f"{CERTS_D}/{server(settings)}", settings.registry.registry_ca_file
     pem = ca_file.read_text() if ca_file else ""
-    script = (f"mkdir -p {shlex.quote(target)} && cd {shlex.quote(target)} && "
-              f"printf %s {shlex.quote(pem)} > ca.crt.new && chmod 644 ca.crt.new && "
-              f"if cmp -s ca.crt.new ca.crt; then rm ca.crt.new; "
-              f"else mv ca.crt.new ca.crt && echo changed; fi")
-    return (f'if [ "$(id -u)" = 0 ]; then sh -c {shlex.quote(script)}; '
-            f'else sudo -n sh -c {shlex.quote(script)}; fi')
+    script = (
+        f"mkdir -p {shlex.quote(target)} && cd {shlex.quote(target)} && "
+        f"printf %s {shlex.quote(pem)} > ca.crt.new && chmod 644 ca.crt.new && "
+        f"if cmp -s ca.crt.new ca.crt; then rm ca.crt.new; "
+        f"else mv ca.crt.new ca.crt && echo changed; fi"
+    )
+    return (
+        f'if [ "$(id -u)" = 0 ]; then sh -c {shlex.quote(script)}; '
+        f"else sudo -n sh -c {shlex.quote(script)}; fi"
+    )
 
 
 def prepare_node(endpoint: engine.Endpoint, client, settings: Settings) -> list[str]:
@@ -121,8 +126,9 @@ def prepare_node(endpoint: engine.Endpoint, client, settings: Settings) -> list[
             result = conn.run(ca_command(settings), hide=True, warn=True)
         if not result.ok:
             said = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["?"]
-            raise engine.EngineError(f"{endpoint.node}: cannot write {CERTS_D}/{where}/ca.crt: "
-                                     f"{said[0][:200]}")
+            raise engine.EngineError(
+                f"{endpoint.node}: cannot write {CERTS_D}/{where}/ca.crt: {said[0][:200]}"
+            )
         if "changed" in result.stdout:
             done.append(f"gave {endpoint.node} the CA of {where}")
     for registry_server, (user, password) in logins(settings).items():
@@ -130,16 +136,20 @@ def prepare_node(endpoint: engine.Endpoint, client, settings: Settings) -> list[
             client.login(user, password, registry=registry_server, reauth=True)
         except APIError as exc:
             reason = (exc.explanation or str(exc)).replace(password, "***").strip()
-            raise engine.EngineError(f"{endpoint.node} cannot log in to {registry_server} as "
-                                     f"{user}: {reason.splitlines()[0][:300]}") from None
+            raise engine.EngineError(
+                f"{endpoint.node} cannot log in to {registry_server} as "
+                f"{user}: {reason.splitlines()[0][:300]}"
+            ) from None
     return done
 
 
 def ensure_secret(manager, settings: Settings, log) -> list[str]:
     """The htpasswd file as a Swarm secret of the cluster, created once per content."""
     creds = credentials(settings)
-    if any(x["Spec"]["Name"] == creds.secret_name
-           for x in manager.api.secrets(filters={"name": creds.secret_name})):
+    if any(
+        x["Spec"]["Name"] == creds.secret_name
+        for x in manager.api.secrets(filters={"name": creds.secret_name})
+    ):
         return []
     log(f"creating secret {creds.secret_name} (the registry's {HTPASSWD})")
     manager.api.create_secret(creds.secret_name, creds.htpasswd, labels=dict(LABELS))
@@ -154,16 +164,22 @@ def spec(settings: Settings, routing: str) -> ServiceSpec:
     off: `inv destroy --purge` empties the directory itself."""
     port = settings.registry.registry_port
     base = ServiceSpec(
-        name=NAME, image=settings.registry.registry_image, replicas=1,
-        env=(f"REGISTRY_HTTP_ADDR=:{port}", "REGISTRY_AUTH=htpasswd",
-             f"REGISTRY_AUTH_HTPASSWD_REALM={NAME}",
-             f"REGISTRY_AUTH_HTPASSWD_PATH=/run/secrets/{HTPASSWD}",
-             "REGISTRY_STORAGE_DELETE_ENABLED=false"),
+        name=NAME,
+        image=settings.registry.registry_image,
+        replicas=1,
+        env=(
+            f"REGISTRY_HTTP_ADDR=:{port}",
+            "REGISTRY_AUTH=htpasswd",
+            f"REGISTRY_AUTH_HTPASSWD_REALM={NAME}",
+            f"REGISTRY_AUTH_HTPASSWD_PATH=/run/secrets/{HTPASSWD}",
+            "REGISTRY_STORAGE_DELETE_ENABLED=false",
+        ),
         reserve_mb=settings.registry.registry_reserve_mb,
         mounts=(f"type=bind,source={settings.registry.registry_dir},target={DATA}",),
         ports=((port, port, "ingress"),),
         secrets=((credentials(settings).secret_name, HTPASSWD),),
-        labels=LABELS)
+        labels=LABELS,
+    )
     if routing == "dnsrr":
         base = replace(base, replicas=None)
     return with_routing(base, routing)
@@ -184,8 +200,11 @@ def local_ref(settings: Settings, name: str, version: str = "", digest: str = ""
     """The one owner of how every node of the cluster names an image in its registry:
     ADDRESS/NAME[:VERSION][@DIGEST], e.g. localhost:5000/go-demo:1.1 or
     registry.example.org:443/team/go-demo:1.1."""
-    return (f"{address(settings)}/{name}" + (f":{version}" if version else "")
-            + (f"@{digest}" if digest else ""))
+    return (
+        f"{address(settings)}/{name}"
+        + (f":{version}" if version else "")
+        + (f"@{digest}" if digest else "")
+    )
 
 
 def repository(ref: str) -> str:

@@ -2,6 +2,7 @@
 (production) alike: pre-pull, update by digest, wait on Swarm's UpdateStatus, HOST_IP, the
 production tests and, overlapping them, the watch of Swarm's monitor period (`settle`); and
 the record that ties the two: the versions that passed production tests on prod-like."""
+
 from __future__ import annotations
 
 import time
@@ -32,8 +33,9 @@ def prepull(cluster: Cluster, service: str, image: str, log: Log) -> list[str]:
 
     def pull(node: str) -> str:
         try:
-            cluster.client(node).api.pull(repo.rsplit(":", 1)[0],
-                                          tag=digest or repo.rsplit(":", 1)[1])
+            cluster.client(node).api.pull(
+                repo.rsplit(":", 1)[0], tag=digest or repo.rsplit(":", 1)[1]
+            )
         except Exception as exc:  # a node that went away is Swarm's to handle, not a failure
             if not (isinstance(exc, EngineError) or services.transient(exc)):
                 raise
@@ -62,9 +64,15 @@ def on_manager(cluster: Cluster, act: Callable, log: Log, within: float = 60.0):
             time.sleep(2.0)
 
 
-def update(cluster: Cluster, app: ServicesSettings, image: str, log: Log, dry_run: bool = False,
-           record: Callable[[Sequence[str]], None] | None = None,
-           lock: records.Lock | None = None) -> services.Rollout:
+def update(
+    cluster: Cluster,
+    app: ServicesSettings,
+    image: str,
+    log: Log,
+    dry_run: bool = False,
+    record: Callable[[Sequence[str]], None] | None = None,
+    lock: records.Lock | None = None,
+) -> services.Rollout:
     """Pre-pull, `docker service update --image`, then wait for Swarm to report completion;
     a rollout that did not end well fails the step. `app`: the services of `cluster`'s
     settings (the application's name and how long to wait). `lock` (the service's, held) is
@@ -80,14 +88,20 @@ def update(cluster: Cluster, app: ServicesSettings, image: str, log: Log, dry_ru
         if lock:
             lock.check()
         return services.update_image(manager, svc, image)
+
     on_manager(cluster, change, log)
-    return check(services.wait_rollout(cluster.manager(), svc, image, app.services_timeout,
-                                       log, cluster=cluster))
+    return check(
+        services.wait_rollout(
+            cluster.manager(), svc, image, app.services_timeout, log, cluster=cluster
+        )
+    )
 
 
 def check(result: services.Rollout) -> services.Rollout:
     if result.state not in OK_STATES:
-        raise StepFailed(f"rolling update of {result.service} ended {result.state}: {result.message}")
+        raise StepFailed(
+            f"rolling update of {result.service} ended {result.state}: {result.message}"
+        )
     return result
 
 
@@ -96,15 +110,25 @@ def monitor_start(result: services.Rollout) -> float:
     return time.monotonic() - result.running_for
 
 
-def settle(cluster: Cluster, app: ServicesSettings, image: str, converged_at: float,
-           log: Log) -> None:
+def settle(
+    cluster: Cluster, app: ServicesSettings, image: str, converged_at: float, log: Log
+) -> None:
     """After the tests that overlapped Swarm's monitor period: every replica must still run
     `image` (the service's spec too), for the whole period, with no failure or rollback
     reported by Swarm. converged_at 0 (not known): the period counts from now."""
     manager = cluster.manager()
     until = (converged_at or time.monotonic()) + services.MONITOR
-    check(services.wait_rollout(manager, app.app_service, image, app.services_timeout,
-                                log, stable_until=until, cluster=cluster))
+    check(
+        services.wait_rollout(
+            manager,
+            app.app_service,
+            image,
+            app.services_timeout,
+            log,
+            stable_until=until,
+            cluster=cluster,
+        )
+    )
 
 
 def host_ip(cluster: Cluster, app: ServicesSettings, routing: str) -> str:
@@ -121,8 +145,10 @@ def runs(cluster: Cluster, app: ServicesSettings, image: str) -> None:
     """The service's spec must run exactly `image` (tests of anything else verify nothing)."""
     running = services.current_image(cluster.manager(), app.app_service)
     if running != image:
-        raise StepFailed(f"{app.app_service} on {cluster.settings.env} runs {running}, not "
-                         f"{image}: the production tests would test another version")
+        raise StepFailed(
+            f"{app.app_service} on {cluster.settings.env} runs {running}, not "
+            f"{image}: the production tests would test another version"
+        )
 
 
 def production_tests(co: Checkout, target: Cluster, image: str, converged_at: float) -> str:

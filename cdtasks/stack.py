@@ -1,6 +1,7 @@
 """The services a cluster runs, from its env file: proxy, application and database, their overlay
 networks and the proxy's configuration. Created once; afterwards releases change only the
 application's image, so the drift check takes the running image as the wanted one."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,7 +33,9 @@ def proxy_config_name(s: Settings) -> str:
     try:
         digest = hashlib.sha256(s.services.proxy_config.read_bytes()).hexdigest()[:10]
     except OSError as exc:
-        raise services.ServiceError(f"PROXY_CONFIG {s.services.proxy_config}: {exc.strerror}") from None
+        raise services.ServiceError(
+            f"PROXY_CONFIG {s.services.proxy_config}: {exc.strerror}"
+        ) from None
     return f"{s.services.proxy_service}-cfg-{digest}"
 
 
@@ -44,23 +47,44 @@ def specs(s: Settings, routing: str, app_image: str | None = None) -> list[Servi
     """The three services, adapted to the cluster's routing (mesh, or dnsrr and host ports)."""
     placement = (s.services.constraint,) if s.services.constraint.strip() else ()
     proxy_net, app_net = networks(s)
-    common: dict[str, Any] = dict(constraints=placement, labels=(STACK_LABEL,),
-                                  stop_grace=s.services.stop_grace)
-    db = ServiceSpec(name=s.services.db_service, image=s.services.db_image, replicas=1, reserve_mb=s.services.db_reserve_mb,
-                     networks=(app_net,), **common)
+    common: dict[str, Any] = dict(
+        constraints=placement, labels=(STACK_LABEL,), stop_grace=s.services.stop_grace
+    )
+    db = ServiceSpec(
+        name=s.services.db_service,
+        image=s.services.db_image,
+        replicas=1,
+        reserve_mb=s.services.db_reserve_mb,
+        networks=(app_net,),
+        **common,
+    )
     # start-first plus the image's HEALTHCHECK and a graceful stop on SIGTERM: a rolling
     # update never leaves the proxy without a healthy task (zero lost requests).
-    app = ServiceSpec(name=s.services.app_service, image=app_image or app_ref(s), replicas=s.services.app_replicas,
-                      env=(f"DB={s.services.db_service}", f"PORT={s.services.app_port}"),
-                      reserve_mb=s.services.app_reserve_mb, networks=(app_net, proxy_net),
-                      update_delay=s.services.update_delay, update_order="start-first", **common)
+    app = ServiceSpec(
+        name=s.services.app_service,
+        image=app_image or app_ref(s),
+        replicas=s.services.app_replicas,
+        env=(f"DB={s.services.db_service}", f"PORT={s.services.app_port}"),
+        reserve_mb=s.services.app_reserve_mb,
+        networks=(app_net, proxy_net),
+        update_delay=s.services.update_delay,
+        update_order="start-first",
+        **common,
+    )
     ports: tuple[tuple[int, int, str], ...] = ((s.services.proxy_port, 80, "ingress"),)
     if s.services.proxy_admin_port:
         ports += ((s.services.proxy_admin_port, 8090, "ingress"),)
-    proxy = ServiceSpec(name=s.services.proxy_service, image=s.services.proxy_image, replicas=s.services.proxy_replicas,
-                        env=(f"BACKEND_HOST={s.services.app_service}", f"BACKEND_PORT={s.services.app_port}"),
-                        reserve_mb=s.services.proxy_reserve_mb, ports=ports, networks=(proxy_net,),
-                        configs=((proxy_config_name(s), HAPROXY_CFG),), **common)
+    proxy = ServiceSpec(
+        name=s.services.proxy_service,
+        image=s.services.proxy_image,
+        replicas=s.services.proxy_replicas,
+        env=(f"BACKEND_HOST={s.services.app_service}", f"BACKEND_PORT={s.services.app_port}"),
+        reserve_mb=s.services.proxy_reserve_mb,
+        ports=ports,
+        networks=(proxy_net,),
+        configs=((proxy_config_name(s), HAPROXY_CFG),),
+        **common,
+    )
     return [with_routing(spec, routing) for spec in (db, app, proxy)]
 
 
@@ -78,12 +102,15 @@ def _ensure_networks_and_config(manager, s: Settings, log: Log) -> list[str]:
     for net in networks(s):
         if net not in have:
             log(f"creating overlay network {net}")
-            manager.api.create_network(net, driver="overlay", attachable=True,
-                                       labels=dict([STACK_LABEL]))
+            manager.api.create_network(
+                net, driver="overlay", attachable=True, labels=dict([STACK_LABEL])
+            )
             done.append(f"created network {net}")
     name = proxy_config_name(s)
     if not manager.api.configs(filters={"name": name}):
-        manager.api.create_config(name, s.services.proxy_config.read_bytes(), labels=dict([STACK_LABEL]))
+        manager.api.create_config(
+            name, s.services.proxy_config.read_bytes(), labels=dict([STACK_LABEL])
+        )
         done.append(f"created config {name}")
     return done
 
@@ -98,13 +125,22 @@ def publish_first_version(cluster: Cluster, s: Settings, log: Log) -> list[str]:
     except (NotFound, APIError):
         pass
     if not (s.services.app_dir / "Dockerfile").exists():
-        raise services.ServiceError(f"APP_DIR {s.services.app_dir} has no Dockerfile to build {ref} from")
+        raise services.ServiceError(
+            f"APP_DIR {s.services.app_dir} has no Dockerfile to build {ref} from"
+        )
     log(f"building {ref} on {s.cluster.cd_node} from {s.services.app_dir}")
     try:
-        cd.images.build(path=str(s.services.app_dir), tag=ref, buildargs={"BASE_IMAGE": s.services.base_image},
-                        rm=True, forcerm=True)
+        cd.images.build(
+            path=str(s.services.app_dir),
+            tag=ref,
+            buildargs={"BASE_IMAGE": s.services.base_image},
+            rm=True,
+            forcerm=True,
+        )
     except Exception as exc:  # BuildError, APIError: both carry the engine's message
-        raise services.ServiceError(f"building {ref} on {s.cluster.cd_node} failed: {exc}") from None
+        raise services.ServiceError(
+            f"building {ref} on {s.cluster.cd_node} failed: {exc}"
+        ) from None
     log(f"pushing {ref}")
     for line in cd.images.push(ref, stream=True, decode=True):
         if "error" in line:
@@ -127,23 +163,32 @@ def ensure(s: Settings, log: Log, *, check: bool = False, update: bool = False) 
     cluster = Cluster.of(s).discover()
     manager = cluster.manager()
     routing, _ = cluster.routing()
-    existing = {n: services.inspect(manager, n) for n in (s.services.db_service, s.services.app_service, s.services.proxy_service)}
+    existing = {
+        n: services.inspect(manager, n)
+        for n in (s.services.db_service, s.services.app_service, s.services.proxy_service)
+    }
     running_app = existing[s.services.app_service]
-    app_image = (running_app["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
-                 if running_app else None)
+    app_image = (
+        running_app["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] if running_app else None
+    )
     wanted = specs(s, routing, app_image)
     if check:
-        drift = tuple((spec.name, field, _fmt(w), _fmt(h))
-                      for spec, d in services.plan(manager, wanted)
-                      for field, (w, h) in (d.items() if d else [("service", ("present", None))]))
+        drift = tuple(
+            (spec.name, field, _fmt(w), _fmt(h))
+            for spec, d in services.plan(manager, wanted)
+            for field, (w, h) in (d.items() if d else [("service", ("present", None))])
+        )
         return StackResult(s.env, routing, (), drift)
     done = lab_images(cluster, s, log)
     done += _ensure_networks_and_config(manager, s, log)
     if running_app is None:
         done += publish_first_version(cluster, s, log)
-    drift = tuple((spec.name, field, _fmt(w), _fmt(h))
-                  for spec, d in services.plan(manager, wanted) if d and not update
-                  for field, (w, h) in d.items())
+    drift = tuple(
+        (spec.name, field, _fmt(w), _fmt(h))
+        for spec, d in services.plan(manager, wanted)
+        if d and not update
+        for field, (w, h) in d.items()
+    )
     done += services.converge(manager, wanted, log, update=update)
     services.wait_running(manager, [w.name for w in wanted], s.services.services_timeout, log)
     return StackResult(s.env, routing, tuple(done), drift)

@@ -2,6 +2,7 @@
 
 Plans are plain data (tuples of actions), so the logic is tested without an engine.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -65,33 +66,46 @@ class Action:
 
 def info_of(name: str, address: str, engine_info: Mapping) -> NodeInfo:
     sw = engine_info.get("Swarm") or {}
-    return NodeInfo(name=name, address=address, state=sw.get("LocalNodeState", "inactive"),
-                    node_id=sw.get("NodeID", ""), cluster_id=(sw.get("Cluster") or {}).get("ID", ""),
-                    manager=bool(sw.get("ControlAvailable")))
+    return NodeInfo(
+        name=name,
+        address=address,
+        state=sw.get("LocalNodeState", "inactive"),
+        node_id=sw.get("NodeID", ""),
+        cluster_id=(sw.get("Cluster") or {}).get("ID", ""),
+        manager=bool(sw.get("ControlAvailable")),
+    )
 
 
 def member_of(node_attrs: Mapping) -> Member:
     spec, status = node_attrs["Spec"], node_attrs.get("Status", {})
     ms = node_attrs.get("ManagerStatus") or {}
-    return Member(id=node_attrs["ID"], hostname=node_attrs["Description"]["Hostname"],
-                  role=spec.get("Role", "worker"), status=status.get("State", "unknown"),
-                  availability=spec.get("Availability", "active"),
-                  labels=dict(spec.get("Labels") or {}), leader=bool(ms.get("Leader")),
-                  reachability=ms.get("Reachability", ""), addr=status.get("Addr", ""))
+    return Member(
+        id=node_attrs["ID"],
+        hostname=node_attrs["Description"]["Hostname"],
+        role=spec.get("Role", "worker"),
+        status=status.get("State", "unknown"),
+        availability=spec.get("Availability", "active"),
+        labels=dict(spec.get("Labels") or {}),
+        leader=bool(ms.get("Leader")),
+        reachability=ms.get("Reachability", ""),
+        addr=status.get("Addr", ""),
+    )
 
 
-def plan_membership(cluster: ClusterSettings, infos: Mapping[str, NodeInfo],
-                    members: Sequence[Member]) -> tuple[Action, ...]:
+def plan_membership(
+    cluster: ClusterSettings, infos: Mapping[str, NodeInfo], members: Sequence[Member]
+) -> tuple[Action, ...]:
     """Init, joins, role changes and removal of stale entries that make the swarm match NODES."""
     want_role = {n: ("worker" if n in cluster.workers else "manager") for n in cluster.nodes}
-    anchor = next((infos[n] for n in cluster.managers
-                   if n in infos and infos[n].controls), None)
+    anchor = next((infos[n] for n in cluster.managers if n in infos and infos[n].controls), None)
     actions: list[Action] = []
     if anchor is None:
         first = cluster.leader
         if infos[first].state != "inactive":
-            raise SwarmError(f"node {first} is in swarm state {infos[first].state!r}, "
-                             f"not part of a healthy cluster; destroy and provision it again")
+            raise SwarmError(
+                f"node {first} is in swarm state {infos[first].state!r}, "
+                f"not part of a healthy cluster; destroy and provision it again"
+            )
         actions.append(Action("init", first))
     # Membership is decided by the node's ID in our manager's node list: `docker info` gives
     # the cluster ID to managers only, so a worker's own view cannot tell.
@@ -106,8 +120,9 @@ def plan_membership(cluster: ClusterSettings, infos: Mapping[str, NodeInfo],
         # A new machine (inactive) makes every entry of its hostname stale, even one that Swarm
         # still shows Ready: a lost manager stays Ready/Unreachable for some seconds.
         for m in by_host.get(name, []):
-            if m.id != info.node_id and (info.state == "inactive" or m.status != "ready"
-                                         or m.reachability == "unreachable"):
+            if m.id != info.node_id and (
+                info.state == "inactive" or m.status != "ready" or m.reachability == "unreachable"
+            ):
                 actions.append(Action("remove", name, {"id": m.id, "role": m.role}))
         if anchor is None and name == cluster.leader:
             continue
@@ -115,15 +130,20 @@ def plan_membership(cluster: ClusterSettings, infos: Mapping[str, NodeInfo],
             actions.append(Action("join", name, {"role": want_role[name]}))
         elif info.state == "active" and info.node_id not in ours:
             other = f" ({info.cluster_id[:12]})" if info.cluster_id else ""
-            raise SwarmError(f"node {name} belongs to another swarm{other}; make it leave "
-                             f"(docker swarm leave --force) or destroy it")
+            raise SwarmError(
+                f"node {name} belongs to another swarm{other}; make it leave "
+                f"(docker swarm leave --force) or destroy it"
+            )
         elif info.state != "active":
-            raise SwarmError(f"node {name} is in swarm state {info.state!r}; "
-                             f"destroy and provision it again")
+            raise SwarmError(
+                f"node {name} is in swarm state {info.state!r}; destroy and provision it again"
+            )
         else:
             current = next((m.role for m in by_host.get(name, []) if m.id == info.node_id), None)
             if current and current != want_role[name]:
-                actions.append(Action("promote" if want_role[name] == "manager" else "demote", name))
+                actions.append(
+                    Action("promote" if want_role[name] == "manager" else "demote", name)
+                )
     return tuple(actions)
 
 
@@ -142,7 +162,9 @@ def plan_labels(cluster: ClusterSettings, members: Sequence[Member]) -> tuple[Ac
 
 
 # -- reading and applying (the engine side) ---------------------------------------------------
-def read(clients: Mapping, addresses: Mapping[str, str]) -> tuple[dict[str, NodeInfo], list[Member]]:
+def read(
+    clients: Mapping, addresses: Mapping[str, str]
+) -> tuple[dict[str, NodeInfo], list[Member]]:
     infos = {n: info_of(n, addresses[n], c.info()) for n, c in clients.items()}
     manager = next((clients[n] for n, i in infos.items() if i.controls), None)
     members = [member_of(n.attrs) for n in manager.nodes.list()] if manager else []
@@ -162,10 +184,17 @@ def _side_by_side(action: Action) -> bool:
     return action.kind == "label" or (action.kind == "join" and action.detail["role"] == "worker")
 
 
-def apply(cluster: ClusterSettings, env: str, clients: Mapping, addresses: Mapping[str, str],
-          actions: Sequence[Action], log: Log) -> None:
+def apply(
+    cluster: ClusterSettings,
+    env: str,
+    clients: Mapping,
+    addresses: Mapping[str, str],
+    actions: Sequence[Action],
+    log: Log,
+) -> None:
     """The one-at-a-time actions in order, then the others side by side, one node's (several
     labels update the same node spec) still in order."""
+
     def in_order(group: Sequence[Action]) -> None:
         for action in group:
             _apply_one(cluster, env, clients, addresses, action, log)
@@ -180,8 +209,14 @@ def apply(cluster: ClusterSettings, env: str, clients: Mapping, addresses: Mappi
             list(pool.map(in_order, per_node.values()))
 
 
-def _apply_one(cluster: ClusterSettings, env: str, clients: Mapping,
-               addresses: Mapping[str, str], action: Action, log: Log) -> None:
+def _apply_one(
+    cluster: ClusterSettings,
+    env: str,
+    clients: Mapping,
+    addresses: Mapping[str, str],
+    action: Action,
+    log: Log,
+) -> None:
     log(f"{env}: {action}")
     if action.kind == "init":
         addr = addresses[action.node]
@@ -194,8 +229,11 @@ def _apply_one(cluster: ClusterSettings, env: str, clients: Mapping,
         leader_addr = f"{manager.info()['Swarm']['NodeAddr']}:{SWARM_PORT}"
         token = tokens["Manager" if action.detail["role"] == "manager" else "Worker"]
         clients[action.node].swarm.join(
-            remote_addrs=[leader_addr], join_token=token,
-            advertise_addr=addresses[action.node], listen_addr=f"0.0.0.0:{SWARM_PORT}")
+            remote_addrs=[leader_addr],
+            join_token=token,
+            advertise_addr=addresses[action.node],
+            listen_addr=f"0.0.0.0:{SWARM_PORT}",
+        )
     elif action.kind == "remove":
         node = manager.nodes.get(action.detail["id"])
         if action.detail.get("role") == "manager":
@@ -203,8 +241,11 @@ def _apply_one(cluster: ClusterSettings, env: str, clients: Mapping,
             node = manager.nodes.get(action.detail["id"])
         node.remove(force=True)
     elif action.kind in ("promote", "demote"):
-        node = next(m for m in manager.nodes.list(filters={"name": action.node})
-                    if m.attrs["Description"]["Hostname"] == action.node)
+        node = next(
+            m
+            for m in manager.nodes.list(filters={"name": action.node})
+            if m.attrs["Description"]["Hostname"] == action.node
+        )
         _update_spec(node, Role="manager" if action.kind == "promote" else "worker")
     elif action.kind == "label":
         node = manager.nodes.get(action.detail["id"])
@@ -233,8 +274,9 @@ def _update_spec(node, **changes) -> None:
     node.update(spec)
 
 
-def converge(cluster: ClusterSettings, env: str, clients: Mapping, addresses: Mapping[str, str],
-             log: Log) -> list[Action]:
+def converge(
+    cluster: ClusterSettings, env: str, clients: Mapping, addresses: Mapping[str, str], log: Log
+) -> list[Action]:
     """Membership first, then labels (they need the node IDs the joins create)."""
     infos, members = read(clients, addresses)
     done = list(plan_membership(cluster, infos, members))
@@ -249,14 +291,17 @@ def converge(cluster: ClusterSettings, env: str, clients: Mapping, addresses: Ma
 IPVS_PROBE = "modprobe -q ip_vs 2>/dev/null; test -e /proc/net/ip_vs"
 
 
-def routing_mode(cluster: ClusterSettings, source: str,
-                 probe_results: Mapping[str, bool]) -> tuple[str, str]:
+def routing_mode(
+    cluster: ClusterSettings, source: str, probe_results: Mapping[str, bool]
+) -> tuple[str, str]:
     """(mode, reason): the routing mesh when every node's kernel has IPVS, else dnsrr. `source`
     names the settings ROUTING came from."""
     if cluster.routing != "auto":
         return cluster.routing, f"ROUTING={cluster.routing} in {source}"
     lacking = sorted(n for n, ok in probe_results.items() if not ok)
     if lacking:
-        return "dnsrr", (f"no IPVS in the kernel of {', '.join(lacking)}: services use host-mode "
-                         f"ports and DNS round robin instead of the routing mesh")
+        return "dnsrr", (
+            f"no IPVS in the kernel of {', '.join(lacking)}: services use host-mode "
+            f"ports and DNS round robin instead of the routing mesh"
+        )
     return "mesh", "IPVS available: routing mesh and virtual IPs"

@@ -9,6 +9,7 @@ watchers, on one machine or two, only one takes a commit, and each looks at fres
 before it tries. Only the newest commit of a branch is taken: commits pushed while a run is in
 progress are skipped for the last of them.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -87,19 +88,22 @@ def check_branch(branch: str) -> str:
 
 def default_branch(repo: str) -> str:
     """The branch the repository's HEAD points at (what a clone checks out)."""
-    for line in _git(["ls-remote", "--symref", "--end-of-options", git_credentials.url(repo),
-                      "HEAD"], repo=repo).splitlines():
+    for line in _git(
+        ["ls-remote", "--symref", "--end-of-options", git_credentials.url(repo), "HEAD"], repo=repo
+    ).splitlines():
         if line.startswith("ref: refs/heads/") and line.endswith("\tHEAD"):
-            return line[len("ref: refs/heads/"):-len("\tHEAD")]
-    raise SourceError(f"{redact(repo)} has no default branch (its HEAD is detached): "
-                      f"give the branch")
+            return line[len("ref: refs/heads/") : -len("\tHEAD")]
+    raise SourceError(
+        f"{redact(repo)} has no default branch (its HEAD is detached): give the branch"
+    )
 
 
 def head(repo: str, branch: str) -> str:
     """The newest commit of a branch, for a local path or a URL alike."""
     ref = f"refs/heads/{branch}"
-    for line in _git(["ls-remote", "--end-of-options", git_credentials.url(repo), ref],
-                     repo=repo).splitlines():
+    for line in _git(
+        ["ls-remote", "--end-of-options", git_credentials.url(repo), ref], repo=repo
+    ).splitlines():
         sha, _, name = line.partition("\t")
         if name == ref:
             return sha
@@ -111,8 +115,9 @@ def subject(repo: str, commit: str) -> str:
     if not Path(repo).is_dir():
         return ""
     try:
-        line = _git(["-C", repo, "log", "-1", "--format=%s", "--end-of-options", commit],
-                    timeout=10).strip()
+        line = _git(
+            ["-C", repo, "log", "-1", "--format=%s", "--end-of-options", commit], timeout=10
+        ).strip()
     except SourceError:
         return ""
     return "".join(c for c in line if c.isprintable())  # no terminal escapes reach the log
@@ -135,8 +140,10 @@ class RecordStore:
             return fn(self._manager)
         except Exception as exc:  # any engine, API or transport error: the cluster does not answer
             self._manager = None
-            raise StoreError(f"the cluster does not answer ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200] if str(exc) else '-'})") from None
+            raise StoreError(
+                f"the cluster does not answer ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else '-'})"
+            ) from None
 
     def load(self) -> list[dict]:
         return self._call(lambda m: records.load(m, KIND, self.service))
@@ -179,14 +186,28 @@ class Runs:
 def pairs(rows: Sequence[Mapping]) -> list[dict]:
     """Every watched commit, oldest first: its `taken` record with the `finished` fields (`code`,
     `result`, `seconds`...) added, or `result: unfinished`."""
-    ended = {(r.get("repo"), r.get("branch"), r.get("commit")): r for r in rows
-             if r.get("event") == "finished"}
+    ended = {
+        (r.get("repo"), r.get("branch"), r.get("commit")): r
+        for r in rows
+        if r.get("event") == "finished"
+    }
     out = []
     for r in rows:
         if r.get("event") == "taken":
             end = ended.get((r.get("repo"), r.get("branch"), r.get("commit")))
-            out.append({**r, **(end or {"result": "unfinished (the watcher stopped during its run)",
-                                        "code": None}), "taken_at": r.get("time")})
+            out.append(
+                {
+                    **r,
+                    **(
+                        end
+                        or {
+                            "result": "unfinished (the watcher stopped during its run)",
+                            "code": None,
+                        }
+                    ),
+                    "taken_at": r.get("time"),
+                }
+            )
     return out
 
 
@@ -197,8 +218,10 @@ def summary(reports: Sequence[Mapping]) -> str:
         meta = doc.get("meta") or {}
         state = meta.get("result") or meta.get("state") or ("ok" if doc.get("ok") else "failed")
         failed = next((s for s in doc.get("steps", []) if s.get("status") == "FAILED"), None)
-        parts.append(f"{doc.get('suite')}: {state}"
-                     + (f" (failed at {failed['name']}: {failed.get('detail', '')})" if failed else ""))
+        parts.append(
+            f"{doc.get('suite')}: {state}"
+            + (f" (failed at {failed['name']}: {failed.get('detail', '')})" if failed else "")
+        )
     return "; ".join(parts)
 
 
@@ -286,10 +309,16 @@ class Watcher:
         if commit in self._told:
             return
         self._told.add(commit)
-        who = (f"at {taken.get('time')} by {taken.get('user')}@{taken.get('host')} "
-               f"(pid {taken.get('pid')})" if taken.get("user") else "by another watcher")
-        self.log(f"commit {commit[:12]} of {self.branch} was taken {who}, not run here; it runs "
-                 f"there, or stopped unfinished (`inv deliver --ref {commit[:12]}` runs it)")
+        who = (
+            f"at {taken.get('time')} by {taken.get('user')}@{taken.get('host')} "
+            f"(pid {taken.get('pid')})"
+            if taken.get("user")
+            else "by another watcher"
+        )
+        self.log(
+            f"commit {commit[:12]} of {self.branch} was taken {who}, not run here; it runs "
+            f"there, or stopped unfinished (`inv deliver --ref {commit[:12]}` runs it)"
+        )
 
     def check(self) -> RunResult | None:
         """One poll: run the branch's newest commit if no watcher took it yet. None when there
@@ -301,9 +330,15 @@ class Watcher:
                 self._tell(runs.taken[commit])
             return None
         base = {"repo": self.name, "branch": self.branch, "commit": commit}
-        taken = {**base, "event": "taken", "time": records.now(), "user": getpass.getuser(),
-                 "host": socket.gethostname(), "pid": os.getpid(),
-                 "subject": subject(self.repo, commit)}
+        taken = {
+            **base,
+            "event": "taken",
+            "time": records.now(),
+            "user": getpass.getuser(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "subject": subject(self.repo, commit),
+        }
         # Before the run (a restart must not run it again), and only if no watcher took it
         # since our look.
         if not self.store.take(taken):
@@ -329,19 +364,34 @@ class Watcher:
     def _finish(self, taken: dict, result: RunResult, started: float) -> None:
         text = redact(result.text)
         finished = {k: taken[k] for k in ("repo", "branch", "commit")}
-        finished.update(event="finished", time=records.now(), code=result.code, ok=result.ok,
-                        result=text[:RESULT_CHARS], seconds=round(time.monotonic() - started, 1))
+        finished.update(
+            event="finished",
+            time=records.now(),
+            code=result.code,
+            ok=result.ok,
+            result=text[:RESULT_CHARS],
+            seconds=round(time.monotonic() - started, 1),
+        )
         try:
             with deferred():  # a signal here would leave the commit "unfinished" for good
                 self.store.put(finished)
         except WatchError as exc:
-            self.log(f"could not record the end of {taken['commit'][:12]} ({exc}): "
-                     f"recorded when the cluster answers again")
+            self.log(
+                f"could not record the end of {taken['commit'][:12]} ({exc}): "
+                f"recorded when the cluster answers again"
+            )
             self._unwritten.append(finished)
-        self.log(f"commit {taken['commit'][:12]}: {'ok' if result.ok else 'FAILED'} "
-                 f"(exit {result.code}) {text}")
-        payload = {**taken, **finished, "taken_at": taken["time"], "result": text,
-                   "reports": [scrub(r) for r in result.reports]}
+        self.log(
+            f"commit {taken['commit'][:12]}: {'ok' if result.ok else 'FAILED'} "
+            f"(exit {result.code}) {text}"
+        )
+        payload = {
+            **taken,
+            **finished,
+            "taken_at": taken["time"],
+            "result": text,
+            "reports": [scrub(r) for r in result.reports],
+        }
         for hook in self.after:
             try:
                 hook(payload)

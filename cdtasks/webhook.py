@@ -8,6 +8,7 @@ Forgejo), `X-Gitea-Signature` / `X-Gogs-Signature: <hex HMAC-SHA256>`, and GitLa
 MAX_BODY) within TIMEOUT of its connection; one thread reads every connection as bytes come, so
 clients that trickle cannot hold what a signed push needs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -122,8 +123,14 @@ class _Server:
     MAX_PENDING connections, the one that has waited longest is closed for the newcomer.
     Handling is quick (a signature check, waking the watcher), so it runs on that thread."""
 
-    def __init__(self, address: tuple[str, int], secret: str, branch: str,
-                 on_push: Callable[[], None], log: Callable[[str], None]):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        secret: str,
+        branch: str,
+        on_push: Callable[[], None],
+        log: Callable[[str], None],
+    ):
         self.secret, self.branch, self.on_push, self.log = secret, branch, on_push, log
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.socket = socket.create_server(address, family=family, backlog=128)
@@ -202,9 +209,10 @@ class _Server:
 
 def _answer_bytes(code: int, text: str) -> bytes:
     body = (text + "\n").encode()
-    return (f"HTTP/1.0 {code} {HTTPStatus(code).phrase}\r\nContent-Type: text/plain; "
-            f"charset=utf-8\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            ).encode() + body
+    return (
+        f"HTTP/1.0 {code} {HTTPStatus(code).phrase}\r\nContent-Type: text/plain; "
+        f"charset=utf-8\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -267,11 +275,19 @@ class _Handler(BaseHTTPRequestHandler):
 class Webhook:
     """The server on a thread of its own; `stop()` ends it and closes its sockets."""
 
-    def __init__(self, listen: str, secret: str, branch: str, on_push: Callable[[], None],
-                 log: Callable[[str], None]):
+    def __init__(
+        self,
+        listen: str,
+        secret: str,
+        branch: str,
+        on_push: Callable[[], None],
+        log: Callable[[str], None],
+    ):
         if not secret:
-            raise ListenError("--listen needs WEBHOOK_SECRET (env file, or CDTASKS_WEBHOOK_SECRET "
-                              "in the environment): unsigned pushes are refused")
+            raise ListenError(
+                "--listen needs WEBHOOK_SECRET (env file, or CDTASKS_WEBHOOK_SECRET "
+                "in the environment): unsigned pushes are refused"
+            )
         address = parse_address(listen)
         try:
             self.server = _Server(address, secret, branch, on_push, log)

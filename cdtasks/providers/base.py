@@ -1,5 +1,6 @@
 """What every provider offers: machines for named nodes, and how to reach each one (an
 `engine.Endpoint`)."""
+
 from __future__ import annotations
 
 import shutil

@@ -4,6 +4,7 @@ themselves (a Jenkinsfile's `sh '''...'''` blocks, GitLab's jobs' `script`, GitH
 command), with the lab's environment and the VERSION the CI server would set. The CI servers
 are not needed: what they add (JUnit publishing, artifacts) is checked by the paths the
 recipes name matching the reports the run wrote."""
+
 from __future__ import annotations
 
 import glob
@@ -35,8 +36,11 @@ def jenkins(text: str) -> tuple[list[str], list[str]]:
 def gitlab(text: str) -> tuple[list[str], list[str]]:
     """(one block per job, in stage order; report globs) of a .gitlab-ci.yml."""
     doc = yaml.safe_load(text)
-    jobs = [(doc["stages"].index(job["stage"]), name, job) for name, job in doc.items()
-            if isinstance(job, dict) and "script" in job]
+    jobs = [
+        (doc["stages"].index(job["stage"]), name, job)
+        for name, job in doc.items()
+        if isinstance(job, dict) and "script" in job
+    ]
     blocks, globs = [], []
     for _, _, job in sorted(jobs, key=lambda j: j[0]):
         blocks.append("\n".join(job["script"]))  # one shell per job, as the runner does
@@ -67,9 +71,14 @@ def run_blocks(lab, blocks: list[str], version: str) -> subprocess.CompletedProc
     """The blocks in order, each in its own bash with errexit and pipefail (as Jenkins' sh,
     GitLab's runner and GitHub's `bash -e` run them); the first that fails ends the job."""
     for block in blocks:
-        proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block], cwd=ROOT,
-                              env={**lab.env, "VERSION": version}, text=True,
-                              capture_output=True, timeout=900)
+        proc = subprocess.run(
+            ["bash", "-e", "-o", "pipefail", "-c", block],
+            cwd=ROOT,
+            env={**lab.env, "VERSION": version},
+            text=True,
+            capture_output=True,
+            timeout=900,
+        )
         if proc.returncode != 0:
             return proc
     return proc
@@ -91,12 +100,19 @@ def test_a_recipe_delivers_and_deploys_on_the_lab(stack, name):
     version = f"ci-{name.split('-')[0].split('.')[0].lower()}-{uuid.uuid4().hex[:4]}"
     started = time.time()
     proc = run_blocks(stack, blocks, version)
-    assert proc.returncode == 0, f"{name}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"{name}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    )
     # What the CI server publishes and keeps: the recipe's paths match this run's reports.
-    written = {Path(p) for g in globs for p in glob.glob(str(ROOT / g))
-               if Path(p).stat().st_mtime >= started}
-    assert {"deliver.junit.xml", "deploy.junit.xml", "deliver.json", "deploy.json"} <= \
-        {p.name for p in written}, globs
+    written = {
+        Path(p)
+        for g in globs
+        for p in glob.glob(str(ROOT / g))
+        if Path(p).stat().st_mtime >= started
+    }
+    assert {"deliver.junit.xml", "deploy.junit.xml", "deliver.json", "deploy.json"} <= {
+        p.name for p in written
+    }, globs
     for junit in (p for p in written if p.name.endswith(".junit.xml")):
         suite = ET.parse(junit).getroot()
         assert suite.tag in ("testsuite", "testsuites") and suite.get("failures") in ("0", None)

@@ -6,6 +6,7 @@ token in any process's argv, the checkout's .git/config, the output or the repor
 own `/tmp/go`-style cache mount (hello-book's `/tmp/hello-book-cache`, the demo's `.`) keeps
 working: every delivery here and in test_3 uses them. Pure rules: tests/unit/test_compose_policy.py
 and tests/unit/test_git_credentials.py."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,9 @@ def _unit(extra: str):
 
 
 def _mount(entry: str):
-    return lambda text, lab: text.replace(MOUNTS, MOUNTS + f"      - {entry.format(**paths(lab))}\n",
-                                          1)
+    return lambda text, lab: text.replace(
+        MOUNTS, MOUNTS + f"      - {entry.format(**paths(lab))}\n", 1
+    )
 
 
 def paths(lab) -> dict:
@@ -51,26 +53,45 @@ def paths(lab) -> dict:
 
 # branch -> (edit of the compose file, what the refusal names: service, key, path)
 ESCAPES = {
-    "context": (lambda t, lab: t.replace(CONTEXT, "    build:\n      context: ../../..\n"),
-                r"service app: build\.context: \S+ resolves outside the checkout"),
-    "dockerfile": (lambda t, lab: t.replace(CONTEXT, CONTEXT + "      dockerfile: ../../../x\n"),
-                   r"service app: build\.dockerfile: \.\./\.\./\.\./x resolves outside"),
-    "env-file": (_unit("    env_file: ../../../registry-auth/password\n"),
-                 r"service unit: env_file: \.\./\.\./\.\./registry-auth/password resolves "),
-    "include": (lambda t, lab: "include: [../../../other.yml]\n" + t,
-                r"include: \.\./\.\./\.\./other\.yml resolves outside"),
-    "extends": (lambda t, lab: t.replace(STAGING, STAGING + "    extends: {file: /etc/hosts, "
-                                                           "service: x}\n"),
-                r"service staging: extends\.file: /etc/hosts resolves outside"),
-    "symlink": (_mount("./state:/leak"),
-                r"service unit: volumes: \S+/demo/state resolves outside the checkout \({state}\)"),
-    "socket": (_mount("/var/run/docker.sock:/var/run/docker.sock"),
-               r"service unit: volumes: /var/run/docker.sock is the Docker socket"),
-    "registry": (_mount("{registry}:/r"),
-                 r"service unit: volumes: {registry} is the registry's directory"),
+    "context": (
+        lambda t, lab: t.replace(CONTEXT, "    build:\n      context: ../../..\n"),
+        r"service app: build\.context: \S+ resolves outside the checkout",
+    ),
+    "dockerfile": (
+        lambda t, lab: t.replace(CONTEXT, CONTEXT + "      dockerfile: ../../../x\n"),
+        r"service app: build\.dockerfile: \.\./\.\./\.\./x resolves outside",
+    ),
+    "env-file": (
+        _unit("    env_file: ../../../registry-auth/password\n"),
+        r"service unit: env_file: \.\./\.\./\.\./registry-auth/password resolves ",
+    ),
+    "include": (
+        lambda t, lab: "include: [../../../other.yml]\n" + t,
+        r"include: \.\./\.\./\.\./other\.yml resolves outside",
+    ),
+    "extends": (
+        lambda t, lab: t.replace(
+            STAGING, STAGING + "    extends: {file: /etc/hosts, service: x}\n"
+        ),
+        r"service staging: extends\.file: /etc/hosts resolves outside",
+    ),
+    "symlink": (
+        _mount("./state:/leak"),
+        r"service unit: volumes: \S+/demo/state resolves outside the checkout \({state}\)",
+    ),
+    "socket": (
+        _mount("/var/run/docker.sock:/var/run/docker.sock"),
+        r"service unit: volumes: /var/run/docker.sock is the Docker socket",
+    ),
+    "registry": (
+        _mount("{registry}:/r"),
+        r"service unit: volumes: {registry} is the registry's directory",
+    ),
     "privileged": (_unit("    privileged: true\n"), r"service unit: privileged: true: "),
-    "host-network": (lambda t, lab: t.replace(STAGING, STAGING + "    network_mode: host\n"),
-                     r"service staging: network_mode: host: "),
+    "host-network": (
+        lambda t, lab: t.replace(STAGING, STAGING + "    network_mode: host\n"),
+        r"service staging: network_mode: host: ",
+    ),
 }
 
 
@@ -99,11 +120,22 @@ def cd_images(lab) -> list[str]:
 
 
 @pytest.mark.parametrize("branch", list(ESCAPES))
-def test_a_compose_file_that_reaches_out_is_refused_before_any_step(stack, escapes, tmp_path,
-                                                                      branch):
+def test_a_compose_file_that_reaches_out_is_refused_before_any_step(
+    stack, escapes, tmp_path, branch
+):
     version = f"escape-{branch}"
-    proc = stack.inv("deliver", "--repo", escapes, "--ref", branch, "--version", version,
-                     check=False, timeout=300, extra_env={"CDTASKS_REPORTS_DIR": str(tmp_path)})
+    proc = stack.inv(
+        "deliver",
+        "--repo",
+        escapes,
+        "--ref",
+        branch,
+        "--version",
+        version,
+        check=False,
+        timeout=300,
+        extra_env={"CDTASKS_REPORTS_DIR": str(tmp_path)},
+    )
     assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
     error = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert len(error) == 1, proc.stderr
@@ -129,11 +161,15 @@ def token_repo(stack, tmp_path_factory):
     sample = sample_repository(base / "work", "demo")
     served = base / "repos"
     served.mkdir()
-    subprocess.run(["git", "clone", "--quiet", "--bare", str(sample), str(served / "app.git")],
-                   check=True)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests/standin/git_http.py"), str(served)],
-                            stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "GIT_USER": "ci", "GIT_TOKEN": TOKEN})
+    subprocess.run(
+        ["git", "clone", "--quiet", "--bare", str(sample), str(served / "app.git")], check=True
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests/standin/git_http.py"), str(served)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "GIT_USER": "ci", "GIT_TOKEN": TOKEN},
+    )
     try:
         port = int(proc.stdout.readline())
         yield f"http://ci:{TOKEN}@127.0.0.1:{port}/app.git", base / "auth.log"
@@ -171,14 +207,20 @@ class CommandLines:
 
 
 def test_a_repository_behind_a_token_is_delivered_and_the_token_shown_nowhere(
-        stack, token_repo, tmp_path):
+    stack, token_repo, tmp_path
+):
     url, auth_log = token_repo
     reports = tmp_path / "reports"
     # REPO from the environment, as a CI server gives secrets: a `--repo` flag would show the
     # token in the command line the user typed.
     with CommandLines() as ps:
-        proc = stack.inv("deliver", "--version", "tok-1", check=False,
-                         extra_env={"CDTASKS_REPORTS_DIR": str(reports), "CDTASKS_REPO": url})
+        proc = stack.inv(
+            "deliver",
+            "--version",
+            "tok-1",
+            check=False,
+            extra_env={"CDTASKS_REPORTS_DIR": str(reports), "CDTASKS_REPO": url},
+        )
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     assert "ok" in auth_log.read_text().split()  # the server got the token, from git
     clean = url.replace(f"ci:{TOKEN}@", "")
@@ -192,7 +234,8 @@ def test_a_repository_behind_a_token_is_delivered_and_the_token_shown_nowhere(
 
 
 def test_the_checkout_keeps_no_token_and_a_wrong_one_is_named_without_showing_it(
-        stack, token_repo, tmp_path):
+    stack, token_repo, tmp_path
+):
     url, _ = token_repo
     env = {"CDTASKS_REPORTS_DIR": str(tmp_path)}
     stack.inv("checkout", "--repo", url, "--version", "tok-2", extra_env=env)
@@ -205,12 +248,21 @@ def test_the_checkout_keeps_no_token_and_a_wrong_one_is_named_without_showing_it
     finally:
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
     wrong = "wrong-0c7f2a9b"
-    proc = stack.inv("deliver", "--repo", url.replace(TOKEN, wrong), "--version", "tok-3",
-                     check=False, timeout=300, extra_env=env)
+    proc = stack.inv(
+        "deliver",
+        "--repo",
+        url.replace(TOKEN, wrong),
+        "--version",
+        "tok-3",
+        check=False,
+        timeout=300,
+        extra_env=env,
+    )
     # Checked before any step (`--repo` answers `git ls-remote`): bad input.
     assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
     server = f"127.0.0.1:{urlsplit(url).port}"
     assert proc.stderr.strip().splitlines() == [
         f"error: --repo 'http://***@{server}/app.git': fatal: Authentication failed for "
-        f"'http://{server}/app.git/'"], proc.stderr
+        f"'http://{server}/app.git/'"
+    ], proc.stderr
     assert wrong not in proc.stdout + proc.stderr and TOKEN not in proc.stdout + proc.stderr

@@ -1,6 +1,7 @@
 """Watchers under pressure, on the real lab, run as a user runs them: two `inv watch` started
 together on one repository run each commit once; trickling connections do not keep a signed
 push from being answered; `nohup inv watch &` survives SIGHUP (a plain one exits 129)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -40,8 +41,10 @@ def test_two_watchers_started_together_run_each_commit_once(stack: Lab, tmp_path
     sample_repository(repo)
     commits = [broken_commit(repo, "first for two watchers")]
     args = ("--repo", str(repo), "--branch", "main", "--interval", "1")
-    pair = [Watcher(stack, tmp_path / f"reports-{i}", tmp_path / f"watch-{i}.log", *args)
-            for i in (1, 2)]
+    pair = [
+        Watcher(stack, tmp_path / f"reports-{i}", tmp_path / f"watch-{i}.log", *args)
+        for i in (1, 2)
+    ]
     started = time.monotonic()
 
     def ran(commit: str) -> None:
@@ -65,15 +68,20 @@ def test_two_watchers_started_together_run_each_commit_once(stack: Lab, tmp_path
     logs = [w.text() for w in pair]
     for commit in commits:
         runners = [i for i, text in enumerate(logs) if f"new commit {commit[:12]}" in text]
-        assert len(runners) == 1 and logs[runners[0]].count(f"new commit {commit[:12]}") == 1, \
-            (commit, logs)
+        assert len(runners) == 1 and logs[runners[0]].count(f"new commit {commit[:12]}") == 1, (
+            commit,
+            logs,
+        )
         other = logs[1 - runners[0]]
         assert f"commit {commit[:12]} of main was taken" in other, other[-3000:]
         assert f"commit {commit[:12]}: FAILED" not in other
         events = sorted(r["event"] for r in watch_rows(stack, repo) if r["commit"] == commit)
         assert events == ["finished", "taken"], (commit, events)
-        saved = [p for i in (1, 2)
-                 for p in (tmp_path / f"reports-{i}" / watch.RUNS_DIR).glob(f"*-{commit[:12]}.json")]
+        saved = [
+            p
+            for i in (1, 2)
+            for p in (tmp_path / f"reports-{i}" / watch.RUNS_DIR).glob(f"*-{commit[:12]}.json")
+        ]
         assert len(saved) == 1, saved
         doc = json.loads(saved[0].read_text())
         assert doc["code"] == 12 and [r["suite"] for r in doc["reports"]] == ["deliver"], doc
@@ -119,9 +127,20 @@ def test_trickling_connections_do_not_keep_a_signed_push_waiting(lab: Lab, tmp_p
     repo.mkdir()
     sample_repository(repo)  # no branch yet: the watcher waits for one, nothing runs
     port = free_port()
-    hook = Watcher(lab, tmp_path / "reports", tmp_path / "watch.log", "--repo", str(repo),
-                   "--branch", "main", "--interval", "0", "--listen", f"127.0.0.1:{port}",
-                   extra_env={"CDTASKS_WEBHOOK_SECRET": SECRET})
+    hook = Watcher(
+        lab,
+        tmp_path / "reports",
+        tmp_path / "watch.log",
+        "--repo",
+        str(repo),
+        "--branch",
+        "main",
+        "--interval",
+        "0",
+        "--listen",
+        f"127.0.0.1:{port}",
+        extra_env={"CDTASKS_WEBHOOK_SECRET": SECRET},
+    )
     trickles: list[Trickle] = []
     try:
         hook.wait_for("following main", 300)
@@ -129,17 +148,26 @@ def test_trickling_connections_do_not_keep_a_signed_push_waiting(lab: Lab, tmp_p
         for t in trickles:
             t.start()
         # Clients that leave early, in the middle of their headers or their body.
-        for partial in (b"POST / HTTP/1.1\r\nContent-Le",
-                        b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nab"):
+        for partial in (
+            b"POST / HTTP/1.1\r\nContent-Le",
+            b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nab",
+        ):
             with socket.create_connection(("127.0.0.1", port)) as s:
                 s.sendall(partial)
         time.sleep(3)
         body = json.dumps({"ref": "refs/heads/main"}).encode()
         sign = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
         asked = time.monotonic()
-        right = requests.post(f"http://127.0.0.1:{port}/", data=body, timeout=30, headers={
-            "Content-Type": "application/json", "X-GitHub-Event": "push",
-            "X-Hub-Signature-256": "sha256=" + sign})
+        right = requests.post(
+            f"http://127.0.0.1:{port}/",
+            data=body,
+            timeout=30,
+            headers={
+                "Content-Type": "application/json",
+                "X-GitHub-Event": "push",
+                "X-Hub-Signature-256": "sha256=" + sign,
+            },
+        )
         answered = time.monotonic() - asked
         print(f"\nsigned push answered in {answered:.2f}s beside {len(trickles)} trickling clients")
         assert right.status_code == 202 and answered < 2.0, (right.status_code, answered)
@@ -148,8 +176,9 @@ def test_trickling_connections_do_not_keep_a_signed_push_waiting(lab: Lab, tmp_p
         cuts = sorted(t.cut for t in trickles if t.cut is not None)
         print(f"trickling clients cut after {cuts[0]:.1f}..{cuts[-1]:.1f}s")
         assert len(cuts) == len(trickles) and cuts[-1] < 20, cuts
-        assert all(t.answer.startswith(b"HTTP/1.0 408") for t in trickles), \
-            {t.answer[:40] for t in trickles}
+        assert all(t.answer.startswith(b"HTTP/1.0 408") for t in trickles), {
+            t.answer[:40] for t in trickles
+        }
         hook.wait_for("webhook: 202 to 127.0.0.1: checking main", 30)
         assert hook.proc.poll() is None
     finally:
@@ -163,15 +192,33 @@ def test_nohup_keeps_the_watcher_through_sighup_and_a_plain_one_exits_129(lab: L
     repo = tmp_path / "repo"
     repo.mkdir()
     sample_repository(repo)  # no branch yet: the watcher waits for one, nothing runs
-    argv = [sys.executable, "-m", "invoke", "watch", "--repo", str(repo), "--branch", "main",
-            "--interval", "1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "invoke",
+        "watch",
+        "--repo",
+        str(repo),
+        "--branch",
+        "main",
+        "--interval",
+        "1",
+    ]
     procs = {}
     try:
         for name, prefix in (("nohup", ["nohup"]), ("plain", [])):
             log = tmp_path / f"{name}.log"
-            procs[name] = (subprocess.Popen(prefix + argv, cwd=ROOT, stdin=subprocess.DEVNULL,
-                                            stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                                            env=lab.env), log)
+            procs[name] = (
+                subprocess.Popen(
+                    prefix + argv,
+                    cwd=ROOT,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log.open("wb"),
+                    stderr=subprocess.STDOUT,
+                    env=lab.env,
+                ),
+                log,
+            )
         for proc, log in procs.values():
             deadline = time.monotonic() + 300
             while "following main" not in log.read_text(errors="replace"):

@@ -1,4 +1,5 @@
 """Compose against the real engine: every project is uniquely named and removed after its test."""
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,10 @@ except Exception as exc:  # no socket, refused, TLS: all mean no engine for thes
 try:
     _client.images.get(IMAGE)
 except docker.errors.ImageNotFound:
-    pytest.skip(f"local image {IMAGE} is missing (Docker Hub is unreachable, build it first)",
-                allow_module_level=True)
+    pytest.skip(
+        f"local image {IMAGE} is missing (Docker Hub is unreachable, build it first)",
+        allow_module_level=True,
+    )
 try:
     compose_command()
 except ComposeError as exc:
@@ -155,8 +158,9 @@ def test_a_build_says_nothing_of_bake(make, tmp_path):
     c = make()
     try:
         result = c.build("built")
-        assert result.ok and "Bake" not in result.output and "buildx" not in result.output, \
+        assert result.ok and "Bake" not in result.output and "buildx" not in result.output, (
             result.output
+        )
     finally:
         with contextlib.suppress(docker.errors.ImageNotFound):
             _client.images.remove(f"{c.project}-built", force=True)

@@ -3,6 +3,7 @@ Basic authentication. Run by the tests: `python3 git_http.py ROOT`, with GIT_USE
 its environment; it prints its port on the first line of stdout and serves until killed. Each
 request's credentials are appended to ROOT/../auth.log as `ok` or `refused` (never the token).
 """
+
 from __future__ import annotations
 
 import base64
@@ -38,15 +39,23 @@ class GitHandler(BaseHTTPRequestHandler):
             return
         path, _, query = self.path.partition("?")
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        env = {"PATH": os.environ["PATH"], "GIT_PROJECT_ROOT": str(self.root),
-               "GIT_HTTP_EXPORT_ALL": "1", "PATH_INFO": path, "QUERY_STRING": query,
-               "REQUEST_METHOD": self.command, "CONTENT_LENGTH": str(len(body)),
-               "CONTENT_TYPE": self.headers.get("Content-Type") or "",
-               "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding") or "",
-               "HTTP_GIT_PROTOCOL": self.headers.get("Git-Protocol") or "",
-               "REMOTE_USER": "git", "REMOTE_ADDR": "127.0.0.1"}
-        out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True,
-                             timeout=120).stdout
+        env = {
+            "PATH": os.environ["PATH"],
+            "GIT_PROJECT_ROOT": str(self.root),
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "REQUEST_METHOD": self.command,
+            "CONTENT_LENGTH": str(len(body)),
+            "CONTENT_TYPE": self.headers.get("Content-Type") or "",
+            "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding") or "",
+            "HTTP_GIT_PROTOCOL": self.headers.get("Git-Protocol") or "",
+            "REMOTE_USER": "git",
+            "REMOTE_ADDR": "127.0.0.1",
+        }
+        out = subprocess.run(
+            ["git", "http-backend"], input=body, env=env, capture_output=True, timeout=120
+        ).stdout
         head, sep, payload = out.partition(b"\r\n\r\n")
         if not sep:
             head, _, payload = out.partition(b"\n\n")

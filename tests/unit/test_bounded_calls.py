@@ -1,5 +1,6 @@
 """Every outside call has a time limit, and what it started dies with it: git (and its transport
 helpers), mmdebstrap (and its apt), commands over SSH (Fabric/Invoke), Engine API connections."""
+
 from __future__ import annotations
 
 import os
@@ -75,8 +76,9 @@ def test_a_clone_that_hangs_fails_the_checkout_step(hanging_remote, monkeypatch,
 
 def test_mmdebstrap_is_stopped_with_what_it_started(monkeypatch, tmp_path):
     # A child that keeps its output open: without the group killed, this would wait 60 s.
-    monkeypatch.setattr(images, "mmdebstrap_command",
-                        lambda *a: ["sh", "-c", "sleep 60 & sleep 60"])
+    monkeypatch.setattr(
+        images, "mmdebstrap_command", lambda *a: ["sh", "-c", "sleep 60 & sleep 60"]
+    )
     rootfs = next(iter(images.IMAGES.values())).rootfs
     start = time.monotonic()
     with pytest.raises(images.ImageError, match=r"did not finish image .* within 1s"):

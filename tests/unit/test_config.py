@@ -1,4 +1,5 @@
 """config.load: env files, precedence, validation and the Settings object (no engine, no network)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -146,23 +147,26 @@ def test_unknown_key_in_file_names_file_and_key(tmp_path):
     assert "REGISTRY_PROT" in str(exc.value)
 
 
-@pytest.mark.parametrize("text, key, value", [
-    ("REGISTRY_PORT=50x0\n", "REGISTRY_PORT", "50x0"),
-    ("REGISTRY_PORT=70000\n", "REGISTRY_PORT", "70000"),
-    ("REGISTRY_PORT=0\n", "REGISTRY_PORT", "0"),
-    ("REGISTRY_RESERVE_MB=-1\n", "REGISTRY_RESERVE_MB", "-1"),
-    ("LAB_PORT_BASE=65001\n", "LAB_PORT_BASE", "65001"),
-    ("NODES=swarm-test-1,Swarm_2\n", "NODES", "swarm-test-1,Swarm_2"),
-    ("NODES=a,a\n", "NODES", "a,a"),
-    ("NODE_LABELS=swarm-test-2 env=prod\n", "NODE_LABELS", "swarm-test-2 env=prod"),
-    ("NODE_LABELS=swarm-test-2:env\n", "NODE_LABELS", "swarm-test-2:env"),
-    ("ROUTING=ipvs\n", "ROUTING", "ipvs"),
-    ("PROVIDER=aws\n", "PROVIDER", "aws"),
-    ("LAB_NAME=Lab\n", "LAB_NAME", "Lab"),
-    ("CD_NODE=bad_name\n", "CD_NODE", "bad_name"),
-    ("REGISTRY_IMAGE=cdtasks/registry\n", "REGISTRY_IMAGE", "cdtasks/registry"),
-    ("REGISTRY_IMAGE=cdtasks/registry:latest\n", "REGISTRY_IMAGE", "cdtasks/registry:latest"),
-])
+@pytest.mark.parametrize(
+    "text, key, value",
+    [
+        ("REGISTRY_PORT=50x0\n", "REGISTRY_PORT", "50x0"),
+        ("REGISTRY_PORT=70000\n", "REGISTRY_PORT", "70000"),
+        ("REGISTRY_PORT=0\n", "REGISTRY_PORT", "0"),
+        ("REGISTRY_RESERVE_MB=-1\n", "REGISTRY_RESERVE_MB", "-1"),
+        ("LAB_PORT_BASE=65001\n", "LAB_PORT_BASE", "65001"),
+        ("NODES=swarm-test-1,Swarm_2\n", "NODES", "swarm-test-1,Swarm_2"),
+        ("NODES=a,a\n", "NODES", "a,a"),
+        ("NODE_LABELS=swarm-test-2 env=prod\n", "NODE_LABELS", "swarm-test-2 env=prod"),
+        ("NODE_LABELS=swarm-test-2:env\n", "NODE_LABELS", "swarm-test-2:env"),
+        ("ROUTING=ipvs\n", "ROUTING", "ipvs"),
+        ("PROVIDER=aws\n", "PROVIDER", "aws"),
+        ("LAB_NAME=Lab\n", "LAB_NAME", "Lab"),
+        ("CD_NODE=bad_name\n", "CD_NODE", "bad_name"),
+        ("REGISTRY_IMAGE=cdtasks/registry\n", "REGISTRY_IMAGE", "cdtasks/registry"),
+        ("REGISTRY_IMAGE=cdtasks/registry:latest\n", "REGISTRY_IMAGE", "cdtasks/registry:latest"),
+    ],
+)
 def test_malformed_value_names_file_key_and_value(tmp_path, text, key, value):
     path = write_env(tmp_path, "test", text)
     with pytest.raises(ConfigError) as exc:
@@ -188,11 +192,14 @@ def test_malformed_flag_is_reported(tmp_path):
         load("test", {"REGISTRY_RESERVE_MB": "lots"}, environ={}, env_dir=tmp_path)
 
 
-@pytest.mark.parametrize("key, value", [
-    ("WORKERS", "swarm-test-9"),
-    ("CD_NODE", "swarm-9"),
-    ("NODE_LABELS", "swarm-test-7:env=prod"),
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("WORKERS", "swarm-test-9"),
+        ("CD_NODE", "swarm-9"),
+        ("NODE_LABELS", "swarm-test-7:env=prod"),
+    ],
+)
 def test_node_names_outside_nodes_are_refused(tmp_path, key, value):
     path = write_env(tmp_path, "test", f"NODES=swarm-test-1,swarm-test-2\n{key}={value}\n")
     with pytest.raises(ConfigError) as exc:
@@ -216,35 +223,43 @@ def test_empty_nodes_is_refused(tmp_path):
 
 
 def test_lists_tolerate_spaces_and_empty_items(tmp_path):
-    s = load_text(tmp_path, "NODES= a , b ,,c\nCD_NODE=a\nWORKERS=c,\n"
-                            "NODE_LABELS=a:env=prod , b:zone=x.y-1,\n")
+    s = load_text(
+        tmp_path,
+        "NODES= a , b ,,c\nCD_NODE=a\nWORKERS=c,\nNODE_LABELS=a:env=prod , b:zone=x.y-1,\n",
+    )
     assert s.cluster.nodes == ("a", "b", "c")
     assert s.cluster.workers == ("c",)
     assert s.cluster.node_labels == (("a", "env", "prod"), ("b", "zone", "x.y-1"))
 
 
 # -- pinned_image ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("ref", [
-    "go-demo:1.0",
-    "vfarcic/go-demo:2.0",
-    "localhost:5000/go-demo:1.0",
-    "registry.example.com:443/team/go-demo:1.0-rc1",
-    "cdtasks/registry-slim:2.8.2",
-    "go-demo@sha256:" + "a" * 64,
-    "localhost:5000/go-demo@sha256:" + "b" * 64,
-    "go-demo:1.0@sha256:" + "c" * 64,
-])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "go-demo:1.0",
+        "vfarcic/go-demo:2.0",
+        "localhost:5000/go-demo:1.0",
+        "registry.example.com:443/team/go-demo:1.0-rc1",
+        "cdtasks/registry-slim:2.8.2",
+        "go-demo@sha256:" + "a" * 64,
+        "localhost:5000/go-demo@sha256:" + "b" * 64,
+        "go-demo:1.0@sha256:" + "c" * 64,
+    ],
+)
 def test_pinned_image_accepts_tags_and_digests(ref):
     assert pinned_image(ref) == ref
 
 
-@pytest.mark.parametrize("ref, why", [
-    ("go-demo", "no tag"),
-    ("vfarcic/go-demo", "no tag"),
-    ("localhost:5000/go-demo", "no tag"),  # the port is not a tag
-    ("go-demo:latest", "latest"),
-    ("localhost:5000/go-demo:latest", "latest"),
-])
+@pytest.mark.parametrize(
+    "ref, why",
+    [
+        ("go-demo", "no tag"),
+        ("vfarcic/go-demo", "no tag"),
+        ("localhost:5000/go-demo", "no tag"),  # the port is not a tag
+        ("go-demo:latest", "latest"),
+        ("localhost:5000/go-demo:latest", "latest"),
+    ],
+)
 def test_pinned_image_refuses_untagged_and_latest(ref, why):
     with pytest.raises(ValueError, match=why):
         pinned_image(ref)
@@ -269,8 +284,9 @@ def test_managers_and_leader_follow_workers(tmp_path):
 
 
 def test_labels_of(tmp_path):
-    s = load_text(tmp_path, "NODES=n1,n2\nCD_NODE=n1\n"
-                            "NODE_LABELS=n1:env=prod,n1:zone=a,n2:env=prod-like\n")
+    s = load_text(
+        tmp_path, "NODES=n1,n2\nCD_NODE=n1\nNODE_LABELS=n1:env=prod,n1:zone=a,n2:env=prod-like\n"
+    )
     assert s.cluster.labels_of("n1") == {"env": "prod", "zone": "a"}
     assert s.cluster.labels_of("n2") == {"env": "prod-like"}
     assert s.cluster.labels_of("n3") == {}
@@ -346,11 +362,15 @@ def test_inconsistent_value_from_environment_is_not_blamed_on_the_file(tmp_path)
 
 
 # -- lines of an env file --------------------------------------------------------------------------
-@pytest.mark.parametrize("bad, line", [
-    ("LAB_NAME=lab\nthis is not a setting\n", 2),
-    ("# comment\n\nNODES\n", 3),  # a bare key: dotenv would read it as unset
-    ("LAB_NAME=lab\n\nROUTING=\"auto\nSTATE_DIR=x\n", 3),  # unterminated quote swallows the rest
-    ("LAB_NAME=lab\n  = value\n", 2)])
+@pytest.mark.parametrize(
+    "bad, line",
+    [
+        ("LAB_NAME=lab\nthis is not a setting\n", 2),
+        ("# comment\n\nNODES\n", 3),  # a bare key: dotenv would read it as unset
+        ('LAB_NAME=lab\n\nROUTING="auto\nSTATE_DIR=x\n', 3),  # unterminated quote swallows the rest
+        ("LAB_NAME=lab\n  = value\n", 2),
+    ],
+)
 def test_a_line_that_is_not_key_value_names_file_and_line(tmp_path, bad, line):
     path = write_env(tmp_path, "test", bad)
     with pytest.raises(ConfigError) as err:
@@ -366,9 +386,12 @@ def test_a_refused_line_is_not_shown(tmp_path):
 
 
 def test_dotenv_syntax_still_reads(tmp_path):
-    s = load_text(tmp_path, "# comment\n\nexport LAB_NAME=lab-x\nCONSTRAINT='node.role == worker'\n"
-                            "MACHINE_OPTIONS=\"--opt a\n--opt b\"\nCD_NODE=swarm-test-2 # why\n"
-                            "  ROUTING = dnsrr\n")
+    s = load_text(
+        tmp_path,
+        "# comment\n\nexport LAB_NAME=lab-x\nCONSTRAINT='node.role == worker'\n"
+        'MACHINE_OPTIONS="--opt a\n--opt b"\nCD_NODE=swarm-test-2 # why\n'
+        "  ROUTING = dnsrr\n",
+    )
     assert s.cluster.lab_name == "lab-x" and s.services.constraint == "node.role == worker"
     assert s.machine.machine_options == ("--opt", "a", "--opt", "b")
     assert s.cluster.cd_node == "swarm-test-2" and s.cluster.routing == "dnsrr"
@@ -376,13 +399,21 @@ def test_dotenv_syntax_still_reads(tmp_path):
 
 def test_pass_env_names(tmp_path):
     assert load_text(tmp_path, "").delivery.pass_env == ()
-    assert load_text(tmp_path, "PASS_ENV=HTTP_PROXY, no_proxy,_X1\n").delivery.pass_env == \
-        ("HTTP_PROXY", "no_proxy", "_X1")
+    assert load_text(tmp_path, "PASS_ENV=HTTP_PROXY, no_proxy,_X1\n").delivery.pass_env == (
+        "HTTP_PROXY",
+        "no_proxy",
+        "_X1",
+    )
 
 
-@pytest.mark.parametrize("value, why", [("HTTP-PROXY", "not a variable name"),
-                                        ("1X", "not a variable name"),
-                                        ("DOCKER_HOST", "DOCKER_")])
+@pytest.mark.parametrize(
+    "value, why",
+    [
+        ("HTTP-PROXY", "not a variable name"),
+        ("1X", "not a variable name"),
+        ("DOCKER_HOST", "DOCKER_"),
+    ],
+)
 def test_pass_env_refuses_bad_names_and_docker_variables(tmp_path, value, why):
     with pytest.raises(ConfigError, match=f"PASS_ENV={value!r}: .*{why}"):
         load_text(tmp_path, f"PASS_ENV={value}\n")
@@ -406,8 +437,11 @@ def test_sections_carry_the_parsed_values(tmp_path):
 
 
 def _keys_in(path: Path) -> list[str]:
-    return [line.split("=", 1)[0] for line in path.read_text().splitlines()
-            if line and not line.startswith("#")]
+    return [
+        line.split("=", 1)[0]
+        for line in path.read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
 
 
 def test_project_env_files_set_each_key_once():
@@ -415,8 +449,12 @@ def test_project_env_files_set_each_key_once():
     in both, so nothing is repeated and nothing shared can drift."""
     base = _keys_in(REPO / "env" / "base.env")
     # Every key but the other providers' (env/examples/ shows those).
-    lab_keys = {f.name.upper() for attr, section in config.SECTIONS.items()
-                if attr not in ("machine", "ssh") for f in dataclasses.fields(section)}
+    lab_keys = {
+        f.name.upper()
+        for attr, section in config.SECTIONS.items()
+        if attr not in ("machine", "ssh")
+        for f in dataclasses.fields(section)
+    }
     per_env = {e: _keys_in(REPO / "env" / f"{e}.env") for e in config.environments(REPO / "env")}
     assert len(base) == len(set(base))
     for env, keys in per_env.items():
@@ -426,8 +464,11 @@ def test_project_env_files_set_each_key_once():
     assert not set(config.SHARED) - set(base)
 
 
-@pytest.mark.parametrize("env_dir", [REPO / "env", *sorted((REPO / "env" / "examples").iterdir())],
-                         ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize(
+    "env_dir",
+    [REPO / "env", *sorted((REPO / "env" / "examples").iterdir())],
+    ids=lambda p: str(p.relative_to(REPO)),
+)
 def test_every_example_env_file_validates(env_dir):
     envs = config.environments(env_dir)
     assert envs
@@ -473,12 +514,19 @@ def test_bad_value_in_base_names_base(tmp_path):
         load("test", environ={}, env_dir=tmp_path)
 
 
-@pytest.mark.parametrize("key, test_value, prod_value", [
-    ("STATE_DIR", "/srv/a", "/srv/b"), ("LAB_NAME", "one", "two"),
-    ("REGISTRY_DIR", "/srv/r1", "/srv/r2"), ("REGISTRY_PORT", "5000", "5001"),
-    ("REGISTRY_IMAGE", "cdtasks/registry-slim:2.8.2", "cdtasks/registry-slim:2.8.3")])
-def test_environments_that_disagree_on_a_shared_key_are_refused(tmp_path, key, test_value,
-                                                                prod_value):
+@pytest.mark.parametrize(
+    "key, test_value, prod_value",
+    [
+        ("STATE_DIR", "/srv/a", "/srv/b"),
+        ("LAB_NAME", "one", "two"),
+        ("REGISTRY_DIR", "/srv/r1", "/srv/r2"),
+        ("REGISTRY_PORT", "5000", "5001"),
+        ("REGISTRY_IMAGE", "cdtasks/registry-slim:2.8.2", "cdtasks/registry-slim:2.8.3"),
+    ],
+)
+def test_environments_that_disagree_on_a_shared_key_are_refused(
+    tmp_path, key, test_value, prod_value
+):
     test = write_env(tmp_path, "test", f"{key}={test_value}\n")
     prod = write_env(tmp_path, "prod", f"NODES=p-1\nCD_NODE=p-1\n{key}={prod_value}\n")
     for env in ("test", "prod"):
@@ -500,8 +548,11 @@ def test_a_shared_key_set_in_one_file_only_disagrees_with_the_default(tmp_path):
 def test_shared_keys_agree_through_base_or_equal_values(tmp_path):
     write_env(tmp_path, "base", "STATE_DIR=/srv/state\n")
     write_env(tmp_path, "test", "REGISTRY_PORT=5001\nLAB_NAME=lab\n")
-    write_env(tmp_path, "prod", "NODES=p-1\nCD_NODE=p-1\nREGISTRY_PORT=05001\nLAB_NAME=lab\n"
-                                "APP_REPLICAS=5\n")  # the same port written otherwise; not shared
+    write_env(
+        tmp_path,
+        "prod",
+        "NODES=p-1\nCD_NODE=p-1\nREGISTRY_PORT=05001\nLAB_NAME=lab\nAPP_REPLICAS=5\n",
+    )  # the same port written otherwise; not shared
     assert load("prod", environ={}, env_dir=tmp_path).registry.registry_port == 5001
     # The process environment sets a key for every environment alike: no disagreement.
     s = load("test", environ={"CDTASKS_LAB_NAME": "other"}, env_dir=tmp_path)
@@ -509,9 +560,14 @@ def test_shared_keys_agree_through_base_or_equal_values(tmp_path):
 
 
 # -- the process environment ----------------------------------------------------------------------
-@pytest.mark.parametrize("name, hint", [("CDTASKS_APP_REPLICA", "CDTASKS_APP_REPLICAS"),
-                                        ("CDTASKS_REGISTRY_PROT", "CDTASKS_REGISTRY_PORT"),
-                                        ("CDTASKS_ENVDIR", "CDTASKS_ENV_DIR")])
+@pytest.mark.parametrize(
+    "name, hint",
+    [
+        ("CDTASKS_APP_REPLICA", "CDTASKS_APP_REPLICAS"),
+        ("CDTASKS_REGISTRY_PROT", "CDTASKS_REGISTRY_PORT"),
+        ("CDTASKS_ENVDIR", "CDTASKS_ENV_DIR"),
+    ],
+)
 def test_unknown_cdtasks_variable_is_refused_with_the_closest_name(tmp_path, name, hint):
     write_env(tmp_path, "test")
     with pytest.raises(ConfigError) as exc:
@@ -527,9 +583,13 @@ def test_unknown_cdtasks_variable_far_from_every_name_gets_no_hint(tmp_path):
 
 def test_cdtasks_variables_that_are_not_keys_are_accepted(tmp_path):
     write_env(tmp_path, "test")
-    environ = {"CDTASKS_ENV_DIR": str(tmp_path), "CDTASKS_PROJECT_DIR": str(tmp_path),
-               "CDTASKS_DOCKER_HOST": "unix:///var/run/docker.sock",
-               "INVOKE_CDTASKS_ENV_DIR": "x", "OTHER_CDTASKS_X": "y"}
+    environ = {
+        "CDTASKS_ENV_DIR": str(tmp_path),
+        "CDTASKS_PROJECT_DIR": str(tmp_path),
+        "CDTASKS_DOCKER_HOST": "unix:///var/run/docker.sock",
+        "INVOKE_CDTASKS_ENV_DIR": "x",
+        "OTHER_CDTASKS_X": "y",
+    }
     assert load("test", environ=environ).env == "test"
 
 
@@ -543,23 +603,26 @@ def test_dollar_signs_are_kept_as_written(tmp_path, monkeypatch):
     assert s.watch.notify_command == ("echo", "$HOME")
 
 
-@pytest.mark.parametrize("key, value, form", [
-    ("APP_REPLICAS", "abc", "is not a whole number from 0 to 100"),
-    ("REGISTRY_PORT", "5000.0", "is not a whole number from 1 to 65535"),
-    ("SSH_PARALLEL", "", "is not a whole number from 1 to 64"),
-    ("ROUTING", "fast", "choose one of auto, mesh, dnsrr"),
-    ("LAB_NAME", "-lab", "is not a name (a-z, 0-9 and -"),
-    ("STATE_DIR", "~no-such-user-here/state", "is not a path: its ~user names no user here"),
-    ("MACHINE_OPTIONS", "--label 'a", "is not shell words"),
-    ("NOTIFY_COMMAND", "notify \\", "is not shell words"),
-    ("NODE_LABELS", "swarm-test-2=env", "is not node:key=value"),
-    ("SSH_HOSTS", "swarm-test-1=root@h:99999", "is not node=[user@]host[:port]"),
-    ("NODE_ADDRESSES", "swarm-test-1=here", "is not node=address"),
-    ("NOTIFY_URL", "ftp://x", "is not an http:// or https:// URL"),
-    ("APP_VERSION", "latest", "is not a pinned version"),
-    ("DB_IMAGE", "redis", "has no tag"),
-    ("PASS_ENV", "A-B", "is not a variable name"),
-])
+@pytest.mark.parametrize(
+    "key, value, form",
+    [
+        ("APP_REPLICAS", "abc", "is not a whole number from 0 to 100"),
+        ("REGISTRY_PORT", "5000.0", "is not a whole number from 1 to 65535"),
+        ("SSH_PARALLEL", "", "is not a whole number from 1 to 64"),
+        ("ROUTING", "fast", "choose one of auto, mesh, dnsrr"),
+        ("LAB_NAME", "-lab", "is not a name (a-z, 0-9 and -"),
+        ("STATE_DIR", "~no-such-user-here/state", "is not a path: its ~user names no user here"),
+        ("MACHINE_OPTIONS", "--label 'a", "is not shell words"),
+        ("NOTIFY_COMMAND", "notify \\", "is not shell words"),
+        ("NODE_LABELS", "swarm-test-2=env", "is not node:key=value"),
+        ("SSH_HOSTS", "swarm-test-1=root@h:99999", "is not node=[user@]host[:port]"),
+        ("NODE_ADDRESSES", "swarm-test-1=here", "is not node=address"),
+        ("NOTIFY_URL", "ftp://x", "is not an http:// or https:// URL"),
+        ("APP_VERSION", "latest", "is not a pinned version"),
+        ("DB_IMAGE", "redis", "has no tag"),
+        ("PASS_ENV", "A-B", "is not a variable name"),
+    ],
+)
 def test_a_value_that_does_not_parse_names_key_and_form_not_python(tmp_path, key, value, form):
     write_env(tmp_path, "test")
     with pytest.raises(ConfigError) as exc:

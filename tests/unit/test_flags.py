@@ -1,6 +1,7 @@
 """One flag vocabulary: every task's flags as Invoke's own parser builds them (the collection's
 parser contexts, what `inv TASK --help` shows), checked across tasks: a short flag means one long
 flag everywhere, a long flag has one meaning, a meaning has one long flag."""
+
 from __future__ import annotations
 
 import copy
@@ -25,8 +26,14 @@ def contexts():
 def flags(ctx):
     """(long name, short names, help) of each of a task's flags."""
     seen = {id(arg): arg for arg in ctx.flags.values()}.values()
-    return [(next(n for n in arg.names if len(n) > 1), [n for n in arg.names if len(n) == 1],
-             arg.help or "") for arg in seen]
+    return [
+        (
+            next(n for n in arg.names if len(n) > 1),
+            [n for n in arg.names if len(n) == 1],
+            arg.help or "",
+        )
+        for arg in seen
+    ]
 
 
 def test_a_short_flag_means_one_long_flag_in_every_task(contexts):
@@ -74,14 +81,15 @@ def test_help_texts_the_issue_found_wrong(contexts):
     unit = dict((long, help) for long, _, help in flags(contexts["unit"]))
     assert "to update" not in unit["service"]
     # `inv --list` sorts by name: no step claims a number there.
-    assert not any(ns.tasks[step].__doc__.startswith("Step") for step in
-                   ("checkout", "unit", "build", "staging", "publish", "prodlike", "prodtest"))
+    assert not any(
+        ns.tasks[step].__doc__.startswith("Step")
+        for step in ("checkout", "unit", "build", "staging", "publish", "prodlike", "prodtest")
+    )
     assert ns.tasks["images"].name == "images"  # `inv -l -F json` named it build-images
 
 
 def test_json_on_every_task_that_prints_tables(contexts):
-    for name in ("status", "history", "deliver", "deploy", "rollback", "services", "lock",
-                 "watch"):
+    for name in ("status", "history", "deliver", "deploy", "rollback", "services", "lock", "watch"):
         assert "json" in {long for long, _, _ in flags(contexts[name])}, name
 
 
@@ -102,8 +110,9 @@ def readme_table(header: str) -> list[list[str]]:
 
 
 def test_the_readme_names_every_flag_and_each_tasks_env_default(contexts):
-    flags_table = {row[0].strip("`"): row[1].strip("`") for row in
-                   readme_table("| flag | short | meaning |")}
+    flags_table = {
+        row[0].strip("`"): row[1].strip("`") for row in readme_table("| flag | short | meaning |")
+    }
     for key, flag in VOCABULARY.items():
         long = "--" + key.replace("_", "-")
         if flag.short:  # every flag with a short form is in the table, with that short form
@@ -118,6 +127,9 @@ def test_the_readme_names_every_flag_and_each_tasks_env_default(contexts):
         checked.add(name)
         wanted = ctx.flags["--env"].default  # what Invoke gives the task without --env
         cell = defaults[name]
-        assert cell.startswith(f"`{wanted}`") if wanted else \
-            ("every environment" in cell or "NODES" in cell), (name, wanted, cell)
+        assert (
+            cell.startswith(f"`{wanted}`")
+            if wanted
+            else ("every environment" in cell or "NODES" in cell)
+        ), (name, wanted, cell)
     assert {"deliver", "deploy", "status", "env", "unit"} <= checked

@@ -2,6 +2,7 @@
 127.0.0.1 that wants it (tests/standin/git_http.py), and a `git` on PATH in front of the real one
 that writes down every argv it gets. A delivery from such a server on the lab:
 tests/integration/test_6_untrusted.py."""
+
 from __future__ import annotations
 
 import os
@@ -30,11 +31,13 @@ def server(tmp_path_factory):
     (work / "compose.yml").write_text("services: {}\n")
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "one"]):
         subprocess.run(["git", *GIT_ID, *args], cwd=work, check=True)
-    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(served / "app.git")],
-                   check=True)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests/standin/git_http.py"), str(served)],
-                            stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "GIT_USER": "ci", "GIT_TOKEN": TOKEN})
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(served / "app.git")], check=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests/standin/git_http.py"), str(served)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "GIT_USER": "ci", "GIT_TOKEN": TOKEN},
+    )
     try:
         port = int(proc.stdout.readline())
         yield f"http://127.0.0.1:{port}/app.git"
@@ -64,17 +67,22 @@ def test_the_url_loses_its_credentials_and_the_environment_carries_them():
     for plain in ("https://git.example/a.git", "git@host:a.git", "/srv/a", "ssh://u@h/a"):
         assert git_credentials.url(plain) == plain
         assert git_credentials.environment(plain) == {}
-    env = git_credentials.environment("https://ci:t%40k@git.example:8443/a.git",
-                                      {"GIT_CONFIG_COUNT": "1"})
+    env = git_credentials.environment(
+        "https://ci:t%40k@git.example:8443/a.git", {"GIT_CONFIG_COUNT": "1"}
+    )
     assert env["CD_GIT_USERNAME"] == "ci" and env["CD_GIT_PASSWORD"] == "t@k"
     assert env["GIT_CONFIG_COUNT"] == "3"  # after the caller's own entry 0
-    assert env["GIT_CONFIG_KEY_1"] == env["GIT_CONFIG_KEY_2"] == \
-        "credential.https://git.example:8443.helper"
+    assert (
+        env["GIT_CONFIG_KEY_1"]
+        == env["GIT_CONFIG_KEY_2"]
+        == "credential.https://git.example:8443.helper"
+    )
     assert env["GIT_CONFIG_VALUE_1"] == "" and "t@k" not in env["GIT_CONFIG_VALUE_2"]
 
 
 def test_checks_clone_and_watch_reach_the_server_with_the_token_in_no_argv(
-        server, argv_log, tmp_path):
+    server, argv_log, tmp_path
+):
     url = with_token(server)
     assert checks.repo(url) == url
     assert len(watch.head(url, "main")) == 40

@@ -1,6 +1,7 @@
 """Every way a run is stopped takes one path: SIGINT, SIGTERM and SIGHUP raise `Interrupted`
 once, with the shell's exit code; the clean-up after it is bounded, a second signal ends it at
 once, and what it leaves is named."""
+
 from __future__ import annotations
 
 import os
@@ -64,9 +65,13 @@ except interrupt.Interrupted as exc:
 
 def _cleanup(bound: float, again: bool, takes: float) -> tuple[int, str, float]:
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", CLEANUP, str(bound),
-                           "again" if again else "once", str(takes)],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", CLEANUP, str(bound), "again" if again else "once", str(takes)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     return proc.returncode, proc.stdout, time.monotonic() - start
 
 

@@ -1,5 +1,6 @@
 """The `cdtasks` command (tasks.py-less): its version is the installed package's, its help
 says what the tool is before Invoke's usage."""
+
 from __future__ import annotations
 
 import tomllib

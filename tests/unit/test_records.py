@@ -1,5 +1,6 @@
 """Records as Swarm configs (the in-memory manager of conftest): a load is one list call, a
 claim is taken once, and pruning keeps the newest records and what readers still need."""
+
 from __future__ import annotations
 
 from cdtasks import records
@@ -35,8 +36,9 @@ def test_a_load_asks_for_each_record_only_when_the_list_lacks_its_data(swarm_man
     def lists_without_data(method, path, query, body):
         status, payload = answer(method, path, query, body)
         if path.endswith("/configs") and method == "GET":
-            return status, [{**c, "Spec": {k: v for k, v in c["Spec"].items() if k != "Data"}}
-                            for c in payload]
+            return status, [
+                {**c, "Spec": {k: v for k, v in c["Spec"].items() if k != "Data"}} for c in payload
+            ]
         return status, payload
 
     swarm_manager.store._answer = lists_without_data
@@ -55,9 +57,15 @@ def test_a_claim_is_taken_once(swarm_manager):
 
 
 def test_prunable_keeps_the_newest_and_the_newest_of_each_group():
-    rows = [{"b": "quiet", "n": 0}, {"b": None, "n": 1}, {"b": "quiet", "n": 2},
-            {"b": None, "n": 3}, {"b": "busy", "n": 4}, {"b": "busy", "n": 5},
-            {"b": None, "n": 6}]
+    rows = [
+        {"b": "quiet", "n": 0},
+        {"b": None, "n": 1},
+        {"b": "quiet", "n": 2},
+        {"b": None, "n": 3},
+        {"b": "busy", "n": 4},
+        {"b": "busy", "n": 5},
+        {"b": None, "n": 6},
+    ]
     assert records.prunable(rows, keep=3) == [0, 1, 2, 3]
     # the quiet group's newest (2) stays although older than the newest three
     assert records.prunable(rows, keep=3, group=lambda r: r["b"]) == [0, 1, 3]
@@ -67,11 +75,21 @@ def test_prunable_keeps_the_newest_and_the_newest_of_each_group():
 
 def test_each_put_prunes_its_kind_beyond_keep(swarm_manager, monkeypatch):
     monkeypatch.setattr(records, "KEEP", 4)
-    records.put(swarm_manager, "history", SVC, {"n": -1, "result": "deployed"},
-                group=lambda r: r.get("result") == "deployed" or None)
+    records.put(
+        swarm_manager,
+        "history",
+        SVC,
+        {"n": -1, "result": "deployed"},
+        group=lambda r: r.get("result") == "deployed" or None,
+    )
     for n in range(10):
-        records.put(swarm_manager, "history", SVC, {"n": n, "result": "failed"},
-                    group=lambda r: r.get("result") == "deployed" or None)
+        records.put(
+            swarm_manager,
+            "history",
+            SVC,
+            {"n": n, "result": "failed"},
+            group=lambda r: r.get("result") == "deployed" or None,
+        )
         records.put(swarm_manager, "delivered", SVC, {"n": n})
     lock = records.Lock(swarm_manager, SVC, "1").acquire(0, heartbeat=False)
     assert [r["n"] for r in records.load(swarm_manager, "history", SVC)] == [-1, 6, 7, 8, 9]

@@ -1,4 +1,5 @@
 """The registry's credentials on real files: made once, private, agreed on by concurrent runs."""
+
 from __future__ import annotations
 
 import stat
@@ -32,14 +33,19 @@ def test_credentials_are_made_once_private_and_hashed(settings):
     assert creds.password not in repr(creds)
     again = registry.credentials(settings)
     assert (again.password, again.htpasswd, again.secret_name) == (
-        creds.password, creds.htpasswd, creds.secret_name)
+        creds.password,
+        creds.htpasswd,
+        creds.secret_name,
+    )
     assert registry.logins(settings) == {"localhost:5000": (registry.USER, creds.password)}
 
 
 def test_concurrent_first_uses_agree(settings):
     found = []
-    threads = [threading.Thread(target=lambda: found.append(registry.credentials(settings)))
-               for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: found.append(registry.credentials(settings)))
+        for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -1,6 +1,7 @@
 """`inv watch` as a process: the task's wiring with a fake delivery (`run_delivery`) and a fake
 cluster, a real git repository, real signals. Exit codes: the run's with --once, 128 + signal
 when stopped."""
+
 from __future__ import annotations
 
 import json
@@ -62,23 +63,33 @@ sys.exit(status)
 def setup(tmp_path: Path):
     repo = tmp_path / "app"
     repo.mkdir()
-    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "d@example.org"],
-                 ["config", "user.name", "d"], ["commit", "-q", "--allow-empty", "-m", "one"]):
+    for args in (
+        ["init", "-q", "-b", "main"],
+        ["config", "user.email", "d@example.org"],
+        ["config", "user.name", "d"],
+        ["commit", "-q", "--allow-empty", "-m", "one"],
+    ):
         subprocess.run(["git", "-C", str(repo), *args], check=True)
     env_dir = tmp_path / "env"
     env_dir.mkdir()
     for env in ("test", "prod"):
-        (env_dir / f"{env}.env").write_text(f"REPORTS_DIR={tmp_path / 'reports'}\n"
-                                            "WEBHOOK_SECRET=hook-secret-1234\n")
+        (env_dir / f"{env}.env").write_text(
+            f"REPORTS_DIR={tmp_path / 'reports'}\nWEBHOOK_SECRET=hook-secret-1234\n"
+        )
     return tmp_path, repo, {**os.environ, "CDTASKS_ENV_DIR": str(env_dir)}
 
 
 def start(setup, **args) -> subprocess.Popen:
     tmp_path, repo, env = setup
     args = {"repo": str(repo), "branch": "main", "code": 0, "slow": 0, **args}
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(Path(__file__).parent),
-                             json.dumps(args)], cwd=PROJECT_DIR, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(Path(__file__).parent), json.dumps(args)],
+        cwd=PROJECT_DIR,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def records_of(stdout: str) -> list[dict]:
