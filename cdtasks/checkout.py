@@ -160,10 +160,13 @@ class Checkout:
         s = self.settings
         repo = self.repo  # DeliverySettings.repo: the project directory when REPO is empty
         state.private_dir(s.delivery.workspace_dir)
-        dest = Path(
-            tempfile.mkdtemp(prefix=f"{s.services.app_service}-", dir=s.delivery.workspace_dir)
-        )
-        self.workdir = dest
+        # A signal between mkdtemp's mkdir and the assignment would leave a checkout that no
+        # clean-up knows of: it waits until the directory is ours to remove.
+        with interrupt.deferred():
+            dest = Path(
+                tempfile.mkdtemp(prefix=f"{s.services.app_service}-", dir=s.delivery.workspace_dir)
+            )
+            self.workdir = dest
         if Path(repo).is_dir() and not (Path(repo) / ".git").exists():
             if self.ref != "HEAD":
                 raise StepFailed(

@@ -116,11 +116,13 @@ def compose_leftovers(lab) -> list[str]:
     ]
 
 
-_EARLIER: set[str] = set()  # checkouts other test files left (step-by-step runs keep theirs)
+_EARLIER: set[str] = set()  # checkouts there before this test (step-by-step runs keep theirs)
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(autouse=True)
 def _earlier_checkouts(lab):
+    # Per test: one test's leftover fails that test, not every test after it.
+    _EARLIER.clear()
     _EARLIER.update(_all_checkouts(lab))
 
 
@@ -130,7 +132,7 @@ def _all_checkouts(lab) -> list[str]:
 
 
 def checkouts(lab) -> list[str]:
-    """Checkouts made since this file began and still in the workspace."""
+    """Checkouts made since this test began and still in the workspace."""
     return [name for name in _all_checkouts(lab) if name not in _EARLIER]
 
 
