@@ -240,7 +240,7 @@ def run_on(settings: Settings, node: str, command: str | None, pty: bool = False
     with engine.ssh(ep) as conn:
         if command is None:
             return conn.shell()
-        return conn.run(command, warn=True, pty=pty)
+        return conn.run(command, warn=True, pty=pty, timeout=None)  # the user's, watched by them
 
 
 def env_lines(settings: Settings, node: str) -> list[str]:

@@ -222,7 +222,7 @@ def prodlike(d: Delivery) -> str:
         )
     try:
         result = rollout.update(
-            d.cluster, d.settings.services, d.pinned, d.log, d.dry_run, d.record
+            d.cluster, d.settings.services, d.pinned, d.log, d.dry_run, d.record, d.lock
         )
     except StepFailed as exc:
         if d.dry_run or not d.previous_image or d.previous_image == d.pinned:
@@ -240,7 +240,7 @@ def restore(d: Delivery) -> str:
     d.log(f"rolling prod-like back to {previous}")
     try:
         lock.check()  # another run that took the lock changes the service now, not this one
-        rollout.update(d.cluster, d.settings.services, previous, d.log)
+        rollout.update(d.cluster, d.settings.services, previous, d.log, lock=lock)
     except Exception as exc:  # the step's own failure stays the headline
         return f"rolling back to {previous} failed too: {str(exc).splitlines()[0][:200]}"
     return f"rolled back to {previous} on every replica"
@@ -451,6 +451,11 @@ def state_after(d: Delivery, results: list[StepResult]) -> str:
             return f"{d.settings.services.app_service} runs {d.ref_tag} on prod-like"
         return f"{', '.join(x.name for x in results)} passed; prod-like not changed"
     if failed in ("checkout", "unit", "build", "staging"):
+        if d.compose_left:  # its clean-up was cut short, or the CD node did not answer
+            return (
+                f"left behind: compose project {d.project} on {d.settings.cluster.cd_node}; "
+                f"{d.settings.services.app_service} untouched"
+            )
         return f"nothing left behind (staging removed); {d.settings.services.app_service} untouched"
     if failed == "publish":
         return f"{d.ref_tag} not in the registry; {d.settings.services.app_service} untouched"

@@ -202,9 +202,9 @@ def checkout_for_tests(d: Deployment, record: dict) -> Checkout:
 
 
 # -- steps ------------------------------------------------------------------------------------
-def _rollout_to(d: Deployment, image: str) -> str:
+def _rollout_to(d: Deployment, image: str, lock: records.Lock) -> str:
     assert d.cluster is not None  # prepare() found it
-    result = rollout.update(d.cluster, d.prod.services, image, d.log)
+    result = rollout.update(d.cluster, d.prod.services, image, d.log, lock=lock)
     d.converged_at = rollout.monitor_start(result)
     return f"{d.service} on {d.prod.env}: every replica runs {image} ({result.seconds:.1f}s)"
 
@@ -222,9 +222,9 @@ def _canary(d: Deployment) -> str:
     return canary_rollout.run(d.cluster, d.prod.services, d.image, d.canary, d.log, d.canary_steps)
 
 
-def _rollback(d: Deployment) -> str:
+def _rollback(d: Deployment, lock: records.Lock) -> str:
     d.rolled_back = True
-    return _rollout_to(d, d.previous)
+    return _rollout_to(d, d.previous, lock)
 
 
 def run(d: Deployment, progress) -> tuple[dict, list[StepResult]]:
@@ -264,13 +264,15 @@ def steps(d: Deployment, lock: records.Lock, progress) -> list[StepResult]:
                 return results
         lock.check()
         results.append(
-            run_step("rollout", lambda: _rollout_to(d, d.image), progress, origin=d.started)
+            run_step("rollout", lambda: _rollout_to(d, d.image, lock), progress, origin=d.started)
         )
         if results[-1].ok:
             results.append(run_step("prodtest", lambda: _prodtest(d), progress, origin=d.started))
         if results[-1].failed and d.auto_rollback and d.previous and d.previous != d.image:
             lock.check()
-            results.append(run_step("rollback", lambda: _rollback(d), progress, origin=d.started))
+            results.append(
+                run_step("rollback", lambda: _rollback(d, lock), progress, origin=d.started)
+            )
             results.append(
                 run_step(
                     "prodtest-after-rollback", lambda: _prodtest(d), progress, origin=d.started

@@ -545,6 +545,15 @@ def container_health(client, container_id: str) -> str:
         return health_output(client.api.inspect_container(container_id))
 
 
+def _end(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _left(end: float | None) -> dict[str, float]:
+    """A request's `timeout` argument: what is left until `end` (none: the client's own)."""
+    return {} if end is None else {"timeout": max(0.1, end - time.monotonic())}
+
+
 # -- a session with a cluster's managers --------------------------------------------------------
 class Gateway:
     """A cluster's managers as one: every call goes to the manager found by the last probe;
@@ -601,9 +610,10 @@ class Gateway:
         """The node that answers for the cluster now (probed if none did yet)."""
         return self._manager()[0]
 
-    def call(self, op: Callable[[Any], T], retry: bool = True) -> T:
-        """`op(client)` on the manager that answers, errors translated: the one retry policy."""
-        deadline = time.monotonic() + self.within
+    def call(self, op: Callable[[Any], T], retry: bool = True, within: float | None = None) -> T:
+        """`op(client)` on the manager that answers, errors translated: the one retry policy
+        (`within`: seconds to keep trying, the session's by default)."""
+        deadline = time.monotonic() + (self.within if within is None else within)
         failed_over = False
         while True:
             name = None
@@ -650,10 +660,14 @@ class Gateway:
 
         self.call(update)
 
-    def update_image(self, name: str, image: str) -> bool:
-        """`docker service update --image`: only the image changes. False when it already runs."""
+    def update_image(
+        self, name: str, image: str, before: Callable[[], None] = lambda: None
+    ) -> bool:
+        """`docker service update --image`: only the image changes. False when it already runs.
+        `before()` runs right before each attempt (a lock's check: it may raise)."""
 
         def update(c) -> bool:
+            before()
             svc = c.api.inspect_service(name)
             template = svc["Spec"]["TaskTemplate"]
             if template["ContainerSpec"]["Image"] == image:
@@ -785,9 +799,17 @@ class Gateway:
 
         return self.call(read)
 
-    def config(self, ref: str) -> Config:
-        """One config with its data, by ID or name (NotFound)."""
-        return self.call(lambda c: config_of(c.api.inspect_config(ref)))
+    def config(self, ref: str, timeout: float | None = None) -> Config:
+        """One config with its data, by ID or name (NotFound); `timeout`: seconds it may take
+        in all, retries included (docker-py's inspect_config takes none)."""
+        end = _end(timeout)
+
+        def read(c) -> Config:
+            api = c.api
+            res = api._get(api._url("/configs/{0}", ref), **_left(end))
+            return config_of(api._result(res, True))
+
+        return self.call(read, within=timeout)
 
     def create_config(
         self, name: str, data: bytes, labels: Mapping[str, str], retry: bool = True
@@ -798,10 +820,12 @@ class Gateway:
             lambda c: c.api.create_config(name, data, labels=dict(labels))["ID"], retry=retry
         )
 
-    def update_config_labels(self, config: Config, labels: Mapping[str, str]) -> None:
+    def update_config_labels(
+        self, config: Config, labels: Mapping[str, str], timeout: float | None = None
+    ) -> None:
         """POST /configs/{id}/update at the version read (docker-py 7.1 has no update_config).
         Swarm refuses it when the config changed since (APIFailure) or is gone (NotFound): the
-        caller reads again, so it is not retried."""
+        caller reads again, so it is not retried. `timeout`: seconds it may take."""
 
         def update(c) -> None:
             api = c.api
@@ -809,15 +833,22 @@ class Gateway:
                 api._url("/configs/{0}/update", config.id),
                 params={"version": config.version},
                 data={"Name": config.name, "Labels": dict(labels)},
+                **({} if timeout is None else {"timeout": timeout}),
             )
             api._raise_for_status(res)
 
         self.call(update, retry=False)
 
-    def remove_config(self, config_id: str) -> bool:
-        """False when it was already gone."""
+    def remove_config(self, config_id: str, timeout: float | None = None) -> bool:
+        """False when it was already gone; `timeout`: seconds it may take in all."""
+        end = _end(timeout)
+
+        def remove(c) -> None:
+            api = c.api
+            api._raise_for_status(api._delete(api._url("/configs/{0}", config_id), **_left(end)))
+
         try:
-            self.call(lambda c: c.api.remove_config(config_id))
+            self.call(remove, within=timeout)
             return True
         except NotFound:
             return False

@@ -54,10 +54,12 @@ def update(
     log: Log,
     dry_run: bool = False,
     record: Callable[[Sequence[str]], None] | None = None,
+    lock: records.Lock | None = None,
 ) -> services.Rollout:
     """Pre-pull, `docker service update --image`, then wait for Swarm to report completion;
     a rollout that did not end well fails the step. `app`: the services of `cluster`'s
-    settings (the application's name and how long to wait)."""
+    settings (the application's name and how long to wait). `lock` (the service's, held) is
+    checked right before the update, after the pre-pull that may take long (LockLost)."""
     svc = app.app_service
     if record:
         record(["docker", "service", "update", "--image", image, svc])
@@ -65,7 +67,7 @@ def update(
         return services.Rollout(svc, image, "dry-run", 0.0)
     prepull(cluster, svc, image, log)
     manager = cluster.gateway(log)
-    services.update_image(manager, svc, image)
+    services.update_image(manager, svc, image, before=lock.check if lock else lambda: None)
     return check(
         services.wait_rollout(
             manager, svc, image, app.services_timeout, log, node_client=cluster.client

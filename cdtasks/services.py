@@ -347,10 +347,13 @@ def current_image(gw: Gateway, name: str) -> str:
     return existing(gw, name).image
 
 
-def update_image(gw: Gateway, name: str, image: str) -> bool:
-    """`docker service update --image`: only the image changes. False when it already runs."""
+def update_image(
+    gw: Gateway, name: str, image: str, before: Callable[[], None] = lambda: None
+) -> bool:
+    """`docker service update --image`: only the image changes. False when it already runs.
+    `before()` runs right before each attempt (a lock's check)."""
     existing(gw, name)
-    return gw.update_image(name, image)
+    return gw.update_image(name, image, before)
 
 
 def _running_for(gw: Gateway, tasks: Sequence[Task], image: str) -> float:
