@@ -6,10 +6,10 @@ started, summed over the replicas: a replica that restarted (a new task ID, or c
 down) counts from 0, since everything it counted happened after the step began.
 
 The latency figure is HAProxy's `rtime` (average time from sending the request to the server
-until its response headers came back, over that server's last responses), averaged over the
-canary's servers by the requests each served in the step: it is the canary's own time to answer,
-which a release changes, while `ttime` adds the time the client takes to send and receive (a slow
-client would fail a good release)."""
+until its response headers came back): it is the canary's own time to answer, which a release
+changes, while `ttime` adds the time the client takes to send and receive (a slow client would
+fail a good release). HAProxy keeps it as a moving average (`step_rtime` takes the step's own
+mean out of two readings), averaged here over the canary's servers by the answers of each."""
 
 from __future__ import annotations
 
@@ -95,6 +95,26 @@ def backend_weights(
     return {**{s.full_name: ws for s in stable}, **{s.full_name: wc for s in own}}
 
 
+RTIME_WINDOW = 512  # HAProxy's TIME_STATS_SAMPLES: rtime's moving average spans this many answers
+
+
+def step_rtime(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """The mean response time (ms) of the answers between two readings of one server, each
+    (rtime, answers so far). HAProxy's rtime is the plain mean of a server's first 512 answers,
+    then a moving average that keeps 511/512 of itself per answer: a slot that served an earlier
+    canary would otherwise carry that one's figure for hundreds of answers. Exact but for
+    rtime's rounding to whole ms."""
+    (a0, n0), (a1, n1) = before, after
+    if n1 <= n0:
+        return None
+    w = RTIME_WINDOW
+    s0, s1 = a0 * min(n0, w), a1 * min(n1, w)  # the sums HAProxy divides by its window
+    plain = max(0, min(n1, w) - n0)  # answers still within the first 512: added as they are
+    decayed = n1 - max(n0, w) if n1 > w else 0  # answers after: each decays the sum by 1/512
+    keep = ((w - 1) / w) ** decayed
+    return max(0.0, (s1 - s0 * keep) / (plain * keep + w * (1 - keep)))
+
+
 Snapshot = Mapping[str, Mapping[str, Server]]  # proxy task ID -> server name -> its counters
 
 
@@ -104,7 +124,7 @@ class Figures:
 
     requests: int
     errors: int
-    latency: int | None  # ms, rtime weighted by answered requests; None: nothing answered
+    latency: int | None  # ms, the step's rtime weighted by each server's answers; None: none
 
     @property
     def error_rate(self) -> float:
@@ -113,7 +133,8 @@ class Figures:
 
 def figures(before: Snapshot, after: Snapshot, names: Collection[str] | None = None) -> Figures:
     """The step's figures for the servers `names` (None: all) from two snapshots."""
-    requests = errors = answered = weighted = 0
+    requests = errors = answered = 0
+    weighted = 0.0
     for task, servers in after.items():
         earlier = before.get(task, {})
         for name, now in servers.items():
@@ -125,9 +146,12 @@ def figures(before: Snapshot, after: Snapshot, names: Collection[str] | None = N
             n = now.requests - (then.requests if then else 0)
             e = now.errors - (then.errors if then else 0)
             requests, errors = requests + n, errors + e
-            if n - e > 0 and now.rtime:
-                answered += n - e
-                weighted += now.rtime * (n - e)
+            mean = step_rtime(
+                (then.rtime, then.answered) if then else (0, 0), (now.rtime, now.answered)
+            )
+            if mean is not None:
+                answered += now.answered - (then.answered if then else 0)
+                weighted += mean * (now.answered - (then.answered if then else 0))
     return Figures(requests, errors, round(weighted / answered) if answered else None)
 
 

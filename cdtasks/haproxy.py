@@ -80,8 +80,9 @@ class Server:
     failed_connections: int  # econ
     response_errors: int  # eresp: aborted or invalid answers
     retries: int  # wretr: attempts on it retried (`retry-on` retries its 500s: counted here)
-    rtime: int  # ms, HAProxy's average response time over its last responses
+    rtime: int  # ms, HAProxy's average response time over its last responses (`window`)
     ttime: int  # ms, the same for the whole session
+    answered: int = 0  # req_tot: responses relayed from it, the samples of rtime and ttime
 
     @property
     def errors(self) -> int:
@@ -142,6 +143,7 @@ def parse_stat(text: str) -> tuple[Server, ...]:
             retries=_int(row["wretr"]),
             rtime=_int(row["rtime"]),
             ttime=_int(row["ttime"]),
+            answered=_int(row["req_tot"]),
         )
         for row in csv.DictReader(lines)
         if row["svname"] not in ("FRONTEND", "BACKEND") and row.get("type") == "2"
