@@ -2,12 +2,9 @@
 proxy replica before, during (each second) and after a rolling update, become the requests
 served, the errors among them and the worst second; `--max-errors N` makes that a gate.
 
-What counts as an error, from HAProxy's `show stat` rows of the backend (one proxy replica):
-the BACKEND row's `hrsp_5xx` (5xx answers, the proxy's own 503s included) plus, for each server,
-the attempts that got no answer counted (`stot - req_tot - scur`: refused or failed connections,
-and answers that `retry-on` retried on another server). The sample proxy retries 500s
-(`retry-on all-retryable-errors`): such a 500 never reaches a server's `hrsp_5xx`, only its
-retry counters, and the client may never see it. Requests are the BACKEND row's `req_tot`.
+Requests and errors are the backend's servers' counters as `haproxy.Server` defines them (one
+definition for the canary's gate and this budget): 5xx answers, failed connections, broken
+answers, and the attempts `retry-on` retried elsewhere (a 500 the client never saw).
 
 A reading below the last one of the same replica means that proxy restarted (counters from
 zero): everything it counted since belongs to the rollout. A replica first seen after the start
@@ -19,9 +16,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
+
+from . import haproxy
+from .cluster import Cluster
+from .runner import StepFailed
 
 INTERVAL = 1.0  # seconds between two readings during a rollout
 READ_WAIT = 10.0  # seconds `stop` waits for a reading under way
@@ -34,21 +36,38 @@ class Counters:
     errors: int
 
 
-def _int(row: Mapping[str, str], key: str) -> int:
-    value = row.get(key) or "0"
-    return int(value) if value.isdigit() else 0
+Sample = Mapping[str, "Counters | str"]  # proxy replica -> its counters, or why not read
 
 
-def counters(rows: Sequence[Mapping[str, str]]) -> Counters:
-    """One proxy replica's `show stat` rows of the backend (its servers and its BACKEND row)
-    -> its cumulative counters (see the module's docstring for what is an error)."""
-    backend = next((r for r in rows if r.get("svname") == "BACKEND"), {})
-    lost = sum(
-        max(0, _int(r, "stot") - _int(r, "req_tot") - _int(r, "scur"))
-        for r in rows
-        if r.get("svname") not in ("BACKEND", "FRONTEND")
-    )
-    return Counters(_int(backend, "req_tot"), _int(backend, "hrsp_5xx") + lost)
+def counters(reading: haproxy.Reading, backend: str) -> Counters | str:
+    """One replica's counters for `backend`, or why it has none."""
+    servers = reading.backend(backend)
+    if not servers:
+        return f"no backend {backend} in its `show stat`"
+    return Counters(*haproxy.totals(servers))
+
+
+def reader(cluster: Cluster, proxy_service: str, backend: str) -> Callable[[], Sample]:
+    """Reads `backend`'s counters on every running task of the proxy service, each on its own:
+    a replica that does not answer is named, the others still count."""
+
+    def one(replica: haproxy.Replica) -> Counters | str:
+        try:
+            return counters(haproxy.read(cluster, [replica])[0], backend)
+        except haproxy.ProxyError as exc:
+            return str(exc)
+
+    def read() -> Sample:
+        replicas = haproxy.replicas(cluster, proxy_service)
+        if not replicas:
+            return {proxy_service: "the proxy service runs no task"}
+        with ThreadPoolExecutor(max_workers=len(replicas)) as pool:
+            return {
+                f"{r.task[:12]} on {r.node}": got
+                for r, got in zip(replicas, pool.map(one, replicas), strict=True)
+            }
+
+    return read
 
 
 def delta(before: Counters | None, now: Counters) -> Counters:
@@ -60,9 +79,6 @@ def delta(before: Counters | None, now: Counters) -> Counters:
         now.requests - before.requests if now.requests >= before.requests else now.requests,
         now.errors - before.errors if now.errors >= before.errors else now.errors,
     )
-
-
-Reading = Mapping[str, "Counters | str"]  # proxy replica -> its counters, or why not read
 
 
 @dataclass
@@ -78,7 +94,7 @@ class Tally:
     failures: dict[str, str] = field(default_factory=dict)  # replica -> last reason not read
     readings: int = 0
 
-    def add(self, at: float, reading: Reading) -> None:
+    def add(self, at: float, reading: Sample) -> None:
         first = self.started is None
         if self.started is None:
             self.started = at
@@ -128,6 +144,24 @@ class Budget:
         note = f"; {self.note}" if self.note else ""
         return f"{self.requests} requests, {self.errors} errors{worst}{limit}{note}"
 
+    @classmethod
+    def of(cls, record: Mapping) -> Budget:
+        """A budget again from its `record()` (the history, a report)."""
+        if not record.get("measured"):
+            return cls(False, str(record.get("reason", "")), max_errors=record.get("max_errors"))
+        return cls(
+            True,
+            requests=int(record.get("requests", 0)),
+            errors=int(record.get("errors", 0)),
+            worst=int(record.get("worst_second", 0)),
+            worst_at=int(record.get("worst_at", 0)),
+            seconds=float(record.get("seconds", 0.0)),
+            series=tuple((int(t), int(r), int(e)) for t, r, e in record.get("series", ())),
+            replicas=int(record.get("replicas", 0)),
+            max_errors=record.get("max_errors"),
+            note=str(record.get("note", "")),
+        )
+
     def record(self) -> dict:
         """For the history entry, the reports and the page."""
         if not self.measured:
@@ -144,6 +178,16 @@ class Budget:
             "note": self.note,
             "series": [list(point) for point in self.series],
         }
+
+
+def brief(record: Mapping | None) -> str:
+    """A budget's record in a table cell: errors of requests; "-" for a run without one."""
+    if not record:
+        return "-"
+    if not record.get("measured"):
+        return "not measured"
+    limit = "" if record.get("max_errors") is None else f" (max {record['max_errors']})"
+    return f"{record['errors']} of {record['requests']}{limit}"
 
 
 def not_measured(reason: str, max_errors: int | None = None) -> Budget:
@@ -195,7 +239,7 @@ class Meter:
 
     def __init__(
         self,
-        read: Callable[[], Reading],
+        read: Callable[[], Sample],
         max_errors: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         interval: float = INTERVAL,
@@ -241,7 +285,7 @@ class Meter:
 
 
 def measure(
-    read: Callable[[], Reading],
+    read: Callable[[], Sample],
     act: Callable[[], T],
     keep: Callable[[Budget], None],
     max_errors: int | None = None,
@@ -250,8 +294,6 @@ def measure(
     budget, whatever happens to `act`. StepFailed when the budget is exceeded, and before `act`
     when `max_errors` is set and the counters cannot be read (a gate that cannot be checked
     must not let a release through)."""
-    from .runner import StepFailed
-
     meter = Meter(read, max_errors)
     unread = meter.start()
     if unread is not None:

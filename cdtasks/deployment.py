@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from docker.errors import APIError, NotFound
 
 from . import records, registry, rollout, services, state
+from .budget import Budget
 from .checkout import Checkout, check_version
 from .cluster import Cluster
 
@@ -39,6 +40,7 @@ class Deployment:
     force: bool = False
     auto_rollback: bool = True
     wait: float = 0.0
+    max_errors: int | None = None  # the rollout's error budget (None: errors recorded only)
     log: Log = print
     on_line: Log | None = None
     kind: str = "deploy"  # deploy | rollback
@@ -47,6 +49,7 @@ class Deployment:
     digest: str = ""
     previous: str = ""
     rolled_back: bool = False
+    budget: Budget | None = None  # what the proxy counted during the rollout step
     converged_at: float = 0.0  # monotonic time the last replica of the last rollout started
     checkout: Checkout | None = (
         None  # where the production tests run (on the test cluster's CD node)
@@ -196,11 +199,23 @@ def checkout_for_tests(d: Deployment, record: dict) -> Checkout:
 
 
 # -- steps ------------------------------------------------------------------------------------
-def _rollout_to(d: Deployment, image: str) -> str:
+def _rollout_to(d: Deployment, image: str, measured: bool = False) -> str:
+    """Every replica to `image`; `measured`: under the error budget (the rollout step, not the
+    rollback that undoes it)."""
     assert d.cluster is not None  # prepare() found it
-    result = rollout.update(d.cluster, d.prod.services, image, d.log)
+    if measured:
+
+        def keep(b: Budget) -> None:
+            d.budget = b
+
+        result = rollout.measured_update(
+            d.cluster, d.prod.services, image, d.log, keep, d.max_errors
+        )
+    else:
+        result = rollout.update(d.cluster, d.prod.services, image, d.log)
     d.converged_at = rollout.monitor_start(result)
-    return f"{d.service} on {d.prod.env}: every replica runs {image} ({result.seconds:.1f}s)"
+    detail = f"{d.service} on {d.prod.env}: every replica runs {image} ({result.seconds:.1f}s)"
+    return f"{detail}; {d.budget.summary()}" if measured and d.budget else detail
 
 
 def _prodtest(d: Deployment) -> str:
@@ -247,7 +262,7 @@ def steps(d: Deployment, lock: records.Lock, progress) -> list[StepResult]:
     try:
         lock.check()
         results.append(
-            run_step("rollout", lambda: _rollout_to(d, d.image), progress, origin=d.started)
+            run_step("rollout", lambda: _rollout_to(d, d.image, True), progress, origin=d.started)
         )
         if results[-1].ok:
             results.append(run_step("prodtest", lambda: _prodtest(d), progress, origin=d.started))
@@ -300,6 +315,7 @@ def _entry(d: Deployment, result: str, results: list[StepResult]) -> dict:
         "seconds": round(time.monotonic() - d.started, 1),
         "steps": {r.name: r.status for r in results},
         "run": d.run_id,
+        "budget": d.budget.record() if d.budget else None,
     }
 
 

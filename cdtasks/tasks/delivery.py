@@ -13,6 +13,8 @@ NOTES = {
     "version": "default: the git tag, else the short commit id",
     "prod_env": "with --deploy (default prod)",
     "json": "with --deploy, the deploy report on a second line",
+    "max_errors": "above it prod-like is rolled back (exit 16); with --deploy, production "
+    "too (exit 20)",
 }
 STEP_NOTES = {"env": NOTES["env"]}
 
@@ -51,6 +53,7 @@ def _finish(d, results, title: str, json: bool = False) -> None:
         "ref": d.ref,
         "repo": d.repo,
         "digest": d.digest,
+        "budget": d.budget.record() if d.budget else None,
         "state": state,
         "dry_run": d.dry_run,
         "commands": d.commands,
@@ -82,13 +85,15 @@ def deliver(
     dry_run=False,
     deploy=False,
     prod_env="prod",
+    max_errors=None,
     json=False,
 ):
     """Deliver: checkout, unit, build, staging, publish, prod-like, prod tests (--deploy: on)."""
-    from .. import delivery, deployment, report
+    from .. import checks, delivery, deployment, report
 
     s = _settings(c, env, service, image, compose_file, cd_node)
     progress = report.Progress("deliver")
+    budget = checks.max_errors(max_errors)
     d = delivery.Delivery(
         s,
         repo or s.delivery.repo,
@@ -98,12 +103,15 @@ def deliver(
         log=progress.log,
         on_line=lambda line: progress.update(line[-100:]),
         defer_down=True,
+        max_errors=budget,
     )
     delivery.check_input(d)
     _reported(d, "deliver", progress, lambda p: delivery.deliver(d, p), json)
     if deploy and not dry_run:
         deploy_and_report(
-            deployment.Deployment(settings(c, prod_env), s, d.version), "deploy", json
+            deployment.Deployment(settings(c, prod_env), s, d.version, max_errors=budget),
+            "deploy",
+            json,
         )
 
 

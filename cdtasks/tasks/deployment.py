@@ -73,6 +73,7 @@ def _deployment(c, env, test_env, version, wait, **kw):
         **NOTES,
         "version": "default: the last one that passed `inv deliver` on prod-like",
         "force": "deploy a version that never passed prod-like",
+        "max_errors": "above it the rollout fails and is rolled back (exit 20)",
     }
 )
 @user_errors
@@ -84,11 +85,23 @@ def deploy(
     no_rollback=False,
     wait=False,
     test_env="test",
+    max_errors=None,
     json=False,
 ):
     """Deploy the digest verified on prod-like; production tests; roll back on failure."""
+    from .. import checks
+
     deploy_and_report(
-        _deployment(c, env, test_env, version, wait, force=force, auto_rollback=not no_rollback),
+        _deployment(
+            c,
+            env,
+            test_env,
+            version,
+            wait,
+            force=force,
+            auto_rollback=not no_rollback,
+            max_errors=checks.max_errors(max_errors),
+        ),
         "deploy",
         json,
     )
@@ -111,7 +124,7 @@ def rollback(c, env="prod", version=None, wait=False, test_env="test", json=Fals
 @user_errors
 def history(c, env="prod", json=False):
     """List the deployments of a cluster: time, user, version, digest, result, duration."""
-    from .. import deployment, registry, report
+    from .. import budget, deployment, registry, report
 
     s = settings(c, env)
     rows, where = deployment.history(s)
@@ -124,7 +137,18 @@ def history(c, env="prod", json=False):
         return
     report.print_table(
         f"{env}: deployments of {s.services.app_service} (from {where})",
-        ["time", "user", "kind", "version", "image", "digest", "result", "rolled back", "seconds"],
+        [
+            "time",
+            "user",
+            "kind",
+            "version",
+            "image",
+            "digest",
+            "result",
+            "rolled back",
+            "errors",
+            "seconds",
+        ],
         [
             [
                 r["time"],
@@ -135,6 +159,7 @@ def history(c, env="prod", json=False):
                 (r.get("digest") or "-")[:19],
                 r["result"],
                 "yes" if r["rolled_back"] else "no",
+                budget.brief(r.get("budget")),
                 str(r["seconds"]),
             ]
             for r in rows

@@ -3,38 +3,23 @@ restart, the worst second, the gate, and the meter around a rollout (readings gi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from cdtasks import budget
+from cdtasks import budget, haproxy
 from cdtasks.budget import Counters, Tally
 from cdtasks.runner import StepFailed
 
-
-def row(svname, **fields):
-    return {"pxname": "go-demo", "svname": svname, **{k: str(v) for k, v in fields.items()}}
+STAT = (Path(__file__).parent / "data" / "haproxy-show-stat.csv").read_text()
 
 
-def test_retried_500s_and_refused_connections_count_as_errors():
-    """Figures HAProxy 2.6 gave with `retry-on all-retryable-errors` and `option redispatch`:
-    app2 answered 500 (retried elsewhere, so its hrsp_5xx stays 0), app3 refused connections;
-    every client got 200."""
-    rows = [
-        row("app1", stot=30, req_tot=30, hrsp_5xx=0, scur=0),
-        row("app2", stot=29, req_tot=0, hrsp_5xx=0, scur=0, wretr=29, wredis=29),
-        row("app3", stot=29, req_tot=0, hrsp_5xx=0, scur=0, wredis=29),
-        row("BACKEND", stot=30, req_tot=30, hrsp_5xx=0, scur=0),
-    ]
-    assert budget.counters(rows) == Counters(requests=30, errors=58)
-
-
-def test_500s_answered_to_clients_and_requests_under_way():
-    rows = [
-        row("app1", stot=16, req_tot=15, hrsp_5xx=0, scur=1),  # one answer still to come
-        row("app2", stot=15, req_tot=15, hrsp_5xx=15, scur=0),
-        row("BACKEND", stot=31, req_tot=30, hrsp_5xx=17, scur=1),  # 2 of the proxy's own 503s
-    ]
-    assert budget.counters(rows) == Counters(30, 17)
-    assert budget.counters([row("app1", stot="", req_tot="")]) == Counters(0, 0)
+def test_a_replica_s_counters_are_its_backend_s_servers():
+    """`show stat` of HAProxy 2.6.12 during a canary whose 500s `retry-on` retried elsewhere:
+    the canary's retried attempts are errors (haproxy.Server.errors)."""
+    reading = haproxy.Reading(haproxy.Replica("t1", "n1", "c1"), haproxy.parse_stat(STAT))
+    assert budget.counters(reading, "go-demo") == Counters(requests=609, errors=109)
+    assert budget.counters(reading, "other") == "no backend other in its `show stat`"
 
 
 def test_delta_across_a_restart():

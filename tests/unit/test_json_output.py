@@ -12,6 +12,7 @@ import pytest
 from invoke import Config, Context, Exit
 
 from cdtasks import cluster, delivery, deployment, ns
+from cdtasks.budget import Budget
 from cdtasks.runner import StepResult
 from cdtasks.swarm import Member
 from cdtasks.tasks import cluster as cluster_tasks
@@ -168,6 +169,7 @@ def test_deliver_json_is_the_report_file_with_secrets_redacted(c, monkeypatch, c
         digest="sha256:ab",
         dry_run=False,
         commands=[["docker", "push", "x"]],
+        budget=Budget(True, requests=412, errors=0, seconds=14.0, series=((0, 30, 0),)),
     )
     results = [StepResult("checkout", True, 1.0, "key /keys/hunter2hunter2")]
     delivery_tasks._finish(d, results, "deliver", json=True)
@@ -182,10 +184,14 @@ def test_deliver_json_is_the_report_file_with_secrets_redacted(c, monkeypatch, c
         "ref",
         "repo",
         "digest",
+        "budget",
         "state",
         "dry_run",
         "commands",
     }
+    # prod-like's error budget, as the history keeps production's
+    assert doc["meta"]["budget"] == d.budget.record()
+    assert doc["meta"]["budget"]["series"] == [[0, 30, 0]]
     assert doc["meta"]["repo"] == str(tmp_path)  # REPO empty: the project directory
     assert doc == json.loads((Path(s.delivery.reports_dir) / "deliver.json").read_text())
     assert "nothing left behind" in out.err and "reports: " in out.err
