@@ -222,7 +222,8 @@ class Status:
     env: str
     members: tuple[swarm.Member, ...]
     missing: tuple[str, ...]  # nodes without a running machine
-    services: tuple[tuple[str, str, str, str], ...]  # (name, mode, running/wanted, image)
+    # (name, mode, running/wanted or completed/wanted for a job, image, last task errors)
+    services: tuple[tuple[str, str, str, str, str], ...]
 
 
 def status(settings: Settings) -> Status:
@@ -237,10 +238,12 @@ def status(settings: Settings) -> Status:
     rows = []
     for svc in manager.api.services():
         name = svc["Spec"]["Name"]
-        running, wanted, _ = services.running_tasks(manager, name)
-        mode = "global" if "Global" in svc["Spec"]["Mode"] else "replicated"
+        mode = services.mode_of(svc["Spec"])
         image = svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
-        rows.append((name, mode, f"{running}/{wanted}", image))
+        done, wanted = services.progress(manager, svc)
+        # a service short of its replicas (or a job of its completions): its tasks' last errors
+        errors = services.diagnose(manager, name) if done < wanted else ""
+        rows.append((name, mode, f"{done}/{wanted}", image, errors))
     return Status(settings.env, members, missing, tuple(sorted(rows)))
 
 

@@ -444,6 +444,40 @@ class ServicesSettings:
     services_timeout: int = key(_int(5, 3600), "180", "seconds to wait for every replica to run")
 
 
+def _assignments(value: str) -> tuple[tuple[str, str], ...]:
+    """`NAME=value NAME='a value'` (shell words) -> ((name, value), ...)."""
+    out = []
+    for word in _options(value):
+        name, sep, val = word.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"{word!r} is not NAME=value")
+        out.append((name, val))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """A stack file `inv services` creates and converges instead of the three services above."""
+
+    stack_file: Path | None = key(
+        _optional_path,
+        "",
+        "a stack file (compose format, as `docker stack deploy -c` takes), relative to the "
+        "project directory (empty: the book's three services from APP_*, DB_*, PROXY_*)",
+    )
+    stack_name: str = key(
+        lambda v: _name(v) if v else v,
+        "",
+        "the stack's namespace: services are NAME_service (needed with STACK_FILE)",
+    )
+    stack_variables: tuple[tuple[str, str], ...] = key(
+        _assignments,
+        "",
+        "variables of the stack file for this cluster, shell words NAME=value (over the "
+        "process environment), e.g. PLACEMENT='node.labels.env == prod-like'",
+    )
+
+
 @dataclass(frozen=True)
 class DeliverySettings:
     """`inv deliver`: what is checked out, where, and how long its steps may run."""
@@ -532,6 +566,7 @@ SECTIONS: dict[str, type] = {
     "ssh": SshSettings,
     "registry": RegistrySettings,
     "services": ServicesSettings,
+    "stack": StackSettings,
     "delivery": DeliverySettings,
     "watch": WatchSettings,
 }
@@ -565,6 +600,7 @@ class Settings:
     ssh: SshSettings
     registry: RegistrySettings
     services: ServicesSettings
+    stack: StackSettings
     delivery: DeliverySettings
     watch: WatchSettings
     raw: Mapping[str, str] = field(repr=False, default_factory=dict)
@@ -737,7 +773,7 @@ def load(
             parsed[name] = parsed["state_dir"] / default
     for name in ("app_dir", "proxy_config", "reports_dir"):  # relative to the project
         parsed[name] = where.project_dir / parsed[name]
-    for name in ("registry_password_file", "registry_ca_file"):
+    for name in ("registry_password_file", "registry_ca_file", "stack_file"):
         if parsed[name] is not None:
             parsed[name] = where.project_dir / parsed[name]
     parsed["repo"] = parsed["repo"] or str(where.project_dir)
@@ -797,6 +833,8 @@ def _check_consistency(settings: Settings, origin: Callable[[str], str]) -> None
     if not s.managers:
         raise ConfigError(f"{origin('WORKERS')}: every node is a worker; a swarm needs a manager")
     _check_registry(settings.registry, origin)
+    if settings.stack.stack_file is not None and not settings.stack.stack_name:
+        raise ConfigError(f"{origin('STACK_FILE')}: STACK_FILE needs STACK_NAME (its namespace)")
 
 
 def _check_registry(r: RegistrySettings, origin: Callable[[str], str]) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from docker.errors import APIError, NotFound
 
-from . import records, registry, rollout, services, state
+from . import canary, canary_rollout, haproxy, records, registry, rollout, services, state
 from .budget import Budget
 from .checkout import Checkout, check_version
 from .cluster import Cluster
@@ -26,6 +26,7 @@ from .runner import RunInterrupted, StepFailed, StepResult, run_step
 
 STARTED, UNFINISHED = "started", "unfinished"  # history results of a run not (yet) finished
 LOCK_LOST = "stopped, lock lost"
+CANARY_ABORTED = "canary aborted"  # the history's result begins so; the figure that failed follows
 
 
 class DeploymentError(RuntimeError):
@@ -44,6 +45,7 @@ class Deployment:
     log: Log = print
     on_line: Log | None = None
     kind: str = "deploy"  # deploy | rollback
+    canary: canary.Gate | None = None  # a canary before the rollout (`inv deploy --canary`)
     # learned while running
     image: str = ""
     digest: str = ""
@@ -57,6 +59,7 @@ class Deployment:
     cluster: Cluster | None = None
     started: float = field(default_factory=time.monotonic)
     run_id: str = field(default_factory=lambda: secrets.token_hex(6))  # ties its history entries
+    canary_steps: list[dict] = field(default_factory=list)  # each canary step's figures
 
     @property
     def service(self) -> str:
@@ -140,6 +143,11 @@ def prepare(d: Deployment) -> records.Lock:
     # A service that does not exist is named as such first (create it with `inv services`),
     # before the versions verified for it are looked up.
     services.existing(d.cluster.manager(), d.service)
+    if d.canary:  # a proxy that cannot be driven is said before anything starts
+        try:
+            canary_rollout.check_proxy(d.cluster, d.prod.services, d.canary)
+        except haproxy.ProxyError as exc:
+            raise DeploymentError(f"--canary: {exc}") from None
     back = d.kind == "rollback" and d.version is None
     record = {"repo": d.test.delivery.repo, "commit": ""} if back else resolve(d)
     # The lock before the state it guards: a run that waited for another one reads what that
@@ -148,7 +156,11 @@ def prepare(d: Deployment) -> records.Lock:
         d.cluster.live_manager(),
         d.service,
         d.version or "a previous version",
-        "rolling back" if d.kind == "rollback" else "deploying",
+        "rolling back"
+        if d.kind == "rollback"
+        else "running a canary of"
+        if d.canary
+        else "deploying",
         d.log,
     ).acquire(d.wait)
     try:
@@ -226,6 +238,11 @@ def _prodtest(d: Deployment) -> str:
     return rollout.production_tests(d.checkout, d.cluster, image, d.converged_at)
 
 
+def _canary(d: Deployment) -> str:
+    assert d.cluster is not None and d.canary is not None  # prepare() found it
+    return canary_rollout.run(d.cluster, d.prod.services, d.image, d.canary, d.log, d.canary_steps)
+
+
 def _rollback(d: Deployment) -> str:
     d.rolled_back = True
     return _rollout_to(d, d.previous)
@@ -255,11 +272,17 @@ def run(d: Deployment, progress) -> tuple[dict, list[StepResult]]:
 
 
 def steps(d: Deployment, lock: records.Lock, progress) -> list[StepResult]:
-    """rollout, production tests; on failure (and unless disabled) roll back to the previous
+    """The canary when asked (a failed one ends the run: production is never touched), then
+    rollout, production tests; on failure (and unless disabled) roll back to the previous
     image and test again. The caller holds `lock` (`prepare`); before each change it must
     still hold it (records.LockLost, with the steps so far as `results`, otherwise)."""
     results: list[StepResult] = []
     try:
+        if d.canary:
+            lock.check()
+            results.append(run_step("canary", lambda: _canary(d), progress, origin=d.started))
+            if results[-1].failed:
+                return results
         lock.check()
         results.append(
             run_step("rollout", lambda: _rollout_to(d, d.image, True), progress, origin=d.started)
@@ -291,6 +314,9 @@ def outcome(d: Deployment, results: list[StepResult], stopped: BaseException | N
         return "interrupted"
     if isinstance(stopped, records.LockLost):
         return LOCK_LOST
+    aborted = next((r for r in results if r.name == "canary" and r.failed), None)
+    if aborted:
+        return f"{CANARY_ABORTED}: {aborted.detail}"
     passed = {r.name for r in results if r.ok}
     if {"rollout", "prodtest"} <= passed and all(r.ok for r in results):
         return "deployed" if d.kind == "deploy" else "rolled back"
@@ -316,6 +342,7 @@ def _entry(d: Deployment, result: str, results: list[StepResult]) -> dict:
         "steps": {r.name: r.status for r in results},
         "run": d.run_id,
         "budget": d.budget.record() if d.budget else None,
+        **({"canary": d.canary_steps} if d.canary else {}),
     }
 
 

@@ -23,7 +23,7 @@ SOCKET = "/run/haproxy-admin.sock"
 # What a proxy needs so that it can be driven, as the user adds it to haproxy.cfg.
 ENABLE_LINES = (
     f"global: stats socket {SOCKET} mode 600 level admin",
-    'backend BACKEND: server-template canary N "${BACKEND_HOST}-canary:${BACKEND_PORT}" '
+    'backend <backend>: server-template canary N "${BACKEND_HOST}-canary:${BACKEND_PORT}" '
     "check resolvers docker init-addr none weight 0",
 )
 EXEC_TIMEOUT = 20  # seconds one replica may take to answer (an exec on a loaded node)
@@ -74,7 +74,7 @@ class Server:
     backend: str
     name: str
     status: str  # UP, DOWN, MAINT, MAINT (resolution), no check ...
-    weight: int
+    weight: int  # as set (`uweight`): what `set weight` changes
     requests: int  # stot: sessions sent to it, retried ones included
     responses_5xx: int  # hrsp_5xx: 5xx answers the clients got from it
     failed_connections: int  # econ
@@ -94,6 +94,11 @@ class Server:
     @property
     def full_name(self) -> str:
         return f"{self.backend}/{self.name}"
+
+    @property
+    def up(self) -> bool:
+        """Taking requests: UP, or going down (UP 1/2), as HAProxy's health checks see it."""
+        return self.status.startswith("UP")
 
     @property
     def resolved(self) -> bool:
@@ -127,7 +132,9 @@ def parse_stat(text: str) -> tuple[Server, ...]:
             backend=row["pxname"],
             name=row["svname"],
             status=row["status"],
-            weight=_int(row["weight"]),
+            # uweight: the weight set (configured, or by `set weight`); `weight` is the
+            # effective one, 0 while a server is in maintenance whatever was set
+            weight=_int(row.get("uweight") or row["weight"]),
             requests=_int(row["stot"]),
             responses_5xx=_int(row["hrsp_5xx"]),
             failed_connections=_int(row["econ"]),
@@ -188,8 +195,9 @@ def command(cluster: Cluster, replica: Replica, *commands: str) -> list[str]:
     return [str(a) for a in answers]
 
 
-def _enable() -> str:
-    return "haproxy.cfg needs " + " and ".join(ENABLE_LINES)
+def _enable(line: int = 0, backend: str = "<backend>") -> str:
+    """The haproxy.cfg line that enables what was missing: 0 the runtime API, 1 the slots."""
+    return "haproxy.cfg needs, in " + ENABLE_LINES[line].replace("<backend>", backend)
 
 
 def _each(replicas: Sequence[Replica], act: Callable[[Replica], object]) -> list:
@@ -214,20 +222,18 @@ def read(cluster: Cluster, replicas: Sequence[Replica]) -> list[Reading]:
     return _each(replicas, one)
 
 
-def set_weights(
-    cluster: Cluster, replicas: Sequence[Replica], weights: Mapping[str, int | str]
-) -> None:
-    """`set weight BACKEND/SERVER W` on every replica (W: 0-256, or "100%" for the configured
-    weight). An answer other than silence is HAProxy refusing it (no such server, no admin
-    level): ProxyError naming it."""
-    cmds = [f"set weight {server} {w}" for server, w in weights.items()]
+def set_weights(cluster: Cluster, weights: Mapping[Replica, Mapping[str, int | str]]) -> None:
+    """`set weight BACKEND/SERVER W` on each replica, all replicas at once (W: 0-256, or "100%"
+    for the configured weight). An answer other than silence is HAProxy refusing it (no such
+    server, no admin level): ProxyError naming it."""
 
     def one(replica: Replica) -> None:
+        cmds = [f"set weight {server} {w}" for server, w in weights[replica].items()]
         for cmd, answer in zip(cmds, command(cluster, replica, *cmds), strict=True):
             if answer.strip():
                 raise ProxyError(f"{_where(replica)} refused `{cmd}`: {answer.strip()[:160]}")
 
-    _each(replicas, one)
+    _each(list(weights), one)
 
 
 def servers_named(reading: Reading, backend: str, prefix: str) -> tuple[Server, ...]:
@@ -250,12 +256,14 @@ def check(cluster: Cluster, replicas: Sequence[Replica], backend: str, slots: st
     for reading in readings:
         where = _where(reading.replica)
         if not reading.backend(backend):
-            raise ProxyError(f"{where} has no backend {backend}: {_enable()}")
+            raise ProxyError(f"{where} has no backend {backend}: {_enable(1, backend)}")
         own = servers_named(reading, backend, slots)
         if not own:
-            raise ProxyError(f"{where}: backend {backend} has no {slots}N servers: {_enable()}")
+            raise ProxyError(
+                f"{where}: backend {backend} has no {slots}N servers: {_enable(1, backend)}"
+            )
         try:
-            set_weights(cluster, [reading.replica], {own[0].full_name: own[0].weight})
+            set_weights(cluster, {reading.replica: {own[0].full_name: own[0].weight}})
         except ProxyError as exc:  # "Permission denied": the socket's level is not admin
             raise ProxyError(f"{exc}; {_enable()}") from None
     return readings

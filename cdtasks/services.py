@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import shlex
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 
@@ -333,6 +333,24 @@ def running_tasks(client, name: str) -> tuple[int, int, list[Mapping]]:
     return running, _replicas_wanted(client, svc["Spec"], svc["ID"]), tasks
 
 
+def mode_of(spec: Mapping) -> str:
+    """replicated, global, replicated-job or global-job, as the CLI names them."""
+    kind = next(iter(spec.get("Mode") or {"Replicated": {}}))
+    return {"ReplicatedJob": "replicated-job", "GlobalJob": "global-job"}.get(kind, kind.lower())
+
+
+def progress(client, svc: Mapping) -> tuple[int, int]:
+    """(running, wanted) of a service, (completed, wanted) of a job."""
+    mode = svc["Spec"].get("Mode") or {}
+    if "ReplicatedJob" in mode or "GlobalJob" in mode:
+        tasks = client.api.tasks(filters={"service": svc["ID"]})
+        done = sum(1 for t in tasks if t["Status"]["State"] == "complete")
+        total = (mode.get("ReplicatedJob") or {}).get("TotalCompletions")
+        return done, total or max(1, len({t.get("NodeID") for t in tasks}))
+    running, wanted, _ = running_tasks(client, svc["Spec"]["Name"])
+    return running, wanted
+
+
 def hostnames(client) -> dict[str, str]:
     """Node ID -> hostname, for the nodes of the swarm."""
     return {n["ID"]: n["Description"]["Hostname"] for n in client.api.nodes()}
@@ -628,3 +646,46 @@ def wait_rollout(
                 f"{diagnose(client, name, node_client)}",
             )
         time.sleep(poll)
+
+
+# -- logs ------------------------------------------------------------------------------------
+def logs(
+    client, name: str, *, since: int = 0, tail: int | None = None, follow: bool = False
+) -> Iterator[str]:
+    """A service's log lines through a manager, as `docker service logs` prints them
+    (`service.slot.task@node | line`); `since`: a Unix time, `tail`: lines per task."""
+    svc = existing(client, name)
+    tasks = client.api.tasks(filters={"service": svc["ID"]})
+    nodes = hostnames(client)
+    names = {
+        t["ID"]: f"{name}.{t.get('Slot') or t.get('NodeID', '')}.{t['ID'][:12]}"
+        f"@{nodes.get(t.get('NodeID', ''), '?')}"
+        for t in tasks
+    }
+    stream = client.api.service_logs(
+        svc["ID"],
+        details=True,  # each line then names its task: com.docker.swarm.task.id=...
+        follow=follow,
+        stdout=True,
+        stderr=True,
+        since=since,
+        tail="all" if tail is None else tail,
+        is_tty=bool(svc["Spec"]["TaskTemplate"]["ContainerSpec"].get("TTY")),
+    )
+    pending = b""
+    for chunk in stream:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            yield _log_line(raw.decode("utf-8", "replace"), names)
+    if pending:
+        yield _log_line(pending.decode("utf-8", "replace"), names)
+
+
+def _log_line(text: str, names: Mapping[str, str]) -> str:
+    details, _, message = text.partition(" ")
+    attrs = dict(p.partition("=")[::2] for p in details.split(",") if "=" in p)
+    task = attrs.get("com.docker.swarm.task.id")
+    if task is None:  # no details prefix: the whole text is the message
+        return text
+    return f"{names.get(task, task[:12])} | {message}"

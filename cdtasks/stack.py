@@ -5,12 +5,15 @@ application's image, so the drift check takes the running image as the wanted on
 from __future__ import annotations
 
 import hashlib
+import os
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from docker.errors import APIError, NotFound
 
-from . import images, registry, services
+from . import images, registry, services, stackfile, stackplan
 from .cluster import Cluster
 
 # Settings whole where a Cluster is built, or the
@@ -159,7 +162,9 @@ def lab_images(cluster: Cluster, s: Settings, log: Log) -> list[str]:
 
 def ensure(s: Settings, log: Log, *, check: bool = False, update: bool = False) -> StackResult:
     """`check`: only compare. Otherwise create what is missing, and with `update` also converge
-    what differs; then wait until every replica runs."""
+    what differs; then wait until every replica runs. With STACK_FILE, that file's stack."""
+    if s.stack.stack_file is not None:
+        return ensure_file(s, log, check=check, update=update)
     cluster = Cluster.of(s).discover()
     manager = cluster.manager()
     routing, _ = cluster.routing()
@@ -208,3 +213,150 @@ def proxy_nodes(cluster: Cluster, app: ServicesSettings) -> list[str]:
     names = {n["ID"]: n["Description"]["Hostname"] for n in manager.api.nodes()}
     _, _, tasks = services.running_tasks(manager, app.proxy_service)
     return sorted({names[t["NodeID"]] for t in tasks if t["Status"]["State"] == "running"})
+
+
+# -- a stack file (STACK_FILE) ----------------------------------------------------------------
+def read_file(s: Settings, environ: Mapping[str, str] | None = None) -> stackfile.Stack:
+    """The env file's stack, interpolated from the process environment and, over it, the env
+    file's STACK_VARIABLES (one file, a value per cluster)."""
+    assert s.stack.stack_file is not None
+    variables = {**(os.environ if environ is None else environ), **dict(s.stack.stack_variables)}
+    return stackfile.read(s.stack.stack_file, s.stack.stack_name, variables)
+
+
+def _actual(manager, name: str) -> stackplan.Actual:
+    api = manager.api
+    ours = {"label": f"{stackplan.NAMESPACE}={name}"}
+    return stackplan.Actual(
+        services={x["Spec"]["Name"]: x["Spec"] for x in api.services(filters=ours)},
+        networks={n["Name"]: n["Id"] for n in api.networks()},
+        configs={
+            c["Spec"]["Name"]: (c["ID"], c["Spec"].get("Labels") or {}) for c in api.configs()
+        },
+        secrets={c["Spec"]["Name"]: c["ID"] for c in api.secrets()},
+    )
+
+
+def _calls(manager) -> stackplan.Calls:
+    api = manager.api
+
+    def update(service: str, **kwargs) -> None:
+        current = api.inspect_service(service)
+        api.update_service(current["ID"], current["Version"]["Index"], **kwargs)
+
+    return stackplan.Calls(
+        create_network=lambda n, **kw: api.create_network(n, scope="swarm", **kw)["Id"],
+        create_config=lambda n, data, labels: api.create_config(n, data, labels=dict(labels))["ID"],
+        create_secret=lambda n, data, labels: api.create_secret(n, data, labels=dict(labels))["ID"],
+        create_service=api.create_service,
+        update_service=update,
+    )
+
+
+def _check_images(cluster: Cluster, manager, stack: stackfile.Stack, log: Log) -> list[str]:
+    """The tool's offline images onto the nodes; any other image must be in the registry."""
+    offline = {i.ref for i in images.IMAGES.values()}
+    for svc in stack.services:
+        if svc.image in offline:
+            continue
+        try:
+            manager.images.get_registry_data(svc.image)
+        except (NotFound, APIError):
+            raise stackplan.StackError(
+                f"{stack.path}: service {svc.name}: image {svc.image} is neither one of "
+                f"cdtasks' offline images nor in the registry (build and push it first)"
+            ) from None
+    host = cluster.provider.image_source()
+    if host is None:
+        return []
+    refs = sorted({svc.image for svc in stack.services} & offline)
+    return [f"loaded images into {n}" for n in images.provide(host, cluster.clients(), refs, log)]
+
+
+def _routing_note(p: stackplan.Plan) -> str:
+    return (
+        f"no IPVS on these nodes: {', '.join(p.adapted)} use DNS round robin and host-mode "
+        f"ports instead of a VIP and the routing mesh"
+    )
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    """A stack file's plan and what it was computed from."""
+
+    settings: Settings
+    stack: stackfile.Stack
+    plan: stackplan.Plan
+    cluster: Cluster
+    manager: Any
+
+
+def plan_file(s: Settings, log: Log) -> FilePlan:
+    """What `inv services` would change, computed from what runs (`inv plan` prints it): the
+    whole file validated, and what it names outside found, before any change."""
+    stack = read_file(s)
+    cluster = Cluster.of(s).discover()
+    manager = cluster.manager()
+    actual = _actual(manager, stack.name)
+    p = stackplan.plan(stack, actual, cluster.routing_in_use())
+    if p.adapted:
+        log(_routing_note(p))
+    missing = stackplan.missing_external(stack, actual)
+    if missing:
+        raise stackplan.StackError(f"{stack.path}: {', '.join(missing)} does not exist")
+    return FilePlan(s, stack, p, cluster, manager)
+
+
+def ensure_file(s: Settings, log: Log, *, check: bool = False, update: bool = False) -> StackResult:
+    """The stack file's networks, configs, secrets and services, as `docker stack deploy`
+    makes them: its plan carried out (`check`: only returned as drift), then waited for."""
+    fp = plan_file(s, log)
+    stack, p, manager = fp.stack, fp.plan, fp.manager
+    if check:
+        return StackResult(s.env, p.routing, (), _drift(p.changes))
+    done = _check_images(fp.cluster, manager, stack, log)
+    done += stackplan.apply(stack, p, _calls(manager), log, update)
+    drift = () if update else _drift(c for c in p.drift if c.action == "update")
+    changed = [c for c in p.drift if c.action in ("changed", "extra")]
+    jobs = {stack.scoped(x.name) for x in stack.services if x.is_job}
+    running = [stack.scoped(x.name) for x in stack.services if not x.is_job]
+    services.wait_running(manager, running, s.services.services_timeout, log)
+    wait_jobs(manager, sorted(jobs), s.services.services_timeout, log)
+    return StackResult(s.env, p.routing, tuple(done), drift + _drift(changed))
+
+
+def _drift(changes) -> tuple[tuple[str, str, str, str], ...]:
+    out = []
+    for c in changes:
+        if c.action == "create":
+            out.append((f"{c.kind} {c.name}", "exists", "yes", "(missing)"))
+        for key, want, have in c.keys:
+            out.append((f"{c.kind} {c.name}", key, want, have))
+    return tuple(out)
+
+
+def wait_jobs(manager, names: Sequence[str], timeout: float, log: Log, poll: float = 0.5) -> None:
+    """Wait until every job service has completed as many tasks as it wants."""
+    deadline = time.monotonic() + timeout
+    for name in names:
+        while True:
+            done, total = services.progress(manager, manager.api.inspect_service(name))
+            if done >= total:
+                log(f"job {name}: {done}/{total} completed")
+                break
+            if time.monotonic() > deadline:
+                raise services.ServiceError(
+                    f"job {name}: {done}/{total} completed after {timeout:.0f}s: "
+                    f"{services.diagnose(manager, name)}"
+                )
+            time.sleep(poll)
+
+
+def service_name(s: Settings, name: str) -> str:
+    """The Swarm name of a service: with STACK_FILE, one of the file's (`api` or `team_api`),
+    else any service of the cluster."""
+    if s.stack.stack_file is None:
+        return name
+    st = read_file(s)
+    short = name.removeprefix(f"{st.name}_")
+    return st.scoped(st.service(short).name)

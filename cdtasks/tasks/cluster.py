@@ -42,7 +42,7 @@ def provision(c, env=None):
 @task(notes=EVERY)
 @user_errors
 def status(c, env=None, json=False):
-    """Show each cluster's nodes (roles, state, labels) and services (replicas)."""
+    """Show each cluster's nodes (roles, state, labels) and services (replicas, task errors)."""
     from .. import cluster, report
 
     found = [cluster.status(settings(c, e)) for e in envs(c, env)]
@@ -86,8 +86,8 @@ def _status_tables(found, report) -> None:
         if st.services:
             report.print_table(
                 f"{st.env}: services",
-                ["service", "mode", "replicas", "image"],
-                [list(s) for s in st.services],
+                ["service", "mode", "replicas", "image", "last task errors"],
+                [[*s[:4], s[4] or "-"] for s in st.services],
             )
 
 
@@ -144,8 +144,14 @@ def _status_json(st) -> dict:
         ],
         "missing": list(st.missing),
         "services": [
-            {"service": name, "mode": mode, "replicas": replicas, "image": image}
-            for name, mode, replicas, image in st.services
+            {
+                "service": name,
+                "mode": mode,
+                "replicas": replicas,
+                "image": image,
+                "errors": errors,
+            }
+            for name, mode, replicas, image, errors in st.services
         ],
     }
 

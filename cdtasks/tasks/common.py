@@ -32,6 +32,8 @@ def exit_code(exc: BaseException) -> int | None:
     from ..images import ImageError
     from ..providers.base import ProviderError
     from ..services import ServiceError
+    from ..stackfile import StackFileError
+    from ..stackplan import StackError
     from ..swarm import SwarmError
 
     errors = (
@@ -39,6 +41,8 @@ def exit_code(exc: BaseException) -> int | None:
         (delivery.DeliveryError, BAD_INPUT),
         (deployment.DeploymentError, BAD_INPUT),
         (ContractError, BAD_INPUT),
+        (StackFileError, BAD_INPUT),
+        (StackError, BAD_INPUT),
         (records.LockHeld, LOCKED),
         (records.LockLost, LOCKED),
         (EngineError, UNREACHABLE),
@@ -60,7 +64,9 @@ def step_failed(position: int) -> int:
 
 def deployment_exit(result: str) -> int:
     """The exit code of a deployment's result (its history entry's `result`)."""
-    if result == "failed, rolled back":
+    from ..deployment import CANARY_ABORTED
+
+    if result == "failed, rolled back" or result.startswith(CANARY_ABORTED):
         return ROLLED_BACK
     return NOT_RECOVERED if result.startswith("failed") else 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from invoke import Collection, Exit
 
-from .common import CONFIG, deployment_exit, out, print_json, settings, user_errors
+from .common import BAD_INPUT, CONFIG, deployment_exit, out, print_json, settings, user_errors
 from .flags import task
 
 NOTES = {"env": "the cluster deployed to (default prod)", "test_env": "default test"}
@@ -68,12 +68,35 @@ def _deployment(c, env, test_env, version, wait, **kw):
     )
 
 
+def _gate(steps, hold, replicas, max_error_rate, max_latency, min_requests):
+    """The canary's flags as a Gate (None without --canary); a bad one: exit 2, naming it."""
+    from .. import canary
+
+    if steps is None:
+        return None
+    try:
+        return canary.check_gate(
+            canary.Gate(
+                canary.parse_steps(steps),
+                float(hold),
+                float(max_error_rate),
+                int(max_latency) or None,
+                int(min_requests),
+                int(replicas),
+            )
+        )
+    except ValueError as exc:
+        raise Exit(f"error: {exc}", code=BAD_INPUT) from None
+
+
 @task(
     notes={
         **NOTES,
         "version": "default: the last one that passed `inv deliver` on prod-like",
         "force": "deploy a version that never passed prod-like",
         "max_errors": "above it the rollout fails and is rolled back (exit 20)",
+        "max_error_rate": "default 1",
+        "min_requests": "default 100",
     }
 )
 @user_errors
@@ -87,10 +110,17 @@ def deploy(
     test_env="test",
     max_errors=None,
     json=False,
+    canary=None,
+    canary_for=30.0,
+    canary_replicas=1,
+    max_error_rate=1.0,
+    max_latency=0,
+    min_requests=100,
 ):
-    """Deploy the digest verified on prod-like; production tests; roll back on failure."""
+    """Deploy the digest verified on prod-like (after a canary); production tests; roll back."""
     from .. import checks
 
+    gate = _gate(canary, canary_for, canary_replicas, max_error_rate, max_latency, min_requests)
     deploy_and_report(
         _deployment(
             c,
@@ -100,6 +130,7 @@ def deploy(
             wait,
             force=force,
             auto_rollback=not no_rollback,
+            canary=gate,
             max_errors=checks.max_errors(max_errors),
         ),
         "deploy",

@@ -60,12 +60,32 @@ VOCABULARY: dict[str, Flag] = {
         "proxy counts them) a release may cause (default: none, errors recorded only)",
     ),
     "json": Flag("j", JSON_MEANING),
+    # A canary before a deployment's rollout (README "Canary releases").
+    "canary": Flag(
+        None,
+        "PERCENT[,PERCENT...]: first run the release as a canary service that gets these "
+        "shares of the requests through the proxy, step by step, judged at each step",
+    ),
+    "canary_for": Flag(None, "seconds each canary step lasts (default 30)"),
+    "canary_replicas": Flag(None, "tasks of the canary service (default 1)"),
+    "max_error_rate": Flag(
+        None, "percent of the canary's requests in a step that may fail: 5xx, failed connections"
+    ),
+    "max_latency": Flag(
+        None, "ms: limit of the canary's response time in a step (HAProxy's rtime; 0: none)"
+    ),
+    "min_requests": Flag(None, "fewer canary requests than this in a step fail the canary"),
     "output": Flag("o", "file to write"),
     # One task's own.
     "cmd": Flag(None, "command to run instead of an interactive shell"),
     "purge": Flag(None, "also delete the registry data both clusters share"),
-    "check": Flag(None, "only compare the env file with what runs; exit 5 on drift"),
+    "check": Flag(
+        None, "only compare the env file (or its STACK_FILE) with what runs; exit 5 on drift"
+    ),
     "update": Flag(None, "also update services whose spec differs (only what differs)"),
+    "since": Flag(None, "only log lines newer than this: a duration (10m, 1h30m) back from now"),
+    "tail": Flag(None, "only the last N log lines of each task"),
+    "follow": Flag(None, "keep printing new log lines until interrupted"),
     "action": Flag(
         None, "status: who holds the lock, or 'free'; release: remove it (needs --force)"
     ),
@@ -78,6 +98,16 @@ VOCABULARY: dict[str, Flag] = {
         "ADDR:PORT to accept signed push notifications on (WEBHOOK_SECRET), e.g. 127.0.0.1:9000",
     ),
 }
+
+
+def seconds(duration: str) -> float:
+    """A flag's duration (`10m`, `1h30m`, `45s`) in seconds; ValueError naming the form."""
+    from ..stackfile import duration_ns
+
+    try:
+        return duration_ns(duration) / 1e9
+    except ValueError:
+        raise ValueError(f"--since {duration!r} is not a duration (e.g. 10m, 1h30m)") from None
 
 
 class VocabularyTask(Task):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 from invoke import Collection, Exit
 
+from . import flags
 from .common import BAD_INPUT, CONFIG, DRIFT, envs, out, print_json, settings, user_errors
 from .flags import task
 
@@ -11,16 +14,16 @@ from .flags import task
 @task(notes={"env": "default: every environment"})
 @user_errors
 def services(c, env=None, check=False, update=False, json=False):
-    """Create networks and services once; --check shows drift, --update converges."""
+    """Create networks and services (or STACK_FILE's stack) once; --check shows drift, --update converges."""
     from .. import report, stack
 
     if check and update:
         raise Exit("error: --check and --update exclude each other", code=BAD_INPUT)
     drifted, docs = False, {}
     for e in envs(c, env):
-        result = stack.ensure(
-            settings(c, e), report.make_logger(f"services {e}"), check=check, update=update
-        )
+        s = settings(c, e)
+        wanted = s.stack.stack_file.name if s.stack.stack_file else f"{e}.env"
+        result = stack.ensure(s, report.make_logger(f"services {e}"), check=check, update=update)
         drifted = drifted or bool(result.drift)
         docs[e] = {
             "done": list(result.done),
@@ -33,14 +36,14 @@ def services(c, env=None, check=False, update=False, json=False):
             continue
         if result.drift:
             report.print_table(
-                f"{e}: differences (env file vs running)",
-                ["service", "field", "env file", "running"],
+                f"{e}: differences ({wanted} vs running)",
+                ["service", "field", wanted, "running"],
                 [list(d) for d in result.drift],
             )
             if not check:
                 out(f"{e}: left as they run; `inv services --env {e} --update` converges them")
         elif check:
-            out(f"{e}: services match {e}.env")
+            out(f"{e}: services match {wanted}")
         if not check:
             out(f"{e}: " + ("; ".join(result.done) if result.done else "nothing to change"))
     if json:
@@ -49,5 +52,72 @@ def services(c, env=None, check=False, update=False, json=False):
         raise Exit(code=DRIFT)
 
 
-ns = Collection("services", services)
+@task(
+    notes={"service": "a service of STACK_FILE (`api`) or any service of the cluster"},
+    positional=["service"],
+)
+@user_errors
+def logs(c, service=None, env="test", since=None, tail=None, follow=False):
+    """Print a service's logs through a manager, as `docker service logs` does."""
+    from .. import cluster, services, stack
+
+    s = settings(c, env)
+    name = stack.service_name(s, service or s.services.app_service)
+    try:
+        started = time.time() - flags.seconds(since) if since else 0
+        lines = int(tail) if tail is not None else None
+    except ValueError as exc:
+        raise Exit(f"error: {exc}", code=BAD_INPUT) from None
+    manager = cluster.Cluster.of(s).discover().manager()
+    for line in services.logs(manager, name, since=int(started), tail=lines, follow=follow):
+        out(line)
+
+
+@task(notes={"env": "default: every environment"})
+@user_errors
+def plan(c, env=None, json=False):
+    """Show what `inv services --update` would change in STACK_FILE's stack, from what runs."""
+    from .. import report, stack
+
+    docs = {}
+    for e in envs(c, env):
+        s = settings(c, e)
+        if s.stack.stack_file is None:
+            raise Exit(f"error: {s.source}: inv plan needs STACK_FILE", code=BAD_INPUT)
+        p = stack.plan_file(s, report.make_logger(f"plan {e}")).plan
+        docs[e] = {
+            "stack": p.stack,
+            "routing": p.routing,
+            "adapted": list(p.adapted),
+            "changes": [
+                {
+                    "kind": ch.kind,
+                    "name": ch.name,
+                    "action": ch.action,
+                    "keys": [
+                        dict(zip(("key", "wanted", "running"), k, strict=True)) for k in ch.keys
+                    ],
+                }
+                for ch in p.changes
+            ],
+        }
+        if json:
+            continue
+        if not p.changes:
+            out(f"{e}: stack {p.stack} runs as {s.stack.stack_file.name} says: nothing to change")
+            continue
+        report.print_table(
+            f"{e}: plan of stack {p.stack} ({s.stack.stack_file.name} vs running)",
+            ["kind", "name", "action", "key", "wanted", "running"],
+            [
+                [ch.kind, ch.name, ch.action, *k]
+                for ch in p.changes
+                for k in (ch.keys or [("-", "-", "-")])
+            ],
+        )
+    if json:
+        print_json(docs)
+
+
+ns = Collection("services", services, logs, plan)
 ns.configure(CONFIG)

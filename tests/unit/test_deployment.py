@@ -95,6 +95,16 @@ def test_outcome(envs, kind, rolled_back, oks, expected):
     assert outcome(d, results(*oks)) == expected
 
 
+def test_a_failed_canary_names_its_figure_and_an_interrupted_one_is_interrupted(envs):
+    d = Deployment(*envs)
+    why = "23.4 % errors > 1 % over 412 requests (step 1/2 at 10 %)"
+    assert outcome(d, [StepResult("canary", False, 9.0, why)]) == f"canary aborted: {why}"
+    stopped = StepResult("canary", False, 3.0, "interrupted", interrupted=True)
+    assert outcome(d, [stopped]) == "interrupted"
+    passed_canary = StepResult("canary", True, 9.0, "canary passed")
+    assert outcome(d, [passed_canary, *results(True, True)]) == "deployed"
+
+
 def test_no_step_or_no_production_test_is_never_deployed(envs):
     d = Deployment(*envs)
     assert outcome(d, []) == "failed"

@@ -78,6 +78,7 @@ def test_a_failed_step_exits_ten_plus_its_position():
         ("failed, rolled back", common.ROLLED_BACK),
         ("failed, rollback failed", common.NOT_RECOVERED),
         ("failed", common.NOT_RECOVERED),
+        ("canary aborted: 23.4 % errors > 1 % over 412 requests", common.ROLLED_BACK),
     ],
 )
 def test_deployment_results_exit_as_documented(result, code):

@@ -65,7 +65,10 @@ def test_status_json(c, monkeypatch, capsys):
                 Member("id2", "swarm-test-2", "worker", "down", "drain", {"env": "prod-like"}),
             ),
             ("swarm-test-3",),
-            (("go-demo", "replicated", "2/2", "localhost:5000/go-demo:1.0"),),
+            (
+                ("go-demo", "replicated", "2/2", "localhost:5000/go-demo:1.0", ""),
+                ("team_migrate", "replicated-job", "0/1", "t:1", "task: non-zero exit (1)"),
+            ),
         )
 
     monkeypatch.setattr(cluster, "status", status)
@@ -103,7 +106,15 @@ def test_status_json(c, monkeypatch, capsys):
             "mode": "replicated",
             "replicas": "2/2",
             "image": "localhost:5000/go-demo:1.0",
-        }
+            "errors": "",
+        },
+        {
+            "service": "team_migrate",
+            "mode": "replicated-job",
+            "replicas": "0/1",
+            "image": "t:1",
+            "errors": "task: non-zero exit (1)",
+        },
     ]
 
 

@@ -1,0 +1,453 @@
+"""A stack model (stackfile.Stack) on a cluster: the Swarm objects it wants, the difference to
+what runs as a Plan (data), and the calls that carry the plan out.
+
+Names and labels are `docker stack deploy`'s (`NAME_service`, `com.docker.stack.namespace`,
+`com.docker.stack.image`), so `docker stack services NAME` and `docker stack ps NAME` show what
+this made. A service spec is compared field by field with the running one after dropping empty
+values on both sides (Swarm omits zero values when it stores a spec), so a second run of an
+unchanged file finds nothing to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from docker import types
+
+from .stackfile import Blob, Service, Stack
+
+NAMESPACE = "com.docker.stack.namespace"
+IMAGE = "com.docker.stack.image"
+DIGEST = "io.cdtasks.stack.digest"  # a config's content, to see a changed file
+
+
+class StackError(ValueError):
+    """The stack names something the cluster lacks (an image, an external network...)."""
+
+
+# -- what the stack wants ----------------------------------------------------------------------
+def adapt(stack: Stack, routing: str) -> tuple[Stack, tuple[str, ...]]:
+    """Without IPVS (routing dnsrr): every service gets DNS round robin and host-mode ports
+    instead of a VIP and the routing mesh. Returns the stack and the services it changed."""
+    if routing != "dnsrr":
+        return stack, ()
+    changed, services = [], []
+    for s in stack.services:
+        new = replace(
+            s,
+            ports=tuple(replace(p, mode="host") for p in s.ports),
+            deploy=replace(s.deploy, endpoint_mode="dnsrr"),
+        )
+        if new != s:
+            changed.append(s.name)
+        services.append(new)
+    return replace(stack, services=tuple(services)), tuple(changed)
+
+
+def _dropped(d: Mapping) -> dict:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def _policy(p) -> dict | None:
+    if p is None:
+        return None
+    return _dropped(
+        {
+            # docker stack deploy's default parallelism is 1 (Swarm's API default is 0: all)
+            "Parallelism": 1 if p.parallelism is None else p.parallelism,
+            "Delay": p.delay,
+            "FailureAction": p.failure_action or "pause",  # Swarm's default, stored
+            "Monitor": p.monitor,
+            "MaxFailureRatio": p.max_failure_ratio,
+            "Order": p.order,
+        }
+    )
+
+
+def _mode(s: Service) -> dict:
+    """Written as the engine stores it (the SDK's ServiceMode writes "replicated", which the
+    engine reads but returns as "Replicated")."""
+    d = s.deploy
+    n = 1 if d.replicas is None else d.replicas
+    modes: dict[str, dict] = {
+        "replicated": {"Replicated": {"Replicas": n}},
+        "replicated-job": {"ReplicatedJob": {"MaxConcurrent": n, "TotalCompletions": n}},
+        "global": {"Global": {}},
+        "global-job": {"GlobalJob": {}},
+    }
+    return modes[d.mode]
+
+
+def service_spec(
+    stack: Stack,
+    s: Service,
+    network_ids: Mapping[str, str],
+    config_ids: Mapping[str, str],
+    secret_ids: Mapping[str, str],
+) -> dict[str, Any]:
+    """The Engine API ServiceSpec of one stack service (docker SDK types, which are dicts);
+    objects not created yet are named by their Swarm name instead of an ID."""
+    ns = {NAMESPACE: stack.name}
+    by_key = {n.key: n.name for n in stack.networks}
+    cfgs = {c.key: c.name for c in stack.configs}
+    secs = {c.key: c.name for c in stack.secrets}
+    vols = {v.key: v for v in stack.volumes}
+
+    def ref(kind, ids: Mapping[str, str], names: Mapping[str, str], f):
+        name = names[f.source]
+        return kind(ids.get(name, name), name, filename=f.target, uid=f.uid, gid=f.gid, mode=f.mode)
+
+    mounts = []
+    for v in s.volumes:
+        if v.type == "volume" and v.source:
+            vol = vols[v.source]
+            mounts.append(
+                types.Mount(
+                    v.target,
+                    vol.name,
+                    type="volume",
+                    read_only=v.read_only,
+                    labels=None if vol.external else {**dict(vol.labels), **ns},
+                    driver_config=types.DriverConfig(vol.driver, dict(vol.driver_opts) or None)
+                    if vol.driver
+                    else None,
+                )
+            )
+        else:
+            mounts.append(
+                types.Mount(v.target, v.source or None, type=v.type, read_only=v.read_only)
+            )
+    hc = s.healthcheck
+    container = types.ContainerSpec(
+        s.image,
+        command=list(s.entrypoint) if s.entrypoint is not None else None,
+        args=list(s.command) if s.command is not None else None,
+        hostname=s.hostname,
+        env=[f"{k}={v}" for k, v in s.environment] or None,
+        workdir=s.working_dir,
+        user=s.user,
+        labels={**dict(s.labels), **ns},
+        mounts=mounts or None,
+        stop_grace_period=s.stop_grace_period,
+        configs=[ref(types.ConfigReference, config_ids, cfgs, f) for f in s.configs] or None,
+        secrets=[ref(types.SecretReference, secret_ids, secs, f) for f in s.secrets] or None,
+        # the model's fields are the SDK's argument names
+        healthcheck=types.Healthcheck(**{**asdict(hc), "test": list(hc.test)}) if hc else None,
+    )
+    d = s.deploy
+    res = d.resources
+    restart = d.restart_policy
+    template = types.TaskTemplate(
+        container,
+        resources=types.Resources(**asdict(res)) if res else None,
+        restart_policy=_dropped(
+            {
+                # compose's default condition is `any`, as Swarm's
+                "Condition": restart.condition or "any",
+                "Delay": restart.delay,
+                "MaxAttempts": restart.max_attempts,
+                "Window": restart.window,
+            }
+        )
+        if restart
+        else None,
+        placement=types.Placement(
+            constraints=list(d.constraints) or None,
+            preferences=[("spread", p) for p in d.preferences] or None,
+            maxreplicas=d.max_replicas_per_node,
+        ),
+        networks=[
+            {
+                "Target": network_ids.get(by_key[key], by_key[key]),
+                # as docker stack deploy: the service's own name resolves on each network
+                "Aliases": [s.name, *aliases],
+            }
+            for key, aliases in s.networks
+        ]
+        or None,
+    )
+    endpoint = types.EndpointSpec(mode=d.endpoint_mode)
+    if s.ports:
+        endpoint["Ports"] = [
+            _dropped(
+                {
+                    "Protocol": p.protocol,
+                    "TargetPort": p.target,
+                    "PublishedPort": p.published,
+                    "PublishMode": p.mode,
+                }
+            )
+            for p in s.ports
+        ]
+    return _dropped(
+        {
+            "Name": stack.scoped(s.name),
+            "Labels": {**dict(d.labels), **ns, IMAGE: s.image},
+            "TaskTemplate": template,
+            "Mode": _mode(s),
+            "UpdateConfig": _policy(d.update_config),
+            "RollbackConfig": _policy(d.rollback_config),
+            "EndpointSpec": endpoint,
+        }
+    )
+
+
+def request(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A ServiceSpec as the SDK's create_service/update_service keyword arguments."""
+    return dict(
+        name=spec["Name"],
+        labels=spec.get("Labels"),
+        task_template=spec["TaskTemplate"],
+        mode=spec.get("Mode"),
+        update_config=spec.get("UpdateConfig"),
+        rollback_config=spec.get("RollbackConfig"),
+        endpoint_spec=spec.get("EndpointSpec"),
+    )
+
+
+# -- the difference --------------------------------------------------------------------------
+# What `inv services` compares, by the names the stack file gives them.
+FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("image", ("TaskTemplate", "ContainerSpec", "Image")),
+    ("entrypoint", ("TaskTemplate", "ContainerSpec", "Command")),
+    ("command", ("TaskTemplate", "ContainerSpec", "Args")),
+    ("environment", ("TaskTemplate", "ContainerSpec", "Env")),
+    ("hostname", ("TaskTemplate", "ContainerSpec", "Hostname")),
+    ("labels", ("TaskTemplate", "ContainerSpec", "Labels")),
+    ("user", ("TaskTemplate", "ContainerSpec", "User")),
+    ("working_dir", ("TaskTemplate", "ContainerSpec", "Dir")),
+    ("healthcheck", ("TaskTemplate", "ContainerSpec", "Healthcheck")),
+    ("volumes", ("TaskTemplate", "ContainerSpec", "Mounts")),
+    ("configs", ("TaskTemplate", "ContainerSpec", "Configs")),
+    ("secrets", ("TaskTemplate", "ContainerSpec", "Secrets")),
+    ("stop_grace_period", ("TaskTemplate", "ContainerSpec", "StopGracePeriod")),
+    ("networks", ("TaskTemplate", "Networks")),
+    ("deploy.mode", ("Mode",)),
+    ("deploy.resources", ("TaskTemplate", "Resources")),
+    ("deploy.restart_policy", ("TaskTemplate", "RestartPolicy")),
+    ("deploy.placement", ("TaskTemplate", "Placement")),
+    ("deploy.update_config", ("UpdateConfig",)),
+    ("deploy.rollback_config", ("RollbackConfig",)),
+    ("deploy.labels", ("Labels",)),
+    ("deploy.endpoint_mode", ("EndpointSpec", "Mode")),
+    ("ports", ("EndpointSpec", "Ports")),
+)
+UNORDERED = ("environment", "volumes", "configs", "secrets", "networks", "ports")
+
+
+def normal(value: Any) -> Any:
+    """Empty values dropped (None, "", 0, False, {}, []), recursively: Swarm stores a spec
+    without them."""
+    if isinstance(value, Mapping):
+        out = {k: normal(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v not in (None, "", 0, False, {}, [])}
+    if isinstance(value, list | tuple):
+        return [normal(v) for v in value]
+    return value
+
+
+def _at(spec: Mapping, path: Sequence[str]) -> Any:
+    for k in path:
+        spec = (spec or {}).get(k) if isinstance(spec, Mapping) else None  # type: ignore[assignment]
+    return spec
+
+
+def differences(want: Mapping, have: Mapping) -> list[tuple[str, str, str]]:
+    """[(stack file key, wanted, running)] of a service spec against the running one."""
+    out = []
+    for name, path in FIELDS:
+        w, h = normal(_at(want, path)), normal(_at(have, path))
+        if name == "deploy.mode":  # {"Global": {}} is a mode, not an empty value
+            w, h = _at(want, path), _at(have, path)
+        if name == "image" and isinstance(h, str) and "@sha256:" not in (w or ""):
+            h = h.split("@sha256:")[0]  # a digest the CLI resolved; the file pins a tag
+        if name in UNORDERED and isinstance(w, list) and isinstance(h, list):
+            w, h = sorted(w, key=repr), sorted(h, key=repr)
+        if w != h:
+            out.append(_replicas(w, h) or (name, _show(w), _show(h)))
+    return out
+
+
+def _replicas(w: Any, h: Any) -> tuple[str, str, str] | None:
+    """A replicated service whose only change is its replicas: said as such."""
+    if isinstance(w, Mapping) and isinstance(h, Mapping) and list(w) == list(h) == ["Replicated"]:
+        return (
+            "deploy.replicas",
+            str(w["Replicated"].get("Replicas")),
+            str(h["Replicated"].get("Replicas")),
+        )
+    return None
+
+
+def _show(value: Any) -> str:
+    if value in (None, {}, []):
+        return "(none)"
+    return value if isinstance(value, str) else repr(value)[:160]
+
+
+# -- the plan --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Change:
+    kind: str  # network | config | secret | service
+    name: str  # the Swarm name
+    action: str  # create | update | changed (left: Swarm cannot update it) | extra
+    keys: tuple[tuple[str, str, str], ...] = ()  # (key, wanted, running) of an update
+    spec: Mapping[str, Any] | None = None  # a service's, to create or update with
+
+
+@dataclass(frozen=True)
+class Plan:
+    stack: str
+    routing: str
+    adapted: tuple[str, ...]  # services given dnsrr and host-mode ports (no IPVS)
+    changes: tuple[Change, ...]
+
+    @property
+    def drift(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.action != "create")
+
+
+@dataclass(frozen=True)
+class Actual:
+    """What the cluster runs of the stack: by Swarm name."""
+
+    services: Mapping[str, Mapping]  # name -> running ServiceSpec, of this namespace
+    networks: Mapping[str, str]  # name -> ID (every network of the cluster)
+    configs: Mapping[str, tuple[str, Mapping[str, str]]]  # name -> (ID, labels)
+    secrets: Mapping[str, str]  # name -> ID
+
+
+def digest(blob: Blob) -> str:
+    return hashlib.sha256(blob.data).hexdigest()
+
+
+def missing_external(stack: Stack, actual: Actual) -> list[str]:
+    return [
+        f"{kind} {obj.name} (external)"
+        for kind, objs, have in (
+            ("network", stack.networks, actual.networks),
+            ("config", stack.configs, actual.configs),
+            ("secret", stack.secrets, actual.secrets),
+        )
+        for obj in objs
+        if obj.external and obj.name not in have
+    ]
+
+
+def plan(stack: Stack, actual: Actual, routing: str) -> Plan:
+    """The changes that bring the cluster to the stack file, as data."""
+    stack, adapted = adapt(stack, routing)
+    changes = [
+        Change("network", n.name, "create")
+        for n in stack.networks
+        if not n.external and n.name not in actual.networks
+    ]
+    for c in stack.configs:
+        if c.external:
+            continue
+        have = actual.configs.get(c.name)
+        if have is None:
+            changes.append(Change("config", c.name, "create"))
+        elif have[1].get(DIGEST) != digest(c):
+            changes.append(Change("config", c.name, "changed", (("file", "new content", "old"),)))
+    changes += [
+        Change("secret", s.name, "create")
+        for s in stack.secrets
+        if not s.external and s.name not in actual.secrets
+    ]
+    config_ids = {n: i for n, (i, _) in actual.configs.items()}
+    for s in stack.services:
+        spec = service_spec(stack, s, actual.networks, config_ids, actual.secrets)
+        running = actual.services.get(spec["Name"])
+        if running is None:
+            changes.append(Change("service", spec["Name"], "create", spec=spec))
+            continue
+        keys = differences(spec, running)
+        if keys:
+            changes.append(Change("service", spec["Name"], "update", tuple(keys), spec))
+    wanted = {stack.scoped(s.name) for s in stack.services}
+    changes += [
+        Change("service", name, "extra", (("service", "(not in the file)", "running"),))
+        for name in sorted(actual.services)
+        if name not in wanted
+    ]
+    return Plan(stack.name, routing, adapted, tuple(changes))
+
+
+# -- carrying it out ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Calls:
+    """The Swarm operations a plan needs, given by the caller (the cluster's manager); the
+    create calls return the new object's ID."""
+
+    create_network: Callable[..., str]
+    create_config: Callable[[str, bytes, Mapping[str, str]], str]
+    create_secret: Callable[[str, bytes, Mapping[str, str]], str]
+    create_service: Callable[..., None]
+    update_service: Callable[..., None]
+
+
+def with_ids(spec: Mapping[str, Any], ids: Mapping[str, str]) -> dict[str, Any]:
+    """A planned spec with the networks, configs and secrets it named (not created when it was
+    planned) replaced by their IDs: the plan shown is the plan carried out."""
+    tt = dict(spec["TaskTemplate"])
+    cs = dict(tt["ContainerSpec"])
+    for key, ref in (("Configs", "ConfigID"), ("Secrets", "SecretID")):
+        if cs.get(key):
+            cs[key] = [{**r, ref: ids.get(r[ref], r[ref])} for r in cs[key]]
+    if tt.get("Networks"):
+        tt["Networks"] = [
+            {**n, "Target": ids.get(n["Target"], n["Target"])} for n in tt["Networks"]
+        ]
+    return {**spec, "TaskTemplate": {**tt, "ContainerSpec": cs}}
+
+
+def apply(
+    stack: Stack, p: Plan, calls: Calls, log: Callable[[str], None], update: bool
+) -> list[str]:
+    """Carry out the plan: create its networks, configs and secrets, then its services; with
+    `update`, update the services that differ too."""
+    done = []
+    ids: dict[str, str] = {}
+    ns = {NAMESPACE: stack.name}
+    nets = {n.name: n for n in stack.networks}
+    blobs = {b.name: b for b in stack.configs} | {b.name: b for b in stack.secrets}
+    for c in p.changes:
+        if c.action != "create" or c.kind == "service":
+            continue
+        log(f"creating {c.kind} {c.name}")
+        if c.kind == "network":
+            n = nets[c.name]
+            ids[c.name] = calls.create_network(
+                c.name,
+                driver=n.driver,
+                options=dict(n.driver_opts) or None,
+                attachable=n.attachable,
+                internal=n.internal,
+                labels={**dict(n.labels), **ns},
+            )
+        elif c.kind == "config":
+            b = blobs[c.name]
+            labels = {**dict(b.labels), **ns, DIGEST: digest(b)}
+            ids[c.name] = calls.create_config(c.name, b.data, labels)
+        else:
+            b = blobs[c.name]
+            ids[c.name] = calls.create_secret(c.name, b.data, {**dict(b.labels), **ns})
+        done.append(f"created {c.kind} {c.name}")
+    for c in p.changes:
+        if c.kind != "service" or c.spec is None:
+            continue
+        spec = with_ids(c.spec, ids)
+        if c.action == "create":
+            log(f"creating service {c.name} ({spec['TaskTemplate']['ContainerSpec']['Image']})")
+            calls.create_service(**request(spec))
+            done.append(f"created service {c.name}")
+        elif c.action == "update" and update:
+            keys = ", ".join(k for k, _, _ in c.keys)
+            log(f"updating service {c.name}: {keys}")
+            calls.update_service(c.name, **request(spec))
+            done.append(f"updated service {c.name} ({keys})")
+    return done

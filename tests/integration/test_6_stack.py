@@ -1,0 +1,285 @@
+"""`inv services` with a stack file, against the real lab: the team's repository under
+tests/apps/team-stack (two images it builds, a worker, a replicated-job migration, a store, a
+proxy with a config, a secret), created as `docker stack deploy` would (the CLI on a manager
+shows and works on it), a second run changing nothing, drift reported by --check, and every bad
+input refused with one line and exit 2 before anything exists."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from cdtasks import images
+from cdtasks.cluster import Cluster
+
+from .conftest import ROOT
+
+TEAM = ROOT / "tests" / "apps" / "team-stack"
+ENV_DIR = "tests/apps/team-stack/env"
+WIDE = {"COLUMNS": "200"}
+SERVICES = ("team_api", "team_migrate", "team_proxy", "team_store", "team_worker")
+
+
+def on_manager(lab, *argv: str, check: bool = True) -> str:
+    """A docker CLI command on the test cluster's first manager (the engine in the node)."""
+    proc = subprocess.run(
+        ["docker", "exec", lab.container("swarm-test-1"), "docker", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def team(lab):
+    """The lab with the team's env directory, its two images built on the CD node and pushed
+    (what the team's CI does), and `inv services` run once."""
+    lab = type(lab)(lab.name, lab.state_dir, {**lab.env, "CDTASKS_ENV_DIR": ENV_DIR})
+    s = lab.settings("test")
+    cluster = Cluster.of(s).discover()
+    cd = cluster.client(s.cluster.cd_node)
+    images.provide(
+        cluster.provider.image_source(), {s.cluster.cd_node: cd}, [s.services.base_image], print
+    )
+    for name, dockerfile in (("team-api", "api/Dockerfile"), ("team-worker", "worker/Dockerfile")):
+        ref = f"localhost:5000/{name}:1.0"
+        cd.images.build(path=str(TEAM), dockerfile=dockerfile, tag=ref, rm=True)
+        for line in cd.images.push(ref, stream=True, decode=True):
+            assert "error" not in line, line
+    started = time.monotonic()
+    lab.created = lab.inv("services", "--env", "test", extra_env=WIDE)
+    print(f"inv services from nothing: {time.monotonic() - started:.1f}s")
+    return lab
+
+
+def test_docker_stack_services_shows_what_cdtasks_made(team):
+    out = team.created.stdout + team.created.stderr
+    assert "no IPVS on these nodes" in out and out.count("no IPVS on these nodes") == 1
+    rows = {
+        r["Name"]: r
+        for r in map(
+            json.loads,
+            on_manager(team, "stack", "services", "team", "--format", "{{json .}}").splitlines(),
+        )
+    }
+    print(rows)
+    assert sorted(rows) == list(SERVICES)
+    assert rows["team_api"]["Replicas"].startswith("2/2")
+    assert rows["team_migrate"]["Replicas"] == "0/1 (1/1 completed)"
+    assert rows["team_worker"]["Replicas"] == "1/1" and rows["team_store"]["Replicas"] == "1/1"
+    assert rows["team_proxy"]["Mode"] == "global"
+    assert rows["team_worker"]["Image"] == "localhost:5000/team-worker:1.0"
+    assert "team" in on_manager(team, "stack", "ls", "--format", "{{.Name}}").split()
+    states = on_manager(
+        team, "stack", "ps", "team", "--format", "{{.Name}} {{.Node}} {{.CurrentState}}"
+    )
+    for line in states.splitlines():  # placed by the env file's variable, on the prod-like nodes
+        assert line.split()[1] in ("swarm-test-2", "swarm-test-3"), line
+    for kind in ("network", "config", "secret"):
+        names = on_manager(
+            team,
+            kind,
+            "ls",
+            "--filter",
+            "label=com.docker.stack.namespace=team",
+            "--format",
+            "{{.Name}}",
+        ).split()
+        assert names, kind
+        assert all(n.startswith("team_") for n in names), names
+
+
+def test_the_stack_answers_through_its_proxy(team):
+    """From a container on the stack's attachable network: the proxy finds the API by its
+    alias, the job migrated the schema, the worker works, config and secret are mounted."""
+    out = on_manager(
+        team,
+        "run",
+        "--rm",
+        "--network",
+        "team_front",
+        "cdtasks/python:3.11",
+        "python3",
+        "-c",
+        "import time, urllib.request as u\n"
+        "for _ in range(60):\n"
+        "    try:\n"
+        "        print(u.urlopen('http://proxy/', timeout=5).read().decode()); break\n"
+        "    except Exception: time.sleep(1)\n",
+    )
+    body = json.loads(out)
+    assert body["schema"] == "1" and body["token"] is True
+    assert body["greeting"] == (TEAM / "config" / "greeting.txt").read_text().strip()
+    assert int(body["work"]) > 0
+
+
+def versions(lab) -> dict[str, int]:
+    return {
+        n: json.loads(on_manager(lab, "service", "inspect", n))[0]["Version"]["Index"]
+        for n in SERVICES
+    }
+
+
+def test_second_run_changes_nothing(team):
+    before = versions(team)
+    proc = team.inv("services", "--env", "test", extra_env=WIDE)
+    assert "test: nothing to change" in proc.stdout.splitlines(), proc.stdout
+    assert versions(team) == before
+
+
+def plan_of(team) -> list[tuple[str, str, list[str]]]:
+    doc = json.loads(team.inv("plan", "--env", "test", "--json").stdout)["test"]
+    return [(c["name"], c["action"], [k["key"] for k in c["keys"]]) for c in doc["changes"]]
+
+
+def test_check_and_plan_report_drift_and_update_converges(team):
+    proc = team.inv("services", "--env", "test", "--check", check=False, extra_env=WIDE)
+    assert proc.returncode == 0 and "test: services match stack.yml" in proc.stdout, proc.stdout
+    assert plan_of(team) == []
+    on_manager(
+        team, "service", "update", "--detach", "--replicas", "1", "--env-add", "X=1", "team_api"
+    )
+    proc = team.inv("services", "--env", "test", "--check", check=False, extra_env=WIDE)
+    print(proc.stdout)
+    assert proc.returncode == 5
+    assert "deploy.replicas" in proc.stdout and "environment" in proc.stdout
+    assert plan_of(team) == [("team_api", "update", ["environment", "deploy.replicas"])]
+    proc = team.inv("services", "--env", "test", "--update", extra_env=WIDE)
+    assert "updated service team_api (environment, deploy.replicas)" in proc.stdout, proc.stdout
+    assert team.inv("services", "--env", "test", "--check", check=False).returncode == 0
+    assert plan_of(team) == []
+
+
+GOOD = """
+networks:
+  front: {}
+configs:
+  cfg:
+    file: ./stack.yml
+services:
+  web:
+    image: cdtasks/haproxy:2.6
+    ports: ["8071:80"]
+    networks: [front]
+    configs: [cfg]
+  db:
+    image: cdtasks/redis:7.0
+    networks: [front]
+"""
+BAD = {
+    "misspelled key": (
+        GOOD.replace("image: cdtasks/redis", "imgae: cdtasks/redis"),
+        "service db: unknown key imgae (did you mean image?)",
+    ),
+    "unsupported key": (GOOD + "    build: .\n", "service db: key build: Swarm ignores it"),
+    "variable without a value": (
+        GOOD.replace("8071:80", "${WEB_PORT}:80"),
+        "service web: ports[0]: variable WEB_PORT has no value",
+    ),
+    "two services on one port": (
+        GOOD + "    ports: ['8071:6379']\n",
+        "host port 8071/tcp is already published by service web",
+    ),
+    "missing image": (
+        GOOD.replace("cdtasks/redis:7.0", "localhost:5000/nobody:1.0"),
+        "service db: image localhost:5000/nobody:1.0 is neither",
+    ),
+    "missing file": (None, "No such file or directory"),
+}
+
+
+def refused(team, tmp_path: Path, case: str) -> str:
+    """Run `inv services` on one bad stack file (a namespace of its own); '' when it exited 2
+    with one line naming the file and nothing of the namespace exists, else what went wrong."""
+    body, message = BAD[case]
+    name = f"bad{uuid.uuid4().hex[:6]}"
+    stack_file = tmp_path / case.replace(" ", "-") / "stack.yml"
+    stack_file.parent.mkdir()
+    if body is not None:
+        stack_file.write_text(body)
+    (stack_file.parent / "test.env").write_text(
+        (ROOT / ENV_DIR / "test.env").read_text() + f"STACK_FILE={stack_file}\nSTACK_NAME={name}\n"
+    )
+    proc = team.inv(
+        "services",
+        "--env",
+        "test",
+        check=False,
+        extra_env={"CDTASKS_ENV_DIR": str(stack_file.parent)},
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    print(case, proc.returncode, errors)
+    if proc.returncode != 2 or len(errors) != 1:
+        return f"{case}: exit {proc.returncode}: {proc.stderr[-500:]}"
+    if message not in errors[0] or str(stack_file) not in errors[0]:
+        return f"{case}: {errors[0]}"
+    for kind in ("service", "network", "config", "secret"):
+        label = f"label=com.docker.stack.namespace={name}"
+        if on_manager(team, kind, "ls", "-q", "--filter", label).split():
+            return f"{case}: a {kind} was created"
+    return ""
+
+
+def test_bad_input_exits_2_with_nothing_created(team, tmp_path):
+    """Every case of BAD, side by side (each is a process that mostly waits on imports)."""
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        failures = [f for f in pool.map(lambda case: refused(team, tmp_path, case), BAD) if f]
+    assert not failures, failures
+
+
+def test_logs_of_a_stack_service_through_a_manager(team):
+    proc = team.inv("logs", "migrate", "--env", "test")
+    lines = proc.stdout.splitlines()
+    print(lines)
+    assert any(
+        line.startswith("team_migrate.") and line.endswith("| schema migrated to 1")
+        for line in lines
+    )
+    proc = team.inv("logs", "worker", "--env", "test", "--since", "1h")
+    assert "worker started" in [line.split(" | ", 1)[1] for line in proc.stdout.splitlines()]
+    proc = team.inv("logs", "api", "--env", "test", "--tail", "1")
+    tasks = [line.split(" | ")[0] for line in proc.stdout.splitlines()]
+    assert len(tasks) == len(set(tasks)) and all(t.startswith("team_api.") for t in tasks)
+    proc = team.inv("logs", "nothere", "--env", "test", check=False)
+    assert proc.returncode == 2
+    assert "no service 'nothere' (the file has api, migrate, worker, store, proxy)" in proc.stderr
+
+
+def test_status_lists_the_stack_and_the_errors_of_a_service_short_of_replicas(team):
+    on_manager(
+        team,
+        "service",
+        "update",
+        "--detach",
+        "--image",
+        "localhost:5000/team-worker:0.0",
+        "team_worker",
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        proc = team.inv("status", "--env", "test", "--json")
+        rows = {r["service"]: r for r in json.loads(proc.stdout)["test"]["services"]}
+        if rows["team_worker"]["errors"] or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    print(rows)
+    assert set(SERVICES) <= set(rows)
+    assert (
+        rows["team_migrate"]["mode"] == "replicated-job"
+        and rows["team_migrate"]["replicas"] == "1/1"
+    )
+    assert rows["team_api"]["replicas"] == "2/2" and rows["team_api"]["errors"] == ""
+    worker = rows["team_worker"]
+    assert worker["replicas"] == "0/1" and worker["image"] == "localhost:5000/team-worker:0.0"
+    assert "team-worker:0.0" in worker["errors"] or "No such image" in worker["errors"], worker
+    proc = team.inv("services", "--env", "test", "--update", extra_env=WIDE)
+    assert "updated service team_worker (image)" in proc.stdout, proc.stdout
