@@ -20,6 +20,7 @@ from . import (
     compose_policy,
     config,
     engine,
+    git,
     git_credentials,
     interrupt,
     registry,
@@ -64,6 +65,7 @@ class Checkout:
     model: ComposeModel | None = None  # the compose file as compose reads it (`contract()`)
     _cluster: Cluster | None = None
     _naming: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _untrack: Callable[[], object] | None = field(default=None, repr=False)
 
     @property
     def cluster(self) -> Cluster:
@@ -225,6 +227,14 @@ class Checkout:
         c = self.compose(host_ip)
         down = not (defer and self.defer_down)
         self.compose_left = True
+        if self._untrack is None:  # named if a signal's clean-up is cut short
+            self._untrack = interrupt.track(
+                lambda: (
+                    f"compose project {self.project} on {self.settings.cluster.cd_node}"
+                    if self.compose_left
+                    else ""
+                )
+            )
         try:
             with c.session(down=down):
                 action(c)
@@ -275,9 +285,10 @@ class Checkout:
     def close(self) -> None:
         """After a run, also a failed or interrupted one: the compose project and the checkout
         go; failures are logged, never raised (they must not hide the run's own result). A
-        CD node's engine that went away (restarted) gets DOWN_RETRY seconds to come back."""
+        CD node's engine that went away (restarted) gets DOWN_RETRY seconds to come back (after
+        a signal: what is left of the clean-up's time)."""
         self.torn_down()
-        deadline = time.monotonic() + DOWN_RETRY
+        deadline = time.monotonic() + interrupt.remaining(DOWN_RETRY)
         while self.compose_left and not self.dry_run:
             try:
                 self.take_down()
@@ -289,13 +300,16 @@ class Checkout:
                 f"the compose project {self.project} is not down yet: trying again "
                 f"(the CD node's engine may be restarting)"
             )
-            time.sleep(5)
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
             self._cluster = None  # its engine may answer on another address when back
-        if self.compose_left:
+        if self.compose_left and not self.dry_run:
             self.log(
-                f"the compose project {self.project} may be left on {self.settings.cluster.cd_node}: "
-                f"remove it with `docker compose -p {self.project} down`"
+                f"left behind: compose project {self.project} on {self.settings.cluster.cd_node} "
+                f"(remove it with `docker compose -p {self.project} down`)"
             )
+        if self._untrack:
+            self._untrack()
+            self._untrack = None
         if self.workdir and self.workdir.exists():
             s = self.settings
             if not self.dry_run and not for_settings(s).shares_workspace:
@@ -323,38 +337,29 @@ def _commit_of(checkout: Path, ref: str, shown_repo: str) -> str:
     the remote's other branches as origin/NAME). `git checkout` of git 2.39 knows no
     `--end-of-options`, `rev-parse` does: the checkout then gets a commit id."""
     for name in (ref, f"origin/{ref}"):
-        proc = subprocess.run(
-            ["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}"],
-            cwd=checkout,
-            capture_output=True,
-            text=True,
+        found = _git(
+            ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}"],
+            checkout,
+            check=False,
         )
-        if proc.returncode == 0:
-            return proc.stdout.strip()
+        if found:
+            return found
     raise StepFailed(f"--ref {ref}: no such branch, tag or commit in {shown_repo}")
 
 
-def _git(args: Sequence[str], cwd: Path | None = None, repo: str = "") -> str:
-    """git that never waits for an answer (no prompt, no stdin) nor longer than GIT_TIMEOUT;
-    with `repo`'s credentials when it fetches from it."""
+def _git(args: Sequence[str], cwd: Path | None = None, check: bool = True, repo: str = "") -> str:
+    """git that never waits for an answer (`git.run`) nor longer than GIT_TIMEOUT, with `repo`'s
+    credentials when it fetches from it; its output, "" when it fails and not `check`."""
     try:
-        proc = subprocess.run(
-            ["git", *args],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            env=checks.git_environment(repo),
-            stdin=subprocess.DEVNULL,
-            timeout=GIT_TIMEOUT,
-        )
+        proc = git.run(args, GIT_TIMEOUT, cwd, repo)
     except subprocess.TimeoutExpired:
         raise StepFailed(
             f"`{shlex.join(['git', *args])}` did not finish within {GIT_TIMEOUT}s"
         ) from None
-    if proc.returncode != 0:
+    if proc.returncode != 0 and check:
         lines = proc.stderr.strip().splitlines() or ["?"]
         raise StepFailed(
             redact(f"`{shlex.join(['git', *args])}` failed: {lines[-1]}"),
             redact("\n".join(lines[-20:])) if len(lines) > 1 else "",
         )
-    return proc.stdout.strip()
+    return proc.stdout.strip() if proc.returncode == 0 else ""

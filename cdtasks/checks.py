@@ -4,14 +4,12 @@ naming the flag and the value (exit 2), credentials in a repository URL hidden."
 
 from __future__ import annotations
 
-import os
 import posixpath
 import re
-import signal
 import subprocess
 from pathlib import Path, PurePosixPath
 
-from . import git_credentials
+from . import git, git_credentials
 from .config import ConfigError, pinned_version
 from .redaction import redact
 
@@ -54,15 +52,6 @@ def ref(value: str) -> str:
     return value
 
 
-def git_environment(repo: str = "") -> dict[str, str]:
-    """The environment of a git command that must not wait for an answer: no terminal
-    prompt, ssh in batch mode (callers also close its stdin); with the credentials of `repo`'s
-    URL, which git then gets as `git_credentials.url(repo)`."""
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-    return {**env, **git_credentials.environment(repo, env)}
-
-
 def repo(value: str, timeout: float = LS_REMOTE_TIMEOUT) -> str:
     """`--repo`: empty (this project), a local git repository or directory, or a URL that
     answers `git ls-remote` within `timeout` without asking for credentials."""
@@ -75,28 +64,16 @@ def repo(value: str, timeout: float = LS_REMOTE_TIMEOUT) -> str:
         if not Path(value).is_dir():
             raise ConfigError(f"--repo {shown!r}: no such directory (give a local path or a URL)")
         return value
-    env = git_environment(value)
-    # Its own session: on timeout git's transport helpers (git-remote-https, ssh) go too.
-    with subprocess.Popen(
-        ["git", "ls-remote", "--quiet", git_credentials.url(value), "HEAD"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    ) as proc:
-        try:
-            _, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise ConfigError(
-                f"--repo {shown!r}: did not answer `git ls-remote` within {timeout:g}s"
-            ) from None
+    try:
+        proc = git.run(
+            ["ls-remote", "--quiet", git_credentials.url(value), "HEAD"], timeout, repo=value
+        )
+    except subprocess.TimeoutExpired:
+        raise ConfigError(
+            f"--repo {shown!r}: did not answer `git ls-remote` within {timeout:g}s"
+        ) from None
     if proc.returncode != 0:
-        lines = stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
+        lines = proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
         raise ConfigError(f"--repo {shown!r}: {redact(lines[-1].strip())}")
     return value
 
@@ -117,36 +94,38 @@ def compose_file(value: str, repo_path: str = "", at: str = "HEAD") -> str:
         return value
     where = Path(repo_path)
     if (where / ".git").exists():
-        known = subprocess.run(
-            [
-                "git",
-                "-C",
-                str(where),
-                "rev-parse",
-                "--verify",
-                "--quiet",
-                "--end-of-options",
-                f"{at}^{{commit}}",
-            ],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-        )
-        if known.returncode != 0:
-            return value  # an unknown ref: the checkout step says so, naming the ref
-        # git names paths in a tree without `.` or `a/..` steps
-        proc = subprocess.run(
-            [
-                "git",
-                "-C",
-                str(where),
-                "cat-file",
-                "-e",
-                "--end-of-options",
-                f"{at}:{posixpath.normpath(value)}",
-            ],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-        )
+        try:
+            known = git.run(
+                [
+                    "-C",
+                    str(where),
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    "--end-of-options",
+                    f"{at}^{{commit}}",
+                ],
+                git.LOCAL_TIMEOUT,
+            )
+            if known.returncode != 0:
+                return value  # an unknown ref: the checkout step says so, naming the ref
+            # git names paths in a tree without `.` or `a/..` steps
+            proc = git.run(
+                [
+                    "-C",
+                    str(where),
+                    "cat-file",
+                    "-e",
+                    "--end-of-options",
+                    f"{at}:{posixpath.normpath(value)}",
+                ],
+                git.LOCAL_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            raise ConfigError(
+                f"--compose-file {value!r}: git did not answer within "
+                f"{git.LOCAL_TIMEOUT}s in {repo_path}"
+            ) from None
         if proc.returncode != 0:
             raise ConfigError(f"--compose-file {value!r}: not in {repo_path} at {at}")
     elif not (where / value).is_file():

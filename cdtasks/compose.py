@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from . import interrupt
 from .interrupt import signals_as_interrupt
 
 OnLine = Callable[[str], None]
@@ -320,16 +321,24 @@ def subprocess_runner(
         if timer:
             timer.daemon = True
             timer.start()
+
+        # A signal reaches the main thread only: compose running beside it (the build beside
+        # the unit tests) is stopped too, without waiting there.
+        def stopper() -> None:
+            threading.Thread(target=_stop_group, args=(proc, 5), daemon=True).start()
+
         try:
-            for line in proc.stdout or ():  # a pipe: never None
-                lines.append(line)
-                if on_line:
-                    on_line(line.rstrip("\r\n"))
-            code = proc.wait()
+            with interrupt.stop_on_signal(stopper):
+                for line in proc.stdout or ():  # a pipe: never None
+                    lines.append(line)
+                    if on_line:
+                        on_line(line.rstrip("\r\n"))
+                code = proc.wait()
             if expired.is_set():
                 result = ComposeResult(tuple(argv), code, time.monotonic() - start, "".join(lines))
                 raise ComposeTimeout(
-                    f"`{result.command}` ran over TEST_TIMEOUT ({timeout:g}s) and was stopped",
+                    f"`{result.command}` ran over TEST_TIMEOUT ({timeout:g}s), or "
+                    f"the clean-up's time after a signal, and was stopped",
                     result,
                 )
             return code, "".join(lines)
@@ -403,7 +412,9 @@ class Compose:
         if self.dry_run:
             return ComposeResult(argv, 0, 0.0, "")
         start = time.monotonic()
-        limit = {"timeout": self.timeout} if self.timeout else {}  # runners without one: none
+        # After a signal, no more than what is left of the clean-up's time (a `down`).
+        timeout = interrupt.remaining(self.timeout)
+        limit = {"timeout": timeout} if timeout else {}  # runners without one: none
         code, output = self.runner(argv, self.environment(), self.on_line, **limit)
         result = ComposeResult(argv, code, time.monotonic() - start, output)
         if check and not result.ok:

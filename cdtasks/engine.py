@@ -12,20 +12,38 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import docker
 import paramiko
 from docker.tls import TLSConfig
 from invoke import Config, Context
+from urllib3.util import Timeout
 
 from . import tunnel as tunnels
 from .config import ENGINE_VAR
 
-TIMEOUT = 120
+TIMEOUT = 120  # seconds an Engine API answer may take (a pull answers when it is done)
+CONNECT_TIMEOUT = 10  # seconds to connect to a node's engine: an unreachable node costs this
 SSH_KEEPALIVE = 15  # seconds between SSH keepalive messages on an idle link
+SSH_COMMAND_TIMEOUT = 120  # seconds a command the tool runs on a node over SSH may take
+
+
+class _NodeTimeout(Timeout):
+    """A node client's timeout: connecting within CONNECT_TIMEOUT, each answer within TIMEOUT.
+    docker-py adds a container's stop grace period to its timeout (`+ seconds`)."""
+
+    def __add__(self, seconds: float) -> _NodeTimeout:
+        return _NodeTimeout(connect=self.connect_timeout, read=(self.read_timeout or 0) + seconds)
+
+
+NODE_TIMEOUT = _NodeTimeout(connect=CONNECT_TIMEOUT, read=TIMEOUT)
 # Engine API 1.41 is Docker 20.10, the oldest engine the tool supports; fixing it saves a
 # round trip per client and lets a client be built before its engine answers.
 API_VERSION = "1.41"
+
+
+Client: TypeAlias = docker.DockerClient  # a node's or the host's engine, for annotations elsewhere
 
 
 class EngineError(RuntimeError):
@@ -114,13 +132,13 @@ def client(
             verify=True,
         )
         c = docker.DockerClient(
-            base_url=endpoint.docker_host, tls=tls, timeout=TIMEOUT, version=API_VERSION
+            base_url=endpoint.docker_host, tls=tls, timeout=NODE_TIMEOUT, version=API_VERSION
         )
         # requests would let REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE replace the lab's CA.
         c.api.trust_env = False
     else:
         c = docker.DockerClient(
-            base_url=docker_env(endpoint)["DOCKER_HOST"], timeout=TIMEOUT, version=API_VERSION
+            base_url=docker_env(endpoint)["DOCKER_HOST"], timeout=NODE_TIMEOUT, version=API_VERSION
         )
     for server, (user, password) in (registries or {}).items():
         c.api._auth_configs.add_auth(
@@ -185,7 +203,14 @@ class CommandShell(Context):
     ssh NAME`): the run/shell interface of a Fabric Connection, for one code path."""
 
     def __init__(self, argv: tuple[str, ...]):
-        super().__init__(Config(overrides={"run": {"in_stream": False}}))
+        super().__init__(
+            Config(
+                overrides={
+                    "run": {"in_stream": False},
+                    "timeouts": {"command": SSH_COMMAND_TIMEOUT},
+                }
+            )
+        )
         self.argv = argv
 
     def run(self, command: str, **kwargs):
@@ -225,7 +250,15 @@ def _opened(endpoint: Endpoint):
         port=endpoint.ssh_port,
         # Commands take no stdin: where stdin is closed or captured (CI, tests)
         # mirroring it would fail; `inv ssh` without --cmd uses shell() instead.
-        config=FabricConfig(overrides={"load_ssh_configs": False, "run": {"in_stream": False}}),
+        # A command that hangs (a stuck mount, a dead engine) ends after
+        # SSH_COMMAND_TIMEOUT (CommandTimedOut) unless its call says otherwise.
+        config=FabricConfig(
+            overrides={
+                "load_ssh_configs": False,
+                "run": {"in_stream": False},
+                "timeouts": {"command": SSH_COMMAND_TIMEOUT},
+            }
+        ),
         connect_timeout=10,
         connect_kwargs=key,
     )

@@ -8,11 +8,17 @@ concurrency): the lock's expiry is a label its holder renews, and a waiter marks
 as taken over the same way before removing it by its ID, so it never removes one renewed since.
 A claim is a record whose name its key alone gives: two processes claiming one key (two
 watchers taking one commit) cannot both succeed. Records beyond KEEP per kind are pruned.
+
+Lease arithmetic that holds whatever the machines' clocks say: a waiter takes a lock over only
+once it has seen it unchanged (same ID, same version) for a whole TTL on its own monotonic
+clock; the expiry label (the holder's wall clock) is only a hint that makes a waiter watch. The
+holder counts its lease from the moment it SENT its last accepted renewal (the waiter's watch
+starts no earlier than the cluster applied it), acts only while LOCK_MARGIN of it is left, and
+bounds each call of its lock to LOCK_CALL_TIMEOUT, well below the TTL.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime
 import getpass
@@ -27,12 +33,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from docker.errors import APIError, NotFound
+from . import interrupt
+from .gateway import APIFailure, Config, Conflict, Gateway, NotFound
 
 KIND_LABEL = "io.cdtasks.record"
 LOCK_TTL = 90.0  # seconds a lock lives unless renewed; its holder renews it every third of that
 LOCK_POLL = 2.0  # seconds between two looks of a waiter
 LOCK_PROGRESS = 30.0  # seconds between two "still waiting" lines
+LOCK_CALL_TIMEOUT = 10.0  # seconds a call about a lock may take (renewal, check, release)
+LOCK_MARGIN = 10.0  # seconds of its lease a holder keeps unused (a check, then the change)
 EXPIRES_LABEL = "io.cdtasks.expires"  # epoch seconds, renewed by the holder
 TAKEN_LABEL = "io.cdtasks.taken-by"  # set by a waiter on an expired lock just before removing it
 SERVICE_LABEL = "io.cdtasks.service"
@@ -47,7 +56,7 @@ def now() -> str:
 
 
 def put(
-    manager,
+    manager: Gateway,
     kind: str,
     service: str,
     data: Mapping,
@@ -56,7 +65,7 @@ def put(
     """Store one record, then prune the kind beyond KEEP (`prunable`, with `group`); returns its
     config name (time-ordered, unique)."""
     name = f"cdtasks-{kind}-{int(time.time() * 1000)}-{secrets.token_hex(3)}"
-    manager.api.create_config(
+    manager.create_config(
         name, json.dumps(dict(data)).encode(), labels={KIND_LABEL: kind, SERVICE_LABEL: service}
     )
     with contextlib.suppress(Exception):  # the record is stored; the next put prunes again
@@ -70,44 +79,33 @@ def claim_name(kind: str, service: str, key: str) -> str:
     return f"cdtasks-{kind}-claim-{digest}"
 
 
-def claim(manager, kind: str, service: str, key: str, data: Mapping) -> bool:
+def claim(manager: Gateway, kind: str, service: str, key: str, data: Mapping) -> bool:
     """Store a record under a name that only `key` gives: atomic across processes and machines
     (the managers' Raft store refuses a second config of that name). False when a record of
-    that key exists already (someone claimed it first)."""
+    that key exists already (someone claimed it first). Not retried: a create whose answer was
+    lost would then be taken for someone else's claim."""
     try:
-        manager.api.create_config(
+        manager.create_config(
             claim_name(kind, service, key),
             json.dumps(dict(data)).encode(),
             labels={KIND_LABEL: kind, SERVICE_LABEL: service},
+            retry=False,
         )
-    except APIError as exc:
-        if exc.status_code != 409:
-            raise
+    except Conflict:
         return False
     return True
 
 
-def _data(manager, config: Mapping) -> dict:
-    data = (config.get("Spec") or {}).get("Data")
-    if data is None:  # an engine whose list leaves the data out: ask for this one
-        data = manager.api.inspect_config(config["ID"])["Spec"]["Data"]
-    return json.loads(base64.b64decode(data))
-
-
-def entries(manager, kind: str, service: str) -> list[tuple[str, dict]]:
+def entries(manager: Gateway, kind: str, service: str) -> list[tuple[str, dict]]:
     """(config ID, record) of every record of a kind for a service, oldest first: one list
     call, which carries each record's data."""
-    configs = manager.api.configs(
-        filters={"label": [f"{KIND_LABEL}={kind}", f"{SERVICE_LABEL}={service}"]}
-    )
+    configs = manager.configs(labels={KIND_LABEL: kind, SERVICE_LABEL: service}, data=True)
     # Records are never updated, so their version index is the Raft index of their creation:
     # one order for every writer, where names made in the same millisecond would tie.
-    return [
-        (c["ID"], _data(manager, c)) for c in sorted(configs, key=lambda c: c["Version"]["Index"])
-    ]
+    return [(c.id, json.loads(c.data)) for c in sorted(configs, key=lambda c: c.version)]
 
 
-def load(manager, kind: str, service: str) -> list[dict]:
+def load(manager: Gateway, kind: str, service: str) -> list[dict]:
     """All records of a kind for a service, oldest first."""
     return [row for _, row in entries(manager, kind, service)]
 
@@ -130,7 +128,7 @@ def prunable(
 
 
 def prune(
-    manager,
+    manager: Gateway,
     kind: str,
     service: str,
     keep: int,
@@ -139,14 +137,8 @@ def prune(
     """Remove the records `prunable` names (each Swarm config costs the managers' Raft store and
     every load); returns how many went. A record removed meanwhile by another pruner is fine."""
     listed = entries(manager, kind, service)
-    gone = 0
-    for i in prunable([row for _, row in listed], keep, group):
-        try:
-            manager.api.remove_config(listed[i][0])
-            gone += 1
-        except NotFound:
-            pass
-    return gone
+    rows = [row for _, row in listed]
+    return sum(manager.remove_config(listed[i][0]) for i in prunable(rows, keep, group))
 
 
 # -- locks -------------------------------------------------------------------------------------
@@ -257,61 +249,65 @@ class LockState:
             return LOCK_TTL
 
 
-def _state(config: dict) -> LockState:
-    spec = config["Spec"]
+def _state(config: Config) -> LockState:
     try:
-        holder = json.loads(base64.b64decode(spec.get("Data") or b""))
+        holder = json.loads(config.data)
     except ValueError:
         holder = {}
     return LockState(
-        config["ID"],
-        config["Version"]["Index"],
-        spec["Name"],
-        dict(spec.get("Labels") or {}),
+        config.id,
+        config.version,
+        config.name,
+        dict(config.labels),
         holder if isinstance(holder, dict) else {},
     )
+
+
+def _timeout() -> float:
+    """What one call about a lock may take: LOCK_CALL_TIMEOUT, less after a signal."""
+    return interrupt.remaining(LOCK_CALL_TIMEOUT)
 
 
 def lock_state(manager, service: str) -> LockState | None:
     """The service's lock, or None when it is free."""
     try:
-        return _state(manager.api.inspect_config(lock_name(service)))
+        return _state(manager.config(lock_name(service), timeout=_timeout()))
     except NotFound:
         return None
 
 
-def _update_labels(manager, state: LockState, labels: Mapping) -> None:
-    """POST /configs/{id}/update at the version read: docker-py 7.1 has no update_config, so this
-    goes through the client's own request helpers. Swarm refuses it (APIError) when the config
-    changed since, and with NotFound when it is gone."""
-    api = manager.api
-    res = api._post_json(
-        api._url("/configs/{0}/update", state.id),
-        params={"version": state.version},
-        data={"Name": state.name, "Labels": dict(labels)},
+def _update_labels(manager: Gateway, state: LockState, labels: Mapping) -> None:
+    """The labels at the version read, within `_timeout()`: Swarm refuses it (APIFailure) when
+    the config changed since, and with NotFound when it is gone."""
+    manager.update_config_labels(
+        Config(state.id, state.name, state.version), labels, timeout=_timeout()
     )
-    api._raise_for_status(res)
 
 
-def _remove(manager, config_id: str) -> bool:
+def _remove(manager: Gateway, config_id: str) -> bool:
     """Remove a lock by the ID it was created with: a newer lock of the same name has another."""
-    try:
-        manager.api.remove_config(config_id)
-        return True
-    except NotFound:
-        return False
+    return manager.remove_config(config_id, timeout=_timeout())
 
 
 def expired(state: LockState) -> str:
-    """Why a lock may be taken over ("" while it holds): marked by another waiter, its expiry
-    passed (by this machine's clock), or its holder known to be gone."""
+    """Whether a lock looks free, for display ("" while it holds): `takeover` says so, or its
+    expiry passed by this machine's clock (a hint only: the holder's clock may differ)."""
     now = time.time()
+    if now > state.expires:
+        return f"not renewed, expired {now - state.expires:.0f}s ago by this machine's clock"
+    return takeover(state)
+
+
+def takeover(state: LockState, wall: Callable[[], float] = time.time) -> str:
+    """Why a waiter may take a lock over at once ("" otherwise): marked by another waiter, its
+    holder known to be gone, or a lock of the tool's previous version (no lease: its expiry,
+    in its data, is all there is) past that expiry."""
     if state.taken_by:
         return f"being taken over by {state.taken_by}"
-    if now > state.expires:
-        return f"not renewed, expired {now - state.expires:.0f}s ago"
     if holder_gone(state.holder):
         return "its process is gone"
+    if EXPIRES_LABEL not in state.labels and wall() > state.expires:
+        return f"a lock of an earlier version, expired {wall() - state.expires:.0f}s ago"
     return ""
 
 
@@ -327,7 +323,8 @@ class Lock:
     created atomically) and renews it from a daemon thread every third of its TTL; the holder
     calls `check()` before each change, which raises LockLost naming who took it;
     `release()` removes it by its config ID. Also a context manager:
-    `with Lock(manager, service, version).acquire(wait) as lock: ...`."""
+    `with Lock(manager, service, version).acquire(wait) as lock: ...`.
+    `clock`, `wall` and `sleep` are injected by tests (monotonic time, epoch time, waiting)."""
 
     def __init__(
         self,
@@ -338,8 +335,13 @@ class Lock:
         log: Callable[[str], None] = lambda line: None,
         ttl: float = LOCK_TTL,
         holder: Mapping | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         self.manager, self.service, self.log, self.ttl = manager, service, log, ttl
+        self.clock, self.wall, self.sleep = clock, wall, sleep
         # holder: this process unless given (a test standing in for another machine).
         self.holder = {
             **(holder or identity()),
@@ -349,13 +351,19 @@ class Lock:
             "ttl": ttl,
             "nonce": secrets.token_hex(8),
             # Read only by runs of the tool's previous version, which renew nothing.
-            "expires": time.time() + 15 * 60,
+            "expires": wall() + 15 * 60,
         }
         self.id = ""
         self.lost: LockLost | None = None
-        self._renewed = 0.0  # time.monotonic() of the last renewal the cluster accepted
+        self._renewed = 0.0  # clock() when the last renewal the cluster accepted was sent
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        self._untrack: Callable[[], object] | None = None
+
+    @property
+    def margin(self) -> float:
+        """Seconds of the lease left unused: LOCK_MARGIN, less for a short TTL (tests)."""
+        return min(LOCK_MARGIN, self.ttl / 3)
 
     def __enter__(self) -> Lock:
         return self
@@ -367,44 +375,56 @@ class Lock:
         return {
             KIND_LABEL: "lock",
             SERVICE_LABEL: self.service,
-            EXPIRES_LABEL: f"{time.time() + self.ttl:.3f}",
+            EXPIRES_LABEL: f"{self.wall() + self.ttl:.3f}",
         }
 
     def _create(self) -> bool:
         try:
-            self._renewed = time.monotonic()
-            created = self.manager.api.create_config(
-                lock_name(self.service), json.dumps(self.holder).encode(), labels=self._labels()
+            self._renewed = self.clock()
+            created = self.manager.create_config(
+                lock_name(self.service),
+                json.dumps(self.holder).encode(),
+                labels=self._labels(),
+                retry=False,
             )
-        except APIError as exc:
-            if exc.status_code != 409:
-                raise
+        except Conflict:
             return False
-        self.id = created["ID"]
+        self.id = created
         return True
 
     def acquire(self, wait: float, heartbeat: bool = True) -> Lock:
         """Take the lock, waiting up to `wait` seconds for its holder (LockHeld after that);
         an expired lock is taken over. `heartbeat=False` leaves renewing to the caller."""
-        start = time.monotonic()
+        start = self.clock()
         told, last_told = "", 0.0
         seen: tuple[tuple[str, int] | None, float] = (None, 0.0)  # (id, version) and since when
+        limit, hinted = wait, ""
         try:
             while not self._create():
                 state = lock_state(self.manager, self.service)
                 if state is None:  # released between our two calls
                     continue
+                now = self.clock()
                 if seen[0] != (state.id, state.version):
-                    seen = ((state.id, state.version), time.monotonic())
-                why = expired(state)
-                if not why and time.monotonic() - seen[1] > state.ttl:
-                    # Its holder's clock may be ahead of ours: unchanged for a whole TTL here.
-                    why = f"not renewed for {time.monotonic() - seen[1]:.0f}s"
+                    seen = ((state.id, state.version), now)
+                unchanged = now - seen[1]
+                why = takeover(state, self.wall)
+                if not why and unchanged > state.ttl:
+                    why = f"not renewed for {unchanged:.0f}s (its TTL: {state.ttl:.0f}s)"
                 if why:
                     self._take_over(state, why)
                     continue
-                waited = time.monotonic() - start
-                if waited >= wait:
+                waited = now - start
+                behind = self.wall() - state.expires
+                if behind > 0 and hinted != state.id:
+                    # Only a hint (either clock may be wrong): watch it one TTL, then decide.
+                    hinted, limit = state.id, max(limit, waited + state.ttl + LOCK_POLL)
+                    self.log(
+                        f"the lock of {self.service} looks expired by this machine's "
+                        f"clock ({behind:.0f}s ago): taken over if it stays unchanged for "
+                        f"its TTL ({state.ttl:.0f}s)"
+                    )
+                if waited >= limit:
                     raise LockHeld(
                         f"{self.service} is being deployed by {describe(state.holder)}"
                         + (f" (waited {waited:.0f}s)" if wait else "; use --wait to wait for it")
@@ -413,15 +433,15 @@ class Lock:
                     self.log(
                         f"waiting for the lock of {self.service}, held by {describe(state.holder)}"
                     )
-                    told, last_told = state.id, time.monotonic()
-                elif time.monotonic() - last_told >= LOCK_PROGRESS:
+                    told, last_told = state.id, now
+                elif now - last_told >= LOCK_PROGRESS:
                     self.log(
                         f"still waiting for the lock of {self.service} ({waited:.0f}s of "
-                        f"{wait:.0f}s), held by {state.holder.get('user')}@"
+                        f"{limit:.0f}s), held by {state.holder.get('user')}@"
                         f"{state.holder.get('host')}"
                     )
-                    last_told = time.monotonic()
-                time.sleep(min(LOCK_POLL, max(0.0, wait - waited)))
+                    last_told = now
+                self.sleep(min(LOCK_POLL, max(0.0, limit - waited)))
         except LockHeld:
             raise
         except BaseException:
@@ -433,7 +453,20 @@ class Lock:
                 target=self._heartbeat, daemon=True, name=f"lock-{self.service}"
             )
             self._beat.start()
+        self._untrack = interrupt.track(self.left_behind)
         return self
+
+    def left_behind(self) -> str:
+        """What a process stopping now leaves of this lock ("" when released)."""
+        if not self.id:
+            return ""
+        free = self.wall() + self.ttl - (self.clock() - self._renewed)
+        at = datetime.datetime.fromtimestamp(free, datetime.UTC).strftime("%H:%M:%S")
+        return (
+            f"lock of {self.service} not released: another run can take it over once it "
+            f"has gone unrenewed for its {self.ttl:.0f}s TTL (from about {at} UTC), or "
+            f"`inv unlock` removes it"
+        )
 
     def _remove_unrecorded(self) -> None:
         """Our lock, if the create went through but its answer never reached us."""
@@ -452,7 +485,7 @@ class Lock:
                 _update_labels(
                     self.manager, state, {**state.labels, TAKEN_LABEL: describe(self.holder)}
                 )
-            except APIError:  # renewed, or removed, since we read it: look again
+            except APIFailure:  # renewed, or removed, since we read it: look again
                 return
         self.log(f"taking over the lock of {self.service} from {describe(state.holder)}: {why}")
         _remove(self.manager, state.id)
@@ -460,7 +493,7 @@ class Lock:
     def _own_state(self) -> LockState:
         """Our lock as the cluster has it; LockLost when it is no longer ours."""
         try:
-            state = _state(self.manager.api.inspect_config(self.id))
+            state = _state(self.manager.config(self.id, timeout=_timeout()))
         except NotFound:
             now_held = lock_state(self.manager, self.service)
             by = f"; now held by {describe(now_held.holder)}" if now_held else ""
@@ -477,8 +510,10 @@ class Lock:
         if not self.id:
             raise LockLost(f"the lock of {self.service} is not held")
         state = self._own_state()
-        late = time.monotonic() - self._renewed
-        if late > self.ttl:  # a waiter may rightly take it any moment: never renew or act on it
+        late = self.clock() - self._renewed
+        # A waiter may take it once it is unchanged for a TTL after our last renewal reached
+        # the cluster (not before we sent it): never renew or act on it that late.
+        if late > self.ttl - self.margin:
             raise LockLost(
                 f"the lock of {self.service} was not renewed for {late:.0f}s "
                 f"(TTL {self.ttl:.0f}s); another run may take it"
@@ -486,21 +521,25 @@ class Lock:
         return state
 
     def renew(self) -> None:
-        """Push the expiry one TTL ahead; LockLost when the lock is no longer ours."""
+        """Push the expiry one TTL ahead; LockLost when the lock is no longer ours. The lease
+        counts from when the renewal was sent."""
         state = self._verify()
+        sent = self.clock()
         try:
             _update_labels(self.manager, state, self._labels())
-        except APIError:
+        except APIFailure:
             self._own_state()  # gone or taken over: LockLost; otherwise a transient failure
             raise
-        self._renewed = time.monotonic()
+        self._renewed = sent
 
     def check(self) -> None:
         """Before a change: raises LockLost (naming who took it) unless we still hold the lock."""
         self._verify()
 
     def _heartbeat(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
+        pause = self.ttl / 3
+        while not self._stop.wait(pause):
+            pause = self.ttl / 3
             try:
                 self.renew()
             except LockLost as exc:
@@ -511,13 +550,21 @@ class Lock:
                 self.log(
                     f"could not renew the lock of {self.service}: {str(exc).splitlines()[0][:160]}"
                 )
+                pause = self.ttl / 9  # soon again, while the lease lasts
 
     def release(self) -> bool:
         """Stop renewing and remove the lock by its ID (never a newer lock of the same name);
-        False when it was already gone."""
+        False when it was already gone, or when the cluster did not answer (then said, with
+        when another run can take it)."""
         self._stop.set()
         if self._beat:
-            self._beat.join()
-        removed = bool(self.id) and _remove(self.manager, self.id)
+            self._beat.join(_timeout())  # a renewal under way is itself bounded
+        try:
+            removed = bool(self.id) and _remove(self.manager, self.id)
+        except Exception as exc:
+            self.log(f"{self.left_behind()} ({str(exc).splitlines()[0][:160]})")
+            removed = False
         self.id = ""
+        if self._untrack:
+            self._untrack()
         return removed

@@ -7,8 +7,10 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
+from . import interrupt
 from .interrupt import Interrupted
 from .log import Log
 
@@ -134,7 +136,8 @@ def run_steps(
     overlap = overlap or {}
     results: list[StepResult] = []
     ahead: dict[str, tuple[Future, Undo]] = {}  # step started beside the previous one
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
         for i, name in enumerate(names):
             if results and (results[-1].failed or results[-1].skipped):
                 if name in ahead:  # it ran beside the step that failed: undo it
@@ -176,6 +179,9 @@ def run_steps(
                     not_run(n, offset(origin)) for n in names[len(results) + len(stopped) :]
                 ]
                 raise RunInterrupted(signum_of(exc), results) from exc
+    finally:
+        # After a signal, a step still running beside is not waited for (it was told to stop).
+        pool.shutdown(wait=not interrupt.stopping())
     return results
 
 
@@ -184,7 +190,11 @@ def not_run(name: str, started: float | None = None) -> StepResult:
 
 
 def _undo(name: str, future: Future, undo: Undo, log: Log) -> None:
+    """Undo a step that ran beside one that failed, once it ends; after a signal, only if it
+    ends within the clean-up's time."""
     try:
-        undo(future.result())
+        undo(future.result(timeout=interrupt.remaining()))
+    except FutureTimeout:
+        log(f"left behind: {name}, still running beside the interrupted step")
     except Exception as exc:  # the run already failed; say what is left, do not hide why
         log(f"could not undo {name}: {exc}")

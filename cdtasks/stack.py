@@ -11,9 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from docker.errors import APIError, NotFound
-
-from . import images, registry, services, stackfile, stackplan
+from . import gateway, images, registry, services, stackfile, stackplan
 from .cluster import Cluster
 
 # Settings whole where a Cluster is built, or the
@@ -101,18 +99,16 @@ class StackResult:
 
 def _ensure_networks_and_config(manager, s: Settings, log: Log) -> list[str]:
     done = []
-    have = {n["Name"] for n in manager.api.networks()}
+    have = manager.networks()
     for net in networks(s):
         if net not in have:
             log(f"creating overlay network {net}")
-            manager.api.create_network(
-                net, driver="overlay", attachable=True, labels=dict([STACK_LABEL])
-            )
+            manager.create_network(net, labels=dict([STACK_LABEL]))
             done.append(f"created network {net}")
     name = proxy_config_name(s)
-    if not manager.api.configs(filters={"name": name}):
-        manager.api.create_config(
-            name, s.services.proxy_config.read_bytes(), labels=dict([STACK_LABEL])
+    if not manager.configs(name=name):
+        manager.create_config(
+            name, s.services.proxy_config.read_bytes(), labels=dict([STACK_LABEL]), retry=False
         )
         done.append(f"created config {name}")
     return done
@@ -123,9 +119,9 @@ def publish_first_version(cluster: Cluster, s: Settings, log: Log) -> list[str]:
     cd = cluster.client(s.cluster.cd_node)
     ref = app_ref(s)
     try:
-        cd.images.get_registry_data(ref)
+        gateway.registry_digest(cd, ref)
         return []
-    except (NotFound, APIError):
+    except gateway.APIFailure:
         pass
     if not (s.services.app_dir / "Dockerfile").exists():
         raise services.ServiceError(
@@ -166,16 +162,10 @@ def ensure(s: Settings, log: Log, *, check: bool = False, update: bool = False) 
     if s.stack.stack_file is not None:
         return ensure_file(s, log, check=check, update=update)
     cluster = Cluster.of(s).discover()
-    manager = cluster.manager()
+    manager = cluster.gateway(log)
     routing, _ = cluster.routing()
-    existing = {
-        n: services.inspect(manager, n)
-        for n in (s.services.db_service, s.services.app_service, s.services.proxy_service)
-    }
-    running_app = existing[s.services.app_service]
-    app_image = (
-        running_app["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] if running_app else None
-    )
+    running_app = manager.service(s.services.app_service)
+    app_image = running_app.image if running_app else None
     wanted = specs(s, routing, app_image)
     if check:
         drift = tuple(
@@ -209,10 +199,10 @@ def _fmt(value) -> str:
 
 def proxy_nodes(cluster: Cluster, app: ServicesSettings) -> list[str]:
     """Nodes that run a proxy task now (where HOST_IP can point without the routing mesh)."""
-    manager = cluster.manager()
-    names = {n["ID"]: n["Description"]["Hostname"] for n in manager.api.nodes()}
+    manager = cluster.gateway()
+    names = services.hostnames(manager)
     _, _, tasks = services.running_tasks(manager, app.proxy_service)
-    return sorted({names[t["NodeID"]] for t in tasks if t["Status"]["State"] == "running"})
+    return sorted({names[t.node_id] for t in tasks if t.state == "running"})
 
 
 # -- a stack file (STACK_FILE) ----------------------------------------------------------------
@@ -224,44 +214,39 @@ def read_file(s: Settings, environ: Mapping[str, str] | None = None) -> stackfil
     return stackfile.read(s.stack.stack_file, s.stack.stack_name, variables)
 
 
-def _actual(manager, name: str) -> stackplan.Actual:
-    api = manager.api
-    ours = {"label": f"{stackplan.NAMESPACE}={name}"}
+def _actual(manager: gateway.Gateway, name: str) -> stackplan.Actual:
     return stackplan.Actual(
-        services={x["Spec"]["Name"]: x["Spec"] for x in api.services(filters=ours)},
-        networks={n["Name"]: n["Id"] for n in api.networks()},
-        configs={
-            c["Spec"]["Name"]: (c["ID"], c["Spec"].get("Labels") or {}) for c in api.configs()
-        },
-        secrets={c["Spec"]["Name"]: c["ID"] for c in api.secrets()},
+        services=manager.service_specs({stackplan.NAMESPACE: name}),
+        networks=manager.networks(),
+        configs={c.name: (c.id, dict(c.labels)) for c in manager.configs()},
+        secrets=manager.secrets(),
     )
 
 
-def _calls(manager) -> stackplan.Calls:
-    api = manager.api
-
-    def update(service: str, **kwargs) -> None:
-        current = api.inspect_service(service)
-        api.update_service(current["ID"], current["Version"]["Index"], **kwargs)
-
+def _calls(manager: gateway.Gateway) -> stackplan.Calls:
     return stackplan.Calls(
-        create_network=lambda n, **kw: api.create_network(n, scope="swarm", **kw)["Id"],
-        create_config=lambda n, data, labels: api.create_config(n, data, labels=dict(labels))["ID"],
-        create_secret=lambda n, data, labels: api.create_secret(n, data, labels=dict(labels))["ID"],
-        create_service=api.create_service,
-        update_service=update,
+        create_network=lambda n, labels, **kw: manager.create_network(
+            n, labels, scope="swarm", **kw
+        ),
+        # not retried: a create whose answer was lost would then fail on its own name
+        create_config=lambda n, data, labels: manager.create_config(n, data, labels, retry=False),
+        create_secret=manager.create_secret,
+        create_service=manager.create_service,
+        update_service=manager.update_service,
     )
 
 
-def _check_images(cluster: Cluster, manager, stack: stackfile.Stack, log: Log) -> list[str]:
+def _check_images(
+    cluster: Cluster, manager: gateway.Gateway, stack: stackfile.Stack, log: Log
+) -> list[str]:
     """The tool's offline images onto the nodes; any other image must be in the registry."""
     offline = {i.ref for i in images.IMAGES.values()}
     for svc in stack.services:
         if svc.image in offline:
             continue
         try:
-            manager.images.get_registry_data(svc.image)
-        except (NotFound, APIError):
+            manager.registry_digest(svc.image)
+        except gateway.APIFailure:
             raise stackplan.StackError(
                 f"{stack.path}: service {svc.name}: image {svc.image} is neither one of "
                 f"cdtasks' offline images nor in the registry (build and push it first)"
@@ -296,7 +281,7 @@ def plan_file(s: Settings, log: Log) -> FilePlan:
     whole file validated, and what it names outside found, before any change."""
     stack = read_file(s)
     cluster = Cluster.of(s).discover()
-    manager = cluster.manager()
+    manager = cluster.gateway(log)
     actual = _actual(manager, stack.name)
     p = stackplan.plan(stack, actual, cluster.routing_in_use())
     if p.adapted:
@@ -335,12 +320,14 @@ def _drift(changes) -> tuple[tuple[str, str, str, str], ...]:
     return tuple(out)
 
 
-def wait_jobs(manager, names: Sequence[str], timeout: float, log: Log, poll: float = 0.5) -> None:
+def wait_jobs(
+    manager: gateway.Gateway, names: Sequence[str], timeout: float, log: Log, poll: float = 0.5
+) -> None:
     """Wait until every job service has completed as many tasks as it wants."""
     deadline = time.monotonic() + timeout
     for name in names:
         while True:
-            done, total = services.progress(manager, manager.api.inspect_service(name))
+            done, total = services.progress(manager, services.existing(manager, name))
             if done >= total:
                 log(f"job {name}: {done}/{total} completed")
                 break

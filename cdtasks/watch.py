@@ -12,12 +12,10 @@ progress are skipped for the last of them.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import getpass
 import json
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -27,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import checks, git_credentials, records
+from . import git, git_credentials, records
 from .interrupt import deferred, exit_code
 from .redaction import redact
 
@@ -66,35 +64,17 @@ class RunResult:
 
 # -- git ------------------------------------------------------------------------------------------
 def _git(args: Sequence[str], timeout: float | None = None, repo: str = "") -> str:
-    """A git command that never asks for anything: no terminal prompt, no stdin, a time limit
+    """A git command that never asks for anything (`git.run`), within `timeout` seconds
     (GIT_TIMEOUT unless given); `repo`'s credentials through its environment."""
     timeout = timeout or GIT_TIMEOUT
-    env = checks.git_environment(repo)
-    # Its own session, so that on a timeout or Ctrl-C its transport helpers (git-remote-https,
-    # ssh) are killed with it instead of lingering.
-    with subprocess.Popen(
-        ["git", *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    ) as proc:
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except BaseException as exc:
-            with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            if isinstance(exc, subprocess.TimeoutExpired):
-                raise SourceError(f"`git {args[0]}` got no answer in {timeout:g}s") from None
-            raise
+    try:
+        proc = git.run(args, timeout, repo=repo)
+    except subprocess.TimeoutExpired:
+        raise SourceError(f"`git {args[0]}` got no answer in {timeout:g}s") from None
     if proc.returncode != 0:
-        last = (stderr.strip().splitlines() or ["?"])[-1]
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
         raise SourceError(f"`git {args[0]}` failed: {redact(last)}")
-    return stdout
+    return proc.stdout
 
 
 def check_branch(branch: str) -> str:
@@ -145,7 +125,7 @@ def subject(repo: str, commit: str) -> str:
 
 # -- the records ----------------------------------------------------------------------------------
 class RecordStore:
-    """The watch records of a service on a cluster; `connect` gives a manager's client and is
+    """The watch records of a service on a cluster; `connect` gives its gateway and is
     asked again after a failure (the cluster may have come back through another manager)."""
 
     def __init__(self, connect: Callable[[], Any], service: str):

@@ -23,11 +23,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import procs
+
 HERE = Path(__file__).parent
 SOURCES = "/etc/apt/sources.list.d/debian.sources"
 SUITE = "bookworm"
 RECIPE_LABEL = "io.cdtasks.recipe"
 VERSIONS_LABEL = "io.cdtasks.versions"
+MMDEBSTRAP_TIMEOUT = 1800  # seconds one root filesystem may take (~35 s with a nearby mirror)
 
 
 class ImageError(RuntimeError):
@@ -302,6 +305,25 @@ def build(
         return _build(client, images, log, force)
 
 
+def mmdebstrap(
+    rootfs: Rootfs, out_tar: Path, versions_file: Path, timeout: float = MMDEBSTRAP_TIMEOUT
+) -> None:
+    """The root filesystem as a tarball; ImageError when mmdebstrap fails or runs longer than
+    `timeout` seconds (then it is killed with the apt and dpkg processes it started)."""
+    try:
+        proc = procs.run(mmdebstrap_command(rootfs, out_tar, versions_file), timeout)
+    except FileNotFoundError:
+        raise ImageError("mmdebstrap is not installed (apt-get install mmdebstrap)") from None
+    except subprocess.TimeoutExpired:
+        raise ImageError(
+            f"mmdebstrap did not finish image {rootfs.name} within {timeout:g}s "
+            f"(a package mirror that does not answer?)"
+        ) from None
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+        raise ImageError(f"mmdebstrap failed for image {rootfs.name}:\n{tail}")
+
+
 def _build(client, images: list[Image], log: Callable[[str], None], force: bool) -> list[str]:
     stale = {i.rootfs.name for i in (images if force else missing(client, images))}
     built: list[str] = []
@@ -313,17 +335,7 @@ def _build(client, images: list[Image], log: Callable[[str], None], force: bool)
         with tempfile.TemporaryDirectory(prefix=f"cdtasks-{rootfs.name}-") as tmp:
             tar, versions_file = Path(tmp) / "rootfs.tar", Path(tmp) / "versions"
             log(f"building root filesystem {rootfs.name} ({', '.join(rootfs.packages)})")
-            try:
-                proc = subprocess.run(
-                    mmdebstrap_command(rootfs, tar, versions_file), capture_output=True, text=True
-                )
-            except FileNotFoundError:
-                raise ImageError(
-                    "mmdebstrap is not installed (apt-get install mmdebstrap)"
-                ) from None
-            if proc.returncode != 0:
-                tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-                raise ImageError(f"mmdebstrap failed for image {rootfs.name}:\n{tail}")
+            mmdebstrap(rootfs, tar, versions_file)
             installed = dict(
                 line.split(" ", 1) for line in versions_file.read_text().splitlines() if " " in line
             )

@@ -21,6 +21,7 @@ from ..log import Log
 from .base import Provider, ProviderError
 
 MIN_DOCKER = (20, 10)  # Engine API 1.41
+PURGE_TIMEOUT = 1800  # seconds deleting the registry's data may take (many layers)
 VERSION_CMD = "docker version --format '{{.Server.Version}}'"
 # The source address of the default route: what `docker swarm init` would advertise.
 ADDRESS_CMD = "ip -4 -o route get 1.1.1.1"
@@ -165,6 +166,7 @@ class SshProvider(Provider):
                         ),
                         hide=True,
                         warn=True,
+                        timeout=PURGE_TIMEOUT,
                     )
                 done.append(f"registry data {self.s.registry.registry_dir} on {node}")
             return done

@@ -68,7 +68,7 @@ def logs(c, service=None, env="test", since=None, tail=None, follow=False):
         lines = int(tail) if tail is not None else None
     except ValueError as exc:
         raise Exit(f"error: {exc}", code=BAD_INPUT) from None
-    manager = cluster.Cluster.of(s).discover().manager()
+    manager = cluster.Cluster.of(s).discover().gateway()
     for line in services.logs(manager, name, since=int(started), tail=lines, follow=follow):
         out(line)
 

@@ -39,6 +39,24 @@ def sample_repository(path: Path, message: str | None = None) -> Path:
     return path
 
 
+class Manager:
+    """A cluster's manager as the tests hold it: the gateway the library takes (its methods are
+    this object's) and `client`/`api`/`swarm`, the SDK of the manager it answers through (what a
+    test inspects directly)."""
+
+    def __init__(self, cluster):
+        self.gateway = cluster.gateway()
+        self.client = cluster.client(self.gateway.manager_name())
+        self.api, self.swarm = self.client.api, self.client.swarm
+
+    def __getattr__(self, name: str):
+        return getattr(self.gateway, name)
+
+
+def manager_of(cluster) -> Manager:
+    return Manager(cluster)
+
+
 @dataclass
 class Lab:
     name: str

@@ -23,7 +23,7 @@ import requests
 from cdtasks import records, services, watch
 from cdtasks.cluster import Cluster
 
-from .conftest import ROOT, Lab, git, sample_repository
+from .conftest import ROOT, Lab, git, manager_of, sample_repository
 
 SECRET = "watch-test-webhook-secret"
 ANCHOR = "    def test_hello_with_delay(self):"  # in demo/tests/unit/test_server.py
@@ -40,7 +40,7 @@ def inv_watch(lab: Lab, reports, *args: str, timeout: float = 900) -> subprocess
 
 
 def manager(lab: Lab, env: str = "test"):
-    return Cluster.of(lab.settings(env)).discover().manager()
+    return manager_of(Cluster.of(lab.settings(env)).discover())
 
 
 def edit(path: Path, old: str, new: str) -> None:

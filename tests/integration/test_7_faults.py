@@ -25,7 +25,7 @@ from cdtasks import deployment, records
 from cdtasks.cluster import Cluster
 from cdtasks.rollout import delivered
 
-from .conftest import git, sample_repository
+from .conftest import git, manager_of, sample_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "go-demo"
@@ -105,7 +105,7 @@ class Run:
 
 
 def manager(lab, env="test"):
-    return Cluster.of(lab.settings(env)).discover().manager()
+    return manager_of(Cluster.of(lab.settings(env)).discover())
 
 
 def compose_leftovers(lab) -> list[str]:
@@ -470,3 +470,123 @@ def test_cd_engine_restarted_during_staging(stack, repo, tmp_path):
     finally:
         stack.inv("provision", "--env", "test")
     assert compose_leftovers(stack) == []
+
+
+# -- the clean-up after a signal is bounded -------------------------------------------------------
+# Last in this file: one case freezes the CD node's engine.
+SLEEPING_UNIT = 'command: ["sleep", "600"]'  # PID 1 ignores SIGTERM: `down` must kill it
+
+
+@pytest.fixture(scope="module")
+def slow_repo(stack, tmp_path_factory) -> str:
+    """The sample whose unit tests and build (beside them) each take ten minutes."""
+    path = sample_repository(tmp_path_factory.mktemp("slow-repo"))
+    compose = path / "demo/docker-compose-test-local.yml"
+    unit_cmd = "command: python3 -m unittest discover -s tests/unit -t . -v"
+    assert unit_cmd in compose.read_text()
+    compose.write_text(compose.read_text().replace(unit_cmd, SLEEPING_UNIT))
+    dockerfile = path / "demo/Dockerfile"
+    dockerfile.write_text(
+        dockerfile.read_text().replace("COPY app/", "RUN sleep 600\nCOPY app/", 1)
+    )
+    git(path, "add", "-A")
+    git(path, "commit", "--quiet", "-m", "unit tests and build that take ten minutes")
+    return str(path)
+
+
+def _remove_leftovers(lab, before: list[str]) -> None:
+    """What a run stopped at once leaves (its compose project, its checkout), removed by hand
+    so that the next cases start clean."""
+    cd = Cluster.of(lab.settings("test")).discover().client(CD_NODE)
+    flt = {"label": COMPOSE_LABEL}
+    for c in cd.containers.list(all=True, filters=flt):
+        c.remove(force=True)
+    for n in cd.networks.list(filters=flt):
+        n.remove()
+    ws = lab.settings("test").delivery.workspace_dir
+    for name in set(checkouts(lab)) - set(before):
+        subprocess.run(["rm", "-rf", str(ws / name)], check=False)
+
+
+def _long_unit(lab, slow_repo, tmp_path, version) -> Run:
+    """A delivery of `slow_repo` once its unit container runs (the build beside it too)."""
+    run = deliver(lab, slow_repo, version, tmp_path)
+    run.wait_for(r"^\[deliver\] unit \.\.\.$")
+    cd = Cluster.of(lab.settings("test")).discover().client(CD_NODE)
+    deadline = time.monotonic() + 300
+    while not [
+        c
+        for c in cd.containers.list(
+            filters={"label": "com.docker.compose.service=unit", "status": "running"}
+        )
+        if c.labels.get(COMPOSE_LABEL, "").startswith(f"go-demo-{version}-")
+    ]:
+        assert run.proc.poll() is None and time.monotonic() < deadline, run.stderr[-2000:]
+        time.sleep(0.5)
+    time.sleep(3)
+    return run
+
+
+def _sigterm(run: Run, timeout: float) -> tuple[int, float]:
+    """SIGTERM to the run: its exit code, and the seconds from the signal to its exit."""
+    sent = time.monotonic()
+    run.signal(signal.SIGTERM)
+    code = run.finish(timeout=timeout)
+    return code, time.monotonic() - sent
+
+
+def _unit_interrupted(tmp_path) -> dict:
+    report = json.loads((tmp_path / "deliver.json").read_text())
+    return {r["name"]: r["status"] for r in report["steps"]}
+
+
+def test_sigterm_during_a_long_build_cleans_up_within_the_bound(stack, slow_repo, tmp_path):
+    run = _long_unit(stack, slow_repo, tmp_path, "slow-1")
+    code, took = _sigterm(run, timeout=120)
+    print(f"exited {took:.1f}s after SIGTERM")
+    assert code == 143, run.stderr[-2000:]
+    assert took < 40, f"the clean-up took {took:.1f}s"
+    assert "Traceback" not in run.stderr
+    assert _unit_interrupted(tmp_path)["unit"] == "interrupted"
+    assert all(_unit_interrupted(tmp_path)[n] == "skipped" for n in STEPS[2:])
+    assert_clean(stack)  # the compose project down (the build beside stopped), checkout gone
+
+
+def test_a_second_signal_ends_the_clean_up_at_once_naming_what_is_left(stack, slow_repo, tmp_path):
+    before = checkouts(stack)
+    run = _long_unit(stack, slow_repo, tmp_path, "slow-2")
+    run.signal(signal.SIGTERM)
+    time.sleep(0.5)  # inside the clean-up: `down` waits 5 s for the sleeping unit container
+    code, took = _sigterm(run, timeout=60)
+    print(f"exited {took:.1f}s after the second SIGTERM")
+    try:
+        assert code == 143, run.stderr[-2000:]
+        assert took < 5, f"the second signal took {took:.1f}s to end the run"
+        assert "SIGTERM received during the clean-up: stopping now" in run.stderr
+        if compose_leftovers(stack):
+            assert re.search(r"left behind: compose project \S+ on swarm-test-1", run.stderr)
+    finally:
+        _remove_leftovers(stack, before)
+
+
+def test_cleanup_against_a_frozen_cd_engine_stops_at_the_bound_naming_the_project(
+    stack, slow_repo, tmp_path
+):
+    """The CD node's engine stops answering when the signal comes: `compose down` and every
+    API call would wait (the Engine client's 120 s, TEST_TIMEOUT's 1800 s); the run exits 30 s
+    after the signal, naming the compose project it leaves."""
+    before = checkouts(stack)
+    node = docker.from_env().containers.get(stack.container(CD_NODE))
+    run = _long_unit(stack, slow_repo, tmp_path, "slow-3")
+    node.pause()
+    try:
+        code, took = _sigterm(run, timeout=180)
+        print(f"exited {took:.1f}s after SIGTERM, the CD engine frozen")
+    finally:
+        node.unpause()
+    try:
+        assert code == 143, run.stderr[-2000:]
+        assert 25 < took < 40, f"the clean-up took {took:.1f}s"
+        assert re.search(r"left behind: compose project \S+ on swarm-test-1", run.stderr)
+    finally:
+        _remove_leftovers(stack, before)

@@ -13,8 +13,8 @@ from invoke import Config, Context, Exit
 
 from cdtasks import cluster, delivery, deployment, ns
 from cdtasks.budget import Budget
+from cdtasks.gateway import Node
 from cdtasks.runner import StepResult
-from cdtasks.swarm import Member
 from cdtasks.tasks import cluster as cluster_tasks
 from cdtasks.tasks import common
 from cdtasks.tasks import delivery as delivery_tasks
@@ -52,7 +52,7 @@ def test_status_json(c, monkeypatch, capsys):
         return cluster.Status(
             "test",
             (
-                Member(
+                Node(
                     "id1",
                     "swarm-test-1",
                     "manager",
@@ -62,7 +62,7 @@ def test_status_json(c, monkeypatch, capsys):
                     reachability="reachable",
                     addr="10.0.0.2",
                 ),
-                Member("id2", "swarm-test-2", "worker", "down", "drain", {"env": "prod-like"}),
+                Node("id2", "swarm-test-2", "worker", "down", "drain", {"env": "prod-like"}),
             ),
             ("swarm-test-3",),
             (
@@ -156,10 +156,10 @@ def test_deploy_json_is_the_report_file(c, monkeypatch, capsys, tmp_path, result
     )
     if code:
         with pytest.raises(Exit) as exc:
-            deployment_tasks.deploy_and_report(d, "deploy", json=True)
+            deployment_tasks._deployed(d, "deploy", json=True)
         assert exc.value.code == code
     else:
-        deployment_tasks.deploy_and_report(d, "deploy", json=True)
+        deployment_tasks._deployed(d, "deploy", json=True)
     out = capsys.readouterr()
     doc = one_document(out.out)
     assert set(doc) == REPORT_KEYS and doc["suite"] == "deploy" and doc["ok"] is (code == 0)
@@ -259,7 +259,7 @@ def test_lock_status_json(c, monkeypatch, capsys):
         "of",
         classmethod(
             lambda cls, s: SimpleNamespace(
-                discover=lambda: SimpleNamespace(manager=lambda: manager)
+                discover=lambda: SimpleNamespace(gateway=lambda: manager)
             )
         ),
     )

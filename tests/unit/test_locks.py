@@ -1,6 +1,7 @@
 """Records and the deployment lock against an in-memory Swarm manager (the `swarm_manager` fixture of conftest.py)."""
 
 import json
+import math
 import subprocess
 import time
 
@@ -66,10 +67,11 @@ def test_a_second_run_is_refused_naming_the_holder(manager):
         with pytest.raises(LockHeld, match=r"being deployed by alice@.*deploying 1\.0; use --wait"):
             Lock(manager, SVC, "2.0").acquire(0)
         lines, log = _lines()
-        start = time.monotonic()
+        clocks = Clocks()  # the waiter's own: a loaded machine does not stretch its 0.3 s
+        start = clocks.t
         with pytest.raises(LockHeld, match=r"alice@.*\(waited 0s\)"):
-            Lock(manager, SVC, "2.0", log=log).acquire(0.3)
-        assert time.monotonic() - start >= 0.3
+            Lock(manager, SVC, "2.0", log=log, clock=clocks.mono, sleep=clocks.sleep).acquire(0.3)
+        assert clocks.t - start >= 0.3
         assert len(lines) == 1 and "waiting for the lock of go-demo, held by alice@" in lines[0]
 
 
@@ -102,7 +104,9 @@ def test_an_expired_lock_is_taken_over_by_its_id(manager):
     lines, log = _lines()
     taker = Lock(manager, SVC, "2.0", log=log).acquire(0)
     assert records.lock_state(manager, SVC).id == taker.id != stale.id
-    assert "taking over the lock of go-demo from" in lines[0] and "expired" in lines[0]
+    # Its expiry by this clock only makes the waiter watch it; one unchanged TTL decides.
+    assert "looks expired by this machine's clock" in lines[0]
+    assert "taking over the lock of go-demo from" in lines[-1] and "not renewed for" in lines[-1]
     with pytest.raises(LockLost, match=r"was removed; now held by .*2\.0"):
         stale.check()
     assert stale.release() is False  # removing by its ID cannot touch the newer lock
@@ -228,3 +232,129 @@ def test_a_lock_of_the_previous_version_holds_until_the_expiry_in_its_data(manag
         Lock(manager, SVC, "1.0").acquire(0)
     time.sleep(1.75)
     Lock(manager, SVC, "1.0").acquire(0).release()
+
+
+# -- lease arithmetic under clock skew (injected clocks) -------------------------------------------
+class Clocks:
+    """One monotonic time for every party (fake: tests do not wait), a wall clock per party
+    (true time + its skew), and the holder's renewals scheduled on that time."""
+
+    def __init__(self):
+        self.t = 1000.0
+        self.due: list[tuple[float, float, object]] = []  # (when, period, fn)
+
+    def mono(self) -> float:
+        return self.t
+
+    def wall(self, skew: float):
+        return lambda: 1.8e9 + self.t + skew
+
+    def every(self, period: float, fn) -> None:
+        self.due.append((self.t + period, period, fn))
+
+    def stop(self) -> None:
+        self.due.clear()
+
+    def sleep(self, seconds: float) -> None:
+        end = self.t + seconds
+        while self.due and min(self.due, key=lambda d: d[0])[0] <= end:
+            when, period, fn = min(self.due, key=lambda d: d[0])
+            self.due.remove((when, period, fn))
+            self.t = when
+            fn()
+            self.due.append((when + period, period, fn))
+        # Forward always, as real time goes: a sleep below the float's resolution at t (what is
+        # left of a wait, say) would otherwise leave a waiter polling at one instant forever.
+        self.t = max(end, math.nextafter(self.t, math.inf))
+
+
+def _party(manager, clocks, skew, version, **kw):
+    return Lock(
+        manager, SVC, version, clock=clocks.mono, wall=clocks.wall(skew), sleep=clocks.sleep, **kw
+    )
+
+
+@pytest.fixture
+def real_polls(monkeypatch):
+    monkeypatch.setattr(records, "LOCK_POLL", 2.0)
+
+
+SKEWS = [(-120, 0), (+120, 0), (0, -120), (0, +120)]  # (holder, waiter): 2 minutes either way
+
+
+@pytest.mark.parametrize("holder_skew,waiter_skew", SKEWS)
+def test_a_renewed_lock_holds_whatever_the_clocks_say(
+    manager, real_polls, holder_skew, waiter_skew
+):
+    clocks = Clocks()
+    holder = _party(manager, clocks, holder_skew, "1.0", holder=_elsewhere())
+    holder.acquire(0, heartbeat=False)
+    clocks.every(holder.ttl / 3, holder.renew)  # its heartbeat
+    lines, log = _lines()
+    start = clocks.t
+    with pytest.raises(LockHeld):
+        _party(manager, clocks, waiter_skew, "2.0", log=log).acquire(300)
+    assert clocks.t - start >= 300
+    assert records.lock_state(manager, SVC).id == holder.id
+    holder.check()
+    assert not any("taking over" in line for line in lines)
+
+
+@pytest.mark.parametrize("holder_skew,waiter_skew", SKEWS)
+def test_a_lock_no_longer_renewed_is_taken_one_ttl_after_its_last_renewal(
+    manager, real_polls, holder_skew, waiter_skew
+):
+    clocks = Clocks()
+    holder = _party(manager, clocks, holder_skew, "1.0", holder=_elsewhere())
+    holder.acquire(0, heartbeat=False)
+    clocks.every(holder.ttl / 3, holder.renew)
+    clocks.sleep(100)  # renewed at +30, +60, +90: then its process dies
+    clocks.stop()
+    last = clocks.t - 10
+    taker = _party(manager, clocks, waiter_skew, "2.0").acquire(600)
+    assert records.lock_state(manager, SVC).id == taker.id != holder.id
+    # Never before a whole TTL unchanged since the last renewal; soon after it.
+    assert holder.ttl <= clocks.t - last <= holder.ttl + 10 + 2 * records.LOCK_POLL
+    with pytest.raises(LockLost):
+        holder.check()
+
+
+def test_the_lease_counts_from_the_renewal_sent_not_its_answer(manager):
+    clocks = Clocks()
+    holder = _party(manager, clocks, 0, "1.0").acquire(0, heartbeat=False)
+    timeouts = []
+    send = manager.store.send
+
+    def slow(request, **kw):  # the cluster applies the update, its answer takes 8 s
+        if request.url.split("?")[0].endswith("/update"):
+            timeouts.append(kw.get("timeout"))
+            answer = send(request, **kw)
+            clocks.t += 8
+            return answer
+        return send(request, **kw)
+
+    manager.store.send = slow
+    clocks.sleep(30)
+    sent = clocks.t
+    holder.renew()
+    assert clocks.t == sent + 8 and holder._renewed == sent
+    # Renewal calls are bounded well below the lease.
+    assert timeouts == [records.LOCK_CALL_TIMEOUT] and holder.ttl / 9 >= records.LOCK_CALL_TIMEOUT
+    clocks.t = sent + holder.ttl - records.LOCK_MARGIN - 1
+    holder.check()  # the change right after it is still inside the lease
+    clocks.t = sent + holder.ttl - records.LOCK_MARGIN + 1
+    with pytest.raises(LockLost, match="not renewed for"):
+        holder.check()  # counted from the answer (8 s later) it would still pass
+    assert holder.release() is True
+
+
+def test_a_stopped_run_names_its_lock_until_it_is_released(manager):
+    from cdtasks import interrupt
+
+    clocks = Clocks()
+    holder = _party(manager, clocks, 0, "1.0").acquire(0, heartbeat=False)
+    said = holder.left_behind()
+    assert said in interrupt.left_behind()  # what a cut-short clean-up names
+    assert said.startswith("lock of go-demo not released:") and "90s TTL" in said
+    holder.release()
+    assert holder.left_behind() == "" and said not in interrupt.left_behind()
