@@ -3,8 +3,9 @@ from the JSON reports and the records on the clusters: the last deliveries and d
 timeline of each run's steps, each replica's tasks over time, the versions and digests running
 on prod-like and production, and the failures with their reasons.
 
-`collect` gathers a snapshot (plain data; a cluster that does not answer is said on the page);
-`render` turns a snapshot into HTML, escaping every text it shows.
+`gather` reads both clusters (`cluster`: a cluster that does not answer is said on the page) and
+the reports on disk into a snapshot (`snapshot`: plain data, credentials in URLs removed);
+`render` turns a snapshot into HTML, escaping every text it shows; `write` puts it in a file.
 """
 
 from __future__ import annotations

@@ -231,7 +231,7 @@ def test_services_json_with_drift_exits_5_after_the_document(c, monkeypatch, cap
     from cdtasks.tasks import services as services_tasks
 
     def ensure(s, log, check, update):
-        drift = (("go-demo", "replicas", "2", "3"),) if s.env == "prod" else ()
+        drift = (stack.Drift("go-demo", "replicas", "2", "3"),) if s.env == "prod" else ()
         return SimpleNamespace(done=(), drift=drift)
 
     monkeypatch.setattr(stack, "ensure", ensure)
@@ -243,7 +243,7 @@ def test_services_json_with_drift_exits_5_after_the_document(c, monkeypatch, cap
         "test": {"done": [], "drift": []},
         "prod": {
             "done": [],
-            "drift": [{"service": "go-demo", "field": "replicas", "env_file": "2", "running": "3"}],
+            "drift": [{"service": "go-demo", "field": "replicas", "wanted": "2", "running": "3"}],
         },
     }
 
