@@ -252,6 +252,7 @@ class Watcher:
     _unwritten: list[dict] = field(default_factory=list)  # finished records the cluster missed
     _stopping: bool = False
     _failing: bool = False  # the last try found the cluster or the repository silent
+    _idle_at: str = ""  # the head last said to be taken already (said once, not every poll)
 
     @property
     def name(self) -> str:
@@ -281,6 +282,10 @@ class Watcher:
         commit = head(self.repo, self.branch)
         runs = self._state()
         if commit in runs.taken:
+            if commit != self._idle_at:  # what a watcher (a restarted one too) decided
+                self._idle_at = commit
+                self.log(f"{self.branch} at {commit[:12]}: already taken, waiting for the next "
+                         f"commit")
             return None
         base = {"repo": self.name, "branch": self.branch, "commit": commit}
         taken = {**base, "event": "taken", "time": records.now(), "user": getpass.getuser(),
