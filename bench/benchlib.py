@@ -1,4 +1,5 @@
 """What the benchmarks share: removing a throwaway lab, and writing results with their context."""
+
 from __future__ import annotations
 
 import datetime
@@ -19,10 +20,19 @@ NOTE = "shared machine: other labs may have been running, figures are noisy"
 def write_results(path: Path, host, figures: dict) -> None:
     """The figures plus when, where (cpus, engine) and a reminder that the machine is shared."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "nproc": len(os.sched_getaffinity(0)), "docker": host.version()["Version"],
-        **figures, "note": NOTE}, indent=2) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                "nproc": len(os.sched_getaffinity(0)),
+                "docker": host.version()["Version"],
+                **figures,
+                "note": NOTE,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"  (written to {path.relative_to(path.parents[2])})")
 
 
@@ -33,8 +43,12 @@ def say(msg: str) -> None:
 def lab_environ(lab: str, tmp: Path) -> dict[str, str]:
     # Other labs' CDTASKS_* must not leak in; reports go to the temp dir, not the repository.
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDTASKS_")}
-    return {**env, "CDTASKS_LAB_NAME": lab, "CDTASKS_STATE_DIR": str(tmp / "state"),
-            "CDTASKS_REPORTS_DIR": str(tmp / "reports")}
+    return {
+        **env,
+        "CDTASKS_LAB_NAME": lab,
+        "CDTASKS_STATE_DIR": str(tmp / "state"),
+        "CDTASKS_REPORTS_DIR": str(tmp / "reports"),
+    }
 
 
 def inv(args: list[str], environ: dict[str, str], expect: int = 0) -> float:
@@ -50,7 +64,12 @@ def clean_up(host, lab: str, environ: dict[str, str], tmp: Path) -> None:
     """Remove a benchmark's lab and temp dir; a second Ctrl-C must not cut this short."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     say(f"cleaning up lab {lab}")
-    subprocess.run(["inv", "destroy", "--purge"], cwd=ROOT, env=environ,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        ["inv", "destroy", "--purge"],
+        cwd=ROOT,
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     remove_labelled(host, lab)  # whatever `inv destroy` left
     shutil.rmtree(tmp, ignore_errors=True)

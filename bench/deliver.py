@@ -6,6 +6,7 @@ source delivered twice on one lab. Run from the repository root:
 Creates a throwaway lab cdtbench<rand> (provision, services and a warm-up delivery, untimed) and
 removes it afterwards, also on failure or Ctrl-C. Figures go to bench/results/deliver.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,12 +62,6 @@ step end
 """
 
 
-
-
-
-
-
-
 def tool(environ: dict[str, str], version: str) -> tuple[float, dict[str, float]]:
     """`inv deliver`, timed as a whole, and its steps from its JSON report."""
     seconds = benchlib.inv(["deliver", "--version", version], environ)
@@ -77,22 +72,31 @@ def tool(environ: dict[str, str], version: str) -> tuple[float, dict[str, float]
 def script(environ: dict[str, str], version: str) -> tuple[float, dict[str, float]]:
     """The script above, timed as a whole and step by step (from its markers)."""
     settings = config.load("test", environ=environ, project_dir=ROOT)
-    dest = settings.workspace_dir / f"go-demo-book-{secrets.token_hex(3)}"
+    dest = settings.delivery.workspace_dir / f"go-demo-book-{secrets.token_hex(3)}"
     docker_config = Path(tempfile.mkdtemp(prefix="cdtbench-docker-"))  # 0700: the login lands here
     (docker_config / "cli-plugins").symlink_to(
-        Path(environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "cli-plugins")
-    env = {**environ, "ROOT": str(ROOT), "SRC": str(ROOT), "DEST": str(dest),
-           "VERSION": version, "PROJ": f"go-demo-{version.replace('.', '-')}-book",
-           "DOCKER_CONFIG": str(docker_config), "REGISTRY_USER": registry.USER,
-           "REGISTRY_PASSWORD": str(registry.auth_dir(settings) / "password")}
+        Path(environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "cli-plugins"
+    )
+    env = {
+        **environ,
+        "ROOT": str(ROOT),
+        "SRC": str(ROOT),
+        "DEST": str(dest),
+        "VERSION": version,
+        "PROJ": f"go-demo-{version.replace('.', '-')}-book",
+        "DOCKER_CONFIG": str(docker_config),
+        "REGISTRY_USER": registry.USER,
+        "REGISTRY_PASSWORD": str(registry.auth_dir(settings) / "password"),
+    }
     marks: list[tuple[str, float]] = []
     t0 = time.monotonic()
     try:
-        with subprocess.Popen(["bash", "-c", SCRIPT], env=env, stderr=subprocess.PIPE,
-                              text=True, bufsize=1) as proc:
+        with subprocess.Popen(
+            ["bash", "-c", SCRIPT], env=env, stderr=subprocess.PIPE, text=True, bufsize=1
+        ) as proc:
             for line in proc.stderr:  # shown live, markers kept
                 if line.startswith(MARK):
-                    name, at = line[len(MARK):].split()
+                    name, at = line[len(MARK) :].split()
                     marks.append((name, float(at)))
                     benchlib.say(f"script: {name}")
                 else:
@@ -107,8 +111,6 @@ def script(environ: dict[str, str], version: str) -> tuple[float, dict[str, floa
     return seconds, steps
 
 
-
-
 def mean(runs: list[dict], key: str) -> float:
     return sum(r[key] for r in runs) / len(runs)
 
@@ -121,8 +123,9 @@ def main(pairs: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     load_before = os.getloadavg()
     # The library's commit when the run starts (others may commit while it runs: note it).
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     runs: list[dict] = []
     try:
         benchlib.say(f"setup (untimed): provision, services, lab {lab}")
@@ -137,39 +140,63 @@ def main(pairs: int) -> None:
         kinds = [k for i in range(pairs) for k in (("tool", "script"), ("script", "tool"))[i % 2]]
         for n, kind in enumerate(kinds, start=1):
             version = f"1.{n}"
-            benchlib.say(f"{kind}: version {version}" + (" (inv deliver)" if kind == "tool" else
-                                                " (the book's commands)"))
+            benchlib.say(
+                f"{kind}: version {version}"
+                + (" (inv deliver)" if kind == "tool" else " (the book's commands)")
+            )
             seconds, steps = (tool if kind == "tool" else script)(environ, version)
-            runs.append({"kind": kind, "version": version, "seconds": round(seconds, 1),
-                         "steps_s": steps, "load1": round(os.getloadavg()[0], 1)})
+            runs.append(
+                {
+                    "kind": kind,
+                    "version": version,
+                    "seconds": round(seconds, 1),
+                    "steps_s": steps,
+                    "load1": round(os.getloadavg()[0], 1),
+                }
+            )
     finally:
         benchlib.clean_up(host, lab, environ, tmp)
     load_after = os.getloadavg()
 
     by = {k: [r for r in runs if r["kind"] == k] for k in ("tool", "script")}
     t, b = mean(by["tool"], "seconds"), mean(by["script"], "seconds")
-    steps = {k: {n: round(sum(r["steps_s"].get(n, 0) for r in rs) / len(rs), 1)
-                 for n in rs[0]["steps_s"]} for k, rs in by.items()}
+    steps = {
+        k: {
+            n: round(sum(r["steps_s"].get(n, 0) for r in rs) / len(rs), 1) for n in rs[0]["steps_s"]
+        }
+        for k, rs in by.items()
+    }
     names = list(dict.fromkeys([*steps["tool"], *steps["script"]]))
     cell = lambda d, n: f"{d[n]:6.1f} s" if n in d else "     - "  # noqa: E731
-    rows = "\n".join(f"    {n:<16} {cell(steps['tool'], n)}   {cell(steps['script'], n)}"
-                     for n in names)
+    rows = "\n".join(
+        f"    {n:<16} {cell(steps['tool'], n)}   {cell(steps['script'], n)}" for n in names
+    )
     each = ", ".join(f"{r['kind']} {r['version']} {r['seconds']} s" for r in runs)
-    print(f"\ndeliver benchmark (commit {commit}; same source; {each})\n"
-          f"  tool (inv deliver)   {t:6.1f} s\n"
-          f"  book script          {b:6.1f} s\n"
-          f"  ratio                {t / b:6.2f}  (target <= {RATIO_TARGET})\n"
-          f"  steps (mean)         tool      script\n{rows}\n"
-          f"  load average         {load_before[0]:.1f} before, {load_after[0]:.1f} after "
-          f"({len(os.sched_getaffinity(0))} cpus)")
-    benchlib.write_results(RESULTS, host, {
-        "commit": commit,
-        "loadavg_before": [round(x, 1) for x in load_before],
-        "loadavg_after": [round(x, 1) for x in load_after],
-        "tool_s": round(t, 1), "script_s": round(b, 1), "ratio": round(t / b, 2),
-        "tool_steps_s": steps["tool"], "script_steps_s": steps["script"], "runs": runs,
-        "targets": {"ratio": RATIO_TARGET},
-    })
+    print(
+        f"\ndeliver benchmark (commit {commit}; same source; {each})\n"
+        f"  tool (inv deliver)   {t:6.1f} s\n"
+        f"  book script          {b:6.1f} s\n"
+        f"  ratio                {t / b:6.2f}  (target <= {RATIO_TARGET})\n"
+        f"  steps (mean)         tool      script\n{rows}\n"
+        f"  load average         {load_before[0]:.1f} before, {load_after[0]:.1f} after "
+        f"({len(os.sched_getaffinity(0))} cpus)"
+    )
+    benchlib.write_results(
+        RESULTS,
+        host,
+        {
+            "commit": commit,
+            "loadavg_before": [round(x, 1) for x in load_before],
+            "loadavg_after": [round(x, 1) for x in load_after],
+            "tool_s": round(t, 1),
+            "script_s": round(b, 1),
+            "ratio": round(t / b, 2),
+            "tool_steps_s": steps["tool"],
+            "script_steps_s": steps["script"],
+            "runs": runs,
+            "targets": {"ratio": RATIO_TARGET},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Creates a throwaway lab cdtbench<rand> (provision, services, `inv deliver --vers
 untimed) and removes it afterwards, also on failure or Ctrl-C. Figures go to
 bench/results/deploy.json.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -39,14 +40,12 @@ PACE = 0.02  # seconds between two request starts: >= 500 in a 10 s deploy, litt
 TIMEOUT, CAP_S, CAP_N = 2.0, 600, 100_000  # per request; the loop's hard caps
 ROLLED_BACK = 20  # `inv deploy` exit code: failed and rolled back
 RESULTS = ROOT / "bench" / "results" / "deploy.json"
-GIT_ID = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@cdtasks.invalid",
-          "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@cdtasks.invalid"}
-
-
-
-
-
-
+GIT_ID = {
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@cdtasks.invalid",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@cdtasks.invalid",
+}
 
 
 class Requests(threading.Thread):
@@ -79,7 +78,7 @@ class Requests(threading.Thread):
 
 def proxy_url(host, lab: str, prod) -> str:
     """A prod node running a proxy task, through the 127.0.0.1 port its port 80 is published on."""
-    node = stack.proxy_nodes(Cluster.of(prod).discover(), prod)[0]
+    node = stack.proxy_nodes(Cluster.of(prod).discover(), prod.services)[0]
     ports = host.containers.get(f"{lab}-{node}").attrs["NetworkSettings"]["Ports"]["80/tcp"]
     return f"http://127.0.0.1:{ports[0]['HostPort']}/demo/hello"
 
@@ -95,22 +94,34 @@ def swarm_facts(prod) -> dict:
     return before Swarm marks the update completed (after its trailing delay and monitor
     period): wait for that here, untimed."""
     manager, deadline = Cluster.of(prod).discover().manager(), time.monotonic() + 120
-    while (status := (svc := manager.api.inspect_service(prod.app_service)).get(
-            "UpdateStatus") or {}).get("State") != "completed" and time.monotonic() < deadline:
+    while (
+        status := (svc := manager.api.inspect_service(prod.services.app_service)).get(
+            "UpdateStatus"
+        )
+        or {}
+    ).get("State") != "completed" and time.monotonic() < deadline:
         time.sleep(0.5)
     if "CompletedAt" not in status:
-        raise RuntimeError(f"Swarm's update of {prod.app_service} still {status.get('State')}")
+        raise RuntimeError(
+            f"Swarm's update of {prod.services.app_service} still {status.get('State')}"
+        )
     spec = svc["Spec"]
     image = spec["TaskTemplate"]["ContainerSpec"]["Image"]
     tasks = manager.api.tasks(filters={"service": svc["ID"], "desired-state": "running"})
-    startups = sorted(round(ts(t["Status"]["Timestamp"]) - ts(t["CreatedAt"]), 2) for t in tasks
-                      if t["Status"]["State"] == "running"
-                      and t["Spec"]["ContainerSpec"]["Image"] == image)
+    startups = sorted(
+        round(ts(t["Status"]["Timestamp"]) - ts(t["CreatedAt"]), 2)
+        for t in tasks
+        if t["Status"]["State"] == "running" and t["Spec"]["ContainerSpec"]["Image"] == image
+    )
     upd = spec.get("UpdateConfig") or {}
-    return {"replicas": spec["Mode"]["Replicated"]["Replicas"],
-            "delay_s": upd.get("Delay", 0) / 1e9, "monitor_s": upd.get("Monitor", 0) / 1e9,
-            "startups_s": startups, "state": status.get("State"),
-            "swarm_span_s": round(ts(status["CompletedAt"]) - ts(status["StartedAt"]), 1)}
+    return {
+        "replicas": spec["Mode"]["Replicated"]["Replicas"],
+        "delay_s": upd.get("Delay", 0) / 1e9,
+        "monitor_s": upd.get("Monitor", 0) / 1e9,
+        "startups_s": startups,
+        "state": status.get("State"),
+        "swarm_span_s": round(ts(status["CompletedAt"]) - ts(status["StartedAt"]), 1),
+    }
 
 
 def broken_repo(tmp: Path) -> Path:
@@ -125,8 +136,6 @@ def broken_repo(tmp: Path) -> Path:
     return repo
 
 
-
-
 def main() -> None:
     host = engine.host_client()
     lab = f"cdtbench{secrets.token_hex(3)}"
@@ -136,11 +145,14 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     load_before = os.getloadavg()
     # The library's commit when the run starts (others may commit while it runs: note it).
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     loop = None
     try:
-        benchlib.say(f"setup (untimed): provision, services, inv deliver --version {V_GOOD}, lab {lab}")
+        benchlib.say(
+            f"setup (untimed): provision, services, inv deliver --version {V_GOOD}, lab {lab}"
+        )
         for args in (["provision"], ["services"], ["deliver", "--version", V_GOOD]):
             benchlib.inv(args, environ)
         prod = config.load("prod", environ=environ, project_dir=ROOT)
@@ -148,7 +160,9 @@ def main() -> None:
         assert requests.get(url, timeout=10).status_code == 200, f"{url} does not answer"
 
         # (a) requests through the proxy from before the deploy starts until after it returns.
-        benchlib.say(f"(a) GET {url} in a loop during inv deploy --env prod ({prod.app_version} -> {V_GOOD})")
+        benchlib.say(
+            f"(a) GET {url} in a loop during inv deploy --env prod ({prod.services.app_version} -> {V_GOOD})"
+        )
         loop = Requests(url)
         loop.start()
         deploy_s = benchlib.inv(["deploy", "--env", "prod"], environ)
@@ -161,12 +175,21 @@ def main() -> None:
         # (c) a version that fails production tests, deployed anyway: rolled back (exit 20).
         benchlib.say(f"(c) build {V_BROKEN}, then inv deploy --version {V_BROKEN} --force")
         repo = broken_repo(tmp)
-        for args in (["checkout", "--repo", str(repo), "--version", V_BROKEN], ["build"], ["publish"]):
+        for args in (
+            ["checkout", "--repo", str(repo), "--version", V_BROKEN],
+            ["build"],
+            ["publish"],
+        ):
             benchlib.inv(args, environ)
-        broken_s = benchlib.inv(["deploy", "--env", "prod", "--version", V_BROKEN, "--force"], environ,
-                       expect=ROLLED_BACK)
-        broken = {s["name"]: (s["status"], round(s["seconds"], 1))
-                  for s in json.loads(report.read_text())["steps"]}
+        broken_s = benchlib.inv(
+            ["deploy", "--env", "prod", "--version", V_BROKEN, "--force"],
+            environ,
+            expect=ROLLED_BACK,
+        )
+        broken = {
+            s["name"]: (s["status"], round(s["seconds"], 1))
+            for s in json.loads(report.read_text())["steps"]
+        }
     finally:
         if loop:
             loop.halt.set()
@@ -178,38 +201,61 @@ def main() -> None:
     # Swarm also watches the last task for the monitor period before it says "completed".
     floor_m = floor + facts["monitor_s"]
     # The failure is known when prodtest ends; recovered when the tests after rollback pass.
-    assert broken["prodtest"][0] == "FAILED" and broken["prodtest-after-rollback"][0] == "ok", broken
+    assert broken["prodtest"][0] == "FAILED" and broken["prodtest-after-rollback"][0] == "ok", (
+        broken
+    )
     back, retest = broken["rollback"][1], broken["prodtest-after-rollback"][1]
     first = ", ".join(f"{t}s {why}" for t, why in loop.failures[:5])
-    print(f"\ndeploy benchmark (commit {commit}; prod: {facts['replicas']} replicas, update delay "
-          f"{facts['delay_s']:g} s, monitor {facts['monitor_s']:g} s)\n"
-          f"  (a) requests during deploy  {loop.failed} failed of {loop.sent} (target 0 of >= "
-          f"{MIN_SENT}){'  WARNING: too few' if loop.sent < MIN_SENT else ''}"
-          f"{'  first: ' + first if first else ''}\n"
-          f"      deploy wall time        {deploy_s:6.1f} s  (steps: {steps})\n"
-          f"  (b) rollout step            {rollout:6.1f} s  (Swarm's span {facts['swarm_span_s']} s)\n"
-          f"      start-up per task       {startup:6.1f} s  (CreatedAt -> running: {facts['startups_s']})\n"
-          f"      floor {facts['replicas']} x ({facts['delay_s']:g} + {startup:.1f})   {floor:6.1f} s  "
-          f"ratio {rollout / floor:.2f} (target <= {RATIO_TARGET})\n"
-          f"      floor + monitor period  {floor_m:6.1f} s  ratio {rollout / floor_m:.2f}\n"
-          f"  (c) failing prodtest -> rolled back and tested {back + retest:5.1f} s  (rollback "
-          f"{back:.1f} s + prodtest {retest:.1f} s; whole deploy {broken_s:.1f} s)\n"
-          f"  load average                {load_before[0]:.1f} before, {load_after[0]:.1f} after "
-          f"({len(os.sched_getaffinity(0))} cpus)")
-    benchlib.write_results(RESULTS, host, {
-        "commit": commit,
-        "loadavg_before": [round(x, 1) for x in load_before],
-        "loadavg_after": [round(x, 1) for x in load_after],
-        "zero_downtime": {"sent": loop.sent, "failed": loop.failed, "failures": loop.failures[:20],
-                          "deploy_s": round(deploy_s, 1), "pace_s": PACE, "timeout_s": TIMEOUT},
-        "rollout": {"rollout_s": rollout, **facts, "startup_s": round(startup, 2),
-                    "floor_s": round(floor, 1), "ratio": round(rollout / floor, 2),
-                    "floor_with_monitor_s": round(floor_m, 1),
-                    "ratio_with_monitor": round(rollout / floor_m, 2), "deploy_steps_s": steps},
-        "rollback": {"failure_to_recovered_s": round(back + retest, 1),
-                     "deploy_s": round(broken_s, 1), "steps": broken},
-        "targets": {"failed": 0, "min_sent": MIN_SENT, "rollout_ratio": RATIO_TARGET},
-    })
+    print(
+        f"\ndeploy benchmark (commit {commit}; prod: {facts['replicas']} replicas, update delay "
+        f"{facts['delay_s']:g} s, monitor {facts['monitor_s']:g} s)\n"
+        f"  (a) requests during deploy  {loop.failed} failed of {loop.sent} (target 0 of >= "
+        f"{MIN_SENT}){'  WARNING: too few' if loop.sent < MIN_SENT else ''}"
+        f"{'  first: ' + first if first else ''}\n"
+        f"      deploy wall time        {deploy_s:6.1f} s  (steps: {steps})\n"
+        f"  (b) rollout step            {rollout:6.1f} s  (Swarm's span {facts['swarm_span_s']} s)\n"
+        f"      start-up per task       {startup:6.1f} s  (CreatedAt -> running: {facts['startups_s']})\n"
+        f"      floor {facts['replicas']} x ({facts['delay_s']:g} + {startup:.1f})   {floor:6.1f} s  "
+        f"ratio {rollout / floor:.2f} (target <= {RATIO_TARGET})\n"
+        f"      floor + monitor period  {floor_m:6.1f} s  ratio {rollout / floor_m:.2f}\n"
+        f"  (c) failing prodtest -> rolled back and tested {back + retest:5.1f} s  (rollback "
+        f"{back:.1f} s + prodtest {retest:.1f} s; whole deploy {broken_s:.1f} s)\n"
+        f"  load average                {load_before[0]:.1f} before, {load_after[0]:.1f} after "
+        f"({len(os.sched_getaffinity(0))} cpus)"
+    )
+    benchlib.write_results(
+        RESULTS,
+        host,
+        {
+            "commit": commit,
+            "loadavg_before": [round(x, 1) for x in load_before],
+            "loadavg_after": [round(x, 1) for x in load_after],
+            "zero_downtime": {
+                "sent": loop.sent,
+                "failed": loop.failed,
+                "failures": loop.failures[:20],
+                "deploy_s": round(deploy_s, 1),
+                "pace_s": PACE,
+                "timeout_s": TIMEOUT,
+            },
+            "rollout": {
+                "rollout_s": rollout,
+                **facts,
+                "startup_s": round(startup, 2),
+                "floor_s": round(floor, 1),
+                "ratio": round(rollout / floor, 2),
+                "floor_with_monitor_s": round(floor_m, 1),
+                "ratio_with_monitor": round(rollout / floor_m, 2),
+                "deploy_steps_s": steps,
+            },
+            "rollback": {
+                "failure_to_recovered_s": round(back + retest, 1),
+                "deploy_s": round(broken_s, 1),
+                "steps": broken,
+            },
+            "targets": {"failed": 0, "min_sent": MIN_SENT, "rollout_ratio": RATIO_TARGET},
+        },
+    )
 
 
 if __name__ == "__main__":

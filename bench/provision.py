@@ -8,6 +8,7 @@ Creates throwaway labs (cdtbench<rand>a for the tool, cdtbench<rand>b for the re
 cdtbench<rand>s for the sizes) and removes them afterwards, also on failure or Ctrl-C. Figures go
 to bench/results/provision.json.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,16 +49,24 @@ def lab_environ(lab: str, state: Path) -> dict[str, str]:
 
 
 # The tool logs "ENV: PHASE after S.Ss" at the end of each phase of its provisioning.
-PHASE_LINE = re.compile(r"\] (\w+): (machines ready|swarm converged|registry image on every node|"
-                        r"registry running) after ([\d.]+)s$")
+PHASE_LINE = re.compile(
+    r"\] (\w+): (machines ready|swarm converged|registry image on every node|"
+    r"registry running) after ([\d.]+)s$"
+)
 
 
 def inv(args: list[str], environ: dict[str, str]) -> tuple[float, str, dict]:
     """Run `inv ...`; its log (stderr) shows live, its table (stdout) is returned, with the
     phases the log reports ({env: {phase: seconds since that env's start}})."""
     t0 = time.monotonic()
-    proc = subprocess.Popen(["inv", *args], cwd=ROOT, env=environ, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["inv", *args],
+        cwd=ROOT,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     phases: dict[str, dict[str, float]] = {}
     for line in proc.stderr:  # stdout is small: reading it after stderr cannot block the child
         print(line, end="", file=sys.stderr, flush=True)
@@ -95,8 +104,8 @@ def replay(host, environ: dict[str, str]) -> tuple[float, dict[str, float]]:
     certs.ensure_ca(lab.root / "certs")
     certs.ssh_keypair(lab.ssh_key)
     for s in settings:
-        state.private_dir(s.registry_dir)
-        state.private_dir(s.workspace_dir)
+        state.private_dir(s.registry.registry_dir)
+        state.private_dir(s.delivery.workspace_dir)
 
     parts = dict.fromkeys(("machines", "image loads", "swarm", "registry"), 0.0)
     mark = t0
@@ -110,7 +119,7 @@ def replay(host, environ: dict[str, str]) -> tuple[float, dict[str, float]]:
     part("machines")  # the lab's shared pieces
     addresses, names = {}, {}
     for prov, s in zip(providers, settings, strict=True):
-        for node in s.nodes:
+        for node in s.cluster.nodes:
             # The provider's own container code path (same caps, security opts, unmasked /proc
             # and /sys, tmpfs, volumes, certs, ports), called for one node at a time.
             c = prov._create_container(node, node_image, prov._prepare_machine(node))
@@ -118,59 +127,118 @@ def replay(host, environ: dict[str, str]) -> tuple[float, dict[str, float]]:
             prov._wait_ready(endpoint, c)
             addresses[node], names[node] = endpoint.address, c.name
             part("machines")
-            save = subprocess.Popen(["docker", "save", s.registry_image], stdout=subprocess.PIPE)
+            save = subprocess.Popen(
+                ["docker", "save", s.registry.registry_image], stdout=subprocess.PIPE
+            )
             run("docker", "exec", "-i", c.name, "docker", "load", "-q", stdin=save.stdout)
             save.stdout.close()
             if save.wait():
-                raise RuntimeError(f"docker save {s.registry_image} failed")
+                raise RuntimeError(f"docker save {s.registry.registry_image} failed")
             part("image loads")
             say(f"replay: {node} ready, registry image loaded ({time.monotonic() - t0:.1f} s)")
 
     for s in settings:
-        first, *others = s.nodes
+        first, *others = s.cluster.nodes
 
         def on(node: str, *args: str) -> str:  # like `docker-machine ssh NODE docker ...`
             return run("docker", "exec", names[node], "docker", *args)
 
-        on(first, "swarm", "init", "--advertise-addr", addresses[first],
-           "--listen-addr", "0.0.0.0:2377")
+        on(
+            first,
+            "swarm",
+            "init",
+            "--advertise-addr",
+            addresses[first],
+            "--listen-addr",
+            "0.0.0.0:2377",
+        )
         for node in others:
-            token = on(first, "swarm", "join-token", "-q",
-                       "worker" if node in s.workers else "manager")
-            on(node, "swarm", "join", "--token", token, "--advertise-addr", addresses[node],
-               "--listen-addr", "0.0.0.0:2377", f"{addresses[first]}:2377")
-        for node, key, value in s.node_labels:
+            token = on(
+                first,
+                "swarm",
+                "join-token",
+                "-q",
+                "worker" if node in s.cluster.workers else "manager",
+            )
+            on(
+                node,
+                "swarm",
+                "join",
+                "--token",
+                token,
+                "--advertise-addr",
+                addresses[node],
+                "--listen-addr",
+                "0.0.0.0:2377",
+                f"{addresses[first]}:2377",
+            )
+        for node, key, value in s.cluster.node_labels:
             on(first, "node", "update", "--label-add", f"{key}={value}", node)
         part("swarm")
         # The tool's registry spec without IPVS: global, host-mode port, dnsrr. The API the
         # tool calls records the tag as given; --no-resolve-image makes the CLI do the same
         # instead of asking Docker Hub (unreachable here) for a digest.
         spec = registry.spec(s, "dnsrr")
-        (secret, _), = spec.secrets  # the registry's htpasswd, as `provision` gives it
+        ((secret, _),) = spec.secrets  # the registry's htpasswd, as `provision` gives it
         with open(registry.auth_dir(s) / registry.HTPASSWD, "rb") as htpasswd:
-            run("docker", "exec", "-i", names[first], "docker", "secret", "create", secret, "-",
-                stdin=htpasswd)
-        on(first, "service", "create", "--detach", "--no-resolve-image", "--name", spec.name,
-           "--mode", "global", "--endpoint-mode", spec.endpoint_mode,
-           "--reserve-memory", f"{spec.reserve_mb}M",
-           *[f"--env={e}" for e in spec.env], *[f"--mount={m}" for m in spec.mounts],
-           *[f"--secret=source={n},target={t},mode=0400" for n, t in spec.secrets],
-           *[f"--publish=mode={m},target={t},published={p}" for p, t, m in spec.ports],
-           *[f"--label={k}={v}" for k, v in spec.labels], spec.image)
+            run(
+                "docker",
+                "exec",
+                "-i",
+                names[first],
+                "docker",
+                "secret",
+                "create",
+                secret,
+                "-",
+                stdin=htpasswd,
+            )
+        on(
+            first,
+            "service",
+            "create",
+            "--detach",
+            "--no-resolve-image",
+            "--name",
+            spec.name,
+            "--mode",
+            "global",
+            "--endpoint-mode",
+            spec.endpoint_mode,
+            "--reserve-memory",
+            f"{spec.reserve_mb}M",
+            *[f"--env={e}" for e in spec.env],
+            *[f"--mount={m}" for m in spec.mounts],
+            *[f"--secret=source={n},target={t},mode=0400" for n, t in spec.secrets],
+            *[f"--publish=mode={m},target={t},published={p}" for p, t, m in spec.ports],
+            *[f"--label={k}={v}" for k, v in spec.labels],
+            spec.image,
+        )
         deadline = time.monotonic() + REGISTRY_TIMEOUT
-        while sum(line.startswith("Running") for line in on(
-                first, "service", "ps", spec.name, "--filter", "desired-state=running",
-                "--format", "{{.CurrentState}}").splitlines()) < len(s.nodes):
+        while sum(
+            line.startswith("Running")
+            for line in on(
+                first,
+                "service",
+                "ps",
+                spec.name,
+                "--filter",
+                "desired-state=running",
+                "--format",
+                "{{.CurrentState}}",
+            ).splitlines()
+        ) < len(s.cluster.nodes):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{s.env}: registry not running on every node after "
-                                   f"{REGISTRY_TIMEOUT}s")
+                raise RuntimeError(
+                    f"{s.env}: registry not running on every node after {REGISTRY_TIMEOUT}s"
+                )
             time.sleep(POLL)
         part("registry")
-        say(f"replay: {s.env} swarm up, registry on {len(s.nodes)} nodes "
-            f"({time.monotonic() - t0:.1f} s)")
+        say(
+            f"replay: {s.env} swarm up, registry on {len(s.cluster.nodes)} nodes "
+            f"({time.monotonic() - t0:.1f} s)"
+        )
     return time.monotonic() - t0, {k: round(v, 1) for k, v in parts.items()}
-
-
 
 
 def tool_parts(phases: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -179,9 +247,12 @@ def tool_parts(phases: dict[str, dict[str, float]]) -> dict[str, dict[str, float
     out = {}
     for env, p in phases.items():
         m, sw, im = p["machines ready"], p["swarm converged"], p.get("registry image on every node")
-        out[env] = {"machines": m, "swarm": round(sw - m, 1),
-                    "image loads": round(im - m, 1) if im is not None else 0.0,
-                    "registry": round(p["registry running"] - max(sw, im or 0.0), 1)}
+        out[env] = {
+            "machines": m,
+            "swarm": round(sw - m, 1),
+            "image loads": round(im - m, 1) if im is not None else 0.0,
+            "registry": round(p["registry running"] - max(sw, im or 0.0), 1),
+        }
     return out
 
 
@@ -191,12 +262,17 @@ def sizes(host, lab: str, tmp: Path) -> list[dict]:
     rows = []
     for n in SIZES:
         nodes = [f"swarm-test-{i}" for i in range(1, n + 1)]
-        environ = {**lab_environ(lab, tmp / f"s{n}"), "CDTASKS_NODES": ",".join(nodes),
-                   "CDTASKS_WORKERS": ",".join(nodes[3:])}
+        environ = {
+            **lab_environ(lab, tmp / f"s{n}"),
+            "CDTASKS_NODES": ",".join(nodes),
+            "CDTASKS_WORKERS": ",".join(nodes[3:]),
+        }
         say(f"size: one cluster of {n} nodes, lab {lab}")
         seconds, _, phases = inv(["provision", "--env", "test"], environ)
         inv(["destroy", "--env", "test", "--purge"], environ)
-        rows.append({"nodes": n, "seconds": round(seconds, 1), "phases": tool_parts(phases)["test"]})
+        rows.append(
+            {"nodes": n, "seconds": round(seconds, 1), "phases": tool_parts(phases)["test"]}
+        )
     return rows
 
 
@@ -222,9 +298,11 @@ def main() -> None:
             lab_a, lab_b = f"cdtbench{rand}a{i}", f"cdtbench{rand}b{i}"
             labs += [lab_a, lab_b]
             env_a, env_b = lab_environ(lab_a, tmp / lab_a), lab_environ(lab_b, tmp / lab_b)
-            run_ = {"order": "tool first" if i % 2 == 0 else "replay first",
-                    "load_1min": round(os.getloadavg()[0], 2)}
-            for side in (("tool", "replay") if i % 2 == 0 else ("replay", "tool")):
+            run_ = {
+                "order": "tool first" if i % 2 == 0 else "replay first",
+                "load_1min": round(os.getloadavg()[0], 2),
+            }
+            for side in ("tool", "replay") if i % 2 == 0 else ("replay", "tool"):
                 if side == "tool":
                     say(f"tool: inv provision, lab {lab_a}")
                     seconds, _, phases = inv(["provision"], env_a)
@@ -260,36 +338,54 @@ def main() -> None:
     serial = statistics.mean(r["replay_s"] for r in runs)
     ratio = tool / serial
     noop = statistics.median(noops)
-    print(f"\nprovision benchmark ({len(ENVS)} clusters x 3 nodes, {pairs} pair(s); "
-          f"load average before {load_before[0]:.1f})")
+    print(
+        f"\nprovision benchmark ({len(ENVS)} clusters x 3 nodes, {pairs} pair(s); "
+        f"load average before {load_before[0]:.1f})"
+    )
     for r in runs:
-        print(f"  {r['order']:<13} tool {r['tool_s']:5.1f} s  replay {r['replay_s']:5.1f} s  "
-              f"ratio {r['ratio']:.2f}  (1-min load {r['load_1min']:.1f})")
+        print(
+            f"  {r['order']:<13} tool {r['tool_s']:5.1f} s  replay {r['replay_s']:5.1f} s  "
+            f"ratio {r['ratio']:.2f}  (1-min load {r['load_1min']:.1f})"
+        )
         for env, p in r["tool_phases"].items():
             print(f"    tool {env:<5}  " + "  ".join(f"{k} {v:.1f}" for k, v in p.items()))
         print("    replay      " + "  ".join(f"{k} {v:.1f}" for k, v in r["replay_phases"].items()))
-    print(f"  tool (parallel)      {tool:6.1f} s\n"
-          f"  book replay (serial) {serial:6.1f} s\n"
-          f"  ratio                {ratio:6.2f}  (target <= {RATIO_TARGET})\n"
-          f"  no-op re-provision   {noop:6.1f} s  (median of {', '.join(f'{n:.1f}' for n in noops)};"
-          f" target <= {NOOP_TARGET:g} s)"
-          f"{'' if up_to_date else '  WARNING: it changed something'}")
+    print(
+        f"  tool (parallel)      {tool:6.1f} s\n"
+        f"  book replay (serial) {serial:6.1f} s\n"
+        f"  ratio                {ratio:6.2f}  (target <= {RATIO_TARGET})\n"
+        f"  no-op re-provision   {noop:6.1f} s  (median of {', '.join(f'{n:.1f}' for n in noops)};"
+        f" target <= {NOOP_TARGET:g} s)"
+        f"{'' if up_to_date else '  WARNING: it changed something'}"
+    )
     print("  one cluster, by size (3 managers, the rest workers):")
     for prev, row in zip([None, *size_rows], size_rows, strict=False):
-        grow = f"  x{row['seconds'] / prev['seconds']:.2f} for x{row['nodes'] // prev['nodes']} nodes" \
-            if prev else ""
-        print(f"    {row['nodes']:>2} nodes {row['seconds']:5.1f} s{grow}   " +
-              "  ".join(f"{k} {v:.1f}" for k, v in row["phases"].items()))
-    benchlib.write_results(RESULTS, host, {
-        "tool_s": round(tool, 1), "replay_s": round(serial, 1), "ratio": round(ratio, 2),
-        "runs": runs,
-        "noop_s": round(noop, 1), "noop_runs_s": [round(n, 1) for n in noops],
-        "noop_up_to_date": up_to_date,
-        "sizes": size_rows,
-        "load_average_before": load_before,
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "targets": {"ratio": RATIO_TARGET, "noop_s": NOOP_TARGET},
-    })
+        grow = (
+            f"  x{row['seconds'] / prev['seconds']:.2f} for x{row['nodes'] // prev['nodes']} nodes"
+            if prev
+            else ""
+        )
+        print(
+            f"    {row['nodes']:>2} nodes {row['seconds']:5.1f} s{grow}   "
+            + "  ".join(f"{k} {v:.1f}" for k, v in row["phases"].items())
+        )
+    benchlib.write_results(
+        RESULTS,
+        host,
+        {
+            "tool_s": round(tool, 1),
+            "replay_s": round(serial, 1),
+            "ratio": round(ratio, 2),
+            "runs": runs,
+            "noop_s": round(noop, 1),
+            "noop_runs_s": [round(n, 1) for n in noops],
+            "noop_up_to_date": up_to_date,
+            "sizes": size_rows,
+            "load_average_before": load_before,
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            "targets": {"ratio": RATIO_TARGET, "noop_s": NOOP_TARGET},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -7,5 +7,6 @@ first use, so `import cdtasks.config` (and the rest of the library) loads no Inv
 def __getattr__(name: str):
     if name == "ns":
         from .tasks import ns
+
         return ns
     raise AttributeError(f"module 'cdtasks' has no attribute {name!r}")

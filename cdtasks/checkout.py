@@ -1,6 +1,7 @@
 """A checkout of the repository in the workspace and the compose project run in it on the CD
 node: what delivery's compose steps and the production tests (of delivery and deployment
 alike) work in. `clone` makes it; `compose_step` runs one compose action; `close` cleans up."""
+
 from __future__ import annotations
 
 import shlex
@@ -14,13 +15,26 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checks, config, engine, registry, state, workspace
+from . import (
+    checks,
+    compose_policy,
+    config,
+    engine,
+    git_credentials,
+    interrupt,
+    registry,
+    state,
+    workspace,
+)
 from .cluster import Cluster
 from .compose import Compose, ComposeError, ComposeModel, check_contract, unique_project
+
+# Settings whole: a checkout builds its Cluster (Cluster.of) and reads
+# the delivery, services (images, service name) and registry sections
 from .config import Settings
 from .log import Log
 from .providers import for_settings
-from .report import redact
+from .redaction import redact
 from .runner import StepFailed, beside
 
 GIT_TIMEOUT = 600  # seconds a git command of a checkout may take (a clone of a big repository)
@@ -60,11 +74,13 @@ class Checkout:
     @property
     def image(self) -> str:
         """The image name every node uses for the cluster's registry."""
-        return registry.local_ref(self.settings, self.settings.app_image)
+        return registry.local_ref(self.settings, self.settings.services.app_image)
 
     @property
     def ref_tag(self) -> str:
-        return registry.local_ref(self.settings, self.settings.app_image, self.version or "")
+        return registry.local_ref(
+            self.settings, self.settings.services.app_image, self.version or ""
+        )
 
     def record(self, argv: Sequence[str], runs_in_dry_run: bool = False) -> None:
         self.commands.append(shlex.join(argv))
@@ -74,53 +90,86 @@ class Checkout:
     def compose(self, host_ip: str = "") -> Compose:
         if self.workdir is None:
             raise StepFailed("no checkout: run the checkout step first")
-        ep = self.cluster.endpoints.get(self.settings.cd_node)
+        ep = self.cluster.endpoints.get(self.settings.cluster.cd_node)
         if ep is None:
-            raise StepFailed(f"CD node {self.settings.cd_node} is not running: run `inv provision`")
+            raise StepFailed(
+                f"CD node {self.settings.cluster.cd_node} is not running: run `inv provision`"
+            )
         return self._compose(self.workdir, engine.docker_env(ep), host_ip)
 
     def _compose(self, workdir: Path, docker_env: dict[str, str], host_ip: str = "") -> Compose:
         s = self.settings
-        env = {"IMAGE": self.image, "VERSION": self.version or "", "BASE_IMAGE": s.base_image,
-               "DB_IMAGE": s.db_image, "HOST_IP": host_ip}
-        return Compose(workdir / s.compose_file, self.project_name(), docker_env,
-                       env, dry_run=self.dry_run, on_line=self.on_line, pass_env=s.pass_env,
-                       timeout=s.test_timeout)
+        env = {
+            "IMAGE": self.image,
+            "VERSION": self.version or "",
+            "BASE_IMAGE": s.services.base_image,
+            "DB_IMAGE": s.services.db_image,
+            "HOST_IP": host_ip,
+        }
+        return Compose(
+            workdir / s.delivery.compose_file,
+            self.project_name(),
+            docker_env,
+            env,
+            dry_run=self.dry_run,
+            on_line=self.on_line,
+            pass_env=s.delivery.pass_env,
+            timeout=s.delivery.test_timeout,
+        )
 
     def contract(self) -> ComposeModel:
         """The compose file's model, read once (compose reads files only: no engine needed),
         with the environment the steps give compose; ContractError when it lacks the book's
-        contract services, naming the file as the user gave it."""
+        contract services or reaches outside the checkout (`compose_policy`: the files it
+        names are checked before compose reads them), naming the file as the user gave it."""
         if self.model is None:
             if self.workdir is None:
                 raise StepFailed("no checkout: run the checkout step first")
-            self.model = check_contract(self._compose(self.workdir, {}).model(),
-                                        self.settings.compose_file)
+            name = self.settings.delivery.compose_file
+            policy = compose_policy.Policy.of(self.settings, self.workdir)
+            compose_policy.check_files(policy, name)
+            model = check_contract(self._compose(self.workdir, {}).model(), name)
+            compose_policy.check_model(policy, name, model.config)
+            self.model = model
         return self.model
 
     def project_name(self) -> str:
         """One compose project per run, unique so that concurrent runs do not collide; fixed
         once even when two steps ask at the same time (the build beside the unit tests)."""
         with self._naming:
-            self.project = self.project or unique_project(f"{self.settings.app_service}-{self.version}")
+            self.project = self.project or unique_project(
+                f"{self.settings.services.app_service}-{self.version}"
+            )
         return self.project
 
     def docker_argv(self, *args: str) -> list[str]:
         """The docker CLI command equivalent to an SDK call on the CD node (for --dry-run)."""
-        return ["docker", "-H", self.cluster.endpoints[self.settings.cd_node].docker_host, *args]
+        return [
+            "docker",
+            "-H",
+            self.cluster.endpoints[self.settings.cluster.cd_node].docker_host,
+            *args,
+        ]
 
     # -- making it --------------------------------------------------------------------------
     def clone(self) -> str:
         """Clone the repository at the ref into the workspace (seen by the nodes at the same
         path); the version: given, else the git tag, else the short commit id."""
         s = self.settings
-        repo = self.repo  # Settings.repo: the project directory when REPO is empty
-        state.private_dir(s.workspace_dir)
-        dest = Path(tempfile.mkdtemp(prefix=f"{s.app_service}-", dir=s.workspace_dir))
-        self.workdir = dest
+        repo = self.repo  # DeliverySettings.repo: the project directory when REPO is empty
+        state.private_dir(s.delivery.workspace_dir)
+        # A signal between mkdtemp's mkdir and the assignment would leave a checkout that no
+        # clean-up knows of: it waits until the directory is ours to remove.
+        with interrupt.deferred():
+            dest = Path(
+                tempfile.mkdtemp(prefix=f"{s.services.app_service}-", dir=s.delivery.workspace_dir)
+            )
+            self.workdir = dest
         if Path(repo).is_dir() and not (Path(repo) / ".git").exists():
             if self.ref != "HEAD":
-                raise StepFailed(f"{repo} is not a git repository: --ref {self.ref} cannot be checked out")
+                raise StepFailed(
+                    f"{repo} is not a git repository: --ref {self.ref} cannot be checked out"
+                )
             shutil.copytree(repo, dest, dirs_exist_ok=True)
             if not self.version:
                 raise StepFailed(f"{repo} is not a git repository: give --version")
@@ -129,12 +178,16 @@ class Checkout:
             # version and the compose file the other steps print commands for.
             # Shown and recorded without the credentials a URL may hold; git gets `--` and
             # `--end-of-options` so that no repository or ref is read as an option.
-            self.record(["git", "clone", "--quiet", "--", redact(repo), str(dest)],
-                        runs_in_dry_run=True)
-            _git(["clone", "--quiet", "--", repo, str(dest)])
+            self.record(
+                ["git", "clone", "--quiet", "--", redact(repo), str(dest)], runs_in_dry_run=True
+            )
+            # The URL's credentials go through git's environment: none in argv or .git/config.
+            _git(["clone", "--quiet", "--", git_credentials.url(repo), str(dest)], repo=repo)
             commit = _commit_of(dest, self.ref, redact(repo))
-            self.record(["git", "-C", str(dest), "checkout", "--quiet", "--detach", commit],
-                        runs_in_dry_run=True)
+            self.record(
+                ["git", "-C", str(dest), "checkout", "--quiet", "--detach", commit],
+                runs_in_dry_run=True,
+            )
             _git(["checkout", "--quiet", "--detach", commit], dest)
             if not self.version:
                 try:
@@ -142,24 +195,33 @@ class Checkout:
                 except StepFailed:
                     self.version = _git(["rev-parse", "--short", "HEAD"], dest)
         check_version(self.version)
-        if not checks.inside(dest, s.compose_file).is_file():
-            raise StepFailed(f"{s.compose_file} not found in {redact(repo)} at {self.ref}")
+        if not checks.inside(dest, s.delivery.compose_file).is_file():
+            raise StepFailed(f"{s.delivery.compose_file} not found in {redact(repo)} at {self.ref}")
         self.commit = _git(["rev-parse", "HEAD"], dest) if (dest / ".git").exists() else ""
         # Containers on the CD node run as root: let them read the checkout whatever the umask.
         dest.chmod(0o755)
         if not for_settings(s).shares_workspace:
-            self.record(["docker", "cp", str(dest), f"{s.cd_node}:{dest}"])
+            self.record(["docker", "cp", str(dest), f"{s.cluster.cd_node}:{dest}"])
             if not self.dry_run:
-                size = workspace.upload(self.cluster.client(s.cd_node), dest, s.registry_image)
-                self.log(f"copied the checkout to {s.cd_node} ({size // 1024} KiB)")
-        return (f"{redact(repo)} at {self.ref} ({self.commit[:7] or 'no git'}) as version "
-                f"{self.version}")
+                size = workspace.upload(
+                    self.cluster.client(s.cluster.cd_node), dest, s.registry.registry_image
+                )
+                self.log(f"copied the checkout to {s.cluster.cd_node} ({size // 1024} KiB)")
+        return (
+            f"{redact(repo)} at {self.ref} ({self.commit[:7] or 'no git'}) as version "
+            f"{self.version}"
+        )
 
     # -- the compose project -----------------------------------------------------------------
-    def compose_step(self, action: Callable[[Compose], object], host_ip: str = "",
-                     defer: bool = False) -> None:
+    def compose_step(
+        self, action: Callable[[Compose], object], host_ip: str = "", defer: bool = False
+    ) -> None:
         """One compose action in the project; down at once unless `defer` in a whole run."""
         self.torn_down()  # a down still running on this project ends before it is used again
+        try:
+            self.contract()  # also a checkout no delivery checked (deploy's production tests)
+        except ComposeError as exc:
+            raise StepFailed(str(exc)) from None
         c = self.compose(host_ip)
         down = not (defer and self.defer_down)
         self.compose_left = True
@@ -223,20 +285,28 @@ class Checkout:
                 self.log(f"could not take the compose project {self.project} down: {exc}")
             if not self.compose_left or time.monotonic() > deadline:
                 break
-            self.log(f"the compose project {self.project} is not down yet: trying again "
-                     f"(the CD node's engine may be restarting)")
+            self.log(
+                f"the compose project {self.project} is not down yet: trying again "
+                f"(the CD node's engine may be restarting)"
+            )
             time.sleep(5)
             self._cluster = None  # its engine may answer on another address when back
         if self.compose_left:
-            self.log(f"the compose project {self.project} may be left on {self.settings.cd_node}: "
-                     f"remove it with `docker compose -p {self.project} down`")
+            self.log(
+                f"the compose project {self.project} may be left on {self.settings.cluster.cd_node}: "
+                f"remove it with `docker compose -p {self.project} down`"
+            )
         if self.workdir and self.workdir.exists():
             s = self.settings
             if not self.dry_run and not for_settings(s).shares_workspace:
                 try:
-                    workspace.remove(self.cluster.client(s.cd_node), self.workdir, s.registry_image)
+                    workspace.remove(
+                        self.cluster.client(s.cluster.cd_node),
+                        self.workdir,
+                        s.registry.registry_image,
+                    )
                 except Exception as exc:
-                    self.log(f"could not remove the checkout from {s.cd_node}: {exc}")
+                    self.log(f"could not remove the checkout from {s.cluster.cd_node}: {exc}")
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -253,25 +323,38 @@ def _commit_of(checkout: Path, ref: str, shown_repo: str) -> str:
     the remote's other branches as origin/NAME). `git checkout` of git 2.39 knows no
     `--end-of-options`, `rev-parse` does: the checkout then gets a commit id."""
     for name in (ref, f"origin/{ref}"):
-        proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "--end-of-options",
-                               f"{name}^{{commit}}"], cwd=checkout, capture_output=True,
-                              text=True)
+        proc = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}"],
+            cwd=checkout,
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode == 0:
             return proc.stdout.strip()
     raise StepFailed(f"--ref {ref}: no such branch, tag or commit in {shown_repo}")
 
 
-def _git(args: Sequence[str], cwd: Path | None = None) -> str:
-    """git that never waits for an answer (no prompt, no stdin) nor longer than GIT_TIMEOUT."""
+def _git(args: Sequence[str], cwd: Path | None = None, repo: str = "") -> str:
+    """git that never waits for an answer (no prompt, no stdin) nor longer than GIT_TIMEOUT;
+    with `repo`'s credentials when it fetches from it."""
     try:
-        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                              env=checks.git_environment(), stdin=subprocess.DEVNULL,
-                              timeout=GIT_TIMEOUT)
+        proc = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            env=checks.git_environment(repo),
+            stdin=subprocess.DEVNULL,
+            timeout=GIT_TIMEOUT,
+        )
     except subprocess.TimeoutExpired:
-        raise StepFailed(f"`{shlex.join(['git', *args])}` did not finish within "
-                         f"{GIT_TIMEOUT}s") from None
+        raise StepFailed(
+            f"`{shlex.join(['git', *args])}` did not finish within {GIT_TIMEOUT}s"
+        ) from None
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or ["?"]
-        raise StepFailed(redact(f"`{shlex.join(['git', *args])}` failed: {lines[-1]}"),
-                         redact("\n".join(lines[-20:])) if len(lines) > 1 else "")
+        raise StepFailed(
+            redact(f"`{shlex.join(['git', *args])}` failed: {lines[-1]}"),
+            redact("\n".join(lines[-20:])) if len(lines) > 1 else "",
+        )
     return proc.stdout.strip()

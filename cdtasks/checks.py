@@ -1,6 +1,7 @@
 """Checks of the delivery's flags before any step runs: `--version`, `--ref`, `--repo` and
 `--compose-file`. Each returns the value it accepts or raises config.ConfigError with one line
 naming the flag and the value (exit 2), credentials in a repository URL hidden."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,9 @@ import signal
 import subprocess
 from pathlib import Path, PurePosixPath
 
+from . import git_credentials
 from .config import ConfigError, pinned_version
-from .report import redact
+from .redaction import redact
 
 LS_REMOTE_TIMEOUT = 20  # seconds a repository URL gets to answer `git ls-remote`
 # `scheme://...` or scp-like `user@host:path`; anything else is a local path.
@@ -34,19 +36,21 @@ def ref(value: str) -> str:
     """`--ref`: a branch, tag or commit; never an option. Callers still pass it to git after
     `--end-of-options` (`git checkout --end-of-options REF`, `git cat-file -e
     --end-of-options REF:PATH`)."""
-    if not value or value.startswith("-") or any(c.isspace() or not c.isprintable()
-                                                  for c in value):
-        raise ConfigError(f"--ref {value!r}: give a branch, tag or commit (no leading -, no "
-                          f"spaces or control characters)")
+    if not value or value.startswith("-") or any(c.isspace() or not c.isprintable() for c in value):
+        raise ConfigError(
+            f"--ref {value!r}: give a branch, tag or commit (no leading -, no "
+            f"spaces or control characters)"
+        )
     return value
 
 
-def git_environment() -> dict[str, str]:
+def git_environment(repo: str = "") -> dict[str, str]:
     """The environment of a git command that must not wait for an answer: no terminal
-    prompt, ssh in batch mode (callers also close its stdin)."""
+    prompt, ssh in batch mode (callers also close its stdin); with the credentials of `repo`'s
+    URL, which git then gets as `git_credentials.url(repo)`."""
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
     env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-    return env
+    return {**env, **git_credentials.environment(repo, env)}
 
 
 def repo(value: str, timeout: float = LS_REMOTE_TIMEOUT) -> str:
@@ -61,19 +65,26 @@ def repo(value: str, timeout: float = LS_REMOTE_TIMEOUT) -> str:
         if not Path(value).is_dir():
             raise ConfigError(f"--repo {shown!r}: no such directory (give a local path or a URL)")
         return value
-    env = git_environment()
+    env = git_environment(value)
     # Its own session: on timeout git's transport helpers (git-remote-https, ssh) go too.
-    with subprocess.Popen(["git", "ls-remote", "--quiet", value, "HEAD"], env=env,
-                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, errors="replace",
-                          start_new_session=True) as proc:
+    with subprocess.Popen(
+        ["git", "ls-remote", "--quiet", git_credentials.url(value), "HEAD"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    ) as proc:
         try:
             _, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-            raise ConfigError(f"--repo {shown!r}: did not answer `git ls-remote` within "
-                              f"{timeout:g}s") from None
+            raise ConfigError(
+                f"--repo {shown!r}: did not answer `git ls-remote` within {timeout:g}s"
+            ) from None
     if proc.returncode != 0:
         lines = stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
         raise ConfigError(f"--repo {shown!r}: {redact(lines[-1].strip())}")
@@ -96,15 +107,36 @@ def compose_file(value: str, repo_path: str = "", at: str = "HEAD") -> str:
         return value
     where = Path(repo_path)
     if (where / ".git").exists():
-        known = subprocess.run(["git", "-C", str(where), "rev-parse", "--verify", "--quiet",
-                                "--end-of-options", f"{at}^{{commit}}"],
-                               stdin=subprocess.DEVNULL, capture_output=True)
+        known = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(where),
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                "--end-of-options",
+                f"{at}^{{commit}}",
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+        )
         if known.returncode != 0:
             return value  # an unknown ref: the checkout step says so, naming the ref
         # git names paths in a tree without `.` or `a/..` steps
-        proc = subprocess.run(["git", "-C", str(where), "cat-file", "-e", "--end-of-options",
-                               f"{at}:{posixpath.normpath(value)}"], stdin=subprocess.DEVNULL,
-                              capture_output=True)
+        proc = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(where),
+                "cat-file",
+                "-e",
+                "--end-of-options",
+                f"{at}:{posixpath.normpath(value)}",
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+        )
         if proc.returncode != 0:
             raise ConfigError(f"--compose-file {value!r}: not in {repo_path} at {at}")
     elif not (where / value).is_file():

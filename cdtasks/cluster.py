@@ -1,4 +1,5 @@
 """A cluster as the tasks see it: provision, status, destroy, and reaching its nodes."""
+
 from __future__ import annotations
 
 import shlex
@@ -9,6 +10,9 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 from . import engine, images, registry, services, swarm
+
+# Settings whole: a cluster is its nodes, its provider (which
+# reads the provider's own section) and the registry it runs
 from .config import ConfigError, Settings
 from .log import Log
 from .providers import Endpoint, Provider, for_settings
@@ -30,24 +34,27 @@ class Cluster:
         return cls(settings, for_settings(settings))
 
     def discover(self) -> Cluster:
-        self.endpoints = self.provider.endpoints(self.settings.nodes)
+        self.endpoints = self.provider.endpoints(self.settings.cluster.nodes)
         return self
 
     def client(self, node: str):
         if node not in self._clients:
             if node not in self.endpoints:
-                raise engine.EngineError(f"node {node} of {self.settings.env} does not exist or is "
-                                         f"not running: run `inv provision --env {self.settings.env}`")
-            self._clients[node] = engine.client(self.endpoints[node],
-                                                registries=registry.logins(self.settings))
+                raise engine.EngineError(
+                    f"node {node} of {self.settings.env} does not exist or is "
+                    f"not running: run `inv provision --env {self.settings.env}`"
+                )
+            self._clients[node] = engine.client(
+                self.endpoints[node], registries=registry.logins(self.settings)
+            )
         return self._clients[node]
 
     def clients(self) -> dict:
-        return {n: self.client(n) for n in self.settings.nodes}
+        return {n: self.client(n) for n in self.settings.cluster.nodes}
 
     def manager(self):
         """A client of a manager that answers and has the swarm's control plane."""
-        for node in self.settings.managers:
+        for node in self.settings.cluster.managers:
             if node in self.endpoints:
                 try:
                     c = self.client(node)
@@ -59,8 +66,10 @@ class Cluster:
                     continue
                 if info.controls:
                     return c
-        raise engine.EngineError(f"no manager of {self.settings.env} answers: "
-                                 f"run `inv provision --env {self.settings.env}`")
+        raise engine.EngineError(
+            f"no manager of {self.settings.env} answers: "
+            f"run `inv provision --env {self.settings.env}`"
+        )
 
     def live_manager(self) -> LiveManager:
         """A client-like object whose `api` is a manager that answers at each use: for what
@@ -68,19 +77,22 @@ class Cluster:
         return LiveManager(self)
 
     def routing_in_use(self) -> str:
-        """The mode provision chose, read from the registry service it made (one API call
-        instead of an SSH probe of every node); probed when there is no registry yet."""
-        if self.settings.routing == "auto":
-            svc = services.inspect(self.manager(), registry.NAME)
-            if svc is not None:
-                mode = (svc["Spec"].get("EndpointSpec") or {}).get("Mode", "vip")
-                return "dnsrr" if mode == "dnsrr" else "mesh"
+        """The mode provision chose, read from the registry service it made, or with your own
+        registry from the proxy `inv services` made (one API call instead of an SSH probe of
+        every node); probed when there is neither yet."""
+        if self.settings.cluster.routing == "auto":
+            manager = self.manager()
+            for name in (registry.NAME, self.settings.services.proxy_service):
+                svc = services.inspect(manager, name)
+                if svc is not None:
+                    mode = (svc["Spec"].get("EndpointSpec") or {}).get("Mode", "vip")
+                    return "dnsrr" if mode == "dnsrr" else "mesh"
         return self.routing()[0]
 
     def routing(self) -> tuple[str, str]:
         """Probe every node's kernel for IPVS (over SSH) unless ROUTING forces a mode."""
-        if self.settings.routing != "auto":
-            return swarm.routing_mode(self.settings, {})
+        if self.settings.cluster.routing != "auto":
+            return swarm.routing_mode(self.settings.cluster, self.settings.source, {})
 
         def probe(ep: Endpoint) -> bool:
             with engine.ssh(ep) as conn:
@@ -89,7 +101,7 @@ class Cluster:
         workers = max(1, min(self.provider.parallel, len(self.endpoints)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             found = dict(zip(self.endpoints, pool.map(probe, self.endpoints.values()), strict=True))
-        return swarm.routing_mode(self.settings, found)
+        return swarm.routing_mode(self.settings.cluster, self.settings.source, found)
 
 
 class LiveManager:
@@ -120,33 +132,44 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
         log(f"{settings.env}: {phase} after {time.monotonic() - started:.1f}s")
 
     c = Cluster.of(settings)
-    before = set(c.provider.endpoints(settings.nodes))
-    c.endpoints = c.provider.ensure(settings.nodes, log)
+    before = set(c.provider.endpoints(settings.cluster.nodes))
+    c.endpoints = c.provider.ensure(settings.cluster.nodes, log)
     done("machines ready")
-    actions = [f"created machine {n}" for n in settings.nodes if n not in before]
+    actions = [f"created machine {n}" for n in settings.cluster.nodes if n not in before]
     clients = c.clients()
     addresses = {n: ep.address for n, ep in c.endpoints.items()}
     host = c.provider.image_source()
 
     def members() -> list[str]:
-        out = [str(a) for a in swarm.converge(settings, clients, addresses, log)]
+        out = [
+            str(a) for a in swarm.converge(settings.cluster, settings.env, clients, addresses, log)
+        ]
         done("swarm converged")
         return out
 
     def registry_image() -> list[str]:
-        loaded = images.provide(host, clients, [settings.registry_image], log)
+        if registry.external(settings):
+            return prepare_for_registry(c, settings, log)
+        loaded = images.provide(host, clients, [settings.registry.registry_image], log)
         done("registry image on every node")
-        return [f"loaded {settings.registry_image} into {n}" for n in loaded]
+        return [f"loaded {settings.registry.registry_image} into {n}" for n in loaded]
 
-    # Membership, the IPVS probe and copying the registry image into the nodes need only the
-    # machines, not each other: side by side.
+    # Membership, the IPVS probe and copying the registry image into the nodes (or giving
+    # them your own registry's CA and login) need only the machines, not each other.
     with ThreadPoolExecutor(max_workers=3) as pool:
         joined = pool.submit(members)
         routing = pool.submit(c.routing)
-        loaded = pool.submit(registry_image) if host is not None else None
+        loaded = (
+            pool.submit(registry_image) if host is not None or registry.external(settings) else None
+        )
         actions += joined.result()
         mode, reason = routing.result()
         actions += loaded.result() if loaded else []
+    if registry.external(settings):
+        done(f"every node logged in to {registry.server(settings)}")
+        return ProvisionResult(
+            settings.env, tuple(actions), mode, reason, time.monotonic() - started
+        )
     manager = c.manager()
     actions += registry.ensure_secret(manager, settings, log)
     spec = registry.spec(settings, mode)
@@ -156,14 +179,35 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
     return ProvisionResult(settings.env, tuple(actions), mode, reason, time.monotonic() - started)
 
 
+def prepare_for_registry(c: Cluster, settings: Settings, log: Log) -> list[str]:
+    """Your own registry instead of a service: every node gets its CA and logs in to it."""
+    log(
+        f"{settings.env}: registry {registry.address(settings)} (REGISTRY_URL): no registry "
+        f"service is created"
+    )
+    workers = max(1, min(c.provider.parallel, len(c.endpoints)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        found = list(
+            pool.map(
+                lambda n: registry.prepare_node(c.endpoints[n], c.client(n), settings), c.endpoints
+            )
+        )
+    return [a for actions in found for a in actions]
+
+
 def check_port_ranges(all_settings: Sequence[Settings]) -> None:
     """Fixed host ports (LAB_PORT_BASE) of clusters provisioned together must not overlap."""
-    spans = sorted((s.lab_port_base, s.lab_port_base + 10 * len(s.nodes), s.env)
-                   for s in all_settings if s.lab_port_base)
+    spans = sorted(
+        (s.cluster.lab_port_base, s.cluster.lab_port_base + 10 * len(s.cluster.nodes), s.env)
+        for s in all_settings
+        if s.cluster.lab_port_base
+    )
     for (lo1, hi1, e1), (lo2, _, e2) in pairwise(spans):
         if lo2 < hi1:
-            raise ConfigError(f"LAB_PORT_BASE of {e1} ({lo1}) and {e2} ({lo2}) overlap: each "
-                              f"cluster needs {hi1 - lo1} ports from its base")
+            raise ConfigError(
+                f"LAB_PORT_BASE of {e1} ({lo1}) and {e2} ({lo2}) overlap: each "
+                f"cluster needs {hi1 - lo1} ports from its base"
+            )
 
 
 def provision_many(all_settings: Sequence[Settings], log: Log) -> list[ProvisionResult]:
@@ -183,12 +227,13 @@ class Status:
 
 def status(settings: Settings) -> Status:
     c = Cluster.of(settings).discover()
-    missing = tuple(n for n in settings.nodes if n not in c.endpoints)
+    missing = tuple(n for n in settings.cluster.nodes if n not in c.endpoints)
     if not c.endpoints:
         return Status(settings.env, (), missing, ())
     manager = c.manager()
-    members = tuple(sorted((swarm.member_of(n.attrs) for n in manager.nodes.list()),
-                           key=lambda m: m.hostname))
+    members = tuple(
+        sorted((swarm.member_of(n.attrs) for n in manager.nodes.list()), key=lambda m: m.hostname)
+    )
     rows = []
     for svc in manager.api.services():
         name = svc["Spec"]["Name"]
@@ -200,14 +245,16 @@ def status(settings: Settings) -> Status:
 
 
 def destroy(settings: Settings, log: Log, purge: bool = False) -> list[str]:
-    return for_settings(settings).remove(settings.nodes, log, purge=purge)
+    return for_settings(settings).remove(settings.cluster.nodes, log, purge=purge)
 
 
 def endpoint(settings: Settings, node: str) -> Endpoint:
     settings.check_node(node)
     found = for_settings(settings).endpoints([node])
     if node not in found:
-        raise engine.EngineError(f"node {node} is not running: run `inv provision --env {settings.env}`")
+        raise engine.EngineError(
+            f"node {node} is not running: run `inv provision --env {settings.env}`"
+        )
     return found[node]
 
 
@@ -224,4 +271,3 @@ def env_lines(settings: Settings, node: str) -> list[str]:
     """What `docker-machine env NODE` prints, for `eval $(inv env NODE)`."""
     exports = for_settings(settings).exports(endpoint(settings, node))
     return [f"export {k}={shlex.quote(v)}" for k, v in exports.items()]
-

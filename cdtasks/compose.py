@@ -3,6 +3,7 @@
 Commands are argv lists, shown with shlex.join and never run through a shell. A failing command
 raises ComposeError carrying its result; with check=False the failed result is returned instead.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,6 +36,9 @@ _PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 # What compose itself needs from the operator's environment; everything else (CI tokens, other
 # COMPOSE_* settings) stays out unless the env file's PASS_ENV names it.
 RUNTIME_VARS = ("PATH", "HOME", "DOCKER_CONFIG", "TMPDIR", "LANG", "LANGUAGE")
+# Compose's own settings (PASS_ENV may override them): builds without Bake, which needs buildx
+# (not installed; compose says so in every build otherwise).
+SETTINGS = {"COMPOSE_BAKE": "false"}
 # The services of the book's compose contract; `app` must build the image that is delivered.
 CONTRACT = ("app", "unit", "staging-dep", "staging", "production")
 
@@ -73,25 +77,32 @@ class ContractError(ComposeError):
     one line naming the file."""
 
 
-def compose_environment(docker_env: Mapping[str, str], env: Mapping[str, str],
-                        pass_env: Sequence[str] = (),
-                        environ: Mapping[str, str] | None = None) -> dict[str, str]:
+def compose_environment(
+    docker_env: Mapping[str, str],
+    env: Mapping[str, str],
+    pass_env: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """The environment of a compose subprocess: what compose needs to run (RUNTIME_VARS,
-    LC_*), the variables PASS_ENV names, both from the operator's environment; then the
-    DOCKER_* of the engine it works on, then the contract's variables (IMAGE, VERSION, ...)."""
+    LC_*), the variables PASS_ENV names, both from the operator's environment, over SETTINGS;
+    then the DOCKER_* of the engine it works on, then the contract's variables (IMAGE, ...)."""
     environ = os.environ if environ is None else environ
     wanted = set(RUNTIME_VARS) | set(pass_env)
     inherited = {k: v for k, v in environ.items() if k in wanted or k.startswith("LC_")}
-    return {**inherited, **docker_env, **env}
+    return {**SETTINGS, **inherited, **docker_env, **env}
 
 
 def image_ref(ref: str) -> str:
     """An image reference as the engine tags it: `go-demo` -> `go-demo:latest`,
     `docker.io/library/mongo:3.2.10` -> `mongo:3.2.10`; digests are kept."""
-    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/",
-                   "index.docker.io/"):
+    for prefix in (
+        "docker.io/library/",
+        "index.docker.io/library/",
+        "docker.io/",
+        "index.docker.io/",
+    ):
         if ref.startswith(prefix):
-            ref = ref[len(prefix):]
+            ref = ref[len(prefix) :]
             break
     if "@" in ref or ":" in ref.rsplit("/", 1)[-1]:
         return ref
@@ -117,6 +128,8 @@ class ComposeModel:
     images: Mapping[str, str]  # service -> image as the engine tags it (no entry: none given)
     builds: Mapping[str, Build]  # services that build an image
     ports: Mapping[str, tuple[int, ...]]  # service -> host ports it publishes
+    # compose's whole JSON form of the file, for checks of what else it declares
+    config: Mapping = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def app_build(self) -> Build | None:
@@ -128,26 +141,48 @@ class ComposeModel:
         return self.images.get(service) or image_ref(f"{project}-{service}")
 
 
-def read_model(file: Path, environment: Mapping[str, str], command: Sequence[str] | None = None,
-               timeout: float = CONFIG_TIMEOUT) -> ComposeModel:
+def read_model(
+    file: Path,
+    environment: Mapping[str, str],
+    command: Sequence[str] | None = None,
+    timeout: float = CONFIG_TIMEOUT,
+) -> ComposeModel:
     """Read a compose file as compose itself does (`config --format json`: offline, no engine),
     with the environment the delivery gives compose: `read_model(c.file, c.environment(),
     c.command)` for a Compose `c` of the run (or `c.model()`). Raises ContractError with
     compose's own one-line message when the file does not parse or interpolate."""
-    argv = [*(command or compose_command()), "--ansi", "never", "-f", str(file),
-            "-p", "contract", "config", "--format", "json"]
+    argv = [
+        *(command or compose_command()),
+        "--ansi",
+        "never",
+        "-f",
+        str(file),
+        "-p",
+        "contract",
+        "config",
+        "--format",
+        "json",
+    ]
     try:
-        proc = subprocess.run(argv, env=dict(environment), stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, errors="replace", timeout=timeout)
+        proc = subprocess.run(
+            argv,
+            env=dict(environment),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
-        raise ContractError(f"{file}: `compose config` did not answer within {timeout:g}s") \
-            from None
+        raise ContractError(
+            f"{file}: `compose config` did not answer within {timeout:g}s"
+        ) from None
     except OSError as exc:
         raise ComposeError(f"cannot run {shlex.join(argv[:2])}: {exc.strerror}") from None
     # Warnings (the obsolete `version` key, unset variables) come on stderr too: not errors.
     problems = [ln for ln in proc.stderr.splitlines() if ln.strip() and "level=warning" not in ln]
     if proc.returncode != 0:
-        reason = (problems or proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])
+        reason = problems or proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
         raise ContractError(f"{file}: {reason[-1].strip()}")
     return model_of(file, json.loads(proc.stdout))
 
@@ -161,14 +196,24 @@ def model_of(file: Path, config: Mapping) -> ComposeModel:
             images[name] = image_ref(svc["image"])
         if svc.get("build"):
             b = svc["build"]
-            builds[name] = Build(b.get("context", "."), b.get("dockerfile") or "Dockerfile",
-                                 MappingProxyType({k: str(v) for k, v in
-                                                   (b.get("args") or {}).items() if v is not None}))
+            builds[name] = Build(
+                b.get("context", "."),
+                b.get("dockerfile") or "Dockerfile",
+                MappingProxyType(
+                    {k: str(v) for k, v in (b.get("args") or {}).items() if v is not None}
+                ),
+            )
         published = [p for entry in svc.get("ports") or () for p in _published(entry)]
         if published:
             ports[name] = tuple(published)
-    return ComposeModel(str(file), tuple(services), MappingProxyType(images),
-                        MappingProxyType(builds), MappingProxyType(ports))
+    return ComposeModel(
+        str(file),
+        tuple(services),
+        MappingProxyType(images),
+        MappingProxyType(builds),
+        MappingProxyType(ports),
+        config,
+    )
 
 
 def _published(entry: Mapping) -> list[int]:
@@ -186,11 +231,14 @@ def check_contract(model: ComposeModel, file: Path | str | None = None) -> Compo
     where = file or model.file
     missing = [s for s in CONTRACT if s not in model.services]
     if missing:
-        raise ContractError(f"{where}: no service {', '.join(missing)}: the compose file must "
-                            f"define {', '.join(CONTRACT)}")
+        raise ContractError(
+            f"{where}: no service {', '.join(missing)}: the compose file must "
+            f"define {', '.join(CONTRACT)}"
+        )
     if model.app_build is None:
-        raise ContractError(f"{where}: service app has no `build`: it must build the image "
-                            f"that is delivered")
+        raise ContractError(
+            f"{where}: service app has no `build`: it must build the image that is delivered"
+        )
     return model
 
 
@@ -222,8 +270,9 @@ def _detect() -> tuple[str, ...]:
 
 def _status(cmd: Sequence[str], arg: str) -> int | None:
     try:
-        return subprocess.run([*cmd, arg], stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=30).returncode
+        return subprocess.run(
+            [*cmd, arg], stdin=subprocess.DEVNULL, capture_output=True, timeout=30
+        ).returncode
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -238,18 +287,29 @@ class ComposeTimeout(ComposeError):
     """A compose command ran longer than it may (TEST_TIMEOUT) and was stopped."""
 
 
-def subprocess_runner(argv: Sequence[str], env: Mapping[str, str],
-                      on_line: OnLine | None, timeout: float | None = None) -> tuple[int, str]:
+def subprocess_runner(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    on_line: OnLine | None,
+    timeout: float | None = None,
+) -> tuple[int, str]:
     """Run compose, its output line by line to `on_line`; after `timeout` seconds it is
     stopped (SIGTERM, then SIGKILL) and ComposeTimeout raised with what it printed."""
     lines: list[str] = []
     start = time.monotonic()
     # Its own process group, stopped whole: the docker CLI's plugin process and whatever else
     # compose starts would otherwise keep running (and hold its output open).
-    with subprocess.Popen(list(argv), env=dict(env), stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, errors="replace", bufsize=1,
-                          start_new_session=True) as proc:
+    with subprocess.Popen(
+        list(argv),
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+        start_new_session=True,
+    ) as proc:
         expired = threading.Event()
 
         def stop() -> None:
@@ -268,8 +328,10 @@ def subprocess_runner(argv: Sequence[str], env: Mapping[str, str],
             code = proc.wait()
             if expired.is_set():
                 result = ComposeResult(tuple(argv), code, time.monotonic() - start, "".join(lines))
-                raise ComposeTimeout(f"`{result.command}` ran over TEST_TIMEOUT ({timeout:g}s) "
-                                     f"and was stopped", result)
+                raise ComposeTimeout(
+                    f"`{result.command}` ran over TEST_TIMEOUT ({timeout:g}s) and was stopped",
+                    result,
+                )
             return code, "".join(lines)
         finally:
             if timer:
@@ -293,11 +355,20 @@ def _stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
 class Compose:
     """One compose project (`-p`) from one file, on the engine that docker_env points at."""
 
-    def __init__(self, file: Path, project: str, docker_env: Mapping[str, str] | None = None,
-                 env: Mapping[str, str] | None = None, *, dry_run: bool = False,
-                 runner: Runner = subprocess_runner, on_line: OnLine | None = None,
-                 command: Sequence[str] | None = None, pass_env: Sequence[str] = (),
-                 timeout: float | None = None):
+    def __init__(
+        self,
+        file: Path,
+        project: str,
+        docker_env: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        *,
+        dry_run: bool = False,
+        runner: Runner = subprocess_runner,
+        on_line: OnLine | None = None,
+        command: Sequence[str] | None = None,
+        pass_env: Sequence[str] = (),
+        timeout: float | None = None,
+    ):
         self.file, self.project = Path(file), project
         if not self.file.is_file():
             raise ComposeError(f"compose file not found: {self.file}")

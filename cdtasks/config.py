@@ -1,24 +1,31 @@
-"""Environment files -> one frozen, validated Settings object.
+"""Environment files -> one frozen, validated Settings object, in sections.
 
-Precedence, highest first: command-line flag > process environment (`CDTASKS_<KEY>`) > the
-environment's file `<env dir>/<name>.env` > the defaults below. Env files are read with
-`dotenv_values`, never loaded into os.environ, and every key is validated once, here. Where the
-files are (`locate`) is given by the caller (the task layer reads Invoke's configuration), and
+Each key is declared once, as a field of its section (`key(parse, default, doc)`); the env-file
+name is the field's name in capitals, and `KEYS` is derived from the sections. Precedence,
+highest first: command-line flag > process environment (`CDTASKS_<KEY>`) > the environment's
+file `<env dir>/<name>.env` > the directory's `base.env` (what every environment shares) > the
+defaults. Env files are read with `dotenv_values` without interpolation (values as written),
+never loaded into os.environ, and every key is validated once, here. Where the files are
+(`locate`) is given by the caller (the task layer reads Invoke's configuration), and
 `CDTASKS_PROJECT_DIR` / `CDTASKS_ENV_DIR` override it.
 """
+
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
+
+from .redaction import secret_values
 
 ENV_PREFIX = "CDTASKS_"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -52,16 +59,24 @@ def _matches(value: str, pattern: str, form: str) -> list[re.Match]:
 
 def _labels(value: str) -> tuple[tuple[str, str, str], ...]:
     """`node:key=value,node:key=value` -> ((node, key, value), ...)."""
-    return tuple(m.groups() for m in _matches(
-        value, r"([a-z0-9-]+):([A-Za-z0-9_.-]+)=([A-Za-z0-9_.-]*)", "node:key=value"))
+    return tuple(
+        m.groups()
+        for m in _matches(
+            value, r"([a-z0-9-]+):([A-Za-z0-9_.-]+)=([A-Za-z0-9_.-]*)", "node:key=value"
+        )
+    )
 
 
 def _hosts(value: str) -> tuple[tuple[str, str, str, int], ...]:
     """`node=[user@]host[:port],...` -> ((node, user or "", host, port), ...)."""
     form = "node=[user@]host[:port]"
     out = []
-    for m in _matches(value, r"([a-z0-9-]+)=(?:([A-Za-z0-9_.-]+)@)?([A-Za-z0-9_.-]+|"
-                             r"\[[0-9a-fA-F:]+\])(?::([0-9]{1,5}))?", form):
+    for m in _matches(
+        value,
+        r"([a-z0-9-]+)=(?:([A-Za-z0-9_.-]+)@)?([A-Za-z0-9_.-]+|"
+        r"\[[0-9a-fA-F:]+\])(?::([0-9]{1,5}))?",
+        form,
+    ):
         port = int(m.group(4) or 22)
         if not 0 < port < 65536:
             raise ValueError(f"{m.group(0)!r} is not {form}: port {port}")
@@ -73,29 +88,34 @@ def _hosts(value: str) -> tuple[tuple[str, str, str, int], ...]:
 
 def _addresses(value: str) -> tuple[tuple[str, str], ...]:
     """`node=address,...` -> ((node, address), ...)."""
-    return tuple(m.groups() for m in _matches(value, r"([a-z0-9-]+)=([0-9a-fA-F.:]+)",
-                                              "node=address"))
+    return tuple(
+        m.groups() for m in _matches(value, r"([a-z0-9-]+)=([0-9a-fA-F.:]+)", "node=address")
+    )
 
 
 def _node_paths(value: str) -> tuple[tuple[str, Path], ...]:
     """`node=path,...` -> ((node, path with ~ expanded), ...)."""
-    return tuple((m.group(1), _path(m.group(2))) for m in _matches(
-        value, r"([a-z0-9-]+)=(\S+)", "node=path"))
+    return tuple(
+        (m.group(1), _path(m.group(2))) for m in _matches(value, r"([a-z0-9-]+)=(\S+)", "node=path")
+    )
 
 
 def _options(value: str) -> tuple[str, ...]:
     try:
         return tuple(shlex.split(value))
-    except ValueError as exc:  # an unclosed quote
-        raise ValueError(str(exc)) from None
+    except ValueError:  # an unclosed quote or a trailing backslash
+        raise ValueError("is not shell words (a quote or an escape is not closed)") from None
 
 
 def _int(lo: int, hi: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
+        if not re.fullmatch(r"\s*-?[0-9]+\s*", value):
+            raise ValueError(f"is not a whole number from {lo} to {hi}")
         n = int(value)
         if not lo <= n <= hi:
             raise ValueError(f"{n} is outside {lo}..{hi}")
         return n
+
     return parse
 
 
@@ -104,16 +124,36 @@ def _choice(*options: str) -> Callable[[str], str]:
         if value not in options:
             raise ValueError(f"choose one of {', '.join(options)}")
         return value
+
     return parse
 
 
 def _name(value: str) -> str:
     if not NAME_RE.match(value):
-        raise ValueError("use a-z, 0-9 and -")
+        raise ValueError("is not a name (a-z, 0-9 and -, at most 63, not starting with -)")
     return value
 
 
-SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "KEY")  # in a key's name: its value is secret
+class _Unshown(ValueError):
+    """A bad value that must not be echoed back (it holds credentials)."""
+
+
+def _registry_url(value: str) -> str:
+    """`host:port[/path]`, as engines name a registry in image references (they speak HTTPS
+    to it, trusting the CA in /etc/docker/certs.d/HOST:PORT/)."""
+    if not value:
+        return ""
+    if "@" in value:
+        raise _Unshown("holds credentials: give REGISTRY_USER and REGISTRY_PASSWORD_FILE instead")
+    if "://" in value:
+        raise ValueError("has a scheme: give host:port[/path] (engines use HTTPS)")
+    if not re.fullmatch(
+        r"[A-Za-z0-9][A-Za-z0-9.-]*:[0-9]{1,5}(/[a-z0-9]+([._-]+[a-z0-9]+)*)*", value
+    ):
+        raise ValueError("is not host:port[/path] (path: lowercase a-z, 0-9, . _ -)")
+    if not 0 < int(value.split("/")[0].rpartition(":")[2]) < 65536:
+        raise ValueError("has a port outside 1..65535")
+    return value
 
 
 def pinned_image(value: str) -> str:
@@ -139,8 +179,7 @@ def pinned_version(value: str) -> str:
 
 def _variables(value: str) -> tuple[str, ...]:
     """`NAME,NAME` -> variable names; DOCKER_* belong to the engine the tool points at."""
-    names = tuple(m.group(0) for m in _matches(value, r"[A-Za-z_][A-Za-z0-9_]*",
-                                               "a variable name"))
+    names = tuple(m.group(0) for m in _matches(value, r"[A-Za-z_][A-Za-z0-9_]*", "a variable name"))
     for name in names:
         if name.startswith("DOCKER_"):
             raise ValueError(f"{name}: DOCKER_* variables come from the node compose runs on")
@@ -148,7 +187,36 @@ def _variables(value: str) -> tuple[str, ...]:
 
 
 def _path(value: str) -> Path:
-    return Path(value).expanduser()
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # ~user of a user that does not exist
+        raise ValueError("is not a path: its ~user names no user here") from None
+
+
+def _absolute_paths(value: str) -> tuple[str, ...]:
+    """`/path,/path` -> normalised absolute paths."""
+    items = tuple(os.path.normpath(v.strip()) for v in value.split(",") if v.strip())
+    for item in items:
+        if not item.startswith("/"):
+            raise ValueError(f"{item!r} is not an absolute path")
+    return items
+
+
+def _compose_allowed(value: str) -> tuple[str, ...]:
+    """COMPOSE_ALLOW: absolute paths and the keys of compose_policy.HOST_KEYS."""
+    from .compose_policy import HOST_KEYS
+
+    items = tuple(
+        os.path.normpath(v.strip()) if v.strip().startswith("/") else v.strip()
+        for v in value.split(",")
+        if v.strip()
+    )
+    for item in items:
+        if not item.startswith("/") and item not in HOST_KEYS:
+            raise ValueError(
+                f"{item!r} is neither an absolute path nor one of {', '.join(HOST_KEYS)}"
+            )
+    return items
 
 
 def _optional_path(value: str) -> Path | None:
@@ -167,157 +235,69 @@ class Key:
     parse: Callable[[str], Any]
     default: str
     doc: str
+    shared: bool = False
 
 
-# Every key an env file may set. Defaults are the book's layout for the test cluster.
-KEYS: dict[str, Key] = {
-    "PROVIDER": Key(_choice("lab", "docker-machine", "ssh"), "lab",
-                    "where machines come from: lab (containers on the local engine), "
-                    "docker-machine (its CLI creates them), ssh (servers you already have)"),
-    "LAB_NAME": Key(_name, "cdtasks", "prefix of every container, network and volume the lab creates"),
-    "STATE_DIR": Key(_path, "~/.cdtasks", "certificates, keys, known_hosts, registry data and "
-                                            "credentials (created 0700)"),
-    "NODES": Key(_names, "swarm-test-1,swarm-test-2,swarm-test-3", "the cluster's nodes, first is the leader"),
-    "WORKERS": Key(_names, "", "nodes that join as workers (default: all are managers)"),
-    "NODE_LABELS": Key(_labels, "", "node labels, node:key=value,..."),
-    "CD_NODE": Key(_name, "swarm-test-1", "node that runs the CD work (tests, builds)"),
-    "REGISTRY_IMAGE": Key(pinned_image, "cdtasks/registry-slim:2.8.2", "registry service image"),
-    "REGISTRY_PORT": Key(_int(1, 65535), "5000", "registry port on every node (localhost:PORT)"),
-    "REGISTRY_RESERVE_MB": Key(_int(0, 1 << 20), "100", "memory reserved for the registry"),
-    "REGISTRY_DIR": Key(_path, "", "host directory both clusters' registries store into "
-                                    "(default STATE_DIR/registry)"),
-    "WORKSPACE_DIR": Key(_path, "", "host directory where `inv deliver` checks out sources; the "
-                                     "lab mounts it into every node at the same path, so compose "
-                                     "bind mounts work on the CD node (default "
-                                     "STATE_DIR/LAB_NAME/workspace)"),
-    "ROUTING": Key(_choice("auto", "mesh", "dnsrr"), "auto",
-                   "mesh: routing mesh and VIPs; dnsrr: host-mode ports and DNS round robin; "
-                   "auto: mesh when the nodes' kernel has IPVS"),
-    # -- PROVIDER=docker-machine ------------------------------------------------------------------
-    "MACHINE_DRIVER": Key(_name, "virtualbox", "docker-machine driver (virtualbox, generic, "
-                                               "amazonec2, digitalocean, ...)"),
-    "MACHINE_OPTIONS": Key(_options, "", "options passed to `docker-machine create` (shell words), "
-                                         "e.g. --virtualbox-memory 2048"),
-    # -- PROVIDER=ssh --------------------------------------------------------------------------------
-    "SSH_HOSTS": Key(_hosts, "", "every node's SSH address: node=[user@]host[:port],..."),
-    "SSH_USER": Key(str, "root", "SSH user where SSH_HOSTS names none (must be able to run docker)"),
-    "SSH_KEY": Key(_optional_path, "", "private key file (empty: your SSH agent and default keys)"),
-    "SSH_KEYS": Key(_node_paths, "", "node=key file,... for hosts whose key is not SSH_KEY"),
-    "SSH_KNOWN_HOSTS": Key(_path, "~/.ssh/known_hosts", "the host keys trusted; unknown or "
-                                                         "changed keys are refused"),
-    "SSH_PARALLEL": Key(_int(1, 64), "4", "hosts worked on at once"),
-    "NODE_ADDRESSES": Key(_addresses, "", "node=address the swarm uses between nodes (default: "
-                                          "the address of the host's default route)"),
-    # -- the services (`inv services`) ----------------------------------------------------------
-    "APP_DIR": Key(_path, "demo", "the application's source: Dockerfile and compose file (relative "
-                                  "to the project directory or absolute)"),
-    "APP_SERVICE": Key(_name, "go-demo", "name of the application's Swarm service"),
-    "APP_IMAGE": Key(_name, "go-demo", "image name of the application in the cluster's registry"),
-    "APP_VERSION": Key(pinned_version, "1.0", "version the service is created with (built and "
-                                              "pushed when the registry lacks it)"),
-    "APP_PORT": Key(_int(1, 65535), "8080", "port the application listens on"),
-    "APP_REPLICAS": Key(_int(0, 100), "2", "replicas of the application"),
-    "APP_RESERVE_MB": Key(_int(0, 1 << 20), "0", "memory reserved per application task"),
-    "UPDATE_DELAY": Key(_int(0, 3600), "5", "seconds between updating two tasks"),
-    "STOP_GRACE": Key(_int(1, 3600), "10", "seconds a task gets to stop before it is killed"),
-    "BASE_IMAGE": Key(pinned_image, "cdtasks/python:3.11", "base image of the application (build "
-                                                           "argument and compose variable BASE_IMAGE)"),
-    "DB_SERVICE": Key(_name, "go-demo-db", "name of the database service"),
-    "DB_IMAGE": Key(pinned_image, "cdtasks/redis:7.0", "database image"),
-    "DB_RESERVE_MB": Key(_int(0, 1 << 20), "0", "memory reserved for the database"),
-    "PROXY_SERVICE": Key(_name, "proxy", "name of the reverse proxy service"),
-    "PROXY_IMAGE": Key(pinned_image, "cdtasks/haproxy:2.6", "reverse proxy image"),
-    "PROXY_CONFIG": Key(_path, "demo/proxy/haproxy.cfg", "proxy configuration (a Swarm config)"),
-    "PROXY_REPLICAS": Key(_int(0, 100), "2", "replicas of the proxy"),
-    "PROXY_RESERVE_MB": Key(_int(0, 1 << 20), "0", "memory reserved per proxy task"),
-    "PROXY_PORT": Key(_int(1, 65535), "80", "port the proxy publishes"),
-    "PROXY_ADMIN_PORT": Key(_int(0, 65535), "8090", "proxy's admin/stats port (0: not published)"),
-    "CONSTRAINT": Key(str, "node.labels.env == prod-like", "placement constraint of every service "
-                                                          "(empty: none)"),
-    "SERVICES_TIMEOUT": Key(_int(5, 3600), "180", "seconds to wait for every replica to run"),
-    # -- delivery (`inv deliver`) -------------------------------------------------------------------
-    "REPO": Key(str, "", "repository to deliver, URL or local path (empty: the project "
-                         "directory; this project's sample is in demo/)"),
-    "COMPOSE_FILE": Key(str, "demo/docker-compose-test-local.yml",
-                        "the test compose file, relative to the repository root"),
-    "TEST_TIMEOUT": Key(_int(10, 86400), "1800", "seconds a compose command of a delivery (unit "
-                                                  "and staging tests, build, production tests) "
-                                                  "may run before it is stopped and its step fails"),
-    "PASS_ENV": Key(_variables, "", "variables of your environment compose runs get too "
-                                    "(NAME,NAME); by default they get only what compose needs "
-                                    "and the delivery's own (IMAGE, VERSION, HOST_IP, ...)"),
-    "REPORTS_DIR": Key(_path, "reports", "where JSON and JUnit reports are written (relative to "
-                                         "the project directory or absolute)"),
-    "LAB_PORT_BASE": Key(_int(0, 65000), "0", "first host port for node ports on 127.0.0.1 "
-                                              "(0: the engine picks free ones)"),
-    # -- following a branch (`inv watch`) ---------------------------------------------------------
-    "WATCH_BRANCH": Key(str, "", "branch `inv watch` follows (empty: the repository's default)"),
-    "WEBHOOK_SECRET": Key(str, "", "shared secret git servers sign pushes with (`inv watch --listen`)"),
-    "NOTIFY_URL": Key(_http_url, "", "URL each finished run is POSTed to as JSON (empty: none)"),
-    "NOTIFY_COMMAND": Key(_options, "", "command (shell words, no shell) given each finished "
-                                        "run as JSON on stdin (empty: none)"),
-}
+def key(
+    parse: Callable[[str], Any],
+    default: str,
+    doc: str,
+    *,
+    shared: bool = False,
+    secret: bool = False,
+) -> Any:
+    """A field of a settings section: the env-file key is the field's name in capitals, read
+    from text by `parse`, `default` when no layer sets it. `shared`: every environment of an
+    env directory must agree on it (the clusters share what it names); `secret`: kept out of
+    reprs."""
+    return field(repr=not secret, metadata={"key": Key(parse, default, doc, shared)})
 
 
+# The sections of the settings, each key declared once. Defaults are the book's layout for the
+# test cluster.
 @dataclass(frozen=True)
-class Settings:
-    env: str
-    source: str  # the env file it came from
-    provider: str
-    lab_name: str
-    state_dir: Path
-    nodes: tuple[str, ...]
-    workers: tuple[str, ...]
-    node_labels: tuple[tuple[str, str, str], ...]
-    cd_node: str
-    registry_image: str
-    registry_port: int
-    registry_reserve_mb: int
-    registry_dir: Path
-    workspace_dir: Path
-    routing: str
-    lab_port_base: int
-    machine_driver: str
-    machine_options: tuple[str, ...]
-    ssh_hosts: tuple[tuple[str, str, str, int], ...]
-    ssh_user: str
-    ssh_key: Path | None
-    ssh_keys: tuple[tuple[str, Path], ...]
-    ssh_known_hosts: Path
-    ssh_parallel: int
-    node_addresses: tuple[tuple[str, str], ...]
-    app_dir: Path
-    app_service: str
-    app_image: str
-    app_version: str
-    app_port: int
-    app_replicas: int
-    app_reserve_mb: int
-    update_delay: int
-    stop_grace: int
-    base_image: str
-    db_service: str
-    db_image: str
-    db_reserve_mb: int
-    proxy_service: str
-    proxy_image: str
-    proxy_config: Path
-    proxy_replicas: int
-    proxy_reserve_mb: int
-    proxy_port: int
-    proxy_admin_port: int
-    constraint: str
-    services_timeout: int
-    repo: str
-    compose_file: str
-    test_timeout: int
-    pass_env: tuple[str, ...]
-    reports_dir: Path
-    watch_branch: str
-    notify_command: tuple[str, ...]
-    notify_url: str = field(repr=False, default="")  # chat webhooks carry a token in the path
-    webhook_secret: str = field(repr=False, default="")
-    raw: Mapping[str, str] = field(repr=False, default_factory=dict)
+class ClusterSettings:
+    """The cluster's machines and nodes."""
+
+    provider: str = key(
+        _choice("lab", "docker-machine", "ssh"),
+        "lab",
+        "where machines come from: lab (containers on the local engine), "
+        "docker-machine (its CLI creates them), ssh (servers you already have)",
+    )
+    lab_name: str = key(
+        _name,
+        "cdtasks",
+        "prefix of every container, network and volume the lab creates",
+        shared=True,
+    )
+    state_dir: Path = key(
+        _path,
+        "~/.cdtasks",
+        "certificates, keys, known_hosts, registry data and credentials (created 0700)",
+        shared=True,
+    )
+    nodes: tuple[str, ...] = key(
+        _names, "swarm-test-1,swarm-test-2,swarm-test-3", "the cluster's nodes, first is the leader"
+    )
+    workers: tuple[str, ...] = key(
+        _names, "", "nodes that join as workers (default: all are managers)"
+    )
+    node_labels: tuple[tuple[str, str, str], ...] = key(
+        _labels, "", "node labels, node:key=value,..."
+    )
+    cd_node: str = key(_name, "swarm-test-1", "node that runs the CD work (tests, builds)")
+    routing: str = key(
+        _choice("auto", "mesh", "dnsrr"),
+        "auto",
+        "mesh: routing mesh and VIPs; dnsrr: host-mode ports and DNS round robin; "
+        "auto: mesh when the nodes' kernel has IPVS",
+    )
+    lab_port_base: int = key(
+        _int(0, 65000),
+        "0",
+        "first host port for node ports on 127.0.0.1 (0: the engine picks free ones)",
+    )
 
     @property
     def managers(self) -> tuple[str, ...]:
@@ -330,15 +310,278 @@ class Settings:
     def labels_of(self, node: str) -> dict[str, str]:
         return {k: v for n, k, v in self.node_labels if n == node}
 
+
+@dataclass(frozen=True)
+class MachineSettings:
+    """PROVIDER=docker-machine."""
+
+    machine_driver: str = key(
+        _name,
+        "virtualbox",
+        "docker-machine driver (virtualbox, generic, amazonec2, digitalocean, ...)",
+    )
+    machine_options: tuple[str, ...] = key(
+        _options,
+        "",
+        "options passed to `docker-machine create` (shell words), e.g. --virtualbox-memory 2048",
+    )
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    """PROVIDER=ssh."""
+
+    ssh_hosts: tuple[tuple[str, str, str, int], ...] = key(
+        _hosts, "", "every node's SSH address: node=[user@]host[:port],..."
+    )
+    ssh_user: str = key(
+        str, "root", "SSH user where SSH_HOSTS names none (must be able to run docker)"
+    )
+    ssh_key: Path | None = key(
+        _optional_path, "", "private key file (empty: your SSH agent and default keys)"
+    )
+    ssh_keys: tuple[tuple[str, Path], ...] = key(
+        _node_paths, "", "node=key file,... for hosts whose key is not SSH_KEY"
+    )
+    ssh_known_hosts: Path = key(
+        _path, "~/.ssh/known_hosts", "the host keys trusted; unknown or changed keys are refused"
+    )
+    ssh_parallel: int = key(_int(1, 64), "4", "hosts worked on at once")
+    node_addresses: tuple[tuple[str, str], ...] = key(
+        _addresses,
+        "",
+        "node=address the swarm uses between nodes (default: the address of the "
+        "host's default route)",
+    )
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """The registry both clusters push to and pull from (one storage directory)."""
+
+    registry_image: str = key(
+        pinned_image, "cdtasks/registry-slim:2.8.2", "registry service image", shared=True
+    )
+    registry_port: int = key(
+        _int(1, 65535), "5000", "registry port on every node (localhost:PORT)", shared=True
+    )
+    registry_reserve_mb: int = key(_int(0, 1 << 20), "100", "memory reserved for the registry")
+    registry_dir: Path = key(
+        _path,
+        "",
+        "host directory both clusters' registries store into (default STATE_DIR/registry)",
+        shared=True,
+    )
+    registry_url: str = key(
+        _registry_url,
+        "",
+        "your own registry, host:port[/path], instead of "
+        "a registry service per cluster (empty: the "
+        "book's)",
+        shared=True,
+    )
+    registry_user: str = key(str, "", "user of REGISTRY_URL", shared=True)
+    registry_password_file: Path | None = key(
+        _optional_path, "", "file holding REGISTRY_USER's password", shared=True
+    )
+    registry_ca_file: Path | None = key(
+        _optional_path,
+        "",
+        "CA certificate (PEM) of "
+        "REGISTRY_URL's TLS certificate, "
+        "given to every node (empty: the "
+        "nodes already trust it)",
+        shared=True,
+    )
+
+
+@dataclass(frozen=True)
+class ServicesSettings:
+    """The services `inv services` creates."""
+
+    app_dir: Path = key(
+        _path,
+        "demo",
+        "the application's source: Dockerfile and compose file "
+        "(relative to the project directory or absolute)",
+    )
+    app_service: str = key(_name, "go-demo", "name of the application's Swarm service")
+    app_image: str = key(
+        _name, "go-demo", "image name of the application in the cluster's registry"
+    )
+    app_version: str = key(
+        pinned_version,
+        "1.0",
+        "version the service is created with (built and pushed when the registry lacks it)",
+    )
+    app_port: int = key(_int(1, 65535), "8080", "port the application listens on")
+    app_replicas: int = key(_int(0, 100), "2", "replicas of the application")
+    app_reserve_mb: int = key(_int(0, 1 << 20), "0", "memory reserved per application task")
+    update_delay: int = key(_int(0, 3600), "5", "seconds between updating two tasks")
+    stop_grace: int = key(_int(1, 3600), "10", "seconds a task gets to stop before it is killed")
+    base_image: str = key(
+        pinned_image,
+        "cdtasks/python:3.11",
+        "base image of the application (build argument and compose variable BASE_IMAGE)",
+    )
+    db_service: str = key(_name, "go-demo-db", "name of the database service")
+    db_image: str = key(pinned_image, "cdtasks/redis:7.0", "database image")
+    db_reserve_mb: int = key(_int(0, 1 << 20), "0", "memory reserved for the database")
+    proxy_service: str = key(_name, "proxy", "name of the reverse proxy service")
+    proxy_image: str = key(pinned_image, "cdtasks/haproxy:2.6", "reverse proxy image")
+    proxy_config: Path = key(
+        _path, "demo/proxy/haproxy.cfg", "proxy configuration (a Swarm config)"
+    )
+    proxy_replicas: int = key(_int(0, 100), "2", "replicas of the proxy")
+    proxy_reserve_mb: int = key(_int(0, 1 << 20), "0", "memory reserved per proxy task")
+    proxy_port: int = key(_int(1, 65535), "80", "port the proxy publishes")
+    proxy_admin_port: int = key(
+        _int(0, 65535), "8090", "proxy's admin/stats port (0: not published)"
+    )
+    constraint: str = key(
+        str, "node.labels.env == prod-like", "placement constraint of every service (empty: none)"
+    )
+    services_timeout: int = key(_int(5, 3600), "180", "seconds to wait for every replica to run")
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """`inv deliver`: what is checked out, where, and how long its steps may run."""
+
+    repo: str = key(
+        str,
+        "",
+        "repository to deliver, URL or local path (empty: the project "
+        "directory; this project's sample is in demo/)",
+    )
+    compose_file: str = key(
+        str,
+        "demo/docker-compose-test-local.yml",
+        "the test compose file, relative to the repository root",
+    )
+    test_timeout: int = key(
+        _int(10, 86400),
+        "1800",
+        "seconds a compose command of a delivery "
+        "(unit and staging tests, build, production "
+        "tests) may run before it is stopped and its "
+        "step fails",
+    )
+    pass_env: tuple[str, ...] = key(
+        _variables,
+        "",
+        "variables of your environment compose runs "
+        "get too (NAME,NAME); by default they get "
+        "only what compose needs and the delivery's "
+        "own (IMAGE, VERSION, HOST_IP, ...)",
+    )
+    compose_mount_prefixes: tuple[str, ...] = key(
+        _absolute_paths,
+        "/tmp",
+        "host directories (PATH,PATH) under which a delivered compose "
+        "file may bind-mount on the CD node besides its checkout (the "
+        "book's unit tests mount /tmp/go as a build cache)",
+    )
+    compose_allow: tuple[str, ...] = key(
+        _compose_allowed,
+        "",
+        "exact host paths a delivered compose file may bind-mount although "
+        "protected (the Docker socket, the registry, workspace and state "
+        "directories) or outside COMPOSE_MOUNT_PREFIXES, and the keys that "
+        "give a service the host (privileged, pid, cap_add, devices, "
+        "network_mode, ...: see the README); comma-separated",
+    )
+    reports_dir: Path = key(
+        _path,
+        "reports",
+        "where JSON and JUnit reports are written (relative to the project directory or absolute)",
+    )
+    workspace_dir: Path = key(
+        _path,
+        "",
+        "host directory where `inv deliver` checks out sources; "
+        "the lab mounts it into every node at the same path, so "
+        "compose bind mounts work on the CD node (default "
+        "STATE_DIR/LAB_NAME/workspace)",
+    )
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """`inv watch`: the branch followed and who hears of each run."""
+
+    watch_branch: str = key(str, "", "branch `inv watch` follows (empty: the repository's default)")
+    webhook_secret: str = key(
+        str, "", "shared secret git servers sign pushes with (`inv watch --listen`)", secret=True
+    )
+    # Chat webhooks carry a token in the path.
+    notify_url: str = key(
+        _http_url, "", "URL each finished run is POSTed to as JSON (empty: none)", secret=True
+    )
+    notify_command: tuple[str, ...] = key(
+        _options,
+        "",
+        "command (shell words, no shell) given each finished run as JSON on stdin (empty: none)",
+    )
+
+
+# Settings' attribute -> its section; every key of every section is an env-file key.
+SECTIONS: dict[str, type] = {
+    "cluster": ClusterSettings,
+    "machine": MachineSettings,
+    "ssh": SshSettings,
+    "registry": RegistrySettings,
+    "services": ServicesSettings,
+    "delivery": DeliverySettings,
+    "watch": WatchSettings,
+}
+
+
+def _keys() -> dict[str, Key]:
+    out: dict[str, Key] = {}
+    for section in SECTIONS.values():
+        for f in fields(section):
+            if f.name.upper() in out:  # two sections would read one env-file key
+                raise TypeError(f"{f.name} is declared in two sections")
+            out[f.name.upper()] = f.metadata["key"]
+    return out
+
+
+KEYS = _keys()  # every key an env file may set, in declaration order
+SHARED = tuple(k for k, spec in KEYS.items() if spec.shared)
+# CDTASKS_* variables that are not keys: where the files are, and the engine the lab runs on.
+ENGINE_VAR = ENV_PREFIX + "DOCKER_HOST"
+OTHER_VARIABLES = (ENV_PREFIX + "PROJECT_DIR", ENV_PREFIX + "ENV_DIR", ENGINE_VAR)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One environment's settings: a section per concern, so a module can take only its part."""
+
+    env: str
+    source: str  # the env file it came from
+    cluster: ClusterSettings
+    machine: MachineSettings
+    ssh: SshSettings
+    registry: RegistrySettings
+    services: ServicesSettings
+    delivery: DeliverySettings
+    watch: WatchSettings
+    raw: Mapping[str, str] = field(repr=False, default_factory=dict)
+
     @property
     def secrets(self) -> list[str]:
-        """Values of env-file keys that look secret: they never reach output or reports."""
-        return [v for k, v in self.raw.items() if any(w in k for w in SECRET_WORDS)]
+        """Values of env-file keys that look secret, and your registry's password: they never
+        reach output or reports."""
+        password = self.registry.registry_password_file
+        return secret_values(self.raw) + ([password.read_text().strip()] if password else [])
 
     def check_node(self, node: str) -> str:
-        if node not in self.nodes:
-            raise ConfigError(f"unknown node {node!r} in environment {self.env}: "
-                              f"choose one of {', '.join(self.nodes)}")
+        if node not in self.cluster.nodes:
+            raise ConfigError(
+                f"unknown node {node!r} in environment {self.env}: "
+                f"choose one of {', '.join(self.cluster.nodes)}"
+            )
         return node
 
 
@@ -346,12 +589,17 @@ class Settings:
 class Location:
     """Where a project's files are: relative paths of the settings (APP_DIR, PROXY_CONFIG,
     REPORTS_DIR) and an empty REPO mean the project directory; env files are in env_dir."""
+
     project_dir: Path
     env_dir: Path
 
 
-def locate(environ: Mapping[str, str] | None = None, *, project_dir: Path | str | None = None,
-           env_dir: Path | str | None = None) -> Location:
+def locate(
+    environ: Mapping[str, str] | None = None,
+    *,
+    project_dir: Path | str | None = None,
+    env_dir: Path | str | None = None,
+) -> Location:
     """The process environment (`CDTASKS_PROJECT_DIR`, `CDTASKS_ENV_DIR`) over the arguments;
     by default the current directory and its `env/`. A relative env dir is relative to the
     project directory, a relative project directory to the current one."""
@@ -361,59 +609,147 @@ def locate(environ: Mapping[str, str] | None = None, *, project_dir: Path | str 
     return Location(project.absolute(), project.absolute() / envs)
 
 
+BASE = "base"  # env/base.env: the keys every environment of the directory shares
+
+
 def environments(env_dir: Path) -> list[str]:
-    return sorted(p.stem for p in env_dir.glob("*.env"))
+    return sorted(p.stem for p in env_dir.glob("*.env") if p.stem != BASE)
 
 
-def load(env: str, overrides: Mapping[str, Any] | None = None, *,
-         environ: Mapping[str, str] | None = None, env_dir: Path | str | None = None,
-         project_dir: Path | str | None = None) -> Settings:
+def read_env_file(path: Path) -> dict[str, str]:
+    """An env file's keys and values as written: `$` is not interpolated (a secret may hold
+    one), an unknown key or a line that is not KEY=VALUE is refused."""
+    check_env_lines(path)
+    values: dict[str, str] = {}
+    for name, value in dotenv_values(path, interpolate=False).items():
+        if name not in KEYS:
+            hint = difflib.get_close_matches(name, KEYS, n=1)
+            raise ConfigError(
+                f"{path}: unknown key {name}" + (f" (did you mean {hint[0]}?)" if hint else "")
+            )
+        values[name] = "" if value is None else value
+    return values
+
+
+def _files(env_dir: Path, env: str) -> list[tuple[Path, dict[str, str]]]:
+    """The env files an environment reads, lowest precedence first: base.env if there is
+    one, then <env>.env."""
+    base = env_dir / f"{BASE}.env"
+    paths = [base] if base.exists() else []
+    return [(p, read_env_file(p)) for p in [*paths, env_dir / f"{env}.env"]]
+
+
+def check_environ(environ: Mapping[str, str]) -> None:
+    """Refuse a CDTASKS_* variable that is neither a key nor one of OTHER_VARIABLES: a typo
+    would otherwise be ignored silently."""
+    known = [ENV_PREFIX + k for k in KEYS] + list(OTHER_VARIABLES)
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            hint = difflib.get_close_matches(name, known, n=1)
+            raise ConfigError(
+                f"process environment: unknown variable {name}"
+                + (f" (did you mean {hint[0]}?)" if hint else "")
+            )
+
+
+def _parse(name: str, raw: str, where: str) -> Any:
+    try:
+        return KEYS[name].parse(raw)
+    except _Unshown as exc:
+        raise ConfigError(f"{where}: {name}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {name}={raw!r}: {exc}") from None
+
+
+def _check_shared(env_dir: Path, env: str, mine: Mapping[str, tuple[str, str]]) -> None:
+    """The SHARED keys, as the files set them, agree with every other environment of the
+    directory: both clusters use what they name (one state directory and lab, one registry).
+    `mine`: key -> (value, where it came from) as `_layers` gives them."""
+    for other in environments(env_dir):
+        if other == env:
+            continue
+        theirs = _layers(env_dir, other)
+        for name in SHARED:
+            try:
+                same = KEYS[name].parse(mine[name][0]) == KEYS[name].parse(theirs[name][0])
+            except ValueError:
+                continue  # a bad value is reported where it is loaded, naming its file
+            if not same:
+                a, b = (
+                    f"{origin.removesuffix(DEFAULTED)} ({value!r}"
+                    f"{', its default' if origin.endswith(DEFAULTED) else ''})"
+                    for value, origin in (mine[name], theirs[name])
+                )
+                raise ConfigError(
+                    f"{name} differs between {a} and {b}: every environment "
+                    f"shares it; set it once in {env_dir / (BASE + '.env')}"
+                )
+
+
+DEFAULTED = " (default)"  # how `_layers` marks a key no file sets
+
+
+def _layers(env_dir: Path, env: str) -> dict[str, tuple[str, str]]:
+    """Every key's value from the files (base, then the environment's) or its default, with
+    where it came from: a file, or the environment's file marked DEFAULTED."""
+    out = {name: (spec.default, f"{env_dir / env}.env{DEFAULTED}") for name, spec in KEYS.items()}
+    for path, values in _files(env_dir, env):
+        out.update((name, (value, str(path))) for name, value in values.items())
+    return out
+
+
+def load(
+    env: str,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    env_dir: Path | str | None = None,
+    project_dir: Path | str | None = None,
+) -> Settings:
     """Read, merge and validate one environment's settings; raise ConfigError on bad input.
     `env_dir` and `project_dir` as `locate` takes them."""
     environ = os.environ if environ is None else environ
+    check_environ(environ)
     where = locate(environ, project_dir=project_dir, env_dir=env_dir)
     env_dir = where.env_dir
     known = environments(env_dir)
     if env not in known:
-        raise ConfigError(f"unknown environment {env!r}: choose one of {', '.join(known) or '(none in ' + str(env_dir) + ')'}")
+        raise ConfigError(
+            f"unknown environment {env!r}: choose one of {', '.join(known) or '(none in ' + str(env_dir) + ')'}"
+        )
     path = env_dir / f"{env}.env"
-    check_env_lines(path)
-    values: dict[str, str] = {}
-    for key, value in dotenv_values(path).items():
-        if key not in KEYS:
-            raise ConfigError(f"{path}: unknown key {key}")
-        values[key] = "" if value is None else value
-    for key in KEYS:
-        if ENV_PREFIX + key in environ:
-            values[key] = environ[ENV_PREFIX + key]
-    for key, value in (overrides or {}).items():
+    layers = _layers(env_dir, env)
+    _check_shared(env_dir, env, layers)
+    for name in KEYS:
+        if ENV_PREFIX + name in environ:
+            layers[name] = (environ[ENV_PREFIX + name], f"process environment {ENV_PREFIX}{name}")
+    for name, value in (overrides or {}).items():
         if value is not None:
-            values[key] = str(value)
+            layers[name] = (str(value), "command line")
 
-    def origin(key: str) -> str:
-        if (overrides or {}).get(key) is not None:
-            return "command line"
-        if ENV_PREFIX + key in environ:
-            return f"process environment {ENV_PREFIX}{key}"
-        return str(path)
-
-    parsed: dict[str, Any] = {}
-    for key, spec in KEYS.items():
-        raw = values.get(key, spec.default)
-        try:
-            parsed[key.lower()] = spec.parse(raw)
-        except ValueError as exc:
-            raise ConfigError(f"{origin(key)}: {key}={raw!r}: {exc}") from None
+    parsed = {name.lower(): _parse(name, value, origin) for name, (value, origin) in layers.items()}
     # The registry directory is shared by every cluster of the state dir; checkouts are the lab's.
-    for key, default in (("registry_dir", Path("registry")),
-                         ("workspace_dir", Path(parsed["lab_name"]) / "workspace")):
-        if not parsed[key].parts:
-            parsed[key] = parsed["state_dir"] / default
-    for key in ("app_dir", "proxy_config", "reports_dir"):  # relative to the project
-        parsed[key] = where.project_dir / parsed[key]
+    for name, default in (
+        ("registry_dir", Path("registry")),
+        ("workspace_dir", Path(parsed["lab_name"]) / "workspace"),
+    ):
+        if not parsed[name].parts:
+            parsed[name] = parsed["state_dir"] / default
+    for name in ("app_dir", "proxy_config", "reports_dir"):  # relative to the project
+        parsed[name] = where.project_dir / parsed[name]
+    for name in ("registry_password_file", "registry_ca_file"):
+        if parsed[name] is not None:
+            parsed[name] = where.project_dir / parsed[name]
     parsed["repo"] = parsed["repo"] or str(where.project_dir)
-    settings = Settings(env=env, source=str(path), raw=values, **parsed)
-    _check_consistency(settings, origin)
+    sections = {
+        attr: section(**{f.name: parsed[f.name] for f in fields(section)})
+        for attr, section in SECTIONS.items()
+    }
+    raw = {
+        name: value for name, (value, origin) in layers.items() if not origin.endswith(DEFAULTED)
+    }
+    settings = Settings(env=env, source=str(path), raw=raw, **sections)
+    _check_consistency(settings, lambda name: layers[name][1].removesuffix(DEFAULTED))
     return settings
 
 
@@ -428,29 +764,67 @@ def check_env_lines(path: Path) -> None:
                     # dotenv counts from the blank lines before it; the line itself is not
                     # shown: it may hold a secret that lacks its `=`.
                     text = binding.original.string
-                    skipped = text[:len(text) - len(text.lstrip())].count("\n")
+                    skipped = text[: len(text) - len(text.lstrip())].count("\n")
                     line = binding.original.line + skipped
                     raise ConfigError(f"{path}:{line}: not KEY=VALUE, a blank line or a # comment")
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
 
 
-def _check_consistency(s: Settings, origin: Callable[[str], str]) -> None:
+def _check_consistency(settings: Settings, origin: Callable[[str], str]) -> None:
+    s, ssh = settings.cluster, settings.ssh
     if not s.nodes:
         raise ConfigError(f"{origin('NODES')}: NODES is empty")
-    for key, names in (("WORKERS", s.workers), ("CD_NODE", (s.cd_node,)),
-                       ("NODE_LABELS", [n for n, _, _ in s.node_labels]),
-                       ("SSH_HOSTS", [n for n, *_ in s.ssh_hosts]),
-                       ("SSH_KEYS", [n for n, _ in s.ssh_keys]),
-                       ("NODE_ADDRESSES", [n for n, _ in s.node_addresses])):
+    for key, names in (
+        ("WORKERS", s.workers),
+        ("CD_NODE", (s.cd_node,)),
+        ("NODE_LABELS", [n for n, _, _ in s.node_labels]),
+        ("SSH_HOSTS", [n for n, *_ in ssh.ssh_hosts]),
+        ("SSH_KEYS", [n for n, _ in ssh.ssh_keys]),
+        ("NODE_ADDRESSES", [n for n, _ in ssh.node_addresses]),
+    ):
         for name in names:
             if name not in s.nodes:
                 raise ConfigError(f"{origin(key)}: {key} names {name!r}, which is not in NODES")
     if s.provider == "ssh":
-        listed = {n for n, *_ in s.ssh_hosts}
+        listed = {n for n, *_ in ssh.ssh_hosts}
         missing = [n for n in s.nodes if n not in listed]
         if missing:
-            raise ConfigError(f"{origin('SSH_HOSTS')}: PROVIDER=ssh needs an SSH address for "
-                              f"{', '.join(missing)} in SSH_HOSTS")
+            raise ConfigError(
+                f"{origin('SSH_HOSTS')}: PROVIDER=ssh needs an SSH address for "
+                f"{', '.join(missing)} in SSH_HOSTS"
+            )
     if not s.managers:
         raise ConfigError(f"{origin('WORKERS')}: every node is a worker; a swarm needs a manager")
+    _check_registry(settings.registry, origin)
+
+
+def _check_registry(r: RegistrySettings, origin: Callable[[str], str]) -> None:
+    """Your own registry: its keys together, its files readable (the password never shown)."""
+    given = {
+        "REGISTRY_USER": r.registry_user,
+        "REGISTRY_PASSWORD_FILE": r.registry_password_file,
+        "REGISTRY_CA_FILE": r.registry_ca_file,
+    }
+    for name, value in given.items():
+        if value and not r.registry_url:
+            raise ConfigError(f"{origin(name)}: {name} is set but REGISTRY_URL is empty")
+    if bool(r.registry_user) != bool(r.registry_password_file):
+        name = "REGISTRY_PASSWORD_FILE" if r.registry_user else "REGISTRY_USER"
+        raise ConfigError(
+            f"{origin(name)}: REGISTRY_USER and REGISTRY_PASSWORD_FILE go together: set {name} too"
+        )
+    for name, path in (
+        ("REGISTRY_PASSWORD_FILE", r.registry_password_file),
+        ("REGISTRY_CA_FILE", r.registry_ca_file),
+    ):
+        if path is None:
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{origin(name)}: {name}={path}: {exc.strerror}") from None
+        if name == "REGISTRY_PASSWORD_FILE" and not data.strip():
+            raise ConfigError(f"{origin(name)}: {name}={path} is empty")
+        if name == "REGISTRY_CA_FILE" and b"-----BEGIN CERTIFICATE-----" not in data:
+            raise ConfigError(f"{origin(name)}: {name}={path} holds no PEM certificate")

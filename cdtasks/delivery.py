@@ -3,6 +3,7 @@ staging, publish, prod-like, production tests. Each returns a one-line detail or
 StepFailed; `deliver` runs them all (with what may overlap), `step` one at a time, its state
 kept in the workspace between tasks. Versions that pass prod-like are recorded on the cluster
 (`rollout.mark_delivered`), for deployment to promote."""
+
 from __future__ import annotations
 
 import getpass
@@ -16,8 +17,10 @@ from pathlib import Path
 from . import checks, project_images, records, registry, rollout, services
 from .checkout import Checkout
 from .compose import Compose, ContractError, compose_command
+
+# Settings whole: a delivery is a Checkout (see checkout.py)
 from .config import ConfigError, Settings
-from .report import redact
+from .redaction import redact
 from .runner import StepFailed, StepResult, beside, run_steps
 
 STEPS = ("checkout", "unit", "build", "staging", "publish", "prodlike", "prodtest")
@@ -45,8 +48,9 @@ class Delivery(Checkout):
     @property
     def pinned(self) -> str:
         """The exact image verified: repository:version@digest (the tag kept for people)."""
-        return registry.local_ref(self.settings, self.settings.app_image, self.version or "",
-                                  self.digest or "")
+        return registry.local_ref(
+            self.settings, self.settings.services.app_image, self.version or "", self.digest or ""
+        )
 
 
 def check_input(d: Delivery) -> None:
@@ -57,7 +61,7 @@ def check_input(d: Delivery) -> None:
         checks.version(d.version)
     checks.ref(d.ref)
     checks.repo(d.repo)
-    checks.compose_file(d.settings.compose_file, d.repo, d.ref)
+    checks.compose_file(d.settings.delivery.compose_file, d.repo, d.ref)
     d.checked = True
 
 
@@ -83,9 +87,14 @@ def provide_images(d: Delivery) -> None:
             return
         s, cluster = d.settings, d.cluster
         try:
-            done = project_images.ensure(d.contract(), cluster.client(s.cd_node), s.cd_node,
-                                         registry.address(s), cluster.provider.image_source(),
-                                         d.log)
+            done = project_images.ensure(
+                d.contract(),
+                cluster.client(s.cluster.cd_node),
+                s.cluster.cd_node,
+                registry.address(s),
+                cluster.provider.image_source(),
+                d.log,
+            )
         except project_images.MissingImage as exc:
             raise StepFailed(str(exc)) from None
         for line in done:
@@ -103,7 +112,7 @@ def build(d: Delivery) -> str:
     provide_images(d)
     d.compose_step(lambda c: c.build("app"), defer=True)
     tag_built(d)
-    return f"built {d.ref_tag} on {d.settings.cd_node}"
+    return f"built {d.ref_tag} on {d.settings.cluster.cd_node}"
 
 
 def tag_built(d: Delivery) -> None:
@@ -117,12 +126,17 @@ def tag_built(d: Delivery) -> None:
         d.record(d.docker_argv("tag", named, d.ref_tag))
     if d.dry_run:
         return
-    cd = d.cluster.client(s.cd_node)
-    found = cd.images.list(filters={"label": [f"com.docker.compose.project={d.project}",
-                                              "com.docker.compose.service=app"]})
+    cd = d.cluster.client(s.cluster.cd_node)
+    found = cd.images.list(
+        filters={
+            "label": [f"com.docker.compose.project={d.project}", "com.docker.compose.service=app"]
+        }
+    )
     if len(found) != 1:
-        raise StepFailed(f"the build made {len(found)} images labelled with project {d.project} "
-                         f"on {s.cd_node}, not one: cannot tell which is {named}")
+        raise StepFailed(
+            f"the build made {len(found)} images labelled with project {d.project} "
+            f"on {s.cluster.cd_node}, not one: cannot tell which is {named}"
+        )
     found[0].tag(d.image, d.version)
     d.built = found[0].id
 
@@ -138,7 +152,7 @@ def name_the_build(d: Delivery) -> None:
     d.record(d.docker_argv("tag", d.ref_tag, named))
     if not d.dry_run and d.built:
         repository, _, tag = named.rpartition(":")
-        d.cluster.client(d.settings.cd_node).images.get(d.built).tag(repository, tag)
+        d.cluster.client(d.settings.cluster.cd_node).images.get(d.built).tag(repository, tag)
 
 
 def staging_lock_needed(d: Delivery) -> bool:
@@ -154,9 +168,11 @@ def staging(d: Delivery) -> str:
     alone (the session guarantees it); in a whole run beside publish and prod-like, which do
     not use the project (and in the clean-up if the tests fail). Under the CD node's staging
     lock when needed (`staging_lock_needed`): then down at once, before the lock goes."""
+
     def act(c: Compose) -> None:
         c.up("staging-dep")
         c.run("staging")
+
     if not staging_lock_needed(d):
         d.compose_step(act, defer=True)
     else:
@@ -177,7 +193,7 @@ def publish(d: Delivery) -> str:
     d.record(d.docker_argv("push", d.ref_tag))
     if d.dry_run:
         return f"would push {d.ref_tag}"
-    cd = d.cluster.client(d.settings.cd_node)
+    cd = d.cluster.client(d.settings.cluster.cd_node)
     for line in cd.images.push(d.image, tag=d.version, stream=True, decode=True):
         if "error" in line:
             raise StepFailed(f"pushing {d.ref_tag} failed: {line['error']}")
@@ -193,17 +209,26 @@ def prodlike(d: Delivery) -> str:
     if not d.dry_run:
         # One release at a time changes (and then tests) the service: the same lock as deploy,
         # taken before the image it guards is read.
-        d.lock = records.Lock(d.cluster.live_manager(), d.settings.app_service, d.version or "",
-                              "delivering", d.log).acquire(rollout.LOCK_WAIT)
-        d.previous_image = services.current_image(d.cluster.manager(), d.settings.app_service)
+        d.lock = records.Lock(
+            d.cluster.live_manager(),
+            d.settings.services.app_service,
+            d.version or "",
+            "delivering",
+            d.log,
+        ).acquire(rollout.LOCK_WAIT)
+        d.previous_image = services.current_image(
+            d.cluster.manager(), d.settings.services.app_service
+        )
     try:
-        result = rollout.update(d.cluster, d.settings, d.pinned, d.log, d.dry_run, d.record)
+        result = rollout.update(
+            d.cluster, d.settings.services, d.pinned, d.log, d.dry_run, d.record
+        )
     except StepFailed as exc:
         if d.dry_run or not d.previous_image or d.previous_image == d.pinned:
             raise
         raise StepFailed(f"{exc}; {restore(d)}", exc.output_tail) from None
     d.converged_at = rollout.monitor_start(result)
-    return f"{d.settings.app_service} runs {d.ref_tag} on every replica ({result.seconds:.1f}s)"
+    return f"{d.settings.services.app_service} runs {d.ref_tag} on every replica ({result.seconds:.1f}s)"
 
 
 def restore(d: Delivery) -> str:
@@ -214,7 +239,7 @@ def restore(d: Delivery) -> str:
     d.log(f"rolling prod-like back to {previous}")
     try:
         lock.check()  # another run that took the lock changes the service now, not this one
-        rollout.update(d.cluster, d.settings, previous, d.log)
+        rollout.update(d.cluster, d.settings.services, previous, d.log)
     except Exception as exc:  # the step's own failure stays the headline
         return f"rolling back to {previous} failed too: {str(exc).splitlines()[0][:200]}"
     return f"rolled back to {previous} on every replica"
@@ -225,10 +250,11 @@ def prodtest(d: Delivery) -> str:
     before) through Swarm's monitor period; only then is the version recorded as verified."""
     try:
         try:
-            detail = rollout.production_tests(d, d.cluster, d.settings, d.pinned, d.converged_at)
+            detail = rollout.production_tests(d, d.cluster, d.pinned, d.converged_at)
         except StepFailed as exc:
-            raise StepFailed(f"{exc}; {d.version} is not recorded as verified",
-                             exc.output_tail) from None
+            raise StepFailed(
+                f"{exc}; {d.version} is not recorded as verified", exc.output_tail
+            ) from None
         if not d.dry_run:
             mark_delivered(d)
         return detail
@@ -244,20 +270,23 @@ def release_lock(d: Delivery) -> None:
 
 
 def staging_lock_name(s: Settings) -> str:
-    return f"staging-{s.cd_node}"
+    return f"staging-{s.cluster.cd_node}"
 
 
 def take_staging_lock(d: Delivery) -> None:
     """The CD node's staging lock (a record lock on the test cluster, renewed while held),
     waited for like the service's lock; said in the log."""
-    node = d.settings.cd_node
+    node = d.settings.cluster.cd_node
     ports = sorted({p for ps in d.contract().ports.values() for p in ps})
-    d.log(f"staging takes the staging lock of {node}"
-          + (f" (host ports {', '.join(map(str, ports))})" if ports else ""))
+    d.log(
+        f"staging takes the staging lock of {node}"
+        + (f" (host ports {', '.join(map(str, ports))})" if ports else "")
+    )
     if d.dry_run:
         return
-    d.staging_lock = records.Lock(d.cluster.manager(), staging_lock_name(d.settings), d.version or "",
-                                  "staging", d.log).acquire(rollout.LOCK_WAIT)
+    d.staging_lock = records.Lock(
+        d.cluster.manager(), staging_lock_name(d.settings), d.version or "", "staging", d.log
+    ).acquire(rollout.LOCK_WAIT)
 
 
 def release_staging_lock(d: Delivery) -> None:
@@ -267,19 +296,27 @@ def release_staging_lock(d: Delivery) -> None:
 
 
 STEP_FUNCS: dict[str, Callable[[Delivery], str]] = {
-    "checkout": checkout, "unit": unit, "build": build, "staging": staging,
-    "publish": publish, "prodlike": prodlike, "prodtest": prodtest}
+    "checkout": checkout,
+    "unit": unit,
+    "build": build,
+    "staging": staging,
+    "publish": publish,
+    "prodlike": prodlike,
+    "prodtest": prodtest,
+}
 
 
 def _unbuild(d: Delivery, result: StepResult) -> None:
     """A build that ran beside unit tests that failed leaves nothing behind."""
     if result.ok:
-        d.cluster.client(d.settings.cd_node).images.remove(d.ref_tag, noprune=False)
+        d.cluster.client(d.settings.cluster.cd_node).images.remove(d.ref_tag, noprune=False)
 
 
 # A step, the one after it that does not need its result, and how to undo that one when the
 # first fails: in a whole run the second runs beside the first (the build beside unit tests).
-OVERLAP: dict[str, tuple[str, Callable[[Delivery, StepResult], None]]] = {"unit": ("build", _unbuild)}
+OVERLAP: dict[str, tuple[str, Callable[[Delivery, StepResult], None]]] = {
+    "unit": ("build", _unbuild)
+}
 
 
 # -- running them -------------------------------------------------------------------------------
@@ -291,8 +328,14 @@ def run(d: Delivery, names: Sequence[str], progress) -> list[StepResult]:
     if "checkout" in names and not d.checked:
         check_input(d)
     overlap = {k: (partner, partial(undo, d)) for k, (partner, undo) in OVERLAP.items()}
-    results = run_steps(names, {n: partial(STEP_FUNCS[n], d) for n in names}, progress,
-                        overlap=overlap if together else None, dry_run=d.dry_run, log=d.log)
+    results = run_steps(
+        names,
+        {n: partial(STEP_FUNCS[n], d) for n in names},
+        progress,
+        overlap=overlap if together else None,
+        dry_run=d.dry_run,
+        log=d.log,
+    )
     if d.refused is not None:
         raise d.refused
     return results
@@ -330,25 +373,43 @@ def cleanup(d: Delivery) -> None:
 
 # -- one step at a time: the checkout's state in the workspace between tasks -----------------
 def state_file(s: Settings) -> Path:
-    return s.workspace_dir / f"{s.app_service}.release.json"
+    return s.delivery.workspace_dir / f"{s.services.app_service}.release.json"
 
 
 def save_state(d: Delivery) -> None:
-    state_file(d.settings).write_text(json.dumps({
-        "repo": redact(d.repo), "ref": d.ref, "version": d.version, "workdir": str(d.workdir),
-        "digest": d.digest, "project": d.project, "built": d.built}))
+    state_file(d.settings).write_text(
+        json.dumps(
+            {
+                "repo": redact(d.repo),
+                "ref": d.ref,
+                "version": d.version,
+                "workdir": str(d.workdir),
+                "digest": d.digest,
+                "project": d.project,
+                "built": d.built,
+            }
+        )
+    )
 
 
 def load_state(s: Settings, **kw) -> Delivery:
     """The delivery the last step left (`kw`: how this one runs: dry_run, log...)."""
     f = state_file(s)
     if not f.exists():
-        raise DeliveryError(f"no checkout of {s.app_service}: run `inv checkout` first")
+        raise DeliveryError(f"no checkout of {s.services.app_service}: run `inv checkout` first")
     data = json.loads(f.read_text())
     workdir = Path(data["workdir"])
-    d = Delivery(s, data["repo"], data["ref"], data["version"], workdir=workdir,
-                 digest=data.get("digest"), project=data["project"],
-                 built=data.get("built") or "", **kw)
+    d = Delivery(
+        s,
+        data["repo"],
+        data["ref"],
+        data["version"],
+        workdir=workdir,
+        digest=data.get("digest"),
+        project=data["project"],
+        built=data.get("built") or "",
+        **kw,
+    )
     if not workdir.exists():
         raise DeliveryError(f"checkout {workdir} is gone: run `inv checkout` again")
     return d
@@ -361,15 +422,16 @@ def state_after(d: Delivery, results: list[StepResult]) -> str:
         return "dry run: nothing was built, pushed or updated"
     if failed is None:
         if any(x.name == "prodlike" for x in results):
-            return f"{d.settings.app_service} runs {d.ref_tag} on prod-like"
+            return f"{d.settings.services.app_service} runs {d.ref_tag} on prod-like"
         return f"{', '.join(x.name for x in results)} passed; prod-like not changed"
     if failed in ("checkout", "unit", "build", "staging"):
-        return f"nothing left behind (staging removed); {d.settings.app_service} untouched"
+        return f"nothing left behind (staging removed); {d.settings.services.app_service} untouched"
     if failed == "publish":
-        return f"{d.ref_tag} not in the registry; {d.settings.app_service} untouched"
+        return f"{d.ref_tag} not in the registry; {d.settings.services.app_service} untouched"
     try:
-        running = replicas_text(services.replica_images(d.cluster.manager(),
-                                                        d.settings.app_service))
+        running = replicas_text(
+            services.replica_images(d.cluster.manager(), d.settings.services.app_service)
+        )
     except Exception:  # the state line must not hide the failure itself
         running = "unknown"
     return f"prod-like runs {running}"
@@ -388,8 +450,18 @@ def replicas_text(replicas: list[tuple[str, str]]) -> str:
 # -- what passed prod-like, recorded on the cluster -------------------------------------------
 def mark_delivered(d: Delivery) -> None:
     """One record per version that passed prod-like: `inv deploy` promotes exactly its digest."""
-    rollout.mark_delivered(d.cluster.manager(), d.settings.app_service, {
-        "service": d.settings.app_service, "version": d.version, "image": d.ref_tag,
-        "digest": d.digest, "repo": redact(d.repo), "commit": d.commit,
-        "compose_file": d.settings.compose_file, "time": records.now(),
-        "user": getpass.getuser()})
+    rollout.mark_delivered(
+        d.cluster.manager(),
+        d.settings.services.app_service,
+        {
+            "service": d.settings.services.app_service,
+            "version": d.version,
+            "image": d.ref_tag,
+            "digest": d.digest,
+            "repo": redact(d.repo),
+            "commit": d.commit,
+            "compose_file": d.settings.delivery.compose_file,
+            "time": records.now(),
+            "user": getpass.getuser(),
+        },
+    )

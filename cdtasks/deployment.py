@@ -1,6 +1,7 @@
 """Continuous deployment: promote the exact digest verified on prod-like, verify with production
 tests, roll back automatically, one deployment per cluster at a time, and a history kept on the
 cluster itself and in a local log. `run` does it all; the work itself is `rollout`'s."""
+
 from __future__ import annotations
 
 import getpass
@@ -14,9 +15,12 @@ from docker.errors import APIError, NotFound
 from . import records, registry, rollout, services, state
 from .checkout import Checkout, check_version
 from .cluster import Cluster
+
+# Settings whole: two clusters (Cluster.of) and a Checkout for the tests
 from .config import Settings
+from .interrupt import deferred
 from .log import Log
-from .report import redact
+from .redaction import redact
 from .runner import RunInterrupted, StepFailed, StepResult, run_step
 
 STARTED, UNFINISHED = "started", "unfinished"  # history results of a run not (yet) finished
@@ -44,14 +48,16 @@ class Deployment:
     previous: str = ""
     rolled_back: bool = False
     converged_at: float = 0.0  # monotonic time the last replica of the last rollout started
-    checkout: Checkout | None = None  # where the production tests run (on the test cluster's CD node)
+    checkout: Checkout | None = (
+        None  # where the production tests run (on the test cluster's CD node)
+    )
     cluster: Cluster | None = None
     started: float = field(default_factory=time.monotonic)
     run_id: str = field(default_factory=lambda: secrets.token_hex(6))  # ties its history entries
 
     @property
     def service(self) -> str:
-        return self.prod.app_service
+        return self.prod.services.app_service
 
 
 def _digest_in_registry(manager, s: Settings, ref: str, node: str) -> str:
@@ -64,13 +70,15 @@ def _digest_in_registry(manager, s: Settings, ref: str, node: str) -> str:
         text = str(exc.explanation or exc)
         if "not found" in text.lower() or "manifest unknown" in text.lower():
             raise DeploymentError(f"unknown version: {ref} is not in the registry") from None
-        raise DeploymentError(f"registry unreachable at {registry.address(s)} "
-                              f"(asked through {node}): {text.splitlines()[0][:200]}") from None
+        raise DeploymentError(
+            f"registry unreachable at {registry.address(s)} "
+            f"(asked through {node}): {text.splitlines()[0][:200]}"
+        ) from None
 
 
 def passed(d: Deployment) -> list[dict]:
     """The versions that passed prod-like on the test cluster, oldest first."""
-    return rollout.delivered(Cluster.of(d.test).discover().manager(), d.test.app_service)
+    return rollout.delivered(Cluster.of(d.test).discover().manager(), d.test.services.app_service)
 
 
 def resolve(d: Deployment) -> dict:
@@ -83,18 +91,27 @@ def choose(d: Deployment, passed: list[dict]) -> dict:
     last one). A version that never passed there is refused unless forced."""
     if d.version is None:
         if not passed:
-            raise DeploymentError(f"no version of {d.test.app_service} has passed `inv deliver` on "
-                                  f"prod-like yet: deliver one, or give --version with --force")
+            raise DeploymentError(
+                f"no version of {d.test.services.app_service} has passed `inv deliver` on "
+                f"prod-like yet: deliver one, or give --version with --force"
+            )
         return passed[-1]
     found = [p for p in passed if p["version"] == d.version]
     if found:
         return found[-1]
     if not d.force:
         known = ", ".join(sorted({p["version"] for p in passed})) or "none"
-        raise DeploymentError(f"version {d.version} never passed prod-like (passed: {known}); "
-                              f"deliver it first, or use --force")
-    return {"version": d.version, "image": registry.local_ref(d.prod, d.prod.app_image, d.version),
-            "digest": "", "repo": d.test.repo, "commit": ""}
+        raise DeploymentError(
+            f"version {d.version} never passed prod-like (passed: {known}); "
+            f"deliver it first, or use --force"
+        )
+    return {
+        "version": d.version,
+        "image": registry.local_ref(d.prod, d.prod.services.app_image, d.version),
+        "digest": "",
+        "repo": d.test.delivery.repo,
+        "commit": "",
+    }
 
 
 def rollback_target(manager, service: str, current: str) -> str:
@@ -121,35 +138,42 @@ def prepare(d: Deployment) -> records.Lock:
     # before the versions verified for it are looked up.
     services.existing(d.cluster.manager(), d.service)
     back = d.kind == "rollback" and d.version is None
-    record = {"repo": d.test.repo, "commit": ""} if back else resolve(d)
+    record = {"repo": d.test.delivery.repo, "commit": ""} if back else resolve(d)
     # The lock before the state it guards: a run that waited for another one reads what that
     # one left, not what ran before it.
-    lock = records.Lock(d.cluster.live_manager(), d.service, d.version or "a previous version",
-                        "rolling back" if d.kind == "rollback" else "deploying",
-                        d.log).acquire(d.wait)
+    lock = records.Lock(
+        d.cluster.live_manager(),
+        d.service,
+        d.version or "a previous version",
+        "rolling back" if d.kind == "rollback" else "deploying",
+        d.log,
+    ).acquire(d.wait)
     try:
         manager = d.cluster.manager()
         d.previous = services.current_image(manager, d.service)
         if back:
             d.image = rollback_target(manager, d.service, d.previous)
             if not d.image:
-                raise DeploymentError(f"{d.service} on {d.prod.env} has no previous version to "
-                                      f"roll back to")
+                raise DeploymentError(
+                    f"{d.service} on {d.prod.env} has no previous version to roll back to"
+                )
             d.version = d.image.split("@")[0].rsplit(":", 1)[-1]
             d.digest = d.image.partition("@")[2]
             # Its production tests are those of the delivery that verified it, if one did.
-            record = next((r for r in reversed(passed(d))
-                           if d.digest and r.get("digest") == d.digest), record)
+            record = next(
+                (r for r in reversed(passed(d)) if d.digest and r.get("digest") == d.digest), record
+            )
         else:
             d.version = record["version"]
             tag_ref = record["image"]
-            registry_digest = _digest_in_registry(manager, d.prod, tag_ref, d.prod.leader)
+            registry_digest = _digest_in_registry(manager, d.prod, tag_ref, d.prod.cluster.leader)
             d.digest = record.get("digest") or registry_digest
             # Production gets the image and digest verified on prod-like, never a tag resolved
             # again, whatever this environment's APP_IMAGE names.
             d.image = f"{tag_ref}@{d.digest}"
-            _digest_in_registry(manager, d.prod, f"{registry.repository(tag_ref)}@{d.digest}",
-                                d.prod.leader)
+            _digest_in_registry(
+                manager, d.prod, f"{registry.repository(tag_ref)}@{d.digest}", d.prod.cluster.leader
+            )
     except BaseException:
         lock.release()
         raise
@@ -161,18 +185,20 @@ def checkout_for_tests(d: Deployment, record: dict) -> Checkout:
     """Where production tests run: the delivered repository at its commit, with the compose
     file it was delivered with. A record keeps the repository without its credentials: the
     test environment's REPO, when it is that repository, gives them back."""
-    repo = record.get("repo") or d.test.repo
-    if repo == redact(d.test.repo):
-        repo = d.test.repo
-    settings = replace(d.test, compose_file=record.get("compose_file") or d.test.compose_file)
-    return Checkout(settings, repo, record.get("commit") or "HEAD", d.version, log=d.log,
-                    on_line=d.on_line)
+    repo = record.get("repo") or d.test.delivery.repo
+    if repo == redact(d.test.delivery.repo):
+        repo = d.test.delivery.repo
+    compose_file = record.get("compose_file") or d.test.delivery.compose_file
+    settings = replace(d.test, delivery=replace(d.test.delivery, compose_file=compose_file))
+    return Checkout(
+        settings, repo, record.get("commit") or "HEAD", d.version, log=d.log, on_line=d.on_line
+    )
 
 
 # -- steps ------------------------------------------------------------------------------------
 def _rollout_to(d: Deployment, image: str) -> str:
     assert d.cluster is not None  # prepare() found it
-    result = rollout.update(d.cluster, d.prod, image, d.log)
+    result = rollout.update(d.cluster, d.prod.services, image, d.log)
     d.converged_at = rollout.monitor_start(result)
     return f"{d.service} on {d.prod.env}: every replica runs {image} ({result.seconds:.1f}s)"
 
@@ -182,7 +208,7 @@ def _prodtest(d: Deployment) -> str:
     if d.checkout.workdir is None:
         d.checkout.clone()
     image = d.previous if d.rolled_back else d.image
-    return rollout.production_tests(d.checkout, d.cluster, d.prod, image, d.converged_at)
+    return rollout.production_tests(d.checkout, d.cluster, image, d.converged_at)
 
 
 def _rollback(d: Deployment) -> str:
@@ -220,17 +246,19 @@ def steps(d: Deployment, lock: records.Lock, progress) -> list[StepResult]:
     results: list[StepResult] = []
     try:
         lock.check()
-        results.append(run_step("rollout", lambda: _rollout_to(d, d.image), progress,
-                                origin=d.started))
+        results.append(
+            run_step("rollout", lambda: _rollout_to(d, d.image), progress, origin=d.started)
+        )
         if results[-1].ok:
-            results.append(run_step("prodtest", lambda: _prodtest(d), progress,
-                                origin=d.started))
+            results.append(run_step("prodtest", lambda: _prodtest(d), progress, origin=d.started))
         if results[-1].failed and d.auto_rollback and d.previous and d.previous != d.image:
             lock.check()
-            results.append(run_step("rollback", lambda: _rollback(d), progress,
-                                origin=d.started))
-            results.append(run_step("prodtest-after-rollback", lambda: _prodtest(d), progress,
-                                origin=d.started))
+            results.append(run_step("rollback", lambda: _rollback(d), progress, origin=d.started))
+            results.append(
+                run_step(
+                    "prodtest-after-rollback", lambda: _prodtest(d), progress, origin=d.started
+                )
+            )
     except RunInterrupted as exc:  # the steps that ran before the interrupted one, too
         exc.results = results + exc.results
         raise
@@ -240,8 +268,7 @@ def steps(d: Deployment, lock: records.Lock, progress) -> list[StepResult]:
     return results
 
 
-def outcome(d: Deployment, results: list[StepResult],
-            stopped: BaseException | None = None) -> str:
+def outcome(d: Deployment, results: list[StepResult], stopped: BaseException | None = None) -> str:
     """The history's result: "deployed" (or "rolled back") only when the rollout completed and
     the production tests passed; "interrupted" by a signal; "lock lost" when another run took
     the lock (`stopped`: what ended the run early)."""
@@ -258,11 +285,22 @@ def outcome(d: Deployment, results: list[StepResult],
 
 
 def _entry(d: Deployment, result: str, results: list[StepResult]) -> dict:
-    return {"time": records.now(), "user": getpass.getuser(), "env": d.prod.env,
-            "service": d.service, "kind": d.kind, "version": d.version, "image": d.image,
-            "digest": d.digest, "previous": d.previous, "result": result,
-            "rolled_back": d.rolled_back, "seconds": round(time.monotonic() - d.started, 1),
-            "steps": {r.name: r.status for r in results}, "run": d.run_id}
+    return {
+        "time": records.now(),
+        "user": getpass.getuser(),
+        "env": d.prod.env,
+        "service": d.service,
+        "kind": d.kind,
+        "version": d.version,
+        "image": d.image,
+        "digest": d.digest,
+        "previous": d.previous,
+        "result": result,
+        "rolled_back": d.rolled_back,
+        "seconds": round(time.monotonic() - d.started, 1),
+        "steps": {r.name: r.status for r in results},
+        "run": d.run_id,
+    }
 
 
 def _log_locally(d: Deployment, entry: dict) -> None:
@@ -271,17 +309,26 @@ def _log_locally(d: Deployment, entry: dict) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
+def _last_success(entry) -> bool | None:
+    """Pruning keeps the last successful deployment, whatever failed since (`rollback_target`)."""
+    return True if entry.get("result") in ("deployed", "rolled back") else None
+
+
 def begin(d: Deployment, lock: records.Lock) -> None:
     """The "started" entry, written before anything changes: a run killed with SIGKILL never
     writes its final entry, and `history` then shows it as unfinished."""
     entry = {**_entry(d, STARTED, []), "lock": lock.id}
     assert d.cluster is not None  # prepare() found it
     _log_locally(d, entry)
-    records.put(d.cluster.manager(), "history", d.service, entry)
+    records.put(d.cluster.manager(), "history", d.service, entry, group=_last_success)
 
 
-def finish(d: Deployment, results: list[StepResult], lock: records.Lock,
-           stopped: BaseException | None = None) -> dict:
+def finish(
+    d: Deployment,
+    results: list[StepResult],
+    lock: records.Lock,
+    stopped: BaseException | None = None,
+) -> dict:
     """Release the lock and write the history entry (cluster and local log); unless deployed,
     with the image each replica runs now. The local log and the clean-up happen even when the
     cluster no longer answers."""
@@ -291,22 +338,36 @@ def finish(d: Deployment, results: list[StepResult], lock: records.Lock,
     try:
         # Through a manager that answers, also during a leader election.
         if entry["result"] not in ("deployed", "rolled back"):
-            entry["running"] = rollout.on_manager(cluster, lambda m: [
-                f"{image} on {node}" for node, image in services.replica_images(m, d.service)],
-                d.log)
-        rollout.on_manager(cluster, lambda m: records.put(m, "history", d.service, entry), d.log)
+            entry["running"] = rollout.on_manager(
+                cluster,
+                lambda m: [
+                    f"{image} on {node}" for node, image in services.replica_images(m, d.service)
+                ],
+                d.log,
+            )
+        with deferred():  # a signal here would leave a finished run "unfinished" for good
+            rollout.on_manager(
+                cluster,
+                lambda m: records.put(m, "history", d.service, entry, group=_last_success),
+                d.log,
+            )
     finally:
         try:
             lock.release()  # by its ID, through a manager that answers
         finally:
-            _log_locally(d, entry)
+            with deferred():
+                _log_locally(d, entry)
             if d.checkout:
                 d.checkout.close()
     return entry
 
 
 def local_log(s: Settings):
-    return s.state_dir / "history" / f"{s.lab_name}-{s.env}-{s.app_service}.jsonl"
+    return (
+        s.cluster.state_dir
+        / "history"
+        / f"{s.cluster.lab_name}-{s.env}-{s.services.app_service}.jsonl"
+    )
 
 
 def history(s: Settings) -> tuple[list[dict], str]:
@@ -315,15 +376,21 @@ def history(s: Settings) -> tuple[list[dict], str]:
     "unfinished" (killed, or its machine died)."""
     try:
         manager = Cluster.of(s).discover().manager()
-        rows = records.load(manager, "history", s.app_service)
-        return merge_runs(rows, _live_lock(manager, s.app_service)), "cluster"
+        rows = records.load(manager, "history", s.services.app_service)
+        return merge_runs(rows, live_lock(manager, s.services.app_service)), "cluster"
     except Exception as exc:  # the cluster is unreachable: the local log still tells
         f = local_log(s)
         rows = [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
-        age = (f"last written {_age(time.time() - f.stat().st_mtime)} ago" if f.exists()
-               else "never written on this machine")
-        return (merge_runs(rows, None), f"local log {f}, {age}, this machine's runs only "
-                f"(cluster unreachable: {str(exc).splitlines()[0][:120]})")
+        age = (
+            f"last written {_age(time.time() - f.stat().st_mtime)} ago"
+            if f.exists()
+            else "never written on this machine"
+        )
+        return (
+            merge_runs(rows, None),
+            f"local log {f}, {age}, this machine's runs only "
+            f"(cluster unreachable: {str(exc).splitlines()[0][:120]})",
+        )
 
 
 def _age(seconds: float) -> str:
@@ -335,7 +402,7 @@ def _age(seconds: float) -> str:
     return f"{s // 60}m" if s >= 60 else f"{s}s"
 
 
-def _live_lock(manager, service: str) -> str | None:
+def live_lock(manager, service: str) -> str | None:
     """The ID of the service's lock while its holder lives; None when free or expired."""
     state = records.lock_state(manager, service)
     return state.id if state and not records.expired(state) else None

@@ -1,6 +1,7 @@
 """The one place that builds Docker clients and SSH connections: the local engine, or a node's
 engine over TLS or SSH, and a node's shell, from an `Endpoint` (how to reach a node; providers
 make them)."""
+
 from __future__ import annotations
 
 import base64
@@ -18,6 +19,7 @@ from docker.tls import TLSConfig
 from invoke import Config, Context
 
 from . import tunnel as tunnels
+from .config import ENGINE_VAR
 
 TIMEOUT = 120
 SSH_KEEPALIVE = 15  # seconds between SSH keepalive messages on an idle link
@@ -73,7 +75,7 @@ def _reason(exc: Exception) -> str:
     return text[:200]
 
 
-HOST_ENGINE_VAR = "CDTASKS_DOCKER_HOST"
+HOST_ENGINE_VAR = ENGINE_VAR  # CDTASKS_DOCKER_HOST; config knows it, to refuse typos of it
 DEFAULT_SOCKET = Path("/var/run/docker.sock")
 
 
@@ -82,18 +84,23 @@ def host_client() -> docker.DockerClient:
     `eval $(inv env NODE)` points DOCKER_HOST at a node, so that variable counts only when
     neither CDTASKS_DOCKER_HOST nor the default socket names an engine."""
     where = os.environ.get(HOST_ENGINE_VAR) or (
-        f"unix://{DEFAULT_SOCKET}" if DEFAULT_SOCKET.exists() else "")
+        f"unix://{DEFAULT_SOCKET}" if DEFAULT_SOCKET.exists() else ""
+    )
     shown = where or os.environ.get("DOCKER_HOST", "the DOCKER_* variables")
     try:
-        client = (docker.DockerClient(base_url=where, timeout=TIMEOUT) if where
-                  else docker.from_env(timeout=TIMEOUT))
+        client = (
+            docker.DockerClient(base_url=where, timeout=TIMEOUT)
+            if where
+            else docker.from_env(timeout=TIMEOUT)
+        )
     except Exception as exc:
         raise EngineError(f"cannot reach Docker at {shown}: {_reason(exc)}") from None
     return _checked(client, shown)
 
 
-def client(endpoint: Endpoint, check: bool = True,
-           registries: Mapping[str, tuple[str, str]] | None = None) -> docker.DockerClient:
+def client(
+    endpoint: Endpoint, check: bool = True, registries: Mapping[str, tuple[str, str]] | None = None
+) -> docker.DockerClient:
     """A client for one node's engine: TLS verified against the node's CA, or through the
     node's SSH tunnel (host key verified). `registries` ({server: (user, password)}) are sent
     as X-Registry-Auth with every push, pull, service create and update naming an image of
@@ -101,18 +108,24 @@ def client(endpoint: Endpoint, check: bool = True,
     that pull the service's image."""
     if endpoint.cert_path:
         d = endpoint.cert_path
-        tls = TLSConfig(client_cert=(str(d / "cert.pem"), str(d / "key.pem")),
-                        ca_cert=str(d / "ca.pem"), verify=True)
-        c = docker.DockerClient(base_url=endpoint.docker_host, tls=tls, timeout=TIMEOUT,
-                                version=API_VERSION)
+        tls = TLSConfig(
+            client_cert=(str(d / "cert.pem"), str(d / "key.pem")),
+            ca_cert=str(d / "ca.pem"),
+            verify=True,
+        )
+        c = docker.DockerClient(
+            base_url=endpoint.docker_host, tls=tls, timeout=TIMEOUT, version=API_VERSION
+        )
         # requests would let REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE replace the lab's CA.
         c.api.trust_env = False
     else:
-        c = docker.DockerClient(base_url=docker_env(endpoint)["DOCKER_HOST"], timeout=TIMEOUT,
-                                version=API_VERSION)
+        c = docker.DockerClient(
+            base_url=docker_env(endpoint)["DOCKER_HOST"], timeout=TIMEOUT, version=API_VERSION
+        )
     for server, (user, password) in (registries or {}).items():
-        c.api._auth_configs.add_auth(server, {"username": user, "password": password,
-                                              "serveraddress": server})
+        c.api._auth_configs.add_auth(
+            server, {"username": user, "password": password, "serveraddress": server}
+        )
     return _checked(c, f"{endpoint.docker_host} ({endpoint.node})") if check else c
 
 
@@ -128,19 +141,23 @@ class UnknownHostKey(paramiko.SSHException):
     def __init__(self, host: str, port: int, key, known_hosts: Path):
         where = host if port == 22 else f"[{host}]:{port}"
         scan = shlex.join(["ssh-keyscan", *(["-p", str(port)] if port != 22 else []), host])
-        super().__init__(f"host key of {where} is not in {known_hosts} ({key.get_name()} "
-                         f"{fingerprint(key)}); if that is the host's key, trust it with: "
-                         f"{scan} >> {shlex.quote(str(known_hosts))}")
+        super().__init__(
+            f"host key of {where} is not in {known_hosts} ({key.get_name()} "
+            f"{fingerprint(key)}); if that is the host's key, trust it with: "
+            f"{scan} >> {shlex.quote(str(known_hosts))}"
+        )
 
 
 class HostKeyChanged(paramiko.BadHostKeyException):
     def __init__(self, exc: paramiko.BadHostKeyException, port: int, known_hosts: Path):
         super().__init__(exc.hostname, exc.key, exc.expected_key)
         where = exc.hostname if port == 22 else f"[{exc.hostname}]:{port}"
-        self.message = (f"host key of {where} CHANGED: it offers {fingerprint(exc.key)}, "
-                        f"{known_hosts} expects {fingerprint(exc.expected_key)}; if the host "
-                        f"was rebuilt, forget the old key with: ssh-keygen -R "
-                        f"{shlex.quote(where)} -f {shlex.quote(str(known_hosts))}")
+        self.message = (
+            f"host key of {where} CHANGED: it offers {fingerprint(exc.key)}, "
+            f"{known_hosts} expects {fingerprint(exc.expected_key)}; if the host "
+            f"was rebuilt, forget the old key with: ssh-keygen -R "
+            f"{shlex.quote(where)} -f {shlex.quote(str(known_hosts))}"
+        )
 
     def __str__(self) -> str:
         return self.message
@@ -197,14 +214,21 @@ def _opened(endpoint: Endpoint):
     from fabric import Connection
 
     known_hosts = endpoint.known_hosts or Path("~/.ssh/known_hosts").expanduser()
-    key = {"key_filename": str(endpoint.ssh_key), "look_for_keys": False,
-           "allow_agent": False} if endpoint.ssh_key else {}
-    conn = Connection(endpoint.ssh_host, user=endpoint.ssh_user, port=endpoint.ssh_port,
-                      # Commands take no stdin: where stdin is closed or captured (CI, tests)
-                      # mirroring it would fail; `inv ssh` without --cmd uses shell() instead.
-                      config=FabricConfig(overrides={"load_ssh_configs": False,
-                                                     "run": {"in_stream": False}}),
-                      connect_timeout=10, connect_kwargs=key)
+    key = (
+        {"key_filename": str(endpoint.ssh_key), "look_for_keys": False, "allow_agent": False}
+        if endpoint.ssh_key
+        else {}
+    )
+    conn = Connection(
+        endpoint.ssh_host,
+        user=endpoint.ssh_user,
+        port=endpoint.ssh_port,
+        # Commands take no stdin: where stdin is closed or captured (CI, tests)
+        # mirroring it would fail; `inv ssh` without --cmd uses shell() instead.
+        config=FabricConfig(overrides={"load_ssh_configs": False, "run": {"in_stream": False}}),
+        connect_timeout=10,
+        connect_kwargs=key,
+    )
     # Fabric auto-adds unknown host keys; a tool that provisions clusters must not.
     conn.client.set_missing_host_key_policy(_Strict(endpoint.ssh_port, known_hosts))
     if known_hosts.exists():
@@ -215,8 +239,9 @@ def _opened(endpoint: Endpoint):
     except paramiko.BadHostKeyException as exc:
         raise HostKeyChanged(exc, endpoint.ssh_port, known_hosts) from None
     except paramiko.AuthenticationException as exc:
-        raise EngineError(f"SSH to {where} refused the key "
-                          f"{endpoint.ssh_key or '(agent/default keys)'}: {exc}") from None
+        raise EngineError(
+            f"SSH to {where} refused the key {endpoint.ssh_key or '(agent/default keys)'}: {exc}"
+        ) from None
     except (OSError, EOFError, paramiko.ssh_exception.NoValidConnectionsError) as exc:
         raise EngineError(f"cannot reach SSH at {where}: {_reason(exc)}") from None
     # A link idle behind a NAT or firewall is kept open; a dead peer is noticed.

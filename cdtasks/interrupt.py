@@ -4,8 +4,11 @@ so every task takes the same path: clean up, record, exit 128 + the signal's num
 
 Once a run is interrupted, further signals do not break off its clean-up (a second Ctrl-C would
 otherwise leave a compose project or a lock behind); they are counted and said, and SIGKILL still
-stops the process at once.
+stops the process at once. A signal the caller set to be ignored (`nohup`, `&` in a script)
+stays ignored. `deferred` holds these signals back across a write that must be whole (the last
+record of a run) and delivers them right after it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +46,10 @@ class _Handler:
         if self.first is None:
             self.first = signum
             raise Interrupted(signum)
-        self.say(f"{signal.Signals(signum).name} received: still cleaning up after "
-                 f"{signal.Signals(self.first).name}; SIGKILL stops at once, leaving things behind")
+        self.say(
+            f"{signal.Signals(signum).name} received: still cleaning up after "
+            f"{signal.Signals(self.first).name}; SIGKILL stops at once, leaving things behind"
+        )
 
 
 _active = threading.local()
@@ -64,7 +69,9 @@ def signals_as_interrupt(say: Callable[[str], None] = _stderr) -> Iterator[None]
         yield
         return
     handler = _Handler(say)
-    previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    previous = {
+        s: signal.signal(s, handler) for s in SIGNALS if signal.getsignal(s) is not signal.SIG_IGN
+    }
     _active.on = True
     try:
         yield
@@ -72,3 +79,27 @@ def signals_as_interrupt(say: Callable[[str], None] = _stderr) -> Iterator[None]
         _active.on = False
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block, SIGINT/SIGTERM/SIGHUP wait: a record written there is written whole (a
+    `finished` record cut off leaves its commit "unfinished" for good). The first signal that
+    arrived is raised again right after the block, to whatever handles it outside (then an
+    `Interrupted` propagates from the `with`). Outside the main thread it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {
+        s: signal.signal(s, lambda signum, frame: held.append(signum))
+        for s in SIGNALS
+        if signal.getsignal(s) is not signal.SIG_IGN
+    }
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        if held:
+            signal.raise_signal(held[0])

@@ -1,6 +1,7 @@
 """Telling a team how a run ended, without a CI server: the run's result as JSON, posted to a
 URL (`NOTIFY_URL`) and/or given on stdin to a command (`NOTIFY_COMMAND`, shell words run as an
 argv list, never through a shell). A notification that fails is said and changes nothing else."""
+
 from __future__ import annotations
 
 import json
@@ -19,15 +20,21 @@ def where(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or '?'}{f':{parts.port}' if parts.port else ''}"
 
 
-def send(payload: Mapping, url: str = "", command: Sequence[str] = (),
-         log: Callable[[str], None] = print, timeout: float = TIMEOUT) -> list[str]:
+def send(
+    payload: Mapping,
+    url: str = "",
+    command: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+    timeout: float = TIMEOUT,
+) -> list[str]:
     """Send `payload` to each target given; returns what failed, one line each (also logged)."""
     body = json.dumps(dict(payload), indent=2)
     problems = []
     if command:
         try:
-            proc = subprocess.run(list(command), input=body, capture_output=True, text=True,
-                                  timeout=timeout)
+            proc = subprocess.run(
+                list(command), input=body, capture_output=True, text=True, timeout=timeout
+            )
             if proc.returncode != 0:
                 last = (proc.stderr.strip().splitlines() or ["no message"])[-1][:200]
                 problems.append(f"NOTIFY_COMMAND {command[0]} exited {proc.returncode}: {last}")
@@ -37,8 +44,12 @@ def send(payload: Mapping, url: str = "", command: Sequence[str] = (),
             problems.append(f"NOTIFY_COMMAND {command[0]}: {exc.strerror or type(exc).__name__}")
     if url:
         try:
-            answer = requests.post(url, data=body.encode(), timeout=timeout,
-                                   headers={"Content-Type": "application/json"})
+            answer = requests.post(
+                url,
+                data=body.encode(),
+                timeout=timeout,
+                headers={"Content-Type": "application/json"},
+            )
             if not answer.ok:
                 problems.append(f"NOTIFY_URL {where(url)} answered {answer.status_code}")
         except requests.RequestException as exc:

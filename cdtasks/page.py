@@ -6,19 +6,24 @@ on prod-like and production, and the failures with their reasons.
 `collect` gathers a snapshot (plain data; a cluster that does not answer is said on the page);
 `render` turns a snapshot into HTML, escaping every text it shows.
 """
+
 from __future__ import annotations
 
 import datetime
 import html
 import json
+import os
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import records, services, watch
+from . import deployment, records, services, watch
 from .cluster import Cluster
+
+# Settings whole: each environment's Cluster (Cluster.of) is read
 from .config import Settings
 
 FILE_NAME = "releases.html"  # in REPORTS_DIR
@@ -56,34 +61,61 @@ def replicas(tasks: Sequence[Mapping], nodes: Mapping[str, str]) -> list[dict]:
         status = t.get("Status") or {}
         state = status.get("State", "")
         name, _, digest = image.partition("@")
-        ended = state not in ("new", "pending", "assigned", "accepted", "preparing", "ready",
-                              "starting", "running")
-        out.append({"slot": str(t.get("Slot") or nodes.get(t.get("NodeID", ""), "?")),
-                    "node": nodes.get(t.get("NodeID", ""), t.get("NodeID", "")[:12]),
-                    "version": name.rsplit(":", 1)[-1] if ":" in name.rsplit("/", 1)[-1] else name,
-                    "digest": digest, "state": state, "desired": t.get("DesiredState", ""),
-                    "error": status.get("Err", ""),
-                    "from": _when(t.get("CreatedAt")),
-                    "to": _when(status.get("Timestamp")) if ended else None})
+        ended = state not in (
+            "new",
+            "pending",
+            "assigned",
+            "accepted",
+            "preparing",
+            "ready",
+            "starting",
+            "running",
+        )
+        out.append(
+            {
+                "slot": str(t.get("Slot") or nodes.get(t.get("NodeID", ""), "?")),
+                "node": nodes.get(t.get("NodeID", ""), t.get("NodeID", "")[:12]),
+                "version": name.rsplit(":", 1)[-1] if ":" in name.rsplit("/", 1)[-1] else name,
+                "digest": digest,
+                "state": state,
+                "desired": t.get("DesiredState", ""),
+                "error": status.get("Err", ""),
+                "from": _when(t.get("CreatedAt")),
+                "to": _when(status.get("Timestamp")) if ended else None,
+            }
+        )
     return sorted(out, key=lambda r: (r["slot"], r["from"] or 0))
 
 
-def cluster(label: str, service: str, connect: Callable[[], Any],
-            kinds: Iterable[str]) -> dict:
+def cluster(label: str, service: str, connect: Callable[[], Any], kinds: Iterable[str]) -> dict:
     """What one cluster says about a service (image, replicas, records of `kinds`), or why
     it said nothing."""
-    view: dict[str, Any] = {"label": label, "service": service, "image": "", "replicas": [],
-            "records": {k: [] for k in kinds}, "error": ""}
+    view: dict[str, Any] = {
+        "label": label,
+        "service": service,
+        "image": "",
+        "replicas": [],
+        "records": {k: [] for k in kinds},
+        "error": "",
+    }
     try:
         manager = connect()
         view["image"] = services.current_image(manager, service)
-        nodes = {n["ID"]: n.get("Description", {}).get("Hostname", n["ID"][:12])
-                 for n in manager.api.nodes()}
+        nodes = {
+            n["ID"]: n.get("Description", {}).get("Hostname", n["ID"][:12])
+            for n in manager.api.nodes()
+        }
         view["replicas"] = replicas(manager.api.tasks(filters={"service": service}), nodes)
         for kind in view["records"]:
             view["records"][kind] = records.load(manager, kind, service)
+        if "history" in view["records"]:  # one row per deployment, not its "started" entry too
+            view["records"]["history"] = deployment.merge_runs(
+                view["records"]["history"], deployment.live_lock(manager, service)
+            )
     except Exception as exc:  # the page still tells what the other sources know
-        view["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else '-'}"
+        view["error"] = (
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else '-'}"
+        )
     return view
 
 
@@ -102,8 +134,9 @@ def reports_on_disk(directories: Iterable[Path]) -> list[dict]:
     return out
 
 
-def snapshot(clusters: Sequence[dict], runs: Sequence[dict], reports: Sequence[dict],
-             now: float) -> dict:
+def snapshot(
+    clusters: Sequence[dict], runs: Sequence[dict], reports: Sequence[dict], now: float
+) -> dict:
     """Everything the page shows, credentials in URLs removed. `runs`: the watcher's saved runs
     (each with its reports); `reports`: reports written outside it (or the last ones)."""
     seen, docs = set(), []
@@ -118,22 +151,42 @@ def snapshot(clusters: Sequence[dict], runs: Sequence[dict], reports: Sequence[d
     for view in clusters:
         for kind, found in view["records"].items():
             rows.setdefault(kind, []).extend(found)
-    return watch.scrub({"generated": now, "clusters": list(clusters),
-                        "watched": watch.pairs(rows["watch"]), "delivered": rows["delivered"],
-                        "history": rows["history"], "runs": docs})
+    return watch.scrub(
+        {
+            "generated": now,
+            "clusters": list(clusters),
+            "watched": watch.pairs(rows["watch"]),
+            "delivered": rows["delivered"],
+            "history": rows["history"],
+            "runs": docs,
+        }
+    )
 
 
 def gather(test: Settings, prod: Settings) -> dict:
     """The snapshot of a test cluster (prod-like, deliveries, watched commits), a production
     cluster (deployments) and the reports under both environments' REPORTS_DIR."""
+
     def manager_of(s: Settings) -> Callable[[], object]:
         return lambda: Cluster.of(s).discover().manager()
 
-    views = [cluster(f"prod-like ({test.env})", test.app_service, manager_of(test),
-                     (watch.KIND, "delivered")),
-             cluster(f"production ({prod.env})", prod.app_service, manager_of(prod), ("history",))]
-    return snapshot(views, watch.saved_runs(test.reports_dir / watch.RUNS_DIR),
-                    reports_on_disk([test.reports_dir, prod.reports_dir]), time.time())
+    views = [
+        cluster(
+            f"prod-like ({test.env})",
+            test.services.app_service,
+            manager_of(test),
+            (watch.KIND, "delivered"),
+        ),
+        cluster(
+            f"production ({prod.env})", prod.services.app_service, manager_of(prod), ("history",)
+        ),
+    ]
+    return snapshot(
+        views,
+        watch.saved_runs(test.delivery.reports_dir / watch.RUNS_DIR),
+        reports_on_disk([test.delivery.reports_dir, prod.delivery.reports_dir]),
+        time.time(),
+    )
 
 
 def timeline(steps: Sequence[Mapping]) -> tuple[list[dict], bool]:
@@ -174,8 +227,10 @@ def _status_class(status: str) -> str:
 def _bar(start: float, length: float, total: float, cls: str, label: str, title: str) -> str:
     left = 100.0 * start / total if total else 0.0
     width = max(100.0 * length / total if total else 0.0, 0.4)
-    return (f'<div class="bar {cls}" style="left:{left:.2f}%;width:{min(width, 100 - left):.2f}%" '
-            f'title="{_e(title)}">{_e(label)}</div>')
+    return (
+        f'<div class="bar {cls}" style="left:{left:.2f}%;width:{min(width, 100 - left):.2f}%" '
+        f'title="{_e(title)}">{_e(label)}</div>'
+    )
 
 
 def _versions(clusters: Sequence[dict]) -> str:
@@ -183,36 +238,63 @@ def _versions(clusters: Sequence[dict]) -> str:
     for v in clusters:
         name, _, digest = v["image"].partition("@")
         running = [r for r in v["replicas"] if r["state"] == "running"]
-        rows.append([v["label"], v["service"], name or "-", _short(digest),
-                     f"{len(running)} running" if not v["error"] else "-",
-                     v["error"] and f"did not answer: {v['error']}"])
-    return _table(["cluster", "service", "image", "digest", "replicas", "note"], rows,
-                  "no cluster was asked")
+        rows.append(
+            [
+                v["label"],
+                v["service"],
+                name or "-",
+                _short(digest),
+                f"{len(running)} running" if not v["error"] else "-",
+                v["error"] and f"did not answer: {v['error']}",
+            ]
+        )
+    return _table(
+        ["cluster", "service", "image", "digest", "replicas", "note"], rows, "no cluster was asked"
+    )
 
 
 def _run(doc: Mapping) -> str:
     meta = doc.get("meta") or {}
     steps, measured = timeline(doc.get("steps") or [])
     total = max([s["start"] + s["seconds"] for s in steps] or [0.0]) or 1.0
-    title = (f"{doc.get('suite', '?')} {meta.get('version', '')} — "
-             f"{'ok' if doc.get('ok') else 'FAILED'}, {float(doc.get('seconds') or 0):.1f}s"
-             + (f", written {time_text(doc['written'])}" if doc.get("written") else ""))
-    note = "" if measured else ('<p class="note">steps laid end to end: this report has no start '
-                                'times, so steps that ran beside each other are not shown so</p>')
+    title = (
+        f"{doc.get('suite', '?')} {meta.get('version', '')} — "
+        f"{'ok' if doc.get('ok') else 'FAILED'}, {float(doc.get('seconds') or 0):.1f}s"
+        + (f", written {time_text(doc['written'])}" if doc.get("written") else "")
+    )
+    note = (
+        ""
+        if measured
+        else (
+            '<p class="note">steps laid end to end: this report has no start '
+            "times, so steps that ran beside each other are not shown so</p>"
+        )
+    )
     rows = []
     for s in steps:
         cls = _status_class(s.get("status", ""))
-        rows.append(f'<tr class="step {cls}"><td>{_e(s.get("name"))}</td><td>{_e(s.get("status"))}'
-                    f'</td><td class="num">{s["seconds"]:.1f}</td><td class="lane">'
-                    + _bar(s["start"], s["seconds"], total, cls, "",
-                           f"{s.get('name')}: {s['start']:.1f}s + {s['seconds']:.1f}s")
-                    + f'</td><td>{_e(s.get("detail"))}</td></tr>')
-    context = ", ".join(f"{k} {meta[k]}" for k in ("env", "repo", "ref", "state", "result")
-                        if meta.get(k))
-    return (f'<section class="run"><h3>{_e(title)}</h3><p class="meta">{_e(context)}</p>{note}'
-            f'<table class="timeline"><thead><tr><th>step</th><th>result</th><th>s</th>'
-            f'<th>0 … {total:.1f}s</th><th>detail</th></tr></thead><tbody>{"".join(rows)}'
-            f'</tbody></table></section>')
+        rows.append(
+            f'<tr class="step {cls}"><td>{_e(s.get("name"))}</td><td>{_e(s.get("status"))}'
+            f'</td><td class="num">{s["seconds"]:.1f}</td><td class="lane">'
+            + _bar(
+                s["start"],
+                s["seconds"],
+                total,
+                cls,
+                "",
+                f"{s.get('name')}: {s['start']:.1f}s + {s['seconds']:.1f}s",
+            )
+            + f"</td><td>{_e(s.get('detail'))}</td></tr>"
+        )
+    context = ", ".join(
+        f"{k} {meta[k]}" for k in ("env", "repo", "ref", "state", "result") if meta.get(k)
+    )
+    return (
+        f'<section class="run"><h3>{_e(title)}</h3><p class="meta">{_e(context)}</p>{note}'
+        f'<table class="timeline"><thead><tr><th>step</th><th>result</th><th>s</th>'
+        f"<th>0 … {total:.1f}s</th><th>detail</th></tr></thead><tbody>{''.join(rows)}"
+        f"</tbody></table></section>"
+    )
 
 
 def _rollout(view: Mapping, now: float) -> str:
@@ -226,17 +308,28 @@ def _rollout(view: Mapping, now: float) -> str:
         lanes.setdefault(r["slot"], []).append(r)
     rows = []
     for slot, tasks in lanes.items():
-        bars = "".join(_bar((t["from"] or start) - start, (t["to"] or now) - (t["from"] or start),
-                            span, "running" if t["state"] == "running" else
-                            "failed" if t["state"] in ("failed", "rejected") else "ended",
-                            t["version"],
-                            f"{t['version']} {_short(t['digest'])} on {t['node']}: {t['state']} "
-                            f"{_stamp(t['from'])} .. {_stamp(t['to'])} {t['error']}")
-                       for t in tasks)
+        bars = "".join(
+            _bar(
+                (t["from"] or start) - start,
+                (t["to"] or now) - (t["from"] or start),
+                span,
+                "running"
+                if t["state"] == "running"
+                else "failed"
+                if t["state"] in ("failed", "rejected")
+                else "ended",
+                t["version"],
+                f"{t['version']} {_short(t['digest'])} on {t['node']}: {t['state']} "
+                f"{_stamp(t['from'])} .. {_stamp(t['to'])} {t['error']}",
+            )
+            for t in tasks
+        )
         rows.append(f'<tr class="replica"><td>{_e(slot)}</td><td class="lane">{bars}</td></tr>')
-    return (f'<h3>{_e(view["label"])}: {_e(view["service"])} from {_e(time_text(start))} to now</h3>'
-            f'<table class="timeline"><thead><tr><th>replica</th><th>tasks over time</th></tr>'
-            f'</thead><tbody>{"".join(rows)}</tbody></table>')
+    return (
+        f"<h3>{_e(view['label'])}: {_e(view['service'])} from {_e(time_text(start))} to now</h3>"
+        f'<table class="timeline"><thead><tr><th>replica</th><th>tasks over time</th></tr>'
+        f"</thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _failures(snap: Mapping) -> list[list]:
@@ -244,12 +337,26 @@ def _failures(snap: Mapping) -> list[list]:
     for doc in snap["runs"]:
         for s in doc.get("steps") or []:
             if s.get("status") == "FAILED":
-                rows.append([doc.get("suite"), (doc.get("meta") or {}).get("version", ""),
-                             s.get("name"), s.get("detail"), s.get("output_tail", "")[-400:]])
+                rows.append(
+                    [
+                        doc.get("suite"),
+                        (doc.get("meta") or {}).get("version", ""),
+                        s.get("name"),
+                        s.get("detail"),
+                        s.get("output_tail", "")[-400:],
+                    ]
+                )
     for h in snap["history"]:
         if str(h.get("result", "")).startswith("failed"):
-            rows.append([h.get("kind"), h.get("version"), ", ".join(
-                k for k, v in (h.get("steps") or {}).items() if v == "FAILED"), h.get("result"), ""])
+            rows.append(
+                [
+                    h.get("kind"),
+                    h.get("version"),
+                    ", ".join(k for k, v in (h.get("steps") or {}).items() if v == "FAILED"),
+                    h.get("result"),
+                    "",
+                ]
+            )
     for w in snap["watched"]:
         if w.get("code") != 0:
             rows.append(["watch", w.get("commit", "")[:12], w.get("branch"), w.get("result"), ""])
@@ -277,19 +384,51 @@ def render(snap: Mapping) -> str:
     """The page for a snapshot: a complete HTML document that needs no network."""
     now = snap["generated"]
     services_named = sorted({v["service"] for v in snap["clusters"]})
-    watched = [[w.get("taken_at"), w.get("branch"), w.get("commit", "")[:12], w.get("subject", ""),
-                w.get("result"), "-" if w.get("code") is None else w.get("code"),
-                w.get("seconds", "-")] for w in reversed(snap["watched"][-LAST:])]
-    delivered = [[d.get("time"), d.get("version"), _short(d.get("digest")),
-                  (d.get("commit") or "")[:12], d.get("repo") or "-", d.get("user")]
-                 for d in reversed(snap["delivered"][-LAST:])]
-    history = [[h.get("time"), h.get("env"), h.get("kind"), h.get("version"), _short(h.get("digest")),
-                h.get("result"), "yes" if h.get("rolled_back") else "no", h.get("seconds"),
-                h.get("user")] for h in reversed(snap["history"][-LAST:])]
-    runs = "".join(_run(d) for d in reversed(snap["runs"][-LAST:])) or \
-        '<p class="none">no report yet</p>'
-    rollouts = "".join(_rollout(v, now) for v in snap["clusters"]) or \
-        '<p class="none">no replica known</p>'
+    watched = [
+        [
+            w.get("taken_at"),
+            w.get("branch"),
+            w.get("commit", "")[:12],
+            w.get("subject", ""),
+            w.get("result"),
+            "-" if w.get("code") is None else w.get("code"),
+            w.get("seconds", "-"),
+        ]
+        for w in reversed(snap["watched"][-LAST:])
+    ]
+    delivered = [
+        [
+            d.get("time"),
+            d.get("version"),
+            _short(d.get("digest")),
+            (d.get("commit") or "")[:12],
+            d.get("repo") or "-",
+            d.get("user"),
+        ]
+        for d in reversed(snap["delivered"][-LAST:])
+    ]
+    history = [
+        [
+            h.get("time"),
+            h.get("env"),
+            h.get("kind"),
+            h.get("version"),
+            _short(h.get("digest")),
+            h.get("result"),
+            "yes" if h.get("rolled_back") else "no",
+            h.get("seconds"),
+            h.get("user"),
+        ]
+        for h in reversed(snap["history"][-LAST:])
+    ]
+    runs = (
+        "".join(_run(d) for d in reversed(snap["runs"][-LAST:]))
+        or '<p class="none">no report yet</p>'
+    )
+    rollouts = (
+        "".join(_rollout(v, now) for v in snap["clusters"])
+        or '<p class="none">no replica known</p>'
+    )
     failures = _failures(snap)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -299,17 +438,40 @@ def render(snap: Mapping) -> str:
 <h1>Releases of {_e(", ".join(services_named) or "the service")}</h1>
 <p class="meta">written {_e(time_text(now))} by cdtasks</p>
 <h2 id="versions">Versions running</h2>{_versions(snap["clusters"])}
-<h2 id="watched">Watched commits</h2>{_table(
-        ["taken", "branch", "commit", "subject", "result", "exit", "seconds"], watched,
-        "no commit watched yet")}
-<h2 id="deliveries">Deliveries (passed prod-like)</h2>{_table(
-        ["time", "version", "digest", "commit", "repository", "user"], delivered,
-        "no delivery recorded")}
-<h2 id="deployments">Deployments</h2>{_table(
-        ["time", "env", "kind", "version", "digest", "result", "rolled back", "seconds", "user"],
-        history, "no deployment recorded")}
-<h2 id="failures">Failures</h2>{_table(["run", "version", "where", "reason", "output"], failures,
-                                       "no failure")}
+<h2 id="watched">Watched commits</h2>{
+        _table(
+            ["taken", "branch", "commit", "subject", "result", "exit", "seconds"],
+            watched,
+            "no commit watched yet",
+        )
+    }
+<h2 id="deliveries">Deliveries (passed prod-like)</h2>{
+        _table(
+            ["time", "version", "digest", "commit", "repository", "user"],
+            delivered,
+            "no delivery recorded",
+        )
+    }
+<h2 id="deployments">Deployments</h2>{
+        _table(
+            [
+                "time",
+                "env",
+                "kind",
+                "version",
+                "digest",
+                "result",
+                "rolled back",
+                "seconds",
+                "user",
+            ],
+            history,
+            "no deployment recorded",
+        )
+    }
+<h2 id="failures">Failures</h2>{
+        _table(["run", "version", "where", "reason", "output"], failures, "no failure")
+    }
 <h2 id="runs">Runs, step by step</h2>{runs}
 <h2 id="rollout">Rollout of each replica</h2>{rollouts}
 </body></html>
@@ -317,9 +479,16 @@ def render(snap: Mapping) -> str:
 
 
 def write(path: Path, snap: Mapping) -> Path:
-    """Write the page atomically (a browser reloading it never sees half a file)."""
+    """Write the page atomically (a browser reloading it never sees half a file), through a
+    temporary file of its own: `inv report` and the watcher may write the page at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render(snap), encoding="utf-8")
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(render(snap))
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the page from a web server
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path

@@ -5,13 +5,13 @@ registry, or the delivery stops with one line naming the image and the service t
 
 How the delivery calls it, after the checkout and before the unit tests and the build:
 
-    model = check_contract(compose.model(), settings.compose_file)
-    project_images.ensure(model, cluster.client(cd_node), cd_node,
-                          f"localhost:{settings.registry_port}",
+    model = check_contract(compose.model(), settings.delivery.compose_file)
+    project_images.ensure(model, cluster.client(cd_node), cd_node, registry.address(settings),
                           cluster.provider.image_source(), log)
 
 or step by step: needed(model, read_dockerfiles(model)) -> plan(...) -> apply(...).
 """
+
 from __future__ import annotations
 
 import re
@@ -25,8 +25,10 @@ from . import images
 from .compose import ComposeModel, image_ref
 
 PRESENT, OFFLINE, REGISTRY = "present", "offline", "registry"  # where a needed image comes from
-_VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?([-+])([^}]*))?\}"
-                       r"|([A-Za-z_][A-Za-z0-9_]*))")
+_VARIABLE = re.compile(
+    r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?([-+])([^}]*))?\}"
+    r"|([A-Za-z_][A-Za-z0-9_]*))"
+)
 
 
 class MissingImage(RuntimeError):
@@ -54,6 +56,7 @@ def _instructions(text: str) -> Iterable[tuple[str, str]]:
 
 def _substitute(value: str, variables: Mapping[str, str]) -> str:
     """Dockerfile substitution: $X, ${X}, ${X:-default}, ${X:+alternative}."""
+
     def one(m: re.Match) -> str:
         name = m.group(1) or m.group(4)
         current = variables.get(name, "")
@@ -62,6 +65,7 @@ def _substitute(value: str, variables: Mapping[str, str]) -> str:
         if m.group(2) == "+":
             return m.group(3) if current else ""
         return current
+
     return _VARIABLE.sub(one, value)
 
 
@@ -75,27 +79,35 @@ def dockerfile_bases(text: str, build_args: Mapping[str, str] | None = None) -> 
     out: list[str] = []
 
     def add(ref: str) -> None:
-        if ref and ref.lower() != "scratch" and ref.lower() not in stages \
-                and image_ref(ref) not in out:
+        if (
+            ref
+            and ref.lower() != "scratch"
+            and ref.lower() not in stages
+            and image_ref(ref) not in out
+        ):
             out.append(image_ref(ref))
 
     for word, rest in _instructions(text):
         if word == "ARG" and not stages:  # only ARGs before the first FROM reach FROM lines
             for item in shlex.split(rest):
                 name, eq, default = item.partition("=")
-                variables[name] = build_args.get(name, _substitute(default, variables) if eq
-                                                 else "")
+                variables[name] = build_args.get(
+                    name, _substitute(default, variables) if eq else ""
+                )
         elif word == "FROM":
             words = [w for w in rest.split() if not w.startswith("--")]
             if not words:
                 continue
             add(_substitute(words[0], variables))
-            stages.append(words[2].lower() if len(words) >= 3 and words[1].lower() == "as"
-                          else str(len(stages)))
+            stages.append(
+                words[2].lower()
+                if len(words) >= 3 and words[1].lower() == "as"
+                else str(len(stages))
+            )
         elif word == "COPY":
             for flag in rest.split():
                 if flag.startswith("--from="):
-                    source = _substitute(flag[len("--from="):], variables)
+                    source = _substitute(flag[len("--from=") :], variables)
                     if not source.isdigit():
                         add(source)
     return out
@@ -128,12 +140,19 @@ def needed(model: ComposeModel, dockerfiles: Mapping[str, str]) -> dict[str, str
 
 
 def registry_ref(image: str, registry: str) -> str:
-    """Where the cluster's registry keeps `image`: `mongo:3.2.10` -> `localhost:5000/mongo:3.2.10`."""
+    """Where the cluster's registry (registry.address) keeps `image`: `mongo:3.2.10` ->
+    `localhost:5000/mongo:3.2.10`."""
     return image if image.startswith(registry + "/") else f"{registry}/{image}"
 
 
-def plan(needs: Mapping[str, str], present: Iterable[str], offline: Iterable[str],
-         in_registry: Iterable[str], node: str, registry: str) -> dict[str, str]:
+def plan(
+    needs: Mapping[str, str],
+    present: Iterable[str],
+    offline: Iterable[str],
+    in_registry: Iterable[str],
+    node: str,
+    registry: str,
+) -> dict[str, str]:
     """image -> PRESENT (the node has it), OFFLINE (one of the tool's images: loaded into the
     node) or REGISTRY (pulled from the cluster's registry); MissingImage for the first that
     is none of these. `present`: the node's tags; `offline`: the tool's image refs it can
@@ -148,9 +167,11 @@ def plan(needs: Mapping[str, str], present: Iterable[str], offline: Iterable[str
         elif image in in_registry:
             out[image] = REGISTRY
         else:
-            raise MissingImage(f"image {image} needed by service {service} is not on CD node "
-                               f"{node}, not one the tool builds, and not in the registry "
-                               f"{registry}; Docker Hub is not reachable from here")
+            raise MissingImage(
+                f"image {image} needed by service {service} is not on CD node "
+                f"{node}, not one the tool builds, and not in the registry "
+                f"{registry}; Docker Hub is not reachable from here"
+            )
     return out
 
 
@@ -174,8 +195,14 @@ def in_registry(client, candidates: Iterable[str], registry: str) -> set[str]:
     return out
 
 
-def apply(steps: Mapping[str, str], client, node: str, registry: str, image_source,
-          log: Callable[[str], None]) -> list[str]:
+def apply(
+    steps: Mapping[str, str],
+    client,
+    node: str,
+    registry: str,
+    image_source,
+    log: Callable[[str], None],
+) -> list[str]:
     """Load the OFFLINE images into the node (images.provide: built on `image_source` if
     needed, copied by ID) and pull the REGISTRY ones, tagged as the project names them.
     Returns what was done, one line each."""
@@ -196,8 +223,9 @@ def apply(steps: Mapping[str, str], client, node: str, registry: str, image_sour
     return done
 
 
-def ensure(model: ComposeModel, client, node: str, registry: str, image_source,
-           log: Callable[[str], None]) -> list[str]:
+def ensure(
+    model: ComposeModel, client, node: str, registry: str, image_source, log: Callable[[str], None]
+) -> list[str]:
     """Everything above for one delivery: what the project needs, what the node lacks, where
     each comes from, then load and pull. `image_source`: the engine holding the tool's
     offline images (`cluster.provider.image_source()`; None: they cannot be loaded)."""
@@ -206,5 +234,11 @@ def ensure(model: ComposeModel, client, node: str, registry: str, image_source,
     lacking = [i for i in needs if i not in present]
     offline = {i.ref for i in images.IMAGES.values()} if image_source is not None else set()
     answered = in_registry(client, [i for i in lacking if i not in offline], registry)
-    return apply(plan(needs, present, offline, answered, node, registry), client, node,
-                 registry, image_source, log)
+    return apply(
+        plan(needs, present, offline, answered, node, registry),
+        client,
+        node,
+        registry,
+        image_source,
+        log,
+    )

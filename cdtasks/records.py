@@ -6,19 +6,24 @@ lock's config either succeeds or fails with a conflict, atomically, on the manag
 Only a config's labels may change, and only at the version index last read (optimistic
 concurrency): the lock's expiry is a label its holder renews, and a waiter marks an expired lock
 as taken over the same way before removing it by its ID, so it never removes one renewed since.
+A claim is a record whose name its key alone gives: two processes claiming one key (two
+watchers taking one commit) cannot both succeed. Records beyond KEEP per kind are pruned.
 """
+
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import getpass
+import hashlib
 import json
 import os
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,31 +36,117 @@ LOCK_PROGRESS = 30.0  # seconds between two "still waiting" lines
 EXPIRES_LABEL = "io.cdtasks.expires"  # epoch seconds, renewed by the holder
 TAKEN_LABEL = "io.cdtasks.taken-by"  # set by a waiter on an expired lock just before removing it
 SERVICE_LABEL = "io.cdtasks.service"
+# Records of a kind kept per service; older ones are pruned at each put, except the newest of
+# each group the kind's writer names (what a reader still needs: a branch's last taken commit,
+# the last successful deployment). The page shows the last 20; `inv history` what is kept.
+KEEP = 200
 
 
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def put(manager, kind: str, service: str, data: Mapping) -> str:
-    """Store one record; returns its config name (time-ordered, unique)."""
+def put(
+    manager,
+    kind: str,
+    service: str,
+    data: Mapping,
+    group: Callable[[Mapping], object] = lambda row: None,
+) -> str:
+    """Store one record, then prune the kind beyond KEEP (`prunable`, with `group`); returns its
+    config name (time-ordered, unique)."""
     name = f"cdtasks-{kind}-{int(time.time() * 1000)}-{secrets.token_hex(3)}"
-    manager.api.create_config(name, json.dumps(dict(data)).encode(),
-                              labels={KIND_LABEL: kind, SERVICE_LABEL: service})
+    manager.api.create_config(
+        name, json.dumps(dict(data)).encode(), labels={KIND_LABEL: kind, SERVICE_LABEL: service}
+    )
+    with contextlib.suppress(Exception):  # the record is stored; the next put prunes again
+        prune(manager, kind, service, KEEP, group)
     return name
 
 
-def _data(manager, config_id: str) -> dict:
-    return json.loads(base64.b64decode(manager.api.inspect_config(config_id)["Spec"]["Data"]))
+def claim_name(kind: str, service: str, key: str) -> str:
+    """The one config name a claim of `key` can have (Swarm names: 64 characters at most)."""
+    digest = hashlib.sha256(f"{service}\0{key}".encode()).hexdigest()[:32]
+    return f"cdtasks-{kind}-claim-{digest}"
+
+
+def claim(manager, kind: str, service: str, key: str, data: Mapping) -> bool:
+    """Store a record under a name that only `key` gives: atomic across processes and machines
+    (the managers' Raft store refuses a second config of that name). False when a record of
+    that key exists already (someone claimed it first)."""
+    try:
+        manager.api.create_config(
+            claim_name(kind, service, key),
+            json.dumps(dict(data)).encode(),
+            labels={KIND_LABEL: kind, SERVICE_LABEL: service},
+        )
+    except APIError as exc:
+        if exc.status_code != 409:
+            raise
+        return False
+    return True
+
+
+def _data(manager, config: Mapping) -> dict:
+    data = (config.get("Spec") or {}).get("Data")
+    if data is None:  # an engine whose list leaves the data out: ask for this one
+        data = manager.api.inspect_config(config["ID"])["Spec"]["Data"]
+    return json.loads(base64.b64decode(data))
+
+
+def entries(manager, kind: str, service: str) -> list[tuple[str, dict]]:
+    """(config ID, record) of every record of a kind for a service, oldest first: one list
+    call, which carries each record's data."""
+    configs = manager.api.configs(
+        filters={"label": [f"{KIND_LABEL}={kind}", f"{SERVICE_LABEL}={service}"]}
+    )
+    # Records are never updated, so their version index is the Raft index of their creation:
+    # one order for every writer, where names made in the same millisecond would tie.
+    return [
+        (c["ID"], _data(manager, c)) for c in sorted(configs, key=lambda c: c["Version"]["Index"])
+    ]
 
 
 def load(manager, kind: str, service: str) -> list[dict]:
     """All records of a kind for a service, oldest first."""
-    configs = manager.api.configs(filters={"label": [f"{KIND_LABEL}={kind}",
-                                                     f"{SERVICE_LABEL}={service}"]})
-    # Records are never updated, so their version index is the Raft index of their creation:
-    # one order for every writer, where names made in the same millisecond would tie.
-    return [_data(manager, c["ID"]) for c in sorted(configs, key=lambda c: c["Version"]["Index"])]
+    return [row for _, row in entries(manager, kind, service)]
+
+
+def prunable(
+    rows: Sequence[Mapping], keep: int, group: Callable[[Mapping], object] = lambda row: None
+) -> list[int]:
+    """Indexes of the records (oldest first) beyond the newest `keep` that may go: all but the
+    newest of each group (`group(row)`, None: no group) kept for what a reader still needs."""
+    kept_groups: set = set()
+    out = []
+    for i in range(len(rows) - 1, -1, -1):
+        g = group(rows[i])
+        newest_of_group = g is not None and g not in kept_groups
+        if g is not None:
+            kept_groups.add(g)
+        if i < len(rows) - keep and not newest_of_group:
+            out.append(i)
+    return sorted(out)
+
+
+def prune(
+    manager,
+    kind: str,
+    service: str,
+    keep: int,
+    group: Callable[[Mapping], object] = lambda row: None,
+) -> int:
+    """Remove the records `prunable` names (each Swarm config costs the managers' Raft store and
+    every load); returns how many went. A record removed meanwhile by another pruner is fine."""
+    listed = entries(manager, kind, service)
+    gone = 0
+    for i in prunable([row for _, row in listed], keep, group):
+        try:
+            manager.api.remove_config(listed[i][0])
+            gone += 1
+        except NotFound:
+            pass
+    return gone
 
 
 # -- locks -------------------------------------------------------------------------------------
@@ -97,10 +188,20 @@ def identity() -> dict:
         pidns = os.readlink("/proc/self/ns/pid")
     except OSError:
         pidns = ""
-    machine = (_read("/etc/machine-id") or _read("/var/lib/dbus/machine-id")
-               or (f"{host}/{boot}" if boot else ""))
-    return {"user": getpass.getuser(), "host": host, "machine": machine, "boot": boot,
-            "pidns": pidns, "pid": os.getpid(), "started": _started(os.getpid())}
+    machine = (
+        _read("/etc/machine-id")
+        or _read("/var/lib/dbus/machine-id")
+        or (f"{host}/{boot}" if boot else "")
+    )
+    return {
+        "user": getpass.getuser(),
+        "host": host,
+        "machine": machine,
+        "boot": boot,
+        "pidns": pidns,
+        "pid": os.getpid(),
+        "started": _started(os.getpid()),
+    }
 
 
 def holder_gone(holder: Mapping, me: Mapping | None = None) -> bool:
@@ -119,14 +220,17 @@ def holder_gone(holder: Mapping, me: Mapping | None = None) -> bool:
 def describe(holder: Mapping) -> str:
     """One line naming a holder: who, where, since when, doing what."""
     machine = str(holder.get("machine") or "?")[:12]
-    return (f"{holder.get('user')}@{holder.get('host')} (machine {machine}, pid {holder.get('pid')})"
-            f" since {holder.get('time')}, "
-            f"{holder.get('action', 'deploying')} {holder.get('version')}")
+    return (
+        f"{holder.get('user')}@{holder.get('host')} (machine {machine}, pid {holder.get('pid')})"
+        f" since {holder.get('time')}, "
+        f"{holder.get('action', 'deploying')} {holder.get('version')}"
+    )
 
 
 @dataclass(frozen=True)
 class LockState:
     """A service's lock as the cluster has it now."""
+
     id: str
     version: int  # the config's version index, which an update must name
     name: str
@@ -159,8 +263,13 @@ def _state(config: dict) -> LockState:
         holder = json.loads(base64.b64decode(spec.get("Data") or b""))
     except ValueError:
         holder = {}
-    return LockState(config["ID"], config["Version"]["Index"], spec["Name"],
-                     dict(spec.get("Labels") or {}), holder if isinstance(holder, dict) else {})
+    return LockState(
+        config["ID"],
+        config["Version"]["Index"],
+        spec["Name"],
+        dict(spec.get("Labels") or {}),
+        holder if isinstance(holder, dict) else {},
+    )
 
 
 def lock_state(manager, service: str) -> LockState | None:
@@ -176,9 +285,11 @@ def _update_labels(manager, state: LockState, labels: Mapping) -> None:
     goes through the client's own request helpers. Swarm refuses it (APIError) when the config
     changed since, and with NotFound when it is gone."""
     api = manager.api
-    res = api._post_json(api._url("/configs/{0}/update", state.id),
-                         params={"version": state.version},
-                         data={"Name": state.name, "Labels": dict(labels)})
+    res = api._post_json(
+        api._url("/configs/{0}/update", state.id),
+        params={"version": state.version},
+        data={"Name": state.name, "Labels": dict(labels)},
+    )
     api._raise_for_status(res)
 
 
@@ -218,15 +329,28 @@ class Lock:
     `release()` removes it by its config ID. Also a context manager:
     `with Lock(manager, service, version).acquire(wait) as lock: ...`."""
 
-    def __init__(self, manager, service: str, version: str, action: str = "deploying",
-                 log: Callable[[str], None] = lambda line: None, ttl: float = LOCK_TTL,
-                 holder: Mapping | None = None):
+    def __init__(
+        self,
+        manager,
+        service: str,
+        version: str,
+        action: str = "deploying",
+        log: Callable[[str], None] = lambda line: None,
+        ttl: float = LOCK_TTL,
+        holder: Mapping | None = None,
+    ):
         self.manager, self.service, self.log, self.ttl = manager, service, log, ttl
         # holder: this process unless given (a test standing in for another machine).
-        self.holder = {**(holder or identity()), "time": now(), "version": version,
-                       "action": action, "ttl": ttl, "nonce": secrets.token_hex(8),
-                       # Read only by runs of the tool's previous version, which renew nothing.
-                       "expires": time.time() + 15 * 60}
+        self.holder = {
+            **(holder or identity()),
+            "time": now(),
+            "version": version,
+            "action": action,
+            "ttl": ttl,
+            "nonce": secrets.token_hex(8),
+            # Read only by runs of the tool's previous version, which renew nothing.
+            "expires": time.time() + 15 * 60,
+        }
         self.id = ""
         self.lost: LockLost | None = None
         self._renewed = 0.0  # time.monotonic() of the last renewal the cluster accepted
@@ -240,14 +364,18 @@ class Lock:
         self.release()
 
     def _labels(self) -> dict:
-        return {KIND_LABEL: "lock", SERVICE_LABEL: self.service,
-                EXPIRES_LABEL: f"{time.time() + self.ttl:.3f}"}
+        return {
+            KIND_LABEL: "lock",
+            SERVICE_LABEL: self.service,
+            EXPIRES_LABEL: f"{time.time() + self.ttl:.3f}",
+        }
 
     def _create(self) -> bool:
         try:
             self._renewed = time.monotonic()
             created = self.manager.api.create_config(
-                lock_name(self.service), json.dumps(self.holder).encode(), labels=self._labels())
+                lock_name(self.service), json.dumps(self.holder).encode(), labels=self._labels()
+            )
         except APIError as exc:
             if exc.status_code != 409:
                 raise
@@ -277,17 +405,21 @@ class Lock:
                     continue
                 waited = time.monotonic() - start
                 if waited >= wait:
-                    raise LockHeld(f"{self.service} is being deployed by {describe(state.holder)}"
-                                   + (f" (waited {waited:.0f}s)" if wait
-                                      else "; use --wait to wait for it"))
+                    raise LockHeld(
+                        f"{self.service} is being deployed by {describe(state.holder)}"
+                        + (f" (waited {waited:.0f}s)" if wait else "; use --wait to wait for it")
+                    )
                 if told != state.id:
-                    self.log(f"waiting for the lock of {self.service}, held by "
-                             f"{describe(state.holder)}")
+                    self.log(
+                        f"waiting for the lock of {self.service}, held by {describe(state.holder)}"
+                    )
                     told, last_told = state.id, time.monotonic()
                 elif time.monotonic() - last_told >= LOCK_PROGRESS:
-                    self.log(f"still waiting for the lock of {self.service} ({waited:.0f}s of "
-                             f"{wait:.0f}s), held by {state.holder.get('user')}@"
-                             f"{state.holder.get('host')}")
+                    self.log(
+                        f"still waiting for the lock of {self.service} ({waited:.0f}s of "
+                        f"{wait:.0f}s), held by {state.holder.get('user')}@"
+                        f"{state.holder.get('host')}"
+                    )
                     last_told = time.monotonic()
                 time.sleep(min(LOCK_POLL, max(0.0, wait - waited)))
         except LockHeld:
@@ -297,8 +429,9 @@ class Lock:
                 self._remove_unrecorded()
             raise
         if heartbeat:
-            self._beat = threading.Thread(target=self._heartbeat, daemon=True,
-                                          name=f"lock-{self.service}")
+            self._beat = threading.Thread(
+                target=self._heartbeat, daemon=True, name=f"lock-{self.service}"
+            )
             self._beat.start()
         return self
 
@@ -316,7 +449,9 @@ class Lock:
         renewed meanwhile changed the version, so the mark fails and its lock stays."""
         if not state.taken_by:
             try:
-                _update_labels(self.manager, state, {**state.labels, TAKEN_LABEL: describe(self.holder)})
+                _update_labels(
+                    self.manager, state, {**state.labels, TAKEN_LABEL: describe(self.holder)}
+                )
             except APIError:  # renewed, or removed, since we read it: look again
                 return
         self.log(f"taking over the lock of {self.service} from {describe(state.holder)}: {why}")
@@ -344,8 +479,10 @@ class Lock:
         state = self._own_state()
         late = time.monotonic() - self._renewed
         if late > self.ttl:  # a waiter may rightly take it any moment: never renew or act on it
-            raise LockLost(f"the lock of {self.service} was not renewed for {late:.0f}s "
-                           f"(TTL {self.ttl:.0f}s); another run may take it")
+            raise LockLost(
+                f"the lock of {self.service} was not renewed for {late:.0f}s "
+                f"(TTL {self.ttl:.0f}s); another run may take it"
+            )
         return state
 
     def renew(self) -> None:
@@ -371,8 +508,9 @@ class Lock:
                 self.log(f"lost: {exc}")
                 return
             except Exception as exc:  # the engine did not answer: check() fails once the TTL is up
-                self.log(f"could not renew the lock of {self.service}: "
-                         f"{str(exc).splitlines()[0][:160]}")
+                self.log(
+                    f"could not renew the lock of {self.service}: {str(exc).splitlines()[0][:160]}"
+                )
 
     def release(self) -> bool:
         """Stop renewing and remove the lock by its ID (never a newer lock of the same name);

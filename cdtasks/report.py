@@ -1,5 +1,6 @@
 """How the tasks show their work: live progress on stderr, result tables on stdout, and JSON and
 JUnit XML report files for CI. Away from a terminal everything degrades to plain lines."""
+
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from .redaction import redact
 from .runner import StepResult
 
 # One lock for every plain stderr line, so lines from worker threads never interleave.
@@ -25,21 +27,6 @@ _LOCK = threading.Lock()
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _STYLE = {"ok": "green", "FAILED": "bold red", "skipped": "yellow", "interrupted": "bold red"}
-# The user information of a URL (`https://user:token@`, `ssh://user:pw@`, `git+https://t@`):
-# up to the authority's last `@`, since a password may hold an unescaped one.
-_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s?#]*@")
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """`text` with credentials in URLs (`https://***@host/...`) and every secret of 4 or more
-    characters replaced by `***`. `redact(repo)` is the repository as it may be shown or
-    recorded."""
-    text = _URL_CREDENTIALS.sub(r"\1***@", text)
-    # Env files yield None for bare keys; shorter values would mask ordinary words.
-    # Longest first, so a secret containing a shorter one is hidden whole.
-    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 def _emit(line: str) -> None:
@@ -69,8 +56,16 @@ class Progress:
         # which would deadlock against rich's own lock while a line is printed.
         self._current: tuple[str, float, str] = ("", 0.0, "")
         self._printed: tuple[str, float] = ("", float("-inf"))
-        self._live = Live(get_renderable=self._render, console=self._console, transient=True,
-                          refresh_per_second=8) if interactive else None
+        self._live = (
+            Live(
+                get_renderable=self._render,
+                console=self._console,
+                transient=True,
+                refresh_per_second=8,
+            )
+            if interactive
+            else None
+        )
 
     def __enter__(self) -> Progress:
         if self._live:
@@ -109,8 +104,10 @@ class Progress:
         with self._lock:
             self._current = ("", 0.0, "")
         detail = f": {result.detail}" if result.detail else ""
-        self._line(f"[{self.title}] {result.name} ... {result.status} ({result.seconds:.1f}s){detail}",
-                   _STYLE[result.status])
+        self._line(
+            f"[{self.title}] {result.name} ... {result.status} ({result.seconds:.1f}s){detail}",
+            _STYLE[result.status],
+        )
 
     def _line(self, text: str, style: str = "") -> None:
         if self._live:
@@ -156,12 +153,20 @@ def print_results(title: str, results: list[StepResult], secrets: Iterable[str] 
     grid = _table(title, ["step", "result", "seconds", "detail"])
     grid.caption = f"total {sum(r.seconds for r in results):.1f}s"
     for r in results:
-        grid.add_row(Text(redact(r.name, secrets)), Text(r.status, style=_STYLE[r.status]),
-                     Text(f"{r.seconds:.1f}"), Text(redact(r.detail, secrets)))
+        grid.add_row(
+            Text(redact(r.name, secrets)),
+            Text(r.status, style=_STYLE[r.status]),
+            Text(f"{r.seconds:.1f}"),
+            Text(redact(r.detail, secrets)),
+        )
     console.print(grid)
     for r in (r for r in results if r.failed):
-        console.print(Text(f"\n{redact(r.name, secrets)} FAILED: {redact(r.detail, secrets)}",
-                           style="bold red"), soft_wrap=True)
+        console.print(
+            Text(
+                f"\n{redact(r.name, secrets)} FAILED: {redact(r.detail, secrets)}", style="bold red"
+            ),
+            soft_wrap=True,
+        )
         if r.output_tail:
             console.print(Text.from_ansi(redact(r.output_tail, secrets)), soft_wrap=True)
 
@@ -181,26 +186,43 @@ def _cleaner(secrets: Iterable[str]) -> Callable[[str], str]:
     return lambda text: redact(_ANSI.sub("", text), secrets)
 
 
-def report_doc(suite: str, results: list[StepResult], meta: dict,
-               secrets: Iterable[str] = ()) -> dict:
+def report_doc(
+    suite: str, results: list[StepResult], meta: dict, secrets: Iterable[str] = ()
+) -> dict:
     """The JSON report of a run (`<suite>.json`, and what `--json` prints), secrets redacted."""
     clean = _cleaner(secrets)
-    return {"suite": suite, "ok": not any(r.failed for r in results),
-            "seconds": round(sum(r.seconds for r in results), 3), "meta": _scrub(meta, clean),
-            "steps": [{"name": clean(r.name), "status": r.status, "ok": r.ok, "skipped": r.skipped,
-                       "seconds": round(r.seconds, 3), "started": r.started,
-                       "detail": clean(r.detail),
-                       "output_tail": clean(r.output_tail)} for r in results]}
+    return {
+        "suite": suite,
+        "ok": not any(r.failed for r in results),
+        "seconds": round(sum(r.seconds for r in results), 3),
+        "meta": _scrub(meta, clean),
+        "steps": [
+            {
+                "name": clean(r.name),
+                "status": r.status,
+                "ok": r.ok,
+                "skipped": r.skipped,
+                "seconds": round(r.seconds, 3),
+                "started": r.started,
+                "detail": clean(r.detail),
+                "output_tail": clean(r.output_tail),
+            }
+            for r in results
+        ],
+    }
 
 
-def write_reports(directory: Path, suite: str, results: list[StepResult], meta: dict,
-                  secrets: Iterable[str] = ()) -> tuple[Path, Path]:
+def write_reports(
+    directory: Path, suite: str, results: list[StepResult], meta: dict, secrets: Iterable[str] = ()
+) -> tuple[Path, Path]:
     """Write `<suite>.json` and `<suite>.junit.xml` into `directory`; return both paths."""
     secrets = tuple(secrets)
     clean = _cleaner(secrets)
 
     def xml(text: str) -> str:
-        return _XML_ILLEGAL.sub("", clean(text))  # control characters make the whole file unparsable
+        return _XML_ILLEGAL.sub(
+            "", clean(text)
+        )  # control characters make the whole file unparsable
 
     directory.mkdir(parents=True, exist_ok=True)
     doc = report_doc(suite, results, meta, secrets)
@@ -208,22 +230,33 @@ def write_reports(directory: Path, suite: str, results: list[StepResult], meta: 
     json_path = directory / f"{suite}.json"
     json_path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
-    counts = {"tests": str(len(results)), "failures": str(sum(r.failed for r in results)),
-              "errors": "0", "skipped": str(sum(r.skipped for r in results)), "time": f"{total:.3f}"}
+    counts = {
+        "tests": str(len(results)),
+        "failures": str(sum(r.failed for r in results)),
+        "errors": "0",
+        "skipped": str(sum(r.skipped for r in results)),
+        "time": f"{total:.3f}",
+    }
     root = ET.Element("testsuites", {"name": suite, **counts})
     testsuite = ET.SubElement(root, "testsuite", {"name": suite, **counts})
     properties = ET.SubElement(testsuite, "properties")
     for key, value in meta.items():
-        ET.SubElement(properties, "property", name=xml(key),
-                      value=xml(value if isinstance(value, str) else json.dumps(value)))
+        ET.SubElement(
+            properties,
+            "property",
+            name=xml(key),
+            value=xml(value if isinstance(value, str) else json.dumps(value)),
+        )
     for r in results:
-        case = ET.SubElement(testsuite, "testcase", name=xml(r.name), classname=suite,
-                             time=f"{r.seconds:.3f}")
+        case = ET.SubElement(
+            testsuite, "testcase", name=xml(r.name), classname=suite, time=f"{r.seconds:.3f}"
+        )
         if r.skipped:
             ET.SubElement(case, "skipped", message=xml(r.detail))
         elif r.failed:
-            ET.SubElement(case, "failure", message=xml(r.detail) or "failed", type="failure").text = \
-                xml(r.output_tail)
+            ET.SubElement(
+                case, "failure", message=xml(r.detail) or "failed", type="failure"
+            ).text = xml(r.output_tail)
     ET.indent(root)
     xml_path = directory / f"{suite}.junit.xml"
     ET.ElementTree(root).write(xml_path, encoding="utf-8", xml_declaration=True)

@@ -2,6 +2,7 @@
 (production) alike: pre-pull, update by digest, wait on Swarm's UpdateStatus, HOST_IP, the
 production tests and, overlapping them, the watch of Swarm's monitor period (`settle`); and
 the record that ties the two: the versions that passed production tests on prod-like."""
+
 from __future__ import annotations
 
 import time
@@ -11,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import records, services, stack
 from .checkout import Checkout
 from .cluster import Cluster
-from .config import Settings
+from .config import ServicesSettings
 from .engine import EngineError
 from .log import Log
 from .runner import StepFailed
@@ -32,8 +33,9 @@ def prepull(cluster: Cluster, service: str, image: str, log: Log) -> list[str]:
 
     def pull(node: str) -> str:
         try:
-            cluster.client(node).api.pull(repo.rsplit(":", 1)[0],
-                                          tag=digest or repo.rsplit(":", 1)[1])
+            cluster.client(node).api.pull(
+                repo.rsplit(":", 1)[0], tag=digest or repo.rsplit(":", 1)[1]
+            )
         except Exception as exc:  # a node that went away is Swarm's to handle, not a failure
             if not (isinstance(exc, EngineError) or services.transient(exc)):
                 raise
@@ -62,24 +64,36 @@ def on_manager(cluster: Cluster, act: Callable, log: Log, within: float = 60.0):
             time.sleep(2.0)
 
 
-def update(cluster: Cluster, settings: Settings, image: str, log: Log, dry_run: bool = False,
-           record: Callable[[Sequence[str]], None] | None = None) -> services.Rollout:
+def update(
+    cluster: Cluster,
+    app: ServicesSettings,
+    image: str,
+    log: Log,
+    dry_run: bool = False,
+    record: Callable[[Sequence[str]], None] | None = None,
+) -> services.Rollout:
     """Pre-pull, `docker service update --image`, then wait for Swarm to report completion;
-    a rollout that did not end well fails the step."""
-    svc = settings.app_service
+    a rollout that did not end well fails the step. `app`: the services of `cluster`'s
+    settings (the application's name and how long to wait)."""
+    svc = app.app_service
     if record:
         record(["docker", "service", "update", "--image", image, svc])
     if dry_run:
         return services.Rollout(svc, image, "dry-run", 0.0)
     prepull(cluster, svc, image, log)
     on_manager(cluster, lambda m: services.update_image(m, svc, image), log)
-    return check(services.wait_rollout(cluster.manager(), svc, image, settings.services_timeout,
-                                       log, cluster=cluster))
+    return check(
+        services.wait_rollout(
+            cluster.manager(), svc, image, app.services_timeout, log, cluster=cluster
+        )
+    )
 
 
 def check(result: services.Rollout) -> services.Rollout:
     if result.state not in OK_STATES:
-        raise StepFailed(f"rolling update of {result.service} ended {result.state}: {result.message}")
+        raise StepFailed(
+            f"rolling update of {result.service} ended {result.state}: {result.message}"
+        )
     return result
 
 
@@ -88,50 +102,62 @@ def monitor_start(result: services.Rollout) -> float:
     return time.monotonic() - result.running_for
 
 
-def settle(cluster: Cluster, settings: Settings, image: str, converged_at: float,
-           log: Log) -> None:
+def settle(
+    cluster: Cluster, app: ServicesSettings, image: str, converged_at: float, log: Log
+) -> None:
     """After the tests that overlapped Swarm's monitor period: every replica must still run
     `image` (the service's spec too), for the whole period, with no failure or rollback
     reported by Swarm. converged_at 0 (not known): the period counts from now."""
     manager = cluster.manager()
     until = (converged_at or time.monotonic()) + services.MONITOR
-    check(services.wait_rollout(manager, settings.app_service, image, settings.services_timeout,
-                                log, stable_until=until, cluster=cluster))
+    check(
+        services.wait_rollout(
+            manager,
+            app.app_service,
+            image,
+            app.services_timeout,
+            log,
+            stable_until=until,
+            cluster=cluster,
+        )
+    )
 
 
-def host_ip(cluster: Cluster, settings: Settings, routing: str) -> str:
+def host_ip(cluster: Cluster, app: ServicesSettings, routing: str) -> str:
     """Where production tests reach the proxy (HOST_IP): any node with the routing mesh;
     without it, a node that runs a proxy task."""
-    nodes = list(cluster.endpoints) if routing == "mesh" else stack.proxy_nodes(cluster, settings)
+    nodes = list(cluster.endpoints) if routing == "mesh" else stack.proxy_nodes(cluster, app)
     if not nodes:
-        raise StepFailed(f"no node of {settings.env} runs a {settings.proxy_service} task")
+        raise StepFailed(f"no node of {cluster.settings.env} runs a {app.proxy_service} task")
     address = cluster.endpoints[nodes[0]].address
-    return address if settings.proxy_port == 80 else f"{address}:{settings.proxy_port}"
+    return address if app.proxy_port == 80 else f"{address}:{app.proxy_port}"
 
 
-def runs(cluster: Cluster, settings: Settings, image: str) -> None:
+def runs(cluster: Cluster, app: ServicesSettings, image: str) -> None:
     """The service's spec must run exactly `image` (tests of anything else verify nothing)."""
-    running = services.current_image(cluster.manager(), settings.app_service)
+    running = services.current_image(cluster.manager(), app.app_service)
     if running != image:
-        raise StepFailed(f"{settings.app_service} on {settings.env} runs {running}, not {image}: "
-                         f"the production tests would test another version")
+        raise StepFailed(
+            f"{app.app_service} on {cluster.settings.env} runs {running}, not "
+            f"{image}: the production tests would test another version"
+        )
 
 
-def production_tests(co: Checkout, target: Cluster, target_settings: Settings, image: str,
-                     converged_at: float) -> str:
+def production_tests(co: Checkout, target: Cluster, image: str, converged_at: float) -> str:
     """`run --rm production` in the checkout on the CD node against a cluster's proxy, which
     must run `image`; then the rolling update that preceded them (its last replica started at
     `converged_at`) must have settled on it."""
+    app = target.settings.services
     if not co.dry_run:
-        runs(target, target_settings, image)
-    ip = "HOST_IP" if co.dry_run else host_ip(target, target_settings, target.routing_in_use())
+        runs(target, app, image)
+    ip = "HOST_IP" if co.dry_run else host_ip(target, app, target.routing_in_use())
     co.compose_step(lambda c: c.run("production"), host_ip=ip, defer=True)
     if co.compose_left:  # a whole run: the project goes down while the monitor period is watched
         co.tear_down_beside()
     if not co.dry_run:
-        settle(target, target_settings, image, converged_at, co.log)
+        settle(target, app, image, converged_at, co.log)
     co.torn_down()
-    return f"production tests passed against {target_settings.env} ({ip})"
+    return f"production tests passed against {target.settings.env} ({ip})"
 
 
 # -- versions that passed production tests on prod-like: delivery writes, deployment reads ----

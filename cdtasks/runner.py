@@ -1,5 +1,6 @@
 """Named steps -> results: run them in order, stop at the first failure, run a step beside the
 one before it where that is safe, and undo it when that one fails. Knows nothing of Docker."""
+
 from __future__ import annotations
 
 import signal
@@ -71,8 +72,9 @@ def offset(origin: float | None) -> float | None:
     return None if origin is None else round(time.monotonic() - origin, 1)
 
 
-def attempt(name: str, step: Step, dry_run: bool = False,
-            origin: float | None = None) -> StepResult:
+def attempt(
+    name: str, step: Step, dry_run: bool = False, origin: float | None = None
+) -> StepResult:
     """One step with its timing (and its start since `origin`, when given); a failure becomes
     a failed StepResult, Ctrl-C propagates."""
     start, started = time.monotonic(), offset(origin)
@@ -82,15 +84,22 @@ def attempt(name: str, step: Step, dry_run: bool = False,
             detail = f"dry run, not done: {detail}"
         return StepResult(name, True, time.monotonic() - start, detail, started=started)
     except StepFailed as exc:
-        return StepResult(name, False, time.monotonic() - start, str(exc), exc.output_tail,
-                          started=started)
+        return StepResult(
+            name, False, time.monotonic() - start, str(exc), exc.output_tail, started=started
+        )
     except Exception as exc:  # an engine or API error: still a failed step, with its reason
-        return StepResult(name, False, time.monotonic() - start,
-                          f"{type(exc).__name__}: {exc}".splitlines()[0][:300], started=started)
+        return StepResult(
+            name,
+            False,
+            time.monotonic() - start,
+            f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
+            started=started,
+        )
 
 
-def run_step(name: str, step: Step, progress, dry_run: bool = False,
-             origin: float | None = None) -> StepResult:
+def run_step(
+    name: str, step: Step, progress, dry_run: bool = False, origin: float | None = None
+) -> StepResult:
     """One step shown by `progress`; a signal raises RunInterrupted with this step's result."""
     progress.step(name)
     start, started = time.monotonic(), offset(origin)
@@ -99,17 +108,24 @@ def run_step(name: str, step: Step, progress, dry_run: bool = False,
     except RunInterrupted:
         raise
     except KeyboardInterrupt as exc:
-        result = StepResult(name, False, time.monotonic() - start, "interrupted",
-                            interrupted=True, started=started)
+        result = StepResult(
+            name, False, time.monotonic() - start, "interrupted", interrupted=True, started=started
+        )
         progress.done(result)
         raise RunInterrupted(signum_of(exc), [result]) from exc
     progress.done(result)
     return result
 
 
-def run_steps(names: Sequence[str], steps: Mapping[str, Step], progress, *,
-              overlap: Mapping[str, tuple[str, Undo]] | None = None, dry_run: bool = False,
-              log: Log = print) -> list[StepResult]:
+def run_steps(
+    names: Sequence[str],
+    steps: Mapping[str, Step],
+    progress,
+    *,
+    overlap: Mapping[str, tuple[str, Undo]] | None = None,
+    dry_run: bool = False,
+    log: Log = print,
+) -> list[StepResult]:
     """Run the named steps in order; the first failure stops the run, the rest are skipped.
     overlap: a step -> (the step after it that does not need its result, how to undo that one
     when the first fails): the second runs beside the first when both are asked for.
@@ -131,20 +147,34 @@ def run_steps(names: Sequence[str], steps: Mapping[str, Step], progress, *,
                     progress.done(result)
                     results.append(result)
                     continue
-                if name in overlap and names[i + 1:i + 2] == [overlap[name][0]]:
+                if name in overlap and names[i + 1 : i + 2] == [overlap[name][0]]:
                     partner, undo = overlap[name]
-                    ahead[partner] = (pool.submit(attempt, partner, steps[partner], dry_run, origin),
-                                      undo)
+                    ahead[partner] = (
+                        pool.submit(attempt, partner, steps[partner], dry_run, origin),
+                        undo,
+                    )
                 results.append(run_step(name, steps[name], progress, dry_run, origin))
             except KeyboardInterrupt as exc:
                 # What ran beside the interrupted step is undone too; the rest is not run.
                 for other, (future, undo) in ahead.items():
                     _undo(other, future, undo, log)
-                stopped = exc.results if isinstance(exc, RunInterrupted) else [
-                    StepResult(name, False, 0.0, "interrupted", interrupted=True,
-                               started=offset(origin))]
-                results += stopped + [not_run(n, offset(origin))
-                                      for n in names[len(results) + len(stopped):]]
+                stopped = (
+                    exc.results
+                    if isinstance(exc, RunInterrupted)
+                    else [
+                        StepResult(
+                            name,
+                            False,
+                            0.0,
+                            "interrupted",
+                            interrupted=True,
+                            started=offset(origin),
+                        )
+                    ]
+                )
+                results += stopped + [
+                    not_run(n, offset(origin)) for n in names[len(results) + len(stopped) :]
+                ]
                 raise RunInterrupted(signum_of(exc), results) from exc
     return results
 

@@ -3,9 +3,11 @@
 `ServiceSpec` is what the tool wants; `actual()` reads the same fields back from a running
 service, so a diff is a comparison of two plain values and changes touch only what differs.
 """
+
 from __future__ import annotations
 
 import re
+import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -54,32 +56,65 @@ class ServiceSpec:
         return self
 
     # -- to the Engine API ---------------------------------------------------------------------
-    def api_kwargs(self, network_ids: Mapping[str, str], config_ids: Mapping[str, str],
-                   secret_ids: Mapping[str, str] | None = None) -> dict:
+    def api_kwargs(
+        self,
+        network_ids: Mapping[str, str],
+        config_ids: Mapping[str, str],
+        secret_ids: Mapping[str, str] | None = None,
+    ) -> dict:
         mounts = [types.Mount.parse_mount_string(_cli_mount(m)) for m in self.mounts]
-        configs = [types.ConfigReference(config_ids[name], name, filename=target, mode=0o444)
-                   for name, target in self.configs]
-        secrets = [types.SecretReference((secret_ids or {})[name], name, filename=target, mode=0o400)
-                   for name, target in self.secrets]
-        container = types.ContainerSpec(self.image, args=list(self.args) or None,
-                                        env=list(self.env) or None, mounts=mounts or None,
-                                        stop_grace_period=self.stop_grace * NS,
-                                        configs=configs or None, secrets=secrets or None)
-        resources = types.Resources(mem_reservation=self.reserve_mb * MB) if self.reserve_mb else None
-        template = types.TaskTemplate(container, resources=resources,
-                                      placement=types.Placement(constraints=list(self.constraints)),
-                                      networks=[{"Target": network_ids[n]} for n in self.networks] or None)
-        mode = (types.ServiceMode("global") if self.replicas is None
-                else types.ServiceMode("replicated", replicas=self.replicas))
-        ports = [{"PublishedPort": p, "TargetPort": t, "Protocol": "tcp", "PublishMode": m}
-                 for p, t, m in self.ports]
+        configs = [
+            types.ConfigReference(config_ids[name], name, filename=target, mode=0o444)
+            for name, target in self.configs
+        ]
+        secrets = [
+            types.SecretReference((secret_ids or {})[name], name, filename=target, mode=0o400)
+            for name, target in self.secrets
+        ]
+        container = types.ContainerSpec(
+            self.image,
+            args=list(self.args) or None,
+            env=list(self.env) or None,
+            mounts=mounts or None,
+            stop_grace_period=self.stop_grace * NS,
+            configs=configs or None,
+            secrets=secrets or None,
+        )
+        resources = (
+            types.Resources(mem_reservation=self.reserve_mb * MB) if self.reserve_mb else None
+        )
+        template = types.TaskTemplate(
+            container,
+            resources=resources,
+            placement=types.Placement(constraints=list(self.constraints)),
+            networks=[{"Target": network_ids[n]} for n in self.networks] or None,
+        )
+        mode = (
+            types.ServiceMode("global")
+            if self.replicas is None
+            else types.ServiceMode("replicated", replicas=self.replicas)
+        )
+        ports = [
+            {"PublishedPort": p, "TargetPort": t, "Protocol": "tcp", "PublishMode": m}
+            for p, t, m in self.ports
+        ]
         endpoint = types.EndpointSpec(mode=self.endpoint_mode, ports=None)
         endpoint["Ports"] = ports
-        update = types.UpdateConfig(parallelism=1, delay=self.update_delay * NS,
-                                    failure_action=self.update_failure, order=self.update_order,
-                                    monitor=MONITOR * NS)
-        return dict(task_template=template, name=self.name, mode=mode, endpoint_spec=endpoint,
-                    update_config=update, labels=dict(self.labels))
+        update = types.UpdateConfig(
+            parallelism=1,
+            delay=self.update_delay * NS,
+            failure_action=self.update_failure,
+            order=self.update_order,
+            monitor=MONITOR * NS,
+        )
+        return dict(
+            task_template=template,
+            name=self.name,
+            mode=mode,
+            endpoint_spec=endpoint,
+            update_config=update,
+            labels=dict(self.labels),
+        )
 
 
 def _cli_mount(m: str) -> str:
@@ -88,36 +123,52 @@ def _cli_mount(m: str) -> str:
     return f"{parts['source']}:{parts['target']}" + (":ro" if "readonly" in parts else "")
 
 
-def actual(inspect: Mapping, network_names: Mapping[str, str], config_names: Mapping[str, str],
-           secret_names: Mapping[str, str] | None = None) -> ServiceSpec:
+def actual(
+    inspect: Mapping,
+    network_names: Mapping[str, str],
+    config_names: Mapping[str, str],
+    secret_names: Mapping[str, str] | None = None,
+) -> ServiceSpec:
     """The fields of a running service's spec (from `inspect_service`) as a ServiceSpec."""
     spec = inspect["Spec"]
     tt, cs = spec["TaskTemplate"], spec["TaskTemplate"]["ContainerSpec"]
     mode = spec.get("Mode", {})
     upd = spec.get("UpdateConfig") or {}
     ep = spec.get("EndpointSpec") or {}
-    mounts = tuple(f"type={m.get('Type', 'bind')},source={m['Source']},target={m['Target']}"
-                   + (",readonly" if m.get("ReadOnly") else "") for m in cs.get("Mounts") or [])
+    mounts = tuple(
+        f"type={m.get('Type', 'bind')},source={m['Source']},target={m['Target']}"
+        + (",readonly" if m.get("ReadOnly") else "")
+        for m in cs.get("Mounts") or []
+    )
     nets = tt.get("Networks") or spec.get("Networks") or []
     return ServiceSpec(
-        name=spec["Name"], image=cs["Image"],
+        name=spec["Name"],
+        image=cs["Image"],
         replicas=None if "Global" in mode else mode.get("Replicated", {}).get("Replicas", 1),
-        args=tuple(cs.get("Args") or ()), env=tuple(cs.get("Env") or ()),
+        args=tuple(cs.get("Args") or ()),
+        env=tuple(cs.get("Env") or ()),
         constraints=tuple((tt.get("Placement") or {}).get("Constraints") or ()),
-        reserve_mb=((tt.get("Resources") or {}).get("Reservations") or {}).get("MemoryBytes", 0) // MB,
+        reserve_mb=((tt.get("Resources") or {}).get("Reservations") or {}).get("MemoryBytes", 0)
+        // MB,
         mounts=mounts,
-        ports=tuple((p["PublishedPort"], p["TargetPort"], p.get("PublishMode", "ingress"))
-                    for p in ep.get("Ports") or []),
+        ports=tuple(
+            (p["PublishedPort"], p["TargetPort"], p.get("PublishMode", "ingress"))
+            for p in ep.get("Ports") or []
+        ),
         networks=tuple(network_names.get(n["Target"], n["Target"]) for n in nets),
         endpoint_mode=ep.get("Mode", "vip"),
         update_delay=upd.get("Delay", 0) // NS,
         update_order=upd.get("Order", "stop-first"),
         update_failure=upd.get("FailureAction", "pause"),
         stop_grace=cs.get("StopGracePeriod", 10 * NS) // NS,
-        configs=tuple((config_names.get(c["ConfigID"], c["ConfigName"]), c["File"]["Name"])
-                      for c in cs.get("Configs") or []),
-        secrets=tuple(((secret_names or {}).get(c["SecretID"], c["SecretName"]), c["File"]["Name"])
-                      for c in cs.get("Secrets") or []),
+        configs=tuple(
+            (config_names.get(c["ConfigID"], c["ConfigName"]), c["File"]["Name"])
+            for c in cs.get("Configs") or []
+        ),
+        secrets=tuple(
+            ((secret_names or {}).get(c["SecretID"], c["SecretName"]), c["File"]["Name"])
+            for c in cs.get("Secrets") or []
+        ),
         labels=tuple(sorted((spec.get("Labels") or {}).items())),
     )
 
@@ -128,11 +179,21 @@ def diff(want: ServiceSpec, have: ServiceSpec | None) -> dict[str, tuple]:
     for f in fields(ServiceSpec):
         w = getattr(want, f.name)
         h = getattr(have, f.name) if have else None
-        if f.name in ("env", "constraints", "mounts", "ports", "networks", "configs", "secrets",
-                      "labels"):
+        if f.name in (
+            "env",
+            "constraints",
+            "mounts",
+            "ports",
+            "networks",
+            "configs",
+            "secrets",
+            "labels",
+        ):
             w, h = tuple(sorted(w)), (tuple(sorted(h)) if h is not None else None)
         if f.name == "image" and h and "@sha256:" not in w:
-            h = h.split("@sha256:")[0]  # the CLI appends the digest it resolved; a tag pin ignores it
+            h = h.split("@sha256:")[
+                0
+            ]  # the CLI appends the digest it resolved; a tag pin ignores it
         if w != h:
             out[f.name] = (w, h)
     return out
@@ -141,9 +202,11 @@ def diff(want: ServiceSpec, have: ServiceSpec | None) -> dict[str, tuple]:
 # -- the engine side --------------------------------------------------------------------------
 def _lookup(client) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """name -> ID of the cluster's networks, configs and secrets."""
-    return ({n["Name"]: n["Id"] for n in client.api.networks()},
-            {c["Spec"]["Name"]: c["ID"] for c in client.api.configs()},
-            {c["Spec"]["Name"]: c["ID"] for c in client.api.secrets()})
+    return (
+        {n["Name"]: n["Id"] for n in client.api.networks()},
+        {c["Spec"]["Name"]: c["ID"] for c in client.api.configs()},
+        {c["Spec"]["Name"]: c["ID"] for c in client.api.secrets()},
+    )
 
 
 def _names(ids: Mapping[str, str]) -> dict[str, str]:
@@ -163,8 +226,7 @@ def plan(client, specs: Sequence[ServiceSpec]) -> list[tuple[ServiceSpec, dict[s
     out = []
     for spec in specs:
         running = inspect(client, spec.name)
-        have = (actual(running, _names(nets), _names(confs), _names(secrets))
-                if running else None)
+        have = actual(running, _names(nets), _names(confs), _names(secrets)) if running else None
         d = diff(spec.validated(), have)
         if d:
             out.append((spec, d if have else {}))
@@ -176,8 +238,11 @@ def converge(client, specs: Sequence[ServiceSpec], log: Log, update: bool = True
     nets, confs, secrets = _lookup(client)
     done = []
     for spec, d in plan(client, specs):
-        missing = ([n for n in spec.networks if n not in nets] + [c for c, _ in spec.configs if c not in confs]
-                   + [c for c, _ in spec.secrets if c not in secrets])
+        missing = (
+            [n for n in spec.networks if n not in nets]
+            + [c for c, _ in spec.configs if c not in confs]
+            + [c for c, _ in spec.secrets if c not in secrets]
+        )
         if missing:
             raise ServiceError(f"service {spec.name}: {', '.join(missing)} does not exist")
         kwargs = spec.api_kwargs(nets, confs, secrets)
@@ -216,14 +281,19 @@ def constraint_matches(node: Mapping, constraint: str) -> bool | None:
         return None
     attr, op, value = m.groups()
     desc, spec = node.get("Description") or {}, node.get("Spec") or {}
-    known = {"node.id": node.get("ID"), "node.hostname": desc.get("Hostname"),
-             "node.role": spec.get("Role"),
-             "node.platform.os": (desc.get("Platform") or {}).get("OS"),
-             "node.platform.arch": (desc.get("Platform") or {}).get("Architecture")}
-    for prefix, labels in (("node.labels.", spec.get("Labels")),
-                           ("engine.labels.", (desc.get("Engine") or {}).get("Labels"))):
+    known = {
+        "node.id": node.get("ID"),
+        "node.hostname": desc.get("Hostname"),
+        "node.role": spec.get("Role"),
+        "node.platform.os": (desc.get("Platform") or {}).get("OS"),
+        "node.platform.arch": (desc.get("Platform") or {}).get("Architecture"),
+    }
+    for prefix, labels in (
+        ("node.labels.", spec.get("Labels")),
+        ("engine.labels.", (desc.get("Engine") or {}).get("Labels")),
+    ):
         if attr.startswith(prefix):
-            known[attr] = (labels or {}).get(attr[len(prefix):])
+            known[attr] = (labels or {}).get(attr[len(prefix) :])
     if attr not in known:
         return None
     equal = known[attr] is not None and str(known[attr]).lower() == value.lower()
@@ -234,8 +304,11 @@ def eligible_nodes(client, spec: Mapping) -> list[str]:
     """Hostnames of the ready, active nodes a service's tasks may be placed on (a constraint
     this module cannot read counts as met: the caller gets more nodes, never fewer)."""
     constraints = (spec["TaskTemplate"].get("Placement") or {}).get("Constraints") or []
-    return sorted(n["Description"]["Hostname"] for n in client.api.nodes() if _schedulable(n)
-                  and all(constraint_matches(n, c) is not False for c in constraints))
+    return sorted(
+        n["Description"]["Hostname"]
+        for n in client.api.nodes()
+        if _schedulable(n) and all(constraint_matches(n, c) is not False for c in constraints)
+    )
 
 
 def _stopping(client, svc: Mapping, image: str) -> int:
@@ -245,8 +318,11 @@ def _stopping(client, svc: Mapping, image: str) -> int:
         tasks = client.api.tasks(filters={"service": svc["ID"], "desired-state": "shutdown"})
     except Exception:
         return 1
-    return sum(1 for t in tasks if t["Status"]["State"] == "running"
-               and t["Spec"]["ContainerSpec"]["Image"] != image)
+    return sum(
+        1
+        for t in tasks
+        if t["Status"]["State"] == "running" and t["Spec"]["ContainerSpec"]["Image"] != image
+    )
 
 
 def running_tasks(client, name: str) -> tuple[int, int, list[Mapping]]:
@@ -266,21 +342,43 @@ def replica_images(client, name: str) -> list[tuple[str, str]]:
     """(node, image) of every task of the service that runs now, sorted: what really serves."""
     _, _, tasks = running_tasks(client, name)
     nodes = hostnames(client)
-    return sorted((nodes.get(t.get("NodeID", ""), t.get("NodeID", "?")), t["Spec"]["ContainerSpec"]["Image"])
-                  for t in tasks if t["Status"]["State"] == "running")
+    return sorted(
+        (nodes.get(t.get("NodeID", ""), t.get("NodeID", "?")), t["Spec"]["ContainerSpec"]["Image"])
+        for t in tasks
+        if t["Status"]["State"] == "running"
+    )
 
 
 def health_output(container: Mapping) -> str:
-    """The last failing health check's output of a container (its inspect data), or ''."""
-    log = ((container.get("State") or {}).get("Health") or {}).get("Log") or []
-    failed = [h for h in log if h.get("ExitCode") != 0]
-    text = " ".join((failed[-1].get("Output") or "").split()) if failed else ""
-    return text[:300]
+    """The last failing health check of a container (its inspect data) in a few words: its
+    output, the command, its exit code and how many probes failed in a row; '' if none failed.
+    A check that prints nothing (`HEALTHCHECK CMD false`) is still named by the rest."""
+    health = (container.get("State") or {}).get("Health") or {}
+    failed = [h for h in health.get("Log") or [] if h.get("ExitCode") != 0]
+    if not failed:
+        return ""
+    # The last probe that said something: a probe cut short as the container stops prints
+    # nothing (exit 137).
+    probe = next((h for h in reversed(failed) if (h.get("Output") or "").strip()), failed[-1])
+    output = " ".join((probe.get("Output") or "").split())[:300] or "no output"
+    test = list(((container.get("Config") or {}).get("Healthcheck") or {}).get("Test") or ())
+    command = (
+        test[1]
+        if test[:1] == ["CMD-SHELL"] and len(test) > 1
+        else shlex.join(test[1:])
+        if test[:1] == ["CMD"]
+        else ""
+    )
+    facts = [f"exit code {probe.get('ExitCode')}"]
+    streak = health.get("FailingStreak") or 0
+    if streak:
+        facts.append(f"{streak} failed probe{'s' if streak > 1 else ''} in a row")
+    return f"{output} ({f'`{command[:200]}`: ' if command else ''}{', '.join(facts)})"
 
 
 def _health_of(t: Mapping, nodes: Mapping[str, str], node_client) -> str:
     """The failing health check of a task's container, read on the node that ran it."""
-    container = ((t["Status"].get("ContainerStatus") or {}).get("ContainerID"))
+    container = (t["Status"].get("ContainerStatus") or {}).get("ContainerID")
     host = nodes.get(t.get("NodeID", ""))
     if not container or not host:
         return ""
@@ -295,16 +393,24 @@ def diagnose(client, name: str, node_client: Callable[[str], object] | None = No
     `node_client` (hostname -> client) also the last output of a failing health check, read
     from the container on the node that ran it."""
     svc = client.api.inspect_service(name)
-    tasks = sorted(client.api.tasks(filters={"service": svc["ID"]}),
-                   key=lambda t: t.get("UpdatedAt", ""), reverse=True)
+    tasks = sorted(
+        client.api.tasks(filters={"service": svc["ID"]}),
+        key=lambda t: t.get("UpdatedAt", ""),
+        reverse=True,
+    )
     reasons = []
     nodes = hostnames(client) if node_client else {}
     looked = 0
     for t in tasks:
         st = t["Status"]
-        msg = st.get("Err") or (st["Message"] if st["State"] in ("pending", "rejected", "failed") else "")
-        if node_client and looked < 3 and st["State"] not in ("new", "pending", "assigned",
-                                                              "running"):
+        msg = st.get("Err") or (
+            st["Message"] if st["State"] in ("pending", "rejected", "failed") else ""
+        )
+        if (
+            node_client
+            and looked < 3
+            and st["State"] not in ("new", "pending", "assigned", "running")
+        ):
             looked += 1
             health = _health_of(t, nodes, node_client)
             if health:
@@ -314,8 +420,7 @@ def diagnose(client, name: str, node_client: Callable[[str], object] | None = No
     return "; ".join(reasons[:3]) or "no task reported an error"
 
 
-def wait_running(client, names: Sequence[str], timeout: float, log: Log,
-                 poll: float = 0.5) -> None:
+def wait_running(client, names: Sequence[str], timeout: float, log: Log, poll: float = 0.5) -> None:
     """Wait until every service has all its replicas running; on timeout say why."""
     deadline = time.monotonic() + timeout
     last = ""
@@ -331,7 +436,9 @@ def wait_running(client, names: Sequence[str], timeout: float, log: Log,
         if time.monotonic() > deadline:
             stuck = [n for n, (r, w) in states.items() if r < w]
             why = "; ".join(f"{n}: {diagnose(client, n)}" for n in stuck)
-            raise ServiceError(f"timed out after {timeout:.0f}s waiting for {', '.join(stuck)}: {why}")
+            raise ServiceError(
+                f"timed out after {timeout:.0f}s waiting for {', '.join(stuck)}: {why}"
+            )
         time.sleep(poll)
 
 
@@ -339,8 +446,9 @@ def with_routing(spec: ServiceSpec, mode: str) -> ServiceSpec:
     """Without IPVS (mode dnsrr): DNS round robin and host-mode ports instead of VIP and mesh."""
     if mode != "dnsrr":
         return spec
-    return replace(spec, endpoint_mode="dnsrr",
-                   ports=tuple((p, t, "host") for p, t, _ in spec.ports))
+    return replace(
+        spec, endpoint_mode="dnsrr", ports=tuple((p, t, "host") for p, t, _ in spec.ports)
+    )
 
 
 # -- releases: a new image for a running service ---------------------------------------------
@@ -380,8 +488,9 @@ def update_image(client, name: str, image: str) -> bool:
     if template["ContainerSpec"]["Image"] == image:
         return False
     template["ContainerSpec"]["Image"] = image
-    client.api.update_service(svc["ID"], svc["Version"]["Index"], task_template=template,
-                              fetch_current_spec=True)
+    client.api.update_service(
+        svc["ID"], svc["Version"]["Index"], task_template=template, fetch_current_spec=True
+    )
     return True
 
 
@@ -392,8 +501,11 @@ def engine_time(text: str) -> datetime:
 
 
 def _running_for(client, tasks: Sequence[Mapping], image: str) -> float:
-    started = [engine_time(t["Status"]["Timestamp"]) for t in tasks
-               if t["Status"]["State"] == "running" and t["Spec"]["ContainerSpec"]["Image"] == image]
+    started = [
+        engine_time(t["Status"]["Timestamp"])
+        for t in tasks
+        if t["Status"]["State"] == "running" and t["Spec"]["ContainerSpec"]["Image"] == image
+    ]
     if not started:
         return 0.0
     now = engine_time(client.info()["SystemTime"])
@@ -406,18 +518,29 @@ def transient(exc: BaseException) -> bool:
     election's "rpc error ... deadline exceeded", "does not have a leader")."""
     if isinstance(exc, APIError):  # before OSError: requests' errors subclass it
         text = str(exc.explanation or exc).lower()
-        return ((exc.status_code or 0) >= 500 or "deadline exceeded" in text
-                or "does not have a leader" in text)
+        return (
+            (exc.status_code or 0) >= 500
+            or "deadline exceeded" in text
+            or "does not have a leader" in text
+        )
     if isinstance(exc, OSError):  # refused, reset, timed out; requests' connection errors
         return True
     # docker-py wraps some transport errors in its own DockerException
     return isinstance(exc, DockerException) and any(
-        w in str(exc).lower() for w in ("connection", "timed out"))
+        w in str(exc).lower() for w in ("connection", "timed out")
+    )
 
 
-def wait_rollout(client, name: str, image: str, timeout: float,
-                 on_progress: Callable[[str], None], poll: float = 0.25,
-                 stable_until: float | None = None, cluster=None) -> Rollout:
+def wait_rollout(
+    client,
+    name: str,
+    image: str,
+    timeout: float,
+    on_progress: Callable[[str], None],
+    poll: float = 0.25,
+    stable_until: float | None = None,
+    cluster=None,
+) -> Rollout:
     """Follow a rolling update through Swarm's own state until every replica runs the image
     (`converged`). `paused` and `rollback_*` are failures, although the CLI's `docker service
     update` exits 0 on them (but a rollback that brought back `image` is what was waited for).
@@ -436,8 +559,10 @@ def wait_rollout(client, name: str, image: str, timeout: float,
         except Exception as exc:
             if cluster is None or not transient(exc) or time.monotonic() - start > timeout:
                 raise
-            on_progress(f"{name}: the manager did not answer ({str(exc).splitlines()[0][:120]}); "
-                        f"asking another one")
+            on_progress(
+                f"{name}: the manager did not answer ({str(exc).splitlines()[0][:120]}); "
+                f"asking another one"
+            )
             time.sleep(1.0)
             client = cluster.manager()
             continue
@@ -446,13 +571,26 @@ def wait_rollout(client, name: str, image: str, timeout: float,
         now_wanted = svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
         if now_wanted != image:
             if state.startswith("rollback"):  # Swarm's own failure action
-                return Rollout(name, image, state, time.monotonic() - start,
-                               f"Swarm rolled back to {now_wanted}: {status.get('Message', '')} "
-                               f"({diagnose(client, name, node_client)})")
-            return Rollout(name, image, "replaced", time.monotonic() - start,  # another release
-                           f"the service was updated to {now_wanted} meanwhile")
-        on_new = sum(1 for t in tasks if t["Status"]["State"] == "running"
-                     and t["Spec"]["ContainerSpec"]["Image"] == image)
+                return Rollout(
+                    name,
+                    image,
+                    state,
+                    time.monotonic() - start,
+                    f"Swarm rolled back to {now_wanted}: {status.get('Message', '')} "
+                    f"({diagnose(client, name, node_client)})",
+                )
+            return Rollout(
+                name,
+                image,
+                "replaced",
+                time.monotonic() - start,  # another release
+                f"the service was updated to {now_wanted} meanwhile",
+            )
+        on_new = sum(
+            1
+            for t in tasks
+            if t["Status"]["State"] == "running" and t["Spec"]["ContainerSpec"]["Image"] == image
+        )
         text = f"{name}: {on_new}/{wanted} replicas on the new image ({state})"
         if text != last:
             on_progress(text)
@@ -460,17 +598,33 @@ def wait_rollout(client, name: str, image: str, timeout: float,
         elapsed = time.monotonic() - start
         # A rollback by Swarm towards `image` (the spec is `image` again) is what is waited for.
         if state in FAILED_UPDATE and state not in ("rollback_started", "rollback_completed"):
-            return Rollout(name, image, state, elapsed,
-                           f"{status.get('Message', '')} ({diagnose(client, name, node_client)})")
+            return Rollout(
+                name,
+                image,
+                state,
+                elapsed,
+                f"{status.get('Message', '')} ({diagnose(client, name, node_client)})",
+            )
         # Every replica runs the new image only once the old ones stopped too: a task told to
         # shut down keeps answering (through the proxy) until its process exits.
         converged = on_new >= wanted and running >= wanted and not _stopping(client, svc, image)
         if converged and time.monotonic() >= (stable_until or 0):
             done = "converged" if state in ("updating", "rollback_started") else state
-            return Rollout(name, image, done, elapsed,
-                           status.get("Message", ""), _running_for(client, tasks, image))
+            return Rollout(
+                name,
+                image,
+                done,
+                elapsed,
+                status.get("Message", ""),
+                _running_for(client, tasks, image),
+            )
         if elapsed > timeout:
-            return Rollout(name, image, "timeout", elapsed,
-                           f"{on_new}/{wanted} replicas on {image} after {timeout:.0f}s: "
-                           f"{diagnose(client, name, node_client)}")
+            return Rollout(
+                name,
+                image,
+                "timeout",
+                elapsed,
+                f"{on_new}/{wanted} replicas on {image} after {timeout:.0f}s: "
+                f"{diagnose(client, name, node_client)}",
+            )
         time.sleep(poll)

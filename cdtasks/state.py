@@ -1,5 +1,6 @@
 """The tool's own files (STATE_DIR and what lives beside it): directories only their owner can
 enter, keys and credentials only their owner can read, from the first byte written."""
+
 from __future__ import annotations
 
 import os
@@ -37,7 +38,7 @@ def write_private(path: Path, data: bytes) -> None:
         os.ftruncate(fd, 0)
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
 

@@ -2,6 +2,7 @@
 
 Plans are plain data (tuples of actions), so the logic is tested without an engine.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 
 import docker
 
-from .config import Settings
+from .config import ClusterSettings
 from .log import Log
 
 SWARM_PORT = 2377
@@ -65,33 +66,46 @@ class Action:
 
 def info_of(name: str, address: str, engine_info: Mapping) -> NodeInfo:
     sw = engine_info.get("Swarm") or {}
-    return NodeInfo(name=name, address=address, state=sw.get("LocalNodeState", "inactive"),
-                    node_id=sw.get("NodeID", ""), cluster_id=(sw.get("Cluster") or {}).get("ID", ""),
-                    manager=bool(sw.get("ControlAvailable")))
+    return NodeInfo(
+        name=name,
+        address=address,
+        state=sw.get("LocalNodeState", "inactive"),
+        node_id=sw.get("NodeID", ""),
+        cluster_id=(sw.get("Cluster") or {}).get("ID", ""),
+        manager=bool(sw.get("ControlAvailable")),
+    )
 
 
 def member_of(node_attrs: Mapping) -> Member:
     spec, status = node_attrs["Spec"], node_attrs.get("Status", {})
     ms = node_attrs.get("ManagerStatus") or {}
-    return Member(id=node_attrs["ID"], hostname=node_attrs["Description"]["Hostname"],
-                  role=spec.get("Role", "worker"), status=status.get("State", "unknown"),
-                  availability=spec.get("Availability", "active"),
-                  labels=dict(spec.get("Labels") or {}), leader=bool(ms.get("Leader")),
-                  reachability=ms.get("Reachability", ""), addr=status.get("Addr", ""))
+    return Member(
+        id=node_attrs["ID"],
+        hostname=node_attrs["Description"]["Hostname"],
+        role=spec.get("Role", "worker"),
+        status=status.get("State", "unknown"),
+        availability=spec.get("Availability", "active"),
+        labels=dict(spec.get("Labels") or {}),
+        leader=bool(ms.get("Leader")),
+        reachability=ms.get("Reachability", ""),
+        addr=status.get("Addr", ""),
+    )
 
 
-def plan_membership(settings: Settings, infos: Mapping[str, NodeInfo],
-                    members: Sequence[Member]) -> tuple[Action, ...]:
+def plan_membership(
+    cluster: ClusterSettings, infos: Mapping[str, NodeInfo], members: Sequence[Member]
+) -> tuple[Action, ...]:
     """Init, joins, role changes and removal of stale entries that make the swarm match NODES."""
-    want_role = {n: ("worker" if n in settings.workers else "manager") for n in settings.nodes}
-    anchor = next((infos[n] for n in settings.managers
-                   if n in infos and infos[n].controls), None)
+    want_role = {n: ("worker" if n in cluster.workers else "manager") for n in cluster.nodes}
+    anchor = next((infos[n] for n in cluster.managers if n in infos and infos[n].controls), None)
     actions: list[Action] = []
     if anchor is None:
-        first = settings.leader
+        first = cluster.leader
         if infos[first].state != "inactive":
-            raise SwarmError(f"node {first} is in swarm state {infos[first].state!r}, "
-                             f"not part of a healthy cluster; destroy and provision it again")
+            raise SwarmError(
+                f"node {first} is in swarm state {infos[first].state!r}, "
+                f"not part of a healthy cluster; destroy and provision it again"
+            )
         actions.append(Action("init", first))
     # Membership is decided by the node's ID in our manager's node list: `docker info` gives
     # the cluster ID to managers only, so a worker's own view cannot tell.
@@ -99,61 +113,69 @@ def plan_membership(settings: Settings, infos: Mapping[str, NodeInfo],
     by_host: dict[str, list[Member]] = {}
     for m in members:
         by_host.setdefault(m.hostname, []).append(m)
-    for name in settings.nodes:
+    for name in cluster.nodes:
         info = infos[name]
         # Entries for this hostname that are not the node running now: left by a machine
         # that was removed and recreated. Remove them so `docker node ls` tells the truth.
         # A new machine (inactive) makes every entry of its hostname stale, even one that Swarm
         # still shows Ready: a lost manager stays Ready/Unreachable for some seconds.
         for m in by_host.get(name, []):
-            if m.id != info.node_id and (info.state == "inactive" or m.status != "ready"
-                                         or m.reachability == "unreachable"):
+            if m.id != info.node_id and (
+                info.state == "inactive" or m.status != "ready" or m.reachability == "unreachable"
+            ):
                 actions.append(Action("remove", name, {"id": m.id, "role": m.role}))
-        if anchor is None and name == settings.leader:
+        if anchor is None and name == cluster.leader:
             continue
         if info.state == "inactive":
             actions.append(Action("join", name, {"role": want_role[name]}))
         elif info.state == "active" and info.node_id not in ours:
             other = f" ({info.cluster_id[:12]})" if info.cluster_id else ""
-            raise SwarmError(f"node {name} belongs to another swarm{other}; make it leave "
-                             f"(docker swarm leave --force) or destroy it")
+            raise SwarmError(
+                f"node {name} belongs to another swarm{other}; make it leave "
+                f"(docker swarm leave --force) or destroy it"
+            )
         elif info.state != "active":
-            raise SwarmError(f"node {name} is in swarm state {info.state!r}; "
-                             f"destroy and provision it again")
+            raise SwarmError(
+                f"node {name} is in swarm state {info.state!r}; destroy and provision it again"
+            )
         else:
             current = next((m.role for m in by_host.get(name, []) if m.id == info.node_id), None)
             if current and current != want_role[name]:
-                actions.append(Action("promote" if want_role[name] == "manager" else "demote", name))
+                actions.append(
+                    Action("promote" if want_role[name] == "manager" else "demote", name)
+                )
     return tuple(actions)
 
 
-def plan_labels(settings: Settings, members: Sequence[Member]) -> tuple[Action, ...]:
+def plan_labels(cluster: ClusterSettings, members: Sequence[Member]) -> tuple[Action, ...]:
     """Labels to set so every node carries the labels NODE_LABELS gives it."""
     actions = []
     ready = {m.hostname: m for m in members if m.status == "ready"}
-    for name in settings.nodes:
+    for name in cluster.nodes:
         m = ready.get(name)
         if m is None:
             continue
-        for key, value in sorted(settings.labels_of(name).items()):
+        for key, value in sorted(cluster.labels_of(name).items()):
             if m.labels.get(key) != value:
                 actions.append(Action("label", name, {"id": m.id, "key": key, "value": value}))
     return tuple(actions)
 
 
 # -- reading and applying (the engine side) ---------------------------------------------------
-def read(clients: Mapping, addresses: Mapping[str, str]) -> tuple[dict[str, NodeInfo], list[Member]]:
+def read(
+    clients: Mapping, addresses: Mapping[str, str]
+) -> tuple[dict[str, NodeInfo], list[Member]]:
     infos = {n: info_of(n, addresses[n], c.info()) for n, c in clients.items()}
     manager = next((clients[n] for n, i in infos.items() if i.controls), None)
     members = [member_of(n.attrs) for n in manager.nodes.list()] if manager else []
     return infos, members
 
 
-def _manager_client(clients: Mapping, settings: Settings):
-    for name in settings.managers:
+def _manager_client(clients: Mapping, cluster: ClusterSettings, env: str):
+    for name in cluster.managers:
         if info_of(name, "", clients[name].info()).controls:
             return clients[name]
-    raise SwarmError(f"no manager of {settings.env} answers")
+    raise SwarmError(f"no manager of {env} answers")
 
 
 def _side_by_side(action: Action) -> bool:
@@ -162,13 +184,20 @@ def _side_by_side(action: Action) -> bool:
     return action.kind == "label" or (action.kind == "join" and action.detail["role"] == "worker")
 
 
-def apply(settings: Settings, clients: Mapping, addresses: Mapping[str, str],
-          actions: Sequence[Action], log: Log) -> None:
+def apply(
+    cluster: ClusterSettings,
+    env: str,
+    clients: Mapping,
+    addresses: Mapping[str, str],
+    actions: Sequence[Action],
+    log: Log,
+) -> None:
     """The one-at-a-time actions in order, then the others side by side, one node's (several
     labels update the same node spec) still in order."""
+
     def in_order(group: Sequence[Action]) -> None:
         for action in group:
-            _apply_one(settings, clients, addresses, action, log)
+            _apply_one(cluster, env, clients, addresses, action, log)
 
     in_order([a for a in actions if not _side_by_side(a)])
     per_node: dict[str, list[Action]] = {}
@@ -180,22 +209,31 @@ def apply(settings: Settings, clients: Mapping, addresses: Mapping[str, str],
             list(pool.map(in_order, per_node.values()))
 
 
-def _apply_one(settings: Settings, clients: Mapping, addresses: Mapping[str, str],
-               action: Action, log: Log) -> None:
-    log(f"{settings.env}: {action}")
+def _apply_one(
+    cluster: ClusterSettings,
+    env: str,
+    clients: Mapping,
+    addresses: Mapping[str, str],
+    action: Action,
+    log: Log,
+) -> None:
+    log(f"{env}: {action}")
     if action.kind == "init":
         addr = addresses[action.node]
         clients[action.node].swarm.init(advertise_addr=addr, listen_addr=f"0.0.0.0:{SWARM_PORT}")
         return
-    manager = _manager_client(clients, settings)
+    manager = _manager_client(clients, cluster, env)
     if action.kind == "join":
         tokens = manager.swarm.attrs["JoinTokens"]
         # The manager we talk to is alive; RemoteManagers may list a dead one first.
         leader_addr = f"{manager.info()['Swarm']['NodeAddr']}:{SWARM_PORT}"
         token = tokens["Manager" if action.detail["role"] == "manager" else "Worker"]
         clients[action.node].swarm.join(
-            remote_addrs=[leader_addr], join_token=token,
-            advertise_addr=addresses[action.node], listen_addr=f"0.0.0.0:{SWARM_PORT}")
+            remote_addrs=[leader_addr],
+            join_token=token,
+            advertise_addr=addresses[action.node],
+            listen_addr=f"0.0.0.0:{SWARM_PORT}",
+        )
     elif action.kind == "remove":
         node = manager.nodes.get(action.detail["id"])
         if action.detail.get("role") == "manager":
@@ -203,8 +241,11 @@ def _apply_one(settings: Settings, clients: Mapping, addresses: Mapping[str, str
             node = manager.nodes.get(action.detail["id"])
         node.remove(force=True)
     elif action.kind in ("promote", "demote"):
-        node = next(m for m in manager.nodes.list(filters={"name": action.node})
-                    if m.attrs["Description"]["Hostname"] == action.node)
+        node = next(
+            m
+            for m in manager.nodes.list(filters={"name": action.node})
+            if m.attrs["Description"]["Hostname"] == action.node
+        )
         _update_spec(node, Role="manager" if action.kind == "promote" else "worker")
     elif action.kind == "label":
         node = manager.nodes.get(action.detail["id"])
@@ -233,27 +274,34 @@ def _update_spec(node, **changes) -> None:
     node.update(spec)
 
 
-def converge(settings: Settings, clients: Mapping, addresses: Mapping[str, str], log: Log) -> list[Action]:
+def converge(
+    cluster: ClusterSettings, env: str, clients: Mapping, addresses: Mapping[str, str], log: Log
+) -> list[Action]:
     """Membership first, then labels (they need the node IDs the joins create)."""
     infos, members = read(clients, addresses)
-    done = list(plan_membership(settings, infos, members))
-    apply(settings, clients, addresses, done, log)
+    done = list(plan_membership(cluster, infos, members))
+    apply(cluster, env, clients, addresses, done, log)
     if done:
         infos, members = read(clients, addresses)
-    labels = plan_labels(settings, members)
-    apply(settings, clients, addresses, labels, log)
+    labels = plan_labels(cluster, members)
+    apply(cluster, env, clients, addresses, labels, log)
     return done + list(labels)
 
 
 IPVS_PROBE = "modprobe -q ip_vs 2>/dev/null; test -e /proc/net/ip_vs"
 
 
-def routing_mode(settings: Settings, probe_results: Mapping[str, bool]) -> tuple[str, str]:
-    """(mode, reason): the routing mesh when every node's kernel has IPVS, else dnsrr."""
-    if settings.routing != "auto":
-        return settings.routing, f"ROUTING={settings.routing} in {settings.source}"
+def routing_mode(
+    cluster: ClusterSettings, source: str, probe_results: Mapping[str, bool]
+) -> tuple[str, str]:
+    """(mode, reason): the routing mesh when every node's kernel has IPVS, else dnsrr. `source`
+    names the settings ROUTING came from."""
+    if cluster.routing != "auto":
+        return cluster.routing, f"ROUTING={cluster.routing} in {source}"
     lacking = sorted(n for n, ok in probe_results.items() if not ok)
     if lacking:
-        return "dnsrr", (f"no IPVS in the kernel of {', '.join(lacking)}: services use host-mode "
-                         f"ports and DNS round robin instead of the routing mesh")
+        return "dnsrr", (
+            f"no IPVS in the kernel of {', '.join(lacking)}: services use host-mode "
+            f"ports and DNS round robin instead of the routing mesh"
+        )
     return "mesh", "IPVS available: routing mesh and virtual IPs"

@@ -6,6 +6,7 @@ tool opens one verified SSH connection per node (Fabric, strict host keys) and s
 unix socket, readable by this user only, whose every connection becomes an SSH channel running
 `docker system dial-stdio`. The SDK and `docker compose` both point at that socket.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -25,8 +26,9 @@ CHUNK = 1 << 16
 SSH_CHANNEL_TIMEOUT = 30  # seconds to open a channel on a link (a dead link does not answer)
 
 
-def _pump(read: Callable[[int], bytes], write: Callable[[bytes], object],
-          done: Callable[[], object]) -> None:
+def _pump(
+    read: Callable[[int], bytes], write: Callable[[bytes], object], done: Callable[[], object]
+) -> None:
     """Copy one direction until EOF, then half-close the other side (HTTP upgrades need it)."""
     try:
         while data := read(CHUNK):
@@ -85,8 +87,9 @@ class Tunnel:
         try:
             chan = self._session()
             chan.exec_command(DIAL)
-            upstream = threading.Thread(target=_pump, daemon=True,
-                                        args=(client.recv, chan.sendall, chan.shutdown_write))
+            upstream = threading.Thread(
+                target=_pump, daemon=True, args=(client.recv, chan.sendall, chan.shutdown_write)
+            )
             upstream.start()
             _pump(chan.recv, client.sendall, lambda: client.shutdown(socket.SHUT_WR))
             upstream.join()
@@ -123,4 +126,3 @@ def close_all() -> None:
     with _guard:
         while _tunnels:
             _tunnels.popitem()[1].close()
-

@@ -3,12 +3,16 @@ callable the caller gives. What was taken and how it ended is kept as records on
 (kind `watch`), so a restarted watcher, or one on another machine, never runs a commit twice.
 
 A commit is recorded as `taken` before its run starts and `finished` after: a `taken` without
-`finished` is a run the watcher did not see to its end (a crash, a killed process); it is
-reported, not run again. Only the newest commit of a branch is taken: commits pushed while a run
-is in progress are skipped for the last of them.
+`finished` is a run in progress elsewhere, or one its watcher did not see to its end (a crash, a
+killed process); it is reported, not run again. Taking is a claim (`records.claim`): of two
+watchers, on one machine or two, only one takes a commit, and each looks at fresh records
+before it tries. Only the newest commit of a branch is taken: commits pushed while a run is in
+progress are skipped for the last of them.
 """
+
 from __future__ import annotations
 
+import contextlib
 import datetime
 import getpass
 import json
@@ -23,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import records
-from .interrupt import exit_code
-from .report import redact
+from . import checks, git_credentials, records
+from .interrupt import deferred, exit_code
+from .redaction import redact
 
 KIND = "watch"
 GIT_TIMEOUT = 60  # seconds for one `git ls-remote` (a URL that hangs must not stop the watcher)
@@ -61,21 +65,28 @@ class RunResult:
 
 
 # -- git ------------------------------------------------------------------------------------------
-def _git(args: Sequence[str], timeout: float | None = None) -> str:
+def _git(args: Sequence[str], timeout: float | None = None, repo: str = "") -> str:
     """A git command that never asks for anything: no terminal prompt, no stdin, a time limit
-    (GIT_TIMEOUT unless given)."""
+    (GIT_TIMEOUT unless given); `repo`'s credentials through its environment."""
     timeout = timeout or GIT_TIMEOUT
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")  # ssh would ask on the tty
+    env = checks.git_environment(repo)
     # Its own session, so that on a timeout or Ctrl-C its transport helpers (git-remote-https,
     # ssh) are killed with it instead of lingering.
-    with subprocess.Popen(["git", *args], env=env, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          errors="replace", start_new_session=True) as proc:
+    with subprocess.Popen(
+        ["git", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    ) as proc:
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except BaseException as exc:
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             if isinstance(exc, subprocess.TimeoutExpired):
                 raise SourceError(f"`git {args[0]}` got no answer in {timeout:g}s") from None
@@ -97,17 +108,22 @@ def check_branch(branch: str) -> str:
 
 def default_branch(repo: str) -> str:
     """The branch the repository's HEAD points at (what a clone checks out)."""
-    for line in _git(["ls-remote", "--symref", "--end-of-options", repo, "HEAD"]).splitlines():
+    for line in _git(
+        ["ls-remote", "--symref", "--end-of-options", git_credentials.url(repo), "HEAD"], repo=repo
+    ).splitlines():
         if line.startswith("ref: refs/heads/") and line.endswith("\tHEAD"):
-            return line[len("ref: refs/heads/"):-len("\tHEAD")]
-    raise SourceError(f"{redact(repo)} has no default branch (its HEAD is detached): "
-                      f"give the branch")
+            return line[len("ref: refs/heads/") : -len("\tHEAD")]
+    raise SourceError(
+        f"{redact(repo)} has no default branch (its HEAD is detached): give the branch"
+    )
 
 
 def head(repo: str, branch: str) -> str:
     """The newest commit of a branch, for a local path or a URL alike."""
     ref = f"refs/heads/{branch}"
-    for line in _git(["ls-remote", "--end-of-options", repo, ref]).splitlines():
+    for line in _git(
+        ["ls-remote", "--end-of-options", git_credentials.url(repo), ref], repo=repo
+    ).splitlines():
         sha, _, name = line.partition("\t")
         if name == ref:
             return sha
@@ -119,8 +135,9 @@ def subject(repo: str, commit: str) -> str:
     if not Path(repo).is_dir():
         return ""
     try:
-        line = _git(["-C", repo, "log", "-1", "--format=%s", "--end-of-options", commit],
-                    timeout=10).strip()
+        line = _git(
+            ["-C", repo, "log", "-1", "--format=%s", "--end-of-options", commit], timeout=10
+        ).strip()
     except SourceError:
         return ""
     return "".join(c for c in line if c.isprintable())  # no terminal escapes reach the log
@@ -143,14 +160,27 @@ class RecordStore:
             return fn(self._manager)
         except Exception as exc:  # any engine, API or transport error: the cluster does not answer
             self._manager = None
-            raise StoreError(f"the cluster does not answer ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200] if str(exc) else '-'})") from None
+            raise StoreError(
+                f"the cluster does not answer ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else '-'})"
+            ) from None
 
     def load(self) -> list[dict]:
         return self._call(lambda m: records.load(m, KIND, self.service))
 
     def put(self, data: Mapping) -> None:
-        self._call(lambda m: records.put(m, KIND, self.service, data))
+        self._call(lambda m: records.put(m, KIND, self.service, data, group=_newest_kept))
+
+    def take(self, data: Mapping) -> bool:
+        """Record `taken` for a commit unless a watcher did already (False then): atomic."""
+        key = "\0".join(str(data[k]) for k in ("repo", "branch", "commit"))
+        return self._call(lambda m: records.claim(m, KIND, self.service, key, data))
+
+
+def _newest_kept(row: Mapping) -> tuple:
+    """Pruning keeps each branch's newest `taken` (a quiet branch's head stays taken) and
+    `finished`."""
+    return (row.get("repo"), row.get("branch"), row.get("event"))
 
 
 @dataclass
@@ -176,14 +206,28 @@ class Runs:
 def pairs(rows: Sequence[Mapping]) -> list[dict]:
     """Every watched commit, oldest first: its `taken` record with the `finished` fields (`code`,
     `result`, `seconds`...) added, or `result: unfinished`."""
-    ended = {(r.get("repo"), r.get("branch"), r.get("commit")): r for r in rows
-             if r.get("event") == "finished"}
+    ended = {
+        (r.get("repo"), r.get("branch"), r.get("commit")): r
+        for r in rows
+        if r.get("event") == "finished"
+    }
     out = []
     for r in rows:
         if r.get("event") == "taken":
             end = ended.get((r.get("repo"), r.get("branch"), r.get("commit")))
-            out.append({**r, **(end or {"result": "unfinished (the watcher stopped during its run)",
-                                        "code": None}), "taken_at": r.get("time")})
+            out.append(
+                {
+                    **r,
+                    **(
+                        end
+                        or {
+                            "result": "unfinished (the watcher stopped during its run)",
+                            "code": None,
+                        }
+                    ),
+                    "taken_at": r.get("time"),
+                }
+            )
     return out
 
 
@@ -194,8 +238,10 @@ def summary(reports: Sequence[Mapping]) -> str:
         meta = doc.get("meta") or {}
         state = meta.get("result") or meta.get("state") or ("ok" if doc.get("ok") else "failed")
         failed = next((s for s in doc.get("steps", []) if s.get("status") == "FAILED"), None)
-        parts.append(f"{doc.get('suite')}: {state}"
-                     + (f" (failed at {failed['name']}: {failed.get('detail', '')})" if failed else ""))
+        parts.append(
+            f"{doc.get('suite')}: {state}"
+            + (f" (failed at {failed['name']}: {failed.get('detail', '')})" if failed else "")
+        )
     return "; ".join(parts)
 
 
@@ -248,7 +294,9 @@ class Watcher:
     log: Callable[[str], None] = print
     backoff_max: float = BACKOFF_MAX
     wake: threading.Event = field(default_factory=threading.Event)
-    _runs: Runs | None = None
+    _looked: bool = False  # the records were read once (what was left unfinished is said)
+    _told: set[str] = field(default_factory=set)  # commits said to be taken elsewhere
+    _mine: set[str] = field(default_factory=set)  # commits this watcher took
     _unwritten: list[dict] = field(default_factory=list)  # finished records the cluster missed
     _stopping: bool = False
     _failing: bool = False  # the last try found the cluster or the repository silent
@@ -265,16 +313,33 @@ class Watcher:
         self.wake.set()
 
     def _state(self) -> Runs:
+        """The records as the cluster has them now (another watcher may have taken a commit)."""
         for row in list(self._unwritten):  # finished records kept while the cluster was away
             self.store.put(row)
             self._unwritten.remove(row)
-        if self._runs is None:
-            self._runs = Runs.of(self.store.load(), self.name, self.branch)
-            for r in self._runs.unfinished():
-                self.log(f"commit {r['commit'][:12]} of {self.branch} was taken at {r.get('time')} "
-                         f"by {r.get('user')}@{r.get('host')} (pid {r.get('pid')}) and never "
-                         f"finished: not run again (`inv deliver --ref {r['commit'][:12]}` runs it)")
-        return self._runs
+        runs = Runs.of(self.store.load(), self.name, self.branch)
+        if not self._looked:  # the first look: what earlier watchers left unfinished
+            self._looked = True
+            for r in runs.unfinished():
+                self._tell(r)
+        return runs
+
+    def _tell(self, taken: Mapping) -> None:
+        """Say once that a commit was taken elsewhere and is not run here."""
+        commit = str(taken.get("commit", ""))
+        if commit in self._told:
+            return
+        self._told.add(commit)
+        who = (
+            f"at {taken.get('time')} by {taken.get('user')}@{taken.get('host')} "
+            f"(pid {taken.get('pid')})"
+            if taken.get("user")
+            else "by another watcher"
+        )
+        self.log(
+            f"commit {commit[:12]} of {self.branch} was taken {who}, not run here; it runs "
+            f"there, or stopped unfinished (`inv deliver --ref {commit[:12]}` runs it)"
+        )
 
     def check(self) -> RunResult | None:
         """One poll: run the branch's newest commit if no watcher took it yet. None when there
@@ -282,17 +347,30 @@ class Watcher:
         commit = head(self.repo, self.branch)
         runs = self._state()
         if commit in runs.taken:
+            if commit not in runs.finished and commit not in self._mine:
+                self._tell(runs.taken[commit])
             if commit != self._idle_at:  # what a watcher (a restarted one too) decided
                 self._idle_at = commit
-                self.log(f"{self.branch} at {commit[:12]}: already taken, waiting for the next "
-                         f"commit")
+                self.log(
+                    f"{self.branch} at {commit[:12]}: already taken, waiting for the next commit"
+                )
             return None
         base = {"repo": self.name, "branch": self.branch, "commit": commit}
-        taken = {**base, "event": "taken", "time": records.now(), "user": getpass.getuser(),
-                 "host": socket.gethostname(), "pid": os.getpid(),
-                 "subject": subject(self.repo, commit)}
-        self.store.put(taken)  # before the run: a restart must not run it again
-        runs.taken[commit] = taken
+        taken = {
+            **base,
+            "event": "taken",
+            "time": records.now(),
+            "user": getpass.getuser(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "subject": subject(self.repo, commit),
+        }
+        # Before the run (a restart must not run it again), and only if no watcher took it
+        # since our look.
+        if not self.store.take(taken):
+            self._tell(self._state().taken.get(commit, base))
+            return None
+        self._mine.add(commit)
         self.log(f"new commit {commit[:12]} on {self.branch}: {taken['subject'] or 'running'}")
         started = time.monotonic()
         try:
@@ -312,20 +390,34 @@ class Watcher:
     def _finish(self, taken: dict, result: RunResult, started: float) -> None:
         text = redact(result.text)
         finished = {k: taken[k] for k in ("repo", "branch", "commit")}
-        finished.update(event="finished", time=records.now(), code=result.code, ok=result.ok,
-                        result=text[:RESULT_CHARS], seconds=round(time.monotonic() - started, 1))
-        assert self._runs is not None  # read when the commit was taken
-        self._runs.finished[taken["commit"]] = finished
+        finished.update(
+            event="finished",
+            time=records.now(),
+            code=result.code,
+            ok=result.ok,
+            result=text[:RESULT_CHARS],
+            seconds=round(time.monotonic() - started, 1),
+        )
         try:
-            self.store.put(finished)
+            with deferred():  # a signal here would leave the commit "unfinished" for good
+                self.store.put(finished)
         except WatchError as exc:
-            self.log(f"could not record the end of {taken['commit'][:12]} ({exc}): "
-                     f"recorded when the cluster answers again")
+            self.log(
+                f"could not record the end of {taken['commit'][:12]} ({exc}): "
+                f"recorded when the cluster answers again"
+            )
             self._unwritten.append(finished)
-        self.log(f"commit {taken['commit'][:12]}: {'ok' if result.ok else 'FAILED'} "
-                 f"(exit {result.code}) {text}")
-        payload = {**taken, **finished, "taken_at": taken["time"], "result": text,
-                   "reports": [scrub(r) for r in result.reports]}
+        self.log(
+            f"commit {taken['commit'][:12]}: {'ok' if result.ok else 'FAILED'} "
+            f"(exit {result.code}) {text}"
+        )
+        payload = {
+            **taken,
+            **finished,
+            "taken_at": taken["time"],
+            "result": text,
+            "reports": [scrub(r) for r in result.reports],
+        }
         for hook in self.after:
             try:
                 hook(payload)

@@ -4,24 +4,34 @@ authenticated with a shared secret. Anything else is refused and never wakes the
 
 Signatures accepted: `X-Hub-Signature-256: sha256=<HMAC-SHA256 of the body>` (GitHub, Gitea,
 Forgejo), `X-Gitea-Signature` / `X-Gogs-Signature: <hex HMAC-SHA256>`, and GitLab's
-`X-Gitlab-Token: <the secret>`. The standard library's server is enough for one small POST at
-a time: it gets socket timeouts, a body size limit and a cap on connections handled at once.
+`X-Gitlab-Token: <the secret>`. A request must arrive whole (headers and body, at most
+MAX_BODY) within TIMEOUT of its connection; one thread reads every connection as bytes come, so
+clients that trickle cannot hold what a signed push needs.
 """
+
 from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import ipaddress
 import json
+import re
+import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs
 
 MAX_BODY = 1 << 20  # bytes; a push event of 20 commits is well under 100 KB
-TIMEOUT = 10.0  # seconds a client gets to send its request
-MAX_CLIENTS = 16  # connections handled at once; more are closed unanswered
+MAX_HEADERS = 64 * 1024  # bytes of request line and headers (http.server's line limit)
+TIMEOUT = 10.0  # seconds a client gets to send its whole request, headers and body
+MAX_PENDING = 64  # connections being read at once; a newcomer closes the one waiting longest
+_HEADERS_END = re.compile(rb"\r?\n\r?\n")
 PING_EVENTS = {"ping"}  # GitHub/Gitea send one when the hook is created
 EVENT_HEADERS = ("X-GitHub-Event", "X-Gitea-Event", "X-Gogs-Event", "X-Gitlab-Event")
 
@@ -74,42 +84,156 @@ def pushed_ref(body: bytes, content_type: str) -> str:
     return ref
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
+def _request_end(data: bytes) -> int:
+    """Where the request's headers end in `data` (-1: not yet)."""
+    found = _HEADERS_END.search(data)
+    return found.end() if found else -1
 
-    def __init__(self, address, handler, secret: str, branch: str, on_push: Callable[[], None],
-                 log: Callable[[str], None]):
-        host = address[0]
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+def whole(data: bytes) -> bool:
+    """`data` holds a whole request: its headers and the body its Content-Length announces; or
+    enough to refuse it (headers too long, no usable length, a body over MAX_BODY)."""
+    end = _request_end(data)
+    if end < 0:
+        return len(data) > MAX_HEADERS
+    length = ""
+    for line in data[:end].decode("latin-1").splitlines()[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "transfer-encoding":
+            return True
+        if name.strip().lower() == "content-length":
+            length = value.strip()
+    if not length.isdigit() or int(length) > MAX_BODY:
+        return True
+    return len(data) - end >= int(length)
+
+
+@dataclass
+class _Client:
+    sock: socket.socket
+    address: str
+    deadline: float  # time.monotonic() by which its whole request must have arrived
+    data: bytearray = field(default_factory=bytearray)
+
+
+class _Server:
+    """One thread reads every connection with a selector, so a slow client costs a buffer, not
+    a thread or a slot: a request is handled once it has arrived whole; one that has not
+    arrived whole TIMEOUT seconds after its connection is answered 408 and closed; past
+    MAX_PENDING connections, the one that has waited longest is closed for the newcomer.
+    Handling is quick (a signature check, waking the watcher), so it runs on that thread."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        secret: str,
+        branch: str,
+        on_push: Callable[[], None],
+        log: Callable[[str], None],
+    ):
         self.secret, self.branch, self.on_push, self.log = secret, branch, on_push, log
-        self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
-        super().__init__(address, handler)
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.socket = socket.create_server(address, family=family, backlog=128)
+        self.socket.setblocking(False)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.socket, selectors.EVENT_READ)
+        self.clients: dict[socket.socket, _Client] = {}  # in the order they connected
+        self.stopping = threading.Event()
 
-    def process_request(self, request, client_address):
-        if not self.slots.acquire(blocking=False):
-            self.shutdown_request(request)  # too many at once: not answered
-            return
-        super().process_request(request, client_address)
+    def serve(self) -> None:
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            wait = min([c.deadline - now for c in self.clients.values()] + [0.2])
+            for key, _ in self.selector.select(max(wait, 0.0)):
+                if key.fileobj is self.socket:
+                    self._accept()
+                elif key.data.sock in self.clients:  # not closed earlier in this round
+                    self._read(key.data)
+            now = time.monotonic()
+            for client in [c for c in self.clients.values() if c.deadline <= now]:
+                self.log(f"webhook: 408 to {client.address}: request not whole within {TIMEOUT:g}s")
+                self._close(client, _answer_bytes(408, "request not whole in time"))
 
-    def process_request_thread(self, request, client_address):
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, address = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of descriptors, a connection reset before it was taken
+                return
+            if len(self.clients) >= MAX_PENDING:
+                self._close(next(iter(self.clients.values())))
+            sock.setblocking(False)
+            client = _Client(sock, address[0], time.monotonic() + TIMEOUT)
+            self.clients[sock] = client
+            self.selector.register(sock, selectors.EVENT_READ, client)
+
+    def _read(self, client: _Client) -> None:
         try:
-            super().process_request_thread(request, client_address)
+            chunk = client.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # reset by the client
+            chunk = b""
+        if not chunk:  # the client left before its request was whole: nothing to answer
+            self._close(client)
+            return
+        client.data += chunk
+        if whole(bytes(client.data)):
+            try:
+                answer = _Handler(bytes(client.data), (client.address, 0), self).out.getvalue()
+            except Exception as exc:  # a fault here must not end the thread every push needs
+                self.log(f"webhook: 500 to {client.address}: {type(exc).__name__}: {exc}")
+                answer = _answer_bytes(500, "internal error")
+            self._close(client, answer)
+
+    def _close(self, client: _Client, answer: bytes = b"") -> None:
+        self.selector.unregister(client.sock)
+        del self.clients[client.sock]
+        try:
+            if answer:  # a few hundred bytes: the socket's buffer takes them at once
+                client.sock.settimeout(1.0)
+                client.sock.sendall(answer)
+        except OSError:  # the client left meanwhile: nothing more to tell it
+            pass
         finally:
-            self.slots.release()
+            client.sock.close()
+
+    def close(self) -> None:
+        for client in list(self.clients.values()):
+            self._close(client)
+        self.selector.close()
+        self.socket.close()
+
+
+def _answer_bytes(code: int, text: str) -> bytes:
+    body = (text + "\n").encode()
+    return (
+        f"HTTP/1.0 {code} {HTTPStatus(code).phrase}\r\nContent-Type: text/plain; "
+        f"charset=utf-8\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
 
 
 class _Handler(BaseHTTPRequestHandler):
-    timeout = TIMEOUT
-    server: _Server
+    """http.server's parsing and answers over a request already read whole (`raw`), handled
+    as it is made; the answer is left in `out` for the server to send."""
+
     server_version = "cdtasks-webhook"
     sys_version = ""
+
+    def __init__(self, raw: bytes, client_address: tuple[str, int], hook: _Server):
+        # No socket: BaseRequestHandler's own __init__ (setup, handle, finish) is not used.
+        self.hook, self.client_address = hook, client_address
+        self.rfile, self.out = io.BytesIO(raw), io.BytesIO()
+        self.wfile = self.out
+        self.handle()
 
     def log_message(self, format, *args):  # requests are said by `_answer`, headers never
         pass
 
     def _answer(self, code: int, text: str) -> None:
-        self.server.log(f"webhook: {code} to {self.client_address[0]}: {text}")
+        self.hook.log(f"webhook: {code} to {self.client_address[0]}: {text}")
         body = (text + "\n").encode()
         self.send_response(code)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
@@ -130,14 +254,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._answer(411, "a Content-Length is required")
         if int(length) > MAX_BODY:
             return self._answer(413, f"body over {MAX_BODY} bytes")
-        try:
-            body = self.rfile.read(int(length))
-        except OSError:  # the client went silent (timeout) or away
-            self.close_connection = True
-            return None
+        body = self.rfile.read(int(length))
         if len(body) != int(length):
             return self._answer(400, "body shorter than its Content-Length")
-        if not signed(self.server.secret, body, self.headers):
+        if not signed(self.hook.secret, body, self.headers):
             return self._answer(401, "missing or wrong signature")
         event = next((self.headers[h] for h in EVENT_HEADERS if self.headers.get(h)), "push")
         if event.lower() in PING_EVENTS:
@@ -146,31 +266,38 @@ class _Handler(BaseHTTPRequestHandler):
             ref = pushed_ref(body, self.headers.get("Content-Type", ""))
         except (ValueError, UnicodeDecodeError) as exc:
             return self._answer(400, f"not a push event: {str(exc)[:100]}")
-        if ref != f"refs/heads/{self.server.branch}":
+        if ref != f"refs/heads/{self.hook.branch}":
             return self._answer(202, f"ignored: {ref[:100]} is not the watched branch")
-        self.server.on_push()
-        return self._answer(202, f"checking {self.server.branch}")
+        self.hook.on_push()
+        return self._answer(202, f"checking {self.hook.branch}")
 
 
 class Webhook:
-    """The server on a thread of its own; `stop()` ends it and closes its socket."""
+    """The server on a thread of its own; `stop()` ends it and closes its sockets."""
 
-    def __init__(self, listen: str, secret: str, branch: str, on_push: Callable[[], None],
-                 log: Callable[[str], None]):
+    def __init__(
+        self,
+        listen: str,
+        secret: str,
+        branch: str,
+        on_push: Callable[[], None],
+        log: Callable[[str], None],
+    ):
         if not secret:
-            raise ListenError("--listen needs WEBHOOK_SECRET (env file, or CDTASKS_WEBHOOK_SECRET "
-                              "in the environment): unsigned pushes are refused")
+            raise ListenError(
+                "--listen needs WEBHOOK_SECRET (env file, or CDTASKS_WEBHOOK_SECRET "
+                "in the environment): unsigned pushes are refused"
+            )
         address = parse_address(listen)
         try:
-            self.server = _Server(address, _Handler, secret, branch, on_push, log)
+            self.server = _Server(address, secret, branch, on_push, log)
         except OSError as exc:
             raise ListenError(f"--listen {listen}: {exc.strerror or exc}") from None
-        self.thread = threading.Thread(target=self.server.serve_forever, name="webhook",
-                                       kwargs={"poll_interval": 0.2}, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve, name="webhook", daemon=True)
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self.server.server_address[:2]  # an AF_INET server: (host, port)
+        host, port = self.server.socket.getsockname()[:2]
         return str(host), int(port)
 
     def start(self) -> Webhook:
@@ -178,6 +305,7 @@ class Webhook:
         return self
 
     def stop(self) -> None:
+        self.server.stopping.set()
         if self.thread.is_alive():
-            self.server.shutdown()
-        self.server.server_close()
+            self.thread.join(5)
+        self.server.close()

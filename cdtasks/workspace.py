@@ -2,6 +2,7 @@
 where the provider does not mount WORKSPACE_DIR into the nodes, the checkout is copied to the CD
 node at the same path, through its Docker API (no SSH rights or rsync needed there), and
 removed after the run."""
+
 from __future__ import annotations
 
 import io
@@ -16,17 +17,24 @@ def _archive(path: Path) -> bytes:
     compose and the tests read files, builds send their context from here)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(path, arcname=path.name,
-                filter=lambda info: None if "/.git/" in f"/{info.name}/" else info)
+        tar.add(
+            path,
+            arcname=path.name,
+            filter=lambda info: None if "/.git/" in f"/{info.name}/" else info,
+        )
     return buf.getvalue()
 
 
 def _helper(client, path: Path, image: str, command: list[str]):
     """A container of `image` that mounts the checkout's parent directory at the same path."""
     parent = str(path.parent)
-    return client.containers.create(image, command=command, entrypoint=[],
-                                    volumes={parent: {"bind": parent, "mode": "rw"}},
-                                    labels={LABEL: str(path)})
+    return client.containers.create(
+        image,
+        command=command,
+        entrypoint=[],
+        volumes={parent: {"bind": parent, "mode": "rw"}},
+        labels={LABEL: str(path)},
+    )
 
 
 def upload(client, path: Path, image: str) -> int:

@@ -5,6 +5,7 @@ every image is built from Debian bookworm packages and cached: an image is rebui
 recipe changes (the recipe hash is an image label). Each image is tagged with the upstream version
 it pins, and the build fails if Debian ships another upstream version than the pin.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,7 +41,9 @@ class Rootfs:
     name: str
     packages: tuple[str, ...]
     pins: Mapping[str, str]  # package -> upstream version the image promises
-    files: Mapping[str, str] = field(default_factory=dict)  # path in rootfs -> file beside this module
+    files: Mapping[str, str] = field(
+        default_factory=dict
+    )  # path in rootfs -> file beside this module
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,17 @@ class Image:
 
     def recipe_hash(self) -> str:
         h = hashlib.sha256()
-        h.update(json.dumps([SUITE, self.rootfs.packages, sorted(self.rootfs.pins.items()),
-                             self.changes(), *([list(self.keep)] if self.keep else [])]).encode())
+        h.update(
+            json.dumps(
+                [
+                    SUITE,
+                    self.rootfs.packages,
+                    sorted(self.rootfs.pins.items()),
+                    self.changes(),
+                    *([list(self.keep)] if self.keep else []),
+                ]
+            ).encode()
+        )
         for target, name in sorted(self.rootfs.files.items()):
             h.update(target.encode() + (HERE / name).read_bytes())
         return h.hexdigest()[:16]
@@ -95,30 +107,83 @@ RUNTIME_FS = Rootfs(
     {"/etc/docker/registry/config.yml": "registry.yml"},
 )
 
-IMAGES: dict[str, Image] = {i.key: i for i in (
-    Image("node", "cdtasks/node", "20.10.24", NODE_FS, ("/usr/local/bin/cdtasks-node",),
-          upstream="docker:20.10.24-dind"),
-    Image("registry", "cdtasks/registry-slim", "2.8.2", RUNTIME_FS,
-          ("/usr/bin/docker-registry", "serve", "/etc/docker/registry/config.yml"),
-          expose=(5000,), upstream="registry:2.8.2",
-          # The Go binary needs only the C library and its loader (bookworm's merged /usr: /lib,
-          # /lib64 are links into usr/). `true` and `rm`: workspace.py uses the image, which every
-          # node has, as the carrier that copies a checkout to the CD node and removes it.
-          keep=("usr/bin/docker-registry", "etc/docker/registry/config.yml", "lib", "lib64",
-                "usr/lib64/ld-linux*", "usr/lib/*/ld-linux*", "usr/lib/*/libc.so.6",
-                "etc/ssl/certs/ca-certificates.crt", "etc/passwd", "etc/group", "tmp",
-                "usr/bin/true", "usr/bin/rm")),
-    # Like python:3.11-slim: no entrypoint, so compose commands and Dockerfile CMDs work as is.
-    Image("python", "cdtasks/python", "3.11", RUNTIME_FS, (), cmd=("python3",),
-          upstream="python:3.11-slim-bookworm"),
-    Image("haproxy", "cdtasks/haproxy", "2.6", RUNTIME_FS,
-          ("haproxy", "-W", "-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"),
-          upstream="haproxy:2.6"),
-    Image("redis", "cdtasks/redis", "7.0", RUNTIME_FS,
-          ("redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "",
-           "--appendonly", "no"),
-          expose=(6379,), upstream="redis:7.0"),
-)}
+IMAGES: dict[str, Image] = {
+    i.key: i
+    for i in (
+        Image(
+            "node",
+            "cdtasks/node",
+            "20.10.24",
+            NODE_FS,
+            ("/usr/local/bin/cdtasks-node",),
+            upstream="docker:20.10.24-dind",
+        ),
+        Image(
+            "registry",
+            "cdtasks/registry-slim",
+            "2.8.2",
+            RUNTIME_FS,
+            ("/usr/bin/docker-registry", "serve", "/etc/docker/registry/config.yml"),
+            expose=(5000,),
+            upstream="registry:2.8.2",
+            # The Go binary needs only the C library and its loader (bookworm's merged /usr: /lib,
+            # /lib64 are links into usr/). `true` and `rm`: workspace.py uses the image, which every
+            # node has, as the carrier that copies a checkout to the CD node and removes it.
+            keep=(
+                "usr/bin/docker-registry",
+                "etc/docker/registry/config.yml",
+                "lib",
+                "lib64",
+                "usr/lib64/ld-linux*",
+                "usr/lib/*/ld-linux*",
+                "usr/lib/*/libc.so.6",
+                "etc/ssl/certs/ca-certificates.crt",
+                "etc/passwd",
+                "etc/group",
+                "tmp",
+                "usr/bin/true",
+                "usr/bin/rm",
+            ),
+        ),
+        # Like python:3.11-slim: no entrypoint, so compose commands and Dockerfile CMDs work as is.
+        Image(
+            "python",
+            "cdtasks/python",
+            "3.11",
+            RUNTIME_FS,
+            (),
+            cmd=("python3",),
+            upstream="python:3.11-slim-bookworm",
+        ),
+        Image(
+            "haproxy",
+            "cdtasks/haproxy",
+            "2.6",
+            RUNTIME_FS,
+            ("haproxy", "-W", "-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"),
+            upstream="haproxy:2.6",
+        ),
+        Image(
+            "redis",
+            "cdtasks/redis",
+            "7.0",
+            RUNTIME_FS,
+            (
+                "redis-server",
+                "--bind",
+                "0.0.0.0",
+                "--protected-mode",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ),
+            expose=(6379,),
+            upstream="redis:7.0",
+        ),
+    )
+}
 
 
 def upstream_version(debian_version: str) -> str:
@@ -138,19 +203,32 @@ def check_pins(rootfs: Rootfs, installed: Mapping[str, str]) -> None:
 
 
 def mmdebstrap_command(rootfs: Rootfs, out_tar: Path, versions_file: Path) -> list[str]:
-    cmd = ["mmdebstrap", "--quiet", "--variant=apt", "--mode=root",
-           "--include=" + ",".join(rootfs.packages),
-           "--aptopt=APT::Install-Recommends \"false\"",
-           # Docs, man pages and translations are a third of the size and no node needs them.
-           "--dpkgopt=path-exclude=/usr/share/doc/*",
-           "--dpkgopt=path-exclude=/usr/share/man/*",
-           "--dpkgopt=path-exclude=/usr/share/locale/*"]
+    cmd = [
+        "mmdebstrap",
+        "--quiet",
+        "--variant=apt",
+        "--mode=root",
+        "--include=" + ",".join(rootfs.packages),
+        '--aptopt=APT::Install-Recommends "false"',
+        # Docs, man pages and translations are a third of the size and no node needs them.
+        "--dpkgopt=path-exclude=/usr/share/doc/*",
+        "--dpkgopt=path-exclude=/usr/share/man/*",
+        "--dpkgopt=path-exclude=/usr/share/locale/*",
+    ]
     for target, name in sorted(rootfs.files.items()):
-        cmd.append("--customize-hook=" + shlex.join(
-            ["install", "-D", "-m", "755", str(HERE / name)]) + f' "$1"{shlex.quote(target)}')
-    cmd.append("--customize-hook=" + shlex.join(
-        ["chroot"]) + ' "$1" ' + shlex.join(["dpkg-query", "-W", "-f=${Package} ${Version}\\n"])
-        + " > " + shlex.quote(str(versions_file)))
+        cmd.append(
+            "--customize-hook="
+            + shlex.join(["install", "-D", "-m", "755", str(HERE / name)])
+            + f' "$1"{shlex.quote(target)}'
+        )
+    cmd.append(
+        "--customize-hook="
+        + shlex.join(["chroot"])
+        + ' "$1" '
+        + shlex.join(["dpkg-query", "-W", "-f=${Package} ${Version}\\n"])
+        + " > "
+        + shlex.quote(str(versions_file))
+    )
     cmd += [SUITE, str(out_tar), SOURCES]
     return cmd
 
@@ -200,10 +278,12 @@ def slim_tar(src: Path, dst: Path, keep: tuple[str, ...]) -> None:
     with tarfile.open(src) as tin:
         members = tin.getmembers()
         path = {id(m): m.name.removeprefix("./").rstrip("/") for m in members}
-        wanted = {path[id(m)] for m in members
-                  if any(fnmatch.fnmatchcase(path[id(m)], g) for g in keep)}
-        wanted |= {m.linkname.removeprefix("./") for m in members
-                   if m.islnk() and path[id(m)] in wanted}
+        wanted = {
+            path[id(m)] for m in members if any(fnmatch.fnmatchcase(path[id(m)], g) for g in keep)
+        }
+        wanted |= {
+            m.linkname.removeprefix("./") for m in members if m.islnk() and path[id(m)] in wanted
+        }
         parents = {"/".join(p.split("/")[:i]) for p in wanted for i in range(1, p.count("/") + 1)}
         with tarfile.open(dst, "w") as tout:
             for m in members:
@@ -211,8 +291,9 @@ def slim_tar(src: Path, dst: Path, keep: tuple[str, ...]) -> None:
                     tout.addfile(m, tin.extractfile(m) if m.isreg() else None)
 
 
-def build(client, images: list[Image], log: Callable[[str], None] = print,
-          force: bool = False) -> list[str]:
+def build(
+    client, images: list[Image], log: Callable[[str], None] = print, force: bool = False
+) -> list[str]:
     """Build what is missing or stale (all with `force`); return the refs built. Waits for a
     build running elsewhere on this machine, then builds only what that one did not."""
     if not force and not missing(client, images):
@@ -233,15 +314,19 @@ def _build(client, images: list[Image], log: Callable[[str], None], force: bool)
             tar, versions_file = Path(tmp) / "rootfs.tar", Path(tmp) / "versions"
             log(f"building root filesystem {rootfs.name} ({', '.join(rootfs.packages)})")
             try:
-                proc = subprocess.run(mmdebstrap_command(rootfs, tar, versions_file),
-                                      capture_output=True, text=True)
+                proc = subprocess.run(
+                    mmdebstrap_command(rootfs, tar, versions_file), capture_output=True, text=True
+                )
             except FileNotFoundError:
-                raise ImageError("mmdebstrap is not installed (apt-get install mmdebstrap)") from None
+                raise ImageError(
+                    "mmdebstrap is not installed (apt-get install mmdebstrap)"
+                ) from None
             if proc.returncode != 0:
                 tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
                 raise ImageError(f"mmdebstrap failed for image {rootfs.name}:\n{tail}")
-            installed = dict(line.split(" ", 1) for line in
-                             versions_file.read_text().splitlines() if " " in line)
+            installed = dict(
+                line.split(" ", 1) for line in versions_file.read_text().splitlines() if " " in line
+            )
             try:
                 check_pins(rootfs, installed)
             except ValueError as exc:
@@ -256,9 +341,11 @@ def _build(client, images: list[Image], log: Callable[[str], None], force: bool)
                     slim_tar(tar, source, image.keep)
                 changes = image.changes() + [
                     f"LABEL {RECIPE_LABEL}={image.recipe_hash()}",
-                    f"LABEL {VERSIONS_LABEL}={json.dumps(pinned)}"]
+                    f"LABEL {VERSIONS_LABEL}={json.dumps(pinned)}",
+                ]
                 client.api.import_image_from_file(
-                    str(source), repository=image.repo, tag=image.version, changes=changes)
+                    str(source), repository=image.repo, tag=image.version, changes=changes
+                )
                 built.append(image.ref)
                 if old:  # the replaced build, now untagged: don't let rebuilds pile up
                     # Still used by a container: Docker keeps it, so do we.

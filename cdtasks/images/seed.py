@@ -8,6 +8,7 @@ a bare dockerd on a throwaway volume, loads the images, stops; its image store (
 `overlay2/` of /var/lib/docker, nothing of the engine's identity, networks or swarm state) is
 copied into a container of the node image, which is committed as `<node image>-seeded`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,9 @@ def _current(client, node: Image, images: list[Image]) -> bool:
     return labels.get(SEED_LABEL) == _key(client, node, images)
 
 
-def seeded(client, node: Image, images: list[Image], host_config: HostConfig,
-           log: Callable[[str], None]) -> str:
+def seeded(
+    client, node: Image, images: list[Image], host_config: HostConfig, log: Callable[[str], None]
+) -> str:
     """The seeded node image's reference, made (once per machine) if missing or stale."""
     build(client, [node, *images], log)
     if not _current(client, node, images):
@@ -54,16 +56,19 @@ def seeded(client, node: Image, images: list[Image], host_config: HostConfig,
     return ref(node)
 
 
-def _make(client, node: Image, images: list[Image], host_config: HostConfig,
-          log: Callable[[str], None]) -> None:
+def _make(
+    client, node: Image, images: list[Image], host_config: HostConfig, log: Callable[[str], None]
+) -> None:
     log(f"seeding {ref(node)} with {', '.join(i.ref for i in images)}")
     api, made = client.api, []
     volume = client.volumes.create(labels={SEED_LABEL: "building"})
     try:
         engine = api.create_container(
-            node.ref, entrypoint=["dockerd", "--host=unix:///var/run/docker.sock"],
+            node.ref,
+            entrypoint=["dockerd", "--host=unix:///var/run/docker.sock"],
             host_config=host_config({volume.name: {"bind": "/var/lib/docker", "mode": "rw"}}),
-            labels={SEED_LABEL: "building"})
+            labels={SEED_LABEL: "building"},
+        )
         made.append(engine["Id"])
         api.start(engine["Id"])
         _wait_engine(api, engine["Id"])
@@ -76,20 +81,33 @@ def _make(client, node: Image, images: list[Image], host_config: HostConfig,
         _run(api, engine["Id"], ["docker", "load", "-q", "-i", "/tmp/images.tar"])
         api.stop(engine["Id"], timeout=30)  # dockerd shuts down cleanly on SIGTERM
         copy = api.create_container(
-            node.ref, entrypoint=["sh", "-c", 'mkdir -p /var/lib/docker && cp -a "$@" /var/lib/docker/',
-                                  "sh", *[f"/seed/{d}" for d in STORE]],
-            host_config=api.create_host_config(binds={volume.name: {"bind": "/seed", "mode": "ro"}}),
-            labels={SEED_LABEL: "building"})
+            node.ref,
+            entrypoint=[
+                "sh",
+                "-c",
+                'mkdir -p /var/lib/docker && cp -a "$@" /var/lib/docker/',
+                "sh",
+                *[f"/seed/{d}" for d in STORE],
+            ],
+            host_config=api.create_host_config(
+                binds={volume.name: {"bind": "/seed", "mode": "ro"}}
+            ),
+            labels={SEED_LABEL: "building"},
+        )
         made.append(copy["Id"])
         api.start(copy["Id"])
         if api.wait(copy["Id"])["StatusCode"]:
-            raise ImageError(f"seeding {ref(node)}: copying the image store failed: "
-                             f"{api.logs(copy['Id']).decode(errors='replace').strip()}")
+            raise ImageError(
+                f"seeding {ref(node)}: copying the image store failed: "
+                f"{api.logs(copy['Id']).decode(errors='replace').strip()}"
+            )
         old = _image_id(client, ref(node))
-        api.commit(copy["Id"], repository=ref(node).rsplit(":", 1)[0],
-                   tag=ref(node).rsplit(":", 1)[1],
-                   changes=node.changes() + [
-                       f"LABEL {SEED_LABEL}={_key(client, node, images)}"])
+        api.commit(
+            copy["Id"],
+            repository=ref(node).rsplit(":", 1)[0],
+            tag=ref(node).rsplit(":", 1)[1],
+            changes=node.changes() + [f"LABEL {SEED_LABEL}={_key(client, node, images)}"],
+        )
         if old:  # the replaced seed, now untagged
             # Still used by a container: Docker keeps it, so do we.
             with contextlib.suppress(Exception):
@@ -125,6 +143,7 @@ def _wait_engine(api, container: str) -> None:
             return
         if time.monotonic() > deadline:
             logs = api.logs(container, tail=5).decode(errors="replace").strip()
-            raise ImageError(f"seeding the node image: its engine did not start within "
-                             f"{READY_TIMEOUT}s: {logs}")
+            raise ImageError(
+                f"seeding the node image: its engine did not start within {READY_TIMEOUT}s: {logs}"
+            )
         time.sleep(0.3)

@@ -1,5 +1,6 @@
 """What every provider offers: machines for named nodes, and how to reach each one (an
 `engine.Endpoint`)."""
+
 from __future__ import annotations
 
 import shutil
@@ -59,9 +60,9 @@ class Provider(ABC):
 def removed_with_registry(settings, removed: list[str], log: Log, purge: bool) -> list[str]:
     """The end of `remove` where the registry's data lives on this machine: delete it only
     when purging, then say what went."""
-    if purge and settings.registry_dir.exists():
-        shutil.rmtree(settings.registry_dir)
-        removed.append(f"registry data {settings.registry_dir}")
+    if purge and settings.registry.registry_dir.exists():
+        shutil.rmtree(settings.registry.registry_dir)
+        removed.append(f"registry data {settings.registry.registry_dir}")
     for r in removed:
         log(f"removed {r}")
     return removed

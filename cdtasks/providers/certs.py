@@ -1,5 +1,6 @@
 """Key material a provider generates for its machines, as docker-machine does: a CA, a TLS server
 certificate per node, one client certificate, an SSH client key and an SSH host key per node."""
+
 from __future__ import annotations
 
 import datetime
@@ -25,29 +26,38 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
 
 
 def _key_pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _cert(subject: str, key, issuer_cert, issuer_key, *, ca=False, server_names=(), client=False):
     now = datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (x509.CertificateBuilder()
-               .subject_name(name)
-               .issuer_name(issuer_cert.subject if issuer_cert else name)
-               .public_key(key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_cert.subject if issuer_cert else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if server_names:
-        sans = [x509.IPAddress(ipaddress.ip_address(n)) if n.replace(".", "").isdigit()
-                else x509.DNSName(n) for n in server_names]
-        builder = (builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
+        sans = [
+            x509.IPAddress(ipaddress.ip_address(n))
+            if n.replace(".", "").isdigit()
+            else x509.DNSName(n)
+            for n in server_names
+        ]
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(sans), critical=False
+        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     if client:
         builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
     return builder.sign(issuer_key or key, hashes.SHA256())
 
 
@@ -93,9 +103,20 @@ def ssh_keypair(private_path: Path) -> str:
     pub_path = private_path.with_name(private_path.name + ".pub")
     if not private_path.exists():
         key = ed25519.Ed25519PrivateKey.generate()
-        _write(private_path, key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.OpenSSH,
-                                               serialization.NoEncryption()), private=True)
-        _write(pub_path, key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                       serialization.PublicFormat.OpenSSH) + b"\n")
+        _write(
+            private_path,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.OpenSSH,
+                serialization.NoEncryption(),
+            ),
+            private=True,
+        )
+        _write(
+            pub_path,
+            key.public_key().public_bytes(
+                serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+            )
+            + b"\n",
+        )
     return pub_path.read_text().strip()

@@ -5,6 +5,7 @@ A node's Docker API is reachable from the host only through TLS on a 127.0.0.1 p
 only with the lab's key and with the host key the lab generated (written to the lab's
 known_hosts). Everything created carries the label io.cdtasks.lab=<LAB_NAME>.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,7 +53,7 @@ class LabProvider(Provider):
     def __init__(self, settings: Settings, host: docker.DockerClient | None = None):
         self.s = settings
         self._host = host
-        self.root = settings.state_dir / settings.lab_name
+        self.root = settings.cluster.state_dir / settings.cluster.lab_name
         self.known_hosts = self.root / "known_hosts"
         self.ssh_key = self.root / "id_ed25519"
 
@@ -68,19 +69,19 @@ class LabProvider(Provider):
 
     @property
     def network(self) -> str:
-        return self.s.lab_name
+        return self.s.cluster.lab_name
 
     def container_name(self, node: str) -> str:
-        return f"{self.s.lab_name}-{node}"
+        return f"{self.s.cluster.lab_name}-{node}"
 
     def volume_name(self, node: str) -> str:
-        return f"{self.s.lab_name}-{node}-docker"
+        return f"{self.s.cluster.lab_name}-{node}-docker"
 
     def machine_dir(self, node: str) -> Path:
         return self.root / "machines" / node
 
     def labels(self, node: str | None = None) -> dict[str, str]:
-        out = {LAB_LABEL: self.s.lab_name, ENV_LABEL: self.s.env}
+        out = {LAB_LABEL: self.s.cluster.lab_name, ENV_LABEL: self.s.env}
         if node:
             out[NODE_LABEL] = node
         return out
@@ -88,14 +89,14 @@ class LabProvider(Provider):
     def shared_dirs(self) -> dict[Path, Path]:
         """Host directory -> where every node mounts it: the registry's storage (shared by both
         clusters) and the workspace compose bind-mounts from, each at the same path."""
-        return {d: d for d in (self.s.registry_dir, self.s.workspace_dir)}
+        return {d: d for d in (self.s.registry.registry_dir, self.s.delivery.workspace_dir)}
 
     def host_ports(self, node: str) -> dict[str, int | None]:
         """Fixed host ports when LAB_PORT_BASE is set: base + 10 * node index + slot."""
-        if not self.s.lab_port_base:
+        if not self.s.cluster.lab_port_base:
             return {k: None for k in PORTS}
-        i = self.s.nodes.index(node)
-        return {k: self.s.lab_port_base + 10 * i + slot for slot, k in enumerate(PORTS)}
+        i = self.s.cluster.nodes.index(node)
+        return {k: self.s.cluster.lab_port_base + 10 * i + slot for slot, k in enumerate(PORTS)}
 
     # -- queries ---------------------------------------------------------------------------
     def _container(self, node: str):
@@ -111,16 +112,25 @@ class LabProvider(Provider):
         def published(port: int) -> int:
             bindings = ports.get(f"{port}/tcp") or []
             if not bindings:
-                raise ProviderError(f"node {node}: port {port} is not published; "
-                                    f"remove it with `inv destroy` and provision again")
+                raise ProviderError(
+                    f"node {node}: port {port} is not published; "
+                    f"remove it with `inv destroy` and provision again"
+                )
             return int(bindings[0]["HostPort"])
 
         nets = container.attrs["NetworkSettings"]["Networks"]
         address = (nets.get(self.network) or {}).get("IPAddress", "")
-        return Endpoint(node=node, docker_host=f"tcp://127.0.0.1:{published(2376)}",
-                        cert_path=self.machine_dir(node), ssh_host="127.0.0.1",
-                        ssh_port=published(22), ssh_user="root", ssh_key=self.ssh_key,
-                        known_hosts=self.known_hosts, address=address)
+        return Endpoint(
+            node=node,
+            docker_host=f"tcp://127.0.0.1:{published(2376)}",
+            cert_path=self.machine_dir(node),
+            ssh_host="127.0.0.1",
+            ssh_port=published(22),
+            ssh_user="root",
+            ssh_key=self.ssh_key,
+            known_hosts=self.known_hosts,
+            address=address,
+        )
 
     def http_port(self, node: str) -> int | None:
         """The 127.0.0.1 port on which the host reaches the node's port 80 (the proxy)."""
@@ -162,20 +172,30 @@ class LabProvider(Provider):
         if images.missing(self.host, [image]):
             log(f"building the node image {image.ref} (once; cached afterwards)")
             images.build(self.host, [image], log)
-        return seed.seeded(self.host, image, [images.IMAGES["registry"]],
-                           lambda binds: dind_host_config(self.host.api, binds), log)
+        return seed.seeded(
+            self.host,
+            image,
+            [images.IMAGES["registry"]],
+            lambda binds: dind_host_config(self.host.api, binds),
+            log,
+        )
 
     def _check_ports(self, nodes: Sequence[str]) -> None:
         for node in nodes:
             for what, port in self.host_ports(node).items():
                 if port is not None and not _port_free(port):
-                    raise ProviderError(f"host port 127.0.0.1:{port} ({node} {what}) is already "
-                                        f"taken; change LAB_PORT_BASE or free the port")
+                    raise ProviderError(
+                        f"host port 127.0.0.1:{port} ({node} {what}) is already "
+                        f"taken; change LAB_PORT_BASE or free the port"
+                    )
 
     def _ensure_network(self) -> None:
-        if not self.host.networks.list(names=[self.network], filters={"label": f"{LAB_LABEL}={self.s.lab_name}"}):
-            self.host.networks.create(self.network, driver="bridge",
-                                      labels={LAB_LABEL: self.s.lab_name})
+        if not self.host.networks.list(
+            names=[self.network], filters={"label": f"{LAB_LABEL}={self.s.cluster.lab_name}"}
+        ):
+            self.host.networks.create(
+                self.network, driver="bridge", labels={LAB_LABEL: self.s.cluster.lab_name}
+            )
 
     def _prepare_machine(self, node: str) -> Path:
         """Certificates and keys for a new machine; what the node gets goes to machine/node/."""
@@ -187,7 +207,8 @@ class LabProvider(Provider):
         certs.server_cert(ca, d / "node" / "tls", [node, "localhost", "127.0.0.1"])
         certs.ssh_keypair(d / "node" / "ssh" / "host_key")
         (d / "node" / "ssh" / "authorized_keys").write_text(
-            self.ssh_key.with_suffix(".pub").read_text())
+            self.ssh_key.with_suffix(".pub").read_text()
+        )
         return d / "node"
 
     def _ensure_node(self, node: str, image: str, log: Log) -> Endpoint:
@@ -202,8 +223,9 @@ class LabProvider(Provider):
             try:
                 c = self._create_container(node, image, node_dir)
             except APIError as exc:
-                raise ProviderError(f"node {node}: cannot create its container: "
-                                    f"{exc.explanation or exc}") from None
+                raise ProviderError(
+                    f"node {node}: cannot create its container: {exc.explanation or exc}"
+                ) from None
         endpoint = self._endpoint(node, c)
         self._wait_ready(endpoint, c)
         return endpoint
@@ -212,14 +234,24 @@ class LabProvider(Provider):
         api = self.host.api
         ports = {p: ("127.0.0.1", self.host_ports(node)[k]) for k, p in PORTS.items()}
         host_config = dind_host_config(
-            api, {self.volume_name(node): {"bind": "/var/lib/docker", "mode": "rw"},
-                  str(node_dir): {"bind": "/etc/cdtasks", "mode": "ro"},
-                  **{str(h): {"bind": str(g), "mode": "rw"} for h, g in self.shared_dirs().items()}},
-            port_bindings=ports, network_mode=self.network)
+            api,
+            {
+                self.volume_name(node): {"bind": "/var/lib/docker", "mode": "rw"},
+                str(node_dir): {"bind": "/etc/cdtasks", "mode": "ro"},
+                **{str(h): {"bind": str(g), "mode": "rw"} for h, g in self.shared_dirs().items()},
+            },
+            port_bindings=ports,
+            network_mode=self.network,
+        )
         self.host.volumes.create(self.volume_name(node), labels=self.labels(node))
         created = api.create_container(
-            image, name=self.container_name(node), hostname=node, labels=self.labels(node),
-            ports=list(PORTS.values()), host_config=host_config)
+            image,
+            name=self.container_name(node),
+            hostname=node,
+            labels=self.labels(node),
+            ports=list(PORTS.values()),
+            host_config=host_config,
+        )
         try:
             api.start(created["Id"])
         except APIError:
@@ -241,10 +273,14 @@ class LabProvider(Provider):
                 container.reload()
                 if container.status != "running":
                     tail = container.logs(tail=5).decode(errors="replace").strip()
-                    raise ProviderError(f"node {endpoint.node}: its machine stopped: {tail}") from None
+                    raise ProviderError(
+                        f"node {endpoint.node}: its machine stopped: {tail}"
+                    ) from None
                 if time.monotonic() > deadline:
-                    raise ProviderError(f"node {endpoint.node}: Docker did not answer within "
-                                        f"{READY_TIMEOUT}s: {exc}") from None
+                    raise ProviderError(
+                        f"node {endpoint.node}: Docker did not answer within "
+                        f"{READY_TIMEOUT}s: {exc}"
+                    ) from None
                 time.sleep(0.3)
 
     def _write_known_hosts(self) -> None:
@@ -254,7 +290,9 @@ class LabProvider(Provider):
         if not self.root.is_dir():
             return
         lines = []
-        for c in self.host.containers.list(filters={"label": f"{LAB_LABEL}={self.s.lab_name}"}):
+        for c in self.host.containers.list(
+            filters={"label": f"{LAB_LABEL}={self.s.cluster.lab_name}"}
+        ):
             node = c.labels.get(NODE_LABEL)
             pub = self.root / "machines" / node / "node" / "ssh" / "host_key.pub"
             ports = (c.attrs["NetworkSettings"]["Ports"] or {}).get("22/tcp")
@@ -279,9 +317,13 @@ class LabProvider(Provider):
             if self.machine_dir(node).exists():
                 shutil.rmtree(self.machine_dir(node))
                 removed.append(f"keys and certificates of {node}")
-        others = self.host.containers.list(all=True, filters={"label": f"{LAB_LABEL}={self.s.lab_name}"})
+        others = self.host.containers.list(
+            all=True, filters={"label": f"{LAB_LABEL}={self.s.cluster.lab_name}"}
+        )
         if not others:
-            for net in self.host.networks.list(filters={"label": f"{LAB_LABEL}={self.s.lab_name}"}):
+            for net in self.host.networks.list(
+                filters={"label": f"{LAB_LABEL}={self.s.cluster.lab_name}"}
+            ):
                 net.remove()
                 removed.append(f"network {net.name}")
             if self.root.exists():
@@ -296,10 +338,14 @@ def dind_host_config(api, binds: Mapping[str, dict], **more) -> dict:
     """A host config for a container running its own dockerd, with `binds` and `more` options."""
     host_config = api.create_host_config(
         # --privileged fails on kernels without CAP_SYS_RESOURCE: grant the rest instead.
-        cap_add=["ALL"], cap_drop=["SYS_RESOURCE"],
+        cap_add=["ALL"],
+        cap_drop=["SYS_RESOURCE"],
         security_opt=["seccomp=unconfined", "apparmor=unconfined"],
-        device_cgroup_rules=["a *:* rwm"], tmpfs={"/run": "", "/var/run": ""},
-        binds={**binds, "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}}, **more)
+        device_cgroup_rules=["a *:* rwm"],
+        tmpfs={"/run": "", "/var/run": ""},
+        binds={**binds, "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
+        **more,
+    )
     # `--security-opt systempaths=unconfined`, which the SDK does not know: dockerd needs
     # /proc and /sys unmasked to run containers of its own.
     host_config.update(MaskedPaths=[], ReadonlyPaths=[])

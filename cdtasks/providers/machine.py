@@ -6,6 +6,7 @@ made (`env`), shells through `docker-machine ssh`. With the virtualbox driver th
 holding the registry's storage and the workspace is shared into every VM at the same path
 (VIRTUALBOX_SHARE_FOLDER, as the book's script does); other drivers get checkouts copied.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,14 @@ Runner = Callable[[Sequence[str], dict, float], subprocess.CompletedProcess]
 
 
 def _run(argv: Sequence[str], env: dict, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    return subprocess.run(list(argv), env=env, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        list(argv),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def parse_ls(output: str) -> dict[str, tuple[str, str]]:
@@ -51,7 +58,7 @@ def parse_env(output: str) -> dict[str, str]:
     for line in output.splitlines():
         line = line.strip()
         if line.startswith("export ") and "=" in line:
-            key, _, value = line[len("export "):].partition("=")
+            key, _, value = line[len("export ") :].partition("=")
             out[key.strip()] = value.strip().strip('"')
     return out
 
@@ -81,12 +88,14 @@ class MachineProvider(Provider):
 
     @property
     def shares_workspace(self) -> bool:
-        return self.s.machine_driver == "virtualbox"
+        return self.s.machine.machine_driver == "virtualbox"
 
     @property
     def share_folder(self) -> Path:
         """One folder holds what the VMs must see: the registry's storage and the workspace."""
-        return Path(os.path.commonpath([self.s.registry_dir, self.s.workspace_dir]))
+        return Path(
+            os.path.commonpath([self.s.registry.registry_dir, self.s.delivery.workspace_dir])
+        )
 
     def _env(self) -> dict:
         env = dict(os.environ)
@@ -98,10 +107,14 @@ class MachineProvider(Provider):
         try:
             return self._run([BINARY, *args], self._env(), timeout)
         except FileNotFoundError:
-            raise ProviderError(f"PROVIDER=docker-machine but `{BINARY}` is not on PATH: install "
-                                f"docker-machine, or choose PROVIDER=lab or ssh in {self.s.source}") from None
+            raise ProviderError(
+                f"PROVIDER=docker-machine but `{BINARY}` is not on PATH: install "
+                f"docker-machine, or choose PROVIDER=lab or ssh in {self.s.source}"
+            ) from None
         except subprocess.TimeoutExpired:
-            raise ProviderError(f"`{BINARY} {' '.join(args)}` did not finish within {timeout}s") from None
+            raise ProviderError(
+                f"`{BINARY} {' '.join(args)}` did not finish within {timeout}s"
+            ) from None
 
     def _checked(self, node: str, *args: str, timeout: float = TIMEOUT) -> str:
         proc = self.dm(*args, timeout=timeout)
@@ -124,13 +137,20 @@ class MachineProvider(Provider):
             raise ProviderError(f"machine {node}: `{BINARY} config` printed no -H")
         files = [Path(flags[k]) for k in ("tlscacert", "tlscert", "tlskey") if flags.get(k)]
         if files and [(f.parent, f.name) for f in files] != [
-                (files[0].parent, n) for n in ("ca.pem", "cert.pem", "key.pem")]:
-            raise ProviderError(f"machine {node}: `{BINARY} config` names TLS files "
-                                f"{', '.join(map(str, files))}; expected ca.pem, cert.pem and "
-                                f"key.pem in one directory")
-        return Endpoint(node=node, docker_host=flags["host"],
-                        cert_path=files[0].parent if files else None, address=address,
-                        shell=(BINARY, "ssh", node))
+            (files[0].parent, n) for n in ("ca.pem", "cert.pem", "key.pem")
+        ]:
+            raise ProviderError(
+                f"machine {node}: `{BINARY} config` names TLS files "
+                f"{', '.join(map(str, files))}; expected ca.pem, cert.pem and "
+                f"key.pem in one directory"
+            )
+        return Endpoint(
+            node=node,
+            docker_host=flags["host"],
+            cert_path=files[0].parent if files else None,
+            address=address,
+            shell=(BINARY, "ssh", node),
+        )
 
     def exports(self, ep: Endpoint) -> dict[str, str]:
         """docker-machine's own `env` (with DOCKER_MACHINE_NAME), as the book evals it."""
@@ -151,21 +171,26 @@ class MachineProvider(Provider):
     # -- create ----------------------------------------------------------------------------
     def ensure(self, nodes: Sequence[str], log: Log) -> dict[str, Endpoint]:
         states = self.states()
-        broken = [f"machine {n} is in state Error ({states[n][1] or 'no reason given'})"
-                  for n in nodes if states.get(n, ("",))[0] == "Error"]
+        broken = [
+            f"machine {n} is in state Error ({states[n][1] or 'no reason given'})"
+            for n in nodes
+            if states.get(n, ("",))[0] == "Error"
+        ]
         if broken:
-            raise ProviderError("; ".join(broken) + ": remove it with `docker-machine rm -f "
-                                "NAME` (or `inv destroy`) and provision again")
+            raise ProviderError(
+                "; ".join(broken) + ": remove it with `docker-machine rm -f "
+                "NAME` (or `inv destroy`) and provision again"
+            )
         if self.shares_workspace:
             state.private_dir(self.share_folder)
-        for d in (self.s.registry_dir, self.s.workspace_dir):
+        for d in (self.s.registry.registry_dir, self.s.delivery.workspace_dir):
             state.private_dir(d)
 
         def one(node: str) -> str | None:
             state = states.get(node, ("",))[0]
             try:
                 if not state:
-                    log(f"{node}: docker-machine create -d {self.s.machine_driver}")
+                    log(f"{node}: docker-machine create -d {self.s.machine.machine_driver}")
                     self._create(node)
                 elif state != "Running":
                     log(f"{node}: starting the {state.lower()} machine")
@@ -180,15 +205,23 @@ class MachineProvider(Provider):
         return dict(zip(nodes, self._each(self._endpoint, nodes), strict=True))
 
     def _create(self, node: str) -> None:
-        proc = self.dm("create", "-d", self.s.machine_driver, *self.s.machine_options, node,
-                       timeout=CREATE_TIMEOUT)
+        proc = self.dm(
+            "create",
+            "-d",
+            self.s.machine.machine_driver,
+            *self.s.machine.machine_options,
+            node,
+            timeout=CREATE_TIMEOUT,
+        )
         if proc.returncode != 0:
             # docker-machine keeps a half-made machine (state Error): remove it so that the
             # next provision starts clean, then say what docker-machine said.
             if node in self.states():
                 self.dm("rm", "-f", node)
-            raise ProviderError(f"machine {node}: `{BINARY} create -d {self.s.machine_driver}` "
-                                f"failed: {_message(proc)}")
+            raise ProviderError(
+                f"machine {node}: `{BINARY} create -d {self.s.machine.machine_driver}` "
+                f"failed: {_message(proc)}"
+            )
 
     # -- remove ----------------------------------------------------------------------------
     def remove(self, nodes: Sequence[str], log: Log, purge: bool = False) -> list[str]:

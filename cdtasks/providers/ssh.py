@@ -5,6 +5,7 @@ and recent enough, the registry's directory present), at most SSH_PARALLEL at on
 labels and registry are then converged like on any provider. Docker is reached through SSH only
 (cdtasks.tunnel), never an open TCP port. Checkouts are copied to the CD node for compose.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,15 +43,17 @@ class SshProvider(Provider):
 
     def __init__(self, settings: Settings):
         self.s = settings
-        self.hosts = {n: (user or settings.ssh_user, host, port)
-                      for n, user, host, port in settings.ssh_hosts}
-        self.configured = dict(settings.node_addresses)
-        self.keys = dict(settings.ssh_keys)
-        self.cache = settings.state_dir / "ssh" / f"{settings.env}-addresses.json"
+        self.hosts = {
+            n: (user or settings.ssh.ssh_user, host, port)
+            for n, user, host, port in settings.ssh.ssh_hosts
+        }
+        self.configured = dict(settings.ssh.node_addresses)
+        self.keys = dict(settings.ssh.ssh_keys)
+        self.cache = settings.cluster.state_dir / "ssh" / f"{settings.env}-addresses.json"
 
     @property
     def parallel(self) -> int:
-        return self.s.ssh_parallel
+        return self.s.ssh.ssh_parallel
 
     def where(self, node: str) -> str:
         user, host, port = self.hosts[node]
@@ -58,9 +61,17 @@ class SshProvider(Provider):
 
     def endpoint(self, node: str, address: str = "") -> Endpoint:
         user, host, port = self.hosts[node]
-        return Endpoint(node=node, docker_host=f"ssh://{user}@{host}:{port}", cert_path=None,
-                        address=address, ssh_host=host, ssh_port=port, ssh_user=user,
-                        ssh_key=self.keys.get(node, self.s.ssh_key), known_hosts=self.s.ssh_known_hosts)
+        return Endpoint(
+            node=node,
+            docker_host=f"ssh://{user}@{host}:{port}",
+            cert_path=None,
+            address=address,
+            ssh_host=host,
+            ssh_port=port,
+            ssh_user=user,
+            ssh_key=self.keys.get(node, self.s.ssh.ssh_key),
+            known_hosts=self.s.ssh.ssh_known_hosts,
+        )
 
     def _each(self, fn, nodes: Sequence[str]) -> list:
         with ThreadPoolExecutor(max_workers=max(1, min(self.parallel, len(nodes)))) as pool:
@@ -78,8 +89,10 @@ class SshProvider(Provider):
             return self.configured[node]
         found = parse_route_source(conn.run(ADDRESS_CMD, hide=True, warn=True).stdout)
         if not found:
-            raise ProviderError(f"host {node} ({self.where(node)}): cannot tell the address the "
-                                f"swarm should use (no default route): set NODE_ADDRESSES in {self.s.source}")
+            raise ProviderError(
+                f"host {node} ({self.where(node)}): cannot tell the address the "
+                f"swarm should use (no default route): set NODE_ADDRESSES in {self.s.source}"
+            )
         return found
 
     def endpoints(self, nodes: Sequence[str]) -> dict[str, Endpoint]:
@@ -108,18 +121,22 @@ class SshProvider(Provider):
             proc = conn.run(VERSION_CMD, hide=True, warn=True)
             if not proc.ok:
                 said = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
-                what = ("Docker is not installed" if proc.exited == 127 else
-                        "Docker does not answer")
+                what = "Docker is not installed" if proc.exited == 127 else "Docker does not answer"
                 raise ProviderError(f"{where}: {what}: {said[0]}")
             try:
                 version = parse_version(proc.stdout)
             except ValueError as exc:
                 raise ProviderError(f"{where}: {exc}") from None
             if version < MIN_DOCKER:
-                raise ProviderError(f"{where}: Docker {proc.stdout.strip()} is too old: "
-                                    f"{'.'.join(map(str, MIN_DOCKER))} or newer is needed")
+                raise ProviderError(
+                    f"{where}: Docker {proc.stdout.strip()} is too old: "
+                    f"{'.'.join(map(str, MIN_DOCKER))} or newer is needed"
+                )
             # The registry bind-mounts it; on servers it should be storage both clusters share.
-            conn.run(shlex.join(["mkdir", "-p", "-m", "700", str(self.s.registry_dir)]), hide=True)
+            conn.run(
+                shlex.join(["mkdir", "-p", "-m", "700", str(self.s.registry.registry_dir)]),
+                hide=True,
+            )
             address = self._detect_address(node, conn)
         log(f"{node}: Docker {proc.stdout.strip()} at {self.where(node)}, swarm address {address}")
         return address
@@ -128,6 +145,7 @@ class SshProvider(Provider):
     def remove(self, nodes: Sequence[str], log: Log, purge: bool = False) -> list[str]:
         """The hosts are not ours to delete: they leave the swarm (its services go with it);
         with purge, the registry's data is deleted too."""
+
         def one(node: str) -> list[str]:
             done: list[str] = []
             ep = self.endpoint(node)
@@ -141,9 +159,14 @@ class SshProvider(Provider):
             if purge:
                 with engine.ssh(ep) as conn:
                     # Its contents: on servers the directory is usually a mount point.
-                    conn.run(shlex.join(["find", str(self.s.registry_dir), "-mindepth", "1",
-                                         "-delete"]), hide=True, warn=True)
-                done.append(f"registry data {self.s.registry_dir} on {node}")
+                    conn.run(
+                        shlex.join(
+                            ["find", str(self.s.registry.registry_dir), "-mindepth", "1", "-delete"]
+                        ),
+                        hide=True,
+                        warn=True,
+                    )
+                done.append(f"registry data {self.s.registry.registry_dir} on {node}")
             return done
 
         removed = [r for rs in self._each(one, nodes) for r in rs]

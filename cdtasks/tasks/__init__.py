@@ -3,6 +3,7 @@
 `ns` is every task in one flat collection (`inv provision`, `inv deliver`, ...), with the
 modules' Invoke configuration defaults; each module's own `ns` can be added alone instead.
 `program` is the `cdtasks` command: the same tasks without a tasks.py."""
+
 from importlib.metadata import version
 
 from invoke import Collection, Program
@@ -15,9 +16,11 @@ for module in (cluster, images, services, delivery, deployment, lock, watch):
         ns.add_task(t, name=name)
     ns.configure(module.ns.configuration())
 
-DESCRIPTION = ("cdtasks: continuous delivery and deployment to Docker Swarm (the book chapter's "
-               "process) as tasks.\nRun in a project with env/test.env and env/prod.env; "
-               "`cdtasks --help TASK` describes a task's flags.")
+DESCRIPTION = (
+    "cdtasks: continuous delivery and deployment to Docker Swarm (the book chapter's "
+    "process) as tasks.\nRun in a project with env/test.env and env/prod.env; "
+    "`cdtasks --help TASK` describes a task's flags."
+)
 
 
 class _Program(Program):

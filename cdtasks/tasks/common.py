@@ -1,6 +1,7 @@
 """What every task module shares: loading settings, the exit codes, and turning library errors
 into `Exit`. Imports stay light (no docker, paramiko, rich): `inv --list` loads every task
 module, so the library is imported inside the tasks that use it."""
+
 from __future__ import annotations
 
 import functools
@@ -32,13 +33,23 @@ def exit_code(exc: BaseException) -> int | None:
     from ..providers.base import ProviderError
     from ..services import ServiceError
     from ..swarm import SwarmError
-    errors = ((config.ConfigError, BAD_INPUT), (delivery.DeliveryError, BAD_INPUT),
-              (deployment.DeploymentError, BAD_INPUT), (ContractError, BAD_INPUT),
-              (records.LockHeld, LOCKED), (records.LockLost, LOCKED),
-              (EngineError, UNREACHABLE), (ProviderError, UNREACHABLE), (SwarmError, CLUSTER),
-              (ServiceError, CLUSTER), (ImageError, CLUSTER), (SSHException, UNREACHABLE),
-              # Last resort for an engine answer no library layer turned into its own error.
-              (DockerException, CLUSTER))
+
+    errors = (
+        (config.ConfigError, BAD_INPUT),
+        (delivery.DeliveryError, BAD_INPUT),
+        (deployment.DeploymentError, BAD_INPUT),
+        (ContractError, BAD_INPUT),
+        (records.LockHeld, LOCKED),
+        (records.LockLost, LOCKED),
+        (EngineError, UNREACHABLE),
+        (ProviderError, UNREACHABLE),
+        (SwarmError, CLUSTER),
+        (ServiceError, CLUSTER),
+        (ImageError, CLUSTER),
+        (SSHException, UNREACHABLE),
+        # Last resort for an engine answer no library layer turned into its own error.
+        (DockerException, CLUSTER),
+    )
     return next((code for error, code in errors if isinstance(exc, error)), None)
 
 
@@ -67,8 +78,7 @@ def _where(c) -> dict:
     ours = c.config.get("cdtasks") or {}
     # Set by Invoke's Config.set_project_location when it loads tasks.py (no public accessor).
     base = Path(getattr(c.config, "_project_prefix", None) or ".")
-    return {"project_dir": base / (ours.get("project_dir") or ""),
-            "env_dir": ours.get("env_dir")}
+    return {"project_dir": base / (ours.get("project_dir") or ""), "env_dir": ours.get("env_dir")}
 
 
 def settings(c, env: str, **overrides) -> config.Settings:
@@ -92,16 +102,20 @@ def user_errors(task_fn):
     """Library errors become one line on stderr and a documented exit code, not a traceback.
     SIGINT, SIGTERM and SIGHUP interrupt the whole task alike (the library cleans up on its
     way out): one line, exit 128 + the signal."""
+
     @functools.wraps(task_fn)
     def wrapper(*args, **kwargs):
         from .. import interrupt
+
         try:
             with interrupt.signals_as_interrupt():
                 return task_fn(*args, **kwargs)
         except KeyboardInterrupt as exc:
             code = interrupt.exit_code(exc)
-            raise Exit(f"interrupted ({signal.Signals(code - 128).name}): what ran was cleaned up",
-                       code=code) from None
+            raise Exit(
+                f"interrupted ({signal.Signals(code - 128).name}): what ran was cleaned up",
+                code=code,
+            ) from None
         except Exit:
             raise
         except Exception as exc:
@@ -109,6 +123,7 @@ def user_errors(task_fn):
             if mapped is None:
                 raise
             raise Exit(f"error: {exc}", code=mapped) from None
+
     return wrapper
 
 

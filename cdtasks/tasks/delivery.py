@@ -1,4 +1,5 @@
 """deliver, and each of its steps as a task of its own for shell scripts to chain."""
+
 from __future__ import annotations
 
 from invoke import Collection, Exit
@@ -17,14 +18,16 @@ STEP_NOTES = {"env": NOTES["env"]}
 
 
 def _settings(c, env, service=None, image=None, compose_file=None, cd_node=None):
-    return settings(c, env, app_service=service, app_image=image, compose_file=compose_file,
-                    cd_node=cd_node)
+    return settings(
+        c, env, app_service=service, app_image=image, compose_file=compose_file, cd_node=cd_node
+    )
 
 
 def _reported(d, title: str, progress, run, json: bool = False) -> None:
     """`run(progress)`, then `_finish`: also when a signal stopped it (then the interruption
     goes on to `user_errors`, which exits 128 + the signal)."""
     from ..runner import RunInterrupted
+
     try:
         with progress:
             results = run(progress)
@@ -38,17 +41,26 @@ def _finish(d, results, title: str, json: bool = False) -> None:
     """Print the results (`json`: the report, nothing else on stdout) and the state left
     behind, write the reports, exit as documented (an interrupted run: the caller exits)."""
     from .. import delivery, report
+
     s = d.settings
     state = delivery.state_after(d, results)
-    meta = {"env": s.env, "service": s.app_service, "version": d.version, "ref": d.ref,
-            "repo": d.repo, "digest": d.digest, "state": state,
-            "dry_run": d.dry_run, "commands": d.commands}
+    meta = {
+        "env": s.env,
+        "service": s.services.app_service,
+        "version": d.version,
+        "ref": d.ref,
+        "repo": d.repo,
+        "digest": d.digest,
+        "state": state,
+        "dry_run": d.dry_run,
+        "commands": d.commands,
+    }
     if json:
         print_json(report.report_doc(title, results, meta, secrets=s.secrets))
     else:
         report.print_results(title, results, secrets=s.secrets)
     out(state, json)
-    paths = report.write_reports(s.reports_dir, title, results, meta, secrets=s.secrets)
+    paths = report.write_reports(s.delivery.reports_dir, title, results, meta, secrets=s.secrets)
     out("reports: " + ", ".join(map(str, paths)), json)
     failed = next((x for x in results if x.failed), None)
     if failed is not None and not failed.interrupted:
@@ -57,24 +69,47 @@ def _finish(d, results, title: str, json: bool = False) -> None:
 
 @task(notes=NOTES)
 @user_errors
-def deliver(c, env="test", repo=None, ref="HEAD", version=None, service=None, image=None,
-            compose_file=None, cd_node=None, dry_run=False, deploy=False, prod_env="prod",
-            json=False):
+def deliver(
+    c,
+    env="test",
+    repo=None,
+    ref="HEAD",
+    version=None,
+    service=None,
+    image=None,
+    compose_file=None,
+    cd_node=None,
+    dry_run=False,
+    deploy=False,
+    prod_env="prod",
+    json=False,
+):
     """Deliver: checkout, unit, build, staging, publish, prod-like, prod tests (--deploy: on)."""
     from .. import delivery, deployment, report
+
     s = _settings(c, env, service, image, compose_file, cd_node)
     progress = report.Progress("deliver")
-    d = delivery.Delivery(s, repo or s.repo, ref, version, dry_run=dry_run, log=progress.log,
-                          on_line=lambda line: progress.update(line[-100:]), defer_down=True)
+    d = delivery.Delivery(
+        s,
+        repo or s.delivery.repo,
+        ref,
+        version,
+        dry_run=dry_run,
+        log=progress.log,
+        on_line=lambda line: progress.update(line[-100:]),
+        defer_down=True,
+    )
     delivery.check_input(d)
     _reported(d, "deliver", progress, lambda p: delivery.deliver(d, p), json)
     if deploy and not dry_run:
-        deploy_and_report(deployment.Deployment(settings(c, prod_env), s, d.version), "deploy",
-                          json)
+        deploy_and_report(
+            deployment.Deployment(settings(c, prod_env), s, d.version), "deploy", json
+        )
 
 
 def _one_step(name: str, d) -> None:
     from .. import delivery, report
+
     progress = report.Progress(name)
     d.log = progress.log
     d.on_line = lambda line: progress.update(line[-100:])
@@ -82,11 +117,14 @@ def _one_step(name: str, d) -> None:
 
 
 def _step_task(name: str, doc: str):
-    def step(c, env="test", service=None, image=None, compose_file=None, cd_node=None,
-             dry_run=False):
+    def step(
+        c, env="test", service=None, image=None, compose_file=None, cd_node=None, dry_run=False
+    ):
         from .. import delivery
+
         s = _settings(c, env, service, image, compose_file, cd_node)
         _one_step(name, delivery.load_state(s, dry_run=dry_run))
+
     step.__doc__ = doc
     step.__name__ = name
     return task(name=name, notes=STEP_NOTES)(user_errors(step))
@@ -94,12 +132,23 @@ def _step_task(name: str, doc: str):
 
 @task(notes={k: NOTES[k] for k in ("env", "version")})
 @user_errors
-def checkout(c, env="test", repo=None, ref="HEAD", version=None, service=None, image=None,
-             compose_file=None, cd_node=None, dry_run=False):
+def checkout(
+    c,
+    env="test",
+    repo=None,
+    ref="HEAD",
+    version=None,
+    service=None,
+    image=None,
+    compose_file=None,
+    cd_node=None,
+    dry_run=False,
+):
     """Deliver's first step: check the repository out into the workspace (the later steps use it)."""
     from .. import delivery
+
     s = _settings(c, env, service, image, compose_file, cd_node)
-    d = delivery.Delivery(s, repo or s.repo, ref, version, dry_run=dry_run)
+    d = delivery.Delivery(s, repo or s.delivery.repo, ref, version, dry_run=dry_run)
     delivery.check_input(d)
     _one_step("checkout", d)
 

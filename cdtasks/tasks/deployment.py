@@ -1,4 +1,5 @@
 """deploy, rollback, history: continuous deployment to production."""
+
 from __future__ import annotations
 
 from invoke import Collection, Exit
@@ -15,6 +16,7 @@ def deploy_and_report(d, title: str, json: bool = False) -> dict:
     reported)."""
     from .. import deployment, report
     from ..runner import RunInterrupted
+
     progress = report.Progress(title)
     d.log = progress.log
     d.on_line = lambda line: progress.update(line[-100:])
@@ -34,39 +36,75 @@ def deploy_and_report(d, title: str, json: bool = False) -> dict:
 
 def _report(d, title: str, results, entry: dict, json: bool = False) -> None:
     from .. import report
+    from ..redaction import redact
+
     secrets = [*d.prod.secrets, *d.test.secrets]
     if json:
         print_json(report.report_doc(title, results, entry, secrets=secrets))
     else:
         report.print_results(title, results, secrets=secrets)
-    out(report.redact(f"{d.service} on {d.prod.env}: {entry['result']} ({entry['version']}, "
-                      f"{d.image})", secrets), json)
-    paths = report.write_reports(d.prod.reports_dir, title, results, entry, secrets=secrets)
+    out(
+        redact(
+            f"{d.service} on {d.prod.env}: {entry['result']} ({entry['version']}, {d.image})",
+            secrets,
+        ),
+        json,
+    )
+    paths = report.write_reports(
+        d.prod.delivery.reports_dir, title, results, entry, secrets=secrets
+    )
     out("reports: " + ", ".join(map(str, paths)), json)
 
 
 def _deployment(c, env, test_env, version, wait, **kw):
     from .. import deployment, rollout
-    return deployment.Deployment(settings(c, env), settings(c, test_env), version,
-                                 wait=rollout.LOCK_WAIT if wait else 0, **kw)
+
+    return deployment.Deployment(
+        settings(c, env),
+        settings(c, test_env),
+        version,
+        wait=rollout.LOCK_WAIT if wait else 0,
+        **kw,
+    )
 
 
-@task(notes={**NOTES, "version": "default: the last one that passed `inv deliver` on prod-like",
-             "force": "deploy a version that never passed prod-like"})
+@task(
+    notes={
+        **NOTES,
+        "version": "default: the last one that passed `inv deliver` on prod-like",
+        "force": "deploy a version that never passed prod-like",
+    }
+)
 @user_errors
-def deploy(c, env="prod", version=None, force=False, no_rollback=False, wait=False,
-           test_env="test", json=False):
+def deploy(
+    c,
+    env="prod",
+    version=None,
+    force=False,
+    no_rollback=False,
+    wait=False,
+    test_env="test",
+    json=False,
+):
     """Deploy the digest verified on prod-like; production tests; roll back on failure."""
-    deploy_and_report(_deployment(c, env, test_env, version, wait, force=force,
-                                  auto_rollback=not no_rollback), "deploy", json)
+    deploy_and_report(
+        _deployment(c, env, test_env, version, wait, force=force, auto_rollback=not no_rollback),
+        "deploy",
+        json,
+    )
 
 
 @task(notes={**NOTES, "version": "the one to go back to (default: the previous image)"})
 @user_errors
 def rollback(c, env="prod", version=None, wait=False, test_env="test", json=False):
     """Roll a cluster back to its previous version (or --version V), then production tests."""
-    deploy_and_report(_deployment(c, env, test_env, version, wait, force=True, auto_rollback=False,
-                                  kind="rollback"), "rollback", json)
+    deploy_and_report(
+        _deployment(
+            c, env, test_env, version, wait, force=True, auto_rollback=False, kind="rollback"
+        ),
+        "rollback",
+        json,
+    )
 
 
 @task(notes={"env": "whose deployments (default prod)"})
@@ -74,20 +112,34 @@ def rollback(c, env="prod", version=None, wait=False, test_env="test", json=Fals
 def history(c, env="prod", json=False):
     """List the deployments of a cluster: time, user, version, digest, result, duration."""
     from .. import deployment, registry, report
+
     s = settings(c, env)
     rows, where = deployment.history(s)
     if where != "cluster":  # the local log has only this machine's runs, and may be old
         out(f"warning: {env}'s cluster did not answer; showing the {where}", stderr=True)
     if json:
-        print_json({"env": env, "service": s.app_service, "source": where, "deployments": rows})
+        print_json(
+            {"env": env, "service": s.services.app_service, "source": where, "deployments": rows}
+        )
         return
-    report.print_table(f"{env}: deployments of {s.app_service} (from {where})",
-                       ["time", "user", "kind", "version", "image", "digest", "result",
-                        "rolled back", "seconds"],
-                       [[r["time"], r["user"], r["kind"], r["version"],
-                         registry.repository(r.get("image") or "-"), (r.get("digest") or "-")[:19],
-                         r["result"], "yes" if r["rolled_back"] else "no", str(r["seconds"])]
-                        for r in rows])
+    report.print_table(
+        f"{env}: deployments of {s.services.app_service} (from {where})",
+        ["time", "user", "kind", "version", "image", "digest", "result", "rolled back", "seconds"],
+        [
+            [
+                r["time"],
+                r["user"],
+                r["kind"],
+                r["version"],
+                registry.repository(r.get("image") or "-"),
+                (r.get("digest") or "-")[:19],
+                r["result"],
+                "yes" if r["rolled_back"] else "no",
+                str(r["seconds"]),
+            ]
+            for r in rows
+        ],
+    )
     if not rows:
         out("no deployments yet")
 

@@ -2,6 +2,7 @@
 that means the same in every task, and one meaning (its help); a task adds only what the flag
 means for it (its default). Invoke's automatic short flags are off: they took the first free
 letter per task, so one letter meant different flags in different tasks."""
+
 from __future__ import annotations
 
 import inspect
@@ -16,7 +17,9 @@ class Flag(NamedTuple):
     meaning: str
 
 
-JSON_MEANING = "print one JSON document on stdout instead of tables (fields: README); logs on stderr"
+JSON_MEANING = (
+    "print one JSON document on stdout instead of tables (fields: README); logs on stderr"
+)
 
 VOCABULARY: dict[str, Flag] = {
     # Environments: the one a task acts on, and the other side of a deployment.
@@ -24,17 +27,23 @@ VOCABULARY: dict[str, Flag] = {
     "prod_env": Flag(None, "environment deployments go to"),
     "test_env": Flag(None, "environment whose prod-like cluster verified the versions"),
     # What is delivered and deployed.
-    "repo": Flag(None, "repository, URL or local path (default: REPO in the env file, else this "
-                       "project)"),
+    "repo": Flag(
+        None, "repository, URL or local path (default: REPO in the env file, else this project)"
+    ),
     "ref": Flag("r", "branch, tag or commit of the repository (default HEAD)"),
-    "branch": Flag("b", "branch to follow (default: WATCH_BRANCH, else the repository's default "
-                        "branch)"),
+    "branch": Flag(
+        "b", "branch to follow (default: WATCH_BRANCH, else the repository's default branch)"
+    ),
     "version": Flag("v", "version: the image's tag"),
-    "service": Flag("s", "the application's Swarm service: whose release, checkout, lock and "
-                         "history it is (default APP_SERVICE)"),
+    "service": Flag(
+        "s",
+        "the application's Swarm service: whose release, checkout, lock and "
+        "history it is (default APP_SERVICE)",
+    ),
     "image": Flag("i", "image name in the registry (default APP_IMAGE)"),
-    "compose_file": Flag("c", "compose file, relative to the repository root (default "
-                              "COMPOSE_FILE)"),
+    "compose_file": Flag(
+        "c", "compose file, relative to the repository root (default COMPOSE_FILE)"
+    ),
     "cd_node": Flag(None, "node that runs the tests and builds (default CD_NODE)"),
     "node": Flag(None, "node name, e.g. swarm-test-1"),
     # How a task runs.
@@ -42,8 +51,9 @@ VOCABULARY: dict[str, Flag] = {
     "deploy": Flag("d", "continuous deployment: deploy each delivered version to --prod-env"),
     "force": Flag("f", "do what is refused without it"),
     "wait": Flag("w", "wait for another deployment's lock instead of refusing (up to 10 minutes)"),
-    "no_rollback": Flag(None, "keep a failing version running (for debugging) instead of "
-                              "rolling back"),
+    "no_rollback": Flag(
+        None, "keep a failing version running (for debugging) instead of rolling back"
+    ),
     "json": Flag("j", JSON_MEANING),
     "output": Flag("o", "file to write"),
     # One task's own.
@@ -51,14 +61,17 @@ VOCABULARY: dict[str, Flag] = {
     "purge": Flag(None, "also delete the registry data both clusters share"),
     "check": Flag(None, "only compare the env file with what runs; exit 5 on drift"),
     "update": Flag(None, "also update services whose spec differs (only what differs)"),
-    "action": Flag(None, "status: who holds the lock, or 'free'; release: remove it (needs "
-                         "--force)"),
-    "interval": Flag(None, "seconds between two polls (default 60; with --listen 0: only on "
-                           "pushes)"),
-    "once": Flag(None, "check once: run the newest commit if it is new, exit with that run's "
-                       "code"),
-    "listen": Flag(None, "ADDR:PORT to accept signed push notifications on (WEBHOOK_SECRET), "
-                         "e.g. 127.0.0.1:9000"),
+    "action": Flag(
+        None, "status: who holds the lock, or 'free'; release: remove it (needs --force)"
+    ),
+    "interval": Flag(
+        None, "seconds between two polls (default 60; with --listen 0: only on pushes)"
+    ),
+    "once": Flag(None, "check once: run the newest commit if it is new, exit with that run's code"),
+    "listen": Flag(
+        None,
+        "ADDR:PORT to accept signed push notifications on (WEBHOOK_SECRET), e.g. 127.0.0.1:9000",
+    ),
 }
 
 
@@ -91,6 +104,8 @@ def task(name: str | None = None, notes: dict[str, str] | None = None, **kw):
         if unknown:
             raise TypeError(f"{body.__name__}: flags not in the vocabulary: {unknown}")
         helps = {p: help_text(p, notes.get(p)) for p in params}
-        return invoke_task(name=name, help=helps, auto_shortflags=False, klass=VocabularyTask,
-                           **kw)(body)
+        return invoke_task(
+            name=name, help=helps, auto_shortflags=False, klass=VocabularyTask, **kw
+        )(body)
+
     return decorate

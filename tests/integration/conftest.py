@@ -1,5 +1,6 @@
 """One real lab per test run, shared by the integration tests: both clusters provisioned with the
 tool's own CLI, under names of this run only (so leftovers from other runs don't matter)."""
+
 from __future__ import annotations
 
 import json
@@ -31,15 +32,17 @@ GIT_ID = ["-c", "user.name=cdtasks tests", "-c", "user.email=tests@cdtasks.inval
 
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *GIT_ID, *args], cwd=repo, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *GIT_ID, *args], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def sample_repository(path: Path, message: str | None = None) -> Path:
     """This project's demo/ at HEAD in a git repository of its own at `path` (branch main),
     committed with `message`, or left with no commit yet when None."""
-    archive = subprocess.run(["git", "archive", "HEAD", "demo"], cwd=ROOT, check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", "HEAD", "demo"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(path)], input=archive, check=True)
     git(path, "init", "--quiet", "-b", "main")
     if message is not None:
@@ -54,19 +57,28 @@ class Lab:
     state_dir: Path
     env: dict
 
-    def inv(self, *args: str, check: bool = True, timeout: float = 900,
-            extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    def inv(
+        self, *args: str, check: bool = True, timeout: float = 900, extra_env: dict | None = None
+    ) -> subprocess.CompletedProcess:
         """Run `inv ARGS` as a user would, in this lab; output is kept for assertions."""
-        proc = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, text=True,
-                              capture_output=True, timeout=timeout,
-                              env={**self.env, **(extra_env or {})})
+        proc = subprocess.run(
+            [sys.executable, "-m", "invoke", *args],
+            cwd=ROOT,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            env={**self.env, **(extra_env or {})},
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"inv {' '.join(args)} exited {proc.returncode}\n"
-                                 f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+            raise AssertionError(
+                f"inv {' '.join(args)} exited {proc.returncode}\n"
+                f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+            )
         return proc
 
     def settings(self, env: str):
         from cdtasks import config
+
         return config.load(env, environ=self.env, project_dir=ROOT)
 
     def container(self, node: str) -> str:
@@ -89,10 +101,13 @@ def lab(tmp_path_factory) -> Lab:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CDTASKS_", "DOCKER_"))}
     env.update(CDTASKS_LAB_NAME=name, CDTASKS_STATE_DIR=str(state))
     lab = Lab(name, state, env)
-    lab.inv("provision")
-    yield lab
-    # Whatever the tests did, leave nothing of this run behind (the destroy test checks it).
-    lab.inv("destroy", "--purge", check=False)
+    try:
+        lab.inv("provision")
+        yield lab
+    finally:
+        # Whatever the tests did (a failed provision too), leave nothing of this run behind
+        # (the destroy test checks it).
+        lab.inv("destroy", "--purge", check=False)
 
 
 @pytest.fixture(scope="session")
@@ -141,15 +156,26 @@ print(json.dumps(out))
 """
 
 
-def probe_registries(network: str, addresses: list[str], settings, repo: str, tag: str,
-                     label: tuple[str, str]) -> dict:
+def probe_registries(
+    network: str, addresses: list[str], settings, repo: str, tag: str, label: tuple[str, str]
+) -> dict:
     """REGISTRY_PROBE from a throwaway container on `network` (one of the test's, labelled so
     its clean-up finds it), with the registry's credentials of `settings`."""
     from cdtasks import registry
+
     creds = registry.credentials(settings)
     out = docker.from_env().containers.run(
-        "cdtasks/python:3.11", ["python3", "-c", REGISTRY_PROBE], network=network, remove=True,
-        labels=dict([label]), environment={
-            "ADDRESSES": ",".join(addresses), "REPO": repo, "TAG": tag,
-            "USER_NAME": creds.username, "PASSWORD": creds.password})
+        "cdtasks/python:3.11",
+        ["python3", "-c", REGISTRY_PROBE],
+        network=network,
+        remove=True,
+        labels=dict([label]),
+        environment={
+            "ADDRESSES": ",".join(addresses),
+            "REPO": repo,
+            "TAG": tag,
+            "USER_NAME": creds.username,
+            "PASSWORD": creds.password,
+        },
+    )
     return json.loads(out.decode().strip().splitlines()[-1])

@@ -5,6 +5,7 @@ repair of a lost machine, and refusal of bad input before anything is created.
 Every test reads the clusters through their nodes' own TLS endpoints (the docker SDK) or runs the
 CLI as a user would (`lab.inv`). Tests run in file order; the repair test goes last because it
 removes a machine."""
+
 from __future__ import annotations
 
 import contextlib
@@ -63,7 +64,9 @@ def assert_healthy_swarm(nodes: dict[str, dict], expected: tuple[str, ...]) -> N
     assert len(leaders) == 1, f"leaders: {leaders}"
     for name, n in nodes.items():
         if name not in leaders:
-            assert n["ManagerStatus"]["Reachability"] == "reachable", f"{name}: {n['ManagerStatus']}"
+            assert n["ManagerStatus"]["Reachability"] == "reachable", (
+                f"{name}: {n['ManagerStatus']}"
+            )
 
 
 def wait_for(predicate, timeout: float, what: str, poll: float = 1.0):
@@ -85,9 +88,11 @@ def lab_objects(name: str) -> dict[str, list[str]]:
     """Everything on the host engine labelled as belonging to lab `name`."""
     host = docker.from_env()
     label = {"label": f"{LAB_LABEL}={name}"}
-    return {"containers": [c.name for c in host.containers.list(all=True, filters=label)],
-            "volumes": [v.name for v in host.volumes.list(filters=label)],
-            "networks": [n.name for n in host.networks.list(filters=label)]}
+    return {
+        "containers": [c.name for c in host.containers.list(all=True, filters=label)],
+        "volumes": [v.name for v in host.volumes.list(filters=label)],
+        "networks": [n.name for n in host.networks.list(filters=label)],
+    }
 
 
 def registry_tasks(manager) -> tuple[dict, dict[str, str]]:
@@ -127,7 +132,7 @@ def test_every_node_sees_three_ready_managers_one_leader(lab, env):
         assert_healthy_swarm(node_list(client), NODES[env])
     # The two clusters are two swarms, not one.
     other = cluster(lab, "prod" if env == "test" else "test")
-    assert (c.manager().swarm.attrs["ID"] != other.manager().swarm.attrs["ID"])
+    assert c.manager().swarm.attrs["ID"] != other.manager().swarm.attrs["ID"]
 
 
 def test_node_labels(lab):
@@ -164,8 +169,10 @@ def test_image_pushed_via_test_cluster_is_pulled_via_prod(lab):
     # A layer of its own (not one swarm-2 already has), so the pull must fetch it.
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
-        for name, data in (("Dockerfile", f"FROM {REGISTRY_IMAGE}\nCOPY probe.txt /probe.txt\n"),
-                           ("probe.txt", token)):
+        for name, data in (
+            ("Dockerfile", f"FROM {REGISTRY_IMAGE}\nCOPY probe.txt /probe.txt\n"),
+            ("probe.txt", token),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data.encode())
             tar.addfile(info, io.BytesIO(data.encode()))
@@ -200,30 +207,57 @@ def test_registry_refuses_strangers(lab):
     """Every node's port 5000, from a container on the lab's network that is not a node."""
     nodes = TEST_NODES + PROD_NODES
     host = docker.from_env()
-    addresses = [host.containers.get(lab.container(n)).attrs["NetworkSettings"]["Networks"]
-                 [lab.name]["IPAddress"] for n in nodes]
-    found = probe_registries(lab.name, addresses, lab.settings("test"), "probe", "1",
-                             (LAB_LABEL, lab.name))
+    addresses = [
+        host.containers.get(lab.container(n)).attrs["NetworkSettings"]["Networks"][lab.name][
+            "IPAddress"
+        ]
+        for n in nodes
+    ]
+    found = probe_registries(
+        lab.name, addresses, lab.settings("test"), "probe", "1", (LAB_LABEL, lab.name)
+    )
     print(found)
     for node, address in zip(nodes, addresses, strict=True):
         assert found[address] | {"repositories": None} == {
-            "catalog with auth": 200, "repositories": None, "catalog": 401, "push": 401,
-            "overwrite tag": 401, "delete": 401, "delete with auth": 405}, (node, found[address])
+            "catalog with auth": 200,
+            "repositories": None,
+            "catalog": 401,
+            "push": 401,
+            "overwrite tag": 401,
+            "delete": 401,
+            "delete with auth": 405,
+        }, (node, found[address])
 
 
 def test_state_is_private(lab):
     """What the tool made under STATE_DIR: directories 0700, keys and credentials 0600."""
     s = lab.settings("test")
-    root = s.state_dir / s.lab_name
-    made = [root, s.registry_dir, s.workspace_dir, registry.auth_dir(s),
-            *[p for p in root.rglob("*") if p.is_dir() and s.workspace_dir not in p.parents]]
-    loose = {str(d): oct(d.stat().st_mode & 0o777) for d in made if d.stat().st_mode & 0o777 != 0o700}
+    root = s.cluster.state_dir / s.cluster.lab_name
+    made = [
+        root,
+        s.registry.registry_dir,
+        s.delivery.workspace_dir,
+        registry.auth_dir(s),
+        *[p for p in root.rglob("*") if p.is_dir() and s.delivery.workspace_dir not in p.parents],
+    ]
+    loose = {
+        str(d): oct(d.stat().st_mode & 0o777) for d in made if d.stat().st_mode & 0o777 != 0o700
+    }
     assert not loose, loose
-    names = {"ca-key.pem", "key.pem", "server-key.pem", "host_key", "id_ed25519", "password",
-             "htpasswd"}
+    names = {
+        "ca-key.pem",
+        "key.pem",
+        "server-key.pem",
+        "host_key",
+        "id_ed25519",
+        "password",
+        "htpasswd",
+    }
     secret = [p for p in [*root.rglob("*"), *registry.auth_dir(s).iterdir()] if p.name in names]
     assert len(secret) >= 2 + 3 * len(NODES["test"] + NODES["prod"]), secret
-    loose = {str(f): oct(f.stat().st_mode & 0o777) for f in secret if f.stat().st_mode & 0o777 != 0o600}
+    loose = {
+        str(f): oct(f.stat().st_mode & 0o777) for f in secret if f.stat().st_mode & 0o777 != 0o600
+    }
     assert not loose, loose
 
 
@@ -238,11 +272,19 @@ def test_env_points_the_docker_cli_at_a_node(lab):
     # As in the book: point the shell at one node, then at another (the first node's DOCKER_*
     # variables must not be taken for this machine's engine, where the lab runs).
     cli = subprocess.run(
-        ["bash", "-c", 'eval "$(inv env swarm-test-1)" && '
-                       'docker node ls --format "{{.Hostname}}" && '
-                       'eval "$(inv env swarm-test-2)" && docker info --format "{{.Name}}"'],
+        [
+            "bash",
+            "-c",
+            'eval "$(inv env swarm-test-1)" && '
+            'docker node ls --format "{{.Hostname}}" && '
+            'eval "$(inv env swarm-test-2)" && docker info --format "{{.Name}}"',
+        ],
         cwd=ROOT,
-        env=lab.env, capture_output=True, text=True, timeout=120)
+        env=lab.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cli.returncode == 0, cli.stderr
     *listed, second = cli.stdout.split()
     assert sorted(listed) == list(TEST_NODES)
@@ -268,8 +310,12 @@ def _tampered_known_hosts(ep, tmp_path):
     entry = f"[127.0.0.1]:{ep.ssh_port}"
     lines = ep.known_hosts.read_text().splitlines()
     assert any(ln.split()[0] == entry for ln in lines), f"{entry} not in {ep.known_hosts}"
-    other = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    other = (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
     out = [f"{entry} {other}" if ln.split()[0] == entry else ln for ln in lines]
     path = tmp_path / "known_hosts"
     path.write_text("\n".join(out) + "\n")
@@ -291,8 +337,10 @@ def test_ssh_verifies_the_host_key(lab, tmp_path):
 
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
-    with (pytest.raises(paramiko.SSHException) as exc,
-          engine.ssh(dataclasses.replace(ep, known_hosts=empty)) as conn):
+    with (
+        pytest.raises(paramiko.SSHException) as exc,
+        engine.ssh(dataclasses.replace(ep, known_hosts=empty)) as conn,
+    ):
         conn.run("hostname", hide=True)
     print(f"unknown host: {exc.value!r}")
 
@@ -320,8 +368,13 @@ def test_env_file_with_unknown_key(lab, tmp_path):
     env_dir.mkdir()
     (env_dir / "test.env").write_text("BOGUS=1\n")
     name = f"cdt{uuid.uuid4().hex[:6]}"
-    proc = lab.inv("provision", "--env", "test", check=False,
-                   extra_env={"CDTASKS_ENV_DIR": str(env_dir), "CDTASKS_LAB_NAME": name})
+    proc = lab.inv(
+        "provision",
+        "--env",
+        "test",
+        check=False,
+        extra_env={"CDTASKS_ENV_DIR": str(env_dir), "CDTASKS_LAB_NAME": name},
+    )
     print(proc.stderr.strip())
     assert proc.returncode == 2, proc.stderr
     assert str(env_dir / "test.env") in proc.stderr and "BOGUS" in proc.stderr
@@ -331,8 +384,13 @@ def test_env_file_with_unknown_key(lab, tmp_path):
 
 def test_bad_value_from_process_environment(lab):
     name = f"cdt{uuid.uuid4().hex[:6]}"
-    proc = lab.inv("provision", "--env", "test", check=False,
-                   extra_env={"CDTASKS_REGISTRY_PORT": "abc", "CDTASKS_LAB_NAME": name})
+    proc = lab.inv(
+        "provision",
+        "--env",
+        "test",
+        check=False,
+        extra_env={"CDTASKS_REGISTRY_PORT": "abc", "CDTASKS_LAB_NAME": name},
+    )
     print(proc.stderr.strip())
     assert proc.returncode == 2, proc.stderr
     assert "REGISTRY_PORT" in proc.stderr and "abc" in proc.stderr
@@ -361,9 +419,18 @@ def test_taken_host_port(lab, tmp_path):
             taken = socket.socket()
         taken.listen()
         try:
-            proc = lab.inv("provision", "--env", "test", check=False, timeout=300,
-                           extra_env={"CDTASKS_LAB_NAME": name, "CDTASKS_STATE_DIR": str(tmp_path),
-                                      "CDTASKS_LAB_PORT_BASE": str(port)})
+            proc = lab.inv(
+                "provision",
+                "--env",
+                "test",
+                check=False,
+                timeout=300,
+                extra_env={
+                    "CDTASKS_LAB_NAME": name,
+                    "CDTASKS_STATE_DIR": str(tmp_path),
+                    "CDTASKS_LAB_PORT_BASE": str(port),
+                },
+            )
             print(proc.stderr.strip())
             assert proc.returncode != 0
             assert "already taken" in proc.stderr and f"127.0.0.1:{port}" in proc.stderr
@@ -371,8 +438,13 @@ def test_taken_host_port(lab, tmp_path):
             assert lab_objects(name) == {"containers": [], "volumes": [], "networks": []}
         finally:
             if any(lab_objects(name).values()):  # only if the tool failed to refuse
-                lab.inv("destroy", "--env", "test", check=False,
-                        extra_env={"CDTASKS_LAB_NAME": name, "CDTASKS_STATE_DIR": str(tmp_path)})
+                lab.inv(
+                    "destroy",
+                    "--env",
+                    "test",
+                    check=False,
+                    extra_env={"CDTASKS_LAB_NAME": name, "CDTASKS_STATE_DIR": str(tmp_path)},
+                )
 
 
 # -- idempotence and repair --------------------------------------------------------------------

@@ -2,6 +2,7 @@
 placed and sized as each env file says, answering through each cluster's proxy; created once
 (a second run changes nothing), drift shown by --check, bad input refused, and a service that
 cannot be scheduled diagnosed in Swarm's own words."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,9 @@ def running_on(client, service: str) -> list[str]:
     """Hostnames of the nodes running the service's tasks that should run (one per task)."""
     names = {n["ID"]: n["Description"]["Hostname"] for n in client.api.nodes()}
     tasks = client.api.tasks(filters={"service": service, "desired-state": "running"})
-    assert all(t["Status"]["State"] == "running" for t in tasks), \
-        [(t["Status"]["State"], t["Status"].get("Err")) for t in tasks]
+    assert all(t["Status"]["State"] == "running" for t in tasks), [
+        (t["Status"]["State"], t["Status"].get("Err")) for t in tasks
+    ]
     return sorted(names[t["NodeID"]] for t in tasks)
 
 
@@ -87,7 +89,9 @@ def test_test_cluster_runs_services_on_the_prod_like_nodes(stack):
     client = manager(stack, "test")
     placed = {s: running_on(client, s) for s in ("go-demo", "proxy", "go-demo-db")}
     print(f"test placement: {placed}")
-    assert len(placed["go-demo"]) == 2 and len(placed["proxy"]) == 2 and len(placed["go-demo-db"]) == 1
+    assert (
+        len(placed["go-demo"]) == 2 and len(placed["proxy"]) == 2 and len(placed["go-demo-db"]) == 1
+    )
     for service, nodes in placed.items():
         assert set(nodes) <= {"swarm-test-2", "swarm-test-3"}, f"{service} on {nodes}"
     for service in placed:
@@ -102,8 +106,9 @@ def test_prod_services_as_prod_env_says(stack):
     specs = {s: client.api.inspect_service(s)["Spec"] for s in placed}
 
     def reserved(s):
-        return ((specs[s]["TaskTemplate"].get("Resources") or {}).get("Reservations") or {}) \
-            .get("MemoryBytes", 0)
+        return ((specs[s]["TaskTemplate"].get("Resources") or {}).get("Reservations") or {}).get(
+            "MemoryBytes", 0
+        )
 
     assert specs["proxy"]["Mode"]["Replicated"]["Replicas"] == 3 and len(placed["proxy"]) == 3
     assert specs["go-demo"]["Mode"]["Replicated"]["Replicas"] == 3 and len(placed["go-demo"]) == 3
@@ -132,8 +137,14 @@ def test_check_reports_drift(stack):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "test: services match test.env" in proc.stdout
 
-    proc = stack.inv("services", "--env", "test", "--check", check=False,
-                     extra_env={**WIDE, "CDTASKS_APP_REPLICAS": "3"})
+    proc = stack.inv(
+        "services",
+        "--env",
+        "test",
+        "--check",
+        check=False,
+        extra_env={**WIDE, "CDTASKS_APP_REPLICAS": "3"},
+    )
     print(proc.stdout)
     assert proc.returncode == 5, proc.stdout + proc.stderr
     assert re.search(r"go-demo\W+replicas\W+3\W+2\W", proc.stdout), proc.stdout
@@ -143,8 +154,13 @@ def test_check_reports_drift(stack):
 
 
 def test_latest_tag_is_refused(stack):
-    proc = stack.inv("services", "--env", "test", check=False,
-                     extra_env={"CDTASKS_DB_IMAGE": "cdtasks/redis:latest"})
+    proc = stack.inv(
+        "services",
+        "--env",
+        "test",
+        check=False,
+        extra_env={"CDTASKS_DB_IMAGE": "cdtasks/redis:latest"},
+    )
     print(proc.stderr.strip())
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "DB_IMAGE" in proc.stderr and "latest" in proc.stderr
@@ -152,15 +168,27 @@ def test_latest_tag_is_refused(stack):
 
 
 def test_unschedulable_service_is_diagnosed(stack):
-    names = {"CDTASKS_APP_SERVICE": "gd-x", "CDTASKS_DB_SERVICE": "gd-x-db",
-             "CDTASKS_PROXY_SERVICE": "px-x"}
+    names = {
+        "CDTASKS_APP_SERVICE": "gd-x",
+        "CDTASKS_DB_SERVICE": "gd-x-db",
+        "CDTASKS_PROXY_SERVICE": "px-x",
+    }
     client = manager(stack, "test")
     try:
         started = time.monotonic()
-        proc = stack.inv("services", "--env", "test", check=False, extra_env={
-            **names, "CDTASKS_CONSTRAINT": "node.labels.env == nowhere",
-            "CDTASKS_SERVICES_TIMEOUT": "15", "CDTASKS_PROXY_PORT": "81",
-            "CDTASKS_PROXY_ADMIN_PORT": "0"})
+        proc = stack.inv(
+            "services",
+            "--env",
+            "test",
+            check=False,
+            extra_env={
+                **names,
+                "CDTASKS_CONSTRAINT": "node.labels.env == nowhere",
+                "CDTASKS_SERVICES_TIMEOUT": "15",
+                "CDTASKS_PROXY_PORT": "81",
+                "CDTASKS_PROXY_ADMIN_PORT": "0",
+            },
+        )
         print(proc.stderr.strip().splitlines()[-1])
         print(f"diagnosed after {time.monotonic() - started:.1f}s wall")
         assert proc.returncode == 4, proc.stdout + proc.stderr

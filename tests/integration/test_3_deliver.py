@@ -9,6 +9,7 @@ Every test reads the cluster through its nodes' own TLS endpoints (the docker SD
 CLI as a user would (`lab.inv`). Reports go to a temporary REPORTS_DIR, never into the repository.
 Tests run in file order; each leaves go-demo running a delivered image on every replica.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,10 +49,17 @@ def cluster(lab) -> Cluster:
 def deliver(lab, reports: Path, *args: str, timeout: float = 1500):
     """`inv deliver ARGS` with reports in `reports`; never raises on a non-zero exit."""
     started = time.monotonic()
-    proc = lab.inv("deliver", *args, check=False, timeout=timeout,
-                   extra_env={**WIDE, "CDTASKS_REPORTS_DIR": str(reports)})
-    print(f"\n`inv deliver {' '.join(args)}`: exit {proc.returncode} after "
-          f"{time.monotonic() - started:.1f}s\n{proc.stdout.strip()}")
+    proc = lab.inv(
+        "deliver",
+        *args,
+        check=False,
+        timeout=timeout,
+        extra_env={**WIDE, "CDTASKS_REPORTS_DIR": str(reports)},
+    )
+    print(
+        f"\n`inv deliver {' '.join(args)}`: exit {proc.returncode} after "
+        f"{time.monotonic() - started:.1f}s\n{proc.stdout.strip()}"
+    )
     return proc
 
 
@@ -96,9 +104,17 @@ def service_state(lab) -> tuple[str, list[tuple[str, str, str]]]:
     svc = mgr.api.inspect_service(SERVICE)
     names = {n["ID"]: n["Description"]["Hostname"] for n in mgr.api.nodes()}
     tasks = mgr.api.tasks(filters={"service": SERVICE, "desired-state": "running"})
-    return (svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"],
-            sorted((names.get(t.get("NodeID"), "?"), t["Status"]["State"],
-                    t["Spec"]["ContainerSpec"]["Image"]) for t in tasks))
+    return (
+        svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"],
+        sorted(
+            (
+                names.get(t.get("NodeID"), "?"),
+                t["Status"]["State"],
+                t["Spec"]["ContainerSpec"]["Image"],
+            )
+            for t in tasks
+        ),
+    )
 
 
 def assert_runs(lab, image: str, timeout: float = 60) -> None:
@@ -106,9 +122,14 @@ def assert_runs(lab, image: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while True:
         spec_image, tasks = service_state(lab)
-        good = (spec_image == image and len(tasks) == 2
-                and all(state == "running" and img == image and node in PROD_LIKE
-                        for node, state, img in tasks))
+        good = (
+            spec_image == image
+            and len(tasks) == 2
+            and all(
+                state == "running" and img == image and node in PROD_LIKE
+                for node, state, img in tasks
+            )
+        )
         if good or time.monotonic() > deadline:
             break
         time.sleep(1)
@@ -124,10 +145,14 @@ def compose_leftovers(lab) -> list[str]:
     """Containers, networks and volumes of any compose project on the CD node."""
     cd = cluster(lab).client(CD_NODE)
     flt = {"label": COMPOSE_LABEL}
-    return ([f"container {c.name} ({c.labels.get(COMPOSE_LABEL)})"
-             for c in cd.containers.list(all=True, filters=flt)]
-            + [f"network {n.name}" for n in cd.networks.list(filters=flt)]
-            + [f"volume {v.name}" for v in cd.volumes.list(filters=flt)])
+    return (
+        [
+            f"container {c.name} ({c.labels.get(COMPOSE_LABEL)})"
+            for c in cd.containers.list(all=True, filters=flt)
+        ]
+        + [f"network {n.name}" for n in cd.networks.list(filters=flt)]
+        + [f"volume {v.name}" for v in cd.volumes.list(filters=flt)]
+    )
 
 
 def in_registry(lab, ref: str) -> bool:
@@ -166,8 +191,13 @@ def hello_through_proxy(lab, nodes=PROD_LIKE) -> str:
     raise AssertionError(f"go-demo does not answer through the proxy: {last!r}")
 
 
-def at_once(lab, tmp_path: Path, runs: dict[str, list[str]], extra_env: dict | None = None,
-            timeout: float = 1800) -> dict[str, tuple[int, str, str]]:
+def at_once(
+    lab,
+    tmp_path: Path,
+    runs: dict[str, list[str]],
+    extra_env: dict | None = None,
+    timeout: float = 1800,
+) -> dict[str, tuple[int, str, str]]:
     """`inv ARGS` for every name in `runs`, all started together (reports in tmp_path/NAME);
     name -> (exit code, stdout, stderr) once all have ended."""
     started = time.monotonic()
@@ -177,10 +207,24 @@ def at_once(lab, tmp_path: Path, runs: dict[str, list[str]], extra_env: dict | N
         for name, args in runs.items():
             out = files.enter_context(open(tmp_path / f"{name}.out", "w+"))
             err = files.enter_context(open(tmp_path / f"{name}.err", "w+"))
-            env = {**lab.env, **WIDE, **(extra_env or {}),
-                   "CDTASKS_REPORTS_DIR": str(tmp_path / name)}
-            procs[name] = (subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=ROOT,
-                                            env=env, stdout=out, stderr=err, text=True), out, err)
+            env = {
+                **lab.env,
+                **WIDE,
+                **(extra_env or {}),
+                "CDTASKS_REPORTS_DIR": str(tmp_path / name),
+            }
+            procs[name] = (
+                subprocess.Popen(
+                    [sys.executable, "-m", "invoke", *args],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=out,
+                    stderr=err,
+                    text=True,
+                ),
+                out,
+                err,
+            )
         for name, (proc, out, err) in procs.items():
             try:
                 code = proc.wait(timeout=timeout)
@@ -189,8 +233,10 @@ def at_once(lab, tmp_path: Path, runs: dict[str, list[str]], extra_env: dict | N
                 raise
             out.seek(0), err.seek(0)
             results[name] = (code, out.read(), err.read())
-            print(f"\n--- {' '.join(runs[name])}: exit {code} at "
-                  f"{time.monotonic() - started:.1f}s\n{results[name][1].strip()}")
+            print(
+                f"\n--- {' '.join(runs[name])}: exit {code} at "
+                f"{time.monotonic() - started:.1f}s\n{results[name][1].strip()}"
+            )
     return results
 
 
@@ -212,10 +258,13 @@ def demo_repo(tmp_path_factory) -> dict[str, str]:
     # A unit test that fails, with a marker to find in the output tail.
     git(repo, "checkout", "--quiet", "-b", "unitfail", base)
     test_server = repo / "demo/tests/unit/test_server.py"
-    edit(test_server, "    def test_hello_with_delay(self):",
-         "    def test_deliberately_broken(self):\n"
-         "        self.assertEqual(server.HELLO, \"DELIBERATE-UNIT-FAILURE\")\n\n"
-         "    def test_hello_with_delay(self):")
+    edit(
+        test_server,
+        "    def test_hello_with_delay(self):",
+        "    def test_deliberately_broken(self):\n"
+        '        self.assertEqual(server.HELLO, "DELIBERATE-UNIT-FAILURE")\n\n'
+        "    def test_hello_with_delay(self):",
+    )
     git(repo, "commit", "--quiet", "-am", "break a unit test")
     unitfail = git(repo, "rev-parse", "HEAD")
 
@@ -248,8 +297,12 @@ def test_deliver_runs_every_step_and_rolls_the_service(stack, tmp_path):
     assert meta["version"] == "1.1" and meta["env"] == "test" and meta["dry_run"] is False
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", meta["digest"] or ""), meta["digest"]
     suite = suite_of(junit)
-    assert suite.get("tests") == "7" and suite.get("failures") == "0" \
-        and suite.get("errors") == "0" and suite.get("skipped") == "0", suite.attrib
+    assert (
+        suite.get("tests") == "7"
+        and suite.get("failures") == "0"
+        and suite.get("errors") == "0"
+        and suite.get("skipped") == "0"
+    ), suite.attrib
     cases = suite.findall("testcase")
     assert [c.get("name") for c in cases] == list(STEPS)
     assert all(len(c.findall("failure")) == 0 and len(c.findall("skipped")) == 0 for c in cases)
@@ -266,15 +319,25 @@ def test_deliver_runs_every_step_and_rolls_the_service(stack, tmp_path):
     # The compose projects (one per run) left nothing on the CD node.
     assert len(projects(meta["commands"])) == 1, meta["commands"]
     assert compose_leftovers(stack) == []
-    print(f"deliver 1.1: {wall:.1f}s wall; steps: "
-          + ", ".join(f"{s['name']} {s['seconds']:.1f}s" for s in doc["steps"]))
+    print(
+        f"deliver 1.1: {wall:.1f}s wall; steps: "
+        + ", ".join(f"{s['name']} {s['seconds']:.1f}s" for s in doc["steps"])
+    )
 
 
 def test_failing_unit_test_stops_at_unit(stack, demo_repo, tmp_path):
     reports = tmp_path / "reports"
     before, _ = service_state(stack)
-    proc = deliver(stack, reports, "--repo", demo_repo["repo"], "--ref", demo_repo["unitfail"],
-                   "--version", "1.2-unitfail")
+    proc = deliver(
+        stack,
+        reports,
+        "--repo",
+        demo_repo["repo"],
+        "--ref",
+        demo_repo["unitfail"],
+        "--version",
+        "1.2-unitfail",
+    )
     assert proc.returncode == 12, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
     assert table(proc.stdout) == expect_steps(1, "unit"), proc.stdout
     # The failed step is named, with the tail of the test run's output.
@@ -305,8 +368,16 @@ def test_failing_functional_test_stops_at_staging(stack, demo_repo, tmp_path):
     reports = tmp_path / "reports"
     before, _ = service_state(stack)
     version = "1.2-stagingfail"
-    proc = deliver(stack, reports, "--repo", demo_repo["repo"], "--ref",
-                   demo_repo["functionalfail"], "--version", version)
+    proc = deliver(
+        stack,
+        reports,
+        "--repo",
+        demo_repo["repo"],
+        "--ref",
+        demo_repo["functionalfail"],
+        "--version",
+        version,
+    )
     assert proc.returncode == 14, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
     assert table(proc.stdout) == expect_steps(3, "staging"), proc.stdout
     assert re.search(r"^staging FAILED: .*run --rm staging", proc.stdout, re.M), proc.stdout
@@ -315,8 +386,9 @@ def test_failing_functional_test_stops_at_staging(stack, demo_repo, tmp_path):
     assert [s["status"] for s in doc["steps"]] == list(expect_steps(3, "staging").values())
     project = projects(doc["meta"]["commands"])
     assert len(project) == 1, doc["meta"]["commands"]
-    assert doc["meta"]["commands"][-1].endswith("down --volumes --remove-orphans -t 5"), \
-        doc["meta"]["commands"]
+    assert doc["meta"]["commands"][-1].endswith("down --volumes --remove-orphans -t 5"), doc[
+        "meta"
+    ]["commands"]
 
     # Built on the CD node, but staging was torn down and nothing reached the cluster.
     assert built_on_cd_node(stack, f"{IMAGE}:{version}")
@@ -381,8 +453,9 @@ def test_a_refused_version_stops_before_any_step(stack, tmp_path):
 
 def test_an_unknown_ref_is_refused_at_checkout(stack, tmp_path):
     before, _ = service_state(stack)
-    proc = deliver(stack, tmp_path / "reports", "--version", "1.5", "--ref", "no-such-ref",
-                   timeout=300)
+    proc = deliver(
+        stack, tmp_path / "reports", "--version", "1.5", "--ref", "no-such-ref", timeout=300
+    )
     assert proc.returncode == 11, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
     assert table(proc.stdout) == expect_steps(0, "checkout"), proc.stdout
     failed = re.search(r"^checkout FAILED: (.*)$", proc.stdout, re.M)
@@ -415,7 +488,9 @@ def test_two_delivers_at_once_do_not_collide(stack, tmp_path):
         succeeded.append(version)
     assert seen_projects["1.3a"].isdisjoint(seen_projects["1.3b"]), seen_projects
     waited = [v for v, r in results.items() if "waiting for the lock held by" in r[2]]
-    print(f"waited for the other's lock: {waited or 'neither (their prod-like phases did not overlap)'}")
+    print(
+        f"waited for the other's lock: {waited or 'neither (their prod-like phases did not overlap)'}"
+    )
 
     # The service ends on one of the two, pinned, on every replica.
     image, _ = service_state(stack)
@@ -424,13 +499,15 @@ def test_two_delivers_at_once_do_not_collide(stack, tmp_path):
     assert m.group(1) in succeeded, (image, succeeded)
     assert_runs(stack, image, timeout=120)
     assert compose_leftovers(stack) == []
-    print(f"two delivers at once: {time.monotonic() - started:.1f}s; succeeded {succeeded}; "
-          f"projects {seen_projects}; service runs {image}")
+    print(
+        f"two delivers at once: {time.monotonic() - started:.1f}s; succeeded {succeeded}; "
+        f"projects {seen_projects}; service runs {image}"
+    )
 
 
 def test_deliver_leaves_no_checkout_behind(stack):
     """Every deliver above removed its clone from the workspace, whatever the containers wrote."""
-    workspace = stack.settings("test").workspace_dir
+    workspace = stack.settings("test").delivery.workspace_dir
     left = sorted(p.name for p in workspace.glob(f"{SERVICE}-*")) if workspace.exists() else []
     assert left == [], f"checkouts left in {workspace}: {left}"
 
@@ -447,6 +524,7 @@ def test_dry_run_does_not_claim_a_rollout(stack, tmp_path):
     assert service_state(stack)[0] == before
     doc, _ = read_reports(reports)
     claim = f"runs {IMAGE}:{version}"
-    assert claim not in doc["meta"]["state"], \
+    assert claim not in doc["meta"]["state"], (
         f"dry run reports state {doc['meta']['state']!r} while go-demo runs {before}"
+    )
     assert not re.search(rf"^{SERVICE} {re.escape(claim)}", proc.stdout, re.M), proc.stdout

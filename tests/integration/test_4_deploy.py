@@ -1,5 +1,6 @@
 """`inv deploy --env prod`: exact-digest promotion, automatic rollback, locks, history.
 Real lab, real CLI; the production cluster is driven exactly as a user would."""
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,9 @@ def delivered(stack, tmp_path_factory):
     """Version 2.0 delivered through prod-like, so production can take it."""
     reports = tmp_path_factory.mktemp("reports")
     stack.inv("deliver", "--version", "2.0", extra_env={"CDTASKS_REPORTS_DIR": str(reports)})
-    record = [r for r in rollout.delivered(_manager(stack, "test"), "go-demo")
-              if r["version"] == "2.0"][-1]
+    record = [
+        r for r in rollout.delivered(_manager(stack, "test"), "go-demo") if r["version"] == "2.0"
+    ][-1]
     return stack, record, reports
 
 
@@ -68,8 +70,13 @@ def _broken_version(lab, tmp_path, version: str) -> None:
     text = server.read_text()
     assert "hello, world!" in text
     server.write_text(text.replace("hello, world!", "hello, broken!"))
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "broken hello"]):
         subprocess.run(["git", *args], cwd=repo, check=True, env=env)
     lab.inv("checkout", "--repo", str(repo), "--version", version)
@@ -83,8 +90,16 @@ def test_failing_production_tests_roll_back_automatically(delivered, tmp_path):
     good = _task_images(_manager(lab, "prod"))
     assert all(i.endswith(record["digest"]) for i in good)
     start = time.monotonic()
-    proc = lab.inv("deploy", "--env", "prod", "--version", "2.1-broken", "--force", check=False,
-                   extra_env={"CDTASKS_REPORTS_DIR": str(reports)})
+    proc = lab.inv(
+        "deploy",
+        "--env",
+        "prod",
+        "--version",
+        "2.1-broken",
+        "--force",
+        check=False,
+        extra_env={"CDTASKS_REPORTS_DIR": str(reports)},
+    )
     print(f"\nfailing deploy + automatic rollback: {time.monotonic() - start:.1f}s")
     assert proc.returncode == 20, proc.stdout + proc.stderr
     assert "failed, rolled back" in proc.stdout
@@ -94,8 +109,12 @@ def test_failing_production_tests_roll_back_automatically(delivered, tmp_path):
     entry = records.load(_manager(lab, "prod"), "history", "go-demo")[-1]
     assert entry["version"] == "2.1-broken" and entry["rolled_back"] is True
     assert entry["result"] == "failed, rolled back"
-    assert entry["steps"] == {"rollout": "ok", "prodtest": "FAILED", "rollback": "ok",
-                              "prodtest-after-rollback": "ok"}
+    assert entry["steps"] == {
+        "rollout": "ok",
+        "prodtest": "FAILED",
+        "rollback": "ok",
+        "prodtest-after-rollback": "ok",
+    }
 
 
 def test_a_second_deploy_is_refused_while_one_holds_the_lock(delivered):
@@ -138,6 +157,7 @@ def test_bad_input_and_a_missing_service(delivered):
     lab, _, _ = delivered
     proc = lab.inv("deploy", "--env", "prod", "--version", "latest", check=False)
     assert proc.returncode == 2 and "latest" in proc.stderr
-    proc = lab.inv("deploy", "--env", "prod", check=False,
-                   extra_env={"CDTASKS_APP_SERVICE": "no-such-service"})
+    proc = lab.inv(
+        "deploy", "--env", "prod", check=False, extra_env={"CDTASKS_APP_SERVICE": "no-such-service"}
+    )
     assert proc.returncode == 4 and "inv services" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,6 +1,7 @@
 """The deployment lock on a real manager: holders are separate processes using the Lock API, the
 way two runs of the tool meet; `inv lock status|release` as a user runs them. Only the test
 cluster's manager is used. Tests run in file order and each leaves the lock free."""
+
 from __future__ import annotations
 
 import getpass
@@ -46,9 +47,14 @@ class Holder:
     """Another run holding the lock, in its own process."""
 
     def __init__(self, lab, ttl: float = TTL):
-        self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, SVC, str(ttl)], cwd=ROOT,
-                                     env=lab.env, text=True, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, SVC, str(ttl)],
+            cwd=ROOT,
+            env=lab.env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         line = self.proc.stdout.readline()
         assert line.startswith("held "), line + self.proc.stdout.read()
         self.id = line.split()[1]

@@ -10,6 +10,7 @@ the service and health-checks /demo/hello: hello-book is built to be served ther
 
 Runs alone after `inv provision` (its first test delivers before `inv services`), or after the
 other files (that test is then skipped)."""
+
 from __future__ import annotations
 
 import base64
@@ -76,14 +77,21 @@ class GitHTTP(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         path, _, query = self.path.partition("?")
-        env = {"PATH": os.environ["PATH"], "GIT_PROJECT_ROOT": self.root,
-               "GIT_HTTP_EXPORT_ALL": "1", "PATH_INFO": path, "QUERY_STRING": query,
-               "REQUEST_METHOD": self.command, "REMOTE_USER": "ci",
-               "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-               "CONTENT_LENGTH": str(len(body)),
-               "GIT_PROTOCOL": self.headers.get("Git-Protocol", "")}
-        out = subprocess.run(["git", "http-backend"], input=body, env=env,
-                             capture_output=True).stdout
+        env = {
+            "PATH": os.environ["PATH"],
+            "GIT_PROJECT_ROOT": self.root,
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "REQUEST_METHOD": self.command,
+            "REMOTE_USER": "ci",
+            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+            "CONTENT_LENGTH": str(len(body)),
+            "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+        }
+        out = subprocess.run(
+            ["git", "http-backend"], input=body, env=env, capture_output=True
+        ).stdout
         head, _, content = out.partition(b"\r\n\r\n")
         headers = [line.split(":", 1) for line in head.decode().splitlines() if ":" in line]
         status = next((int(v.split()[0]) for k, v in headers if k.lower() == "status"), 200)
@@ -105,8 +113,9 @@ def hello(tmp_path_factory):
     without `staging`), bare behind an HTTP server that wants credentials. Returns the local
     path and the URL with credentials."""
     work = tmp_path_factory.mktemp("hello-book")
-    shutil.copytree(APP, work, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        APP, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     git(work, "init", "--quiet", "-b", "main")
     git(work, "add", "-A")
     git(work, "commit", "--quiet", "-m", "hello-book as in cdtasks' tests/apps")
@@ -119,8 +128,9 @@ def hello(tmp_path_factory):
     git(work, "checkout", "--quiet", "main")
 
     served = tmp_path_factory.mktemp("git-http")
-    subprocess.run(["git", "clone", "--quiet", "--bare", str(work), str(served / "hello.git")],
-                   check=True)
+    subprocess.run(
+        ["git", "clone", "--quiet", "--bare", str(work), str(served / "hello.git")], check=True
+    )
     GitHTTP.root = str(served)
     server = ThreadingHTTPServer(("127.0.0.1", 0), GitHTTP)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -132,17 +142,31 @@ def hello(tmp_path_factory):
 
 def deliver(lab, reports: Path, *args: str, extra: dict | None = None, timeout: float = 1500):
     started = time.monotonic()
-    proc = lab.inv("deliver", *args, check=False, timeout=timeout,
-                   extra_env={**WIDE, **HELLO_ENV, "CDTASKS_REPORTS_DIR": str(reports),
-                              **(extra or {})})
-    print(f"\n`inv deliver {' '.join(args)}`: exit {proc.returncode} after "
-          f"{time.monotonic() - started:.1f}s\n{proc.stdout.strip()}")
+    proc = lab.inv(
+        "deliver",
+        *args,
+        check=False,
+        timeout=timeout,
+        extra_env={**WIDE, **HELLO_ENV, "CDTASKS_REPORTS_DIR": str(reports), **(extra or {})},
+    )
+    print(
+        f"\n`inv deliver {' '.join(args)}`: exit {proc.returncode} after "
+        f"{time.monotonic() - started:.1f}s\n{proc.stdout.strip()}"
+    )
     return proc
 
 
 def hello_args(repo: str, version: str) -> tuple[str, ...]:
-    return ("--repo", repo, "--compose-file", COMPOSE, "--image", "hello-book",
-            "--version", version)
+    return (
+        "--repo",
+        repo,
+        "--compose-file",
+        COMPOSE,
+        "--image",
+        "hello-book",
+        "--version",
+        version,
+    )
 
 
 def manager(lab, env: str):
@@ -167,7 +191,7 @@ def no_secret_anywhere(lab, *texts: str) -> None:
     for text in texts:
         assert SECRET not in text, text[-2000:]
     s = lab.settings("test")
-    for where in (s.workspace_dir, lab.state_dir):
+    for where in (s.delivery.workspace_dir, lab.state_dir):
         for f in Path(where).rglob("*"):
             if f.is_file() and f.suffix in (".json", ".jsonl", ".xml"):
                 assert SECRET not in f.read_text(errors="replace"), f
@@ -180,8 +204,14 @@ def no_secret_anywhere(lab, *texts: str) -> None:
 
 # -- tests --------------------------------------------------------------------------------------
 def test_a_compose_file_without_staging_is_refused_before_anything_runs(lab, hello, tmp_path):
-    proc = deliver(lab, tmp_path / "reports", "--ref", "nostaging",
-                   *hello_args(hello["path"], "0.9"), timeout=300)
+    proc = deliver(
+        lab,
+        tmp_path / "reports",
+        "--ref",
+        "nostaging",
+        *hello_args(hello["path"], "0.9"),
+        timeout=300,
+    )
     assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and COMPOSE in errors[0] and "staging" in errors[0], proc.stderr
@@ -195,21 +225,31 @@ def test_a_compose_file_without_staging_is_refused_before_anything_runs(lab, hel
 
 
 def test_bad_flags_get_one_line_and_exit_2(lab, hello, tmp_path):
-    cases = [(("--version", "latest"), "--version"),
-             (("--version", "1.0", "--ref=--upload-pack=touch /tmp/x"), "--ref"),
-             (("--version", "1.0", "--compose-file", "../outside.yml"), "--compose-file"),
-             (("--version", "1.0", "--compose-file", "missing.yml"), "--compose-file")]
+    cases = [
+        (("--version", "latest"), "--version"),
+        (("--version", "1.0", "--ref=--upload-pack=touch /tmp/x"), "--ref"),
+        (("--version", "1.0", "--compose-file", "../outside.yml"), "--compose-file"),
+        (("--version", "1.0", "--compose-file", "missing.yml"), "--compose-file"),
+    ]
     for args, flag in cases:
-        proc = lab.inv("deliver", "--repo", hello["path"], *args, check=False, timeout=120,
-                       extra_env={"CDTASKS_REPORTS_DIR": str(tmp_path / "reports")})
+        proc = lab.inv(
+            "deliver",
+            "--repo",
+            hello["path"],
+            *args,
+            check=False,
+            timeout=120,
+            extra_env={"CDTASKS_REPORTS_DIR": str(tmp_path / "reports")},
+        )
         assert proc.returncode == 2, (args, proc.returncode, proc.stderr[-2000:])
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith(f"error: {flag} "), (args, proc.stderr)
     # A URL with credentials that does not answer: refused, the password never shown.
     bad = f"http://ci:{SECRET}@127.0.0.1:1/nothing.git"
     proc = lab.inv("deliver", "--repo", bad, "--version", "1.0", check=False, timeout=120)
-    assert proc.returncode == 2 and "error: --repo 'http://***@127.0.0.1:1/" in proc.stderr, \
+    assert proc.returncode == 2 and "error: --repo 'http://***@127.0.0.1:1/" in proc.stderr, (
         proc.stderr
+    )
     no_secret_anywhere(lab, proc.stdout, proc.stderr)
     assert not (tmp_path / "reports").exists()
 
@@ -223,8 +263,7 @@ def test_deliver_before_inv_services_goes_as_far_as_the_service(lab, hello, tmp_
     assert proc.returncode == 16, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
     assert table(proc.stdout) == expect_steps(5, "prodlike"), proc.stdout
     assert "create it with `inv services`" in proc.stdout, proc.stdout
-    assert re.search(r"loaded .*cdtasks/python:3\.11.* into swarm-test-1", proc.stderr), \
-        proc.stderr
+    assert re.search(r"loaded .*cdtasks/python:3\.11.* into swarm-test-1", proc.stderr), proc.stderr
     assert compose_leftovers(lab) == []
 
 
@@ -254,9 +293,21 @@ def test_deploy_puts_exactly_the_delivered_digest_on_production(stack, hello, tm
     record = record_of(stack, "1.1")
     # The production env's APP_IMAGE is go-demo: the record decides, not the env file. The
     # production tests run hello-book's own, from the delivered repository.
-    proc = stack.inv("deploy", "--env", "prod", "--version", "1.1", check=False, timeout=900,
-                     extra_env={**WIDE, **HELLO_ENV, "CDTASKS_REPO": hello["url"],
-                                "CDTASKS_REPORTS_DIR": str(tmp_path)})
+    proc = stack.inv(
+        "deploy",
+        "--env",
+        "prod",
+        "--version",
+        "1.1",
+        check=False,
+        timeout=900,
+        extra_env={
+            **WIDE,
+            **HELLO_ENV,
+            "CDTASKS_REPO": hello["url"],
+            "CDTASKS_REPORTS_DIR": str(tmp_path),
+        },
+    )
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     pinned = f"{IMAGE}:1.1@{record['digest']}"
     images = task_images(stack, "prod")
@@ -269,8 +320,12 @@ def test_deploy_puts_exactly_the_delivered_digest_on_production(stack, hello, tm
 
 
 def test_two_delivers_of_hello_book_at_once_both_pass(stack, hello, tmp_path):
-    results = at_once(stack, tmp_path, {v: ["deliver", *hello_args(hello["path"], v)]
-                                        for v in ("1.2a", "1.2b")}, HELLO_ENV)
+    results = at_once(
+        stack,
+        tmp_path,
+        {v: ["deliver", *hello_args(hello["path"], v)] for v in ("1.2a", "1.2b")},
+        HELLO_ENV,
+    )
     for version, (code, stdout, stderr) in results.items():
         assert code == 0, (version, stdout[-3000:], stderr[-3000:])
         # Each staged, tagged and pushed its own build: the version the image reports.
@@ -287,8 +342,14 @@ def test_two_delivers_of_hello_book_at_once_both_pass(stack, hello, tmp_path):
 
 
 def test_the_sample_is_delivered_and_deployed_back(stack, tmp_path):
-    proc = stack.inv("deliver", "--version", "1.9", check=False, timeout=1500,
-                     extra_env={**WIDE, "CDTASKS_REPORTS_DIR": str(tmp_path)})
+    proc = stack.inv(
+        "deliver",
+        "--version",
+        "1.9",
+        check=False,
+        timeout=1500,
+        extra_env={**WIDE, "CDTASKS_REPORTS_DIR": str(tmp_path)},
+    )
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     record = record_of(stack, "1.9")
     assert_runs(stack, f"{DEMO_IMAGE}:1.9@{record['digest']}")

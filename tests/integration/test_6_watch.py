@@ -4,6 +4,7 @@ gets three commits (good, failing unit tests, good) while `inv watch --deploy` f
 restarted in the middle and never runs a commit twice, the good ones reach production in order
 and the broken one never does; a push notification with a wrong signature starts nothing; the
 release page lists every commit with its result."""
+
 from __future__ import annotations
 
 import hashlib
@@ -26,13 +27,16 @@ from .conftest import ROOT, Lab, git, sample_repository
 
 SECRET = "watch-test-webhook-secret"
 ANCHOR = "    def test_hello_with_delay(self):"  # in demo/tests/unit/test_server.py
-BROKEN = ("    def test_deliberately_broken(self):\n"  # a unit test that fails, inserted before it
-          "        self.assertEqual(server.HELLO, \"DELIBERATE-UNIT-FAILURE\")\n\n")
+BROKEN = (
+    "    def test_deliberately_broken(self):\n"  # a unit test that fails, inserted before it
+    '        self.assertEqual(server.HELLO, "DELIBERATE-UNIT-FAILURE")\n\n'
+)
 
 
 def inv_watch(lab: Lab, reports, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return lab.inv(*args, check=False, timeout=timeout,
-                   extra_env={"CDTASKS_REPORTS_DIR": str(reports)})
+    return lab.inv(
+        *args, check=False, timeout=timeout, extra_env={"CDTASKS_REPORTS_DIR": str(reports)}
+    )
 
 
 def manager(lab: Lab, env: str = "test"):
@@ -52,9 +56,13 @@ class Watcher:
         self.log_path = log
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "invoke", "watch", *args], cwd=ROOT, stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=subprocess.STDOUT,
-            env={**lab.env, "CDTASKS_REPORTS_DIR": str(reports), **(extra_env or {})})
+            [sys.executable, "-m", "invoke", "watch", *args],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**lab.env, "CDTASKS_REPORTS_DIR": str(reports), **(extra_env or {})},
+        )
 
     def text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -63,10 +71,13 @@ class Watcher:
         """Until `needle` is in the log (after offset `start`); fails if the watcher exits."""
         deadline = time.monotonic() + timeout
         while needle not in self.text()[start:]:
-            assert self.proc.poll() is None, (f"the watcher exited {self.proc.returncode} "
-                                              f"waiting for {needle!r}:\n{self.text()[-4000:]}")
-            assert time.monotonic() < deadline, (f"no {needle!r} in the watcher's log after "
-                                                 f"{timeout:g}s:\n{self.text()[-4000:]}")
+            assert self.proc.poll() is None, (
+                f"the watcher exited {self.proc.returncode} "
+                f"waiting for {needle!r}:\n{self.text()[-4000:]}"
+            )
+            assert time.monotonic() < deadline, (
+                f"no {needle!r} in the watcher's log after {timeout:g}s:\n{self.text()[-4000:]}"
+            )
             time.sleep(0.5)
 
     def stop(self, timeout: float = 120) -> int | None:
@@ -90,18 +101,22 @@ def free_port() -> int:
 
 def watch_rows(lab: Lab, repo: Path) -> list[dict]:
     s = lab.settings("test")
-    return [r for r in records.load(manager(lab), watch.KIND, s.app_service)
-            if r.get("repo") == str(repo.resolve())]
+    return [
+        r
+        for r in records.load(manager(lab), watch.KIND, s.services.app_service)
+        if r.get("repo") == str(repo.resolve())
+    ]
 
 
 def prod_images(lab: Lab, timeout: float = 60) -> list[str]:
     """The images of the prod service's running tasks, once Swarm has settled on one image."""
-    mgr, service = manager(lab, "prod"), lab.settings("prod").app_service
+    mgr, service = manager(lab, "prod"), lab.settings("prod").services.app_service
     deadline = time.monotonic() + timeout
     while True:
         tasks = mgr.api.tasks(filters={"service": service, "desired-state": "running"})
-        images = [t["Spec"]["ContainerSpec"]["Image"] for t in tasks
-                  if t["Status"]["State"] == "running"]
+        images = [
+            t["Spec"]["ContainerSpec"]["Image"] for t in tasks if t["Status"]["State"] == "running"
+        ]
         if (len(set(images)) == 1 and len(images) == len(tasks)) or time.monotonic() > deadline:
             return images
         time.sleep(1)
@@ -109,8 +124,9 @@ def prod_images(lab: Lab, timeout: float = 60) -> list[str]:
 
 @pytest.fixture(scope="module")
 def head() -> str:
-    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], check=True,
-                          capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def test_watch_once_delivers_the_newest_commit_once(stack: Lab, head: str, tmp_path):
@@ -120,10 +136,10 @@ def test_watch_once_delivers_the_newest_commit_once(stack: Lab, head: str, tmp_p
     assert f"new commit {head[:12]} on {branch}" in first.stderr
     s = stack.settings("test")
     mgr = manager(stack)
-    mine = [r for r in records.load(mgr, watch.KIND, s.app_service) if r["commit"] == head]
+    mine = [r for r in records.load(mgr, watch.KIND, s.services.app_service) if r["commit"] == head]
     assert sorted(r["event"] for r in mine) == ["finished", "taken"]
     assert next(r for r in mine if r["event"] == "finished")["code"] == 0
-    assert records.load(mgr, "delivered", s.app_service)[-1]["commit"] == head
+    assert records.load(mgr, "delivered", s.services.app_service)[-1]["commit"] == head
 
     again = inv_watch(stack, tmp_path, "watch", "--once", "--branch", branch)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -134,10 +150,11 @@ def test_watch_once_delivers_the_newest_commit_once(stack: Lab, head: str, tmp_p
 
     assert (tmp_path / "releases.html").is_file()  # kept current by the watcher
     out = tmp_path / "page" / "releases.html"
+    out.parent.mkdir()  # `inv report` refuses a directory that does not exist
     shown = inv_watch(stack, tmp_path, "report", "--output", str(out), timeout=300)
     assert shown.returncode == 0, shown.stderr[-3000:]
     html = out.read_text()
-    running = services.current_image(mgr, s.app_service)
+    running = services.current_image(mgr, s.services.app_service)
     assert head[:7] in running and running.partition("@")[0] in html
     assert head[:12] in html and running.partition("@")[2][:19] in html
 
@@ -147,8 +164,9 @@ def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, 
     repo.mkdir()
     sample_repository(repo)  # no commit yet: the watcher waits for the first
     test_server = repo / "demo/tests/unit/test_server.py"
-    history_before = len(json.loads(stack.inv("history", "--env", "prod", "--json").stdout)
-                         ["deployments"])
+    history_before = len(
+        json.loads(stack.inv("history", "--env", "prod", "--json").stdout)["deployments"]
+    )
     args = ("--repo", str(repo), "--branch", "main", "--deploy", "--interval", "2")
     commits: dict[str, str] = {}
     watchers: list[Watcher] = []
@@ -172,9 +190,12 @@ def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, 
         # The page is the last thing after a run: wait for it before stopping between commits.
         page = reports / "releases.html"
         deadline = time.monotonic() + 300
-        while not (page.is_file() and len(list((reports / watch.RUNS_DIR).glob("*.json"))) == 2
-                   and page.stat().st_mtime >= max(p.stat().st_mtime for p in
-                                                   (reports / watch.RUNS_DIR).glob("*.json"))):
+        while not (
+            page.is_file()
+            and len(list((reports / watch.RUNS_DIR).glob("*.json"))) == 2
+            and page.stat().st_mtime
+            >= max(p.stat().st_mtime for p in (reports / watch.RUNS_DIR).glob("*.json"))
+        ):
             assert time.monotonic() < deadline, first.text()[-3000:]
             time.sleep(0.5)
         print(f"\ngood and broken run after {time.monotonic() - started:.0f}s")
@@ -216,16 +237,20 @@ def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, 
 
     # Production got the good ones, in order, by the digest delivered; never the broken one.
     s = stack.settings("test")
-    by_commit = {r["commit"]: r for r in records.load(manager(stack), "delivered", s.app_service)}
+    by_commit = {
+        r["commit"]: r for r in records.load(manager(stack), "delivered", s.services.app_service)
+    }
     assert commits["broken"] not in by_commit
     deployments = json.loads(stack.inv("history", "--env", "prod", "--json").stdout)["deployments"]
     new = deployments[history_before:]
     assert [(d["digest"], d["result"]) for d in new] == [
         (by_commit[commits["good"]]["digest"], "deployed"),
-        (by_commit[commits["fixed"]]["digest"], "deployed")], new
+        (by_commit[commits["fixed"]]["digest"], "deployed"),
+    ], new
     images = prod_images(stack)
-    assert images and all(i.endswith("@" + by_commit[commits["fixed"]]["digest"])
-                          for i in images), images
+    assert images and all(
+        i.endswith("@" + by_commit[commits["fixed"]]["digest"]) for i in images
+    ), images
 
     # The page lists the three commits with their results.
     out = tmp_path / "page.html"
@@ -239,22 +264,40 @@ def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, 
     # Each run's timeline from measured starts (steps in order; the build, started beside the
     # unit tests, may round 0.1 s below them).
     assert "steps laid end to end" not in html
-    [good_run] = [r for r in watch.saved_runs(reports / watch.RUNS_DIR)
-                  if r["commit"] == commits["good"]]
+    [good_run] = [
+        r for r in watch.saved_runs(reports / watch.RUNS_DIR) if r["commit"] == commits["good"]
+    ]
     for doc in good_run["reports"]:
         starts = [(s["name"], s["started"]) for s in doc["steps"]]
         assert all(isinstance(at, float) for _, at in starts), starts
         after = [at for name, at in starts if name != "build"]
         assert after == sorted(after), starts
-    print("step starts of the good run:", [(s["name"], s["started"], round(s["seconds"], 1))
-                                           for doc in good_run["reports"] for s in doc["steps"]])
+    print(
+        "step starts of the good run:",
+        [
+            (s["name"], s["started"], round(s["seconds"], 1))
+            for doc in good_run["reports"]
+            for s in doc["steps"]
+        ],
+    )
 
     # A push notification: a wrong signature gets 401 and starts nothing; the right one a run
     # (of a commit whose unit tests fail again: the shortest run).
     port = free_port()
-    hook = Watcher(stack, reports, tmp_path / "watch-3.log", "--repo", str(repo), "--branch",
-                   "main", "--interval", "0", "--listen", f"127.0.0.1:{port}",
-                   extra_env={"CDTASKS_WEBHOOK_SECRET": SECRET})
+    hook = Watcher(
+        stack,
+        reports,
+        tmp_path / "watch-3.log",
+        "--repo",
+        str(repo),
+        "--branch",
+        "main",
+        "--interval",
+        "0",
+        "--listen",
+        f"127.0.0.1:{port}",
+        extra_env={"CDTASKS_WEBHOOK_SECRET": SECRET},
+    )
     try:
         hook.wait_for("following main", 300)
         hook.wait_for(": already taken, waiting for the next commit", 120)  # its first look
@@ -265,14 +308,19 @@ def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, 
         sign = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
         headers = {"Content-Type": "application/json", "X-GitHub-Event": "push"}
         url = f"http://127.0.0.1:{port}/"
-        wrong = requests.post(url, data=body, timeout=30, headers={
-            **headers, "X-Hub-Signature-256": "sha256=" + "0" * 64})
+        wrong = requests.post(
+            url,
+            data=body,
+            timeout=30,
+            headers={**headers, "X-Hub-Signature-256": "sha256=" + "0" * 64},
+        )
         assert wrong.status_code == 401, wrong.text
         time.sleep(5)  # nothing to wait for: a run it wrongly started would be said by now
         assert "new commit" not in hook.text(), hook.text()[-3000:]
         assert not [r for r in watch_rows(stack, repo) if r["commit"] == pushed]
-        right = requests.post(url, data=body, timeout=30, headers={
-            **headers, "X-Hub-Signature-256": "sha256=" + sign})
+        right = requests.post(
+            url, data=body, timeout=30, headers={**headers, "X-Hub-Signature-256": "sha256=" + sign}
+        )
         assert right.status_code == 202, right.text
         hook.wait_for(f"new commit {pushed[:12]}", 60)
         hook.wait_for(f"commit {pushed[:12]}: FAILED", 900)
@@ -280,5 +328,7 @@ def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, 
     finally:
         hook.stop()
     assert sorted(r["event"] for r in watch_rows(stack, repo) if r["commit"] == pushed) == [
-        "finished", "taken"]
+        "finished",
+        "taken",
+    ]
     print(f"whole scenario {time.monotonic() - started:.0f}s")

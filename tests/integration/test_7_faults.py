@@ -5,6 +5,7 @@ the CD node (compose projects, checkouts), no lock held, and records that say wh
 
 The README's "What happens when..." table is written from these cases.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,9 +42,15 @@ class Run:
         self.lines: list[str] = []
         self.seen = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "invoke", *args], cwd=ROOT, text=True, start_new_session=True,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**lab.env, "COLUMNS": "250", **(extra_env or {})})
+            [sys.executable, "-m", "invoke", *args],
+            cwd=ROOT,
+            text=True,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**lab.env, "COLUMNS": "250", **(extra_env or {})},
+        )
         self.stdout = ""
         self._out = threading.Thread(target=self._read_stdout, daemon=True)
         self._err = threading.Thread(target=self._read_stderr, daemon=True)
@@ -70,8 +77,10 @@ class Run:
                         return line
                 i = len(self.lines)
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"never saw /{pattern}/ (exit {self.proc.poll()}):\n"
-                                         + "\n".join(self.lines[-40:]))
+                    raise AssertionError(
+                        f"never saw /{pattern}/ (exit {self.proc.poll()}):\n"
+                        + "\n".join(self.lines[-40:])
+                    )
                 self.seen.wait(0.5)
 
     def ctrl_c(self):
@@ -84,8 +93,10 @@ class Run:
         code = self.proc.wait(timeout)
         self._out.join(10)
         self._err.join(10)
-        print(f"\nexit {code}\nstdout:\n{self.stdout[-3000:]}\nstderr:\n"
-              + "\n".join(self.lines[-60:]))
+        print(
+            f"\nexit {code}\nstdout:\n{self.stdout[-3000:]}\nstderr:\n"
+            + "\n".join(self.lines[-60:])
+        )
         return code
 
     @property
@@ -100,25 +111,28 @@ def manager(lab, env="test"):
 def compose_leftovers(lab) -> list[str]:
     cd = Cluster.of(lab.settings("test")).discover().client(CD_NODE)
     flt = {"label": COMPOSE_LABEL}
-    return ([f"container {c.name}" for c in cd.containers.list(all=True, filters=flt)]
-            + [f"network {n.name}" for n in cd.networks.list(filters=flt)])
+    return [f"container {c.name}" for c in cd.containers.list(all=True, filters=flt)] + [
+        f"network {n.name}" for n in cd.networks.list(filters=flt)
+    ]
 
 
-_EARLIER: set[str] = set()  # checkouts other test files left (step-by-step runs keep theirs)
+_EARLIER: set[str] = set()  # checkouts there before this test (step-by-step runs keep theirs)
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(autouse=True)
 def _earlier_checkouts(lab):
+    # Per test: one test's leftover fails that test, not every test after it.
+    _EARLIER.clear()
     _EARLIER.update(_all_checkouts(lab))
 
 
 def _all_checkouts(lab) -> list[str]:
-    ws = lab.settings("test").workspace_dir
+    ws = lab.settings("test").delivery.workspace_dir
     return sorted(p.name for p in ws.iterdir() if p.is_dir()) if ws.exists() else []
 
 
 def checkouts(lab) -> list[str]:
-    """Checkouts made since this file began and still in the workspace."""
+    """Checkouts made since this test began and still in the workspace."""
     return [name for name in _all_checkouts(lab) if name not in _EARLIER]
 
 
@@ -129,15 +143,18 @@ def lock_holder(lab, env="test"):
 
 
 def spec_image(lab, env="test") -> str:
-    return manager(lab, env).api.inspect_service(SERVICE)["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+    return manager(lab, env).api.inspect_service(SERVICE)["Spec"]["TaskTemplate"]["ContainerSpec"][
+        "Image"
+    ]
 
 
 def running_images(lab, env) -> list[str]:
     mgr = manager(lab, env)
     svc = mgr.api.inspect_service(SERVICE)
     tasks = mgr.api.tasks(filters={"service": svc["ID"], "desired-state": "running"})
-    return sorted(t["Spec"]["ContainerSpec"]["Image"] for t in tasks
-                  if t["Status"]["State"] == "running")
+    return sorted(
+        t["Spec"]["ContainerSpec"]["Image"] for t in tasks if t["Status"]["State"] == "running"
+    )
 
 
 def history(lab, env="prod") -> list[dict]:
@@ -176,23 +193,48 @@ def sick_repo(repo, tmp_path_factory) -> str:
     path = Path(repo)
     git(path, "checkout", "--quiet", "-b", "sick")
     check = path / "demo/app/healthcheck.py"
-    check.write_text("import sys\nprint('DELIBERATELY-UNHEALTHY: /demo/hello not checked')\n"
-                     "sys.exit(1)\n")
+    check.write_text(
+        "import sys\nprint('DELIBERATELY-UNHEALTHY: /demo/hello not checked')\nsys.exit(1)\n"
+    )
     git(path, "commit", "--quiet", "-am", "a health check that always fails")
     git(path, "checkout", "--quiet", "main")
     return "sick"
 
 
+@pytest.fixture(scope="module")
+def silent_repo(repo) -> str:
+    """A commit of the sample whose health check fails and prints nothing (`CMD false`)."""
+    path = Path(repo)
+    git(path, "checkout", "--quiet", "-b", "silent", "main")
+    dockerfile = path / "demo/Dockerfile"
+    dockerfile.write_text(
+        re.sub(r"(?m)^(HEALTHCHECK .*) CMD .*$", r"\1 CMD false", dockerfile.read_text())
+    )
+    git(path, "commit", "--quiet", "-am", "a health check that fails silently")
+    git(path, "checkout", "--quiet", "main")
+    return "silent"
+
+
 def deliver(lab, repo, version, tmp_path, *extra) -> Run:
-    return Run(lab, ["deliver", "--repo", repo, "--version", version, *extra],
-               {"CDTASKS_REPORTS_DIR": str(tmp_path)})
+    return Run(
+        lab,
+        ["deliver", "--repo", repo, "--version", version, *extra],
+        {"CDTASKS_REPORTS_DIR": str(tmp_path)},
+    )
 
 
 # -- deliver interrupted in every step ----------------------------------------------------------
 # The delay after a step's start line: long enough to be inside the step's work.
 # prodtest is short: the rollout before it already waited out most of Swarm's monitor period.
-STEP_DELAY = {"checkout": 0.0, "unit": 2.0, "build": 3.0, "staging": 3.0, "publish": 0.3,
-              "prodlike": 2.0, "prodtest": 0.3}
+STEP_DELAY = {
+    "checkout": 0.0,
+    "unit": 2.0,
+    "build": 3.0,
+    "staging": 3.0,
+    "publish": 0.3,
+    "prodlike": 2.0,
+    "prodtest": 0.3,
+}
 # In a whole run the build runs beside the unit tests: it has no start line of its own, and a
 # signal then stops the unit tests (the build beside them is undone).
 STARTS_WITH = {"build": "unit"}
@@ -201,7 +243,8 @@ STARTS_WITH = {"build": "unit"}
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 @pytest.mark.parametrize("step", STEPS)
 def test_deliver_interrupted_in_each_step_leaves_nothing_and_claims_nothing(
-        stack, repo, tmp_path, step, how):
+    stack, repo, tmp_path, step, how
+):
     version = f"int-{step}-{how}"
     before = spec_image(stack)
     run = deliver(stack, repo, version, tmp_path)
@@ -219,7 +262,7 @@ def test_deliver_interrupted_in_each_step_leaves_nothing_and_claims_nothing(
     assert STEPS.index(stopped) >= STEPS.index(STARTS_WITH.get(step, step)), statuses
     assert statuses[stopped]["status"] == "interrupted", statuses
     assert "interrupted" in statuses[stopped]["detail"]
-    assert all(statuses[n]["status"] == "skipped" for n in STEPS[STEPS.index(stopped) + 1:])
+    assert all(statuses[n]["status"] == "skipped" for n in STEPS[STEPS.index(stopped) + 1 :])
     assert_clean(stack)
     # The version is never recorded as verified, and prod-like runs one image on every replica.
     assert version not in [d["version"] for d in delivered(manager(stack), SERVICE)]
@@ -240,8 +283,9 @@ def test_prodtest_without_prodlike_is_refused_and_records_nothing(stack, repo, t
             stack.inv(step, extra_env=env)
         proc = stack.inv("prodtest", check=False, extra_env=env)
     finally:
-        workdir = json.loads(next(stack.settings("test").workspace_dir.glob("*.release.json"))
-                             .read_text())["workdir"]
+        workdir = json.loads(
+            next(stack.settings("test").delivery.workspace_dir.glob("*.release.json")).read_text()
+        )["workdir"]
         subprocess.run(["rm", "-rf", workdir], check=False)
     assert proc.returncode == 17, proc.stdout + proc.stderr
     assert f"runs {before}, not " in proc.stdout + proc.stderr  # names what runs
@@ -253,16 +297,37 @@ def test_prodtest_without_prodlike_is_refused_and_records_nothing(stack, repo, t
 
 # -- a failure on prod-like leaves it as it was ---------------------------------------------------
 def test_failed_health_check_on_prod_like_rolls_back_and_names_the_check(
-        stack, repo, sick_repo, tmp_path):
+    stack, repo, sick_repo, tmp_path
+):
     before = wait_for_replicas(stack, "test")
     run = deliver(stack, repo, "sick-1", tmp_path, "--ref", sick_repo)
     code = run.finish()
     assert code == 16, run.stdout
     assert "DELIBERATELY-UNHEALTHY" in run.stdout + run.stderr  # the check's own output
     assert "no task reported an error" not in run.stdout
+    assert re.search(
+        r"health check failed: .*exit code 1, \d+ failed probes? in a row", run.stdout
+    ), run.stdout
     # Back on the image it ran before, on every replica, and the summary says so.
     assert wait_for_replicas(stack, "test") == before
     assert f"prod-like runs {before}" in run.stdout
+    assert_clean(stack)
+
+
+def test_a_health_check_that_prints_nothing_is_named_by_command_and_exit_code(
+    stack, repo, silent_repo, tmp_path
+):
+    before = wait_for_replicas(stack, "test")
+    run = deliver(stack, repo, "silent-1", tmp_path, "--ref", silent_repo)
+    code = run.finish()
+    assert code == 16, run.stdout
+    assert "no task reported an error" not in run.stdout
+    assert re.search(
+        r"health check failed: no output \(`false`: exit code 1, \d+ failed "
+        r"probes? in a row\)",
+        run.stdout,
+    ), run.stdout
+    assert wait_for_replicas(stack, "test") == before
     assert_clean(stack)
 
 
@@ -271,24 +336,40 @@ def test_failed_health_check_on_prod_like_rolls_back_and_names_the_check(
 def verified(stack, repo, tmp_path_factory) -> str:
     """A version delivered through prod-like that production does not run yet."""
     reports = tmp_path_factory.mktemp("reports")
-    stack.inv("deliver", "--repo", repo, "--version", "faults-1",
-              extra_env={"CDTASKS_REPORTS_DIR": str(reports)})
+    stack.inv(
+        "deliver",
+        "--repo",
+        repo,
+        "--version",
+        "faults-1",
+        extra_env={"CDTASKS_REPORTS_DIR": str(reports)},
+    )
     return "faults-1"
 
 
 def _deploy(lab, version, tmp_path, *extra) -> Run:
-    return Run(lab, ["deploy", "--env", "prod", "--version", version, *extra],
-               {"CDTASKS_REPORTS_DIR": str(tmp_path)})
+    return Run(
+        lab,
+        ["deploy", "--env", "prod", "--version", version, *extra],
+        {"CDTASKS_REPORTS_DIR": str(tmp_path)},
+    )
 
 
 def _fresh_version(lab, repo, tmp_path, version) -> str:
-    lab.inv("deliver", "--repo", repo, "--version", version,
-            extra_env={"CDTASKS_REPORTS_DIR": str(tmp_path)})
+    lab.inv(
+        "deliver",
+        "--repo",
+        repo,
+        "--version",
+        version,
+        extra_env={"CDTASKS_REPORTS_DIR": str(tmp_path)},
+    )
     return version
 
 
-@pytest.mark.parametrize("where,how", [("rollout", "ctrl-c"), ("rollout", "sigterm"),
-                                       ("prodtest", "sigterm")])
+@pytest.mark.parametrize(
+    "where,how", [("rollout", "ctrl-c"), ("rollout", "sigterm"), ("prodtest", "sigterm")]
+)
 def test_deploy_interrupted_records_interrupted_and_what_runs(stack, repo, tmp_path, where, how):
     version = _fresh_version(stack, repo, tmp_path, f"dep-{where}-{how}")
     run = _deploy(stack, version, tmp_path)
@@ -308,7 +389,8 @@ def test_deploy_interrupted_records_interrupted_and_what_runs(stack, repo, tmp_p
 
 
 def test_deploy_killed_mid_rollout_is_recorded_unfinished_and_the_next_recovers(
-        stack, repo, tmp_path):
+    stack, repo, tmp_path
+):
     version = _fresh_version(stack, repo, tmp_path, "dep-killed")
     run = _deploy(stack, version, tmp_path)
     run.wait_for(r"^\[deploy\] rollout \.\.\.$")

@@ -2,6 +2,7 @@
 `pip install`ed into it, and a throwaway project (its own tasks.py, env directory and
 repository) that provisions, delivers and deploys on the session's lab with the venv's `inv`,
 and reads the machine-readable output (`--json`) a shell script would."""
+
 from __future__ import annotations
 
 import json
@@ -16,13 +17,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = "8.1"  # a version no other test delivers
-GIT_ID = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-          "GIT_COMMITTER_EMAIL": "t@t"}
+GIT_ID = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@t",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@t",
+}
 
 
 def _run(argv: list, **kw) -> subprocess.CompletedProcess:
     proc = subprocess.run([str(a) for a in argv], text=True, capture_output=True, **kw)
-    assert proc.returncode == 0, f"{argv} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"{argv} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     return proc
 
 
@@ -32,14 +39,20 @@ def python(tmp_path_factory) -> Path:
     dependencies are the machine's: --system-site-packages, so no download of them)."""
     tmp = tmp_path_factory.mktemp("installed")
     # A clean copy: setuptools builds in the source tree, where stale build/ files would linger.
-    src = shutil.copytree(ROOT, tmp / "src", ignore=shutil.ignore_patterns(
-        ".git", "build", "*.egg-info", "__pycache__", "reports", ".venv"))
+    src = shutil.copytree(
+        ROOT,
+        tmp / "src",
+        ignore=shutil.ignore_patterns(
+            ".git", "build", "*.egg-info", "__pycache__", "reports", ".venv"
+        ),
+    )
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", "--system-site-packages", venv])
     py = venv / "bin" / "python"
     # Building a wheel needs bdist_wheel: in setuptools since 70.1, else the `wheel` package.
-    if subprocess.run([py, "-c", "import setuptools.command.bdist_wheel"],
-                      capture_output=True).returncode:
+    if subprocess.run(
+        [py, "-c", "import setuptools.command.bdist_wheel"], capture_output=True
+    ).returncode:
         _run([py, "-m", "pip", "install", "-q", "setuptools>=70.1"])
     _run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", src])
     return py
@@ -51,26 +64,50 @@ class Project:
     python: Path
     env: dict
 
-    def inv(self, *args: str, check: bool = True, cwd: Path | None = None,
-            extra_env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    def inv(
+        self,
+        *args: str,
+        check: bool = True,
+        cwd: Path | None = None,
+        extra_env: dict | None = None,
+        timeout: float = 900,
+    ) -> subprocess.CompletedProcess:
         """`inv ARGS` in the project with the venv's Invoke and cdtasks."""
-        proc = subprocess.run([str(self.python), "-m", "invoke", *args], cwd=cwd or self.dir,
-                              text=True, capture_output=True, timeout=timeout,
-                              env={**self.env, **(extra_env or {})})
+        proc = subprocess.run(
+            [str(self.python), "-m", "invoke", *args],
+            cwd=cwd or self.dir,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            env={**self.env, **(extra_env or {})},
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"inv {' '.join(args)} exited {proc.returncode}\n"
-                                 f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+            raise AssertionError(
+                f"inv {' '.join(args)} exited {proc.returncode}\n"
+                f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+            )
         return proc
 
 
 def _env_file(name: str) -> str:
-    """This checkout's env file with the sample's paths moved to the project's `app/`."""
+    """This checkout's env file; in base.env (where they are set), the sample's paths moved to
+    the project's `app/`."""
     text = (ROOT / "env" / f"{name}.env").read_text()
-    for key, value in (("APP_DIR", "app"), ("PROXY_CONFIG", "app/proxy/haproxy.cfg"),
-                       ("COMPOSE_FILE", "app/docker-compose-test-local.yml")):
+    if name != "base":
+        return text
+    for key, value in (
+        ("APP_DIR", "app"),
+        ("PROXY_CONFIG", "app/proxy/haproxy.cfg"),
+        ("COMPOSE_FILE", "app/docker-compose-test-local.yml"),
+    ):
         assert f"\n{key}=" in text, key
-        text = "\n".join(f"{key}={value}" if line.startswith(f"{key}=") else line
-                         for line in text.splitlines()) + "\n"
+        text = (
+            "\n".join(
+                f"{key}={value}" if line.startswith(f"{key}=") else line
+                for line in text.splitlines()
+            )
+            + "\n"
+        )
     return text
 
 
@@ -79,7 +116,7 @@ def _project(directory: Path, python: Path, lab, env_dir: str) -> Project:
     `app/`, all in one git repository (the default repository is the project)."""
     shutil.copytree(ROOT / "demo", directory / "app")
     (directory / env_dir).mkdir()
-    for name in ("test", "prod"):
+    for name in ("base", "test", "prod"):
         (directory / env_dir / f"{name}.env").write_text(_env_file(name))
     (directory / "tasks.py").write_text("from cdtasks import ns  # every cdtasks task\n")
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "a project using cdtasks"]):
@@ -95,9 +132,15 @@ def project(stack, python, tmp_path_factory) -> Project:
 
 
 def test_the_package_is_installed_with_its_data(python):
-    proc = _run([python, "-c", "import cdtasks.config, cdtasks.images as i, sys; "
-                 "print(cdtasks.config.__file__); print(i.HERE); print('invoke' in sys.modules)"],
-                cwd="/")
+    proc = _run(
+        [
+            python,
+            "-c",
+            "import cdtasks.config, cdtasks.images as i, sys; "
+            "print(cdtasks.config.__file__); print(i.HERE); print('invoke' in sys.modules)",
+        ],
+        cwd="/",
+    )
     module, images, invoke_loaded = proc.stdout.split()
     assert "site-packages" in module and not module.startswith(str(ROOT)), module
     for name in ("node-entrypoint.sh", "registry.yml"):
@@ -116,8 +159,15 @@ def test_another_project_provisions_delivers_and_deploys(project):
     proc = project.inv("deliver", "--version", VERSION, "--json")
     report = json.loads(proc.stdout)  # one JSON document, nothing else on stdout
     assert report["suite"] == "deliver" and report["ok"] is True
-    assert [s["name"] for s in report["steps"]] == ["checkout", "unit", "build", "staging",
-                                                   "publish", "prodlike", "prodtest"]
+    assert [s["name"] for s in report["steps"]] == [
+        "checkout",
+        "unit",
+        "build",
+        "staging",
+        "publish",
+        "prodlike",
+        "prodtest",
+    ]
     meta = report["meta"]
     assert meta["version"] == VERSION and meta["env"] == "test"
     assert Path(meta["repo"]) == project.dir  # the default repository is the project
@@ -136,8 +186,11 @@ def test_another_project_provisions_delivers_and_deploys(project):
     assert history["env"] == "prod" and history["service"] == "go-demo"
     assert history["source"] == "cluster"
     last = history["deployments"][-1]
-    assert (last["version"], last["result"], last["digest"]) == (VERSION, "deployed",
-                                                                 meta["digest"])
+    assert (last["version"], last["result"], last["digest"]) == (
+        VERSION,
+        "deployed",
+        meta["digest"],
+    )
 
 
 def test_a_project_configured_through_invoke_yaml(stack, python, tmp_path):

@@ -1,4 +1,5 @@
 """`inv destroy --purge` (run last): nothing of the lab is left on the engine or on disk."""
+
 from __future__ import annotations
 
 import time
@@ -26,8 +27,9 @@ def test_destroy_purge_leaves_nothing(lab):
     assert host.volumes.list(filters=label) == []
     assert host.networks.list(filters=label) == []
     # Named after the lab, labelled or not.
-    assert [c.name for c in host.containers.list(all=True)
-            if c.name.startswith(f"{lab.name}-")] == []
+    assert [
+        c.name for c in host.containers.list(all=True) if c.name.startswith(f"{lab.name}-")
+    ] == []
     assert [v.name for v in host.volumes.list() if v.name.startswith(f"{lab.name}-")] == []
     assert [n.name for n in host.networks.list() if n.name == lab.name] == []
     assert not lab_dir.exists(), sorted(p.name for p in lab_dir.iterdir())

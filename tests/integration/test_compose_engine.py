@@ -1,6 +1,8 @@
 """Compose against the real engine: every project is uniquely named and removed after its test."""
+
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -22,8 +24,10 @@ except Exception as exc:  # no socket, refused, TLS: all mean no engine for thes
 try:
     _client.images.get(IMAGE)
 except docker.errors.ImageNotFound:
-    pytest.skip(f"local image {IMAGE} is missing (Docker Hub is unreachable, build it first)",
-                allow_module_level=True)
+    pytest.skip(
+        f"local image {IMAGE} is missing (Docker Hub is unreachable, build it first)",
+        allow_module_level=True,
+    )
 try:
     compose_command()
 except ComposeError as exc:
@@ -50,6 +54,8 @@ services:
     <<: *python
     environment: [CDT_PASSED, CDT_NOT_PASSED]  # taken from compose's own environment
     command: ["-c", "import os; print(sorted(k for k in os.environ if k.startswith('CDT_')))"]
+  built:
+    build: {context: ., dockerfile: Dockerfile.built}
 """
 
 
@@ -143,3 +149,18 @@ def test_operator_variables_reach_services_only_when_pass_env_names_them(make, m
     monkeypatch.setenv("CDT_NOT_PASSED", "ci-token-2")
     assert "[]" in make().run("env").output.splitlines()
     assert "['CDT_PASSED']" in make(pass_env=["CDT_PASSED"]).run("env").output.splitlines()
+
+
+def test_a_build_says_nothing_of_bake(make, tmp_path):
+    """Compose v2.40 would advise Bake in every build, and buildx is not installed: it is turned
+    off in compose's environment (COMPOSE_BAKE=false), so the build's output stays the build's."""
+    (tmp_path / "Dockerfile.built").write_text(f"FROM {IMAGE}\nLABEL io.cdtasks.test=bake\n")
+    c = make()
+    try:
+        result = c.build("built")
+        assert result.ok and "Bake" not in result.output and "buildx" not in result.output, (
+            result.output
+        )
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            _client.images.remove(f"{c.project}-built", force=True)

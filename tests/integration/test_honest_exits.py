@@ -1,6 +1,7 @@
 """Honest exits where no cluster answers: an environment whose lab was never provisioned (a name
 of this test only, so no machine of any lab matches), run as a user runs the tasks. No lab is
 made; the Docker engine answers that there is no machine."""
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,22 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture()
 def inv(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CDTASKS_", "DOCKER_"))}
-    env.update(CDTASKS_LAB_NAME=f"cdtnone{uuid.uuid4().hex[:6]}", CDTASKS_STATE_DIR=str(tmp_path),
-               CDTASKS_REPORTS_DIR=str(tmp_path / "reports"))
+    env.update(
+        CDTASKS_LAB_NAME=f"cdtnone{uuid.uuid4().hex[:6]}",
+        CDTASKS_STATE_DIR=str(tmp_path),
+        CDTASKS_REPORTS_DIR=str(tmp_path / "reports"),
+    )
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env,
-                              text=True, capture_output=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "invoke", *args],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            capture_output=True,
+            timeout=120,
+        )
+
     run.state_dir = tmp_path
     run.lab = env["CDTASKS_LAB_NAME"]
     return run
@@ -47,9 +58,22 @@ def test_history_from_the_local_log_says_so_and_how_old_it_is(inv):
     assert "warning: prod's cluster did not answer; showing the local log" in proc.stderr
     assert "never written on this machine" in proc.stderr
     log.parent.mkdir()
-    log.write_text(json.dumps({"time": "2026-11-29T10:00:00Z", "user": "ci", "kind": "deploy",
-                               "version": "1.1", "image": "", "digest": "", "result": "deployed",
-                               "rolled_back": False, "seconds": 1.0}) + "\n")
+    log.write_text(
+        json.dumps(
+            {
+                "time": "2026-11-29T10:00:00Z",
+                "user": "ci",
+                "kind": "deploy",
+                "version": "1.1",
+                "image": "",
+                "digest": "",
+                "result": "deployed",
+                "rolled_back": False,
+                "seconds": 1.0,
+            }
+        )
+        + "\n"
+    )
     os.utime(log, (time.time() - 3 * 3600 - 300,) * 2)
     proc = inv("history", "--env", "prod", "--json")
     assert proc.returncode == 0, proc
@@ -63,8 +87,9 @@ def test_report_into_a_directory_that_does_not_exist_is_refused(inv):
     missing = inv.state_dir / "no" / "such"
     proc = inv("report", "--output", str(missing / "page.html"))
     assert proc.returncode == 2, proc
-    assert proc.stderr.strip() == (f"error: --output {missing / 'page.html'}: directory {missing} "
-                                   "does not exist")
+    assert proc.stderr.strip() == (
+        f"error: --output {missing / 'page.html'}: directory {missing} does not exist"
+    )
     assert not missing.parent.exists()
     proc = inv("report", "--output", str(inv.state_dir))
     assert proc.returncode == 2 and "is a directory: name the file" in proc.stderr

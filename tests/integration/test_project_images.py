@@ -1,6 +1,7 @@
 """The images a project needs, made present on a real engine (this machine's, standing in for
 the CD node): taken from a registry (a registry container on 127.0.0.1), or refused with the
 image and the service named. Everything made here is uniquely named and removed."""
+
 from __future__ import annotations
 
 import secrets
@@ -63,9 +64,13 @@ services:
 @pytest.fixture
 def registry():
     """A registry on a free 127.0.0.1 port: `localhost:PORT`, as the engine trusts it."""
-    container = _client.containers.run(REGISTRY_IMAGE, detach=True, auto_remove=False,
-                                       ports={"5000/tcp": ("127.0.0.1", None)},
-                                       labels={"io.cdtasks.test": "project-images"})
+    container = _client.containers.run(
+        REGISTRY_IMAGE,
+        detach=True,
+        auto_remove=False,
+        ports={"5000/tcp": ("127.0.0.1", None)},
+        labels={"io.cdtasks.test": "project-images"},
+    )
     try:
         deadline = time.monotonic() + 30
         while True:  # until the port is bound and the registry answers on it
@@ -110,7 +115,8 @@ def push(ref: str) -> None:
 
 
 def test_an_image_only_the_registry_has_is_pulled_and_named_as_the_project_names_it(
-        tmp_path, registry, name):
+    tmp_path, registry, name
+):
     db = f"{name}/db:3.2.10"
     push(f"{registry}/{db}")
     with pytest.raises(docker.errors.ImageNotFound):
@@ -130,4 +136,5 @@ def test_an_image_nowhere_is_refused_naming_image_and_service(tmp_path, registry
         ensure(project(tmp_path, name, db), _client, "host", registry, _client, print)
     assert str(err.value) == (
         f"image {db} needed by service db is not on CD node host, not one the tool builds, and "
-        f"not in the registry {registry}; Docker Hub is not reachable from here")
+        f"not in the registry {registry}; Docker Hub is not reachable from here"
+    )

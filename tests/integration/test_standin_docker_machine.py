@@ -2,6 +2,7 @@
 command-line contract: one real machine, driven only through the command line, checked the way a
 user reaches it (the env it prints with the Docker SDK, ssh, the shared folder) and against what
 the engine holds."""
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,7 @@ try:
     _host = docker.DockerClient(base_url=LOCAL_ENGINE)
     _host.ping()
 except Exception as exc:  # no socket, refused: no engine for this test
-    pytest.fail(f"integration tests need a Docker engine at {LOCAL_ENGINE}: {exc}",
-                pytrace=False)
+    pytest.fail(f"integration tests need a Docker engine at {LOCAL_ENGINE}: {exc}", pytrace=False)
 
 
 class Standin:
@@ -42,15 +42,27 @@ class Standin:
         self.share = base / "share"
         self.share.mkdir()
         self.lab = "dm" + hashlib.sha1(str(self.storage.resolve()).encode()).hexdigest()[:6]
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("DOCKER_", "CDTASKS_", "MACHINE_", "VIRTUALBOX_"))}
-        self.env.update(MACHINE_STORAGE_PATH=str(self.storage),
-                        VIRTUALBOX_SHARE_FOLDER=f"{self.share}:{self.share}")
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("DOCKER_", "CDTASKS_", "MACHINE_", "VIRTUALBOX_"))
+        }
+        self.env.update(
+            MACHINE_STORAGE_PATH=str(self.storage),
+            VIRTUALBOX_SHARE_FOLDER=f"{self.share}:{self.share}",
+        )
 
-    def __call__(self, *args: str, input: str = "",
-                 timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([str(STANDIN), *args], env=self.env, input=input, text=True,
-                              capture_output=True, timeout=timeout)
+    def __call__(
+        self, *args: str, input: str = "", timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(STANDIN), *args],
+            env=self.env,
+            input=input,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+        )
 
     def ok(self, *args: str, **kw) -> str:
         proc = self(*args, **kw)
@@ -64,8 +76,11 @@ class Standin:
 
     def engine_objects(self) -> list:
         label = {"label": f"{LAB_LABEL}={self.lab}"}
-        return (_host.containers.list(all=True, filters=label) + _host.volumes.list(filters=label)
-                + _host.networks.list(filters=label))
+        return (
+            _host.containers.list(all=True, filters=label)
+            + _host.volumes.list(filters=label)
+            + _host.networks.list(filters=label)
+        )
 
 
 @pytest.fixture
@@ -81,8 +96,11 @@ def machine_client(env: dict[str, str]) -> docker.DockerClient:
     """A client configured only from what `docker-machine env` printed."""
     assert env["DOCKER_TLS_VERIFY"] == "1"
     certs = Path(env["DOCKER_CERT_PATH"])
-    tls = TLSConfig(client_cert=(str(certs / "cert.pem"), str(certs / "key.pem")),
-                    ca_cert=str(certs / "ca.pem"), verify=True)
+    tls = TLSConfig(
+        client_cert=(str(certs / "cert.pem"), str(certs / "key.pem")),
+        ca_cert=str(certs / "ca.pem"),
+        verify=True,
+    )
     client = docker.DockerClient(base_url=env["DOCKER_HOST"], tls=tls, timeout=30, version="1.41")
     client.api.trust_env = False  # else requests lets REQUESTS_CA_BUNDLE replace the machine's CA
     return client
@@ -90,8 +108,10 @@ def machine_client(env: dict[str, str]) -> docker.DockerClient:
 
 def parse_env(output: str) -> dict[str, str]:
     lines = output.splitlines()
-    assert lines[-2:] == ["# Run this command to configure your shell: ",
-                          f"# eval $(docker-machine env {NAME})"]
+    assert lines[-2:] == [
+        "# Run this command to configure your shell: ",
+        f"# eval $(docker-machine env {NAME})",
+    ]
     return dict(re.fullmatch(r'export (\w+)="(.*)"', line).groups() for line in lines[:-2])
 
 
@@ -100,7 +120,8 @@ def test_standin_keeps_the_docker_machine_contract(dm):
     assert out.splitlines()[-2:] == [
         "Docker is up and running!",
         "To see how to connect your Docker Client to the Docker Engine running on this virtual "
-        f"machine, run: docker-machine env {NAME}"]
+        f"machine, run: docker-machine env {NAME}",
+    ]
     dm.fails("create", NAME, message=f'Host already exists: "{NAME}"')
     assert dm.ok("ls", "--format", "{{.Name}} {{.State}}") == f"{NAME} Running\n"
 
@@ -124,8 +145,12 @@ def test_standin_keeps_the_docker_machine_contract(dm):
 
     certs = dm.storage.resolve() / "certs"
     assert dm.ok("config", NAME).splitlines() == [
-        "--tlsverify", f'--tlscacert="{certs}/ca.pem"', f'--tlscert="{certs}/cert.pem"',
-        f'--tlskey="{certs}/key.pem"', f"-H={env['DOCKER_HOST']}"]
+        "--tlsverify",
+        f'--tlscacert="{certs}/ca.pem"',
+        f'--tlscert="{certs}/cert.pem"',
+        f'--tlskey="{certs}/key.pem"',
+        f"-H={env['DOCKER_HOST']}",
+    ]
     host = json.loads(dm.ok("inspect", NAME))
     assert host["Name"] == NAME and host["DriverName"] == "virtualbox"
     assert host["Driver"]["IPAddress"] == str(ip) and host["Driver"]["SSHPort"] > 0
@@ -135,11 +160,21 @@ def test_standin_keeps_the_docker_machine_contract(dm):
     assert ssh_port == str(host["Driver"]["SSHPort"])
 
     # Refused before anything is made.
-    dm.fails("create", "-d", "nosuch", "other",
-             message='Driver "nosuch" not found. Do you have the plugin binary '
-                     '"docker-machine-driver-nosuch" accessible in your PATH?')
-    dm.fails("create", "--no-such-flag", "x", "other",
-             message="Incorrect Usage: flag provided but not defined: -no-such-flag")
+    dm.fails(
+        "create",
+        "-d",
+        "nosuch",
+        "other",
+        message='Driver "nosuch" not found. Do you have the plugin binary '
+        '"docker-machine-driver-nosuch" accessible in your PATH?',
+    )
+    dm.fails(
+        "create",
+        "--no-such-flag",
+        "x",
+        "other",
+        message="Incorrect Usage: flag provided but not defined: -no-such-flag",
+    )
     dm.fails("create", "bad_name", message="Error creating machine: Invalid hostname specified.")
     assert dm.ok("ls", "-q") == f"{NAME}\n"
     dm.fails("ip", "other", message='Host does not exist: "other"')
@@ -156,11 +191,14 @@ def test_standin_keeps_the_docker_machine_contract(dm):
 
     # The machine's VM vanishes behind docker-machine's back: ls says so, rm -f cleans up.
     _host.containers.get(f"{dm.lab}-{NAME}").remove(force=True)
-    assert dm.ok("ls", "--format", "{{.Name}} {{.State}} {{.URL}}|{{.Error}}") == \
-        f"{NAME} Error |machine does not exist\n"
+    assert (
+        dm.ok("ls", "--format", "{{.Name}} {{.State}} {{.URL}}|{{.Error}}")
+        == f"{NAME} Error |machine does not exist\n"
+    )
     assert dm.ok("rm", "-f", NAME).splitlines() == [
         f"About to remove {NAME}",
         "WARNING: This action will delete both local reference and remote instance.",
-        f"Successfully removed {NAME}"]
+        f"Successfully removed {NAME}",
+    ]
     assert dm.ok("ls", "-q") == ""
     assert dm.engine_objects() == []

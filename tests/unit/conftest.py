@@ -2,6 +2,7 @@
 (a requests adapter answers the HTTP calls), so records.py runs its own code path, errors
 included: a name taken is 409, an unknown config 404, an update must name the current version
 index and may change only the labels, every write advances one version index (Raft's)."""
+
 from __future__ import annotations
 
 import base64
@@ -44,14 +45,23 @@ class ConfigStore(BaseAdapter):
             if any(c["Spec"]["Name"] == body["Name"] for c in self.configs.values()):
                 return 409, {"message": f"config {body['Name']} already exists"}
             cid = secrets.token_hex(12)
-            self.configs[cid] = {"ID": cid, "Version": {"Index": next(self._index)},
-                                 "Spec": {"Name": body["Name"], "Labels": body.get("Labels") or {},
-                                          "Data": body["Data"]}}
+            self.configs[cid] = {
+                "ID": cid,
+                "Version": {"Index": next(self._index)},
+                "Spec": {
+                    "Name": body["Name"],
+                    "Labels": body.get("Labels") or {},
+                    "Data": body["Data"],
+                },
+            }
             return 201, {"ID": cid}
         if parts == ["configs"] and method == "GET":
             wanted = json.loads(query.get("filters", "{}")).get("label", [])
-            return 200, [c for c in self.configs.values()
-                         if all(_has(c["Spec"]["Labels"], f) for f in wanted)]
+            return 200, [
+                c
+                for c in self.configs.values()
+                if all(_has(c["Spec"]["Labels"], f) for f in wanted)
+            ]
         config = self._find(parts[1]) if len(parts) > 1 else None
         if config is None:
             return 404, {"message": f"config {parts[-1]} not found"}
@@ -64,7 +74,9 @@ class ConfigStore(BaseAdapter):
             if int(query["version"]) != config["Version"]["Index"]:
                 return 500, {"message": "rpc error: code = Unknown desc = update out of sequence"}
             if body["Name"] != config["Spec"]["Name"] or body.get("Data") not in (
-                    None, config["Spec"]["Data"]):
+                None,
+                config["Spec"]["Data"],
+            ):
                 return 400, {"message": "only updates to Labels are allowed"}
             config["Spec"]["Labels"] = body.get("Labels") or {}
             config["Version"]["Index"] = next(self._index)

@@ -1,4 +1,5 @@
 """Key material of a lab: CA, server and client certificates, SSH keys (files in tmp_path only)."""
+
 from __future__ import annotations
 
 import datetime
@@ -50,7 +51,12 @@ def lab(tmp_path):
 # -- the CA and the client certificate ------------------------------------------------------------
 def test_ensure_ca_writes_the_docker_machine_layout(lab):
     ca_dir, _ = lab
-    assert sorted(p.name for p in ca_dir.iterdir()) == ["ca-key.pem", "ca.pem", "cert.pem", "key.pem"]
+    assert sorted(p.name for p in ca_dir.iterdir()) == [
+        "ca-key.pem",
+        "ca.pem",
+        "cert.pem",
+        "key.pem",
+    ]
 
 
 def test_ca_is_a_self_signed_ca(lab):
@@ -75,7 +81,9 @@ def test_client_cert_is_signed_by_the_ca_for_client_auth(lab):
 
 def test_ensure_ca_twice_keeps_the_same_ca(tmp_path):
     ensure_ca(tmp_path)
-    files = {n: (tmp_path / n).read_bytes() for n in ("ca.pem", "ca-key.pem", "cert.pem", "key.pem")}
+    files = {
+        n: (tmp_path / n).read_bytes() for n in ("ca.pem", "ca-key.pem", "cert.pem", "key.pem")
+    }
     ensure_ca(tmp_path)
     assert {n: (tmp_path / n).read_bytes() for n in files} == files
 
@@ -127,7 +135,10 @@ def test_each_server_cert_gets_its_own_key(lab, tmp_path):
     other = tmp_path / "machines" / "swarm-test-2"
     server_cert(ca_dir, other, ["swarm-test-2", "localhost", "127.0.0.1"])
     assert (other / "server-key.pem").read_bytes() != (node_dir / "server-key.pem").read_bytes()
-    assert cert(other / "server-cert.pem").serial_number != cert(node_dir / "server-cert.pem").serial_number
+    assert (
+        cert(other / "server-cert.pem").serial_number
+        != cert(node_dir / "server-cert.pem").serial_number
+    )
 
 
 # -- file modes -----------------------------------------------------------------------------------
@@ -150,8 +161,11 @@ def test_ssh_keypair(tmp_path):
 
     key = serialization.load_ssh_private_key(private.read_bytes(), None)
     assert isinstance(key, ed25519.Ed25519PrivateKey)
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                           serialization.PublicFormat.OpenSSH).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
     assert line.split()[:2] == public.split()[:2]
 
 

@@ -1,6 +1,7 @@
 """The version a delivery builds: --version, else the git tag, else the short commit id; and the
 version rule of the env files refuses the rest (a real git repository, no cluster: the lab
 shares its workspace, so nothing is copied to a node)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -15,8 +16,9 @@ GIT_ID = ["-c", "user.name=cdtasks tests", "-c", "user.email=tests@cdtasks.inval
 
 
 def git(repo, *args) -> str:
-    return subprocess.run(["git", *GIT_ID, *args], cwd=repo, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *GIT_ID, *args], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture
@@ -32,7 +34,9 @@ def repo(tmp_path):
 
 @pytest.fixture
 def settings(tmp_path):
-    (tmp_path / "test.env").write_text(f"STATE_DIR={tmp_path / 'state'}\nCOMPOSE_FILE=docker-compose.yml\n")
+    (tmp_path / "test.env").write_text(
+        f"STATE_DIR={tmp_path / 'state'}\nCOMPOSE_FILE=docker-compose.yml\n"
+    )
     return load("test", environ={}, env_dir=tmp_path)
 
 

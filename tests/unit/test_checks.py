@@ -1,5 +1,6 @@
 """Checks of the delivery's flags before any step runs (real git on local repositories and a
 local server that never answers; no network)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,9 @@ from cdtasks.config import ConfigError
 
 
 def git(*args: str, cwd=None) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture
@@ -39,8 +41,9 @@ def test_version_accepts_pinned_tags(value):
     assert checks.version(value) == value
 
 
-@pytest.mark.parametrize("value", ["", "latest", "1.1;rm -rf /", "$(id)", "a b", "-1", ".x",
-                                   "x" * 129])
+@pytest.mark.parametrize(
+    "value", ["", "latest", "1.1;rm -rf /", "$(id)", "a b", "-1", ".x", "x" * 129]
+)
 def test_version_refuses_empty_latest_and_shell_characters(value):
     with pytest.raises(ConfigError) as err:
         checks.version(value)
@@ -100,6 +103,7 @@ def test_repo_url_that_never_answers_times_out(tmp_path):
         while not stop.is_set():
             with contextlib.suppress(OSError):
                 held.append(listener.accept()[0])
+
     thread = threading.Thread(target=hold, daemon=True)
     thread.start()
     port = listener.getsockname()[1]
@@ -162,9 +166,16 @@ def test_compose_file_in_a_plain_directory(tmp_path):
         checks.compose_file("d.yml", str(tmp_path))
 
 
-@pytest.mark.parametrize("value, why", [
-    ("", "relative"), ("/etc/compose.yml", "relative"), ("~/c.yml", "relative"),
-    ("../c.yml", r"leaves the repository"), ("ci/../../c.yml", r"leaves the repository")])
+@pytest.mark.parametrize(
+    "value, why",
+    [
+        ("", "relative"),
+        ("/etc/compose.yml", "relative"),
+        ("~/c.yml", "relative"),
+        ("../c.yml", r"leaves the repository"),
+        ("ci/../../c.yml", r"leaves the repository"),
+    ],
+)
 def test_compose_file_outside_the_checkout_is_refused(value, why):
     with pytest.raises(ConfigError, match=why) as err:
         checks.compose_file(value)
@@ -181,9 +192,18 @@ def test_inside_follows_symbolic_links(tmp_path):
         checks.inside(checkout, "out.yml")
 
 
-@pytest.mark.parametrize("value, url", [
-    ("https://h/x.git", True), ("git+https://h/x", True), ("file:///srv/x", True),
-    ("git@github.com:me/x.git", True), ("/srv/x", False), ("./x", False), ("x:y", False)])
+@pytest.mark.parametrize(
+    "value, url",
+    [
+        ("https://h/x.git", True),
+        ("git+https://h/x", True),
+        ("file:///srv/x", True),
+        ("git@github.com:me/x.git", True),
+        ("/srv/x", False),
+        ("./x", False),
+        ("x:y", False),
+    ],
+)
 def test_is_url(value, url):
     assert checks.is_url(value) is url
 

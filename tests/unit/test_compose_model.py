@@ -1,5 +1,6 @@
 """The project's model as compose reads it (`docker compose config`, no engine needed): the
 demo's file, the book-style sample, the book's own go-demo file; and the contract check."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -77,9 +78,17 @@ def environment(**contract: str) -> dict[str, str]:
 
 
 def test_demo_file_names_the_image_from_the_delivery_environment():
-    model = read_model(DEMO / "docker-compose-test-local.yml", environment(
-        IMAGE="localhost:5000/go-demo", VERSION="1.1", BASE_IMAGE="cdtasks/python:3.11",
-        DB_IMAGE="cdtasks/redis:7.0", HOST_IP="10.0.0.2"), CLI)
+    model = read_model(
+        DEMO / "docker-compose-test-local.yml",
+        environment(
+            IMAGE="localhost:5000/go-demo",
+            VERSION="1.1",
+            BASE_IMAGE="cdtasks/python:3.11",
+            DB_IMAGE="cdtasks/redis:7.0",
+            HOST_IP="10.0.0.2",
+        ),
+        CLI,
+    )
     assert set(model.services) == CONTRACT | {"db"}
     assert model.built_image() == "localhost:5000/go-demo:1.1"
     assert model.images["staging-dep"] == "localhost:5000/go-demo:1.1"
@@ -151,8 +160,9 @@ def test_the_operator_environment_does_not_reach_the_model(tmp_path, monkeypatch
     f.write_text("services:\n  app:\n    image: ${SOMETHING:-unset}:1\n")
     monkeypatch.setenv("SOMETHING", "leaked")
     assert read_model(f, compose_environment({}, {}), CLI).images["app"] == "unset:1"
-    assert read_model(f, compose_environment({}, {}, ["SOMETHING"]), CLI).images["app"] == \
-        "leaked:1"
+    assert (
+        read_model(f, compose_environment({}, {}, ["SOMETHING"]), CLI).images["app"] == "leaked:1"
+    )
 
 
 def test_compose_object_reads_its_own_model(tmp_path):
@@ -168,13 +178,18 @@ def test_an_app_without_image_is_named_by_compose_after_project_and_service():
     assert model.app_build.dockerfile == "Dockerfile"
 
 
-@pytest.mark.parametrize("services, missing", [
-    ({"app": {"build": {}}, "unit": {}, "staging": {}, "production": {}}, "staging-dep"),
-    ({"app": {"build": {}}, "unit": {}}, "staging-dep, staging, production"),
-    ({"unit": {}, "staging-dep": {}, "staging": {}, "production": {}}, "app"),
-])
+@pytest.mark.parametrize(
+    "services, missing",
+    [
+        ({"app": {"build": {}}, "unit": {}, "staging": {}, "production": {}}, "staging-dep"),
+        ({"app": {"build": {}}, "unit": {}}, "staging-dep, staging, production"),
+        ({"unit": {}, "staging-dep": {}, "staging": {}, "production": {}}, "app"),
+    ],
+)
 def test_missing_contract_services_are_named(services, missing):
-    model = model_of("ci.yml", {"services": {k: {"image": "x:1", **v} for k, v in services.items()}})
+    model = model_of(
+        "ci.yml", {"services": {k: {"image": "x:1", **v} for k, v in services.items()}}
+    )
     with pytest.raises(ContractError) as err:
         check_contract(model, "repo/ci.yml")
     assert str(err.value).startswith(f"repo/ci.yml: no service {missing}:")
@@ -186,19 +201,37 @@ def test_app_must_build():
         check_contract(model)
 
 
-@pytest.mark.parametrize("ref, tagged", [
-    ("go-demo", "go-demo:latest"), ("go-demo:1.1", "go-demo:1.1"),
-    ("localhost:5000/go-demo", "localhost:5000/go-demo:latest"),
-    ("localhost:5000/go-demo:1.1", "localhost:5000/go-demo:1.1"),
-    ("docker.io/library/mongo:3.2.10", "mongo:3.2.10"), ("docker.io/vfarcic/go-demo",
-                                                         "vfarcic/go-demo:latest"),
-    ("x@sha256:" + "a" * 64, "x@sha256:" + "a" * 64)])
+@pytest.mark.parametrize(
+    "ref, tagged",
+    [
+        ("go-demo", "go-demo:latest"),
+        ("go-demo:1.1", "go-demo:1.1"),
+        ("localhost:5000/go-demo", "localhost:5000/go-demo:latest"),
+        ("localhost:5000/go-demo:1.1", "localhost:5000/go-demo:1.1"),
+        ("docker.io/library/mongo:3.2.10", "mongo:3.2.10"),
+        ("docker.io/vfarcic/go-demo", "vfarcic/go-demo:latest"),
+        ("x@sha256:" + "a" * 64, "x@sha256:" + "a" * 64),
+    ],
+)
 def test_image_ref_is_what_the_engine_tags(ref, tagged):
     assert image_ref(ref) == tagged
 
 
 def test_published_ports_ranges_and_ephemeral():
-    model = model_of("f.yml", {"services": {"a": {"image": "x:1", "ports": [
-        {"target": 80, "published": "8080-8081"}, {"target": 90}, {"target": 91, "published": ""},
-        {"target": 92, "published": "9000"}]}}})
+    model = model_of(
+        "f.yml",
+        {
+            "services": {
+                "a": {
+                    "image": "x:1",
+                    "ports": [
+                        {"target": 80, "published": "8080-8081"},
+                        {"target": 90},
+                        {"target": 91, "published": ""},
+                        {"target": 92, "published": "9000"},
+                    ],
+                }
+            }
+        },
+    )
     assert dict(model.ports) == {"a": (8080, 8081, 9000)}

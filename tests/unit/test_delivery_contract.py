@@ -3,6 +3,7 @@ before any step, the checkout of a ref (real git), a compose file without the co
 as bad input (real compose CLI, which reads files only), when staging needs the CD node's lock,
 credentials kept out of the step state, and where deployment runs the production tests of a
 delivered record."""
+
 from __future__ import annotations
 
 import functools
@@ -26,8 +27,9 @@ HELLO = Path(__file__).resolve().parents[2] / "tests" / "apps" / "hello-book"
 
 
 def git(repo, *args) -> str:
-    return subprocess.run(["git", *GIT_ID, *args], cwd=repo, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *GIT_ID, *args], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 class Quiet:
@@ -40,9 +42,11 @@ class Quiet:
 
 @pytest.fixture
 def settings(tmp_path):
-    (tmp_path / "test.env").write_text(f"STATE_DIR={tmp_path / 'state'}\n"
-                                       "COMPOSE_FILE=docker-compose-ci.yml\n"
-                                       "APP_IMAGE=hello-book\n")
+    (tmp_path / "test.env").write_text(
+        f"STATE_DIR={tmp_path / 'state'}\n"
+        "COMPOSE_FILE=docker-compose-ci.yml\n"
+        "APP_IMAGE=hello-book\n"
+    )
     return load("test", environ={}, env_dir=tmp_path)
 
 
@@ -62,12 +66,15 @@ def hello(tmp_path):
     return r
 
 
-@pytest.mark.parametrize("kw, flag", [
-    ({"version": "latest"}, "--version"),
-    ({"version": ""}, "--version"),
-    ({"ref": "--upload-pack=x"}, "--ref"),
-    ({"repo": "/no/such/dir"}, "--repo"),
-])
+@pytest.mark.parametrize(
+    "kw, flag",
+    [
+        ({"version": "latest"}, "--version"),
+        ({"version": ""}, "--version"),
+        ({"ref": "--upload-pack=x"}, "--ref"),
+        ({"repo": "/no/such/dir"}, "--repo"),
+    ],
+)
 def test_bad_flags_are_refused_naming_the_flag(settings, hello, kw, flag):
     args = {"repo": str(hello), "ref": "HEAD", "version": "1.0", **kw}
     d = Delivery(settings, args["repo"], args["ref"], args["version"])
@@ -76,8 +83,9 @@ def test_bad_flags_are_refused_naming_the_flag(settings, hello, kw, flag):
 
 
 def test_a_compose_file_missing_at_the_ref_is_refused(tmp_path, hello):
-    (tmp_path / "test.env").write_text(f"STATE_DIR={tmp_path / 'state'}\n"
-                                       "COMPOSE_FILE=ci/other.yml\n")
+    (tmp_path / "test.env").write_text(
+        f"STATE_DIR={tmp_path / 'state'}\nCOMPOSE_FILE=ci/other.yml\n"
+    )
     d = Delivery(load("test", environ={}, env_dir=tmp_path), str(hello), "HEAD", "1.0")
     with pytest.raises(ConfigError, match="^--compose-file 'ci/other.yml': not in "):
         delivery.check_input(d)
@@ -99,7 +107,7 @@ def test_a_ref_that_names_nothing_fails_the_checkout(settings, hello):
 def test_a_compose_file_without_staging_is_bad_input_and_nothing_runs(settings, hello):
     compose = hello / "docker-compose-ci.yml"
     text = compose.read_text()
-    compose.write_text(text[:text.index("  staging:\n")] + text[text.index("  production:\n"):])
+    compose.write_text(text[: text.index("  staging:\n")] + text[text.index("  production:\n") :])
     git(hello, "commit", "--quiet", "-am", "no staging")
     d = Delivery(settings, str(hello), "HEAD", "1.0", defer_down=True)
     ran = []
@@ -113,26 +121,38 @@ def test_a_compose_file_without_staging_is_bad_input_and_nothing_runs(settings, 
 
 
 def model(image: str, ports=None) -> ComposeModel:
-    return ComposeModel("f.yml", ("app", "unit", "staging-dep", "staging", "production"),
-                        MappingProxyType({"app": image, "staging-dep": image}),
-                        MappingProxyType({"app": Build("/src", "Dockerfile")}),
-                        MappingProxyType(ports or {}))
+    return ComposeModel(
+        "f.yml",
+        ("app", "unit", "staging-dep", "staging", "production"),
+        MappingProxyType({"app": image, "staging-dep": image}),
+        MappingProxyType({"app": Build("/src", "Dockerfile")}),
+        MappingProxyType(ports or {}),
+    )
 
 
-@pytest.mark.parametrize("image, ports, locked", [
-    ("localhost:5000/hello-book:1.1", {}, False),  # `${IMAGE}:${VERSION}`: the run's own name
-    ("localhost:5000/hello-book:1.1", {"staging-dep": (8080,)}, True),  # a host port
-    ("hello-book:latest", {}, True),  # a plain name is every run's on the CD node
-])
+@pytest.mark.parametrize(
+    "image, ports, locked",
+    [
+        ("localhost:5000/hello-book:1.1", {}, False),  # `${IMAGE}:${VERSION}`: the run's own name
+        ("localhost:5000/hello-book:1.1", {"staging-dep": (8080,)}, True),  # a host port
+        ("hello-book:latest", {}, True),  # a plain name is every run's on the CD node
+    ],
+)
 def test_staging_takes_the_cd_nodes_lock_when_runs_could_collide(settings, image, ports, locked):
     d = Delivery(settings, "", version="1.1", model=model(image, ports), project="p-1")
     assert delivery.staging_lock_needed(d) is locked
 
 
 def test_the_step_state_keeps_no_credentials(settings, tmp_path):
-    settings.workspace_dir.mkdir(parents=True)
-    d = Delivery(settings, "https://ci:t0ken-secret@git.example/app.git", version="1.0",
-                 workdir=tmp_path, project="p-1", built="sha256:abc")
+    settings.delivery.workspace_dir.mkdir(parents=True)
+    d = Delivery(
+        settings,
+        "https://ci:t0ken-secret@git.example/app.git",
+        version="1.0",
+        workdir=tmp_path,
+        project="p-1",
+        built="sha256:abc",
+    )
     delivery.save_state(d)
     state = json.loads(delivery.state_file(settings).read_text())
     assert state["repo"] == "https://***@git.example/app.git" and state["built"] == "sha256:abc"
@@ -145,19 +165,32 @@ def test_deployment_tests_with_the_delivered_compose_file_and_the_env_files_cred
     (tmp_path / "prod.env").write_text(f"STATE_DIR={tmp_path}\n")
     test, prod = (load(e, environ={}, env_dir=tmp_path) for e in ("test", "prod"))
     d = Deployment(prod, test, "1.1")
-    record = {"repo": "https://***@git.example/app.git", "commit": "abc",
-              "compose_file": "docker-compose-ci.yml"}
+    record = {
+        "repo": "https://***@git.example/app.git",
+        "commit": "abc",
+        "compose_file": "docker-compose-ci.yml",
+    }
     co = checkout_for_tests(d, record)
-    assert (co.repo, co.ref, co.settings.compose_file) == (url, "abc", "docker-compose-ci.yml")
+    assert (co.repo, co.ref, co.settings.delivery.compose_file) == (
+        url,
+        "abc",
+        "docker-compose-ci.yml",
+    )
     other = checkout_for_tests(d, {"repo": "/srv/other", "commit": "def"})
-    assert (other.repo, other.settings.compose_file) == ("/srv/other", test.compose_file)
+    assert (other.repo, other.settings.delivery.compose_file) == (
+        "/srv/other",
+        test.delivery.compose_file,
+    )
 
 
-@pytest.mark.parametrize("ref, repository", [
-    ("localhost:5000/hello-book:1.1@sha256:ab", "localhost:5000/hello-book"),
-    ("localhost:5000/hello-book:1.1", "localhost:5000/hello-book"),
-    ("localhost:5000/hello-book", "localhost:5000/hello-book"),
-    ("hello-book:latest", "hello-book"),
-])
+@pytest.mark.parametrize(
+    "ref, repository",
+    [
+        ("localhost:5000/hello-book:1.1@sha256:ab", "localhost:5000/hello-book"),
+        ("localhost:5000/hello-book:1.1", "localhost:5000/hello-book"),
+        ("localhost:5000/hello-book", "localhost:5000/hello-book"),
+        ("hello-book:latest", "hello-book"),
+    ],
+)
 def test_the_repository_of_an_image_reference(ref, repository):
     assert registry.repository(ref) == repository

@@ -1,5 +1,6 @@
 """The one-line state a delivery leaves behind, as printed and reported (no engine needed for
 these paths)."""
+
 from pathlib import Path
 
 from cdtasks.config import load
@@ -18,13 +19,16 @@ def _ok(*names):
 
 def test_a_full_delivery_names_what_runs_on_prod_like(tmp_path):
     r = _delivery(tmp_path)
-    state = state_after(r, _ok("checkout", "unit", "build", "staging", "publish", "prodlike",
-                               "prodtest"))
+    state = state_after(
+        r, _ok("checkout", "unit", "build", "staging", "publish", "prodlike", "prodtest")
+    )
     assert state == "go-demo runs localhost:5000/go-demo:2.1 on prod-like"
 
 
 def test_steps_run_alone_do_not_claim_a_rollout(tmp_path):
-    assert state_after(_delivery(tmp_path), _ok("publish")) == "publish passed; prod-like not changed"
+    assert (
+        state_after(_delivery(tmp_path), _ok("publish")) == "publish passed; prod-like not changed"
+    )
 
 
 def test_a_dry_run_says_nothing_changed(tmp_path):

@@ -1,5 +1,6 @@
 """Deployment logic without a cluster: which version is deployed (from the versions that passed
 prod-like) and what a run's outcome is; the cluster side runs in tests/integration/test_4_deploy.py."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,14 +13,23 @@ from cdtasks.runner import StepResult
 
 @pytest.fixture
 def envs(tmp_path):
-    (tmp_path / "prod.env").write_text("REGISTRY_PORT=5100\nAPP_IMAGE=shop\nAPP_SERVICE=shop\n")
+    (tmp_path / "base.env").write_text("REGISTRY_PORT=5100\n")  # both clusters' registries
+    (tmp_path / "prod.env").write_text("APP_IMAGE=shop\nAPP_SERVICE=shop\n")
     (tmp_path / "test.env").write_text("APP_SERVICE=shop\nREPO=https://example.invalid/shop.git\n")
     return load("prod", environ={}, env_dir=tmp_path), load("test", environ={}, env_dir=tmp_path)
 
 
 def passed(*versions):
-    return [{"version": v, "image": f"localhost:5000/shop:{v}", "digest": f"sha256:{i}",
-             "repo": "r", "commit": "c"} for i, v in enumerate(versions)]
+    return [
+        {
+            "version": v,
+            "image": f"localhost:5000/shop:{v}",
+            "digest": f"sha256:{i}",
+            "repo": "r",
+            "commit": "c",
+        }
+        for i, v in enumerate(versions)
+    ]
 
 
 # -- which version -------------------------------------------------------------------------------
@@ -39,7 +49,9 @@ def test_nothing_passed_yet_is_refused_with_what_to_do(envs):
 
 
 def test_a_version_that_never_passed_is_refused_naming_those_that_did(envs):
-    with pytest.raises(DeploymentError, match=r"version 2.0 never passed prod-like \(passed: 1.0, 1.1\)"):
+    with pytest.raises(
+        DeploymentError, match=r"version 2.0 never passed prod-like \(passed: 1.0, 1.1\)"
+    ):
         choose(Deployment(*envs, version="2.0"), passed("1.1", "1.0"))
 
 
@@ -48,7 +60,9 @@ def test_force_deploys_a_version_from_the_target_registry(envs):
     record = choose(Deployment(prod, test, version="2.0", force=True), passed("1.1"))
     assert record["version"] == "2.0" and record["digest"] == ""
     assert record["image"] == "localhost:5100/shop:2.0"  # the production cluster's registry
-    assert record["repo"] == test.repo  # production tests come from the source's repository
+    assert (
+        record["repo"] == test.delivery.repo
+    )  # production tests come from the source's repository
 
 
 @pytest.mark.parametrize("version", ["latest", "", "1.0 beta"])
@@ -65,14 +79,17 @@ def results(*oks):
     return [StepResult(NAMES[i], ok, 1.0) for i, ok in enumerate(oks)]
 
 
-@pytest.mark.parametrize("kind, rolled_back, oks, expected", [
-    ("deploy", False, (True, True), "deployed"),
-    ("rollback", False, (True, True), "rolled back"),
-    ("deploy", False, (True, False), "failed"),  # --no-rollback
-    ("deploy", True, (True, False, True, True), "failed, rolled back"),
-    ("deploy", True, (False, True, False), "failed, rollback failed"),
-    ("deploy", True, (True, False, True, False), "failed, rollback failed"),
-])
+@pytest.mark.parametrize(
+    "kind, rolled_back, oks, expected",
+    [
+        ("deploy", False, (True, True), "deployed"),
+        ("rollback", False, (True, True), "rolled back"),
+        ("deploy", False, (True, False), "failed"),  # --no-rollback
+        ("deploy", True, (True, False, True, True), "failed, rolled back"),
+        ("deploy", True, (False, True, False), "failed, rollback failed"),
+        ("deploy", True, (True, False, True, False), "failed, rollback failed"),
+    ],
+)
 def test_outcome(envs, kind, rolled_back, oks, expected):
     d = Deployment(*envs, kind=kind, rolled_back=rolled_back)
     assert outcome(d, results(*oks)) == expected
@@ -94,6 +111,7 @@ def test_an_interrupted_run_is_interrupted_whatever_ran_before(envs):
 
 def test_a_run_that_lost_its_lock_is_never_deployed(envs):
     from cdtasks.records import LockLost
+
     d = Deployment(*envs)
     assert outcome(d, results(True), LockLost("taken over")) == "stopped, lock lost"
 

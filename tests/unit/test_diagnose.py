@@ -1,6 +1,7 @@
 """services.diagnose and the transient-error rule with a fake manager and fake nodes (pure
 logic: which task, which node, which container; the real health checks fail in
 tests/integration/test_7_faults.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -38,18 +39,36 @@ class Fake:
 
 
 def task(state, node="n2", container="c1", err="", updated="2026-01-01T00:00:02Z"):
-    return {"NodeID": node, "UpdatedAt": updated,
-            "Status": {"State": state, "Err": err, "Message": state,
-                       "ContainerStatus": {"ContainerID": container}}}
+    return {
+        "NodeID": node,
+        "UpdatedAt": updated,
+        "Status": {
+            "State": state,
+            "Err": err,
+            "Message": state,
+            "ContainerStatus": {"ContainerID": container},
+        },
+    }
 
 
-def health(*runs):
-    return {"State": {"Health": {"Status": "unhealthy", "Log": [
-        {"ExitCode": code, "Output": out} for code, out in runs]}}}
+def health(*runs, test=("CMD", "python3", "/app/healthcheck.py")):
+    failing = len(runs) - max((i + 1 for i, (code, _) in enumerate(runs) if code == 0), default=0)
+    return {
+        "Config": {"Healthcheck": {"Test": list(test)}},
+        "State": {
+            "Health": {
+                "Status": "unhealthy",
+                "FailingStreak": failing,
+                "Log": [{"ExitCode": code, "Output": out} for code, out in runs],
+            }
+        },
+    }
 
 
-NODES = [{"ID": "n2", "Description": {"Hostname": "swarm-test-2"}},
-         {"ID": "n3", "Description": {"Hostname": "swarm-test-3"}}]
+NODES = [
+    {"ID": "n2", "Description": {"Hostname": "swarm-test-2"}},
+    {"ID": "n3", "Description": {"Hostname": "swarm-test-3"}},
+]
 
 
 def test_a_failed_health_check_is_named_with_its_last_output_from_the_node_that_ran_it():
@@ -63,7 +82,10 @@ def test_a_failed_health_check_is_named_with_its_last_output_from_the_node_that_
 
     why = services.diagnose(manager, "go-demo", node_client)
     assert asked == ["swarm-test-3"]
-    assert why == "task: non-zero exit (137): health check failed: DB down"
+    assert why == (
+        "task: non-zero exit (137): health check failed: DB down "
+        "(`python3 /app/healthcheck.py`: exit code 1, 2 failed probes in a row)"
+    )
 
 
 def test_without_nodes_or_containers_the_tasks_own_words_remain():
@@ -76,13 +98,36 @@ def test_without_nodes_or_containers_the_tasks_own_words_remain():
 def test_running_tasks_are_not_inspected():
     manager = Fake(FakeAPI([task("running")], NODES))
     node = FakeAPI(containers={"c1": health((1, "old"))})
-    assert services.diagnose(manager, "go-demo", lambda h: Fake(node)) == "no task reported an error"
+    assert (
+        services.diagnose(manager, "go-demo", lambda h: Fake(node)) == "no task reported an error"
+    )
     assert node.inspected == []
 
 
 def test_health_output_is_the_last_failure_on_one_line():
-    assert services.health_output(health((1, "a\nb"), (0, "fine"))) == "a b"
+    assert (
+        services.health_output(health((1, "a\nb"), (0, "fine"), test=("NONE",)))
+        == "a b (exit code 1)"
+    )
+    assert services.health_output(health((0, "fine"))) == ""
+    # a probe cut short as the container stops says nothing: the last one that spoke is named
+    assert (
+        services.health_output(health((1, "DB down"), (137, ""), test=("NONE",)))
+        == "DB down (exit code 1, 2 failed probes in a row)"
+    )
     assert services.health_output({"State": {}}) == ""
+
+
+def test_a_health_check_that_prints_nothing_is_named_by_command_exit_code_and_streak():
+    silent = health((1, ""), (1, ""), (1, ""), test=("CMD", "false"))
+    assert (
+        services.health_output(silent)
+        == "no output (`false`: exit code 1, 3 failed probes in a row)"
+    )
+    shell = health((0, "ok"), (2, "  \n"), test=("CMD-SHELL", "curl -f localhost || exit 2"))
+    assert services.health_output(shell) == (
+        "no output (`curl -f localhost || exit 2`: exit code 2, 1 failed probe in a row)"
+    )
 
 
 def response(code):
@@ -91,14 +136,17 @@ def response(code):
     return r
 
 
-@pytest.mark.parametrize("exc, expected", [
-    (requests.exceptions.ConnectionError("refused"), True),
-    (ConnectionRefusedError(), True),
-    (APIError("rpc error: code = DeadlineExceeded desc = context deadline exceeded"), True),
-    (APIError("boom", response=response(503)), True),
-    (APIError("no such image", response=response(404), explanation="no such image"), False),
-    (ValueError("a bug"), False),
-])
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (requests.exceptions.ConnectionError("refused"), True),
+        (ConnectionRefusedError(), True),
+        (APIError("rpc error: code = DeadlineExceeded desc = context deadline exceeded"), True),
+        (APIError("boom", response=response(503)), True),
+        (APIError("no such image", response=response(404), explanation="no such image"), False),
+        (ValueError("a bug"), False),
+    ],
+)
 def test_transient_errors(exc, expected):
     assert services.transient(exc) is expected
 

@@ -1,4 +1,5 @@
 """Library errors -> documented exit codes, one line on stderr, no traceback (tasks/common.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,19 +17,25 @@ from cdtasks.swarm import SwarmError
 from cdtasks.tasks import common
 
 
-@pytest.mark.parametrize("error, code", [
-    (config.ConfigError("env/test.env: NODES: bad"), common.BAD_INPUT),
-    (DeliveryError("no checkout of go-demo"), common.BAD_INPUT),
-    (deployment.DeploymentError("version 9 never passed prod-like"), common.BAD_INPUT),
-    (records.LockHeld("go-demo is being deployed by someone"), common.LOCKED),
-    (EngineError("cannot reach Docker at tcp://127.0.0.1:1"), common.UNREACHABLE),
-    (ProviderError("machine swarm-1: docker-machine failed"), common.UNREACHABLE),
-    (SSHException("host key changed"), common.UNREACHABLE),
-    (SwarmError("no manager of test answers"), common.CLUSTER),
-    (ServiceError("go-demo: 0/2 running"), common.CLUSTER),
-    (ImageError("debian ships 7.1, not 7.0"), common.CLUSTER),
-    (APIError("500 Server Error"), common.CLUSTER),  # an engine answer nobody turned into an error
-])
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        (config.ConfigError("env/test.env: NODES: bad"), common.BAD_INPUT),
+        (DeliveryError("no checkout of go-demo"), common.BAD_INPUT),
+        (deployment.DeploymentError("version 9 never passed prod-like"), common.BAD_INPUT),
+        (records.LockHeld("go-demo is being deployed by someone"), common.LOCKED),
+        (EngineError("cannot reach Docker at tcp://127.0.0.1:1"), common.UNREACHABLE),
+        (ProviderError("machine swarm-1: docker-machine failed"), common.UNREACHABLE),
+        (SSHException("host key changed"), common.UNREACHABLE),
+        (SwarmError("no manager of test answers"), common.CLUSTER),
+        (ServiceError("go-demo: 0/2 running"), common.CLUSTER),
+        (ImageError("debian ships 7.1, not 7.0"), common.CLUSTER),
+        (
+            APIError("500 Server Error"),
+            common.CLUSTER,
+        ),  # an engine answer nobody turned into an error
+    ],
+)
 def test_library_errors_exit_with_their_documented_code(error, code):
     @common.user_errors
     def failing_task(c):
@@ -63,9 +70,16 @@ def test_a_failed_step_exits_ten_plus_its_position():
     assert [common.step_failed(i) for i, _ in enumerate(STEPS)] == list(range(11, 18))
 
 
-@pytest.mark.parametrize("result, code", [
-    ("deployed", 0), ("rolled back", 0), ("failed, rolled back", common.ROLLED_BACK),
-    ("failed, rollback failed", common.NOT_RECOVERED), ("failed", common.NOT_RECOVERED)])
+@pytest.mark.parametrize(
+    "result, code",
+    [
+        ("deployed", 0),
+        ("rolled back", 0),
+        ("failed, rolled back", common.ROLLED_BACK),
+        ("failed, rollback failed", common.NOT_RECOVERED),
+        ("failed", common.NOT_RECOVERED),
+    ],
+)
 def test_deployment_results_exit_as_documented(result, code):
     assert common.deployment_exit(result) == code
 

@@ -1,15 +1,20 @@
 """One flag vocabulary: every task's flags as Invoke's own parser builds them (the collection's
 parser contexts, what `inv TASK --help` shows), checked across tasks: a short flag means one long
 flag everywhere, a long flag has one meaning, a meaning has one long flag."""
+
 from __future__ import annotations
 
 import copy
+import re
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
 from cdtasks import ns
 from cdtasks.tasks.flags import VOCABULARY, help_text
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +26,14 @@ def contexts():
 def flags(ctx):
     """(long name, short names, help) of each of a task's flags."""
     seen = {id(arg): arg for arg in ctx.flags.values()}.values()
-    return [(next(n for n in arg.names if len(n) > 1), [n for n in arg.names if len(n) == 1],
-             arg.help or "") for arg in seen]
+    return [
+        (
+            next(n for n in arg.names if len(n) > 1),
+            [n for n in arg.names if len(n) == 1],
+            arg.help or "",
+        )
+        for arg in seen
+    ]
 
 
 def test_a_short_flag_means_one_long_flag_in_every_task(contexts):
@@ -70,16 +81,55 @@ def test_help_texts_the_issue_found_wrong(contexts):
     unit = dict((long, help) for long, _, help in flags(contexts["unit"]))
     assert "to update" not in unit["service"]
     # `inv --list` sorts by name: no step claims a number there.
-    assert not any(ns.tasks[step].__doc__.startswith("Step") for step in
-                   ("checkout", "unit", "build", "staging", "publish", "prodlike", "prodtest"))
+    assert not any(
+        ns.tasks[step].__doc__.startswith("Step")
+        for step in ("checkout", "unit", "build", "staging", "publish", "prodlike", "prodtest")
+    )
     assert ns.tasks["images"].name == "images"  # `inv -l -F json` named it build-images
 
 
 def test_json_on_every_task_that_prints_tables(contexts):
-    for name in ("status", "history", "deliver", "deploy", "rollback", "services", "lock",
-                 "watch"):
+    for name in ("status", "history", "deliver", "deploy", "rollback", "services", "lock", "watch"):
         assert "json" in {long for long, _, _ in flags(contexts[name])}, name
 
 
 def test_help_text_adds_what_the_task_means():
     assert help_text("env", "default prod") == VOCABULARY["env"].meaning + "; default prod"
+
+
+def readme_table(header: str) -> list[list[str]]:
+    """The rows of the README's table whose header line is `header`, as cells."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = lines.index(header) + 2
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    return rows
+
+
+def test_the_readme_names_every_flag_and_each_tasks_env_default(contexts):
+    flags_table = {
+        row[0].strip("`"): row[1].strip("`") for row in readme_table("| flag | short | meaning |")
+    }
+    for key, flag in VOCABULARY.items():
+        long = "--" + key.replace("_", "-")
+        if flag.short:  # every flag with a short form is in the table, with that short form
+            assert flags_table.get(long) == f"-{flag.short}", long
+    defaults, checked = {}, set()
+    for tasks, default in readme_table("| task | `--env` default |"):
+        for name in re.findall(r"`([a-z]+)`", tasks):
+            defaults[name] = default
+    for name, ctx in contexts.items():
+        if "--env" not in ctx.flags:
+            continue
+        checked.add(name)
+        wanted = ctx.flags["--env"].default  # what Invoke gives the task without --env
+        cell = defaults[name]
+        assert (
+            cell.startswith(f"`{wanted}`")
+            if wanted
+            else ("every environment" in cell or "NODES" in cell)
+        ), (name, wanted, cell)
+    assert {"deliver", "deploy", "status", "env", "unit"} <= checked

@@ -1,4 +1,5 @@
 """Image recipes: Debian version parsing, pins, recipe hashes and the mmdebstrap argv (no engine)."""
+
 from __future__ import annotations
 
 import inspect
@@ -31,40 +32,55 @@ from cdtasks.images import (
 
 
 # -- upstream_version -----------------------------------------------------------------------------
-@pytest.mark.parametrize("debian, upstream", [
-    ("5:7.0.15-1~deb12u1", "7.0.15"),  # redis-server: epoch, Debian revision, stable update
-    ("20.10.24+dfsg1-1+deb12u1+b6", "20.10.24"),  # docker.io: repack suffix, binNMU
-    ("2.8.2+ds1-1", "2.8.2"),  # docker-registry: repack suffix
-    ("3.11.2-1+b1", "3.11.2"),  # python3
-    ("2.6.12-1+deb12u1", "2.6.12"),  # haproxy
-    ("2.6.12-1+deb12u4", "2.6.12"),
-    ("5:7.0.15-1~deb12u10", "7.0.15"),
-    ("1.8.9-2", "1.8.9"),
-    ("20230311", "20230311"),  # native package: no revision
-])
+@pytest.mark.parametrize(
+    "debian, upstream",
+    [
+        ("5:7.0.15-1~deb12u1", "7.0.15"),  # redis-server: epoch, Debian revision, stable update
+        ("20.10.24+dfsg1-1+deb12u1+b6", "20.10.24"),  # docker.io: repack suffix, binNMU
+        ("2.8.2+ds1-1", "2.8.2"),  # docker-registry: repack suffix
+        ("3.11.2-1+b1", "3.11.2"),  # python3
+        ("2.6.12-1+deb12u1", "2.6.12"),  # haproxy
+        ("2.6.12-1+deb12u4", "2.6.12"),
+        ("5:7.0.15-1~deb12u10", "7.0.15"),
+        ("1.8.9-2", "1.8.9"),
+        ("20230311", "20230311"),  # native package: no revision
+    ],
+)
 def test_upstream_version(debian, upstream):
     assert upstream_version(debian) == upstream
 
 
 # -- check_pins -----------------------------------------------------------------------------------
 def test_check_pins_accepts_the_pinned_version_and_its_patch_releases():
-    fs = Rootfs("runtime", ("python3", "haproxy", "redis-server", "docker-registry"),
-                {"python3": "3.11", "haproxy": "2.6", "redis-server": "7.0",
-                 "docker-registry": "2.8.2"})
-    check_pins(fs, {"python3": "3.11.2-1+b1", "haproxy": "2.6.12-1+deb12u1",
-                    "redis-server": "5:7.0.15-1~deb12u1", "docker-registry": "2.8.2+ds1-1",
-                    "unpinned": "9.9-1"})
+    fs = Rootfs(
+        "runtime",
+        ("python3", "haproxy", "redis-server", "docker-registry"),
+        {"python3": "3.11", "haproxy": "2.6", "redis-server": "7.0", "docker-registry": "2.8.2"},
+    )
+    check_pins(
+        fs,
+        {
+            "python3": "3.11.2-1+b1",
+            "haproxy": "2.6.12-1+deb12u1",
+            "redis-server": "5:7.0.15-1~deb12u1",
+            "docker-registry": "2.8.2+ds1-1",
+            "unpinned": "9.9-1",
+        },
+    )
 
 
 def test_check_pins_accepts_an_exact_pin():
     check_pins(NODE_FS, {"docker.io": "20.10.24+dfsg1-1+deb12u1+b6"})
 
 
-@pytest.mark.parametrize("installed, found", [
-    ("3.12.1-1", "3.12.1"),
-    ("3.1.4-1", "3.1.4"),
-    ("3.110.0-1", "3.110.0"),  # shares the prefix "3.11" but is another version line
-])
+@pytest.mark.parametrize(
+    "installed, found",
+    [
+        ("3.12.1-1", "3.12.1"),
+        ("3.1.4-1", "3.1.4"),
+        ("3.110.0-1", "3.110.0"),  # shares the prefix "3.11" but is another version line
+    ],
+)
 def test_check_pins_refuses_another_upstream_version(installed, found):
     fs = Rootfs("runtime", ("python3",), {"python3": "3.11"})
     with pytest.raises(ValueError) as exc:
@@ -83,9 +99,13 @@ def test_check_pins_refuses_a_missing_package():
 
 def test_the_project_pins_match_debian_bookworm_versions():
     """The versions bookworm ships for the pinned packages satisfy the project's pins."""
-    bookworm = {"docker.io": "20.10.24+dfsg1-1+deb12u1+b6", "python3": "3.11.2-1+b1",
-                "haproxy": "2.6.12-1+deb12u1", "redis-server": "5:7.0.15-1~deb12u1",
-                "docker-registry": "2.8.2+ds1-1"}
+    bookworm = {
+        "docker.io": "20.10.24+dfsg1-1+deb12u1+b6",
+        "python3": "3.11.2-1+b1",
+        "haproxy": "2.6.12-1+deb12u1",
+        "redis-server": "5:7.0.15-1~deb12u1",
+        "docker-registry": "2.8.2+ds1-1",
+    }
     for fs in (NODE_FS, RUNTIME_FS):
         check_pins(fs, bookworm)
 
@@ -95,8 +115,7 @@ def test_the_project_pins_match_debian_bookworm_versions():
 def here_copy(tmp_path, monkeypatch):
     """The module's directory copied to tmp_path, so tests can change the files it copies."""
     copy = tmp_path / "images"
-    shutil.copytree(Path(mod.__file__).parent, copy,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(mod.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(mod, "HERE", copy)
     return copy
 
@@ -116,15 +135,15 @@ def test_recipe_hash_is_the_same_for_the_copied_directory(here_copy, monkeypatch
 
 def test_recipe_hash_changes_with_the_packages(here_copy):
     image = IMAGES["node"]
-    more = replace(image, rootfs=replace(image.rootfs,
-                                         packages=image.rootfs.packages + ("curl",)))
+    more = replace(image, rootfs=replace(image.rootfs, packages=image.rootfs.packages + ("curl",)))
     assert more.recipe_hash() != image.recipe_hash()
 
 
 def test_recipe_hash_changes_with_the_pins(here_copy):
     image = IMAGES["registry"]
-    repinned = replace(image, rootfs=replace(image.rootfs,
-                                             pins={**image.rootfs.pins, "python3": "3.12"}))
+    repinned = replace(
+        image, rootfs=replace(image.rootfs, pins={**image.rootfs.pins, "python3": "3.12"})
+    )
     assert repinned.recipe_hash() != image.recipe_hash()
 
 
@@ -215,13 +234,22 @@ def test_customize_hooks_run_as_mmdebstrap_runs_them(tmp_path):
     assert copied.read_bytes() == (mod.HERE / "registry.yml").read_bytes()
     assert stat.S_IMODE(copied.stat().st_mode) == 0o755
     assert versions.read_text().splitlines() == [
-        str(root), "dpkg-query", "-W", "-f=${Package} ${Version}\\n"]
+        str(root),
+        "dpkg-query",
+        "-W",
+        "-f=${Package} ${Version}\\n",
+    ]
 
 
 # -- the images -----------------------------------------------------------------------------------
 # Which package of its root filesystem each image stands for.
-PROVIDES = {"node": "docker.io", "registry": "docker-registry", "python": "python3",
-            "haproxy": "haproxy", "redis": "redis-server"}
+PROVIDES = {
+    "node": "docker.io",
+    "registry": "docker-registry",
+    "python": "python3",
+    "haproxy": "haproxy",
+    "redis": "redis-server",
+}
 
 
 def test_every_image_has_a_pinned_version_tag():
@@ -259,7 +287,10 @@ def test_default_registry_image_is_the_built_one():
 
 def test_changes_are_dockerfile_instructions():
     reg = IMAGES["registry"].changes()
-    assert reg[0] == 'ENTRYPOINT ["/usr/bin/docker-registry", "serve", "/etc/docker/registry/config.yml"]'
+    assert (
+        reg[0]
+        == 'ENTRYPOINT ["/usr/bin/docker-registry", "serve", "/etc/docker/registry/config.yml"]'
+    )
     assert "EXPOSE 5000" in reg
     py = IMAGES["python"].changes()
     assert not any(c.startswith("ENTRYPOINT") for c in py)
@@ -287,19 +318,41 @@ def _tar_of(path: Path, entries: dict) -> Path:
 
 
 def test_slim_tar_keeps_matches_their_parents_and_hard_link_targets(tmp_path):
-    src = _tar_of(tmp_path / "full.tar", {
-        "usr": "dir", "usr/bin": "dir", "usr/lib": "dir", "usr/lib/x86_64-linux-gnu": "dir",
-        "usr/bin/app": b"binary", "usr/bin/python3": b"big",
-        "usr/lib/x86_64-linux-gnu/libc.so.6": b"libc", "usr/lib/x86_64-linux-gnu/libz.so": b"z",
-        "lib": ("sym", "usr/lib"), "etc": "dir", "etc/app.yml": b"cfg",
-        "etc/alias": ("hard", "etc/app.yml"), "var": "dir", "var/cache": "dir"})
+    src = _tar_of(
+        tmp_path / "full.tar",
+        {
+            "usr": "dir",
+            "usr/bin": "dir",
+            "usr/lib": "dir",
+            "usr/lib/x86_64-linux-gnu": "dir",
+            "usr/bin/app": b"binary",
+            "usr/bin/python3": b"big",
+            "usr/lib/x86_64-linux-gnu/libc.so.6": b"libc",
+            "usr/lib/x86_64-linux-gnu/libz.so": b"z",
+            "lib": ("sym", "usr/lib"),
+            "etc": "dir",
+            "etc/app.yml": b"cfg",
+            "etc/alias": ("hard", "etc/app.yml"),
+            "var": "dir",
+            "var/cache": "dir",
+        },
+    )
     dst = tmp_path / "slim.tar"
     mod.slim_tar(src, dst, ("usr/bin/app", "usr/lib/*/libc.so.6", "lib", "etc/alias"))
     with tarfile.open(dst) as tar:
         kept = {m.name.removeprefix("./"): m for m in tar.getmembers()}
-        assert set(kept) == {"usr", "usr/bin", "usr/bin/app", "usr/lib",
-                             "usr/lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu/libc.so.6",
-                             "lib", "etc", "etc/app.yml", "etc/alias"}
+        assert set(kept) == {
+            "usr",
+            "usr/bin",
+            "usr/bin/app",
+            "usr/lib",
+            "usr/lib/x86_64-linux-gnu",
+            "usr/lib/x86_64-linux-gnu/libc.so.6",
+            "lib",
+            "etc",
+            "etc/app.yml",
+            "etc/alias",
+        }
         assert tar.extractfile(kept["usr/bin/app"]).read() == b"binary"
         assert kept["lib"].issym() and kept["lib"].linkname == "usr/lib"
         assert kept["etc/alias"].islnk()
@@ -308,7 +361,10 @@ def test_slim_tar_keeps_matches_their_parents_and_hard_link_targets(tmp_path):
 def test_only_the_registry_image_is_slimmed_and_keep_counts_in_its_recipe(here_copy):
     assert [k for k, i in IMAGES.items() if i.keep] == ["registry"]
     image = IMAGES["registry"]
-    assert "usr/bin/docker-registry" in image.keep and image.entrypoint[0] == "/usr/bin/docker-registry"
+    assert (
+        "usr/bin/docker-registry" in image.keep
+        and image.entrypoint[0] == "/usr/bin/docker-registry"
+    )
     assert replace(image, keep=image.keep + ("bin",)).recipe_hash() != image.recipe_hash()
 
 

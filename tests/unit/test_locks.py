@@ -1,4 +1,5 @@
 """Records and the deployment lock against an in-memory Swarm manager (the `swarm_manager` fixture of conftest.py)."""
+
 import json
 import subprocess
 import time
@@ -124,7 +125,9 @@ def test_a_renewal_between_a_waiters_look_and_its_takeover_keeps_the_lock(manage
 def test_a_holder_whose_clock_runs_ahead_is_taken_over_after_one_unchanged_ttl(manager):
     holder = Lock(manager, SVC, "1.0", ttl=1.5, holder=_elsewhere()).acquire(0, heartbeat=False)
     state = records.lock_state(manager, SVC)
-    records._update_labels(manager, state, {**state.labels, records.EXPIRES_LABEL: str(time.time() + 3600)})
+    records._update_labels(
+        manager, state, {**state.labels, records.EXPIRES_LABEL: str(time.time() + 3600)}
+    )
     with pytest.raises(LockHeld):
         Lock(manager, SVC, "2.0").acquire(0)
     start = time.monotonic()
@@ -184,8 +187,10 @@ def test_the_lease_runs_out_by_the_holders_own_clock(manager):
 
 def test_interrupted_while_waiting_leaves_nothing_behind(manager):
     with Lock(manager, SVC, "1.0", holder=_elsewhere()).acquire(0) as holder:
+
         def interrupt(line):
             raise KeyboardInterrupt
+
         with pytest.raises(KeyboardInterrupt):
             Lock(manager, SVC, "2.0", log=interrupt).acquire(60)
         assert [records.lock_state(manager, SVC).id] == list(manager.store.configs) == [holder.id]
@@ -205,10 +210,20 @@ def test_a_lock_marked_for_takeover_is_lost_to_its_holder(manager):
 
 
 def test_a_lock_of_the_previous_version_holds_until_the_expiry_in_its_data(manager):
-    old = {"user": "dave", "host": "ci", "pid": 1, "time": "2026-11-29T10:00:00+00:00",
-           "version": "0.9", "expires": time.time() + 0.3, "token": "t1"}
-    manager.api.create_config(records.lock_name(SVC), json.dumps(old).encode(),
-                              labels={records.KIND_LABEL: "lock", records.SERVICE_LABEL: SVC})
+    old = {
+        "user": "dave",
+        "host": "ci",
+        "pid": 1,
+        "time": "2026-11-29T10:00:00+00:00",
+        "version": "0.9",
+        "expires": time.time() + 0.3,
+        "token": "t1",
+    }
+    manager.api.create_config(
+        records.lock_name(SVC),
+        json.dumps(old).encode(),
+        labels={records.KIND_LABEL: "lock", records.SERVICE_LABEL: SVC},
+    )
     with pytest.raises(LockHeld, match=r"dave@ci \(machine \?, pid 1\) since 2026-11-29T10:00"):
         Lock(manager, SVC, "1.0").acquire(0)
     time.sleep(1.75)

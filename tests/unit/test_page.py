@@ -1,5 +1,6 @@
 """The release page: data from fake clusters and reports, HTML that is self-contained and
 escaped; rendered by a real browser engine (headless Chromium) when one is installed."""
+
 from __future__ import annotations
 
 import json
@@ -23,61 +24,128 @@ def docker_time(epoch: float) -> str:
 
 
 def task(slot, version, state, created, changed, node="n1"):
-    return {"ServiceID": "go-demo", "Slot": slot, "NodeID": node, "DesiredState": "running",
-            "CreatedAt": docker_time(created),
-            "Spec": {"ContainerSpec": {"Image": f"localhost:5000/go-demo:{version}@sha256:{version * 8}"}},
-            "Status": {"State": state, "Timestamp": docker_time(changed), "Err": ""}}
+    return {
+        "ServiceID": "go-demo",
+        "Slot": slot,
+        "NodeID": node,
+        "DesiredState": "running",
+        "CreatedAt": docker_time(created),
+        "Spec": {
+            "ContainerSpec": {"Image": f"localhost:5000/go-demo:{version}@sha256:{version * 8}"}
+        },
+        "Status": {"State": state, "Timestamp": docker_time(changed), "Err": ""},
+    }
 
 
 def fill(manager, version: str) -> None:
     """The service, its tasks and the nodes, answered beside conftest's config store (the page
     reads them through the same client)."""
-    service = {"Spec": {"TaskTemplate": {"ContainerSpec": {
-        "Image": f"localhost:5000/go-demo:{version}@sha256:{'ab' * 32}"}}}}
-    nodes = [{"ID": "n1", "Description": {"Hostname": "swarm-test-2"}},
-             {"ID": "n2", "Description": {"Hostname": "swarm-test-3"}}]
-    tasks = [task(1, "1.0", "shutdown", T0, T0 + 60), task(1, version, "running", T0 + 60, T0 + 63),
-             task(2, "1.0", "shutdown", T0, T0 + 70, "n2"),
-             task(2, version, "failed", T0 + 70, T0 + 72, "n2"),
-             task(2, version, "running", T0 + 75, T0 + 78, "n2")]
+    service = {
+        "Spec": {
+            "TaskTemplate": {
+                "ContainerSpec": {"Image": f"localhost:5000/go-demo:{version}@sha256:{'ab' * 32}"}
+            }
+        }
+    }
+    nodes = [
+        {"ID": "n1", "Description": {"Hostname": "swarm-test-2"}},
+        {"ID": "n2", "Description": {"Hostname": "swarm-test-3"}},
+    ]
+    tasks = [
+        task(1, "1.0", "shutdown", T0, T0 + 60),
+        task(1, version, "running", T0 + 60, T0 + 63),
+        task(2, "1.0", "shutdown", T0, T0 + 70, "n2"),
+        task(2, version, "failed", T0 + 70, T0 + 72, "n2"),
+        task(2, version, "running", T0 + 75, T0 + 78, "n2"),
+    ]
     manager.api.inspect_service = lambda name: service
     manager.api.nodes = lambda: nodes
     manager.api.tasks = lambda filters: [t for t in tasks if t["ServiceID"] == filters["service"]]
 
 
 def report(suite, version, steps, ok=True, repo=CREDENTIAL_URL):
-    return {"suite": suite, "ok": ok, "seconds": sum(s["seconds"] for s in steps),
-            "meta": {"env": "test", "version": version, "repo": repo, "state": "done"},
-            "steps": [{"status": "ok", "detail": "", "output_tail": "", **s} for s in steps]}
+    return {
+        "suite": suite,
+        "ok": ok,
+        "seconds": sum(s["seconds"] for s in steps),
+        "meta": {"env": "test", "version": version, "repo": repo, "state": "done"},
+        "steps": [{"status": "ok", "detail": "", "output_tail": "", **s} for s in steps],
+    }
 
 
 @pytest.fixture()
 def snap(swarm_manager):
     manager = swarm_manager
     fill(manager, "1.2")
-    records.put(manager, "watch", "go-demo", {"event": "taken", "repo": CREDENTIAL_URL,
-                                              "branch": "main", "commit": "c" * 40,
-                                              "subject": INJECTED, "time": "2026-11-29T10:00:00+00:00"})
-    records.put(manager, "watch", "go-demo", {"event": "finished", "repo": CREDENTIAL_URL,
-                                              "branch": "main", "commit": "c" * 40, "code": 14,
-                                              "result": "deliver: failed at staging", "seconds": 30.5})
-    records.put(manager, "delivered", "go-demo", {"version": "1.2", "digest": "sha256:" + "ab" * 32,
-                                                  "commit": "c" * 40, "repo": CREDENTIAL_URL,
-                                                  "time": "2026-11-29T10:01:00+00:00", "user": "dev"})
+    records.put(
+        manager,
+        "watch",
+        "go-demo",
+        {
+            "event": "taken",
+            "repo": CREDENTIAL_URL,
+            "branch": "main",
+            "commit": "c" * 40,
+            "subject": INJECTED,
+            "time": "2026-11-29T10:00:00+00:00",
+        },
+    )
+    records.put(
+        manager,
+        "watch",
+        "go-demo",
+        {
+            "event": "finished",
+            "repo": CREDENTIAL_URL,
+            "branch": "main",
+            "commit": "c" * 40,
+            "code": 14,
+            "result": "deliver: failed at staging",
+            "seconds": 30.5,
+        },
+    )
+    records.put(
+        manager,
+        "delivered",
+        "go-demo",
+        {
+            "version": "1.2",
+            "digest": "sha256:" + "ab" * 32,
+            "commit": "c" * 40,
+            "repo": CREDENTIAL_URL,
+            "time": "2026-11-29T10:01:00+00:00",
+            "user": "dev",
+        },
+    )
     test = page.cluster("prod-like (test)", "go-demo", lambda: manager, ("watch", "delivered"))
 
     def silent():
         raise ConnectionError("no route to swarm-1")
 
     prod = page.cluster("production (prod)", "go-demo", silent, ("history",))
-    measured = report("deliver", "1.2", [
-        {"name": "checkout", "seconds": 2.0, "started": 0.0},
-        {"name": "unit", "seconds": 6.0, "started": 2.0},
-        {"name": "build", "seconds": 4.0, "started": 2.0},  # beside the unit tests
-        {"name": "staging", "seconds": 5.0, "started": 8.0, "status": "FAILED",
-         "detail": f"staging tests failed: {INJECTED}", "output_tail": "AssertionError"}], ok=False)
-    laid = report("deploy", "1.1", [{"name": "rollout", "seconds": 20.0},
-                                    {"name": "prodtest", "seconds": 5.0}])
+    measured = report(
+        "deliver",
+        "1.2",
+        [
+            {"name": "checkout", "seconds": 2.0, "started": 0.0},
+            {"name": "unit", "seconds": 6.0, "started": 2.0},
+            {"name": "build", "seconds": 4.0, "started": 2.0},  # beside the unit tests
+            {
+                "name": "staging",
+                "seconds": 5.0,
+                "started": 8.0,
+                "status": "FAILED",
+                "detail": f"staging tests failed: {INJECTED}",
+                "output_tail": "AssertionError",
+            },
+        ],
+        ok=False,
+    )
+    laid = report(
+        "deploy",
+        "1.1",
+        [{"name": "rollout", "seconds": 20.0}, {"name": "prodtest", "seconds": 5.0}],
+    )
     runs = [{"commit": "c" * 40, "reports": [measured]}]
     return page.snapshot([test, prod], runs, [laid, measured], now=T0 + 100)
 
@@ -114,11 +182,16 @@ def test_the_page_is_self_contained_and_escapes_every_text(snap):
 
 def test_the_page_shows_each_run_and_what_is_running(snap):
     text = " ".join(Parsed(page.render(snap)).text)
-    for expected in ("deliver 1.2 — FAILED, 17.0s", "deploy 1.1 — ok, 25.0s",  # each run once
-                     "localhost:5000/go-demo:1.2", "sha256:abababababab",  # versions running
-                     "did not answer: ConnectionError: no route to swarm-1",  # production silent
-                     "deliver: failed at staging", "cccccccccccc",  # the watched commit
-                     "staging tests failed"):  # the failure and its reason
+    for expected in (
+        "deliver 1.2 — FAILED, 17.0s",
+        "deploy 1.1 — ok, 25.0s",  # each run once
+        "localhost:5000/go-demo:1.2",
+        "sha256:abababababab",  # versions running
+        "did not answer: ConnectionError: no route to swarm-1",  # production silent
+        "deliver: failed at staging",
+        "cccccccccccc",  # the watched commit
+        "staging tests failed",
+    ):  # the failure and its reason
         assert expected in text, expected
     assert text.count("deliver 1.2 — FAILED") == 1  # the run and the same report on disk: once
 
@@ -129,7 +202,8 @@ def test_runs_are_ordered_by_when_they_were_written(snap):
     docs = page.snapshot([], [late, early], [{"suite": "rollback", "written": T0}], T0)["runs"]
     assert [d["suite"] for d in docs] == ["rollback", "deliver", "deploy"]
     assert "deploy  — FAILED, 0.0s, written 2026-11-29 11:00:00Z" in page.render(
-        page.snapshot([], [late], [], T0))
+        page.snapshot([], [late], [], T0)
+    )
 
 
 def test_credentials_in_urls_never_reach_the_page(snap):
@@ -139,11 +213,17 @@ def test_credentials_in_urls_never_reach_the_page(snap):
 
 def test_the_timeline_uses_start_offsets_when_the_report_has_them(snap):
     steps, measured = page.timeline(snap["runs"][0]["steps"])
-    assert measured and [(s["name"], s["start"]) for s in steps] == \
-        [("checkout", 0.0), ("unit", 2.0), ("build", 2.0), ("staging", 8.0)]
+    assert measured and [(s["name"], s["start"]) for s in steps] == [
+        ("checkout", 0.0),
+        ("unit", 2.0),
+        ("build", 2.0),
+        ("staging", 8.0),
+    ]
     steps, measured = page.timeline(snap["runs"][1]["steps"])
-    assert not measured and [(s["name"], s["start"]) for s in steps] == [("rollout", 0.0),
-                                                                         ("prodtest", 20.0)]
+    assert not measured and [(s["name"], s["start"]) for s in steps] == [
+        ("rollout", 0.0),
+        ("prodtest", 20.0),
+    ]
     html = page.render(snap)
     # unit and build start together (2 of 13 s): their bars begin at the same place
     assert html.count('style="left:15.38%;') == 2
@@ -153,9 +233,12 @@ def test_the_timeline_uses_start_offsets_when_the_report_has_them(snap):
 def test_replicas_over_time(snap):
     reps = snap["clusters"][0]["replicas"]
     assert [(r["slot"], r["version"], r["state"], r["node"]) for r in reps] == [
-        ("1", "1.0", "shutdown", "swarm-test-2"), ("1", "1.2", "running", "swarm-test-2"),
-        ("2", "1.0", "shutdown", "swarm-test-3"), ("2", "1.2", "failed", "swarm-test-3"),
-        ("2", "1.2", "running", "swarm-test-3")]
+        ("1", "1.0", "shutdown", "swarm-test-2"),
+        ("1", "1.2", "running", "swarm-test-2"),
+        ("2", "1.0", "shutdown", "swarm-test-3"),
+        ("2", "1.2", "failed", "swarm-test-3"),
+        ("2", "1.2", "running", "swarm-test-3"),
+    ]
     assert reps[0]["from"] == pytest.approx(T0) and reps[0]["to"] == pytest.approx(T0 + 60)
     assert reps[1]["to"] is None  # still running: drawn up to now
     classes = Parsed(page.render(snap)).classes
@@ -188,16 +271,31 @@ def test_reports_on_disk_and_write(tmp_path: Path, snap):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium installed (apt-get install chromium)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="no headless Chromium installed (apt-get install chromium)"
+)
 def test_a_real_browser_renders_the_rows(tmp_path: Path, snap):
     path = page.write(tmp_path / page.FILE_NAME, snap)
     dom = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         # no network at all: a page that needed one would show it missing
-         "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
-         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", path.as_uri()],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)},
-        stdin=subprocess.DEVNULL)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            # no network at all: a page that needed one would show it missing
+            "--proxy-server=127.0.0.1:9",
+            "--proxy-bypass-list=<-loopback>",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            path.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HOME": str(tmp_path)},
+        stdin=subprocess.DEVNULL,
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     parsed = Parsed(dom.stdout)
     assert "script" not in parsed.tags  # the commit message stayed text in the browser's DOM
@@ -220,10 +318,17 @@ def test_the_timeline_of_a_real_run_shows_steps_run_beside_each_other():
     def sleeps(seconds):
         return lambda: time.sleep(seconds) or "done"
 
-    results = runner.run_steps(["checkout", "unit", "build", "staging"],
-                               {"checkout": sleeps(0.2), "unit": sleeps(0.5), "build": sleeps(0.2),
-                                "staging": sleeps(0.1)}, Quiet(),
-                               overlap={"unit": ("build", lambda r: None)})
+    results = runner.run_steps(
+        ["checkout", "unit", "build", "staging"],
+        {
+            "checkout": sleeps(0.2),
+            "unit": sleeps(0.5),
+            "build": sleeps(0.2),
+            "staging": sleeps(0.1),
+        },
+        Quiet(),
+        overlap={"unit": ("build", lambda r: None)},
+    )
     doc = report.report_doc("deliver", results, {"version": "1.3"})
     steps, measured = page.timeline(doc["steps"])
     assert measured
@@ -234,3 +339,42 @@ def test_the_timeline_of_a_real_run_shows_steps_run_beside_each_other():
     html = page.render(page.snapshot([], [], [doc], T0))
     assert "deliver 1.3 — ok" in html and "steps laid end to end" not in html
     assert f"build: {at['build']:.1f}s + " in html
+
+
+def test_each_write_has_a_temporary_file_of_its_own(tmp_path: Path, snap, monkeypatch):
+    """`inv report` beside the watcher: two writers never share (and crash on) one temp file."""
+    moved, real_replace = [], os.replace
+    monkeypatch.setattr(
+        page.os, "replace", lambda src, dst: moved.append(src) or real_replace(src, dst)
+    )
+    target = tmp_path / page.FILE_NAME
+    page.write(target, snap)
+    page.write(target, snap)
+    assert len(set(moved)) == 2 and all(Path(m).parent == tmp_path for m in moved)
+    assert [p.name for p in tmp_path.iterdir()] == [page.FILE_NAME]
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_deployment_is_one_row_not_its_started_entry_too(swarm_manager):
+    fill(swarm_manager, "1.2")
+    base = {
+        "env": "prod",
+        "kind": "deploy",
+        "image": "x",
+        "digest": "sha256:" + "cd" * 32,
+        "user": "dev",
+        "service": "go-demo",
+    }
+    for entry in (
+        {**base, "run": "r1", "version": "1.1", "result": "started"},
+        {**base, "run": "r1", "version": "1.1", "result": "deployed"},
+        {**base, "run": "r2", "version": "1.2", "result": "started"},
+    ):
+        records.put(swarm_manager, "history", "go-demo", entry)
+    prod = page.cluster("production (prod)", "go-demo", lambda: swarm_manager, ("history",))
+    snap = page.snapshot([prod], [], [], now=T0)
+    assert [(h["version"], h["result"]) for h in snap["history"]] == [
+        ("1.1", "deployed"),
+        ("1.2", "unfinished"),
+    ]
+    assert "started" not in page.render(snap).split('id="deployments"')[1].split("<h2")[0]

@@ -2,6 +2,7 @@
 under the process environment (CDTASKS_PROJECT_DIR, CDTASKS_ENV_DIR), the env file under both
 for the settings; and every task that lists environments lists those of the chosen directory.
 Real Invoke configuration objects; the library calls behind the tasks are replaced (no engine)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,7 +24,8 @@ def project(root: Path, env_dir: str = "env", envs=("alpha", "beta")) -> Path:
     (root / env_dir).mkdir(parents=True, exist_ok=True)
     for name in envs:
         (root / env_dir / f"{name}.env").write_text(
-            f"NODES={NODES[name]}\nCD_NODE={NODES[name].split(',')[0]}\nAPP_DIR=src\n")
+            f"NODES={NODES[name]}\nCD_NODE={NODES[name].split(',')[0]}\nAPP_DIR=src\n"
+        )
     return root
 
 
@@ -41,8 +43,13 @@ def context(location: Path | None, yaml: str | None = None) -> Context:
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch, tmp_path):
-    for key in ("CDTASKS_ENV_DIR", "CDTASKS_PROJECT_DIR", "INVOKE_CDTASKS_ENV_DIR",
-                "INVOKE_CDTASKS_PROJECT_DIR", "CDTASKS_APP_DIR"):
+    for key in (
+        "CDTASKS_ENV_DIR",
+        "CDTASKS_PROJECT_DIR",
+        "INVOKE_CDTASKS_ENV_DIR",
+        "INVOKE_CDTASKS_PROJECT_DIR",
+        "CDTASKS_APP_DIR",
+    ):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.chdir(tmp_path)
 
@@ -63,20 +70,29 @@ def test_locate_env_dir_is_relative_to_the_project(tmp_path):
 def test_locate_process_environment_wins_over_the_arguments(tmp_path):
     environ = {"CDTASKS_PROJECT_DIR": str(tmp_path / "from-env"), "CDTASKS_ENV_DIR": "e"}
     where = config.locate(environ, project_dir=tmp_path / "arg", env_dir="arg-env")
-    assert (where.project_dir, where.env_dir) == (tmp_path / "from-env",
-                                                  tmp_path / "from-env" / "e")
+    assert (where.project_dir, where.env_dir) == (
+        tmp_path / "from-env",
+        tmp_path / "from-env" / "e",
+    )
 
 
 def test_relative_settings_paths_and_the_default_repository_are_the_projects(tmp_path):
     root = project(tmp_path / "proj")
     s = config.load("alpha", environ={}, project_dir=root)
-    assert s.app_dir == root / "src"
-    assert s.proxy_config == root / "demo" / "proxy" / "haproxy.cfg"
-    assert s.reports_dir == root / "reports"
-    assert s.repo == str(root)
-    s = config.load("alpha", {"REPORTS_DIR": "/abs/reports", "REPO": "https://example/r.git"},
-                    environ={}, project_dir=root)
-    assert s.reports_dir == Path("/abs/reports") and s.repo == "https://example/r.git"
+    assert s.services.app_dir == root / "src"
+    assert s.services.proxy_config == root / "demo" / "proxy" / "haproxy.cfg"
+    assert s.delivery.reports_dir == root / "reports"
+    assert s.delivery.repo == str(root)
+    s = config.load(
+        "alpha",
+        {"REPORTS_DIR": "/abs/reports", "REPO": "https://example/r.git"},
+        environ={},
+        project_dir=root,
+    )
+    assert (
+        s.delivery.reports_dir == Path("/abs/reports")
+        and s.delivery.repo == "https://example/r.git"
+    )
 
 
 # -- the task layer: Invoke configuration -> config.load's arguments ----------------------------
@@ -84,27 +100,29 @@ def test_the_project_is_where_tasks_py_was_found_not_the_package(tmp_path):
     root = project(tmp_path / "proj")
     (tmp_path / "proj" / "sub").mkdir()
     s = common.settings(context(root), "alpha")
-    assert s.app_dir == root / "src" and s.source == str(root / "env" / "alpha.env")
-    assert "site-packages" not in str(s.app_dir) and Path(config.__file__).parent not in \
-        s.app_dir.parents
+    assert s.services.app_dir == root / "src" and s.source == str(root / "env" / "alpha.env")
+    assert (
+        "site-packages" not in str(s.services.app_dir)
+        and Path(config.__file__).parent not in s.services.app_dir.parents
+    )
 
 
 def test_without_a_loaded_tasks_py_the_project_is_the_current_directory(tmp_path):
     project(tmp_path)
-    assert common.settings(context(None), "beta").app_dir == tmp_path / "src"
+    assert common.settings(context(None), "beta").services.app_dir == tmp_path / "src"
 
 
 def test_invoke_yaml_chooses_the_env_dir(tmp_path):
     root = project(tmp_path / "proj", "environments", envs=("gamma",))
     c = context(root, "cdtasks:\n  env_dir: environments\n")
     assert common.envs(c, None) == ["gamma"]
-    assert common.settings(c, "gamma").nodes == ("g-1",)
+    assert common.settings(c, "gamma").cluster.nodes == ("g-1",)
 
 
 def test_invoke_yaml_project_dir_is_relative_to_tasks_py(tmp_path):
     root = project(tmp_path / "proj" / "deploy")
     c = context(tmp_path / "proj", "cdtasks:\n  project_dir: deploy\n")
-    assert common.settings(c, "alpha").app_dir == root / "src"
+    assert common.settings(c, "alpha").services.app_dir == root / "src"
 
 
 def test_precedence_flag_process_env_invoke_config_env_file(tmp_path, monkeypatch):
@@ -119,10 +137,10 @@ def test_precedence_flag_process_env_invoke_config_env_file(tmp_path, monkeypatc
     c = context(tmp_path / "proj", yaml)
     assert common.envs(c, None) == ["gamma"]
     # For a key: the flag over CDTASKS_<KEY> over the env file (APP_DIR=src) of that directory.
-    assert common.settings(c, "gamma").app_dir == tmp_path / "proj" / "src"
+    assert common.settings(c, "gamma").services.app_dir == tmp_path / "proj" / "src"
     monkeypatch.setenv("CDTASKS_APP_DIR", "from-variable")
-    assert common.settings(c, "gamma").app_dir == tmp_path / "proj" / "from-variable"
-    assert common.settings(c, "gamma", app_dir="/flag").app_dir == Path("/flag")
+    assert common.settings(c, "gamma").services.app_dir == tmp_path / "proj" / "from-variable"
+    assert common.settings(c, "gamma", app_dir="/flag").services.app_dir == Path("/flag")
 
 
 def test_an_env_dir_without_env_files_is_one_clear_error(tmp_path):
@@ -153,11 +171,17 @@ def _seen(monkeypatch) -> list:
     return seen
 
 
-@pytest.mark.parametrize("task, kwargs", [
-    (cluster_tasks.provision, {}), (cluster_tasks.status, {}), (cluster_tasks.status, {"json": True}),
-    (cluster_tasks.destroy, {}), (services_tasks.services, {"check": True}),
-    (cluster_tasks.env, {"node": "g-1"}),
-])
+@pytest.mark.parametrize(
+    "task, kwargs",
+    [
+        (cluster_tasks.provision, {}),
+        (cluster_tasks.status, {}),
+        (cluster_tasks.status, {"json": True}),
+        (cluster_tasks.destroy, {}),
+        (services_tasks.services, {"check": True}),
+        (cluster_tasks.env, {"node": "g-1"}),
+    ],
+)
 def test_every_listing_task_uses_the_chosen_env_dir(task, kwargs, tmp_path, monkeypatch, capsys):
     project(tmp_path / "proj", envs=("alpha", "beta"))  # the default env/ must not be used
     project(tmp_path / "proj", "chosen", envs=("gamma",))

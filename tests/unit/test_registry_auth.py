@@ -1,4 +1,5 @@
 """The registry's credentials on real files: made once, private, agreed on by concurrent runs."""
+
 from __future__ import annotations
 
 import stat
@@ -23,7 +24,7 @@ def settings(tmp_path):
 def test_credentials_are_made_once_private_and_hashed(settings):
     creds = registry.credentials(settings)
     d = registry.auth_dir(settings)
-    assert mode(d) == mode(settings.state_dir) == 0o700
+    assert mode(d) == mode(settings.cluster.state_dir) == 0o700
     assert mode(d / "password") == mode(d / "htpasswd") == 0o600
     assert (d / "password").read_text().strip() == creds.password and len(creds.password) >= 40
     user, _, hashed = creds.htpasswd.strip().partition(b":")
@@ -32,14 +33,19 @@ def test_credentials_are_made_once_private_and_hashed(settings):
     assert creds.password not in repr(creds)
     again = registry.credentials(settings)
     assert (again.password, again.htpasswd, again.secret_name) == (
-        creds.password, creds.htpasswd, creds.secret_name)
+        creds.password,
+        creds.htpasswd,
+        creds.secret_name,
+    )
     assert registry.logins(settings) == {"localhost:5000": (registry.USER, creds.password)}
 
 
 def test_concurrent_first_uses_agree(settings):
     found = []
-    threads = [threading.Thread(target=lambda: found.append(registry.credentials(settings)))
-               for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: found.append(registry.credentials(settings)))
+        for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:

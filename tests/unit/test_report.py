@@ -8,14 +8,20 @@ from pathlib import Path
 import pytest
 
 from cdtasks import report
-from cdtasks.report import Progress, make_logger, print_results, print_table, redact, write_reports
+from cdtasks.redaction import redact
+from cdtasks.report import Progress, make_logger, print_results, print_table, write_reports
 from cdtasks.runner import StepResult
 
 SECRET = "s3cr3t-token"
 RESULTS = [
     StepResult("lint", True, 1.25, "clean"),
-    StepResult("unit", False, 3.5, f"2 failed, token {SECRET}",
-               f"\x1b[31mFAILED\x1b[0m test_login\nAuthorization: {SECRET}\x00"),
+    StepResult(
+        "unit",
+        False,
+        3.5,
+        f"2 failed, token {SECRET}",
+        f"\x1b[31mFAILED\x1b[0m test_login\nAuthorization: {SECRET}\x00",
+    ),
     StepResult("deploy", False, 0.0, "earlier step failed", skipped=True),
 ]
 
@@ -26,20 +32,30 @@ class FakeTTY(io.StringIO):
 
 
 def test_redact_hides_long_secrets_whole_and_ignores_short_ones():
-    assert redact("pw=abc key=longsecret-plus", ["abc", "longsecret", "longsecret-plus", "", None]) \
+    assert (
+        redact("pw=abc key=longsecret-plus", ["abc", "longsecret", "longsecret-plus", "", None])
         == "pw=abc key=***"
+    )
 
 
 def test_json_report(tmp_path: Path):
-    json_path, xml_path = write_reports(tmp_path / "out", "deliver", RESULTS, {"env": "staging", "nodes": 3})
-    assert (json_path, xml_path) == (tmp_path / "out/deliver.json", tmp_path / "out/deliver.junit.xml")
+    json_path, xml_path = write_reports(
+        tmp_path / "out", "deliver", RESULTS, {"env": "staging", "nodes": 3}
+    )
+    assert (json_path, xml_path) == (
+        tmp_path / "out/deliver.json",
+        tmp_path / "out/deliver.junit.xml",
+    )
     doc = json.loads(json_path.read_text())
     assert doc["suite"] == "deliver"
     assert doc["ok"] is False
     assert doc["seconds"] == 4.75
     assert doc["meta"] == {"env": "staging", "nodes": 3}
-    assert [(s["name"], s["status"], s["seconds"]) for s in doc["steps"]] == \
-        [("lint", "ok", 1.25), ("unit", "FAILED", 3.5), ("deploy", "skipped", 0.0)]
+    assert [(s["name"], s["status"], s["seconds"]) for s in doc["steps"]] == [
+        ("lint", "ok", 1.25),
+        ("unit", "FAILED", 3.5),
+        ("deploy", "skipped", 0.0),
+    ]
     assert "\x1b" not in doc["steps"][1]["output_tail"]
 
 
@@ -56,8 +72,11 @@ def test_junit_report(tmp_path: Path):
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("3", "1", "1")
     assert suite.get("time") == "4.750"
     cases = suite.findall("testcase")
-    assert [(c.get("name"), c.get("time")) for c in cases] == \
-        [("lint", "1.250"), ("unit", "3.500"), ("deploy", "0.000")]
+    assert [(c.get("name"), c.get("time")) for c in cases] == [
+        ("lint", "1.250"),
+        ("unit", "3.500"),
+        ("deploy", "0.000"),
+    ]
     assert cases[0].find("failure") is None and cases[0].find("skipped") is None
     failure = cases[1].find("failure")
     assert failure.get("message") == "2 failed, token ***"
@@ -67,14 +86,23 @@ def test_junit_report(tmp_path: Path):
 
 
 def test_reports_redact_secrets_everywhere(tmp_path: Path):
-    meta = {"env": "prod", "registry_password": SECRET, "args": [f"--token={SECRET}"], "file": Path(SECRET)}
+    meta = {
+        "env": "prod",
+        "registry_password": SECRET,
+        "args": [f"--token={SECRET}"],
+        "file": Path(SECRET),
+    }
     paths = write_reports(tmp_path, "deliver", RESULTS, meta, secrets=[SECRET, "abc"])
     for path in paths:
         text = path.read_text()
         assert SECRET not in text
         assert "***" in text
-    assert json.loads(paths[0].read_text())["meta"] == \
-        {"env": "prod", "registry_password": "***", "args": ["--token=***"], "file": "***"}
+    assert json.loads(paths[0].read_text())["meta"] == {
+        "env": "prod",
+        "registry_password": "***",
+        "args": ["--token=***"],
+        "file": "***",
+    }
 
 
 def test_print_results_plain_and_redacted(capsys):
@@ -84,7 +112,7 @@ def test_print_results_plain_and_redacted(capsys):
     assert "\x1b" not in out
     for word in ("lint", "ok", "FAILED", "skipped", "total 4.8s"):
         assert word in out
-    failure = out[out.index("unit FAILED: 2 failed, token ***"):]
+    failure = out[out.index("unit FAILED: 2 failed, token ***") :]
     assert "FAILED test_login" in failure and "Authorization: ***" in failure
 
 
@@ -121,11 +149,21 @@ def test_progress_update_at_most_once_per_second(capsys, monkeypatch):
     monkeypatch.setattr(report, "monotonic", lambda: now[0])
     with Progress("deploy") as p:
         p.step("web")
-        for status, at in [("1/2", 100.0), ("2/2", 100.5), ("2/2", 101.6), ("3/3", 102.0), ("3/3", 104.0)]:
+        for status, at in [
+            ("1/2", 100.0),
+            ("2/2", 100.5),
+            ("2/2", 101.6),
+            ("3/3", 102.0),
+            ("3/3", 104.0),
+        ]:
             now[0] = at
             p.update(status)
     assert capsys.readouterr().err.splitlines() == [
-        "[deploy] web ...", "[deploy] web: 1/2", "[deploy] web: 2/2", "[deploy] web: 3/3"]
+        "[deploy] web ...",
+        "[deploy] web: 1/2",
+        "[deploy] web: 2/2",
+        "[deploy] web: 3/3",
+    ]
 
 
 def test_progress_disabled_is_plain_even_on_a_terminal(monkeypatch):
@@ -141,12 +179,14 @@ def test_progress_disabled_is_plain_even_on_a_terminal(monkeypatch):
 def terminal(monkeypatch):
     """Makes stderr a terminal rich draws live progress on; called in the test itself, since
     pytest's capture sets sys.stderr again between a fixture and the test."""
+
     def install() -> FakeTTY:
         for name in ("TTY_INTERACTIVE", "TERM", "NO_COLOR", "FORCE_COLOR"):
             monkeypatch.delenv(name, raising=False)
         stream = FakeTTY()
         monkeypatch.setattr(sys, "stderr", stream)
         return stream
+
     return install
 
 
@@ -185,15 +225,19 @@ def test_concurrent_logging_keeps_every_line_whole(capsys, use_progress):
 REPO_URL = "https://deploy:gh-t0ken-42@git.example.com/team/app.git"
 
 
-@pytest.mark.parametrize("text, shown", [
-    (REPO_URL, "https://***@git.example.com/team/app.git"),
-    ("ssh://git:pw@host:2222/x.git", "ssh://***@host:2222/x.git"),
-    ("git+https://t0ken@host/x", "git+https://***@host/x"),
-    ("HTTP://U:P@host/", "HTTP://***@host/"),
-    ("clone http://a:p@ss@h.io/x?mail=a@b failed", "clone http://***@h.io/x?mail=a@b failed"),
-    ("https://host/x?mail=a@b", "https://host/x?mail=a@b"),
-    ("git@github.com:me/x.git", "git@github.com:me/x.git"),  # scp-like: a user name, no secret
-    ("no url here", "no url here")])
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        (REPO_URL, "https://***@git.example.com/team/app.git"),
+        ("ssh://git:pw@host:2222/x.git", "ssh://***@host:2222/x.git"),
+        ("git+https://t0ken@host/x", "git+https://***@host/x"),
+        ("HTTP://U:P@host/", "HTTP://***@host/"),
+        ("clone http://a:p@ss@h.io/x?mail=a@b failed", "clone http://***@h.io/x?mail=a@b failed"),
+        ("https://host/x?mail=a@b", "https://host/x?mail=a@b"),
+        ("git@github.com:me/x.git", "git@github.com:me/x.git"),  # scp-like: a user name, no secret
+        ("no url here", "no url here"),
+    ],
+)
 def test_redact_hides_url_credentials(text, shown):
     assert redact(text) == shown
 
@@ -207,8 +251,12 @@ def test_url_credentials_never_reach_progress_tables_or_reports(tmp_path, capsys
     make_logger("deliver")(f"repo {REPO_URL}")
     print_table("runs", ["repo"], [[REPO_URL]])
     print_results("deliver", [StepResult("checkout", False, 1.0, REPO_URL, REPO_URL)])
-    paths = write_reports(tmp_path, "deliver", [StepResult("checkout", False, 1.0, REPO_URL,
-                                                           REPO_URL)], {"repo": REPO_URL})
+    paths = write_reports(
+        tmp_path,
+        "deliver",
+        [StepResult("checkout", False, 1.0, REPO_URL, REPO_URL)],
+        {"repo": REPO_URL},
+    )
     captured = capsys.readouterr()
     for text in (captured.out, captured.err, *(p.read_text() for p in paths)):
         assert "gh-t0ken-42" not in text and "deploy:" not in text

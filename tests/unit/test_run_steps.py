@@ -1,5 +1,6 @@
 """delivery.run (the runner with delivery's steps): order, stopping at the first failure, and the build beside the unit tests in a
 whole run (fake steps; the real overlap is exercised by tests/integration/test_3_deliver.py)."""
+
 from __future__ import annotations
 
 import threading
@@ -38,11 +39,19 @@ def steps(monkeypatch, tmp_path):
             if name in fail:
                 raise StepFailed(f"{name} failed")
             return f"{name} ok"
+
         return step
 
-    monkeypatch.setattr(delivery, "STEP_FUNCS", {
-        "checkout": fake("checkout", 0), "unit": fake("unit", 0.3), "build": fake("build", 0.1),
-        "staging": fake("staging", 0)})
+    monkeypatch.setattr(
+        delivery,
+        "STEP_FUNCS",
+        {
+            "checkout": fake("checkout", 0),
+            "unit": fake("unit", 0.3),
+            "build": fake("build", 0.1),
+            "staging": fake("staging", 0),
+        },
+    )
     monkeypatch.setitem(delivery.OVERLAP, "unit", ("build", lambda r, res: undone.append(res)))
     settings = load("test", {"STATE_DIR": str(tmp_path)}, environ={})
     return events, fail, undone, settings
@@ -69,15 +78,20 @@ def test_failed_unit_tests_undo_the_build_and_skip_it(steps):
     fail.add("unit")
     results = delivery.run(Delivery(settings, "", version="1.1", defer_down=True), NAMES, Quiet())
     assert [(r.name, r.ok, r.skipped) for r in results] == [
-        ("checkout", True, False), ("unit", False, False), ("build", False, True),
-        ("staging", False, True)]
+        ("checkout", True, False),
+        ("unit", False, False),
+        ("build", False, True),
+        ("staging", False, True),
+    ]
     assert [u.name for u in undone] == ["build"] and undone[0].ok  # it had run: undone
 
 
 def test_steps_run_one_after_another_outside_a_whole_run(steps):
     events, _, _, settings = steps
-    for d in (Delivery(settings, "", version="1.1"),  # a task chaining steps itself
-              Delivery(settings, "", version="1.1", defer_down=True, dry_run=True)):
+    for d in (
+        Delivery(settings, "", version="1.1"),  # a task chaining steps itself
+        Delivery(settings, "", version="1.1", defer_down=True, dry_run=True),
+    ):
         events.clear()
         delivery.run(d, NAMES, Quiet())
         order = [e[:2] for e in events]
@@ -124,8 +138,11 @@ def test_a_failed_teardown_is_reported_and_left_for_the_clean_up(monkeypatch, tm
 def test_a_dry_run_lists_the_teardown_in_order(monkeypatch, tmp_path):
     settings = load("test", {"STATE_DIR": str(tmp_path)}, environ={})
     calls = []
-    monkeypatch.setattr(Checkout, "take_down",
-                        lambda r: calls.append(threading.current_thread() is threading.main_thread()))
+    monkeypatch.setattr(
+        Checkout,
+        "take_down",
+        lambda r: calls.append(threading.current_thread() is threading.main_thread()),
+    )
     r = Delivery(settings, "", version="1.1", defer_down=True, dry_run=True, compose_left=True)
     r.tear_down_beside()
     assert calls == [True] and r.teardown is None
@@ -153,7 +170,9 @@ def test_each_result_says_when_its_step_started_in_the_run(steps):
 def test_a_step_run_alone_has_no_start_offset_unless_given_its_runs_start():
     assert runner.attempt("one", lambda: "done").started is None
     origin = time.monotonic() - 2.0
-    assert runner.attempt("one", lambda: "done", origin=origin).started == pytest.approx(2.0, abs=0.2)
+    assert runner.attempt("one", lambda: "done", origin=origin).started == pytest.approx(
+        2.0, abs=0.2
+    )
 
 
 def test_a_signal_in_a_step_reports_it_interrupted_and_the_rest_not_run():
@@ -167,10 +186,14 @@ def test_a_signal_in_a_step_reports_it_interrupted_and_the_rest_not_run():
 
     progress = Quiet()
     with pytest.raises(RunInterrupted) as caught:
-        run_steps(["a", "b", "c"], {"a": lambda: "fine", "b": stopped, "c": lambda: "never"},
-                  progress)
+        run_steps(
+            ["a", "b", "c"], {"a": lambda: "fine", "b": stopped, "c": lambda: "never"}, progress
+        )
     assert caught.value.signum == signal.SIGTERM
     assert [(r.name, r.status) for r in caught.value.results] == [
-        ("a", "ok"), ("b", "interrupted"), ("c", "skipped")]
+        ("a", "ok"),
+        ("b", "interrupted"),
+        ("c", "skipped"),
+    ]
     assert caught.value.results[1].detail == "interrupted"
     assert progress.done_names == ["a", "b"]

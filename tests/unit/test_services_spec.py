@@ -1,4 +1,5 @@
 """ServiceSpec <-> Engine API structures, diffs, routing modes and the registry's spec (no engine)."""
+
 from __future__ import annotations
 
 import copy
@@ -54,37 +55,82 @@ INSPECT = {
                 "StopGracePeriod": 20 * NS,
                 "DNSConfig": {},
                 "Isolation": "default",
-                "Mounts": [{"Type": "bind", "Source": "/srv/data", "Target": "/data",
-                            "ReadOnly": True}],
-                "Configs": [{"File": {"Name": "/usr/local/etc/haproxy/haproxy.cfg", "UID": "0",
-                                      "GID": "0", "Mode": 292},
-                             "ConfigID": "ktnbjxoalbkvbvedmg1urrz8h", "ConfigName": "proxy-cfg"}],
+                "Mounts": [
+                    {"Type": "bind", "Source": "/srv/data", "Target": "/data", "ReadOnly": True}
+                ],
+                "Configs": [
+                    {
+                        "File": {
+                            "Name": "/usr/local/etc/haproxy/haproxy.cfg",
+                            "UID": "0",
+                            "GID": "0",
+                            "Mode": 292,
+                        },
+                        "ConfigID": "ktnbjxoalbkvbvedmg1urrz8h",
+                        "ConfigName": "proxy-cfg",
+                    }
+                ],
             },
             "Resources": {"Limits": {}, "Reservations": {"MemoryBytes": 52428800}},
             "RestartPolicy": {"Condition": "any", "Delay": 5 * NS, "MaxAttempts": 0},
-            "Placement": {"Constraints": ["node.labels.env == prod-like"],
-                          "Platforms": [{"Architecture": "amd64", "OS": "linux"}]},
-            "Networks": [{"Target": "c9j2q6ez4uu9k3ye0pi9t8pbz", "Aliases": ["go-demo"]},
-                         {"Target": "qsiv6buv8y5vp1hpn0s3k8f1b"}],
+            "Placement": {
+                "Constraints": ["node.labels.env == prod-like"],
+                "Platforms": [{"Architecture": "amd64", "OS": "linux"}],
+            },
+            "Networks": [
+                {"Target": "c9j2q6ez4uu9k3ye0pi9t8pbz", "Aliases": ["go-demo"]},
+                {"Target": "qsiv6buv8y5vp1hpn0s3k8f1b"},
+            ],
             "ForceUpdate": 0,
             "Runtime": "container",
         },
         "Mode": {"Replicated": {"Replicas": 2}},
-        "UpdateConfig": {"Parallelism": 1, "Delay": 5 * NS, "FailureAction": "rollback",
-                         "Monitor": 5 * NS, "MaxFailureRatio": 0, "Order": "start-first"},
-        "RollbackConfig": {"Parallelism": 1, "FailureAction": "pause", "Monitor": 5 * NS,
-                           "MaxFailureRatio": 0, "Order": "stop-first"},
-        "EndpointSpec": {"Mode": "vip", "Ports": [{"Protocol": "tcp", "TargetPort": 8080,
-                                                   "PublishedPort": 8080,
-                                                   "PublishMode": "ingress"}]},
+        "UpdateConfig": {
+            "Parallelism": 1,
+            "Delay": 5 * NS,
+            "FailureAction": "rollback",
+            "Monitor": 5 * NS,
+            "MaxFailureRatio": 0,
+            "Order": "start-first",
+        },
+        "RollbackConfig": {
+            "Parallelism": 1,
+            "FailureAction": "pause",
+            "Monitor": 5 * NS,
+            "MaxFailureRatio": 0,
+            "Order": "stop-first",
+        },
+        "EndpointSpec": {
+            "Mode": "vip",
+            "Ports": [
+                {
+                    "Protocol": "tcp",
+                    "TargetPort": 8080,
+                    "PublishedPort": 8080,
+                    "PublishMode": "ingress",
+                }
+            ],
+        },
     },
     "Endpoint": {
-        "Spec": {"Mode": "vip", "Ports": [{"Protocol": "tcp", "TargetPort": 8080,
-                                           "PublishedPort": 8080, "PublishMode": "ingress"}]},
-        "Ports": [{"Protocol": "tcp", "TargetPort": 8080, "PublishedPort": 8080,
-                   "PublishMode": "ingress"}],
-        "VirtualIPs": [{"NetworkID": "4qvuz4ko70xaltuqbt8956gd1", "Addr": "10.255.0.5/16"},
-                       {"NetworkID": "c9j2q6ez4uu9k3ye0pi9t8pbz", "Addr": "10.0.1.3/24"}],
+        "Spec": {
+            "Mode": "vip",
+            "Ports": [
+                {
+                    "Protocol": "tcp",
+                    "TargetPort": 8080,
+                    "PublishedPort": 8080,
+                    "PublishMode": "ingress",
+                }
+            ],
+        },
+        "Ports": [
+            {"Protocol": "tcp", "TargetPort": 8080, "PublishedPort": 8080, "PublishMode": "ingress"}
+        ],
+        "VirtualIPs": [
+            {"NetworkID": "4qvuz4ko70xaltuqbt8956gd1", "Addr": "10.255.0.5/16"},
+            {"NetworkID": "c9j2q6ez4uu9k3ye0pi9t8pbz", "Addr": "10.0.1.3/24"},
+        ],
     },
 }
 
@@ -106,11 +152,18 @@ def engine_stores(kwargs: dict) -> dict:
     the spec as sent. Its JSON decoding matches field names case-insensitively and answers with
     the canonical names, so the SDK's `{"replicated": ...}` comes back as `{"Replicated": ...}`."""
     mode = {k[0].upper() + k[1:]: v for k, v in kwargs["mode"].items()}
-    return {"ID": "x", "Version": {"Index": 1},
-            "Spec": {"Name": kwargs["name"], "Labels": kwargs["labels"],
-                     "TaskTemplate": copy.deepcopy(dict(kwargs["task_template"])),
-                     "Mode": mode, "UpdateConfig": dict(kwargs["update_config"]),
-                     "EndpointSpec": dict(kwargs["endpoint_spec"])}}
+    return {
+        "ID": "x",
+        "Version": {"Index": 1},
+        "Spec": {
+            "Name": kwargs["name"],
+            "Labels": kwargs["labels"],
+            "TaskTemplate": copy.deepcopy(dict(kwargs["task_template"])),
+            "Mode": mode,
+            "UpdateConfig": dict(kwargs["update_config"]),
+            "EndpointSpec": dict(kwargs["endpoint_spec"]),
+        },
+    }
 
 
 # -- api_kwargs -----------------------------------------------------------------------------------
@@ -127,18 +180,32 @@ def test_api_kwargs_replicated_service():
     assert cs["Args"] == ["--port", "8080"]
     assert cs["Env"] == ["DB=go-demo-db", "LOG=info"]
     assert cs["StopGracePeriod"] == 20 * 1_000_000_000
-    assert cs["Mounts"] == [{"Type": "bind", "Source": "/srv/data", "Target": "/data",
-                             "ReadOnly": True}]
-    assert cs["Configs"] == [{"ConfigID": CONF_IDS["proxy-cfg"], "ConfigName": "proxy-cfg",
-                              "File": {"Name": "/usr/local/etc/haproxy/haproxy.cfg",
-                                       "UID": "0", "GID": "0", "Mode": 0o444}}]
+    assert cs["Mounts"] == [
+        {"Type": "bind", "Source": "/srv/data", "Target": "/data", "ReadOnly": True}
+    ]
+    assert cs["Configs"] == [
+        {
+            "ConfigID": CONF_IDS["proxy-cfg"],
+            "ConfigName": "proxy-cfg",
+            "File": {
+                "Name": "/usr/local/etc/haproxy/haproxy.cfg",
+                "UID": "0",
+                "GID": "0",
+                "Mode": 0o444,
+            },
+        }
+    ]
     assert tt["Resources"] == {"Reservations": {"MemoryBytes": 50 * 1024 * 1024}}
     assert tt["Placement"] == {"Constraints": ["node.labels.env == prod-like"]}
     # networks by ID, in the spec's order
     assert tt["Networks"] == [{"Target": NET_IDS["go-demo"]}, {"Target": NET_IDS["proxy"]}]
 
-    assert k["endpoint_spec"] == {"Mode": "vip", "Ports": [
-        {"PublishedPort": 8080, "TargetPort": 8080, "Protocol": "tcp", "PublishMode": "ingress"}]}
+    assert k["endpoint_spec"] == {
+        "Mode": "vip",
+        "Ports": [
+            {"PublishedPort": 8080, "TargetPort": 8080, "Protocol": "tcp", "PublishMode": "ingress"}
+        ],
+    }
 
     upd = k["update_config"]
     assert upd["Delay"] == 5 * 1_000_000_000
@@ -148,14 +215,20 @@ def test_api_kwargs_replicated_service():
 
 
 def test_api_kwargs_global_dnsrr_without_extras():
-    spec = ServiceSpec(name="agent", image="cdtasks/agent:1.2", replicas=None,
-                       ports=((9000, 9000, "host"),), endpoint_mode="dnsrr")
+    spec = ServiceSpec(
+        name="agent",
+        image="cdtasks/agent:1.2",
+        replicas=None,
+        ports=((9000, 9000, "host"),),
+        endpoint_mode="dnsrr",
+    )
     k = spec.api_kwargs({}, {})
     assert k["mode"].mode == "global"
     assert k["mode"] == {"global": {}}
     assert k["endpoint_spec"]["Mode"] == "dnsrr"
-    assert k["endpoint_spec"]["Ports"] == [{"PublishedPort": 9000, "TargetPort": 9000,
-                                            "Protocol": "tcp", "PublishMode": "host"}]
+    assert k["endpoint_spec"]["Ports"] == [
+        {"PublishedPort": 9000, "TargetPort": 9000, "Protocol": "tcp", "PublishMode": "host"}
+    ]
     tt = k["task_template"]
     assert "Resources" not in tt  # no reservation asked, none sent
     assert "Networks" not in tt
@@ -184,16 +257,32 @@ def test_actual_of_a_realistic_inspect_equals_the_spec():
 
 
 def test_created_service_reads_back_as_its_spec():
-    for spec in (APP, replace(APP, replicas=None, endpoint_mode="dnsrr",
-                              ports=((8080, 8080, "host"),), reserve_mb=0, mounts=(),
-                              configs=(), labels=(), update_delay=0)):
+    for spec in (
+        APP,
+        replace(
+            APP,
+            replicas=None,
+            endpoint_mode="dnsrr",
+            ports=((8080, 8080, "host"),),
+            reserve_mb=0,
+            mounts=(),
+            configs=(),
+            labels=(),
+            update_delay=0,
+        ),
+    ):
         stored = engine_stores(spec.api_kwargs(NET_IDS, CONF_IDS))
         assert actual(stored, NET_NAMES, CONF_NAMES) == spec
 
 
 def test_actual_applies_engine_defaults_for_absent_fields():
-    minimal = {"Spec": {"Name": "db", "TaskTemplate": {"ContainerSpec": {"Image": "cdtasks/redis:7.0"}},
-                        "Mode": {"Replicated": {"Replicas": 1}}}}
+    minimal = {
+        "Spec": {
+            "Name": "db",
+            "TaskTemplate": {"ContainerSpec": {"Image": "cdtasks/redis:7.0"}},
+            "Mode": {"Replicated": {"Replicas": 1}},
+        }
+    }
     have = actual(minimal, {}, {})
     assert have == ServiceSpec(name="db", image="cdtasks/redis:7.0")
 
@@ -219,21 +308,34 @@ def test_diff_reports_changed_replicas():
 
 
 def test_diff_reports_changed_image():
-    have = actual(running(TaskTemplate__ContainerSpec__Image="localhost:5000/go-demo:0.9"),
-                  NET_NAMES, CONF_NAMES)
-    assert diff(APP, have) == {"image": ("localhost:5000/go-demo:1.0", "localhost:5000/go-demo:0.9")}
+    have = actual(
+        running(TaskTemplate__ContainerSpec__Image="localhost:5000/go-demo:0.9"),
+        NET_NAMES,
+        CONF_NAMES,
+    )
+    assert diff(APP, have) == {
+        "image": ("localhost:5000/go-demo:1.0", "localhost:5000/go-demo:0.9")
+    }
 
 
 def test_diff_reports_changed_constraints():
-    have = actual(running(TaskTemplate__Placement={"Constraints": ["node.labels.env == prod"]}),
-                  NET_NAMES, CONF_NAMES)
-    assert diff(APP, have) == {"constraints": (("node.labels.env == prod-like",),
-                                               ("node.labels.env == prod",))}
+    have = actual(
+        running(TaskTemplate__Placement={"Constraints": ["node.labels.env == prod"]}),
+        NET_NAMES,
+        CONF_NAMES,
+    )
+    assert diff(APP, have) == {
+        "constraints": (("node.labels.env == prod-like",), ("node.labels.env == prod",))
+    }
 
 
 def test_diff_ignores_order_of_unordered_collections():
-    have = replace(APP, env=tuple(reversed(APP.env)), networks=tuple(reversed(APP.networks)),
-                   labels=tuple(reversed(APP.labels)))
+    have = replace(
+        APP,
+        env=tuple(reversed(APP.env)),
+        networks=tuple(reversed(APP.networks)),
+        labels=tuple(reversed(APP.labels)),
+    )
     assert diff(APP, have) == {}
 
 
@@ -244,16 +346,24 @@ def test_diff_keeps_order_of_args():
 
 def test_digest_appended_by_the_cli_is_not_drift():
     digest = "sha256:" + "3f" * 32
-    have = actual(running(TaskTemplate__ContainerSpec__Image=f"localhost:5000/go-demo:1.0@{digest}"),
-                  NET_NAMES, CONF_NAMES)
+    have = actual(
+        running(TaskTemplate__ContainerSpec__Image=f"localhost:5000/go-demo:1.0@{digest}"),
+        NET_NAMES,
+        CONF_NAMES,
+    )
     assert diff(APP, have) == {}
 
 
 def test_digest_does_not_hide_a_changed_tag():
     digest = "sha256:" + "3f" * 32
-    have = actual(running(TaskTemplate__ContainerSpec__Image=f"localhost:5000/go-demo:0.9@{digest}"),
-                  NET_NAMES, CONF_NAMES)
-    assert diff(APP, have) == {"image": ("localhost:5000/go-demo:1.0", "localhost:5000/go-demo:0.9")}
+    have = actual(
+        running(TaskTemplate__ContainerSpec__Image=f"localhost:5000/go-demo:0.9@{digest}"),
+        NET_NAMES,
+        CONF_NAMES,
+    )
+    assert diff(APP, have) == {
+        "image": ("localhost:5000/go-demo:1.0", "localhost:5000/go-demo:0.9")
+    }
 
 
 def test_wanted_digest_is_compared_in_full():
@@ -264,8 +374,10 @@ def test_wanted_digest_is_compared_in_full():
 
 
 # -- validated ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("image", ["localhost:5000/go-demo", "localhost:5000/go-demo:latest",
-                                   "go-demo:latest", "go-demo"])
+@pytest.mark.parametrize(
+    "image",
+    ["localhost:5000/go-demo", "localhost:5000/go-demo:latest", "go-demo:latest", "go-demo"],
+)
 def test_validated_refuses_latest_and_untagged(image):
     with pytest.raises(ServiceError) as exc:
         replace(APP, image=image).validated()
@@ -302,13 +414,14 @@ def settings(tmp_path):
 def test_registry_spec_with_the_routing_mesh(settings, tmp_path):
     spec = registry.spec(settings, "mesh")
     assert spec.name == "registry"
-    assert spec.image == settings.registry_image == "cdtasks/registry-slim:2.8.2"
+    assert spec.image == settings.registry.registry_image == "cdtasks/registry-slim:2.8.2"
     assert spec.replicas == 1
     assert spec.ports == ((5000, 5000, "ingress"),)
     assert spec.endpoint_mode == "vip"
     assert spec.reserve_mb == 100
-    assert spec.mounts == (f"type=bind,source={tmp_path / 'state' / 'registry'},"
-                           f"target=/var/lib/registry",)
+    assert spec.mounts == (
+        f"type=bind,source={tmp_path / 'state' / 'registry'},target=/var/lib/registry",
+    )
     assert spec.validated() is spec
 
 
@@ -328,24 +441,40 @@ def _secret_ids(settings) -> dict[str, str]:
 def test_registry_api_kwargs(settings, tmp_path):
     k = registry.spec(settings, "mesh").api_kwargs({}, {}, _secret_ids(settings))
     cs = k["task_template"]["ContainerSpec"]
-    assert cs["Mounts"] == [{"Type": "bind", "Source": str(tmp_path / "state" / "registry"),
-                             "Target": "/var/lib/registry", "ReadOnly": False}]
+    assert cs["Mounts"] == [
+        {
+            "Type": "bind",
+            "Source": str(tmp_path / "state" / "registry"),
+            "Target": "/var/lib/registry",
+            "ReadOnly": False,
+        }
+    ]
     assert k["task_template"]["Resources"]["Reservations"]["MemoryBytes"] == 100 * MB == 104857600
     assert "REGISTRY_HTTP_ADDR=:5000" in cs["Env"]
     # Only the tool's user gets in (htpasswd from the secret); deletes stay off.
-    assert {"REGISTRY_AUTH=htpasswd", "REGISTRY_AUTH_HTPASSWD_PATH=/run/secrets/htpasswd",
-            "REGISTRY_STORAGE_DELETE_ENABLED=false"} <= set(cs["Env"])
+    assert {
+        "REGISTRY_AUTH=htpasswd",
+        "REGISTRY_AUTH_HTPASSWD_PATH=/run/secrets/htpasswd",
+        "REGISTRY_STORAGE_DELETE_ENABLED=false",
+    } <= set(cs["Env"])
     name = registry.credentials(settings).secret_name
-    assert cs["Secrets"] == [{"SecretID": "s3cr3tid", "SecretName": name,
-                              "File": {"Name": "htpasswd", "UID": "0", "GID": "0", "Mode": 0o400}}]
+    assert cs["Secrets"] == [
+        {
+            "SecretID": "s3cr3tid",
+            "SecretName": name,
+            "File": {"Name": "htpasswd", "UID": "0", "GID": "0", "Mode": 0o400},
+        }
+    ]
     k = registry.spec(settings, "dnsrr").api_kwargs({}, {}, _secret_ids(settings))
     assert k["mode"] == {"global": {}}
     assert k["endpoint_spec"]["Ports"][0]["PublishMode"] == "host"
 
 
 def test_registry_follows_the_configured_port_and_directory(tmp_path):
-    (tmp_path / "test.env").write_text(f"REGISTRY_PORT=5005\nREGISTRY_DIR={tmp_path / 'shared'}\n"
-                                       f"REGISTRY_RESERVE_MB=64\nSTATE_DIR={tmp_path / 'state'}\n")
+    (tmp_path / "test.env").write_text(
+        f"REGISTRY_PORT=5005\nREGISTRY_DIR={tmp_path / 'shared'}\n"
+        f"REGISTRY_RESERVE_MB=64\nSTATE_DIR={tmp_path / 'state'}\n"
+    )
     s = load("test", environ={}, env_dir=tmp_path)
     spec = registry.spec(s, "mesh")
     assert spec.ports == ((5005, 5005, "ingress"),)
@@ -365,6 +494,7 @@ def test_registry_spec_reads_back_without_drift(settings):
 
 def test_engine_timestamps_keep_their_fraction_and_zone():
     from cdtasks.services import engine_time
+
     t = engine_time("2026-11-26T23:06:55.459052117Z")
     assert (t.hour, t.minute, t.second, t.microsecond) == (23, 6, 55, 459052)
     assert t.utcoffset().total_seconds() == 0
@@ -379,43 +509,60 @@ def test_the_monitor_period_counts_from_the_last_replica_start_by_the_managers_c
             return {"SystemTime": "2026-11-26T23:07:00.000000000Z"}
 
     def task(image, state, stamp):
-        return {"Status": {"State": state, "Timestamp": stamp},
-                "Spec": {"ContainerSpec": {"Image": image}}}
+        return {
+            "Status": {"State": state, "Timestamp": stamp},
+            "Spec": {"ContainerSpec": {"Image": image}},
+        }
 
     new, old = "localhost:5000/go-demo:1.1@sha256:aa", "localhost:5000/go-demo:1.0@sha256:bb"
-    tasks = [task(new, "running", "2026-11-26T23:06:52.500000000Z"),
-             task(new, "running", "2026-11-26T23:06:58.750000000Z"),  # the last to start
-             task(old, "running", "2026-11-26T23:06:59.900000000Z"),  # another image: ignored
-             task(new, "starting", "2026-11-26T23:06:59.950000000Z")]  # not running yet
+    tasks = [
+        task(new, "running", "2026-11-26T23:06:52.500000000Z"),
+        task(new, "running", "2026-11-26T23:06:58.750000000Z"),  # the last to start
+        task(old, "running", "2026-11-26T23:06:59.900000000Z"),  # another image: ignored
+        task(new, "starting", "2026-11-26T23:06:59.950000000Z"),
+    ]  # not running yet
     assert _running_for(Manager(), tasks, new) == pytest.approx(1.25)
     assert _running_for(Manager(), [], new) == 0.0
 
 
 def _node(host, role="manager", labels=None, state="ready", availability="active"):
-    return {"ID": f"id-{host}", "Status": {"State": state},
-            "Spec": {"Role": role, "Labels": labels or {}, "Availability": availability},
-            "Description": {"Hostname": host, "Platform": {"OS": "linux", "Architecture": "x86_64"},
-                            "Engine": {"Labels": {"disk": "ssd"}}}}
+    return {
+        "ID": f"id-{host}",
+        "Status": {"State": state},
+        "Spec": {"Role": role, "Labels": labels or {}, "Availability": availability},
+        "Description": {
+            "Hostname": host,
+            "Platform": {"OS": "linux", "Architecture": "x86_64"},
+            "Engine": {"Labels": {"disk": "ssd"}},
+        },
+    }
 
 
-@pytest.mark.parametrize("constraint, expected", [
-    ("node.labels.env == prod-like", True),
-    ("node.labels.env==PROD-LIKE", True),  # swarmkit compares without case
-    ("node.labels.env != prod-like", False),
-    ("node.labels.missing == x", False),
-    ("node.labels.missing != x", True),  # a node without the label differs from any value
-    ("node.role == manager", True),
-    ("node.role == worker", False),
-    ("node.hostname != swarm-test-2", False),
-    ("node.id == id-swarm-test-2", True),
-    ("node.platform.os == linux", True),
-    ("engine.labels.disk == ssd", True),
-    ("node.ip == 10.0.0.1", None),  # not read here
-    ("nonsense", None),
-])
+@pytest.mark.parametrize(
+    "constraint, expected",
+    [
+        ("node.labels.env == prod-like", True),
+        ("node.labels.env==PROD-LIKE", True),  # swarmkit compares without case
+        ("node.labels.env != prod-like", False),
+        ("node.labels.missing == x", False),
+        ("node.labels.missing != x", True),  # a node without the label differs from any value
+        ("node.role == manager", True),
+        ("node.role == worker", False),
+        ("node.hostname != swarm-test-2", False),
+        ("node.id == id-swarm-test-2", True),
+        ("node.platform.os == linux", True),
+        ("engine.labels.disk == ssd", True),
+        ("node.ip == 10.0.0.1", None),  # not read here
+        ("nonsense", None),
+    ],
+)
 def test_placement_constraints_as_swarm_reads_them(constraint, expected):
     from cdtasks.services import constraint_matches
-    assert constraint_matches(_node("swarm-test-2", labels={"env": "prod-like"}), constraint) is expected
+
+    assert (
+        constraint_matches(_node("swarm-test-2", labels={"env": "prod-like"}), constraint)
+        is expected
+    )
 
 
 def test_eligible_nodes_are_ready_active_and_meet_every_constraint():
@@ -425,21 +572,32 @@ def test_eligible_nodes_are_ready_active_and_meet_every_constraint():
         class api:
             @staticmethod
             def nodes():
-                return [_node("swarm-test-1"),
-                        _node("swarm-test-2", labels={"env": "prod-like"}),
-                        _node("swarm-test-3", labels={"env": "prod-like"}),
-                        _node("swarm-test-4", labels={"env": "prod-like"}, state="down"),
-                        _node("swarm-test-5", labels={"env": "prod-like"}, availability="drain")]
+                return [
+                    _node("swarm-test-1"),
+                    _node("swarm-test-2", labels={"env": "prod-like"}),
+                    _node("swarm-test-3", labels={"env": "prod-like"}),
+                    _node("swarm-test-4", labels={"env": "prod-like"}, state="down"),
+                    _node("swarm-test-5", labels={"env": "prod-like"}, availability="drain"),
+                ]
 
     def spec(*constraints):
         return {"TaskTemplate": {"Placement": {"Constraints": list(constraints)}}}
 
     assert eligible_nodes(Manager(), spec("node.labels.env == prod-like")) == [
-        "swarm-test-2", "swarm-test-3"]
-    assert eligible_nodes(Manager(), spec("node.labels.env == prod-like",
-                                          "node.hostname != swarm-test-3")) == ["swarm-test-2"]
+        "swarm-test-2",
+        "swarm-test-3",
+    ]
+    assert eligible_nodes(
+        Manager(), spec("node.labels.env == prod-like", "node.hostname != swarm-test-3")
+    ) == ["swarm-test-2"]
     # A constraint it cannot read narrows nothing: more nodes pre-pulled, never fewer.
     assert eligible_nodes(Manager(), spec("node.ip == 10.0.0.9")) == [
-        "swarm-test-1", "swarm-test-2", "swarm-test-3"]
+        "swarm-test-1",
+        "swarm-test-2",
+        "swarm-test-3",
+    ]
     assert eligible_nodes(Manager(), {"TaskTemplate": {}}) == [
-        "swarm-test-1", "swarm-test-2", "swarm-test-3"]
+        "swarm-test-1",
+        "swarm-test-2",
+        "swarm-test-3",
+    ]

@@ -1,4 +1,5 @@
 """stack.specs: the proxy, application and database services an env file asks for (no engine)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,8 @@ def settings(tmp_path):
         f"APP_SERVICE=shop\nAPP_IMAGE=shop-img\nAPP_VERSION=2.3\nAPP_REPLICAS=3\nAPP_PORT=9000\n"
         f"DB_SERVICE=shop-db\nPROXY_SERVICE=edge\nPROXY_PORT=8081\nPROXY_ADMIN_PORT=0\n"
         f"PROXY_CONFIG={cfg}\nUPDATE_DELAY=7\nSTOP_GRACE=12\nREGISTRY_PORT=5500\n"
-        f"CONSTRAINT=node.labels.env == prod-like\n")
+        f"CONSTRAINT=node.labels.env == prod-like\n"
+    )
     return load("test", environ={}, env_dir=tmp_path)
 
 
@@ -52,9 +54,9 @@ def test_a_release_keeps_its_own_image(settings):
 
 def test_the_proxy_config_is_named_by_its_content(settings):
     proxy = by_name(stack.specs(settings, "mesh"))["edge"]
-    digest = hashlib.sha256(settings.proxy_config.read_bytes()).hexdigest()[:10]
+    digest = hashlib.sha256(settings.services.proxy_config.read_bytes()).hexdigest()[:10]
     assert proxy.configs == ((f"edge-cfg-{digest}", stack.HAPROXY_CFG),)
-    settings.proxy_config.write_text("global\n  maxconn 128\n")
+    settings.services.proxy_config.write_text("global\n  maxconn 128\n")
     changed = by_name(stack.specs(settings, "mesh"))["edge"]
     assert changed.configs[0][0] != proxy.configs[0][0]  # Swarm configs are immutable
 
@@ -72,10 +74,13 @@ def test_the_admin_port_is_published_when_asked(settings, tmp_path):
     env = tmp_path / "test.env"
     env.write_text(env.read_text().replace("PROXY_ADMIN_PORT=0", "PROXY_ADMIN_PORT=9090"))
     s = load("test", environ={}, env_dir=tmp_path)
-    assert by_name(stack.specs(s, "mesh"))["edge"].ports == ((8081, 80, "ingress"), (9090, 8090, "ingress"))
+    assert by_name(stack.specs(s, "mesh"))["edge"].ports == (
+        (8081, 80, "ingress"),
+        (9090, 8090, "ingress"),
+    )
 
 
 def test_an_unreadable_proxy_config_names_the_file(settings, tmp_path):
-    settings.proxy_config.unlink()
+    settings.services.proxy_config.unlink()
     with pytest.raises(stack.services.ServiceError, match="PROXY_CONFIG .*haproxy.cfg"):
         stack.specs(settings, "mesh")

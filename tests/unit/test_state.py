@@ -1,4 +1,5 @@
 """Private state on real files: directory and file modes (stat)."""
+
 from __future__ import annotations
 
 import os
@@ -86,13 +87,18 @@ def test_lab_node_files_are_private(tmp_path, loose_umask):
     """What the lab writes for a new machine, without an engine: keys, certificates, dirs."""
     s = config.load("test", {"STATE_DIR": str(tmp_path / "state")}, environ={})
     lab = LabProvider(s, host=object())
-    root = tmp_path / "state" / s.lab_name
+    root = tmp_path / "state" / s.cluster.lab_name
     certs.ensure_ca(root / "certs")
     certs.ssh_keypair(lab.ssh_key)
     node_dir = lab._prepare_machine("swarm-test-1")
     machine = lab.machine_dir("swarm-test-1")
     dirs = [p for p in (tmp_path / "state").rglob("*") if p.is_dir()]
     assert dirs and all(mode(d) == 0o700 for d in dirs), {str(d): oct(mode(d)) for d in dirs}
-    for key in (machine / "key.pem", node_dir / "tls" / "server-key.pem",
-                node_dir / "ssh" / "host_key", lab.ssh_key, root / "certs" / "ca-key.pem"):
+    for key in (
+        machine / "key.pem",
+        node_dir / "tls" / "server-key.pem",
+        node_dir / "ssh" / "host_key",
+        lab.ssh_key,
+        root / "certs" / "ca-key.pem",
+    ):
         assert mode(key) == 0o600, key

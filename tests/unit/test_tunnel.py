@@ -1,4 +1,5 @@
 """The SSH tunnel's carrier threads: a broken link ends one connection, quietly (no engine)."""
+
 from __future__ import annotations
 
 import socket

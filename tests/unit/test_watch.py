@@ -1,8 +1,10 @@
 """The watcher against a real git repository made here, a fake `run` and records kept by a fake
 manager with the Swarm config API records.py uses (pure logic: no engine)."""
+
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import subprocess
 import threading
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cdtasks import watch
-from cdtasks.interrupt import Interrupted
+from cdtasks.interrupt import Interrupted, signals_as_interrupt
 from cdtasks.watch import RecordStore, RunResult, Runs, SourceError, Watcher
 
 WAIT = 20.0  # seconds a test waits for the watcher thread to do what it should
@@ -20,8 +22,9 @@ WAIT = 20.0  # seconds a test waits for the watcher thread to do what it should
 
 # -- a real repository --------------------------------------------------------------------------
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture()
@@ -72,8 +75,10 @@ def store_of(manager) -> RecordStore:
 def rows(manager: Flaky) -> list[dict]:
     """What the cluster holds, read without the failures, in Raft order."""
     store = manager.swarm.store
-    return [store.data(cid) for cid, _ in sorted(store.configs.items(),
-                                                 key=lambda kv: kv[1]["Version"]["Index"])]
+    return [
+        store.data(cid)
+        for cid, _ in sorted(store.configs.items(), key=lambda kv: kv[1]["Version"]["Index"])
+    ]
 
 
 class FakeRun:
@@ -93,8 +98,11 @@ class FakeRun:
             assert self.gate.wait(WAIT)
         time.sleep(0.002)  # records are ordered by their millisecond (records.put's names)
         code = self.codes.get(commit, 0)
-        return RunResult(code, f"run of {commit[:7]}: {'ok' if code == 0 else 'failed'}",
-                         ({"suite": "deliver", "ok": code == 0, "meta": {"repo": "x"}, "steps": []},))
+        return RunResult(
+            code,
+            f"run of {commit[:7]}: {'ok' if code == 0 else 'failed'}",
+            ({"suite": "deliver", "ok": code == 0, "meta": {"repo": "x"}, "steps": []},),
+        )
 
 
 def until(predicate, what: str) -> None:
@@ -129,8 +137,15 @@ class Running:
 
 
 def make(repo: Path, manager, run, lines: list[str], **kw) -> Watcher:
-    return Watcher(str(repo), "main", store_of(manager), run, interval=kw.pop("interval", 0.02),
-                   log=lines.append, **kw)
+    return Watcher(
+        str(repo),
+        "main",
+        store_of(manager),
+        run,
+        interval=kw.pop("interval", 0.02),
+        log=lines.append,
+        **kw,
+    )
 
 
 # -- git -----------------------------------------------------------------------------------------
@@ -155,8 +170,11 @@ def test_a_missing_branch_or_repository_is_one_line(repo: Path, tmp_path: Path):
 
 def test_a_repository_that_does_not_answer_is_given_up_with_its_helpers(monkeypatch):
     # `ext::` runs a command as the remote's transport: one that never answers
-    for name, value in (("GIT_CONFIG_COUNT", "1"), ("GIT_CONFIG_KEY_0", "protocol.ext.allow"),
-                        ("GIT_CONFIG_VALUE_0", "always")):
+    for name, value in (
+        ("GIT_CONFIG_COUNT", "1"),
+        ("GIT_CONFIG_KEY_0", "protocol.ext.allow"),
+        ("GIT_CONFIG_VALUE_0", "always"),
+    ):
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(watch, "GIT_TIMEOUT", 0.5)
     started = time.monotonic()
@@ -175,8 +193,11 @@ def test_branch_names_are_checked_by_git():
 
 
 def test_credentials_in_urls_are_scrubbed_from_json_values():
-    assert watch.scrub({"r": ["https://a:b@h/"], "n": 1, "t": None}) == \
-        {"r": ["https://***@h/"], "n": 1, "t": None}
+    assert watch.scrub({"r": ["https://a:b@h/"], "n": 1, "t": None}) == {
+        "r": ["https://***@h/"],
+        "n": 1,
+        "t": None,
+    }
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -194,8 +215,14 @@ def test_each_new_commit_runs_once_in_order(repo: Path, manager):
         until(lambda: f"main at {third[:12]}: already taken" in " ".join(lines), "the next poll")
     assert run.commits == [first, second, third]
     events = [(r["event"], r["commit"]) for r in rows(manager)]
-    assert events == [("taken", first), ("finished", first), ("taken", second),
-                      ("finished", second), ("taken", third), ("finished", third)]
+    assert events == [
+        ("taken", first),
+        ("finished", first),
+        ("taken", second),
+        ("finished", second),
+        ("taken", third),
+        ("finished", third),
+    ]
     assert [p["subject"] for p in payloads] == ["first", "second", "third"]
     assert all(p["code"] == 0 and p["ok"] and p["reports"] for p in payloads)
 
@@ -223,7 +250,10 @@ def test_a_failing_commit_is_reported_and_the_next_still_runs(repo: Path, manage
         second = commit(repo, "fix")
         until(lambda: len(rows(manager)) == 4, "the next run")
     finished = [r for r in rows(manager) if r["event"] == "finished"]
-    assert [(r["commit"], r["code"], r["ok"]) for r in finished] == [(first, 14, False), (second, 0, True)]
+    assert [(r["commit"], r["code"], r["ok"]) for r in finished] == [
+        (first, 14, False),
+        (second, 0, True),
+    ]
     assert any(f"commit {first[:12]}: FAILED (exit 14)" in line for line in lines)
 
 
@@ -250,25 +280,64 @@ def test_a_restart_does_not_run_a_commit_again(repo: Path, manager):
 def test_an_unfinished_commit_is_reported_not_run_again(repo: Path, manager):
     lines = []
     head = git(repo, "rev-parse", "HEAD")
-    store_of(manager).put({"repo": str(repo), "branch": "main", "commit": head, "event": "taken",
-                           "time": "2026-01-01T00:00:00+00:00", "user": "u", "host": "h",
-                           "pid": 42})
+    store_of(manager).put(
+        {
+            "repo": str(repo),
+            "branch": "main",
+            "commit": head,
+            "event": "taken",
+            "time": "2026-01-01T00:00:00+00:00",
+            "user": "u",
+            "host": "h",
+            "pid": 42,
+        }
+    )
     run = FakeRun()
     assert make(repo, manager, run, lines).check() is None
     assert run.commits == []
-    assert any(f"commit {head[:12]} of main was taken at 2026-01-01" in line
-               and "never finished: not run again" in line for line in lines)
+    said = [line for line in lines if f"commit {head[:12]} of main was taken at 2026-01-01" in line]
+    assert len(said) == 1 and "u@h (pid 42), not run here" in said[0], lines
+    assert make(repo, manager, run, lines).check() is None
     paired = watch.pairs(rows(manager))
     assert paired[0]["result"].startswith("unfinished") and paired[0]["code"] is None
+
+
+def test_two_watchers_take_a_commit_once(repo: Path, manager):
+    """One runs it; the other, looking at fresh records during that run, leaves it; a third
+    whose look was stale (taken between its look and its take) loses the claim."""
+    head = git(repo, "rev-parse", "HEAD")
+    first, second, third, lines = FakeRun(), FakeRun(), FakeRun(), []
+    first.gate = threading.Event()
+    a = make(repo, manager, first, lines)
+    b = make(repo, manager, second, lines)
+    stale = make(repo, manager, third, lines)
+    stale.store.load = lambda: []  # read before `a` took the commit
+    with Running(a):
+        assert first.started.wait(WAIT)
+        assert b.check() is None and stale.check() is None
+        first.gate.set()
+        until(lambda: len(rows(manager)) == 2, "the run's end")
+    assert first.commits == [head] and second.commits == [] and third.commits == []
+    assert [(r["event"], r["commit"]) for r in rows(manager)] == [
+        ("taken", head),
+        ("finished", head),
+    ]
+    assert len([line for line in lines if f"commit {head[:12]} of main was taken" in line]) == 2
+    assert len([line for line in lines if f"new commit {head[:12]}" in line]) == 1
 
 
 def test_records_of_other_branches_and_repositories_do_not_count(repo: Path):
     head = git(repo, "rev-parse", "HEAD")
     base = {"commit": head, "event": "taken"}
-    runs = Runs.of([{**base, "repo": str(repo), "branch": "dev"},
-                    {**base, "repo": "/elsewhere", "branch": "main"},
-                    {**base, "repo": str(repo), "branch": "main", "event": "unfinished"}],
-                   str(repo), "main")
+    runs = Runs.of(
+        [
+            {**base, "repo": str(repo), "branch": "dev"},
+            {**base, "repo": "/elsewhere", "branch": "main"},
+            {**base, "repo": str(repo), "branch": "main", "event": "unfinished"},
+        ],
+        str(repo),
+        "main",
+    )
     assert runs.taken == {} and runs.finished == {}
 
 
@@ -287,8 +356,10 @@ def test_a_silent_cluster_is_waited_out_with_a_growing_delay_and_said(repo: Path
         until(lambda: len(rows(manager)) == 2, "the run after the cluster came back")
     said = [line for line in lines if "does not answer" in line]
     assert len(said) == 3
-    assert said[0] \
+    assert (
+        said[0]
         == "the cluster does not answer (ConnectionError: manager unreachable): trying again in 0.02s"
+    )
     assert said[1].endswith("trying again in 0.04s") and said[2].endswith("trying again in 0.08s")
     assert "the cluster and the repository answer again" in lines
     assert len(run.commits) == 1
@@ -309,12 +380,16 @@ def test_the_end_of_a_run_the_cluster_missed_is_recorded_later(repo: Path, manag
     commit(repo, "next")
     w.run = FakeRun()
     w.check()
-    assert [(r["event"], r["commit"]) for r in rows(manager)][:2] == [("taken", first),
-                                                                     ("finished", first)]
+    assert [(r["event"], r["commit"]) for r in rows(manager)][:2] == [
+        ("taken", first),
+        ("finished", first),
+    ]
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_an_interrupted_run_is_recorded_and_the_interruption_goes_on(repo: Path, signum, code, manager):
+def test_an_interrupted_run_is_recorded_and_the_interruption_goes_on(
+    repo: Path, signum, code, manager
+):
     lines = []
     payloads = []
 
@@ -355,23 +430,59 @@ def test_woken_watcher_checks_at_once_without_polling(repo: Path, manager, monke
 
 def test_credentials_never_reach_records_or_payloads(tmp_path: Path, repo: Path, manager):
     lines, payloads = [], []
-    w = make(repo, manager, lambda c: RunResult(1, "clone https://bob:t0ken@h/x failed"), lines,
-             after=[payloads.append])
+    w = make(
+        repo,
+        manager,
+        lambda c: RunResult(1, "clone https://bob:t0ken@h/x failed"),
+        lines,
+        after=[payloads.append],
+    )
     w.check()
     text = repr(rows(manager)) + repr(payloads) + repr(lines)
     assert "t0ken" not in text and "https://***@h/x" in text
 
 
 def test_summary_and_reports_of_a_run(tmp_path: Path):
-    doc = {"suite": "deliver", "ok": False, "meta": {"state": "prod-like runs x"},
-           "steps": [{"name": "unit", "status": "FAILED", "detail": "2 failed"}]}
-    assert watch.summary([doc, {"suite": "deploy", "ok": True, "meta": {"result": "deployed"}}]) \
+    doc = {
+        "suite": "deliver",
+        "ok": False,
+        "meta": {"state": "prod-like runs x"},
+        "steps": [{"name": "unit", "status": "FAILED", "detail": "2 failed"}],
+    }
+    assert (
+        watch.summary([doc, {"suite": "deploy", "ok": True, "meta": {"result": "deployed"}}])
         == "deliver: prod-like runs x (failed at unit: 2 failed); deploy: deployed"
+    )
     (tmp_path / "deliver.json").write_text('{"suite": "deliver"}')
     (tmp_path / "deploy.json").write_text("{half")
-    assert watch.read_reports([(tmp_path, "deliver"), (tmp_path, "deploy")], 0) == \
-        ({"suite": "deliver"},)
+    assert watch.read_reports([(tmp_path, "deliver"), (tmp_path, "deploy")], 0) == (
+        {"suite": "deliver"},
+    )
     assert watch.read_reports([(tmp_path, "deliver")], time.time() + 60) == ()
     for i in (3, 1, 2):  # the order they ran in, whatever their commits
         watch.save_run(tmp_path / "runs", {"commit": f"{i}" * 40, "n": i})
     assert [r["n"] for r in watch.saved_runs(tmp_path / "runs", last=2)] == [1, 2]
+
+
+def test_a_signal_while_the_end_is_written_comes_after_the_record(repo: Path, manager):
+    """SIGTERM arriving in the middle of writing `finished`: the record is written whole, then
+    the watcher is interrupted (the commit is not left "unfinished")."""
+    head = git(repo, "rev-parse", "HEAD")
+    lines, store = [], store_of(manager)
+    put = store.put
+
+    def put_with_a_signal(data):
+        if data["event"] == "finished":
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # without deferral the handler raises here, before the write
+        put(data)
+
+    store.put = put_with_a_signal
+    w = Watcher(str(repo), "main", store, FakeRun(), log=lines.append)
+    with pytest.raises(Interrupted) as err, signals_as_interrupt():
+        w.check()
+    assert err.value.signum == signal.SIGTERM
+    assert [(r["event"], r["commit"], r.get("code")) for r in rows(manager)] == [
+        ("taken", head, None),
+        ("finished", head, 0),
+    ]

@@ -1,6 +1,7 @@
 """`inv watch` as a process: the task's wiring with a fake delivery (`run_delivery`) and a fake
 cluster, a real git repository, real signals. Exit codes: the run's with --once, 128 + signal
 when stopped."""
+
 from __future__ import annotations
 
 import json
@@ -62,23 +63,33 @@ sys.exit(status)
 def setup(tmp_path: Path):
     repo = tmp_path / "app"
     repo.mkdir()
-    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "d@example.org"],
-                 ["config", "user.name", "d"], ["commit", "-q", "--allow-empty", "-m", "one"]):
+    for args in (
+        ["init", "-q", "-b", "main"],
+        ["config", "user.email", "d@example.org"],
+        ["config", "user.name", "d"],
+        ["commit", "-q", "--allow-empty", "-m", "one"],
+    ):
         subprocess.run(["git", "-C", str(repo), *args], check=True)
     env_dir = tmp_path / "env"
     env_dir.mkdir()
     for env in ("test", "prod"):
-        (env_dir / f"{env}.env").write_text(f"REPORTS_DIR={tmp_path / 'reports'}\n"
-                                            "WEBHOOK_SECRET=hook-secret-1234\n")
+        (env_dir / f"{env}.env").write_text(
+            f"REPORTS_DIR={tmp_path / 'reports'}\nWEBHOOK_SECRET=hook-secret-1234\n"
+        )
     return tmp_path, repo, {**os.environ, "CDTASKS_ENV_DIR": str(env_dir)}
 
 
 def start(setup, **args) -> subprocess.Popen:
     tmp_path, repo, env = setup
     args = {"repo": str(repo), "branch": "main", "code": 0, "slow": 0, **args}
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(Path(__file__).parent),
-                             json.dumps(args)], cwd=PROJECT_DIR, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(Path(__file__).parent), json.dumps(args)],
+        cwd=PROJECT_DIR,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def records_of(stdout: str) -> list[dict]:
@@ -131,3 +142,19 @@ def test_ctrl_c_stops_a_watcher_waiting_for_pushes_and_its_server(setup):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert sorted(r["event"] for r in records_of(stdout)) == ["finished", "taken"]
+
+
+def test_once_json_is_one_document_on_stdout_and_the_runs_output_on_stderr(setup):
+    proc = start(setup, once=True, code=16, json=True)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 16, stderr
+    doc = json.loads(stdout.splitlines()[0])  # the next line is the test script's records
+    assert doc["branch"] == "main" and doc["new"] is True and doc["code"] == 16
+    assert doc["result"].endswith("fake run of " + records_of(stdout)[0]["commit"][:7])
+    assert doc["reports"] == [] and "running" in stderr and "running" not in stdout
+
+
+def test_json_goes_with_once_only(setup):
+    proc = start(setup, json=True)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "--json goes with --once" in stderr

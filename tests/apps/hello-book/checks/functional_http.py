@@ -1,6 +1,7 @@
 """Functional checks against a running hello-book, at HOST_IP: "host:port" (the app itself, as
 staging does) or "host" (port 80, through the proxy, as production does). Fails without HOST_IP:
 these checks only run from the compose file, which always sets it."""
+
 import http.client
 import os
 import time
@@ -13,8 +14,9 @@ WAIT_SECONDS = 30  # the service, or the proxy's view of it, may still be starti
 
 def get(path: str) -> tuple[int, str]:
     host, sep, port = HOST_IP.rpartition(":")
-    conn = http.client.HTTPConnection(host if sep else HOST_IP, int(port) if sep else 80,
-                                      timeout=10)
+    conn = http.client.HTTPConnection(
+        host if sep else HOST_IP, int(port) if sep else 80, timeout=10
+    )
     try:
         conn.request("GET", path)
         response = conn.getresponse()
@@ -37,8 +39,9 @@ class HelloBookTest(unittest.TestCase):
             except (OSError, http.client.HTTPException) as e:
                 last = e
             if time.monotonic() > deadline:
-                raise AssertionError(f"{HOST_IP}: {PREFIX}/health not answering after "
-                                     f"{WAIT_SECONDS}s: {last!r}")
+                raise AssertionError(
+                    f"{HOST_IP}: {PREFIX}/health not answering after {WAIT_SECONDS}s: {last!r}"
+                )
             time.sleep(1)
 
     def test_reports_its_version(self):

@@ -1,4 +1,5 @@
 """Unit checks: routing, the Redis reply, and a prompt exit on SIGTERM. No service needed."""
+
 import http.client
 import os
 import signal
@@ -24,17 +25,21 @@ def free_port() -> int:
 
 class RouteTest(unittest.TestCase):
     def test_version_and_health(self):
-        self.assertEqual(server.route("/hello", "1.2", None, "/hello"),
-                         (200, "hello from hello-book 1.2\n"))
+        self.assertEqual(
+            server.route("/hello", "1.2", None, "/hello"), (200, "hello from hello-book 1.2\n")
+        )
         self.assertEqual(server.route("/hello/version", "1.2", None, "/hello"), (200, "1.2\n"))
         self.assertEqual(server.route("/hello/health", "1.2", None, "/hello"), (200, "ok\n"))
         self.assertEqual(server.route("/other", "1.2", None, "/hello")[0], 404)
 
     def test_served_under_another_prefix(self):
-        self.assertEqual(server.route("/demo/hello", "1.2", None, "/demo/hello"),
-                         (200, "hello from hello-book 1.2\n"))
-        self.assertEqual(server.route("/demo/hello/health", "1", None, "/demo/hello"),
-                         (200, "ok\n"))
+        self.assertEqual(
+            server.route("/demo/hello", "1.2", None, "/demo/hello"),
+            (200, "hello from hello-book 1.2\n"),
+        )
+        self.assertEqual(
+            server.route("/demo/hello/health", "1", None, "/demo/hello"), (200, "ok\n")
+        )
         self.assertEqual(server.route("/hello/health", "1", None, "/demo/hello")[0], 404)
 
     def test_visits_and_a_database_that_is_down(self):
@@ -42,6 +47,7 @@ class RouteTest(unittest.TestCase):
 
         def down():
             raise ConnectionRefusedError("refused")
+
         status, body = server.route("/hello/visits", "1", down, "/hello")
         self.assertEqual(status, 503)
         self.assertIn("refused", body)
@@ -62,6 +68,7 @@ class CountVisitTest(unittest.TestCase):
             with conn:
                 received.append(conn.recv(100))
                 conn.sendall(b":41\r\n")
+
         thread = threading.Thread(target=answer)
         thread.start()
         try:
@@ -76,8 +83,12 @@ class StopTest(unittest.TestCase):
     def test_sigterm_stops_the_server_promptly(self):
         port = free_port()
         env = {**os.environ, "PORT": str(port), "APP_VERSION": "9.9", "PREFIX": "/hello"}
-        proc = subprocess.Popen([sys.executable, "-u", str(APP / "server.py")], env=env,
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-u", str(APP / "server.py")],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             self.assertIn("listening", proc.stdout.readline())
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)

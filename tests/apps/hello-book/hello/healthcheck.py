@@ -1,4 +1,5 @@
 """Docker HEALTHCHECK: exit 0 if GET PREFIX/health (default /hello/health) answers 200 within 2 s."""
+
 import http.client
 import os
 import sys

@@ -4,6 +4,7 @@ Env: PORT (default 8080), APP_VERSION (default "dev"), DB as "host" or "host:por
 PREFIX: the path it is served under (default /hello; behind a shared proxy, the path the proxy
 routes to it).
 """
+
 import os
 import signal
 import socket

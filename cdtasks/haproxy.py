@@ -1,0 +1,267 @@
+"""HAProxy's runtime API on every replica of the proxy service: per backend/server counters
+(`show stat`) and server weights (`set weight`), with no reload and no restart.
+
+How it is reached: a short Python script run by the Engine API's exec in each proxy task's
+container, on the node that runs it, talking to the runtime API's UNIX socket there. Nothing
+listens on the network for it (a TCP `stats socket` would be an admin port on the overlay
+network, open to every container attached to it), the proxy image needs nothing added (it has
+python3, no socat), and each replica is asked by its task ID, so a replica that does not answer
+is named. The sample's haproxy.cfg has the lines that enable it (`ENABLE_LINES`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from . import services
+from .cluster import Cluster
+
+SOCKET = "/run/haproxy-admin.sock"
+# What a proxy needs so that it can be driven, as the user adds it to haproxy.cfg.
+ENABLE_LINES = (
+    f"global: stats socket {SOCKET} mode 600 level admin",
+    'backend BACKEND: server-template canary N "${BACKEND_HOST}-canary:${BACKEND_PORT}" '
+    "check resolvers docker init-addr none weight 0",
+)
+EXEC_TIMEOUT = 20  # seconds one replica may take to answer (an exec on a loaded node)
+
+# Run inside the proxy's container: each argument is one runtime API command, sent on its own
+# connection (non-interactive mode: the answer ends when HAProxy closes it); the answers come
+# back as one JSON list. Exit 3: no socket (the runtime API is not enabled at that path).
+_CLIENT = """
+import json, os, socket, sys
+path, answers = sys.argv[1], []
+if not os.path.exists(path):
+    sys.exit(3)
+for cmd in sys.argv[2:]:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(path)
+    s.sendall(cmd.encode() + b"\\n")
+    out = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        out += d
+    s.close()
+    answers.append(out.decode(errors="replace"))
+print(json.dumps(answers))
+"""
+
+
+class ProxyError(RuntimeError):
+    """The proxy cannot be driven: not HAProxy, no runtime API, a replica that does not answer,
+    or a command it refused. One line, naming what to fix."""
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One running task of the proxy service."""
+
+    task: str  # Swarm task ID: a restarted proxy is a new task (its counters start at 0)
+    node: str
+    container: str
+
+
+@dataclass(frozen=True)
+class Server:
+    """One server line of `show stat` (counters since that proxy process started)."""
+
+    backend: str
+    name: str
+    status: str  # UP, DOWN, MAINT, MAINT (resolution), no check ...
+    weight: int
+    requests: int  # stot: sessions sent to it, retried ones included
+    responses_5xx: int  # hrsp_5xx: 5xx answers the clients got from it
+    failed_connections: int  # econ
+    response_errors: int  # eresp: aborted or invalid answers
+    retries: int  # wretr: attempts on it retried (`retry-on` retries its 500s: counted here)
+    rtime: int  # ms, HAProxy's average response time over its last responses
+    ttime: int  # ms, the same for the whole session
+
+    @property
+    def errors(self) -> int:
+        """Requests it failed: 5xx, failed connections, broken answers and the attempts retried
+        elsewhere (with `retry-on`, a 500 that HAProxy retried is never a 5xx of the server);
+        capped at its requests, since one attempt may count in two of them."""
+        failed = self.responses_5xx + self.failed_connections + self.response_errors
+        return min(self.requests, failed + self.retries)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.backend}/{self.name}"
+
+    @property
+    def resolved(self) -> bool:
+        """A server-template slot that has an address (a task behind it); else MAINT."""
+        return not self.status.startswith("MAINT")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one proxy replica counted, at one moment."""
+
+    replica: Replica
+    servers: tuple[Server, ...]
+
+    def backend(self, name: str) -> tuple[Server, ...]:
+        return tuple(s for s in self.servers if s.backend == name)
+
+
+def _int(value: str) -> int:
+    return int(value) if value and value.lstrip("-").isdigit() else 0
+
+
+def parse_stat(text: str) -> tuple[Server, ...]:
+    """`show stat` CSV -> the server lines (FRONTEND and BACKEND summary lines left out)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("# pxname,"):
+        raise ValueError(f"not `show stat` output: {(lines or [''])[0][:80]!r}")
+    lines[0] = lines[0][2:]
+    return tuple(
+        Server(
+            backend=row["pxname"],
+            name=row["svname"],
+            status=row["status"],
+            weight=_int(row["weight"]),
+            requests=_int(row["stot"]),
+            responses_5xx=_int(row["hrsp_5xx"]),
+            failed_connections=_int(row["econ"]),
+            response_errors=_int(row["eresp"]),
+            retries=_int(row["wretr"]),
+            rtime=_int(row["rtime"]),
+            ttime=_int(row["ttime"]),
+        )
+        for row in csv.DictReader(lines)
+        if row["svname"] not in ("FRONTEND", "BACKEND") and row.get("type") == "2"
+    )
+
+
+def replicas(cluster: Cluster, proxy_service: str) -> list[Replica]:
+    """The proxy's running tasks, sorted by task ID."""
+    manager = cluster.manager()
+    _, _, tasks = services.running_tasks(manager, proxy_service)
+    nodes = services.hostnames(manager)
+    return sorted(
+        (
+            Replica(t["ID"], nodes.get(t["NodeID"], t["NodeID"]), _container(t))
+            for t in tasks
+            if t["Status"]["State"] == "running"
+        ),
+        key=lambda r: r.task,
+    )
+
+
+def _container(task: Mapping) -> str:
+    return (task["Status"].get("ContainerStatus") or {}).get("ContainerID", "")
+
+
+def _where(replica: Replica) -> str:
+    return f"proxy task {replica.task[:12]} on {replica.node}"
+
+
+def command(cluster: Cluster, replica: Replica, *commands: str) -> list[str]:
+    """Each runtime API command's answer, from one replica. ProxyError when it cannot be asked."""
+    api = cluster.client(replica.node).api
+    argv = ["python3", "-c", _CLIENT, SOCKET, *commands]
+    try:
+        exec_id = api.exec_create(replica.container, argv)["Id"]
+        out = api.exec_start(exec_id).decode(errors="replace")
+        code = api.exec_inspect(exec_id).get("ExitCode")
+    except Exception as exc:  # APIError, a node that went away: this replica cannot be driven
+        raise ProxyError(
+            f"{_where(replica)} does not answer: {str(exc).splitlines()[0][:160]}"
+        ) from None
+    if code == 3:
+        raise ProxyError(f"{_where(replica)} has no runtime API at {SOCKET}: {_enable()}")
+    try:
+        answers = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise ProxyError(
+            f"{_where(replica)}: its runtime API did not answer "
+            f"(exit {code}: {out.strip()[-160:] or 'no output'}); {_enable()}"
+        ) from None
+    return [str(a) for a in answers]
+
+
+def _enable() -> str:
+    return "haproxy.cfg needs " + " and ".join(ENABLE_LINES)
+
+
+def _each(replicas: Sequence[Replica], act: Callable[[Replica], object]) -> list:
+    """`act` on every replica at once (a weight set on one and not the others splits traffic
+    unevenly for as long as it takes): results in the replicas' order."""
+    if not replicas:
+        return []
+    with ThreadPoolExecutor(max_workers=len(replicas)) as pool:
+        return list(pool.map(act, replicas))
+
+
+def read(cluster: Cluster, replicas: Sequence[Replica]) -> list[Reading]:
+    """Every replica's server counters (all backends)."""
+
+    def one(replica: Replica) -> Reading:
+        answer = command(cluster, replica, "show stat")[0]
+        try:
+            return Reading(replica, parse_stat(answer))
+        except ValueError as exc:
+            raise ProxyError(f"{_where(replica)}: `show stat` refused: {exc}") from None
+
+    return _each(replicas, one)
+
+
+def set_weights(
+    cluster: Cluster, replicas: Sequence[Replica], weights: Mapping[str, int | str]
+) -> None:
+    """`set weight BACKEND/SERVER W` on every replica (W: 0-256, or "100%" for the configured
+    weight). An answer other than silence is HAProxy refusing it (no such server, no admin
+    level): ProxyError naming it."""
+    cmds = [f"set weight {server} {w}" for server, w in weights.items()]
+
+    def one(replica: Replica) -> None:
+        for cmd, answer in zip(cmds, command(cluster, replica, *cmds), strict=True):
+            if answer.strip():
+                raise ProxyError(f"{_where(replica)} refused `{cmd}`: {answer.strip()[:160]}")
+
+    _each(replicas, one)
+
+
+def servers_named(reading: Reading, backend: str, prefix: str) -> tuple[Server, ...]:
+    """The servers of `backend` whose name starts with `prefix` (a server-template's slots:
+    canary1, canary2...)."""
+    return tuple(
+        s
+        for s in reading.backend(backend)
+        if s.name.startswith(prefix) and s.name[len(prefix) :].isdigit()
+    )
+
+
+def check(cluster: Cluster, replicas: Sequence[Replica], backend: str, slots: str) -> list[Reading]:
+    """Each replica answers, is HAProxy with an admin-level runtime API, and has `backend` with
+    the server-template `slots` (e.g. canary); ProxyError naming the haproxy.cfg lines otherwise.
+    Nothing changes: the admin level is proven by setting a slot's weight to its own value."""
+    if not replicas:
+        raise ProxyError("the proxy service runs no task")
+    readings = read(cluster, replicas)
+    for reading in readings:
+        where = _where(reading.replica)
+        if not reading.backend(backend):
+            raise ProxyError(f"{where} has no backend {backend}: {_enable()}")
+        own = servers_named(reading, backend, slots)
+        if not own:
+            raise ProxyError(f"{where}: backend {backend} has no {slots}N servers: {_enable()}")
+        try:
+            set_weights(cluster, [reading.replica], {own[0].full_name: own[0].weight})
+        except ProxyError as exc:  # "Permission denied": the socket's level is not admin
+            raise ProxyError(f"{exc}; {_enable()}") from None
+    return readings
+
+
+def totals(servers: Iterable[Server]) -> tuple[int, int]:
+    """(requests, errors) over some servers."""
+    servers = list(servers)
+    return sum(s.requests for s in servers), sum(s.errors for s in servers)
