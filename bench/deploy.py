@@ -93,7 +93,9 @@ def swarm_facts(prod) -> dict:
     engine reports a task with a HEALTHCHECK running only once it is healthy). The tool may
     return before Swarm marks the update completed (after its trailing delay and monitor
     period): wait for that here, untimed."""
-    manager, deadline = Cluster.of(prod).discover().manager(), time.monotonic() + 120
+    cluster = Cluster.of(prod).discover()
+    manager = cluster.client(cluster.gateway().manager_name())  # the SDK's own view, untranslated
+    deadline = time.monotonic() + 120
     while (
         status := (svc := manager.api.inspect_service(prod.services.app_service)).get(
             "UpdateStatus"

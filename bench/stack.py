@@ -97,7 +97,7 @@ def main() -> None:
             for line in cd.images.push(ref, stream=True, decode=True):
                 if "error" in line:
                     raise RuntimeError(line["error"])
-        manager = cluster.manager()
+        manager = cluster.client(cluster.gateway().manager_name())  # the SDK, to watch removal
         cli = docker_env(s, environ)
 
         benchlib.say("(a) inv services from nothing (loads the offline images into the nodes)")

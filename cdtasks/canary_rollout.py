@@ -6,11 +6,8 @@ running service is never changed here: promoting is the normal rollout that foll
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Sequence
-
-from docker.errors import NotFound
 
 from . import canary, haproxy, rollout, services
 from .cluster import Cluster
@@ -59,36 +56,28 @@ class Run:
 
     # -- the canary service ---------------------------------------------------------------------
     def _remove_service(self) -> bool:
-        try:
-            self.cluster.manager().api.remove_service(self.name)
-        except NotFound:
-            return False
-        return True
+        return self.cluster.gateway(self.log).remove_service(self.name)
 
     def start(self) -> None:
         """Create the canary from the running service's spec and wait until it runs and every
         proxy replica sees its tasks up (at weight 0: no traffic yet)."""
-        manager = self.cluster.manager()
+        manager = self.cluster.gateway(self.log)
         if self._remove_service():  # we hold the lock: a canary of a run that was killed
             self.log(f"removed {self.name}, left by a run that was killed")
-        spec = services.existing(manager, self.app.app_service)["Spec"]
-        template = copy.deepcopy(spec["TaskTemplate"])
-        template["ContainerSpec"]["Image"] = self.image
-        template.pop("ForceUpdate", None)
-        labels = {k: v for k, v in (spec.get("Labels") or {}).items() if k != "io.cdtasks.stack"}
+        svc = services.existing(manager, self.app.app_service)
+        labels = {k: v for k, v in svc.labels.items() if k != "io.cdtasks.stack"}
         rollout.prepull(self.cluster, self.app.app_service, self.image, self.log)
         self.log(f"starting {self.name} ({self.gate.replicas} replica(s)) with {self.image}")
-        manager.api.create_service(
-            template,
-            name=self.name,
-            labels={**labels, LABEL: self.app.app_service},
-            mode={"Replicated": {"Replicas": self.gate.replicas}},
-            networks=spec.get("Networks"),
-            endpoint_spec=spec.get("EndpointSpec"),
+        manager.create_beside(
+            self.app.app_service,
+            self.name,
+            self.image,
+            self.gate.replicas,
+            {**labels, LABEL: self.app.app_service},
         )
         services.wait_running(manager, [self.name], self.app.services_timeout, self.log)
         # dnsrr: the name resolves to each task (a slot each); a VIP is one slot for them all
-        dnsrr = (spec.get("EndpointSpec") or {}).get("Mode") == "dnsrr"
+        dnsrr = svc.endpoint_mode == "dnsrr"
         wanted = self.gate.replicas if dnsrr else 1
         deadline = time.monotonic() + UP_TIMEOUT
         while True:

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from . import engine, images, registry, services, swarm
+from . import engine, gateway, images, registry, services, swarm
 
 # Settings whole: a cluster is its nodes, its provider (which
 # reads the provider's own section) and the registry it runs
@@ -28,6 +28,7 @@ class Cluster:
     provider: Provider
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     _clients: dict = field(default_factory=dict, repr=False)
+    _gateway: gateway.Gateway | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, settings: Settings) -> Cluster:
@@ -52,41 +53,29 @@ class Cluster:
     def clients(self) -> dict:
         return {n: self.client(n) for n in self.settings.cluster.nodes}
 
-    def manager(self):
-        """A client of a manager that answers and has the swarm's control plane."""
-        for node in self.settings.cluster.managers:
-            if node in self.endpoints:
-                try:
-                    c = self.client(node)
-                    info = swarm.info_of(node, "", c.info())
-                except (engine.UnknownHostKey, engine.HostKeyChanged):
-                    raise  # not "no manager answers": the user must decide about the key
-                except Exception:  # EngineError, or a cached client whose engine went away
-                    self._clients.pop(node, None)
-                    continue
-                if info.controls:
-                    return c
-        raise engine.EngineError(
-            f"no manager of {self.settings.env} answers: "
-            f"run `inv provision --env {self.settings.env}`"
-        )
-
-    def live_manager(self) -> LiveManager:
-        """A client-like object whose `api` is a manager that answers at each use: for what
-        outlives one manager (a lock renewed through a rollout during which a manager dies)."""
-        return LiveManager(self)
+    def gateway(self, log: Log | None = None) -> gateway.Gateway:
+        """The cluster's session with its managers (one per Cluster; `log` tells its failovers)."""
+        if self._gateway is None:
+            self._gateway = gateway.Gateway(
+                self.settings.env,
+                self.settings.cluster.managers,
+                self.client,
+                lambda n: self._clients.pop(n, None),
+            )
+        if log is not None:
+            self._gateway.log = log
+        return self._gateway
 
     def routing_in_use(self) -> str:
         """The mode provision chose, read from the registry service it made, or with your own
         registry from the proxy `inv services` made (one API call instead of an SSH probe of
         every node); probed when there is neither yet."""
         if self.settings.cluster.routing == "auto":
-            manager = self.manager()
+            manager = self.gateway()
             for name in (registry.NAME, self.settings.services.proxy_service):
-                svc = services.inspect(manager, name)
+                svc = manager.service(name)
                 if svc is not None:
-                    mode = (svc["Spec"].get("EndpointSpec") or {}).get("Mode", "vip")
-                    return "dnsrr" if mode == "dnsrr" else "mesh"
+                    return "dnsrr" if svc.endpoint_mode == "dnsrr" else "mesh"
         return self.routing()[0]
 
     def routing(self) -> tuple[str, str]:
@@ -102,17 +91,6 @@ class Cluster:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             found = dict(zip(self.endpoints, pool.map(probe, self.endpoints.values()), strict=True))
         return swarm.routing_mode(self.settings.cluster, self.settings.source, found)
-
-
-class LiveManager:
-    """`.api` of whichever manager of the cluster answers now (Cluster.manager() each time)."""
-
-    def __init__(self, cluster: Cluster):
-        self.cluster = cluster
-
-    @property
-    def api(self):
-        return self.cluster.manager().api
 
 
 @dataclass(frozen=True)
@@ -170,7 +148,7 @@ def provision(settings: Settings, log: Log) -> ProvisionResult:
         return ProvisionResult(
             settings.env, tuple(actions), mode, reason, time.monotonic() - started
         )
-    manager = c.manager()
+    manager = c.gateway(log)
     actions += registry.ensure_secret(manager, settings, log)
     spec = registry.spec(settings, mode)
     actions += services.converge(manager, [spec], log)
@@ -220,7 +198,7 @@ def provision_many(all_settings: Sequence[Settings], log: Log) -> list[Provision
 @dataclass(frozen=True)
 class Status:
     env: str
-    members: tuple[swarm.Member, ...]
+    members: tuple[gateway.Node, ...]
     missing: tuple[str, ...]  # nodes without a running machine
     # (name, mode, running/wanted or completed/wanted for a job, image, last task errors)
     services: tuple[tuple[str, str, str, str, str], ...]
@@ -231,19 +209,14 @@ def status(settings: Settings) -> Status:
     missing = tuple(n for n in settings.cluster.nodes if n not in c.endpoints)
     if not c.endpoints:
         return Status(settings.env, (), missing, ())
-    manager = c.manager()
-    members = tuple(
-        sorted((swarm.member_of(n.attrs) for n in manager.nodes.list()), key=lambda m: m.hostname)
-    )
+    manager = c.gateway()
+    members = tuple(sorted(manager.nodes(), key=lambda m: m.hostname))
     rows = []
-    for svc in manager.api.services():
-        name = svc["Spec"]["Name"]
-        mode = services.mode_of(svc["Spec"])
-        image = svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+    for svc in manager.services():
         done, wanted = services.progress(manager, svc)
         # a service short of its replicas (or a job of its completions): its tasks' last errors
-        errors = services.diagnose(manager, name) if done < wanted else ""
-        rows.append((name, mode, f"{done}/{wanted}", image, errors))
+        errors = services.diagnose(manager, svc.name) if done < wanted else ""
+        rows.append((svc.name, svc.mode, f"{done}/{wanted}", svc.image, errors))
     return Status(settings.env, members, missing, tuple(sorted(rows)))
 
 

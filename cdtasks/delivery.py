@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from . import checks, project_images, records, registry, rollout, services
+from . import checks, outcome, project_images, records, registry, rollout, services
 from .checkout import Checkout
 from .compose import Compose, ContractError, compose_command
 
 # Settings whole: a delivery is a Checkout (see checkout.py)
 from .config import ConfigError, Settings
+from .deployment import Deployment
 from .redaction import redact
 from .runner import StepFailed, StepResult, beside, run_steps
 
@@ -210,14 +211,14 @@ def prodlike(d: Delivery) -> str:
         # One release at a time changes (and then tests) the service: the same lock as deploy,
         # taken before the image it guards is read.
         d.lock = records.Lock(
-            d.cluster.live_manager(),
+            d.cluster.gateway(),
             d.settings.services.app_service,
             d.version or "",
             "delivering",
             d.log,
         ).acquire(rollout.LOCK_WAIT)
         d.previous_image = services.current_image(
-            d.cluster.manager(), d.settings.services.app_service
+            d.cluster.gateway(), d.settings.services.app_service
         )
     try:
         result = rollout.update(
@@ -285,7 +286,7 @@ def take_staging_lock(d: Delivery) -> None:
     if d.dry_run:
         return
     d.staging_lock = records.Lock(
-        d.cluster.manager(), staging_lock_name(d.settings), d.version or "", "staging", d.log
+        d.cluster.gateway(), staging_lock_name(d.settings), d.version or "", "staging", d.log
     ).acquire(rollout.LOCK_WAIT)
 
 
@@ -348,6 +349,31 @@ def deliver(d: Delivery, progress) -> list[StepResult]:
         return run(d, STEPS, progress)
     finally:
         cleanup(d)
+
+
+def failed_code(results: Sequence[StepResult]) -> int:
+    """The exit code of a delivery's results: 0, or the failed step's (an interrupted one is
+    the interruption's to tell)."""
+    failed = next((r for r in results if r.failed and not r.interrupted), None)
+    return outcome.step_failed(STEPS.index(failed.name)) if failed else 0
+
+
+def deliver_then_deploy(
+    d: Delivery,
+    prod: Settings | None,
+    delivered: Callable[[Delivery], list[StepResult]],
+    deployed: Callable[[Deployment], dict],
+) -> int:
+    """`inv deliver [--deploy]` and the watcher alike: deliver `d`; when it passed and `prod` is
+    given (not a dry run), deploy the version it verified there. `delivered(d)` runs the
+    delivery and shows and keeps its results, `deployed(deployment)` the deployment's, returning
+    its history entry (the caller's presentation). Returns the exit code (outcome's table)."""
+    check_input(d)
+    code = failed_code(delivered(d))
+    if code or prod is None or d.dry_run:
+        return code
+    entry = deployed(Deployment(prod, d.settings, d.version))
+    return outcome.Outcome.of(entry["result"]).exit_code
 
 
 def step(d: Delivery, name: str, progress) -> list[StepResult]:
@@ -435,7 +461,7 @@ def state_after(d: Delivery, results: list[StepResult]) -> str:
         return f"{d.ref_tag} not in the registry; {d.settings.services.app_service} untouched"
     try:
         running = replicas_text(
-            services.replica_images(d.cluster.manager(), d.settings.services.app_service)
+            services.replica_images(d.cluster.gateway(), d.settings.services.app_service)
         )
     except Exception:  # the state line must not hide the failure itself
         running = "unknown"
@@ -456,7 +482,7 @@ def replicas_text(replicas: list[tuple[str, str]]) -> str:
 def mark_delivered(d: Delivery) -> None:
     """One record per version that passed prod-like: `inv deploy` promotes exactly its digest."""
     rollout.mark_delivered(
-        d.cluster.manager(),
+        d.cluster.gateway(),
         d.settings.services.app_service,
         {
             "service": d.settings.services.app_service,

@@ -10,9 +10,7 @@ import secrets
 import time
 from dataclasses import dataclass, field, replace
 
-from docker.errors import APIError, NotFound
-
-from . import canary, canary_rollout, haproxy, records, registry, rollout, services, state
+from . import canary, canary_rollout, gateway, haproxy, records, registry, rollout, services, state
 from .checkout import Checkout, check_version
 from .cluster import Cluster
 
@@ -20,12 +18,9 @@ from .cluster import Cluster
 from .config import Settings
 from .interrupt import deferred
 from .log import Log
+from .outcome import Outcome
 from .redaction import redact
 from .runner import RunInterrupted, StepFailed, StepResult, run_step
-
-STARTED, UNFINISHED = "started", "unfinished"  # history results of a run not (yet) finished
-LOCK_LOST = "stopped, lock lost"
-CANARY_ABORTED = "canary aborted"  # the history's result begins so; the figure that failed follows
 
 
 class DeploymentError(RuntimeError):
@@ -66,11 +61,11 @@ class Deployment:
 def _digest_in_registry(manager, s: Settings, ref: str, node: str) -> str:
     """The digest the registry has for `ref`, checked through a manager of the cluster."""
     try:
-        return manager.images.get_registry_data(ref).id
-    except NotFound:
+        return manager.registry_digest(ref)
+    except gateway.NotFound:
         raise DeploymentError(f"unknown version: {ref} is not in the registry") from None
-    except APIError as exc:
-        text = str(exc.explanation or exc)
+    except gateway.APIFailure as exc:
+        text = str(exc)
         if "not found" in text.lower() or "manifest unknown" in text.lower():
             raise DeploymentError(f"unknown version: {ref} is not in the registry") from None
         raise DeploymentError(
@@ -81,7 +76,7 @@ def _digest_in_registry(manager, s: Settings, ref: str, node: str) -> str:
 
 def passed(d: Deployment) -> list[dict]:
     """The versions that passed prod-like on the test cluster, oldest first."""
-    return rollout.delivered(Cluster.of(d.test).discover().manager(), d.test.services.app_service)
+    return rollout.delivered(Cluster.of(d.test).discover().gateway(), d.test.services.app_service)
 
 
 def resolve(d: Deployment) -> dict:
@@ -121,10 +116,9 @@ def rollback_target(manager, service: str, current: str) -> str:
     """The image of the last successful deployment other than the running one; else Swarm's
     PreviousSpec (a service never deployed by the tool)."""
     for entry in reversed(records.load(manager, "history", service)):
-        if entry["result"] in ("deployed", "rolled back") and entry["image"] != current:
+        if Outcome.of(entry["result"]).ok and entry["image"] != current:
             return entry["image"]
-    spec = (services.inspect(manager, service) or {}).get("PreviousSpec") or {}
-    return (spec.get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Image", "")
+    return services.existing(manager, service).previous_image
 
 
 def prepare(d: Deployment) -> records.Lock:
@@ -139,7 +133,7 @@ def prepare(d: Deployment) -> records.Lock:
     d.cluster = Cluster.of(d.prod).discover()
     # A service that does not exist is named as such first (create it with `inv services`),
     # before the versions verified for it are looked up.
-    services.existing(d.cluster.manager(), d.service)
+    services.existing(d.cluster.gateway(d.log), d.service)
     if d.canary:  # a proxy that cannot be driven is said before anything starts
         try:
             canary_rollout.check_proxy(d.cluster, d.prod.services, d.canary)
@@ -150,7 +144,7 @@ def prepare(d: Deployment) -> records.Lock:
     # The lock before the state it guards: a run that waited for another one reads what that
     # one left, not what ran before it.
     lock = records.Lock(
-        d.cluster.live_manager(),
+        d.cluster.gateway(),
         d.service,
         d.version or "a previous version",
         "rolling back"
@@ -161,7 +155,7 @@ def prepare(d: Deployment) -> records.Lock:
         d.log,
     ).acquire(d.wait)
     try:
-        manager = d.cluster.manager()
+        manager = d.cluster.gateway()
         d.previous = services.current_image(manager, d.service)
         if back:
             d.image = rollback_target(manager, d.service, d.previous)
@@ -294,22 +288,23 @@ def steps(d: Deployment, lock: records.Lock, progress) -> list[StepResult]:
 
 
 def outcome(d: Deployment, results: list[StepResult], stopped: BaseException | None = None) -> str:
-    """The history's result: "deployed" (or "rolled back") only when the rollout completed and
-    the production tests passed; "interrupted" by a signal; "lock lost" when another run took
-    the lock (`stopped`: what ended the run early)."""
+    """The history's result, an Outcome's text: "deployed" (or "rolled back") only when the
+    rollout completed and the production tests passed; "interrupted" by a signal; "lock lost"
+    when another run took the lock (`stopped`: what ended the run early); "canary aborted: "
+    and the figure that failed its gate."""
     if isinstance(stopped, KeyboardInterrupt) or any(r.interrupted for r in results):
-        return "interrupted"
+        return Outcome.INTERRUPTED
     if isinstance(stopped, records.LockLost):
-        return LOCK_LOST
+        return Outcome.LOCK_LOST
     aborted = next((r for r in results if r.name == "canary" and r.failed), None)
     if aborted:
-        return f"{CANARY_ABORTED}: {aborted.detail}"
+        return f"{Outcome.CANARY_ABORTED}: {aborted.detail}"
     passed = {r.name for r in results if r.ok}
     if {"rollout", "prodtest"} <= passed and all(r.ok for r in results):
-        return "deployed" if d.kind == "deploy" else "rolled back"
+        return Outcome.DEPLOYED if d.kind == "deploy" else Outcome.ROLLED_BACK
     if d.rolled_back:
-        return "failed, rolled back" if results[-1].ok else "failed, rollback failed"
-    return "failed"
+        return Outcome.FAILED_ROLLED_BACK if results[-1].ok else Outcome.FAILED_NOT_RECOVERED
+    return Outcome.FAILED
 
 
 def _entry(d: Deployment, result: str, results: list[StepResult]) -> dict:
@@ -340,16 +335,16 @@ def _log_locally(d: Deployment, entry: dict) -> None:
 
 def _last_success(entry) -> bool | None:
     """Pruning keeps the last successful deployment, whatever failed since (`rollback_target`)."""
-    return True if entry.get("result") in ("deployed", "rolled back") else None
+    return True if Outcome.of(str(entry.get("result", ""))).ok else None
 
 
 def begin(d: Deployment, lock: records.Lock) -> None:
     """The "started" entry, written before anything changes: a run killed with SIGKILL never
     writes its final entry, and `history` then shows it as unfinished."""
-    entry = {**_entry(d, STARTED, []), "lock": lock.id}
+    entry = {**_entry(d, Outcome.STARTED, []), "lock": lock.id}
     assert d.cluster is not None  # prepare() found it
     _log_locally(d, entry)
-    records.put(d.cluster.manager(), "history", d.service, entry, group=_last_success)
+    records.put(d.cluster.gateway(), "history", d.service, entry, group=_last_success)
 
 
 def finish(
@@ -365,21 +360,14 @@ def finish(
     cluster = d.cluster
     assert cluster is not None  # prepare() found it
     try:
-        # Through a manager that answers, also during a leader election.
-        if entry["result"] not in ("deployed", "rolled back"):
-            entry["running"] = rollout.on_manager(
-                cluster,
-                lambda m: [
-                    f"{image} on {node}" for node, image in services.replica_images(m, d.service)
-                ],
-                d.log,
-            )
+        # Through a manager that answers, also during a leader election (the gateway's).
+        manager = cluster.gateway(d.log)
+        if not Outcome.of(entry["result"]).ok:
+            entry["running"] = [
+                f"{image} on {node}" for node, image in services.replica_images(manager, d.service)
+            ]
         with deferred():  # a signal here would leave a finished run "unfinished" for good
-            rollout.on_manager(
-                cluster,
-                lambda m: records.put(m, "history", d.service, entry, group=_last_success),
-                d.log,
-            )
+            records.put(manager, "history", d.service, entry, group=_last_success)
     finally:
         try:
             lock.release()  # by its ID, through a manager that answers
@@ -404,7 +392,7 @@ def history(s: Settings) -> tuple[list[dict], str]:
     A run that started and never finished shows as "running" while its lock is held, else as
     "unfinished" (killed, or its machine died)."""
     try:
-        manager = Cluster.of(s).discover().manager()
+        manager = Cluster.of(s).discover().gateway()
         rows = records.load(manager, "history", s.services.app_service)
         return merge_runs(rows, live_lock(manager, s.services.app_service)), "cluster"
     except Exception as exc:  # the cluster is unreachable: the local log still tells
@@ -440,12 +428,12 @@ def live_lock(manager, service: str) -> str | None:
 def merge_runs(rows: list[dict], lock_token: str | None) -> list[dict]:
     """One row per run: its final entry; a run with only its "started" entry is "running" when
     `lock_token` (the live holder of the lock) is its lock, else "unfinished"."""
-    finished = {r["run"] for r in rows if r.get("run") and r["result"] != STARTED}
+    finished = {r["run"] for r in rows if r.get("run") and r["result"] != Outcome.STARTED}
     out = []
     for r in rows:
-        if r["result"] != STARTED:
+        if r["result"] != Outcome.STARTED:
             out.append(r)
         elif r.get("run") not in finished:
             live = lock_token is not None and r.get("lock") == lock_token
-            out.append({**r, "result": "running" if live else UNFINISHED})
+            out.append({**r, "result": Outcome.RUNNING if live else Outcome.UNFINISHED})
     return out

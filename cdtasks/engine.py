@@ -12,6 +12,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import docker
 import paramiko
@@ -40,6 +41,9 @@ NODE_TIMEOUT = _NodeTimeout(connect=CONNECT_TIMEOUT, read=TIMEOUT)
 # Engine API 1.41 is Docker 20.10, the oldest engine the tool supports; fixing it saves a
 # round trip per client and lets a client be built before its engine answers.
 API_VERSION = "1.41"
+
+
+Client: TypeAlias = docker.DockerClient  # a node's or the host's engine, for annotations elsewhere
 
 
 class EngineError(RuntimeError):

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import services
+from . import gateway, services
 from .cluster import Cluster
 
 SOCKET = "/run/haproxy-admin.sock"
@@ -150,21 +150,17 @@ def parse_stat(text: str) -> tuple[Server, ...]:
 
 def replicas(cluster: Cluster, proxy_service: str) -> list[Replica]:
     """The proxy's running tasks, sorted by task ID."""
-    manager = cluster.manager()
+    manager = cluster.gateway()
     _, _, tasks = services.running_tasks(manager, proxy_service)
     nodes = services.hostnames(manager)
     return sorted(
         (
-            Replica(t["ID"], nodes.get(t["NodeID"], t["NodeID"]), _container(t))
+            Replica(t.id, nodes.get(t.node_id, t.node_id), t.container_id)
             for t in tasks
-            if t["Status"]["State"] == "running"
+            if t.state == "running"
         ),
         key=lambda r: r.task,
     )
-
-
-def _container(task: Mapping) -> str:
-    return (task["Status"].get("ContainerStatus") or {}).get("ContainerID", "")
 
 
 def _where(replica: Replica) -> str:
@@ -173,13 +169,10 @@ def _where(replica: Replica) -> str:
 
 def command(cluster: Cluster, replica: Replica, *commands: str) -> list[str]:
     """Each runtime API command's answer, from one replica. ProxyError when it cannot be asked."""
-    api = cluster.client(replica.node).api
     argv = ["python3", "-c", _CLIENT, SOCKET, *commands]
     try:
-        exec_id = api.exec_create(replica.container, argv)["Id"]
-        out = api.exec_start(exec_id).decode(errors="replace")
-        code = api.exec_inspect(exec_id).get("ExitCode")
-    except Exception as exc:  # APIError, a node that went away: this replica cannot be driven
+        code, out = gateway.exec_in(cluster.client(replica.node), replica.container, argv)
+    except Exception as exc:  # APIFailure, a node that went away: this replica cannot be driven
         raise ProxyError(
             f"{_where(replica)} does not answer: {str(exc).splitlines()[0][:160]}"
         ) from None

@@ -3,8 +3,9 @@ from the JSON reports and the records on the clusters: the last deliveries and d
 timeline of each run's steps, each replica's tasks over time, the versions and digests running
 on prod-like and production, and the failures with their reasons.
 
-`collect` gathers a snapshot (plain data; a cluster that does not answer is said on the page);
-`render` turns a snapshot into HTML, escaping every text it shows.
+`gather` reads both clusters (`cluster`: a cluster that does not answer is said on the page) and
+the reports on disk into a snapshot (`snapshot`: plain data, credentials in URLs removed);
+`render` turns a snapshot into HTML, escaping every text it shows; `write` puts it in a file.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from .cluster import Cluster
 
 # Settings whole: each environment's Cluster (Cluster.of) is read
 from .config import Settings
+from .gateway import Task
+from .outcome import Outcome
 
 FILE_NAME = "releases.html"  # in REPORTS_DIR
 SUITES = ("deliver", "deploy", "rollback")  # the report files `inv report` reads besides the runs
@@ -53,14 +56,12 @@ def time_text(epoch: float) -> str:
 
 
 # -- data ---------------------------------------------------------------------------------------
-def replicas(tasks: Sequence[Mapping], nodes: Mapping[str, str]) -> list[dict]:
+def replicas(tasks: Sequence[Task], nodes: Mapping[str, str]) -> list[dict]:
     """Swarm tasks of a service as rows: slot, node, version, digest, state, from, to (epoch)."""
     out = []
     for t in tasks:
-        image = t.get("Spec", {}).get("ContainerSpec", {}).get("Image", "")
-        status = t.get("Status") or {}
-        state = status.get("State", "")
-        name, _, digest = image.partition("@")
+        state = t.state
+        name, _, digest = t.image.partition("@")
         ended = state not in (
             "new",
             "pending",
@@ -73,15 +74,15 @@ def replicas(tasks: Sequence[Mapping], nodes: Mapping[str, str]) -> list[dict]:
         )
         out.append(
             {
-                "slot": str(t.get("Slot") or nodes.get(t.get("NodeID", ""), "?")),
-                "node": nodes.get(t.get("NodeID", ""), t.get("NodeID", "")[:12]),
+                "slot": str(t.slot or nodes.get(t.node_id, "?")),
+                "node": nodes.get(t.node_id, t.node_id[:12]),
                 "version": name.rsplit(":", 1)[-1] if ":" in name.rsplit("/", 1)[-1] else name,
                 "digest": digest,
                 "state": state,
-                "desired": t.get("DesiredState", ""),
-                "error": status.get("Err", ""),
-                "from": _when(t.get("CreatedAt")),
-                "to": _when(status.get("Timestamp")) if ended else None,
+                "desired": t.desired_state,
+                "error": t.error,
+                "from": _when(t.created_at),
+                "to": _when(t.timestamp) if ended else None,
             }
         )
     return sorted(out, key=lambda r: (r["slot"], r["from"] or 0))
@@ -101,11 +102,7 @@ def cluster(label: str, service: str, connect: Callable[[], Any], kinds: Iterabl
     try:
         manager = connect()
         view["image"] = services.current_image(manager, service)
-        nodes = {
-            n["ID"]: n.get("Description", {}).get("Hostname", n["ID"][:12])
-            for n in manager.api.nodes()
-        }
-        view["replicas"] = replicas(manager.api.tasks(filters={"service": service}), nodes)
+        view["replicas"] = replicas(manager.tasks(service), services.hostnames(manager))
         for kind in view["records"]:
             view["records"][kind] = records.load(manager, kind, service)
         if "history" in view["records"]:  # one row per deployment, not its "started" entry too
@@ -168,7 +165,7 @@ def gather(test: Settings, prod: Settings) -> dict:
     cluster (deployments) and the reports under both environments' REPORTS_DIR."""
 
     def manager_of(s: Settings) -> Callable[[], object]:
-        return lambda: Cluster.of(s).discover().manager()
+        return lambda: Cluster.of(s).discover().gateway()
 
     views = [
         cluster(
@@ -347,7 +344,7 @@ def _failures(snap: Mapping) -> list[list]:
                     ]
                 )
     for h in snap["history"]:
-        if str(h.get("result", "")).startswith("failed"):
+        if Outcome.of(str(h.get("result", ""))).failed:
             rows.append(
                 [
                     h.get("kind"),

@@ -19,9 +19,7 @@ import shlex
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from docker.errors import APIError
-
-from . import images
+from . import gateway, images
 from .compose import ComposeModel, image_ref
 
 PRESENT, OFFLINE, REGISTRY = "present", "offline", "registry"  # where a needed image comes from
@@ -188,8 +186,8 @@ def in_registry(client, candidates: Iterable[str], registry: str) -> set[str]:
         if "@" in image:
             continue
         try:
-            client.images.get_registry_data(registry_ref(image, registry))
-        except APIError:  # NotFound, or the registry's error for an unknown repository
+            gateway.registry_digest(client, registry_ref(image, registry))
+        except gateway.APIFailure:  # NotFound, or the registry's error for an unknown repository
             continue
         out.add(image)
     return out

@@ -19,7 +19,6 @@ bounds each call of its lock to LOCK_CALL_TIMEOUT, well below the TTL.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime
 import getpass
@@ -34,9 +33,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from docker.errors import APIError, NotFound
-
 from . import interrupt
+from .gateway import APIFailure, Config, Conflict, Gateway, NotFound
 
 KIND_LABEL = "io.cdtasks.record"
 LOCK_TTL = 90.0  # seconds a lock lives unless renewed; its holder renews it every third of that
@@ -58,7 +56,7 @@ def now() -> str:
 
 
 def put(
-    manager,
+    manager: Gateway,
     kind: str,
     service: str,
     data: Mapping,
@@ -67,7 +65,7 @@ def put(
     """Store one record, then prune the kind beyond KEEP (`prunable`, with `group`); returns its
     config name (time-ordered, unique)."""
     name = f"cdtasks-{kind}-{int(time.time() * 1000)}-{secrets.token_hex(3)}"
-    manager.api.create_config(
+    manager.create_config(
         name, json.dumps(dict(data)).encode(), labels={KIND_LABEL: kind, SERVICE_LABEL: service}
     )
     with contextlib.suppress(Exception):  # the record is stored; the next put prunes again
@@ -81,44 +79,33 @@ def claim_name(kind: str, service: str, key: str) -> str:
     return f"cdtasks-{kind}-claim-{digest}"
 
 
-def claim(manager, kind: str, service: str, key: str, data: Mapping) -> bool:
+def claim(manager: Gateway, kind: str, service: str, key: str, data: Mapping) -> bool:
     """Store a record under a name that only `key` gives: atomic across processes and machines
     (the managers' Raft store refuses a second config of that name). False when a record of
-    that key exists already (someone claimed it first)."""
+    that key exists already (someone claimed it first). Not retried: a create whose answer was
+    lost would then be taken for someone else's claim."""
     try:
-        manager.api.create_config(
+        manager.create_config(
             claim_name(kind, service, key),
             json.dumps(dict(data)).encode(),
             labels={KIND_LABEL: kind, SERVICE_LABEL: service},
+            retry=False,
         )
-    except APIError as exc:
-        if exc.status_code != 409:
-            raise
+    except Conflict:
         return False
     return True
 
 
-def _data(manager, config: Mapping) -> dict:
-    data = (config.get("Spec") or {}).get("Data")
-    if data is None:  # an engine whose list leaves the data out: ask for this one
-        data = manager.api.inspect_config(config["ID"])["Spec"]["Data"]
-    return json.loads(base64.b64decode(data))
-
-
-def entries(manager, kind: str, service: str) -> list[tuple[str, dict]]:
+def entries(manager: Gateway, kind: str, service: str) -> list[tuple[str, dict]]:
     """(config ID, record) of every record of a kind for a service, oldest first: one list
     call, which carries each record's data."""
-    configs = manager.api.configs(
-        filters={"label": [f"{KIND_LABEL}={kind}", f"{SERVICE_LABEL}={service}"]}
-    )
+    configs = manager.configs(labels={KIND_LABEL: kind, SERVICE_LABEL: service}, data=True)
     # Records are never updated, so their version index is the Raft index of their creation:
     # one order for every writer, where names made in the same millisecond would tie.
-    return [
-        (c["ID"], _data(manager, c)) for c in sorted(configs, key=lambda c: c["Version"]["Index"])
-    ]
+    return [(c.id, json.loads(c.data)) for c in sorted(configs, key=lambda c: c.version)]
 
 
-def load(manager, kind: str, service: str) -> list[dict]:
+def load(manager: Gateway, kind: str, service: str) -> list[dict]:
     """All records of a kind for a service, oldest first."""
     return [row for _, row in entries(manager, kind, service)]
 
@@ -141,7 +128,7 @@ def prunable(
 
 
 def prune(
-    manager,
+    manager: Gateway,
     kind: str,
     service: str,
     keep: int,
@@ -150,14 +137,8 @@ def prune(
     """Remove the records `prunable` names (each Swarm config costs the managers' Raft store and
     every load); returns how many went. A record removed meanwhile by another pruner is fine."""
     listed = entries(manager, kind, service)
-    gone = 0
-    for i in prunable([row for _, row in listed], keep, group):
-        try:
-            manager.api.remove_config(listed[i][0])
-            gone += 1
-        except NotFound:
-            pass
-    return gone
+    rows = [row for _, row in listed]
+    return sum(manager.remove_config(listed[i][0]) for i in prunable(rows, keep, group))
 
 
 # -- locks -------------------------------------------------------------------------------------
@@ -268,17 +249,16 @@ class LockState:
             return LOCK_TTL
 
 
-def _state(config: dict) -> LockState:
-    spec = config["Spec"]
+def _state(config: Config) -> LockState:
     try:
-        holder = json.loads(base64.b64decode(spec.get("Data") or b""))
+        holder = json.loads(config.data)
     except ValueError:
         holder = {}
     return LockState(
-        config["ID"],
-        config["Version"]["Index"],
-        spec["Name"],
-        dict(spec.get("Labels") or {}),
+        config.id,
+        config.version,
+        config.name,
+        dict(config.labels),
         holder if isinstance(holder, dict) else {},
     )
 
@@ -288,42 +268,25 @@ def _timeout() -> float:
     return interrupt.remaining(LOCK_CALL_TIMEOUT)
 
 
-def _inspect(manager, ref: str) -> dict:
-    """GET /configs/{ref} within `_timeout()` (docker-py's inspect_config takes no timeout)."""
-    api = manager.api
-    return api._result(api._get(api._url("/configs/{0}", ref), timeout=_timeout()), True)
-
-
 def lock_state(manager, service: str) -> LockState | None:
     """The service's lock, or None when it is free."""
     try:
-        return _state(_inspect(manager, lock_name(service)))
+        return _state(manager.config(lock_name(service), timeout=_timeout()))
     except NotFound:
         return None
 
 
-def _update_labels(manager, state: LockState, labels: Mapping) -> None:
-    """POST /configs/{id}/update at the version read: docker-py 7.1 has no update_config, so this
-    goes through the client's own request helpers. Swarm refuses it (APIError) when the config
-    changed since, and with NotFound when it is gone."""
-    api = manager.api
-    res = api._post_json(
-        api._url("/configs/{0}/update", state.id),
-        params={"version": state.version},
-        data={"Name": state.name, "Labels": dict(labels)},
-        timeout=_timeout(),
+def _update_labels(manager: Gateway, state: LockState, labels: Mapping) -> None:
+    """The labels at the version read, within `_timeout()`: Swarm refuses it (APIFailure) when
+    the config changed since, and with NotFound when it is gone."""
+    manager.update_config_labels(
+        Config(state.id, state.name, state.version), labels, timeout=_timeout()
     )
-    api._raise_for_status(res)
 
 
-def _remove(manager, config_id: str) -> bool:
+def _remove(manager: Gateway, config_id: str) -> bool:
     """Remove a lock by the ID it was created with: a newer lock of the same name has another."""
-    api = manager.api
-    try:
-        api._raise_for_status(api._delete(api._url("/configs/{0}", config_id), timeout=_timeout()))
-        return True
-    except NotFound:
-        return False
+    return manager.remove_config(config_id, timeout=_timeout())
 
 
 def expired(state: LockState) -> str:
@@ -418,14 +381,15 @@ class Lock:
     def _create(self) -> bool:
         try:
             self._renewed = self.clock()
-            created = self.manager.api.create_config(
-                lock_name(self.service), json.dumps(self.holder).encode(), labels=self._labels()
+            created = self.manager.create_config(
+                lock_name(self.service),
+                json.dumps(self.holder).encode(),
+                labels=self._labels(),
+                retry=False,
             )
-        except APIError as exc:
-            if exc.status_code != 409:
-                raise
+        except Conflict:
             return False
-        self.id = created["ID"]
+        self.id = created
         return True
 
     def acquire(self, wait: float, heartbeat: bool = True) -> Lock:
@@ -521,7 +485,7 @@ class Lock:
                 _update_labels(
                     self.manager, state, {**state.labels, TAKEN_LABEL: describe(self.holder)}
                 )
-            except APIError:  # renewed, or removed, since we read it: look again
+            except APIFailure:  # renewed, or removed, since we read it: look again
                 return
         self.log(f"taking over the lock of {self.service} from {describe(state.holder)}: {why}")
         _remove(self.manager, state.id)
@@ -529,7 +493,7 @@ class Lock:
     def _own_state(self) -> LockState:
         """Our lock as the cluster has it; LockLost when it is no longer ours."""
         try:
-            state = _state(_inspect(self.manager, self.id))
+            state = _state(self.manager.config(self.id, timeout=_timeout()))
         except NotFound:
             now_held = lock_state(self.manager, self.service)
             by = f"; now held by {describe(now_held.holder)}" if now_held else ""
@@ -563,7 +527,7 @@ class Lock:
         sent = self.clock()
         try:
             _update_labels(self.manager, state, self._labels())
-        except APIError:
+        except APIFailure:
             self._own_state()  # gone or taken over: LockLost; otherwise a transient failure
             raise
         self._renewed = sent

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import bcrypt
-from docker.errors import APIError
 
-from . import engine, state
+from . import engine, gateway, state
 
 # Settings whole: the registry section, and the state directory (cluster) where the
 # credentials live
@@ -133,9 +132,9 @@ def prepare_node(endpoint: engine.Endpoint, client, settings: Settings) -> list[
             done.append(f"gave {endpoint.node} the CA of {where}")
     for registry_server, (user, password) in logins(settings).items():
         try:
-            client.login(user, password, registry=registry_server, reauth=True)
-        except APIError as exc:
-            reason = (exc.explanation or str(exc)).replace(password, "***").strip()
+            gateway.login(client, user, password, registry_server)
+        except gateway.APIFailure as exc:
+            reason = str(exc).replace(password, "***").strip()
             raise engine.EngineError(
                 f"{endpoint.node} cannot log in to {registry_server} as "
                 f"{user}: {reason.splitlines()[0][:300]}"
@@ -146,13 +145,10 @@ def prepare_node(endpoint: engine.Endpoint, client, settings: Settings) -> list[
 def ensure_secret(manager, settings: Settings, log) -> list[str]:
     """The htpasswd file as a Swarm secret of the cluster, created once per content."""
     creds = credentials(settings)
-    if any(
-        x["Spec"]["Name"] == creds.secret_name
-        for x in manager.api.secrets(filters={"name": creds.secret_name})
-    ):
+    if creds.secret_name in manager.secrets():
         return []
     log(f"creating secret {creds.secret_name} (the registry's {HTPASSWD})")
-    manager.api.create_secret(creds.secret_name, creds.htpasswd, labels=dict(LABELS))
+    manager.create_secret(creds.secret_name, creds.htpasswd, labels=dict(LABELS))
     return [f"created secret {creds.secret_name}"]
 
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from . import records, services, stack
+from . import gateway, records, services, stack
 from .checkout import Checkout
 from .cluster import Cluster
 from .config import ServicesSettings
@@ -26,19 +26,16 @@ def prepull(cluster: Cluster, service: str, image: str, log: Log) -> list[str]:
     """Pull the new image, in parallel, before the update on every node the service's tasks
     may be placed on (a rolling update may start a task on a node that runs none now): the
     update then only starts containers."""
-    manager = cluster.manager()
-    spec = services.existing(manager, service)["Spec"]
-    nodes = [n for n in services.eligible_nodes(manager, spec) if n in cluster.endpoints]
-    repo, _, digest = image.partition("@")
+    manager = cluster.gateway(log)
+    svc = services.existing(manager, service)
+    nodes = [n for n in services.eligible_nodes(manager, svc) if n in cluster.endpoints]
 
     def pull(node: str) -> str:
         try:
-            cluster.client(node).api.pull(
-                repo.rsplit(":", 1)[0], tag=digest or repo.rsplit(":", 1)[1]
-            )
-        except Exception as exc:  # a node that went away is Swarm's to handle, not a failure
-            if not (isinstance(exc, EngineError) or services.transient(exc)):
-                raise
+            gateway.pull(cluster.client(node), image)
+        except (EngineError, gateway.APIFailure) as exc:
+            if not (isinstance(exc, EngineError) or gateway.transient(exc)):
+                raise  # a node that went away is Swarm's to handle, not a failure
             log(f"pre-pull skipped {node}: it does not answer ({str(exc).splitlines()[0][:120]})")
             return ""
         return node
@@ -48,20 +45,6 @@ def prepull(cluster: Cluster, service: str, image: str, log: Log) -> list[str]:
         done = [n for n in pool.map(pull, nodes) if n]
     log(f"pre-pulled {image} on {', '.join(done) or 'no node'} ({time.monotonic() - start:.1f}s)")
     return done
-
-
-def on_manager(cluster: Cluster, act: Callable, log: Log, within: float = 60.0):
-    """`act(manager)`, tried again on a manager that answers after a transient API error (a
-    manager died, a leader election), for up to `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            return act(cluster.manager())
-        except Exception as exc:
-            if not services.transient(exc) or time.monotonic() > deadline:
-                raise
-            log(f"a manager did not answer ({str(exc).splitlines()[0][:120]}); asking another one")
-            time.sleep(2.0)
 
 
 def update(
@@ -83,16 +66,11 @@ def update(
     if dry_run:
         return services.Rollout(svc, image, "dry-run", 0.0)
     prepull(cluster, svc, image, log)
-
-    def change(manager) -> bool:
-        if lock:
-            lock.check()
-        return services.update_image(manager, svc, image)
-
-    on_manager(cluster, change, log)
+    manager = cluster.gateway(log)
+    services.update_image(manager, svc, image, before=lock.check if lock else lambda: None)
     return check(
         services.wait_rollout(
-            cluster.manager(), svc, image, app.services_timeout, log, cluster=cluster
+            manager, svc, image, app.services_timeout, log, node_client=cluster.client
         )
     )
 
@@ -116,17 +94,16 @@ def settle(
     """After the tests that overlapped Swarm's monitor period: every replica must still run
     `image` (the service's spec too), for the whole period, with no failure or rollback
     reported by Swarm. converged_at 0 (not known): the period counts from now."""
-    manager = cluster.manager()
     until = (converged_at or time.monotonic()) + services.MONITOR
     check(
         services.wait_rollout(
-            manager,
+            cluster.gateway(log),
             app.app_service,
             image,
             app.services_timeout,
             log,
             stable_until=until,
-            cluster=cluster,
+            node_client=cluster.client,
         )
     )
 
@@ -143,7 +120,7 @@ def host_ip(cluster: Cluster, app: ServicesSettings, routing: str) -> str:
 
 def runs(cluster: Cluster, app: ServicesSettings, image: str) -> None:
     """The service's spec must run exactly `image` (tests of anything else verify nothing)."""
-    running = services.current_image(cluster.manager(), app.app_service)
+    running = services.current_image(cluster.gateway(), app.app_service)
     if running != image:
         raise StepFailed(
             f"{app.app_service} on {cluster.settings.env} runs {running}, not "

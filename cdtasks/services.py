@@ -7,16 +7,13 @@ service, so a diff is a comparison of two plain values and changes touch only wh
 from __future__ import annotations
 
 import re
-import shlex
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from datetime import datetime
 
-from docker import types
-from docker.errors import APIError, DockerException, NotFound
-
+from . import gateway
 from .config import pinned_image
+from .gateway import Gateway, Node, Service, Task
 from .log import Log
 
 MB = 1024 * 1024
@@ -55,121 +52,46 @@ class ServiceSpec:
             raise ServiceError(f"service {self.name}: image {self.image} {exc}") from None
         return self
 
-    # -- to the Engine API ---------------------------------------------------------------------
     def api_kwargs(
         self,
         network_ids: Mapping[str, str],
         config_ids: Mapping[str, str],
         secret_ids: Mapping[str, str] | None = None,
     ) -> dict:
-        mounts = [types.Mount.parse_mount_string(_cli_mount(m)) for m in self.mounts]
-        configs = [
-            types.ConfigReference(config_ids[name], name, filename=target, mode=0o444)
-            for name, target in self.configs
-        ]
-        secrets = [
-            types.SecretReference((secret_ids or {})[name], name, filename=target, mode=0o400)
-            for name, target in self.secrets
-        ]
-        container = types.ContainerSpec(
-            self.image,
-            args=list(self.args) or None,
-            env=list(self.env) or None,
-            mounts=mounts or None,
-            stop_grace_period=self.stop_grace * NS,
-            configs=configs or None,
-            secrets=secrets or None,
-        )
-        resources = (
-            types.Resources(mem_reservation=self.reserve_mb * MB) if self.reserve_mb else None
-        )
-        template = types.TaskTemplate(
-            container,
-            resources=resources,
-            placement=types.Placement(constraints=list(self.constraints)),
-            networks=[{"Target": network_ids[n]} for n in self.networks] or None,
-        )
-        mode = (
-            types.ServiceMode("global")
-            if self.replicas is None
-            else types.ServiceMode("replicated", replicas=self.replicas)
-        )
-        ports = [
-            {"PublishedPort": p, "TargetPort": t, "Protocol": "tcp", "PublishMode": m}
-            for p, t, m in self.ports
-        ]
-        endpoint = types.EndpointSpec(mode=self.endpoint_mode, ports=None)
-        endpoint["Ports"] = ports
-        update = types.UpdateConfig(
-            parallelism=1,
-            delay=self.update_delay * NS,
-            failure_action=self.update_failure,
-            order=self.update_order,
-            monitor=MONITOR * NS,
-        )
-        return dict(
-            task_template=template,
-            name=self.name,
-            mode=mode,
-            endpoint_spec=endpoint,
-            update_config=update,
-            labels=dict(self.labels),
-        )
-
-
-def _cli_mount(m: str) -> str:
-    """`type=bind,source=A,target=B[,readonly]` -> the SDK's `A:B[:ro]` form."""
-    parts = {k: v if sep else "1" for k, sep, v in (p.partition("=") for p in m.split(","))}
-    return f"{parts['source']}:{parts['target']}" + (":ro" if "readonly" in parts else "")
+        """What the Engine API is sent to create or update the service (by the gateway)."""
+        return gateway.service_request(self, network_ids, config_ids, secret_ids or {}, MONITOR)
 
 
 def actual(
-    inspect: Mapping,
+    svc: Service,
     network_names: Mapping[str, str],
     config_names: Mapping[str, str],
     secret_names: Mapping[str, str] | None = None,
 ) -> ServiceSpec:
-    """The fields of a running service's spec (from `inspect_service`) as a ServiceSpec."""
-    spec = inspect["Spec"]
-    tt, cs = spec["TaskTemplate"], spec["TaskTemplate"]["ContainerSpec"]
-    mode = spec.get("Mode", {})
-    upd = spec.get("UpdateConfig") or {}
-    ep = spec.get("EndpointSpec") or {}
-    mounts = tuple(
-        f"type={m.get('Type', 'bind')},source={m['Source']},target={m['Target']}"
-        + (",readonly" if m.get("ReadOnly") else "")
-        for m in cs.get("Mounts") or []
-    )
-    nets = tt.get("Networks") or spec.get("Networks") or []
+    """The fields of a running service as a ServiceSpec (names of what its IDs refer to now)."""
     return ServiceSpec(
-        name=spec["Name"],
-        image=cs["Image"],
-        replicas=None if "Global" in mode else mode.get("Replicated", {}).get("Replicas", 1),
-        args=tuple(cs.get("Args") or ()),
-        env=tuple(cs.get("Env") or ()),
-        constraints=tuple((tt.get("Placement") or {}).get("Constraints") or ()),
-        reserve_mb=((tt.get("Resources") or {}).get("Reservations") or {}).get("MemoryBytes", 0)
-        // MB,
-        mounts=mounts,
-        ports=tuple(
-            (p["PublishedPort"], p["TargetPort"], p.get("PublishMode", "ingress"))
-            for p in ep.get("Ports") or []
+        name=svc.name,
+        image=svc.image,
+        replicas=svc.replicas,
+        args=svc.args,
+        env=svc.env,
+        constraints=svc.constraints,
+        reserve_mb=svc.reserve_bytes // MB,
+        mounts=tuple(
+            f"type={m.type},source={m.source},target={m.target}"
+            + (",readonly" if m.readonly else "")
+            for m in svc.mounts
         ),
-        networks=tuple(network_names.get(n["Target"], n["Target"]) for n in nets),
-        endpoint_mode=ep.get("Mode", "vip"),
-        update_delay=upd.get("Delay", 0) // NS,
-        update_order=upd.get("Order", "stop-first"),
-        update_failure=upd.get("FailureAction", "pause"),
-        stop_grace=cs.get("StopGracePeriod", 10 * NS) // NS,
-        configs=tuple(
-            (config_names.get(c["ConfigID"], c["ConfigName"]), c["File"]["Name"])
-            for c in cs.get("Configs") or []
-        ),
-        secrets=tuple(
-            ((secret_names or {}).get(c["SecretID"], c["SecretName"]), c["File"]["Name"])
-            for c in cs.get("Secrets") or []
-        ),
-        labels=tuple(sorted((spec.get("Labels") or {}).items())),
+        ports=svc.ports,
+        networks=tuple(network_names.get(n, n) for n in svc.network_ids),
+        endpoint_mode=svc.endpoint_mode,
+        update_delay=svc.update_delay,
+        update_order=svc.update_order,
+        update_failure=svc.update_failure,
+        stop_grace=svc.stop_grace,
+        configs=tuple((config_names.get(i, n), f) for i, n, f in svc.configs),
+        secrets=tuple(((secret_names or {}).get(i, n), f) for i, n, f in svc.secrets),
+        labels=tuple(sorted(svc.labels.items())),
     )
 
 
@@ -200,32 +122,21 @@ def diff(want: ServiceSpec, have: ServiceSpec | None) -> dict[str, tuple]:
 
 
 # -- the engine side --------------------------------------------------------------------------
-def _lookup(client) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+def _lookup(gw: Gateway) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """name -> ID of the cluster's networks, configs and secrets."""
-    return (
-        {n["Name"]: n["Id"] for n in client.api.networks()},
-        {c["Spec"]["Name"]: c["ID"] for c in client.api.configs()},
-        {c["Spec"]["Name"]: c["ID"] for c in client.api.secrets()},
-    )
+    return gw.networks(), {c.name: c.id for c in gw.configs()}, gw.secrets()
 
 
 def _names(ids: Mapping[str, str]) -> dict[str, str]:
     return {v: k for k, v in ids.items()}
 
 
-def inspect(client, name: str) -> Mapping | None:
-    try:
-        return client.api.inspect_service(name)
-    except NotFound:
-        return None
-
-
-def plan(client, specs: Sequence[ServiceSpec]) -> list[tuple[ServiceSpec, dict[str, tuple]]]:
+def plan(gw: Gateway, specs: Sequence[ServiceSpec]) -> list[tuple[ServiceSpec, dict[str, tuple]]]:
     """[(spec, differences)] for the services that are missing or differ from their spec."""
-    nets, confs, secrets = _lookup(client)
+    nets, confs, secrets = _lookup(gw)
     out = []
     for spec in specs:
-        running = inspect(client, spec.name)
+        running = gw.service(spec.name)
         have = actual(running, _names(nets), _names(confs), _names(secrets)) if running else None
         d = diff(spec.validated(), have)
         if d:
@@ -233,11 +144,11 @@ def plan(client, specs: Sequence[ServiceSpec]) -> list[tuple[ServiceSpec, dict[s
     return out
 
 
-def converge(client, specs: Sequence[ServiceSpec], log: Log, update: bool = True) -> list[str]:
+def converge(gw: Gateway, specs: Sequence[ServiceSpec], log: Log, update: bool = True) -> list[str]:
     """Create what is missing; with `update`, update what differs. Returns what was done."""
-    nets, confs, secrets = _lookup(client)
+    nets, confs, secrets = _lookup(gw)
     done = []
-    for spec, d in plan(client, specs):
+    for spec, d in plan(gw, specs):
         missing = (
             [n for n in spec.networks if n not in nets]
             + [c for c, _ in spec.configs if c not in confs]
@@ -248,187 +159,122 @@ def converge(client, specs: Sequence[ServiceSpec], log: Log, update: bool = True
         kwargs = spec.api_kwargs(nets, confs, secrets)
         if not d:
             log(f"creating service {spec.name} ({spec.image})")
-            client.api.create_service(**kwargs)
+            gw.create_service(**kwargs)
             done.append(f"created {spec.name}")
         elif update:
             log(f"updating service {spec.name}: {', '.join(d)}")
-            current = client.api.inspect_service(spec.name)
-            client.api.update_service(current["ID"], current["Version"]["Index"], **kwargs)
+            gw.update_service(spec.name, **kwargs)
             done.append(f"updated {spec.name} ({', '.join(d)})")
     return done
 
 
-def _replicas_wanted(client, spec: Mapping, service_id: str) -> int:
-    if "Global" not in spec["Mode"]:
-        return spec["Mode"].get("Replicated", {}).get("Replicas", 1)
-    if (spec["TaskTemplate"].get("Placement") or {}).get("Constraints"):
+def _replicas_wanted(gw: Gateway, svc: Service) -> int:
+    if svc.replicas is not None:
+        return svc.replicas
+    if svc.constraints:
         # Which nodes satisfy the constraints is the scheduler's call: count what it placed.
-        tasks = client.api.tasks(filters={"service": service_id, "desired-state": "running"})
-        return max(1, len({t.get("NodeID") for t in tasks}))
-    return sum(1 for n in client.api.nodes() if _schedulable(n))
+        return max(1, len({t.node_id for t in gw.tasks(svc.id, "running")}))
+    return sum(1 for n in gw.nodes() if n.schedulable)
 
 
-def _schedulable(node: Mapping) -> bool:
-    """A node the scheduler places new tasks on: ready, and not paused or drained."""
-    return node["Status"]["State"] == "ready" and node["Spec"].get("Availability") == "active"
-
-
-def constraint_matches(node: Mapping, constraint: str) -> bool | None:
+def constraint_matches(node: Node, constraint: str) -> bool | None:
     """Swarm's placement rule for one node: `attr == value` or `attr != value`, values
     compared without case as swarmkit does; None when the attribute is not one it reads here."""
     m = re.fullmatch(r"\s*([\w.-]+)\s*(==|!=)\s*(.*?)\s*", constraint)
     if not m:
         return None
     attr, op, value = m.groups()
-    desc, spec = node.get("Description") or {}, node.get("Spec") or {}
     known = {
-        "node.id": node.get("ID"),
-        "node.hostname": desc.get("Hostname"),
-        "node.role": spec.get("Role"),
-        "node.platform.os": (desc.get("Platform") or {}).get("OS"),
-        "node.platform.arch": (desc.get("Platform") or {}).get("Architecture"),
+        "node.id": node.id,
+        "node.hostname": node.hostname,
+        "node.role": node.role,
+        "node.platform.os": node.os or None,
+        "node.platform.arch": node.arch or None,
     }
-    for prefix, labels in (
-        ("node.labels.", spec.get("Labels")),
-        ("engine.labels.", (desc.get("Engine") or {}).get("Labels")),
-    ):
+    for prefix, labels in (("node.labels.", node.labels), ("engine.labels.", node.engine_labels)):
         if attr.startswith(prefix):
-            known[attr] = (labels or {}).get(attr[len(prefix) :])
+            known[attr] = labels.get(attr[len(prefix) :])
     if attr not in known:
         return None
     equal = known[attr] is not None and str(known[attr]).lower() == value.lower()
     return equal if op == "==" else not equal
 
 
-def eligible_nodes(client, spec: Mapping) -> list[str]:
+def eligible_nodes(gw: Gateway, svc: Service) -> list[str]:
     """Hostnames of the ready, active nodes a service's tasks may be placed on (a constraint
     this module cannot read counts as met: the caller gets more nodes, never fewer)."""
-    constraints = (spec["TaskTemplate"].get("Placement") or {}).get("Constraints") or []
     return sorted(
-        n["Description"]["Hostname"]
-        for n in client.api.nodes()
-        if _schedulable(n) and all(constraint_matches(n, c) is not False for c in constraints)
+        n.hostname
+        for n in gw.nodes()
+        if n.schedulable and all(constraint_matches(n, c) is not False for c in svc.constraints)
     )
 
 
-def _stopping(client, svc: Mapping, image: str) -> int:
+def _stopping(gw: Gateway, svc: Service, image: str) -> int:
     """Tasks of another image that Swarm told to shut down and that still run (a manager that
     does not answer now counts as one: the next look decides)."""
     try:
-        tasks = client.api.tasks(filters={"service": svc["ID"], "desired-state": "shutdown"})
+        tasks = gw.tasks(svc.id, "shutdown")
     except Exception:
         return 1
-    return sum(
-        1
-        for t in tasks
-        if t["Status"]["State"] == "running" and t["Spec"]["ContainerSpec"]["Image"] != image
-    )
+    return sum(1 for t in tasks if t.state == "running" and t.image != image)
 
 
-def running_tasks(client, name: str) -> tuple[int, int, list[Mapping]]:
+def running_tasks(gw: Gateway, name: str) -> tuple[int, int, list[Task]]:
     """(running, wanted, tasks that should run) for one service."""
-    svc = client.api.inspect_service(name)
-    tasks = client.api.tasks(filters={"service": svc["ID"], "desired-state": "running"})
-    running = sum(1 for t in tasks if t["Status"]["State"] == "running")
-    return running, _replicas_wanted(client, svc["Spec"], svc["ID"]), tasks
+    svc = existing(gw, name)
+    tasks = gw.tasks(svc.id, "running")
+    running = sum(1 for t in tasks if t.state == "running")
+    return running, _replicas_wanted(gw, svc), tasks
 
 
-def mode_of(spec: Mapping) -> str:
-    """replicated, global, replicated-job or global-job, as the CLI names them."""
-    kind = next(iter(spec.get("Mode") or {"Replicated": {}}))
-    return {"ReplicatedJob": "replicated-job", "GlobalJob": "global-job"}.get(kind, kind.lower())
-
-
-def progress(client, svc: Mapping) -> tuple[int, int]:
+def progress(gw: Gateway, svc: Service) -> tuple[int, int]:
     """(running, wanted) of a service, (completed, wanted) of a job."""
-    mode = svc["Spec"].get("Mode") or {}
-    if "ReplicatedJob" in mode or "GlobalJob" in mode:
-        tasks = client.api.tasks(filters={"service": svc["ID"]})
-        done = sum(1 for t in tasks if t["Status"]["State"] == "complete")
-        total = (mode.get("ReplicatedJob") or {}).get("TotalCompletions")
-        return done, total or max(1, len({t.get("NodeID") for t in tasks}))
-    running, wanted, _ = running_tasks(client, svc["Spec"]["Name"])
+    if svc.job:
+        tasks = gw.tasks(svc.id)
+        done = sum(1 for t in tasks if t.state == "complete")
+        return done, svc.replicas or max(1, len({t.node_id for t in tasks}))
+    running, wanted, _ = running_tasks(gw, svc.name)
     return running, wanted
 
 
-def hostnames(client) -> dict[str, str]:
+def hostnames(gw: Gateway) -> dict[str, str]:
     """Node ID -> hostname, for the nodes of the swarm."""
-    return {n["ID"]: n["Description"]["Hostname"] for n in client.api.nodes()}
+    return {n.id: n.hostname for n in gw.nodes()}
 
 
-def replica_images(client, name: str) -> list[tuple[str, str]]:
+def replica_images(gw: Gateway, name: str) -> list[tuple[str, str]]:
     """(node, image) of every task of the service that runs now, sorted: what really serves."""
-    _, _, tasks = running_tasks(client, name)
-    nodes = hostnames(client)
+    _, _, tasks = running_tasks(gw, name)
+    nodes = hostnames(gw)
     return sorted(
-        (nodes.get(t.get("NodeID", ""), t.get("NodeID", "?")), t["Spec"]["ContainerSpec"]["Image"])
-        for t in tasks
-        if t["Status"]["State"] == "running"
+        (nodes.get(t.node_id, t.node_id or "?"), t.image) for t in tasks if t.state == "running"
     )
 
 
-def health_output(container: Mapping) -> str:
-    """The last failing health check of a container (its inspect data) in a few words: its
-    output, the command, its exit code and how many probes failed in a row; '' if none failed.
-    A check that prints nothing (`HEALTHCHECK CMD false`) is still named by the rest."""
-    health = (container.get("State") or {}).get("Health") or {}
-    failed = [h for h in health.get("Log") or [] if h.get("ExitCode") != 0]
-    if not failed:
-        return ""
-    # The last probe that said something: a probe cut short as the container stops prints
-    # nothing (exit 137).
-    probe = next((h for h in reversed(failed) if (h.get("Output") or "").strip()), failed[-1])
-    output = " ".join((probe.get("Output") or "").split())[:300] or "no output"
-    test = list(((container.get("Config") or {}).get("Healthcheck") or {}).get("Test") or ())
-    command = (
-        test[1]
-        if test[:1] == ["CMD-SHELL"] and len(test) > 1
-        else shlex.join(test[1:])
-        if test[:1] == ["CMD"]
-        else ""
-    )
-    facts = [f"exit code {probe.get('ExitCode')}"]
-    streak = health.get("FailingStreak") or 0
-    if streak:
-        facts.append(f"{streak} failed probe{'s' if streak > 1 else ''} in a row")
-    return f"{output} ({f'`{command[:200]}`: ' if command else ''}{', '.join(facts)})"
-
-
-def _health_of(t: Mapping, nodes: Mapping[str, str], node_client) -> str:
+def _health_of(t: Task, nodes: Mapping[str, str], node_client) -> str:
     """The failing health check of a task's container, read on the node that ran it."""
-    container = (t["Status"].get("ContainerStatus") or {}).get("ContainerID")
-    host = nodes.get(t.get("NodeID", ""))
-    if not container or not host:
+    host = nodes.get(t.node_id)
+    if not t.container_id or not host:
         return ""
     try:
-        return health_output(node_client(host).api.inspect_container(container))
+        return gateway.container_health(node_client(host), t.container_id)
     except Exception:  # node gone, container removed: the task's own words still tell
         return ""
 
 
-def diagnose(client, name: str, node_client: Callable[[str], object] | None = None) -> str:
+def diagnose(gw: Gateway, name: str, node_client: Callable[[str], object] | None = None) -> str:
     """Why tasks don't run, in the tasks' own words (latest error per distinct message); with
     `node_client` (hostname -> client) also the last output of a failing health check, read
     from the container on the node that ran it."""
-    svc = client.api.inspect_service(name)
-    tasks = sorted(
-        client.api.tasks(filters={"service": svc["ID"]}),
-        key=lambda t: t.get("UpdatedAt", ""),
-        reverse=True,
-    )
+    svc = existing(gw, name)
+    tasks = sorted(gw.tasks(svc.id), key=lambda t: t.updated_at, reverse=True)
     reasons = []
-    nodes = hostnames(client) if node_client else {}
+    nodes = hostnames(gw) if node_client else {}
     looked = 0
     for t in tasks:
-        st = t["Status"]
-        msg = st.get("Err") or (
-            st["Message"] if st["State"] in ("pending", "rejected", "failed") else ""
-        )
-        if (
-            node_client
-            and looked < 3
-            and st["State"] not in ("new", "pending", "assigned", "running")
-        ):
+        msg = t.error or (t.message if t.state in ("pending", "rejected", "failed") else "")
+        if node_client and looked < 3 and t.state not in ("new", "pending", "assigned", "running"):
             looked += 1
             health = _health_of(t, nodes, node_client)
             if health:
@@ -438,12 +284,14 @@ def diagnose(client, name: str, node_client: Callable[[str], object] | None = No
     return "; ".join(reasons[:3]) or "no task reported an error"
 
 
-def wait_running(client, names: Sequence[str], timeout: float, log: Log, poll: float = 0.5) -> None:
+def wait_running(
+    gw: Gateway, names: Sequence[str], timeout: float, log: Log, poll: float = 0.5
+) -> None:
     """Wait until every service has all its replicas running; on timeout say why."""
     deadline = time.monotonic() + timeout
     last = ""
     while True:
-        states = {n: running_tasks(client, n)[:2] for n in names}
+        states = {n: running_tasks(gw, n)[:2] for n in names}
         text = ", ".join(f"{n} {r}/{w}" for n, (r, w) in states.items())
         if all(r >= w for r, w in states.values()):
             log(f"running: {text}")
@@ -453,7 +301,7 @@ def wait_running(client, names: Sequence[str], timeout: float, log: Log, poll: f
             last = text
         if time.monotonic() > deadline:
             stuck = [n for n, (r, w) in states.items() if r < w]
-            why = "; ".join(f"{n}: {diagnose(client, n)}" for n in stuck)
+            why = "; ".join(f"{n}: {diagnose(gw, n)}" for n in stuck)
             raise ServiceError(
                 f"timed out after {timeout:.0f}s waiting for {', '.join(stuck)}: {why}"
             )
@@ -487,128 +335,77 @@ class Rollout:
     running_for: float = 0.0
 
 
-def existing(client, name: str) -> Mapping:
-    """The service's inspect data; a release needs it to exist."""
-    svc = inspect(client, name)
+def existing(gw: Gateway, name: str) -> Service:
+    """The service; a release needs it to exist."""
+    svc = gw.service(name)
     if svc is None:
         raise ServiceError(f"service {name} does not exist: create it with `inv services`")
     return svc
 
 
-def current_image(client, name: str) -> str:
-    return existing(client, name)["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+def current_image(gw: Gateway, name: str) -> str:
+    return existing(gw, name).image
 
 
-def update_image(client, name: str, image: str) -> bool:
-    """`docker service update --image`: only the image changes. False when it already runs."""
-    svc = existing(client, name)
-    template = svc["Spec"]["TaskTemplate"]
-    if template["ContainerSpec"]["Image"] == image:
-        return False
-    template["ContainerSpec"]["Image"] = image
-    client.api.update_service(
-        svc["ID"], svc["Version"]["Index"], task_template=template, fetch_current_spec=True
-    )
-    return True
+def update_image(
+    gw: Gateway, name: str, image: str, before: Callable[[], None] = lambda: None
+) -> bool:
+    """`docker service update --image`: only the image changes. False when it already runs.
+    `before()` runs right before each attempt (a lock's check)."""
+    existing(gw, name)
+    return gw.update_image(name, image, before)
 
 
-def engine_time(text: str) -> datetime:
-    """An Engine API timestamp (RFC 3339, nanoseconds) as an aware datetime."""
-    head, _, frac = text.rstrip("Z").partition(".")
-    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
-
-
-def _running_for(client, tasks: Sequence[Mapping], image: str) -> float:
+def _running_for(gw: Gateway, tasks: Sequence[Task], image: str) -> float:
     started = [
-        engine_time(t["Status"]["Timestamp"])
-        for t in tasks
-        if t["Status"]["State"] == "running" and t["Spec"]["ContainerSpec"]["Image"] == image
+        gateway.engine_time(t.timestamp) for t in tasks if t.state == "running" and t.image == image
     ]
     if not started:
         return 0.0
-    now = engine_time(client.info()["SystemTime"])
-    return max(0.0, (now - max(started)).total_seconds())
-
-
-def transient(exc: BaseException) -> bool:
-    """An API error worth one more try on another manager: the engine did not answer
-    (connection refused or reset, timeout), or the control plane was busy (5xx, a leader
-    election's "rpc error ... deadline exceeded", "does not have a leader")."""
-    if isinstance(exc, APIError):  # before OSError: requests' errors subclass it
-        text = str(exc.explanation or exc).lower()
-        return (
-            (exc.status_code or 0) >= 500
-            or "deadline exceeded" in text
-            or "does not have a leader" in text
-        )
-    if isinstance(exc, OSError):  # refused, reset, timed out; requests' connection errors
-        return True
-    # docker-py wraps some transport errors in its own DockerException
-    return isinstance(exc, DockerException) and any(
-        w in str(exc).lower() for w in ("connection", "timed out")
-    )
+    return max(0.0, (gw.clock() - max(started)).total_seconds())
 
 
 def wait_rollout(
-    client,
+    gw: Gateway,
     name: str,
     image: str,
     timeout: float,
     on_progress: Callable[[str], None],
     poll: float = 0.25,
     stable_until: float | None = None,
-    cluster=None,
+    node_client: Callable[[str], object] | None = None,
 ) -> Rollout:
     """Follow a rolling update through Swarm's own state until every replica runs the image
     (`converged`). `paused` and `rollback_*` are failures, although the CLI's `docker service
     update` exits 0 on them (but a rollback that brought back `image` is what was waited for).
     With `stable_until` (a time.monotonic() value) it also keeps watching until then: the
-    monitor period, which callers overlap with their tests. `cluster` (anything with
-    `manager()` and `client(hostname)`): a transient API error (a manager died, a leader
-    election) is retried on a manager that answers until the timeout, and a failure names
-    the failing health check's output."""
+    monitor period, which callers overlap with their tests. A manager that dies meanwhile is
+    the gateway's to replace; `node_client` (hostname -> client): a failure names the failing
+    health check's output."""
     start = time.monotonic()
     last = ""
-    node_client = cluster.client if cluster is not None else None
     while True:
-        try:
-            svc = client.api.inspect_service(name)
-            running, wanted, tasks = running_tasks(client, name)
-        except Exception as exc:
-            if cluster is None or not transient(exc) or time.monotonic() - start > timeout:
-                raise
-            on_progress(
-                f"{name}: the manager did not answer ({str(exc).splitlines()[0][:120]}); "
-                f"asking another one"
-            )
-            time.sleep(1.0)
-            client = cluster.manager()
-            continue
-        status = svc.get("UpdateStatus") or {}
-        state = status.get("State", "unchanged")
-        now_wanted = svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
-        if now_wanted != image:
+        svc = existing(gw, name)
+        running, wanted, tasks = running_tasks(gw, name)
+        state = svc.update_state or "unchanged"
+        if svc.image != image:
             if state.startswith("rollback"):  # Swarm's own failure action
                 return Rollout(
                     name,
                     image,
                     state,
                     time.monotonic() - start,
-                    f"Swarm rolled back to {now_wanted}: {status.get('Message', '')} "
-                    f"({diagnose(client, name, node_client)})",
+                    f"Swarm rolled back to {svc.image}: {svc.update_message} "
+                    f"({diagnose(gw, name, node_client)})",
                 )
             return Rollout(
                 name,
                 image,
                 "replaced",
                 time.monotonic() - start,  # another release
-                f"the service was updated to {now_wanted} meanwhile",
+                f"the service was updated to {svc.image} meanwhile",
             )
-        on_new = sum(
-            1
-            for t in tasks
-            if t["Status"]["State"] == "running" and t["Spec"]["ContainerSpec"]["Image"] == image
-        )
+        on_new = sum(1 for t in tasks if t.state == "running" and t.image == image)
         text = f"{name}: {on_new}/{wanted} replicas on the new image ({state})"
         if text != last:
             on_progress(text)
@@ -621,20 +418,15 @@ def wait_rollout(
                 image,
                 state,
                 elapsed,
-                f"{status.get('Message', '')} ({diagnose(client, name, node_client)})",
+                f"{svc.update_message} ({diagnose(gw, name, node_client)})",
             )
         # Every replica runs the new image only once the old ones stopped too: a task told to
         # shut down keeps answering (through the proxy) until its process exits.
-        converged = on_new >= wanted and running >= wanted and not _stopping(client, svc, image)
+        converged = on_new >= wanted and running >= wanted and not _stopping(gw, svc, image)
         if converged and time.monotonic() >= (stable_until or 0):
             done = "converged" if state in ("updating", "rollback_started") else state
             return Rollout(
-                name,
-                image,
-                done,
-                elapsed,
-                status.get("Message", ""),
-                _running_for(client, tasks, image),
+                name, image, done, elapsed, svc.update_message, _running_for(gw, tasks, image)
             )
         if elapsed > timeout:
             return Rollout(
@@ -643,34 +435,32 @@ def wait_rollout(
                 "timeout",
                 elapsed,
                 f"{on_new}/{wanted} replicas on {image} after {timeout:.0f}s: "
-                f"{diagnose(client, name, node_client)}",
+                f"{diagnose(gw, name, node_client)}",
             )
         time.sleep(poll)
 
 
 # -- logs ------------------------------------------------------------------------------------
 def logs(
-    client, name: str, *, since: int = 0, tail: int | None = None, follow: bool = False
+    gw: Gateway, name: str, *, since: int = 0, tail: int | None = None, follow: bool = False
 ) -> Iterator[str]:
     """A service's log lines through a manager, as `docker service logs` prints them
     (`service.slot.task@node | line`); `since`: a Unix time, `tail`: lines per task."""
-    svc = existing(client, name)
-    tasks = client.api.tasks(filters={"service": svc["ID"]})
-    nodes = hostnames(client)
+    svc = existing(gw, name)
+    nodes = hostnames(gw)
     names = {
-        t["ID"]: f"{name}.{t.get('Slot') or t.get('NodeID', '')}.{t['ID'][:12]}"
-        f"@{nodes.get(t.get('NodeID', ''), '?')}"
-        for t in tasks
+        t.id: f"{name}.{t.slot or t.node_id}.{t.id[:12]}@{nodes.get(t.node_id, '?')}"
+        for t in gw.tasks(svc.id)
     }
-    stream = client.api.service_logs(
-        svc["ID"],
+    stream = gw.service_logs(
+        svc.id,
         details=True,  # each line then names its task: com.docker.swarm.task.id=...
         follow=follow,
         stdout=True,
         stderr=True,
         since=since,
         tail="all" if tail is None else tail,
-        is_tty=bool(svc["Spec"]["TaskTemplate"]["ContainerSpec"].get("TTY")),
+        is_tty=svc.tty,
     )
     pending = b""
     for chunk in stream:

@@ -9,11 +9,9 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from docker.errors import APIError, NotFound
-
-from . import images, registry, services, stackfile, stackplan
+from . import gateway, images, registry, services, stackfile, stackplan
 from .cluster import Cluster
 
 # Settings whole where a Cluster is built, or the
@@ -91,28 +89,35 @@ def specs(s: Settings, routing: str, app_image: str | None = None) -> list[Servi
     return [with_routing(spec, routing) for spec in (db, app, proxy)]
 
 
+class Drift(NamedTuple):
+    """A difference between what the settings want and what runs (the `--json` fields too)."""
+
+    service: str
+    field: str
+    wanted: str
+    running: str
+
+
 @dataclass(frozen=True)
 class StackResult:
     env: str
     routing: str
     done: tuple[str, ...]  # what was created or updated
-    drift: tuple[tuple[str, str, str, str], ...]  # (service, field, wanted, running)
+    drift: tuple[Drift, ...]
 
 
 def _ensure_networks_and_config(manager, s: Settings, log: Log) -> list[str]:
     done = []
-    have = {n["Name"] for n in manager.api.networks()}
+    have = manager.networks()
     for net in networks(s):
         if net not in have:
             log(f"creating overlay network {net}")
-            manager.api.create_network(
-                net, driver="overlay", attachable=True, labels=dict([STACK_LABEL])
-            )
+            manager.create_network(net, labels=dict([STACK_LABEL]))
             done.append(f"created network {net}")
     name = proxy_config_name(s)
-    if not manager.api.configs(filters={"name": name}):
-        manager.api.create_config(
-            name, s.services.proxy_config.read_bytes(), labels=dict([STACK_LABEL])
+    if not manager.configs(name=name):
+        manager.create_config(
+            name, s.services.proxy_config.read_bytes(), labels=dict([STACK_LABEL]), retry=False
         )
         done.append(f"created config {name}")
     return done
@@ -123,9 +128,9 @@ def publish_first_version(cluster: Cluster, s: Settings, log: Log) -> list[str]:
     cd = cluster.client(s.cluster.cd_node)
     ref = app_ref(s)
     try:
-        cd.images.get_registry_data(ref)
+        gateway.registry_digest(cd, ref)
         return []
-    except (NotFound, APIError):
+    except gateway.APIFailure:
         pass
     if not (s.services.app_dir / "Dockerfile").exists():
         raise services.ServiceError(
@@ -166,37 +171,34 @@ def ensure(s: Settings, log: Log, *, check: bool = False, update: bool = False) 
     if s.stack.stack_file is not None:
         return ensure_file(s, log, check=check, update=update)
     cluster = Cluster.of(s).discover()
-    manager = cluster.manager()
+    manager = cluster.gateway(log)
     routing, _ = cluster.routing()
-    existing = {
-        n: services.inspect(manager, n)
-        for n in (s.services.db_service, s.services.app_service, s.services.proxy_service)
-    }
-    running_app = existing[s.services.app_service]
-    app_image = (
-        running_app["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] if running_app else None
-    )
+    running_app = manager.service(s.services.app_service)
+    app_image = running_app.image if running_app else None
     wanted = specs(s, routing, app_image)
     if check:
-        drift = tuple(
-            (spec.name, field, _fmt(w), _fmt(h))
-            for spec, d in services.plan(manager, wanted)
-            for field, (w, h) in (d.items() if d else [("service", ("present", None))])
-        )
-        return StackResult(s.env, routing, (), drift)
+        return StackResult(s.env, routing, (), _spec_drift(services.plan(manager, wanted), True))
     done = lab_images(cluster, s, log)
     done += _ensure_networks_and_config(manager, s, log)
     if running_app is None:
         done += publish_first_version(cluster, s, log)
-    drift = tuple(
-        (spec.name, field, _fmt(w), _fmt(h))
-        for spec, d in services.plan(manager, wanted)
-        if d and not update
-        for field, (w, h) in d.items()
-    )
+    drift = () if update else _spec_drift(services.plan(manager, wanted), False)
     done += services.converge(manager, wanted, log, update=update)
     services.wait_running(manager, [w.name for w in wanted], s.services.services_timeout, log)
     return StackResult(s.env, routing, tuple(done), drift)
+
+
+def _spec_drift(
+    plan: list[tuple[ServiceSpec, dict[str, tuple]]], missing: bool
+) -> tuple[Drift, ...]:
+    """The plan's differences; a missing service (no differences listed) only with `missing`
+    (otherwise it is created, not drift)."""
+    return tuple(
+        Drift(spec.name, field, _fmt(w), _fmt(h))
+        for spec, d in plan
+        if d or missing
+        for field, (w, h) in (d.items() if d else [("service", ("present", None))])
+    )
 
 
 def _fmt(value) -> str:
@@ -209,10 +211,10 @@ def _fmt(value) -> str:
 
 def proxy_nodes(cluster: Cluster, app: ServicesSettings) -> list[str]:
     """Nodes that run a proxy task now (where HOST_IP can point without the routing mesh)."""
-    manager = cluster.manager()
-    names = {n["ID"]: n["Description"]["Hostname"] for n in manager.api.nodes()}
+    manager = cluster.gateway()
+    names = services.hostnames(manager)
     _, _, tasks = services.running_tasks(manager, app.proxy_service)
-    return sorted({names[t["NodeID"]] for t in tasks if t["Status"]["State"] == "running"})
+    return sorted({names[t.node_id] for t in tasks if t.state == "running"})
 
 
 # -- a stack file (STACK_FILE) ----------------------------------------------------------------
@@ -224,44 +226,39 @@ def read_file(s: Settings, environ: Mapping[str, str] | None = None) -> stackfil
     return stackfile.read(s.stack.stack_file, s.stack.stack_name, variables)
 
 
-def _actual(manager, name: str) -> stackplan.Actual:
-    api = manager.api
-    ours = {"label": f"{stackplan.NAMESPACE}={name}"}
+def _actual(manager: gateway.Gateway, name: str) -> stackplan.Actual:
     return stackplan.Actual(
-        services={x["Spec"]["Name"]: x["Spec"] for x in api.services(filters=ours)},
-        networks={n["Name"]: n["Id"] for n in api.networks()},
-        configs={
-            c["Spec"]["Name"]: (c["ID"], c["Spec"].get("Labels") or {}) for c in api.configs()
-        },
-        secrets={c["Spec"]["Name"]: c["ID"] for c in api.secrets()},
+        services=manager.service_specs({stackplan.NAMESPACE: name}),
+        networks=manager.networks(),
+        configs={c.name: (c.id, dict(c.labels)) for c in manager.configs()},
+        secrets=manager.secrets(),
     )
 
 
-def _calls(manager) -> stackplan.Calls:
-    api = manager.api
-
-    def update(service: str, **kwargs) -> None:
-        current = api.inspect_service(service)
-        api.update_service(current["ID"], current["Version"]["Index"], **kwargs)
-
+def _calls(manager: gateway.Gateway) -> stackplan.Calls:
     return stackplan.Calls(
-        create_network=lambda n, **kw: api.create_network(n, scope="swarm", **kw)["Id"],
-        create_config=lambda n, data, labels: api.create_config(n, data, labels=dict(labels))["ID"],
-        create_secret=lambda n, data, labels: api.create_secret(n, data, labels=dict(labels))["ID"],
-        create_service=api.create_service,
-        update_service=update,
+        create_network=lambda n, labels, **kw: manager.create_network(
+            n, labels, scope="swarm", **kw
+        ),
+        # not retried: a create whose answer was lost would then fail on its own name
+        create_config=lambda n, data, labels: manager.create_config(n, data, labels, retry=False),
+        create_secret=manager.create_secret,
+        create_service=manager.create_service,
+        update_service=manager.update_service,
     )
 
 
-def _check_images(cluster: Cluster, manager, stack: stackfile.Stack, log: Log) -> list[str]:
+def _check_images(
+    cluster: Cluster, manager: gateway.Gateway, stack: stackfile.Stack, log: Log
+) -> list[str]:
     """The tool's offline images onto the nodes; any other image must be in the registry."""
     offline = {i.ref for i in images.IMAGES.values()}
     for svc in stack.services:
         if svc.image in offline:
             continue
         try:
-            manager.images.get_registry_data(svc.image)
-        except (NotFound, APIError):
+            manager.registry_digest(svc.image)
+        except gateway.APIFailure:
             raise stackplan.StackError(
                 f"{stack.path}: service {svc.name}: image {svc.image} is neither one of "
                 f"cdtasks' offline images nor in the registry (build and push it first)"
@@ -296,7 +293,7 @@ def plan_file(s: Settings, log: Log) -> FilePlan:
     whole file validated, and what it names outside found, before any change."""
     stack = read_file(s)
     cluster = Cluster.of(s).discover()
-    manager = cluster.manager()
+    manager = cluster.gateway(log)
     actual = _actual(manager, stack.name)
     p = stackplan.plan(stack, actual, cluster.routing_in_use())
     if p.adapted:
@@ -325,22 +322,24 @@ def ensure_file(s: Settings, log: Log, *, check: bool = False, update: bool = Fa
     return StackResult(s.env, p.routing, tuple(done), drift + _drift(changed))
 
 
-def _drift(changes) -> tuple[tuple[str, str, str, str], ...]:
+def _drift(changes) -> tuple[Drift, ...]:
     out = []
     for c in changes:
         if c.action == "create":
-            out.append((f"{c.kind} {c.name}", "exists", "yes", "(missing)"))
+            out.append(Drift(f"{c.kind} {c.name}", "exists", "yes", "(missing)"))
         for key, want, have in c.keys:
-            out.append((f"{c.kind} {c.name}", key, want, have))
+            out.append(Drift(f"{c.kind} {c.name}", key, want, have))
     return tuple(out)
 
 
-def wait_jobs(manager, names: Sequence[str], timeout: float, log: Log, poll: float = 0.5) -> None:
+def wait_jobs(
+    manager: gateway.Gateway, names: Sequence[str], timeout: float, log: Log, poll: float = 0.5
+) -> None:
     """Wait until every job service has completed as many tasks as it wants."""
     deadline = time.monotonic() + timeout
     for name in names:
         while True:
-            done, total = services.progress(manager, manager.api.inspect_service(name))
+            done, total = services.progress(manager, services.existing(manager, name))
             if done >= total:
                 log(f"job {name}: {done}/{total} completed")
                 break

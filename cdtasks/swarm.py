@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import docker
-
+from . import gateway
 from .config import ClusterSettings
+from .gateway import Node, NodeInfo
 from .log import Log
 
 SWARM_PORT = 2377
@@ -19,38 +19,6 @@ SWARM_PORT = 2377
 
 class SwarmError(RuntimeError):
     """The cluster cannot be brought to the wanted state; the message names the node."""
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """What a node's own engine says about its swarm membership."""
-
-    name: str
-    address: str
-    state: str  # inactive | pending | active | error | locked
-    node_id: str = ""
-    cluster_id: str = ""
-    manager: bool = False
-
-    @property
-    def controls(self) -> bool:
-        """An active manager that has the swarm's control plane (can answer swarm requests)."""
-        return self.state == "active" and self.manager
-
-
-@dataclass(frozen=True)
-class Member:
-    """One entry of the swarm's node list, as a manager sees it."""
-
-    id: str
-    hostname: str
-    role: str  # manager | worker
-    status: str  # ready | down | unknown | disconnected
-    availability: str = "active"
-    labels: Mapping[str, str] = field(default_factory=dict)
-    leader: bool = False
-    reachability: str = ""
-    addr: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,36 +32,8 @@ class Action:
         return f"{self.kind} {self.node}" + (f" ({extra})" if extra else "")
 
 
-def info_of(name: str, address: str, engine_info: Mapping) -> NodeInfo:
-    sw = engine_info.get("Swarm") or {}
-    return NodeInfo(
-        name=name,
-        address=address,
-        state=sw.get("LocalNodeState", "inactive"),
-        node_id=sw.get("NodeID", ""),
-        cluster_id=(sw.get("Cluster") or {}).get("ID", ""),
-        manager=bool(sw.get("ControlAvailable")),
-    )
-
-
-def member_of(node_attrs: Mapping) -> Member:
-    spec, status = node_attrs["Spec"], node_attrs.get("Status", {})
-    ms = node_attrs.get("ManagerStatus") or {}
-    return Member(
-        id=node_attrs["ID"],
-        hostname=node_attrs["Description"]["Hostname"],
-        role=spec.get("Role", "worker"),
-        status=status.get("State", "unknown"),
-        availability=spec.get("Availability", "active"),
-        labels=dict(spec.get("Labels") or {}),
-        leader=bool(ms.get("Leader")),
-        reachability=ms.get("Reachability", ""),
-        addr=status.get("Addr", ""),
-    )
-
-
 def plan_membership(
-    cluster: ClusterSettings, infos: Mapping[str, NodeInfo], members: Sequence[Member]
+    cluster: ClusterSettings, infos: Mapping[str, NodeInfo], members: Sequence[Node]
 ) -> tuple[Action, ...]:
     """Init, joins, role changes and removal of stale entries that make the swarm match NODES."""
     want_role = {n: ("worker" if n in cluster.workers else "manager") for n in cluster.nodes}
@@ -110,7 +50,7 @@ def plan_membership(
     # Membership is decided by the node's ID in our manager's node list: `docker info` gives
     # the cluster ID to managers only, so a worker's own view cannot tell.
     ours = {m.id for m in members}
-    by_host: dict[str, list[Member]] = {}
+    by_host: dict[str, list[Node]] = {}
     for m in members:
         by_host.setdefault(m.hostname, []).append(m)
     for name in cluster.nodes:
@@ -147,7 +87,7 @@ def plan_membership(
     return tuple(actions)
 
 
-def plan_labels(cluster: ClusterSettings, members: Sequence[Member]) -> tuple[Action, ...]:
+def plan_labels(cluster: ClusterSettings, members: Sequence[Node]) -> tuple[Action, ...]:
     """Labels to set so every node carries the labels NODE_LABELS gives it."""
     actions = []
     ready = {m.hostname: m for m in members if m.status == "ready"}
@@ -162,18 +102,15 @@ def plan_labels(cluster: ClusterSettings, members: Sequence[Member]) -> tuple[Ac
 
 
 # -- reading and applying (the engine side) ---------------------------------------------------
-def read(
-    clients: Mapping, addresses: Mapping[str, str]
-) -> tuple[dict[str, NodeInfo], list[Member]]:
-    infos = {n: info_of(n, addresses[n], c.info()) for n, c in clients.items()}
+def read(clients: Mapping, addresses: Mapping[str, str]) -> tuple[dict[str, NodeInfo], list[Node]]:
+    infos = {n: gateway.node_info(c, n, addresses[n]) for n, c in clients.items()}
     manager = next((clients[n] for n, i in infos.items() if i.controls), None)
-    members = [member_of(n.attrs) for n in manager.nodes.list()] if manager else []
-    return infos, members
+    return infos, gateway.nodes(manager) if manager else []
 
 
 def _manager_client(clients: Mapping, cluster: ClusterSettings, env: str):
     for name in cluster.managers:
-        if info_of(name, "", clients[name].info()).controls:
+        if gateway.node_info(clients[name], name).controls:
             return clients[name]
     raise SwarmError(f"no manager of {env} answers")
 
@@ -219,59 +156,35 @@ def _apply_one(
 ) -> None:
     log(f"{env}: {action}")
     if action.kind == "init":
-        addr = addresses[action.node]
-        clients[action.node].swarm.init(advertise_addr=addr, listen_addr=f"0.0.0.0:{SWARM_PORT}")
+        gateway.swarm_init(clients[action.node], addresses[action.node], SWARM_PORT)
         return
     manager = _manager_client(clients, cluster, env)
     if action.kind == "join":
-        tokens = manager.swarm.attrs["JoinTokens"]
-        # The manager we talk to is alive; RemoteManagers may list a dead one first.
-        leader_addr = f"{manager.info()['Swarm']['NodeAddr']}:{SWARM_PORT}"
-        token = tokens["Manager" if action.detail["role"] == "manager" else "Worker"]
-        clients[action.node].swarm.join(
-            remote_addrs=[leader_addr],
-            join_token=token,
-            advertise_addr=addresses[action.node],
-            listen_addr=f"0.0.0.0:{SWARM_PORT}",
+        gateway.swarm_join(
+            clients[action.node], manager, action.detail["role"], addresses[action.node], SWARM_PORT
         )
     elif action.kind == "remove":
-        node = manager.nodes.get(action.detail["id"])
-        if action.detail.get("role") == "manager":
-            _update_spec(node, Role="worker")  # a manager entry cannot be removed directly
-            node = manager.nodes.get(action.detail["id"])
-        node.remove(force=True)
+        gateway.remove_node(manager, action.detail["id"], action.detail.get("role", "worker"))
     elif action.kind in ("promote", "demote"):
-        node = next(
-            m
-            for m in manager.nodes.list(filters={"name": action.node})
-            if m.attrs["Description"]["Hostname"] == action.node
+        node = next(m for m in gateway.nodes(manager) if m.hostname == action.node)
+        gateway.update_node(
+            manager, node.id, Role="manager" if action.kind == "promote" else "worker"
         )
-        _update_spec(node, Role="manager" if action.kind == "promote" else "worker")
     elif action.kind == "label":
-        node = manager.nodes.get(action.detail["id"])
-        labels = dict(node.attrs["Spec"].get("Labels") or {})
-        labels[action.detail["key"]] = action.detail["value"]
-        _update_spec(node, Labels=labels)
+        gateway.set_node_label(
+            manager, action.detail["id"], action.detail["key"], action.detail["value"]
+        )
 
 
 def leave(node: str, client) -> bool:
-    """Make the node leave its swarm; False if it was in none.
-
-    Straight to the API: docker-py's `client.swarm` inspects the swarm first, which a manager
-    whose cluster lost quorum (its peers left first) cannot answer; a forced leave still works.
-    """
-    if info_of(node, "", client.info()).state == "inactive":
+    """Make the node leave its swarm; False if it was in none."""
+    if gateway.node_info(client, node).state == "inactive":
         return False
     try:
-        client.api.leave_swarm(force=True)
-    except docker.errors.APIError as exc:
-        raise SwarmError(f"node {node} cannot leave its swarm: {exc.explanation or exc}") from None
+        gateway.leave_swarm(client)
+    except gateway.APIFailure as exc:
+        raise SwarmError(f"node {node} cannot leave its swarm: {exc}") from None
     return True
-
-
-def _update_spec(node, **changes) -> None:
-    spec = dict(node.attrs["Spec"], **changes)
-    node.update(spec)
 
 
 def converge(

@@ -125,7 +125,7 @@ def subject(repo: str, commit: str) -> str:
 
 # -- the records ----------------------------------------------------------------------------------
 class RecordStore:
-    """The watch records of a service on a cluster; `connect` gives a manager's client and is
+    """The watch records of a service on a cluster; `connect` gives its gateway and is
     asked again after a failure (the cluster may have come back through another manager)."""
 
     def __init__(self, connect: Callable[[], Any], service: str):

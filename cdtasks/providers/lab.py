@@ -17,12 +17,10 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import docker
-from docker.errors import APIError, NotFound
-
 from .. import engine, images, state
 from ..config import Settings
 from ..engine import Endpoint
+from ..gateway import APIFailure, NotFound, translated
 from ..images import seed
 from ..log import Log
 from . import certs
@@ -50,7 +48,7 @@ class LabProvider(Provider):
     name = "lab"
     shares_workspace = True
 
-    def __init__(self, settings: Settings, host: docker.DockerClient | None = None):
+    def __init__(self, settings: Settings, host: engine.Client | None = None):
         self.s = settings
         self._host = host
         self.root = settings.cluster.state_dir / settings.cluster.lab_name
@@ -59,12 +57,12 @@ class LabProvider(Provider):
 
     # -- names -----------------------------------------------------------------------------
     @property
-    def host(self) -> docker.DockerClient:
+    def host(self) -> engine.Client:
         if self._host is None:
             self._host = engine.host_client()
         return self._host
 
-    def image_source(self) -> docker.DockerClient:
+    def image_source(self) -> engine.Client:
         return self.host
 
     @property
@@ -101,7 +99,8 @@ class LabProvider(Provider):
     # -- queries ---------------------------------------------------------------------------
     def _container(self, node: str):
         try:
-            return self.host.containers.get(self.container_name(node))
+            with translated():
+                return self.host.containers.get(self.container_name(node))
         except NotFound:
             return None
 
@@ -221,11 +220,10 @@ class LabProvider(Provider):
             self._remove_volume(node)  # a fresh machine must not inherit a dead node's swarm state
             node_dir = self._prepare_machine(node)
             try:
-                c = self._create_container(node, image, node_dir)
-            except APIError as exc:
-                raise ProviderError(
-                    f"node {node}: cannot create its container: {exc.explanation or exc}"
-                ) from None
+                with translated():
+                    c = self._create_container(node, image, node_dir)
+            except APIFailure as exc:
+                raise ProviderError(f"node {node}: cannot create its container: {exc}") from None
         endpoint = self._endpoint(node, c)
         self._wait_ready(endpoint, c)
         return endpoint
@@ -253,14 +251,15 @@ class LabProvider(Provider):
             host_config=host_config,
         )
         try:
-            api.start(created["Id"])
-        except APIError:
+            with translated():
+                api.start(created["Id"])
+        except APIFailure:
             api.remove_container(created["Id"], force=True)  # leave no half-made machine behind
             raise
         return self.host.containers.get(created["Id"])
 
     def _remove_volume(self, node: str) -> None:
-        with contextlib.suppress(NotFound):
+        with contextlib.suppress(NotFound), translated():
             self.host.volumes.get(self.volume_name(node)).remove(force=True)
 
     def _wait_ready(self, endpoint: Endpoint, container) -> None:
@@ -310,7 +309,8 @@ class LabProvider(Provider):
                 c.remove(force=True, v=True)
                 removed.append(f"container {c.name}")
             try:
-                self.host.volumes.get(self.volume_name(node)).remove(force=True)
+                with translated():
+                    self.host.volumes.get(self.volume_name(node)).remove(force=True)
                 removed.append(f"volume {self.volume_name(node)}")
             except NotFound:
                 pass
@@ -352,7 +352,7 @@ def dind_host_config(api, binds: Mapping[str, dict], **more) -> dict:
     return host_config
 
 
-def remove_labelled(host: docker.DockerClient, lab_name: str) -> None:
+def remove_labelled(host: engine.Client, lab_name: str) -> None:
     """Whatever is left of a lab on the engine, by its label: containers, volumes, networks
     (for clean-ups that must not depend on the lab's own state files)."""
     flt = {"label": f"{LAB_LABEL}={lab_name}"}

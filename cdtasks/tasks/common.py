@@ -14,62 +14,20 @@ from invoke import Exit
 
 from .. import config
 
-# Exit codes, documented in the README (its table lists them in this order).
-BAD_INPUT, UNREACHABLE, CLUSTER, DRIFT = 2, 3, 4, 5
-STEP_FAILED = 10  # + the failed step's position: checkout 11 ... prodtest 17
-ROLLED_BACK, NOT_RECOVERED, LOCKED = 20, 21, 22
-INTERRUPTED = 130  # Ctrl-C; SIGTERM 143, SIGHUP 129 (128 + the signal, interrupt.exit_code)
-
-
-def exit_code(exc: BaseException) -> int | None:
-    """The exit code of a library error (the first that matches), None for anything else."""
-    from docker.errors import DockerException
-    from paramiko import SSHException
-
-    from .. import delivery, deployment, records
-    from ..compose import ContractError
-    from ..engine import EngineError
-    from ..images import ImageError
-    from ..providers.base import ProviderError
-    from ..services import ServiceError
-    from ..stackfile import StackFileError
-    from ..stackplan import StackError
-    from ..swarm import SwarmError
-
-    errors = (
-        (config.ConfigError, BAD_INPUT),
-        (delivery.DeliveryError, BAD_INPUT),
-        (deployment.DeploymentError, BAD_INPUT),
-        (ContractError, BAD_INPUT),
-        (StackFileError, BAD_INPUT),
-        (StackError, BAD_INPUT),
-        (records.LockHeld, LOCKED),
-        (records.LockLost, LOCKED),
-        (EngineError, UNREACHABLE),
-        (ProviderError, UNREACHABLE),
-        (SwarmError, CLUSTER),
-        (ServiceError, CLUSTER),
-        (ImageError, CLUSTER),
-        (SSHException, UNREACHABLE),
-        # Last resort for an engine answer no library layer turned into its own error.
-        (DockerException, CLUSTER),
-    )
-    return next((code for error, code in errors if isinstance(exc, error)), None)
-
-
-def step_failed(position: int) -> int:
-    """The exit code of a delivery whose step at `position` (0: checkout) failed."""
-    return STEP_FAILED + 1 + position
-
-
-def deployment_exit(result: str) -> int:
-    """The exit code of a deployment's result (its history entry's `result`)."""
-    from ..deployment import CANARY_ABORTED
-
-    if result == "failed, rolled back" or result.startswith(CANARY_ABORTED):
-        return ROLLED_BACK
-    return NOT_RECOVERED if result.startswith("failed") else 0
-
+# The exit codes and their one table are outcome's: the task modules take them from here.
+from ..outcome import (  # noqa: F401
+    BAD_INPUT,
+    CLUSTER,
+    DRIFT,
+    INTERRUPTED,
+    LOCKED,
+    NOT_RECOVERED,
+    ROLLED_BACK,
+    STEP_FAILED,
+    UNREACHABLE,
+    step_failed,
+)
+from ..outcome import error_code as exit_code
 
 # Invoke configuration every task module's collection declares (Invoke reads INVOKE_CDTASKS_*
 # only for declared keys): where a project's files are. None: the defaults of `_where`.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from invoke import Collection, Exit
 
-from .common import CONFIG, out, print_json, settings, step_failed, user_errors
+from .common import CONFIG, out, print_json, settings, user_errors
 from .deployment import deploy_and_report
 from .flags import task
 
@@ -23,9 +23,9 @@ def _settings(c, env, service=None, image=None, compose_file=None, cd_node=None)
     )
 
 
-def _reported(d, title: str, progress, run, json: bool = False) -> None:
+def _reported(d, title: str, progress, run, json: bool = False) -> list:
     """`run(progress)`, then `_finish`: also when a signal stopped it (then the interruption
-    goes on to `user_errors`, which exits 128 + the signal)."""
+    goes on to `user_errors`, which exits 128 + the signal). Returns the results."""
     from ..runner import RunInterrupted
 
     try:
@@ -35,11 +35,12 @@ def _reported(d, title: str, progress, run, json: bool = False) -> None:
         _finish(d, exc.results, title, json)
         raise
     _finish(d, results, title, json)
+    return results
 
 
 def _finish(d, results, title: str, json: bool = False) -> None:
     """Print the results (`json`: the report, nothing else on stdout) and the state left
-    behind, write the reports, exit as documented (an interrupted run: the caller exits)."""
+    behind, write the reports."""
     from .. import delivery, report
 
     s = d.settings
@@ -62,9 +63,45 @@ def _finish(d, results, title: str, json: bool = False) -> None:
     out(state, json)
     paths = report.write_reports(s.delivery.reports_dir, title, results, meta, secrets=s.secrets)
     out("reports: " + ", ".join(map(str, paths)), json)
-    failed = next((x for x in results if x.failed), None)
-    if failed is not None and not failed.interrupted:
-        raise Exit(code=step_failed(delivery.STEPS.index(failed.name)))
+
+
+def deliver_and_deploy(
+    c,
+    env="test",
+    repo=None,
+    ref="HEAD",
+    version=None,
+    service=None,
+    image=None,
+    compose_file=None,
+    cd_node=None,
+    dry_run=False,
+    deploy=False,
+    prod_env="prod",
+    json=False,
+) -> int:
+    """What `inv deliver` runs, and the watcher for each commit: the library's deliver-then-
+    deploy with this layer's display and reports. Returns the exit code."""
+    from .. import delivery, report
+
+    s = _settings(c, env, service, image, compose_file, cd_node)
+    progress = report.Progress("deliver")
+    d = delivery.Delivery(
+        s,
+        repo or s.delivery.repo,
+        ref,
+        version,
+        dry_run=dry_run,
+        log=progress.log,
+        on_line=lambda line: progress.update(line[-100:]),
+        defer_down=True,
+    )
+    return delivery.deliver_then_deploy(
+        d,
+        settings(c, prod_env) if deploy else None,
+        lambda d: _reported(d, "deliver", progress, lambda p: delivery.deliver(d, p), json),
+        lambda dep: deploy_and_report(dep, "deploy", json),
+    )
 
 
 @task(notes=NOTES)
@@ -85,26 +122,23 @@ def deliver(
     json=False,
 ):
     """Deliver: checkout, unit, build, staging, publish, prod-like, prod tests (--deploy: on)."""
-    from .. import delivery, deployment, report
-
-    s = _settings(c, env, service, image, compose_file, cd_node)
-    progress = report.Progress("deliver")
-    d = delivery.Delivery(
-        s,
-        repo or s.delivery.repo,
+    code = deliver_and_deploy(
+        c,
+        env,
+        repo,
         ref,
         version,
-        dry_run=dry_run,
-        log=progress.log,
-        on_line=lambda line: progress.update(line[-100:]),
-        defer_down=True,
+        service,
+        image,
+        compose_file,
+        cd_node,
+        dry_run,
+        deploy,
+        prod_env,
+        json,
     )
-    delivery.check_input(d)
-    _reported(d, "deliver", progress, lambda p: delivery.deliver(d, p), json)
-    if deploy and not dry_run:
-        deploy_and_report(
-            deployment.Deployment(settings(c, prod_env), s, d.version), "deploy", json
-        )
+    if code:
+        raise Exit(code=code)
 
 
 def _one_step(name: str, d) -> None:
@@ -113,7 +147,9 @@ def _one_step(name: str, d) -> None:
     progress = report.Progress(name)
     d.log = progress.log
     d.on_line = lambda line: progress.update(line[-100:])
-    _reported(d, name, progress, lambda p: delivery.step(d, name, p))
+    code = delivery.failed_code(_reported(d, name, progress, lambda p: delivery.step(d, name, p)))
+    if code:
+        raise Exit(code=code)
 
 
 def _step_task(name: str, doc: str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from invoke import Collection, Exit
 
-from .common import BAD_INPUT, CONFIG, deployment_exit, out, print_json, settings, user_errors
+from .common import BAD_INPUT, CONFIG, out, print_json, settings, user_errors
 from .flags import task
 
 NOTES = {"env": "the cluster deployed to (default prod)", "test_env": "default test"}
@@ -12,7 +12,7 @@ NOTES = {"env": "the cluster deployed to (default prod)", "test_env": "default t
 
 def deploy_and_report(d, title: str, json: bool = False) -> dict:
     """Run the deployment, print and report it (`json`: the report on stdout, nothing else);
-    exit non-zero on failure (a signal: the interruption goes on to `user_errors` once
+    returns its history entry (a signal: the interruption goes on to `user_errors` once
     reported)."""
     from .. import deployment, report
     from ..runner import RunInterrupted
@@ -28,10 +28,16 @@ def deploy_and_report(d, title: str, json: bool = False) -> dict:
             _report(d, title, exc.results, exc.record, json)
         raise
     _report(d, title, results, entry, json)
-    code = deployment_exit(entry["result"])
+    return entry
+
+
+def _deployed(d, title: str, json: bool) -> None:
+    """`deploy_and_report`, exiting with the outcome's code."""
+    from ..outcome import Outcome
+
+    code = Outcome.of(deploy_and_report(d, title, json)["result"]).exit_code
     if code:
         raise Exit(code=code)
-    return entry
 
 
 def _report(d, title: str, results, entry: dict, json: bool = False) -> None:
@@ -117,7 +123,7 @@ def deploy(
 ):
     """Deploy the digest verified on prod-like (after a canary); production tests; roll back."""
     gate = _gate(canary, canary_for, canary_replicas, max_error_rate, max_latency, min_requests)
-    deploy_and_report(
+    _deployed(
         _deployment(
             c,
             env,
@@ -137,7 +143,7 @@ def deploy(
 @user_errors
 def rollback(c, env="prod", version=None, wait=False, test_env="test", json=False):
     """Roll a cluster back to its previous version (or --version V), then production tests."""
-    deploy_and_report(
+    _deployed(
         _deployment(
             c, env, test_env, version, wait, force=True, auto_rollback=False, kind="rollback"
         ),

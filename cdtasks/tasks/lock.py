@@ -35,7 +35,7 @@ def lock(c, action, env=None, service=None, force=False, json=False):
     for e in envs(c, env):
         s = settings(c, e)
         svc = service or s.services.app_service
-        manager = Cluster.of(s).discover().manager()
+        manager = Cluster.of(s).discover().gateway()
         if action == "release":
             removed = records.force_release(manager, svc)
             docs[e] = {"service": svc, "removed": removed.holder if removed else None}

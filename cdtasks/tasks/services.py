@@ -27,10 +27,7 @@ def services(c, env=None, check=False, update=False, json=False):
         drifted = drifted or bool(result.drift)
         docs[e] = {
             "done": list(result.done),
-            "drift": [
-                dict(zip(("service", "field", "env_file", "running"), d, strict=True))
-                for d in result.drift
-            ],
+            "drift": [d._asdict() for d in result.drift],
         }
         if json:
             continue
@@ -68,7 +65,7 @@ def logs(c, service=None, env="test", since=None, tail=None, follow=False):
         lines = int(tail) if tail is not None else None
     except ValueError as exc:
         raise Exit(f"error: {exc}", code=BAD_INPUT) from None
-    manager = cluster.Cluster.of(s).discover().manager()
+    manager = cluster.Cluster.of(s).discover().gateway()
     for line in services.logs(manager, name, since=int(started), tail=lines, follow=follow):
         out(line)
 

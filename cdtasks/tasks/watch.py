@@ -30,24 +30,22 @@ POLL = 60.0
 
 
 def run_delivery(c, env: str, repo: str, commit: str, deploy: bool, prod_env: str):
-    """The one place that knows where `inv deliver` lives: it runs exactly what
-    `inv deliver --repo REPO --ref COMMIT [--deploy --to-env E]` runs (the task's body, without
-    its error wrapper, so that an interruption reaches the watcher as itself) and returns its
-    exit code, one line, and the JSON reports it wrote, as a `watch.RunResult`."""
+    """Runs exactly what `inv deliver --repo REPO --ref COMMIT [--deploy --prod-env E]` runs (the
+    same deliver-then-deploy, without the task's error wrapper, so that an interruption reaches
+    the watcher as itself) and returns its exit code, one line, and the JSON reports it wrote,
+    as a `watch.RunResult`."""
     import time
 
     from .. import watch
     from ..redaction import redact
-    from .delivery import deliver
+    from .delivery import deliver_and_deploy
 
     s, started = settings(c, env), time.time()
-    code, text = 0, ""
+    text = ""
     try:
-        deliver.body.__wrapped__(
+        code = deliver_and_deploy(
             c, env=env, repo=repo, ref=commit, deploy=deploy, prod_env=prod_env
         )
-    except Exit as exc:
-        code, text = exc.code, exc.message or ""
     except Exception as exc:  # a library error: its documented code, as `inv deliver` exits
         mapped = exit_code(exc)
         if mapped is None:
@@ -128,7 +126,7 @@ def watch_(
     w = watch.Watcher(
         repo,
         branch,
-        watch.RecordStore(lambda: Cluster.of(s).discover().manager(), s.services.app_service),
+        watch.RecordStore(lambda: Cluster.of(s).discover().gateway(), s.services.app_service),
         lambda commit: run_delivery(c, env, repo, commit, deploy, prod_env),
         interval=pause,
         after=_after_run(c, env, prod_env, log),

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cdtasks import engine, registry
 from cdtasks.cluster import Cluster
 
-from .conftest import probe_registries
+from .conftest import manager_of, probe_registries
 
 TEST_NODES = ("swarm-test-1", "swarm-test-2", "swarm-test-3")
 PROD_NODES = ("swarm-1", "swarm-2", "swarm-3")
@@ -132,12 +132,12 @@ def test_every_node_sees_three_ready_managers_one_leader(lab, env):
         assert_healthy_swarm(node_list(client), NODES[env])
     # The two clusters are two swarms, not one.
     other = cluster(lab, "prod" if env == "test" else "test")
-    assert c.manager().swarm.attrs["ID"] != other.manager().swarm.attrs["ID"]
+    assert manager_of(c).swarm.attrs["ID"] != manager_of(other).swarm.attrs["ID"]
 
 
 def test_node_labels(lab):
-    test = node_list(cluster(lab, "test").manager())
-    prod = node_list(cluster(lab, "prod").manager())
+    test = node_list(manager_of(cluster(lab, "test")))
+    prod = node_list(manager_of(cluster(lab, "prod")))
     assert test["swarm-test-1"]["Spec"].get("Labels") in ({}, None)
     for node in ("swarm-test-2", "swarm-test-3"):
         assert test[node]["Spec"]["Labels"] == {"env": "prod-like"}, node
@@ -147,7 +147,7 @@ def test_node_labels(lab):
 
 @pytest.mark.parametrize("env", ["test", "prod"])
 def test_registry_runs_on_every_node(lab, env):
-    svc, tasks = registry_tasks(cluster(lab, env).manager())
+    svc, tasks = registry_tasks(manager_of(cluster(lab, env)))
     spec = svc["Spec"]
     print(f"{env} registry tasks: {tasks}")
     assert tasks == {n: "running" for n in NODES[env]}
@@ -470,7 +470,7 @@ def test_provision_repairs_a_removed_machine(lab):
 
     c = cluster(lab, "prod")
     assert sorted(c.endpoints) == list(PROD_NODES)
-    manager = c.manager()
+    manager = manager_of(c)
 
     def healthy():
         nodes = node_list(manager)  # exactly three entries: the dead swarm-3's is gone

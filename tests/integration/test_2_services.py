@@ -15,6 +15,8 @@ import requests
 
 from cdtasks.cluster import Cluster
 
+from .conftest import manager_of
+
 TEST_NODES = ("swarm-test-1", "swarm-test-2", "swarm-test-3")
 PROD_NODES = ("swarm-1", "swarm-2", "swarm-3")
 MB = 1024 * 1024
@@ -23,7 +25,7 @@ WIDE = {"COLUMNS": "200"}  # keep rich from wrapping table cells
 
 
 def manager(lab, env: str):
-    return Cluster.of(lab.settings(env)).discover().manager()
+    return manager_of(Cluster.of(lab.settings(env)).discover())
 
 
 def running_on(client, service: str) -> list[str]:

@@ -28,7 +28,7 @@ import requests
 from cdtasks.cluster import Cluster
 from cdtasks.rollout import delivered
 
-from .conftest import git, sample_repository
+from .conftest import git, manager_of, sample_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ("checkout", "unit", "build", "staging", "publish", "prodlike", "prodtest")
@@ -100,7 +100,7 @@ def projects(commands: list[str]) -> set[str]:
 
 def service_state(lab) -> tuple[str, list[tuple[str, str, str]]]:
     """(the spec's image, [(node, state, image)] of every task that should be running)."""
-    mgr = cluster(lab).manager()
+    mgr = manager_of(cluster(lab))
     svc = mgr.api.inspect_service(SERVICE)
     names = {n["ID"]: n["Description"]["Hostname"] for n in mgr.api.nodes()}
     tasks = mgr.api.tasks(filters={"service": SERVICE, "desired-state": "running"})
@@ -305,6 +305,9 @@ def test_deliver_runs_every_step_and_rolls_the_service(stack, tmp_path):
     ), suite.attrib
     cases = suite.findall("testcase")
     assert [c.get("name") for c in cases] == list(STEPS)
+    # The build ran beside the unit tests: it started before they ended.
+    at = {s["name"]: s for s in doc["steps"]}
+    assert at["build"]["started"] < at["unit"]["started"] + at["unit"]["seconds"], doc["steps"]
     assert all(len(c.findall("failure")) == 0 and len(c.findall("skipped")) == 0 for c in cases)
 
     # The service runs exactly the verified image, pinned by digest, on the prod-like nodes.
@@ -313,7 +316,7 @@ def test_deliver_runs_every_step_and_rolls_the_service(stack, tmp_path):
     assert hello_through_proxy(stack) == "hello, world!\n"
     assert in_registry(stack, f"{IMAGE}:1.1")
     # Recorded on the cluster as delivered.
-    record = [d for d in delivered(cluster(stack).manager(), SERVICE) if d["version"] == "1.1"]
+    record = [d for d in delivered(manager_of(cluster(stack)), SERVICE) if d["version"] == "1.1"]
     assert record and record[-1]["digest"] == meta["digest"], record
 
     # The compose projects (one per run) left nothing on the CD node.
@@ -436,7 +439,9 @@ def test_dry_run_prints_every_command_in_order_and_changes_nothing(stack, tmp_pa
     # Nothing changed.
     assert not built_on_cd_node(stack, f"{IMAGE}:{version}")
     assert not in_registry(stack, f"{IMAGE}:{version}")
-    assert not [d for d in delivered(cluster(stack).manager(), SERVICE) if d["version"] == version]
+    assert not [
+        d for d in delivered(manager_of(cluster(stack)), SERVICE) if d["version"] == version
+    ]
     assert service_state(stack)[0] == before
     assert_runs(stack, before)
     assert compose_leftovers(stack) == []

@@ -13,11 +13,13 @@ import pytest
 from cdtasks import records, rollout
 from cdtasks.cluster import Cluster
 
+from .conftest import manager_of
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _manager(lab, env):
-    return Cluster.of(lab.settings(env)).discover().manager()
+    return manager_of(Cluster.of(lab.settings(env)).discover())
 
 
 def _task_images(manager, service="go-demo"):

@@ -30,7 +30,7 @@ from cdtasks import config, engine, rollout, services, stack
 from cdtasks.cluster import Cluster
 from cdtasks.providers.lab import LAB_LABEL, NODE_LABEL, LabProvider
 
-from .conftest import ROOT, Lab, probe_registries
+from .conftest import ROOT, Lab, manager_of, probe_registries
 
 STANDIN = ROOT / "tests" / "standin"
 TEST_NODES, PROD_NODES = ("swarm-test-1", "swarm-test-2"), ("swarm-1",)
@@ -204,13 +204,15 @@ def test_provision(world):
         c = _cluster(world, env)
         kind = "ssh://" if world.provider == "ssh" else "tcp://"
         assert all(ep.docker_host.startswith(kind) for ep in c.endpoints.values())
-        members = {n.attrs["Description"]["Hostname"]: n.attrs for n in c.manager().nodes.list()}
+        members = {
+            n.attrs["Description"]["Hostname"]: n.attrs for n in manager_of(c).client.nodes.list()
+        }
         assert sorted(members) == sorted(nodes)
         assert all(m["Status"]["State"] == "ready" for m in members.values())
         assert all(m["Spec"]["Role"] == "manager" for m in members.values())
         for node, key, value in world.settings(env).cluster.node_labels:
             assert members[node]["Spec"]["Labels"].get(key) == value
-        running, wanted, _ = services.running_tasks(c.manager(), "registry")
+        running, wanted, _ = services.running_tasks(manager_of(c), "registry")
         assert running == wanted == len(nodes)
     again = world.inv("provision")
     assert again.stdout.count("none (up to date)") == 2, again.stdout
@@ -262,7 +264,7 @@ def test_deliver(world):
         "1.1",
         extra_env={"CDTASKS_REPORTS_DIR": str(world.state_dir / "reports")},
     )
-    test = _cluster(world, "test").manager()
+    test = manager_of(_cluster(world, "test"))
     record = [r for r in rollout.delivered(test, "go-demo") if r["version"] == "1.1"][-1]
     images = _task_images(test)
     assert len(images) == 2 and all(i.endswith("@" + record["digest"]) for i in images), images
@@ -277,10 +279,10 @@ def test_deploy(world):
     world.inv("deploy", "--env", "prod", "--version", "1.1")
     record = [
         r
-        for r in rollout.delivered(_cluster(world, "test").manager(), "go-demo")
+        for r in rollout.delivered(manager_of(_cluster(world, "test")), "go-demo")
         if r["version"] == "1.1"
     ][-1]
-    images = _task_images(_cluster(world, "prod").manager())
+    images = _task_images(manager_of(_cluster(world, "prod")))
     assert len(images) == 2 and all(i.endswith("@" + record["digest"]) for i in images), images
     hist = world.inv("history", "--env", "prod").stdout
     assert "1.1" in hist and "deployed" in hist
@@ -336,7 +338,7 @@ def _tampered(known_hosts: Path, tmp: Path) -> Path:
 
 
 def test_refusals(world, tmp_path):
-    before = _task_images(_cluster(world, "prod").manager())
+    before = _task_images(manager_of(_cluster(world, "prod")))
     if world.provider == "ssh":
         known = world.settings("prod").ssh.ssh_known_hosts
         changed = world.inv(
@@ -401,7 +403,7 @@ def test_refusals(world, tmp_path):
         ).stdout.split()
         assert "swarm-9" not in ls, ls
         print(no_binary.stderr, bad.stderr, sep="\n")
-    assert _task_images(_cluster(world, "prod").manager()) == before
+    assert _task_images(manager_of(_cluster(world, "prod"))) == before
 
 
 def test_destroy(world):

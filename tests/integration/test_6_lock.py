@@ -15,6 +15,8 @@ import pytest
 from cdtasks import records
 from cdtasks.cluster import Cluster
 
+from .conftest import manager_of
+
 ROOT = __file__.rsplit("/tests/", 1)[0]
 SVC = "go-demo"
 USER = getpass.getuser()
@@ -24,7 +26,7 @@ HOLDER = """
 import sys, time
 from cdtasks import config, records
 from cdtasks.cluster import Cluster
-manager = Cluster.of(config.load("test")).discover().manager()
+manager = Cluster.of(config.load("test")).discover().gateway()
 lock = records.Lock(manager, sys.argv[1], "9.9", action="testing", ttl=float(sys.argv[2]),
                     log=lambda line: print(line, flush=True)).acquire(0)
 print("held", lock.id, flush=True)
@@ -40,7 +42,7 @@ while True:  # a run making one change after another, checking the lock before e
 
 @pytest.fixture(scope="module")
 def manager(lab):
-    return Cluster.of(lab.settings("test")).discover().manager()
+    return manager_of(Cluster.of(lab.settings("test")).discover())
 
 
 class Holder:

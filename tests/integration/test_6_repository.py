@@ -29,6 +29,7 @@ from cdtasks import records, services
 from cdtasks.cluster import Cluster
 from cdtasks.rollout import delivered
 
+from .conftest import manager_of
 from .test_3_deliver import (
     CD_NODE,
     ROOT,
@@ -170,7 +171,7 @@ def hello_args(repo: str, version: str) -> tuple[str, ...]:
 
 
 def manager(lab, env: str):
-    return Cluster.of(lab.settings(env)).discover().manager()
+    return manager_of(Cluster.of(lab.settings(env)).discover())
 
 
 def task_images(lab, env: str) -> list[str]:
@@ -257,7 +258,7 @@ def test_bad_flags_get_one_line_and_exit_2(lab, hello, tmp_path):
 def test_deliver_before_inv_services_goes_as_far_as_the_service(lab, hello, tmp_path):
     """Right after `inv provision`: the images the tests need are put on the CD node by the
     delivery itself; prod-like then needs the service and says how to create it."""
-    if services.inspect(manager(lab, "test"), SERVICE) is not None:
+    if manager(lab, "test").service(SERVICE) is not None:
         pytest.skip("the services exist already (an earlier test file created them)")
     proc = deliver(lab, tmp_path / "reports", *hello_args(hello["path"], "0.8"))
     assert proc.returncode == 16, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])

@@ -24,7 +24,7 @@ import pytest
 from cdtasks.cluster import Cluster
 from cdtasks.rollout import delivered
 
-from .conftest import git, sample_repository
+from .conftest import git, manager_of, sample_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = "demo/docker-compose-test-local.yml"
@@ -229,7 +229,7 @@ def test_a_repository_behind_a_token_is_delivered_and_the_token_shown_nowhere(
     assert TOKEN not in proc.stdout + proc.stderr
     written = list(reports.rglob("*"))
     assert written and not [p for p in written if p.is_file() and TOKEN in p.read_text()]
-    manager = Cluster.of(stack.settings("test")).discover().manager()
+    manager = manager_of(Cluster.of(stack.settings("test")).discover())
     assert TOKEN not in json.dumps(delivered(manager, "go-demo"))
 
 

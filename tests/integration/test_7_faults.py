@@ -25,7 +25,7 @@ from cdtasks import deployment, records
 from cdtasks.cluster import Cluster
 from cdtasks.rollout import delivered
 
-from .conftest import git, sample_repository
+from .conftest import git, manager_of, sample_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "go-demo"
@@ -105,7 +105,7 @@ class Run:
 
 
 def manager(lab, env="test"):
-    return Cluster.of(lab.settings(env)).discover().manager()
+    return manager_of(Cluster.of(lab.settings(env)).discover())
 
 
 def compose_leftovers(lab) -> list[str]:

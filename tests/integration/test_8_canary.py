@@ -18,7 +18,7 @@ import requests
 from cdtasks import deployment, haproxy, records
 from cdtasks.cluster import Cluster
 
-from .conftest import git
+from .conftest import git, manager_of
 from .test_7_faults import Run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,7 +32,7 @@ def _cluster(lab) -> Cluster:
 
 
 def _images(lab) -> list[str]:
-    manager = _cluster(lab).manager()
+    manager = manager_of(_cluster(lab))
     svc = manager.api.inspect_service(SERVICE)
     tasks = manager.api.tasks(filters={"service": svc["ID"], "desired-state": "running"})
     return sorted(t["Spec"]["ContainerSpec"]["Image"] for t in tasks)
@@ -59,7 +59,7 @@ def _as_configured(weights: dict[str, int]) -> bool:
 def _canary_gone(lab, within: float = 60) -> bool:
     """No canary service, and (after its grace period) no container of it on any node."""
     cluster = _cluster(lab)
-    if cluster.manager().api.services(filters={"name": CANARY}):
+    if manager_of(cluster).api.services(filters={"name": CANARY}):
         return False
     deadline = time.monotonic() + within
     label = f"com.docker.swarm.service.name={CANARY}"
@@ -91,7 +91,7 @@ class Load:
     (the nodes that run one publish port 80): the answers' status codes, errors as "error"."""
 
     def __init__(self, lab, threads: int = 6):
-        manager = _cluster(lab).manager()
+        manager = manager_of(_cluster(lab))
         nodes = {n["ID"]: n["Description"]["Hostname"] for n in manager.api.nodes()}
         svc = manager.api.inspect_service(PROXY)
         tasks = manager.api.tasks(filters={"service": svc["ID"], "desired-state": "running"})
@@ -159,7 +159,7 @@ def test_a_release_answering_500_is_aborted_and_production_keeps_its_digest(rele
         proc = _deploy(lab, "c-500", "--canary", "20,50", *FAST)
     print(proc.stdout[-2000:], proc.stderr[-3000:])
     assert proc.returncode == 20, proc.stderr[-2000:]
-    entry = records.load(_cluster(lab).manager(), "history", SERVICE)[-1]
+    entry = records.load(manager_of(_cluster(lab)), "history", SERVICE)[-1]
     assert entry["version"] == "c-500"
     assert entry["result"].startswith("canary aborted: ")
     assert "% errors > 1 % over" in entry["result"], entry["result"]
@@ -184,7 +184,7 @@ def test_a_healthy_release_is_promoted_with_no_failed_request(releases):
         proc = _deploy(lab, "c-good", "--canary", "20,50", *FAST)
     print(proc.stdout[-2000:], proc.stderr[-3000:])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    entry = records.load(_cluster(lab).manager(), "history", SERVICE)[-1]
+    entry = records.load(manager_of(_cluster(lab)), "history", SERVICE)[-1]
     assert entry["result"] == "deployed" and entry["version"] == "c-good", entry
     assert list(entry["steps"]) == ["canary", "rollout", "prodtest"]
     assert [s["percent"] for s in entry["canary"]] == [20, 50]
@@ -222,7 +222,7 @@ def test_an_interrupted_canary_leaves_nothing_behind_and_holds_the_lock_meanwhil
     proxies_after, weights = _proxy(lab)
     assert proxies_after == proxies and _as_configured(weights), weights
     assert _canary_gone(lab) and _images(lab) == before
-    assert records.lock_state(_cluster(lab).manager(), SERVICE) is None
+    assert records.lock_state(manager_of(_cluster(lab)), SERVICE) is None
 
 
 def test_bad_canary_flags_and_too_many_replicas_change_nothing(releases):

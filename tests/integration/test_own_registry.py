@@ -24,7 +24,7 @@ from cdtasks.cluster import Cluster
 from cdtasks.providers import certs
 from cdtasks.providers.lab import LAB_LABEL, remove_labelled
 
-from .conftest import ROOT, Lab
+from .conftest import ROOT, Lab, manager_of
 
 ALIAS, PORT, PATH = "team-registry", 5443, "team"
 URL = f"{ALIAS}:{PORT}/{PATH}"
@@ -131,7 +131,7 @@ def _inv(lab, *args) -> str:
 
 
 def _manager(lab, env):
-    return Cluster.of(lab.settings(env)).discover().manager()
+    return manager_of(Cluster.of(lab.settings(env)).discover())
 
 
 def running_images(manager, service: str = "go-demo") -> list[str]:

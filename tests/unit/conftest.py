@@ -18,7 +18,11 @@ import pytest
 import requests
 from requests.adapters import BaseAdapter
 
+from cdtasks.gateway import Gateway
+
 BASE = "http://fake-manager.invalid:2375"
+# `GET /info` of a manager: the gateway's probe asks it once.
+MANAGER_INFO = {"Swarm": {"LocalNodeState": "active", "ControlAvailable": True}}
 
 
 class ConfigStore(BaseAdapter):
@@ -111,8 +115,11 @@ def _has(labels: dict, wanted: str) -> bool:
 
 @pytest.fixture
 def swarm_manager() -> SimpleNamespace:
-    """What records.py uses of a manager's client: `.api`; `.store` is the fake's own state."""
+    """A gateway to the fake manager, as records.py uses one; `.api` is its docker-py client,
+    `.store` the fake's own state."""
     store = ConfigStore()
     api = docker.APIClient(base_url=BASE, version="1.41")
     api.mount(BASE, store)
-    return SimpleNamespace(api=api, store=store)
+    gw = Gateway.of_client(SimpleNamespace(api=api, info=lambda: MANAGER_INFO))
+    gw.api, gw.store = api, store
+    return gw

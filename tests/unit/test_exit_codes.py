@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from docker.errors import APIError
 from invoke import Exit
 from paramiko import SSHException
 
 from cdtasks import config, deployment, records
 from cdtasks.delivery import STEPS, DeliveryError
 from cdtasks.engine import EngineError
+from cdtasks.gateway import APIFailure
 from cdtasks.images import ImageError
+from cdtasks.outcome import Outcome
 from cdtasks.providers.base import ProviderError
 from cdtasks.services import ServiceError
 from cdtasks.swarm import SwarmError
@@ -31,7 +34,7 @@ from cdtasks.tasks import common
         (ServiceError("go-demo: 0/2 running"), common.CLUSTER),
         (ImageError("debian ships 7.1, not 7.0"), common.CLUSTER),
         (
-            APIError("500 Server Error"),
+            APIFailure("500 Server Error"),
             common.CLUSTER,
         ),  # an engine answer nobody turned into an error
     ],
@@ -78,11 +81,21 @@ def test_a_failed_step_exits_ten_plus_its_position():
         ("failed, rolled back", common.ROLLED_BACK),
         ("failed, rollback failed", common.NOT_RECOVERED),
         ("failed", common.NOT_RECOVERED),
+        ("stopped, lock lost", common.LOCKED),
+        ("interrupted", common.INTERRUPTED),
+        ("failed, something newer", common.NOT_RECOVERED),
         ("canary aborted: 23.4 % errors > 1 % over 412 requests", common.ROLLED_BACK),
     ],
-)
+)  # a record worded otherwise
 def test_deployment_results_exit_as_documented(result, code):
-    assert common.deployment_exit(result) == code
+    assert Outcome.of(result).exit_code == code
+
+
+def test_every_outcome_is_its_record_text():
+    """History records hold the text: records of earlier versions load as the same outcomes."""
+    for outcome in Outcome:
+        assert Outcome.of(str(outcome)) is outcome
+        assert json.loads(json.dumps({"result": outcome})) == {"result": outcome.value}
 
 
 @pytest.mark.parametrize("signum, code", [(2, 130), (15, 143), (1, 129)])

@@ -12,8 +12,8 @@ import pytest
 from invoke import Config, Context, Exit
 
 from cdtasks import cluster, delivery, deployment, ns
+from cdtasks.gateway import Node
 from cdtasks.runner import StepResult
-from cdtasks.swarm import Member
 from cdtasks.tasks import cluster as cluster_tasks
 from cdtasks.tasks import common
 from cdtasks.tasks import delivery as delivery_tasks
@@ -51,7 +51,7 @@ def test_status_json(c, monkeypatch, capsys):
         return cluster.Status(
             "test",
             (
-                Member(
+                Node(
                     "id1",
                     "swarm-test-1",
                     "manager",
@@ -61,7 +61,7 @@ def test_status_json(c, monkeypatch, capsys):
                     reachability="reachable",
                     addr="10.0.0.2",
                 ),
-                Member("id2", "swarm-test-2", "worker", "down", "drain", {"env": "prod-like"}),
+                Node("id2", "swarm-test-2", "worker", "down", "drain", {"env": "prod-like"}),
             ),
             ("swarm-test-3",),
             (
@@ -155,10 +155,10 @@ def test_deploy_json_is_the_report_file(c, monkeypatch, capsys, tmp_path, result
     )
     if code:
         with pytest.raises(Exit) as exc:
-            deployment_tasks.deploy_and_report(d, "deploy", json=True)
+            deployment_tasks._deployed(d, "deploy", json=True)
         assert exc.value.code == code
     else:
-        deployment_tasks.deploy_and_report(d, "deploy", json=True)
+        deployment_tasks._deployed(d, "deploy", json=True)
     out = capsys.readouterr()
     doc = one_document(out.out)
     assert set(doc) == REPORT_KEYS and doc["suite"] == "deploy" and doc["ok"] is (code == 0)
@@ -225,7 +225,7 @@ def test_services_json_with_drift_exits_5_after_the_document(c, monkeypatch, cap
     from cdtasks.tasks import services as services_tasks
 
     def ensure(s, log, check, update):
-        drift = (("go-demo", "replicas", "2", "3"),) if s.env == "prod" else ()
+        drift = (stack.Drift("go-demo", "replicas", "2", "3"),) if s.env == "prod" else ()
         return SimpleNamespace(done=(), drift=drift)
 
     monkeypatch.setattr(stack, "ensure", ensure)
@@ -237,7 +237,7 @@ def test_services_json_with_drift_exits_5_after_the_document(c, monkeypatch, cap
         "test": {"done": [], "drift": []},
         "prod": {
             "done": [],
-            "drift": [{"service": "go-demo", "field": "replicas", "env_file": "2", "running": "3"}],
+            "drift": [{"service": "go-demo", "field": "replicas", "wanted": "2", "running": "3"}],
         },
     }
 
@@ -253,7 +253,7 @@ def test_lock_status_json(c, monkeypatch, capsys):
         "of",
         classmethod(
             lambda cls, s: SimpleNamespace(
-                discover=lambda: SimpleNamespace(manager=lambda: manager)
+                discover=lambda: SimpleNamespace(gateway=lambda: manager)
             )
         ),
     )

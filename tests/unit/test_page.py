@@ -41,11 +41,13 @@ def fill(manager, version: str) -> None:
     """The service, its tasks and the nodes, answered beside conftest's config store (the page
     reads them through the same client)."""
     service = {
+        "ID": "go-demo",
         "Spec": {
+            "Name": "go-demo",
             "TaskTemplate": {
                 "ContainerSpec": {"Image": f"localhost:5000/go-demo:{version}@sha256:{'ab' * 32}"}
-            }
-        }
+            },
+        },
     }
     nodes = [
         {"ID": "n1", "Description": {"Hostname": "swarm-test-2"}},

@@ -11,7 +11,7 @@ import pytest
 from invoke import Config, Context, Exit
 
 from cdtasks import cluster, config, ns, stack
-from cdtasks.swarm import Member
+from cdtasks.gateway import Node
 from cdtasks.tasks import cluster as cluster_tasks
 from cdtasks.tasks import common
 from cdtasks.tasks import services as services_tasks
@@ -157,7 +157,7 @@ def _seen(monkeypatch) -> list:
 
     class Status:
         env, missing, services = "x", (), ()
-        members = (Member("id1", "g-1", "manager", "ready", labels={}),)
+        members = (Node("id1", "g-1", "manager", "ready", labels={}),)
 
     monkeypatch.setattr(cluster, "provision_many", lambda ss, log: seen.extend(ss) or [])
     monkeypatch.setattr(cluster, "status", lambda s: seen.append(s) or Status())

@@ -366,7 +366,7 @@ def test_host_key_messages_give_the_fingerprint_and_the_fix(tmp_path):
 
 
 def test_a_host_key_problem_is_not_taken_for_an_absent_manager(tmp_path, monkeypatch):
-    """Cluster.manager() skips managers that do not answer, but a refused host key stops it
+    """The gateway's probe skips managers that do not answer, but a refused host key stops it
     with the key's own message (what `inv status` and `inv deploy` print)."""
     from cdtasks.cluster import Cluster
 
@@ -388,7 +388,7 @@ def test_a_host_key_problem_is_not_taken_for_an_absent_manager(tmp_path, monkeyp
 
     monkeypatch.setattr(engine, "client", answer(lambda ep: engine.EngineError("gone")))
     with pytest.raises(engine.EngineError, match="no manager of test answers"):
-        c.manager()
+        c.gateway().manager_name()
     assert tried == list(s.cluster.nodes)
     for refusal in (
         lambda ep: engine.UnknownHostKey(ep.ssh_host, 22, key, s.ssh.ssh_known_hosts),
@@ -399,7 +399,7 @@ def test_a_host_key_problem_is_not_taken_for_an_absent_manager(tmp_path, monkeyp
         tried.clear()
         monkeypatch.setattr(engine, "client", answer(refusal))
         with pytest.raises(paramiko.SSHException) as exc:
-            c.manager()
+            c.gateway().manager_name()
         assert tried == ["swarm-test-1"] and "host key of h1" in str(exc.value)
         assert engine.fingerprint(key) in str(exc.value)
 

@@ -9,6 +9,7 @@ import pytest
 
 from cdtasks import registry
 from cdtasks.config import load
+from cdtasks.gateway import Service, node_of, service_of
 from cdtasks.services import MB, NS, ServiceError, ServiceSpec, actual, diff, with_routing
 
 NET_IDS = {"proxy": "qsiv6buv8y5vp1hpn0s3k8f1b", "go-demo": "c9j2q6ez4uu9k3ye0pi9t8pbz"}
@@ -166,6 +167,11 @@ def engine_stores(kwargs: dict) -> dict:
     }
 
 
+def read_back(inspect, *names):
+    """`services.actual` of what `GET /services/{id}` answered, read by the gateway's model."""
+    return actual(service_of(inspect), *names)
+
+
 # -- api_kwargs -----------------------------------------------------------------------------------
 def test_api_kwargs_replicated_service():
     k = APP.api_kwargs(NET_IDS, CONF_IDS)
@@ -251,7 +257,7 @@ def test_api_kwargs_needs_the_ids_of_its_networks():
 
 # -- actual and diff ------------------------------------------------------------------------------
 def test_actual_of_a_realistic_inspect_equals_the_spec():
-    have = actual(INSPECT, NET_NAMES, CONF_NAMES)
+    have = read_back(INSPECT, NET_NAMES, CONF_NAMES)
     assert have == APP
     assert diff(APP, have) == {}
 
@@ -272,7 +278,7 @@ def test_created_service_reads_back_as_its_spec():
         ),
     ):
         stored = engine_stores(spec.api_kwargs(NET_IDS, CONF_IDS))
-        assert actual(stored, NET_NAMES, CONF_NAMES) == spec
+        assert read_back(stored, NET_NAMES, CONF_NAMES) == spec
 
 
 def test_actual_applies_engine_defaults_for_absent_fields():
@@ -283,14 +289,14 @@ def test_actual_applies_engine_defaults_for_absent_fields():
             "Mode": {"Replicated": {"Replicas": 1}},
         }
     }
-    have = actual(minimal, {}, {})
+    have = read_back(minimal, {}, {})
     assert have == ServiceSpec(name="db", image="cdtasks/redis:7.0")
 
 
 def test_actual_global_mode_and_unknown_network_id():
     inspect = running(Mode={"Global": {}})
     inspect["Spec"]["TaskTemplate"]["Networks"] = [{"Target": "deadbeef"}]
-    have = actual(inspect, NET_NAMES, CONF_NAMES)
+    have = read_back(inspect, NET_NAMES, CONF_NAMES)
     assert have.replicas is None
     assert have.networks == ("deadbeef",)  # unknown: left as the ID, so it differs from any name
 
@@ -303,12 +309,12 @@ def test_diff_of_a_missing_service_lists_every_field():
 
 
 def test_diff_reports_changed_replicas():
-    have = actual(running(Mode={"Replicated": {"Replicas": 3}}), NET_NAMES, CONF_NAMES)
+    have = read_back(running(Mode={"Replicated": {"Replicas": 3}}), NET_NAMES, CONF_NAMES)
     assert diff(APP, have) == {"replicas": (2, 3)}
 
 
 def test_diff_reports_changed_image():
-    have = actual(
+    have = read_back(
         running(TaskTemplate__ContainerSpec__Image="localhost:5000/go-demo:0.9"),
         NET_NAMES,
         CONF_NAMES,
@@ -319,7 +325,7 @@ def test_diff_reports_changed_image():
 
 
 def test_diff_reports_changed_constraints():
-    have = actual(
+    have = read_back(
         running(TaskTemplate__Placement={"Constraints": ["node.labels.env == prod"]}),
         NET_NAMES,
         CONF_NAMES,
@@ -346,7 +352,7 @@ def test_diff_keeps_order_of_args():
 
 def test_digest_appended_by_the_cli_is_not_drift():
     digest = "sha256:" + "3f" * 32
-    have = actual(
+    have = read_back(
         running(TaskTemplate__ContainerSpec__Image=f"localhost:5000/go-demo:1.0@{digest}"),
         NET_NAMES,
         CONF_NAMES,
@@ -356,7 +362,7 @@ def test_digest_appended_by_the_cli_is_not_drift():
 
 def test_digest_does_not_hide_a_changed_tag():
     digest = "sha256:" + "3f" * 32
-    have = actual(
+    have = read_back(
         running(TaskTemplate__ContainerSpec__Image=f"localhost:5000/go-demo:0.9@{digest}"),
         NET_NAMES,
         CONF_NAMES,
@@ -489,11 +495,11 @@ def test_registry_spec_reads_back_without_drift(settings):
         spec = registry.spec(settings, mode)
         ids = _secret_ids(settings)
         stored = engine_stores(spec.api_kwargs({}, {}, ids))
-        assert diff(spec, actual(stored, {}, {}, {v: k for k, v in ids.items()})) == {}
+        assert diff(spec, read_back(stored, {}, {}, {v: k for k, v in ids.items()})) == {}
 
 
 def test_engine_timestamps_keep_their_fraction_and_zone():
-    from cdtasks.services import engine_time
+    from cdtasks.gateway import engine_time
 
     t = engine_time("2026-11-26T23:06:55.459052117Z")
     assert (t.hour, t.minute, t.second, t.microsecond) == (23, 6, 55, 459052)
@@ -502,17 +508,15 @@ def test_engine_timestamps_keep_their_fraction_and_zone():
 
 
 def test_the_monitor_period_counts_from_the_last_replica_start_by_the_managers_clock():
+    from cdtasks.gateway import Task, engine_time
     from cdtasks.services import _running_for
 
     class Manager:
-        def info(self):
-            return {"SystemTime": "2026-11-26T23:07:00.000000000Z"}
+        def clock(self):
+            return engine_time("2026-11-26T23:07:00.000000000Z")
 
     def task(image, state, stamp):
-        return {
-            "Status": {"State": state, "Timestamp": stamp},
-            "Spec": {"ContainerSpec": {"Image": image}},
-        }
+        return Task("t", "s", "n", state, "running", image, timestamp=stamp)
 
     new, old = "localhost:5000/go-demo:1.1@sha256:aa", "localhost:5000/go-demo:1.0@sha256:bb"
     tasks = [
@@ -526,16 +530,18 @@ def test_the_monitor_period_counts_from_the_last_replica_start_by_the_managers_c
 
 
 def _node(host, role="manager", labels=None, state="ready", availability="active"):
-    return {
-        "ID": f"id-{host}",
-        "Status": {"State": state},
-        "Spec": {"Role": role, "Labels": labels or {}, "Availability": availability},
-        "Description": {
-            "Hostname": host,
-            "Platform": {"OS": "linux", "Architecture": "x86_64"},
-            "Engine": {"Labels": {"disk": "ssd"}},
-        },
-    }
+    return node_of(
+        {
+            "ID": f"id-{host}",
+            "Status": {"State": state},
+            "Spec": {"Role": role, "Labels": labels or {}, "Availability": availability},
+            "Description": {
+                "Hostname": host,
+                "Platform": {"OS": "linux", "Architecture": "x86_64"},
+                "Engine": {"Labels": {"disk": "ssd"}},
+            },
+        }
+    )
 
 
 @pytest.mark.parametrize(
@@ -569,19 +575,18 @@ def test_eligible_nodes_are_ready_active_and_meet_every_constraint():
     from cdtasks.services import eligible_nodes
 
     class Manager:
-        class api:
-            @staticmethod
-            def nodes():
-                return [
-                    _node("swarm-test-1"),
-                    _node("swarm-test-2", labels={"env": "prod-like"}),
-                    _node("swarm-test-3", labels={"env": "prod-like"}),
-                    _node("swarm-test-4", labels={"env": "prod-like"}, state="down"),
-                    _node("swarm-test-5", labels={"env": "prod-like"}, availability="drain"),
-                ]
+        @staticmethod
+        def nodes():
+            return [
+                _node("swarm-test-1"),
+                _node("swarm-test-2", labels={"env": "prod-like"}),
+                _node("swarm-test-3", labels={"env": "prod-like"}),
+                _node("swarm-test-4", labels={"env": "prod-like"}, state="down"),
+                _node("swarm-test-5", labels={"env": "prod-like"}, availability="drain"),
+            ]
 
     def spec(*constraints):
-        return {"TaskTemplate": {"Placement": {"Constraints": list(constraints)}}}
+        return Service("s", "go-demo", 1, "img:1", 1, constraints=constraints)
 
     assert eligible_nodes(Manager(), spec("node.labels.env == prod-like")) == [
         "swarm-test-2",
@@ -596,8 +601,4 @@ def test_eligible_nodes_are_ready_active_and_meet_every_constraint():
         "swarm-test-2",
         "swarm-test-3",
     ]
-    assert eligible_nodes(Manager(), {"TaskTemplate": {}}) == [
-        "swarm-test-1",
-        "swarm-test-2",
-        "swarm-test-3",
-    ]
+    assert eligible_nodes(Manager(), spec()) == ["swarm-test-1", "swarm-test-2", "swarm-test-3"]

@@ -11,18 +11,8 @@ import requests
 
 from cdtasks import swarm
 from cdtasks.config import load
-from cdtasks.swarm import (
-    Action,
-    Member,
-    NodeInfo,
-    SwarmError,
-    info_of,
-    leave,
-    member_of,
-    plan_labels,
-    plan_membership,
-    routing_mode,
-)
+from cdtasks.gateway import Node, NodeInfo, info_of, node_of
+from cdtasks.swarm import Action, SwarmError, leave, plan_labels, plan_membership, routing_mode
 
 N1, N2, N3 = "swarm-test-1", "swarm-test-2", "swarm-test-3"
 CLUSTER = "wupxe8p8ycmgdohlrzuzrudu2"
@@ -59,8 +49,8 @@ def member(
     status: str = "ready",
     labels=None,
     leader: bool = False,
-) -> Member:
-    return Member(
+) -> Node:
+    return Node(
         id=node_id, hostname=hostname, role=role, status=status, labels=labels or {}, leader=leader
     )
 
@@ -377,6 +367,7 @@ def test_info_of_a_manager():
         node_id="24ifsmvkjbyhk",
         cluster_id=CLUSTER,
         manager=True,
+        node_addr="10.0.0.1",
     )
 
 
@@ -437,9 +428,9 @@ WORKER_NODE = {
 }
 
 
-def test_member_of_the_leader():
-    m = member_of(LEADER_NODE)
-    assert m == Member(
+def test_node_of_the_leader():
+    m = node_of(LEADER_NODE)
+    assert m == Node(
         id="24ifsmvkjbyhk",
         hostname=N2,
         role="manager",
@@ -449,11 +440,13 @@ def test_member_of_the_leader():
         leader=True,
         reachability="reachable",
         addr="10.0.0.2",
+        os="linux",
+        arch="x86_64",
     )
 
 
-def test_member_of_a_worker_without_manager_status_or_labels():
-    m = member_of(WORKER_NODE)
+def test_node_of_a_worker_without_manager_status_or_labels():
+    m = node_of(WORKER_NODE)
     assert (m.id, m.hostname, m.role, m.status, m.availability) == (
         "8dvxq0pq0hd3o",
         N3,
@@ -468,7 +461,7 @@ def test_member_of_a_worker_without_manager_status_or_labels():
 
 def test_member_labels_are_a_copy():
     node = {**LEADER_NODE, "Spec": dict(LEADER_NODE["Spec"], Labels={"env": "prod-like"})}
-    m = member_of(node)
+    m = node_of(node)
     node["Spec"]["Labels"]["env"] = "changed"
     assert m.labels == {"env": "prod-like"}
 
@@ -487,7 +480,7 @@ def test_parsed_converged_cluster_plans_nothing(tmp_path):
             Spec=dict(LEADER_NODE["Spec"], Labels={"env": "prod-like"} if name == N2 else {}),
             ManagerStatus={"Leader": i == 1, "Reachability": "reachable"},
         )
-        members.append(member_of(node))
+        members.append(node_of(node))
     assert plan_membership(s.cluster, infos, members) == ()
     assert plan_labels(s.cluster, members) == ()
 
@@ -540,7 +533,7 @@ def test_recreated_node_whose_old_entry_still_shows_ready_is_cleaned_up(tmp_path
     # A lost manager stays Ready/Unreachable for seconds: the new machine must not wait for Down.
     s = settings(tmp_path)
     infos = {N1: active(N1, "id1"), N2: active(N2, "id2"), N3: inactive(N3)}
-    old = Member(id="old3", hostname=N3, role="manager", status="ready", reachability="unreachable")
+    old = Node(id="old3", hostname=N3, role="manager", status="ready", reachability="unreachable")
     members = [member("id1", N1, leader=True), member("id2", N2), old]
     assert plan_membership(s.cluster, infos, members) == (
         Action("remove", N3, {"id": "old3", "role": "manager"}),

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cdtasks import watch
+from cdtasks.gateway import Unreachable
 from cdtasks.interrupt import Interrupted, signals_as_interrupt
 from cdtasks.watch import RecordStore, RunResult, Runs, SourceError, Watcher
 
@@ -55,12 +56,11 @@ class Flaky:
     def __init__(self, swarm):
         self.swarm, self.down = swarm, 0
 
-    @property
-    def api(self):
+    def __getattr__(self, name):
         if self.down:
             self.down -= 1
-            raise ConnectionError("manager unreachable")
-        return self.swarm.api
+            raise Unreachable("manager unreachable")
+        return getattr(self.swarm, name)
 
 
 @pytest.fixture()
@@ -358,7 +358,7 @@ def test_a_silent_cluster_is_waited_out_with_a_growing_delay_and_said(repo: Path
     assert len(said) == 3
     assert (
         said[0]
-        == "the cluster does not answer (ConnectionError: manager unreachable): trying again in 0.02s"
+        == "the cluster does not answer (Unreachable: manager unreachable): trying again in 0.02s"
     )
     assert said[1].endswith("trying again in 0.04s") and said[2].endswith("trying again in 0.08s")
     assert "the cluster and the repository answer again" in lines

@@ -22,19 +22,21 @@ from invoke import Context, Exit
 sys.path.insert(0, sys.argv[1])
 import docker
 from types import SimpleNamespace
-from conftest import BASE, ConfigStore
+from conftest import BASE, MANAGER_INFO, ConfigStore
 from cdtasks import watch
 from cdtasks.cluster import Cluster
+from cdtasks.gateway import Gateway
 from cdtasks.tasks import watch as tw
 
 api = docker.APIClient(base_url=BASE, version="1.41")
 api.mount(BASE, ConfigStore())
-manager = SimpleNamespace(api=api)  # the test cluster's manager: records only
+# the test cluster's manager: records only
+manager = Gateway.of_client(SimpleNamespace(api=api, info=lambda: MANAGER_INFO))
 
 class FakeCluster:
     def discover(self):
         return self
-    def manager(self):
+    def gateway(self):
         return manager
 
 Cluster.of = classmethod(lambda cls, settings: FakeCluster())
