@@ -19,6 +19,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """The integration tests share one lab (session-scoped) and build on each other in file
+    order: under xdist (pytest.ini) they are one group, run in order by one worker."""
+    for item in items:
+        if HERE in Path(item.path).parents:
+            item.add_marker(pytest.mark.xdist_group("lab"))
+
+
 GIT_ID = ["-c", "user.name=cdtasks tests", "-c", "user.email=tests@cdtasks.invalid"]
 
 

@@ -163,7 +163,8 @@ def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, 
         second = Watcher(stack, reports, tmp_path / "watch-2.log", *args)
         watchers.append(second)
         second.wait_for("following main", 300)
-        time.sleep(6)  # a few polls of the branch whose head was taken before the restart
+        # Its first look at the branch: the head was taken before the restart.
+        second.wait_for(f"main at {commits['broken'][:12]}: already taken", 120)
         assert "new commit" not in second.text(), second.text()[-3000:]
 
         edit(test_server, BROKEN + ANCHOR, ANCHOR)
@@ -243,7 +244,7 @@ def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, 
     hook = webhook_watcher(stack, reports, tmp_path / "watch-3.log", repo, port)
     try:
         hook.wait_for("following main", 300)
-        time.sleep(5)  # its first look at the branch: the head was taken before
+        hook.wait_for(": already taken, waiting for the next commit", 120)  # its first look
         edit(test_server, ANCHOR, BROKEN + ANCHOR)
         git(repo, "commit", "--quiet", "-am", "pushed")
         pushed = git(repo, "rev-parse", "HEAD")
@@ -258,7 +259,7 @@ def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, 
             headers={**headers, "X-Hub-Signature-256": "sha256=" + "0" * 64},
         )
         assert wrong.status_code == 401, wrong.text
-        time.sleep(5)
+        time.sleep(5)  # nothing to wait for: a run it wrongly started would be said by now
         assert "new commit" not in hook.text(), hook.text()[-3000:]
         assert not [r for r in watch_rows(stack, repo) if r["commit"] == pushed]
         right = requests.post(
