@@ -1,5 +1,5 @@
-"""Checks of the delivery's flags before any step runs: `--version`, `--ref`, `--repo` and
-`--compose-file`. Each returns the value it accepts or raises config.ConfigError with one line
+"""Checks of the delivery's flags before any step runs: `--version`, `--ref`, `--repo`,
+`--compose-file` and `--max-errors`. Each returns the value it accepts or raises config.ConfigError with one line
 naming the flag and the value (exit 2), credentials in a repository URL hidden."""
 
 from __future__ import annotations
@@ -28,6 +28,16 @@ def version(value: str) -> str:
         return pinned_version(value)
     except ValueError as exc:
         raise ConfigError(f"--version {value!r}: {exc}") from None
+
+
+def max_errors(value: str | int | None) -> int | None:
+    """`--max-errors`: a whole number of errors, 0 or more; None (not given): record only."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigError(f"--max-errors {value!r}: give a whole number of errors, 0 or more")
+    return int(text)
 
 
 def ref(value: str) -> str:

@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 
 from . import checks, outcome, project_images, records, registry, rollout, services
+from .budget import Budget
 from .checkout import Checkout
 from .compose import Compose, ContractError, compose_command
 
@@ -44,6 +45,8 @@ class Delivery(Checkout):
     checked: bool = False  # the flags passed `check_input`
     refused: Exception | None = None  # the checkout's bad input (exit 2, not a failed step)
     images_ready: bool = False  # the project's images are on the CD node
+    max_errors: int | None = None  # prod-like's error budget (None: errors recorded only)
+    budget: Budget | None = None  # what the proxy counted during the prod-like rollout
     _providing: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -220,16 +223,29 @@ def prodlike(d: Delivery) -> str:
         d.previous_image = services.current_image(
             d.cluster.gateway(), d.settings.services.app_service
         )
+
+    def keep(b: Budget) -> None:
+        d.budget = b
+
     try:
-        result = rollout.update(
-            d.cluster, d.settings.services, d.pinned, d.log, d.dry_run, d.record, d.lock
+        result = rollout.measured_update(
+            d.cluster,
+            d.settings.services,
+            d.pinned,
+            d.log,
+            keep,
+            d.max_errors,
+            d.dry_run,
+            d.record,
+            d.lock,
         )
     except StepFailed as exc:
         if d.dry_run or not d.previous_image or d.previous_image == d.pinned:
             raise
         raise StepFailed(f"{exc}; {restore(d)}", exc.output_tail) from None
     d.converged_at = rollout.monitor_start(result)
-    return f"{d.settings.services.app_service} runs {d.ref_tag} on every replica ({result.seconds:.1f}s)"
+    detail = f"{d.settings.services.app_service} runs {d.ref_tag} on every replica ({result.seconds:.1f}s)"
+    return f"{detail}; {d.budget.summary()}" if d.budget else detail
 
 
 def restore(d: Delivery) -> str:
@@ -372,7 +388,7 @@ def deliver_then_deploy(
     code = failed_code(delivered(d))
     if code or prod is None or d.dry_run:
         return code
-    entry = deployed(Deployment(prod, d.settings, d.version))
+    entry = deployed(Deployment(prod, d.settings, d.version, max_errors=d.max_errors))
     return outcome.Outcome.of(entry["result"]).exit_code
 
 

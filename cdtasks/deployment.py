@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from . import canary, canary_rollout, gateway, haproxy, records, registry, rollout, services, state
+from .budget import Budget
 from .checkout import Checkout, check_version
 from .cluster import Cluster
 
@@ -35,6 +36,7 @@ class Deployment:
     force: bool = False
     auto_rollback: bool = True
     wait: float = 0.0
+    max_errors: int | None = None  # the rollout's error budget (None: errors recorded only)
     log: Log = print
     on_line: Log | None = None
     kind: str = "deploy"  # deploy | rollback
@@ -44,6 +46,7 @@ class Deployment:
     digest: str = ""
     previous: str = ""
     rolled_back: bool = False
+    budget: Budget | None = None  # what the proxy counted during the rollout step
     converged_at: float = 0.0  # monotonic time the last replica of the last rollout started
     checkout: Checkout | None = (
         None  # where the production tests run (on the test cluster's CD node)
@@ -202,11 +205,23 @@ def checkout_for_tests(d: Deployment, record: dict) -> Checkout:
 
 
 # -- steps ------------------------------------------------------------------------------------
-def _rollout_to(d: Deployment, image: str, lock: records.Lock) -> str:
+def _rollout_to(d: Deployment, image: str, lock: records.Lock, measured: bool = False) -> str:
+    """Every replica to `image`; `measured`: under the error budget (the rollout step, not the
+    rollback that undoes it)."""
     assert d.cluster is not None  # prepare() found it
-    result = rollout.update(d.cluster, d.prod.services, image, d.log, lock=lock)
+    if measured:
+
+        def keep(b: Budget) -> None:
+            d.budget = b
+
+        result = rollout.measured_update(
+            d.cluster, d.prod.services, image, d.log, keep, d.max_errors, lock=lock
+        )
+    else:
+        result = rollout.update(d.cluster, d.prod.services, image, d.log, lock=lock)
     d.converged_at = rollout.monitor_start(result)
-    return f"{d.service} on {d.prod.env}: every replica runs {image} ({result.seconds:.1f}s)"
+    detail = f"{d.service} on {d.prod.env}: every replica runs {image} ({result.seconds:.1f}s)"
+    return f"{detail}; {d.budget.summary()}" if measured and d.budget else detail
 
 
 def _prodtest(d: Deployment) -> str:
@@ -264,7 +279,9 @@ def steps(d: Deployment, lock: records.Lock, progress) -> list[StepResult]:
                 return results
         lock.check()
         results.append(
-            run_step("rollout", lambda: _rollout_to(d, d.image, lock), progress, origin=d.started)
+            run_step(
+                "rollout", lambda: _rollout_to(d, d.image, lock, True), progress, origin=d.started
+            )
         )
         if results[-1].ok:
             results.append(run_step("prodtest", lambda: _prodtest(d), progress, origin=d.started))
@@ -323,6 +340,7 @@ def _entry(d: Deployment, result: str, results: list[StepResult]) -> dict:
         "seconds": round(time.monotonic() - d.started, 1),
         "steps": {r.name: r.status for r in results},
         "run": d.run_id,
+        "budget": d.budget.record() if d.budget else None,
         **({"canary": d.canary_steps} if d.canary else {}),
     }
 

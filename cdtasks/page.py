@@ -3,8 +3,9 @@ from the JSON reports and the records on the clusters: the last deliveries and d
 timeline of each run's steps, each replica's tasks over time, the versions and digests running
 on prod-like and production, and the failures with their reasons.
 
-`collect` gathers a snapshot (plain data; a cluster that does not answer is said on the page);
-`render` turns a snapshot into HTML, escaping every text it shows.
+`gather` reads both clusters (`cluster`: a cluster that does not answer is said on the page) and
+the reports on disk into a snapshot (`snapshot`: plain data, credentials in URLs removed);
+`render` turns a snapshot into HTML, escaping every text it shows; `write` puts it in a file.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import deployment, records, services, watch
+from .budget import Budget, brief
 from .cluster import Cluster
 
 # Settings whole: each environment's Cluster (Cluster.of) is read
@@ -289,7 +291,41 @@ def _run(doc: Mapping) -> str:
         f'<section class="run"><h3>{_e(title)}</h3><p class="meta">{_e(context)}</p>{note}'
         f'<table class="timeline"><thead><tr><th>step</th><th>result</th><th>s</th>'
         f"<th>0 … {total:.1f}s</th><th>detail</th></tr></thead><tbody>{''.join(rows)}"
-        f"</tbody></table></section>"
+        f"</tbody></table>{budget_chart(meta.get('budget'))}</section>"
+    )
+
+
+def budget_chart(record: Mapping | None) -> str:
+    """A rollout's error budget: its figures in a line, and requests (grey) and errors (red) per
+    second as an inline SVG bar chart on one scale; nothing for a run without a budget."""
+    if not record:
+        return ""
+    b = Budget.of(record)
+    line = f'<p class="meta">proxy during the rollout: {_e(b.summary())}</p>'
+    if not b.measured or not b.series:
+        return line
+    width, height = 600, 60
+    span = max(int(b.seconds), b.series[-1][0]) + 1
+    top = max(max(r, e) for _, r, e in b.series) or 1
+    step = width / span
+    bars = []
+    for second, requests, errors in b.series:
+        x = second * step
+        for value, cls, shift in ((requests, "req", 0.0), (errors, "err", step / 2)):
+            if value:  # at least 1.5 px: one error among many requests stays visible
+                h = max(height * value / top, 1.5)
+                bars.append(
+                    f'<rect class="{cls}" x="{x + shift:.1f}" y="{height - h:.1f}" '
+                    f'width="{max(step / 2 - 0.5, 0.5):.1f}" height="{h:.1f}">'
+                    f"<title>{second}s: {requests} requests, {errors} errors</title></rect>"
+                )
+    return (
+        f"{line}"
+        f'<svg class="budget" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="requests and errors per second over {span}s, up to {top}">'
+        f'<rect class="frame" x="0" y="0" width="{width}" height="{height}"/>{"".join(bars)}'
+        f'</svg><p class="note">per second over {span}s, scale 0 … {top}: '
+        f'<span class="req">requests</span>, <span class="err">errors</span></p>'
     )
 
 
@@ -373,6 +409,9 @@ white-space:nowrap;color:#fff;padding-left:2px;box-sizing:border-box}
 .bar.skipped,.bar.other,.bar.ended{background:#9e9e9e}
 tr.failed td{color:#b71c1c}.note,.meta,.none{color:#666;margin:.2em 0}
 pre{white-space:pre-wrap;margin:0}
+svg.budget{display:block;max-width:100%;height:auto}svg.budget .frame{fill:#fafafa;stroke:#ddd}
+svg.budget .req{fill:#9e9e9e}svg.budget .err{fill:#c62828}span.req{color:#757575}
+span.err{color:#c62828}
 """
 
 
@@ -412,6 +451,7 @@ def render(snap: Mapping) -> str:
             _short(h.get("digest")),
             h.get("result"),
             "yes" if h.get("rolled_back") else "no",
+            brief(h.get("budget")),
             h.get("seconds"),
             h.get("user"),
         ]
@@ -458,6 +498,7 @@ def render(snap: Mapping) -> str:
                 "digest",
                 "result",
                 "rolled back",
+                "errors",
                 "seconds",
                 "user",
             ],

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from . import gateway, records, services, stack
+from . import budget, gateway, records, services, stack
 from .checkout import Checkout
 from .cluster import Cluster
 from .config import ServicesSettings
@@ -72,6 +72,29 @@ def update(
         services.wait_rollout(
             manager, svc, image, app.services_timeout, log, node_client=cluster.client
         )
+    )
+
+
+def measured_update(
+    cluster: Cluster,
+    app: ServicesSettings,
+    image: str,
+    log: Log,
+    keep: Callable[[budget.Budget], None],
+    max_errors: int | None = None,
+    dry_run: bool = False,
+    record: Callable[[Sequence[str]], None] | None = None,
+    lock: records.Lock | None = None,
+) -> services.Rollout:
+    """`update` under the error budget: the proxy's counters for the service's backend (named
+    after the service) read around it; `keep` gets the budget. StepFailed above `max_errors`."""
+    if dry_run:
+        return update(cluster, app, image, log, dry_run, record, lock)
+    return budget.measure(
+        budget.reader(cluster, app.proxy_service, app.app_service),
+        lambda: update(cluster, app, image, log, record=record, lock=lock),
+        keep,
+        max_errors,
     )
 
 

@@ -150,7 +150,7 @@ def run_steps(
                     progress.done(result)
                     results.append(result)
                     continue
-                if name in overlap and names[i + 1 : i + 2] == [overlap[name][0]]:
+                if name in overlap and i + 1 < len(names) and names[i + 1] == overlap[name][0]:
                     partner, undo = overlap[name]
                     ahead[partner] = (
                         pool.submit(attempt, partner, steps[partner], dry_run, origin),

@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import gateway, images, registry, services, stackfile, stackplan
 from .cluster import Cluster
@@ -89,12 +89,21 @@ def specs(s: Settings, routing: str, app_image: str | None = None) -> list[Servi
     return [with_routing(spec, routing) for spec in (db, app, proxy)]
 
 
+class Drift(NamedTuple):
+    """A difference between what the settings want and what runs (the `--json` fields too)."""
+
+    service: str
+    field: str
+    wanted: str
+    running: str
+
+
 @dataclass(frozen=True)
 class StackResult:
     env: str
     routing: str
     done: tuple[str, ...]  # what was created or updated
-    drift: tuple[tuple[str, str, str, str], ...]  # (service, field, wanted, running)
+    drift: tuple[Drift, ...]
 
 
 def _ensure_networks_and_config(manager, s: Settings, log: Log) -> list[str]:
@@ -168,25 +177,28 @@ def ensure(s: Settings, log: Log, *, check: bool = False, update: bool = False) 
     app_image = running_app.image if running_app else None
     wanted = specs(s, routing, app_image)
     if check:
-        drift = tuple(
-            (spec.name, field, _fmt(w), _fmt(h))
-            for spec, d in services.plan(manager, wanted)
-            for field, (w, h) in (d.items() if d else [("service", ("present", None))])
-        )
-        return StackResult(s.env, routing, (), drift)
+        return StackResult(s.env, routing, (), _spec_drift(services.plan(manager, wanted), True))
     done = lab_images(cluster, s, log)
     done += _ensure_networks_and_config(manager, s, log)
     if running_app is None:
         done += publish_first_version(cluster, s, log)
-    drift = tuple(
-        (spec.name, field, _fmt(w), _fmt(h))
-        for spec, d in services.plan(manager, wanted)
-        if d and not update
-        for field, (w, h) in d.items()
-    )
+    drift = () if update else _spec_drift(services.plan(manager, wanted), False)
     done += services.converge(manager, wanted, log, update=update)
     services.wait_running(manager, [w.name for w in wanted], s.services.services_timeout, log)
     return StackResult(s.env, routing, tuple(done), drift)
+
+
+def _spec_drift(
+    plan: list[tuple[ServiceSpec, dict[str, tuple]]], missing: bool
+) -> tuple[Drift, ...]:
+    """The plan's differences; a missing service (no differences listed) only with `missing`
+    (otherwise it is created, not drift)."""
+    return tuple(
+        Drift(spec.name, field, _fmt(w), _fmt(h))
+        for spec, d in plan
+        if d or missing
+        for field, (w, h) in (d.items() if d else [("service", ("present", None))])
+    )
 
 
 def _fmt(value) -> str:
@@ -310,13 +322,13 @@ def ensure_file(s: Settings, log: Log, *, check: bool = False, update: bool = Fa
     return StackResult(s.env, p.routing, tuple(done), drift + _drift(changed))
 
 
-def _drift(changes) -> tuple[tuple[str, str, str, str], ...]:
+def _drift(changes) -> tuple[Drift, ...]:
     out = []
     for c in changes:
         if c.action == "create":
-            out.append((f"{c.kind} {c.name}", "exists", "yes", "(missing)"))
+            out.append(Drift(f"{c.kind} {c.name}", "exists", "yes", "(missing)"))
         for key, want, have in c.keys:
-            out.append((f"{c.kind} {c.name}", key, want, have))
+            out.append(Drift(f"{c.kind} {c.name}", key, want, have))
     return tuple(out)
 
 

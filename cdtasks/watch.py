@@ -280,6 +280,7 @@ class Watcher:
     _unwritten: list[dict] = field(default_factory=list)  # finished records the cluster missed
     _stopping: bool = False
     _failing: bool = False  # the last try found the cluster or the repository silent
+    _idle_at: str = ""  # the head last said to be taken already (said once, not every poll)
 
     @property
     def name(self) -> str:
@@ -328,6 +329,11 @@ class Watcher:
         if commit in runs.taken:
             if commit not in runs.finished and commit not in self._mine:
                 self._tell(runs.taken[commit])
+            if commit != self._idle_at:  # what a watcher (a restarted one too) decided
+                self._idle_at = commit
+                self.log(
+                    f"{self.branch} at {commit[:12]}: already taken, waiting for the next commit"
+                )
             return None
         base = {"repo": self.name, "branch": self.branch, "commit": commit}
         taken = {

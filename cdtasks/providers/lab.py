@@ -298,7 +298,11 @@ class LabProvider(Provider):
             if pub.exists() and ports:
                 key_type, key = pub.read_text().split()[:2]
                 lines.append(f"[127.0.0.1]:{ports[0]['HostPort']} {key_type} {key}")
-        self.known_hosts.write_text("\n".join(sorted(lines)) + "\n")
+        # Through a new file renamed over the old one: the other cluster's SSH connections,
+        # provisioned at the same time, read it meanwhile and must never see it half written.
+        fresh = self.known_hosts.with_name(f"{self.known_hosts.name}.{threading.get_ident()}")
+        fresh.write_text("\n".join(sorted(lines)) + "\n")
+        fresh.replace(self.known_hosts)
 
     # -- remove ----------------------------------------------------------------------------
     def remove(self, nodes: Sequence[str], log: Log, purge: bool = False) -> list[str]:

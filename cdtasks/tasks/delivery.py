@@ -13,6 +13,8 @@ NOTES = {
     "version": "default: the git tag, else the short commit id",
     "prod_env": "with --deploy (default prod)",
     "json": "with --deploy, the deploy report on a second line",
+    "max_errors": "above it prod-like is rolled back (exit 16); with --deploy, production "
+    "too (exit 20)",
 }
 STEP_NOTES = {"env": NOTES["env"]}
 
@@ -52,6 +54,7 @@ def _finish(d, results, title: str, json: bool = False) -> None:
         "ref": d.ref,
         "repo": d.repo,
         "digest": d.digest,
+        "budget": d.budget.record() if d.budget else None,
         "state": state,
         "dry_run": d.dry_run,
         "commands": d.commands,
@@ -79,13 +82,15 @@ def deliver_and_deploy(
     deploy=False,
     prod_env="prod",
     json=False,
+    max_errors=None,
 ) -> int:
     """What `inv deliver` runs, and the watcher for each commit: the library's deliver-then-
     deploy with this layer's display and reports. Returns the exit code."""
-    from .. import delivery, report
+    from .. import checks, delivery, report
 
     s = _settings(c, env, service, image, compose_file, cd_node)
     progress = report.Progress("deliver")
+    budget = checks.max_errors(max_errors)
     d = delivery.Delivery(
         s,
         repo or s.delivery.repo,
@@ -95,6 +100,7 @@ def deliver_and_deploy(
         log=progress.log,
         on_line=lambda line: progress.update(line[-100:]),
         defer_down=True,
+        max_errors=budget,
     )
     return delivery.deliver_then_deploy(
         d,
@@ -119,6 +125,7 @@ def deliver(
     dry_run=False,
     deploy=False,
     prod_env="prod",
+    max_errors=None,
     json=False,
 ):
     """Deliver: checkout, unit, build, staging, publish, prod-like, prod tests (--deploy: on)."""
@@ -136,6 +143,7 @@ def deliver(
         deploy,
         prod_env,
         json,
+        max_errors,
     )
     if code:
         raise Exit(code=code)

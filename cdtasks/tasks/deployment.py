@@ -100,6 +100,7 @@ def _gate(steps, hold, replicas, max_error_rate, max_latency, min_requests):
         **NOTES,
         "version": "default: the last one that passed `inv deliver` on prod-like",
         "force": "deploy a version that never passed prod-like",
+        "max_errors": "above it the rollout fails and is rolled back (exit 20)",
         "max_error_rate": "default 1",
         "min_requests": "default 100",
     }
@@ -113,6 +114,7 @@ def deploy(
     no_rollback=False,
     wait=False,
     test_env="test",
+    max_errors=None,
     json=False,
     canary=None,
     canary_for=30.0,
@@ -122,6 +124,8 @@ def deploy(
     min_requests=100,
 ):
     """Deploy the digest verified on prod-like (after a canary); production tests; roll back."""
+    from .. import checks
+
     gate = _gate(canary, canary_for, canary_replicas, max_error_rate, max_latency, min_requests)
     _deployed(
         _deployment(
@@ -133,6 +137,7 @@ def deploy(
             force=force,
             auto_rollback=not no_rollback,
             canary=gate,
+            max_errors=checks.max_errors(max_errors),
         ),
         "deploy",
         json,
@@ -156,7 +161,7 @@ def rollback(c, env="prod", version=None, wait=False, test_env="test", json=Fals
 @user_errors
 def history(c, env="prod", json=False):
     """List the deployments of a cluster: time, user, version, digest, result, duration."""
-    from .. import deployment, registry, report
+    from .. import budget, deployment, registry, report
 
     s = settings(c, env)
     rows, where = deployment.history(s)
@@ -169,7 +174,18 @@ def history(c, env="prod", json=False):
         return
     report.print_table(
         f"{env}: deployments of {s.services.app_service} (from {where})",
-        ["time", "user", "kind", "version", "image", "digest", "result", "rolled back", "seconds"],
+        [
+            "time",
+            "user",
+            "kind",
+            "version",
+            "image",
+            "digest",
+            "result",
+            "rolled back",
+            "errors",
+            "seconds",
+        ],
         [
             [
                 r["time"],
@@ -180,6 +196,7 @@ def history(c, env="prod", json=False):
                 (r.get("digest") or "-")[:19],
                 r["result"],
                 "yes" if r["rolled_back"] else "no",
+                budget.brief(r.get("budget")),
                 str(r["seconds"]),
             ]
             for r in rows

@@ -54,6 +54,11 @@ VOCABULARY: dict[str, Flag] = {
     "no_rollback": Flag(
         None, "keep a failing version running (for debugging) instead of rolling back"
     ),
+    "max_errors": Flag(
+        None,
+        "error budget of each rollout: the most errors (5xx and failed connections, as the "
+        "proxy counts them) a release may cause (default: none, errors recorded only)",
+    ),
     "json": Flag("j", JSON_MEANING),
     # A canary before a deployment's rollout (README "Canary releases").
     "canary": Flag(

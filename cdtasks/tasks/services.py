@@ -27,10 +27,7 @@ def services(c, env=None, check=False, update=False, json=False):
         drifted = drifted or bool(result.drift)
         docs[e] = {
             "done": list(result.done),
-            "drift": [
-                dict(zip(("service", "field", "env_file", "running"), d, strict=True))
-                for d in result.drift
-            ],
+            "drift": [d._asdict() for d in result.drift],
         }
         if json:
             continue

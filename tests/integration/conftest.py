@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,18 @@ import docker
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """The integration tests share one lab (session-scoped) and build on each other in file
+    order: under xdist (pytest.ini) they are one group, run in order by one worker."""
+    for item in items:
+        if HERE in Path(item.path).parents:
+            item.add_marker(pytest.mark.xdist_group("lab"))
+
 
 GIT_ID = ["-c", "user.name=cdtasks tests", "-c", "user.email=tests@cdtasks.invalid"]
 
@@ -124,6 +139,79 @@ def stack(lab: Lab) -> Lab:
 
 # What a stranger on the nodes' network tries against each node's registry (port 5000), and what
 # the tool's user does. Run in a container that is not a node; prints {address: {probe: status}}.
+# -- `inv watch` in the background (test_6_watch, test_6_watchers) ---------------------------------
+SECRET = "watch-test-webhook-secret"  # the watchers' CDTASKS_WEBHOOK_SECRET
+
+
+class Watcher:
+    """`inv watch ARGS` as a background process, its log (stdout and stderr) in a file."""
+
+    def __init__(self, lab: Lab, reports: Path, log: Path, *args: str, extra_env=None):
+        self.log_path = log
+        self._log = log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "invoke", "watch", *args],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**lab.env, "CDTASKS_REPORTS_DIR": str(reports), **(extra_env or {})},
+        )
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, needle: str, timeout: float, start: int = 0) -> None:
+        """Until `needle` is in the log (after offset `start`); fails if the watcher exits."""
+        deadline = time.monotonic() + timeout
+        while needle not in self.text()[start:]:
+            assert self.proc.poll() is None, (
+                f"the watcher exited {self.proc.returncode} "
+                f"waiting for {needle!r}:\n{self.text()[-4000:]}"
+            )
+            assert time.monotonic() < deadline, (
+                f"no {needle!r} in the watcher's log after {timeout:g}s:\n{self.text()[-4000:]}"
+            )
+            time.sleep(0.5)
+
+    def stop(self, timeout: float = 120) -> int | None:
+        """SIGTERM, then wait; SIGKILL only if it does not stop in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+        self._log.close()
+        return self.proc.returncode
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def webhook_watcher(lab: Lab, reports: Path, log: Path, repo: Path, port: int) -> Watcher:
+    """`inv watch` of `repo`'s branch main, looking again without a pause, that takes signed push
+    notifications (SECRET) on 127.0.0.1:`port`."""
+    return Watcher(
+        lab,
+        reports,
+        log,
+        "--repo",
+        str(repo),
+        "--branch",
+        "main",
+        "--interval",
+        "0",
+        "--listen",
+        f"127.0.0.1:{port}",
+        extra_env={"CDTASKS_WEBHOOK_SECRET": SECRET},
+    )
+
+
 REGISTRY_PROBE = r"""
 import base64, json, os, urllib.request, urllib.error
 

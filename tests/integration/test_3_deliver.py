@@ -305,6 +305,9 @@ def test_deliver_runs_every_step_and_rolls_the_service(stack, tmp_path):
     ), suite.attrib
     cases = suite.findall("testcase")
     assert [c.get("name") for c in cases] == list(STEPS)
+    # The build ran beside the unit tests: it started before they ended.
+    at = {s["name"]: s for s in doc["steps"]}
+    assert at["build"]["started"] < at["unit"]["started"] + at["unit"]["seconds"], doc["steps"]
     assert all(len(c.findall("failure")) == 0 and len(c.findall("skipped")) == 0 for c in cases)
 
     # The service runs exactly the verified image, pinned by digest, on the prod-like nodes.

@@ -11,9 +11,7 @@ import hashlib
 import hmac
 import json
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,9 +21,18 @@ import requests
 from cdtasks import records, services, watch
 from cdtasks.cluster import Cluster
 
-from .conftest import ROOT, Lab, git, manager_of, sample_repository
+from .conftest import (
+    ROOT,
+    SECRET,
+    Lab,
+    Watcher,
+    free_port,
+    git,
+    manager_of,
+    sample_repository,
+    webhook_watcher,
+)
 
-SECRET = "watch-test-webhook-secret"
 ANCHOR = "    def test_hello_with_delay(self):"  # in demo/tests/unit/test_server.py
 BROKEN = (
     "    def test_deliberately_broken(self):\n"  # a unit test that fails, inserted before it
@@ -47,56 +54,6 @@ def edit(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     assert text.count(old) == 1, f"{path}: expected {old!r} once"
     path.write_text(text.replace(old, new))
-
-
-class Watcher:
-    """`inv watch ARGS` as a background process, its log (stdout and stderr) in a file."""
-
-    def __init__(self, lab: Lab, reports: Path, log: Path, *args: str, extra_env=None):
-        self.log_path = log
-        self._log = log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "invoke", "watch", *args],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**lab.env, "CDTASKS_REPORTS_DIR": str(reports), **(extra_env or {})},
-        )
-
-    def text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for(self, needle: str, timeout: float, start: int = 0) -> None:
-        """Until `needle` is in the log (after offset `start`); fails if the watcher exits."""
-        deadline = time.monotonic() + timeout
-        while needle not in self.text()[start:]:
-            assert self.proc.poll() is None, (
-                f"the watcher exited {self.proc.returncode} "
-                f"waiting for {needle!r}:\n{self.text()[-4000:]}"
-            )
-            assert time.monotonic() < deadline, (
-                f"no {needle!r} in the watcher's log after {timeout:g}s:\n{self.text()[-4000:]}"
-            )
-            time.sleep(0.5)
-
-    def stop(self, timeout: float = 120) -> int | None:
-        """SIGTERM, then wait; SIGKILL only if it does not stop in time."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
-        self._log.close()
-        return self.proc.returncode
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def watch_rows(lab: Lab, repo: Path) -> list[dict]:
@@ -206,7 +163,8 @@ def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, 
         second = Watcher(stack, reports, tmp_path / "watch-2.log", *args)
         watchers.append(second)
         second.wait_for("following main", 300)
-        time.sleep(6)  # a few polls of the branch whose head was taken before the restart
+        # Its first look at the branch: the head was taken before the restart.
+        second.wait_for(f"main at {commits['broken'][:12]}: already taken", 120)
         assert "new commit" not in second.text(), second.text()[-3000:]
 
         edit(test_server, BROKEN + ANCHOR, ANCHOR)
@@ -283,23 +241,10 @@ def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, 
     # A push notification: a wrong signature gets 401 and starts nothing; the right one a run
     # (of a commit whose unit tests fail again: the shortest run).
     port = free_port()
-    hook = Watcher(
-        stack,
-        reports,
-        tmp_path / "watch-3.log",
-        "--repo",
-        str(repo),
-        "--branch",
-        "main",
-        "--interval",
-        "0",
-        "--listen",
-        f"127.0.0.1:{port}",
-        extra_env={"CDTASKS_WEBHOOK_SECRET": SECRET},
-    )
+    hook = webhook_watcher(stack, reports, tmp_path / "watch-3.log", repo, port)
     try:
         hook.wait_for("following main", 300)
-        time.sleep(5)  # its first look at the branch: the head was taken before
+        hook.wait_for(": already taken, waiting for the next commit", 120)  # its first look
         edit(test_server, ANCHOR, BROKEN + ANCHOR)
         git(repo, "commit", "--quiet", "-am", "pushed")
         pushed = git(repo, "rev-parse", "HEAD")
@@ -314,7 +259,7 @@ def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, 
             headers={**headers, "X-Hub-Signature-256": "sha256=" + "0" * 64},
         )
         assert wrong.status_code == 401, wrong.text
-        time.sleep(5)
+        time.sleep(5)  # nothing to wait for: a run it wrongly started would be said by now
         assert "new commit" not in hook.text(), hook.text()[-3000:]
         assert not [r for r in watch_rows(stack, repo) if r["commit"] == pushed]
         right = requests.post(

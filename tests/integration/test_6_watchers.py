@@ -20,8 +20,17 @@ import requests
 
 from cdtasks import watch
 
-from .conftest import ROOT, Lab, git, sample_repository
-from .test_6_watch import ANCHOR, BROKEN, SECRET, Watcher, edit, free_port, watch_rows
+from .conftest import (
+    ROOT,
+    SECRET,
+    Lab,
+    Watcher,
+    free_port,
+    git,
+    sample_repository,
+    webhook_watcher,
+)
+from .test_6_watch import ANCHOR, BROKEN, edit, watch_rows
 
 TOOL_TRACEBACK = re.compile(r'File "[^"]*/(cdtasks|invoke)/')
 
@@ -127,20 +136,7 @@ def test_trickling_connections_do_not_keep_a_signed_push_waiting(lab: Lab, tmp_p
     repo.mkdir()
     sample_repository(repo)  # no branch yet: the watcher waits for one, nothing runs
     port = free_port()
-    hook = Watcher(
-        lab,
-        tmp_path / "reports",
-        tmp_path / "watch.log",
-        "--repo",
-        str(repo),
-        "--branch",
-        "main",
-        "--interval",
-        "0",
-        "--listen",
-        f"127.0.0.1:{port}",
-        extra_env={"CDTASKS_WEBHOOK_SECRET": SECRET},
-    )
+    hook = webhook_watcher(lab, tmp_path / "reports", tmp_path / "watch.log", repo, port)
     trickles: list[Trickle] = []
     try:
         hook.wait_for("following main", 300)

@@ -221,3 +221,11 @@ def test_an_unknown_ref_is_left_to_the_checkout_step_to_name(tmp_path):
     assert checks.compose_file("c.yml", str(repo), "no-such-ref") == "c.yml"
     with pytest.raises(ConfigError, match="not in"):
         checks.compose_file("missing.yml", str(repo), "HEAD")
+
+
+def test_max_errors_is_a_whole_number_or_not_given():
+    assert checks.max_errors(None) is None
+    assert checks.max_errors("0") == 0 and checks.max_errors(" 12 ") == 12
+    for bad in ("-1", "1.5", "ten", "", "١"):
+        with pytest.raises(ConfigError, match=r"^--max-errors .*whole number"):
+            checks.max_errors(bad)

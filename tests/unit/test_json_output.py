@@ -12,6 +12,7 @@ import pytest
 from invoke import Config, Context, Exit
 
 from cdtasks import cluster, delivery, deployment, ns
+from cdtasks.budget import Budget
 from cdtasks.gateway import Node
 from cdtasks.runner import StepResult
 from cdtasks.tasks import cluster as cluster_tasks
@@ -179,6 +180,7 @@ def test_deliver_json_is_the_report_file_with_secrets_redacted(c, monkeypatch, c
         digest="sha256:ab",
         dry_run=False,
         commands=[["docker", "push", "x"]],
+        budget=Budget(True, requests=412, errors=0, seconds=14.0, series=((0, 30, 0),)),
     )
     results = [StepResult("checkout", True, 1.0, "key /keys/hunter2hunter2")]
     delivery_tasks._finish(d, results, "deliver", json=True)
@@ -193,10 +195,14 @@ def test_deliver_json_is_the_report_file_with_secrets_redacted(c, monkeypatch, c
         "ref",
         "repo",
         "digest",
+        "budget",
         "state",
         "dry_run",
         "commands",
     }
+    # prod-like's error budget, as the history keeps production's
+    assert doc["meta"]["budget"] == d.budget.record()
+    assert doc["meta"]["budget"]["series"] == [[0, 30, 0]]
     assert doc["meta"]["repo"] == str(tmp_path)  # REPO empty: the project directory
     assert doc == json.loads((Path(s.delivery.reports_dir) / "deliver.json").read_text())
     assert "nothing left behind" in out.err and "reports: " in out.err
@@ -225,7 +231,7 @@ def test_services_json_with_drift_exits_5_after_the_document(c, monkeypatch, cap
     from cdtasks.tasks import services as services_tasks
 
     def ensure(s, log, check, update):
-        drift = (("go-demo", "replicas", "2", "3"),) if s.env == "prod" else ()
+        drift = (stack.Drift("go-demo", "replicas", "2", "3"),) if s.env == "prod" else ()
         return SimpleNamespace(done=(), drift=drift)
 
     monkeypatch.setattr(stack, "ensure", ensure)
@@ -237,7 +243,7 @@ def test_services_json_with_drift_exits_5_after_the_document(c, monkeypatch, cap
         "test": {"done": [], "drift": []},
         "prod": {
             "done": [],
-            "drift": [{"service": "go-demo", "field": "replicas", "env_file": "2", "running": "3"}],
+            "drift": [{"service": "go-demo", "field": "replicas", "wanted": "2", "running": "3"}],
         },
     }
 

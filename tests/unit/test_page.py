@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cdtasks import page, records
+from cdtasks.budget import Budget
 
 INJECTED = '<script>alert("x")</script><img src=https://evil.example/x.png>'
 CREDENTIAL_URL = "https://bob:t0ken-123@git.example.org/app.git"
@@ -148,8 +149,23 @@ def snap(swarm_manager):
         "1.1",
         [{"name": "rollout", "seconds": 20.0}, {"name": "prodtest", "seconds": 5.0}],
     )
+    laid["meta"]["budget"] = BUDGET.record()
     runs = [{"commit": "c" * 40, "reports": [measured]}]
     return page.snapshot([test, prod], runs, [laid, measured], now=T0 + 100)
+
+
+# The rollout of `laid`: 3 errors in its 2nd second, none before or after.
+BUDGET = Budget(
+    True,
+    requests=60,
+    errors=3,
+    worst=3,
+    worst_at=1,
+    seconds=3.2,
+    series=((0, 20, 0), (1, 18, 3), (3, 22, 0)),
+    replicas=2,
+    max_errors=5,
+)
 
 
 class Parsed(HTMLParser):
@@ -305,6 +321,9 @@ def test_a_real_browser_renders_the_rows(tmp_path: Path, snap):
     assert parsed.classes.count("replica") == 2
     text = " ".join(parsed.text)
     assert "deliver 1.2 — FAILED" in text and "deploy 1.1 — ok" in text and INJECTED in text
+    # the error budget's chart: a bar per second with requests, one with errors
+    assert "svg" in parsed.tags and parsed.classes.count("req") == 4
+    assert parsed.classes.count("err") == 2
 
 
 def test_the_timeline_of_a_real_run_shows_steps_run_beside_each_other():
@@ -380,3 +399,46 @@ def test_a_deployment_is_one_row_not_its_started_entry_too(swarm_manager):
         ("1.2", "unfinished"),
     ]
     assert "started" not in page.render(snap).split('id="deployments"')[1].split("<h2")[0]
+
+
+def test_a_rollout_s_error_budget_is_a_line_and_a_chart_of_each_second(snap):
+    html = page.render(snap)
+    text = " ".join(Parsed(html).text)
+    assert "60 requests, 3 errors, worst second 3 at 1s (budget 5)" in text
+    assert "1s: 18 requests, 3 errors" in text  # each bar's tooltip
+    assert "per second over 4s, scale 0 … 22" in text
+    chart = page.budget_chart(BUDGET.record())
+    assert chart.count('<rect class="req"') == 3 and chart.count('<rect class="err"') == 1
+    # an error among many requests stays visible: never thinner than 1.5 px
+    assert (
+        page.budget_chart({**BUDGET.record(), "series": [[0, 1000, 1]]}).count('height="1.5"') == 1
+    )
+    unread = page.budget_chart({"measured": False, "reason": "no runtime API", "max_errors": None})
+    assert "errors not measured: no runtime API" in unread and "<svg" not in unread
+    assert page.budget_chart(None) == ""
+
+
+def test_the_deployments_table_shows_errors_of_requests(swarm_manager):
+    entry = {
+        "time": "2026-11-29T10:00:00+00:00",
+        "env": "prod",
+        "kind": "deploy",
+        "version": "2",
+        "result": "failed, rolled back",
+        "rolled_back": True,
+        "seconds": 40,
+        "user": "dev",
+        "run": "r1",
+    }
+    fill(swarm_manager, "2")
+    records.put(swarm_manager, "history", "go-demo", {**entry, "budget": BUDGET.record()})
+    records.put(
+        swarm_manager,
+        "history",
+        "go-demo",
+        {**entry, "run": "r2", "budget": {"measured": False, "reason": "x", "max_errors": None}},
+    )
+    records.put(swarm_manager, "history", "go-demo", {**entry, "run": "r3"})  # before budgets
+    view = page.cluster("production (prod)", "go-demo", lambda: swarm_manager, ("history",))
+    text = " ".join(Parsed(page.render(page.snapshot([view], [], [], now=T0))).text)
+    assert "3 of 60 (max 5)" in text and "not measured" in text

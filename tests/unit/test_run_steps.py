@@ -60,10 +60,12 @@ def steps(monkeypatch, tmp_path):
 NAMES = ["checkout", "unit", "build", "staging"]
 
 
-def test_a_whole_run_builds_beside_the_unit_tests(steps):
+# deliver passes its STEPS tuple, a step task a list: the overlap must not depend on which.
+@pytest.mark.parametrize("names", [NAMES, tuple(NAMES)], ids=["list", "tuple"])
+def test_a_whole_run_builds_beside_the_unit_tests(steps, names):
     events, _, undone, settings = steps
     progress = Quiet()
-    results = delivery.run(Delivery(settings, "", version="1.1", defer_down=True), NAMES, progress)
+    results = delivery.run(Delivery(settings, "", version="1.1", defer_down=True), names, progress)
     assert [r.name for r in results] == NAMES and all(r.ok for r in results)
     order = [e[:2] for e in events]
     # The build started before the unit tests ended, off the main thread.
@@ -71,6 +73,12 @@ def test_a_whole_run_builds_beside_the_unit_tests(steps):
     assert ("build", "start", False) in events
     assert progress.done_names == NAMES  # reported in the pipeline's order all the same
     assert undone == []
+
+
+def test_the_delivery_s_own_step_list_puts_the_build_right_after_the_unit_tests():
+    unit = delivery.STEPS.index("unit")
+    assert isinstance(delivery.STEPS, tuple)  # what the parametrized test above covers
+    assert delivery.STEPS[unit + 1] == delivery.OVERLAP["unit"][0]
 
 
 def test_failed_unit_tests_undo_the_build_and_skip_it(steps):

@@ -84,3 +84,20 @@ def test_an_unreadable_proxy_config_names_the_file(settings, tmp_path):
     settings.services.proxy_config.unlink()
     with pytest.raises(stack.services.ServiceError, match="PROXY_CONFIG .*haproxy.cfg"):
         stack.specs(settings, "mesh")
+
+
+def test_drift_names_each_difference_and_a_missing_service_only_when_checking(settings):
+    app, db = (by_name(stack.specs(settings, "dnsrr"))[n] for n in ("shop", "shop-db"))
+    plan = [(app, {"replicas": (3, 2)}), (db, {})]  # db: missing (services.plan gives no diff)
+    assert stack._spec_drift(plan, missing=True) == (
+        stack.Drift("shop", "replicas", "3", "2"),
+        stack.Drift("shop-db", "service", "present", "(missing)"),
+    )
+    # Outside --check a missing service is created, not drift.
+    assert stack._spec_drift(plan, missing=False) == (stack.Drift("shop", "replicas", "3", "2"),)
+    assert stack._spec_drift(plan, True)[0]._asdict() == {
+        "service": "shop",
+        "field": "replicas",
+        "wanted": "3",
+        "running": "2",
+    }

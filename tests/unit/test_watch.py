@@ -211,7 +211,8 @@ def test_each_new_commit_runs_once_in_order(repo: Path, manager):
         until(lambda: len(payloads) == 2, "the second commit's run")
         third = commit(repo, "third")
         until(lambda: len(payloads) == 3, "the third commit's run")
-        time.sleep(0.1)  # a few more polls: nothing runs twice
+        # The next poll finds the third taken: nothing runs twice.
+        until(lambda: f"main at {third[:12]}: already taken" in " ".join(lines), "the next poll")
     assert run.commits == [first, second, third]
     events = [(r["event"], r["commit"]) for r in rows(manager)]
     assert events == [
@@ -237,7 +238,7 @@ def test_the_newest_of_commits_pushed_during_a_run_is_taken_next(repo: Path, man
         newest = commit(repo, "d")
         run.gate.set()
         until(lambda: len(run.commits) == 2 and len(rows(manager)) == 4, "the next run")
-        time.sleep(0.1)
+        until(lambda: f"main at {newest[:12]}: already taken" in " ".join(lines), "the next poll")
     assert run.commits == [first, newest]
 
 
@@ -268,9 +269,12 @@ def test_a_run_that_raises_is_a_failed_run_not_the_end_of_the_watcher(repo: Path
 def test_a_restart_does_not_run_a_commit_again(repo: Path, manager):
     run, lines = FakeRun(), []
     assert make(repo, manager, run, lines).check().ok
-    again = FakeRun()
-    assert make(repo, manager, again, lines).check() is None
+    again, said = FakeRun(), []
+    restarted = make(repo, manager, again, said)
+    assert restarted.check() is None and restarted.check() is None
     assert again.commits == []
+    head = git(repo, "rev-parse", "HEAD")
+    assert said == [f"main at {head[:12]}: already taken, waiting for the next commit"]  # once
 
 
 def test_an_unfinished_commit_is_reported_not_run_again(repo: Path, manager):

@@ -138,7 +138,8 @@ def test_sigterm_interrupts_the_run_in_progress_which_is_recorded(setup):
 def test_ctrl_c_stops_a_watcher_waiting_for_pushes_and_its_server(setup):
     proc = start(setup, listen="127.0.0.1:0")
     wait_for(proc, ": ok (exit 0) fake run of", "stderr")
-    time.sleep(1)  # the first commit's run is done: it waits for a push, with no timeout
+    # The branch read again after the run: it waits for a push, with no timeout.
+    wait_for(proc, "already taken, waiting for the next commit", "stderr")
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr

@@ -122,7 +122,7 @@ class AppTest(unittest.TestCase):
                       socket.gaierror(-2, "Name or service not known"), resp.ProtocolError("garbage")):
             app = server.App(DownStore(error))
             for method, target in (("PUT", "/demo/person?name=x"), ("GET", "/demo/person")):
-                with self.subTest(error=error, method=method):
+                with self.subTest(error=repr(error), method=method):
                     status, body = app.handle(method, target)
                     self.assertEqual(status, 503)
                     self.assertTrue(body.startswith("Database unavailable") and body.count("\n") == 1, body)

@@ -1,0 +1,317 @@
+"""The error budget of a rollout: the proxy's counters for the service's backend, read on every
+proxy replica before, during (each second) and after a rolling update, become the requests
+served, the errors among them and the worst second; `--max-errors N` makes that a gate.
+
+Requests and errors are the backend's servers' counters as `haproxy.Server` defines them (one
+definition for the canary's gate and this budget): 5xx answers, failed connections, broken
+answers, and the attempts `retry-on` retried elsewhere (a 500 the client never saw).
+
+A reading below the last one of the same replica means that proxy restarted (counters from
+zero): everything it counted since belongs to the rollout. A replica first seen after the start
+is a proxy task started during the rollout, counted whole; one that did not answer at the start
+counts from its first reading. Counters that cannot be read are "not measured", with the reason:
+never a zero."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from . import haproxy
+from .cluster import Cluster
+from .runner import StepFailed
+
+INTERVAL = 1.0  # seconds between two readings during a rollout
+READ_WAIT = 10.0  # seconds `stop` waits for a reading under way
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Counters:
+    requests: int
+    errors: int
+
+
+Sample = Mapping[str, "Counters | str"]  # proxy replica -> its counters, or why not read
+
+
+def counters(reading: haproxy.Reading, backend: str) -> Counters | str:
+    """One replica's counters for `backend`, or why it has none."""
+    servers = reading.backend(backend)
+    if not servers:
+        return f"no backend {backend} in its `show stat`"
+    return Counters(*haproxy.totals(servers))
+
+
+def reader(cluster: Cluster, proxy_service: str, backend: str) -> Callable[[], Sample]:
+    """Reads `backend`'s counters on every running task of the proxy service, each on its own:
+    a replica that does not answer is named, the others still count."""
+
+    def one(replica: haproxy.Replica) -> Counters | str:
+        try:
+            return counters(haproxy.read(cluster, [replica])[0], backend)
+        except haproxy.ProxyError as exc:
+            return str(exc)
+
+    def read() -> Sample:
+        replicas = haproxy.replicas(cluster, proxy_service)
+        if not replicas:
+            return {proxy_service: "the proxy service runs no task"}
+        with ThreadPoolExecutor(max_workers=len(replicas)) as pool:
+            return {
+                f"{r.task[:12]} on {r.node}": got
+                for r, got in zip(replicas, pool.map(one, replicas), strict=True)
+            }
+
+    return read
+
+
+def delta(before: Counters | None, now: Counters) -> Counters:
+    """What a replica counted between two readings (`before` None: all of `now`). A counter
+    below its last reading: the proxy restarted, and `now` is all it counted since."""
+    if before is None:
+        return now
+    return Counters(
+        now.requests - before.requests if now.requests >= before.requests else now.requests,
+        now.errors - before.errors if now.errors >= before.errors else now.errors,
+    )
+
+
+@dataclass
+class Tally:
+    """Readings of a rollout, added up. The first reading is the baseline."""
+
+    started: float | None = None  # clock of the first reading
+    last: dict[str, Counters] = field(default_factory=dict)
+    unread_at_start: set[str] = field(default_factory=set)
+    requests: int = 0
+    errors: int = 0
+    seconds: dict[int, list[int]] = field(default_factory=dict)  # second -> [requests, errors]
+    failures: dict[str, str] = field(default_factory=dict)  # replica -> last reason not read
+    readings: int = 0
+
+    def add(self, at: float, reading: Sample) -> None:
+        first = self.started is None
+        if self.started is None:
+            self.started = at
+        second = int(at - self.started)
+        for replica, seen in reading.items():
+            if isinstance(seen, str):
+                self.failures[replica] = seen
+                if first:
+                    self.unread_at_start.add(replica)
+                continue
+            self.failures.pop(replica, None)
+            before = self.last.get(replica)
+            self.last[replica] = seen
+            if first or (before is None and replica in self.unread_at_start):
+                self.unread_at_start.discard(replica)
+                continue  # the baseline: what it counted before the rollout
+            got = delta(before, seen)
+            self.requests += got.requests
+            self.errors += got.errors
+            bucket = self.seconds.setdefault(second, [0, 0])
+            bucket[0] += got.requests
+            bucket[1] += got.errors
+        self.readings += 1
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the proxy counted during one rollout (`measured` False: `reason` says why not)."""
+
+    measured: bool
+    reason: str = ""
+    requests: int = 0
+    errors: int = 0
+    worst: int = 0  # errors in the worst second
+    worst_at: int = 0  # that second, from the start of the rollout
+    seconds: float = 0.0
+    series: tuple[tuple[int, int, int], ...] = ()  # (second, requests, errors), seconds with data
+    replicas: int = 0
+    max_errors: int | None = None
+    note: str = ""  # replicas that did not answer at some reading
+
+    def summary(self) -> str:
+        if not self.measured:
+            return f"errors not measured: {self.reason}"
+        worst = f", worst second {self.worst} at {self.worst_at}s" if self.errors else ""
+        limit = "" if self.max_errors is None else f" (budget {self.max_errors})"
+        note = f"; {self.note}" if self.note else ""
+        return f"{self.requests} requests, {self.errors} errors{worst}{limit}{note}"
+
+    @classmethod
+    def of(cls, record: Mapping) -> Budget:
+        """A budget again from its `record()` (the history, a report)."""
+        if not record.get("measured"):
+            return cls(False, str(record.get("reason", "")), max_errors=record.get("max_errors"))
+        return cls(
+            True,
+            requests=int(record.get("requests", 0)),
+            errors=int(record.get("errors", 0)),
+            worst=int(record.get("worst_second", 0)),
+            worst_at=int(record.get("worst_at", 0)),
+            seconds=float(record.get("seconds", 0.0)),
+            series=tuple((int(t), int(r), int(e)) for t, r, e in record.get("series", ())),
+            replicas=int(record.get("replicas", 0)),
+            max_errors=record.get("max_errors"),
+            note=str(record.get("note", "")),
+        )
+
+    def record(self) -> dict:
+        """For the history entry, the reports and the page."""
+        if not self.measured:
+            return {"measured": False, "reason": self.reason, "max_errors": self.max_errors}
+        return {
+            "measured": True,
+            "requests": self.requests,
+            "errors": self.errors,
+            "worst_second": self.worst,
+            "worst_at": self.worst_at,
+            "seconds": round(self.seconds, 1),
+            "replicas": self.replicas,
+            "max_errors": self.max_errors,
+            "note": self.note,
+            "series": [list(point) for point in self.series],
+        }
+
+
+def brief(record: Mapping | None) -> str:
+    """A budget's record in a table cell: errors of requests; "-" for a run without one."""
+    if not record:
+        return "-"
+    if not record.get("measured"):
+        return "not measured"
+    limit = "" if record.get("max_errors") is None else f" (max {record['max_errors']})"
+    return f"{record['errors']} of {record['requests']}{limit}"
+
+
+def not_measured(reason: str, max_errors: int | None = None) -> Budget:
+    return Budget(False, reason, max_errors=max_errors)
+
+
+def result(tally: Tally, ended: float, max_errors: int | None = None) -> Budget:
+    """The budget of a finished tally (`ended`: the clock of its end). Measured when the first
+    reading and a later one read at least one replica each."""
+    read = [r for r in tally.last if r not in tally.unread_at_start]
+    if tally.readings < 2 or not read:
+        why = "; ".join(f"{r}: {reason}" for r, reason in sorted(tally.failures.items()))
+        return not_measured(why or "the proxy's counters were read fewer than twice", max_errors)
+    worst_at, (_, worst) = max(
+        tally.seconds.items(), key=lambda kv: (kv[1][1], -kv[0]), default=(0, (0, 0))
+    )
+    note = ", ".join(f"{r} not read ({reason})" for r, reason in sorted(tally.failures.items()))
+    return Budget(
+        True,
+        requests=tally.requests,
+        errors=tally.errors,
+        worst=worst,
+        worst_at=worst_at,
+        seconds=ended - (ended if tally.started is None else tally.started),
+        series=tuple((s, rq, er) for s, (rq, er) in sorted(tally.seconds.items())),
+        replicas=len(tally.last),
+        max_errors=max_errors,
+        note=note,
+    )
+
+
+def gate(budget: Budget) -> str | None:
+    """Why the rollout fails its budget, or None (no `--max-errors`: record only)."""
+    if budget.max_errors is None:
+        return None
+    if not budget.measured:
+        return f"--max-errors {budget.max_errors} cannot be checked: {budget.summary()}"
+    if budget.errors > budget.max_errors:
+        return (
+            f"error budget exceeded: {budget.errors} errors > {budget.max_errors} over "
+            f"{budget.requests} requests (worst second {budget.worst} at {budget.worst_at}s)"
+        )
+    return None
+
+
+class Meter:
+    """Reads the proxy's counters with `read` now (the baseline), then every INTERVAL on a
+    thread of its own, and once more at `stop`."""
+
+    def __init__(
+        self,
+        read: Callable[[], Sample],
+        max_errors: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        interval: float = INTERVAL,
+    ) -> None:
+        self.read, self.max_errors, self.clock, self.interval = read, max_errors, clock, interval
+        self.tally = Tally()
+        self._halt = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def _reading(self) -> None:
+        try:
+            reading = self.read()
+        except Exception as exc:  # the proxy service itself cannot be asked: said, not zero
+            reading = {"proxy": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}
+        with self._lock:
+            self.tally.add(self.clock(), reading)
+
+    def start(self) -> Budget | None:
+        """The baseline; a not-measured Budget when no replica answered it (the rollout is
+        then not measured at all), else None and the readings go on."""
+        self._reading()
+        if not self.tally.last:
+            return result(self.tally, self.clock(), self.max_errors)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="budget")
+        self._thread.start()
+        return None
+
+    def _run(self) -> None:
+        while not self._halt.wait(self.interval):
+            self._reading()
+
+    def stop(self, last_reading: bool = True) -> Budget:
+        """The budget so far, after one more reading (`last_reading`; an interruption skips
+        it: the clean-up must stay short)."""
+        self._halt.set()
+        if self._thread:
+            self._thread.join(timeout=READ_WAIT)
+        if last_reading:
+            self._reading()
+        with self._lock:
+            return result(self.tally, self.clock(), self.max_errors)
+
+
+def measure(
+    read: Callable[[], Sample],
+    act: Callable[[], T],
+    keep: Callable[[Budget], None],
+    max_errors: int | None = None,
+) -> T:
+    """`act()` (a rolling update) with the proxy's counters read around it; `keep` gets the
+    budget, whatever happens to `act`. StepFailed when the budget is exceeded, and before `act`
+    when `max_errors` is set and the counters cannot be read (a gate that cannot be checked
+    must not let a release through)."""
+    meter = Meter(read, max_errors)
+    unread = meter.start()
+    if unread is not None:
+        keep(unread)
+        if max_errors is not None:
+            raise StepFailed(f"{gate(unread)}; nothing was changed")
+        return act()
+    try:
+        done = act()
+    except Exception:
+        keep(meter.stop())
+        raise
+    except BaseException:
+        keep(meter.stop(last_reading=False))
+        raise
+    budget = meter.stop()
+    keep(budget)
+    problem = gate(budget)
+    if problem:
+        raise StepFailed(problem)
+    return done
