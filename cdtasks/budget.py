@@ -4,10 +4,12 @@ served, the errors among them and the worst second; `--max-errors N` makes that 
 
 Requests and errors are the backend's servers' counters as `haproxy.Server` defines them (one
 definition for the canary's gate and this budget): 5xx answers, failed connections, broken
-answers, and the attempts `retry-on` retried elsewhere (a 500 the client never saw).
+answers, and the attempts retried or redispatched elsewhere (a 500 the client never saw), plus
+the requests HAProxy answered itself because no server was up (`haproxy.Reading.unserved`).
 
-A reading below the last one of the same replica means that proxy restarted (counters from
-zero): everything it counted since belongs to the rollout. A replica first seen after the start
+Between two readings of a replica, `haproxy.since` (the canary's owner of the same rule): a
+reading below the last one means that proxy restarted, and all it counted since belongs to the
+rollout. A replica first seen after the start
 is a proxy task started during the rollout, counted whole; one that did not answer at the start
 counts from its first reading. Counters that cannot be read are "not measured", with the reason:
 never a zero."""
@@ -30,28 +32,21 @@ READ_WAIT = 10.0  # seconds `stop` waits for a reading under way
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Counters:
-    requests: int
-    errors: int
+Sample = Mapping[str, "haproxy.Counters | str"]  # proxy replica -> its counters, or why not read
 
 
-Sample = Mapping[str, "Counters | str"]  # proxy replica -> its counters, or why not read
-
-
-def counters(reading: haproxy.Reading, backend: str) -> Counters | str:
+def counters(reading: haproxy.Reading, backend: str) -> haproxy.Counters | str:
     """One replica's counters for `backend`, or why it has none."""
-    servers = reading.backend(backend)
-    if not servers:
+    if not reading.backend(backend):
         return f"no backend {backend} in its `show stat`"
-    return Counters(*haproxy.totals(servers))
+    return haproxy.totals(reading.counted(backend))
 
 
 def reader(cluster: Cluster, proxy_service: str, backend: str) -> Callable[[], Sample]:
     """Reads `backend`'s counters on every running task of the proxy service, each on its own:
     a replica that does not answer is named, the others still count."""
 
-    def one(replica: haproxy.Replica) -> Counters | str:
+    def one(replica: haproxy.Replica) -> haproxy.Counters | str:
         try:
             return counters(haproxy.read(cluster, [replica])[0], backend)
         except haproxy.ProxyError as exc:
@@ -70,23 +65,12 @@ def reader(cluster: Cluster, proxy_service: str, backend: str) -> Callable[[], S
     return read
 
 
-def delta(before: Counters | None, now: Counters) -> Counters:
-    """What a replica counted between two readings (`before` None: all of `now`). A counter
-    below its last reading: the proxy restarted, and `now` is all it counted since."""
-    if before is None:
-        return now
-    return Counters(
-        now.requests - before.requests if now.requests >= before.requests else now.requests,
-        now.errors - before.errors if now.errors >= before.errors else now.errors,
-    )
-
-
 @dataclass
 class Tally:
     """Readings of a rollout, added up. The first reading is the baseline."""
 
     started: float | None = None  # clock of the first reading
-    last: dict[str, Counters] = field(default_factory=dict)
+    last: dict[str, haproxy.Counters] = field(default_factory=dict)
     unread_at_start: set[str] = field(default_factory=set)
     requests: int = 0
     errors: int = 0
@@ -111,7 +95,7 @@ class Tally:
             if first or (before is None and replica in self.unread_at_start):
                 self.unread_at_start.discard(replica)
                 continue  # the baseline: what it counted before the rollout
-            got = delta(before, seen)
+            got = haproxy.since(before, seen)
             self.requests += got.requests
             self.errors += got.errors
             bucket = self.seconds.setdefault(second, [0, 0])

@@ -2,8 +2,9 @@
 give a share, the figures of a step from two readings of the proxy's counters, and the verdict.
 
 A step's figures are differences of counters that each proxy replica keeps since its process
-started, summed over the replicas: a replica that restarted (a new task ID, or counters that went
-down) counts from 0, since everything it counted happened after the step began.
+started (`haproxy.since`, the error budget's rule too), summed over the replicas: a replica that
+restarted (a new task ID, or counters that went down) counts from 0, since everything it counted
+happened after the step began.
 
 The latency figure is HAProxy's `rtime` (average time from sending the request to the server
 until its response headers came back): it is the canary's own time to answer, which a release
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
+from . import haproxy
 from .haproxy import Server
 
 MAX_WEIGHT = 256  # HAProxy's largest server weight
@@ -132,7 +134,8 @@ class Figures:
 
 
 def figures(before: Snapshot, after: Snapshot, names: Collection[str] | None = None) -> Figures:
-    """The step's figures for the servers `names` (None: all) from two snapshots."""
+    """The step's figures for the servers `names` (None: all, and the requests HAProxy answered
+    itself) from two snapshots; each server's growth as `haproxy.since` takes it."""
     requests = errors = answered = 0
     weighted = 0.0
     for task, servers in after.items():
@@ -141,17 +144,16 @@ def figures(before: Snapshot, after: Snapshot, names: Collection[str] | None = N
             if names is not None and name not in names:
                 continue
             then = earlier.get(name)
-            if then is None or now.requests < then.requests or now.errors < then.errors:
-                then = None  # a new or restarted proxy: all it counted is within the step
-            n = now.requests - (then.requests if then else 0)
-            e = now.errors - (then.errors if then else 0)
-            requests, errors = requests + n, errors + e
+            if then is not None and haproxy.restarted(then.counters, now.counters):
+                then = None  # a restarted proxy: all it counted is within the step
+            got = haproxy.since(then.counters if then else None, now.counters)
+            requests, errors = requests + got.requests, errors + got.errors
             mean = step_rtime(
                 (then.rtime, then.answered) if then else (0, 0), (now.rtime, now.answered)
             )
             if mean is not None:
-                answered += now.answered - (then.answered if then else 0)
-                weighted += mean * (now.answered - (then.answered if then else 0))
+                answered += got.answered
+                weighted += mean * got.answered
     return Figures(requests, errors, round(weighted / answered) if answered else None)
 
 

@@ -2,14 +2,18 @@
 `SERVICE-canary` (the name the proxy's `canary` server-template resolves), the proxy's weights
 set step by step on every proxy replica, each step held and judged (`canary.verdict`), and,
 whatever happens, the proxy's weights put back and the canary removed before it returns. The
-running service is never changed here: promoting is the normal rollout that follows."""
+running service is never changed here: promoting is the normal rollout that follows.
+
+Right before each change of its own (the canary service created or removed, weights set) the
+deployment's lock is checked, as the rollout does: a run that lost it changes nothing more
+(records.LockLost; another run may be driving a canary of the same name by then)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 
-from . import canary, haproxy, rollout, services
+from . import canary, haproxy, records, rollout, services
 from .cluster import Cluster
 from .config import ServicesSettings
 from .log import Log
@@ -39,23 +43,36 @@ def check_proxy(cluster: Cluster, app: ServicesSettings, gate: canary.Gate) -> N
 
 
 def _snapshot(readings: Sequence[haproxy.Reading], backend: str) -> canary.Snapshot:
-    return {r.replica.task: {s.name: s for s in r.backend(backend)} for r in readings}
+    return {r.replica.task: {s.name: s for s in r.counted(backend)} for r in readings}
 
 
 class Run:
     """One canary: `start`, `step` for each share, and `end` (always)."""
 
     def __init__(
-        self, cluster: Cluster, app: ServicesSettings, image: str, gate: canary.Gate, log: Log
+        self,
+        cluster: Cluster,
+        app: ServicesSettings,
+        image: str,
+        gate: canary.Gate,
+        log: Log,
+        lock: records.Lock | None = None,
     ):
         self.cluster, self.app, self.image, self.gate, self.log = cluster, app, image, gate, log
+        self.lock = lock
         self.name = service_name(app)
         self.percent = 0.0
         self.weighted: set[str] = set()  # proxy tasks whose weights this run changed
         self.steps: list[dict] = []  # the figures of each step, for the history
 
+    def _check(self) -> None:
+        """Before a change: LockLost unless this run still holds the deployment's lock."""
+        if self.lock:
+            self.lock.check()
+
     # -- the canary service ---------------------------------------------------------------------
     def _remove_service(self) -> bool:
+        self._check()
         return self.cluster.gateway(self.log).remove_service(self.name)
 
     def start(self) -> None:
@@ -68,6 +85,7 @@ class Run:
         labels = {k: v for k, v in svc.labels.items() if k != "io.cdtasks.stack"}
         rollout.prepull(self.cluster, self.app.app_service, self.image, self.log)
         self.log(f"starting {self.name} ({self.gate.replicas} replica(s)) with {self.image}")
+        self._check()
         manager.create_beside(
             self.app.app_service,
             self.name,
@@ -107,6 +125,7 @@ class Run:
     def _weigh(self, readings: Sequence[haproxy.Reading], only_new: bool = False) -> None:
         todo = [r for r in readings if not (only_new and r.replica.task in self.weighted)]
         if todo:
+            self._check()
             haproxy.set_weights(
                 self.cluster, {r.replica: self._weights(r, self.percent) for r in todo}
             )
@@ -173,6 +192,7 @@ class Run:
         self.percent = 0.0
         try:
             readings = haproxy.read(self.cluster, self._replicas())
+            self._check()
             haproxy.set_weights(self.cluster, {r.replica: self._weights(r, 0) for r in readings})
         except Exception as exc:  # a proxy that does not answer: the canary's removal still helps
             left.append(f"the proxy's weights ({str(exc).splitlines()[0][:160]})")
@@ -185,12 +205,19 @@ class Run:
 
 
 def run(
-    cluster: Cluster, app: ServicesSettings, image: str, gate: canary.Gate, log: Log, steps: list
+    cluster: Cluster,
+    app: ServicesSettings,
+    image: str,
+    gate: canary.Gate,
+    log: Log,
+    steps: list,
+    lock: records.Lock | None = None,
 ) -> str:
     """The whole canary; `steps` receives each step's figures. Passing: a one-line summary.
     Failing: StepFailed with the figure that failed. The canary is gone either way (and after
-    a signal too), the proxy's weights are back as configured."""
-    r = Run(cluster, app, image, gate, log)
+    a signal too), the proxy's weights are back as configured; unless `lock` (the deployment's,
+    held) was lost meanwhile: then LockLost, and what is left is said."""
+    r = Run(cluster, app, image, gate, log, lock)
     try:
         r.start()
         for i, percent in enumerate(gate.steps):

@@ -232,9 +232,11 @@ def _prodtest(d: Deployment) -> str:
     return rollout.production_tests(d.checkout, d.cluster, image, d.converged_at)
 
 
-def _canary(d: Deployment) -> str:
+def _canary(d: Deployment, lock: records.Lock) -> str:
     assert d.cluster is not None and d.canary is not None  # prepare() found it
-    return canary_rollout.run(d.cluster, d.prod.services, d.image, d.canary, d.log, d.canary_steps)
+    return canary_rollout.run(
+        d.cluster, d.prod.services, d.image, d.canary, d.log, d.canary_steps, lock
+    )
 
 
 def _rollback(d: Deployment, lock: records.Lock) -> str:
@@ -274,7 +276,7 @@ def steps(d: Deployment, lock: records.Lock, progress) -> list[StepResult]:
     try:
         if d.canary:
             lock.check()
-            results.append(run_step("canary", lambda: _canary(d), progress, origin=d.started))
+            results.append(run_step("canary", lambda: _canary(d, lock), progress, origin=d.started))
             if results[-1].failed:
                 return results
         lock.check()

@@ -26,7 +26,6 @@ ENABLE_LINES = (
     'backend <backend>: server-template canary N "${BACKEND_HOST}-canary:${BACKEND_PORT}" '
     "check resolvers docker init-addr none weight 0",
 )
-EXEC_TIMEOUT = 20  # seconds one replica may take to answer (an exec on a loaded node)
 
 # Run inside the proxy's container: each argument is one runtime API command, sent on its own
 # connection (non-interactive mode: the answer ends when HAProxy closes it); the answers come
@@ -68,29 +67,69 @@ class Replica:
 
 
 @dataclass(frozen=True)
+class Counters:
+    """What one proxy process counted for some servers since it started, or between two of its
+    readings (`since`)."""
+
+    requests: int  # attempts sent to servers, plus the requests HAProxy answered itself
+    errors: int
+    answered: int = 0  # responses relayed from servers (the samples of rtime)
+
+
+def restarted(before: Counters, now: Counters) -> bool:
+    """Fewer requests than at the earlier reading: that proxy process restarted (its counters
+    start at 0 again). Requests is a sum of counters that only grow while a process lives."""
+    return now.requests < before.requests
+
+
+def since(before: Counters | None, now: Counters) -> Counters:
+    """What one proxy replica counted between two readings: `before` None (a replica new since)
+    or a restart between them: all of `now`. Errors and answers never go below 0 (the proxy's
+    own answers come from a difference of two counters HAProxy raises one after the other)."""
+    if before is None or restarted(before, now):
+        return now
+    return Counters(
+        now.requests - before.requests,
+        max(0, now.errors - before.errors),
+        max(0, now.answered - before.answered),
+    )
+
+
+OWN = "(haproxy)"  # the entry, among a backend's servers, for the requests HAProxy answered itself
+
+
+@dataclass(frozen=True)
 class Server:
-    """One server line of `show stat` (counters since that proxy process started)."""
+    """One server line of `show stat` (counters since that proxy process started), or the
+    BACKEND line of its backend."""
 
     backend: str
     name: str
     status: str  # UP, DOWN, MAINT, MAINT (resolution), no check ...
     weight: int  # as set (`uweight`): what `set weight` changes
-    requests: int  # stot: sessions sent to it, retried ones included
+    requests: int  # stot: attempts sent to it, retried ones included
     responses_5xx: int  # hrsp_5xx: 5xx answers the clients got from it
-    failed_connections: int  # econ
-    response_errors: int  # eresp: aborted or invalid answers
-    retries: int  # wretr: attempts on it retried (`retry-on` retries its 500s: counted here)
+    failed_connections: int  # econ: attempts whose connection failed, retries exhausted
+    response_errors: int  # eresp: aborted, invalid or timed out answers (HAProxy sent 502/504)
+    retries: int  # wretr: attempts on it retried on it (`retry-on` retries its 500s: here)
     rtime: int  # ms, HAProxy's average response time over its last responses (`window`)
     ttime: int  # ms, the same for the whole session
     answered: int = 0  # req_tot: responses relayed from it, the samples of rtime and ttime
+    redispatches: int = 0  # wredis: attempts on it sent on to another server (`redispatch`)
 
     @property
     def errors(self) -> int:
-        """Requests it failed: 5xx, failed connections, broken answers and the attempts retried
-        elsewhere (with `retry-on`, a 500 that HAProxy retried is never a 5xx of the server);
-        capped at its requests, since one attempt may count in two of them."""
+        """Attempts it failed: 5xx, failed connections, broken answers, and the attempts
+        retried or redispatched elsewhere (with `retry-on`, a 500 that HAProxy retried is never
+        a 5xx of the server; a refused connection sent to another server is no `econ`). HAProxy
+        2.6.12 counts a retried 500 in both wretr and wredis, or twice in wretr on a backend of
+        one server (tests/unit/data): the larger of the two, capped at its attempts."""
         failed = self.responses_5xx + self.failed_connections + self.response_errors
-        return min(self.requests, failed + self.retries)
+        return min(self.requests, failed + max(self.retries, self.redispatches))
+
+    @property
+    def counters(self) -> Counters:
+        return Counters(self.requests, self.errors, self.answered)
 
     @property
     def full_name(self) -> str:
@@ -109,13 +148,33 @@ class Server:
 
 @dataclass(frozen=True)
 class Reading:
-    """What one proxy replica counted, at one moment."""
+    """What one proxy replica counted, at one moment (`parse_stat`'s lines)."""
 
     replica: Replica
     servers: tuple[Server, ...]
 
     def backend(self, name: str) -> tuple[Server, ...]:
-        return tuple(s for s in self.servers if s.backend == name)
+        """The servers of backend `name` (its BACKEND line left out)."""
+        return tuple(s for s in self.servers if s.backend == name and s.name != "BACKEND")
+
+    def unserved(self, name: str) -> int:
+        """Requests of backend `name` that HAProxy answered itself, no server taking them (a
+        503 when none is up): the connection errors of the BACKEND line that are no server's
+        (`econ` of a backend: its servers' plus those "not associated with a particular
+        server", HAProxy's management guide)."""
+        line = next((s for s in self.servers if s.full_name == f"{name}/BACKEND"), None)
+        if line is None:
+            return 0
+        return max(
+            0, line.failed_connections - sum(s.failed_connections for s in self.backend(name))
+        )
+
+    def counted(self, name: str) -> tuple[Server, ...]:
+        """Backend `name`'s servers, and an entry OWN for the requests HAProxy answered itself
+        (each one an error): what its requests and errors are made of."""
+        own = self.unserved(name)
+        entry = Server(name, OWN, "", 0, own, own, 0, 0, 0, 0, 0)
+        return self.backend(name) + ((entry,) if own else ())
 
 
 def _int(value: str) -> int:
@@ -123,7 +182,8 @@ def _int(value: str) -> int:
 
 
 def parse_stat(text: str) -> tuple[Server, ...]:
-    """`show stat` CSV -> the server lines (FRONTEND and BACKEND summary lines left out)."""
+    """`show stat` CSV -> the server lines and each backend's BACKEND line (FRONTEND lines
+    left out)."""
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines or not lines[0].startswith("# pxname,"):
         raise ValueError(f"not `show stat` output: {(lines or [''])[0][:80]!r}")
@@ -144,9 +204,10 @@ def parse_stat(text: str) -> tuple[Server, ...]:
             rtime=_int(row["rtime"]),
             ttime=_int(row["ttime"]),
             answered=_int(row["req_tot"]),
+            redispatches=_int(row["wredis"]),
         )
         for row in csv.DictReader(lines)
-        if row["svname"] not in ("FRONTEND", "BACKEND") and row.get("type") == "2"
+        if row.get("type") in ("1", "2")  # 1: a backend's summary, 2: a server
     )
 
 
@@ -264,7 +325,11 @@ def check(cluster: Cluster, replicas: Sequence[Replica], backend: str, slots: st
     return readings
 
 
-def totals(servers: Iterable[Server]) -> tuple[int, int]:
-    """(requests, errors) over some servers."""
+def totals(servers: Iterable[Server]) -> Counters:
+    """The counters of some servers, added up."""
     servers = list(servers)
-    return sum(s.requests for s in servers), sum(s.errors for s in servers)
+    return Counters(
+        sum(s.requests for s in servers),
+        sum(s.errors for s in servers),
+        sum(s.answered for s in servers),
+    )

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from cdtasks import budget, haproxy
-from cdtasks.budget import Counters, Tally
+from cdtasks.budget import Tally
+from cdtasks.haproxy import Counters
 from cdtasks.runner import StepFailed
 
 STAT = (Path(__file__).parent / "data" / "haproxy-show-stat.csv").read_text()
@@ -18,14 +19,17 @@ def test_a_replica_s_counters_are_its_backend_s_servers():
     """`show stat` of HAProxy 2.6.12 during a canary whose 500s `retry-on` retried elsewhere:
     the canary's retried attempts are errors (haproxy.Server.errors)."""
     reading = haproxy.Reading(haproxy.Replica("t1", "n1", "c1"), haproxy.parse_stat(STAT))
-    assert budget.counters(reading, "go-demo") == Counters(requests=609, errors=109)
+    assert budget.counters(reading, "go-demo") == Counters(requests=609, errors=109, answered=500)
     assert budget.counters(reading, "other") == "no backend other in its `show stat`"
 
 
-def test_delta_across_a_restart():
-    assert budget.delta(Counters(100, 3), Counters(130, 5)) == Counters(30, 2)
-    assert budget.delta(Counters(100, 3), Counters(12, 1)) == Counters(12, 1)  # restarted
-    assert budget.delta(None, Counters(7, 0)) == Counters(7, 0)
+def test_the_proxy_s_own_503s_and_redispatched_failures_count():
+    """Real `show stat` (tests/unit/data/haproxy-show-stat-errors.cfg): with no server up, the
+    503s are the BACKEND line's only; refused connections sent to another server are wredis."""
+    text = (Path(__file__).parent / "data" / "haproxy-show-stat-errors.csv").read_text()
+    reading = haproxy.Reading(haproxy.Replica("t1", "n1", "c1"), haproxy.parse_stat(text))
+    assert budget.counters(reading, "nosrv") == Counters(requests=5, errors=5, answered=0)
+    assert budget.counters(reading, "refused") == Counters(requests=20, errors=10, answered=10)
 
 
 def test_tally_baseline_restart_new_and_late_replicas():

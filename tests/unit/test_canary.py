@@ -3,9 +3,12 @@ the proxy's counters (a proxy that restarted counts from 0), and the verdict."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
-from cdtasks import canary
+from cdtasks import canary, haproxy
 from cdtasks.canary import Figures, Gate
 from cdtasks.haproxy import Server
 
@@ -157,3 +160,15 @@ def test_backend_weights_count_the_servers_up_and_give_back_the_configured_ones(
     }
     back = canary.backend_weights(backend, {"canary1", "canary2"}, 0)
     assert back["go-demo/app3"] == "100%" and back["go-demo/canary2"] == 0
+
+
+def test_the_requests_haproxy_answered_itself_count_in_all_never_the_canary_s():
+    """Real `show stat` (data/haproxy-show-stat-errors.cfg): five 503s with no server up."""
+    text = (Path(__file__).parent / "data" / "haproxy-show-stat-errors.csv").read_text()
+    reading = haproxy.Reading(haproxy.Replica("t1", "n1", "c1"), haproxy.parse_stat(text))
+    zero = {
+        "t1": {s.name: replace(s, requests=0, responses_5xx=0) for s in reading.counted("nosrv")}
+    }
+    after = {"t1": {s.name: s for s in reading.counted("nosrv")}}
+    assert canary.figures(zero, after) == Figures(5, 5, None)
+    assert canary.figures(zero, after, {"app1"}) == Figures(0, 0, None)

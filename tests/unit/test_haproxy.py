@@ -9,16 +9,27 @@ import pytest
 
 from cdtasks import haproxy
 
-STAT = (Path(__file__).parent / "data" / "haproxy-show-stat.csv").read_text()
+DATA = Path(__file__).parent / "data"
+STAT = (DATA / "haproxy-show-stat.csv").read_text()
+# Real `show stat` of HAProxy 2.6.12 after requests that fail in each way (the configuration
+# and the requests: haproxy-show-stat-errors.cfg).
+ERRORS = (DATA / "haproxy-show-stat-errors.csv").read_text()
 
 
 def _reading(text: str = STAT) -> haproxy.Reading:
     return haproxy.Reading(haproxy.Replica("t1", "node-1", "c1"), haproxy.parse_stat(text))
 
 
-def test_show_stat_gives_the_server_lines_only():
-    servers = haproxy.parse_stat(STAT)
-    assert [s.full_name for s in servers] == ["go-demo/app1", "go-demo/app3", "go-demo/canary1"]
+def test_show_stat_gives_the_server_and_backend_lines_a_backend_its_servers():
+    lines = haproxy.parse_stat(STAT)
+    assert [s.full_name for s in lines] == [
+        "go-demo/app1",
+        "go-demo/app3",
+        "go-demo/canary1",
+        "go-demo/BACKEND",
+    ]
+    servers = _reading().backend("go-demo")
+    assert [s.name for s in servers] == ["app1", "app3", "canary1"]
     app1 = servers[0]
     assert (app1.status, app1.weight, app1.requests, app1.errors) == ("UP", 1, 500, 0)
     assert app1.resolved and not servers[1].resolved  # MAINT (resolution): an empty slot
@@ -36,12 +47,57 @@ def test_errors_never_exceed_the_requests():
     assert s.errors == 10
 
 
+def _server(backend: str, name: str) -> haproxy.Server:
+    return next(s for s in _reading(ERRORS).backend(backend) if s.name == name)
+
+
+@pytest.mark.parametrize(
+    "backend, name, errors, why",
+    [
+        ("refused", "a", 10, "refused connections redispatched to b: wredis only, no econ"),
+        ("mixed", "bad", 10, "500s retried on good: in both wretr and wredis, counted once"),
+        ("half", "bad", 6, "6 of its 13 answers were 500s retried elsewhere: not 12"),
+        ("err500", "bad", 4, "500s relayed (retries disabled): hrsp_5xx"),
+        ("single500", "bad", 12, "3 requests, 4 attempts each, all 500: wretr 18, capped"),
+        ("singleref", "a", 12, "connection refused 4 times for each of 3 requests"),
+        ("slow", "s", 2, "server timeout: eresp, HAProxy answered 504"),
+        ("half", "good", 0, "only 200s"),
+    ],
+)
+def test_a_server_s_errors_in_real_counters(backend, name, errors, why):
+    assert _server(backend, name).errors == errors, why
+
+
+def test_the_requests_haproxy_answered_itself_are_the_backend_s_own():
+    reading = _reading(ERRORS)
+    # no server up: five 503s that appear only in the BACKEND line
+    assert reading.backend("nosrv") and all(s.requests == 0 for s in reading.backend("nosrv"))
+    assert reading.unserved("nosrv") == 5
+    assert haproxy.totals(reading.counted("nosrv")) == haproxy.Counters(5, 5, 0)
+    # a server's failed connections are that server's, not the proxy's own
+    assert reading.unserved("singleref") == 0
+    assert haproxy.totals(reading.counted("singleref")) == haproxy.Counters(12, 12, 0)
+    assert [s.name for s in reading.counted("refused")] == ["a", "b"]  # no own entry at 0
+    assert haproxy.totals(reading.counted("refused")) == haproxy.Counters(20, 10, 10)
+    assert reading.unserved("absent") == 0
+
+
+def test_since_one_reading_and_across_a_restart():
+    C = haproxy.Counters
+    assert haproxy.since(C(100, 3, 90), C(130, 5, 118)) == C(30, 2, 28)
+    assert haproxy.since(C(100, 3, 90), C(12, 1, 11)) == C(12, 1, 11)  # restarted: all of it
+    assert haproxy.since(None, C(7, 0, 7)) == C(7, 0, 7)  # a replica new since
+    assert haproxy.since(C(10, 2), C(11, 1)) == C(1, 0)  # never below 0
+
+
 def test_a_template_s_slots_are_found_by_prefix_and_number():
     reading = _reading()
     assert [s.name for s in haproxy.servers_named(reading, "go-demo", "canary")] == ["canary1"]
     assert [s.name for s in haproxy.servers_named(reading, "go-demo", "app")] == ["app1", "app3"]
     assert haproxy.servers_named(reading, "other", "app") == ()
-    assert haproxy.totals(haproxy.servers_named(reading, "go-demo", "app")) == (500, 0)
+    assert haproxy.totals(haproxy.servers_named(reading, "go-demo", "app")) == haproxy.Counters(
+        500, 0, 500
+    )
 
 
 def test_an_answer_that_is_not_show_stat_is_refused():
