@@ -1,7 +1,7 @@
 """`inv deploy --canary`: under steady real load through production's proxy, a release that
-answers 500 is aborted with production untouched, a healthy one is promoted with no failed
-request, the proxy is never restarted (its task IDs stay), and an interrupted canary leaves
-nothing behind. Real lab, real CLI; weights and counters read back through the runtime API."""
+answers 500 is aborted with production untouched, so is one that answers slowly
+(`--max-latency`), a healthy one is promoted with no failed request, the proxy is never
+restarted (its task IDs stay), and an interrupted canary leaves nothing behind. Real lab, real CLI; weights and counters read back through the runtime API."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SERVICE, CANARY, PROXY = "go-demo", "go-demo-canary", "proxy"
 # Short steps: the load below gives the canary well over --min-requests in each.
 FAST = ["--canary-for", "10", "--min-requests", "20"]
+PERSONS = 'return 200, "".join(f"{name}\\n" for name in self.store.names())'  # GET /demo/person
 
 
 def _cluster(lab) -> Cluster:
@@ -137,13 +138,7 @@ def releases(stack, tmp_path_factory):
     one healthy, one whose GET /demo/person answers 500 (its health check still passes)."""
     tmp = tmp_path_factory.mktemp("canary")
     _release(stack, tmp, "c-good", "HELLO = ", "CANARY = True\nHELLO = ")
-    _release(
-        stack,
-        tmp,
-        "c-500",
-        'return 200, "".join(f"{name}\\n" for name in self.store.names())',
-        'return 500, "broken release\\n"',
-    )
+    _release(stack, tmp, "c-500", PERSONS, 'return 500, "broken release\\n"')
     return stack
 
 
@@ -175,6 +170,28 @@ def test_a_release_answering_500_is_aborted_and_production_keeps_its_digest(rele
     assert step["percent"] == 20 and abs(step["share"] - 20) < 8, step
     assert step["errors"] >= 0.9 * step["requests"] >= 20, step
     assert load.failed <= step["errors"], load.seen
+
+
+def test_a_slow_release_is_aborted_by_the_latency_gate(releases, tmp_path):
+    """GET /demo/person takes 400 ms more in this release: every answer is right, and late."""
+    lab = releases
+    _release(lab, tmp_path, "c-slow", PERSONS, f"self.sleep(0.4)\n        {PERSONS}")
+    before, (proxies, _) = _images(lab), _proxy(lab)
+    with Load(lab) as load:
+        proc = _deploy(lab, "c-slow", "--canary", "20", *FAST, "--max-latency", "200")
+    print(proc.stdout[-2000:], proc.stderr[-3000:])
+    assert proc.returncode == 20, proc.stderr[-2000:]
+    entry = records.load(manager_of(_cluster(lab)), "history", SERVICE)[-1]
+    assert entry["version"] == "c-slow" and entry["steps"] == {"canary": "FAILED"}, entry
+    assert entry["result"].startswith("canary aborted: response time "), entry["result"]
+    assert " ms > 200 ms (HAProxy's rtime, over " in entry["result"], entry["result"]
+    step = entry["canary"][0]
+    assert step["latency_ms"] >= 400 and step["errors"] == 0, step
+    assert load.failed == 0, load.seen  # slow, never failed
+    assert _images(lab) == before
+    proxies_after, weights = _proxy(lab)
+    assert proxies_after == proxies and _as_configured(weights), weights
+    assert _canary_gone(lab)
 
 
 def test_a_healthy_release_is_promoted_with_no_failed_request(releases):

@@ -18,6 +18,8 @@ import requests
 from cdtasks import records, stack
 from cdtasks.cluster import Cluster
 
+from .conftest import manager_of
+
 ROOT = Path(__file__).resolve().parents[2]
 LOAD_PATH = "/demo/hello?delay=0"  # 200 from go-demo; the broken release answers it 500
 PACE = 0.05  # seconds between two requests of one cluster's load
@@ -67,7 +69,7 @@ def load(stack):
 
 
 def _images(lab, env: str) -> list[str]:
-    manager = Cluster.of(lab.settings(env)).discover().manager()
+    manager = manager_of(Cluster.of(lab.settings(env)).discover())
     svc = manager.api.inspect_service("go-demo")
     tasks = manager.api.tasks(filters={"service": svc["ID"], "desired-state": "running"})
     return [t["Spec"]["ContainerSpec"]["Image"] for t in tasks if t["Status"]["State"] == "running"]
@@ -145,7 +147,7 @@ def test_over_budget_the_release_is_rolled_back(load, tmp_path):
     assert "error budget exceeded: " in proc.stdout and " errors > 0 over " in proc.stdout
     after = _images(lab, "prod")
     assert sorted(after) == sorted(before)  # production keeps its digest, every replica
-    manager = Cluster.of(lab.settings("prod")).discover().manager()
+    manager = manager_of(Cluster.of(lab.settings("prod")).discover())
     entry = records.load(manager, "history", "go-demo")[-1]
     print(f"over budget: {entry['budget']['errors']} errors of {entry['budget']['requests']}")
     assert entry["result"] == "failed, rolled back" and entry["version"] == "2.1-500"
