@@ -140,12 +140,16 @@ def figures(before: Snapshot, after: Snapshot, names: Collection[str] | None = N
     weighted = 0.0
     for task, servers in after.items():
         earlier = before.get(task, {})
+        if any(
+            haproxy.restarted(earlier[n].counters, s.counters)
+            for n, s in servers.items()
+            if n in earlier
+        ):
+            earlier = {}  # a restarted proxy: all it counted is within the step
         for name, now in servers.items():
             if names is not None and name not in names:
                 continue
             then = earlier.get(name)
-            if then is not None and haproxy.restarted(then.counters, now.counters):
-                then = None  # a restarted proxy: all it counted is within the step
             got = haproxy.since(then.counters if then else None, now.counters)
             requests, errors = requests + got.requests, errors + got.errors
             mean = step_rtime(

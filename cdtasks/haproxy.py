@@ -14,7 +14,7 @@ import csv
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import gateway, services
 from .cluster import Cluster
@@ -74,25 +74,32 @@ class Counters:
     requests: int  # attempts sent to servers, plus the requests HAProxy answered itself
     errors: int
     answered: int = 0  # responses relayed from servers (the samples of rtime)
+    # HAProxy counters that only grow while its process lives (stot), by which a restart shows;
+    # None: `requests` is one. The requests HAProxy answered itself are a difference of two
+    # counters that a reading may catch between their increments (one more, then one less).
+    sessions: int | None = field(default=None, compare=False)
+
+    @property
+    def lifelong(self) -> int:
+        return self.requests if self.sessions is None else self.sessions
 
 
 def restarted(before: Counters, now: Counters) -> bool:
-    """Fewer requests than at the earlier reading: that proxy process restarted (its counters
-    start at 0 again). Requests is a sum of counters that only grow while a process lives."""
-    return now.requests < before.requests
+    """Fewer sessions than at the earlier reading: that proxy process restarted (its counters
+    start at 0 again)."""
+    return now.lifelong < before.lifelong
 
 
 def since(before: Counters | None, now: Counters) -> Counters:
     """What one proxy replica counted between two readings: `before` None (a replica new since)
-    or a restart between them: all of `now`. Errors and answers never go below 0 (the proxy's
-    own answers come from a difference of two counters HAProxy raises one after the other)."""
+    or a restart between them: all of `now`. Never below 0 (see `sessions`)."""
     if before is None or restarted(before, now):
         return now
-    return Counters(
-        now.requests - before.requests,
-        max(0, now.errors - before.errors),
-        max(0, now.answered - before.answered),
-    )
+    requests = max(0, now.requests - before.requests)
+    # An attempt under way at the earlier reading is counted in requests then, in errors only
+    # when it fails: never more errors than requests (the lab saw 69 of 68).
+    errors = min(requests, max(0, now.errors - before.errors))
+    return Counters(requests, errors, max(0, now.answered - before.answered))
 
 
 OWN = "(haproxy)"  # the entry, among a backend's servers, for the requests HAProxy answered itself
@@ -129,7 +136,10 @@ class Server:
 
     @property
     def counters(self) -> Counters:
-        return Counters(self.requests, self.errors, self.answered)
+        """Its counters; the OWN entry's are no evidence of a restart (see `sessions`)."""
+        return Counters(
+            self.requests, self.errors, self.answered, 0 if self.name == OWN else self.requests
+        )
 
     @property
     def full_name(self) -> str:
@@ -327,9 +337,10 @@ def check(cluster: Cluster, replicas: Sequence[Replica], backend: str, slots: st
 
 def totals(servers: Iterable[Server]) -> Counters:
     """The counters of some servers, added up."""
-    servers = list(servers)
+    counters = [s.counters for s in servers]
     return Counters(
-        sum(s.requests for s in servers),
-        sum(s.errors for s in servers),
-        sum(s.answered for s in servers),
+        sum(c.requests for c in counters),
+        sum(c.errors for c in counters),
+        sum(c.answered for c in counters),
+        sum(c.lifelong for c in counters),
     )

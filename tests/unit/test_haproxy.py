@@ -3,6 +3,7 @@ proxy image's) printed it during a canary whose 500s `retry-on` retried elsewher
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,21 @@ def test_since_one_reading_and_across_a_restart():
     assert haproxy.since(C(100, 3, 90), C(12, 1, 11)) == C(12, 1, 11)  # restarted: all of it
     assert haproxy.since(None, C(7, 0, 7)) == C(7, 0, 7)  # a replica new since
     assert haproxy.since(C(10, 2), C(11, 1)) == C(1, 0)  # never below 0
+    assert haproxy.since(C(10, 2), C(12, 5)) == C(2, 2)  # an attempt under way at the first
+
+
+def test_the_proxy_s_own_answers_are_no_evidence_of_a_restart():
+    """`show stat` prints the servers' lines before the BACKEND line: a connection error counted
+    in between shows as one more answer of HAProxy's own, one less at the next reading."""
+    own = haproxy.Server("b", haproxy.OWN, "", 0, 8, 8, 0, 0, 0, 0, 0)
+    server = haproxy.Server("b", "s1", "UP", 1, 40, 0, 0, 0, 0, 0, 0, 40)
+    before = haproxy.totals([server, own])
+    after = haproxy.totals([replace(server, requests=45, answered=45), replace(own, requests=7)])
+    assert not haproxy.restarted(before, after)
+    assert haproxy.since(before, after) == haproxy.Counters(4, 0, 5)
+    assert haproxy.since(own.counters, replace(own, requests=7, responses_5xx=7).counters) == (
+        haproxy.Counters(0, 0, 0)
+    )
 
 
 def test_a_template_s_slots_are_found_by_prefix_and_number():
