@@ -357,6 +357,30 @@ def config_of(attrs: Mapping) -> Config:
 
 
 # -- to the engine ---------------------------------------------------------------------------
+def spec_request(spec: Mapping[str, Any], ids: Mapping[str, str]) -> dict:
+    """The SDK's create/update arguments for a full ServiceSpec (as `stackplan` writes one),
+    the networks, configs and secrets it names by name replaced by the IDs in `ids` (they were
+    created after it was planned: the plan shown is the plan carried out)."""
+    tt = dict(spec["TaskTemplate"])
+    cs = dict(tt["ContainerSpec"])
+    for key, ref in (("Configs", "ConfigID"), ("Secrets", "SecretID")):
+        if cs.get(key):
+            cs[key] = [{**r, ref: ids.get(r[ref], r[ref])} for r in cs[key]]
+    if tt.get("Networks"):
+        tt["Networks"] = [
+            {**n, "Target": ids.get(n["Target"], n["Target"])} for n in tt["Networks"]
+        ]
+    return dict(
+        name=spec["Name"],
+        labels=spec.get("Labels"),
+        task_template={**tt, "ContainerSpec": cs},
+        mode=spec.get("Mode"),
+        update_config=spec.get("UpdateConfig"),
+        rollback_config=spec.get("RollbackConfig"),
+        endpoint_spec=spec.get("EndpointSpec"),
+    )
+
+
 def service_request(
     spec,
     network_ids: Mapping[str, str],

@@ -243,8 +243,10 @@ def _calls(manager: gateway.Gateway) -> stackplan.Calls:
         # not retried: a create whose answer was lost would then fail on its own name
         create_config=lambda n, data, labels: manager.create_config(n, data, labels, retry=False),
         create_secret=manager.create_secret,
-        create_service=manager.create_service,
-        update_service=manager.update_service,
+        create_service=lambda spec, ids: manager.create_service(**gateway.spec_request(spec, ids)),
+        update_service=lambda name, spec, ids: manager.update_service(
+            name, **gateway.spec_request(spec, ids)
+        ),
     )
 
 

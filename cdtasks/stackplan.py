@@ -195,19 +195,6 @@ def service_spec(
     )
 
 
-def request(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """A ServiceSpec as the SDK's create_service/update_service keyword arguments."""
-    return dict(
-        name=spec["Name"],
-        labels=spec.get("Labels"),
-        task_template=spec["TaskTemplate"],
-        mode=spec.get("Mode"),
-        update_config=spec.get("UpdateConfig"),
-        rollback_config=spec.get("RollbackConfig"),
-        endpoint_spec=spec.get("EndpointSpec"),
-    )
-
-
 # -- the difference --------------------------------------------------------------------------
 # What `inv services` compares, by the names the stack file gives them.
 FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -386,23 +373,9 @@ class Calls:
     create_network: Callable[..., str]
     create_config: Callable[[str, bytes, Mapping[str, str]], str]
     create_secret: Callable[[str, bytes, Mapping[str, str]], str]
-    create_service: Callable[..., None]
-    update_service: Callable[..., None]
-
-
-def with_ids(spec: Mapping[str, Any], ids: Mapping[str, str]) -> dict[str, Any]:
-    """A planned spec with the networks, configs and secrets it named (not created when it was
-    planned) replaced by their IDs: the plan shown is the plan carried out."""
-    tt = dict(spec["TaskTemplate"])
-    cs = dict(tt["ContainerSpec"])
-    for key, ref in (("Configs", "ConfigID"), ("Secrets", "SecretID")):
-        if cs.get(key):
-            cs[key] = [{**r, ref: ids.get(r[ref], r[ref])} for r in cs[key]]
-    if tt.get("Networks"):
-        tt["Networks"] = [
-            {**n, "Target": ids.get(n["Target"], n["Target"])} for n in tt["Networks"]
-        ]
-    return {**spec, "TaskTemplate": {**tt, "ContainerSpec": cs}}
+    # a planned ServiceSpec and the IDs of the objects it names (created after it was planned)
+    create_service: Callable[[Mapping[str, Any], Mapping[str, str]], None]
+    update_service: Callable[[str, Mapping[str, Any], Mapping[str, str]], None]
 
 
 def apply(
@@ -440,14 +413,13 @@ def apply(
     for c in p.changes:
         if c.kind != "service" or c.spec is None:
             continue
-        spec = with_ids(c.spec, ids)
         if c.action == "create":
-            log(f"creating service {c.name} ({spec['TaskTemplate']['ContainerSpec']['Image']})")
-            calls.create_service(**request(spec))
+            log(f"creating service {c.name} ({c.spec['Labels'][IMAGE]})")
+            calls.create_service(c.spec, ids)
             done.append(f"created service {c.name}")
         elif c.action == "update" and update:
             keys = ", ".join(k for k, _, _ in c.keys)
             log(f"updating service {c.name}: {keys}")
-            calls.update_service(c.name, **request(spec))
+            calls.update_service(c.name, c.spec, ids)
             done.append(f"updated service {c.name} ({keys})")
     return done

@@ -48,7 +48,11 @@ def _mount(entry: str):
 
 def paths(lab) -> dict:
     s = lab.settings("test")
-    return {"state": s.cluster.state_dir, "registry": s.registry.registry_dir}
+    return {
+        "state": s.cluster.state_dir,
+        "registry": s.registry.registry_dir,
+        "workspace": s.delivery.workspace_dir,
+    }
 
 
 # branch -> (edit of the compose file, what the refusal names: service, key, path)
@@ -87,7 +91,17 @@ ESCAPES = {
         _mount("{registry}:/r"),
         r"service unit: volumes: {registry} is the registry's directory",
     ),
+    "workspace": (
+        _mount("{workspace}:/w"),
+        r"service unit: volumes: {workspace} is the workspace",
+    ),
     "privileged": (_unit("    privileged: true\n"), r"service unit: privileged: true: "),
+    "pid-host": (_unit("    pid: host\n"), r"service unit: pid: host: "),
+    "cap-add": (_unit("    cap_add: [SYS_ADMIN]\n"), r"service unit: cap_add: SYS_ADMIN: "),
+    "devices": (
+        _unit("    devices: ['/dev/fuse:/dev/fuse']\n"),
+        r"service unit: devices: /dev/fuse: ",
+    ),
     "host-network": (
         lambda t, lab: t.replace(STAGING, STAGING + "    network_mode: host\n"),
         r"service staging: network_mode: host: ",

@@ -1,13 +1,21 @@
 """Deployment logic without a cluster: which version is deployed (from the versions that passed
-prod-like) and what a run's outcome is; the cluster side runs in tests/integration/test_4_deploy.py."""
+prod-like), what a run's outcome is, and its final history entry against an in-memory manager;
+the cluster side runs in tests/integration/test_4_deploy.py."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import time
+from types import SimpleNamespace
+
 import pytest
 
-from cdtasks import deployment
+from cdtasks import deployment, records
 from cdtasks.config import load
 from cdtasks.deployment import Deployment, DeploymentError, choose, outcome
+from cdtasks.interrupt import Interrupted, signals_as_interrupt
 from cdtasks.runner import StepResult
 
 
@@ -146,3 +154,35 @@ def test_a_started_run_without_its_final_entry_is_unfinished_unless_its_holder_l
 def test_entries_of_older_versions_without_a_run_id_are_kept():
     old = {"result": "deployed", "version": "1.0"}
     assert deployment.merge_runs([old, entry("b", "started", "t")], None)[0] == old
+
+
+def test_a_signal_while_the_final_entry_is_written_comes_after_it(
+    tmp_path, swarm_manager, monkeypatch
+):
+    """SIGTERM arriving in the middle of writing a finished run's history entry: the entry is
+    written whole, the lock released and the local log written, then the run is interrupted
+    (the deployment is not left "unfinished")."""
+    (tmp_path / "prod.env").write_text("")
+    prod = load("prod", environ={"CDTASKS_STATE_DIR": str(tmp_path / "state")}, env_dir=tmp_path)
+    d = Deployment(prod, prod, version="1.2", log=lambda line: None)
+    d.cluster = SimpleNamespace(gateway=lambda log=None: swarm_manager)
+    lock = records.Lock(swarm_manager, d.service, "1.2").acquire(0)
+    real_put = records.put
+
+    def put_with_a_signal(manager, kind, service, entry, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # without deferral the handler raises here, before the write
+        real_put(manager, kind, service, entry, **kw)
+
+    monkeypatch.setattr(records, "put", put_with_a_signal)
+    with pytest.raises(Interrupted) as err, signals_as_interrupt(lambda line: None):
+        deployment.finish(
+            d, [StepResult("rollout", True, 1.0), StepResult("prodtest", True, 1.0)], lock
+        )
+    assert err.value.signum == signal.SIGTERM
+    assert [(e["run"], e["result"]) for e in records.load(swarm_manager, "history", d.service)] == [
+        (d.run_id, "deployed")
+    ]
+    assert records.lock_state(swarm_manager, d.service) is None
+    local = deployment.local_log(prod).read_text().splitlines()
+    assert [json.loads(line)["result"] for line in local] == ["deployed"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from cdtasks import stackfile, stackplan
+from cdtasks import gateway, stackfile, stackplan
 from cdtasks.stackplan import Actual
 
 TEAM = Path(__file__).resolve().parents[1] / "apps" / "team-stack" / "stack.yml"
@@ -129,8 +129,8 @@ def test_the_plan_carried_out_is_the_plan_shown():
         create_network=lambda name, **kw: f"id-{name}",
         create_config=lambda name, data, labels: f"id-{name}",
         create_secret=lambda name, data, labels: f"id-{name}",
-        create_service=lambda **kw: calls.append(kw),
-        update_service=lambda name, **kw: calls.append(kw),
+        create_service=lambda spec, ids: calls.append(gateway.spec_request(spec, ids)),
+        update_service=lambda name, spec, ids: calls.append(gateway.spec_request(spec, ids)),
     )
     stackplan.apply(stack, p, made, lambda line: None, update=True)
     assert [c["name"] for c in calls] == [c.name for c in p.changes if c.kind == "service"]
