@@ -84,6 +84,13 @@ class Checkout:
             self.settings, self.settings.services.app_image, self.version or ""
         )
 
+    def starting(self, what: str) -> None:
+        """Say that a piece of a step's work begins now (`unit tests running`): on a long step
+        the user sees which part runs, and a caller (the fault tests) knows the step is inside
+        its work. Silent in a dry run, which lists the commands instead."""
+        if not self.dry_run:
+            self.log(what)
+
     def record(self, argv: Sequence[str], runs_in_dry_run: bool = False) -> None:
         self.commands.append(shlex.join(argv))
         if self.dry_run:

@@ -108,13 +108,23 @@ def provide_images(d: Delivery) -> None:
 
 def unit(d: Delivery) -> str:
     provide_images(d)
-    d.compose_step(lambda c: c.run("unit"), defer=True)
+
+    def act(c: Compose) -> None:
+        d.starting("unit tests running")
+        c.run("unit")
+
+    d.compose_step(act, defer=True)
     return "unit tests passed"
 
 
 def build(d: Delivery) -> str:
     provide_images(d)
-    d.compose_step(lambda c: c.build("app"), defer=True)
+
+    def act(c: Compose) -> None:
+        d.starting(f"building {d.ref_tag}")
+        c.build("app")
+
+    d.compose_step(act, defer=True)
     tag_built(d)
     return f"built {d.ref_tag} on {d.settings.cluster.cd_node}"
 
@@ -174,7 +184,9 @@ def staging(d: Delivery) -> str:
     lock when needed (`staging_lock_needed`): then down at once, before the lock goes."""
 
     def act(c: Compose) -> None:
+        d.starting("starting staging-dep")
         c.up("staging-dep")
+        d.starting("staging tests running")
         c.run("staging")
 
     if not staging_lock_needed(d):
@@ -198,6 +210,7 @@ def publish(d: Delivery) -> str:
     if d.dry_run:
         return f"would push {d.ref_tag}"
     cd = d.cluster.client(d.settings.cluster.cd_node)
+    d.starting(f"pushing {d.ref_tag}")
     for line in cd.images.push(d.image, tag=d.version, stream=True, decode=True):
         if "error" in line:
             raise StepFailed(f"pushing {d.ref_tag} failed: {line['error']}")

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import budget, gateway, records, services, stack
 from .checkout import Checkout
 from .cluster import Cluster
+from .compose import Compose
 from .config import ServicesSettings
 from .engine import EngineError
 from .log import Log
@@ -159,7 +160,12 @@ def production_tests(co: Checkout, target: Cluster, image: str, converged_at: fl
     if not co.dry_run:
         runs(target, app, image)
     ip = "HOST_IP" if co.dry_run else host_ip(target, app, target.routing_in_use())
-    co.compose_step(lambda c: c.run("production"), host_ip=ip, defer=True)
+
+    def act(c: Compose) -> None:
+        co.starting(f"production tests running against {target.settings.env}")
+        c.run("production")
+
+    co.compose_step(act, host_ip=ip, defer=True)
     if co.compose_left:  # a whole run: the project goes down while the monitor period is watched
         co.tear_down_beside()
     if not co.dry_run:

@@ -224,20 +224,26 @@ def deliver(lab, repo, version, tmp_path, *extra) -> Run:
 
 
 # -- deliver interrupted in every step ----------------------------------------------------------
-# The delay after a step's start line: long enough to be inside the step's work.
-# prodtest is short: the rollout before it already waited out most of Swarm's monitor period.
-STEP_DELAY = {
-    "checkout": 0.0,
-    "unit": 2.0,
-    "build": 3.0,
-    "staging": 3.0,
-    "publish": 0.3,
-    "prodlike": 2.0,
-    "prodtest": 0.3,
+# The progress line a step says when its work begins (checkout: its start line): a signal
+# after it lands inside that work, or later if the work is short.
+WORK_STARTED = {
+    "checkout": r"checkout \.\.\.",
+    "unit": r"unit tests running",
+    "build": r"building \S+",
+    "staging": r"staging tests running",
+    "publish": r"pushing \S+",
+    "prodlike": r"\S+: \d+/\d+ replicas on the new image \(updating\)",
+    "rollout": r"\S+: \d+/\d+ replicas on the new image \(updating\)",
+    "prodtest": r"production tests running against \S+",
 }
-# In a whole run the build runs beside the unit tests: it has no start line of its own, and a
-# signal then stops the unit tests (the build beside them is undone).
+# In a whole run the build runs beside the unit tests: a signal then stops the unit tests (the
+# build beside them is undone).
 STARTS_WITH = {"build": "unit"}
+
+
+def inside(run: Run, title: str, step: str) -> str:
+    """Wait until `step` of the run (`[title]` lines) says its work began."""
+    return run.wait_for(rf"^\[{title}\] {WORK_STARTED[step]}$")
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
@@ -248,8 +254,7 @@ def test_deliver_interrupted_in_each_step_leaves_nothing_and_claims_nothing(
     version = f"int-{step}-{how}"
     before = spec_image(stack)
     run = deliver(stack, repo, version, tmp_path)
-    run.wait_for(rf"^\[deliver\] {STARTS_WITH.get(step, step)} \.\.\.$")
-    time.sleep(STEP_DELAY[step])
+    inside(run, "deliver", step)
     run.ctrl_c() if how == "ctrl-c" else run.signal(signal.SIGTERM)
     code = run.finish()
     assert code == (130 if how == "ctrl-c" else 143), run.stderr[-2000:]
@@ -373,8 +378,7 @@ def _fresh_version(lab, repo, tmp_path, version) -> str:
 def test_deploy_interrupted_records_interrupted_and_what_runs(stack, repo, tmp_path, where, how):
     version = _fresh_version(stack, repo, tmp_path, f"dep-{where}-{how}")
     run = _deploy(stack, version, tmp_path)
-    run.wait_for(rf"^\[deploy\] {where} \.\.\.$")
-    time.sleep(STEP_DELAY.get(where, 1.0))
+    inside(run, "deploy", where)
     run.ctrl_c() if how == "ctrl-c" else run.signal(signal.SIGTERM)
     code = run.finish()
     assert code == (130 if how == "ctrl-c" else 143)
@@ -393,8 +397,7 @@ def test_deploy_killed_mid_rollout_is_recorded_unfinished_and_the_next_recovers(
 ):
     version = _fresh_version(stack, repo, tmp_path, "dep-killed")
     run = _deploy(stack, version, tmp_path)
-    run.wait_for(r"^\[deploy\] rollout \.\.\.$")
-    time.sleep(1.0)
+    inside(run, "deploy", "rollout")
     run.signal(signal.SIGKILL)
     assert run.finish() == -signal.SIGKILL
     assert lock_holder(stack, "prod")  # nobody could release it
@@ -414,8 +417,7 @@ def test_deploy_killed_mid_rollout_is_recorded_unfinished_and_the_next_recovers(
 def test_deploy_survives_a_production_node_killed_mid_rollout(stack, repo, tmp_path, victim):
     version = _fresh_version(stack, repo, tmp_path, f"dep-kill-{victim}")
     run = _deploy(stack, version, tmp_path)
-    run.wait_for(r"^\[deploy\] rollout \.\.\.$")
-    time.sleep(2.0)
+    inside(run, "deploy", "rollout")
     docker.from_env().containers.get(stack.container(victim)).kill()
     code = run.finish(900)
     try:
@@ -455,10 +457,10 @@ def test_registry_task_killed_during_publish(stack, repo, tmp_path):
 def test_cd_engine_restarted_during_staging(stack, repo, tmp_path):
     before = spec_image(stack)
     run = deliver(stack, repo, "engine-restart", tmp_path)
-    run.wait_for(r"^\[deliver\] staging \.\.\.$")
-    time.sleep(0.5)
-    # Killed at once and started again: on a quiet machine staging's tests take only seconds,
-    # a graceful stop could let them finish first.
+    # Once staging-dep is being started (its tests follow). Killed at once and started again:
+    # on a quiet machine staging's tests take only seconds, a graceful stop could let them
+    # finish first.
+    run.wait_for(r"^\[deliver\] starting staging-dep$")
     docker.from_env().containers.get(stack.container(CD_NODE)).restart(timeout=0)
     code = run.finish()
     try:
@@ -509,9 +511,10 @@ def _remove_leftovers(lab, before: list[str]) -> None:
 
 
 def _long_unit(lab, slow_repo, tmp_path, version) -> Run:
-    """A delivery of `slow_repo` once its unit container runs (the build beside it too)."""
+    """A delivery of `slow_repo` once its unit container runs and the build beside it began."""
     run = deliver(lab, slow_repo, version, tmp_path)
-    run.wait_for(r"^\[deliver\] unit \.\.\.$")
+    inside(run, "deliver", "build")
+    inside(run, "deliver", "unit")
     cd = Cluster.of(lab.settings("test")).discover().client(CD_NODE)
     deadline = time.monotonic() + 300
     while not [
@@ -523,7 +526,6 @@ def _long_unit(lab, slow_repo, tmp_path, version) -> Run:
     ]:
         assert run.proc.poll() is None and time.monotonic() < deadline, run.stderr[-2000:]
         time.sleep(0.5)
-    time.sleep(3)
     return run
 
 
@@ -556,7 +558,9 @@ def test_a_second_signal_ends_the_clean_up_at_once_naming_what_is_left(stack, sl
     before = checkouts(stack)
     run = _long_unit(stack, slow_repo, tmp_path, "slow-2")
     run.signal(signal.SIGTERM)
-    time.sleep(0.5)  # inside the clean-up: `down` waits 5 s for the sleeping unit container
+    # Inside the clean-up once the unit step is said interrupted: `down` waits 5 s for the
+    # sleeping unit container.
+    run.wait_for(r"^\[deliver\] unit \.\.\. interrupted")
     code, took = _sigterm(run, timeout=60)
     print(f"exited {took:.1f}s after the second SIGTERM")
     try:
