@@ -23,20 +23,24 @@ USER = getpass.getuser()
 TTL = 9.0  # short, so expiry is seen in seconds; the heartbeat renews every 3 s
 
 HOLDER = """
-import sys, time
+import sys, threading
 from cdtasks import config, records
 from cdtasks.cluster import Cluster
 manager = Cluster.of(config.load("test")).discover().gateway()
+lost = threading.Event()
+def say(line):
+    print(line, flush=True)
+    if line.startswith("lost: "):  # the heartbeat found the lock removed or taken over
+        lost.set()
 lock = records.Lock(manager, sys.argv[1], "9.9", action="testing", ttl=float(sys.argv[2]),
-                    log=lambda line: print(line, flush=True)).acquire(0)
+                    log=say).acquire(0)
 print("held", lock.id, flush=True)
-while True:  # a run making one change after another, checking the lock before each
-    time.sleep(0.5)
-    try:
-        lock.check()
-    except records.LockLost as exc:
-        print("stopped:", exc, flush=True)
-        sys.exit(3)
+lost.wait()
+try:  # its next change, which must check the lock first
+    lock.check()
+except records.LockLost as exc:
+    print("stopped:", exc, flush=True)
+    sys.exit(3)
 """
 
 

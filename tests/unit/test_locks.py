@@ -3,6 +3,7 @@
 import json
 import math
 import subprocess
+import threading
 import time
 
 import pytest
@@ -99,10 +100,12 @@ def test_the_heartbeat_keeps_a_waiter_out_for_many_ttls(manager):
 
 
 def test_an_expired_lock_is_taken_over_by_its_id(manager):
-    stale = Lock(manager, SVC, "1.0", ttl=1, holder=_elsewhere()).acquire(0, heartbeat=False)
-    time.sleep(1.5)
+    clocks = Clocks()
+    stale = _party(manager, clocks, 0, "1.0", ttl=1, holder=_elsewhere())
+    stale.acquire(0, heartbeat=False)
+    clocks.sleep(1.5)
     lines, log = _lines()
-    taker = Lock(manager, SVC, "2.0", log=log).acquire(0)
+    taker = _party(manager, clocks, 0, "2.0", log=log).acquire(0)
     assert records.lock_state(manager, SVC).id == taker.id != stale.id
     # Its expiry by this clock only makes the waiter watch it; one unchanged TTL decides.
     assert "looks expired by this machine's clock" in lines[0]
@@ -115,11 +118,13 @@ def test_an_expired_lock_is_taken_over_by_its_id(manager):
 
 
 def test_a_renewal_between_a_waiters_look_and_its_takeover_keeps_the_lock(manager):
-    holder = Lock(manager, SVC, "1.0", ttl=1, holder=_elsewhere()).acquire(0, heartbeat=False)
-    time.sleep(1.25)
+    # Its wall clock 1.25 s behind this machine's: its lock looks expired here at once, while
+    # its own lease still runs.
+    holder = Lock(
+        manager, SVC, "1.0", ttl=1, holder=_elsewhere(), wall=lambda: time.time() - 1.25
+    ).acquire(0, heartbeat=False)
     looked = records.lock_state(manager, SVC)
     assert records.expired(looked)
-    holder._renewed = time.monotonic()  # late but still in its own lease
     holder.renew()
     Lock(manager, SVC, "2.0")._take_over(looked, "expired")  # the version moved on: refused
     assert records.lock_state(manager, SVC).id == holder.id
@@ -141,14 +146,20 @@ def test_a_holder_whose_clock_runs_ahead_is_taken_over_after_one_unchanged_ttl(m
 
 
 def test_check_and_the_heartbeat_notice_a_removed_lock(manager):
-    lines, log = _lines()
+    lines, said_lost = [], threading.Event()
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if line.startswith("lost: "):  # what the heartbeat says when it finds the lock gone
+            said_lost.set()
+
     holder = Lock(manager, SVC, "1.0", ttl=1.5, log=log).acquire(0)
     removed = records.force_release(manager, SVC)
     assert removed.id == holder.id and removed.holder["version"] == "1.0"
     with pytest.raises(LockLost, match="the lock of go-demo was removed"):
         holder.check()
-    time.sleep(1.75)  # one heartbeat
-    assert isinstance(holder.lost, LockLost) and any(x.startswith("lost: ") for x in lines)
+    assert said_lost.wait(30), lines  # its next beat, 0.5 s on (a loaded machine: later)
+    assert isinstance(holder.lost, LockLost)
     assert holder.release() is False
     assert records.force_release(manager, SVC) is None  # free: nothing to remove
 
@@ -182,8 +193,9 @@ def test_holder_gone_needs_the_same_process_not_only_the_same_pid():
 
 
 def test_the_lease_runs_out_by_the_holders_own_clock(manager):
-    holder = Lock(manager, SVC, "1.0", ttl=1).acquire(0, heartbeat=False)
-    time.sleep(1.25)
+    clocks = Clocks()
+    holder = _party(manager, clocks, 0, "1.0", ttl=1).acquire(0, heartbeat=False)
+    clocks.sleep(1.25)
     with pytest.raises(LockLost, match=r"not renewed for \d+s \(TTL 1s\)"):
         holder.renew()  # never renew what a waiter may rightly have taken
     assert holder.release() is True  # still its own config: removed by its ID
@@ -214,13 +226,14 @@ def test_a_lock_marked_for_takeover_is_lost_to_its_holder(manager):
 
 
 def test_a_lock_of_the_previous_version_holds_until_the_expiry_in_its_data(manager):
+    clocks = Clocks()
     old = {
         "user": "dave",
         "host": "ci",
         "pid": 1,
         "time": "2026-11-29T10:00:00+00:00",
         "version": "0.9",
-        "expires": time.time() + 0.3,
+        "expires": clocks.wall(0)() + 0.3,
         "token": "t1",
     }
     manager.api.create_config(
@@ -229,9 +242,9 @@ def test_a_lock_of_the_previous_version_holds_until_the_expiry_in_its_data(manag
         labels={records.KIND_LABEL: "lock", records.SERVICE_LABEL: SVC},
     )
     with pytest.raises(LockHeld, match=r"dave@ci \(machine \?, pid 1\) since 2026-11-29T10:00"):
-        Lock(manager, SVC, "1.0").acquire(0)
-    time.sleep(1.75)
-    Lock(manager, SVC, "1.0").acquire(0).release()
+        _party(manager, clocks, 0, "1.0").acquire(0)
+    clocks.sleep(1.75)
+    _party(manager, clocks, 0, "1.0").acquire(0).release()
 
 
 # -- lease arithmetic under clock skew (injected clocks) -------------------------------------------
