@@ -23,24 +23,20 @@ USER = getpass.getuser()
 TTL = 9.0  # short, so expiry is seen in seconds; the heartbeat renews every 3 s
 
 HOLDER = """
-import sys, threading
+import sys
 from cdtasks import config, records
 from cdtasks.cluster import Cluster
 manager = Cluster.of(config.load("test")).discover().gateway()
-lost = threading.Event()
-def say(line):
-    print(line, flush=True)
-    if line.startswith("lost: "):  # the heartbeat found the lock removed or taken over
-        lost.set()
 lock = records.Lock(manager, sys.argv[1], "9.9", action="testing", ttl=float(sys.argv[2]),
-                    log=say).acquire(0)
+                    log=lambda line: print(line, flush=True)).acquire(0)
 print("held", lock.id, flush=True)
-lost.wait()
-try:  # its next change, which must check the lock first
-    lock.check()
-except records.LockLost as exc:
-    print("stopped:", exc, flush=True)
-    sys.exit(3)
+for _ in sys.stdin:  # a run making one change after another (when the test says), checking
+    try:             # the lock before each
+        lock.check()
+    except records.LockLost as exc:
+        print("stopped:", exc, flush=True)
+        sys.exit(3)
+    print("changed", flush=True)
 """
 
 
@@ -58,6 +54,7 @@ class Holder:
             cwd=ROOT,
             env=lab.env,
             text=True,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
@@ -69,7 +66,9 @@ class Holder:
         self.proc.send_signal(sig)
 
     def finish(self, timeout: float = 30) -> tuple[int, str]:
-        """Its exit code and what it said, once it stopped by itself."""
+        """Its exit code and what it said, once its next change stopped it."""
+        self.proc.stdin.write("change\n")
+        self.proc.stdin.flush()
         out, _ = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, out
 
