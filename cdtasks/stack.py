@@ -8,6 +8,7 @@ import hashlib
 import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -255,21 +256,31 @@ def _check_images(
 ) -> list[str]:
     """The tool's offline images onto the nodes; any other image must be in the registry."""
     offline = {i.ref for i in images.IMAGES.values()}
+    others = sorted({svc.image for svc in stack.services} - offline)
+    # Each lookup is a round trip from the manager to the registry: one per image, side by side.
+    with ThreadPoolExecutor(max_workers=max(1, len(others))) as pool:
+        found = dict(
+            zip(others, pool.map(lambda ref: _in_registry(manager, ref), others), strict=True)
+        )
     for svc in stack.services:
-        if svc.image in offline:
-            continue
-        try:
-            manager.registry_digest(svc.image)
-        except gateway.APIFailure:
+        if svc.image not in offline and not found[svc.image]:
             raise stackplan.StackError(
                 f"{stack.path}: service {svc.name}: image {svc.image} is neither one of "
                 f"cdtasks' offline images nor in the registry (build and push it first)"
-            ) from None
+            )
     host = cluster.provider.image_source()
     if host is None:
         return []
     refs = sorted({svc.image for svc in stack.services} & offline)
     return [f"loaded images into {n}" for n in images.provide(host, cluster.clients(), refs, log)]
+
+
+def _in_registry(manager: gateway.Gateway, ref: str) -> bool:
+    try:
+        manager.registry_digest(ref)
+    except gateway.APIFailure:
+        return False
+    return True
 
 
 def _routing_note(p: stackplan.Plan) -> str:
