@@ -227,12 +227,17 @@ def read_file(s: Settings, environ: Mapping[str, str] | None = None) -> stackfil
     return stackfile.read(s.stack.stack_file, s.stack.stack_name, variables)
 
 
-def _actual(manager: gateway.Gateway, name: str) -> stackplan.Actual:
+def _actual(manager: gateway.Gateway, name: str, pool: ThreadPoolExecutor) -> stackplan.Actual:
+    """What runs, its four lists read side by side."""
+    specs = pool.submit(manager.service_specs, {stackplan.NAMESPACE: name})
+    networks = pool.submit(manager.networks)
+    configs = pool.submit(manager.configs)
+    secrets = pool.submit(manager.secrets)
     return stackplan.Actual(
-        services=manager.service_specs({stackplan.NAMESPACE: name}),
-        networks=manager.networks(),
-        configs={c.name: (c.id, dict(c.labels)) for c in manager.configs()},
-        secrets=manager.secrets(),
+        services=specs.result(),
+        networks=networks.result(),
+        configs={c.name: (c.id, dict(c.labels)) for c in configs.result()},
+        secrets=secrets.result(),
     )
 
 
@@ -307,8 +312,11 @@ def plan_file(s: Settings, log: Log) -> FilePlan:
     stack = read_file(s)
     cluster = Cluster.of(s).discover()
     manager = cluster.gateway(log)
-    actual = _actual(manager, stack.name)
-    p = stackplan.plan(stack, actual, cluster.routing_in_use())
+    manager.manager_name()  # the manager probed once, before the reads below ask side by side
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        routing = pool.submit(cluster.routing_in_use)
+        actual = _actual(manager, stack.name, pool)
+        p = stackplan.plan(stack, actual, routing.result())
     if p.adapted:
         log(_routing_note(p))
     missing = stackplan.missing_external(stack, actual)
