@@ -138,7 +138,9 @@ class LabProvider(Provider):
         return int(bindings[0]["HostPort"]) if bindings else None
 
     def endpoints(self, nodes: Sequence[str]) -> dict[str, Endpoint]:
-        # One inspect per machine, side by side: every task starts here.
+        # One inspect per machine, side by side: every task starts here. The host's client
+        # first, so that the threads share it.
+        self.host  # noqa: B018
         with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
             found = dict(zip(nodes, pool.map(self._container, nodes), strict=True))
         return {
