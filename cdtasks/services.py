@@ -228,7 +228,7 @@ def running_tasks(gw: Gateway, name: str) -> tuple[int, int, list[Task]]:
     svc = existing(gw, name)
     tasks = gw.tasks(svc.id, "running")
     running = sum(1 for t in tasks if t.state == "running")
-    return running, _replicas_wanted(svc, tasks, gw.nodes), tasks
+    return running, _replicas_wanted(svc, tasks, lambda: gw.nodes()), tasks
 
 
 def running_counts(gw: Gateway, names: Sequence[str]) -> dict[str, tuple[int, int]]:
@@ -239,7 +239,7 @@ def running_counts(gw: Gateway, names: Sequence[str]) -> dict[str, tuple[int, in
     if missing:
         raise ServiceError(f"service {missing[0]} does not exist: create it with `inv services`")
     tasks = gw.tasks(None, "running")
-    listed_nodes = functools.cache(gw.nodes)  # once, and only if a global service needs them
+    listed_nodes = functools.cache(lambda: gw.nodes())  # once, if a global service needs them
     out = {}
     for n in names:
         svc = found[n]
