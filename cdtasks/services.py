@@ -6,6 +6,7 @@ service, so a diff is a comparison of two plain values and changes touch only wh
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -168,13 +169,15 @@ def converge(gw: Gateway, specs: Sequence[ServiceSpec], log: Log, update: bool =
     return done
 
 
-def _replicas_wanted(gw: Gateway, svc: Service) -> int:
+def _replicas_wanted(svc: Service, tasks: Sequence[Task], nodes: Callable[[], list[Node]]) -> int:
+    """`tasks`: the service's tasks that should run; `nodes()` is asked only for a global
+    service without constraints."""
     if svc.replicas is not None:
         return svc.replicas
     if svc.constraints:
         # Which nodes satisfy the constraints is the scheduler's call: count what it placed.
-        return max(1, len({t.node_id for t in gw.tasks(svc.id, "running")}))
-    return sum(1 for n in gw.nodes() if n.schedulable)
+        return max(1, len({t.node_id for t in tasks}))
+    return sum(1 for n in nodes() if n.schedulable)
 
 
 def constraint_matches(node: Node, constraint: str) -> bool | None:
@@ -225,7 +228,25 @@ def running_tasks(gw: Gateway, name: str) -> tuple[int, int, list[Task]]:
     svc = existing(gw, name)
     tasks = gw.tasks(svc.id, "running")
     running = sum(1 for t in tasks if t.state == "running")
-    return running, _replicas_wanted(gw, svc), tasks
+    return running, _replicas_wanted(svc, tasks, lambda: gw.nodes()), tasks
+
+
+def running_counts(gw: Gateway, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """(running, wanted) of each service, from one list of services and one of tasks (and of
+    nodes when a global service needs it), whatever the number of services."""
+    found = {s.name: s for s in gw.services()}
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ServiceError(f"service {missing[0]} does not exist: create it with `inv services`")
+    tasks = gw.tasks(None, "running")
+    listed_nodes = functools.cache(lambda: gw.nodes())  # once, if a global service needs them
+    out = {}
+    for n in names:
+        svc = found[n]
+        mine = [t for t in tasks if t.service_id == svc.id]
+        running = sum(1 for t in mine if t.state == "running")
+        out[n] = (running, _replicas_wanted(svc, mine, listed_nodes))
+    return out
 
 
 def progress(gw: Gateway, svc: Service) -> tuple[int, int]:
@@ -291,7 +312,7 @@ def wait_running(
     deadline = time.monotonic() + timeout
     last = ""
     while True:
-        states = {n: running_tasks(gw, n)[:2] for n in names}
+        states = running_counts(gw, names)
         text = ", ".join(f"{n} {r}/{w}" for n, (r, w) in states.items())
         if all(r >= w for r, w in states.values()):
             log(f"running: {text}")
@@ -306,6 +327,47 @@ def wait_running(
                 f"timed out after {timeout:.0f}s waiting for {', '.join(stuck)}: {why}"
             )
         time.sleep(poll)
+
+
+def wait_updated(
+    gw: Gateway, names: Sequence[str], timeout: float, log: Log, poll: float = 0.5
+) -> None:
+    """Wait until every replica of each (just updated) service runs its current spec and no
+    task of an older one still runs, whatever changed (a config's new generation as much as an
+    image). Swarm pausing or rolling back the update is a failure, said with the tasks' words."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    for name in names:
+        while True:
+            svc = existing(gw, name)
+            if svc.update_state in FAILED_UPDATE:
+                raise ServiceError(
+                    f"updating {name}: Swarm's update is {svc.update_state}: "
+                    f"{svc.update_message} ({diagnose(gw, name)})"
+                )
+            _, wanted, tasks = running_tasks(gw, name)
+            current = sum(
+                1
+                for t in tasks
+                if t.state == "running" and t.container_digest == svc.container_digest
+            )
+            old = sum(
+                1
+                for t in [*tasks, *gw.tasks(svc.id, "shutdown")]
+                if t.state == "running" and t.container_digest != svc.container_digest
+            )
+            text = f"{name}: {current}/{wanted} replicas updated, {old} older still running"
+            if current >= wanted and not old:
+                log(text)
+                break
+            if text != last:
+                log(f"waiting: {text}")
+                last = text
+            if time.monotonic() > deadline:
+                raise ServiceError(
+                    f"timed out after {timeout:.0f}s updating {text}: {diagnose(gw, name)}"
+                )
+            time.sleep(poll)
 
 
 def with_routing(spec: ServiceSpec, mode: str) -> ServiceSpec:

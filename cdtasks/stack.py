@@ -8,6 +8,7 @@ import hashlib
 import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -226,13 +227,37 @@ def read_file(s: Settings, environ: Mapping[str, str] | None = None) -> stackfil
     return stackfile.read(s.stack.stack_file, s.stack.stack_name, variables)
 
 
-def _actual(manager: gateway.Gateway, name: str) -> stackplan.Actual:
+def _actual(manager: gateway.Gateway, name: str, pool: ThreadPoolExecutor) -> stackplan.Actual:
+    """What runs, its five lists read side by side."""
+    specs = pool.submit(manager.service_specs, {stackplan.NAMESPACE: name})
+    networks = pool.submit(manager.networks)
+    configs = pool.submit(manager.configs)
+    secrets = pool.submit(manager.secret_list)
+    uses = pool.submit(_uses, manager)
     return stackplan.Actual(
-        services=manager.service_specs({stackplan.NAMESPACE: name}),
-        networks=manager.networks(),
-        configs={c.name: (c.id, dict(c.labels)) for c in manager.configs()},
-        secrets=manager.secrets(),
+        services=specs.result(),
+        networks=networks.result(),
+        configs={c.name: (c.id, dict(c.labels)) for c in configs.result()},
+        secrets={c.name: (c.id, dict(c.labels)) for c in secrets.result()},
+        uses=uses.result(),
     )
+
+
+def _uses(manager: gateway.Gateway) -> dict[str, tuple[frozenset, frozenset]]:
+    """Every service's configs and secrets, of its spec and of its previous spec."""
+    return {
+        svc.name: (
+            frozenset(
+                [("config", n) for _, n, _ in svc.configs]
+                + [("secret", n) for _, n, _ in svc.secrets]
+            ),
+            frozenset(
+                [("config", n) for n in svc.previous_configs]
+                + [("secret", n) for n in svc.previous_secrets]
+            ),
+        )
+        for svc in manager.services()
+    }
 
 
 def _calls(manager: gateway.Gateway) -> stackplan.Calls:
@@ -243,6 +268,9 @@ def _calls(manager: gateway.Gateway) -> stackplan.Calls:
         # not retried: a create whose answer was lost would then fail on its own name
         create_config=lambda n, data, labels: manager.create_config(n, data, labels, retry=False),
         create_secret=manager.create_secret,
+        remove_config=manager.remove_config,
+        remove_secret=manager.remove_secret,
+        in_use=lambda: {u for now, before in _uses(manager).values() for u in now | before},
         create_service=lambda spec, ids: manager.create_service(**gateway.spec_request(spec, ids)),
         update_service=lambda name, spec, ids: manager.update_service(
             name, **gateway.spec_request(spec, ids)
@@ -255,21 +283,31 @@ def _check_images(
 ) -> list[str]:
     """The tool's offline images onto the nodes; any other image must be in the registry."""
     offline = {i.ref for i in images.IMAGES.values()}
+    others = sorted({svc.image for svc in stack.services} - offline)
+    # Each lookup is a round trip from the manager to the registry: one per image, side by side.
+    with ThreadPoolExecutor(max_workers=max(1, len(others))) as pool:
+        found = dict(
+            zip(others, pool.map(lambda ref: _in_registry(manager, ref), others), strict=True)
+        )
     for svc in stack.services:
-        if svc.image in offline:
-            continue
-        try:
-            manager.registry_digest(svc.image)
-        except gateway.APIFailure:
+        if svc.image not in offline and not found[svc.image]:
             raise stackplan.StackError(
                 f"{stack.path}: service {svc.name}: image {svc.image} is neither one of "
                 f"cdtasks' offline images nor in the registry (build and push it first)"
-            ) from None
+            )
     host = cluster.provider.image_source()
     if host is None:
         return []
     refs = sorted({svc.image for svc in stack.services} & offline)
     return [f"loaded images into {n}" for n in images.provide(host, cluster.clients(), refs, log)]
+
+
+def _in_registry(manager: gateway.Gateway, ref: str) -> bool:
+    try:
+        manager.registry_digest(ref)
+    except gateway.APIFailure:
+        return False
+    return True
 
 
 def _routing_note(p: stackplan.Plan) -> str:
@@ -288,6 +326,7 @@ class FilePlan:
     plan: stackplan.Plan
     cluster: Cluster
     manager: Any
+    actual: stackplan.Actual
 
 
 def plan_file(s: Settings, log: Log) -> FilePlan:
@@ -296,14 +335,17 @@ def plan_file(s: Settings, log: Log) -> FilePlan:
     stack = read_file(s)
     cluster = Cluster.of(s).discover()
     manager = cluster.gateway(log)
-    actual = _actual(manager, stack.name)
-    p = stackplan.plan(stack, actual, cluster.routing_in_use())
+    manager.manager_name()  # the manager probed once, before the reads below ask side by side
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        routing = pool.submit(cluster.routing_in_use)
+        actual = _actual(manager, stack.name, pool)
+        p = stackplan.plan(stack, actual, routing.result())
     if p.adapted:
         log(_routing_note(p))
     missing = stackplan.missing_external(stack, actual)
     if missing:
         raise stackplan.StackError(f"{stack.path}: {', '.join(missing)} does not exist")
-    return FilePlan(s, stack, p, cluster, manager)
+    return FilePlan(s, stack, p, cluster, manager, actual)
 
 
 def ensure_file(s: Settings, log: Log, *, check: bool = False, update: bool = False) -> StackResult:
@@ -314,14 +356,21 @@ def ensure_file(s: Settings, log: Log, *, check: bool = False, update: bool = Fa
     if check:
         return StackResult(s.env, p.routing, (), _drift(p.changes))
     done = _check_images(fp.cluster, manager, stack, log)
-    done += stackplan.apply(stack, p, _calls(manager), log, update)
-    drift = () if update else _drift(c for c in p.drift if c.action == "update")
-    changed = [c for c in p.drift if c.action in ("changed", "extra")]
+    calls = _calls(manager)
+    done += stackplan.apply(stack, p, calls, log, update)
+    drift = () if update else _drift(c for c in p.drift if c.action in ("update", "retire"))
+    extra = [c for c in p.drift if c.action == "extra"]
     jobs = {stack.scoped(x.name) for x in stack.services if x.is_job}
     running = [stack.scoped(x.name) for x in stack.services if not x.is_job]
-    services.wait_running(manager, running, s.services.services_timeout, log)
-    wait_jobs(manager, sorted(jobs), s.services.services_timeout, log)
-    return StackResult(s.env, p.routing, tuple(done), drift + _drift(changed))
+    timeout = s.services.services_timeout
+    if update:
+        updated = [c.name for c in p.changes if c.action == "update" and c.name in running]
+        services.wait_updated(manager, updated, timeout, log)
+    services.wait_running(manager, running, timeout, log)
+    wait_jobs(manager, sorted(jobs), timeout, log)
+    if update:  # only now: until the services converged, a rollback may need any of them
+        done += stackplan.retire(p, fp.actual, calls, log)
+    return StackResult(s.env, p.routing, tuple(done), drift + _drift(extra))
 
 
 def _drift(changes) -> tuple[Drift, ...]:
@@ -329,6 +378,8 @@ def _drift(changes) -> tuple[Drift, ...]:
     for c in changes:
         if c.action == "create":
             out.append(Drift(f"{c.kind} {c.name}", "exists", "yes", "(missing)"))
+        if c.action == "retire":
+            out.append(Drift(f"{c.kind} {c.name}", "exists", "(retired)", "yes"))
         for key, want, have in c.keys:
             out.append(Drift(f"{c.kind} {c.name}", key, want, have))
     return tuple(out)
