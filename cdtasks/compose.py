@@ -298,19 +298,29 @@ def subprocess_runner(
     stopped (SIGTERM, then SIGKILL) and ComposeTimeout raised with what it printed."""
     lines: list[str] = []
     start = time.monotonic()
-    # Its own process group, stopped whole: the docker CLI's plugin process and whatever else
-    # compose starts would otherwise keep running (and hold its output open).
-    with subprocess.Popen(
-        list(argv),
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        bufsize=1,
-        start_new_session=True,
-    ) as proc:
+    with contextlib.ExitStack() as stack:
+        # A signal while Popen forks raises before it returns the process: compose would run
+        # on, stopped by nobody, after the clean-up (and recreate a removed checkout through
+        # its bind mount). Held until the callback below stops compose on the way out.
+        with interrupt.deferred():
+            # Its own process group, stopped whole: the docker CLI's plugin process and
+            # whatever else compose starts would otherwise keep running (and hold its output).
+            proc = stack.enter_context(
+                subprocess.Popen(
+                    list(argv),
+                    env=dict(env),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    errors="replace",
+                    bufsize=1,
+                    start_new_session=True,
+                )
+            )
+            # Interrupted (Ctrl-C, SIGTERM, a raising on_line): compose must not keep running
+            # alongside the down() that follows.
+            stack.callback(_stop_running, proc)
         expired = threading.Event()
 
         def stop() -> None:
@@ -345,10 +355,11 @@ def subprocess_runner(
         finally:
             if timer:
                 timer.cancel()
-            # Interrupted (Ctrl-C, SIGTERM, a raising on_line): compose must not keep running
-            # alongside the down() that follows.
-            if proc.poll() is None:
-                _stop_group(proc, grace=5)
+
+
+def _stop_running(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        _stop_group(proc, grace=5)
 
 
 def _stop_group(proc: subprocess.Popen, grace: float = 10) -> None:

@@ -332,6 +332,24 @@ def test_subprocess_runner_stops_the_child_when_interrupted():
         os.kill(pids[0], 0)
 
 
+def test_a_signal_while_compose_starts_stops_it_too(monkeypatch):
+    """Ctrl-C that lands while Popen forks (a signal right after a step says its work began)
+    is raised once the child is known, and the child is stopped, not left running."""
+    started: list[subprocess.Popen] = []
+    real = subprocess.Popen
+
+    def popen_then_signal(*args, **kw):
+        proc = real(*args, **kw)
+        started.append(proc)
+        os.kill(os.getpid(), signal.SIGINT)  # before Popen returns
+        return proc
+
+    monkeypatch.setattr(mod.subprocess, "Popen", popen_then_signal)
+    with pytest.raises(KeyboardInterrupt):
+        mod.subprocess_runner(["sleep", "60"], os.environ, None)
+    assert started[0].poll() is not None  # stopped and reaped, not left sleeping
+
+
 @pytest.fixture
 def fresh_detection():
     mod._detect.cache_clear()
