@@ -424,7 +424,10 @@ def wait_rollout(
         # shut down keeps answering (through the proxy) until its process exits.
         converged = on_new >= wanted and running >= wanted and not _stopping(gw, svc, image)
         if converged and time.monotonic() >= (stable_until or 0):
-            done = "converged" if state in ("updating", "rollback_started") else state
+            # A rollback by Swarm that brought back `image` reached it: not the failure that
+            # rollback_completed means when the spec runs another image (above).
+            rolled = ("updating", "rollback_started", "rollback_completed")
+            done = "converged" if state in rolled else state
             return Rollout(
                 name, image, done, elapsed, svc.update_message, _running_for(gw, tasks, image)
             )
