@@ -104,13 +104,16 @@ def previous_of(entry: Mapping) -> dict[str, str]:
 
 
 def rollback_target(history: Iterable[Mapping], current: Mapping[str, str]) -> dict[str, str]:
-    """The images of the last successful release (history oldest first) that differs from
-    what runs now (`current`: service -> image): what `inv rollback` moves the set back to;
-    empty when there is none."""
-    for entry in reversed(list(history)):
-        if not Outcome.of(str(entry.get("result", ""))).ok:
-            continue
+    """What `inv rollback` moves the set back to (history oldest first, `current`: service ->
+    image now): the images of the last successful release that differs from what runs; else
+    what ran before the release that runs now (the first one the tool made). Empty: none."""
+    ok = [e for e in history if Outcome.of(str(e.get("result", ""))).ok]
+    for entry in reversed(ok):
         images = images_of(entry)
         if any(current.get(s) != image for s, image in images.items()):
             return images
+    for entry in reversed(ok):
+        before = previous_of(entry)
+        if before and any(current.get(s) != image for s, image in before.items()):
+            return before
     return {}
