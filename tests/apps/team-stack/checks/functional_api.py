@@ -13,7 +13,9 @@ WAIT_SECONDS = 30  # the service, or the proxy's view of it, may still be starti
 
 def get(path: str) -> tuple[int, str]:
     host, sep, port = HOST_IP.rpartition(":")
-    conn = http.client.HTTPConnection(host if sep else HOST_IP, int(port) if sep else 80, timeout=10)
+    conn = http.client.HTTPConnection(
+        host if sep else HOST_IP, int(port) if sep else 80, timeout=10
+    )
     try:
         conn.request("GET", path)
         response = conn.getresponse()

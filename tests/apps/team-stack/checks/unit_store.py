@@ -34,9 +34,12 @@ class StoreTest(unittest.TestCase):
         self.assertEqual(sock.sent, b"*2\r\n$3\r\nGET\r\n$4\r\nwork\r\n")
 
     def test_error_reply_raises(self):
-        with mock.patch.object(store.socket, "create_connection", return_value=Socket(b"-ERR x\r\n")):
-            with self.assertRaises(RuntimeError):
-                store.command("GET", "work")
+        error = Socket(b"-ERR x\r\n")
+        with (
+            mock.patch.object(store.socket, "create_connection", return_value=error),
+            self.assertRaises(RuntimeError),
+        ):
+            store.command("GET", "work")
 
 
 if __name__ == "__main__":
