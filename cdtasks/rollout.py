@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from . import budget, gateway, records, services, stack
+from . import budget, gateway, records, services, stack, stackfile
 from .checkout import Checkout
 from .cluster import Cluster
 from .config import ServicesSettings
@@ -94,12 +94,16 @@ def measured_update(
     lock: records.Lock | None = None,
 ) -> list[services.Rollout]:
     """`update` under the error budget: the proxy's counters for the application's backend
-    (named after APP_SERVICE) read around it; `keep` gets the budget. StepFailed above
-    `max_errors`."""
+    (named after APP_SERVICE; the proxy: PROXY_SERVICE, with STACK_FILE one of the file's)
+    read around it; `keep` gets the budget. StepFailed above `max_errors`."""
     if dry_run:
         return update(cluster, app, images, log, dry_run, record, lock)
+    try:
+        proxy = stack.service_name(cluster.settings, app.proxy_service)
+    except stackfile.StackFileError:  # a stack without that proxy: the budget says "not measured"
+        proxy = app.proxy_service
     return budget.measure(
-        budget.reader(cluster, app.proxy_service, app.app_service),
+        budget.reader(cluster, proxy, app.app_service),
         lambda: update(cluster, app, images, log, record=record, lock=lock),
         keep,
         max_errors,
