@@ -79,7 +79,14 @@ def update(
         )
 
     with ThreadPoolExecutor(max_workers=len(images) or 1) as pool:
-        return check(list(pool.map(follow, sorted(images.items()))))
+        results = check(list(pool.map(follow, sorted(images.items()))))
+    if len(images) > 1:
+        # All or nothing: a service whose new task dies within Swarm's monitor period (a worker
+        # that exits a second after it started) fails this step, which undoes the whole set,
+        # not the tests of the others. The book's one service overlaps that period with its
+        # production tests instead (`settle` after them).
+        settle(cluster, app, images, monitor_start(results), log)
+    return results
 
 
 def measured_update(
