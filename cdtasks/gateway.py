@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
+import json
 import shlex
 import threading
 import time
@@ -156,6 +158,10 @@ class Service:
     secrets: tuple[tuple[str, str, str], ...] = ()  # (secret ID, secret name, file name)
     job: bool = False  # replicated-job or global-job: its tasks run to completion
     tty: bool = False
+    # names of the configs and secrets that Swarm's PreviousSpec uses (a rollback needs them)
+    previous_configs: tuple[str, ...] = ()
+    previous_secrets: tuple[str, ...] = ()
+    container_digest: str = ""  # of the spec's ContainerSpec: which tasks run the current one
 
     @property
     def mode(self) -> str:
@@ -215,7 +221,16 @@ def service_of(attrs: Mapping) -> Service:
         ),
         job="ReplicatedJob" in mode or "GlobalJob" in mode,
         tty=bool(cs.get("TTY")),
+        previous_configs=tuple(c["ConfigName"] for c in previous.get("Configs") or []),
+        previous_secrets=tuple(c["SecretName"] for c in previous.get("Secrets") or []),
+        container_digest=_digest(cs),
     )
+
+
+def _digest(container_spec: Mapping) -> str:
+    """A fingerprint of a ContainerSpec: a task is created with a copy of its service's, so
+    equal fingerprints tell the tasks that run the service's current spec."""
+    return hashlib.sha256(json.dumps(container_spec, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -236,18 +251,20 @@ class Task:
     timestamp: str = ""  # when it reached its state (Engine API text; `engine_time` reads it)
     created_at: str = ""
     updated_at: str = ""
+    container_digest: str = ""  # as Service.container_digest, of the spec it was created with
 
 
 def task_of(attrs: Mapping) -> Task:
     status = attrs.get("Status") or {}
     container = status.get("ContainerStatus") or {}
+    cs = (attrs.get("Spec") or {}).get("ContainerSpec") or {}
     return Task(
         id=attrs.get("ID", ""),
         service_id=attrs.get("ServiceID", ""),
         node_id=attrs.get("NodeID", ""),
         state=status.get("State", ""),
         desired_state=attrs.get("DesiredState", ""),
-        image=((attrs.get("Spec") or {}).get("ContainerSpec") or {}).get("Image", ""),
+        image=cs.get("Image", ""),
         error=status.get("Err", ""),
         message=status.get("Message", ""),
         slot=attrs.get("Slot"),
@@ -256,6 +273,7 @@ def task_of(attrs: Mapping) -> Task:
         timestamp=status.get("Timestamp", ""),
         created_at=attrs.get("CreatedAt", ""),
         updated_at=attrs.get("UpdatedAt", ""),
+        container_digest=_digest(cs),
     )
 
 
@@ -343,6 +361,15 @@ class Config:
     version: int
     labels: Mapping[str, str] = field(default_factory=dict)
     data: bytes = b""
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A Swarm secret as listed: never its data (the engine does not give it)."""
+
+    id: str
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 def config_of(attrs: Mapping) -> Config:
@@ -792,6 +819,22 @@ class Gateway:
     def secrets(self) -> dict[str, str]:
         """name -> ID."""
         return self.call(lambda c: {s["Spec"]["Name"]: s["ID"] for s in c.api.secrets()})
+
+    def secret_list(self) -> list[Secret]:
+        return self.call(
+            lambda c: [
+                Secret(s["ID"], s["Spec"]["Name"], dict(s["Spec"].get("Labels") or {}))
+                for s in c.api.secrets()
+            ]
+        )
+
+    def remove_secret(self, secret_id: str) -> bool:
+        """False when it was already gone."""
+        try:
+            self.call(lambda c: c.api.remove_secret(secret_id))
+            return True
+        except NotFound:
+            return False
 
     def create_secret(self, name: str, data: bytes, labels: Mapping[str, str]) -> str:
         """Its ID."""

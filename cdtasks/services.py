@@ -308,6 +308,47 @@ def wait_running(
         time.sleep(poll)
 
 
+def wait_updated(
+    gw: Gateway, names: Sequence[str], timeout: float, log: Log, poll: float = 0.5
+) -> None:
+    """Wait until every replica of each (just updated) service runs its current spec and no
+    task of an older one still runs, whatever changed (a config's new generation as much as an
+    image). Swarm pausing or rolling back the update is a failure, said with the tasks' words."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    for name in names:
+        while True:
+            svc = existing(gw, name)
+            if svc.update_state in FAILED_UPDATE:
+                raise ServiceError(
+                    f"updating {name}: Swarm's update is {svc.update_state}: "
+                    f"{svc.update_message} ({diagnose(gw, name)})"
+                )
+            _, wanted, tasks = running_tasks(gw, name)
+            current = sum(
+                1
+                for t in tasks
+                if t.state == "running" and t.container_digest == svc.container_digest
+            )
+            old = sum(
+                1
+                for t in [*tasks, *gw.tasks(svc.id, "shutdown")]
+                if t.state == "running" and t.container_digest != svc.container_digest
+            )
+            text = f"{name}: {current}/{wanted} replicas updated, {old} older still running"
+            if current >= wanted and not old:
+                log(text)
+                break
+            if text != last:
+                log(f"waiting: {text}")
+                last = text
+            if time.monotonic() > deadline:
+                raise ServiceError(
+                    f"timed out after {timeout:.0f}s updating {text}: {diagnose(gw, name)}"
+                )
+            time.sleep(poll)
+
+
 def with_routing(spec: ServiceSpec, mode: str) -> ServiceSpec:
     """Without IPVS (mode dnsrr): DNS round robin and host-mode ports instead of VIP and mesh."""
     if mode != "dnsrr":

@@ -233,8 +233,26 @@ def _actual(manager: gateway.Gateway, name: str) -> stackplan.Actual:
         services=manager.service_specs({stackplan.NAMESPACE: name}),
         networks=manager.networks(),
         configs={c.name: (c.id, dict(c.labels)) for c in manager.configs()},
-        secrets=manager.secrets(),
+        secrets={c.name: (c.id, dict(c.labels)) for c in manager.secret_list()},
+        uses=_uses(manager),
     )
+
+
+def _uses(manager: gateway.Gateway) -> dict[str, tuple[frozenset, frozenset]]:
+    """Every service's configs and secrets, of its spec and of its previous spec."""
+    return {
+        svc.name: (
+            frozenset(
+                [("config", n) for _, n, _ in svc.configs]
+                + [("secret", n) for _, n, _ in svc.secrets]
+            ),
+            frozenset(
+                [("config", n) for n in svc.previous_configs]
+                + [("secret", n) for n in svc.previous_secrets]
+            ),
+        )
+        for svc in manager.services()
+    }
 
 
 def _calls(manager: gateway.Gateway) -> stackplan.Calls:
@@ -245,6 +263,9 @@ def _calls(manager: gateway.Gateway) -> stackplan.Calls:
         # not retried: a create whose answer was lost would then fail on its own name
         create_config=lambda n, data, labels: manager.create_config(n, data, labels, retry=False),
         create_secret=manager.create_secret,
+        remove_config=manager.remove_config,
+        remove_secret=manager.remove_secret,
+        in_use=lambda: {u for now, before in _uses(manager).values() for u in now | before},
         create_service=lambda spec, ids: manager.create_service(**gateway.spec_request(spec, ids)),
         update_service=lambda name, spec, ids: manager.update_service(
             name, **gateway.spec_request(spec, ids)
@@ -290,6 +311,7 @@ class FilePlan:
     plan: stackplan.Plan
     cluster: Cluster
     manager: Any
+    actual: stackplan.Actual
 
 
 def plan_file(s: Settings, log: Log) -> FilePlan:
@@ -305,7 +327,7 @@ def plan_file(s: Settings, log: Log) -> FilePlan:
     missing = stackplan.missing_external(stack, actual)
     if missing:
         raise stackplan.StackError(f"{stack.path}: {', '.join(missing)} does not exist")
-    return FilePlan(s, stack, p, cluster, manager)
+    return FilePlan(s, stack, p, cluster, manager, actual)
 
 
 def ensure_file(s: Settings, log: Log, *, check: bool = False, update: bool = False) -> StackResult:
@@ -316,14 +338,21 @@ def ensure_file(s: Settings, log: Log, *, check: bool = False, update: bool = Fa
     if check:
         return StackResult(s.env, p.routing, (), _drift(p.changes))
     done = _check_images(fp.cluster, manager, stack, log)
-    done += stackplan.apply(stack, p, _calls(manager), log, update)
-    drift = () if update else _drift(c for c in p.drift if c.action == "update")
-    changed = [c for c in p.drift if c.action in ("changed", "extra")]
+    calls = _calls(manager)
+    done += stackplan.apply(stack, p, calls, log, update)
+    drift = () if update else _drift(c for c in p.drift if c.action in ("update", "retire"))
+    extra = [c for c in p.drift if c.action == "extra"]
     jobs = {stack.scoped(x.name) for x in stack.services if x.is_job}
     running = [stack.scoped(x.name) for x in stack.services if not x.is_job]
-    services.wait_running(manager, running, s.services.services_timeout, log)
-    wait_jobs(manager, sorted(jobs), s.services.services_timeout, log)
-    return StackResult(s.env, p.routing, tuple(done), drift + _drift(changed))
+    timeout = s.services.services_timeout
+    if update:
+        updated = [c.name for c in p.changes if c.action == "update" and c.name in running]
+        services.wait_updated(manager, updated, timeout, log)
+    services.wait_running(manager, running, timeout, log)
+    wait_jobs(manager, sorted(jobs), timeout, log)
+    if update:  # only now: until the services converged, a rollback may need any of them
+        done += stackplan.retire(p, fp.actual, calls, log)
+    return StackResult(s.env, p.routing, tuple(done), drift + _drift(extra))
 
 
 def _drift(changes) -> tuple[Drift, ...]:
@@ -331,6 +360,8 @@ def _drift(changes) -> tuple[Drift, ...]:
     for c in changes:
         if c.action == "create":
             out.append(Drift(f"{c.kind} {c.name}", "exists", "yes", "(missing)"))
+        if c.action == "retire":
+            out.append(Drift(f"{c.kind} {c.name}", "exists", "(retired)", "yes"))
         for key, want, have in c.keys:
             out.append(Drift(f"{c.kind} {c.name}", key, want, have))
     return tuple(out)

@@ -12,11 +12,13 @@ StackFileError naming the file, the service and the key, for the whole file befo
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -152,13 +154,36 @@ class Network:
 
 @dataclass(frozen=True)
 class Blob:
-    """A top-level config or secret: its Swarm name and, unless external, its file's content."""
+    """A top-level config or secret: its base name (NAME_key, or `name:` / the external one as
+    written) and, unless external, its file's content."""
 
     key: str
-    name: str
+    base: str
     external: bool = False
     data: bytes = field(default=b"", repr=False)
     labels: tuple[tuple[str, str], ...] = ()
+    secret: bool = False
+
+    @cached_property  # a secret's hash is made slow on purpose: once per object
+    def name(self) -> str:
+        """Swarm's name: the base and a short hash of the content (Swarm cannot update a config
+        or secret in place, moby#35803: a changed file is a new object, the old one stays for a
+        rollback). An external one is used as named."""
+        return self.base if self.external else f"{self.base}-{content_id(self.data, self.secret)}"
+
+
+HASH_CHARS = 10
+NAME_MAX = 64  # Swarm's limit on a config's or secret's name
+
+
+def content_id(data: bytes, secret: bool) -> str:
+    """HASH_CHARS hex digits of the content's SHA-256 (`sha256sum FILE` begins with them). A
+    secret's is stretched (PBKDF2) instead, so that the name shown in plans and logs does not
+    let a short secret be guessed by hashing candidates quickly."""
+    if secret:
+        key = hashlib.pbkdf2_hmac("sha256", data, b"cdtasks stack secret", 50_000)
+        return key.hex()[:HASH_CHARS]
+    return hashlib.sha256(data).hexdigest()[:HASH_CHARS]
 
 
 @dataclass(frozen=True)
@@ -601,12 +626,20 @@ def _blobs(r: _Reader, doc: Any, stack: str, kind: str, base: Path) -> dict[str,
             except OSError as exc:
                 raise r.fail(f"{where}.file", f"{file}: {exc.strerror}") from None
         given = spec.get("name")
+        named = r.text(given, f"{where}.name") if given else key if external else f"{stack}_{key}"
+        if not external and len(named) + 1 + HASH_CHARS > NAME_MAX:
+            raise r.fail(
+                where,
+                f"name {named!r} is too long: Swarm allows {NAME_MAX} characters, and cdtasks "
+                f"adds {1 + HASH_CHARS} (a hash of the content)",
+            )
         out[key] = Blob(
             key=key,
-            name=r.text(given, f"{where}.name") if given else key if external else f"{stack}_{key}",
+            base=named,
             external=external,
             data=data,
             labels=r.pairs(spec.get("labels"), f"{where}.labels"),
+            secret=kind == "secrets",
         )
     return out
 

@@ -5,23 +5,25 @@ Names and labels are `docker stack deploy`'s (`NAME_service`, `com.docker.stack.
 `com.docker.stack.image`), so `docker stack services NAME` and `docker stack ps NAME` show what
 this made. A service spec is compared field by field with the running one after dropping empty
 values on both sides (Swarm omits zero values when it stores a spec), so a second run of an
-unchanged file finds nothing to do.
+unchanged file finds nothing to do. A config or secret is named by its content (stackfile.Blob):
+a changed file is a new object that the services using it are updated to, and the generations
+that neither a service nor its previous spec use any more are retired.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from docker import types
 
-from .stackfile import Blob, Service, Stack
+from .stackfile import Service, Stack
 
 NAMESPACE = "com.docker.stack.namespace"
 IMAGE = "com.docker.stack.image"
-DIGEST = "io.cdtasks.stack.digest"  # a config's content, to see a changed file
+# a config's or secret's name without its content hash: the generations of one file
+BASE = "io.cdtasks.stack.base"
 
 
 class StackError(ValueError):
@@ -254,8 +256,18 @@ def differences(want: Mapping, have: Mapping) -> list[tuple[str, str, str]]:
         if name in UNORDERED and isinstance(w, list) and isinstance(h, list):
             w, h = sorted(w, key=repr), sorted(h, key=repr)
         if w != h:
-            out.append(_replicas(w, h) or (name, _show(w), _show(h)))
+            shown = (_ref_names(w), _ref_names(h)) if name in REFS else (_show(w), _show(h))
+            out.append(_replicas(w, h) or (name, *shown))
     return out
+
+
+REFS = {"configs": "ConfigName", "secrets": "SecretName"}
+
+
+def _ref_names(refs: Any) -> str:
+    """Configs and secrets by their names: a new generation shows as a new hash."""
+    names = sorted(r.get("ConfigName") or r.get("SecretName") or "?" for r in refs or [])
+    return ", ".join(names) or "(none)"
 
 
 def _replicas(w: Any, h: Any) -> tuple[str, str, str] | None:
@@ -280,7 +292,9 @@ def _show(value: Any) -> str:
 class Change:
     kind: str  # network | config | secret | service
     name: str  # the Swarm name
-    action: str  # create | update | changed (left: Swarm cannot update it) | extra
+    # create | update | extra (a service the file lacks: left) | retire (an older generation
+    # of a config or secret that no service nor its previous spec uses once the plan is done)
+    action: str
     keys: tuple[tuple[str, str, str], ...] = ()  # (key, wanted, running) of an update
     spec: Mapping[str, Any] | None = None  # a service's, to create or update with
 
@@ -304,11 +318,12 @@ class Actual:
     services: Mapping[str, Mapping]  # name -> running ServiceSpec, of this namespace
     networks: Mapping[str, str]  # name -> ID (every network of the cluster)
     configs: Mapping[str, tuple[str, Mapping[str, str]]]  # name -> (ID, labels)
-    secrets: Mapping[str, str]  # name -> ID
-
-
-def digest(blob: Blob) -> str:
-    return hashlib.sha256(blob.data).hexdigest()
+    secrets: Mapping[str, tuple[str, Mapping[str, str]]]  # name -> (ID, labels)
+    # every service of the cluster -> the ("config" | "secret", name) its spec uses, and those
+    # its previous spec uses (what Swarm's rollback goes back to)
+    uses: Mapping[str, tuple[frozenset[tuple[str, str]], frozenset[tuple[str, str]]]] = field(
+        default_factory=dict
+    )
 
 
 def missing_external(stack: Stack, actual: Actual) -> list[str]:
@@ -332,22 +347,17 @@ def plan(stack: Stack, actual: Actual, routing: str) -> Plan:
         for n in stack.networks
         if not n.external and n.name not in actual.networks
     ]
-    for c in stack.configs:
-        if c.external:
-            continue
-        have = actual.configs.get(c.name)
-        if have is None:
-            changes.append(Change("config", c.name, "create"))
-        elif have[1].get(DIGEST) != digest(c):
-            changes.append(Change("config", c.name, "changed", (("file", "new content", "old"),)))
+    blobs = (("config", stack.configs, actual.configs), ("secret", stack.secrets, actual.secrets))
     changes += [
-        Change("secret", s.name, "create")
-        for s in stack.secrets
-        if not s.external and s.name not in actual.secrets
+        Change(kind, b.name, "create")
+        for kind, objs, have in blobs
+        for b in objs
+        if not b.external and b.name not in have
     ]
     config_ids = {n: i for n, (i, _) in actual.configs.items()}
+    secret_ids = {n: i for n, (i, _) in actual.secrets.items()}
     for s in stack.services:
-        spec = service_spec(stack, s, actual.networks, config_ids, actual.secrets)
+        spec = service_spec(stack, s, actual.networks, config_ids, secret_ids)
         running = actual.services.get(spec["Name"])
         if running is None:
             changes.append(Change("service", spec["Name"], "create", spec=spec))
@@ -361,7 +371,37 @@ def plan(stack: Stack, actual: Actual, routing: str) -> Plan:
         for name in sorted(actual.services)
         if name not in wanted
     ]
+    kept = _kept(actual, changes)
+    changes += [
+        Change(kind, name, "retire")
+        for kind, objs, have in blobs
+        for b in objs
+        if not b.external
+        for name in sorted(generations(stack.name, b.base, have))
+        if name != b.name and (kind, name) not in kept
+    ]
     return Plan(stack.name, routing, adapted, tuple(changes))
+
+
+def generations(stack: str, base: str, have: Mapping[str, tuple[str, Mapping[str, str]]]):
+    """The stack's objects of one config or secret: the hashed names this module made, and the
+    plain name of a stack deployed before (or by `docker stack deploy`)."""
+    return [
+        name
+        for name, (_, labels) in have.items()
+        if labels.get(NAMESPACE) == stack and (labels.get(BASE) == base or name == base)
+    ]
+
+
+def _kept(actual: Actual, changes: Sequence[Change]) -> set[tuple[str, str]]:
+    """The configs and secrets that services and their previous specs use once the plan is
+    done: an updated service's previous spec is the one it runs now (what a planned spec
+    names is the file's current generation, never retired)."""
+    updated = {c.name for c in changes if c.kind == "service" and c.action == "update"}
+    kept: set[tuple[str, str]] = set()
+    for name, (now, before) in actual.uses.items():
+        kept |= now if name in updated else now | before
+    return kept
 
 
 # -- carrying it out ---------------------------------------------------------------------------
@@ -373,6 +413,10 @@ class Calls:
     create_network: Callable[..., str]
     create_config: Callable[[str, bytes, Mapping[str, str]], str]
     create_secret: Callable[[str, bytes, Mapping[str, str]], str]
+    remove_config: Callable[[str], object]  # by ID
+    remove_secret: Callable[[str], object]
+    # what every service's spec and previous spec use, read now: ("config" | "secret", name)
+    in_use: Callable[[], set[tuple[str, str]]]
     # a planned ServiceSpec and the IDs of the objects it names (created after it was planned)
     create_service: Callable[[Mapping[str, Any], Mapping[str, str]], None]
     update_service: Callable[[str, Mapping[str, Any], Mapping[str, str]], None]
@@ -402,13 +446,10 @@ def apply(
                 internal=n.internal,
                 labels={**dict(n.labels), **ns},
             )
-        elif c.kind == "config":
-            b = blobs[c.name]
-            labels = {**dict(b.labels), **ns, DIGEST: digest(b)}
-            ids[c.name] = calls.create_config(c.name, b.data, labels)
         else:
             b = blobs[c.name]
-            ids[c.name] = calls.create_secret(c.name, b.data, {**dict(b.labels), **ns})
+            create = calls.create_config if c.kind == "config" else calls.create_secret
+            ids[c.name] = create(c.name, b.data, {**dict(b.labels), **ns, BASE: b.base})
         done.append(f"created {c.kind} {c.name}")
     for c in p.changes:
         if c.kind != "service" or c.spec is None:
@@ -422,4 +463,26 @@ def apply(
             log(f"updating service {c.name}: {keys}")
             calls.update_service(c.name, c.spec, ids)
             done.append(f"updated service {c.name} ({keys})")
+    return done
+
+
+def retire(p: Plan, actual: Actual, calls: Calls, log: Callable[[str], None]) -> list[str]:
+    """Remove the older generations the plan retires, once its services converged; one that a
+    service or its previous spec uses by now (a rollback, someone's update) is left."""
+    if not any(c.action == "retire" for c in p.changes):
+        return []
+    used = calls.in_use()
+    done = []
+    for c in p.changes:
+        if c.action != "retire":
+            continue
+        if (c.kind, c.name) in used:
+            log(f"keeping {c.kind} {c.name}: a service uses it again")
+            continue
+        log(f"removing {c.kind} {c.name} (an older generation)")
+        if c.kind == "config":
+            calls.remove_config(actual.configs[c.name][0])
+        else:
+            calls.remove_secret(actual.secrets[c.name][0])
+        done.append(f"retired {c.kind} {c.name}")
     return done

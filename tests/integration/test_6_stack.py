@@ -6,7 +6,9 @@ input refused with one line and exit 2 before anything exists."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -92,9 +94,9 @@ def test_second_run_changes_nothing(team):
     assert versions(team) == before
 
 
-def plan_of(team) -> list[tuple[str, str, list[str]]]:
-    doc = json.loads(team.inv("plan", "--env", "test", "--json").stdout)["test"]
-    return [(c["name"], c["action"], [k["key"] for k in c["keys"]]) for c in doc["changes"]]
+def plan_of(team, extra_env: dict | None = None) -> list[tuple[str, str, list[str]]]:
+    doc = json.loads(team.inv("plan", "--env", "test", "--json", extra_env=extra_env).stdout)
+    return [(c["name"], c["action"], [k["key"] for k in c["keys"]]) for c in doc["test"]["changes"]]
 
 
 def test_check_and_plan_report_drift_and_update_converges(team):
@@ -112,6 +114,93 @@ def test_check_and_plan_report_drift_and_update_converges(team):
     proc = team.inv("services", "--env", "test", "--update", extra_env=WIDE)
     assert "updated service team_api (environment, deploy.replicas)" in proc.stdout, proc.stdout
     assert team.inv("services", "--env", "test", "--check", check=False).returncode == 0
+    assert plan_of(team) == []
+
+
+GREETINGS = """
+import json, sys, time, urllib.request as u
+want, seen, end = sys.argv[1], [], time.time() + 60
+while time.time() < end:
+    try:
+        seen = [json.loads(u.urlopen("http://proxy/", timeout=5).read())["greeting"] for _ in range(6)]
+    except Exception:
+        seen = []
+    if seen and set(seen) == {want}:
+        break
+    time.sleep(1)
+print(json.dumps(seen))
+"""
+
+
+def greetings(team, want: str) -> set[str]:
+    """What six answers of the API through the proxy greet with, once all say `want` (or
+    after 60 s: a proxy still finding the new tasks is not what is tested)."""
+    out = on_manager(
+        team,
+        *("run", "--rm", "--network", "team_front", "cdtasks/python:3.11"),
+        *("python3", "-c", GREETINGS, want),
+    )
+    return set(json.loads(out))
+
+
+def config_names(team) -> list[str]:
+    names = on_manager(team, "config", "ls", "--format", "{{.Name}}").split()
+    return sorted(n for n in names if n.startswith("team_greeting"))
+
+
+def test_a_changed_config_rolls_with_its_service_and_back(team, tmp_path):
+    """A changed greeting.txt (in a copy of the team's directory): the plan shows it, `inv
+    services --update` creates it under its content's name and updates the API, the old one
+    stays for Swarm's rollback, which brings the old greeting back; a third content retires the
+    generation that neither the spec nor the previous spec uses; the repository's file again
+    converges (the copy's files and the repository's name the same objects)."""
+    copy = tmp_path / "team-stack"
+    shutil.copytree(TEAM, copy)
+    (copy / "env" / "test.env").write_text(
+        (TEAM / "env" / "test.env")
+        .read_text()
+        .replace("STACK_FILE=tests/apps/team-stack/stack.yml", f"STACK_FILE={copy / 'stack.yml'}")
+    )
+    copied = {**WIDE, "CDTASKS_ENV_DIR": str(copy / "env")}
+    first = (TEAM / "config" / "greeting.txt").read_text().strip()
+    [old] = config_names(team)
+
+    def change(text: str) -> str:
+        data = f"{text}\n".encode()
+        (copy / "config" / "greeting.txt").write_bytes(data)
+        return f"team_greeting-{hashlib.sha256(data).hexdigest()[:10]}"
+
+    second = f"Hello again {uuid.uuid4().hex[:6]}"
+    new = change(second)
+    assert plan_of(team, copied) == [(new, "create", []), ("team_api", "update", ["configs"])]
+    started = time.monotonic()
+    proc = team.inv("services", "--env", "test", "--update", extra_env=copied)
+    print(f"--update with a new greeting: {time.monotonic() - started:.1f}s\n{proc.stdout}")
+    assert f"created config {new}; updated service team_api (configs)" in proc.stdout
+    assert greetings(team, second) == {second}
+    assert config_names(team) == sorted([old, new])
+    again = team.inv("services", "--env", "test", "--update", extra_env=copied)
+    assert "test: nothing to change" in again.stdout.splitlines(), again.stdout
+    assert plan_of(team, copied) == []
+
+    on_manager(team, "service", "rollback", "--quiet", "team_api")
+    assert greetings(team, first) == {first}
+
+    third = f"Hello once more {uuid.uuid4().hex[:6]}"
+    newer = change(third)
+    assert plan_of(team, copied) == [
+        (newer, "create", []),
+        ("team_api", "update", ["configs"]),
+        (new, "retire", []),
+    ]
+    proc = team.inv("services", "--env", "test", "--update", extra_env=copied)
+    assert f"retired config {new}" in proc.stdout, proc.stdout
+    assert greetings(team, third) == {third}
+    assert config_names(team) == sorted([old, newer])
+
+    proc = team.inv("services", "--env", "test", "--update", extra_env=WIDE)
+    assert "updated service team_api (configs)" in proc.stdout, proc.stdout
+    assert greetings(team, first) == {first}
     assert plan_of(team) == []
 
 

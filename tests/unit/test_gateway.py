@@ -164,3 +164,29 @@ def test_a_job_s_mode_and_completions_come_from_its_spec():
     every_node = gateway.service_of({**job, "Spec": {**job["Spec"], "Mode": {"GlobalJob": {}}}})
     assert (every_node.mode, every_node.replicas) == ("global-job", None)
     assert gateway.service_of(SERVICE).mode == "replicated"
+
+
+def test_a_service_names_what_its_previous_spec_uses_and_which_tasks_run_its_spec():
+    """A rollback needs the previous spec's configs and secrets; a task created from the
+    current spec carries a copy of its ContainerSpec (key order aside), an older task another."""
+    old = {"Image": "img:1", "Configs": [{"ConfigID": "c1", "ConfigName": "g-aaa", "File": {}}]}
+    new = {
+        "Image": "img:1",
+        "Configs": [{"ConfigID": "c2", "ConfigName": "g-bbb", "File": {"Name": "/g"}}],
+        "Secrets": [{"SecretID": "s2", "SecretName": "t-ccc", "File": {"Name": "t"}}],
+    }
+    svc = gateway.service_of(
+        {
+            **SERVICE,
+            "Spec": {**SERVICE["Spec"], "TaskTemplate": {"ContainerSpec": new}},
+            "PreviousSpec": {"TaskTemplate": {"ContainerSpec": {**old, "Secrets": []}}},
+        }
+    )
+    assert svc.previous_configs == ("g-aaa",) and svc.previous_secrets == ()
+    assert svc.configs == (("c2", "g-bbb", "/g"),)
+
+    def task(spec):
+        return gateway.task_of({"ID": "t", "Spec": {"ContainerSpec": spec}, "Status": {}})
+
+    assert task(dict(reversed(new.items()))).container_digest == svc.container_digest
+    assert task(old).container_digest != svc.container_digest

@@ -3,6 +3,7 @@ refused with one line naming file, service and key (the team's stack under tests
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,37 @@ def test_the_team_stack_maps_every_key():
     assert s.service("proxy").deploy.mode == "global"
     assert s.service("proxy").ports[0].published == 8070
     assert [n.name for n in s.networks] == ["team_front", "team_back"]
-    assert [c.name for c in s.configs] == ["team_greeting", "team_haproxy"]
+    assert [c.base for c in s.configs] == ["team_greeting", "team_haproxy"]
     assert s.secrets[0].data.startswith(b"not-a-real-token")
     assert s.volumes[0].name == "team_store-data"
+
+
+def test_configs_and_secrets_are_named_by_their_content(tmp_path):
+    """`sha256sum` of a config's file begins with its name's hash; a secret's hash is another
+    (stretched) one; an external one keeps its name."""
+    team = stackfile.read(TEAM, "team", VARS)
+    greeting = next(c for c in team.configs if c.key == "greeting")
+    data = (TEAM.parent / "config" / "greeting.txt").read_bytes()
+    assert greeting.name == f"team_greeting-{hashlib.sha256(data).hexdigest()[:10]}"
+    token = team.secrets[0]
+    assert (
+        token.name.startswith("team_api_token-") and len(token.name) == len("team_api_token-") + 10
+    )
+    assert hashlib.sha256(token.data).hexdigest()[:10] not in token.name
+    (tmp_path / "a.txt").write_text("one")
+    body = "configs:\n  a: {file: ./a.txt}\n  b: {external: true, name: shared}\n" + GOOD
+    first = stackfile.read(_write(tmp_path, body), "s", {}).configs
+    (tmp_path / "a.txt").write_text("two")
+    second = stackfile.read(_write(tmp_path, body), "s", {}).configs
+    assert first[0].base == second[0].base == "s_a" and first[0].name != second[0].name
+    assert first[1].name == second[1].name == "shared"
+
+
+def test_a_config_name_too_long_for_its_hash_is_refused(tmp_path):
+    (tmp_path / "a.txt").write_text("one")
+    body = f"configs:\n  a: {{file: ./a.txt, name: {'n' * 54}}}\n" + GOOD
+    with pytest.raises(stackfile.StackFileError, match="configs.a: name 'n+' is too long"):
+        stackfile.read(_write(tmp_path, body), "s", {})
 
 
 def test_one_file_serves_two_clusters():

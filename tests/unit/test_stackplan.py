@@ -17,27 +17,46 @@ def team() -> stackfile.Stack:
     return stackfile.read(TEAM, "team", VARS)
 
 
+def blobs(stack, kind):
+    """The stack's configs or secrets as the cluster lists them once created."""
+    labels = {stackplan.NAMESPACE: stack.name}
+    return {
+        b.name: (f"id-{b.name}", {**labels, stackplan.BASE: b.base})
+        for b in (stack.configs if kind == "config" else stack.secrets)
+    }
+
+
+def uses_of(spec) -> frozenset:
+    cs = spec["TaskTemplate"]["ContainerSpec"]
+    return frozenset(
+        [("config", r["ConfigName"]) for r in cs.get("Configs") or []]
+        + [("secret", r["SecretName"]) for r in cs.get("Secrets") or []]
+    )
+
+
+def uses(spec, previous=None):
+    """A service's entry of Actual.uses from its planned spec (and a previous one)."""
+    return (uses_of(spec), uses_of(previous) if previous else frozenset())
+
+
 def running(stack, routing="mesh") -> Actual:
     """The cluster after the plan's creates, each object given an ID, specs as requested."""
     nets = {n.name: f"id-{n.name}" for n in stack.networks}
-    cfgs = {
-        c.name: (f"id-{c.name}", {stackplan.DIGEST: stackplan.digest(c)}) for c in stack.configs
-    }
-    secs = {c.name: f"id-{c.name}" for c in stack.secrets}
+    cfgs, secs = blobs(stack, "config"), blobs(stack, "secret")
     empty = Actual({}, nets, cfgs, secs)
     p = stackplan.plan(stack, empty, routing)
-    return Actual({c.name: c.spec for c in p.changes if c.spec}, nets, cfgs, secs)
+    specs = {c.name: c.spec for c in p.changes if c.spec}
+    return Actual(specs, nets, cfgs, secs, {n: uses(spec) for n, spec in specs.items()})
 
 
 def test_from_nothing_everything_is_created_with_stack_names_and_labels():
     p = stackplan.plan(team(), Actual({}, {}, {}, {}), "mesh")
     made = [(c.kind, c.name, c.action) for c in p.changes]
     assert ("network", "team_front", "create") in made
-    assert ("config", "team_haproxy", "create") in made and (
-        "secret",
-        "team_api_token",
-        "create",
-    ) in made
+    stack = team()
+    assert ("config", stack.configs[1].name, "create") in made
+    assert ("secret", stack.secrets[0].name, "create") in made
+    assert stack.configs[1].name.startswith("team_haproxy-")
     services = {c.name: c.spec for c in p.changes if c.kind == "service"}
     assert sorted(services) == [
         "team_api",
@@ -90,17 +109,129 @@ def test_a_changed_key_is_named():
     ]
 
 
-def test_a_changed_config_file_and_an_extra_service_are_drift():
+def with_greeting(stack, text: bytes):
+    """The stack with another content in config/greeting.txt."""
+    return replace(
+        stack,
+        configs=tuple(replace(c, data=text) if c.key == "greeting" else c for c in stack.configs),
+    )
+
+
+def greeting(stack) -> str:
+    return next(c.name for c in stack.configs if c.key == "greeting")
+
+
+def test_a_changed_config_file_is_a_new_object_that_its_users_are_updated_to():
+    """The running one stays (a rollback needs it); only team_api uses the greeting."""
+    old = team()
+    have = running(old)
+    new = with_greeting(old, b"Hello again\n")
+    p = stackplan.plan(new, have, "mesh")
+    assert [(c.kind, c.name, c.action, list(c.keys)) for c in p.changes] == [
+        ("config", greeting(new), "create", []),
+        ("service", "team_api", "update", [("configs", greeting(new), greeting(old))]),
+    ]
+    assert greeting(new).startswith("team_greeting-") and greeting(new) != greeting(old)
+    target = p.changes[1].spec["TaskTemplate"]["ContainerSpec"]["Configs"][0]["File"]["Name"]
+    assert target == "/etc/team/greeting.txt"  # the container sees the same path
+
+
+def test_generations_older_than_the_previous_one_are_retired():
+    """team_api runs B (its previous spec A) and the file now says C: C is created, team_api
+    updated, B kept as its previous, A retired. A generation that another service or a service
+    left unchanged (its previous spec) still uses is kept."""
+    a, b, c = (with_greeting(team(), t) for t in (b"A\n", b"B\n", b"C\n"))
+    have = running(b)
+    cfgs = {**have.configs, **blobs(a, "config")}
+    api = have.services["team_api"]
+    spec_a = running(a).services["team_api"]
+    used = {**have.uses, "team_api": uses(api, spec_a)}
+    p = stackplan.plan(c, replace(have, configs=cfgs, uses=used), "mesh")
+    assert [(x.kind, x.name, x.action) for x in p.changes] == [
+        ("config", greeting(c), "create"),
+        ("service", "team_api", "update"),
+        ("config", greeting(a), "retire"),
+    ]
+    # not updated by the plan, its previous spec is what Swarm's rollback goes back to
+    kept = {**used, "team_api": uses(api), "team_worker": (frozenset(), uses(spec_a)[0])}
+    p = stackplan.plan(b, replace(have, configs=cfgs, uses=kept), "mesh")
+    assert p.changes == ()
+    # in use by a service outside the stack
+    other = {**have.uses, "elsewhere": uses(spec_a)}
+    p = stackplan.plan(b, replace(have, configs=cfgs, uses=other), "mesh")
+    assert p.changes == ()
+    p = stackplan.plan(b, replace(have, configs=cfgs), "mesh")
+    assert [(x.name, x.action) for x in p.changes] == [(greeting(a), "retire")]
+
+
+def test_a_stack_deployed_before_converges_to_hashed_names():
+    """Configs and secrets named without a hash (a stack made before, or by `docker stack
+    deploy`): the hashed ones are created, their users updated, the plain ones kept as the
+    previous generation; and a plain one no service uses any more is retired."""
+    stack = team()
+    legacy = running(stack)
+    ns = {stackplan.NAMESPACE: "team"}
+    plain = {b.base: (f"id-{b.base}", ns) for b in stack.configs}
+    secrets = {b.base: (f"id-{b.base}", ns) for b in stack.secrets}
+
+    def renamed(spec):
+        """The spec as it ran then: the plain names and their IDs."""
+        cs = dict(spec["TaskTemplate"]["ContainerSpec"])
+        for key, id_, name in (
+            ("Configs", "ConfigID", "ConfigName"),
+            ("Secrets", "SecretID", "SecretName"),
+        ):
+            if cs.get(key):
+                bases = [r[name].rsplit("-", 1)[0] for r in cs[key]]
+                cs[key] = [
+                    {**r, id_: f"id-{b}", name: b} for r, b in zip(cs[key], bases, strict=True)
+                ]
+        return {**spec, "TaskTemplate": {**spec["TaskTemplate"], "ContainerSpec": cs}}
+
+    old_specs = {n: renamed(spec) for n, spec in legacy.services.items()}
+    before = Actual(
+        old_specs, legacy.networks, plain, secrets, {n: uses(x) for n, x in old_specs.items()}
+    )
+    p = stackplan.plan(stack, before, "mesh")
+    made = [(c.kind, c.name, c.action) for c in p.changes]
+    assert made == [
+        *[("config", b.name, "create") for b in stack.configs],
+        ("secret", stack.secrets[0].name, "create"),
+        ("service", "team_api", "update"),
+        ("service", "team_proxy", "update"),
+    ]
+    assert [k for k, _, _ in p.changes[3].keys] == ["configs", "secrets"]
+    # once updated (the plain names now only in previous specs), nothing more to do...
+    after = running(stack)
+    moved = {n: (u[0], uses(old_specs[n])[0]) for n, u in after.uses.items()}
+    both = replace(after, configs={**after.configs, **plain}, secrets={**after.secrets, **secrets})
+    assert stackplan.plan(stack, replace(both, uses=moved), "mesh").changes == ()
+    # ...until the next release moves the previous specs on
+    p = stackplan.plan(stack, both, "mesh")
+    assert sorted((c.kind, c.name, c.action) for c in p.changes) == sorted(
+        [("config", n, "retire") for n in plain] + [("secret", "team_api_token", "retire")]
+    )
+
+
+def test_a_secret_shows_by_its_hashed_name_only():
+    stack = team()
+    token = stack.secrets[0]
+    changed = replace(stack, secrets=(replace(token, data=b"s3cret-value\n"),))
+    p = stackplan.plan(changed, running(stack), "mesh")
+    shown = repr([(c.kind, c.name, c.action, c.keys) for c in p.changes])
+    assert ("secret", changed.secrets[0].name, "create") in [
+        (c.kind, c.name, c.action) for c in p.changes
+    ]
+    assert "s3cret" not in shown and "s3cret" not in repr(p)
+    assert token.data.decode().strip() not in repr(p)
+
+
+def test_an_extra_service_is_drift():
     stack = team()
     have = running(stack)
-    cfgs = dict(have.configs)
-    cfgs["team_greeting"] = (cfgs["team_greeting"][0], {stackplan.DIGEST: "old"})
     services = {**have.services, "team_old": {"Name": "team_old"}}
-    p = stackplan.plan(stack, replace(have, configs=cfgs, services=services), "mesh")
-    assert {(c.name, c.action) for c in p.drift} == {
-        ("team_greeting", "changed"),
-        ("team_old", "extra"),
-    }
+    p = stackplan.plan(stack, replace(have, services=services), "mesh")
+    assert [(c.name, c.action) for c in p.drift] == [("team_old", "extra")]
 
 
 def test_without_ipvs_ports_go_host_mode_and_endpoints_dnsrr():
@@ -131,10 +262,48 @@ def test_the_plan_carried_out_is_the_plan_shown():
         create_secret=lambda name, data, labels: f"id-{name}",
         create_service=lambda spec, ids: calls.append(gateway.spec_request(spec, ids)),
         update_service=lambda name, spec, ids: calls.append(gateway.spec_request(spec, ids)),
+        remove_config=calls.append,
+        remove_secret=calls.append,
+        in_use=set,
     )
     stackplan.apply(stack, p, made, lambda line: None, update=True)
     assert [c["name"] for c in calls] == [c.name for c in p.changes if c.kind == "service"]
     api = next(c for c in calls if c["name"] == "team_api")["task_template"]
     assert [n["Target"] for n in api["Networks"]] == ["id-team_front", "id-team_back"]
-    assert api["ContainerSpec"]["Configs"][0]["ConfigID"] == "id-team_greeting"
-    assert api["ContainerSpec"]["Secrets"][0]["SecretID"] == "id-team_api_token"
+    assert api["ContainerSpec"]["Configs"][0]["ConfigID"] == f"id-{greeting(stack)}"
+    assert api["ContainerSpec"]["Secrets"][0]["SecretID"] == f"id-{stack.secrets[0].name}"
+
+
+def test_retiring_removes_by_id_and_leaves_what_a_service_uses_again():
+    """After the services converged: a generation that a service uses by now (someone rolled
+    back meanwhile) is left; the others are removed, and the stack's labels let the plan find
+    its generations (BASE), as the creates wrote them."""
+    old, new = team(), with_greeting(team(), b"new\n")
+    p = stackplan.Plan(
+        "team",
+        "mesh",
+        (),
+        (
+            stackplan.Change("config", greeting(old), "retire"),
+            stackplan.Change("secret", old.secrets[0].name, "retire"),
+        ),
+    )
+    actual = running(old)
+    removed: list = []
+    created: dict = {}
+    made = stackplan.Calls(
+        create_network=lambda name, **kw: name,
+        create_config=lambda name, data, labels: created.setdefault(name, labels),
+        create_secret=lambda name, data, labels: created.setdefault(name, labels),
+        create_service=lambda spec, ids: None,
+        update_service=lambda name, spec, ids: None,
+        remove_config=removed.append,
+        remove_secret=removed.append,
+        in_use=lambda: {("secret", old.secrets[0].name)},
+    )
+    done = stackplan.retire(p, actual, made, lambda line: None)
+    assert removed == [f"id-{greeting(old)}"] and done == [f"retired config {greeting(old)}"]
+    stackplan.apply(new, stackplan.plan(new, actual, "mesh"), made, lambda line: None, False)
+    assert created == {
+        greeting(new): {stackplan.NAMESPACE: "team", stackplan.BASE: "team_greeting"}
+    }
