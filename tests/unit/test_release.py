@@ -128,3 +128,39 @@ def test_a_rollback_swarm_did_by_itself_fails_the_release_naming_each_service():
         "rolling update of team_web ended paused: task exited"
     )
     assert rollout.check(results[:1]) == results[:1]
+
+
+def test_a_release_of_several_is_watched_through_the_monitor_period_the_book_is_not(monkeypatch):
+    """A worker that dies a second after it started looked converged: a release of several
+    services is done only once every one of them kept running through Swarm's monitor period
+    (then its failure undoes the set); the book's one service overlaps that period with its
+    production tests instead."""
+    from types import SimpleNamespace
+
+    from cdtasks import services
+
+    watched = []
+
+    def wait_rollout(gw, name, image, timeout, log, stable_until=None, node_client=None):
+        watched.append((name, stable_until is not None))
+        if stable_until is not None and name == "team_worker":
+            return Rollout(name, image, "paused", 6.0, "task: non-zero exit (1)")
+        return Rollout(name, image, "converged", 2.0)
+
+    monkeypatch.setattr(rollout, "prepull", lambda *a: [])
+    monkeypatch.setattr(services, "update_image", lambda *a, **k: True)
+    monkeypatch.setattr(services, "wait_rollout", wait_rollout)
+    cluster = SimpleNamespace(gateway=lambda log=None: None, client=None)
+    app = SimpleNamespace(services_timeout=60)
+    both = {"team_api": API_11, "team_worker": WORKER_11}
+    with pytest.raises(StepFailed, match="team_worker ended paused: task: non-zero exit"):
+        rollout.update(cluster, app, both, print)
+    assert sorted(watched) == [
+        ("team_api", False),
+        ("team_api", True),
+        ("team_worker", False),
+        ("team_worker", True),
+    ]
+    watched.clear()
+    [one] = rollout.update(cluster, app, {"team_worker": WORKER_11}, print)
+    assert one.state == "converged" and watched == [("team_worker", False)]
