@@ -11,6 +11,8 @@ Figures go to bench/results/stack.json.
 
 from __future__ import annotations
 
+import os
+import resource
 import secrets
 import shutil
 import statistics
@@ -74,6 +76,17 @@ def remove_stack(env: dict[str, str], manager) -> float:
     return time.monotonic() - t0
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process's finished children: what `inv` itself cost,
+    apart from the wait for cores that other labs on a shared machine hold."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
 def main() -> None:
     host = engine.host_client()
     lab = f"cdtbench{secrets.token_hex(3)}"
@@ -105,6 +118,7 @@ def main() -> None:
         figures["remove_s"] = round(remove_stack(cli, manager), 1)
 
         benchlib.say("(b) docker stack deploy --detach=false of the same file (adapted for dnsrr)")
+        figures["load_1min_b"] = load()
         stack_file = adapted_copy(tmp)
         t0 = time.monotonic()
         try:
@@ -121,13 +135,22 @@ def main() -> None:
         remove_stack(cli, manager)
 
         benchlib.say("(c) inv services from nothing again (images already on the nodes)")
+        figures["load_1min_c"] = load()
+        cpu = cpu_seconds()
         tool = benchlib.inv(["services"], environ)
         figures["inv_services_s"] = round(tool, 1)
+        figures["inv_services_cpu_s"] = round(cpu_seconds() - cpu, 2)
         benchlib.say("(d) inv services again: nothing to change")
         figures["inv_services_noop_s"] = round(benchlib.inv(["services"], environ), 1)
         benchlib.say("(e) inv plan, 3 times")
-        plans = [benchlib.inv(["plan"], environ) for _ in range(3)]
+        figures["load_1min_e"] = load()
+        plans, cpus = [], []
+        for _ in range(3):
+            cpu = cpu_seconds()
+            plans.append(benchlib.inv(["plan"], environ))
+            cpus.append(cpu_seconds() - cpu)
         figures["inv_plan_median_s"] = round(statistics.median(plans), 2)
+        figures["inv_plan_cpu_median_s"] = round(statistics.median(cpus), 2)
 
         cli_s = figures["docker_stack_deploy_s"]
         figures["ratio_inv_services_vs_stack_deploy"] = round(tool / cli_s, 2) if cli_s else None

@@ -29,6 +29,7 @@ class Cluster:
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     _clients: dict = field(default_factory=dict, repr=False)
     _gateway: gateway.Gateway | None = field(default=None, repr=False)
+    _logins: dict[str, tuple[str, str]] | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, settings: Settings) -> Cluster:
@@ -45,13 +46,17 @@ class Cluster:
                     f"node {node} of {self.settings.env} does not exist or is "
                     f"not running: run `inv provision --env {self.settings.env}`"
                 )
-            self._clients[node] = engine.client(
-                self.endpoints[node], registries=registry.logins(self.settings)
-            )
+            if self._logins is None:  # read from STATE_DIR once, not once per node
+                self._logins = registry.logins(self.settings)
+            self._clients[node] = engine.client(self.endpoints[node], registries=self._logins)
         return self._clients[node]
 
     def clients(self) -> dict:
-        return {n: self.client(n) for n in self.settings.cluster.nodes}
+        """Every node's client, connected side by side (each one a handshake and a ping)."""
+        nodes = self.settings.cluster.nodes
+        workers = max(1, min(self.provider.parallel, len(nodes)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return dict(zip(nodes, pool.map(self.client, nodes), strict=True))
 
     def gateway(self, log: Log | None = None) -> gateway.Gateway:
         """The cluster's session with its managers (one per Cluster; `log` tells its failovers)."""

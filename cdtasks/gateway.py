@@ -542,6 +542,13 @@ def registry_digest(client, ref: str) -> str:
         return client.images.get_registry_data(ref).id
 
 
+def image_tags(client) -> set[tuple[str, str]]:
+    """(tag, image ID) of every tagged image of an engine, from one list call (the SDK's
+    `images.list()` inspects each image after listing them)."""
+    with translated():
+        return {(tag, i["Id"]) for i in client.api.images() for tag in i.get("RepoTags") or ()}
+
+
 def login(client, user: str, password: str, registry: str) -> None:
     """A node's engine logs in to a registry (proving its address, CA and the password)."""
     with translated():
@@ -777,10 +784,11 @@ class Gateway:
         with translated():
             yield from stream
 
-    def tasks(self, service: str, desired_state: str | None = None) -> list[Task]:
-        """The tasks of a service (its name or ID), optionally only those of a desired state."""
+    def tasks(self, service: str | None, desired_state: str | None = None) -> list[Task]:
+        """The tasks of a service (its name or ID; None: of every service), optionally only
+        those of a desired state."""
         filters = {
-            "service": service,
+            **({"service": service} if service else {}),
             **({"desired-state": desired_state} if desired_state else {}),
         }
         return self.call(lambda c: [task_of(t) for t in c.api.tasks(filters=filters)])

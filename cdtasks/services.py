@@ -6,6 +6,7 @@ service, so a diff is a comparison of two plain values and changes touch only wh
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -168,13 +169,15 @@ def converge(gw: Gateway, specs: Sequence[ServiceSpec], log: Log, update: bool =
     return done
 
 
-def _replicas_wanted(gw: Gateway, svc: Service) -> int:
+def _replicas_wanted(svc: Service, tasks: Sequence[Task], nodes: Callable[[], list[Node]]) -> int:
+    """`tasks`: the service's tasks that should run; `nodes()` is asked only for a global
+    service without constraints."""
     if svc.replicas is not None:
         return svc.replicas
     if svc.constraints:
         # Which nodes satisfy the constraints is the scheduler's call: count what it placed.
-        return max(1, len({t.node_id for t in gw.tasks(svc.id, "running")}))
-    return sum(1 for n in gw.nodes() if n.schedulable)
+        return max(1, len({t.node_id for t in tasks}))
+    return sum(1 for n in nodes() if n.schedulable)
 
 
 def constraint_matches(node: Node, constraint: str) -> bool | None:
@@ -225,7 +228,25 @@ def running_tasks(gw: Gateway, name: str) -> tuple[int, int, list[Task]]:
     svc = existing(gw, name)
     tasks = gw.tasks(svc.id, "running")
     running = sum(1 for t in tasks if t.state == "running")
-    return running, _replicas_wanted(gw, svc), tasks
+    return running, _replicas_wanted(svc, tasks, lambda: gw.nodes()), tasks
+
+
+def running_counts(gw: Gateway, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """(running, wanted) of each service, from one list of services and one of tasks (and of
+    nodes when a global service needs it), whatever the number of services."""
+    found = {s.name: s for s in gw.services()}
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ServiceError(f"service {missing[0]} does not exist: create it with `inv services`")
+    tasks = gw.tasks(None, "running")
+    listed_nodes = functools.cache(lambda: gw.nodes())  # once, if a global service needs them
+    out = {}
+    for n in names:
+        svc = found[n]
+        mine = [t for t in tasks if t.service_id == svc.id]
+        running = sum(1 for t in mine if t.state == "running")
+        out[n] = (running, _replicas_wanted(svc, mine, listed_nodes))
+    return out
 
 
 def progress(gw: Gateway, svc: Service) -> tuple[int, int]:
@@ -291,7 +312,7 @@ def wait_running(
     deadline = time.monotonic() + timeout
     last = ""
     while True:
-        states = {n: running_tasks(gw, n)[:2] for n in names}
+        states = running_counts(gw, names)
         text = ", ".join(f"{n} {r}/{w}" for n, (r, w) in states.items())
         if all(r >= w for r, w in states.values()):
             log(f"running: {text}")

@@ -8,6 +8,7 @@ import hashlib
 import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -228,13 +229,19 @@ def read_file(s: Settings, environ: Mapping[str, str] | None = None) -> stackfil
     return stackfile.read(s.stack.stack_file, s.stack.stack_name, variables)
 
 
-def _actual(manager: gateway.Gateway, name: str) -> stackplan.Actual:
+def _actual(manager: gateway.Gateway, name: str, pool: ThreadPoolExecutor) -> stackplan.Actual:
+    """What runs, its five lists read side by side."""
+    specs = pool.submit(manager.service_specs, {stackplan.NAMESPACE: name})
+    networks = pool.submit(manager.networks)
+    configs = pool.submit(manager.configs)
+    secrets = pool.submit(manager.secret_list)
+    uses = pool.submit(_uses, manager)
     return stackplan.Actual(
-        services=manager.service_specs({stackplan.NAMESPACE: name}),
-        networks=manager.networks(),
-        configs={c.name: (c.id, dict(c.labels)) for c in manager.configs()},
-        secrets={c.name: (c.id, dict(c.labels)) for c in manager.secret_list()},
-        uses=_uses(manager),
+        services=specs.result(),
+        networks=networks.result(),
+        configs={c.name: (c.id, dict(c.labels)) for c in configs.result()},
+        secrets={c.name: (c.id, dict(c.labels)) for c in secrets.result()},
+        uses=uses.result(),
     )
 
 
@@ -278,21 +285,31 @@ def _check_images(
 ) -> list[str]:
     """The tool's offline images onto the nodes; any other image must be in the registry."""
     offline = {i.ref for i in images.IMAGES.values()}
+    others = sorted({svc.image for svc in stack.services} - offline)
+    # Each lookup is a round trip from the manager to the registry: one per image, side by side.
+    with ThreadPoolExecutor(max_workers=max(1, len(others))) as pool:
+        found = dict(
+            zip(others, pool.map(lambda ref: _in_registry(manager, ref), others), strict=True)
+        )
     for svc in stack.services:
-        if svc.image in offline:
-            continue
-        try:
-            manager.registry_digest(svc.image)
-        except gateway.APIFailure:
+        if svc.image not in offline and not found[svc.image]:
             raise stackplan.StackError(
                 f"{stack.path}: service {svc.name}: image {svc.image} is neither one of "
                 f"cdtasks' offline images nor in the registry (build and push it first)"
-            ) from None
+            )
     host = cluster.provider.image_source()
     if host is None:
         return []
     refs = sorted({svc.image for svc in stack.services} & offline)
     return [f"loaded images into {n}" for n in images.provide(host, cluster.clients(), refs, log)]
+
+
+def _in_registry(manager: gateway.Gateway, ref: str) -> bool:
+    try:
+        manager.registry_digest(ref)
+    except gateway.APIFailure:
+        return False
+    return True
 
 
 def _routing_note(p: stackplan.Plan) -> str:
@@ -320,8 +337,11 @@ def plan_file(s: Settings, log: Log) -> FilePlan:
     stack = read_file(s)
     cluster = Cluster.of(s).discover()
     manager = cluster.gateway(log)
-    actual = _actual(manager, stack.name)
-    p = stackplan.plan(stack, actual, cluster.routing_in_use())
+    manager.manager_name()  # the manager probed once, before the reads below ask side by side
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        routing = pool.submit(cluster.routing_in_use)
+        actual = _actual(manager, stack.name, pool)
+        p = stackplan.plan(stack, actual, routing.result())
     if p.adapted:
         log(_routing_note(p))
     missing = stackplan.missing_external(stack, actual)

@@ -227,12 +227,15 @@ FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 UNORDERED = ("environment", "volumes", "configs", "secrets", "networks", "ports")
 
 
+EMPTY: tuple[Any, ...] = (None, "", 0, False, {}, [])
+
+
 def normal(value: Any) -> Any:
     """Empty values dropped (None, "", 0, False, {}, []), recursively: Swarm stores a spec
     without them."""
     if isinstance(value, Mapping):
         out = {k: normal(v) for k, v in value.items()}
-        return {k: v for k, v in out.items() if v not in (None, "", 0, False, {}, [])}
+        return {k: v for k, v in out.items() if v not in EMPTY}
     if isinstance(value, list | tuple):
         return [normal(v) for v in value]
     return value
@@ -248,7 +251,9 @@ def differences(want: Mapping, have: Mapping) -> list[tuple[str, str, str]]:
     """[(stack file key, wanted, running)] of a service spec against the running one."""
     out = []
     for name, path in FIELDS:
-        w, h = normal(_at(want, path)), normal(_at(have, path))
+        # A key absent on one side and empty on the other (`docker stack deploy` writes
+        # `Resources: {Limits: {}, Reservations: {}}`) is no difference.
+        w, h = (None if v in EMPTY else v for v in (normal(_at(s, path)) for s in (want, have)))
         if name == "deploy.mode":  # {"Global": {}} is a mode, not an empty value
             w, h = _at(want, path), _at(have, path)
         if name == "image" and isinstance(h, str) and "@sha256:" not in (w or ""):

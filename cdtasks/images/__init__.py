@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import procs
+from .. import gateway, procs
 
 HERE = Path(__file__).parent
 SOURCES = "/etc/apt/sources.list.d/debian.sources"
@@ -382,7 +382,7 @@ def distribute(source, targets: Mapping, refs: list[str], log: Callable[[str], N
     def one(item):
         node, client = item
         # By ID, not tag: a rebuilt image keeps its tag but must replace the node's copy.
-        have = {(t, i.id) for i in client.images.list() for t in i.tags}
+        have = gateway.image_tags(client)
         need = [r for r in refs if (r, ids[r]) not in have]
         if not need:
             return None

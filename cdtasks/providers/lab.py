@@ -105,7 +105,7 @@ class LabProvider(Provider):
             return None
 
     def _endpoint(self, node: str, container) -> Endpoint:
-        container.reload()
+        """From a container inspected since it last started (its ports are published then)."""
         ports = container.attrs["NetworkSettings"]["Ports"] or {}
 
         def published(port: int) -> int:
@@ -138,12 +138,16 @@ class LabProvider(Provider):
         return int(bindings[0]["HostPort"]) if bindings else None
 
     def endpoints(self, nodes: Sequence[str]) -> dict[str, Endpoint]:
-        out = {}
-        for node in nodes:
-            c = self._container(node)
-            if c is not None and c.status == "running":
-                out[node] = self._endpoint(node, c)
-        return out
+        # One inspect per machine, side by side: every task starts here. The host's client
+        # first, so that the threads share it.
+        self.host  # noqa: B018
+        with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+            found = dict(zip(nodes, pool.map(self._container, nodes), strict=True))
+        return {
+            node: self._endpoint(node, c)
+            for node, c in found.items()
+            if c is not None and c.status == "running"
+        }
 
     # -- create ----------------------------------------------------------------------------
     def ensure(self, nodes: Sequence[str], log: Log) -> dict[str, Endpoint]:
@@ -224,6 +228,8 @@ class LabProvider(Provider):
                     c = self._create_container(node, image, node_dir)
             except APIFailure as exc:
                 raise ProviderError(f"node {node}: cannot create its container: {exc}") from None
+        if c.status != "running":  # started or created just now: its ports are known now
+            c.reload()
         endpoint = self._endpoint(node, c)
         self._wait_ready(endpoint, c)
         return endpoint

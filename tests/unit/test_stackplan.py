@@ -250,6 +250,22 @@ def test_swarm_omitting_zero_values_is_no_difference():
     assert stackplan.differences(want, have) == []
 
 
+def test_an_empty_value_where_the_file_has_none_is_no_difference():
+    """`docker stack deploy` stores empty resources; the file has no `resources:` key."""
+    want = {"TaskTemplate": {"ContainerSpec": {"Image": "redis:7.0"}}}
+    have = {
+        "TaskTemplate": {
+            "ContainerSpec": {"Image": "redis:7.0"},
+            "Resources": {"Limits": {}, "Reservations": {}},
+        }
+    }
+    assert stackplan.differences(want, have) == []
+    have["TaskTemplate"]["Resources"]["Limits"] = {"MemoryBytes": 1 << 20}
+    assert stackplan.differences(want, have) == [
+        ("deploy.resources", "(none)", stackplan._show({"Limits": {"MemoryBytes": 1 << 20}}))
+    ]
+
+
 def test_the_plan_carried_out_is_the_plan_shown():
     """Services planned before their networks, configs and secrets existed name them; the
     calls get the IDs the creates returned, and nothing is planned again."""
