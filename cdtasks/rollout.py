@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from . import budget, gateway, records, services, stack, stackfile
+from . import budget, gateway, records, services, stack, stackfile, stackplan
 from .checkout import Checkout
 from .cluster import Cluster
 from .config import ServicesSettings
@@ -70,8 +70,16 @@ def update(
     with ThreadPoolExecutor(max_workers=len(images) or 1) as pool:
         list(pool.map(lambda item: prepull(cluster, item[0], item[1], log), images.items()))
     manager = cluster.gateway(log)
+    # A stack's service names the image a release set, so that `inv services` keeps it.
+    stacked = cluster.settings.stack.stack_file is not None
     for svc, image in sorted(images.items()):
-        services.update_image(manager, svc, image, before=lock.check if lock else lambda: None)
+        services.update_image(
+            manager,
+            svc,
+            image,
+            before=lock.check if lock else lambda: None,
+            labels={stackplan.RELEASED: image} if stacked else None,
+        )
 
     def follow(item: tuple[str, str]) -> services.Rollout:
         return services.wait_rollout(

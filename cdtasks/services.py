@@ -410,12 +410,16 @@ def current_image(gw: Gateway, name: str) -> str:
 
 
 def update_image(
-    gw: Gateway, name: str, image: str, before: Callable[[], None] = lambda: None
+    gw: Gateway,
+    name: str,
+    image: str,
+    before: Callable[[], None] = lambda: None,
+    labels: Mapping[str, str] | None = None,
 ) -> bool:
-    """`docker service update --image`: only the image changes. False when it already runs.
-    `before()` runs right before each attempt (a lock's check)."""
+    """`docker service update --image`: only the image (and these labels) change. False when
+    it already runs. `before()` runs right before each attempt (a lock's check)."""
     existing(gw, name)
-    return gw.update_image(name, image, before)
+    return gw.update_image(name, image, before, labels)
 
 
 def _running_for(gw: Gateway, tasks: Sequence[Task], image: str) -> float:

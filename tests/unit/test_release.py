@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cdtasks import release, rollout
+from cdtasks import release, rollout, stackplan
 from cdtasks.compose import ContractError, model_of
 from cdtasks.config import load
 from cdtasks.runner import StepFailed
@@ -148,9 +148,11 @@ def test_a_release_of_several_is_watched_through_the_monitor_period_the_book_is_
         return Rollout(name, image, "converged", 2.0)
 
     monkeypatch.setattr(rollout, "prepull", lambda *a: [])
-    monkeypatch.setattr(services, "update_image", lambda *a, **k: True)
+    marks = []
+    monkeypatch.setattr(services, "update_image", lambda *a, **k: marks.append(k["labels"]))
     monkeypatch.setattr(services, "wait_rollout", wait_rollout)
-    cluster = SimpleNamespace(gateway=lambda log=None: None, client=None)
+    stack = SimpleNamespace(stack=SimpleNamespace(stack_file="stack.yml"))
+    cluster = SimpleNamespace(gateway=lambda log=None: None, client=None, settings=stack)
     app = SimpleNamespace(services_timeout=60)
     both = {"team_api": API_11, "team_worker": WORKER_11}
     with pytest.raises(StepFailed, match="team_worker ended paused: task: non-zero exit"):
@@ -161,6 +163,8 @@ def test_a_release_of_several_is_watched_through_the_monitor_period_the_book_is_
         ("team_worker", False),
         ("team_worker", True),
     ]
+    # each stack service is marked as released (`inv services` then keeps its image)
+    assert marks == [{stackplan.RELEASED: API_11}, {stackplan.RELEASED: WORKER_11}]
     watched.clear()
     [one] = rollout.update(cluster, app, {"team_worker": WORKER_11}, print)
     assert one.state == "converged" and watched == [("team_worker", False)]
