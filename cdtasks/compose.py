@@ -435,8 +435,8 @@ class Compose:
     def run(self, service: str, *args: str, check: bool = True) -> ComposeResult:
         return self._call(["run", "--rm", service, *args], check)
 
-    def build(self, service: str, check: bool = True) -> ComposeResult:
-        return self._call(["build", service], check)
+    def build(self, *services: str, check: bool = True) -> ComposeResult:
+        return self._call(["build", *services], check)
 
     def up(self, service: str, check: bool = True) -> ComposeResult:
         return self._call(["up", "-d", service], check)

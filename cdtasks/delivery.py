@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from . import checks, outcome, project_images, records, registry, rollout, services
+from . import checks, outcome, project_images, records, registry, release, rollout, services, stack
 from .budget import Budget
 from .checkout import Checkout
 from .compose import Compose, ContractError, compose_command
 
 # Settings whole: a delivery is a Checkout (see checkout.py)
 from .config import ConfigError, Settings
-from .deployment import Deployment
+from .deployment import Deployment, history_group
+from .outcome import Outcome
 from .redaction import redact
 from .runner import StepFailed, StepResult, beside, run_steps
 
@@ -36,12 +37,14 @@ class DeliveryError(RuntimeError):
 class Delivery(Checkout):
     """One delivery run: what to deliver, its checkout, and what each step learned so far."""
 
-    digest: str | None = None
+    digest: str | None = None  # the app image's digest in the registry
+    digests: dict[str, str] = field(default_factory=dict)  # compose service -> pushed digest
     converged_at: float = 0.0  # monotonic time the last replica of the last rollout started running
-    lock: records.Lock | None = None  # the service's lock while prod-like is changed and tested
-    previous_image: str | None = None
+    lock: records.Lock | None = None  # the release's lock while prod-like is changed and tested
+    targets: dict[str, str] = field(default_factory=dict)  # Swarm service -> pinned image
+    previous: dict[str, str] = field(default_factory=dict)  # Swarm service -> image before
     staging_lock: records.Lock | None = None  # the CD node's staging lock while staging is up
-    built: str = ""  # ID of the image the build made (compose's label names the run's project)
+    built: str = ""  # ID of the app image the build made (compose's label names the run's project)
     checked: bool = False  # the flags passed `check_input`
     refused: Exception | None = None  # the checkout's bad input (exit 2, not a failed step)
     images_ready: bool = False  # the project's images are on the CD node
@@ -117,33 +120,48 @@ def unit(d: Delivery) -> str:
     return "unit tests passed"
 
 
+def published(d: Delivery) -> dict[str, str]:
+    """Compose service -> REGISTRY/NAME:VERSION for every service of the compose file that
+    builds an image (`app` as APP_IMAGE): the release's images."""
+    names = release.built_names(d.contract(), d.settings.services.app_image)
+    return {
+        svc: registry.local_ref(d.settings, name, d.version or "") for svc, name in names.items()
+    }
+
+
 def build(d: Delivery) -> str:
     provide_images(d)
+    refs = published(d)
 
     def act(c: Compose) -> None:
-        d.starting(f"building {d.ref_tag}")
-        c.build("app")
+        d.starting(f"building {', '.join(refs[s] for s in sorted(refs))}")
+        c.build(*sorted(refs))
 
     d.compose_step(act, defer=True)
-    tag_built(d)
-    return f"built {d.ref_tag} on {d.settings.cluster.cd_node}"
+    for svc in sorted(refs):
+        tag_built(d, svc, refs[svc])
+    return f"built {', '.join(refs[s] for s in sorted(refs))} on {d.settings.cluster.cd_node}"
 
 
-def tag_built(d: Delivery) -> None:
-    """Tag the image the build made as REGISTRY/APP_IMAGE:VERSION, as the book does (`docker tag
-    go-demo localhost:5000/go-demo:1.1`). Found by the labels compose puts on what it builds
-    (this run's unique project, service app), not by the compose file's name: with a plain
-    `image: go-demo` another run of the same project may build `go-demo:latest` between this
-    build and this tag, and the tag would then take the other run's image."""
-    s, named = d.settings, d.contract().built_image(project=d.project)
-    if named != d.ref_tag:  # `${IMAGE}:${VERSION}` style: compose tagged it already
-        d.record(d.docker_argv("tag", named, d.ref_tag))
+def tag_built(d: Delivery, service: str, ref: str) -> None:
+    """Tag the image the build made for `service` as `ref` (REGISTRY/NAME:VERSION), as the
+    book does (`docker tag go-demo localhost:5000/go-demo:1.1`). Found by the labels compose
+    puts on what it builds (this run's unique project, the service), not by the compose file's
+    name: with a plain `image: go-demo` another run of the same project may build
+    `go-demo:latest` between this build and this tag, and the tag would then take the other
+    run's image."""
+    s, named = d.settings, d.contract().built_image(service, project=d.project)
+    if named != ref:  # `${IMAGE}:${VERSION}` style: compose tagged it already
+        d.record(d.docker_argv("tag", named, ref))
     if d.dry_run:
         return
     cd = d.cluster.client(s.cluster.cd_node)
     found = cd.images.list(
         filters={
-            "label": [f"com.docker.compose.project={d.project}", "com.docker.compose.service=app"]
+            "label": [
+                f"com.docker.compose.project={d.project}",
+                f"com.docker.compose.service={service}",
+            ]
         }
     )
     if len(found) != 1:
@@ -151,8 +169,10 @@ def tag_built(d: Delivery) -> None:
             f"the build made {len(found)} images labelled with project {d.project} "
             f"on {s.cluster.cd_node}, not one: cannot tell which is {named}"
         )
-    found[0].tag(d.image, d.version)
-    d.built = found[0].id
+    repository, _, tag = ref.rpartition(":")
+    found[0].tag(repository, tag)
+    if service == "app":
+        d.built = found[0].id
 
 
 def name_the_build(d: Delivery) -> None:
@@ -206,90 +226,151 @@ def staging(d: Delivery) -> str:
 
 
 def publish(d: Delivery) -> str:
-    d.record(d.docker_argv("push", d.ref_tag))
+    """Push every image of the release; each one's digest is what prod-like runs."""
+    refs = published(d)
+    for svc in sorted(refs):
+        d.record(d.docker_argv("push", refs[svc]))
     if d.dry_run:
-        return f"would push {d.ref_tag}"
+        return f"would push {', '.join(refs[s] for s in sorted(refs))}"
     cd = d.cluster.client(d.settings.cluster.cd_node)
-    d.starting(f"pushing {d.ref_tag}")
-    for line in cd.images.push(d.image, tag=d.version, stream=True, decode=True):
-        if "error" in line:
-            raise StepFailed(f"pushing {d.ref_tag} failed: {line['error']}")
-        aux = line.get("aux") or {}
-        if aux.get("Digest"):
-            d.digest = aux["Digest"]
-    if not d.digest:
-        raise StepFailed(f"the registry reported no digest for {d.ref_tag}")
-    return f"pushed {d.ref_tag} ({d.digest[:19]})"
+    for svc in sorted(refs):
+        repository, _, tag = refs[svc].rpartition(":")
+        d.starting(f"pushing {refs[svc]}")
+        for line in cd.images.push(repository, tag=tag, stream=True, decode=True):
+            if "error" in line:
+                raise StepFailed(f"pushing {refs[svc]} failed: {line['error']}")
+            aux = line.get("aux") or {}
+            if aux.get("Digest"):
+                d.digests[svc] = aux["Digest"]
+        if not d.digests.get(svc):
+            raise StepFailed(f"the registry reported no digest for {refs[svc]}")
+    d.digest = d.digests.get("app")
+    return ", ".join(f"pushed {refs[s]} ({d.digests[s][:19]})" for s in sorted(refs))
+
+
+def release_targets(d: Delivery) -> dict[str, str]:
+    """Swarm service -> pinned image (REGISTRY/NAME:VERSION@DIGEST) for every service of the
+    release: the application's service alone, or each stack service (not a job) that runs an
+    image the repository builds."""
+    s = d.settings
+    refs = published(d)
+    pinned = {
+        svc: f"{ref}@{d.digests[svc]}" if d.digests.get(svc) else ref for svc, ref in refs.items()
+    }
+    if s.stack.stack_file is None:
+        return {s.services.app_service: pinned["app"]}
+    st = stack.read_file(s)
+    found = release.members(
+        [release.StackMember(st.scoped(x.name), x.image, x.is_job) for x in st.services], pinned
+    )
+    if not found:
+        raise StepFailed(
+            f"no service of {st.path} runs an image the repository builds "
+            f"({', '.join(sorted(release.image_name(r) for r in refs.values()))})"
+        )
+    return found
 
 
 def prodlike(d: Delivery) -> str:
+    """Every service of the release updated together on prod-like; if any of them fails to
+    roll out, all go back to what they ran before (all or nothing), and the history says so."""
+    s = d.settings
+    d.targets = release_targets(d)
     if not d.dry_run:
-        # One release at a time changes (and then tests) the service: the same lock as deploy,
-        # taken before the image it guards is read.
+        # One release at a time changes (and then tests) the services: the same lock as
+        # deploy, the stack's or the service's, taken before the images it guards are read.
         d.lock = records.Lock(
-            d.cluster.gateway(),
-            d.settings.services.app_service,
-            d.version or "",
-            "delivering",
-            d.log,
+            d.cluster.gateway(), release.key(s), d.version or "", "delivering", d.log
         ).acquire(rollout.LOCK_WAIT)
-        d.previous_image = services.current_image(
-            d.cluster.gateway(), d.settings.services.app_service
-        )
+        manager = d.cluster.gateway()
+        d.previous = {svc: services.current_image(manager, svc) for svc in d.targets}
 
     def keep(b: Budget) -> None:
         d.budget = b
 
     try:
-        result = rollout.measured_update(
-            d.cluster,
-            d.settings.services,
-            d.pinned,
-            d.log,
-            keep,
-            d.max_errors,
-            d.dry_run,
-            d.record,
-            d.lock,
+        results = rollout.measured_update(
+            d.cluster, s.services, d.targets, d.log, keep, d.max_errors, d.dry_run, d.record, d.lock
         )
     except StepFailed as exc:
-        if d.dry_run or not d.previous_image or d.previous_image == d.pinned:
+        back = release.changed(d.targets, d.previous)
+        if d.dry_run or not back:
             raise
-        raise StepFailed(f"{exc}; {restore(d)}", exc.output_tail) from None
-    d.converged_at = rollout.monitor_start(result)
-    detail = f"{d.settings.services.app_service} runs {d.ref_tag} on every replica ({result.seconds:.1f}s)"
+        restored, how = restore(d, back)
+        write_history(d, Outcome.FAILED_ROLLED_BACK if restored else Outcome.FAILED_NOT_RECOVERED)
+        raise StepFailed(f"{exc}; {how}", exc.output_tail) from None
+    d.converged_at = rollout.monitor_start(results)
+    seconds = max((r.seconds for r in results), default=0.0)
+    if len(d.targets) == 1:
+        detail = f"{s.services.app_service} runs {d.ref_tag} on every replica ({seconds:.1f}s)"
+    else:
+        names = ", ".join(sorted(d.targets))
+        detail = f"{names} run version {d.version} on every replica ({seconds:.1f}s)"
     return f"{detail}; {d.budget.summary()}" if d.budget else detail
 
 
-def restore(d: Delivery) -> str:
-    """After a failed prod-like rollout (paused, rolled back by Swarm, timed out): the image
-    it ran before on every replica again, as deploy does in production. Says how it ended."""
-    lock, previous = d.lock, d.previous_image
-    assert lock is not None and previous  # prodlike took the lock, then read the image
-    d.log(f"rolling prod-like back to {previous}")
+def restore(d: Delivery, back: dict[str, str]) -> tuple[bool, str]:
+    """After a failed prod-like rollout (paused, rolled back by Swarm, timed out, another
+    service of the release failing): the images the services ran before (`back`), on every
+    replica again, as deploy does in production. Says whether it worked, and how it ended."""
+    lock = d.lock
+    assert lock is not None  # prodlike took the lock, then read the images
+    d.log(f"rolling prod-like back: {release.summary(back)}")
     try:
-        lock.check()  # another run that took the lock changes the service now, not this one
-        rollout.update(d.cluster, d.settings.services, previous, d.log, lock=lock)
+        lock.check()  # another run that took the lock changes the services now, not this one
+        rollout.update(d.cluster, d.settings.services, back, d.log, lock=lock)
     except Exception as exc:  # the step's own failure stays the headline
-        return f"rolling back to {previous} failed too: {str(exc).splitlines()[0][:200]}"
-    return f"rolled back to {previous} on every replica"
+        return False, f"rolling back failed too: {str(exc).splitlines()[0][:200]}"
+    if len(back) == 1:
+        return True, f"rolled back to {next(iter(back.values()))} on every replica"
+    return True, f"rolled back on every replica: {release.summary(back)}"
 
 
 def prodtest(d: Delivery) -> str:
-    """Production tests against prod-like, which must run the published digest (`inv prodlike`
-    before) through Swarm's monitor period; only then is the version recorded as verified."""
+    """Production tests against prod-like, which must run the published digests (`inv
+    prodlike` before) through Swarm's monitor period; only then is the version recorded as
+    verified."""
     try:
+        targets = d.targets or release_targets(d)
         try:
-            detail = rollout.production_tests(d, d.cluster, d.pinned, d.converged_at)
+            detail = rollout.production_tests(d, d.cluster, targets, d.converged_at)
         except StepFailed as exc:
             raise StepFailed(
                 f"{exc}; {d.version} is not recorded as verified", exc.output_tail
             ) from None
         if not d.dry_run:
+            d.targets = targets
             mark_delivered(d)
+            write_history(d, Outcome.DEPLOYED)
         return detail
     finally:
         release_lock(d)
+
+
+def write_history(d: Delivery, result: str) -> None:
+    """The release's entry in the test cluster's history: each service with its image before
+    and after, so that `inv rollback --env test` knows the previous release."""
+    s = d.settings
+    app = d.targets.get(s.services.app_service, "")
+    records.put(
+        d.cluster.gateway(),
+        "history",
+        release.key(s),
+        {
+            "time": records.now(),
+            "user": getpass.getuser(),
+            "env": s.env,
+            "service": release.key(s),
+            "kind": "deliver",
+            "version": d.version,
+            "image": app,
+            "digest": app.partition("@")[2],
+            "previous": d.previous.get(s.services.app_service, ""),
+            "result": result,
+            "services": release.parts(d.targets, d.previous),
+        },
+        group=history_group,
+    )
 
 
 def release_lock(d: Delivery) -> None:
@@ -440,6 +521,7 @@ def save_state(d: Delivery) -> None:
                 "version": d.version,
                 "workdir": str(d.workdir),
                 "digest": d.digest,
+                "digests": d.digests,
                 "project": d.project,
                 "built": d.built,
             }
@@ -461,6 +543,7 @@ def load_state(s: Settings, **kw) -> Delivery:
         data["version"],
         workdir=workdir,
         digest=data.get("digest"),
+        digests=data.get("digests") or {},
         project=data["project"],
         built=data.get("built") or "",
         **kw,
@@ -489,8 +572,10 @@ def state_after(d: Delivery, results: list[StepResult]) -> str:
     if failed == "publish":
         return f"{d.ref_tag} not in the registry; {d.settings.services.app_service} untouched"
     try:
-        running = replicas_text(
-            services.replica_images(d.cluster.gateway(), d.settings.services.app_service)
+        manager = d.cluster.gateway()
+        running = "; ".join(
+            replicas_text(services.replica_images(manager, svc))
+            for svc in sorted(d.targets or [d.settings.services.app_service])
         )
     except Exception:  # the state line must not hide the failure itself
         running = "unknown"
@@ -512,9 +597,10 @@ def mark_delivered(d: Delivery) -> None:
     """One record per version that passed prod-like: `inv deploy` promotes exactly its digest."""
     rollout.mark_delivered(
         d.cluster.gateway(),
-        d.settings.services.app_service,
+        release.key(d.settings),
         {
             "service": d.settings.services.app_service,
+            "services": release.parts(d.targets, d.previous),
             "version": d.version,
             "image": d.ref_tag,
             "digest": d.digest,

@@ -10,7 +10,18 @@ import secrets
 import time
 from dataclasses import dataclass, field, replace
 
-from . import canary, canary_rollout, gateway, haproxy, records, registry, rollout, services, state
+from . import (
+    canary,
+    canary_rollout,
+    gateway,
+    haproxy,
+    records,
+    registry,
+    release,
+    rollout,
+    services,
+    state,
+)
 from .budget import Budget
 from .checkout import Checkout, check_version
 from .cluster import Cluster
@@ -42,7 +53,9 @@ class Deployment:
     kind: str = "deploy"  # deploy | rollback
     canary: canary.Gate | None = None  # a canary before the rollout (`inv deploy --canary`)
     # learned while running
-    image: str = ""
+    images: dict[str, str] = field(default_factory=dict)  # the release: service -> image
+    before: dict[str, str] = field(default_factory=dict)  # service -> image it ran before
+    image: str = ""  # the application's image (the book's one service, or the stack's app)
     digest: str = ""
     previous: str = ""
     rolled_back: bool = False
@@ -58,7 +71,8 @@ class Deployment:
 
     @property
     def service(self) -> str:
-        return self.prod.services.app_service
+        """What the lock and the history are kept under: the stack, else the service."""
+        return release.key(self.prod)
 
 
 def _digest_in_registry(manager, s: Settings, ref: str, node: str) -> str:
@@ -79,7 +93,7 @@ def _digest_in_registry(manager, s: Settings, ref: str, node: str) -> str:
 
 def passed(d: Deployment) -> list[dict]:
     """The versions that passed prod-like on the test cluster, oldest first."""
-    return rollout.delivered(Cluster.of(d.test).discover().gateway(), d.test.services.app_service)
+    return rollout.delivered(Cluster.of(d.test).discover().gateway(), release.key(d.test))
 
 
 def resolve(d: Deployment) -> dict:
@@ -115,13 +129,41 @@ def choose(d: Deployment, passed: list[dict]) -> dict:
     }
 
 
-def rollback_target(manager, service: str, current: str) -> str:
-    """The image of the last successful deployment other than the running one; else Swarm's
-    PreviousSpec (a service never deployed by the tool)."""
-    for entry in reversed(records.load(manager, "history", service)):
-        if Outcome.of(entry["result"]).ok and entry["image"] != current:
-            return entry["image"]
-    return services.existing(manager, service).previous_image
+def rollback_target(manager, d: Deployment) -> dict[str, str]:
+    """Service -> image of the last successful release other than the running one (the
+    history's); else, for the book's one service, Swarm's PreviousSpec (a service never
+    deployed by the tool). Empty when there is none."""
+    history = records.load(manager, "history", d.service)
+    if d.prod.stack.stack_file is None:
+        names = [d.prod.services.app_service]
+    else:
+        names = sorted({s for entry in history for s in release.images_of(entry)})
+    current = {s: services.current_image(manager, s) for s in names}
+    target = release.rollback_target(history, current)
+    if target or d.prod.stack.stack_file is not None:
+        return target
+    previous = services.existing(manager, names[0]).previous_image
+    return {names[0]: previous} if previous else {}
+
+
+def _release_of(record: dict, d: Deployment, manager) -> dict[str, str]:
+    """Service -> pinned image of a delivered record: its set (a stack), else the book's one
+    service at the digest verified (or, forced, the registry's digest of its tag). Production
+    gets the images and digests verified on prod-like, never a tag resolved again, whatever
+    this environment's APP_IMAGE names; each must be in production's registry."""
+    if record.get("services"):
+        images = release.images_of(record)
+    else:
+        tag_ref = record["image"]
+        digest = record.get("digest") or _digest_in_registry(
+            manager, d.prod, tag_ref, d.prod.cluster.leader
+        )
+        images = {d.prod.services.app_service: f"{tag_ref}@{digest}"}
+    for image in images.values():
+        _digest_in_registry(manager, d.prod, image.partition("@")[0], d.prod.cluster.leader)
+        repo_ref = f"{registry.repository(image)}@{image.partition('@')[2]}"
+        _digest_in_registry(manager, d.prod, repo_ref, d.prod.cluster.leader)
+    return images
 
 
 def prepare(d: Deployment) -> records.Lock:
@@ -136,7 +178,8 @@ def prepare(d: Deployment) -> records.Lock:
     d.cluster = Cluster.of(d.prod).discover()
     # A service that does not exist is named as such first (create it with `inv services`),
     # before the versions verified for it are looked up.
-    services.existing(d.cluster.gateway(d.log), d.service)
+    if d.prod.stack.stack_file is None:
+        services.existing(d.cluster.gateway(d.log), d.prod.services.app_service)
     if d.canary:  # a proxy that cannot be driven is said before anything starts
         try:
             canary_rollout.check_proxy(d.cluster, d.prod.services, d.canary)
@@ -159,29 +202,24 @@ def prepare(d: Deployment) -> records.Lock:
     ).acquire(d.wait)
     try:
         manager = d.cluster.gateway()
-        d.previous = services.current_image(manager, d.service)
         if back:
-            d.image = rollback_target(manager, d.service, d.previous)
-            if not d.image:
+            d.images = rollback_target(manager, d)
+            if not d.images:
                 raise DeploymentError(
                     f"{d.service} on {d.prod.env} has no previous version to roll back to"
                 )
-            d.version = d.image.split("@")[0].rsplit(":", 1)[-1]
-            d.digest = d.image.partition("@")[2]
+        else:
+            d.images = _release_of(record, d, manager)
+        d.before = {s: services.current_image(manager, s) for s in d.images}
+        app = d.prod.services.app_service
+        d.image = d.images.get(app) or d.images[min(d.images)]
+        d.previous = d.before.get(app) or d.before[min(d.before)]
+        d.digest = d.image.partition("@")[2]
+        d.version = record.get("version") or d.image.split("@")[0].rsplit(":", 1)[-1]
+        if back:
             # Its production tests are those of the delivery that verified it, if one did.
             record = next(
                 (r for r in reversed(passed(d)) if d.digest and r.get("digest") == d.digest), record
-            )
-        else:
-            d.version = record["version"]
-            tag_ref = record["image"]
-            registry_digest = _digest_in_registry(manager, d.prod, tag_ref, d.prod.cluster.leader)
-            d.digest = record.get("digest") or registry_digest
-            # Production gets the image and digest verified on prod-like, never a tag resolved
-            # again, whatever this environment's APP_IMAGE names.
-            d.image = f"{tag_ref}@{d.digest}"
-            _digest_in_registry(
-                manager, d.prod, f"{registry.repository(tag_ref)}@{d.digest}", d.prod.cluster.leader
             )
     except BaseException:
         lock.release()
@@ -205,22 +243,29 @@ def checkout_for_tests(d: Deployment, record: dict) -> Checkout:
 
 
 # -- steps ------------------------------------------------------------------------------------
-def _rollout_to(d: Deployment, image: str, lock: records.Lock, measured: bool = False) -> str:
-    """Every replica to `image`; `measured`: under the error budget (the rollout step, not the
-    rollback that undoes it)."""
+def _rollout_to(
+    d: Deployment, images: dict[str, str], lock: records.Lock, measured: bool = False
+) -> str:
+    """Every replica of each service to its image in `images`, together; `measured`: under
+    the error budget (the rollout step, not the rollback that undoes it)."""
     assert d.cluster is not None  # prepare() found it
     if measured:
 
         def keep(b: Budget) -> None:
             d.budget = b
 
-        result = rollout.measured_update(
-            d.cluster, d.prod.services, image, d.log, keep, d.max_errors, lock=lock
+        results = rollout.measured_update(
+            d.cluster, d.prod.services, images, d.log, keep, d.max_errors, lock=lock
         )
     else:
-        result = rollout.update(d.cluster, d.prod.services, image, d.log, lock=lock)
-    d.converged_at = rollout.monitor_start(result)
-    detail = f"{d.service} on {d.prod.env}: every replica runs {image} ({result.seconds:.1f}s)"
+        results = rollout.update(d.cluster, d.prod.services, images, d.log, lock=lock)
+    d.converged_at = rollout.monitor_start(results)
+    seconds = max((r.seconds for r in results), default=0.0)
+    if len(images) == 1:
+        svc, image = next(iter(images.items()))
+        detail = f"{svc} on {d.prod.env}: every replica runs {image} ({seconds:.1f}s)"
+    else:
+        detail = f"on {d.prod.env}, every replica: {release.summary(images)} ({seconds:.1f}s)"
     return f"{detail}; {d.budget.summary()}" if measured and d.budget else detail
 
 
@@ -228,8 +273,8 @@ def _prodtest(d: Deployment) -> str:
     assert d.checkout is not None and d.cluster is not None  # prepare() set them
     if d.checkout.workdir is None:
         d.checkout.clone()
-    image = d.previous if d.rolled_back else d.image
-    return rollout.production_tests(d.checkout, d.cluster, image, d.converged_at)
+    images = d.before if d.rolled_back else d.images
+    return rollout.production_tests(d.checkout, d.cluster, images, d.converged_at)
 
 
 def _canary(d: Deployment, lock: records.Lock) -> str:
@@ -240,8 +285,10 @@ def _canary(d: Deployment, lock: records.Lock) -> str:
 
 
 def _rollback(d: Deployment, lock: records.Lock) -> str:
+    """Every service of the release back to what it ran before, also those whose own
+    rollout succeeded (all or nothing)."""
     d.rolled_back = True
-    return _rollout_to(d, d.previous, lock)
+    return _rollout_to(d, release.changed(d.images, d.before), lock)
 
 
 def run(d: Deployment, progress) -> tuple[dict, list[StepResult]]:
@@ -282,12 +329,12 @@ def steps(d: Deployment, lock: records.Lock, progress) -> list[StepResult]:
         lock.check()
         results.append(
             run_step(
-                "rollout", lambda: _rollout_to(d, d.image, lock, True), progress, origin=d.started
+                "rollout", lambda: _rollout_to(d, d.images, lock, True), progress, origin=d.started
             )
         )
         if results[-1].ok:
             results.append(run_step("prodtest", lambda: _prodtest(d), progress, origin=d.started))
-        if results[-1].failed and d.auto_rollback and d.previous and d.previous != d.image:
+        if results[-1].failed and d.auto_rollback and release.changed(d.images, d.before):
             lock.check()
             results.append(
                 run_step("rollback", lambda: _rollback(d, lock), progress, origin=d.started)
@@ -337,6 +384,7 @@ def _entry(d: Deployment, result: str, results: list[StepResult]) -> dict:
         "image": d.image,
         "digest": d.digest,
         "previous": d.previous,
+        "services": release.parts(d.images, d.before),
         "result": result,
         "rolled_back": d.rolled_back,
         "seconds": round(time.monotonic() - d.started, 1),
@@ -353,7 +401,7 @@ def _log_locally(d: Deployment, entry: dict) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
-def _last_success(entry) -> bool | None:
+def history_group(entry) -> bool | None:
     """Pruning keeps the last successful deployment, whatever failed since (`rollback_target`)."""
     return True if Outcome.of(str(entry.get("result", ""))).ok else None
 
@@ -364,7 +412,7 @@ def begin(d: Deployment, lock: records.Lock) -> None:
     entry = {**_entry(d, Outcome.STARTED, []), "lock": lock.id}
     assert d.cluster is not None  # prepare() found it
     _log_locally(d, entry)
-    records.put(d.cluster.gateway(), "history", d.service, entry, group=_last_success)
+    records.put(d.cluster.gateway(), "history", d.service, entry, group=history_group)
 
 
 def finish(
@@ -384,10 +432,12 @@ def finish(
         manager = cluster.gateway(d.log)
         if not Outcome.of(entry["result"]).ok:
             entry["running"] = [
-                f"{image} on {node}" for node, image in services.replica_images(manager, d.service)
+                f"{image} on {node}"
+                for svc in sorted(d.images)
+                for node, image in services.replica_images(manager, svc)
             ]
         with deferred():  # a signal here would leave a finished run "unfinished" for good
-            records.put(manager, "history", d.service, entry, group=_last_success)
+            records.put(manager, "history", d.service, entry, group=history_group)
     finally:
         try:
             lock.release()  # by its ID, through a manager that answers
@@ -400,11 +450,7 @@ def finish(
 
 
 def local_log(s: Settings):
-    return (
-        s.cluster.state_dir
-        / "history"
-        / f"{s.cluster.lab_name}-{s.env}-{s.services.app_service}.jsonl"
-    )
+    return s.cluster.state_dir / "history" / f"{s.cluster.lab_name}-{s.env}-{release.key(s)}.jsonl"
 
 
 def history(s: Settings) -> tuple[list[dict], str]:
@@ -413,8 +459,8 @@ def history(s: Settings) -> tuple[list[dict], str]:
     "unfinished" (killed, or its machine died)."""
     try:
         manager = Cluster.of(s).discover().gateway()
-        rows = records.load(manager, "history", s.services.app_service)
-        return merge_runs(rows, live_lock(manager, s.services.app_service)), "cluster"
+        rows = records.load(manager, "history", release.key(s))
+        return merge_runs(rows, live_lock(manager, release.key(s))), "cluster"
     except Exception as exc:  # the cluster is unreachable: the local log still tells
         f = local_log(s)
         rows = [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []

@@ -719,10 +719,15 @@ class Gateway:
         self.call(update)
 
     def update_image(
-        self, name: str, image: str, before: Callable[[], None] = lambda: None
+        self,
+        name: str,
+        image: str,
+        before: Callable[[], None] = lambda: None,
+        labels: Mapping[str, str] | None = None,
     ) -> bool:
-        """`docker service update --image`: only the image changes. False when it already runs.
-        `before()` runs right before each attempt (a lock's check: it may raise)."""
+        """`docker service update --image [--label-add]`: only the image (and these service
+        labels) change. False when it already runs (labels untouched). `before()` runs right
+        before each attempt (a lock's check: it may raise)."""
 
         def update(c) -> bool:
             before()
@@ -730,9 +735,14 @@ class Gateway:
             template = svc["Spec"]["TaskTemplate"]
             if template["ContainerSpec"]["Image"] == image:
                 return False
+            have = dict(svc["Spec"].get("Labels") or {})
             template["ContainerSpec"]["Image"] = image
             c.api.update_service(
-                svc["ID"], svc["Version"]["Index"], task_template=template, fetch_current_spec=True
+                svc["ID"],
+                svc["Version"]["Index"],
+                task_template=template,
+                labels={**have, **labels} if labels else None,
+                fetch_current_spec=True,
             )
             return True
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import deployment, records, services, watch
+from . import deployment, records, release, services, watch
 from .budget import Budget, brief
 from .cluster import Cluster
 
@@ -171,13 +171,11 @@ def gather(test: Settings, prod: Settings) -> dict:
     views = [
         cluster(
             f"prod-like ({test.env})",
-            test.services.app_service,
+            release.key(test),
             manager_of(test),
             (watch.KIND, "delivered"),
         ),
-        cluster(
-            f"production ({prod.env})", prod.services.app_service, manager_of(prod), ("history",)
-        ),
+        cluster(f"production ({prod.env})", release.key(prod), manager_of(prod), ("history",)),
     ]
     return snapshot(
         views,

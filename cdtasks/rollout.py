@@ -6,10 +6,10 @@ the record that ties the two: the versions that passed production tests on prod-
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from . import budget, gateway, records, services, stack
+from . import budget, gateway, records, services, stack, stackfile, stackplan
 from .checkout import Checkout
 from .cluster import Cluster
 from .compose import Compose
@@ -19,8 +19,9 @@ from .log import Log
 from .runner import StepFailed
 
 LOCK_WAIT = 600  # seconds a change of a service waits for the lock another one holds
-# Rollout states that are fine (rollback_completed: Swarm rolled back to the image waited for)
-OK_STATES = ("completed", "unchanged", "converged", "dry-run", "rollback_completed")
+# Rollout states that are fine (a rollback by Swarm to the image waited for ends "converged":
+# services.wait_rollout; rollback_completed away from it is a failure)
+OK_STATES = ("completed", "unchanged", "converged", "dry-run")
 
 
 def prepull(cluster: Cluster, service: str, image: str, log: Log) -> list[str]:
@@ -51,85 +52,122 @@ def prepull(cluster: Cluster, service: str, image: str, log: Log) -> list[str]:
 def update(
     cluster: Cluster,
     app: ServicesSettings,
-    image: str,
+    images: Mapping[str, str],
     log: Log,
     dry_run: bool = False,
     record: Callable[[Sequence[str]], None] | None = None,
     lock: records.Lock | None = None,
-) -> services.Rollout:
-    """Pre-pull, `docker service update --image`, then wait for Swarm to report completion;
-    a rollout that did not end well fails the step. `app`: the services of `cluster`'s
-    settings (the application's name and how long to wait). `lock` (the service's, held) is
-    checked right before the update, after the pre-pull that may take long (LockLost)."""
-    svc = app.app_service
-    if record:
-        record(["docker", "service", "update", "--image", image, svc])
+) -> list[services.Rollout]:
+    """A release's services (`images`: service -> image) updated together: pre-pulled, each
+    `docker service update --image`, then followed side by side until Swarm reports them
+    done; any that did not end well fails the step, naming each (the caller undoes the set).
+    `app`: how long to wait. `lock` (the release's, held) is checked right before each update,
+    after the pre-pull that may take long (LockLost)."""
+    for svc, image in sorted(images.items()):
+        if record:
+            record(["docker", "service", "update", "--image", image, svc])
     if dry_run:
-        return services.Rollout(svc, image, "dry-run", 0.0)
-    prepull(cluster, svc, image, log)
+        return [services.Rollout(svc, image, "dry-run", 0.0) for svc, image in images.items()]
+    with ThreadPoolExecutor(max_workers=len(images) or 1) as pool:
+        list(pool.map(lambda item: prepull(cluster, item[0], item[1], log), images.items()))
     manager = cluster.gateway(log)
-    services.update_image(manager, svc, image, before=lock.check if lock else lambda: None)
-    return check(
-        services.wait_rollout(
-            manager, svc, image, app.services_timeout, log, node_client=cluster.client
+    # A stack's service names the image a release set, so that `inv services` keeps it.
+    stacked = cluster.settings.stack.stack_file is not None
+    for svc, image in sorted(images.items()):
+        services.update_image(
+            manager,
+            svc,
+            image,
+            before=lock.check if lock else lambda: None,
+            labels={stackplan.RELEASED: image} if stacked else None,
         )
-    )
+
+    def follow(item: tuple[str, str]) -> services.Rollout:
+        return services.wait_rollout(
+            manager, item[0], item[1], app.services_timeout, log, node_client=cluster.client
+        )
+
+    with ThreadPoolExecutor(max_workers=len(images) or 1) as pool:
+        results = check(list(pool.map(follow, sorted(images.items()))))
+    if len(images) > 1:
+        # All or nothing: a service whose new task dies within Swarm's monitor period (a worker
+        # that exits a second after it started) fails this step, which undoes the whole set,
+        # not the tests of the others. The book's one service overlaps that period with its
+        # production tests instead (`settle` after them).
+        settle(cluster, app, images, monitor_start(results), log)
+    return results
 
 
 def measured_update(
     cluster: Cluster,
     app: ServicesSettings,
-    image: str,
+    images: Mapping[str, str],
     log: Log,
     keep: Callable[[budget.Budget], None],
     max_errors: int | None = None,
     dry_run: bool = False,
     record: Callable[[Sequence[str]], None] | None = None,
     lock: records.Lock | None = None,
-) -> services.Rollout:
-    """`update` under the error budget: the proxy's counters for the service's backend (named
-    after the service) read around it; `keep` gets the budget. StepFailed above `max_errors`."""
+) -> list[services.Rollout]:
+    """`update` under the error budget: the proxy's counters for the application's backend
+    (named after APP_SERVICE; the proxy: PROXY_SERVICE, with STACK_FILE one of the file's)
+    read around it; `keep` gets the budget. StepFailed above `max_errors`."""
     if dry_run:
-        return update(cluster, app, image, log, dry_run, record, lock)
+        return update(cluster, app, images, log, dry_run, record, lock)
+    try:
+        proxy = stack.service_name(cluster.settings, app.proxy_service)
+    except stackfile.StackFileError:  # a stack without that proxy: the budget says "not measured"
+        proxy = app.proxy_service
     return budget.measure(
-        budget.reader(cluster, app.proxy_service, app.app_service),
-        lambda: update(cluster, app, image, log, record=record, lock=lock),
+        budget.reader(cluster, proxy, app.app_service),
+        lambda: update(cluster, app, images, log, record=record, lock=lock),
         keep,
         max_errors,
     )
 
 
-def check(result: services.Rollout) -> services.Rollout:
-    if result.state not in OK_STATES:
+def check(results: Sequence[services.Rollout]) -> list[services.Rollout]:
+    """Every rollout ended well, or StepFailed naming each that did not (a rollback Swarm did
+    by itself included: the release did not happen)."""
+    failed = [r for r in results if r.state not in OK_STATES]
+    if failed:
         raise StepFailed(
-            f"rolling update of {result.service} ended {result.state}: {result.message}"
+            "; ".join(f"rolling update of {r.service} ended {r.state}: {r.message}" for r in failed)
         )
-    return result
+    return list(results)
 
 
-def monitor_start(result: services.Rollout) -> float:
-    """The monotonic time the last replica started: Swarm's monitor period counts from it."""
-    return time.monotonic() - result.running_for
+def monitor_start(results: Sequence[services.Rollout]) -> float:
+    """The monotonic time the last replica of the set started: Swarm's monitor period counts
+    from it."""
+    return time.monotonic() - min((r.running_for for r in results), default=0.0)
 
 
 def settle(
-    cluster: Cluster, app: ServicesSettings, image: str, converged_at: float, log: Log
+    cluster: Cluster,
+    app: ServicesSettings,
+    images: Mapping[str, str],
+    converged_at: float,
+    log: Log,
 ) -> None:
-    """After the tests that overlapped Swarm's monitor period: every replica must still run
-    `image` (the service's spec too), for the whole period, with no failure or rollback
-    reported by Swarm. converged_at 0 (not known): the period counts from now."""
+    """After the tests that overlapped Swarm's monitor period: every replica of each service
+    must still run its image (the service's spec too), for the whole period, with no failure
+    or rollback reported by Swarm. converged_at 0 (not known): the period counts from now."""
     until = (converged_at or time.monotonic()) + services.MONITOR
-    check(
-        services.wait_rollout(
+
+    def watch(item: tuple[str, str]) -> services.Rollout:
+        return services.wait_rollout(
             cluster.gateway(log),
-            app.app_service,
-            image,
+            item[0],
+            item[1],
             app.services_timeout,
             log,
             stable_until=until,
             node_client=cluster.client,
         )
-    )
+
+    with ThreadPoolExecutor(max_workers=len(images) or 1) as pool:
+        check(list(pool.map(watch, sorted(images.items()))))
 
 
 def host_ip(cluster: Cluster, app: ServicesSettings, routing: str) -> str:
@@ -142,23 +180,27 @@ def host_ip(cluster: Cluster, app: ServicesSettings, routing: str) -> str:
     return address if app.proxy_port == 80 else f"{address}:{app.proxy_port}"
 
 
-def runs(cluster: Cluster, app: ServicesSettings, image: str) -> None:
-    """The service's spec must run exactly `image` (tests of anything else verify nothing)."""
-    running = services.current_image(cluster.gateway(), app.app_service)
-    if running != image:
-        raise StepFailed(
-            f"{app.app_service} on {cluster.settings.env} runs {running}, not "
-            f"{image}: the production tests would test another version"
-        )
+def runs(cluster: Cluster, images: Mapping[str, str]) -> None:
+    """Each service's spec must run exactly its image (tests of anything else verify nothing)."""
+    manager = cluster.gateway()
+    for svc, image in sorted(images.items()):
+        running = services.current_image(manager, svc)
+        if running != image:
+            raise StepFailed(
+                f"{svc} on {cluster.settings.env} runs {running}, not "
+                f"{image}: the production tests would test another version"
+            )
 
 
-def production_tests(co: Checkout, target: Cluster, image: str, converged_at: float) -> str:
-    """`run --rm production` in the checkout on the CD node against a cluster's proxy, which
-    must run `image`; then the rolling update that preceded them (its last replica started at
-    `converged_at`) must have settled on it."""
+def production_tests(
+    co: Checkout, target: Cluster, images: Mapping[str, str], converged_at: float
+) -> str:
+    """`run --rm production` in the checkout on the CD node against a cluster's proxy, with
+    the release's services running `images` (service -> image); then the rolling updates
+    that preceded them (their last replica started at `converged_at`) must have settled."""
     app = target.settings.services
     if not co.dry_run:
-        runs(target, app, image)
+        runs(target, images)
     ip = "HOST_IP" if co.dry_run else host_ip(target, app, target.routing_in_use())
 
     def act(c: Compose) -> None:
@@ -169,7 +211,7 @@ def production_tests(co: Checkout, target: Cluster, image: str, converged_at: fl
     if co.compose_left:  # a whole run: the project goes down while the monitor period is watched
         co.tear_down_beside()
     if not co.dry_run:
-        settle(target, app, image, converged_at, co.log)
+        settle(target, app, images, converged_at, co.log)
     co.torn_down()
     return f"production tests passed against {target.settings.env} ({ip})"
 

@@ -410,12 +410,16 @@ def current_image(gw: Gateway, name: str) -> str:
 
 
 def update_image(
-    gw: Gateway, name: str, image: str, before: Callable[[], None] = lambda: None
+    gw: Gateway,
+    name: str,
+    image: str,
+    before: Callable[[], None] = lambda: None,
+    labels: Mapping[str, str] | None = None,
 ) -> bool:
-    """`docker service update --image`: only the image changes. False when it already runs.
-    `before()` runs right before each attempt (a lock's check)."""
+    """`docker service update --image`: only the image (and these labels) change. False when
+    it already runs. `before()` runs right before each attempt (a lock's check)."""
     existing(gw, name)
-    return gw.update_image(name, image, before)
+    return gw.update_image(name, image, before, labels)
 
 
 def _running_for(gw: Gateway, tasks: Sequence[Task], image: str) -> float:
@@ -486,7 +490,10 @@ def wait_rollout(
         # shut down keeps answering (through the proxy) until its process exits.
         converged = on_new >= wanted and running >= wanted and not _stopping(gw, svc, image)
         if converged and time.monotonic() >= (stable_until or 0):
-            done = "converged" if state in ("updating", "rollback_started") else state
+            # A rollback by Swarm that brought back `image` reached it: not the failure that
+            # rollback_completed means when the spec runs another image (above).
+            rolled = ("updating", "rollback_started", "rollback_completed")
+            done = "converged" if state in rolled else state
             return Rollout(
                 name, image, done, elapsed, svc.update_message, _running_for(gw, tasks, image)
             )

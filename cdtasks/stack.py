@@ -211,10 +211,12 @@ def _fmt(value) -> str:
 
 
 def proxy_nodes(cluster: Cluster, app: ServicesSettings) -> list[str]:
-    """Nodes that run a proxy task now (where HOST_IP can point without the routing mesh)."""
+    """Nodes that run a proxy task now (where HOST_IP can point without the routing mesh);
+    with STACK_FILE, PROXY_SERVICE is one of the file's services."""
     manager = cluster.gateway()
     names = services.hostnames(manager)
-    _, _, tasks = services.running_tasks(manager, app.proxy_service)
+    proxy = service_name(cluster.settings, app.proxy_service)
+    _, _, tasks = services.running_tasks(manager, proxy)
     return sorted({names[t.node_id] for t in tasks if t.state == "running"})
 
 

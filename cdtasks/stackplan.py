@@ -18,7 +18,8 @@ from typing import Any
 
 from docker import types
 
-from .stackfile import Service, Stack
+from . import release
+from .stackfile import NS, Service, Stack
 
 NAMESPACE = "com.docker.stack.namespace"
 IMAGE = "com.docker.stack.image"
@@ -247,13 +248,41 @@ def _at(spec: Mapping, path: Sequence[str]) -> Any:
     return spec
 
 
+# What the engine writes into a service's spec at its first update where the spec has none
+# (seen on Engine 20.10: a release's `--image` update gave a worker with no `deploy:` these
+# policies): the same service with or without them is no difference.
+POLICY = {"Parallelism": 1, "FailureAction": "pause", "Monitor": 5 * NS, "Order": "stop-first"}
+DEFAULTS: dict[str, Any] = {
+    "deploy.update_config": POLICY,
+    "deploy.rollback_config": POLICY,
+    "deploy.restart_policy": {"Condition": "any", "Delay": 5 * NS},
+    "stop_grace_period": 10 * NS,
+}
+
+
+def defaulted(name: str, value: Any) -> Any:
+    """`value` of the key `name` with the engine's defaults filled in: a whole policy where
+    there is none, the monitor period and the restart delay where a policy omits them."""
+    default = DEFAULTS.get(name)
+    if default is None or value is None:
+        return default if value is None else value
+    if name == "deploy.restart_policy":
+        return {"Delay": default["Delay"], **value} if value.get("Delay") is None else value
+    if isinstance(default, dict):
+        return {**value, "Monitor": value.get("Monitor") or default["Monitor"]}
+    return value
+
+
 def differences(want: Mapping, have: Mapping) -> list[tuple[str, str, str]]:
     """[(stack file key, wanted, running)] of a service spec against the running one."""
     out = []
     for name, path in FIELDS:
         # A key absent on one side and empty on the other (`docker stack deploy` writes
         # `Resources: {Limits: {}, Reservations: {}}`) is no difference.
-        w, h = (None if v in EMPTY else v for v in (normal(_at(s, path)) for s in (want, have)))
+        w, h = (
+            None if v in EMPTY else v
+            for v in (normal(defaulted(name, _at(s, path))) for s in (want, have))
+        )
         if name == "deploy.mode":  # {"Global": {}} is a mode, not an empty value
             w, h = _at(want, path), _at(have, path)
         if name == "image" and isinstance(h, str) and "@sha256:" not in (w or ""):
@@ -344,6 +373,26 @@ def missing_external(stack: Stack, actual: Actual) -> list[str]:
     ]
 
 
+IMAGE_AT = ("TaskTemplate", "ContainerSpec", "Image")
+# Set on a stack service by a release (rollout.update), to the image it released: from then
+# on that image, not the file's tag, is the wanted one.
+RELEASED = "io.cdtasks.released"
+
+
+def released(spec: dict[str, Any], running: Mapping) -> dict[str, Any]:
+    """The file's spec, but wanting the image a release set while the file still names the
+    same image (registry and tag aside): `inv services` must not put the file's 1.0 back over
+    a release's 1.1 digest, and puts that digest back over an image changed by hand. A file
+    that names another image wins."""
+    mark = (running.get("Labels") or {}).get(RELEASED)
+    if not mark or release.image_name(mark) != release.image_name(_at(spec, IMAGE_AT)):
+        return spec
+    template = dict(spec["TaskTemplate"])
+    template["ContainerSpec"] = {**template["ContainerSpec"], "Image": mark}
+    labels = {**(spec.get("Labels") or {}), RELEASED: mark}
+    return {**spec, "TaskTemplate": template, "Labels": labels}
+
+
 def plan(stack: Stack, actual: Actual, routing: str) -> Plan:
     """The changes that bring the cluster to the stack file, as data."""
     stack, adapted = adapt(stack, routing)
@@ -367,6 +416,7 @@ def plan(stack: Stack, actual: Actual, routing: str) -> Plan:
         if running is None:
             changes.append(Change("service", spec["Name"], "create", spec=spec))
             continue
+        spec = released(spec, running)
         keys = differences(spec, running)
         if keys:
             changes.append(Change("service", spec["Name"], "update", tuple(keys), spec))

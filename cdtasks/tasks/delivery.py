@@ -43,17 +43,18 @@ def _reported(d, title: str, progress, run, json: bool = False) -> list:
 def _finish(d, results, title: str, json: bool = False) -> None:
     """Print the results (`json`: the report, nothing else on stdout) and the state left
     behind, write the reports."""
-    from .. import delivery, report
+    from .. import delivery, release, report
 
     s = d.settings
     state = delivery.state_after(d, results)
     meta = {
         "env": s.env,
-        "service": s.services.app_service,
+        "service": release.key(s),
         "version": d.version,
         "ref": d.ref,
         "repo": d.repo,
         "digest": d.digest,
+        "services": release.parts(d.targets, d.previous),
         "budget": d.budget.record() if d.budget else None,
         "state": state,
         "dry_run": d.dry_run,

@@ -161,19 +161,17 @@ def rollback(c, env="prod", version=None, wait=False, test_env="test", json=Fals
 @user_errors
 def history(c, env="prod", json=False):
     """List the deployments of a cluster: time, user, version, digest, result, duration."""
-    from .. import budget, deployment, registry, report
+    from .. import budget, deployment, registry, release, report
 
     s = settings(c, env)
     rows, where = deployment.history(s)
     if where != "cluster":  # the local log has only this machine's runs, and may be old
         out(f"warning: {env}'s cluster did not answer; showing the {where}", stderr=True)
     if json:
-        print_json(
-            {"env": env, "service": s.services.app_service, "source": where, "deployments": rows}
-        )
+        print_json({"env": env, "service": release.key(s), "source": where, "deployments": rows})
         return
     report.print_table(
-        f"{env}: deployments of {s.services.app_service} (from {where})",
+        f"{env}: deployments of {release.key(s)} (from {where})",
         [
             "time",
             "user",
@@ -192,7 +190,12 @@ def history(c, env="prod", json=False):
                 r["user"],
                 r["kind"],
                 r["version"],
-                registry.repository(r.get("image") or "-"),
+                ", ".join(
+                    f"{s} {registry.repository(i)}"
+                    if len(r.get("services") or ()) > 1
+                    else registry.repository(i)
+                    for s, i in sorted(release.images_of({"image": "-", **r}).items())
+                ),
                 (r.get("digest") or "-")[:19],
                 r["result"],
                 "yes" if r["rolled_back"] else "no",

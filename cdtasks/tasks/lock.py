@@ -28,13 +28,13 @@ def lock(c, action, env=None, service=None, force=False, json=False):
             "stops before its next change); see `inv lock status` first",
             code=BAD_INPUT,
         )
-    from .. import records  # imported here: `inv --list` stays light
+    from .. import records, release  # imported here: `inv --list` stays light
     from ..cluster import Cluster
 
     docs = {}
     for e in envs(c, env):
         s = settings(c, e)
-        svc = service or s.services.app_service
+        svc = service or release.key(s)
         manager = Cluster.of(s).discover().gateway()
         if action == "release":
             removed = records.force_release(manager, svc)

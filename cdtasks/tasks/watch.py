@@ -107,7 +107,7 @@ def watch_(
     json=False,
 ):
     """Follow a branch: deliver (--deploy: and deploy) each new commit once; --once for cron."""
-    from .. import report, watch  # imported here: `inv --list` stays light
+    from .. import release, report, watch  # imported here: `inv --list` stays light
     from ..cluster import Cluster
     from ..interrupt import exit_code as interrupted_code
     from ..interrupt import signals_as_interrupt
@@ -126,7 +126,7 @@ def watch_(
     w = watch.Watcher(
         repo,
         branch,
-        watch.RecordStore(lambda: Cluster.of(s).discover().gateway(), s.services.app_service),
+        watch.RecordStore(lambda: Cluster.of(s).discover().gateway(), release.key(s)),
         lambda commit: run_delivery(c, env, repo, commit, deploy, prod_env),
         interval=pause,
         after=_after_run(c, env, prod_env, log),

@@ -17,6 +17,9 @@ from pathlib import Path
 import docker
 import pytest
 
+from cdtasks import images
+from cdtasks.cluster import Cluster
+
 ROOT = Path(__file__).resolve().parents[2]
 
 HERE = Path(__file__).resolve().parent
@@ -129,6 +132,48 @@ def lab(tmp_path_factory) -> Lab:
         # Whatever the tests did (a failed provision too), leave nothing of this run behind
         # (the destroy test checks it).
         lab.inv("destroy", "--purge", check=False)
+
+
+# -- the team's repository under tests/apps/team-stack, a stack file (test_6_stack*) ---------------
+TEAM = ROOT / "tests" / "apps" / "team-stack"
+TEAM_ENV_DIR = "tests/apps/team-stack/env"
+WIDE = {"COLUMNS": "200"}
+
+
+def on_manager(lab, *argv: str, check: bool = True) -> str:
+    """A docker CLI command on the test cluster's first manager (the engine in the node)."""
+    proc = subprocess.run(
+        ["docker", "exec", lab.container("swarm-test-1"), "docker", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def team(lab):
+    """The lab with the team's env directory (tests/apps/team-stack: test_6_stack,
+    test_6_stack_release), its two images built on the CD node and pushed
+    (what the team's CI does), and `inv services` run once."""
+    lab = type(lab)(lab.name, lab.state_dir, {**lab.env, "CDTASKS_ENV_DIR": TEAM_ENV_DIR})
+    s = lab.settings("test")
+    cluster = Cluster.of(s).discover()
+    cd = cluster.client(s.cluster.cd_node)
+    images.provide(
+        cluster.provider.image_source(), {s.cluster.cd_node: cd}, [s.services.base_image], print
+    )
+    for name, dockerfile in (("team-api", "api/Dockerfile"), ("team-worker", "worker/Dockerfile")):
+        ref = f"localhost:5000/{name}:1.0"
+        cd.images.build(path=str(TEAM), dockerfile=dockerfile, tag=ref, rm=True)
+        for line in cd.images.push(ref, stream=True, decode=True):
+            assert "error" not in line, line
+    started = time.monotonic()
+    lab.created = lab.inv("services", "--env", "test", extra_env=WIDE)
+    print(f"inv services from nothing: {time.monotonic() - started:.1f}s")
+    return lab
 
 
 @pytest.fixture(scope="session")

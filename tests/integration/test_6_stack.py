@@ -9,58 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
+from .conftest import ROOT, TEAM, TEAM_ENV_DIR, WIDE, on_manager
 
-from cdtasks import images
-from cdtasks.cluster import Cluster
-
-from .conftest import ROOT
-
-TEAM = ROOT / "tests" / "apps" / "team-stack"
-ENV_DIR = "tests/apps/team-stack/env"
-WIDE = {"COLUMNS": "200"}
 SERVICES = ("team_api", "team_migrate", "team_proxy", "team_store", "team_worker")
-
-
-def on_manager(lab, *argv: str, check: bool = True) -> str:
-    """A docker CLI command on the test cluster's first manager (the engine in the node)."""
-    proc = subprocess.run(
-        ["docker", "exec", lab.container("swarm-test-1"), "docker", *argv],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-@pytest.fixture(scope="module")
-def team(lab):
-    """The lab with the team's env directory, its two images built on the CD node and pushed
-    (what the team's CI does), and `inv services` run once."""
-    lab = type(lab)(lab.name, lab.state_dir, {**lab.env, "CDTASKS_ENV_DIR": ENV_DIR})
-    s = lab.settings("test")
-    cluster = Cluster.of(s).discover()
-    cd = cluster.client(s.cluster.cd_node)
-    images.provide(
-        cluster.provider.image_source(), {s.cluster.cd_node: cd}, [s.services.base_image], print
-    )
-    for name, dockerfile in (("team-api", "api/Dockerfile"), ("team-worker", "worker/Dockerfile")):
-        ref = f"localhost:5000/{name}:1.0"
-        cd.images.build(path=str(TEAM), dockerfile=dockerfile, tag=ref, rm=True)
-        for line in cd.images.push(ref, stream=True, decode=True):
-            assert "error" not in line, line
-    started = time.monotonic()
-    lab.created = lab.inv("services", "--env", "test", extra_env=WIDE)
-    print(f"inv services from nothing: {time.monotonic() - started:.1f}s")
-    return lab
 
 
 def test_docker_stack_services_shows_what_cdtasks_made(team):
@@ -296,7 +252,8 @@ def refused(team, tmp_path: Path, case: str) -> str:
     if body is not None:
         stack_file.write_text(body)
     (stack_file.parent / "test.env").write_text(
-        (ROOT / ENV_DIR / "test.env").read_text() + f"STACK_FILE={stack_file}\nSTACK_NAME={name}\n"
+        (ROOT / TEAM_ENV_DIR / "test.env").read_text()
+        + f"STACK_FILE={stack_file}\nSTACK_NAME={name}\n"
     )
     proc = team.inv(
         "services",

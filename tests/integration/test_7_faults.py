@@ -229,7 +229,7 @@ def deliver(lab, repo, version, tmp_path, *extra) -> Run:
 WORK_STARTED = {
     "checkout": r"checkout \.\.\.",
     "unit": r"unit tests running",
-    "build": r"building \S+",
+    "build": r"building \S+(, \S+)*",
     "staging": r"staging tests running",
     "publish": r"pushing \S+",
     "prodlike": r"\S+: \d+/\d+ replicas on the new image \(updating\)",

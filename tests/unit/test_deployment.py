@@ -186,3 +186,54 @@ def test_a_signal_while_the_final_entry_is_written_comes_after_it(
     assert records.lock_state(swarm_manager, d.service) is None
     local = deployment.local_log(prod).read_text().splitlines()
     assert [json.loads(line)["result"] for line in local] == ["deployed"]
+
+
+# -- a release of several services: all or nothing ------------------------------------------------
+class Progress:
+    def step(self, name):
+        pass
+
+    def done(self, result):
+        pass
+
+
+def test_a_release_where_one_service_fails_moves_every_service_back(envs, monkeypatch):
+    """The worker's rollout fails (the api's succeeded): the rollback step moves both back to
+    what they ran before, the api too, and the history entry names each before and after."""
+    from cdtasks import rollout
+    from cdtasks.runner import StepFailed
+
+    moved = []
+
+    def measured_update(cluster, app, images, log, keep, max_errors=None, lock=None):
+        moved.append(dict(images))
+        raise StepFailed("rolling update of team_worker ended paused: task exited")
+
+    def update(cluster, app, images, log, lock=None):
+        moved.append(dict(images))
+        return [rollout.services.Rollout(s, i, "completed", 1.0) for s, i in images.items()]
+
+    monkeypatch.setattr(rollout, "measured_update", measured_update)
+    monkeypatch.setattr(rollout, "update", update)
+    monkeypatch.setattr(deployment, "_prodtest", lambda d: "production tests passed")
+    after = {"team_api": "api:1.2@sha256:a", "team_worker": "worker:1.2@sha256:w"}
+    before = {"team_api": "api:1.1@sha256:a0", "team_worker": "worker:1.1@sha256:w0"}
+    d = Deployment(*envs, images=after, before=before, cluster=SimpleNamespace())
+    lock = SimpleNamespace(check=lambda: None)
+    steps = deployment.steps(d, lock, Progress())
+    assert [(r.name, r.ok) for r in steps] == [
+        ("rollout", False),
+        ("rollback", True),
+        ("prodtest-after-rollback", True),
+    ]
+    assert moved == [after, before]
+    assert outcome(d, steps) == "failed, rolled back"
+    entry = deployment._entry(d, outcome(d, steps), steps)
+    assert entry["services"] == [
+        {"service": "team_api", "image": after["team_api"], "previous": before["team_api"]},
+        {
+            "service": "team_worker",
+            "image": after["team_worker"],
+            "previous": before["team_worker"],
+        },
+    ]

@@ -178,6 +178,8 @@ def test_deliver_json_is_the_report_file_with_secrets_redacted(c, monkeypatch, c
         ref="HEAD",
         repo=s.delivery.repo,
         digest="sha256:ab",
+        targets={"go-demo": "localhost:5000/go-demo:1.1@sha256:ab"},
+        previous={"go-demo": "localhost:5000/go-demo:1.0"},
         dry_run=False,
         commands=[["docker", "push", "x"]],
         budget=Budget(True, requests=412, errors=0, seconds=14.0, series=((0, 30, 0),)),
@@ -195,11 +197,20 @@ def test_deliver_json_is_the_report_file_with_secrets_redacted(c, monkeypatch, c
         "ref",
         "repo",
         "digest",
+        "services",
         "budget",
         "state",
         "dry_run",
         "commands",
     }
+    # the release's services, each with its image before and after (issue 17 point 10)
+    assert doc["meta"]["services"] == [
+        {
+            "service": "go-demo",
+            "image": "localhost:5000/go-demo:1.1@sha256:ab",
+            "previous": "localhost:5000/go-demo:1.0",
+        }
+    ]
     # prod-like's error budget, as the history keeps production's
     assert doc["meta"]["budget"] == d.budget.record()
     assert doc["meta"]["budget"]["series"] == [[0, 30, 0]]

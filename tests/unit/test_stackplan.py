@@ -250,6 +250,84 @@ def test_swarm_omitting_zero_values_is_no_difference():
     assert stackplan.differences(want, have) == []
 
 
+def test_a_released_image_is_wanted_while_the_file_names_the_same_image():
+    """After a release (rollout.update labels the service with the image it set), the file's
+    1.0 is no drift; an image changed by hand is drift back to the release's; a file naming
+    another image wins."""
+    stack = team()
+    have = running(stack)
+    api = have.services["team_api"]
+    digest = "localhost:5000/team-api:1.1@sha256:" + "a" * 64
+
+    def running_image(image, labels):
+        spec = {**api["TaskTemplate"]["ContainerSpec"], "Image": image}
+        return {
+            **api,
+            "TaskTemplate": {**api["TaskTemplate"], "ContainerSpec": spec},
+            "Labels": labels,
+        }
+
+    def changes(svc):
+        return stackplan.plan(
+            stack, replace(have, services={**have.services, "team_api": svc}), "mesh"
+        ).changes
+
+    marked = {**api["Labels"], stackplan.RELEASED: digest}
+    assert changes(running_image(digest, marked)) == ()
+    [by_hand] = changes(running_image("localhost:5000/team-api:0.0", marked))
+    assert by_hand.keys == (("image", digest, "localhost:5000/team-api:0.0"),)
+    assert by_hand.spec["TaskTemplate"]["ContainerSpec"]["Image"] == digest
+    # unmarked (never released by cdtasks): the file's image, as before
+    [unmarked] = changes(running_image(digest, api["Labels"]))
+    assert unmarked.keys[0] == (
+        "image",
+        "localhost:5000/team-api:1.0",
+        "localhost:5000/team-api:1.1",
+    )
+    # the file names another image than the release's: the file wins
+    other = {**api["Labels"], stackplan.RELEASED: "localhost:5000/team-api2:1.1@sha256:" + "b" * 64}
+    [renamed] = changes(running_image("localhost:5000/team-api2:1.1", other))
+    assert ("image", "localhost:5000/team-api:1.0", "localhost:5000/team-api2:1.1") in renamed.keys
+
+
+def test_the_engines_defaults_written_at_an_update_are_no_difference():
+    """Engine 20.10 writes these into a spec at its first update (seen on the lab: a worker
+    without `deploy:` after a release's `--image` update, and the api's rollback_config without
+    `monitor`); a changed value is still one."""
+    ns = 1_000_000_000
+    policy = {
+        "Parallelism": 1,
+        "FailureAction": "pause",
+        "Monitor": 5 * ns,
+        "MaxFailureRatio": 0,
+        "Order": "stop-first",
+    }
+    want = {
+        "TaskTemplate": {"ContainerSpec": {"Image": "w:1"}},
+        "RollbackConfig": {"Parallelism": 0, "FailureAction": "pause", "Order": "stop-first"},
+    }
+    have = {
+        "TaskTemplate": {
+            "ContainerSpec": {"Image": "w:1", "StopGracePeriod": 10 * ns},
+            "RestartPolicy": {"Condition": "any", "Delay": 5 * ns, "MaxAttempts": 0},
+        },
+        "UpdateConfig": policy,
+        "RollbackConfig": {
+            "Parallelism": 0,
+            "FailureAction": "pause",
+            "Monitor": 5 * ns,
+            "Order": "stop-first",
+        },
+    }
+    assert stackplan.differences(want, have) == []
+    have["UpdateConfig"] = {**policy, "Parallelism": 2}
+    have["TaskTemplate"]["ContainerSpec"]["StopGracePeriod"] = 30 * ns
+    assert [k for k, _, _ in stackplan.differences(want, have)] == [
+        "stop_grace_period",
+        "deploy.update_config",
+    ]
+
+
 def test_an_empty_value_where_the_file_has_none_is_no_difference():
     """`docker stack deploy` stores empty resources; the file has no `resources:` key."""
     want = {"TaskTemplate": {"ContainerSpec": {"Image": "redis:7.0"}}}

@@ -27,8 +27,8 @@ class FakeCompose:
     def up(self, service: str) -> None:
         self.said.append(f"compose up {service}")
 
-    def build(self, service: str) -> None:
-        self.said.append(f"compose build {service}")
+    def build(self, *services: str) -> None:
+        self.said.append(f"compose build {' '.join(services)}")
 
 
 class FakeImages:
@@ -79,7 +79,7 @@ def _prodtest(d: Delivery, monkeypatch) -> None:
         settings=SimpleNamespace(env="test", services=d.settings.services),
         routing_in_use=lambda: "dnsrr",
     )
-    rollout.production_tests(d, target, d.ref_tag, 0.0)
+    rollout.production_tests(d, target, {d.settings.services.app_service: d.ref_tag}, 0.0)
 
 
 WORK = {

@@ -1,0 +1,127 @@
+"""Releases of a stack, against the real lab: the team's repository (tests/apps/team-stack, its
+delivery compose file `docker-compose-ci.yml` building team-api as `app` and team-worker) is
+delivered as one release: api and worker move together to the new digests on prod-like (the
+migration job and the store untouched); a release whose worker fails only under Swarm (it exits
+at once; compose staging never runs it) brings api back too (exit 16, the history names both,
+before and after); `inv rollback` moves both back to the release before."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+
+from .conftest import TEAM, WIDE, git, on_manager
+
+RELEASED = ("team_api", "team_worker")
+UNTOUCHED = ("team_migrate", "team_store", "team_proxy")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """The team's repository as a git repository of its own: main (version 1.1 of both
+    images), and branch broken whose worker exits as soon as it starts."""
+    work = tmp_path_factory.mktemp("team")
+    shutil.copytree(
+        TEAM, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    git(work, "init", "--quiet", "-b", "main")
+    git(work, "add", "-A")
+    git(work, "commit", "--quiet", "-m", "the team's repository")
+    git(work, "checkout", "--quiet", "-b", "broken")
+    worker = work / "worker" / "worker.py"
+    worker.write_text('raise SystemExit("worker: broken on purpose")\n' + worker.read_text())
+    git(work, "commit", "--quiet", "-am", "a worker that never starts")
+    git(work, "checkout", "--quiet", "main")
+    return work
+
+
+def specs(team) -> dict[str, str]:
+    """Service -> the image its spec runs (the stack's services)."""
+    return {
+        n: json.loads(on_manager(team, "service", "inspect", n))[0]["Spec"]["TaskTemplate"][
+            "ContainerSpec"
+        ]["Image"]
+        for n in RELEASED + UNTOUCHED
+    }
+
+
+def deliver(team, repo, ref: str, version: str):
+    started = time.monotonic()
+    proc = team.inv(
+        "deliver",
+        "--repo",
+        str(repo),
+        "--ref",
+        ref,
+        "--version",
+        version,
+        "--compose-file",
+        "docker-compose-ci.yml",
+        check=False,
+        timeout=1500,
+        extra_env=WIDE,
+    )
+    print(
+        f"\n`inv deliver --ref {ref} --version {version}`: exit {proc.returncode} after "
+        f"{time.monotonic() - started:.1f}s\n{proc.stdout.strip()}\n{proc.stderr[-3000:]}"
+    )
+    return proc
+
+
+def history(team) -> list[dict]:
+    return json.loads(team.inv("history", "--env", "test", "--json").stdout)["deployments"]
+
+
+def test_a_release_updates_api_and_worker_together(team, repo):
+    before = specs(team)
+    proc = deliver(team, repo, "main", "1.1")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    after = specs(team)
+    for name in RELEASED:
+        image = f"localhost:5000/{name.replace('_', '-')}:1.1@sha256:"
+        assert after[name].startswith(image), after
+    for name in UNTOUCHED:
+        assert after[name] == before[name], (name, before[name], after[name])
+    last = history(team)[-1]
+    assert last["result"] == "deployed" and last["service"] == "team"
+    assert {p["service"]: p["image"] for p in last["services"]} == {n: after[n] for n in RELEASED}
+    team.release_1_1 = {n: after[n] for n in RELEASED}
+    team.release_1_0 = {n: before[n] for n in RELEASED}
+    # The release owns those images now: the stack file's 1.0 is no drift, nothing to update.
+    # (A config generation that only the services' previous specs used before the release may
+    # now be retired: housekeeping, not a service change.)
+    plan = json.loads(team.inv("plan", "--env", "test", "--json", extra_env=WIDE).stdout)
+    assert [c for c in plan["test"]["changes"] if c["action"] != "retire"] == [], plan
+    team.inv("services", "--env", "test", "--update", extra_env=WIDE)
+    assert specs(team) == after
+    check = team.inv("services", "--env", "test", "--check", check=False, extra_env=WIDE)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_worker_failing_under_swarm_brings_api_back_too(team, repo):
+    proc = deliver(team, repo, "broken", "1.2")
+    assert proc.returncode == 16, proc.stdout[-3000:]
+    assert "rolling update of team_worker ended paused" in proc.stdout + proc.stderr
+    now = specs(team)
+    assert {n: now[n] for n in RELEASED} == team.release_1_1
+    last = history(team)[-1]
+    assert last["result"] == "failed, rolled back", last
+    parts = {p["service"]: p for p in last["services"]}
+    assert sorted(parts) == list(RELEASED)
+    for name in RELEASED:
+        assert parts[name]["previous"] == team.release_1_1[name]
+        assert parts[name]["image"].startswith(f"localhost:5000/{name.replace('_', '-')}:1.2@")
+
+
+def test_rollback_moves_both_back(team):
+    proc = team.inv("rollback", "--env", "test", "--test-env", "test", check=False, extra_env=WIDE)
+    print(proc.stdout, proc.stderr[-3000:])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    now = specs(team)
+    assert {n: now[n] for n in RELEASED} == team.release_1_0
+    last = history(team)[-1]
+    assert last["kind"] == "rollback" and last["result"] == "rolled back", last
+    assert {p["service"]: p["image"] for p in last["services"]} == team.release_1_0
