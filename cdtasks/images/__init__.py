@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import gateway, procs
+from .. import procs
 
 HERE = Path(__file__).parent
 SOURCES = "/etc/apt/sources.list.d/debian.sources"
@@ -378,6 +378,10 @@ def distribute(source, targets: Mapping, refs: list[str], log: Callable[[str], N
     load`, streamed, nodes in parallel). Returns the nodes that received something."""
 
     ids = {r: source.images.get(r).id for r in refs}
+
+    # Here, not at the top: the image recipes are read without the Docker SDK (which loads
+    # paramiko, which loads Invoke), e.g. by an installed package's `import cdtasks.images`.
+    from .. import gateway
 
     def one(item):
         node, client = item

@@ -186,7 +186,9 @@ def test_a_slow_release_is_aborted_by_the_latency_gate(releases, tmp_path):
     assert entry["result"].startswith("canary aborted: response time "), entry["result"]
     assert " ms > 200 ms (HAProxy's rtime, over " in entry["result"], entry["result"]
     step = entry["canary"][0]
-    assert step["latency_ms"] >= 400 and step["errors"] == 0, step
+    # Above the limit, not necessarily 400: HAProxy's rtime is a running average over up to
+    # 1024 requests that is still climbing after the step's few dozen (391 ms seen in CI).
+    assert step["latency_ms"] > 200 and step["errors"] == 0, step
     assert load.failed == 0, load.seen  # slow, never failed
     assert _images(lab) == before
     proxies_after, weights = _proxy(lab)
