@@ -771,13 +771,17 @@ class Gateway:
 
         self.call(create, retry=False)
 
-    def remove_service(self, name: str) -> bool:
-        """False when there was none."""
+    def _remove(self, fn: Callable[[Any], Any], **kw) -> bool:
+        """`fn` (a removal) through a manager: False when the object was already gone."""
         try:
-            self.call(lambda c: c.api.remove_service(name))
+            self.call(fn, **kw)
             return True
         except NotFound:
             return False
+
+    def remove_service(self, name: str) -> bool:
+        """False when there was none."""
+        return self._remove(lambda c: c.api.remove_service(name))
 
     def service_specs(self, labels: Mapping[str, str]) -> dict[str, Mapping[str, Any]]:
         """name -> Engine API ServiceSpec of the services with these labels: for the stack
@@ -848,11 +852,7 @@ class Gateway:
 
     def remove_secret(self, secret_id: str) -> bool:
         """False when it was already gone."""
-        try:
-            self.call(lambda c: c.api.remove_secret(secret_id))
-            return True
-        except NotFound:
-            return False
+        return self._remove(lambda c: c.api.remove_secret(secret_id))
 
     def create_secret(self, name: str, data: bytes, labels: Mapping[str, str]) -> str:
         """Its ID."""
@@ -932,8 +932,4 @@ class Gateway:
             api = c.api
             api._raise_for_status(api._delete(api._url("/configs/{0}", config_id), **_left(end)))
 
-        try:
-            self.call(remove, within=timeout)
-            return True
-        except NotFound:
-            return False
+        return self._remove(remove, within=timeout)

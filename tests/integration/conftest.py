@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -54,6 +55,18 @@ def sample_repository(path: Path, message: str | None = None) -> Path:
     if message is not None:
         git(path, "add", "-A")
         git(path, "commit", "--quiet", "-m", message)
+    return path
+
+
+def app_repository(app: Path, path: Path, message: str) -> Path:
+    """A test application of tests/apps as a git repository of its own at `path` (branch
+    main, one commit with `message`), as its team would keep it."""
+    shutil.copytree(
+        app, path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    git(path, "init", "--quiet", "-b", "main")
+    git(path, "add", "-A")
+    git(path, "commit", "--quiet", "-m", message)
     return path
 
 

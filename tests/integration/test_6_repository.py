@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -29,7 +28,7 @@ from cdtasks import records, services
 from cdtasks.cluster import Cluster
 from cdtasks.rollout import delivered
 
-from .conftest import manager_of
+from .conftest import app_repository, manager_of
 from .test_3_deliver import (
     CD_NODE,
     ROOT,
@@ -113,13 +112,9 @@ def hello(tmp_path_factory):
     """hello-book as a repository of its own (branch main; branch nostaging: its compose file
     without `staging`), bare behind an HTTP server that wants credentials. Returns the local
     path and the URL with credentials."""
-    work = tmp_path_factory.mktemp("hello-book")
-    shutil.copytree(
-        APP, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    work = app_repository(
+        APP, tmp_path_factory.mktemp("hello-book"), "hello-book as in cdtasks' tests/apps"
     )
-    git(work, "init", "--quiet", "-b", "main")
-    git(work, "add", "-A")
-    git(work, "commit", "--quiet", "-m", "hello-book as in cdtasks' tests/apps")
     git(work, "checkout", "--quiet", "-b", "nostaging")
     compose = (work / COMPOSE).read_text()
     start = compose.index("  staging:\n")

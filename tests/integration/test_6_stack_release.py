@@ -8,12 +8,11 @@ before and after); `inv rollback` moves both back to the release before."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import pytest
 
-from .conftest import TEAM, WIDE, git, on_manager
+from .conftest import TEAM, WIDE, app_repository, git, on_manager
 
 RELEASED = ("team_api", "team_worker")
 UNTOUCHED = ("team_migrate", "team_store", "team_proxy")
@@ -23,13 +22,7 @@ UNTOUCHED = ("team_migrate", "team_store", "team_proxy")
 def repo(tmp_path_factory):
     """The team's repository as a git repository of its own: main (version 1.1 of both
     images), and branch broken whose worker exits as soon as it starts."""
-    work = tmp_path_factory.mktemp("team")
-    shutil.copytree(
-        TEAM, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-    )
-    git(work, "init", "--quiet", "-b", "main")
-    git(work, "add", "-A")
-    git(work, "commit", "--quiet", "-m", "the team's repository")
+    work = app_repository(TEAM, tmp_path_factory.mktemp("team"), "the team's repository")
     git(work, "checkout", "--quiet", "-b", "broken")
     worker = work / "worker" / "worker.py"
     worker.write_text('raise SystemExit("worker: broken on purpose")\n' + worker.read_text())
