@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from . import registry
 from .compose import ComposeModel, ContractError
 from .config import Settings
 from .outcome import Outcome
@@ -25,12 +26,9 @@ def key(s: Settings) -> str:
 def image_name(ref: str) -> str:
     """An image reference without registry, tag and digest:
     `localhost:5000/team-api:1.0@sha256:…` -> `team-api`, `team-worker` -> `team-worker`."""
-    name = ref.partition("@")[0]
+    name = registry.repository(ref)
     first, slash, rest = name.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        name = rest
-    head, colon, tag = name.rpartition(":")
-    return head if colon and "/" not in tag else name
+    return rest if slash and ("." in first or ":" in first or first == "localhost") else name
 
 
 def built_names(model: ComposeModel, app_image: str) -> dict[str, str]:

@@ -200,8 +200,9 @@ def service_spec(
 
 # -- the difference --------------------------------------------------------------------------
 # What `inv services` compares, by the names the stack file gives them.
+IMAGE_AT = ("TaskTemplate", "ContainerSpec", "Image")
 FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("image", ("TaskTemplate", "ContainerSpec", "Image")),
+    ("image", IMAGE_AT),
     ("entrypoint", ("TaskTemplate", "ContainerSpec", "Command")),
     ("command", ("TaskTemplate", "ContainerSpec", "Args")),
     ("environment", ("TaskTemplate", "ContainerSpec", "Env")),
@@ -373,7 +374,6 @@ def missing_external(stack: Stack, actual: Actual) -> list[str]:
     ]
 
 
-IMAGE_AT = ("TaskTemplate", "ContainerSpec", "Image")
 # Set on a stack service by a release (rollout.update), to the image it released: from then
 # on that image, not the file's tag, is the wanted one.
 RELEASED = "io.cdtasks.released"
