@@ -311,7 +311,7 @@ def prodlike(d: Delivery) -> str:
 
 def restore(d: Delivery, back: dict[str, str]) -> tuple[bool, str]:
     """After a failed prod-like rollout (paused, rolled back by Swarm, timed out, another
-    service of the release failing): the images the services ran before (`back`), on every
+    service of the release failing) or failed production tests there: the images the services ran before (`back`), on every
     replica again, as deploy does in production. Says whether it worked, and how it ended."""
     lock = d.lock
     assert lock is not None  # prodlike took the lock, then read the images
@@ -329,15 +329,23 @@ def restore(d: Delivery, back: dict[str, str]) -> tuple[bool, str]:
 def prodtest(d: Delivery) -> str:
     """Production tests against prod-like, which must run the published digests (`inv
     prodlike` before) through Swarm's monitor period; only then is the version recorded as
-    verified."""
+    verified. When they fail after this run's prodlike changed the services (a whole run:
+    the lock still held, what ran before known), every service of the release goes back, as
+    after a failed rollout, and the history says so."""
     try:
         targets = d.targets or release_targets(d)
         try:
             detail = rollout.production_tests(d, d.cluster, targets, d.converged_at)
         except StepFailed as exc:
-            raise StepFailed(
-                f"{exc}; {d.version} is not recorded as verified", exc.output_tail
-            ) from None
+            failure = f"{exc}; {d.version} is not recorded as verified"
+            back = release.changed(targets, d.previous)
+            if d.dry_run or d.lock is None or not back:
+                raise StepFailed(failure, exc.output_tail) from None
+            restored, how = restore(d, back)
+            write_history(
+                d, Outcome.FAILED_ROLLED_BACK if restored else Outcome.FAILED_NOT_RECOVERED
+            )
+            raise StepFailed(f"{failure}; {how}", exc.output_tail) from None
         if not d.dry_run:
             d.targets = targets
             mark_delivered(d)

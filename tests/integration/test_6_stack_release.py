@@ -3,7 +3,8 @@ delivery compose file `docker-compose-ci.yml` building team-api as `app` and tea
 delivered as one release: api and worker move together to the new digests on prod-like (the
 migration job and the store untouched); a release whose worker fails only under Swarm (it exits
 at once; compose staging never runs it) brings api back too (exit 16, the history names both,
-before and after); `inv rollback` moves both back to the release before."""
+before and after), and so does a release whose production tests fail (exit 17); `inv rollback`
+moves both back to the release before."""
 
 from __future__ import annotations
 
@@ -21,12 +22,22 @@ UNTOUCHED = ("team_migrate", "team_store", "team_proxy")
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """The team's repository as a git repository of its own: main (version 1.1 of both
-    images), and branch broken whose worker exits as soon as it starts."""
+    images), branch broken whose worker exits as soon as it starts, and branch prodfail whose
+    production tests fail (its staging tests pass: the same checks against staging-dep)."""
     work = app_repository(TEAM, tmp_path_factory.mktemp("team"), "the team's repository")
     git(work, "checkout", "--quiet", "-b", "broken")
     worker = work / "worker" / "worker.py"
     worker.write_text('raise SystemExit("worker: broken on purpose")\n' + worker.read_text())
     git(work, "commit", "--quiet", "-am", "a worker that never starts")
+    git(work, "checkout", "--quiet", "-b", "prodfail", "main")
+    (work / "checks" / "functional_production.py").write_text(
+        "import os\nimport unittest\n\n\n"
+        "class Production(unittest.TestCase):\n"
+        "    def test_fails_outside_staging_on_purpose(self):\n"
+        '        self.assertTrue(os.environ["HOST_IP"].startswith("staging-dep"), "prod fails")\n'
+    )
+    git(work, "add", "checks/functional_production.py")
+    git(work, "commit", "--quiet", "-m", "production tests that fail (staging passes)")
     git(work, "checkout", "--quiet", "main")
     return work
 
@@ -107,6 +118,23 @@ def test_a_worker_failing_under_swarm_brings_api_back_too(team, repo):
     for name in RELEASED:
         assert parts[name]["previous"] == team.release_1_1[name]
         assert parts[name]["image"].startswith(f"localhost:5000/{name.replace('_', '-')}:1.2@")
+
+
+def test_failing_production_tests_bring_every_service_back(team, repo):
+    """Both services roll out, then the production tests fail: both go back to 1.1 (exit 17,
+    prodtest's), the step says so and the history names each with its image before and after."""
+    proc = deliver(team, repo, "prodfail", "1.3")
+    assert proc.returncode == 17, proc.stdout[-3000:]
+    assert "1.3 is not recorded as verified; rolled back on every replica" in proc.stdout
+    now = specs(team)
+    assert {n: now[n] for n in RELEASED} == team.release_1_1
+    last = history(team)[-1]
+    assert last["result"] == "failed, rolled back" and last["version"] == "1.3", last
+    parts = {p["service"]: p for p in last["services"]}
+    assert sorted(parts) == list(RELEASED)
+    for name in RELEASED:
+        assert parts[name]["previous"] == team.release_1_1[name]
+        assert parts[name]["image"].startswith(f"localhost:5000/{name.replace('_', '-')}:1.3@")
 
 
 def test_rollback_moves_both_back(team):
