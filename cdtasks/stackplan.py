@@ -6,8 +6,9 @@ Names and labels are `docker stack deploy`'s (`NAME_service`, `com.docker.stack.
 this made. A service spec is compared field by field with the running one after dropping empty
 values on both sides (Swarm omits zero values when it stores a spec), so a second run of an
 unchanged file finds nothing to do. A config or secret is named by its content (stackfile.Blob):
-a changed file is a new object that the services using it are updated to, and the generations
-that neither a service nor its previous spec use any more are retired.
+a changed file is a new object that the services using it are updated to, and the stack's
+objects other than the file's current ones (older generations, keys removed from the file) that
+neither a service nor its previous spec use any more are retired.
 """
 
 from __future__ import annotations
@@ -327,8 +328,9 @@ def _show(value: Any) -> str:
 class Change:
     kind: str  # network | config | secret | service
     name: str  # the Swarm name
-    # create | update | extra (a service the file lacks: left) | retire (an older generation
-    # of a config or secret that no service nor its previous spec uses once the plan is done)
+    # create | update | extra (a service the file lacks: left) | retire (a config or secret of
+    # the stack, an older generation or one the file no longer declares, that no service nor
+    # its previous spec uses once the plan is done)
     action: str
     keys: tuple[tuple[str, str, str], ...] = ()  # (key, wanted, running) of an update
     spec: Mapping[str, Any] | None = None  # a service's, to create or update with
@@ -427,25 +429,22 @@ def plan(stack: Stack, actual: Actual, routing: str) -> Plan:
         if name not in wanted
     ]
     kept = _kept(actual, changes)
+    named = {(kind, b.name) for kind, objs, _ in blobs for b in objs}
     changes += [
         Change(kind, name, "retire")
-        for kind, objs, have in blobs
-        for b in objs
-        if not b.external
-        for name in sorted(generations(stack.name, b.base, have))
-        if name != b.name and (kind, name) not in kept
+        for kind, _, have in blobs
+        for name in sorted(owned(stack.name, have))
+        if (kind, name) not in named and (kind, name) not in kept
     ]
     return Plan(stack.name, routing, adapted, tuple(changes))
 
 
-def generations(stack: str, base: str, have: Mapping[str, tuple[str, Mapping[str, str]]]):
-    """The stack's objects of one config or secret: the hashed names this module made, and the
-    plain name of a stack deployed before (or by `docker stack deploy`)."""
-    return [
-        name
-        for name, (_, labels) in have.items()
-        if labels.get(NAMESPACE) == stack and (labels.get(BASE) == base or name == base)
-    ]
+def owned(stack: str, have: Mapping[str, tuple[str, Mapping[str, str]]]) -> list[str]:
+    """The stack's configs or secrets on the cluster (its namespace label): the hashed
+    generations this module made, the plain names of a stack deployed before (or by `docker
+    stack deploy`), and those of keys the file no longer declares, which would otherwise stay
+    in the cluster for good."""
+    return [name for name, (_, labels) in have.items() if labels.get(NAMESPACE) == stack]
 
 
 def _kept(actual: Actual, changes: Sequence[Change]) -> set[tuple[str, str]]:
@@ -534,7 +533,7 @@ def retire(p: Plan, actual: Actual, calls: Calls, log: Callable[[str], None]) ->
         if (c.kind, c.name) in used:
             log(f"keeping {c.kind} {c.name}: a service uses it again")
             continue
-        log(f"removing {c.kind} {c.name} (an older generation)")
+        log(f"removing {c.kind} {c.name}: the stack file no longer names it")
         if c.kind == "config":
             calls.remove_config(actual.configs[c.name][0])
         else:

@@ -164,6 +164,43 @@ def test_generations_older_than_the_previous_one_are_retired():
     assert [(x.name, x.action) for x in p.changes] == [(greeting(a), "retire")]
 
 
+def without_greeting(stack):
+    """The stack file with its `greeting` config key removed, and api's use of it."""
+    return replace(
+        stack,
+        configs=tuple(c for c in stack.configs if c.key != "greeting"),
+        services=tuple(
+            replace(s, configs=tuple(f for f in s.configs if f.source != "greeting"))
+            for s in stack.services
+        ),
+    )
+
+
+def test_a_config_key_removed_from_the_file_is_retired_by_the_same_rule():
+    """The file no longer declares `greeting` and api no longer uses it: api is updated and the
+    config kept while api's spec or previous spec names it (a rollback needs it), then retired
+    like an older generation, not left in the cluster for good."""
+    old, new = team(), without_greeting(team())
+    have = running(old)
+    p = stackplan.plan(new, have, "mesh")
+    assert [(c.kind, c.name, c.action, list(c.keys)) for c in p.changes] == [
+        ("service", "team_api", "update", [("configs", "(none)", greeting(old))]),
+    ]
+    # api updated: its previous spec still names the config, so it stays
+    api = running(new).services["team_api"]
+    after = {**have.uses, "team_api": uses(api, have.services["team_api"])}
+    updated = replace(have, services={**have.services, "team_api": api}, uses=after)
+    assert stackplan.plan(new, updated, "mesh").changes == ()
+    # once no spec names it any more (the next update of api), it is retired
+    moved = replace(updated, uses={**have.uses, "team_api": uses(api)})
+    p = stackplan.plan(new, moved, "mesh")
+    assert [(c.kind, c.name, c.action) for c in p.changes] == [("config", greeting(old), "retire")]
+    # objects of another stack, or without a stack, are never the plan's
+    foreign = {"other_greeting": ("id-o", {stackplan.NAMESPACE: "other"}), "x": ("id-x", {})}
+    p = stackplan.plan(new, replace(moved, configs={**moved.configs, **foreign}), "mesh")
+    assert [c.name for c in p.changes] == [greeting(old)]
+
+
 def test_a_stack_deployed_before_converges_to_hashed_names():
     """Configs and secrets named without a hash (a stack made before, or by `docker stack
     deploy`): the hashed ones are created, their users updated, the plain ones kept as the
