@@ -33,6 +33,7 @@ from .log import Log
 from .outcome import Outcome
 from .redaction import redact
 from .runner import RunInterrupted, StepFailed, StepResult, run_step
+from .stackplan import NAMESPACE
 
 
 class DeploymentError(RuntimeError):
@@ -101,9 +102,12 @@ def resolve(d: Deployment) -> dict:
     return choose(d, passed(d))
 
 
-def choose(d: Deployment, passed: list[dict]) -> dict:
+def choose(
+    d: Deployment, passed: list[dict], hint: str = "deliver it first, or use --force"
+) -> dict:
     """The record of a version that passed prod-like (`passed`, oldest first; by default the
-    last one). A version that never passed there is refused unless forced."""
+    last one). A version that never passed there is refused unless forced (`hint`: what the
+    refusal tells to do)."""
     if d.version is None:
         if not passed:
             raise DeploymentError(
@@ -117,8 +121,7 @@ def choose(d: Deployment, passed: list[dict]) -> dict:
     if not d.force:
         known = ", ".join(sorted({p["version"] for p in passed})) or "none"
         raise DeploymentError(
-            f"version {d.version} never passed prod-like (passed: {known}); "
-            f"deliver it first, or use --force"
+            f"version {d.version} never passed prod-like (passed: {known}); {hint}"
         )
     return {
         "version": d.version,
@@ -166,15 +169,20 @@ def _release_of(record: dict, d: Deployment, manager) -> dict[str, str]:
     return images
 
 
-def prepare(d: Deployment) -> records.Lock:
-    """Resolve the version, take the lock, then read what it guards (the image production runs,
-    the rollback target) and check the cluster before anything changes. Returns the lock, held.
-    Raises DeploymentError / LockHeld / EngineError with one clear line."""
+def check_input(d: Deployment) -> None:
+    """--version, when given, before anything is asked of a cluster (DeploymentError)."""
     if d.version is not None:
         try:
             check_version(d.version)
         except StepFailed as exc:
             raise DeploymentError(str(exc)) from None
+
+
+def prepare(d: Deployment) -> records.Lock:
+    """Resolve the version, take the lock, then read what it guards (the image production runs,
+    the rollback target) and check the cluster before anything changes. Returns the lock, held.
+    Raises DeploymentError / LockHeld / EngineError with one clear line."""
+    check_input(d)
     d.cluster = Cluster.of(d.prod).discover()
     # A service that does not exist is named as such first (create it with `inv services`),
     # before the versions verified for it are looked up.
@@ -208,9 +216,10 @@ def prepare(d: Deployment) -> records.Lock:
                 raise DeploymentError(
                     f"{d.service} on {d.prod.env} has no previous version to roll back to"
                 )
-        else:
-            d.images = _release_of(record, d, manager)
-        d.before = {s: services.current_image(manager, s) for s in d.images}
+            d.before = {s: services.current_image(manager, s) for s in d.images}
+        else:  # the plan `inv plan --version` shows, read again under the lock
+            p = release_plan(d, manager, record)
+            d.images, d.before = p.images, p.before
         app = d.prod.services.app_service
         d.image = d.images.get(app) or d.images[min(d.images)]
         d.previous = d.before.get(app) or d.before[min(d.before)]
@@ -226,6 +235,34 @@ def prepare(d: Deployment) -> records.Lock:
         raise
     d.checkout = checkout_for_tests(d, record)
     return lock
+
+
+def release_plan(d: Deployment, manager, record: dict) -> release.Plan:
+    """The release of a delivered `record` to d.prod, from what runs there: the one
+    description of it, which `inv plan --version` prints and `prepare` carries out."""
+    images = _release_of(record, d, manager)
+    found = {s: services.existing(manager, s) for s in images}
+    jobs: list[str] = []
+    if d.prod.stack.stack_file is not None:  # the stack's jobs, which a release leaves alone
+        ns = d.prod.stack.stack_name
+        jobs = [x.name for x in manager.services() if x.job and x.labels.get(NAMESPACE) == ns]
+    return release.plan(
+        d.prod.env,
+        d.service,
+        record.get("version") or d.version or "",
+        images,
+        {s: (x.image, x.replicas) for s, x in found.items()},
+        records.load(manager, "history", d.service),
+        jobs,
+    )
+
+
+def plan(d: Deployment) -> release.Plan:
+    """What a deployment of d.version would do, changing nothing (no lock: `inv plan`)."""
+    check_input(d)
+    record = choose(d, passed(d), hint="deliver it first")
+    manager = Cluster.of(d.prod).discover().gateway(d.log)
+    return release_plan(d, manager, record)
 
 
 def checkout_for_tests(d: Deployment, record: dict) -> Checkout:

@@ -115,3 +115,87 @@ def rollback_target(history: Iterable[Mapping], current: Mapping[str, str]) -> d
         if before and any(current.get(s) != image for s, image in before.items()):
             return before
     return {}
+
+
+# -- the plan of a release: what it changes, before anything changes --------------------------
+@dataclass(frozen=True)
+class Move:
+    """One member of a release: the image it runs now and the one the release sets."""
+
+    service: str
+    before: str  # REPOSITORY:TAG@DIGEST as the spec names it now
+    after: str
+    replicas: int | None  # None: one per node (global)
+
+    @property
+    def changes(self) -> bool:
+        return self.before != self.after
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A release of `version` to `env`, computed from what runs: each member's image before
+    and after, what `inv rollback` goes back to once it is done, and the stack's jobs (a
+    release runs none of them: they are listed as left alone). `inv plan --version` prints
+    it and a deployment carries out its `images`."""
+
+    env: str
+    key: str  # the stack, else the application's service
+    version: str
+    moves: tuple[Move, ...]
+    rollback: Mapping[str, str]  # service -> image; empty: none
+    jobs: tuple[str, ...] = ()
+
+    @property
+    def images(self) -> dict[str, str]:
+        return {m.service: m.after for m in self.moves}
+
+    @property
+    def before(self) -> dict[str, str]:
+        return {m.service: m.before for m in self.moves}
+
+    def doc(self) -> dict:
+        """The plan as JSON (`inv plan --version V --json`)."""
+        return {
+            "env": self.env,
+            "service": self.key,
+            "version": self.version,
+            "services": [
+                {
+                    "service": m.service,
+                    "before": m.before,
+                    "after": m.after,
+                    "digest_before": m.before.partition("@")[2],
+                    "digest_after": m.after.partition("@")[2],
+                    "replicas": m.replicas,
+                    "changes": m.changes,
+                }
+                for m in self.moves
+            ],
+            "rollback": dict(self.rollback),
+            "jobs": [{"service": j, "runs": False} for j in self.jobs],
+        }
+
+
+def plan(
+    env: str,
+    name: str,
+    version: str,
+    images: Mapping[str, str],
+    running: Mapping[str, tuple[str, int | None]],
+    history: Iterable[Mapping],
+    jobs: Iterable[str] = (),
+) -> Plan:
+    """The plan of a release setting `images` (service -> image) where `running` has each
+    member's image and replicas now; its rollback target is `rollback_target` of the history
+    with this release's successful entry after it (`history` oldest first)."""
+    before = {s: running[s][0] for s in images}
+    done = {"services": parts(images, before), "result": Outcome.DEPLOYED}
+    return Plan(
+        env,
+        name,
+        version,
+        tuple(Move(s, before[s], images[s], running[s][1]) for s in sorted(images)),
+        rollback_target([*history, done], images),
+        tuple(sorted(jobs)),
+    )

@@ -70,12 +70,21 @@ def logs(c, service=None, env="test", since=None, tail=None, follow=False):
         out(line)
 
 
-@task(notes={"env": "default: every environment"})
+@task(
+    notes={
+        "env": "default: every environment; with --version, prod (like deploy)",
+        "version": "instead: what deploying this delivered version to --env would change",
+        "test_env": "with --version: default test",
+    }
+)
 @user_errors
-def plan(c, env=None, json=False):
-    """Show what `inv services --update` would change in STACK_FILE's stack, from what runs."""
+def plan(c, env=None, version=None, test_env="test", json=False):
+    """Show what `inv services --update` (--version V: a deploy of V) would change, from what runs."""
     from .. import report, stack
 
+    if version is not None:
+        _release_plan(c, env or "prod", version, test_env, json)
+        return
     docs = {}
     for e in envs(c, env):
         s = settings(c, e)
@@ -114,6 +123,44 @@ def plan(c, env=None, json=False):
         )
     if json:
         print_json(docs)
+
+
+def _release_plan(c, env: str, version: str, test_env: str, json: bool) -> None:
+    """`inv plan --version V`: the plan a deployment of V to `env` would carry out."""
+    from .. import deployment, release, report
+
+    d = deployment.Deployment(
+        settings(c, env), settings(c, test_env), version, log=report.make_logger(f"plan {env}")
+    )
+    p = deployment.plan(d)
+    if json:
+        print_json({env: p.doc()})
+        return
+    report.print_table(
+        f"{env}: plan of the release of {p.version} ({p.key})",
+        ["service", "image now", "digest now", "image after", "digest after", "replicas", "change"],
+        [
+            [
+                m.service,
+                *_image_digest(m.before),
+                *_image_digest(m.after),
+                "global" if m.replicas is None else str(m.replicas),
+                "update" if m.changes else "none",
+            ]
+            for m in p.moves
+        ],
+    )
+    if not any(m.changes for m in p.moves):
+        out(f"{env}: runs {p.version} already: nothing to change")
+    out(f"{env}: rollback target once deployed: {release.summary(p.rollback) or 'none'}")
+    if p.jobs:
+        out(f"{env}: jobs left alone (a release runs none): {', '.join(p.jobs)}")
+
+
+def _image_digest(image: str) -> tuple[str, str]:
+    """REPOSITORY:TAG and the digest's first 12 hex digits, as `inv history` shows them."""
+    name, _, digest = image.partition("@")
+    return name, (digest or "-")[:19]
 
 
 ns = Collection("services", services, logs, plan)

@@ -3,6 +3,7 @@ Real lab, real CLI; the production cluster is driven exactly as a user would."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -39,8 +40,24 @@ def delivered(stack, tmp_path_factory):
     return stack, record, reports
 
 
+def _release_plan(lab, *flags: str) -> dict:
+    """`inv plan --version 2.0 --json` (production by default): the release's plan."""
+    proc = lab.inv("plan", "--version", "2.0", "--json", *flags)
+    return json.loads(proc.stdout)["prod"]
+
+
 def test_deploy_promotes_the_digest_verified_on_prod_like(delivered):
     lab, record, reports = delivered
+    # Before: the plan names the digest production runs and the one it will run.
+    spec = _manager(lab, "prod").api.inspect_service("go-demo")["Spec"]
+    running = spec["TaskTemplate"]["ContainerSpec"]["Image"]
+    plan = lab.inv("plan", "--env", "prod", "--version", "2.0").stdout
+    print(f"\n`inv plan --env prod --version 2.0` before the deploy:\n{plan}")
+    assert record["digest"][:19] in plan and running.partition("@")[0] in plan, plan
+    assert "update" in plan and "localhost:5000/go-demo:2.0" in plan, plan
+    (svc,) = _release_plan(lab)["services"]
+    assert svc["service"] == "go-demo" and svc["changes"] and svc["replicas"] == 3
+    assert svc["digest_after"] == record["digest"] and svc["before"] == running
     proc = lab.inv("deploy", "--env", "prod", extra_env={"CDTASKS_REPORTS_DIR": str(reports)})
     assert "deployed (2.0" in proc.stdout
     prod = _manager(lab, "prod")
@@ -51,6 +68,11 @@ def test_deploy_promotes_the_digest_verified_on_prod_like(delivered):
     assert all(i.endswith("@" + record["digest"]) for i in _task_images(_manager(lab, "test")))
     hist = lab.inv("history", "--env", "prod").stdout
     assert "2.0" in hist and "deployed" in hist and record["digest"][:19] in hist
+    # After: the same plan changes nothing, and the way back is what ran before.
+    plan = lab.inv("plan", "--version", "2.0").stdout
+    assert "runs 2.0 already: nothing to change" in plan, plan
+    after = _release_plan(lab, "--env", "prod")
+    assert not after["services"][0]["changes"] and after["rollback"] == {"go-demo": running}
 
 
 def test_a_version_that_never_passed_prod_like_is_refused(delivered):
@@ -60,6 +82,10 @@ def test_a_version_that_never_passed_prod_like_is_refused(delivered):
     assert proc.returncode == 2
     assert "9.9.9 never passed prod-like" in proc.stderr
     assert "Traceback" not in proc.stderr
+    plan = lab.inv("plan", "--version", "9.9.9", check=False)
+    assert plan.returncode == 2 and plan.stdout == "", plan.stdout
+    line = plan.stderr.strip().splitlines()[-1]
+    assert "9.9.9 never passed prod-like" in line and "--force" not in line, plan.stderr
     assert _task_images(_manager(lab, "prod")) == before
 
 

@@ -79,6 +79,19 @@ def test_a_refused_version_stops_before_any_cluster_is_asked(envs, version):
         deployment.prepare(Deployment(*envs, version=version))
 
 
+def test_inv_plan_refuses_a_version_that_never_passed_before_asking_production(envs, monkeypatch):
+    """One line, exit 2 (DeploymentError); --force is no flag of `inv plan`, so not offered."""
+    monkeypatch.setattr(deployment, "passed", lambda d: passed("1.0", "1.1"))
+    monkeypatch.setattr(deployment, "Cluster", None)  # production is not asked
+    with pytest.raises(DeploymentError) as refused:
+        deployment.plan(Deployment(*envs, version="9.9"))
+    assert str(refused.value) == (
+        "version 9.9 never passed prod-like (passed: 1.0, 1.1); deliver it first"
+    )
+    with pytest.raises(DeploymentError, match="refused"):
+        deployment.plan(Deployment(*envs, version="latest"))
+
+
 # -- outcome -------------------------------------------------------------------------------------
 NAMES = ("rollout", "prodtest", "rollback", "prodtest-after-rollback")
 

@@ -104,6 +104,35 @@ def test_the_book_entries_of_one_service_read_as_a_set_of_one():
     }
 
 
+def test_the_plan_of_a_release_names_each_member_before_and_after_and_the_way_back():
+    v10 = {"team_api": "api:1.0@sha256:a0", "team_worker": "worker:1.0@sha256:b0"}
+    v11 = {"team_api": API_11, "team_worker": WORKER_11}
+    running = {"team_api": (v10["team_api"], 2), "team_worker": (v10["team_worker"], None)}
+    p = release.plan("prod", "team", "1.1", v11, running, [], ["team_migrate"])
+    assert [(m.service, m.before, m.after, m.replicas, m.changes) for m in p.moves] == [
+        ("team_api", v10["team_api"], API_11, 2, True),
+        ("team_worker", v10["team_worker"], WORKER_11, None, True),
+    ]
+    assert p.images == v11 and p.before == v10
+    assert p.rollback == v10  # once 1.1 runs, `inv rollback` goes back to what ran before it
+    doc = p.doc()
+    assert doc["services"][0] == {
+        "service": "team_api",
+        "before": v10["team_api"],
+        "after": API_11,
+        "digest_before": "sha256:a0",
+        "digest_after": "sha256:aa",
+        "replicas": 2,
+        "changes": True,
+    }
+    assert doc["rollback"] == v10 and doc["jobs"] == [{"service": "team_migrate", "runs": False}]
+    # deployed already: nothing changes, and the way back is the release before it
+    done = [entry("deployed", v11, v10)]
+    same = {s: (i, 1) for s, i in v11.items()}
+    p = release.plan("prod", "team", "1.1", v11, same, done)
+    assert not any(m.changes for m in p.moves) and p.rollback == v10 and p.jobs == ()
+
+
 def test_the_key_is_the_stack_with_a_stack_file_else_the_service(tmp_path):
     (tmp_path / "stacked").mkdir()
     (tmp_path / "book").mkdir()
