@@ -152,7 +152,8 @@ def test_a_changed_config_rolls_with_its_service_and_back(team, tmp_path):
     """A changed greeting.txt (in a copy of the team's directory): the plan shows it, `inv
     services --update` creates it under its content's name and updates the API, the old one
     stays for Swarm's rollback, which brings the old greeting back; a third content retires the
-    generation that neither the spec nor the previous spec uses; the repository's file again
+    generation that neither the spec nor the previous spec uses (and a config of a key no
+    longer in the file, which no service uses); the repository's file again
     converges (the copy's files and the repository's name the same objects)."""
     copy = tmp_path / "team-stack"
     shutil.copytree(TEAM, copy)
@@ -186,15 +187,26 @@ def test_a_changed_config_rolls_with_its_service_and_back(team, tmp_path):
     on_manager(team, "service", "rollback", "--quiet", "team_api")
     assert greetings(team, first) == {first}
 
+    # A config of a key the file no longer declares (made by an earlier file, no service uses
+    # it) is the stack's by its namespace label: retired by the same rule, not kept for good.
+    gone = f"team_motd-{uuid.uuid4().hex[:10]}"
+    on_manager(
+        team,
+        *("config", "create", "--label", "com.docker.stack.namespace=team"),
+        *("--label", "io.cdtasks.stack.base=team_motd", gone, "/etc/hostname"),
+    )
     third = f"Hello once more {uuid.uuid4().hex[:6]}"
     newer = change(third)
     assert plan_of(team, copied) == [
         (newer, "create", []),
         ("team_api", "update", ["configs"]),
         (new, "retire", []),
+        (gone, "retire", []),
     ]
     proc = team.inv("services", "--env", "test", "--update", extra_env=copied)
     assert f"retired config {new}" in proc.stdout, proc.stdout
+    assert f"retired config {gone}" in proc.stdout, proc.stdout
+    assert gone not in on_manager(team, "config", "ls", "--format", "{{.Name}}").split()
     assert greetings(team, third) == {third}
     assert config_names(team) == sorted([old, newer])
 
