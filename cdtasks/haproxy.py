@@ -78,6 +78,9 @@ class Counters:
     # None: `requests` is one. The requests HAProxy answered itself are a difference of two
     # counters that a reading may catch between their increments (one more, then one less).
     sessions: int | None = field(default=None, compare=False)
+    # Server slot -> (its address, "" when unresolved; its `hidden` attempts so far): by which
+    # the error budget tells a task that Swarm stopped from the release's (budget.Tally).
+    slots: Mapping[str, tuple[str, int]] = field(default_factory=dict, compare=False)
 
     @property
     def lifelong(self) -> int:
@@ -123,6 +126,13 @@ class Server:
     ttime: int  # ms, the same for the whole session
     answered: int = 0  # req_tot: responses relayed from it, the samples of rtime and ttime
     redispatches: int = 0  # wredis: attempts on it sent on to another server (`redispatch`)
+    address: str = ""  # addr: IP:port of the task behind it; "" while unresolved (MAINT)
+
+    @property
+    def hidden(self) -> int:
+        """Attempts it failed that HAProxy retried or sent elsewhere, which the client never
+        saw fail (see `errors`)."""
+        return max(self.retries, self.redispatches)
 
     @property
     def errors(self) -> int:
@@ -132,7 +142,7 @@ class Server:
         2.6.12 counts a retried 500 in both wretr and wredis, or twice in wretr on a backend of
         one server (tests/unit/data): the larger of the two, capped at its attempts."""
         failed = self.responses_5xx + self.failed_connections + self.response_errors
-        return min(self.requests, failed + max(self.retries, self.redispatches))
+        return min(self.requests, failed + self.hidden)
 
     @property
     def counters(self) -> Counters:
@@ -215,6 +225,7 @@ def parse_stat(text: str) -> tuple[Server, ...]:
             ttime=_int(row["ttime"]),
             answered=_int(row["req_tot"]),
             redispatches=_int(row["wredis"]),
+            address=row.get("addr") or "",
         )
         for row in csv.DictReader(lines)
         if row.get("type") in ("1", "2")  # 1: a backend's summary, 2: a server
