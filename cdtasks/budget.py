@@ -42,22 +42,25 @@ T = TypeVar("T")
 Sample = Mapping[str, "haproxy.Counters | str"]  # proxy replica -> its counters, or why not read
 
 
-def counters(reading: haproxy.Reading, backend: str) -> haproxy.Counters | str:
-    """One replica's counters for `backend`, or why it has none."""
-    servers = reading.backend(backend)
-    if not servers:
-        return f"no backend {backend} in its `show stat`"
-    slots = {s.name: (s.address, s.hidden) for s in servers}
-    return replace(haproxy.totals(reading.counted(backend)), slots=slots)
+def counters(reading: haproxy.Reading, *backends: str) -> haproxy.Counters | str:
+    """One replica's counters for those of `backends` it has (a stack release's services: the
+    ones the proxy fronts), added up; or why it has none."""
+    found = [b for b in dict.fromkeys(backends) if reading.backend(b)]
+    if not found:
+        return f"no backend {' or '.join(backends)} in its `show stat`"
+    servers = [s for b in found for s in reading.backend(b)]
+    slots = {s.full_name: (s.address, s.hidden) for s in servers}
+    counted = [s for b in found for s in reading.counted(b)]
+    return replace(haproxy.totals(counted), slots=slots)
 
 
-def reader(cluster: Cluster, proxy_service: str, backend: str) -> Callable[[], Sample]:
-    """Reads `backend`'s counters on every running task of the proxy service, each on its own:
-    a replica that does not answer is named, the others still count."""
+def reader(cluster: Cluster, proxy_service: str, *backends: str) -> Callable[[], Sample]:
+    """Reads the backends' counters on every running task of the proxy service, each on its
+    own: a replica that does not answer is named, the others still count."""
 
     def one(replica: haproxy.Replica) -> haproxy.Counters | str:
         try:
-            return counters(haproxy.read(cluster, [replica])[0], backend)
+            return counters(haproxy.read(cluster, [replica])[0], *backends)
         except haproxy.ProxyError as exc:
             return str(exc)
 

@@ -8,6 +8,7 @@ before and after); `inv rollback` moves both back to the release before."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -72,6 +73,9 @@ def test_a_release_updates_api_and_worker_together(team, repo):
     before = specs(team)
     proc = deliver(team, repo, "main", "1.1")
     assert proc.returncode == 0, proc.stdout[-3000:]
+    # The error budget read the proxy's backend of the released api (backend `api`).
+    assert "errors not measured" not in proc.stdout, proc.stdout[-3000:]
+    assert re.search(r"\d+ requests, \d+ errors", proc.stdout), proc.stdout[-3000:]
     after = specs(team)
     for name in RELEASED:
         image = f"localhost:5000/{name.replace('_', '-')}:1.1@sha256:"

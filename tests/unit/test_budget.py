@@ -21,6 +21,13 @@ def test_a_replica_s_counters_are_its_backend_s_servers():
     reading = haproxy.Reading(haproxy.Replica("t1", "n1", "c1"), haproxy.parse_stat(STAT))
     assert budget.counters(reading, "go-demo") == Counters(requests=609, errors=109, answered=500)
     assert budget.counters(reading, "other") == "no backend other in its `show stat`"
+    # a stack release: the backends of its services that the proxy has, added up
+    assert budget.counters(reading, "api", "go-demo", "worker") == budget.counters(
+        reading, "go-demo"
+    )
+    assert (
+        budget.counters(reading, "api", "worker") == "no backend api or worker in its `show stat`"
+    )
 
 
 def test_the_proxy_s_own_503s_and_redispatched_failures_count():
@@ -37,9 +44,9 @@ def test_servers_carry_their_address_and_hidden_attempts():
     seen = budget.counters(reading, "go-demo")
     assert not isinstance(seen, str)
     assert seen.slots == {
-        "app1": ("172.18.0.3:8080", 0),
-        "app3": ("", 0),  # MAINT (resolution): no task behind it
-        "canary1": ("172.18.0.4:8080", 109),
+        "go-demo/app1": ("172.18.0.3:8080", 0),
+        "go-demo/app3": ("", 0),  # MAINT (resolution): no task behind it
+        "go-demo/canary1": ("172.18.0.4:8080", 109),
     }
 
 
