@@ -250,7 +250,7 @@ def release_plan(d: Deployment, manager, record: dict) -> release.Plan:
     images = _release_of(record, d, manager)
     found = {s: services.existing(manager, s) for s in images}
     jobs: list[str] = []
-    if d.prod.stack.stack_file is not None:  # the stack's jobs, which a release leaves alone
+    if d.prod.stack.stack_file is not None:  # the stack's jobs: members run first, others not
         ns = d.prod.stack.stack_name
         jobs = [x.name for x in manager.services() if x.job and x.labels.get(NAMESPACE) == ns]
     return release.plan(

@@ -153,8 +153,12 @@ def _release_plan(c, env: str, version: str, test_env: str, json: bool) -> None:
     if not any(m.changes for m in p.moves):
         out(f"{env}: runs {p.version} already: nothing to change")
     out(f"{env}: rollback target once deployed: {release.summary(p.rollback) or 'none'}")
-    if p.jobs:
-        out(f"{env}: jobs left alone (a release runs none): {', '.join(p.jobs)}")
+    first = [j for j in p.jobs if j in p.images]
+    if first:
+        out(f"{env}: jobs run first, to completion: {', '.join(first)}")
+    alone = [j for j in p.jobs if j not in p.images]
+    if alone:
+        out(f"{env}: jobs left alone (not on a released image): {', '.join(alone)}")
 
 
 def _image_digest(image: str) -> tuple[str, str]:

@@ -55,15 +55,19 @@ def test_a_built_service_without_an_image_name_is_refused():
         release.built_names(m, "team-api")
 
 
-def test_members_are_the_stack_services_running_a_released_image_jobs_aside():
+def test_members_are_the_stack_services_running_a_released_image_jobs_included():
     stack = [
         release.StackMember("team_api", "localhost:5000/team-api:1.0"),
-        release.StackMember("team_migrate", "localhost:5000/team-api:1.0", is_job=True),
+        release.StackMember("team_migrate", "localhost:5000/team-api:1.0"),
         release.StackMember("team_worker", "localhost:5000/team-worker:1.0"),
         release.StackMember("team_store", "cdtasks/redis:7.0"),
     ]
     published = {"app": API_11, "worker": WORKER_11}
-    assert release.members(stack, published) == {"team_api": API_11, "team_worker": WORKER_11}
+    assert release.members(stack, published) == {
+        "team_api": API_11,
+        "team_migrate": API_11,
+        "team_worker": WORKER_11,
+    }
 
 
 def test_after_a_failure_every_member_that_moved_goes_back_also_those_that_succeeded():
@@ -108,7 +112,7 @@ def test_the_plan_of_a_release_names_each_member_before_and_after_and_the_way_ba
     v10 = {"team_api": "api:1.0@sha256:a0", "team_worker": "worker:1.0@sha256:b0"}
     v11 = {"team_api": API_11, "team_worker": WORKER_11}
     running = {"team_api": (v10["team_api"], 2), "team_worker": (v10["team_worker"], None)}
-    p = release.plan("prod", "team", "1.1", v11, running, [], ["team_migrate"])
+    p = release.plan("prod", "team", "1.1", v11, running, [], ["team_seed", "team_worker"])
     assert [(m.service, m.before, m.after, m.replicas, m.changes) for m in p.moves] == [
         ("team_api", v10["team_api"], API_11, 2, True),
         ("team_worker", v10["team_worker"], WORKER_11, None, True),
@@ -125,7 +129,11 @@ def test_the_plan_of_a_release_names_each_member_before_and_after_and_the_way_ba
         "replicas": 2,
         "changes": True,
     }
-    assert doc["rollback"] == v10 and doc["jobs"] == [{"service": "team_migrate", "runs": False}]
+    # a job on a released image runs first (a gate); one on another image is left alone
+    assert doc["rollback"] == v10 and doc["jobs"] == [
+        {"service": "team_seed", "runs": False},
+        {"service": "team_worker", "runs": True},
+    ]
     # deployed already: nothing changes, and the way back is the release before it
     done = [entry("deployed", v11, v10)]
     same = {s: (i, 1) for s, i in v11.items()}
@@ -177,6 +185,7 @@ def test_a_release_of_several_is_watched_through_the_monitor_period_the_book_is_
         return Rollout(name, image, "converged", 2.0)
 
     monkeypatch.setattr(rollout, "prepull", lambda *a: [])
+    monkeypatch.setattr(rollout.stack, "job_names", lambda s: set())
     marks = []
     monkeypatch.setattr(services, "update_image", lambda *a, **k: marks.append(k["labels"]))
     monkeypatch.setattr(services, "wait_rollout", wait_rollout)
