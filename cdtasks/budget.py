@@ -12,7 +12,14 @@ reading below the last one means that proxy restarted, and all it counted since 
 rollout. A replica first seen after the start
 is a proxy task started during the rollout, counted whole; one that did not answer at the start
 counts from its first reading. Counters that cannot be read are "not measured", with the reason:
-never a zero."""
+never a zero.
+
+One exception, for what a rolling update itself costs: an attempt that a server failed and
+HAProxy retried or sent to another server (the client got its answer) does not count when that
+server was serving before the rollout (its address in the baseline) and its address is gone by
+the end (Swarm stopped that task: a proxy that resolves every second may still send it a request
+after Swarm took it out of its DNS). Such attempts are said apart (`stopped`); the same attempts
+on a new task, on an address that stays (a VIP), or on a slot that changed address count."""
 
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from . import haproxy
@@ -35,20 +42,25 @@ T = TypeVar("T")
 Sample = Mapping[str, "haproxy.Counters | str"]  # proxy replica -> its counters, or why not read
 
 
-def counters(reading: haproxy.Reading, backend: str) -> haproxy.Counters | str:
-    """One replica's counters for `backend`, or why it has none."""
-    if not reading.backend(backend):
-        return f"no backend {backend} in its `show stat`"
-    return haproxy.totals(reading.counted(backend))
+def counters(reading: haproxy.Reading, *backends: str) -> haproxy.Counters | str:
+    """One replica's counters for those of `backends` it has (a stack release's services: the
+    ones the proxy fronts), added up; or why it has none."""
+    found = [b for b in dict.fromkeys(backends) if reading.backend(b)]
+    if not found:
+        return f"no backend {' or '.join(backends)} in its `show stat`"
+    servers = [s for b in found for s in reading.backend(b)]
+    slots = {s.full_name: (s.address, s.hidden) for s in servers}
+    counted = [s for b in found for s in reading.counted(b)]
+    return replace(haproxy.totals(counted), slots=slots)
 
 
-def reader(cluster: Cluster, proxy_service: str, backend: str) -> Callable[[], Sample]:
-    """Reads `backend`'s counters on every running task of the proxy service, each on its own:
-    a replica that does not answer is named, the others still count."""
+def reader(cluster: Cluster, proxy_service: str, *backends: str) -> Callable[[], Sample]:
+    """Reads the backends' counters on every running task of the proxy service, each on its
+    own: a replica that does not answer is named, the others still count."""
 
     def one(replica: haproxy.Replica) -> haproxy.Counters | str:
         try:
-            return counters(haproxy.read(cluster, [replica])[0], backend)
+            return counters(haproxy.read(cluster, [replica])[0], *backends)
         except haproxy.ProxyError as exc:
             return str(exc)
 
@@ -77,6 +89,10 @@ class Tally:
     seconds: dict[int, list[int]] = field(default_factory=dict)  # second -> [requests, errors]
     failures: dict[str, str] = field(default_factory=dict)  # replica -> last reason not read
     readings: int = 0
+    old: set[str] = field(default_factory=set)  # addresses the baseline saw served
+    # (second, address, attempts): attempts retried off an old address, left out of `errors`
+    # until `result` knows whether that address was gone by the end (a stopped task)
+    pending: list[tuple[int, str, int]] = field(default_factory=list)
 
     def add(self, at: float, reading: Sample) -> None:
         first = self.started is None
@@ -96,12 +112,37 @@ class Tally:
                 self.unread_at_start.discard(replica)
                 continue  # the baseline: what it counted before the rollout
             got = haproxy.since(before, seen)
+            errors = got.errors
+            if before is not None and not haproxy.restarted(before, seen):
+                errors -= self._hold(second, before, seen, got.errors)
             self.requests += got.requests
-            self.errors += got.errors
+            self.errors += errors
             bucket = self.seconds.setdefault(second, [0, 0])
             bucket[0] += got.requests
-            bucket[1] += got.errors
+            bucket[1] += errors
+        if first:
+            self.old = {
+                address
+                for seen in reading.values()
+                if not isinstance(seen, str)
+                for address, _ in seen.slots.values()
+                if address
+            }
         self.readings += 1
+
+    def _hold(
+        self, second: int, before: haproxy.Counters, now: haproxy.Counters, errors: int
+    ) -> int:
+        """Of `errors`, the attempts retried off an old address that its slot still had (or
+        lost) at this reading: put in `pending`, their number returned."""
+        held = 0
+        for name, (address, hidden) in now.slots.items():
+            was, hidden_before = before.slots.get(name, ("", hidden))
+            got = min(max(0, hidden - hidden_before), errors - held)
+            if got and was in self.old and address in (was, ""):
+                self.pending.append((second, was, got))
+                held += got
+        return held
 
 
 @dataclass(frozen=True)
@@ -119,14 +160,21 @@ class Budget:
     replicas: int = 0
     max_errors: int | None = None
     note: str = ""  # replicas that did not answer at some reading
+    stopped: int = 0  # attempts retried off tasks that Swarm stopped: not errors (see above)
 
     def summary(self) -> str:
         if not self.measured:
             return f"errors not measured: {self.reason}"
         worst = f", worst second {self.worst} at {self.worst_at}s" if self.errors else ""
         limit = "" if self.max_errors is None else f" (budget {self.max_errors})"
+        plural = "s" if self.stopped != 1 else ""
+        stopped = (
+            f"; {self.stopped} attempt{plural} on stopped tasks answered by others"
+            if self.stopped
+            else ""
+        )
         note = f"; {self.note}" if self.note else ""
-        return f"{self.requests} requests, {self.errors} errors{worst}{limit}{note}"
+        return f"{self.requests} requests, {self.errors} errors{worst}{limit}{stopped}{note}"
 
     @classmethod
     def of(cls, record: Mapping) -> Budget:
@@ -144,6 +192,7 @@ class Budget:
             replicas=int(record.get("replicas", 0)),
             max_errors=record.get("max_errors"),
             note=str(record.get("note", "")),
+            stopped=int(record.get("stopped", 0)),
         )
 
     def record(self) -> dict:
@@ -160,6 +209,7 @@ class Budget:
             "replicas": self.replicas,
             "max_errors": self.max_errors,
             "note": self.note,
+            "stopped": self.stopped,
             "series": [list(point) for point in self.series],
         }
 
@@ -185,21 +235,32 @@ def result(tally: Tally, ended: float, max_errors: int | None = None) -> Budget:
     if tally.readings < 2 or not read:
         why = "; ".join(f"{r}: {reason}" for r, reason in sorted(tally.failures.items()))
         return not_measured(why or "the proxy's counters were read fewer than twice", max_errors)
+    # An address still served at the end was no stopped task: its held attempts count.
+    served = {a for c in tally.last.values() for a, _ in c.slots.values() if a}
+    errors, stopped = tally.errors, 0
+    seconds = {at: list(rq_er) for at, rq_er in tally.seconds.items()}
+    for at, address, attempts in tally.pending:
+        if address in served:
+            errors += attempts
+            seconds[at][1] += attempts
+        else:
+            stopped += attempts
     worst_at, (_, worst) = max(
-        tally.seconds.items(), key=lambda kv: (kv[1][1], -kv[0]), default=(0, (0, 0))
+        seconds.items(), key=lambda kv: (kv[1][1], -kv[0]), default=(0, (0, 0))
     )
     note = ", ".join(f"{r} not read ({reason})" for r, reason in sorted(tally.failures.items()))
     return Budget(
         True,
         requests=tally.requests,
-        errors=tally.errors,
+        errors=errors,
         worst=worst,
         worst_at=worst_at,
         seconds=ended - (ended if tally.started is None else tally.started),
-        series=tuple((s, rq, er) for s, (rq, er) in sorted(tally.seconds.items())),
+        series=tuple((s, rq, er) for s, (rq, er) in sorted(seconds.items())),
         replicas=len(tally.last),
         max_errors=max_errors,
         note=note,
+        stopped=stopped,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from . import canary, haproxy, records, rollout, services
 from .cluster import Cluster
@@ -23,6 +24,7 @@ SLOTS = "canary"  # the server-template's prefix in haproxy.cfg
 LABEL = "io.cdtasks.canary-of"
 POLL = 2.0  # seconds between two readings of the proxy's counters within a step
 UP_TIMEOUT = 60.0  # seconds every proxy replica has to see the canary's tasks up
+UP_POLL = 0.25  # seconds between two looks at whether they do
 
 
 def service_name(app: ServicesSettings) -> str:
@@ -63,6 +65,7 @@ class Run:
         self.name = service_name(app)
         self.percent = 0.0
         self.weighted: set[str] = set()  # proxy tasks whose weights this run changed
+        self.readings: list[haproxy.Reading] = []  # the last counters read, for `end`
         self.steps: list[dict] = []  # the figures of each step, for the history
 
     def _check(self) -> None:
@@ -77,32 +80,41 @@ class Run:
 
     def start(self) -> None:
         """Create the canary from the running service's spec and wait until it runs and every
-        proxy replica sees its tasks up (at weight 0: no traffic yet)."""
+        proxy replica sees its tasks up (at weight 0: no traffic yet). The new image is pulled
+        on the service's other nodes meanwhile (for the rollout that promotes it): Swarm pulls
+        it on the canary's node itself."""
         manager = self.cluster.gateway(self.log)
         if self._remove_service():  # we hold the lock: a canary of a run that was killed
             self.log(f"removed {self.name}, left by a run that was killed")
         svc = services.existing(manager, self.app.app_service)
         labels = {k: v for k, v in svc.labels.items() if k != "io.cdtasks.stack"}
-        rollout.prepull(self.cluster, self.app.app_service, self.image, self.log)
-        self.log(f"starting {self.name} ({self.gate.replicas} replica(s)) with {self.image}")
-        self._check()
-        manager.create_beside(
-            self.app.app_service,
-            self.name,
-            self.image,
-            self.gate.replicas,
-            {**labels, LABEL: self.app.app_service},
-        )
-        services.wait_running(manager, [self.name], self.app.services_timeout, self.log)
-        # dnsrr: the name resolves to each task (a slot each); a VIP is one slot for them all
-        dnsrr = svc.endpoint_mode == "dnsrr"
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pulled = pool.submit(
+                rollout.prepull, self.cluster, self.app.app_service, self.image, self.log
+            )
+            self.log(f"starting {self.name} ({self.gate.replicas} replica(s)) with {self.image}")
+            self._check()
+            manager.create_beside(
+                self.app.app_service,
+                self.name,
+                self.image,
+                self.gate.replicas,
+                {**labels, LABEL: self.app.app_service},
+            )
+            services.wait_running(manager, [self.name], self.app.services_timeout, self.log)
+            self._wait_seen(svc.endpoint_mode == "dnsrr")
+            pulled.result()
+
+    def _wait_seen(self, dnsrr: bool) -> None:
+        """Until every proxy replica sees the canary's tasks up: with dnsrr the name resolves
+        to each task (a slot each); a VIP is one slot for them all."""
         wanted = self.gate.replicas if dnsrr else 1
         deadline = time.monotonic() + UP_TIMEOUT
         while True:
-            readings = haproxy.read(self.cluster, self._replicas())
+            self.readings = haproxy.read(self.cluster, self._replicas())
             seen = [
                 sum(s.up for s in haproxy.servers_named(r, self.app.app_service, SLOTS))
-                for r in readings
+                for r in self.readings
             ]
             if all(n >= wanted for n in seen):
                 return
@@ -112,7 +124,7 @@ class Run:
                     f"{', '.join(map(str, seen))} of its {wanted} server(s) up "
                     f"(HAProxy's health check of it fails?)"
                 )
-            time.sleep(1.0)
+            time.sleep(UP_POLL)
 
     def _replicas(self) -> list[haproxy.Replica]:
         return haproxy.replicas(self.cluster, self.app.proxy_service)
@@ -122,22 +134,28 @@ class Run:
         own = {s.name for s in haproxy.servers_named(reading, self.app.app_service, SLOTS)}
         return canary.backend_weights(reading.backend(self.app.app_service), own, percent)
 
-    def _weigh(self, readings: Sequence[haproxy.Reading], only_new: bool = False) -> None:
+    def _weigh(
+        self, readings: Sequence[haproxy.Reading], only_new: bool = False
+    ) -> list[haproxy.Reading]:
+        """The current share's weights on the replicas of `readings` (`only_new`: those not
+        weighted yet in this step); their counters right after."""
         todo = [r for r in readings if not (only_new and r.replica.task in self.weighted)]
-        if todo:
-            self._check()
-            haproxy.set_weights(
-                self.cluster, {r.replica: self._weights(r, self.percent) for r in todo}
-            )
-            self.weighted.update(r.replica.task for r in todo)
+        if not todo:
+            return []
+        self._check()
+        after = haproxy.set_weights(
+            self.cluster, {r.replica: self._weights(r, self.percent) for r in todo}, then_read=True
+        )
+        self.weighted.update(r.replica.task for r in todo)
+        return after
 
     def _read(self) -> list[haproxy.Reading]:
         """Every proxy replica's counters; a replica new since the weights were set (a proxy
         task restarted) gets them now."""
-        readings = haproxy.read(self.cluster, self._replicas())
+        self.readings = haproxy.read(self.cluster, self._replicas())
         if self.percent:
-            self._weigh(readings, only_new=True)
-        return readings
+            self._weigh(self.readings, only_new=True)
+        return self.readings
 
     # -- steps ----------------------------------------------------------------------------------
     def step(self, index: int, percent: float) -> None:
@@ -145,9 +163,9 @@ class Run:
         POLL seconds; StepFailed("...") as soon as the verdict is a failure."""
         self.percent = percent
         self.weighted.clear()
-        self._weigh(haproxy.read(self.cluster, self._replicas()))
-        # Read again: what was served while the weights changed belongs to no step.
-        before = _snapshot(self._read(), self.app.app_service)
+        # Counters read right after the weights changed: what was served before belongs to no
+        # step. The replicas are those of the last reading; a newer one is weighed at the next.
+        before = _snapshot(self._weigh(self.readings or self._read()), self.app.app_service)
         start = time.monotonic()
         total = len(self.gate.steps)
         self.log(f"canary step {index + 1}/{total}: {percent:g} % for {self.gate.hold:g} s")
@@ -185,15 +203,22 @@ class Run:
             if ended:
                 return
 
+    def _put_back(self, readings: Sequence[haproxy.Reading]) -> None:
+        if not readings:
+            raise haproxy.ProxyError("no reading of the proxy yet")
+        haproxy.set_weights(self.cluster, {r.replica: self._weights(r, 0) for r in readings})
+
     def end(self) -> list[str]:
         """Weights back on every proxy replica, then the canary removed; each tried even when
         the other fails. Returns what could not be done (empty: nothing left behind)."""
         left = []
         self.percent = 0.0
         try:
-            readings = haproxy.read(self.cluster, self._replicas())
             self._check()
-            haproxy.set_weights(self.cluster, {r.replica: self._weights(r, 0) for r in readings})
+            try:  # the replicas of the last reading: one started since has the configured weights
+                self._put_back(self.readings)
+            except haproxy.ProxyError:  # one of them is gone: the replicas that run now
+                self._put_back(haproxy.read(self.cluster, self._replicas()))
         except Exception as exc:  # a proxy that does not answer: the canary's removal still helps
             left.append(f"the proxy's weights ({str(exc).splitlines()[0][:160]})")
         try:

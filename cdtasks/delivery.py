@@ -556,21 +556,24 @@ def load_state(s: Settings, **kw) -> Delivery:
 def state_after(d: Delivery, results: list[StepResult]) -> str:
     """What the failure left behind, in one line, for the user and the report."""
     failed = next((x.name for x in results if x.failed), None)
+    what = release.key(d.settings)  # the service, or the stack
     if d.dry_run:
         return "dry run: nothing was built, pushed or updated"
     if failed is None:
         if any(x.name == "prodlike" for x in results):
-            return f"{d.settings.services.app_service} runs {d.ref_tag} on prod-like"
+            if len(d.targets) > 1:
+                return f"prod-like: {release.summary(d.targets)}"
+            return f"{what} runs {d.ref_tag} on prod-like"
         return f"{', '.join(x.name for x in results)} passed; prod-like not changed"
     if failed in ("checkout", "unit", "build", "staging"):
         if d.compose_left:  # its clean-up was cut short, or the CD node did not answer
             return (
                 f"left behind: compose project {d.project} on {d.settings.cluster.cd_node}; "
-                f"{d.settings.services.app_service} untouched"
+                f"{what} untouched"
             )
-        return f"nothing left behind (staging removed); {d.settings.services.app_service} untouched"
+        return f"nothing left behind (staging removed); {what} untouched"
     if failed == "publish":
-        return f"{d.ref_tag} not in the registry; {d.settings.services.app_service} untouched"
+        return f"{d.ref_tag} not in the registry; {what} untouched"
     try:
         manager = d.cluster.gateway()
         running = "; ".join(

@@ -175,6 +175,13 @@ def prepare(d: Deployment) -> records.Lock:
             check_version(d.version)
         except StepFailed as exc:
             raise DeploymentError(str(exc)) from None
+    if d.canary and d.prod.stack.stack_file is not None:
+        # The canary is a copy of one service that the proxy's canary slots resolve; a stack's
+        # release moves several at once (its error budget, --max-errors, still gates it).
+        raise DeploymentError(
+            f"--canary: not for a stack's release (STACK_FILE {d.prod.stack.stack_file}): "
+            "use --max-errors N to gate its rollout on the proxy's errors"
+        )
     d.cluster = Cluster.of(d.prod).discover()
     # A service that does not exist is named as such first (create it with `inv services`),
     # before the versions verified for it are looked up.

@@ -78,6 +78,9 @@ class Counters:
     # None: `requests` is one. The requests HAProxy answered itself are a difference of two
     # counters that a reading may catch between their increments (one more, then one less).
     sessions: int | None = field(default=None, compare=False)
+    # Server slot -> (its address, "" when unresolved; its `hidden` attempts so far): by which
+    # the error budget tells a task that Swarm stopped from the release's (budget.Tally).
+    slots: Mapping[str, tuple[str, int]] = field(default_factory=dict, compare=False)
 
     @property
     def lifelong(self) -> int:
@@ -123,6 +126,13 @@ class Server:
     ttime: int  # ms, the same for the whole session
     answered: int = 0  # req_tot: responses relayed from it, the samples of rtime and ttime
     redispatches: int = 0  # wredis: attempts on it sent on to another server (`redispatch`)
+    address: str = ""  # addr: IP:port of the task behind it; "" while unresolved (MAINT)
+
+    @property
+    def hidden(self) -> int:
+        """Attempts it failed that HAProxy retried or sent elsewhere, which the client never
+        saw fail (see `errors`)."""
+        return max(self.retries, self.redispatches)
 
     @property
     def errors(self) -> int:
@@ -132,7 +142,7 @@ class Server:
         2.6.12 counts a retried 500 in both wretr and wredis, or twice in wretr on a backend of
         one server (tests/unit/data): the larger of the two, capped at its attempts."""
         failed = self.responses_5xx + self.failed_connections + self.response_errors
-        return min(self.requests, failed + max(self.retries, self.redispatches))
+        return min(self.requests, failed + self.hidden)
 
     @property
     def counters(self) -> Counters:
@@ -215,6 +225,7 @@ def parse_stat(text: str) -> tuple[Server, ...]:
             ttime=_int(row["ttime"]),
             answered=_int(row["req_tot"]),
             redispatches=_int(row["wredis"]),
+            address=row.get("addr") or "",
         )
         for row in csv.DictReader(lines)
         if row.get("type") in ("1", "2")  # 1: a backend's summary, 2: a server
@@ -278,28 +289,33 @@ def _each(replicas: Sequence[Replica], act: Callable[[Replica], object]) -> list
 def read(cluster: Cluster, replicas: Sequence[Replica]) -> list[Reading]:
     """Every replica's server counters (all backends)."""
 
-    def one(replica: Replica) -> Reading:
-        answer = command(cluster, replica, "show stat")[0]
-        try:
-            return Reading(replica, parse_stat(answer))
-        except ValueError as exc:
-            raise ProxyError(f"{_where(replica)}: `show stat` refused: {exc}") from None
-
-    return _each(replicas, one)
+    return _each(replicas, lambda r: _reading(r, command(cluster, r, "show stat")[0]))
 
 
-def set_weights(cluster: Cluster, weights: Mapping[Replica, Mapping[str, int | str]]) -> None:
+def _reading(replica: Replica, answer: str) -> Reading:
+    try:
+        return Reading(replica, parse_stat(answer))
+    except ValueError as exc:
+        raise ProxyError(f"{_where(replica)}: `show stat` refused: {exc}") from None
+
+
+def set_weights(
+    cluster: Cluster, weights: Mapping[Replica, Mapping[str, int | str]], then_read: bool = False
+) -> list[Reading]:
     """`set weight BACKEND/SERVER W` on each replica, all replicas at once (W: 0-256, or "100%"
     for the configured weight). An answer other than silence is HAProxy refusing it (no such
-    server, no admin level): ProxyError naming it."""
+    server, no admin level): ProxyError naming it. `then_read`: each replica's counters right
+    after, in the same exec (one round trip less when a step starts), in `weights`' order."""
 
-    def one(replica: Replica) -> None:
+    def one(replica: Replica) -> Reading | None:
         cmds = [f"set weight {server} {w}" for server, w in weights[replica].items()]
-        for cmd, answer in zip(cmds, command(cluster, replica, *cmds), strict=True):
+        answers = command(cluster, replica, *cmds, *(["show stat"] if then_read else []))
+        for cmd, answer in zip(cmds, answers, strict=False):
             if answer.strip():
                 raise ProxyError(f"{_where(replica)} refused `{cmd}`: {answer.strip()[:160]}")
+        return _reading(replica, answers[-1]) if then_read else None
 
-    _each(list(weights), one)
+    return [r for r in _each(list(weights), one) if r is not None]
 
 
 def servers_named(reading: Reading, backend: str, prefix: str) -> tuple[Server, ...]:

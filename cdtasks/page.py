@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import deployment, records, release, services, watch
+from . import deployment, records, release, services, stack, stackfile, watch
 from .budget import Budget, brief
 from .cluster import Cluster
 
@@ -89,27 +89,49 @@ def replicas(tasks: Sequence[Task], nodes: Mapping[str, str]) -> list[dict]:
     return sorted(out, key=lambda r: (r["slot"], r["from"] or 0))
 
 
-def cluster(label: str, service: str, connect: Callable[[], Any], kinds: Iterable[str]) -> dict:
-    """What one cluster says about a service (image, replicas, records of `kinds`), or why
-    it said nothing."""
+def cluster(
+    label: str,
+    service: str,
+    connect: Callable[[], Any],
+    kinds: Iterable[str],
+    members: Sequence[str] = (),
+) -> dict:
+    """What one cluster says about a release (`service`: its records' key, the service or the
+    stack), its records of `kinds`, and the image and replicas of each Swarm service of the
+    latest release the records name (a stack's release has several); before any, `members`
+    (default: `service` itself). Or why it said nothing."""
     view: dict[str, Any] = {
         "label": label,
         "service": service,
-        "image": "",
-        "replicas": [],
+        "members": [],
         "records": {k: [] for k in kinds},
         "error": "",
     }
     try:
         manager = connect()
-        view["image"] = services.current_image(manager, service)
-        view["replicas"] = replicas(manager.tasks(service), services.hostnames(manager))
         for kind in view["records"]:
             view["records"][kind] = records.load(manager, kind, service)
         if "history" in view["records"]:  # one row per deployment, not its "started" entry too
             view["records"]["history"] = deployment.merge_runs(
                 view["records"]["history"], deployment.live_lock(manager, service)
             )
+        released = [
+            e
+            for found in view["records"].values()
+            for e in found
+            if e.get("service") and e.get("image")
+        ]
+        latest = max(released, key=lambda e: str(e.get("time", "")), default=None)
+        names = list(release.images_of(latest)) if latest else list(members or (service,))
+        nodes = services.hostnames(manager)
+        view["members"] = [
+            {
+                "service": name,
+                "image": services.current_image(manager, name),
+                "replicas": replicas(manager.tasks(name), nodes),
+            }
+            for name in names
+        ]
     except Exception as exc:  # the page still tells what the other sources know
         view["error"] = (
             f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else '-'}"
@@ -174,8 +196,15 @@ def gather(test: Settings, prod: Settings) -> dict:
             release.key(test),
             manager_of(test),
             (watch.KIND, "delivered"),
+            _members(test),
         ),
-        cluster(f"production ({prod.env})", release.key(prod), manager_of(prod), ("history",)),
+        cluster(
+            f"production ({prod.env})",
+            release.key(prod),
+            manager_of(prod),
+            ("history",),
+            _members(prod),
+        ),
     ]
     return snapshot(
         views,
@@ -183,6 +212,18 @@ def gather(test: Settings, prod: Settings) -> dict:
         reports_on_disk([test.delivery.reports_dir, prod.delivery.reports_dir]),
         time.time(),
     )
+
+
+def _members(s: Settings) -> list[str]:
+    """The Swarm services shown before a release names its own: the application's, or a
+    stack's services (not its jobs)."""
+    if s.stack.stack_file is None:
+        return [s.services.app_service]
+    try:
+        st = stack.read_file(s)
+    except stackfile.StackFileError:  # said by `inv services`; the page shows the records
+        return []
+    return [st.scoped(x.name) for x in st.services if not x.is_job]
 
 
 def timeline(steps: Sequence[Mapping]) -> tuple[list[dict], bool]:
@@ -232,21 +273,33 @@ def _bar(start: float, length: float, total: float, cls: str, label: str, title:
 def _versions(clusters: Sequence[dict]) -> str:
     rows = []
     for v in clusters:
-        name, _, digest = v["image"].partition("@")
-        running = [r for r in v["replicas"] if r["state"] == "running"]
-        rows.append(
-            [
-                v["label"],
-                v["service"],
-                name or "-",
-                _short(digest),
-                f"{len(running)} running" if not v["error"] else "-",
-                v["error"] and f"did not answer: {v['error']}",
-            ]
-        )
+        if v["error"]:
+            rows.append([v["label"], v["service"], "-", "-", "-", f"did not answer: {v['error']}"])
+        for m in v["members"]:
+            name, _, digest = m["image"].partition("@")
+            running = [r for r in m["replicas"] if r["state"] == "running"]
+            rows.append(
+                [
+                    v["label"],
+                    m["service"],
+                    name or "-",
+                    _short(digest),
+                    f"{len(running)} running",
+                    "",
+                ]
+            )
     return _table(
         ["cluster", "service", "image", "digest", "replicas", "note"], rows, "no cluster was asked"
     )
+
+
+def _digests(entry: Mapping) -> str:
+    """A record's digest; for a release of several services, each service's."""
+    if entry.get("services"):
+        return ", ".join(
+            f"{p['service']} {_short(p['image'].partition('@')[2])}" for p in entry["services"]
+        )
+    return _short(entry.get("digest"))
 
 
 def _run(doc: Mapping) -> str:
@@ -327,8 +380,8 @@ def budget_chart(record: Mapping | None) -> str:
     )
 
 
-def _rollout(view: Mapping, now: float) -> str:
-    reps = view["replicas"]
+def _rollout(view: Mapping, member: Mapping, now: float) -> str:
+    reps = member["replicas"]
     if not reps:
         return ""
     start = min((r["from"] for r in reps if r["from"] is not None), default=now)
@@ -356,7 +409,7 @@ def _rollout(view: Mapping, now: float) -> str:
         )
         rows.append(f'<tr class="replica"><td>{_e(slot)}</td><td class="lane">{bars}</td></tr>')
     return (
-        f"<h3>{_e(view['label'])}: {_e(view['service'])} from {_e(time_text(start))} to now</h3>"
+        f"<h3>{_e(view['label'])}: {_e(member['service'])} from {_e(time_text(start))} to now</h3>"
         f'<table class="timeline"><thead><tr><th>replica</th><th>tasks over time</th></tr>'
         f"</thead><tbody>{''.join(rows)}</tbody></table>"
     )
@@ -433,7 +486,7 @@ def render(snap: Mapping) -> str:
         [
             d.get("time"),
             d.get("version"),
-            _short(d.get("digest")),
+            _digests(d),
             (d.get("commit") or "")[:12],
             d.get("repo") or "-",
             d.get("user"),
@@ -446,7 +499,7 @@ def render(snap: Mapping) -> str:
             h.get("env"),
             h.get("kind"),
             h.get("version"),
-            _short(h.get("digest")),
+            _digests(h),
             h.get("result"),
             "yes" if h.get("rolled_back") else "no",
             brief(h.get("budget")),
@@ -460,7 +513,7 @@ def render(snap: Mapping) -> str:
         or '<p class="none">no report yet</p>'
     )
     rollouts = (
-        "".join(_rollout(v, now) for v in snap["clusters"])
+        "".join(_rollout(v, m, now) for v in snap["clusters"] for m in v["members"])
         or '<p class="none">no replica known</p>'
     )
     failures = _failures(snap)

@@ -109,17 +109,24 @@ def measured_update(
     record: Callable[[Sequence[str]], None] | None = None,
     lock: records.Lock | None = None,
 ) -> list[services.Rollout]:
-    """`update` under the error budget: the proxy's counters for the application's backend
-    (named after APP_SERVICE; the proxy: PROXY_SERVICE, with STACK_FILE one of the file's)
-    read around it; `keep` gets the budget. StepFailed above `max_errors`."""
+    """`update` under the error budget: the proxy's counters read around it (the proxy:
+    PROXY_SERVICE, with STACK_FILE one of the file's) for the application's backend, named after
+    APP_SERVICE; with STACK_FILE, for each released service's backend that the proxy has, named
+    after the service as the file (`api`) or Swarm (`team_api`) names it. `keep` gets the
+    budget. StepFailed above `max_errors`."""
     if dry_run:
         return update(cluster, app, images, log, dry_run, record, lock)
+    s = cluster.settings
+    backends = [app.app_service]
     try:
-        proxy = stack.service_name(cluster.settings, app.proxy_service)
+        proxy = stack.service_name(s, app.proxy_service)
+        if s.stack.stack_file is not None:
+            prefix = f"{stack.read_file(s).name}_"
+            backends = [n for svc in images for n in (svc.removeprefix(prefix), svc)]
     except stackfile.StackFileError:  # a stack without that proxy: the budget says "not measured"
         proxy = app.proxy_service
     return budget.measure(
-        budget.reader(cluster, proxy, app.app_service),
+        budget.reader(cluster, proxy, *backends),
         lambda: update(cluster, app, images, log, record=record, lock=lock),
         keep,
         max_errors,

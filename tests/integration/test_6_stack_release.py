@@ -8,6 +8,7 @@ before and after); `inv rollback` moves both back to the release before."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -68,10 +69,13 @@ def history(team) -> list[dict]:
     return json.loads(team.inv("history", "--env", "test", "--json").stdout)["deployments"]
 
 
-def test_a_release_updates_api_and_worker_together(team, repo):
+def test_a_release_updates_api_and_worker_together(team, repo, tmp_path):
     before = specs(team)
     proc = deliver(team, repo, "main", "1.1")
     assert proc.returncode == 0, proc.stdout[-3000:]
+    # The error budget read the proxy's backend of the released api (backend `api`).
+    assert "errors not measured" not in proc.stdout, proc.stdout[-3000:]
+    assert re.search(r"\d+ requests, \d+ errors", proc.stdout), proc.stdout[-3000:]
     after = specs(team)
     for name in RELEASED:
         image = f"localhost:5000/{name.replace('_', '-')}:1.1@sha256:"
@@ -81,6 +85,14 @@ def test_a_release_updates_api_and_worker_together(team, repo):
     last = history(team)[-1]
     assert last["result"] == "deployed" and last["service"] == "team"
     assert {p["service"]: p["image"] for p in last["services"]} == {n: after[n] for n in RELEASED}
+    # The release page: each service of the release with its digest, running and recorded.
+    out = tmp_path / "releases.html"
+    team.inv("report", "--env", "test", "--prod-env", "test", "--output", str(out))
+    html = out.read_text()
+    for name in RELEASED:
+        digest = after[name].partition("@")[2][:19]
+        assert f"{name} {digest}" in html, (name, digest)  # the release's row, each service
+        assert f"{name} from " in html  # its replicas over time
     team.release_1_1 = {n: after[n] for n in RELEASED}
     team.release_1_0 = {n: before[n] for n in RELEASED}
     # The release owns those images now: the stack file's 1.0 is no drift, nothing to update.

@@ -21,6 +21,13 @@ def test_a_replica_s_counters_are_its_backend_s_servers():
     reading = haproxy.Reading(haproxy.Replica("t1", "n1", "c1"), haproxy.parse_stat(STAT))
     assert budget.counters(reading, "go-demo") == Counters(requests=609, errors=109, answered=500)
     assert budget.counters(reading, "other") == "no backend other in its `show stat`"
+    # a stack release: the backends of its services that the proxy has, added up
+    assert budget.counters(reading, "api", "go-demo", "worker") == budget.counters(
+        reading, "go-demo"
+    )
+    assert (
+        budget.counters(reading, "api", "worker") == "no backend api or worker in its `show stat`"
+    )
 
 
 def test_the_proxy_s_own_503s_and_redispatched_failures_count():
@@ -30,6 +37,52 @@ def test_the_proxy_s_own_503s_and_redispatched_failures_count():
     reading = haproxy.Reading(haproxy.Replica("t1", "n1", "c1"), haproxy.parse_stat(text))
     assert budget.counters(reading, "nosrv") == Counters(requests=5, errors=5, answered=0)
     assert budget.counters(reading, "refused") == Counters(requests=20, errors=10, answered=10)
+
+
+def test_servers_carry_their_address_and_hidden_attempts():
+    reading = haproxy.Reading(haproxy.Replica("t1", "n1", "c1"), haproxy.parse_stat(STAT))
+    seen = budget.counters(reading, "go-demo")
+    assert not isinstance(seen, str)
+    assert seen.slots == {
+        "go-demo/app1": ("172.18.0.3:8080", 0),
+        "go-demo/app3": ("", 0),  # MAINT (resolution): no task behind it
+        "go-demo/canary1": ("172.18.0.4:8080", 109),
+    }
+
+
+def slots(requests, errors, **by_slot):
+    """Counters whose slots are given as name=(address, hidden attempts so far)."""
+    return Counters(requests, errors, slots=by_slot)
+
+
+OLD, NEW = "10.0.1.5:8080", "10.0.1.9:8080"
+
+
+def test_attempts_retried_off_a_task_swarm_stopped_are_not_errors():
+    """The old task's slot loses its address (Swarm stopped it, HAProxy re-resolved): the one
+    attempt it refused, which HAProxy sent to another server, is said apart, not an error."""
+    t = Tally()
+    t.add(0.0, {"p": slots(100, 0, app1=(OLD, 0), app2=("10.0.1.6:8080", 0))})
+    t.add(1.0, {"p": slots(110, 1, app1=(OLD, 1), app2=("10.0.1.6:8080", 0))})
+    t.add(2.0, {"p": slots(120, 1, app1=("", 1), app2=("10.0.1.6:8080", 0), app3=(NEW, 0))})
+    b = budget.result(t, 3.0, max_errors=0)
+    assert (b.requests, b.errors, b.stopped) == (20, 0, 1)
+    assert budget.gate(b) is None
+    assert b.series == ((1, 10, 0), (2, 10, 0))
+    assert b.summary() == (
+        "20 requests, 0 errors (budget 0); 1 attempt on stopped tasks answered by others"
+    )
+    assert budget.Budget.of(b.record()) == b
+
+
+def test_attempts_retried_off_a_new_task_a_vip_or_a_reused_slot_count():
+    t = Tally()
+    t.add(0.0, {"p": slots(0, 0, app1=(OLD, 0), vip=("10.0.0.2:8080", 0), app2=("", 0))})
+    # a new task's retried 500s; the VIP's (an address that stays); app1 now a new task
+    t.add(1.0, {"p": slots(30, 6, app1=(NEW, 1), vip=("10.0.0.2:8080", 2), app2=(NEW, 3))})
+    b = budget.result(t, 2.0, max_errors=0)
+    assert (b.errors, b.stopped) == (6, 0)
+    assert (b.worst, b.worst_at) == (6, 1)
 
 
 def test_tally_baseline_restart_new_and_late_replicas():

@@ -44,7 +44,11 @@ def calls(monkeypatch) -> list:
     monkeypatch.setattr(haproxy, "replicas", lambda *a: [REPLICA])
     reading = haproxy.Reading(REPLICA, haproxy.parse_stat(STAT))  # canary1 is UP
     monkeypatch.setattr(haproxy, "read", lambda cluster, reps: [reading for _ in reps])
-    monkeypatch.setattr(haproxy, "set_weights", lambda cluster, w: made.append("weights"))
+    monkeypatch.setattr(
+        haproxy,
+        "set_weights",
+        lambda cluster, w, then_read=False: made.append("weights") or [reading for _ in w],
+    )
     monkeypatch.setattr(canary_rollout, "POLL", 0.01)
     made.append(SimpleNamespace(gateway=lambda log=None: manager))
     return made

@@ -25,6 +25,15 @@ def test_a_full_delivery_names_what_runs_on_prod_like(tmp_path):
     assert state == "go-demo runs localhost:5000/go-demo:2.1 on prod-like"
 
 
+def test_a_release_of_several_services_names_each_one(tmp_path):
+    r = _delivery(tmp_path)
+    r.targets = {"team_worker": "r/team-worker:2.1@sha256:b", "team_api": "r/team-api:2.1@sha256:a"}
+    state = state_after(r, _ok("prodlike", "prodtest"))
+    assert state == (
+        "prod-like: team_api runs r/team-api:2.1@sha256:a, team_worker runs r/team-worker:2.1@sha256:b"
+    )
+
+
 def test_steps_run_alone_do_not_claim_a_rollout(tmp_path):
     assert (
         state_after(_delivery(tmp_path), _ok("publish")) == "publish passed; prod-like not changed"

@@ -237,3 +237,23 @@ def test_a_release_where_one_service_fails_moves_every_service_back(envs, monkey
             "previous": before["team_worker"],
         },
     ]
+
+
+def test_a_canary_of_a_stack_s_release_is_refused_before_any_cluster_is_asked(tmp_path):
+    from pathlib import Path
+
+    from cdtasks.canary import Gate
+
+    team = Path(__file__).resolve().parents[1] / "apps" / "team-stack" / "stack.yml"
+    for env in ("prod", "test"):
+        (tmp_path / f"{env}.env").write_text(f"STACK_FILE={team}\nSTACK_NAME=team\n")
+    d = Deployment(
+        load("prod", environ={}, env_dir=tmp_path),
+        load("test", environ={}, env_dir=tmp_path),
+        canary=Gate((10,), hold=1, min_requests=0),
+    )
+    with pytest.raises(
+        DeploymentError, match=r"--canary: not for a stack's release .*--max-errors"
+    ):
+        deployment.prepare(d)
+    assert d.cluster is None  # refused before discovery

@@ -125,3 +125,24 @@ def test_the_enabling_lines_are_those_of_the_sample_configuration():
     cfg = (Path(__file__).parents[2] / "demo" / "proxy" / "haproxy.cfg").read_text()
     assert f"stats socket {haproxy.SOCKET} mode 600 level admin" in cfg
     assert 'server-template canary 5 "${BACKEND_HOST}-canary:${BACKEND_PORT}"' in cfg
+
+
+def test_weights_set_then_read_in_one_exec_and_refusals_named(monkeypatch):
+    """`then_read`: the counters come back from the same exec as the weights (one round trip)."""
+    sent = []
+
+    def command(cluster, replica, *cmds):
+        sent.append(cmds)
+        return ["" for c in cmds if c.startswith("set weight")] + (
+            [STAT] if "show stat" in cmds else []
+        )
+
+    monkeypatch.setattr(haproxy, "command", command)
+    replica = haproxy.Replica("t1", "n1", "c1")
+    got = haproxy.set_weights(None, {replica: {"go-demo/canary1": 26}}, then_read=True)
+    assert sent == [("set weight go-demo/canary1 26", "show stat")]
+    assert got[0].replica == replica and got[0].backend("go-demo")
+    assert haproxy.set_weights(None, {replica: {"go-demo/canary1": 0}}) == []
+    monkeypatch.setattr(haproxy, "command", lambda c, r, *cmds: ["No such server.\n"])
+    with pytest.raises(haproxy.ProxyError, match="refused `set weight go-demo/x 1`: No such"):
+        haproxy.set_weights(None, {replica: {"go-demo/x": 1}})

@@ -249,7 +249,7 @@ def test_the_timeline_uses_start_offsets_when_the_report_has_them(snap):
 
 
 def test_replicas_over_time(snap):
-    reps = snap["clusters"][0]["replicas"]
+    reps = snap["clusters"][0]["members"][0]["replicas"]
     assert [(r["slot"], r["version"], r["state"], r["node"]) for r in reps] == [
         ("1", "1.0", "shutdown", "swarm-test-2"),
         ("1", "1.2", "running", "swarm-test-2"),
@@ -273,7 +273,7 @@ def test_timestamps_of_docker_and_of_the_records():
 
 def test_a_cluster_that_does_not_answer_leaves_the_rest_of_the_page(snap):
     prod = snap["clusters"][1]
-    assert prod["error"] == "ConnectionError: no route to swarm-1" and prod["replicas"] == []
+    assert prod["error"] == "ConnectionError: no route to swarm-1" and prod["members"] == []
     assert "no deployment recorded" in page.render(snap)
 
 
@@ -442,3 +442,56 @@ def test_the_deployments_table_shows_errors_of_requests(swarm_manager):
     view = page.cluster("production (prod)", "go-demo", lambda: swarm_manager, ("history",))
     text = " ".join(Parsed(page.render(page.snapshot([view], [], [], now=T0))).text)
     assert "3 of 60 (max 5)" in text and "not measured" in text
+
+
+def test_a_stack_release_shows_each_of_its_services_and_their_digests(swarm_manager):
+    """A release of several services (a stack): the versions table and the replicas over time
+    show each service that the latest record names, the deployments table each one's digest."""
+    api, worker = "sha256:" + "a1" * 32, "sha256:" + "b2" * 32
+    specs = {
+        name: {"ID": name, "Spec": {"Name": name, "TaskTemplate": {"ContainerSpec": {"Image": i}}}}
+        for name, i in (
+            ("team_api", f"localhost:5000/team-api:1.1@{api}"),
+            ("team_worker", f"localhost:5000/team-worker:1.1@{worker}"),
+        )
+    }
+    swarm_manager.api.inspect_service = lambda name: specs[name]
+    swarm_manager.api.nodes = lambda: [{"ID": "n1", "Description": {"Hostname": "swarm-1"}}]
+    swarm_manager.api.tasks = lambda filters: [
+        {**task(1, "1.1", "running", T0, T0 + 3), "ServiceID": filters["service"]}
+    ]
+    records.put(
+        swarm_manager,
+        "history",
+        "team",
+        {
+            "time": "2026-11-29T10:00:00+00:00",
+            "env": "prod",
+            "kind": "deploy",
+            "service": "team",
+            "version": "1.1",
+            "image": f"localhost:5000/team-api:1.1@{api}",
+            "result": "deployed",
+            "run": "r1",
+            "services": [
+                {"service": "team_api", "image": f"localhost:5000/team-api:1.1@{api}"},
+                {"service": "team_worker", "image": f"localhost:5000/team-worker:1.1@{worker}"},
+            ],
+        },
+    )
+    view = page.cluster("production (prod)", "team", lambda: swarm_manager, ("history",))
+    assert view["error"] == ""
+    assert [(m["service"], m["image"].rsplit("@")[1]) for m in view["members"]] == [
+        ("team_api", api),
+        ("team_worker", worker),
+    ]
+    html = page.render(page.snapshot([view], [], [], now=T0 + 10))
+    text = " ".join(Parsed(html).text)
+    assert f"team_api {api[:19]}, team_worker {worker[:19]}" in text  # the deployment's row
+    assert "production (prod): team_api from" in text and "team_worker from" in text
+    # the latest record names what is shown; before any, the members given (`gather`: a
+    # stack's services, not its jobs)
+    named = page.cluster("p", "team", lambda: swarm_manager, ("history",), ["team_api"])
+    assert [m["service"] for m in named["members"]] == ["team_api", "team_worker"]
+    before = page.cluster("p", "other", lambda: swarm_manager, ("history",), ["team_api"])
+    assert [m["service"] for m in before["members"]] == ["team_api"]
