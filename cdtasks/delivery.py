@@ -14,7 +14,18 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from . import checks, outcome, project_images, records, registry, release, rollout, services, stack
+from . import (
+    checks,
+    interrupt,
+    outcome,
+    project_images,
+    records,
+    registry,
+    release,
+    rollout,
+    services,
+    stack,
+)
 from .budget import Budget
 from .checkout import Checkout
 from .compose import Compose, ContractError, compose_command
@@ -292,6 +303,11 @@ def prodlike(d: Delivery) -> str:
         results = rollout.measured_update(
             d.cluster, s.services, d.targets, d.log, keep, d.max_errors, d.dry_run, d.record, d.lock
         )
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM (interrupt.Interrupted)
+        # Swarm goes on with what it was asked: the history says what each replica runs now.
+        if not d.dry_run:
+            history_of_interrupted(d)
+        raise
     except StepFailed as exc:
         back = release.changed(d.targets, d.previous)
         if d.dry_run or not back:
@@ -334,6 +350,10 @@ def prodtest(d: Delivery) -> str:
         targets = d.targets or release_targets(d)
         try:
             detail = rollout.production_tests(d, d.cluster, targets, d.converged_at)
+        except KeyboardInterrupt:
+            if not d.dry_run and d.previous:  # prod-like runs the release, unverified
+                history_of_interrupted(d)
+            raise
         except StepFailed as exc:
             raise StepFailed(
                 f"{exc}; {d.version} is not recorded as verified", exc.output_tail
@@ -347,11 +367,39 @@ def prodtest(d: Delivery) -> str:
         release_lock(d)
 
 
+def history_of_interrupted(d: Delivery) -> None:
+    """The "interrupted" entry; a cluster that does not answer is said, and the interruption
+    stays what ends the run."""
+    try:
+        write_history(d, Outcome.INTERRUPTED)
+    except Exception as exc:
+        d.log(f"the history could not be written: {str(exc).splitlines()[0][:160]}")
+
+
 def write_history(d: Delivery, result: str) -> None:
     """The release's entry in the test cluster's history: each service with its image before
-    and after, so that `inv rollback --env test` knows the previous release."""
+    and after, so that `inv rollback --env test` knows the previous release; unless the release
+    is in place, also the image each replica runs. A signal does not cut it short."""
     s = d.settings
     app = d.targets.get(s.services.app_service, "")
+    manager = d.cluster.gateway()
+    running = (
+        {}
+        if Outcome.of(result).ok
+        else {
+            "running": [
+                f"{image} on {node}"
+                for svc in sorted(d.targets)
+                for node, image in services.replica_images(manager, svc)
+            ]
+        }
+    )
+    with interrupt.deferred():
+        _put_history(d, result, app, running)
+
+
+def _put_history(d: Delivery, result: str, app: str, running: dict) -> None:
+    s = d.settings
     records.put(
         d.cluster.gateway(),
         "history",
@@ -368,6 +416,7 @@ def write_history(d: Delivery, result: str) -> None:
             "previous": d.previous.get(s.services.app_service, ""),
             "result": result,
             "services": release.parts(d.targets, d.previous),
+            **running,
         },
         group=history_group,
     )

@@ -9,12 +9,9 @@ The README's "What happens when..." table is written from these cases.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,7 +22,7 @@ from cdtasks import deployment, records
 from cdtasks.cluster import Cluster
 from cdtasks.rollout import delivered
 
-from .conftest import git, manager_of, sample_repository
+from .conftest import Run, git, manager_of, sample_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "go-demo"
@@ -35,75 +32,6 @@ COMPOSE_LABEL = "com.docker.compose.project"
 
 
 # -- helpers ------------------------------------------------------------------------------------
-class Run:
-    """`inv ARGS` started in its own process group, its stderr followed line by line."""
-
-    def __init__(self, lab, args, extra_env=None):
-        self.lines: list[str] = []
-        self.seen = threading.Condition()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "invoke", *args],
-            cwd=ROOT,
-            text=True,
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**lab.env, "COLUMNS": "250", **(extra_env or {})},
-        )
-        self.stdout = ""
-        self._out = threading.Thread(target=self._read_stdout, daemon=True)
-        self._err = threading.Thread(target=self._read_stderr, daemon=True)
-        self._out.start()
-        self._err.start()
-
-    def _read_stdout(self):
-        self.stdout = self.proc.stdout.read()
-
-    def _read_stderr(self):
-        for line in self.proc.stderr:
-            with self.seen:
-                self.lines.append(line.rstrip("\n"))
-                self.seen.notify_all()
-
-    def wait_for(self, pattern: str, timeout: float = 300) -> str:
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self.seen:
-            i = 0
-            while True:
-                for line in self.lines[i:]:
-                    if rx.search(line):
-                        return line
-                i = len(self.lines)
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"never saw /{pattern}/ (exit {self.proc.poll()}):\n"
-                        + "\n".join(self.lines[-40:])
-                    )
-                self.seen.wait(0.5)
-
-    def ctrl_c(self):
-        os.killpg(self.proc.pid, signal.SIGINT)  # what a terminal sends to the foreground group
-
-    def signal(self, signum):
-        self.proc.send_signal(signum)  # what a CI server (or `kill`) sends to the process
-
-    def finish(self, timeout: float = 600) -> int:
-        code = self.proc.wait(timeout)
-        self._out.join(10)
-        self._err.join(10)
-        print(
-            f"\nexit {code}\nstdout:\n{self.stdout[-3000:]}\nstderr:\n"
-            + "\n".join(self.lines[-60:])
-        )
-        return code
-
-    @property
-    def stderr(self) -> str:
-        return "\n".join(self.lines)
-
-
 def manager(lab, env="test"):
     return manager_of(Cluster.of(lab.settings(env)).discover())
 

@@ -47,3 +47,22 @@ def test_a_dry_run_says_nothing_changed(tmp_path):
 def test_a_failure_before_publish_leaves_nothing_behind(tmp_path):
     results = _ok("checkout") + [StepResult("unit", False, 1.0, "failed")]
     assert state_after(_delivery(tmp_path), results).startswith("nothing left behind")
+
+
+def test_an_interrupted_release_s_history_entry_never_hides_the_interruption(tmp_path):
+    """A cluster that does not answer while the "interrupted" entry is written: said in one
+    line; the interruption, not this error, ends the run."""
+    from types import SimpleNamespace
+
+    from cdtasks import delivery
+
+    said = []
+    r = _delivery(tmp_path, log=said.append)
+
+    def unreachable(log=None):
+        raise ConnectionError("swarm-test-1: no route to host\nmore")
+
+    r._cluster = SimpleNamespace(gateway=unreachable)
+    r.targets = {"go-demo": "localhost:5000/go-demo:2.1@sha256:a"}
+    delivery.history_of_interrupted(r)
+    assert said == ["the history could not be written: swarm-test-1: no route to host"]

@@ -88,11 +88,14 @@ def test_a_waiter_keeps_saying_how_long_it_waited(manager, monkeypatch):
     assert len(lines) >= 3 and all("still waiting" in x and "alice@" in x for x in lines[1:])
 
 
-def test_the_heartbeat_keeps_a_waiter_out_for_many_ttls(manager):
-    with Lock(manager, SVC, "1.0", ttl=1.5, holder=_elsewhere()).acquire(0) as holder:
+def test_the_heartbeat_thread_renews_and_keeps_a_waiter_out(manager):
+    # Real threads and time (many TTLs on injected clocks: test_a_renewed_lock_holds_...). A
+    # TTL of 6 s renewed every 2 s: a heartbeat thread that a loaded CI machine stalls for a
+    # second or two still renews in time (with 1.5 s it once did not).
+    with Lock(manager, SVC, "1.0", ttl=6, holder=_elsewhere()).acquire(0) as holder:
         first = records.lock_state(manager, SVC)
         with pytest.raises(LockHeld):
-            Lock(manager, SVC, "2.0").acquire(6)  # four TTLs
+            Lock(manager, SVC, "2.0").acquire(9)  # a waiter's whole TTL unchanged, and more
         renewed = records.lock_state(manager, SVC)
         assert renewed.id == first.id and renewed.expires > first.expires
         assert renewed.version > first.version
