@@ -476,6 +476,12 @@ class StackSettings:
         "variables of the stack file for this cluster, shell words NAME=value (over the "
         "process environment), e.g. PLACEMENT='node.labels.env == prod-like'",
     )
+    job_timeout: int = key(
+        _int(5, 86400),
+        "300",
+        "seconds a release's job (a replicated-job of the stack on a released image, a "
+        "migration) may run before the release stops without updating the other services",
+    )
 
 
 @dataclass(frozen=True)

@@ -261,7 +261,7 @@ def publish(d: Delivery) -> str:
 
 def release_targets(d: Delivery) -> dict[str, str]:
     """Swarm service -> pinned image (REGISTRY/NAME:VERSION@DIGEST) for every service of the
-    release: the application's service alone, or each stack service (not a job) that runs an
+    release: the application's service alone, or each stack service (a job too) that runs an
     image the repository builds."""
     s = d.settings
     refs = published(d)
@@ -272,7 +272,7 @@ def release_targets(d: Delivery) -> dict[str, str]:
         return {s.services.app_service: pinned["app"]}
     st = stack.read_file(s)
     found = release.members(
-        [release.StackMember(st.scoped(x.name), x.image, x.is_job) for x in st.services], pinned
+        [release.StackMember(st.scoped(x.name), x.image) for x in st.services], pinned
     )
     if not found:
         raise StepFailed(

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
+import docker.auth
 import docker.errors
 import requests
 from docker import types
@@ -162,6 +163,9 @@ class Service:
     previous_configs: tuple[str, ...] = ()
     previous_secrets: tuple[str, ...] = ()
     container_digest: str = ""  # of the spec's ContainerSpec: which tasks run the current one
+    job_iteration: int | None = None  # a job's run: Swarm starts a new one at each spec change
+    restart_condition: str = "any"  # the task template's RestartPolicy: none, on-failure, any
+    max_attempts: int = 0  # restarts of a failed task before Swarm gives up (0: no limit)
 
     @property
     def mode(self) -> str:
@@ -224,7 +228,28 @@ def service_of(attrs: Mapping) -> Service:
         previous_configs=tuple(c["ConfigName"] for c in previous.get("Configs") or []),
         previous_secrets=tuple(c["SecretName"] for c in previous.get("Secrets") or []),
         container_digest=_digest(cs),
+        job_iteration=((attrs.get("JobStatus") or {}).get("JobIteration") or {}).get("Index"),
+        restart_condition=(tt.get("RestartPolicy") or {}).get("Condition", "any"),
+        max_attempts=(tt.get("RestartPolicy") or {}).get("MaxAttempts", 0),
     )
+
+
+def _update_job(api, svc: Mapping, labels: Mapping[str, str]) -> None:
+    """POST /services/{id}/update of a job with its spec as read (its new image in it) and
+    `labels`: the SDK's update_service sends UpdateConfig and RollbackConfig whatever the mode,
+    and Swarm refuses them for a job ("Jobs may not have an update config")."""
+    spec = {k: v for k, v in svc["Spec"].items() if k not in ("UpdateConfig", "RollbackConfig")}
+    registry, _ = docker.auth.resolve_repository_name(
+        spec["TaskTemplate"]["ContainerSpec"]["Image"]
+    )
+    header = docker.auth.get_config_header(api, registry)
+    res = api._post_json(
+        api._url("/services/{0}/update", svc["ID"]),
+        params={"version": svc["Version"]["Index"]},
+        data={**spec, "Labels": dict(labels)},
+        headers={"X-Registry-Auth": header} if header else {},
+    )
+    api._raise_for_status(res)
 
 
 def _digest(container_spec: Mapping) -> str:
@@ -252,6 +277,7 @@ class Task:
     created_at: str = ""
     updated_at: str = ""
     container_digest: str = ""  # as Service.container_digest, of the spec it was created with
+    job_iteration: int | None = None  # a job's task: the run (Service.job_iteration) it belongs to
 
 
 def task_of(attrs: Mapping) -> Task:
@@ -274,6 +300,7 @@ def task_of(attrs: Mapping) -> Task:
         created_at=attrs.get("CreatedAt", ""),
         updated_at=attrs.get("UpdatedAt", ""),
         container_digest=_digest(cs),
+        job_iteration=(attrs.get("JobIteration") or {}).get("Index"),
     )
 
 
@@ -737,6 +764,9 @@ class Gateway:
                 return False
             have = dict(svc["Spec"].get("Labels") or {})
             template["ContainerSpec"]["Image"] = image
+            if {"ReplicatedJob", "GlobalJob"} & set(svc["Spec"].get("Mode") or {}):
+                _update_job(c.api, svc, {**have, **(labels or {})})
+                return True
             c.api.update_service(
                 svc["ID"],
                 svc["Version"]["Index"],

@@ -2,9 +2,10 @@
 
 Without STACK_FILE the set has one member, the application's service (the book's flow). With
 a stack, every service of the delivery compose file that has `build:` is an image of the
-release, and every stack service (not a job) running one of those images, matched by image
-name without registry and tag, is a member. Delivery and deployment update, follow and undo
-the whole set together; history and records keep it."""
+release, and every stack service running one of those images, matched by image name without
+registry and tag, is a member; a job among them (a migration) runs to completion before the
+others update (`rollout.update`). Delivery and deployment update, follow and undo the whole
+set together; history and records keep it."""
 
 from __future__ import annotations
 
@@ -55,18 +56,15 @@ class StackMember:
 
     service: str  # Swarm's name (NAME_service)
     image: str  # the image the stack file names
-    is_job: bool = False
 
 
 def members(stack: Iterable[StackMember], published: Mapping[str, str]) -> dict[str, str]:
     """Swarm service -> the published reference (image name -> reference in `published`) for
-    every stack service running an image the release publishes; jobs and services running
-    anything else are not part of it."""
+    every stack service running an image the release publishes, jobs included; services
+    running anything else are not part of it."""
     by_name = {image_name(ref): ref for ref in published.values()}
     return {
-        m.service: by_name[image_name(m.image)]
-        for m in stack
-        if not m.is_job and image_name(m.image) in by_name
+        m.service: by_name[image_name(m.image)] for m in stack if image_name(m.image) in by_name
     }
 
 

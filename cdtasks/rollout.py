@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from . import budget, gateway, records, services, stack, stackfile, stackplan
+from . import budget, gateway, jobs, records, services, stack, stackfile, stackplan
 from .checkout import Checkout
 from .cluster import Cluster
 from .compose import Compose
@@ -58,14 +58,18 @@ def update(
     record: Callable[[Sequence[str]], None] | None = None,
     lock: records.Lock | None = None,
 ) -> list[services.Rollout]:
-    """A release's services (`images`: service -> image) updated together: pre-pulled, each
-    `docker service update --image`, then followed side by side until Swarm reports them
-    done; any that did not end well fails the step, naming each (the caller undoes the set).
-    `app`: how long to wait. `lock` (the release's, held) is checked right before each update,
-    after the pre-pull that may take long (LockLost)."""
-    for svc, image in sorted(images.items()):
+    """A release's services (`images`: service -> image) updated together: pre-pulled; its
+    jobs first, each run to completion on its image (`jobs.run`: a failure or JOB_TIMEOUT
+    fails the step before any other service changes); then each `docker service update
+    --image`, followed side by side until Swarm reports them done; any that did not end well
+    fails the step, naming each (the caller undoes the set, the jobs too: their previous spec
+    runs again, which also stops a job's task that still runs). `app`: how long to wait.
+    `lock` (the release's, held) is checked right before each update, after the pre-pull that
+    may take long (LockLost)."""
+    job_names = stack.job_names(cluster.settings) & set(images)
+    for svc in sorted(images, key=lambda name: (name not in job_names, name)):
         if record:
-            record(["docker", "service", "update", "--image", image, svc])
+            record(["docker", "service", "update", "--image", images[svc], svc])
     if dry_run:
         return [services.Rollout(svc, image, "dry-run", 0.0) for svc, image in images.items()]
     with ThreadPoolExecutor(max_workers=len(images) or 1) as pool:
@@ -73,12 +77,27 @@ def update(
     manager = cluster.gateway(log)
     # A stack's service names the image a release set, so that `inv services` keeps it.
     stacked = cluster.settings.stack.stack_file is not None
-    for svc, image in sorted(images.items()):
+    before = lock.check if lock else lambda: None
+    for svc in sorted(job_names):
+        try:
+            jobs.run(
+                manager,
+                svc,
+                images[svc],
+                cluster.settings.stack.job_timeout,
+                log,
+                before,
+                {stackplan.RELEASED: images[svc]},
+            )
+        except jobs.JobFailed as exc:
+            raise StepFailed(str(exc), exc.tail) from None
+    rest = {svc: image for svc, image in images.items() if svc not in job_names}
+    for svc, image in sorted(rest.items()):
         services.update_image(
             manager,
             svc,
             image,
-            before=lock.check if lock else lambda: None,
+            before=before,
             labels={stackplan.RELEASED: image} if stacked else None,
         )
 
@@ -87,14 +106,14 @@ def update(
             manager, item[0], item[1], app.services_timeout, log, node_client=cluster.client
         )
 
-    with ThreadPoolExecutor(max_workers=len(images) or 1) as pool:
-        results = check(list(pool.map(follow, sorted(images.items()))))
-    if len(images) > 1:
+    with ThreadPoolExecutor(max_workers=len(rest) or 1) as pool:
+        results = check(list(pool.map(follow, sorted(rest.items()))))
+    if len(rest) > 1:
         # All or nothing: a service whose new task dies within Swarm's monitor period (a worker
         # that exits a second after it started) fails this step, which undoes the whole set,
         # not the tests of the others. The book's one service overlaps that period with its
         # production tests instead (`settle` after them).
-        settle(cluster, app, images, monitor_start(results), log)
+        settle(cluster, app, rest, monitor_start(results), log)
     return results
 
 
@@ -162,6 +181,7 @@ def settle(
     must still run its image (the service's spec too), for the whole period, with no failure
     or rollback reported by Swarm. converged_at 0 (not known): the period counts from now."""
     until = (converged_at or time.monotonic()) + services.MONITOR
+    jobs_done = stack.job_names(cluster.settings)  # ran to completion in `update`: nothing runs
 
     def watch(item: tuple[str, str]) -> services.Rollout:
         return services.wait_rollout(
@@ -174,8 +194,9 @@ def settle(
             node_client=cluster.client,
         )
 
-    with ThreadPoolExecutor(max_workers=len(images) or 1) as pool:
-        check(list(pool.map(watch, sorted(images.items()))))
+    serving = sorted((svc, image) for svc, image in images.items() if svc not in jobs_done)
+    with ThreadPoolExecutor(max_workers=len(serving) or 1) as pool:
+        check(list(pool.map(watch, serving)))
 
 
 def host_ip(cluster: Cluster, app: ServicesSettings, routing: str) -> str:

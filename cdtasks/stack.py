@@ -362,7 +362,7 @@ def ensure_file(s: Settings, log: Log, *, check: bool = False, update: bool = Fa
     done += stackplan.apply(stack, p, calls, log, update)
     drift = () if update else _drift(c for c in p.drift if c.action in ("update", "retire"))
     extra = [c for c in p.drift if c.action == "extra"]
-    jobs = {stack.scoped(x.name) for x in stack.services if x.is_job}
+    jobs = _jobs(stack)
     running = [stack.scoped(x.name) for x in stack.services if not x.is_job]
     timeout = s.services.services_timeout
     if update:
@@ -404,6 +404,15 @@ def wait_jobs(
                     f"{services.diagnose(manager, name)}"
                 )
             time.sleep(poll)
+
+
+def _jobs(stack: stackfile.Stack) -> set[str]:
+    return {stack.scoped(x.name) for x in stack.services if x.is_job}
+
+
+def job_names(s: Settings) -> set[str]:
+    """The Swarm names of the stack file's jobs (none without STACK_FILE)."""
+    return _jobs(read_file(s)) if s.stack.stack_file is not None else set()
 
 
 def service_name(s: Settings, name: str) -> str:

@@ -19,9 +19,15 @@ NOTES = {
 STEP_NOTES = {"env": NOTES["env"]}
 
 
-def _settings(c, env, service=None, image=None, compose_file=None, cd_node=None):
+def _settings(c, env, service=None, image=None, compose_file=None, cd_node=None, job_timeout=None):
     return settings(
-        c, env, app_service=service, app_image=image, compose_file=compose_file, cd_node=cd_node
+        c,
+        env,
+        app_service=service,
+        app_image=image,
+        compose_file=compose_file,
+        cd_node=cd_node,
+        job_timeout=job_timeout,
     )
 
 
@@ -84,12 +90,13 @@ def deliver_and_deploy(
     prod_env="prod",
     json=False,
     max_errors=None,
+    job_timeout=None,
 ) -> int:
     """What `inv deliver` runs, and the watcher for each commit: the library's deliver-then-
     deploy with this layer's display and reports. Returns the exit code."""
     from .. import checks, delivery, report
 
-    s = _settings(c, env, service, image, compose_file, cd_node)
+    s = _settings(c, env, service, image, compose_file, cd_node, job_timeout)
     progress = report.Progress("deliver")
     budget = checks.max_errors(max_errors)
     d = delivery.Delivery(
@@ -105,7 +112,7 @@ def deliver_and_deploy(
     )
     return delivery.deliver_then_deploy(
         d,
-        settings(c, prod_env) if deploy else None,
+        settings(c, prod_env, job_timeout=job_timeout) if deploy else None,
         lambda d: _reported(d, "deliver", progress, lambda p: delivery.deliver(d, p), json),
         lambda dep: deploy_and_report(dep, "deploy", json),
     )
@@ -127,6 +134,7 @@ def deliver(
     deploy=False,
     prod_env="prod",
     max_errors=None,
+    job_timeout=None,
     json=False,
 ):
     """Deliver: checkout, unit, build, staging, publish, prod-like, prod tests (--deploy: on)."""
@@ -145,6 +153,7 @@ def deliver(
         prod_env,
         json,
         max_errors,
+        job_timeout,
     )
     if code:
         raise Exit(code=code)

@@ -62,11 +62,11 @@ def _report(d, title: str, results, entry: dict, json: bool = False) -> None:
     out("reports: " + ", ".join(map(str, paths)), json)
 
 
-def _deployment(c, env, test_env, version, wait, **kw):
+def _deployment(c, env, test_env, version, wait, job_timeout=None, **kw):
     from .. import deployment, rollout
 
     return deployment.Deployment(
-        settings(c, env),
+        settings(c, env, job_timeout=job_timeout),
         settings(c, test_env),
         version,
         wait=rollout.LOCK_WAIT if wait else 0,
@@ -115,6 +115,7 @@ def deploy(
     wait=False,
     test_env="test",
     max_errors=None,
+    job_timeout=None,
     json=False,
     canary=None,
     canary_for=30.0,
@@ -134,6 +135,7 @@ def deploy(
             test_env,
             version,
             wait,
+            job_timeout,
             force=force,
             auto_rollback=not no_rollback,
             canary=gate,

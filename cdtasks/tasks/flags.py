@@ -59,6 +59,11 @@ VOCABULARY: dict[str, Flag] = {
         "error budget of each rollout: the most errors (5xx and failed connections, as the "
         "proxy counts them) a release may cause (default: none, errors recorded only)",
     ),
+    "job_timeout": Flag(
+        None,
+        "seconds a release's job (a stack's replicated-job on a released image, a migration) "
+        "may run before the release stops (default JOB_TIMEOUT, 300)",
+    ),
     "json": Flag("j", JSON_MEANING),
     # A canary before a deployment's rollout (README "Canary releases").
     "canary": Flag(

@@ -168,6 +168,41 @@ def on_manager(lab, *argv: str, check: bool = True) -> str:
     return proc.stdout
 
 
+def spec_images(lab, names) -> dict[str, str]:
+    """Service -> the image its spec runs, for these services of the test cluster."""
+    return {
+        n: json.loads(on_manager(lab, "service", "inspect", n))[0]["Spec"]["TaskTemplate"][
+            "ContainerSpec"
+        ]["Image"]
+        for n in names
+    }
+
+
+def deliver_team(team, repo: Path, ref: str, version: str, env=None):
+    """`inv deliver` of the team's repository (a git repository of its own) at `ref` as
+    `version`, with `env` over the lab's; what it printed is printed too."""
+    started = time.monotonic()
+    proc = team.inv(
+        "deliver",
+        "--repo",
+        str(repo),
+        "--ref",
+        ref,
+        "--version",
+        version,
+        "--compose-file",
+        "docker-compose-ci.yml",
+        check=False,
+        timeout=1500,
+        extra_env={**WIDE, **(env or {})},
+    )
+    print(
+        f"\n`inv deliver --ref {ref} --version {version}`: exit {proc.returncode} after "
+        f"{time.monotonic() - started:.1f}s\n{proc.stdout.strip()}\n{proc.stderr[-3000:]}"
+    )
+    return proc
+
+
 @pytest.fixture(scope="session")
 def team(lab):
     """The lab with the team's env directory (tests/apps/team-stack: test_6_stack,

@@ -1,22 +1,23 @@
 """Releases of a stack, against the real lab: the team's repository (tests/apps/team-stack, its
 delivery compose file `docker-compose-ci.yml` building team-api as `app` and team-worker) is
-delivered as one release: api and worker move together to the new digests on prod-like (the
-migration job and the store untouched); a release whose worker fails only under Swarm (it exits
-at once; compose staging never runs it) brings api back too (exit 16, the history names both,
-before and after); `inv rollback` moves both back to the release before."""
+delivered as one release: api, worker and the migration job (on the API's image) move together
+to the new digests on prod-like (the store and the proxy untouched); a release whose worker fails
+only under Swarm (it exits at once; compose staging never runs it) brings api and the job back
+too (exit 16, the history names each, before and after); `inv rollback` moves them back to the
+release before. The job as a gate: test_6_stack_job."""
 
 from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 
-from .conftest import TEAM, WIDE, app_repository, git, on_manager
+from .conftest import TEAM, WIDE, app_repository, deliver_team, git, spec_images
 
-RELEASED = ("team_api", "team_worker")
-UNTOUCHED = ("team_migrate", "team_store", "team_proxy")
+RELEASED = ("team_api", "team_migrate", "team_worker")
+UNTOUCHED = ("team_store", "team_proxy")
+IMAGES = {"team_api": "team-api", "team_migrate": "team-api", "team_worker": "team-worker"}
 
 
 @pytest.fixture(scope="module")
@@ -33,36 +34,11 @@ def repo(tmp_path_factory):
 
 
 def specs(team) -> dict[str, str]:
-    """Service -> the image its spec runs (the stack's services)."""
-    return {
-        n: json.loads(on_manager(team, "service", "inspect", n))[0]["Spec"]["TaskTemplate"][
-            "ContainerSpec"
-        ]["Image"]
-        for n in RELEASED + UNTOUCHED
-    }
+    return spec_images(team, RELEASED + UNTOUCHED)
 
 
 def deliver(team, repo, ref: str, version: str):
-    started = time.monotonic()
-    proc = team.inv(
-        "deliver",
-        "--repo",
-        str(repo),
-        "--ref",
-        ref,
-        "--version",
-        version,
-        "--compose-file",
-        "docker-compose-ci.yml",
-        check=False,
-        timeout=1500,
-        extra_env=WIDE,
-    )
-    print(
-        f"\n`inv deliver --ref {ref} --version {version}`: exit {proc.returncode} after "
-        f"{time.monotonic() - started:.1f}s\n{proc.stdout.strip()}\n{proc.stderr[-3000:]}"
-    )
-    return proc
+    return deliver_team(team, repo, ref, version)
 
 
 def history(team) -> list[dict]:
@@ -78,7 +54,7 @@ def test_a_release_updates_api_and_worker_together(team, repo, tmp_path):
     assert re.search(r"\d+ requests, \d+ errors", proc.stdout), proc.stdout[-3000:]
     after = specs(team)
     for name in RELEASED:
-        image = f"localhost:5000/{name.replace('_', '-')}:1.1@sha256:"
+        image = f"localhost:5000/{IMAGES[name]}:1.1@sha256:"
         assert after[name].startswith(image), after
     for name in UNTOUCHED:
         assert after[name] == before[name], (name, before[name], after[name])
@@ -118,7 +94,7 @@ def test_a_worker_failing_under_swarm_brings_api_back_too(team, repo):
     assert sorted(parts) == list(RELEASED)
     for name in RELEASED:
         assert parts[name]["previous"] == team.release_1_1[name]
-        assert parts[name]["image"].startswith(f"localhost:5000/{name.replace('_', '-')}:1.2@")
+        assert parts[name]["image"].startswith(f"localhost:5000/{IMAGES[name]}:1.2@")
 
 
 def test_rollback_moves_both_back(team):

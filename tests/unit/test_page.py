@@ -343,7 +343,7 @@ def test_the_timeline_of_a_real_run_shows_steps_run_beside_each_other():
         ["checkout", "unit", "build", "staging"],
         {
             "checkout": sleeps(0.2),
-            "unit": sleeps(0.5),
+            "unit": sleeps(1.0),
             "build": sleeps(0.2),
             "staging": sleeps(0.1),
         },
@@ -354,9 +354,10 @@ def test_the_timeline_of_a_real_run_shows_steps_run_beside_each_other():
     steps, measured = page.timeline(doc["steps"])
     assert measured
     at = {s["name"]: s["start"] for s in steps}
-    assert at["checkout"] == pytest.approx(0.0, abs=0.1)
-    assert at["unit"] == pytest.approx(at["build"], abs=0.2)  # side by side, not end to end
-    assert at["staging"] >= at["unit"] + 0.4
+    # Bounds that a loaded machine's scheduling delays cannot break (exact offsets did once).
+    assert 0.0 <= at["checkout"] < at["unit"]
+    assert at["checkout"] < at["build"] < at["unit"] + 0.9  # began while unit ran: side by side
+    assert at["staging"] >= at["unit"] + 0.9
     html = page.render(page.snapshot([], [], [doc], T0))
     assert "deliver 1.3 — ok" in html and "steps laid end to end" not in html
     assert f"build: {at['build']:.1f}s + " in html

@@ -55,15 +55,19 @@ def test_a_built_service_without_an_image_name_is_refused():
         release.built_names(m, "team-api")
 
 
-def test_members_are_the_stack_services_running_a_released_image_jobs_aside():
+def test_members_are_the_stack_services_running_a_released_image_jobs_included():
     stack = [
         release.StackMember("team_api", "localhost:5000/team-api:1.0"),
-        release.StackMember("team_migrate", "localhost:5000/team-api:1.0", is_job=True),
+        release.StackMember("team_migrate", "localhost:5000/team-api:1.0"),
         release.StackMember("team_worker", "localhost:5000/team-worker:1.0"),
         release.StackMember("team_store", "cdtasks/redis:7.0"),
     ]
     published = {"app": API_11, "worker": WORKER_11}
-    assert release.members(stack, published) == {"team_api": API_11, "team_worker": WORKER_11}
+    assert release.members(stack, published) == {
+        "team_api": API_11,
+        "team_migrate": API_11,
+        "team_worker": WORKER_11,
+    }
 
 
 def test_after_a_failure_every_member_that_moved_goes_back_also_those_that_succeeded():
@@ -148,6 +152,7 @@ def test_a_release_of_several_is_watched_through_the_monitor_period_the_book_is_
         return Rollout(name, image, "converged", 2.0)
 
     monkeypatch.setattr(rollout, "prepull", lambda *a: [])
+    monkeypatch.setattr(rollout.stack, "job_names", lambda s: set())
     marks = []
     monkeypatch.setattr(services, "update_image", lambda *a, **k: marks.append(k["labels"]))
     monkeypatch.setattr(services, "wait_rollout", wait_rollout)

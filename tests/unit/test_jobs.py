@@ -1,0 +1,150 @@
+"""A release's jobs as gates: how one run of a job stands from its tasks (pure), and a release
+whose job fails changes no other service (the gateway replaced by a stand-in)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import pytest
+
+from cdtasks import jobs, rollout, services
+from cdtasks.gateway import Service, Task
+from cdtasks.runner import StepFailed
+
+NEW = "localhost:5000/team-api:1.1@sha256:aa"
+WORKER = "localhost:5000/team-worker:1.1@sha256:bb"
+
+
+def task(state: str, desired: str = "complete", **kw) -> Task:
+    return Task(f"t-{state}", "s", "n", state, desired, NEW, **kw)
+
+
+@pytest.mark.parametrize(
+    ("states", "want"),
+    [
+        ((), "running"),  # Swarm has not made the run's task yet
+        (("pending",), "running"),
+        (("running",), "running"),
+        (("complete",), "complete"),
+        (("failed", "complete"), "complete"),  # a restart that completed
+        (("failed", "running"), "running"),  # restarted, still going
+        (("failed", "ready"), "running"),  # restarted, waiting out the restart delay
+        (("failed",), "stalled"),  # Swarm may still make the next task
+        (("failed", "failed", "failed", "rejected"), "failed"),  # 3 restarts, then it gave up
+    ],
+)
+def test_a_run_stands_by_its_tasks_and_restart_policy(states, want):
+    got = jobs.state_of([task(s) for s in states], 1, "on-failure", 3)
+    assert got.state == want, got
+
+
+def test_without_restarts_one_failure_fails_the_job_and_names_the_exit():
+    got = jobs.state_of(
+        [task("failed", error="task: non-zero exit (3)", exit_code=3)], 1, "none", 0
+    )
+    assert got == jobs.JobState("failed", "1 failed, last: task: non-zero exit (3) (exit 3)")
+
+
+def test_unlimited_restarts_never_fail_the_job_by_count_only_by_the_time():
+    many = [task("failed") for _ in range(20)]
+    assert jobs.state_of([*many, task("starting")], 1, "on-failure", 0).state == "running"
+
+
+def test_completions_wanted_are_counted():
+    assert jobs.state_of([task("complete"), task("running")], 2, "none", 0).state == "running"
+    assert jobs.state_of([task("complete"), task("complete")], 2, "none", 0).state == "complete"
+
+
+def test_a_log_line_loses_its_task_prefix():
+    assert jobs._message("team_migrate.1.abc@swarm-test-2 | schema 7: boom") == "schema 7: boom"
+    assert jobs._message("no prefix") == "no prefix"
+
+
+class Swarm:
+    """A stand-in gateway: one job service whose run ends as `end`, its log, and updates."""
+
+    def __init__(self, end: str, stopping: int = 0):
+        self.end, self.updated, self.stopping, self.looks = end, [], stopping, 0
+
+    def clock(self):
+        return datetime(2026, 12, 6, tzinfo=UTC)
+
+    def tasks(self, service_id):
+        self.looks += 1
+        # the previous run's task (a hanging one) stops only after `stopping` looks
+        old = "running" if self.looks <= self.stopping else "shutdown"
+        return [
+            Task("t0", "job", "n", old, "remove", NEW, job_iteration=6),
+            Task("t1", "job", "n", self.end, "complete", NEW, job_iteration=7),
+        ]
+
+
+@pytest.fixture
+def swarm(monkeypatch):
+    def make(end: str, stopping: int = 0) -> Swarm:
+        sw = Swarm(end, stopping)
+        job = Service(
+            "job", "team_migrate", 9, NEW, 1, job=True, job_iteration=7, restart_condition="none"
+        )
+        monkeypatch.setattr(services, "existing", lambda gw, name: job)
+        monkeypatch.setattr(
+            services,
+            "update_image",
+            lambda gw, name, image, before=None, labels=None: sw.updated.append(name) or True,
+        )
+        monkeypatch.setattr(
+            services,
+            "logs",
+            lambda gw, name, since: iter(
+                ["team_migrate.1.x@n | step 1", "team_migrate.1.x@n | boom"]
+            ),
+        )
+        monkeypatch.setattr(rollout, "prepull", lambda *a: [])
+        monkeypatch.setattr(rollout.stack, "job_names", lambda s: {"team_migrate"})
+        monkeypatch.setattr(
+            services,
+            "wait_rollout",
+            lambda gw, name, image, *a, **k: services.Rollout(name, image, "completed", 1.0),
+        )
+        monkeypatch.setattr(rollout, "settle", lambda *a: None)
+        return sw
+
+    return make
+
+
+def release(sw: Swarm, dry_run: bool = False, record=None):
+    settings = SimpleNamespace(stack=SimpleNamespace(stack_file="stack.yml", job_timeout=30))
+    cluster = SimpleNamespace(gateway=lambda log=None: sw, client=None, settings=settings)
+    images = {"team_api": NEW, "team_migrate": NEW, "team_worker": WORKER}
+    return rollout.update(
+        cluster, SimpleNamespace(services_timeout=60), images, print, dry_run, record
+    )
+
+
+def test_the_job_runs_to_completion_before_the_services_update(swarm):
+    sw = swarm("complete")
+    results = release(sw)
+    assert sw.updated == ["team_migrate", "team_api", "team_worker"]
+    assert [r.service for r in results] == ["team_api", "team_worker"]
+
+
+def test_a_failing_job_stops_the_release_before_any_other_service_changes(swarm):
+    sw = swarm("failed")
+    with pytest.raises(StepFailed, match=r"job team_migrate failed on .*last output: boom") as exc:
+        release(sw)
+    assert exc.value.output_tail == "step 1\nboom"
+    assert sw.updated == ["team_migrate"]
+
+
+def test_the_dry_run_shows_the_job_first_and_changes_nothing(swarm):
+    sw, seen = swarm("complete"), []
+    release(sw, dry_run=True, record=seen.append)
+    assert [argv[-1] for argv in seen] == ["team_migrate", "team_api", "team_worker"]
+    assert sw.updated == []
+
+
+def test_a_run_is_done_only_once_an_earlier_runs_task_has_stopped(swarm):
+    sw = swarm("complete", stopping=2)
+    jobs.run(sw, "team_migrate", NEW, 30, print, poll=0)
+    assert sw.looks == 3
