@@ -73,3 +73,57 @@ def clean_up(host, lab: str, environ: dict[str, str], tmp: Path) -> None:
     )
     remove_labelled(host, lab)  # whatever `inv destroy` left
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+GIT_ID = {
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@cdtasks.invalid",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@cdtasks.invalid",
+}
+
+
+def git(repo: Path, *args: str) -> None:
+    """A git command in a benchmark's own repository, under the bench's identity."""
+    subprocess.run(["git", *args], cwd=repo, check=True, env={**os.environ, **GIT_ID})
+
+
+TEAM = ROOT / "tests" / "apps" / "team-stack"
+
+
+def push_team_images(s) -> None:
+    """The team's two images (tests/apps/team-stack) as its CI makes them, version 1.0: built
+    on the test cluster's CD node (with the base image they need) and pushed to the registry."""
+    from cdtasks import images
+    from cdtasks.cluster import Cluster
+
+    cluster = Cluster.of(s).discover()
+    cd = cluster.client(s.cluster.cd_node)
+    images.provide(
+        cluster.provider.image_source(), {s.cluster.cd_node: cd}, [s.services.base_image], say
+    )
+    for name, dockerfile in (("team-api", "api/Dockerfile"), ("team-worker", "worker/Dockerfile")):
+        ref = f"localhost:5000/{name}:1.0"
+        cd.images.build(path=str(TEAM), dockerfile=dockerfile, tag=ref, rm=True)
+        for line in cd.images.push(ref, stream=True, decode=True):
+            if "error" in line:
+                raise RuntimeError(line["error"])
+
+
+def commit() -> str:
+    """The library's commit when a run starts (others may commit while it runs)."""
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def loads(before: tuple[float, ...], after: tuple[float, ...]) -> dict:
+    """os.getloadavg() before and after a run, as the results keep them."""
+    return {
+        "loadavg_before": [round(x, 1) for x in before],
+        "loadavg_after": [round(x, 1) for x in after],
+    }
+
+
+def load_text(before: tuple[float, ...], after: tuple[float, ...]) -> str:
+    return f"{before[0]:.1f} before, {after[0]:.1f} after ({len(os.sched_getaffinity(0))} cpus)"

@@ -44,12 +44,6 @@ THREADS = 8
 CANARY_MIN_REQUESTS = 50  # --min-requests: the step is judged, not the load generator
 OVERHEAD_TARGET, SHARE_TARGET, MIN_REQUESTS = 5.0, 2.0, 1000
 RESULTS = ROOT / "bench" / "results" / "canary.json"
-GIT_ID = {
-    "GIT_AUTHOR_NAME": "bench",
-    "GIT_AUTHOR_EMAIL": "bench@cdtasks.invalid",
-    "GIT_COMMITTER_NAME": "bench",
-    "GIT_COMMITTER_EMAIL": "bench@cdtasks.invalid",
-}
 
 
 class Load(threading.Thread):
@@ -86,7 +80,7 @@ def canary_repo(tmp: Path) -> Path:
     assert SERVER in text, "demo/app/server.py no longer names its Server header so"
     server.write_text(text.replace(SERVER, MARK))
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "canary"]):
-        subprocess.run(["git", *args], cwd=repo, check=True, env={**os.environ, **GIT_ID})
+        benchlib.git(repo, *args)
     return repo
 
 

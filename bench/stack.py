@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 import benchlib  # noqa: E402
 
-from cdtasks import config, engine, images  # noqa: E402
+from cdtasks import config, engine  # noqa: E402
 from cdtasks.cluster import Cluster, env_lines  # noqa: E402
 
-TEAM = ROOT / "tests" / "apps" / "team-stack"
+TEAM = benchlib.TEAM
 ENV_DIR = "tests/apps/team-stack/env"
 NAME = "team"
 RESULTS = ROOT / "bench" / "results" / "stack.json"
@@ -97,19 +97,8 @@ def main() -> None:
         benchlib.say(f"lab {lab}: provision the test cluster, build and push the team's images")
         benchlib.inv(["provision"], environ)
         s = config.load("test", environ=environ, project_dir=ROOT)
+        benchlib.push_team_images(s)
         cluster = Cluster.of(s).discover()
-        cd = cluster.client(s.cluster.cd_node)
-        source = cluster.provider.image_source()
-        images.provide(source, {s.cluster.cd_node: cd}, [s.services.base_image], benchlib.say)
-        for name, dockerfile in (
-            ("team-api", "api/Dockerfile"),
-            ("team-worker", "worker/Dockerfile"),
-        ):
-            ref = f"localhost:5000/{name}:1.0"
-            cd.images.build(path=str(TEAM), dockerfile=dockerfile, tag=ref, rm=True)
-            for line in cd.images.push(ref, stream=True, decode=True):
-                if "error" in line:
-                    raise RuntimeError(line["error"])
         manager = cluster.client(cluster.gateway().manager_name())  # the SDK, to watch removal
         cli = docker_env(s, environ)
 

@@ -317,8 +317,10 @@ def prodlike(d: Delivery) -> str:
         raise StepFailed(f"{exc}; {how}", exc.output_tail) from None
     d.converged_at = rollout.monitor_start(results)
     seconds = max((r.seconds for r in results), default=0.0)
-    if len(d.targets) == 1:
-        detail = f"{s.services.app_service} runs {d.ref_tag} on every replica ({seconds:.1f}s)"
+    if len(d.targets) == 1:  # the book's service, or a stack's one released service
+        ((svc, image),) = d.targets.items()
+        tag = image.partition("@")[0]
+        detail = f"{svc} runs {tag} on every replica ({seconds:.1f}s)"
     else:
         names = ", ".join(sorted(d.targets))
         detail = f"{names} run version {d.version} on every replica ({seconds:.1f}s)"

@@ -165,8 +165,9 @@ def check(results: Sequence[services.Rollout]) -> list[services.Rollout]:
 
 def monitor_start(results: Sequence[services.Rollout]) -> float:
     """The monotonic time the last replica of the set started: Swarm's monitor period counts
-    from it."""
-    return time.monotonic() - min((r.running_for for r in results), default=0.0)
+    from it (each result's start from when it was seen, not from now: `update` may have
+    watched that period already)."""
+    return max((r.seen_at - r.running_for for r in results), default=time.monotonic())
 
 
 def settle(

@@ -10,7 +10,7 @@ import functools
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 from . import gateway
 from .config import pinned_image
@@ -395,6 +395,9 @@ class Rollout:
     # rollout was seen converged: Swarm's monitor period counts from that start, not from when
     # this tool noticed it.
     running_for: float = 0.0
+    # When (time.monotonic()) it was seen so: a caller that reads the result later (after the
+    # monitor period of a release of several) must not count `running_for` from its own now.
+    seen_at: float = field(default_factory=time.monotonic)
 
 
 def existing(gw: Gateway, name: str) -> Service:

@@ -206,3 +206,16 @@ def test_a_release_of_several_is_watched_through_the_monitor_period_the_book_is_
     watched.clear()
     [one] = rollout.update(cluster, app, {"team_worker": WORKER_11}, print)
     assert one.state == "converged" and watched == [("team_worker", False)]
+
+
+def test_the_monitor_period_counts_from_the_last_start_as_seen_not_from_when_read(monkeypatch):
+    """A release of several watches Swarm's monitor period inside `update`; the caller reads
+    the start afterwards, for the production tests' own watch: counted from when each rollout
+    was seen, the period is not waited for a second time."""
+    results = [
+        Rollout("team_api", API_11, "converged", 3.0, running_for=2.0, seen_at=100.0),
+        Rollout("team_worker", WORKER_11, "converged", 4.0, running_for=1.0, seen_at=100.5),
+    ]
+    monkeypatch.setattr(rollout.time, "monotonic", lambda: 106.0)  # read after the period
+    assert rollout.monitor_start(results) == 99.5  # the worker's replica started last
+    assert rollout.monitor_start([]) == 106.0  # nothing seen: the period counts from now
