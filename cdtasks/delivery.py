@@ -32,7 +32,7 @@ from .compose import Compose, ContractError, compose_command
 
 # Settings whole: a delivery is a Checkout (see checkout.py)
 from .config import ConfigError, Settings
-from .deployment import Deployment, history_group
+from .deployment import Deployment, history_group, what_runs
 from .outcome import Outcome
 from .redaction import redact
 from .runner import StepFailed, StepResult, beside, run_steps
@@ -393,43 +393,23 @@ def write_history(d: Delivery, result: str) -> None:
     s = d.settings
     app = d.targets.get(s.services.app_service, "")
     manager = d.cluster.gateway()
-    running = (
-        {}
-        if Outcome.of(result).ok
-        else {
-            "running": [
-                f"{image} on {node}"
-                for svc in sorted(d.targets)
-                for node, image in services.replica_images(manager, svc)
-            ]
-        }
-    )
+    running = {} if Outcome.of(result).ok else {"running": what_runs(manager, d.targets)}
+    entry = {
+        "time": records.now(),
+        "user": getpass.getuser(),
+        "env": s.env,
+        "service": release.key(s),
+        "kind": "deliver",
+        "version": d.version,
+        "image": app,
+        "digest": app.partition("@")[2],
+        "previous": d.previous.get(s.services.app_service, ""),
+        "result": result,
+        "services": release.parts(d.targets, d.previous),
+        **running,
+    }
     with interrupt.deferred():
-        _put_history(d, result, app, running)
-
-
-def _put_history(d: Delivery, result: str, app: str, running: dict) -> None:
-    s = d.settings
-    records.put(
-        d.cluster.gateway(),
-        "history",
-        release.key(s),
-        {
-            "time": records.now(),
-            "user": getpass.getuser(),
-            "env": s.env,
-            "service": release.key(s),
-            "kind": "deliver",
-            "version": d.version,
-            "image": app,
-            "digest": app.partition("@")[2],
-            "previous": d.previous.get(s.services.app_service, ""),
-            "result": result,
-            "services": release.parts(d.targets, d.previous),
-            **running,
-        },
-        group=history_group,
-    )
+        records.put(manager, "history", release.key(s), entry, group=history_group)
 
 
 def release_lock(d: Delivery) -> None:

@@ -8,6 +8,7 @@ import getpass
 import json
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from . import (
@@ -28,6 +29,7 @@ from .cluster import Cluster
 
 # Settings whole: two clusters (Cluster.of) and a Checkout for the tests
 from .config import Settings
+from .gateway import Gateway
 from .interrupt import deferred
 from .log import Log
 from .outcome import Outcome
@@ -459,6 +461,16 @@ def begin(d: Deployment, lock: records.Lock) -> None:
     records.put(d.cluster.gateway(), "history", d.service, entry, group=history_group)
 
 
+def what_runs(manager: Gateway, names: Iterable[str]) -> list[str]:
+    """`IMAGE on NODE` for each replica of each service: what the history of a release that did
+    not end well records."""
+    return [
+        f"{image} on {node}"
+        for svc in sorted(names)
+        for node, image in services.replica_images(manager, svc)
+    ]
+
+
 def finish(
     d: Deployment,
     results: list[StepResult],
@@ -475,11 +487,7 @@ def finish(
         # Through a manager that answers, also during a leader election (the gateway's).
         manager = cluster.gateway(d.log)
         if not Outcome.of(entry["result"]).ok:
-            entry["running"] = [
-                f"{image} on {node}"
-                for svc in sorted(d.images)
-                for node, image in services.replica_images(manager, svc)
-            ]
+            entry["running"] = what_runs(manager, d.images)
         with deferred():  # a signal here would leave a finished run "unfinished" for good
             records.put(manager, "history", d.service, entry, group=history_group)
     finally:
