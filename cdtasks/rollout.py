@@ -140,8 +140,7 @@ def measured_update(
     try:
         proxy = stack.service_name(s, app.proxy_service)
         if s.stack.stack_file is not None:
-            prefix = f"{stack.read_file(s).name}_"
-            backends = [n for svc in images for n in (svc.removeprefix(prefix), svc)]
+            backends = [n for names in stack.backend_names(s, images).values() for n in names]
     except stackfile.StackFileError:  # a stack without that proxy: the budget says "not measured"
         proxy = app.proxy_service
     return budget.measure(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -423,3 +423,12 @@ def service_name(s: Settings, name: str) -> str:
     st = read_file(s)
     short = name.removeprefix(f"{st.name}_")
     return st.scoped(st.service(short).name)
+
+
+def backend_names(s: Settings, services: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """Service -> the names its backend may have in the proxy's haproxy.cfg: with STACK_FILE as
+    the file names it (`api`) or as Swarm does (`team_api`), else its own name."""
+    if s.stack.stack_file is None:
+        return {svc: (svc,) for svc in services}
+    prefix = f"{read_file(s).name}_"
+    return {svc: (svc.removeprefix(prefix), svc) for svc in services}
