@@ -21,7 +21,7 @@ import json
 import shlex
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -411,6 +411,34 @@ def config_of(attrs: Mapping) -> Config:
 
 
 # -- to the engine ---------------------------------------------------------------------------
+def aliased(networks: Sequence[Mapping] | None, suffix: str) -> list[dict] | None:
+    """Network attachments with each alias A as A+`suffix`: a copy of a stack service that
+    kept `api` would answer as `api` too and take the running service's traffic."""
+    if networks is None:
+        return None
+    return [
+        {**n, "Aliases": [a + suffix for a in n["Aliases"]]} if n.get("Aliases") else dict(n)
+        for n in networks
+    ]
+
+
+def template_beside(
+    template: Mapping[str, Any], image: str, suffix: str, foreign: Collection[str] = ()
+) -> dict[str, Any]:
+    """A TaskTemplate for a service beside the one it is copied from: `image`, its network
+    aliases suffixed (`aliased`), its containers without the labels in `foreign` (a stack's
+    namespace: the copy is no member of the stack), no ForceUpdate counter."""
+    out = copy.deepcopy(dict(template))
+    out.pop("ForceUpdate", None)
+    container = out["ContainerSpec"]
+    container["Image"] = image
+    if container.get("Labels"):
+        container["Labels"] = {k: v for k, v in container["Labels"].items() if k not in foreign}
+    if out.get("Networks"):
+        out["Networks"] = aliased(out["Networks"], suffix)
+    return out
+
+
 def spec_request(spec: Mapping[str, Any], ids: Mapping[str, str]) -> dict:
     """The SDK's create/update arguments for a full ServiceSpec (as `stackplan` writes one),
     the networks, configs and secrets it names by name replaced by the IDs in `ids` (they were
@@ -779,23 +807,28 @@ class Gateway:
         return self.call(update)
 
     def create_beside(
-        self, model: str, name: str, image: str, replicas: int, labels: Mapping[str, str]
+        self,
+        model: str,
+        name: str,
+        image: str,
+        replicas: int,
+        labels: Mapping[str, str],
+        suffix: str,
+        foreign: Collection[str] = (),
     ) -> None:
         """A service with `model`'s task template, networks and endpoint under another name,
-        image, replica count and labels (a canary beside the running service). Not retried: a
-        create whose answer was lost would then fail on its own name."""
+        image, replica count and labels (a canary beside the running service): see
+        `template_beside` for `suffix` and `foreign`. Not retried: a create whose answer was
+        lost would then fail on its own name."""
 
         def create(c) -> None:
             spec = c.api.inspect_service(model)["Spec"]
-            template = copy.deepcopy(spec["TaskTemplate"])
-            template["ContainerSpec"]["Image"] = image
-            template.pop("ForceUpdate", None)
             c.api.create_service(
-                template,
+                template_beside(spec["TaskTemplate"], image, suffix, foreign),
                 name=name,
                 labels=dict(labels),
                 mode={"Replicated": {"Replicas": replicas}},
-                networks=spec.get("Networks"),
+                networks=aliased(spec.get("Networks"), suffix),
                 endpoint_spec=spec.get("EndpointSpec"),
             )
 

@@ -190,3 +190,42 @@ def test_a_service_names_what_its_previous_spec_uses_and_which_tasks_run_its_spe
 
     assert task(dict(reversed(new.items()))).container_digest == svc.container_digest
     assert task(old).container_digest != svc.container_digest
+
+
+STACK_TEMPLATE = {
+    "ContainerSpec": {
+        "Image": "localhost:5000/team-api:1.0@sha256:aa",
+        "Labels": {"com.docker.stack.namespace": "team", "team.role": "api"},
+    },
+    "Networks": [
+        {"Target": "front-id", "Aliases": ["api", "team-api"]},
+        {"Target": "back-id", "Aliases": ["api"]},
+        {"Target": "other-id"},
+    ],
+    "ForceUpdate": 3,
+}
+
+
+def test_a_copy_beside_a_stack_service_answers_only_to_its_aliases_with_the_suffix():
+    out = gateway.template_beside(
+        STACK_TEMPLATE, "team-api:2@sha256:bb", "-canary", ("com.docker.stack.namespace",)
+    )
+    assert out["Networks"] == [
+        {"Target": "front-id", "Aliases": ["api-canary", "team-api-canary"]},
+        {"Target": "back-id", "Aliases": ["api-canary"]},
+        {"Target": "other-id"},
+    ]
+    assert out["ContainerSpec"] == {"Image": "team-api:2@sha256:bb", "Labels": {"team.role": "api"}}
+    assert "ForceUpdate" not in out
+    # the running service's template is left as it was
+    assert STACK_TEMPLATE["Networks"][0]["Aliases"] == ["api", "team-api"]
+    assert "com.docker.stack.namespace" in STACK_TEMPLATE["ContainerSpec"]["Labels"]
+
+
+def test_a_copy_of_a_service_without_aliases_or_networks_keeps_them_as_they_are():
+    plain = {"ContainerSpec": {"Image": "go-demo:1"}}
+    assert gateway.template_beside(plain, "go-demo:2", "-canary") == {
+        "ContainerSpec": {"Image": "go-demo:2"}
+    }
+    assert gateway.aliased(None, "-canary") is None
+    assert gateway.aliased([{"Target": "n"}], "-canary") == [{"Target": "n"}]
