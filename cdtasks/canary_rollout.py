@@ -1,27 +1,33 @@
-"""A canary beside the running service: the service's own spec with the new image under the name
-`SERVICE-canary` (the name the proxy's `canary` server-template resolves), the proxy's weights
-set step by step on every proxy replica, each step held and judged (`canary.verdict`), and,
-whatever happens, the proxy's weights put back and the canary removed before it returns. The
-running service is never changed here: promoting is the normal rollout that follows.
+"""Canaries beside the running services: each released service that sits behind the proxy
+(a `Target`) gets a copy of its own spec with the new image under the name `SERVICE-canary`,
+answering to its aliases with `-canary` added (the names the proxy's `canary` server-template
+resolves); the proxy's weights are set step by step on every proxy replica, each step held and
+every target's backend judged (`canary.verdict`), and, whatever happens, the proxy's weights put
+back and the canaries removed before it returns. The running services are never changed here:
+promoting is the normal rollout that follows.
 
-Right before each change of its own (the canary service created or removed, weights set) the
+Right before each change of its own (a canary service created or removed, weights set) the
 deployment's lock is checked, as the rollout does: a run that lost it changes nothing more
 (records.LockLost; another run may be driving a canary of the same name by then)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
-from . import canary, haproxy, records, rollout, services
+from . import canary, haproxy, records, rollout, services, stack, stackplan
 from .cluster import Cluster
-from .config import ServicesSettings
 from .log import Log
 from .runner import StepFailed
 
 SLOTS = "canary"  # the server-template's prefix in haproxy.cfg
+SUFFIX = "-canary"  # a canary's service name and network aliases: the running one's, plus this
 LABEL = "io.cdtasks.canary-of"
+# Labels of the running service a canary must not carry: a stack's (or `inv services` and `inv
+# plan` would take it for a stack service that the file lacks) and the env-file services' mark.
+FOREIGN = (stackplan.NAMESPACE, stackplan.IMAGE, stack.STACK_LABEL[0])
 POLL = 2.0  # seconds between two readings of the proxy's counters within a step
 UP_TIMEOUT = 60.0  # seconds every proxy replica has to see the canary's tasks up
 # seconds between two looks at whether they do: each look runs python in every proxy task,
@@ -29,21 +35,91 @@ UP_TIMEOUT = 60.0  # seconds every proxy replica has to see the canary's tasks u
 UP_POLL = 1.0
 
 
-def service_name(app: ServicesSettings) -> str:
-    return f"{app.app_service}-canary"
+class NoTarget(ValueError):
+    """No service of the release sits behind the proxy: a canary has nothing to judge."""
 
 
-def check_proxy(cluster: Cluster, app: ServicesSettings, gate: canary.Gate) -> None:
+@dataclass(frozen=True)
+class Target:
+    """One canary: the running service it copies and that service's backend in the proxy."""
+
+    service: str  # Swarm's name: go-demo, team_api
+    backend: str  # in haproxy.cfg: go-demo, api
+
+    @property
+    def canary(self) -> str:
+        return self.service + SUFFIX
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Where the canaries of a release go: the proxy's Swarm service, a target for each released
+    service behind it, and the released services that have no backend there (a worker: they
+    roll with the promotion, no canary). `named`: the figures name their service (a stack)."""
+
+    proxy: str
+    targets: tuple[Target, ...]
+    without: tuple[str, ...] = ()
+    named: bool = False
+
+
+def choose(
+    proxy: str,
+    names: Mapping[str, Sequence[str]],
+    jobs: Collection[str],
+    backends: Collection[str],
+    named: bool = True,
+) -> Targets:
+    """The targets of a release: `names` holds each released service's possible backend names
+    (`stack.backend_names`), `backends` those the proxy has. A job never gets a canary (it runs
+    to completion first, with the promotion); NoTarget when no service is behind the proxy."""
+    found, without = [], []
+    for svc in sorted(names):
+        if svc in jobs:
+            continue
+        backend = next((b for b in names[svc] if b in backends), None)
+        if backend is None:
+            without.append(svc)
+        else:
+            found.append(Target(svc, backend))
+    if not found:
+        tried = ", ".join(n for svc in without for n in names[svc])
+        raise NoTarget(
+            f"no released service ({', '.join(without) or 'none but jobs'}) has a backend in "
+            f"the proxy {proxy} (haproxy.cfg has no backend {tried or 'for them'})"
+        )
+    return Targets(proxy, tuple(found), tuple(without), named)
+
+
+def targets(cluster: Cluster, images: Mapping[str, str]) -> Targets:
+    """The targets of the release `images` (service -> image): without STACK_FILE the
+    application's service and its backend, named after it; with a stack, each released
+    service (jobs aside) whose backend the stack's proxy has (its replicas' `show stat`).
+    NoTarget, haproxy.ProxyError or stackfile.StackFileError with one line otherwise."""
+    s = cluster.settings
+    app = s.services
+    if s.stack.stack_file is None:
+        return Targets(app.proxy_service, (Target(app.app_service, app.app_service),))
+    proxy = stack.service_name(s, app.proxy_service)
+    manager = cluster.gateway()
+    jobs = {svc for svc in images if services.existing(manager, svc).job}
+    readings = haproxy.read(cluster, haproxy.replicas(cluster, proxy))
+    backends = {srv.backend for r in readings for srv in r.servers}
+    return choose(proxy, stack.backend_names(s, images), jobs, backends)
+
+
+def check_proxy(cluster: Cluster, where: Targets, gate: canary.Gate) -> None:
     """Before anything changes: every proxy replica can be driven and has slots for
-    `gate.replicas` canary tasks. ProxyError with one line otherwise."""
-    reps = haproxy.replicas(cluster, app.proxy_service)
-    for reading in haproxy.check(cluster, reps, app.app_service, SLOTS):
-        slots = len(haproxy.servers_named(reading, app.app_service, SLOTS))
-        if slots < gate.replicas:
-            raise haproxy.ProxyError(
-                f"--canary-replicas {gate.replicas}: the proxy's backend {app.app_service} has "
-                f"{slots} {SLOTS} slots (server-template {SLOTS} N in haproxy.cfg)"
-            )
+    `gate.replicas` canary tasks in each target's backend. ProxyError with one line otherwise."""
+    reps = haproxy.replicas(cluster, where.proxy)
+    for t in where.targets:
+        for reading in haproxy.check(cluster, reps, t.backend, SLOTS):
+            slots = len(haproxy.servers_named(reading, t.backend, SLOTS))
+            if slots < gate.replicas:
+                raise haproxy.ProxyError(
+                    f"--canary-replicas {gate.replicas}: the proxy's backend {t.backend} has "
+                    f"{slots} {SLOTS} slots (server-template {SLOTS} N in haproxy.cfg)"
+                )
 
 
 def _snapshot(readings: Sequence[haproxy.Reading], backend: str) -> canary.Snapshot:
@@ -51,90 +127,120 @@ def _snapshot(readings: Sequence[haproxy.Reading], backend: str) -> canary.Snaps
 
 
 class Run:
-    """One canary: `start`, `step` for each share, and `end` (always)."""
+    """The canaries of one release: `start`, `step` for each share, and `end` (always)."""
 
     def __init__(
         self,
         cluster: Cluster,
-        app: ServicesSettings,
-        image: str,
+        where: Targets,
+        images: Mapping[str, str],
         gate: canary.Gate,
         log: Log,
         lock: records.Lock | None = None,
     ):
-        self.cluster, self.app, self.image, self.gate, self.log = cluster, app, image, gate, log
-        self.lock = lock
-        self.name = service_name(app)
+        self.cluster, self.where, self.images, self.gate = cluster, where, images, gate
+        self.log, self.lock = log, lock
+        self.targets = where.targets
         self.percent = 0.0
         self.weighted: set[str] = set()  # proxy tasks whose weights this run changed
         self.readings: list[haproxy.Reading] = []  # the last counters read, for `end`
-        self.steps: list[dict] = []  # the figures of each step, for the history
+        self.steps: list[dict] = []  # the figures of each step and target, for the history
 
     def _check(self) -> None:
         """Before a change: LockLost unless this run still holds the deployment's lock."""
         if self.lock:
             self.lock.check()
 
-    # -- the canary service ---------------------------------------------------------------------
-    def _remove_service(self) -> bool:
+    def _of(self, service: str) -> str:
+        """How a figure names its service: a stack's by name; the book's one goes without (the
+        figures have always been its)."""
+        return f"{service}: " if self.where.named else ""
+
+    # -- the canary services --------------------------------------------------------------------
+    def _remove_service(self, name: str) -> bool:
         self._check()
-        return self.cluster.gateway(self.log).remove_service(self.name)
+        return self.cluster.gateway(self.log).remove_service(name)
 
     def start(self) -> None:
-        """Create the canary from the running service's spec and wait until it runs and every
-        proxy replica sees its tasks up (at weight 0: no traffic yet). The new image is pulled
-        on the service's other nodes meanwhile (for the rollout that promotes it): Swarm pulls
-        it on the canary's node itself."""
+        """Create each canary from its running service's spec and wait until they run and every
+        proxy replica sees their tasks up (at weight 0: no traffic yet). Each new image is
+        pulled on its service's other nodes meanwhile (for the rollout that promotes it):
+        Swarm pulls it on the canary's node itself."""
         manager = self.cluster.gateway(self.log)
-        if self._remove_service():  # we hold the lock: a canary of a run that was killed
-            self.log(f"removed {self.name}, left by a run that was killed")
-        svc = services.existing(manager, self.app.app_service)
-        labels = {k: v for k, v in svc.labels.items() if k != "io.cdtasks.stack"}
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pulled = pool.submit(
-                rollout.prepull, self.cluster, self.app.app_service, self.image, self.log
+        for t in self.targets:
+            if self._remove_service(t.canary):  # we hold the lock: a run that was killed
+                self.log(f"removed {t.canary}, left by a run that was killed")
+        running = {t: services.existing(manager, t.service) for t in self.targets}
+        with ThreadPoolExecutor(max_workers=len(self.targets)) as pool:
+            pulled = [
+                pool.submit(
+                    rollout.prepull, self.cluster, t.service, self.images[t.service], self.log
+                )
+                for t in self.targets
+            ]
+            for t in self.targets:
+                image = self.images[t.service]
+                self.log(f"starting {t.canary} ({self.gate.replicas} replica(s)) with {image}")
+                labels = {k: v for k, v in running[t].labels.items() if k not in FOREIGN}
+                self._check()
+                manager.create_beside(
+                    t.service,
+                    t.canary,
+                    image,
+                    self.gate.replicas,
+                    {**labels, LABEL: t.service},
+                    SUFFIX,
+                    FOREIGN,
+                )
+            timeout = self.cluster.settings.services.services_timeout
+            services.wait_running(manager, [t.canary for t in self.targets], timeout, self.log)
+            # with dnsrr the name resolves to each task (a slot each); a VIP is one slot for all
+            self._wait_seen(
+                {
+                    t: self.gate.replicas if running[t].endpoint_mode == "dnsrr" else 1
+                    for t in self.targets
+                }
             )
-            self.log(f"starting {self.name} ({self.gate.replicas} replica(s)) with {self.image}")
-            self._check()
-            manager.create_beside(
-                self.app.app_service,
-                self.name,
-                self.image,
-                self.gate.replicas,
-                {**labels, LABEL: self.app.app_service},
-            )
-            services.wait_running(manager, [self.name], self.app.services_timeout, self.log)
-            self._wait_seen(svc.endpoint_mode == "dnsrr")
-            pulled.result()
+            for p in pulled:
+                p.result()
 
-    def _wait_seen(self, dnsrr: bool) -> None:
-        """Until every proxy replica sees the canary's tasks up: with dnsrr the name resolves
-        to each task (a slot each); a VIP is one slot for them all."""
-        wanted = self.gate.replicas if dnsrr else 1
+    def _wait_seen(self, wanted: Mapping[Target, int]) -> None:
+        """Until every proxy replica sees `wanted` canary servers up in each target's backend."""
         deadline = time.monotonic() + UP_TIMEOUT
         while True:
             self.readings = haproxy.read(self.cluster, self._replicas())
-            seen = [
-                sum(s.up for s in haproxy.servers_named(r, self.app.app_service, SLOTS))
-                for r in self.readings
-            ]
-            if all(n >= wanted for n in seen):
+            seen = {
+                t: [
+                    sum(s.up for s in haproxy.servers_named(r, t.backend, SLOTS))
+                    for r in self.readings
+                ]
+                for t in self.targets
+            }
+            short = {t: n for t, n in seen.items() if any(x < wanted[t] for x in n)}
+            if not short:
                 return
             if time.monotonic() > deadline:
                 raise StepFailed(
-                    f"{self.name} runs, but after {UP_TIMEOUT:.0f} s the proxy replicas see "
-                    f"{', '.join(map(str, seen))} of its {wanted} server(s) up "
-                    f"(HAProxy's health check of it fails?)"
+                    "; ".join(
+                        f"{t.canary} runs, but after {UP_TIMEOUT:.0f} s the proxy replicas see "
+                        f"{', '.join(map(str, n))} of its {wanted[t]} server(s) up"
+                        for t, n in short.items()
+                    )
+                    + " (HAProxy's health check of it fails?)"
                 )
             time.sleep(UP_POLL)
 
     def _replicas(self) -> list[haproxy.Replica]:
-        return haproxy.replicas(self.cluster, self.app.proxy_service)
+        return haproxy.replicas(self.cluster, self.where.proxy)
 
     # -- weights --------------------------------------------------------------------------------
     def _weights(self, reading: haproxy.Reading, percent: float) -> dict[str, int | str]:
-        own = {s.name for s in haproxy.servers_named(reading, self.app.app_service, SLOTS)}
-        return canary.backend_weights(reading.backend(self.app.app_service), own, percent)
+        """Every target's backend on one replica: `percent` of its requests on its canary."""
+        out: dict[str, int | str] = {}
+        for t in self.targets:
+            own = {s.name for s in haproxy.servers_named(reading, t.backend, SLOTS)}
+            out.update(canary.backend_weights(reading.backend(t.backend), own, percent))
+        return out
 
     def _weigh(
         self, readings: Sequence[haproxy.Reading], only_new: bool = False
@@ -161,13 +267,15 @@ class Run:
 
     # -- steps ----------------------------------------------------------------------------------
     def step(self, index: int, percent: float) -> None:
-        """Send `percent` to the canary for the gate's hold time, reading the counters every
-        POLL seconds; StepFailed("...") as soon as the verdict is a failure."""
+        """Send `percent` of each target's backend to its canary for the gate's hold time,
+        reading the counters every POLL seconds; StepFailed("...") as soon as the verdict on any
+        target is a failure."""
         self.percent = percent
         self.weighted.clear()
         # Counters read right after the weights changed: what was served before belongs to no
         # step. The replicas are those of the last reading; a newer one is weighed at the next.
-        before = _snapshot(self._weigh(self.readings or self._read()), self.app.app_service)
+        first = self._weigh(self.readings or self._read())
+        before = {t: _snapshot(first, t.backend) for t in self.targets}
         start = time.monotonic()
         total = len(self.gate.steps)
         self.log(f"canary step {index + 1}/{total}: {percent:g} % for {self.gate.hold:g} s")
@@ -175,35 +283,50 @@ class Run:
             left = start + self.gate.hold - time.monotonic()
             time.sleep(max(0.0, min(POLL, left)))
             readings = self._read()
-            after = _snapshot(readings, self.app.app_service)
-            own = {
-                s.name
-                for r in readings
-                for s in haproxy.servers_named(r, self.app.app_service, SLOTS)
-            }
-            mine, every = canary.figures(before, after, own), canary.figures(before, after)
             ended = time.monotonic() >= start + self.gate.hold
-            why = canary.verdict(mine, self.gate, ended)
-            if why or ended:
-                share = 100.0 * mine.requests / every.requests if every.requests else 0.0
-                self.steps.append(
-                    {
-                        "percent": percent,
-                        "requests": mine.requests,
-                        "errors": mine.errors,
-                        "latency_ms": mine.latency,
-                        "share": round(share, 1),
-                        "all_requests": every.requests,
-                        "seconds": round(time.monotonic() - start, 1),
-                    }
-                )
-                self.log(
-                    f"canary step {index + 1}/{total}: {canary.describe(percent, mine, every)}"
-                )
-            if why:
-                raise StepFailed(f"{why} (step {index + 1}/{total} at {percent:g} %)")
+            judged = [(t, *self._judge(t, before[t], readings, ended)) for t in self.targets]
+            failed = [f"{self._of(t.service)}{why}" for t, _, _, why in judged if why]
+            if failed or ended:
+                for t, mine, every, _ in judged:
+                    self._record(t, percent, mine, every, time.monotonic() - start)
+                    self.log(
+                        f"canary step {index + 1}/{total}: "
+                        f"{self._of(t.service)}{canary.describe(percent, mine, every)}"
+                    )
+            if failed:
+                raise StepFailed(f"{'; '.join(failed)} (step {index + 1}/{total} at {percent:g} %)")
             if ended:
                 return
+
+    def _judge(
+        self,
+        t: Target,
+        before: canary.Snapshot,
+        readings: Sequence[haproxy.Reading],
+        ended: bool,
+    ) -> tuple[canary.Figures, canary.Figures, str]:
+        """A target's figures since `before` (its canary's, its whole backend's) and the verdict."""
+        after = _snapshot(readings, t.backend)
+        own = {s.name for r in readings for s in haproxy.servers_named(r, t.backend, SLOTS)}
+        mine, every = canary.figures(before, after, own), canary.figures(before, after)
+        return mine, every, canary.verdict(mine, self.gate, ended)
+
+    def _record(
+        self, t: Target, percent: float, mine: canary.Figures, every: canary.Figures, took: float
+    ) -> None:
+        share = 100.0 * mine.requests / every.requests if every.requests else 0.0
+        self.steps.append(
+            {
+                "service": t.service,
+                "percent": percent,
+                "requests": mine.requests,
+                "errors": mine.errors,
+                "latency_ms": mine.latency,
+                "share": round(share, 1),
+                "all_requests": every.requests,
+                "seconds": round(took, 1),
+            }
+        )
 
     def _put_back(self, readings: Sequence[haproxy.Reading]) -> None:
         if not readings:
@@ -211,8 +334,8 @@ class Run:
         haproxy.set_weights(self.cluster, {r.replica: self._weights(r, 0) for r in readings})
 
     def end(self) -> list[str]:
-        """Weights back on every proxy replica, then the canary removed; each tried even when
-        the other fails. Returns what could not be done (empty: nothing left behind)."""
+        """Weights back on every proxy replica, then the canaries removed; each tried even when
+        another fails. Returns what could not be done (empty: nothing left behind)."""
         left = []
         self.percent = 0.0
         try:
@@ -223,28 +346,30 @@ class Run:
                 self._put_back(haproxy.read(self.cluster, self._replicas()))
         except Exception as exc:  # a proxy that does not answer: the canary's removal still helps
             left.append(f"the proxy's weights ({str(exc).splitlines()[0][:160]})")
-        try:
-            if self._remove_service():
-                self.log(f"removed {self.name}")
-        except Exception as exc:
-            left.append(f"the service {self.name} ({str(exc).splitlines()[0][:160]})")
+        for t in self.targets:
+            try:
+                if self._remove_service(t.canary):
+                    self.log(f"removed {t.canary}")
+            except Exception as exc:
+                left.append(f"the service {t.canary} ({str(exc).splitlines()[0][:160]})")
         return left
 
 
 def run(
     cluster: Cluster,
-    app: ServicesSettings,
-    image: str,
+    where: Targets,
+    images: Mapping[str, str],
     gate: canary.Gate,
     log: Log,
     steps: list,
     lock: records.Lock | None = None,
 ) -> str:
-    """The whole canary; `steps` receives each step's figures. Passing: a one-line summary.
-    Failing: StepFailed with the figure that failed. The canary is gone either way (and after
-    a signal too), the proxy's weights are back as configured; unless `lock` (the deployment's,
-    held) was lost meanwhile: then LockLost, and what is left is said."""
-    r = Run(cluster, app, image, gate, log, lock)
+    """The whole canary of a release (`images`: service -> image); `steps` receives each step's
+    figures. Passing: a one-line summary. Failing: StepFailed with the figure that failed. The
+    canaries are gone either way (and after a signal too), the proxy's weights are back as
+    configured; unless `lock` (the deployment's, held) was lost meanwhile: then LockLost, and
+    what is left is said."""
+    r = Run(cluster, where, images, gate, log, lock)
     try:
         r.start()
         for i, percent in enumerate(gate.steps):
@@ -257,5 +382,6 @@ def run(
     if left:
         raise StepFailed("the canary passed, but its clean-up failed: " + "; ".join(left))
     return "canary passed: " + "; ".join(
-        f"{s['percent']:g} %: {s['requests']} requests, {s['errors']} errors" for s in r.steps
+        f"{s['percent']:g} %: {r._of(s['service'])}{s['requests']} requests, {s['errors']} errors"
+        for s in r.steps
     )

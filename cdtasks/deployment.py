@@ -21,6 +21,7 @@ from . import (
     release,
     rollout,
     services,
+    stackfile,
     state,
 )
 from .budget import Budget
@@ -71,6 +72,7 @@ class Deployment:
     started: float = field(default_factory=time.monotonic)
     run_id: str = field(default_factory=lambda: secrets.token_hex(6))  # ties its history entries
     canary_steps: list[dict] = field(default_factory=list)  # each canary step's figures
+    canaries: canary_rollout.Targets | None = None  # where they go (prepare)
 
     @property
     def service(self) -> str:
@@ -185,23 +187,11 @@ def prepare(d: Deployment) -> records.Lock:
     the rollback target) and check the cluster before anything changes. Returns the lock, held.
     Raises DeploymentError / LockHeld / EngineError with one clear line."""
     check_input(d)
-    if d.canary and d.prod.stack.stack_file is not None:
-        # The canary is a copy of one service that the proxy's canary slots resolve; a stack's
-        # release moves several at once (its error budget, --max-errors, still gates it).
-        raise DeploymentError(
-            f"--canary: not for a stack's release (STACK_FILE {d.prod.stack.stack_file}): "
-            "use --max-errors N to gate its rollout on the proxy's errors"
-        )
     d.cluster = Cluster.of(d.prod).discover()
     # A service that does not exist is named as such first (create it with `inv services`),
     # before the versions verified for it are looked up.
     if d.prod.stack.stack_file is None:
         services.existing(d.cluster.gateway(d.log), d.prod.services.app_service)
-    if d.canary:  # a proxy that cannot be driven is said before anything starts
-        try:
-            canary_rollout.check_proxy(d.cluster, d.prod.services, d.canary)
-        except haproxy.ProxyError as exc:
-            raise DeploymentError(f"--canary: {exc}") from None
     back = d.kind == "rollback" and d.version is None
     record = {"repo": d.test.delivery.repo, "commit": ""} if back else resolve(d)
     # The lock before the state it guards: a run that waited for another one reads what that
@@ -239,11 +229,32 @@ def prepare(d: Deployment) -> records.Lock:
             record = next(
                 (r for r in reversed(passed(d)) if d.digest and r.get("digest") == d.digest), record
             )
+        if d.canary:  # where the canaries go, and a proxy that can take them, before any starts
+            d.canaries = canaries(d.cluster, d.images, d.canary, d.log)
     except BaseException:
         lock.release()
         raise
     d.checkout = checkout_for_tests(d, record)
     return lock
+
+
+def canaries(
+    cluster: Cluster, images: dict[str, str], gate: canary.Gate, log: Log
+) -> canary_rollout.Targets:
+    """The canaries of the release `images`, each with a backend in a proxy that can be driven
+    and has slots for them; the released services that have none are said (they roll with the
+    promotion). DeploymentError with one line otherwise."""
+    try:
+        where = canary_rollout.targets(cluster, images)
+        canary_rollout.check_proxy(cluster, where, gate)
+    except (canary_rollout.NoTarget, haproxy.ProxyError, stackfile.StackFileError) as exc:
+        raise DeploymentError(f"--canary: {exc}") from None
+    if where.without:
+        log(
+            f"--canary: {', '.join(where.without)} not behind the proxy {where.proxy}: no "
+            "canary, rolled out with the promotion"
+        )
+    return where
 
 
 def release_plan(d: Deployment, manager, record: dict) -> release.Plan:
@@ -325,8 +336,9 @@ def _prodtest(d: Deployment) -> str:
 
 def _canary(d: Deployment, lock: records.Lock) -> str:
     assert d.cluster is not None and d.canary is not None  # prepare() found it
+    assert d.canaries is not None  # prepare() chose them
     return canary_rollout.run(
-        d.cluster, d.prod.services, d.image, d.canary, d.log, d.canary_steps, lock
+        d.cluster, d.canaries, d.images, d.canary, d.log, d.canary_steps, lock
     )
 
 

@@ -1,6 +1,7 @@
 """The canary checks the deployment's lock right before each change of its own, as the rollout
-does: the Engine and the proxy replaced by recorders (the order of calls is what is tested;
-the lab tests drive the real ones)."""
+does, and a stack's release gets a canary for each released service behind the proxy: the
+Engine and the proxy replaced by recorders (the order of calls is what is tested; the lab tests
+drive the real ones)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,14 @@ from cdtasks import canary_rollout, haproxy, records, rollout, services
 from cdtasks.canary import Gate
 
 STAT = (Path(__file__).parent / "data" / "haproxy-show-stat.csv").read_text()
+# the same servers in a second backend, `api` (a stack's)
+STAT_API = STAT + "".join(
+    line.replace("go-demo,", "api,", 1) + "\n"
+    for line in STAT.splitlines()
+    if line.startswith("go-demo,")
+)
 REPLICA = haproxy.Replica("t1", "node-1", "c1")
-APP = SimpleNamespace(app_service="go-demo", proxy_service="proxy", services_timeout=5)
+BOOK = canary_rollout.Targets("proxy", (canary_rollout.Target("go-demo", "go-demo"),))
 
 
 class Lock:
@@ -42,7 +49,7 @@ def calls(monkeypatch) -> list:
     monkeypatch.setattr(services, "wait_running", lambda *a: None)
     monkeypatch.setattr(rollout, "prepull", lambda *a: None)
     monkeypatch.setattr(haproxy, "replicas", lambda *a: [REPLICA])
-    reading = haproxy.Reading(REPLICA, haproxy.parse_stat(STAT))  # canary1 is UP
+    reading = haproxy.Reading(REPLICA, haproxy.parse_stat(STAT_API))  # canary1 is UP
     monkeypatch.setattr(haproxy, "read", lambda cluster, reps: [reading for _ in reps])
     monkeypatch.setattr(
         haproxy,
@@ -50,14 +57,20 @@ def calls(monkeypatch) -> list:
         lambda cluster, w, then_read=False: made.append("weights") or [reading for _ in w],
     )
     monkeypatch.setattr(canary_rollout, "POLL", 0.01)
-    made.append(SimpleNamespace(gateway=lambda log=None: manager))
+    settings = SimpleNamespace(services=SimpleNamespace(services_timeout=5))
+    made.append(SimpleNamespace(gateway=lambda log=None: manager, settings=settings))
     return made
 
 
-def _run(calls: list, lock: Lock) -> None:
+def _run(
+    calls: list, lock: Lock, where: canary_rollout.Targets = BOOK, steps: list | None = None
+) -> str:
     cluster = calls.pop(0)
     gate = Gate((10, 50), hold=0.02, min_requests=0)
-    canary_rollout.run(cluster, APP, "img@sha256:1", gate, lambda line: None, [], lock)
+    images = {t.service: f"{t.service}:2@sha256:1" for t in where.targets}
+    return canary_rollout.run(
+        cluster, where, images, gate, lambda line: None, [] if steps is None else steps, lock
+    )
 
 
 def test_each_change_of_the_canary_comes_right_after_a_lock_check(calls):
@@ -81,3 +94,79 @@ def test_a_lost_lock_stops_the_canary_before_its_next_change(calls):
     assert [c for c in calls if c != "check"] == ["remove go-demo-canary", "create go-demo-canary"]
     # the clean-up tried, and changed nothing either: another run may own that canary by now
     assert calls[-2:] == ["check", "check"]
+
+
+def test_a_stack_s_canaries_start_and_go_together_and_each_step_judges_every_one(calls):
+    where = canary_rollout.Targets(
+        "team_proxy",
+        (canary_rollout.Target("team_api", "api"), canary_rollout.Target("team_web", "go-demo")),
+        ("team_worker",),
+        named=True,
+    )
+    steps: list = []
+    summary = _run(calls, Lock(calls), where, steps)
+    assert [c for c in calls if c != "check"] == [
+        "remove team_api-canary",
+        "remove team_web-canary",
+        "create team_api-canary",
+        "create team_web-canary",
+        "weights",
+        "weights",
+        "weights",
+        "remove team_api-canary",
+        "remove team_web-canary",
+    ]
+    assert [(s["percent"], s["service"]) for s in steps] == [
+        (10, "team_api"),
+        (10, "team_web"),
+        (50, "team_api"),
+        (50, "team_web"),
+    ]
+    assert summary.startswith("canary passed: 10 %: team_api: 0 requests, 0 errors; 10 %: team_web")
+
+
+def test_both_backends_weighed_on_one_replica_at_once():
+    reading = haproxy.Reading(REPLICA, haproxy.parse_stat(STAT_API))
+    where = canary_rollout.Targets(
+        "p", (canary_rollout.Target("a", "api"), canary_rollout.Target("b", "go-demo"))
+    )
+    run = canary_rollout.Run(SimpleNamespace(), where, {}, Gate((10,), 1, 0), print)
+    weights = run._weights(reading, 50)
+    assert weights["api/canary1"] == weights["go-demo/canary1"] > 0
+    assert weights["api/app1"] == weights["go-demo/app1"] > 0
+    assert run._weights(reading, 0) == {
+        f"{b}/{s}": w
+        for b in ("go-demo", "api")
+        for s, w in (("app1", "100%"), ("app3", "100%"), ("canary1", 0))
+    }
+
+
+NAMES = {  # a stack's release: service -> the backend names it may have
+    "team_api": ("api", "team_api"),
+    "team_migrate": ("migrate", "team_migrate"),
+    "team_worker": ("worker", "team_worker"),
+}
+
+
+def test_a_released_service_behind_the_proxy_gets_a_canary_a_job_never_a_worker_rolls():
+    where = canary_rollout.choose("team_proxy", NAMES, {"team_migrate"}, {"api", "stats"})
+    assert where.targets == (canary_rollout.Target("team_api", "api"),)
+    assert where.targets[0].canary == "team_api-canary"
+    assert where.without == ("team_worker",) and where.proxy == "team_proxy" and where.named
+
+
+def test_a_backend_named_as_swarm_names_the_service_is_found_too():
+    where = canary_rollout.choose("p", NAMES, set(), {"team_api", "migrate"})
+    assert [(t.service, t.backend) for t in where.targets] == [
+        ("team_api", "team_api"),
+        ("team_migrate", "migrate"),
+    ]
+
+
+def test_a_release_with_nothing_behind_the_proxy_is_one_line():
+    with pytest.raises(canary_rollout.NoTarget) as err:
+        canary_rollout.choose("team_proxy", NAMES, {"team_migrate"}, {"stats"})
+    assert str(err.value) == (
+        "no released service (team_api, team_worker) has a backend in the proxy team_proxy "
+        "(haproxy.cfg has no backend api, team_api, worker, team_worker)"
+    )

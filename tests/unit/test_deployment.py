@@ -252,21 +252,32 @@ def test_a_release_where_one_service_fails_moves_every_service_back(envs, monkey
     ]
 
 
-def test_a_canary_of_a_stack_s_release_is_refused_before_any_cluster_is_asked(tmp_path):
-    from pathlib import Path
-
+def test_a_canary_of_a_release_with_nothing_behind_the_proxy_is_one_line(monkeypatch):
+    from cdtasks import canary_rollout
     from cdtasks.canary import Gate
 
-    team = Path(__file__).resolve().parents[1] / "apps" / "team-stack" / "stack.yml"
-    for env in ("prod", "test"):
-        (tmp_path / f"{env}.env").write_text(f"STACK_FILE={team}\nSTACK_NAME=team\n")
-    d = Deployment(
-        load("prod", environ={}, env_dir=tmp_path),
-        load("test", environ={}, env_dir=tmp_path),
-        canary=Gate((10,), hold=1, min_requests=0),
+    def none(cluster, images):
+        raise canary_rollout.NoTarget("no released service (team_worker) has a backend in ...")
+
+    monkeypatch.setattr(canary_rollout, "targets", none)
+    with pytest.raises(DeploymentError, match=r"^--canary: no released service \(team_worker\)"):
+        deployment.canaries(None, {"team_worker": "w"}, Gate((10,), 1, 0), print)
+
+
+def test_a_stack_s_worker_rolls_with_the_promotion_and_says_so(monkeypatch):
+    from cdtasks import canary_rollout
+    from cdtasks.canary import Gate
+
+    where = canary_rollout.Targets(
+        "team_proxy", (canary_rollout.Target("team_api", "api"),), ("team_worker",), True
     )
-    with pytest.raises(
-        DeploymentError, match=r"--canary: not for a stack's release .*--max-errors"
-    ):
-        deployment.prepare(d)
-    assert d.cluster is None  # refused before discovery
+    monkeypatch.setattr(canary_rollout, "targets", lambda cluster, images: where)
+    checked = []
+    monkeypatch.setattr(canary_rollout, "check_proxy", lambda c, w, g: checked.append(w))
+    lines: list[str] = []
+    assert deployment.canaries(None, {}, Gate((10,), 1, 0), lines.append) is where
+    assert checked == [where]
+    assert lines == [
+        "--canary: team_worker not behind the proxy team_proxy: no canary, rolled out with "
+        "the promotion"
+    ]
