@@ -103,8 +103,10 @@ def targets(cluster: Cluster, images: Mapping[str, str]) -> Targets:
     proxy = stack.service_name(s, app.proxy_service)
     manager = cluster.gateway()
     jobs = {svc for svc in images if services.existing(manager, svc).job}
-    readings = haproxy.read(cluster, haproxy.replicas(cluster, proxy))
-    backends = {srv.backend for r in readings for srv in r.servers}
+    reps = haproxy.replicas(cluster, proxy)
+    if not reps:  # no backend to find: said as such, not as a backend missing
+        raise haproxy.ProxyError(f"the proxy service {proxy} runs no task")
+    backends = {srv.backend for r in haproxy.read(cluster, reps) for srv in r.servers}
     return choose(proxy, stack.backend_names(s, images), jobs, backends)
 
 
