@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -93,7 +94,7 @@ def deploy(
     proc = subprocess.Popen(
         ["inv", "deploy", *args], cwd=ROOT, env=environ, stderr=subprocess.PIPE, text=True
     )
-    lines = []
+    lines = [(time.time(), "(started)")]
     assert proc.stderr is not None
     for line in proc.stderr:
         lines.append((time.time(), line.rstrip()))
@@ -101,6 +102,30 @@ def deploy(
     if proc.wait() not in expect:
         raise RuntimeError(f"inv deploy {' '.join(args)} exited {proc.returncode}")
     return time.monotonic() - t0, lines, proc.returncode
+
+
+# Where a canary's time goes, from the times of the tool's own lines: each phase ends at the
+# first line (after the previous mark) that matches its pattern.
+PHASES = (
+    ("before the step (lock, proxy check)", r"\] canary \.\.\.$"),
+    ("canary service created", r"starting \S+-canary"),
+    ("its tasks run", r"running: .*-canary"),
+    ("every proxy sees it up, weights set", r"canary step 1/\d+: [\d.]+ % for"),
+    ("steps held and judged", r"canary step (\d+)/\1: [\d.]+ %: "),
+    ("weights back, canary removed", r"\] canary \.\.\. ok"),
+)
+
+
+def phases(lines: list[tuple[float, str]]) -> dict[str, float]:
+    """Seconds of each PHASES phase (a phase whose line never came is left out)."""
+    out: dict[str, float] = {}
+    at, i = lines[0][0], 0
+    for name, pattern in PHASES:
+        j = next((k for k in range(i, len(lines)) if re.search(pattern, lines[k][1])), None)
+        if j is not None:
+            out[name] = round(lines[j][0] - at, 1)
+            at, i = lines[j][0], j
+    return out
 
 
 def main() -> None:
@@ -182,6 +207,7 @@ def main() -> None:
     start, end = marks[0], marks[-1] if len(marks) > 1 else marks[0] + hold
     window = [c for one in loads for t, c in one.answers if start + 1 <= t <= end]
     client_share = 100.0 * sum(window) / len(window) if window else 0.0
+    spent = phases(lines)
     overhead = canary_s - plain_s
     failed = sum(one.failed for one in loads)
     added = (
@@ -195,6 +221,7 @@ def main() -> None:
         f"  (a) plain deploy            {plain_s:6.1f} s  (steps: {plain})\n"
         f"      deploy with a canary    {canary_s:6.1f} s  (steps: {steps})\n"
         f"      added                   {added}\n"
+        f"      the canary's phases     {spent}\n"
         f"  (b) asked                   {percent:6.1f} %\n"
         f"      proxy counted           {step['share']:6.1f} %  of {step['all_requests']} "
         f"requests ({step['requests']} to the canary; target within {SHARE_TARGET:g} points "
@@ -221,6 +248,7 @@ def main() -> None:
                 "beyond_hold_s": round(overhead - hold, 1),
                 "plain_steps": plain,
                 "canary_steps": steps,
+                "canary_phases_s": spent,
             },
             "share": {
                 "asked": percent,

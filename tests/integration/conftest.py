@@ -28,10 +28,15 @@ HERE = Path(__file__).resolve().parent
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items):
     """The integration tests share one lab (session-scoped) and build on each other in file
-    order: under xdist (pytest.ini) they are one group, run in order by one worker."""
+    order: under xdist (pytest.ini) they are one group, run in order by one worker. The team's
+    stack (test_*stack*: the `team` fixture, which needs only a provisioned lab) is a second
+    group: its worker builds a lab of its own and runs it beside the book's, since both mostly
+    wait on Swarm (CI's time is the longer group's, not their sum)."""
     for item in items:
-        if HERE in Path(item.path).parents:
-            item.add_marker(pytest.mark.xdist_group("lab"))
+        path = Path(item.path)
+        if HERE in path.parents:
+            group = "lab-stack" if "_stack" in path.stem else "lab"
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 GIT_ID = ["-c", "user.name=cdtasks tests", "-c", "user.email=tests@cdtasks.invalid"]

@@ -3,8 +3,8 @@ delivery compose file `docker-compose-ci.yml` building team-api as `app` and tea
 delivered as one release: api, worker and the migration job (on the API's image) move together
 to the new digests on prod-like (the store and the proxy untouched); a release whose worker fails
 only under Swarm (it exits at once; compose staging never runs it) brings api and the job back
-too (exit 16, the history names each, before and after), and so does a release whose production
-tests fail (exit 17); `inv rollback` moves them back to the release before. The job as a gate:
+too (exit 16, the history names each, before and after), so does one whose API Swarm rolled back
+by itself (its failure_action), and so does a release whose production tests fail (exit 17); `inv rollback` moves them back to the release before. The job as a gate:
 test_6_stack_job."""
 
 from __future__ import annotations
@@ -31,6 +31,14 @@ def repo(tmp_path_factory):
     worker = work / "worker" / "worker.py"
     worker.write_text('raise SystemExit("worker: broken on purpose")\n' + worker.read_text())
     git(work, "commit", "--quiet", "-am", "a worker that never starts")
+    git(work, "checkout", "--quiet", "-b", "swarmrollback", "main")
+    server = work / "api" / "server.py"
+    server.write_text(
+        "import os\n"
+        'if os.path.exists("/run/secrets/api_token"):  # only under Swarm: staging has no secret\n'
+        '    raise SystemExit("api: broken under Swarm on purpose")\n' + server.read_text()
+    )
+    git(work, "commit", "--quiet", "-am", "an API that exits at once where its secret is")
     git(work, "checkout", "--quiet", "-b", "prodfail", "main")
     (work / "checks" / "functional_production.py").write_text(
         "import os\nimport unittest\n\n\n"
@@ -106,6 +114,25 @@ def test_a_worker_failing_under_swarm_brings_api_back_too(team, repo):
     for name in RELEASED:
         assert parts[name]["previous"] == team.release_1_1[name]
         assert parts[name]["image"].startswith(f"localhost:5000/{IMAGES[name]}:1.2@")
+
+
+def test_a_rollback_swarm_did_by_itself_is_a_failure_and_brings_the_worker_back(team, repo):
+    """The API's update_config says failure_action: rollback. Its new tasks die under Swarm only
+    (staging passes), so Swarm rolls the API back by itself, and `docker stack deploy` would
+    exit 0 (docker/cli#6752): here the release failed (16), and the worker and the job, whose
+    updates went well, come back to 1.1 too."""
+    proc = deliver(team, repo, "swarmrollback", "1.4")
+    assert proc.returncode == 16, proc.stdout[-3000:]
+    out = proc.stdout + proc.stderr
+    assert re.search(r"rolling update of team_api ended rollback_\w+: Swarm rolled back to", out)
+    now = specs(team)
+    assert {n: now[n] for n in RELEASED} == team.release_1_1
+    last = history(team)[-1]
+    assert last["result"] == "failed, rolled back" and last["version"] == "1.4", last
+    parts = {p["service"]: p for p in last["services"]}
+    assert sorted(parts) == list(RELEASED)
+    for name in RELEASED:
+        assert parts[name]["previous"] == team.release_1_1[name]
 
 
 def test_failing_production_tests_bring_every_service_back(team, repo):
