@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from . import services
-from .gateway import Gateway, Task
+from .gateway import Gateway, Task, engine_time
 from .log import Log
 
 FAILED = ("failed", "rejected")  # a task that ended without completing
@@ -95,13 +95,16 @@ def run(
             log(f"{name}: job completed on {image} ({elapsed:.0f}s)")
             return f"{name} ran to completion on {image} ({elapsed:.1f}s)"
         if now.state == "failed" or (now.state == "stalled" and stalled):
-            raise JobFailed(f"job {name} failed on {image}: {now.detail}", output(gw, name, since))
+            raise JobFailed(
+                f"job {name} failed on {image}: {now.detail}",
+                output(gw, name, since, last_attempt(mine)),
+            )
         stalled = now.state == "stalled"
         if elapsed > timeout:
             raise JobFailed(
                 f"job {name} did not complete on {image} within {timeout:.0f}s "
                 f"(JOB_TIMEOUT): {now.detail}",
-                output(gw, name, since),
+                output(gw, name, since, last_attempt(mine)),
             )
         if time.monotonic() - said >= PROGRESS_EVERY:
             said = time.monotonic()
@@ -109,10 +112,19 @@ def run(
         time.sleep(poll)
 
 
-def output(gw: Gateway, name: str, since: int) -> str:
-    """The job's last TAIL output lines since `since` (a Unix time), for a failure's report."""
+def last_attempt(tasks: Sequence[Task]) -> Task | None:
+    """The run's task made last: Swarm makes a new task for each restart of a failed one, so
+    this is its last attempt (None: Swarm made none yet)."""
+    return max(tasks, key=lambda t: engine_time(t.created_at), default=None)
+
+
+def output(gw: Gateway, name: str, since: int, attempt: Task | None = None) -> str:
+    """The job's last TAIL output lines since `since` (a Unix time), for a failure's report:
+    those of `attempt` alone when given (the service's log interleaves every attempt's lines,
+    the same failure several times over)."""
+    only = None if attempt is None else [attempt.id]
     try:
-        lines = [_message(line) for line in services.logs(gw, name, since=since)]
+        lines = [_message(line) for line in services.logs(gw, name, since=since, tasks=only)]
     except Exception as exc:  # the failure stays the headline; say why its output is missing
         return f"(its output could not be read: {str(exc).splitlines()[0][:200]})"
     return "\n".join([line for line in lines if line.strip()][-TAIL:])

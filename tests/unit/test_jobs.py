@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from cdtasks import jobs, rollout, services
-from cdtasks.gateway import Service, Task
+from cdtasks.gateway import Node, Service, Task
 from cdtasks.runner import StepFailed
 
 NEW = "localhost:5000/team-api:1.1@sha256:aa"
@@ -61,8 +61,22 @@ def test_a_log_line_loses_its_task_prefix():
     assert jobs._message("no prefix") == "no prefix"
 
 
+# Each attempt's lines, interleaved as a service's log gives them (with details: the task ID).
+LOG = [
+    f"com.docker.swarm.node.id=n,com.docker.swarm.task.id={task} {line}\n".encode()
+    for task, line in (
+        ("t0", "the previous run"),
+        ("t1", "step 1 (first attempt)"),
+        ("t2", "step 1"),
+        ("t1", "boom (first attempt)"),
+        ("t2", "boom"),
+    )
+]
+
+
 class Swarm:
-    """A stand-in gateway: one job service whose run ends as `end`, its log, and updates."""
+    """A stand-in gateway: one job service whose run (a failed attempt, then one that ends as
+    `end`) follows an earlier run's, their interleaved log, and updates."""
 
     def __init__(self, end: str, stopping: int = 0):
         self.end, self.updated, self.stopping, self.looks = end, [], stopping, 0
@@ -74,10 +88,19 @@ class Swarm:
         self.looks += 1
         # the previous run's task (a hanging one) stops only after `stopping` looks
         old = "running" if self.looks <= self.stopping else "shutdown"
+        made = "2026-12-06T05:00:10.1234Z"  # the Engine API's times drop trailing zeros:
+        later = "2026-12-06T05:00:10.12345Z"  # as text, this one would sort first
         return [
-            Task("t0", "job", "n", old, "remove", NEW, job_iteration=6),
-            Task("t1", "job", "n", self.end, "complete", NEW, job_iteration=7),
+            Task("t0", "job", "n", old, "remove", NEW, job_iteration=6, created_at=made),
+            Task("t2", "job", "n", self.end, "complete", NEW, job_iteration=7, created_at=later),
+            Task("t1", "job", "n", "failed", "complete", NEW, job_iteration=7, created_at=made),
         ]
+
+    def nodes(self):
+        return [Node("n", "swarm-test-2", "manager", "ready")]
+
+    def service_logs(self, service_id, **kw):
+        return iter(LOG)
 
 
 @pytest.fixture
@@ -92,13 +115,6 @@ def swarm(monkeypatch):
             services,
             "update_image",
             lambda gw, name, image, before=None, labels=None: sw.updated.append(name) or True,
-        )
-        monkeypatch.setattr(
-            services,
-            "logs",
-            lambda gw, name, since: iter(
-                ["team_migrate.1.x@n | step 1", "team_migrate.1.x@n | boom"]
-            ),
         )
         monkeypatch.setattr(rollout, "prepull", lambda *a: [])
         monkeypatch.setattr(rollout.stack, "job_names", lambda s: {"team_migrate"})
@@ -133,8 +149,14 @@ def test_a_failing_job_stops_the_release_before_any_other_service_changes(swarm)
     sw = swarm("failed")
     with pytest.raises(StepFailed, match=r"job team_migrate failed on .*last output: boom") as exc:
         release(sw)
-    assert exc.value.output_tail == "step 1\nboom"
+    assert exc.value.output_tail == "step 1\nboom"  # its last attempt's lines, no earlier one's
     assert sw.updated == ["team_migrate"]
+
+
+def test_before_any_attempt_the_output_is_the_whole_log(swarm):
+    sw = swarm("failed")
+    want = [chunk.decode().partition(" ")[2].strip() for chunk in LOG]
+    assert jobs.output(sw, "team_migrate", 0, jobs.last_attempt([])).splitlines() == want
 
 
 def test_the_dry_run_shows_the_job_first_and_changes_nothing(swarm):
