@@ -17,6 +17,7 @@ from pathlib import Path
 from . import (
     checks,
     interrupt,
+    jobs,
     outcome,
     project_images,
     records,
@@ -33,6 +34,7 @@ from .compose import Compose, ContractError, compose_command
 # Settings whole: a delivery is a Checkout (see checkout.py)
 from .config import ConfigError, Settings
 from .deployment import Deployment, history_group, what_runs
+from .gateway import Gateway
 from .outcome import Outcome
 from .redaction import redact
 from .runner import StepFailed, StepResult, beside, run_steps
@@ -616,12 +618,22 @@ def state_after(d: Delivery, results: list[StepResult]) -> str:
     try:
         manager = d.cluster.gateway()
         running = "; ".join(
-            replicas_text(services.replica_images(manager, svc))
+            runs_text(manager, svc)
             for svc in sorted(d.targets or [d.settings.services.app_service])
         )
     except Exception:  # the state line must not hide the failure itself
         running = "unknown"
     return f"prod-like runs {running}"
+
+
+def runs_text(manager: Gateway, name: str) -> str:
+    """What a service runs now, in a few words: its replicas' images; for a job, which runs no
+    task once it ended, how its current run went, on which image."""
+    svc = services.existing(manager, name)
+    if svc.job:
+        _, run = jobs.current_run(svc, manager.tasks(svc.id))
+        return f"{name}: {run.said} on {svc.image}"
+    return replicas_text(services.replica_images(manager, name))
 
 
 def replicas_text(replicas: list[tuple[str, str]]) -> str:

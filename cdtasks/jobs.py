@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from . import services
-from .gateway import Gateway, Task, engine_time
+from .gateway import Gateway, Service, Task, engine_time
 from .log import Log
 
 FAILED = ("failed", "rejected")  # a task that ended without completing
@@ -34,6 +34,11 @@ class JobFailed(RuntimeError):
 class JobState:
     state: str  # running | complete | failed | stalled (failed, no task left: Swarm may restart)
     detail: str
+
+    @property
+    def said(self) -> str:
+        """In a state line: a job that ended runs no task by design, so not "no replica"."""
+        return {"complete": "job completed", "failed": "job failed"}.get(self.state, "job running")
 
 
 def state_of(
@@ -61,6 +66,13 @@ def state_of(
     return JobState("running", f"{done}/{wanted} completed")
 
 
+def current_run(svc: Service, tasks: Sequence[Task]) -> tuple[list[Task], JobState]:
+    """The tasks of a job's current run among its `tasks` (those of the spec's job iteration),
+    and how that run stands."""
+    mine = [t for t in tasks if t.job_iteration == svc.job_iteration]
+    return mine, state_of(mine, svc.replicas, svc.restart_condition, svc.max_attempts)
+
+
 def run(
     gw: Gateway,
     name: str,
@@ -85,8 +97,7 @@ def run(
     while True:
         svc = services.existing(gw, name)
         every = gw.tasks(svc.id)
-        mine = [t for t in every if t.job_iteration == svc.job_iteration]
-        now = state_of(mine, svc.replicas, svc.restart_condition, svc.max_attempts)
+        mine, now = current_run(svc, every)
         # An earlier run's task Swarm is still stopping (a hanging one, after a timeout, within
         # its stop grace period): done only when nothing of the job runs but this run's.
         stopping = any(t.job_iteration != svc.job_iteration and t.state not in ENDED for t in every)
