@@ -335,15 +335,18 @@ def restore(d: Delivery, back: dict[str, str]) -> tuple[bool, str]:
     replica again, as deploy does in production. Says whether it worked, and how it ended."""
     lock = d.lock
     assert lock is not None  # prodlike took the lock, then read the images
-    d.log(f"rolling prod-like back: {release.summary(back)}")
     try:
         lock.check()  # another run that took the lock changes the services now, not this one
+        back = rollout.to_undo(d.cluster, back)
+        if not back:
+            return True, rollout.NOTHING_BACK
+        d.log(f"rolling prod-like back: {release.summary(back)}")
         rollout.update(d.cluster, d.settings.services, back, d.log, lock=lock)
     except Exception as exc:  # the step's own failure stays the headline
         return False, f"rolling back failed too: {str(exc).splitlines()[0][:200]}"
-    if len(back) == 1:
-        return True, f"rolled back to {next(iter(back.values()))} on every replica"
-    return True, f"rolled back on every replica: {release.summary(back)}"
+    if len(d.targets) > 1:  # a stack's release: which of its services went back
+        return True, f"rolled back on every replica: {release.summary(back)}"
+    return True, f"rolled back to {next(iter(back.values()))} on every replica"
 
 
 def prodtest(d: Delivery) -> str:

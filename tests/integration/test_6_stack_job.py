@@ -107,6 +107,9 @@ def test_a_failing_job_stops_the_release_with_its_output_and_nothing_else_change
     # the lines before the last, of its last attempt only (Swarm made 4: max_attempts 3)
     assert out.count("migration 2: adding column owner") == 1, out[-3000:]
     unchanged(team, before)
+    # the undo put back the job alone, and names it alone: api and worker never changed
+    assert f"rolled back on every replica: team_migrate runs {before[JOB]}" in out, out[-3000:]
+    assert "team_api runs" not in out and "team_worker runs" not in out, out[-3000:]
     # the state line: the job (put back, run again on 2.1) ran to completion; no "no replica"
     assert re.search(
         r"^prod-like runs .*; team_migrate: job completed on localhost:5000/team-api:2\.1@",

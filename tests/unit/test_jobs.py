@@ -170,3 +170,87 @@ def test_a_run_is_done_only_once_an_earlier_runs_task_has_stopped(swarm):
     sw = swarm("complete", stopping=2)
     jobs.run(sw, "team_migrate", NEW, 30, print, poll=0)
     assert sw.looks == 3
+
+
+OLD = {
+    "team_api": "localhost:5000/team-api:1.0@sha256:a0",
+    "team_migrate": "localhost:5000/team-api:1.0@sha256:a0",
+    "team_worker": "localhost:5000/team-worker:1.0@sha256:b0",
+}
+RELEASE = {"team_api": NEW, "team_migrate": NEW, "team_worker": WORKER}
+
+
+class Lock:
+    def check(self) -> None:
+        pass
+
+
+@pytest.fixture
+def undo(tmp_path, monkeypatch):
+    """After a release that stopped on its failed job: the specs (only the job's changed, or
+    none with `job_changed` false; the API's UpdateStatus `api_state`), and what the undo
+    asked rollout.update for."""
+    from cdtasks.config import load
+
+    (tmp_path / "test.env").write_text("")
+    settings = load("test", environ={}, env_dir=tmp_path)
+    updated: list[dict] = []
+    monkeypatch.setattr(
+        rollout, "update", lambda cluster, app, images, *a, **k: updated.append(dict(images)) or []
+    )
+
+    def make(job_changed: bool = True, api_state: str = ""):
+        specs = {**OLD, "team_migrate": NEW if job_changed else OLD["team_migrate"]}
+        states = {"team_api": api_state}
+        gw = SimpleNamespace(
+            service=lambda name: Service(
+                name, name, 1, specs[name], 1, update_state=states.get(name, "")
+            )
+        )
+        return settings, SimpleNamespace(gateway=lambda log=None: gw, settings=settings), updated
+
+    return make
+
+
+def test_after_a_failed_job_prod_like_puts_back_and_names_the_job_alone(undo):
+    from cdtasks import delivery, release
+
+    settings, cluster, updated = undo()
+    d = delivery.Delivery(settings, repo="", version="1.1", log=lambda line: None)
+    d._cluster, d.lock = cluster, Lock()  # type: ignore[assignment]
+    d.targets, d.previous = dict(RELEASE), dict(OLD)
+    restored, how = delivery.restore(d, release.changed(d.targets, d.previous))
+    assert restored and updated == [{"team_migrate": OLD["team_migrate"]}]
+    assert how == f"rolled back on every replica: team_migrate runs {OLD['team_migrate']}"
+
+
+def test_after_a_failed_job_production_puts_back_the_job_alone_or_says_nothing_changed(undo):
+    from cdtasks import deployment
+
+    for job_changed, want in ((True, [{"team_migrate": OLD["team_migrate"]}]), (False, [])):
+        settings, cluster, updated = undo(job_changed)
+        d = deployment.Deployment(settings, settings, "1.1", images=dict(RELEASE), before=OLD)
+        d.cluster = cluster  # type: ignore[assignment]
+        detail = deployment._rollback(d, Lock())  # type: ignore[arg-type]
+        assert updated == want and d.rolled_back
+        if job_changed:
+            assert detail.startswith(
+                f"team_migrate on test: every replica runs {OLD['team_migrate']}"
+            )
+        else:
+            assert detail == "nothing to roll back: no service of the release had changed"
+        updated.clear()
+
+
+def test_an_undo_follows_a_service_that_swarm_rolls_back_by_itself(undo):
+    """Swarm's own rollback (failure_action) put the API's spec back already: the undo still
+    follows it until its tasks run that image (or fails with it), and names it; once Swarm's
+    rollback completed, there is nothing left to follow."""
+    for state, want in (
+        ("rollback_started", {"team_api": OLD["team_api"]}),
+        ("rollback_paused", {"team_api": OLD["team_api"]}),
+        ("rollback_completed", {}),
+        ("completed", {}),  # an earlier release's update: this one never changed the API
+    ):
+        _, cluster, _ = undo(job_changed=False, api_state=state)
+        assert rollout.to_undo(cluster, OLD) == want, state
