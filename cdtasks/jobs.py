@@ -135,7 +135,8 @@ def output(gw: Gateway, name: str, since: int, attempt: Task | None = None) -> s
     the same failure several times over)."""
     only = None if attempt is None else [attempt.id]
     try:
-        lines = [_message(line) for line in services.logs(gw, name, since=since, tasks=only)]
+        found = services.logs(gw, name, since=since, tasks=only, ordered=True)
+        lines = [_message(line) for line in found]
     except Exception as exc:  # the failure stays the headline; say why its output is missing
         return f"(its output could not be read: {str(exc).splitlines()[0][:200]})"
     return "\n".join([line for line in lines if line.strip()][-TAIL:])

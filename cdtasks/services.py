@@ -521,10 +521,14 @@ def logs(
     tail: int | None = None,
     follow: bool = False,
     tasks: Collection[str] | None = None,
+    ordered: bool = False,
 ) -> Iterator[str]:
     """A service's log lines through a manager, as `docker service logs` prints them
     (`service.slot.task@node | line`); `since`: a Unix time, `tail`: lines per task, `tasks`:
-    only the lines of these task IDs (the Engine API filters a service's logs by time only)."""
+    only the lines of these task IDs (the Engine API filters a service's logs by time only),
+    `ordered` (not with `follow`): in the order the engines took them in, by their times
+    (a task's stdout and stderr come as two streams: its last printed line and the error it
+    exited with may come swapped)."""
     svc = existing(gw, name)
     nodes = hostnames(gw)
     names = {
@@ -540,8 +544,13 @@ def logs(
         since=since,
         tail="all" if tail is None else tail,
         is_tty=svc.tty,
+        timestamps=ordered,
     )
-    for text in _texts(stream):
+    texts = _texts(stream)
+    if ordered:  # each line starts with its time, RFC 3339 with all nine digits: sortable
+        stamped = sorted((text.partition(" ")[::2] for text in texts), key=lambda p: p[0])
+        texts = iter([text for _, text in stamped])
+    for text in texts:
         task, line = _log_line(text, names)
         if tasks is None or task in tasks:
             yield line

@@ -61,16 +61,14 @@ def test_a_log_line_loses_its_task_prefix():
     assert jobs._message("no prefix") == "no prefix"
 
 
-# Each attempt's lines, interleaved as a service's log gives them (with details: the task ID).
+# Each attempt's lines as a service's log gives them (details: the task ID; the engine's time
+# of each line): interleaved, and the last attempt's error (stderr) before its stdout's line.
 LOG = [
-    f"com.docker.swarm.node.id=n,com.docker.swarm.task.id={task} {line}\n".encode()
-    for task, line in (
-        ("t0", "the previous run"),
-        ("t1", "step 1 (first attempt)"),
-        ("t2", "step 1"),
-        ("t1", "boom (first attempt)"),
-        ("t2", "boom"),
-    )
+    ("2026-12-06T05:00:09.000000000Z", "t0", "the previous run"),
+    ("2026-12-06T05:00:10.000000001Z", "t1", "step 1 (first attempt)"),
+    ("2026-12-06T05:00:10.200000000Z", "t2", "boom"),
+    ("2026-12-06T05:00:10.000000002Z", "t1", "boom (first attempt)"),
+    ("2026-12-06T05:00:10.199999999Z", "t2", "step 1"),
 ]
 
 
@@ -99,8 +97,14 @@ class Swarm:
     def nodes(self):
         return [Node("n", "swarm-test-2", "manager", "ready")]
 
-    def service_logs(self, service_id, **kw):
-        return iter(LOG)
+    def service_logs(self, service_id, timestamps=False, **kw):
+        return iter(
+            [
+                f"{at + ' ' if timestamps else ''}com.docker.swarm.node.id=n,"
+                f"com.docker.swarm.task.id={task} {line}\n".encode()
+                for at, task, line in LOG
+            ]
+        )
 
 
 @pytest.fixture
@@ -149,13 +153,14 @@ def test_a_failing_job_stops_the_release_before_any_other_service_changes(swarm)
     sw = swarm("failed")
     with pytest.raises(StepFailed, match=r"job team_migrate failed on .*last output: boom") as exc:
         release(sw)
-    assert exc.value.output_tail == "step 1\nboom"  # its last attempt's lines, no earlier one's
+    # its last attempt's lines, no earlier one's, in the order it printed them
+    assert exc.value.output_tail == "step 1\nboom"
     assert sw.updated == ["team_migrate"]
 
 
-def test_before_any_attempt_the_output_is_the_whole_log(swarm):
+def test_before_any_attempt_the_output_is_the_whole_run_s_in_time_order(swarm):
     sw = swarm("failed")
-    want = [chunk.decode().partition(" ")[2].strip() for chunk in LOG]
+    want = [line for _, _, line in sorted(LOG)]
     assert jobs.output(sw, "team_migrate", 0, jobs.last_attempt([])).splitlines() == want
 
 
