@@ -91,25 +91,6 @@ def git(repo: Path, *args: str) -> None:
 TEAM = ROOT / "tests" / "apps" / "team-stack"
 
 
-def push_team_images(s) -> None:
-    """The team's two images (tests/apps/team-stack) as its CI makes them, version 1.0: built
-    on the test cluster's CD node (with the base image they need) and pushed to the registry."""
-    from cdtasks import images
-    from cdtasks.cluster import Cluster
-
-    cluster = Cluster.of(s).discover()
-    cd = cluster.client(s.cluster.cd_node)
-    images.provide(
-        cluster.provider.image_source(), {s.cluster.cd_node: cd}, [s.services.base_image], say
-    )
-    for name, dockerfile in (("team-api", "api/Dockerfile"), ("team-worker", "worker/Dockerfile")):
-        ref = f"localhost:5000/{name}:1.0"
-        cd.images.build(path=str(TEAM), dockerfile=dockerfile, tag=ref, rm=True)
-        for line in cd.images.push(ref, stream=True, decode=True):
-            if "error" in line:
-                raise RuntimeError(line["error"])
-
-
 def commit() -> str:
     """The library's commit when a run starts (others may commit while it runs)."""
     return subprocess.run(

@@ -113,14 +113,16 @@ PHASES = (
     ("every proxy sees it up, weights set", r"canary step 1/\d+: [\d.]+ % for"),
     ("steps held and judged", r"canary step (\d+)/\1: [\d.]+ %: "),
     ("weights back, canary removed", r"\] canary \.\.\. ok"),
+    ("to the rollout's start", r"\] rollout \.\.\.$"),
 )
+ROLLOUT = PHASES[-1]  # a plain deploy's only phase: what it does before the rollout
 
 
-def phases(lines: list[tuple[float, str]]) -> dict[str, float]:
-    """Seconds of each PHASES phase (a phase whose line never came is left out)."""
+def phases(lines: list[tuple[float, str]], marks=PHASES) -> dict[str, float]:
+    """Seconds of each phase of `marks` (a phase whose line never came is left out)."""
     out: dict[str, float] = {}
     at, i = lines[0][0], 0
-    for name, pattern in PHASES:
+    for name, pattern in marks:
         j = next((k for k in range(i, len(lines)) if re.search(pattern, lines[k][1])), None)
         if j is not None:
             out[name] = round(lines[j][0] - at, 1)
@@ -166,7 +168,7 @@ def main() -> None:
             one.start()
         time.sleep(3)
         benchlib.say(f"(a) plain: inv deploy --env prod ({prod.services.app_version} -> {V_PLAIN})")
-        plain_s, _, _ = deploy(["--env", "prod"], environ)
+        plain_s, plain_lines, _ = deploy(["--env", "prod"], environ)
         reports = Path(environ["CDTASKS_REPORTS_DIR"]) / "deploy.json"
         plain = {
             s["name"]: round(s["seconds"], 1) for s in json.loads(reports.read_text())["steps"]
@@ -208,6 +210,7 @@ def main() -> None:
     window = [c for one in loads for t, c in one.answers if start + 1 <= t <= end]
     client_share = 100.0 * sum(window) / len(window) if window else 0.0
     spent = phases(lines)
+    plain_before = phases(plain_lines, (ROLLOUT,)).get(ROLLOUT[0])
     overhead = canary_s - plain_s
     failed = sum(one.failed for one in loads)
     added = (
@@ -222,6 +225,7 @@ def main() -> None:
         f"      deploy with a canary    {canary_s:6.1f} s  (steps: {steps})\n"
         f"      added                   {added}\n"
         f"      the canary's phases     {spent}\n"
+        f"      plain: before rollout   {plain_before} s\n"
         f"  (b) asked                   {percent:6.1f} %\n"
         f"      proxy counted           {step['share']:6.1f} %  of {step['all_requests']} "
         f"requests ({step['requests']} to the canary; target within {SHARE_TARGET:g} points "
@@ -249,6 +253,7 @@ def main() -> None:
                 "plain_steps": plain,
                 "canary_steps": steps,
                 "canary_phases_s": spent,
+                "plain_before_rollout_s": plain_before,
             },
             "share": {
                 "asked": percent,

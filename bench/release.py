@@ -6,8 +6,8 @@ builds, pushes and rollouts side by side, not one after the other). Run from the
     python3 bench/release.py [ROUNDS]     # default 2 rounds of each; ~20 min on 2 cores
 
 Creates a throwaway lab cdtbench<rand> with both clusters running the team's stack (provision,
-the team's 1.0 images, `inv services`, one warm-up release of both images: untimed) and removes
-it afterwards, also on failure or Ctrl-C. The rounds alternate (two, one, one, two, ...) so that
+`inv services`, which builds the team's 1.0 images, one warm-up release of both images:
+untimed) and removes it afterwards, also on failure or Ctrl-C. The rounds alternate (two, one, one, two, ...) so that
 a load changing during the run hits both; each round is a new commit and a new version.
 Figures go to bench/results/release.json.
 """
@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import benchlib  # noqa: E402
 
-from cdtasks import config, engine  # noqa: E402
+from cdtasks import engine  # noqa: E402
 
 GOAL = 1.2
 RESULTS = ROOT / "bench" / "results" / "release.json"
@@ -48,14 +48,16 @@ STACK = {
 PLACEMENT = {"test": "prod-like", "prod": "prod"}
 
 
-def env_dir(tmp: Path) -> Path:
-    """base.env, test.env and prod.env: the project's, with the team's stack on both clusters."""
+def env_dir(tmp: Path, repo: Path) -> Path:
+    """base.env, test.env and prod.env: the project's, with the team's stack on both clusters,
+    whose 1.0 images `inv services` builds from `repo` (the team's repository)."""
     out = tmp / "env"
     out.mkdir()
     shutil.copy(ROOT / "env" / "base.env", out / "base.env")
     for env, label in PLACEMENT.items():
         keys = {
             **STACK,
+            "REPO": str(repo),
             "STACK_VARIABLES": f"REGISTRY=localhost:5000 PLACEMENT='node.labels.env == {label}'",
         }
         own = (ROOT / "env" / f"{env}.env").read_text().rstrip("\n") + "\n"
@@ -126,17 +128,19 @@ def main() -> None:
     host = engine.host_client()
     lab = f"cdtbench{secrets.token_hex(3)}"
     tmp = Path(tempfile.mkdtemp(prefix="cdtbench-"))
-    environ = {**benchlib.lab_environ(lab, tmp), "CDTASKS_ENV_DIR": str(env_dir(tmp))}
+    repos = repositories(tmp)
+    environ = {
+        **benchlib.lab_environ(lab, tmp),
+        "CDTASKS_ENV_DIR": str(env_dir(tmp, repos["two"])),
+    }
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     load_before = os.getloadavg()
     commit = benchlib.commit()
     runs: list[dict] = []
     try:
-        benchlib.say(f"lab {lab} (untimed): provision, the team's images, services, a warm-up")
+        benchlib.say(f"lab {lab} (untimed): provision, services (the team's images), a warm-up")
         benchlib.inv(["provision"], environ)
-        benchlib.push_team_images(config.load("test", environ=environ, project_dir=ROOT))
         benchlib.inv(["services"], environ)
-        repos = repositories(tmp)
         release("two", repos["two"], "1.0-warm", environ)
         for i, kind in enumerate(order(rounds)):
             runs.append(release(kind, repos[kind], f"1.{i + 1}", environ))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import getpass
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,15 +29,18 @@ from . import (
 )
 from .budget import Budget
 from .checkout import Checkout
+from .cluster import Cluster
 from .compose import Compose, ContractError, compose_command
 
 # Settings whole: a delivery is a Checkout (see checkout.py)
 from .config import ConfigError, Settings
 from .deployment import Deployment, history_group, what_runs
 from .gateway import Gateway
+from .log import Log
 from .outcome import Outcome
 from .redaction import redact
 from .runner import StepFailed, StepResult, beside, run_steps
+from .stackplan import StackError
 
 STEPS = ("checkout", "unit", "build", "staging", "publish", "prodlike", "prodtest")
 
@@ -63,6 +66,9 @@ class Delivery(Checkout):
     images_ready: bool = False  # the project's images are on the CD node
     max_errors: int | None = None  # prod-like's error budget (None: errors recorded only)
     budget: Budget | None = None  # what the proxy counted during the prod-like rollout
+    # The compose services build and publish make (empty: every one that builds, a release;
+    # `publish_missing` names the one image the registry lacks)
+    only: tuple[str, ...] = ()
     _providing: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -135,10 +141,13 @@ def unit(d: Delivery) -> str:
 
 def published(d: Delivery) -> dict[str, str]:
     """Compose service -> REGISTRY/NAME:VERSION for every service of the compose file that
-    builds an image (`app` as APP_IMAGE): the release's images."""
+    builds an image (`app` as APP_IMAGE): the release's images (only those of `d.only`
+    when it names some)."""
     names = release.built_names(d.contract(), d.settings.services.app_image)
     return {
-        svc: registry.local_ref(d.settings, name, d.version or "") for svc, name in names.items()
+        svc: registry.local_ref(d.settings, name, d.version or "")
+        for svc, name in names.items()
+        if not d.only or svc in d.only
     }
 
 
@@ -259,6 +268,61 @@ def publish(d: Delivery) -> str:
             raise StepFailed(f"the registry reported no digest for {refs[svc]}")
     d.digest = d.digests.get("app")
     return ", ".join(f"pushed {refs[s]} ({d.digests[s][:19]})" for s in sorted(refs))
+
+
+# -- the project's images a stack runs, pushed before its first services (`inv services`) ---
+def publish_missing(
+    s: Settings, cluster: Cluster, missing: Mapping[str, Sequence[str]], where: str, log: Log
+) -> list[str]:
+    """Build and push each image of `missing` (REGISTRY/NAME:TAG -> the stack services that
+    run it, none in the registry) that the delivery compose file builds (`published`), as a
+    release's build and publish steps make it, with VERSION=TAG: from a checkout of REPO at
+    HEAD per tag, checked as any delivery's (`check_input`, `contract`). Any other image is
+    refused first, naming it and its services (StackError, `where`: the stack file); a
+    failed build names its compose service (ServiceError). One line per image done."""
+    by_tag: dict[str, list[str]] = {}
+    for ref in sorted(missing):
+        by_tag.setdefault(_tag(ref), []).append(ref)
+    done = []
+    for tag, refs in sorted(by_tag.items()):
+        d = Delivery(s, s.delivery.repo, version=tag, log=log, defer_down=True, _cluster=cluster)
+        try:
+            check_input(d)
+            log(f"the registry lacks {', '.join(refs)}: checking out the project to build them")
+            try:
+                log(f"checked out {d.clone()}")
+            except StepFailed as exc:
+                raise services.ServiceError(str(exc)) from None
+            names = set(release.built_names(d.contract(), s.services.app_image).values())
+            for ref, users in sorted(missing.items()):  # all tags: refused before any build
+                if ref != registry.local_ref(s, release.image_name(ref), _tag(ref)) or (
+                    release.image_name(ref) not in names
+                ):
+                    raise StackError(
+                        f"{where}: service {', '.join(users)}: image {ref} is neither one of "
+                        f"cdtasks' offline images, nor in the registry, nor built by "
+                        f"{s.delivery.compose_file}"
+                    )
+            built = {ref: svc for svc, ref in published(d).items()}
+            for ref in refs:
+                d.only = (built[ref],)
+                try:
+                    build(d)
+                    publish(d)
+                except StepFailed as exc:
+                    why = (exc.output_tail.strip().splitlines() or [str(exc)])[-1]
+                    raise services.ServiceError(
+                        f"compose service {built[ref]} of {s.delivery.compose_file} ({ref}): {why}"
+                    ) from None
+                done.append(f"built and pushed {ref}")
+        finally:
+            cleanup(d)
+    return done
+
+
+def _tag(ref: str) -> str:
+    """`localhost:5000/team-api:1.0` -> `1.0` (a stack's images are pinned)."""
+    return ref.partition("@")[0][len(registry.repository(ref)) + 1 :]
 
 
 def release_targets(d: Delivery) -> dict[str, str]:

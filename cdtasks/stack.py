@@ -283,7 +283,8 @@ def _calls(manager: gateway.Gateway) -> stackplan.Calls:
 def _check_images(
     cluster: Cluster, manager: gateway.Gateway, stack: stackfile.Stack, log: Log
 ) -> list[str]:
-    """The tool's offline images onto the nodes; any other image must be in the registry."""
+    """The tool's offline images onto the nodes; any other image must be in the registry, or
+    be one the project builds (the delivery compose file), which is built and pushed now."""
     offline = {i.ref for i in images.IMAGES.values()}
     others = sorted({svc.image for svc in stack.services} - offline)
     # Each lookup is a round trip from the manager to the registry: one per image, side by side.
@@ -291,17 +292,23 @@ def _check_images(
         found = dict(
             zip(others, pool.map(lambda ref: _in_registry(manager, ref), others), strict=True)
         )
+    missing: dict[str, list[str]] = {}
     for svc in stack.services:
-        if svc.image not in offline and not found[svc.image]:
-            raise stackplan.StackError(
-                f"{stack.path}: service {svc.name}: image {svc.image} is neither one of "
-                f"cdtasks' offline images nor in the registry (build and push it first)"
-            )
+        if svc.image in found and not found[svc.image]:
+            missing.setdefault(svc.image, []).append(svc.name)
+    done = []
+    if missing:
+        # delivery imports this module (a release's services are the stack's): imported here
+        from . import delivery
+
+        done += delivery.publish_missing(cluster.settings, cluster, missing, str(stack.path), log)
     host = cluster.provider.image_source()
     if host is None:
-        return []
+        return done
     refs = sorted({svc.image for svc in stack.services} & offline)
-    return [f"loaded images into {n}" for n in images.provide(host, cluster.clients(), refs, log)]
+    return done + [
+        f"loaded images into {n}" for n in images.provide(host, cluster.clients(), refs, log)
+    ]
 
 
 def _in_registry(manager: gateway.Gateway, ref: str) -> bool:

@@ -20,9 +20,6 @@ from pathlib import Path
 import docker
 import pytest
 
-from cdtasks import images
-from cdtasks.cluster import Cluster
-
 ROOT = Path(__file__).resolve().parents[2]
 
 HERE = Path(__file__).resolve().parent
@@ -216,20 +213,9 @@ def deliver_team(team, repo: Path, ref: str, version: str, env=None):
 @pytest.fixture(scope="session")
 def team(lab):
     """The lab with the team's env directory (tests/apps/team-stack: test_6_stack,
-    test_6_stack_release), its two images built on the CD node and pushed
-    (what the team's CI does), and `inv services` run once."""
+    test_6_stack_release) and `inv services` run once: from nothing, the registry lacking the
+    team's two images, which it builds from the team's compose file and pushes first."""
     lab = type(lab)(lab.name, lab.state_dir, {**lab.env, "CDTASKS_ENV_DIR": TEAM_ENV_DIR})
-    s = lab.settings("test")
-    cluster = Cluster.of(s).discover()
-    cd = cluster.client(s.cluster.cd_node)
-    images.provide(
-        cluster.provider.image_source(), {s.cluster.cd_node: cd}, [s.services.base_image], print
-    )
-    for name, dockerfile in (("team-api", "api/Dockerfile"), ("team-worker", "worker/Dockerfile")):
-        ref = f"localhost:5000/{name}:1.0"
-        cd.images.build(path=str(TEAM), dockerfile=dockerfile, tag=ref, rm=True)
-        for line in cd.images.push(ref, stream=True, decode=True):
-            assert "error" not in line, line
     started = time.monotonic()
     lab.created = lab.inv("services", "--env", "test", extra_env=WIDE)
     print(f"inv services from nothing: {time.monotonic() - started:.1f}s")

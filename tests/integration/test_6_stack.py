@@ -14,13 +14,21 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .conftest import ROOT, TEAM, TEAM_ENV_DIR, WIDE, on_manager
+from .conftest import ROOT, TEAM, TEAM_ENV_DIR, WIDE, app_repository, git, on_manager
 
 SERVICES = ("team_api", "team_migrate", "team_proxy", "team_store", "team_worker")
 
 
 def test_docker_stack_services_shows_what_cdtasks_made(team):
     out = team.created.stdout + team.created.stderr
+    # From nothing: the registry lacked the team's images, built from its compose file and
+    # pushed before anything else was made.
+    [done] = [ln for ln in team.created.stdout.splitlines() if ln.startswith("test: ")]
+    assert done.startswith(
+        "test: built and pushed localhost:5000/team-api:1.0; "
+        "built and pushed localhost:5000/team-worker:1.0; "
+    ), done
+    assert "building localhost:5000/team-worker:1.0" in team.created.stderr
     assert "no IPVS on these nodes" in out and out.count("no IPVS on these nodes") == 1
     rows = {
         r["Name"]: r
@@ -292,6 +300,35 @@ def test_bad_input_exits_2_with_nothing_created(team, tmp_path):
     with ThreadPoolExecutor(max_workers=3) as pool:
         failures = [f for f in pool.map(lambda case: refused(team, tmp_path, case), BAD) if f]
     assert not failures, failures
+
+
+def test_a_failed_build_is_one_line_naming_its_compose_service_and_nothing_is_made(team, tmp_path):
+    """A stack (a namespace of its own) whose worker image the registry lacks, built from a
+    repository whose worker does not build: exit 4, one line, nothing of the stack made."""
+    repo = app_repository(TEAM, tmp_path / "repo", "team")
+    (repo / "worker" / "Dockerfile").write_text("FROM cdtasks/python:3.11\nRUN exit 3\n")
+    git(repo, "commit", "--quiet", "-am", "a worker that does not build")
+    name = f"bad{uuid.uuid4().hex[:6]}"
+    env_dir = tmp_path / "env"
+    env_dir.mkdir()
+    (env_dir / "test.env").write_text(
+        (ROOT / TEAM_ENV_DIR / "test.env").read_text()
+        + f"STACK_NAME={name}\nREPO={repo}\nCOMPOSE_FILE=docker-compose-ci.yml\n"
+        "STACK_VARIABLES=REGISTRY=localhost:5000 PLACEMENT='node.labels.env == prod-like' "
+        "WORKER_VERSION=0.9\n"
+    )
+    proc = team.inv(
+        "services", "--env", "test", check=False, extra_env={"CDTASKS_ENV_DIR": str(env_dir)}
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    print(proc.returncode, proc.stderr[-2000:])
+    assert proc.returncode == 4 and len(errors) == 1, proc.stderr[-2000:]
+    assert errors[0].startswith(
+        "error: compose service worker of docker-compose-ci.yml (localhost:5000/team-worker:0.9): "
+    ), errors
+    for kind in ("service", "network", "config", "secret"):
+        label = f"label=com.docker.stack.namespace={name}"
+        assert not on_manager(team, kind, "ls", "-q", "--filter", label).split(), kind
 
 
 def test_logs_of_a_stack_service_through_a_manager(team):
