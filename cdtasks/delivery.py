@@ -17,6 +17,7 @@ from pathlib import Path
 from . import (
     checks,
     interrupt,
+    jobs,
     outcome,
     project_images,
     records,
@@ -34,6 +35,7 @@ from .compose import Compose, ContractError, compose_command
 # Settings whole: a delivery is a Checkout (see checkout.py)
 from .config import ConfigError, Settings
 from .deployment import Deployment, history_group, what_runs
+from .gateway import Gateway
 from .log import Log
 from .outcome import Outcome
 from .redaction import redact
@@ -397,15 +399,18 @@ def restore(d: Delivery, back: dict[str, str]) -> tuple[bool, str]:
     replica again, as deploy does in production. Says whether it worked, and how it ended."""
     lock = d.lock
     assert lock is not None  # prodlike took the lock, then read the images
-    d.log(f"rolling prod-like back: {release.summary(back)}")
     try:
         lock.check()  # another run that took the lock changes the services now, not this one
+        back = rollout.to_undo(d.cluster, back)
+        if not back:
+            return True, rollout.NOTHING_BACK
+        d.log(f"rolling prod-like back: {release.summary(back)}")
         rollout.update(d.cluster, d.settings.services, back, d.log, lock=lock)
     except Exception as exc:  # the step's own failure stays the headline
         return False, f"rolling back failed too: {str(exc).splitlines()[0][:200]}"
-    if len(back) == 1:
-        return True, f"rolled back to {next(iter(back.values()))} on every replica"
-    return True, f"rolled back on every replica: {release.summary(back)}"
+    if len(d.targets) > 1:  # a stack's release: which of its services went back
+        return True, f"rolled back on every replica: {release.summary(back)}"
+    return True, f"rolled back to {next(iter(back.values()))} on every replica"
 
 
 def prodtest(d: Delivery) -> str:
@@ -680,12 +685,22 @@ def state_after(d: Delivery, results: list[StepResult]) -> str:
     try:
         manager = d.cluster.gateway()
         running = "; ".join(
-            replicas_text(services.replica_images(manager, svc))
+            runs_text(manager, svc)
             for svc in sorted(d.targets or [d.settings.services.app_service])
         )
     except Exception:  # the state line must not hide the failure itself
         running = "unknown"
     return f"prod-like runs {running}"
+
+
+def runs_text(manager: Gateway, name: str) -> str:
+    """What a service runs now, in a few words: its replicas' images; for a job, which runs no
+    task once it ended, how its current run went, on which image."""
+    svc = services.existing(manager, name)
+    if svc.job:
+        _, run = jobs.current_run(svc, manager.tasks(svc.id))
+        return f"{name}: {run.said} on {svc.image}"
+    return replicas_text(services.replica_images(manager, name))
 
 
 def replicas_text(replicas: list[tuple[str, str]]) -> str:

@@ -344,9 +344,12 @@ def _canary(d: Deployment, lock: records.Lock) -> str:
 
 def _rollback(d: Deployment, lock: records.Lock) -> str:
     """Every service of the release back to what it ran before, also those whose own
-    rollout succeeded (all or nothing)."""
+    rollout succeeded (all or nothing); those that run it still are left alone and not named
+    (a failed job stopped the rollout before the others changed)."""
+    assert d.cluster is not None  # prepare() found it
     d.rolled_back = True
-    return _rollout_to(d, release.changed(d.images, d.before), lock)
+    back = rollout.to_undo(d.cluster, release.changed(d.images, d.before))
+    return _rollout_to(d, back, lock) if back else rollout.NOTHING_BACK
 
 
 def run(d: Deployment, progress) -> tuple[dict, list[StepResult]]:

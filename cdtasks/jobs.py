@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from . import services
-from .gateway import Gateway, Task
+from .gateway import Gateway, Service, Task, engine_time
 from .log import Log
 
 FAILED = ("failed", "rejected")  # a task that ended without completing
@@ -34,6 +34,11 @@ class JobFailed(RuntimeError):
 class JobState:
     state: str  # running | complete | failed | stalled (failed, no task left: Swarm may restart)
     detail: str
+
+    @property
+    def said(self) -> str:
+        """In a state line: a job that ended runs no task by design, so not "no replica"."""
+        return {"complete": "job completed", "failed": "job failed"}.get(self.state, "job running")
 
 
 def state_of(
@@ -61,6 +66,13 @@ def state_of(
     return JobState("running", f"{done}/{wanted} completed")
 
 
+def current_run(svc: Service, tasks: Sequence[Task]) -> tuple[list[Task], JobState]:
+    """The tasks of a job's current run among its `tasks` (those of the spec's job iteration),
+    and how that run stands."""
+    mine = [t for t in tasks if t.job_iteration == svc.job_iteration]
+    return mine, state_of(mine, svc.replicas, svc.restart_condition, svc.max_attempts)
+
+
 def run(
     gw: Gateway,
     name: str,
@@ -85,8 +97,7 @@ def run(
     while True:
         svc = services.existing(gw, name)
         every = gw.tasks(svc.id)
-        mine = [t for t in every if t.job_iteration == svc.job_iteration]
-        now = state_of(mine, svc.replicas, svc.restart_condition, svc.max_attempts)
+        mine, now = current_run(svc, every)
         # An earlier run's task Swarm is still stopping (a hanging one, after a timeout, within
         # its stop grace period): done only when nothing of the job runs but this run's.
         stopping = any(t.job_iteration != svc.job_iteration and t.state not in ENDED for t in every)
@@ -95,13 +106,16 @@ def run(
             log(f"{name}: job completed on {image} ({elapsed:.0f}s)")
             return f"{name} ran to completion on {image} ({elapsed:.1f}s)"
         if now.state == "failed" or (now.state == "stalled" and stalled):
-            raise JobFailed(f"job {name} failed on {image}: {now.detail}", output(gw, name, since))
+            raise JobFailed(
+                f"job {name} failed on {image}: {now.detail}",
+                output(gw, name, since, last_attempt(mine)),
+            )
         stalled = now.state == "stalled"
         if elapsed > timeout:
             raise JobFailed(
                 f"job {name} did not complete on {image} within {timeout:.0f}s "
                 f"(JOB_TIMEOUT): {now.detail}",
-                output(gw, name, since),
+                output(gw, name, since, last_attempt(mine)),
             )
         if time.monotonic() - said >= PROGRESS_EVERY:
             said = time.monotonic()
@@ -109,10 +123,20 @@ def run(
         time.sleep(poll)
 
 
-def output(gw: Gateway, name: str, since: int) -> str:
-    """The job's last TAIL output lines since `since` (a Unix time), for a failure's report."""
+def last_attempt(tasks: Sequence[Task]) -> Task | None:
+    """The run's task made last: Swarm makes a new task for each restart of a failed one, so
+    this is its last attempt (None: Swarm made none yet)."""
+    return max(tasks, key=lambda t: engine_time(t.created_at), default=None)
+
+
+def output(gw: Gateway, name: str, since: int, attempt: Task | None = None) -> str:
+    """The job's last TAIL output lines since `since` (a Unix time), for a failure's report:
+    those of `attempt` alone when given (the service's log interleaves every attempt's lines,
+    the same failure several times over)."""
+    only = None if attempt is None else [attempt.id]
     try:
-        lines = [_message(line) for line in services.logs(gw, name, since=since)]
+        found = services.logs(gw, name, since=since, tasks=only, ordered=True)
+        lines = [_message(line) for line in found]
     except Exception as exc:  # the failure stays the headline; say why its output is missing
         return f"(its output could not be read: {str(exc).splitlines()[0][:200]})"
     return "\n".join([line for line in lines if line.strip()][-TAIL:])

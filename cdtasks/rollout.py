@@ -151,6 +151,27 @@ def measured_update(
     )
 
 
+NOTHING_BACK = "nothing to roll back: no service of the release had changed"
+# A service's UpdateStatus while Swarm rolls it back by itself (its failure_action), or once
+# that rollback stopped short: its spec names the image before already, its tasks may not.
+SWARM_ROLLING_BACK = ("rollback_started", "rollback_paused")
+
+
+def to_undo(cluster: Cluster, back: Mapping[str, str]) -> dict[str, str]:
+    """Of `back` (service -> the image it ran before a release that failed), what undoing the
+    release moves or follows: a service whose spec runs another image, or that Swarm is still
+    rolling back by itself (or stopped doing so: the undo then fails as it should). One the
+    release never changed (a failed job stopped it first), or that Swarm brought back
+    already, is neither changed again nor said to be."""
+    manager = cluster.gateway()
+    found = {svc: services.existing(manager, svc) for svc in back}
+    return {
+        svc: image
+        for svc, image in back.items()
+        if found[svc].image != image or found[svc].update_state in SWARM_ROLLING_BACK
+    }
+
+
 def check(results: Sequence[services.Rollout]) -> list[services.Rollout]:
     """Every rollout ended well, or StepFailed naming each that did not (a rollback Swarm did
     by itself included: the release did not happen)."""

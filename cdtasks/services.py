@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 from . import gateway
@@ -514,10 +514,21 @@ def wait_rollout(
 
 # -- logs ------------------------------------------------------------------------------------
 def logs(
-    gw: Gateway, name: str, *, since: int = 0, tail: int | None = None, follow: bool = False
+    gw: Gateway,
+    name: str,
+    *,
+    since: int = 0,
+    tail: int | None = None,
+    follow: bool = False,
+    tasks: Collection[str] | None = None,
+    ordered: bool = False,
 ) -> Iterator[str]:
     """A service's log lines through a manager, as `docker service logs` prints them
-    (`service.slot.task@node | line`); `since`: a Unix time, `tail`: lines per task."""
+    (`service.slot.task@node | line`); `since`: a Unix time, `tail`: lines per task, `tasks`:
+    only the lines of these task IDs (the Engine API filters a service's logs by time only),
+    `ordered` (not with `follow`): in the order the engines took them in, by their times
+    (a task's stdout and stderr come as two streams: its last printed line and the error it
+    exited with may come swapped)."""
     svc = existing(gw, name)
     nodes = hostnames(gw)
     names = {
@@ -533,21 +544,34 @@ def logs(
         since=since,
         tail="all" if tail is None else tail,
         is_tty=svc.tty,
+        timestamps=ordered,
     )
+    texts = _texts(stream)
+    if ordered:  # each line starts with its time, RFC 3339 with all nine digits: sortable
+        stamped = sorted((text.partition(" ")[::2] for text in texts), key=lambda p: p[0])
+        texts = iter([text for _, text in stamped])
+    for text in texts:
+        task, line = _log_line(text, names)
+        if tasks is None or task in tasks:
+            yield line
+
+
+def _texts(stream: Iterable[bytes]) -> Iterator[str]:
+    """A log stream's chunks as lines of text."""
     pending = b""
     for chunk in stream:
         pending += chunk
         *lines, pending = pending.split(b"\n")
-        for raw in lines:
-            yield _log_line(raw.decode("utf-8", "replace"), names)
+        yield from (raw.decode("utf-8", "replace") for raw in lines)
     if pending:
-        yield _log_line(pending.decode("utf-8", "replace"), names)
+        yield pending.decode("utf-8", "replace")
 
 
-def _log_line(text: str, names: Mapping[str, str]) -> str:
+def _log_line(text: str, names: Mapping[str, str]) -> tuple[str | None, str]:
+    """(the task's ID, the line as printed) of one line of a log stream with details."""
     details, _, message = text.partition(" ")
     attrs = dict(p.partition("=")[::2] for p in details.split(",") if "=" in p)
     task = attrs.get("com.docker.swarm.task.id")
     if task is None:  # no details prefix: the whole text is the message
-        return text
-    return f"{names.get(task, task[:12])} | {message}"
+        return None, text
+    return task, f"{names.get(task, task[:12])} | {message}"

@@ -157,10 +157,14 @@ TEAM_ENV_DIR = "tests/apps/team-stack/env"
 WIDE = {"COLUMNS": "200"}
 
 
-def on_manager(lab, *argv: str, check: bool = True) -> str:
-    """A docker CLI command on the test cluster's first manager (the engine in the node)."""
+TEST_MANAGER, PROD_MANAGER = "swarm-test-1", "swarm-1"  # each cluster's first manager
+
+
+def on_manager(lab, *argv: str, check: bool = True, node: str = TEST_MANAGER) -> str:
+    """A docker CLI command on a cluster's first manager (the engine in the node): the test
+    cluster's, or `node`."""
     proc = subprocess.run(
-        ["docker", "exec", lab.container("swarm-test-1"), "docker", *argv],
+        ["docker", "exec", lab.container(node), "docker", *argv],
         capture_output=True,
         text=True,
         timeout=120,
@@ -170,12 +174,13 @@ def on_manager(lab, *argv: str, check: bool = True) -> str:
     return proc.stdout
 
 
-def spec_images(lab, names) -> dict[str, str]:
-    """Service -> the image its spec runs, for these services of the test cluster."""
+def spec_images(lab, names, node: str = TEST_MANAGER) -> dict[str, str]:
+    """Service -> the image its spec runs, for these services of the test cluster (or of
+    the cluster whose manager is `node`)."""
     return {
-        n: json.loads(on_manager(lab, "service", "inspect", n))[0]["Spec"]["TaskTemplate"][
-            "ContainerSpec"
-        ]["Image"]
+        n: json.loads(on_manager(lab, "service", "inspect", n, node=node))[0]["Spec"][
+            "TaskTemplate"
+        ]["ContainerSpec"]["Image"]
         for n in names
     }
 

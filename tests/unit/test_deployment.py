@@ -15,6 +15,7 @@ import pytest
 from cdtasks import deployment, records
 from cdtasks.config import load
 from cdtasks.deployment import Deployment, DeploymentError, choose, outcome
+from cdtasks.gateway import Service
 from cdtasks.interrupt import Interrupted, signals_as_interrupt
 from cdtasks.runner import StepResult
 
@@ -231,7 +232,10 @@ def test_a_release_where_one_service_fails_moves_every_service_back(envs, monkey
     monkeypatch.setattr(deployment, "_prodtest", lambda d: "production tests passed")
     after = {"team_api": "api:1.2@sha256:a", "team_worker": "worker:1.2@sha256:w"}
     before = {"team_api": "api:1.1@sha256:a0", "team_worker": "worker:1.1@sha256:w0"}
-    d = Deployment(*envs, images=after, before=before, cluster=SimpleNamespace())
+    # both services changed (the api's rollout completed, the worker's paused on its image)
+    specs = SimpleNamespace(service=lambda name: Service(name, name, 1, after[name], 1))
+    cluster = SimpleNamespace(gateway=lambda log=None: specs)
+    d = Deployment(*envs, images=after, before=before, cluster=cluster)
     lock = SimpleNamespace(check=lambda: None)
     steps = deployment.steps(d, lock, Progress())
     assert [(r.name, r.ok) for r in steps] == [
