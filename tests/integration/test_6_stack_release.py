@@ -101,19 +101,25 @@ def test_a_release_updates_api_and_worker_together(team, repo, tmp_path):
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-def test_a_worker_failing_under_swarm_brings_api_back_too(team, repo):
-    proc = deliver(team, repo, "broken", "1.2")
-    assert proc.returncode == 16, proc.stdout[-3000:]
-    assert "rolling update of team_worker ended paused" in proc.stdout + proc.stderr
+def all_back_on_1_1(team, version: str) -> None:
+    """Every service of the failed release `version` runs 1.1 again, and the history's entry
+    names each with its image before (1.1) and after (`version`)."""
     now = specs(team)
     assert {n: now[n] for n in RELEASED} == team.release_1_1
     last = history(team)[-1]
-    assert last["result"] == "failed, rolled back", last
+    assert last["result"] == "failed, rolled back" and last["version"] == version, last
     parts = {p["service"]: p for p in last["services"]}
     assert sorted(parts) == list(RELEASED)
     for name in RELEASED:
         assert parts[name]["previous"] == team.release_1_1[name]
-        assert parts[name]["image"].startswith(f"localhost:5000/{IMAGES[name]}:1.2@")
+        assert parts[name]["image"].startswith(f"localhost:5000/{IMAGES[name]}:{version}@")
+
+
+def test_a_worker_failing_under_swarm_brings_api_back_too(team, repo):
+    proc = deliver(team, repo, "broken", "1.2")
+    assert proc.returncode == 16, proc.stdout[-3000:]
+    assert "rolling update of team_worker ended paused" in proc.stdout + proc.stderr
+    all_back_on_1_1(team, "1.2")
 
 
 def test_a_rollback_swarm_did_by_itself_is_a_failure_and_brings_the_worker_back(team, repo):
@@ -125,14 +131,7 @@ def test_a_rollback_swarm_did_by_itself_is_a_failure_and_brings_the_worker_back(
     assert proc.returncode == 16, proc.stdout[-3000:]
     out = proc.stdout + proc.stderr
     assert re.search(r"rolling update of team_api ended rollback_\w+: Swarm rolled back to", out)
-    now = specs(team)
-    assert {n: now[n] for n in RELEASED} == team.release_1_1
-    last = history(team)[-1]
-    assert last["result"] == "failed, rolled back" and last["version"] == "1.4", last
-    parts = {p["service"]: p for p in last["services"]}
-    assert sorted(parts) == list(RELEASED)
-    for name in RELEASED:
-        assert parts[name]["previous"] == team.release_1_1[name]
+    all_back_on_1_1(team, "1.4")
 
 
 def test_failing_production_tests_bring_every_service_back(team, repo):
@@ -142,15 +141,7 @@ def test_failing_production_tests_bring_every_service_back(team, repo):
     proc = deliver(team, repo, "prodfail", "1.3")
     assert proc.returncode == 17, proc.stdout[-3000:]
     assert "1.3 is not recorded as verified; rolled back on every replica" in proc.stdout
-    now = specs(team)
-    assert {n: now[n] for n in RELEASED} == team.release_1_1
-    last = history(team)[-1]
-    assert last["result"] == "failed, rolled back" and last["version"] == "1.3", last
-    parts = {p["service"]: p for p in last["services"]}
-    assert sorted(parts) == list(RELEASED)
-    for name in RELEASED:
-        assert parts[name]["previous"] == team.release_1_1[name]
-        assert parts[name]["image"].startswith(f"localhost:5000/{IMAGES[name]}:1.3@")
+    all_back_on_1_1(team, "1.3")
 
 
 def test_rollback_moves_both_back(team):
