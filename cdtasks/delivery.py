@@ -295,9 +295,8 @@ def publish_missing(
                 raise services.ServiceError(str(exc)) from None
             names = set(release.built_names(d.contract(), s.services.app_image).values())
             for ref, users in sorted(missing.items()):  # all tags: refused before any build
-                if ref != registry.local_ref(s, release.image_name(ref), _tag(ref)) or (
-                    release.image_name(ref) not in names
-                ):
+                # as publish names them (REGISTRY_URL may have a path: team-registry/team/NAME)
+                if ref not in {registry.local_ref(s, name, _tag(ref)) for name in names}:
                     raise StackError(
                         f"{where}: service {', '.join(users)}: image {ref} is neither one of "
                         f"cdtasks' offline images, nor in the registry, nor built by "

@@ -165,3 +165,20 @@ def test_the_stack_hands_over_only_what_the_registry_lacks(team, monkeypatch, pr
     wanted = {ref: users for ref, users in lacking.items() if ref not in present}
     assert handed == ([(wanted, str(TEAM / "stack.yml"))] if wanted else [])
     assert done == (["x"] if wanted else [])
+
+
+def test_a_registry_with_a_path_is_matched_as_publish_names_its_images(tmp_path, steps):
+    """REGISTRY_URL host:port/path: the stack's REGISTRY/NAME:TAG is what publish pushes."""
+    repo = tmp_path / "team"
+    shutil.copytree(TEAM, repo, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    subprocess.run(["git", "init", "--quiet", "-b", "main"], cwd=repo, check=True)
+    commit(repo, "team")
+    (tmp_path / "test.env").write_text(
+        f"STATE_DIR={tmp_path / 'state'}\nREPO={repo}\nCOMPOSE_FILE=docker-compose-ci.yml\n"
+        "APP_IMAGE=team-api\nREGISTRY_URL=team-registry:5443/team\n"
+    )
+    s = load("test", environ={}, env_dir=tmp_path)
+    ref = "team-registry:5443/team/team-api:1.0"
+    done = delivery.publish_missing(s, SimpleNamespace(), {ref: ["api"]}, "stack.yml", print)
+    assert done == [f"built and pushed {ref}"]
+    assert [c[:3] for c in steps] == [("build", ("app",), "1.0"), ("publish", ("app",), "1.0")]
