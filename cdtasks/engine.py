@@ -5,6 +5,7 @@ make them)."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import shlex
@@ -17,7 +18,7 @@ from typing import TypeAlias
 import docker
 import paramiko
 from docker.tls import TLSConfig
-from invoke import Config, Context
+from invoke import Config, Context, Local
 from urllib3.util import Timeout
 
 from . import tunnel as tunnels
@@ -198,6 +199,33 @@ class _Strict(paramiko.MissingHostKeyPolicy):
         raise UnknownHostKey(host, self.port, key, self.known_hosts)
 
 
+class _KillRecorded:
+    """Invoke reads "timed out" as "its timer thread has ended"; on a busy machine the killed
+    command is reaped first and a timeout surfaced as a plain exit -9. The runner records the
+    kill itself, so a command past its timeout is always CommandTimedOut."""
+
+    _killed = False
+
+    def kill(self) -> None:
+        self._killed = True
+        super().kill()  # type: ignore[misc]
+
+    @property
+    def timed_out(self) -> bool:
+        return self._killed or super().timed_out  # type: ignore[misc]
+
+
+class _Local(_KillRecorded, Local):
+    pass
+
+
+@functools.cache
+def _remote_runner():
+    from fabric.runners import Remote
+
+    return type("_Remote", (_KillRecorded, Remote), {})
+
+
 class CommandShell(Context):
     """Commands on a node through a local command that owns the SSH session (`docker-machine
     ssh NAME`): the run/shell interface of a Fabric Connection, for one code path."""
@@ -207,6 +235,7 @@ class CommandShell(Context):
             Config(
                 overrides={
                     "run": {"in_stream": False},
+                    "runners": {"local": _Local},
                     "timeouts": {"command": SSH_COMMAND_TIMEOUT},
                 }
             )
@@ -256,6 +285,7 @@ def _opened(endpoint: Endpoint):
             overrides={
                 "load_ssh_configs": False,
                 "run": {"in_stream": False},
+                "runners": {"remote": _remote_runner()},
                 "timeouts": {"command": SSH_COMMAND_TIMEOUT},
             }
         ),

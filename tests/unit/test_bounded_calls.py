@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -93,6 +94,25 @@ def test_commands_on_a_node_end_after_the_ssh_command_timeout(monkeypatch):
     with pytest.raises(CommandTimedOut):
         shell.run("exec sleep 30", hide=True)
     assert time.monotonic() - start < 10
+
+
+def test_a_timeout_is_a_timeout_even_when_the_killed_command_is_reaped_first(monkeypatch):
+    # What a busy machine did in CI: the command, killed by Invoke's timer, was reaped while
+    # the timer's thread still ran, and Invoke reported a plain exit -9 instead of a timeout.
+    import invoke.runners
+
+    class SlowToEndTimer(threading.Timer):
+        def run(self):
+            self.finished.wait(self.interval)
+            if not self.finished.is_set():
+                self.function()
+                time.sleep(1.5)  # the thread outlives the command it killed
+            self.finished.set()
+
+    monkeypatch.setattr(invoke.runners.threading, "Timer", SlowToEndTimer)
+    monkeypatch.setattr(engine, "SSH_COMMAND_TIMEOUT", 1)
+    with pytest.raises(CommandTimedOut):
+        engine.CommandShell(("sh", "-c")).run("exec sleep 30", hide=True)
 
 
 def test_node_clients_connect_within_the_connect_timeout():
