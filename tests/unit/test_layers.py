@@ -21,8 +21,8 @@ SDK_USERS = {"cdtasks.gateway", "cdtasks.engine"}
 # the gateway's models.
 SPEC_WRITERS = {"cdtasks.stackplan"}
 # Invoke's Context runs a local command with Fabric's run interface (engine.CommandShell, for
-# providers that own SSH themselves); nothing of Invoke's task layer.
-INVOKE_RUNNERS = {"cdtasks.engine": {"Context", "Config"}}
+# providers that own SSH themselves; its Local runner, to read timeouts right); no task layer.
+INVOKE_RUNNERS = {"cdtasks.engine": {"Context", "Config", "Local"}}
 # The package itself hands a project's tasks.py the collection (`from cdtasks import ns`),
 # lazily: the entry point, above the task layer, not a library module.
 ENTRY = {"cdtasks"}
