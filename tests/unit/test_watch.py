@@ -341,6 +341,34 @@ def test_records_of_other_branches_and_repositories_do_not_count(repo: Path):
     assert runs.taken == {} and runs.finished == {}
 
 
+def test_pruning_keeps_each_branchs_last_taken_and_finished(repo: Path, manager, monkeypatch):
+    """Records beyond KEEP go at each new one, but a quiet branch's head stays taken (it is not
+    run again) and the busy branch's newest `taken` and `finished` stay."""
+    monkeypatch.setattr(watch.records, "KEEP", 3)
+    git(repo, "branch", "quiet")
+    quiet_head = git(repo, "rev-parse", "quiet")
+    quiet = Watcher(str(repo), "quiet", store_of(manager), FakeRun(), log=lambda line: None)
+    assert quiet.check().ok
+    busy, lines = FakeRun(), []
+    w = make(repo, manager, busy, lines)
+    w.check()
+    for n in range(3):
+        commit(repo, f"busy {n}")
+        assert w.check().ok
+    newest = busy.commits[-1]
+    assert [(r["branch"], r["event"], r["commit"]) for r in rows(manager)] == [
+        ("quiet", "taken", quiet_head),
+        ("quiet", "finished", quiet_head),
+        ("main", "finished", busy.commits[-2]),
+        ("main", "taken", newest),
+        ("main", "finished", newest),
+    ]
+    again = FakeRun()
+    assert Watcher(str(repo), "quiet", store_of(manager), again).check() is None
+    assert make(repo, manager, again, []).check() is None
+    assert again.commits == []
+
+
 def test_once_gives_the_runs_exit_code_then_nothing_new(repo: Path, manager):
     head = git(repo, "rev-parse", "HEAD")
     lines = []
