@@ -3,12 +3,15 @@ helpers), mmdebstrap (and its apt), commands over SSH (Fabric/Invoke), Engine AP
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
 
+import paramiko
 import pytest
 from invoke.exceptions import CommandTimedOut
 
@@ -123,3 +126,81 @@ def test_node_clients_connect_within_the_connect_timeout():
     # docker-py adds a container's stop grace period to the client's timeout
     assert (timeout + 10).read_timeout == engine.TIMEOUT + 10
     assert (timeout + 10).connect_timeout == engine.CONNECT_TIMEOUT
+
+
+class _SilentServer(paramiko.ServerInterface):
+    """Any key gets in; a command is accepted and not answered (a stuck mount, a dead engine)."""
+
+    def __init__(self):
+        self.commands: list[bytes] = []
+
+    def get_allowed_auths(self, username):
+        return "publickey"
+
+    def check_auth_publickey(self, username, key):
+        return paramiko.AUTH_SUCCESSFUL
+
+    def check_channel_request(self, kind, chanid):
+        return paramiko.OPEN_SUCCEEDED
+
+    def check_channel_exec_request(self, channel, command):
+        self.commands.append(command)
+        # Ended by the server after a while: a client without a timeout fails, not hangs.
+        backstop = threading.Timer(15, channel.close)
+        backstop.daemon = True
+        backstop.start()
+        return True
+
+
+@pytest.fixture
+def silent_ssh(tmp_path):
+    """An SSH server on 127.0.0.1 (host key in its own known_hosts) whose commands hang; yields
+    an Endpoint that reaches it through Fabric and the server."""
+    host_key, user_key = paramiko.ECDSAKey.generate(), paramiko.ECDSAKey.generate()
+    user_key.write_private_key_file(str(tmp_path / "id"))
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {host_key.get_name()} {host_key.get_base64()}\n")
+    server, transports = _SilentServer(), []
+
+    def serve():
+        with contextlib.suppress(OSError):
+            while True:
+                sock, _ = listener.accept()
+                t = paramiko.Transport(sock)
+                t.add_server_key(host_key)
+                t.start_server(server=server)
+                transports.append(t)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield (
+        engine.Endpoint(
+            "n1",
+            f"ssh://root@127.0.0.1:{port}",
+            None,
+            "10.0.0.1",
+            ssh_host="127.0.0.1",
+            ssh_port=port,
+            ssh_key=tmp_path / "id",
+            known_hosts=known,
+        ),
+        server,
+    )
+    listener.close()
+    for t in transports:
+        t.close()
+
+
+def test_a_command_over_fabric_ends_after_the_ssh_command_timeout(silent_ssh, monkeypatch):
+    endpoint, server = silent_ssh
+    monkeypatch.setattr(engine, "SSH_COMMAND_TIMEOUT", 1)
+    conn = engine.ssh(endpoint)
+    try:
+        start = time.monotonic()
+        with pytest.raises(CommandTimedOut):
+            conn.run("docker info", hide=True)
+        assert time.monotonic() - start < 10
+    finally:
+        conn.close()
+    assert server.commands == [b"docker info"]
