@@ -140,7 +140,13 @@ def lab(tmp_path_factory) -> Lab:
     name = f"cdt{uuid.uuid4().hex[:6]}"
     state = tmp_path_factory.mktemp("state")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CDTASKS_", "DOCKER_"))}
-    env.update(CDTASKS_LAB_NAME=name, CDTASKS_STATE_DIR=str(state))
+    # Reports go under this lab's state, never into the project's reports/: the stack group's
+    # lab runs beside this one and the CI recipes' test reads what lands there.
+    env.update(
+        CDTASKS_LAB_NAME=name,
+        CDTASKS_STATE_DIR=str(state),
+        CDTASKS_REPORTS_DIR=str(state / "reports"),
+    )
     lab = Lab(name, state, env)
     try:
         lab.inv("provision")

@@ -74,7 +74,11 @@ def run_blocks(lab, blocks: list[str], version: str) -> subprocess.CompletedProc
         proc = subprocess.run(
             ["bash", "-e", "-o", "pipefail", "-c", block],
             cwd=ROOT,
-            env={**lab.env, "VERSION": version},
+            # The recipes publish the project's reports/ (REPORTS_DIR's default).
+            env={
+                **{k: v for k, v in lab.env.items() if k != "CDTASKS_REPORTS_DIR"},
+                "VERSION": version,
+            },
             text=True,
             capture_output=True,
             timeout=900,

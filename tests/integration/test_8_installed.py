@@ -121,8 +121,9 @@ def _project(directory: Path, python: Path, lab, env_dir: str) -> Project:
     (directory / "tasks.py").write_text("from cdtasks import ns  # every cdtasks task\n")
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "a project using cdtasks"]):
         _run(["git", *args], cwd=directory, env={**os.environ, **GIT_ID})
-    # The lab's names and state only; nothing points back at this checkout.
-    env = {k: v for k, v in lab.env.items() if k != "PYTHONPATH"}
+    # The lab's names and state only; nothing points back at this checkout, and the reports
+    # land in the project's own reports/.
+    env = {k: v for k, v in lab.env.items() if k not in ("PYTHONPATH", "CDTASKS_REPORTS_DIR")}
     return Project(directory, python, env)
 
 
