@@ -36,6 +36,10 @@ from .runner import StepFailed
 
 INTERVAL = 1.0  # seconds between two readings during a rollout
 READ_WAIT = 10.0  # seconds `stop` waits for a reading under way
+# Readings `stop` adds while a held attempt's address is still in its slot: Swarm may have
+# stopped that task just before the end, and the proxy re-resolves within about 2 s (its
+# resolver holds an answer 1 s); without them such attempts counted as the release's errors.
+SETTLE_READINGS = 3
 T = TypeVar("T")
 
 
@@ -129,6 +133,16 @@ class Tally:
                 if address
             }
         self.readings += 1
+
+    def served(self) -> set[str]:
+        """The addresses the proxy's slots have at the last readings."""
+        return {a for c in self.last.values() for a, _ in c.slots.values() if a}
+
+    def settling(self) -> bool:
+        """Some held attempt's address is still in a slot (a stopped task not yet re-resolved,
+        or a task that serves on)."""
+        served = self.served()
+        return any(address in served for _, address, _ in self.pending)
 
     def _hold(
         self, second: int, before: haproxy.Counters, now: haproxy.Counters, errors: int
@@ -236,7 +250,7 @@ def result(tally: Tally, ended: float, max_errors: int | None = None) -> Budget:
         why = "; ".join(f"{r}: {reason}" for r, reason in sorted(tally.failures.items()))
         return not_measured(why or "the proxy's counters were read fewer than twice", max_errors)
     # An address still served at the end was no stopped task: its held attempts count.
-    served = {a for c in tally.last.values() for a, _ in c.slots.values() if a}
+    served = tally.served()
     errors, stopped = tally.errors, 0
     seconds = {at: list(rq_er) for at, rq_er in tally.seconds.items()}
     for at, address, attempts in tally.pending:
@@ -319,12 +333,19 @@ class Meter:
 
     def stop(self, last_reading: bool = True) -> Budget:
         """The budget so far, after one more reading (`last_reading`; an interruption skips
-        it: the clean-up must stay short)."""
+        it: the clean-up must stay short) and, while held attempts' addresses are still in
+        their slots, up to SETTLE_READINGS more, one each interval."""
         self._halt.set()
         if self._thread:
             self._thread.join(timeout=READ_WAIT)
         if last_reading:
             self._reading()
+            for _ in range(SETTLE_READINGS):
+                with self._lock:
+                    if not self.tally.settling():
+                        break
+                time.sleep(self.interval)
+                self._reading()
         with self._lock:
             return result(self.tally, self.clock(), self.max_errors)
 
