@@ -3,12 +3,22 @@ says what the tool is before Invoke's usage."""
 
 from __future__ import annotations
 
+import copy
 import tomllib
 from pathlib import Path
 
-from cdtasks.tasks import DESCRIPTION, program
+import pytest
+
+from cdtasks.tasks import DESCRIPTION, ns, program
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+@pytest.fixture(autouse=True)
+def _own_namespace(monkeypatch):
+    """A copy of the collection: parsing consumes the tasks' help dictionaries (Invoke pops
+    them), which other tests read (test_json_output failed after this module)."""
+    monkeypatch.setattr(program, "namespace", copy.deepcopy(ns))
 
 
 def test_version_is_the_packages(capsys):
