@@ -439,6 +439,13 @@ def template_beside(
     return out
 
 
+def spec_with_image(spec: Mapping[str, Any], image: str) -> dict[str, Any]:
+    """A full ServiceSpec (as `stackplan` writes one) that wants `image` instead."""
+    template = dict(spec["TaskTemplate"])
+    template["ContainerSpec"] = {**template["ContainerSpec"], "Image": image}
+    return {**spec, "TaskTemplate": template}
+
+
 def spec_request(spec: Mapping[str, Any], ids: Mapping[str, str]) -> dict:
     """The SDK's create/update arguments for a full ServiceSpec (as `stackplan` writes one),
     the networks, configs and secrets it names by name replaced by the IDs in `ids` (they were

@@ -19,7 +19,7 @@ from typing import Any
 
 from docker import types
 
-from . import release
+from . import gateway, release
 from .stackfile import NS, Service, Stack
 
 NAMESPACE = "com.docker.stack.namespace"
@@ -389,10 +389,8 @@ def released(spec: dict[str, Any], running: Mapping) -> dict[str, Any]:
     mark = (running.get("Labels") or {}).get(RELEASED)
     if not mark or release.image_name(mark) != release.image_name(_at(spec, IMAGE_AT)):
         return spec
-    template = dict(spec["TaskTemplate"])
-    template["ContainerSpec"] = {**template["ContainerSpec"], "Image": mark}
     labels = {**(spec.get("Labels") or {}), RELEASED: mark}
-    return {**spec, "TaskTemplate": template, "Labels": labels}
+    return {**gateway.spec_with_image(spec, mark), "Labels": labels}
 
 
 def plan(stack: Stack, actual: Actual, routing: str) -> Plan:
