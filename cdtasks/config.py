@@ -8,6 +8,11 @@ defaults. Env files are read with `dotenv_values` without interpolation (values 
 never loaded into os.environ, and every key is validated once, here. Where the files are
 (`locate`) is given by the caller (the task layer reads Invoke's configuration), and
 `CDTASKS_PROJECT_DIR` / `CDTASKS_ENV_DIR` override it.
+
+Frozen dataclasses from one table of keys, not pydantic-settings: the layered files (base.env
+under each environment's), keys that must agree across environments and the error that names
+file, key and expected form are this module's rules either way, and a plain dataclass adds no
+dependency beyond the four the project has by design.
 """
 
 from __future__ import annotations
