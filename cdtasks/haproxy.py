@@ -331,10 +331,12 @@ def servers_named(reading: Reading, backend: str, prefix: str) -> tuple[Server, 
 def check(cluster: Cluster, replicas: Sequence[Replica], backend: str, slots: str) -> list[Reading]:
     """Each replica answers, is HAProxy with an admin-level runtime API, and has `backend` with
     the server-template `slots` (e.g. canary); ProxyError naming the haproxy.cfg lines otherwise.
-    Nothing changes: the admin level is proven by setting a slot's weight to its own value."""
+    Nothing changes: the admin level is proven by setting a slot's weight to its own value, on
+    every replica at once (one after the other cost a canary a second per replica)."""
     if not replicas:
         raise ProxyError("the proxy service runs no task")
     readings = read(cluster, replicas)
+    proofs: dict[Replica, dict[str, int | str]] = {}
     for reading in readings:
         where = _where(reading.replica)
         if not reading.backend(backend):
@@ -344,10 +346,11 @@ def check(cluster: Cluster, replicas: Sequence[Replica], backend: str, slots: st
             raise ProxyError(
                 f"{where}: backend {backend} has no {slots}N servers: {_enable(1, backend)}"
             )
-        try:
-            set_weights(cluster, {reading.replica: {own[0].full_name: own[0].weight}})
-        except ProxyError as exc:  # "Permission denied": the socket's level is not admin
-            raise ProxyError(f"{exc}; {_enable()}") from None
+        proofs[reading.replica] = {own[0].full_name: own[0].weight}
+    try:
+        set_weights(cluster, proofs)
+    except ProxyError as exc:  # "Permission denied": the socket's level is not admin
+        raise ProxyError(f"{exc}; {_enable()}") from None
     return readings
 
 
