@@ -12,9 +12,9 @@ deployment's lock is checked, as the rollout does: a run that lost it changes no
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import canary, haproxy, records, rollout, services, stack, stackplan
@@ -124,45 +124,6 @@ def check_proxy(cluster: Cluster, where: Targets, gate: canary.Gate) -> None:
                 )
 
 
-class Prepull:
-    """Each canary's new image pulled on its service's nodes (for the canary, and for the
-    rollout that promotes it) from the moment the targets are known, beside the proxy check,
-    the checkout and the history entry: the node Swarm picks for the canary then has its image
-    or gets it sooner (the engine joins a pull under way), which cut a second of its start.
-    Its lines are said at `wait`; a release refused meanwhile says nothing of it (the threads
-    are daemons: an exit does not wait for a pull)."""
-
-    def __init__(self, cluster: Cluster, where: Targets, images: Mapping[str, str], log: Log):
-        self._log = log
-        self._lines: list[str] = []
-        self._errors: list[Exception] = []
-        self._threads = [
-            threading.Thread(
-                target=self._pull,
-                args=(cluster, t.service, images[t.service]),
-                daemon=True,
-                name=f"prepull {t.service}",
-            )
-            for t in where.targets
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def _pull(self, cluster: Cluster, service: str, image: str) -> None:
-        try:
-            rollout.prepull(cluster, service, image, self._lines.append)
-        except Exception as exc:  # said at `wait`, as a failure of the canary's start
-            self._errors.append(exc)
-
-    def wait(self) -> None:
-        for thread in self._threads:
-            thread.join()
-        for line in self._lines:
-            self._log(line)
-        if self._errors:
-            raise self._errors[0]
-
-
 def _snapshot(readings: Sequence[haproxy.Reading], backend: str) -> canary.Snapshot:
     return {r.replica.task: {s.name: s for s in r.counted(backend)} for r in readings}
 
@@ -178,10 +139,9 @@ class Run:
         gate: canary.Gate,
         log: Log,
         lock: records.Lock | None = None,
-        pulling: Prepull | None = None,
     ):
         self.cluster, self.where, self.images, self.gate = cluster, where, images, gate
-        self.log, self.lock, self.pulling = log, lock, pulling
+        self.log, self.lock = log, lock
         self.targets = where.targets
         self.percent = 0.0
         self.weighted: set[str] = set()  # proxy tasks whose weights this run changed
@@ -205,38 +165,46 @@ class Run:
 
     def start(self) -> None:
         """Create each canary from its running service's spec and wait until they run and every
-        proxy replica sees their tasks up (at weight 0: no traffic yet), and until each new
-        image is on its service's nodes (`Prepull`, started here unless the caller did)."""
+        proxy replica sees their tasks up (at weight 0: no traffic yet). Each new image is
+        pulled on its service's other nodes meanwhile (for the rollout that promotes it):
+        Swarm pulls it on the canary's node itself."""
         manager = self.cluster.gateway(self.log)
         for t in self.targets:
             if self._remove_service(t.canary):  # we hold the lock: a run that was killed
                 self.log(f"removed {t.canary}, left by a run that was killed")
         running = {t: services.existing(manager, t.service) for t in self.targets}
-        pulling = self.pulling or Prepull(self.cluster, self.where, self.images, self.log)
-        for t in self.targets:
-            image = self.images[t.service]
-            self.log(f"starting {t.canary} ({self.gate.replicas} replica(s)) with {image}")
-            labels = {k: v for k, v in running[t].labels.items() if k not in FOREIGN}
-            self._check()
-            manager.create_beside(
-                t.service,
-                t.canary,
-                image,
-                self.gate.replicas,
-                {**labels, LABEL: t.service},
-                SUFFIX,
-                FOREIGN,
-            )
-        timeout = self.cluster.settings.services.services_timeout
-        services.wait_running(manager, [t.canary for t in self.targets], timeout, self.log)
-        # with dnsrr the name resolves to each task (a slot each); a VIP is one slot for all
-        self._wait_seen(
-            {
-                t: self.gate.replicas if running[t].endpoint_mode == "dnsrr" else 1
+        with ThreadPoolExecutor(max_workers=len(self.targets)) as pool:
+            pulled = [
+                pool.submit(
+                    rollout.prepull, self.cluster, t.service, self.images[t.service], self.log
+                )
                 for t in self.targets
-            }
-        )
-        pulling.wait()
+            ]
+            for t in self.targets:
+                image = self.images[t.service]
+                self.log(f"starting {t.canary} ({self.gate.replicas} replica(s)) with {image}")
+                labels = {k: v for k, v in running[t].labels.items() if k not in FOREIGN}
+                self._check()
+                manager.create_beside(
+                    t.service,
+                    t.canary,
+                    image,
+                    self.gate.replicas,
+                    {**labels, LABEL: t.service},
+                    SUFFIX,
+                    FOREIGN,
+                )
+            timeout = self.cluster.settings.services.services_timeout
+            services.wait_running(manager, [t.canary for t in self.targets], timeout, self.log)
+            # with dnsrr the name resolves to each task (a slot each); a VIP is one slot for all
+            self._wait_seen(
+                {
+                    t: self.gate.replicas if running[t].endpoint_mode == "dnsrr" else 1
+                    for t in self.targets
+                }
+            )
+            for p in pulled:
+                p.result()
 
     def _wait_seen(self, wanted: Mapping[Target, int]) -> None:
         """Until every proxy replica sees `wanted` canary servers up in each target's backend."""
@@ -397,14 +365,13 @@ def run(
     log: Log,
     steps: list,
     lock: records.Lock | None = None,
-    pulling: Prepull | None = None,
 ) -> str:
     """The whole canary of a release (`images`: service -> image); `steps` receives each step's
     figures. Passing: a one-line summary. Failing: StepFailed with the figure that failed. The
     canaries are gone either way (and after a signal too), the proxy's weights are back as
     configured; unless `lock` (the deployment's, held) was lost meanwhile: then LockLost, and
-    what is left is said. `pulling`: the images' pre-pull, if the caller started it earlier."""
-    r = Run(cluster, where, images, gate, log, lock, pulling)
+    what is left is said."""
+    r = Run(cluster, where, images, gate, log, lock)
     try:
         r.start()
         for i, percent in enumerate(gate.steps):

@@ -73,7 +73,6 @@ class Deployment:
     run_id: str = field(default_factory=lambda: secrets.token_hex(6))  # ties its history entries
     canary_steps: list[dict] = field(default_factory=list)  # each canary step's figures
     canaries: canary_rollout.Targets | None = None  # where they go (prepare)
-    pulling: canary_rollout.Prepull | None = None  # their images coming to the nodes (prepare)
 
     @property
     def service(self) -> str:
@@ -231,7 +230,7 @@ def prepare(d: Deployment) -> records.Lock:
                 (r for r in reversed(passed(d)) if d.digest and r.get("digest") == d.digest), record
             )
         if d.canary:  # where the canaries go, and a proxy that can take them, before any starts
-            d.canaries, d.pulling = canaries(d.cluster, d.images, d.canary, d.log)
+            d.canaries = canaries(d.cluster, d.images, d.canary, d.log)
     except BaseException:
         lock.release()
         raise
@@ -241,14 +240,12 @@ def prepare(d: Deployment) -> records.Lock:
 
 def canaries(
     cluster: Cluster, images: dict[str, str], gate: canary.Gate, log: Log
-) -> tuple[canary_rollout.Targets, canary_rollout.Prepull]:
+) -> canary_rollout.Targets:
     """The canaries of the release `images`, each with a backend in a proxy that can be driven
-    and has slots for them, and their images' pre-pull, started beside the proxy's check; the
-    released services that have none are said (they roll with the promotion). DeploymentError
-    with one line otherwise."""
+    and has slots for them; the released services that have none are said (they roll with the
+    promotion). DeploymentError with one line otherwise."""
     try:
         where = canary_rollout.targets(cluster, images)
-        pulling = canary_rollout.Prepull(cluster, where, images, log)
         canary_rollout.check_proxy(cluster, where, gate)
     except (canary_rollout.NoTarget, haproxy.ProxyError, stackfile.StackFileError) as exc:
         raise DeploymentError(f"--canary: {exc}") from None
@@ -257,7 +254,7 @@ def canaries(
             f"--canary: {', '.join(where.without)} not behind the proxy {where.proxy}: no "
             "canary, rolled out with the promotion"
         )
-    return where, pulling
+    return where
 
 
 def release_plan(d: Deployment, manager, record: dict) -> release.Plan:
@@ -341,7 +338,7 @@ def _canary(d: Deployment, lock: records.Lock) -> str:
     assert d.cluster is not None and d.canary is not None  # prepare() found it
     assert d.canaries is not None  # prepare() chose them
     return canary_rollout.run(
-        d.cluster, d.canaries, d.images, d.canary, d.log, d.canary_steps, lock, d.pulling
+        d.cluster, d.canaries, d.images, d.canary, d.log, d.canary_steps, lock
     )
 
 

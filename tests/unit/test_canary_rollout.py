@@ -170,29 +170,3 @@ def test_a_release_with_nothing_behind_the_proxy_is_one_line():
         "no released service (team_api, team_worker) has a backend in the proxy team_proxy "
         "(haproxy.cfg has no backend api, team_api, worker, team_worker)"
     )
-
-
-def test_the_prepull_says_its_lines_and_its_failure_at_wait(monkeypatch):
-    """Started beside the proxy's check: nothing is said before `wait` (a release refused
-    meanwhile says nothing of it), then each pull's line, then its failure."""
-    import threading
-
-    go = threading.Event()
-
-    def prepull(cluster, service, image, log):
-        go.wait(5)
-        log(f"pre-pulled {image}")
-        if service == "b":
-            raise RuntimeError("registry gone")
-
-    monkeypatch.setattr(rollout, "prepull", prepull)
-    where = canary_rollout.Targets(
-        "p", (canary_rollout.Target("a", "api"), canary_rollout.Target("b", "go-demo"))
-    )
-    said: list[str] = []
-    pulling = canary_rollout.Prepull(None, where, {"a": "a:2", "b": "b:2"}, said.append)
-    assert said == []
-    go.set()
-    with pytest.raises(RuntimeError, match="registry gone"):
-        pulling.wait()
-    assert sorted(said) == ["pre-pulled a:2", "pre-pulled b:2"]
