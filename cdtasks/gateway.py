@@ -632,6 +632,9 @@ def exec_in(client, container_id: str, argv: Sequence[str]) -> tuple[int | None,
         return client.api.exec_inspect(exec_id).get("ExitCode"), out
 
 
+KILLED_PROBE = 137  # a health probe's exit code when SIGKILL ended it (its container stopping)
+
+
 def health_output(container: Mapping) -> str:
     """The last failing health check of a container (its inspect data) in a few words: its
     output, the command, its exit code and how many probes failed in a row; '' if none failed.
@@ -640,9 +643,11 @@ def health_output(container: Mapping) -> str:
     failed = [h for h in health.get("Log") or [] if h.get("ExitCode") != 0]
     if not failed:
         return ""
-    # The last probe that said something: a probe cut short as the container stops prints
-    # nothing (exit 137).
-    probe = next((h for h in reversed(failed) if (h.get("Output") or "").strip()), failed[-1])
+    # The last probe that said something, else the last one not cut short: a probe killed as
+    # the container stops prints nothing and exits 137 (CI named `false` by that 137).
+    probe = next((h for h in reversed(failed) if (h.get("Output") or "").strip()), None) or next(
+        (h for h in reversed(failed) if h.get("ExitCode") != KILLED_PROBE), failed[-1]
+    )
     output = " ".join((probe.get("Output") or "").split())[:300] or "no output"
     test = list(((container.get("Config") or {}).get("Healthcheck") or {}).get("Test") or ())
     command = (

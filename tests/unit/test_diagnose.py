@@ -140,6 +140,11 @@ def test_a_health_check_that_prints_nothing_is_named_by_command_exit_code_and_st
     assert gateway.health_output(shell) == (
         "no output (`curl -f localhost || exit 2`: exit code 2, 1 failed probe in a row)"
     )
+    # the last probe killed as the container stopped (CI saw `false`: exit code 137)
+    stopped = health((1, ""), (1, ""), (137, ""), test=("CMD", "false"))
+    assert gateway.health_output(stopped) == (
+        "no output (`false`: exit code 1, 3 failed probes in a row)"
+    )
 
 
 def response(code):
