@@ -333,7 +333,7 @@ def check(cluster: Cluster, replicas: Sequence[Replica], backend: str, slots: st
     the server-template `slots` (e.g. canary); ProxyError naming the haproxy.cfg lines otherwise.
     Nothing that serves changes: the admin level is proven by setting the first slot's weight to
     0 (a canary slot takes no traffic until its step), in the same exec as the reading, on every
-    replica at once (each exec costs a canary's start about half a second on a loaded node)."""
+    replica at once: one exec per replica, where a reading and a proof in turn took two."""
     if not replicas:
         raise ProxyError("the proxy service runs no task")
     proof = f"set weight {backend}/{slots}1 0"

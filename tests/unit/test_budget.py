@@ -248,8 +248,8 @@ def _meter_ending(*after_halt):
 
 def test_stop_reads_on_until_a_task_stopped_at_the_end_leaves_its_slot():
     """Swarm stops the last old task as the rollout ends: its refused attempt, retried on
-    another server, is seen at the last reading while the proxy still has its address (CI at
-    0b81e0a counted 2 such attempts as errors); a reading later the slot is empty."""
+    another server, is seen at the last reading while the proxy still has its address (CI
+    counted 2 such attempts as errors); a reading later the slot is empty."""
     still = {"p": slots(110, 1, app1=(OLD, 1), app2=(NEW, 0))}
     gone = {"p": slots(120, 1, app1=("", 1), app2=(NEW, 0))}
     meter, late = _meter_ending(still, gone)
