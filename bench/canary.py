@@ -109,8 +109,10 @@ def deploy(
 PHASES = (
     ("before the step (lock, proxy check)", r"\] canary \.\.\.$"),
     ("canary service created", r"starting \S+-canary"),
-    ("its tasks run", r"running: .*-canary"),
-    ("every proxy sees it up, weights set", r"canary step 1/\d+: [\d.]+ % for"),
+    # the proxy is watched from the start (it sees the tasks once they pass its check): Swarm's
+    # "running" is said only when the proxy has not seen them by then
+    ("its tasks run and every proxy sees them up", r"every proxy replica sees .*-canary"),
+    ("weights set", r"canary step 1/\d+: [\d.]+ % for"),
     ("steps held and judged", r"canary step (\d+)/\1: [\d.]+ %: "),
     ("weights back, canary removed", r"\] canary \.\.\. ok"),
     ("to the rollout's start", r"\] rollout \.\.\.$"),

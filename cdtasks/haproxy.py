@@ -30,12 +30,15 @@ ENABLE_LINES = (
 # Run inside the proxy's container: each argument is one runtime API command, sent on its own
 # connection (non-interactive mode: the answer ends when HAProxy closes it); the answers come
 # back as one JSON list. Exit 3: no socket (the runtime API is not enabled at that path).
+# `--until JSON` first: `show stat` every 0.1 s, for at most the seconds JSON gives, until each
+# of its backends has as many servers UP named PREFIX<n> as it asks (`wait_up`); a look costs
+# a socket round trip there, where a look from outside costs an exec and a Python start.
 _CLIENT = """
-import json, os, socket, sys
-path, answers = sys.argv[1], []
+import json, os, socket, sys, time
+path, args, answers = sys.argv[1], sys.argv[2:], []
 if not os.path.exists(path):
     sys.exit(3)
-for cmd in sys.argv[2:]:
+def ask(cmd):
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(10)
     s.connect(path)
@@ -47,7 +50,28 @@ for cmd in sys.argv[2:]:
             break
         out += d
     s.close()
-    answers.append(out.decode(errors="replace"))
+    return out.decode(errors="replace")
+def seen(stat, want):
+    rows = [r.split(",") for r in stat.splitlines() if r.strip()]
+    if not rows or not rows[0][0].startswith("# pxname"):
+        return True  # not `show stat`: let the caller's reading say so
+    status = [c.strip() for c in rows[0]].index("status")
+    for backend, (prefix, wanted) in want.items():
+        up = sum(
+            1 for r in rows[1:]
+            if len(r) > status and r[0] == backend and r[1].startswith(prefix)
+            and r[1][len(prefix):].isdigit() and r[status].startswith("UP")
+        )
+        if up < wanted:
+            return False
+    return True
+if args[:1] == ["--until"]:
+    want, seconds = json.loads(args[1])
+    args, end = args[2:], time.monotonic() + seconds
+    while not seen(ask("show stat"), want) and time.monotonic() < end:
+        time.sleep(0.1)
+for cmd in args:
+    answers.append(ask(cmd))
 print(json.dumps(answers))
 """
 
@@ -290,6 +314,23 @@ def read(cluster: Cluster, replicas: Sequence[Replica]) -> list[Reading]:
     """Every replica's server counters (all backends)."""
 
     return _each(replicas, lambda r: _reading(r, command(cluster, r, "show stat")[0]))
+
+
+def wait_up(
+    cluster: Cluster,
+    replicas: Sequence[Replica],
+    wanted: Mapping[str, int],
+    prefix: str,
+    seconds: float,
+) -> list[Reading]:
+    """Every replica's counters once it has `wanted[backend]` servers named `prefix`<n> UP in
+    each backend, or after `seconds` (the caller tells which from the reading): the waiting is
+    done inside each proxy container, all replicas at once."""
+    until = json.dumps([{b: [prefix, n] for b, n in wanted.items()}, seconds])
+    return _each(
+        replicas,
+        lambda r: _reading(r, command(cluster, r, "--until", until, "show stat")[0]),
+    )
 
 
 def _reading(replica: Replica, answer: str) -> Reading:

@@ -12,6 +12,7 @@ import pytest
 
 from cdtasks import canary_rollout, haproxy, records, rollout, services
 from cdtasks.canary import Gate
+from cdtasks.runner import StepFailed
 
 STAT = (Path(__file__).parent / "data" / "haproxy-show-stat.csv").read_text()
 # the same servers in a second backend, `api` (a stack's)
@@ -46,11 +47,11 @@ def calls(monkeypatch) -> list:
     )
     spec = SimpleNamespace(labels={}, endpoint_mode="dnsrr")
     monkeypatch.setattr(services, "existing", lambda m, name: spec)
-    monkeypatch.setattr(services, "wait_running", lambda *a: None)
     monkeypatch.setattr(rollout, "prepull", lambda *a: None)
     monkeypatch.setattr(haproxy, "replicas", lambda *a: [REPLICA])
     reading = haproxy.Reading(REPLICA, haproxy.parse_stat(STAT_API))  # canary1 is UP
     monkeypatch.setattr(haproxy, "read", lambda cluster, reps: [reading for _ in reps])
+    monkeypatch.setattr(haproxy, "wait_up", lambda cluster, reps, *a: [reading for _ in reps])
     monkeypatch.setattr(
         haproxy,
         "set_weights",
@@ -170,3 +171,55 @@ def test_a_release_with_nothing_behind_the_proxy_is_one_line():
         "no released service (team_api, team_worker) has a backend in the proxy team_proxy "
         "(haproxy.cfg has no backend api, team_api, worker, team_worker)"
     )
+
+
+def _seen_run(monkeypatch, up_after: int, running_after: int, timeout: float = 5):
+    """A Run whose proxy sees the canary UP from the `up_after`-th wait on, and whose canary
+    runs from the `running_after`-th look at Swarm on; the looks it made."""
+    looks = {"proxy": 0, "swarm": 0}
+    down = haproxy.Reading(
+        REPLICA, haproxy.parse_stat(STAT.replace("109,109,UP,", "109,109,DOWN,"))
+    )
+    up = haproxy.Reading(REPLICA, haproxy.parse_stat(STAT))
+
+    def wait_up(cluster, reps, slots, prefix, seconds):
+        assert slots == {"go-demo": 1} and prefix == "canary"
+        looks["proxy"] += 1
+        return [up if looks["proxy"] >= up_after else down]
+
+    def running_counts(manager, names):
+        looks["swarm"] += 1
+        return {n: (1 if looks["swarm"] >= running_after else 0, 1) for n in names}
+
+    monkeypatch.setattr(haproxy, "wait_up", wait_up)
+    monkeypatch.setattr(haproxy, "replicas", lambda *a: [REPLICA])
+    monkeypatch.setattr(services, "running_counts", running_counts)
+    monkeypatch.setattr(services, "diagnose", lambda m, n: "no suitable node")
+    settings = SimpleNamespace(services=SimpleNamespace(services_timeout=timeout))
+    cluster = SimpleNamespace(settings=settings)
+    lines: list[str] = []
+    run = canary_rollout.Run(cluster, BOOK, {}, Gate((10,), hold=1), lines.append)
+    return run, looks, lines
+
+
+def test_the_proxy_is_asked_first_and_swarm_only_while_it_does_not_see_the_canary(monkeypatch):
+    run, looks, lines = _seen_run(monkeypatch, up_after=3, running_after=2)
+    run._wait_seen(None, {BOOK.targets[0]: 1})
+    assert looks == {"proxy": 3, "swarm": 2}
+    assert lines[0] == "waiting: go-demo-canary 0/1"
+    assert lines[1].startswith("running: go-demo-canary 1/1")
+    assert lines[-1] == "every proxy replica sees go-demo-canary up"
+
+
+def test_a_canary_that_never_runs_is_said_with_swarm_s_reason(monkeypatch):
+    run, looks, _ = _seen_run(monkeypatch, up_after=10**6, running_after=10**6, timeout=0)
+    with pytest.raises(services.ServiceError, match="go-demo-canary: no suitable node"):
+        run._wait_seen(None, {BOOK.targets[0]: 1})
+
+
+def test_a_running_canary_the_proxy_never_sees_up_is_named(monkeypatch):
+    monkeypatch.setattr(canary_rollout, "UP_TIMEOUT", 0.0)
+    run, looks, _ = _seen_run(monkeypatch, up_after=10**6, running_after=1)
+    with pytest.raises(StepFailed, match="go-demo-canary runs, but .* see 0 of its 1 server"):
+        run._wait_seen(None, {BOOK.targets[0]: 1})
+    assert looks["proxy"] == 2  # the first look at Swarm starts the clock, the second ends it

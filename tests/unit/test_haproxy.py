@@ -3,6 +3,12 @@ proxy image's) printed it during a canary whose 500s `retry-on` retried elsewher
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -146,3 +152,70 @@ def test_weights_set_then_read_in_one_exec_and_refusals_named(monkeypatch):
     monkeypatch.setattr(haproxy, "command", lambda c, r, *cmds: ["No such server.\n"])
     with pytest.raises(haproxy.ProxyError, match="refused `set weight go-demo/x 1`: No such"):
         haproxy.set_weights(None, {replica: {"go-demo/x": 1}})
+
+
+class FakeRuntime(threading.Thread):
+    """A UNIX socket answering `show stat` as HAProxy does (one command per connection): the
+    canary slot's status is DOWN for the first `down_for` looks, then UP."""
+
+    def __init__(self, path: str, down_for: int):
+        super().__init__(daemon=True)
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(path)
+        self.sock.listen(8)
+        self.down_for, self.looks = down_for, 0
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            cmd = conn.recv(1024).decode().strip()
+            if cmd == "show stat":
+                self.looks += 1
+                up = self.looks > self.down_for
+                conn.sendall(
+                    (STAT if up else STAT.replace("109,109,UP,", "109,109,DOWN,")).encode()
+                )
+            conn.close()
+
+
+def _client(path: str, *args: str) -> tuple[list[str], float]:
+    start = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", haproxy._CLIENT, path, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    return json.loads(out), time.monotonic() - start
+
+
+def test_the_client_waits_inside_the_proxy_until_the_slots_are_up(tmp_path):
+    """`--until`: the script run in each proxy container looks every 0.1 s until the backend has
+    the canary servers UP it asks for, then answers the commands; or gives up after its time."""
+    fake = FakeRuntime(str(tmp_path / "admin.sock"), down_for=3)
+    fake.start()
+    until = json.dumps([{"go-demo": ["canary", 1]}, 20])
+    answers, took = _client(str(tmp_path / "admin.sock"), "--until", until, "show stat")
+    assert fake.looks == 3 + 1 + 1  # three DOWN, the UP one, the answer's own reading
+    assert "canary1" in answers[0] and ",UP," in answers[0].split("canary1")[1][:80]
+    assert 0.25 < took < 10
+    # two canary servers wanted, one exists: it waits its time out and still answers
+    until = json.dumps([{"go-demo": ["canary", 2]}, 0.5])
+    answers, took = _client(str(tmp_path / "admin.sock"), "--until", until, "show stat")
+    assert haproxy.parse_stat(answers[0]) and took >= 0.5
+    fake.sock.close()
+
+
+def test_wait_up_asks_every_replica_with_the_slots_wanted(monkeypatch):
+    sent = []
+    monkeypatch.setattr(
+        haproxy, "command", lambda cluster, replica, *cmds: sent.append(cmds) or [STAT]
+    )
+    reps = [haproxy.Replica("t1", "n1", "c1"), haproxy.Replica("t2", "n2", "c2")]
+    got = haproxy.wait_up(None, reps, {"go-demo": 1}, "canary", 4.0)
+    assert [r.replica for r in got] == reps
+    assert sent[0] == ("--until", '[{"go-demo": ["canary", 1]}, 4.0]', "show stat")
