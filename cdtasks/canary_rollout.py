@@ -25,9 +25,9 @@ from .runner import StepFailed
 SLOTS = "canary"  # the server-template's prefix in haproxy.cfg
 SUFFIX = "-canary"  # a canary's service name and network aliases: the running one's, plus this
 LABEL = "io.cdtasks.canary-of"
-# Labels of the running service a canary must not carry: a stack's (or `inv services` and `inv
-# plan` would take it for a stack service that the file lacks) and the env-file services' mark.
-FOREIGN = (stackplan.NAMESPACE, stackplan.IMAGE, stack.STACK_LABEL[0])
+# Labels of the running service a canary must not carry: the stack's (or `inv services` and
+# `inv plan` would take it for a stack service that the file lacks).
+FOREIGN = (stackplan.NAMESPACE, stackplan.IMAGE)
 POLL = 2.0  # seconds between two readings of the proxy's counters within a step
 UP_TIMEOUT = 60.0  # seconds every proxy replica has, once the canary's tasks run, to see them up
 # Seconds each proxy replica waits for them inside its container (haproxy.wait_up) before the
@@ -44,8 +44,8 @@ class NoTarget(ValueError):
 class Target:
     """One canary: the running service it copies and that service's backend in the proxy."""
 
-    service: str  # Swarm's name: go-demo, team_api
-    backend: str  # in haproxy.cfg: go-demo, api
+    service: str  # Swarm's name: go-demo_main, team_api
+    backend: str  # in haproxy.cfg: main, api
 
     @property
     def canary(self) -> str:
@@ -56,7 +56,8 @@ class Target:
 class Targets:
     """Where the canaries of a release go: the proxy's Swarm service, a target for each released
     service behind it, and the released services that have no backend there (a worker: they
-    roll with the promotion, no canary). `named`: the figures name their service (a stack)."""
+    roll with the promotion, no canary). `named`: the figures name their service (a release of
+    several services; the book's sample releases one)."""
 
     proxy: str
     targets: tuple[Target, ...]
@@ -69,7 +70,6 @@ def choose(
     names: Mapping[str, Sequence[str]],
     jobs: Collection[str],
     backends: Collection[str],
-    named: bool = True,
 ) -> Targets:
     """The targets of a release: `names` holds each released service's possible backend names
     (`stack.backend_names`), `backends` those the proxy has. A job never gets a canary (it runs
@@ -89,19 +89,15 @@ def choose(
             f"no released service ({', '.join(without) or 'none but jobs'}) has a backend in "
             f"the proxy {proxy} (haproxy.cfg has no backend {tried or 'for them'})"
         )
-    return Targets(proxy, tuple(found), tuple(without), named)
+    return Targets(proxy, tuple(found), tuple(without), len(found) + len(without) > 1)
 
 
 def targets(cluster: Cluster, images: Mapping[str, str]) -> Targets:
-    """The targets of the release `images` (service -> image): without STACK_FILE the
-    application's service and its backend, named after it; with a stack, each released
-    service (jobs aside) whose backend the stack's proxy has (its replicas' `show stat`).
-    NoTarget, haproxy.ProxyError or stackfile.StackFileError with one line otherwise."""
+    """The targets of the release `images` (service -> image): each released service (jobs
+    aside) whose backend the stack's proxy has (its replicas' `show stat`). NoTarget,
+    haproxy.ProxyError or stackfile.StackFileError with one line otherwise."""
     s = cluster.settings
-    app = s.services
-    if s.stack.stack_file is None:
-        return Targets(app.proxy_service, (Target(app.app_service, app.app_service),))
-    proxy = stack.service_name(s, app.proxy_service)
+    proxy = stack.service_name(s, s.services.proxy_service)
     manager = cluster.gateway()
     jobs = {svc for svc in images if services.existing(manager, svc).job}
     reps = haproxy.replicas(cluster, proxy)
@@ -155,8 +151,7 @@ class Run:
             self.lock.check()
 
     def _of(self, service: str) -> str:
-        """How a figure names its service: a stack's by name; the book's one goes without (the
-        figures have always been its)."""
+        """How a figure names its service: by name in a release of several."""
         return f"{service}: " if self.where.named else ""
 
     # -- the canary services --------------------------------------------------------------------

@@ -112,7 +112,6 @@ class Checkout:
             "IMAGE": self.image,
             "VERSION": self.version or "",
             "BASE_IMAGE": s.services.base_image,
-            "DB_IMAGE": s.services.db_image,
             "HOST_IP": host_ip,
         }
         return Compose(
@@ -147,7 +146,7 @@ class Checkout:
         once even when two steps ask at the same time (the build beside the unit tests)."""
         with self._naming:
             self.project = self.project or unique_project(
-                f"{self.settings.services.app_service}-{self.version}"
+                f"{self.settings.stack.stack_name}-{self.version}"
             )
         return self.project
 
@@ -171,7 +170,7 @@ class Checkout:
         # clean-up knows of: it waits until the directory is ours to remove.
         with interrupt.deferred():
             dest = Path(
-                tempfile.mkdtemp(prefix=f"{s.services.app_service}-", dir=s.delivery.workspace_dir)
+                tempfile.mkdtemp(prefix=f"{s.stack.stack_name}-", dir=s.delivery.workspace_dir)
             )
             self.workdir = dest
         if Path(repo).is_dir() and not (Path(repo) / ".git").exists():

@@ -73,11 +73,13 @@ class Cluster:
 
     def routing_in_use(self) -> str:
         """The mode provision chose, read from the registry service it made, or with your own
-        registry from the proxy `inv services` made (one API call instead of an SSH probe of
-        every node); probed when there is neither yet."""
+        registry from the stack's proxy `inv services` made (one API call instead of an SSH
+        probe of every node); probed when there is neither yet."""
         if self.settings.cluster.routing == "auto":
             manager = self.gateway()
-            for name in (registry.NAME, self.settings.services.proxy_service):
+            stack, proxy = self.settings.stack.stack_name, self.settings.services.proxy_service
+            scoped = proxy if proxy.startswith(f"{stack}_") else f"{stack}_{proxy}"
+            for name in (registry.NAME, scoped):
                 svc = manager.service(name)
                 if svc is not None:
                     return "dnsrr" if svc.endpoint_mode == "dnsrr" else "mesh"

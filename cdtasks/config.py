@@ -224,6 +224,12 @@ def _compose_allowed(value: str) -> tuple[str, ...]:
     return items
 
 
+def _file(value: str) -> Path:
+    if not value.strip():
+        raise ValueError("is empty: name a file")
+    return _path(value)
+
+
 def _optional_path(value: str) -> Path | None:
     return _path(value) if value.strip() else None
 
@@ -402,49 +408,28 @@ class RegistrySettings:
 
 @dataclass(frozen=True)
 class ServicesSettings:
-    """The services `inv services` creates."""
+    """What a release and `inv services` need beside the stack file: the image name the
+    delivery compose file's `app` is published under, and the proxy production tests reach."""
 
-    app_dir: Path = key(
-        _path,
-        "demo",
-        "the application's source: Dockerfile and compose file "
-        "(relative to the project directory or absolute)",
-    )
-    app_service: str = key(_name, "go-demo", "name of the application's Swarm service")
     app_image: str = key(
-        _name, "go-demo", "image name of the application in the cluster's registry"
+        _name,
+        "go-demo",
+        "image name the delivery compose file's `app` service is published under in the "
+        "cluster's registry (its other built services keep their `image:` names)",
     )
-    app_version: str = key(
-        pinned_version,
-        "1.0",
-        "version the service is created with (built and pushed when the registry lacks it)",
-    )
-    app_port: int = key(_int(1, 65535), "8080", "port the application listens on")
-    app_replicas: int = key(_int(0, 100), "2", "replicas of the application")
-    app_reserve_mb: int = key(_int(0, 1 << 20), "0", "memory reserved per application task")
-    update_delay: int = key(_int(0, 3600), "5", "seconds between updating two tasks")
-    stop_grace: int = key(_int(1, 3600), "10", "seconds a task gets to stop before it is killed")
     base_image: str = key(
         pinned_image,
         "cdtasks/python:3.11",
         "base image of the application (build argument and compose variable BASE_IMAGE)",
     )
-    db_service: str = key(_name, "go-demo-db", "name of the database service")
-    db_image: str = key(pinned_image, "cdtasks/redis:7.0", "database image")
-    db_reserve_mb: int = key(_int(0, 1 << 20), "0", "memory reserved for the database")
-    proxy_service: str = key(_name, "proxy", "name of the reverse proxy service")
-    proxy_image: str = key(pinned_image, "cdtasks/haproxy:2.6", "reverse proxy image")
-    proxy_config: Path = key(
-        _path, "demo/proxy/haproxy.cfg", "proxy configuration (a Swarm config)"
+    proxy_service: str = key(
+        _name,
+        "proxy",
+        "the stack file's proxy service (`proxy` or `NAME_proxy`): production tests reach it, "
+        "`--canary` and the error budget drive and read it",
     )
-    proxy_replicas: int = key(_int(0, 100), "2", "replicas of the proxy")
-    proxy_reserve_mb: int = key(_int(0, 1 << 20), "0", "memory reserved per proxy task")
-    proxy_port: int = key(_int(1, 65535), "80", "port the proxy publishes")
-    proxy_admin_port: int = key(
-        _int(0, 65535), "8090", "proxy's admin/stats port (0: not published)"
-    )
-    constraint: str = key(
-        str, "node.labels.env == prod-like", "placement constraint of every service (empty: none)"
+    proxy_port: int = key(
+        _int(1, 65535), "80", "port the proxy service publishes (where production tests go)"
     )
     services_timeout: int = key(_int(5, 3600), "180", "seconds to wait for every replica to run")
 
@@ -462,19 +447,16 @@ def _assignments(value: str) -> tuple[tuple[str, str], ...]:
 
 @dataclass(frozen=True)
 class StackSettings:
-    """A stack file `inv services` creates and converges instead of the three services above."""
+    """The stack file `inv services` creates and converges; releases update its services."""
 
-    stack_file: Path | None = key(
-        _optional_path,
-        "",
-        "a stack file (compose format, as `docker stack deploy -c` takes), relative to the "
-        "project directory (empty: the book's three services from APP_*, DB_*, PROXY_*)",
+    stack_file: Path = key(
+        _file,
+        "demo/stack.yml",
+        "the stack file (compose format, as `docker stack deploy -c` takes), relative to the "
+        "project directory: every service, network, config, secret and volume `inv services` "
+        "makes",
     )
-    stack_name: str = key(
-        lambda v: _name(v) if v else v,
-        "",
-        "the stack's namespace: services are NAME_service (needed with STACK_FILE)",
-    )
+    stack_name: str = key(_name, "go-demo", "the stack's namespace: its services are NAME_service")
     stack_variables: tuple[tuple[str, str], ...] = key(
         _assignments,
         "",
@@ -782,9 +764,9 @@ def load(
     ):
         if not parsed[name].parts:
             parsed[name] = parsed["state_dir"] / default
-    for name in ("app_dir", "proxy_config", "reports_dir"):  # relative to the project
+    for name in ("stack_file", "reports_dir"):  # relative to the project
         parsed[name] = where.project_dir / parsed[name]
-    for name in ("registry_password_file", "registry_ca_file", "stack_file"):
+    for name in ("registry_password_file", "registry_ca_file"):
         if parsed[name] is not None:
             parsed[name] = where.project_dir / parsed[name]
     parsed["repo"] = parsed["repo"] or str(where.project_dir)
@@ -844,8 +826,6 @@ def _check_consistency(settings: Settings, origin: Callable[[str], str]) -> None
     if not s.managers:
         raise ConfigError(f"{origin('WORKERS')}: every node is a worker; a swarm needs a manager")
     _check_registry(settings.registry, origin)
-    if settings.stack.stack_file is not None and not settings.stack.stack_name:
-        raise ConfigError(f"{origin('STACK_FILE')}: STACK_FILE needs STACK_NAME (its namespace)")
 
 
 def _check_registry(r: RegistrySettings, origin: Callable[[str], str]) -> None:

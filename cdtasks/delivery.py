@@ -326,22 +326,16 @@ def _tag(ref: str) -> str:
 
 def release_targets(d: Delivery) -> dict[str, str]:
     """Swarm service -> pinned image (REGISTRY/NAME:VERSION@DIGEST) for every service of the
-    release: the application's service alone, or each stack service (a job too) that runs an
-    image the repository builds."""
+    release: each stack service (a job too) that runs an image the repository builds."""
     s = d.settings
     refs = published(d)
     pinned = {
         svc: f"{ref}@{d.digests[svc]}" if d.digests.get(svc) else ref for svc, ref in refs.items()
     }
-    if s.stack.stack_file is None:
-        return {s.services.app_service: pinned["app"]}
-    st = stack.read_file(s)
-    found = release.members(
-        [release.StackMember(st.scoped(x.name), x.image) for x in st.services], pinned
-    )
+    found = stack.members(s, pinned)
     if not found:
         raise StepFailed(
-            f"no service of {st.path} runs an image the repository builds "
+            f"no service of {s.stack.stack_file} runs an image the repository builds "
             f"({', '.join(sorted(release.image_name(r) for r in refs.values()))})"
         )
     return found
@@ -459,7 +453,7 @@ def write_history(d: Delivery, result: str) -> None:
     and after, so that `inv rollback --env test` knows the previous release; unless the release
     is in place, also the image each replica runs. A signal does not cut it short."""
     s = d.settings
-    app = d.targets.get(s.services.app_service, "")
+    app = d.targets[min(d.targets)] if d.targets else ""
     manager = d.cluster.gateway()
     running = {} if Outcome.of(result).ok else {"running": what_runs(manager, d.targets)}
     entry = {
@@ -471,7 +465,7 @@ def write_history(d: Delivery, result: str) -> None:
         "version": d.version,
         "image": app,
         "digest": app.partition("@")[2],
-        "previous": d.previous.get(s.services.app_service, ""),
+        "previous": d.previous.get(min(d.targets), "") if d.targets else "",
         "result": result,
         "services": release.parts(d.targets, d.previous),
         **running,
@@ -616,7 +610,7 @@ def cleanup(d: Delivery) -> None:
 
 # -- one step at a time: the checkout's state in the workspace between tasks -----------------
 def state_file(s: Settings) -> Path:
-    return s.delivery.workspace_dir / f"{s.services.app_service}.release.json"
+    return s.delivery.workspace_dir / f"{release.key(s)}.release.json"
 
 
 def save_state(d: Delivery) -> None:
@@ -640,7 +634,7 @@ def load_state(s: Settings, **kw) -> Delivery:
     """The delivery the last step left (`kw`: how this one runs: dry_run, log...)."""
     f = state_file(s)
     if not f.exists():
-        raise DeliveryError(f"no checkout of {s.services.app_service}: run `inv checkout` first")
+        raise DeliveryError(f"no checkout of {release.key(s)}: run `inv checkout` first")
     data = json.loads(f.read_text())
     workdir = Path(data["workdir"])
     d = Delivery(
@@ -681,12 +675,11 @@ def state_after(d: Delivery, results: list[StepResult]) -> str:
         return f"nothing left behind (staging removed); {what} untouched"
     if failed == "publish":
         return f"{d.ref_tag} not in the registry; {what} untouched"
+    if not d.targets:  # the release's services are found before any of them changes
+        return f"{d.ref_tag} in the registry; {what} untouched"
     try:
         manager = d.cluster.gateway()
-        running = "; ".join(
-            runs_text(manager, svc)
-            for svc in sorted(d.targets or [d.settings.services.app_service])
-        )
+        running = "; ".join(runs_text(manager, svc) for svc in sorted(d.targets))
     except Exception:  # the state line must not hide the failure itself
         running = "unknown"
     return f"prod-like runs {running}"
@@ -719,7 +712,7 @@ def mark_delivered(d: Delivery) -> None:
         d.cluster.gateway(),
         release.key(d.settings),
         {
-            "service": d.settings.services.app_service,
+            "service": release.key(d.settings),
             "services": release.parts(d.targets, d.previous),
             "version": d.version,
             "image": d.ref_tag,

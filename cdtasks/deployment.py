@@ -21,6 +21,7 @@ from . import (
     release,
     rollout,
     services,
+    stack,
     stackfile,
     state,
 )
@@ -115,7 +116,7 @@ def choose(
     if d.version is None:
         if not passed:
             raise DeploymentError(
-                f"no version of {d.test.services.app_service} has passed `inv deliver` on "
+                f"no version of {d.service} has passed `inv deliver` on "
                 f"prod-like yet: deliver one, or give --version with --force"
             )
         return passed[-1]
@@ -138,34 +139,36 @@ def choose(
 
 def rollback_target(manager, d: Deployment) -> dict[str, str]:
     """Service -> image of the last successful release other than the running one (the
-    history's); else, for the book's one service, Swarm's PreviousSpec (a service never
-    deployed by the tool). Empty when there is none."""
-    history = records.load(manager, "history", d.service)
-    if d.prod.stack.stack_file is None:
-        names = [d.prod.services.app_service]
-    else:
-        names = sorted({s for entry in history for s in release.images_of(entry)})
+    history's). Empty when there is none. Entries naming a service the cluster no longer runs
+    (one of the env-file services of an older cdtasks, go-demo before go-demo_main) are
+    passed over: there is nothing of theirs to move back."""
+    running = {svc.name for svc in manager.services()}
+    history = [
+        e
+        for e in records.load(manager, "history", d.service)
+        if set(release.images_of(e)) <= running
+    ]
+    names = sorted({s for entry in history for s in release.images_of(entry)})
     current = {s: services.current_image(manager, s) for s in names}
-    target = release.rollback_target(history, current)
-    if target or d.prod.stack.stack_file is not None:
-        return target
-    previous = services.existing(manager, names[0]).previous_image
-    return {names[0]: previous} if previous else {}
+    return release.rollback_target(history, current)
 
 
 def _release_of(record: dict, d: Deployment, manager) -> dict[str, str]:
-    """Service -> pinned image of a delivered record: its set (a stack), else the book's one
-    service at the digest verified (or, forced, the registry's digest of its tag). Production
-    gets the images and digests verified on prod-like, never a tag resolved again, whatever
-    this environment's APP_IMAGE names; each must be in production's registry."""
+    """Service -> pinned image of a delivered record: its set; a version forced (`--force`,
+    never delivered) is its APP_IMAGE tag at the registry's digest, on every stack service
+    that runs that image. Production gets the images and digests verified on prod-like, never
+    a tag resolved again, whatever this environment's APP_IMAGE names; each must be in
+    production's registry."""
     if record.get("services"):
         images = release.images_of(record)
     else:
         tag_ref = record["image"]
-        digest = record.get("digest") or _digest_in_registry(
-            manager, d.prod, tag_ref, d.prod.cluster.leader
-        )
-        images = {d.prod.services.app_service: f"{tag_ref}@{digest}"}
+        digest = _digest_in_registry(manager, d.prod, tag_ref, d.prod.cluster.leader)
+        images = stack.members(d.prod, {"app": f"{tag_ref}@{digest}"})
+        if not images:
+            raise DeploymentError(
+                f"no service of {d.prod.stack.stack_file} runs {release.image_name(tag_ref)}"
+            )
     for image in images.values():
         _digest_in_registry(manager, d.prod, image.partition("@")[0], d.prod.cluster.leader)
         repo_ref = f"{registry.repository(image)}@{image.partition('@')[2]}"
@@ -188,10 +191,6 @@ def prepare(d: Deployment) -> records.Lock:
     Raises DeploymentError / LockHeld / EngineError with one clear line."""
     check_input(d)
     d.cluster = Cluster.of(d.prod).discover()
-    # A service that does not exist is named as such first (create it with `inv services`),
-    # before the versions verified for it are looked up.
-    if d.prod.stack.stack_file is None:
-        services.existing(d.cluster.gateway(d.log), d.prod.services.app_service)
     back = d.kind == "rollback" and d.version is None
     record = {"repo": d.test.delivery.repo, "commit": ""} if back else resolve(d)
     # The lock before the state it guards: a run that waited for another one reads what that
@@ -219,9 +218,8 @@ def prepare(d: Deployment) -> records.Lock:
         else:  # the plan `inv plan --version` shows, read again under the lock
             p = release_plan(d, manager, record)
             d.images, d.before = p.images, p.before
-        app = d.prod.services.app_service
-        d.image = d.images.get(app) or d.images[min(d.images)]
-        d.previous = d.before.get(app) or d.before[min(d.before)]
+        d.image = d.images[min(d.images)]
+        d.previous = d.before[min(d.before)]
         d.digest = d.image.partition("@")[2]
         d.version = record.get("version") or d.image.split("@")[0].rsplit(":", 1)[-1]
         if back:
@@ -262,10 +260,8 @@ def release_plan(d: Deployment, manager, record: dict) -> release.Plan:
     description of it, which `inv plan --version` prints and `prepare` carries out."""
     images = _release_of(record, d, manager)
     found = {s: services.existing(manager, s) for s in images}
-    jobs: list[str] = []
-    if d.prod.stack.stack_file is not None:  # the stack's jobs: members run first, others not
-        ns = d.prod.stack.stack_name
-        jobs = [x.name for x in manager.services() if x.job and x.labels.get(NAMESPACE) == ns]
+    ns = d.prod.stack.stack_name  # the stack's jobs: members run first, others not
+    jobs = [x.name for x in manager.services() if x.job and x.labels.get(NAMESPACE) == ns]
     return release.plan(
         d.prod.env,
         d.service,

@@ -215,10 +215,7 @@ def gather(test: Settings, prod: Settings) -> dict:
 
 
 def _members(s: Settings) -> list[str]:
-    """The Swarm services shown before a release names its own: the application's, or a
-    stack's services (not its jobs)."""
-    if s.stack.stack_file is None:
-        return [s.services.app_service]
+    """The Swarm services shown before a release names its own: the stack's (not its jobs)."""
     try:
         st = stack.read_file(s)
     except stackfile.StackFileError:  # said by `inv services`; the page shows the records

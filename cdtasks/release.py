@@ -20,8 +20,8 @@ from .outcome import Outcome
 
 def key(s: Settings) -> str:
     """What a release's lock, history and delivered records are kept under: the stack (one
-    lock for all its services), else the application's service."""
-    return s.stack.stack_name if s.stack.stack_file is not None else s.services.app_service
+    lock for all its services)."""
+    return s.stack.stack_name
 
 
 def image_name(ref: str) -> str:

@@ -75,8 +75,6 @@ def update(
     with ThreadPoolExecutor(max_workers=len(images) or 1) as pool:
         list(pool.map(lambda item: prepull(cluster, item[0], item[1], log), images.items()))
     manager = cluster.gateway(log)
-    # A stack's service names the image a release set, so that `inv services` keeps it.
-    stacked = cluster.settings.stack.stack_file is not None
     before = lock.check if lock else lambda: None
     for svc in sorted(job_names):
         try:
@@ -98,7 +96,8 @@ def update(
             svc,
             image,
             before=before,
-            labels={stackplan.RELEASED: image} if stacked else None,
+            # the service names the image a release set, so that `inv services` keeps it
+            labels={stackplan.RELEASED: image},
         )
 
     def follow(item: tuple[str, str]) -> services.Rollout:
@@ -128,19 +127,16 @@ def measured_update(
     record: Callable[[Sequence[str]], None] | None = None,
     lock: records.Lock | None = None,
 ) -> list[services.Rollout]:
-    """`update` under the error budget: the proxy's counters read around it (the proxy:
-    PROXY_SERVICE, with STACK_FILE one of the file's) for the application's backend, named after
-    APP_SERVICE; with STACK_FILE, for each released service's backend that the proxy has, named
-    after the service as the file (`api`) or Swarm (`team_api`) names it. `keep` gets the
-    budget. StepFailed above `max_errors`."""
+    """`update` under the error budget: the proxy's counters (PROXY_SERVICE, one of the stack
+    file's services) read around it for each released service's backend that the proxy has,
+    named after the service as the file (`main`) or Swarm (`go-demo_main`) names it. `keep`
+    gets the budget. StepFailed above `max_errors`."""
     if dry_run:
         return update(cluster, app, images, log, dry_run, record, lock)
     s = cluster.settings
-    backends = [app.app_service]
+    backends = [n for names in stack.backend_names(s, images).values() for n in names]
     try:
         proxy = stack.service_name(s, app.proxy_service)
-        if s.stack.stack_file is not None:
-            backends = [n for names in stack.backend_names(s, images).values() for n in names]
     except stackfile.StackFileError:  # a stack without that proxy: the budget says "not measured"
         proxy = app.proxy_service
     return budget.measure(

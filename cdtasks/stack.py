@@ -1,10 +1,9 @@
-"""The services a cluster runs, from its env file: proxy, application and database, their overlay
-networks and the proxy's configuration. Created once; afterwards releases change only the
-application's image, so the drift check takes the running image as the wanted one."""
+"""The stack a cluster runs, from its stack file (STACK_FILE, STACK_NAME, STACK_VARIABLES): read
+and interpolated (`stackfile`), planned against what runs (`stackplan`), carried out and waited
+for, as `docker stack deploy` would. The book's sample is one too (demo/stack.yml)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -12,82 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from . import gateway, images, registry, services, stackfile, stackplan
+from . import gateway, images, registry, release, services, stackfile, stackplan
 from .cluster import Cluster
 
-# Settings whole where a Cluster is built, or the
-# registry (references) and the cluster (CD node) are read beside the services
+# Settings whole where a Cluster is built, or the registry (its prefix) is read beside the stack
 from .config import ServicesSettings, Settings
 from .log import Log
-from .services import ServiceSpec, with_routing
-
-PROXY_NETWORK = "proxy"
-HAPROXY_CFG = "/usr/local/etc/haproxy/haproxy.cfg"
-STACK_LABEL = ("io.cdtasks.stack", "cdtasks")
-
-
-def networks(s: Settings) -> tuple[str, str]:
-    return PROXY_NETWORK, s.services.app_service
-
-
-def proxy_config_name(s: Settings) -> str:
-    """Swarm configs are immutable: a changed file gets a new name, and the proxy a new spec."""
-    try:
-        digest = hashlib.sha256(s.services.proxy_config.read_bytes()).hexdigest()[:10]
-    except OSError as exc:
-        raise services.ServiceError(
-            f"PROXY_CONFIG {s.services.proxy_config}: {exc.strerror}"
-        ) from None
-    return f"{s.services.proxy_service}-cfg-{digest}"
-
-
-def app_ref(s: Settings, version: str | None = None) -> str:
-    return registry.local_ref(s, s.services.app_image, version or s.services.app_version)
-
-
-def specs(s: Settings, routing: str, app_image: str | None = None) -> list[ServiceSpec]:
-    """The three services, adapted to the cluster's routing (mesh, or dnsrr and host ports)."""
-    placement = (s.services.constraint,) if s.services.constraint.strip() else ()
-    proxy_net, app_net = networks(s)
-    common: dict[str, Any] = dict(
-        constraints=placement, labels=(STACK_LABEL,), stop_grace=s.services.stop_grace
-    )
-    db = ServiceSpec(
-        name=s.services.db_service,
-        image=s.services.db_image,
-        replicas=1,
-        reserve_mb=s.services.db_reserve_mb,
-        networks=(app_net,),
-        **common,
-    )
-    # start-first plus the image's HEALTHCHECK and a graceful stop on SIGTERM: a rolling
-    # update never leaves the proxy without a healthy task (zero lost requests).
-    app = ServiceSpec(
-        name=s.services.app_service,
-        image=app_image or app_ref(s),
-        replicas=s.services.app_replicas,
-        env=(f"DB={s.services.db_service}", f"PORT={s.services.app_port}"),
-        reserve_mb=s.services.app_reserve_mb,
-        networks=(app_net, proxy_net),
-        update_delay=s.services.update_delay,
-        update_order="start-first",
-        **common,
-    )
-    ports: tuple[tuple[int, int, str], ...] = ((s.services.proxy_port, 80, "ingress"),)
-    if s.services.proxy_admin_port:
-        ports += ((s.services.proxy_admin_port, 8090, "ingress"),)
-    proxy = ServiceSpec(
-        name=s.services.proxy_service,
-        image=s.services.proxy_image,
-        replicas=s.services.proxy_replicas,
-        env=(f"BACKEND_HOST={s.services.app_service}", f"BACKEND_PORT={s.services.app_port}"),
-        reserve_mb=s.services.proxy_reserve_mb,
-        ports=ports,
-        networks=(proxy_net,),
-        configs=((proxy_config_name(s), HAPROXY_CFG),),
-        **common,
-    )
-    return [with_routing(spec, routing) for spec in (db, app, proxy)]
 
 
 class Drift(NamedTuple):
@@ -107,112 +36,9 @@ class StackResult:
     drift: tuple[Drift, ...]
 
 
-def _ensure_networks_and_config(manager, s: Settings, log: Log) -> list[str]:
-    done = []
-    have = manager.networks()
-    for net in networks(s):
-        if net not in have:
-            log(f"creating overlay network {net}")
-            manager.create_network(net, labels=dict([STACK_LABEL]))
-            done.append(f"created network {net}")
-    name = proxy_config_name(s)
-    if not manager.configs(name=name):
-        manager.create_config(
-            name, s.services.proxy_config.read_bytes(), labels=dict([STACK_LABEL]), retry=False
-        )
-        done.append(f"created config {name}")
-    return done
-
-
-def publish_first_version(cluster: Cluster, s: Settings, log: Log) -> list[str]:
-    """Build APP_DIR on the CD node and push it as APP_VERSION, unless the registry has it."""
-    cd = cluster.client(s.cluster.cd_node)
-    ref = app_ref(s)
-    try:
-        gateway.registry_digest(cd, ref)
-        return []
-    except gateway.APIFailure:
-        pass
-    if not (s.services.app_dir / "Dockerfile").exists():
-        raise services.ServiceError(
-            f"APP_DIR {s.services.app_dir} has no Dockerfile to build {ref} from"
-        )
-    log(f"building {ref} on {s.cluster.cd_node} from {s.services.app_dir}")
-    try:
-        cd.images.build(
-            path=str(s.services.app_dir),
-            tag=ref,
-            buildargs={"BASE_IMAGE": s.services.base_image},
-            rm=True,
-            forcerm=True,
-        )
-    except Exception as exc:  # BuildError, APIError: both carry the engine's message
-        raise services.ServiceError(
-            f"building {ref} on {s.cluster.cd_node} failed: {exc}"
-        ) from None
-    log(f"pushing {ref}")
-    for line in cd.images.push(ref, stream=True, decode=True):
-        if "error" in line:
-            raise services.ServiceError(f"pushing {ref} failed: {line['error']}")
-    return [f"built and pushed {ref}"]
-
-
-def lab_images(cluster: Cluster, s: Settings, log: Log) -> list[str]:
-    """Put the offline-built images the services use onto the nodes that lack them."""
-    host = cluster.provider.image_source()
-    if host is None:
-        return []
-    refs = [s.services.db_image, s.services.proxy_image, s.services.base_image]
-    return [f"loaded images into {n}" for n in images.provide(host, cluster.clients(), refs, log)]
-
-
-def ensure(s: Settings, log: Log, *, check: bool = False, update: bool = False) -> StackResult:
-    """`check`: only compare. Otherwise create what is missing, and with `update` also converge
-    what differs; then wait until every replica runs. With STACK_FILE, that file's stack."""
-    if s.stack.stack_file is not None:
-        return ensure_file(s, log, check=check, update=update)
-    cluster = Cluster.of(s).discover()
-    manager = cluster.gateway(log)
-    routing, _ = cluster.routing()
-    running_app = manager.service(s.services.app_service)
-    app_image = running_app.image if running_app else None
-    wanted = specs(s, routing, app_image)
-    if check:
-        return StackResult(s.env, routing, (), _spec_drift(services.plan(manager, wanted), True))
-    done = lab_images(cluster, s, log)
-    done += _ensure_networks_and_config(manager, s, log)
-    if running_app is None:
-        done += publish_first_version(cluster, s, log)
-    drift = () if update else _spec_drift(services.plan(manager, wanted), False)
-    done += services.converge(manager, wanted, log, update=update)
-    services.wait_running(manager, [w.name for w in wanted], s.services.services_timeout, log)
-    return StackResult(s.env, routing, tuple(done), drift)
-
-
-def _spec_drift(
-    plan: list[tuple[ServiceSpec, dict[str, tuple]]], missing: bool
-) -> tuple[Drift, ...]:
-    """The plan's differences; a missing service (no differences listed) only with `missing`
-    (otherwise it is created, not drift)."""
-    return tuple(
-        Drift(spec.name, field, _fmt(w), _fmt(h))
-        for spec, d in plan
-        if d or missing
-        for field, (w, h) in (d.items() if d else [("service", ("present", None))])
-    )
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "(missing)"
-    if isinstance(value, tuple):
-        return ", ".join(map(str, value)) or "(none)"
-    return str(value)
-
-
 def proxy_nodes(cluster: Cluster, app: ServicesSettings) -> list[str]:
-    """Nodes that run a proxy task now (where HOST_IP can point without the routing mesh);
-    with STACK_FILE, PROXY_SERVICE is one of the file's services."""
+    """Nodes that run a task of the stack's proxy (PROXY_SERVICE) now: where HOST_IP can point
+    without the routing mesh."""
     manager = cluster.gateway()
     names = services.hostnames(manager)
     proxy = service_name(cluster.settings, app.proxy_service)
@@ -220,12 +46,18 @@ def proxy_nodes(cluster: Cluster, app: ServicesSettings) -> list[str]:
     return sorted({names[t.node_id] for t in tasks if t.state == "running"})
 
 
-# -- a stack file (STACK_FILE) ----------------------------------------------------------------
 def read_file(s: Settings, environ: Mapping[str, str] | None = None) -> stackfile.Stack:
     """The env file's stack, interpolated from the process environment and, over it, the env
-    file's STACK_VARIABLES (one file, a value per cluster)."""
-    assert s.stack.stack_file is not None
-    variables = {**(os.environ if environ is None else environ), **dict(s.stack.stack_variables)}
+    file's STACK_VARIABLES (one file, a value per cluster). Unless either sets them, REGISTRY
+    is the cluster's registry as its nodes name it (localhost:5000, or REGISTRY_URL's host and
+    path), so that `${REGISTRY}/go-demo:1.0` follows the registry the env file chose, and
+    PROXY_PORT the env file's (where production tests go)."""
+    variables = {
+        "REGISTRY": registry.address(s),
+        "PROXY_PORT": str(s.services.proxy_port),
+        **(os.environ if environ is None else environ),
+        **dict(s.stack.stack_variables),
+    }
     return stackfile.read(s.stack.stack_file, s.stack.stack_name, variables)
 
 
@@ -357,9 +189,10 @@ def plan_file(s: Settings, log: Log) -> FilePlan:
     return FilePlan(s, stack, p, cluster, manager, actual)
 
 
-def ensure_file(s: Settings, log: Log, *, check: bool = False, update: bool = False) -> StackResult:
+def ensure(s: Settings, log: Log, *, check: bool = False, update: bool = False) -> StackResult:
     """The stack file's networks, configs, secrets and services, as `docker stack deploy`
-    makes them: its plan carried out (`check`: only returned as drift), then waited for."""
+    makes them: its plan carried out (without `update` only what is missing; `check`: nothing,
+    the differences returned as drift), then waited for until every replica runs."""
     fp = plan_file(s, log)
     stack, p, manager = fp.stack, fp.plan, fp.manager
     if check:
@@ -418,24 +251,29 @@ def _jobs(stack: stackfile.Stack) -> set[str]:
 
 
 def job_names(s: Settings) -> set[str]:
-    """The Swarm names of the stack file's jobs (none without STACK_FILE)."""
-    return _jobs(read_file(s)) if s.stack.stack_file is not None else set()
+    """The Swarm names of the stack file's jobs."""
+    return _jobs(read_file(s))
+
+
+def members(s: Settings, published: Mapping[str, str]) -> dict[str, str]:
+    """Swarm service -> published reference, for each service of the stack file (a job too)
+    that runs an image of `published` (compose service -> reference): the release's set."""
+    st = read_file(s)
+    return release.members(
+        [release.StackMember(st.scoped(x.name), x.image) for x in st.services], published
+    )
 
 
 def service_name(s: Settings, name: str) -> str:
-    """The Swarm name of a service: with STACK_FILE, one of the file's (`api` or `team_api`),
-    else any service of the cluster."""
-    if s.stack.stack_file is None:
-        return name
+    """The Swarm name of one of the file's services, named as the file (`api`) or Swarm
+    (`team_api`) names it; StackFileError if the file has none of that name."""
     st = read_file(s)
     short = name.removeprefix(f"{st.name}_")
     return st.scoped(st.service(short).name)
 
 
 def backend_names(s: Settings, services: Iterable[str]) -> dict[str, tuple[str, ...]]:
-    """Service -> the names its backend may have in the proxy's haproxy.cfg: with STACK_FILE as
-    the file names it (`api`) or as Swarm does (`team_api`), else its own name."""
-    if s.stack.stack_file is None:
-        return {svc: (svc,) for svc in services}
+    """Service -> the names its backend may have in the proxy's haproxy.cfg: as the file names
+    it (`api`) or as Swarm does (`team_api`)."""
     prefix = f"{read_file(s).name}_"
     return {svc: (svc.removeprefix(prefix), svc) for svc in services}

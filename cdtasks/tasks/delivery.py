@@ -19,11 +19,10 @@ NOTES = {
 STEP_NOTES = {"env": NOTES["env"]}
 
 
-def _settings(c, env, service=None, image=None, compose_file=None, cd_node=None, job_timeout=None):
+def _settings(c, env, image=None, compose_file=None, cd_node=None, job_timeout=None):
     return settings(
         c,
         env,
-        app_service=service,
         app_image=image,
         compose_file=compose_file,
         cd_node=cd_node,
@@ -81,7 +80,6 @@ def deliver_and_deploy(
     repo=None,
     ref="HEAD",
     version=None,
-    service=None,
     image=None,
     compose_file=None,
     cd_node=None,
@@ -96,7 +94,7 @@ def deliver_and_deploy(
     deploy with this layer's display and reports. Returns the exit code."""
     from .. import checks, delivery, report
 
-    s = _settings(c, env, service, image, compose_file, cd_node, job_timeout)
+    s = _settings(c, env, image, compose_file, cd_node, job_timeout)
     progress = report.Progress("deliver")
     budget = checks.max_errors(max_errors)
     d = delivery.Delivery(
@@ -126,7 +124,6 @@ def deliver(
     repo=None,
     ref="HEAD",
     version=None,
-    service=None,
     image=None,
     compose_file=None,
     cd_node=None,
@@ -144,7 +141,6 @@ def deliver(
         repo,
         ref,
         version,
-        service,
         image,
         compose_file,
         cd_node,
@@ -171,12 +167,10 @@ def _one_step(name: str, d) -> None:
 
 
 def _step_task(name: str, doc: str):
-    def step(
-        c, env="test", service=None, image=None, compose_file=None, cd_node=None, dry_run=False
-    ):
+    def step(c, env="test", image=None, compose_file=None, cd_node=None, dry_run=False):
         from .. import delivery
 
-        s = _settings(c, env, service, image, compose_file, cd_node)
+        s = _settings(c, env, image, compose_file, cd_node)
         _one_step(name, delivery.load_state(s, dry_run=dry_run))
 
     step.__doc__ = doc
@@ -192,7 +186,6 @@ def checkout(
     repo=None,
     ref="HEAD",
     version=None,
-    service=None,
     image=None,
     compose_file=None,
     cd_node=None,
@@ -201,7 +194,7 @@ def checkout(
     """Deliver's first step: check the repository out into the workspace (the later steps use it)."""
     from .. import delivery
 
-    s = _settings(c, env, service, image, compose_file, cd_node)
+    s = _settings(c, env, image, compose_file, cd_node)
     d = delivery.Delivery(s, repo or s.delivery.repo, ref, version, dry_run=dry_run)
     delivery.check_input(d)
     _one_step("checkout", d)

@@ -36,9 +36,7 @@ VOCABULARY: dict[str, Flag] = {
     ),
     "version": Flag("v", "version: the image's tag"),
     "service": Flag(
-        "s",
-        "the application's Swarm service: whose release, checkout, lock and "
-        "history it is (default APP_SERVICE)",
+        "s", "a service of the stack: as the stack file (`main`) or Swarm (`go-demo_main`) names it"
     ),
     "image": Flag("i", "image name in the registry (default APP_IMAGE)"),
     "compose_file": Flag(

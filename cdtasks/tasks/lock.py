@@ -13,6 +13,7 @@ from .flags import task
 @task(
     notes={
         "env": "default: every environment",
+        "service": "here: whose lock (default STACK_NAME: one lock for the whole stack)",
         "force": "with release: remove the lock whoever holds it; its run stops before its "
         "next change",
     }

@@ -14,7 +14,7 @@ from .flags import task
 @task(notes={"env": "default: every environment"})
 @user_errors
 def services(c, env=None, check=False, update=False, json=False):
-    """Create networks and services (or STACK_FILE's stack) once; --check shows drift, --update converges."""
+    """Create the stack (STACK_FILE) once; --check shows drift, --update converges."""
     from .. import report, stack
 
     if check and update:
@@ -22,7 +22,7 @@ def services(c, env=None, check=False, update=False, json=False):
     drifted, docs = False, {}
     for e in envs(c, env):
         s = settings(c, e)
-        wanted = s.stack.stack_file.name if s.stack.stack_file else f"{e}.env"
+        wanted = s.stack.stack_file.name
         result = stack.ensure(s, report.make_logger(f"services {e}"), check=check, update=update)
         drifted = drifted or bool(result.drift)
         docs[e] = {
@@ -50,7 +50,7 @@ def services(c, env=None, check=False, update=False, json=False):
 
 
 @task(
-    notes={"service": "a service of STACK_FILE (`api`) or any service of the cluster"},
+    notes={"service": "a service of STACK_FILE (`main`, or `go-demo_main` as Swarm names it)"},
     positional=["service"],
 )
 @user_errors
@@ -59,7 +59,10 @@ def logs(c, service=None, env="test", since=None, tail=None, follow=False):
     from .. import cluster, services, stack
 
     s = settings(c, env)
-    name = stack.service_name(s, service or s.services.app_service)
+    if not service:
+        names = ", ".join(x.name for x in stack.read_file(s).services)
+        raise Exit(f"error: name a service of {s.stack.stack_file.name}: {names}", code=BAD_INPUT)
+    name = stack.service_name(s, service)
     try:
         started = time.time() - flags.seconds(since) if since else 0
         lines = int(tail) if tail is not None else None
@@ -88,8 +91,6 @@ def plan(c, env=None, version=None, test_env="test", json=False):
     docs = {}
     for e in envs(c, env):
         s = settings(c, e)
-        if s.stack.stack_file is None:
-            raise Exit(f"error: {s.source}: inv plan needs STACK_FILE", code=BAD_INPUT)
         p = stack.plan_file(s, report.make_logger(f"plan {e}")).plan
         docs[e] = {
             "stack": p.stack,

@@ -1,6 +1,7 @@
 """go-demo stand-in: a tiny HTTP service backed by Redis.
 
-Env: PORT (default 8080), DB as "host" or "host:port" (default go-demo-db:6379).
+Env: PORT (default 8080), DB as "host" or "host:port" (default db:6379, the service of that
+name in demo/stack.yml and the compose file).
 """
 import os
 import random
@@ -160,7 +161,7 @@ class Server(ThreadingHTTPServer):
 
 def main() -> int:
     port = int(os.environ.get("PORT") or 8080)
-    db_host, db_port = parse_address(os.environ.get("DB", ""), "go-demo-db", 6379)
+    db_host, db_port = parse_address(os.environ.get("DB", ""), "db", 6379)
     redis = Redis(db_host, db_port)
     server = Server(("", port), App(RedisStore(redis)))
 
