@@ -104,7 +104,7 @@ def test_demo_file_names_the_image_from_the_delivery_environment():
 def test_demo_file_without_the_variables_takes_its_defaults():
     model = read_model(DEMO / "docker-compose-test-local.yml", environment(), CLI)
     assert model.built_image() == "go-demo:dev"
-    assert model.images["db"] == "redis:7.0"
+    assert model.images["db"] == "cdtasks/redis:7.0"
 
 
 def test_book_style_sample_plain_name_extends_and_published_port():

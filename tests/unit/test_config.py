@@ -388,11 +388,11 @@ def test_a_refused_line_is_not_shown(tmp_path):
 def test_dotenv_syntax_still_reads(tmp_path):
     s = load_text(
         tmp_path,
-        "# comment\n\nexport LAB_NAME=lab-x\nCONSTRAINT='node.role == worker'\n"
+        "# comment\n\nexport LAB_NAME=lab-x\nWATCH_BRANCH='release one'\n"
         'MACHINE_OPTIONS="--opt a\n--opt b"\nCD_NODE=swarm-test-2 # why\n'
         "  ROUTING = dnsrr\n",
     )
-    assert s.cluster.lab_name == "lab-x" and s.services.constraint == "node.role == worker"
+    assert s.cluster.lab_name == "lab-x" and s.watch.watch_branch == "release one"
     assert s.machine.machine_options == ("--opt", "a", "--opt", "b")
     assert s.cluster.cd_node == "swarm-test-2" and s.cluster.routing == "dnsrr"
 
@@ -430,8 +430,8 @@ def test_each_key_is_one_field_of_one_section():
 
 
 def test_sections_carry_the_parsed_values(tmp_path):
-    s = load_text(tmp_path, "APP_REPLICAS=4\nSSH_PARALLEL=3\nWATCH_BRANCH=main\n")
-    assert isinstance(s.services, config.ServicesSettings) and s.services.app_replicas == 4
+    s = load_text(tmp_path, "SERVICES_TIMEOUT=40\nSSH_PARALLEL=3\nWATCH_BRANCH=main\n")
+    assert isinstance(s.services, config.ServicesSettings) and s.services.services_timeout == 40
     assert s.ssh.ssh_parallel == 3 and s.watch.watch_branch == "main"
     assert "hush" not in repr(load_text(tmp_path, "WEBHOOK_SECRET=hush\n"))  # secret: no repr
 
@@ -478,14 +478,16 @@ def test_every_example_env_file_validates(env_dir):
 
 # -- base.env -------------------------------------------------------------------------------------
 def test_precedence_flag_environment_file_base_default(tmp_path):
-    write_env(tmp_path, "base", "REGISTRY_PORT=5001\nAPP_PORT=81\nLAB_NAME=from-base\n")
-    write_env(tmp_path, "test", "REGISTRY_PORT=5002\nAPP_PORT=82\n")
+    write_env(tmp_path, "base", "REGISTRY_PORT=5001\nSERVICES_TIMEOUT=81\nLAB_NAME=from-base\n")
+    write_env(tmp_path, "test", "REGISTRY_PORT=5002\nSERVICES_TIMEOUT=82\n")
     environ = {"CDTASKS_REGISTRY_PORT": "5003"}
     s = load("test", {"REGISTRY_PORT": 5004}, environ=environ, env_dir=tmp_path)
     assert s.registry.registry_port == 5004
     assert load("test", None, environ=environ, env_dir=tmp_path).registry.registry_port == 5003
     s = load("test", None, environ={}, env_dir=tmp_path)
-    assert s.registry.registry_port == 5002 and s.services.app_port == 82  # env file over base
+    assert (
+        s.registry.registry_port == 5002 and s.services.services_timeout == 82
+    )  # env file over base
     assert s.cluster.lab_name == "from-base"  # base over default
     assert s.services.proxy_port == 80  # default
     assert s.raw["LAB_NAME"] == "from-base" and "PROXY_PORT" not in s.raw
@@ -500,17 +502,17 @@ def test_base_is_no_environment(tmp_path):
 
 
 def test_unknown_key_in_base_names_base_and_the_closest_key(tmp_path):
-    path = write_env(tmp_path, "base", "APP_REPLICA=3\n")
+    path = write_env(tmp_path, "base", "SERVICES_TIMOUT=3\n")
     write_env(tmp_path, "test")
     with pytest.raises(ConfigError) as exc:
         load("test", environ={}, env_dir=tmp_path)
-    assert str(exc.value) == f"{path}: unknown key APP_REPLICA (did you mean APP_REPLICAS?)"
+    assert str(exc.value) == f"{path}: unknown key SERVICES_TIMOUT (did you mean SERVICES_TIMEOUT?)"
 
 
 def test_bad_value_in_base_names_base(tmp_path):
-    path = write_env(tmp_path, "base", "APP_PORT=http\n")
+    path = write_env(tmp_path, "base", "PROXY_PORT=http\n")
     write_env(tmp_path, "test")
-    with pytest.raises(ConfigError, match=f"^{path}: APP_PORT='http': is not a whole number"):
+    with pytest.raises(ConfigError, match=f"^{path}: PROXY_PORT='http': is not a whole number"):
         load("test", environ={}, env_dir=tmp_path)
 
 
@@ -551,7 +553,7 @@ def test_shared_keys_agree_through_base_or_equal_values(tmp_path):
     write_env(
         tmp_path,
         "prod",
-        "NODES=p-1\nCD_NODE=p-1\nREGISTRY_PORT=05001\nLAB_NAME=lab\nAPP_REPLICAS=5\n",
+        "NODES=p-1\nCD_NODE=p-1\nREGISTRY_PORT=05001\nLAB_NAME=lab\nSERVICES_TIMEOUT=50\n",
     )  # the same port written otherwise; not shared
     assert load("prod", environ={}, env_dir=tmp_path).registry.registry_port == 5001
     # The process environment sets a key for every environment alike: no disagreement.
@@ -563,7 +565,7 @@ def test_shared_keys_agree_through_base_or_equal_values(tmp_path):
 @pytest.mark.parametrize(
     "name, hint",
     [
-        ("CDTASKS_APP_REPLICA", "CDTASKS_APP_REPLICAS"),
+        ("CDTASKS_PROXY_PROT", "CDTASKS_PROXY_PORT"),
         ("CDTASKS_REGISTRY_PROT", "CDTASKS_REGISTRY_PORT"),
         ("CDTASKS_ENVDIR", "CDTASKS_ENV_DIR"),
     ],
@@ -597,16 +599,16 @@ def test_cdtasks_variables_that_are_not_keys_are_accepted(tmp_path):
 def test_dollar_signs_are_kept_as_written(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", "/root")
     write_env(tmp_path, "base", "NOTIFY_COMMAND=echo $HOME\n")
-    s = load_text(tmp_path, "WEBHOOK_SECRET=ab${HOME}cd\nCONSTRAINT=node.labels.x == $y\n")
+    s = load_text(tmp_path, "WEBHOOK_SECRET=ab${HOME}cd\nWATCH_BRANCH=feature-$y\n")
     assert s.watch.webhook_secret == "ab${HOME}cd"
-    assert s.services.constraint == "node.labels.x == $y"
+    assert s.watch.watch_branch == "feature-$y"
     assert s.watch.notify_command == ("echo", "$HOME")
 
 
 @pytest.mark.parametrize(
     "key, value, form",
     [
-        ("APP_REPLICAS", "abc", "is not a whole number from 0 to 100"),
+        ("SERVICES_TIMEOUT", "abc", "is not a whole number from 5 to 3600"),
         ("REGISTRY_PORT", "5000.0", "is not a whole number from 1 to 65535"),
         ("SSH_PARALLEL", "", "is not a whole number from 1 to 64"),
         ("ROUTING", "fast", "choose one of auto, mesh, dnsrr"),
@@ -618,8 +620,9 @@ def test_dollar_signs_are_kept_as_written(tmp_path, monkeypatch):
         ("SSH_HOSTS", "swarm-test-1=root@h:99999", "is not node=[user@]host[:port]"),
         ("NODE_ADDRESSES", "swarm-test-1=here", "is not node=address"),
         ("NOTIFY_URL", "ftp://x", "is not an http:// or https:// URL"),
-        ("APP_VERSION", "latest", "is not a pinned version"),
-        ("DB_IMAGE", "redis", "has no tag"),
+        ("BASE_IMAGE", "python:latest", "is tagged latest"),
+        ("BASE_IMAGE", "python", "has no tag"),
+        ("STACK_FILE", " ", "is empty: name a file"),
         ("PASS_ENV", "A-B", "is not a variable name"),
     ],
 )

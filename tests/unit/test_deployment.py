@@ -23,8 +23,8 @@ from cdtasks.runner import StepResult
 @pytest.fixture
 def envs(tmp_path):
     (tmp_path / "base.env").write_text("REGISTRY_PORT=5100\n")  # both clusters' registries
-    (tmp_path / "prod.env").write_text("APP_IMAGE=shop\nAPP_SERVICE=shop\n")
-    (tmp_path / "test.env").write_text("APP_SERVICE=shop\nREPO=https://example.invalid/shop.git\n")
+    (tmp_path / "prod.env").write_text("APP_IMAGE=shop\nSTACK_NAME=shop\n")
+    (tmp_path / "test.env").write_text("STACK_NAME=shop\nREPO=https://example.invalid/shop.git\n")
     return load("prod", environ={}, env_dir=tmp_path), load("test", environ={}, env_dir=tmp_path)
 
 
@@ -285,3 +285,18 @@ def test_a_stack_s_worker_rolls_with_the_promotion_and_says_so(monkeypatch):
         "--canary: team_worker not behind the proxy team_proxy: no canary, rolled out with "
         "the promotion"
     ]
+
+
+def test_rollback_passes_over_history_of_services_the_cluster_no_longer_runs(envs, monkeypatch):
+    """A cluster upgraded from the env-file services: its history names `go-demo`, which the
+    stack replaced with `go-demo_main`; rolling back considers only what runs."""
+    old = {"result": "deployed", "services": [{"service": "go-demo", "image": "g:1.0"}]}
+    ok = [
+        {"result": "deployed", "services": [{"service": "shop_main", "image": f"s:{v}"}]}
+        for v in ("1.1", "1.2")
+    ]
+    monkeypatch.setattr(records, "load", lambda m, kind, key: [old, *ok])
+    monkeypatch.setattr(deployment.services, "current_image", lambda m, name: "s:1.2")
+    manager = SimpleNamespace(services=lambda: [SimpleNamespace(name="shop_main")])
+    d = Deployment(*envs, kind="rollback")
+    assert deployment.rollback_target(manager, d) == {"shop_main": "s:1.1"}

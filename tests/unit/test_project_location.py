@@ -20,11 +20,11 @@ NODES = {"alpha": "a-1,a-2", "beta": "b-1", "gamma": "g-1"}
 
 
 def project(root: Path, env_dir: str = "env", envs=("alpha", "beta")) -> Path:
-    """A project directory with env files naming their own nodes and a relative APP_DIR."""
+    """A project directory with env files naming their own nodes and a relative STACK_FILE."""
     (root / env_dir).mkdir(parents=True, exist_ok=True)
     for name in envs:
         (root / env_dir / f"{name}.env").write_text(
-            f"NODES={NODES[name]}\nCD_NODE={NODES[name].split(',')[0]}\nAPP_DIR=src\n"
+            f"NODES={NODES[name]}\nCD_NODE={NODES[name].split(',')[0]}\nSTACK_FILE=src\n"
         )
     return root
 
@@ -48,7 +48,7 @@ def clean_environment(monkeypatch, tmp_path):
         "CDTASKS_PROJECT_DIR",
         "INVOKE_CDTASKS_ENV_DIR",
         "INVOKE_CDTASKS_PROJECT_DIR",
-        "CDTASKS_APP_DIR",
+        "CDTASKS_STACK_FILE",
     ):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.chdir(tmp_path)
@@ -79,8 +79,7 @@ def test_locate_process_environment_wins_over_the_arguments(tmp_path):
 def test_relative_settings_paths_and_the_default_repository_are_the_projects(tmp_path):
     root = project(tmp_path / "proj")
     s = config.load("alpha", environ={}, project_dir=root)
-    assert s.services.app_dir == root / "src"
-    assert s.services.proxy_config == root / "demo" / "proxy" / "haproxy.cfg"
+    assert s.stack.stack_file == root / "src"
     assert s.delivery.reports_dir == root / "reports"
     assert s.delivery.repo == str(root)
     s = config.load(
@@ -100,16 +99,16 @@ def test_the_project_is_where_tasks_py_was_found_not_the_package(tmp_path):
     root = project(tmp_path / "proj")
     (tmp_path / "proj" / "sub").mkdir()
     s = common.settings(context(root), "alpha")
-    assert s.services.app_dir == root / "src" and s.source == str(root / "env" / "alpha.env")
+    assert s.stack.stack_file == root / "src" and s.source == str(root / "env" / "alpha.env")
     assert (
-        "site-packages" not in str(s.services.app_dir)
-        and Path(config.__file__).parent not in s.services.app_dir.parents
+        "site-packages" not in str(s.stack.stack_file)
+        and Path(config.__file__).parent not in s.stack.stack_file.parents
     )
 
 
 def test_without_a_loaded_tasks_py_the_project_is_the_current_directory(tmp_path):
     project(tmp_path)
-    assert common.settings(context(None), "beta").services.app_dir == tmp_path / "src"
+    assert common.settings(context(None), "beta").stack.stack_file == tmp_path / "src"
 
 
 def test_invoke_yaml_chooses_the_env_dir(tmp_path):
@@ -122,7 +121,7 @@ def test_invoke_yaml_chooses_the_env_dir(tmp_path):
 def test_invoke_yaml_project_dir_is_relative_to_tasks_py(tmp_path):
     root = project(tmp_path / "proj" / "deploy")
     c = context(tmp_path / "proj", "cdtasks:\n  project_dir: deploy\n")
-    assert common.settings(c, "alpha").services.app_dir == root / "src"
+    assert common.settings(c, "alpha").stack.stack_file == root / "src"
 
 
 def test_precedence_flag_process_env_invoke_config_env_file(tmp_path, monkeypatch):
@@ -136,11 +135,11 @@ def test_precedence_flag_process_env_invoke_config_env_file(tmp_path, monkeypatc
     monkeypatch.setenv("CDTASKS_ENV_DIR", "from-process-env")  # ours over Invoke's
     c = context(tmp_path / "proj", yaml)
     assert common.envs(c, None) == ["gamma"]
-    # For a key: the flag over CDTASKS_<KEY> over the env file (APP_DIR=src) of that directory.
-    assert common.settings(c, "gamma").services.app_dir == tmp_path / "proj" / "src"
-    monkeypatch.setenv("CDTASKS_APP_DIR", "from-variable")
-    assert common.settings(c, "gamma").services.app_dir == tmp_path / "proj" / "from-variable"
-    assert common.settings(c, "gamma", app_dir="/flag").services.app_dir == Path("/flag")
+    # For a key: the flag over CDTASKS_<KEY> over the env file (STACK_FILE=src) of that directory.
+    assert common.settings(c, "gamma").stack.stack_file == tmp_path / "proj" / "src"
+    monkeypatch.setenv("CDTASKS_STACK_FILE", "from-variable")
+    assert common.settings(c, "gamma").stack.stack_file == tmp_path / "proj" / "from-variable"
+    assert common.settings(c, "gamma", stack_file="/flag").stack.stack_file == Path("/flag")
 
 
 def test_an_env_dir_without_env_files_is_one_clear_error(tmp_path):

@@ -141,7 +141,7 @@ def test_the_plan_of_a_release_names_each_member_before_and_after_and_the_way_ba
     assert not any(m.changes for m in p.moves) and p.rollback == v10 and p.jobs == ()
 
 
-def test_the_key_is_the_stack_with_a_stack_file_else_the_service(tmp_path):
+def test_the_key_is_the_stack_the_sample_s_by_default(tmp_path):
     (tmp_path / "stacked").mkdir()
     (tmp_path / "book").mkdir()
     (tmp_path / "stacked" / "test.env").write_text("STACK_FILE=stack.yml\nSTACK_NAME=team\n")
@@ -149,7 +149,7 @@ def test_the_key_is_the_stack_with_a_stack_file_else_the_service(tmp_path):
     stacked = load("test", environ={}, env_dir=tmp_path / "stacked", project_dir=tmp_path)
     book = load("test", environ={}, env_dir=tmp_path / "book", project_dir=tmp_path)
     assert release.key(stacked) == "team"
-    assert release.key(book) == book.services.app_service
+    assert release.key(book) == "go-demo" and book.stack.stack_file == tmp_path / "demo/stack.yml"
 
 
 def test_a_rollback_swarm_did_by_itself_fails_the_release_naming_each_service():

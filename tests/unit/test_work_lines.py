@@ -79,7 +79,7 @@ def _prodtest(d: Delivery, monkeypatch) -> None:
         settings=SimpleNamespace(env="test", services=d.settings.services),
         routing_in_use=lambda: "dnsrr",
     )
-    rollout.production_tests(d, target, {d.settings.services.app_service: d.ref_tag}, 0.0)
+    rollout.production_tests(d, target, {"go-demo_main": d.ref_tag}, 0.0)
 
 
 WORK = {
