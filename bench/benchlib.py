@@ -106,5 +106,18 @@ def loads(before: tuple[float, ...], after: tuple[float, ...]) -> dict:
     }
 
 
+def first_version(s, environ: dict[str, str]) -> str:
+    """The version `inv services` starts a cluster of settings `s` on: the tag of the sample
+    stack's `main` image in its stack file (demo/stack.yml: 1.0)."""
+    from cdtasks import stack
+
+    return stack.read_file(s, environ).service("main").image.rpartition(":")[2]
+
+
+def app_service(s) -> str:
+    """The Swarm service that runs the sample's image: the stack's `main` (go-demo_main)."""
+    return f"{s.stack.stack_name}_main"
+
+
 def load_text(before: tuple[float, ...], after: tuple[float, ...]) -> str:
     return f"{before[0]:.1f} before, {after[0]:.1f} after ({len(os.sched_getaffinity(0))} cpus)"

@@ -169,7 +169,8 @@ def main() -> None:
         for one in loads:
             one.start()
         time.sleep(3)
-        benchlib.say(f"(a) plain: inv deploy --env prod ({prod.services.app_version} -> {V_PLAIN})")
+        started_on = benchlib.first_version(prod, environ)
+        benchlib.say(f"(a) plain: inv deploy --env prod ({started_on} -> {V_PLAIN})")
         plain_s, plain_lines, _ = deploy(["--env", "prod"], environ)
         reports = Path(environ["CDTASKS_REPORTS_DIR"]) / "deploy.json"
         plain = {

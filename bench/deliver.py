@@ -36,6 +36,8 @@ MARK = "@@step "  # lines the script prints (to stderr) when a step starts: "@@s
 # The book's delivery, command after command, with the CD node's env as `docker-machine env`
 # gave it. `docker service update` waits for convergence itself (--detach=false) where the
 # book slept. HOST_IP: the address of a node running a proxy task (the book's `docker-machine ip`).
+# The lab runs the sample as the stack go-demo (demo/stack.yml): the book's go-demo and proxy
+# services are go-demo_main and go-demo_proxy there.
 # The registry wants the tool's user: the script logs in (into a DOCKER_CONFIG of its own) and
 # updates the service --with-registry-auth, as the book's commands would against such a registry.
 SCRIPT = r"""
@@ -47,15 +49,15 @@ step env
 eval "$(cd "$ROOT" && inv env swarm-test-1)"
 docker login --username "$REGISTRY_USER" --password-stdin localhost:5000 <"$REGISTRY_PASSWORD" >/dev/null
 cd "$DEST"
-export IMAGE=localhost:5000/go-demo VERSION BASE_IMAGE=cdtasks/python:3.11 DB_IMAGE=cdtasks/redis:7.0
+export IMAGE=localhost:5000/go-demo VERSION BASE_IMAGE=cdtasks/python:3.11
 dc() { docker compose -f demo/docker-compose-test-local.yml -p "$PROJ" "$@"; }
 step unit;     dc run --rm unit
 step build;    dc build app
 step staging;  dc up -d staging-dep; dc run --rm staging; dc down
 step publish;  docker push "$IMAGE:$VERSION"
-step prodlike; docker service update --detach=false --with-registry-auth --image "$IMAGE:$VERSION" go-demo
+step prodlike; docker service update --detach=false --with-registry-auth --image "$IMAGE:$VERSION" go-demo_main
 step prodtest
-NODE=$(docker service ps proxy -f desired-state=running --format '{{.Node}}' | awk 'NR==1')
+NODE=$(docker service ps go-demo_proxy -f desired-state=running --format '{{.Node}}' | awk 'NR==1')
 HOST_IP=$(docker node inspect -f '{{.Status.Addr}}' "$NODE")
 export HOST_IP; dc run --rm production
 step end

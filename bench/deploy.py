@@ -95,18 +95,14 @@ def swarm_facts(prod) -> dict:
     period): wait for that here, untimed."""
     cluster = Cluster.of(prod).discover()
     manager = cluster.client(cluster.gateway().manager_name())  # the SDK's own view, untranslated
+    name = benchlib.app_service(prod)
     deadline = time.monotonic() + 120
-    while (
-        status := (svc := manager.api.inspect_service(prod.services.app_service)).get(
-            "UpdateStatus"
-        )
-        or {}
-    ).get("State") != "completed" and time.monotonic() < deadline:
+    while (status := (svc := manager.api.inspect_service(name)).get("UpdateStatus") or {}).get(
+        "State"
+    ) != "completed" and time.monotonic() < deadline:
         time.sleep(0.5)
     if "CompletedAt" not in status:
-        raise RuntimeError(
-            f"Swarm's update of {prod.services.app_service} still {status.get('State')}"
-        )
+        raise RuntimeError(f"Swarm's update of {name} still {status.get('State')}")
     spec = svc["Spec"]
     image = spec["TaskTemplate"]["ContainerSpec"]["Image"]
     tasks = manager.api.tasks(filters={"service": svc["ID"], "desired-state": "running"})
@@ -162,8 +158,9 @@ def main() -> None:
         assert requests.get(url, timeout=10).status_code == 200, f"{url} does not answer"
 
         # (a) requests through the proxy from before the deploy starts until after it returns.
+        started_on = benchlib.first_version(prod, environ)
         benchlib.say(
-            f"(a) GET {url} in a loop during inv deploy --env prod ({prod.services.app_version} -> {V_GOOD})"
+            f"(a) GET {url} in a loop during inv deploy --env prod ({started_on} -> {V_GOOD})"
         )
         loop = Requests(url)
         loop.start()

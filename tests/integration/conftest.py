@@ -230,6 +230,8 @@ def team(lab):
 
 @pytest.fixture(scope="session")
 def stack(lab: Lab) -> Lab:
+    """The lab with the book's sample made in both clusters by `inv services`: the stack
+    go-demo of demo/stack.yml (go-demo_main, go-demo_db, go-demo_proxy)."""
     lab.inv("services")
     return lab
 

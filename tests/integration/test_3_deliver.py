@@ -7,7 +7,8 @@ refused (a bad flag before any step, an unknown ref at checkout); two delivers a
 
 Every test reads the cluster through its nodes' own TLS endpoints (the docker SDK) and runs the
 CLI as a user would (`lab.inv`). Reports go to a temporary REPORTS_DIR, never into the repository.
-Tests run in file order; each leaves go-demo running a delivered image on every replica.
+Tests run in file order; each leaves go-demo_main (the sample stack's application) running a
+delivered image on every replica.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from .conftest import git, manager_of, sample_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ("checkout", "unit", "build", "staging", "publish", "prodlike", "prodtest")
-SERVICE = "go-demo"
+STACK = "go-demo"  # STACK_NAME: what the release's lock and records are kept under
+SERVICE = f"{STACK}_main"  # the Swarm service that runs the sample's image (demo/stack.yml)
 IMAGE = "localhost:5000/go-demo"
 CD_NODE = "swarm-test-1"
 PROD_LIKE = {"swarm-test-2", "swarm-test-3"}
@@ -138,7 +140,7 @@ def assert_runs(lab, image: str, timeout: float = 60) -> None:
     for node, state, img in tasks:
         assert state == "running", tasks
         assert img == image, tasks
-        assert node in PROD_LIKE, f"a go-demo task runs on {node}: {tasks}"
+        assert node in PROD_LIKE, f"a {SERVICE} task runs on {node}: {tasks}"
 
 
 def compose_leftovers(lab) -> list[str]:
@@ -188,7 +190,7 @@ def hello_through_proxy(lab, nodes=PROD_LIKE) -> str:
             except requests.RequestException as exc:
                 last = exc
         time.sleep(0.5)
-    raise AssertionError(f"go-demo does not answer through the proxy: {last!r}")
+    raise AssertionError(f"{SERVICE} does not answer through the proxy: {last!r}")
 
 
 def at_once(
@@ -316,7 +318,7 @@ def test_deliver_runs_every_step_and_rolls_the_service(stack, tmp_path):
     assert hello_through_proxy(stack) == "hello, world!\n"
     assert in_registry(stack, f"{IMAGE}:1.1")
     # Recorded on the cluster as delivered.
-    record = [d for d in delivered(manager_of(cluster(stack)), SERVICE) if d["version"] == "1.1"]
+    record = [d for d in delivered(manager_of(cluster(stack)), STACK) if d["version"] == "1.1"]
     assert record and record[-1]["digest"] == meta["digest"], record
 
     # The compose projects (one per run) left nothing on the CD node.
@@ -439,9 +441,7 @@ def test_dry_run_prints_every_command_in_order_and_changes_nothing(stack, tmp_pa
     # Nothing changed.
     assert not built_on_cd_node(stack, f"{IMAGE}:{version}")
     assert not in_registry(stack, f"{IMAGE}:{version}")
-    assert not [
-        d for d in delivered(manager_of(cluster(stack)), SERVICE) if d["version"] == version
-    ]
+    assert not [d for d in delivered(manager_of(cluster(stack)), STACK) if d["version"] == version]
     assert service_state(stack)[0] == before
     assert_runs(stack, before)
     assert compose_leftovers(stack) == []
@@ -513,7 +513,7 @@ def test_two_delivers_at_once_do_not_collide(stack, tmp_path):
 def test_deliver_leaves_no_checkout_behind(stack):
     """Every deliver above removed its clone from the workspace, whatever the containers wrote."""
     workspace = stack.settings("test").delivery.workspace_dir
-    left = sorted(p.name for p in workspace.glob(f"{SERVICE}-*")) if workspace.exists() else []
+    left = sorted(p.name for p in workspace.glob(f"{STACK}-*")) if workspace.exists() else []
     assert left == [], f"checkouts left in {workspace}: {left}"
 
 
@@ -530,6 +530,8 @@ def test_dry_run_does_not_claim_a_rollout(stack, tmp_path):
     doc, _ = read_reports(reports)
     claim = f"runs {IMAGE}:{version}"
     assert claim not in doc["meta"]["state"], (
-        f"dry run reports state {doc['meta']['state']!r} while go-demo runs {before}"
+        f"dry run reports state {doc['meta']['state']!r} while {SERVICE} runs {before}"
     )
-    assert not re.search(rf"^{SERVICE} {re.escape(claim)}", proc.stdout, re.M), proc.stdout
+    assert not re.search(rf"^(?:{STACK}|{SERVICE}) {re.escape(claim)}", proc.stdout, re.M), (
+        proc.stdout
+    )

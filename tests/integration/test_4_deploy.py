@@ -17,13 +17,15 @@ from cdtasks.cluster import Cluster
 from .conftest import manager_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STACK = "go-demo"  # STACK_NAME: the release's lock, history and delivered records
+SERVICE = f"{STACK}_main"  # the Swarm service that runs the sample's image (demo/stack.yml)
 
 
 def _manager(lab, env):
     return manager_of(Cluster.of(lab.settings(env)).discover())
 
 
-def _task_images(manager, service="go-demo"):
+def _task_images(manager, service=SERVICE):
     svc = manager.api.inspect_service(service)
     tasks = manager.api.tasks(filters={"service": svc["ID"], "desired-state": "running"})
     return [t["Spec"]["ContainerSpec"]["Image"] for t in tasks if t["Status"]["State"] == "running"]
@@ -35,7 +37,7 @@ def delivered(stack, tmp_path_factory):
     reports = tmp_path_factory.mktemp("reports")
     stack.inv("deliver", "--version", "2.0", extra_env={"CDTASKS_REPORTS_DIR": str(reports)})
     record = [
-        r for r in rollout.delivered(_manager(stack, "test"), "go-demo") if r["version"] == "2.0"
+        r for r in rollout.delivered(_manager(stack, "test"), STACK) if r["version"] == "2.0"
     ][-1]
     return stack, record, reports
 
@@ -49,14 +51,14 @@ def _release_plan(lab, *flags: str) -> dict:
 def test_deploy_promotes_the_digest_verified_on_prod_like(delivered):
     lab, record, reports = delivered
     # Before: the plan names the digest production runs and the one it will run.
-    spec = _manager(lab, "prod").api.inspect_service("go-demo")["Spec"]
+    spec = _manager(lab, "prod").api.inspect_service(SERVICE)["Spec"]
     running = spec["TaskTemplate"]["ContainerSpec"]["Image"]
     plan = lab.inv("plan", "--env", "prod", "--version", "2.0").stdout
     print(f"\n`inv plan --env prod --version 2.0` before the deploy:\n{plan}")
     assert record["digest"][:19] in plan and running.partition("@")[0] in plan, plan
     assert "update" in plan and "localhost:5000/go-demo:2.0" in plan, plan
     (svc,) = _release_plan(lab)["services"]
-    assert svc["service"] == "go-demo" and svc["changes"] and svc["replicas"] == 3
+    assert svc["service"] == SERVICE and svc["changes"] and svc["replicas"] == 3
     assert svc["digest_after"] == record["digest"] and svc["before"] == running
     proc = lab.inv("deploy", "--env", "prod", extra_env={"CDTASKS_REPORTS_DIR": str(reports)})
     assert "deployed (2.0" in proc.stdout
@@ -72,7 +74,7 @@ def test_deploy_promotes_the_digest_verified_on_prod_like(delivered):
     plan = lab.inv("plan", "--version", "2.0").stdout
     assert "runs 2.0 already: nothing to change" in plan, plan
     after = _release_plan(lab, "--env", "prod")
-    assert not after["services"][0]["changes"] and after["rollback"] == {"go-demo": running}
+    assert not after["services"][0]["changes"] and after["rollback"] == {SERVICE: running}
 
 
 def test_a_version_that_never_passed_prod_like_is_refused(delivered):
@@ -134,7 +136,7 @@ def test_failing_production_tests_roll_back_automatically(delivered, tmp_path):
     # Back on the previous digest, every replica.
     images = _task_images(_manager(lab, "prod"))
     assert len(images) == 3 and all(i.endswith("@" + record["digest"]) for i in images), images
-    entry = records.load(_manager(lab, "prod"), "history", "go-demo")[-1]
+    entry = records.load(_manager(lab, "prod"), "history", STACK)[-1]
     assert entry["version"] == "2.1-broken" and entry["rolled_back"] is True
     assert entry["result"] == "failed, rolled back"
     assert entry["steps"] == {
@@ -148,12 +150,12 @@ def test_failing_production_tests_roll_back_automatically(delivered, tmp_path):
 def test_a_second_deploy_is_refused_while_one_holds_the_lock(delivered):
     lab, _, _ = delivered
     prod = _manager(lab, "prod")
-    held = records.Lock(prod, "go-demo", "2.0", holder={**records.identity(), "user": "alice"})
+    held = records.Lock(prod, STACK, "2.0", holder={**records.identity(), "user": "alice"})
     with held.acquire(0):
         proc = lab.inv("deploy", "--env", "prod", check=False)
         assert proc.returncode == 22
         assert "being deployed by alice@" in proc.stderr and "2.0" in proc.stderr
-    assert records.lock_state(prod, "go-demo") is None
+    assert records.lock_state(prod, STACK) is None
 
 
 def test_a_lock_whose_holder_died_expires(delivered):
@@ -162,11 +164,11 @@ def test_a_lock_whose_holder_died_expires(delivered):
     dead = subprocess.Popen(["true"])
     dead.wait()
     holder = {**records.identity(), "user": "bob", "pid": dead.pid}
-    records.Lock(prod, "go-demo", "2.0", holder=holder).acquire(0, heartbeat=False)
+    records.Lock(prod, STACK, "2.0", holder=holder).acquire(0, heartbeat=False)
     proc = lab.inv("deploy", "--env", "prod", check=False)
     assert proc.returncode == 0, proc.stderr
-    assert "taking over the lock of go-demo from bob@" in proc.stderr
-    assert records.lock_state(prod, "go-demo") is None
+    assert f"taking over the lock of {STACK} from bob@" in proc.stderr
+    assert records.lock_state(prod, STACK) is None
 
 
 def test_rollback_by_hand_and_history(delivered, tmp_path):
@@ -185,7 +187,18 @@ def test_bad_input_and_a_missing_service(delivered):
     lab, _, _ = delivered
     proc = lab.inv("deploy", "--env", "prod", "--version", "latest", check=False)
     assert proc.returncode == 2 and "latest" in proc.stderr
+    # A stack whose services production lacks (a namespace `inv services` never made), given a
+    # version that exists in the registry: named as missing before anything changes.
     proc = lab.inv(
-        "deploy", "--env", "prod", check=False, extra_env={"CDTASKS_APP_SERVICE": "no-such-service"}
+        "deploy",
+        "--env",
+        "prod",
+        "--version",
+        "2.0",
+        "--force",
+        check=False,
+        extra_env={"CDTASKS_STACK_NAME": "no-such-stack"},
     )
     assert proc.returncode == 4 and "inv services" in proc.stderr and "Traceback" not in proc.stderr
+    assert "no-such-stack_main" in proc.stderr, proc.stderr
+    assert records.lock_state(_manager(lab, "prod"), "no-such-stack") is None

@@ -34,20 +34,23 @@ from .conftest import ROOT, Lab, manager_of, probe_registries
 
 STANDIN = ROOT / "tests" / "standin"
 TEST_NODES, PROD_NODES = ("swarm-test-1", "swarm-test-2"), ("swarm-1",)
+STACK = "go-demo"  # STACK_NAME: the release's delivered records
+SERVICE = f"{STACK}_main"  # the Swarm service that runs the sample's image (demo/stack.yml)
+# One proxy per cluster (host-mode port 80 on the one prod-like node and the one prod node): the
+# sample stack's variables with PROXY_REPLICAS=1, the rest as each env file sets them.
 CLUSTERS = {
     "test": dict(
         NODES=",".join(TEST_NODES),
         CD_NODE="swarm-test-1",
         NODE_LABELS="swarm-test-2:env=prod-like",
-        PROXY_REPLICAS="1",
+        STACK_VARIABLES="PLACEMENT='node.labels.env == prod-like' REPLICAS=2 PROXY_REPLICAS=1",
     ),
     "prod": dict(
         NODES=",".join(PROD_NODES),
         CD_NODE="swarm-1",
         NODE_LABELS="swarm-1:env=prod",
-        APP_REPLICAS="2",
-        PROXY_REPLICAS="1",
-        UPDATE_DELAY="2",
+        STACK_VARIABLES="PLACEMENT='node.labels.env == prod' REPLICAS=2 PROXY_REPLICAS=1 "
+        "APP_MEMORY=50M DB_MEMORY=150M",
     ),
 }
 
@@ -191,7 +194,7 @@ def _cluster(world: World, env: str) -> Cluster:
     return Cluster.of(world.settings(env)).discover()
 
 
-def _task_images(manager, service="go-demo"):
+def _task_images(manager, service=SERVICE):
     tasks = manager.api.tasks(filters={"service": service, "desired-state": "running"})
     return [t["Spec"]["ContainerSpec"]["Image"] for t in tasks if t["Status"]["State"] == "running"]
 
@@ -265,7 +268,7 @@ def test_deliver(world):
         extra_env={"CDTASKS_REPORTS_DIR": str(world.state_dir / "reports")},
     )
     test = manager_of(_cluster(world, "test"))
-    record = [r for r in rollout.delivered(test, "go-demo") if r["version"] == "1.1"][-1]
+    record = [r for r in rollout.delivered(test, STACK) if r["version"] == "1.1"][-1]
     images = _task_images(test)
     assert len(images) == 2 and all(i.endswith("@" + record["digest"]) for i in images), images
     if world.provider == "ssh":  # the checkout went to the CD node, and went away after
@@ -279,7 +282,7 @@ def test_deploy(world):
     world.inv("deploy", "--env", "prod", "--version", "1.1")
     record = [
         r
-        for r in rollout.delivered(manager_of(_cluster(world, "test")), "go-demo")
+        for r in rollout.delivered(manager_of(_cluster(world, "test")), STACK)
         if r["version"] == "1.1"
     ][-1]
     images = _task_images(manager_of(_cluster(world, "prod")))

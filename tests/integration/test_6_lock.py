@@ -18,7 +18,7 @@ from cdtasks.cluster import Cluster
 from .conftest import manager_of
 
 ROOT = __file__.rsplit("/tests/", 1)[0]
-SVC = "go-demo"
+SVC = "go-demo"  # STACK_NAME: one lock for the whole sample stack
 USER = getpass.getuser()
 TTL = 9.0  # short, so expiry is seen in seconds; the heartbeat renews every 3 s
 

@@ -2,11 +2,13 @@
 tests/apps/hello-book (`image: hello-book`, its own compose file `docker-compose-ci.yml`,
 `version: '2'`, staging-dep publishing host port 8080) copied into a git repository, served over
 HTTP with credentials. `inv deliver --repo R --compose-file docker-compose-ci.yml --image
-hello-book` delivers it to the `go-demo` service on prod-like, `inv deploy --env prod` puts
-exactly that digest on production (whose APP_IMAGE is go-demo), two deliveries of it at once both
-pass, and the sample (demo/) is delivered and deployed back. The sample's proxy routes /demo to
-the service and health-checks /demo/hello: hello-book is built to be served there
-(`HELLO_PREFIX=/demo/hello`, passed to compose through PASS_ENV), as the service it stands in for.
+go-demo` publishes its `app` as localhost:5000/go-demo:VERSION, the image the sample stack's
+`go-demo_main` runs, and so delivers it to that service on prod-like (a release's members are the
+stack services running an image the repository builds); `inv deploy --env prod` puts exactly that
+digest on production, two deliveries of it at once both pass, and the sample (demo/) is delivered
+and deployed back. The sample's proxy routes /demo to the service and health-checks /demo/hello:
+hello-book is built to be served there (`HELLO_PREFIX=/demo/hello`, passed to compose through
+PASS_ENV), as the service it stands in for.
 
 Runs alone after `inv provision` (its first test delivers before `inv services`), or after the
 other files (that test is then skipped)."""
@@ -33,6 +35,7 @@ from .test_3_deliver import (
     CD_NODE,
     ROOT,
     SERVICE,
+    STACK,
     WIDE,
     assert_runs,
     at_once,
@@ -46,7 +49,9 @@ from .test_3_deliver import (
 
 APP = ROOT / "tests/apps/hello-book"
 COMPOSE = "docker-compose-ci.yml"
-IMAGE = "localhost:5000/hello-book"
+# hello-book's `app`, published under the image name the sample stack's go-demo_main runs
+# (`--image go-demo`): the sample's own builds go there too.
+IMAGE = "localhost:5000/go-demo"
 DEMO_IMAGE = "localhost:5000/go-demo"
 PROD = ("swarm-1", "swarm-2", "swarm-3")
 SECRET = "s3cret-Token-4711"
@@ -159,7 +164,7 @@ def hello_args(repo: str, version: str) -> tuple[str, ...]:
         "--compose-file",
         COMPOSE,
         "--image",
-        "hello-book",
+        "go-demo",
         "--version",
         version,
     )
@@ -176,7 +181,8 @@ def task_images(lab, env: str) -> list[str]:
 
 
 def record_of(lab, version: str) -> dict:
-    found = [r for r in delivered(manager(lab, "test"), SERVICE) if r["version"] == version]
+    """The last delivered record of `version` (the release's records are the stack's)."""
+    found = [r for r in delivered(manager(lab, "test"), STACK) if r["version"] == version]
     assert found, f"no delivered record of {version}"
     return found[-1]
 
@@ -217,7 +223,7 @@ def test_a_compose_file_without_staging_is_refused_before_anything_runs(lab, hel
     assert not (tmp_path / "reports").exists()
     assert compose_leftovers(lab) == []
     cd = Cluster.of(lab.settings("test")).discover().client(CD_NODE)
-    assert not cd.images.list(name=f"{IMAGE}")
+    assert not cd.images.list(name=f"{IMAGE}:0.9")  # the sample's builds share the name
 
 
 def test_bad_flags_get_one_line_and_exit_2(lab, hello, tmp_path):
@@ -287,8 +293,8 @@ def test_hello_book_is_delivered_to_prod_like(stack, hello, tmp_path):
 
 def test_deploy_puts_exactly_the_delivered_digest_on_production(stack, hello, tmp_path):
     record = record_of(stack, "1.1")
-    # The production env's APP_IMAGE is go-demo: the record decides, not the env file. The
-    # production tests run hello-book's own, from the delivered repository.
+    # The record decides (hello-book's digest), not a tag resolved again. The production tests
+    # run hello-book's own, from the delivered repository.
     proc = stack.inv(
         "deploy",
         "--env",

@@ -56,18 +56,23 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
+def app_service(s) -> str:
+    """The Swarm service that runs the sample's image: the stack's `main` (demo/stack.yml)."""
+    return f"{s.stack.stack_name}_main"
+
+
 def watch_rows(lab: Lab, repo: Path) -> list[dict]:
     s = lab.settings("test")
     return [
         r
-        for r in records.load(manager(lab), watch.KIND, s.services.app_service)
+        for r in records.load(manager(lab), watch.KIND, s.stack.stack_name)
         if r.get("repo") == str(repo.resolve())
     ]
 
 
 def prod_images(lab: Lab, timeout: float = 60) -> list[str]:
     """The images of the prod service's running tasks, once Swarm has settled on one image."""
-    mgr, service = manager(lab, "prod"), lab.settings("prod").services.app_service
+    mgr, service = manager(lab, "prod"), app_service(lab.settings("prod"))
     deadline = time.monotonic() + timeout
     while True:
         tasks = mgr.api.tasks(filters={"service": service, "desired-state": "running"})
@@ -93,10 +98,10 @@ def test_watch_once_delivers_the_newest_commit_once(stack: Lab, head: str, tmp_p
     assert f"new commit {head[:12]} on {branch}" in first.stderr
     s = stack.settings("test")
     mgr = manager(stack)
-    mine = [r for r in records.load(mgr, watch.KIND, s.services.app_service) if r["commit"] == head]
+    mine = [r for r in records.load(mgr, watch.KIND, s.stack.stack_name) if r["commit"] == head]
     assert sorted(r["event"] for r in mine) == ["finished", "taken"]
     assert next(r for r in mine if r["event"] == "finished")["code"] == 0
-    assert records.load(mgr, "delivered", s.services.app_service)[-1]["commit"] == head
+    assert records.load(mgr, "delivered", s.stack.stack_name)[-1]["commit"] == head
 
     again = inv_watch(stack, tmp_path, "watch", "--once", "--branch", branch)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -111,7 +116,7 @@ def test_watch_once_delivers_the_newest_commit_once(stack: Lab, head: str, tmp_p
     shown = inv_watch(stack, tmp_path, "report", "--output", str(out), timeout=300)
     assert shown.returncode == 0, shown.stderr[-3000:]
     html = out.read_text()
-    running = services.current_image(mgr, s.services.app_service)
+    running = services.current_image(mgr, app_service(s))
     assert head[:7] in running and running.partition("@")[0] in html
     assert head[:12] in html and running.partition("@")[2][:19] in html
 
@@ -195,7 +200,7 @@ def test_watch_deploys_good_commits_in_order_and_never_a_broken_one(stack: Lab, 
     # Production got the good ones, in order, by the digest delivered; never the broken one.
     s = stack.settings("test")
     by_commit = {
-        r["commit"]: r for r in records.load(manager(stack), "delivered", s.services.app_service)
+        r["commit"]: r for r in records.load(manager(stack), "delivered", s.stack.stack_name)
     }
     assert commits["broken"] not in by_commit
     deployments = json.loads(stack.inv("history", "--env", "prod", "--json").stdout)["deployments"]

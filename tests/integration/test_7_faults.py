@@ -25,7 +25,8 @@ from cdtasks.rollout import delivered
 from .conftest import Run, git, manager_of, sample_repository
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE = "go-demo"
+STACK = "go-demo"  # STACK_NAME: the release's lock and delivered records
+SERVICE = f"{STACK}_main"  # the Swarm service that runs the sample's image (demo/stack.yml)
 CD_NODE = "swarm-test-1"
 STEPS = ("checkout", "unit", "build", "staging", "publish", "prodlike", "prodtest")
 COMPOSE_LABEL = "com.docker.compose.project"
@@ -66,8 +67,8 @@ def checkouts(lab) -> list[str]:
 
 def lock_holder(lab, env="test"):
     mgr = manager(lab, env)
-    found = mgr.api.configs(filters={"name": records.lock_name(SERVICE)})
-    return [c for c in found if c["Spec"]["Name"] == records.lock_name(SERVICE)]
+    found = mgr.api.configs(filters={"name": records.lock_name(STACK)})
+    return [c for c in found if c["Spec"]["Name"] == records.lock_name(STACK)]
 
 
 def spec_image(lab, env="test") -> str:
@@ -198,7 +199,7 @@ def test_deliver_interrupted_in_each_step_leaves_nothing_and_claims_nothing(
     assert all(statuses[n]["status"] == "skipped" for n in STEPS[STEPS.index(stopped) + 1 :])
     assert_clean(stack)
     # The version is never recorded as verified, and prod-like runs one image on every replica.
-    assert version not in [d["version"] for d in delivered(manager(stack), SERVICE)]
+    assert version not in [d["version"] for d in delivered(manager(stack), STACK)]
     now = wait_for_replicas(stack, "test")
     if STEPS.index(stopped) < STEPS.index("prodlike"):
         assert now == before
@@ -223,7 +224,7 @@ def test_prodtest_without_prodlike_is_refused_and_records_nothing(stack, repo, t
     assert proc.returncode == 17, proc.stdout + proc.stderr
     assert f"runs {before}, not " in proc.stdout + proc.stderr  # names what runs
     assert "gate-1 is not recorded as verified" in proc.stdout + proc.stderr
-    assert "gate-1" not in [d["version"] for d in delivered(manager(stack), SERVICE)]
+    assert "gate-1" not in [d["version"] for d in delivered(manager(stack), STACK)]
     assert spec_image(stack) == before
     assert lock_holder(stack, "test") == []
 
@@ -376,7 +377,7 @@ def test_registry_task_killed_during_publish(stack, repo, tmp_path):
     assert "Traceback" not in run.stderr
     assert code in (0, 15), run.stdout  # pushed after Swarm restarted it, or failed at publish
     if code == 15:
-        assert "reg-killed" not in [d["version"] for d in delivered(manager(stack), SERVICE)]
+        assert "reg-killed" not in [d["version"] for d in delivered(manager(stack), STACK)]
         assert spec_image(stack) == before
     assert_clean(stack)
     wait_for_replicas(stack, "test")
@@ -450,7 +451,7 @@ def _long_unit(lab, slow_repo, tmp_path, version) -> Run:
         for c in cd.containers.list(
             filters={"label": "com.docker.compose.service=unit", "status": "running"}
         )
-        if c.labels.get(COMPOSE_LABEL, "").startswith(f"go-demo-{version}-")
+        if c.labels.get(COMPOSE_LABEL, "").startswith(f"{STACK}-{version}-")
     ]:
         assert run.proc.poll() is None and time.monotonic() < deadline, run.stderr[-2000:]
         time.sleep(0.5)

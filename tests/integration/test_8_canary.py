@@ -22,7 +22,11 @@ from .conftest import git, manager_of
 from .test_7_faults import Run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SERVICE, CANARY, PROXY = "go-demo", "go-demo-canary", "proxy"
+STACK = "go-demo"  # STACK_NAME: the release's lock and history
+# The sample stack's Swarm services (demo/stack.yml), the canary of its `main`, and the backend
+# that serves `main` in the proxy's haproxy.cfg (demo/proxy/haproxy.cfg).
+SERVICE, PROXY = f"{STACK}_main", f"{STACK}_proxy"
+CANARY, BACKEND = f"{SERVICE}-canary", "main"
 # Short steps: the load below gives the canary well over --min-requests in each.
 FAST = ["--canary-for", "10", "--min-requests", "20"]
 PERSONS = 'return 200, "".join(f"{name}\\n" for name in self.store.names())'  # GET /demo/person
@@ -40,14 +44,14 @@ def _images(lab) -> list[str]:
 
 
 def _proxy(lab) -> tuple[list[str], dict[str, int]]:
-    """The proxy's task IDs, and the weight of each go-demo server on every replica
+    """The proxy's task IDs, and the weight of each server of the `main` backend on every replica
     ("TASK/SERVER" -> weight), read through the runtime API."""
     cluster = _cluster(lab)
     reps = haproxy.replicas(cluster, PROXY)
     weights = {
         f"{r.replica.task[:6]}/{s.name}": s.weight
         for r in haproxy.read(cluster, reps)
-        for s in r.backend(SERVICE)
+        for s in r.backend(BACKEND)
     }
     return [r.task for r in reps], weights
 
@@ -154,7 +158,7 @@ def test_a_release_answering_500_is_aborted_and_production_keeps_its_digest(rele
         proc = _deploy(lab, "c-500", "--canary", "20,50", *FAST)
     print(proc.stdout[-2000:], proc.stderr[-3000:])
     assert proc.returncode == 20, proc.stderr[-2000:]
-    entry = records.load(manager_of(_cluster(lab)), "history", SERVICE)[-1]
+    entry = records.load(manager_of(_cluster(lab)), "history", STACK)[-1]
     assert entry["version"] == "c-500"
     assert entry["result"].startswith("canary aborted: ")
     assert "% errors > 1 % over" in entry["result"], entry["result"]
@@ -181,7 +185,7 @@ def test_a_slow_release_is_aborted_by_the_latency_gate(releases, tmp_path):
         proc = _deploy(lab, "c-slow", "--canary", "20", *FAST, "--max-latency", "200")
     print(proc.stdout[-2000:], proc.stderr[-3000:])
     assert proc.returncode == 20, proc.stderr[-2000:]
-    entry = records.load(manager_of(_cluster(lab)), "history", SERVICE)[-1]
+    entry = records.load(manager_of(_cluster(lab)), "history", STACK)[-1]
     assert entry["version"] == "c-slow" and entry["steps"] == {"canary": "FAILED"}, entry
     assert entry["result"].startswith("canary aborted: response time "), entry["result"]
     assert " ms > 200 ms (HAProxy's rtime, over " in entry["result"], entry["result"]
@@ -203,7 +207,7 @@ def test_a_healthy_release_is_promoted_with_no_failed_request(releases):
         proc = _deploy(lab, "c-good", "--canary", "20,50", *FAST)
     print(proc.stdout[-2000:], proc.stderr[-3000:])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    entry = records.load(manager_of(_cluster(lab)), "history", SERVICE)[-1]
+    entry = records.load(manager_of(_cluster(lab)), "history", STACK)[-1]
     assert entry["result"] == "deployed" and entry["version"] == "c-good", entry
     assert list(entry["steps"]) == ["canary", "rollout", "prodtest"]
     assert [s["percent"] for s in entry["canary"]] == [20, 50]
@@ -241,7 +245,7 @@ def test_an_interrupted_canary_leaves_nothing_behind_and_holds_the_lock_meanwhil
     proxies_after, weights = _proxy(lab)
     assert proxies_after == proxies and _as_configured(weights), weights
     assert _canary_gone(lab) and _images(lab) == before
-    assert records.lock_state(manager_of(_cluster(lab)), SERVICE) is None
+    assert records.lock_state(manager_of(_cluster(lab)), STACK) is None
 
 
 def test_bad_canary_flags_and_too_many_replicas_change_nothing(releases):
@@ -251,6 +255,6 @@ def test_bad_canary_flags_and_too_many_replicas_change_nothing(releases):
     assert proc.returncode == 2 and "--canary 50,20: the steps must rise" in proc.stderr
     proc = _deploy(lab, "c-good", "--canary", "10", "--canary-replicas", "9")
     assert proc.returncode == 2, proc.stderr
-    assert "--canary-replicas 9: the proxy's backend go-demo has 5 canary slots" in proc.stderr
+    assert f"--canary-replicas 9: the proxy's backend {BACKEND} has 5 canary slots" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert _images(lab) == before and _canary_gone(lab)

@@ -12,8 +12,11 @@ import pytest
 
 from cdtasks import haproxy
 
-IMAGE = "cdtasks/haproxy:2.6"  # PROXY_IMAGE
+IMAGE = "cdtasks/haproxy:2.6"  # the sample stack's proxy image (demo/stack.yml)
 SAMPLE = Path(__file__).resolve().parents[2] / "demo" / "proxy" / "haproxy.cfg"
+# As the sample stack's proxy runs it: its backend `main`, named after the stack file's service
+# BACKEND_HOST names (its canary: main-canary).
+BACKEND = "main"
 VARIANTS = {
     "sample": lambda cfg: cfg,
     "no-socket": lambda cfg: "\n".join(x for x in cfg.splitlines() if "stats socket" not in x),
@@ -55,7 +58,7 @@ def proxies(tmp_path_factory):
                 name=f"{name}-{variant}",
                 detach=True,
                 network=name,
-                environment={"BACKEND_HOST": "go-demo", "BACKEND_PORT": "8080"},
+                environment={"BACKEND_HOST": BACKEND, "BACKEND_PORT": "8080"},
                 volumes={str(cfg): {"bind": "/usr/local/etc/haproxy/haproxy.cfg", "mode": "ro"}},
                 labels={"io.cdtasks.test": name},
             )
@@ -68,13 +71,13 @@ def proxies(tmp_path_factory):
 
 def test_the_sample_configuration_can_be_driven(proxies):
     local, replicas = proxies
-    (reading,) = haproxy.check(local, [replicas["sample"]], "go-demo", "canary")
-    slots = haproxy.servers_named(reading, "go-demo", "canary")
+    (reading,) = haproxy.check(local, [replicas["sample"]], BACKEND, "canary")
+    slots = haproxy.servers_named(reading, BACKEND, "canary")
     assert [s.name for s in slots] == [f"canary{i}" for i in range(1, 6)]
     assert all(s.weight == 0 for s in slots)  # no traffic until a canary runs
-    haproxy.set_weights(local, {replicas["sample"]: {"go-demo/canary2": 7}})
+    haproxy.set_weights(local, {replicas["sample"]: {f"{BACKEND}/canary2": 7}})
     (after,) = haproxy.read(local, [replicas["sample"]])
-    assert {s.name: s.weight for s in after.backend("go-demo")}["canary2"] == 7
+    assert {s.name: s.weight for s in after.backend(BACKEND)}["canary2"] == 7
 
 
 @pytest.mark.parametrize(
@@ -87,19 +90,19 @@ def test_the_sample_configuration_can_be_driven(proxies):
         ),
         (
             "user-level",
-            "refused `set weight go-demo/canary1 0`: Permission denied; haproxy.cfg "
+            "refused `set weight main/canary1 0`: Permission denied; haproxy.cfg "
             "needs, in global: stats socket",
         ),
         (
             "no-slots",
-            "backend go-demo has no canaryN servers: haproxy.cfg needs, in backend "
-            'go-demo: server-template canary N "${BACKEND_HOST}-canary:${BACKEND_PORT}"',
+            "backend main has no canaryN servers: haproxy.cfg needs, in backend "
+            'main: server-template canary N "${BACKEND_HOST}-canary:${BACKEND_PORT}"',
         ),
     ],
 )
 def test_a_proxy_that_cannot_be_driven_names_the_line_that_enables_it(proxies, variant, says):
     local, replicas = proxies
     with pytest.raises(haproxy.ProxyError) as err:
-        haproxy.check(local, [replicas[variant]], "go-demo", "canary")
+        haproxy.check(local, [replicas[variant]], BACKEND, "canary")
     assert says in str(err.value)
     assert "\n" not in str(err.value)

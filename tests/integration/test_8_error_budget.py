@@ -21,7 +21,9 @@ from cdtasks.cluster import Cluster
 from .conftest import manager_of
 
 ROOT = Path(__file__).resolve().parents[2]
-LOAD_PATH = "/demo/hello?delay=0"  # 200 from go-demo; the broken release answers it 500
+LOAD_PATH = "/demo/hello?delay=0"  # 200 from go-demo_main; the broken release answers it 500
+STACK = "go-demo"  # STACK_NAME: the release's history
+SERVICE = f"{STACK}_main"  # the Swarm service that runs the sample's image (demo/stack.yml)
 PACE = 0.05  # seconds between two requests of one cluster's load
 
 
@@ -70,7 +72,7 @@ def load(stack):
 
 def _images(lab, env: str) -> list[str]:
     manager = manager_of(Cluster.of(lab.settings(env)).discover())
-    svc = manager.api.inspect_service("go-demo")
+    svc = manager.api.inspect_service(SERVICE)
     tasks = manager.api.tasks(filters={"service": svc["ID"], "desired-state": "running"})
     return [t["Spec"]["ContainerSpec"]["Image"] for t in tasks if t["Status"]["State"] == "running"]
 
@@ -148,7 +150,7 @@ def test_over_budget_the_release_is_rolled_back(load, tmp_path):
     after = _images(lab, "prod")
     assert sorted(after) == sorted(before)  # production keeps its digest, every replica
     manager = manager_of(Cluster.of(lab.settings("prod")).discover())
-    entry = records.load(manager, "history", "go-demo")[-1]
+    entry = records.load(manager, "history", STACK)[-1]
     print(f"over budget: {entry['budget']['errors']} errors of {entry['budget']['requests']}")
     assert entry["result"] == "failed, rolled back" and entry["version"] == "2.1-500"
     assert entry["steps"]["rollout"] == "FAILED" and entry["steps"]["rollback"] == "ok"

@@ -91,13 +91,14 @@ class Project:
 
 def _env_file(name: str) -> str:
     """This checkout's env file; in base.env (where they are set), the sample's paths moved to
-    the project's `app/`."""
+    the project's `app/`: its stack file (whose proxy configuration, ./proxy/haproxy.cfg, is
+    relative to it: app/proxy/haproxy.cfg) and the delivery compose file (what builds the
+    stack's first image when the registry lacks it)."""
     text = (ROOT / "env" / f"{name}.env").read_text()
     if name != "base":
         return text
     for key, value in (
-        ("APP_DIR", "app"),
-        ("PROXY_CONFIG", "app/proxy/haproxy.cfg"),
+        ("STACK_FILE", "app/stack.yml"),
         ("COMPOSE_FILE", "app/docker-compose-test-local.yml"),
     ):
         assert f"\n{key}=" in text, key
@@ -113,8 +114,12 @@ def _env_file(name: str) -> str:
 
 def _project(directory: Path, python: Path, lab, env_dir: str) -> Project:
     """A project of its own: tasks.py importing the collection, env files, and the sample as
-    `app/`, all in one git repository (the default repository is the project)."""
+    `app/` (its stack file app/stack.yml beside app/proxy/haproxy.cfg), all in one git
+    repository (the default repository is the project)."""
     shutil.copytree(ROOT / "demo", directory / "app")
+    assert (directory / "app" / "stack.yml").is_file() and (
+        directory / "app" / "proxy" / "haproxy.cfg"
+    ).is_file()
     (directory / env_dir).mkdir()
     for name in ("base", "test", "prod"):
         (directory / env_dir / f"{name}.env").write_text(_env_file(name))
@@ -153,9 +158,10 @@ def test_another_project_provisions_delivers_and_deploys(project):
     # Provisioning the session's lab again changes nothing, with the project's own env files.
     proc = project.inv("provision")
     assert proc.stdout.count("none (up to date)") == 2, proc.stdout
-    # APP_DIR and PROXY_CONFIG are read from the project's app/: the services match them.
+    # STACK_FILE (and the proxy configuration beside it) is read from the project's app/: the
+    # stack the session made from this checkout's demo/ matches it.
     proc = project.inv("services", "--env", "test", "--check")
-    assert "test: services match test.env" in proc.stdout
+    assert "test: services match stack.yml" in proc.stdout
 
     proc = project.inv("deliver", "--version", VERSION, "--json")
     report = json.loads(proc.stdout)  # one JSON document, nothing else on stdout
@@ -209,8 +215,8 @@ def test_a_project_configured_through_invoke_yaml(stack, python, tmp_path):
         assert sum(n["leader"] for n in nodes) == 1
         assert status["test"]["missing"] == []
         services = {s["service"]: s for s in status["test"]["services"]}
-        assert {"go-demo", "go-demo-db", "proxy", "registry"} <= set(services)
-        assert services["go-demo"]["mode"] == "replicated"
+        assert {"go-demo_main", "go-demo_db", "go-demo_proxy", "registry"} <= set(services)
+        assert services["go-demo_main"]["mode"] == "replicated"
     # The process environment goes over invoke.yaml: env/ has no env files here.
     (project.dir / "env").mkdir()
     proc = project.inv("status", "--json", check=False, extra_env={"CDTASKS_ENV_DIR": "env"})

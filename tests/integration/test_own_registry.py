@@ -33,13 +33,14 @@ PER_ENV = {
     "test": {"NODES": "rt-1", "NODE_LABELS": "rt-1:env=prod-like", "CD_NODE": "rt-1"},
     "prod": {"NODES": "rp-1", "NODE_LABELS": "rp-1:env=prod", "CD_NODE": "rp-1"},
 }
+# The sample stack's variables per cluster: one replica of the application and of the proxy,
+# no memory reserved beyond the stack file's token (APP_MEMORY and DB_MEMORY left to it).
 SMALL = {
-    "APP_REPLICAS": "1",
-    "PROXY_REPLICAS": "1",
-    "UPDATE_DELAY": "1",
-    "APP_RESERVE_MB": "0",
-    "DB_RESERVE_MB": "0",
+    env: {"STACK_VARIABLES": f"PLACEMENT='node.labels.env == {label}' REPLICAS=1 PROXY_REPLICAS=1"}
+    for env, label in (("test", "prod-like"), ("prod", "prod"))
 }
+STACK = "go-demo"  # STACK_NAME: the release's delivered records
+SERVICE = f"{STACK}_main"  # the Swarm service that runs the sample's image (demo/stack.yml)
 
 # Asks the registry itself (over TLS, verified against the test's CA) for a manifest's digest.
 DIGEST_PROBE = r"""
@@ -60,7 +61,7 @@ def _env_files(target: Path) -> Path:
     for env, keys in PER_ENV.items():
         path = target / f"{env}.env"
         text = path.read_text()
-        for key, value in {**keys, **SMALL}.items():
+        for key, value in {**keys, **SMALL[env]}.items():
             line = f"{key}={value}"
             text, n = re.subn(rf"(?m)^{key}=.*$", line, text)
             text += "" if n else f"\n{line}\n"
@@ -134,7 +135,7 @@ def _manager(lab, env):
     return manager_of(Cluster.of(lab.settings(env)).discover())
 
 
-def running_images(manager, service: str = "go-demo") -> list[str]:
+def running_images(manager, service: str = SERVICE) -> list[str]:
     tasks = manager.api.tasks(filters={"service": service, "desired-state": "running"})
     return [t["Spec"]["ContainerSpec"]["Image"] for t in tasks if t["Status"]["State"] == "running"]
 
@@ -176,7 +177,7 @@ def test_own_registry_end_to_end(own):
     assert running_images(_manager(lab, "prod")) == [f"{URL}/go-demo:1.0"]
     _inv(lab, "deliver", "--version", "2.0")
     delivered = [
-        r for r in rollout.delivered(_manager(lab, "test"), "go-demo") if r["version"] == "2.0"
+        r for r in rollout.delivered(_manager(lab, "test"), STACK) if r["version"] == "2.0"
     ][-1]
     pushed = _pushed_digest(lab, work, password, "2.0")
     assert delivered["digest"] == pushed
