@@ -49,19 +49,13 @@ def services(c, env=None, check=False, update=False, json=False):
         raise Exit(code=DRIFT)
 
 
-@task(
-    notes={"service": "a service of STACK_FILE (`main`, or `go-demo_main` as Swarm names it)"},
-    positional=["service"],
-)
+@task(positional=["service"])
 @user_errors
-def logs(c, service=None, env="test", since=None, tail=None, follow=False):
+def logs(c, service, env="test", since=None, tail=None, follow=False):
     """Print a service's logs through a manager, as `docker service logs` does."""
     from .. import cluster, services, stack
 
     s = settings(c, env)
-    if not service:
-        names = ", ".join(x.name for x in stack.read_file(s).services)
-        raise Exit(f"error: name a service of {s.stack.stack_file.name}: {names}", code=BAD_INPUT)
     name = stack.service_name(s, service)
     try:
         started = time.time() - flags.seconds(since) if since else 0
