@@ -1,13 +1,14 @@
-"""Stack benchmark: `inv services` creating the team's stack (tests/apps/team-stack) from nothing
-against `docker stack deploy --detach=false` of the same file on the same cluster, a second
-`inv services` (nothing to change) and `inv plan`. Run from the repository root:
+"""Stack benchmark: `inv services` creating a stack from nothing against `docker stack deploy
+--detach=false` of the same file on the same cluster, a second `inv services` (nothing to
+change) and `inv plan`. Run from the repository root:
 
-    python3 bench/stack.py
+    python3 bench/stack.py [sample|team]   # default: the book's sample, demo/stack.yml
 
-Creates a throwaway lab cdtbench<rand> with the test cluster only (provision, untimed) and
-removes it afterwards, also on failure or Ctrl-C. The first `inv services` (a) also builds and
-pushes the team's two images, which the registry lacks; (c) finds them there.
-Figures go to bench/results/stack.json.
+`team` is the team's stack (tests/apps/team-stack: a job, configs, a secret, a volume, two
+built images). Creates a throwaway lab cdtbench<rand> with the test cluster only (provision,
+untimed) and removes it afterwards, also on failure or Ctrl-C. The first `inv services` (a)
+also builds and pushes the stack's images that the registry lacks; (c) finds them there.
+Figures go to bench/results/stack.json (team: stack-team.json).
 """
 
 from __future__ import annotations
@@ -30,22 +31,33 @@ sys.path.insert(0, str(ROOT))
 
 import benchlib  # noqa: E402
 
-from cdtasks import config, engine  # noqa: E402
+from cdtasks import config, engine, registry  # noqa: E402
 from cdtasks.cluster import Cluster, env_lines  # noqa: E402
 
-TEAM = benchlib.TEAM
-ENV_DIR = "tests/apps/team-stack/env"
-NAME = "team"
-RESULTS = ROOT / "bench" / "results" / "stack.json"
+# which stack: its directory (the stack file and what it names), env directory, STACK_NAME
+STACKS = {
+    "sample": (ROOT / "demo", "env", "go-demo", ROOT / "bench" / "results" / "stack.json"),
+    "team": (
+        benchlib.TEAM,
+        "tests/apps/team-stack/env",
+        "team",
+        ROOT / "bench" / "results" / "stack-team.json",
+    ),
+}
+WHICH = sys.argv[1] if len(sys.argv) > 1 else "sample"
+if WHICH not in STACKS:
+    sys.exit(f"usage: python3 bench/stack.py [{'|'.join(STACKS)}]")
+DIR, ENV_DIR, NAME, RESULTS = STACKS[WHICH]
+SERVICES = ["services", "--env", "test"]  # the cluster the benchmark made
 DEPLOY_CAP = 300  # seconds: docker stack deploy may hang on jobs (docker/cli#5299)
 GOAL_RATIO, GOAL_PLAN = 1.0, 2.0
 
 
 def adapted_copy(tmp: Path) -> Path:
-    """The team's directory with its stack file adapted as `inv services` adapts it on this
+    """The stack's directory with its stack file adapted as `inv services` adapts it on this
     kernel (no IPVS: dnsrr endpoints, host-mode ports), for the CLI, which does not adapt."""
-    copy = tmp / "team-stack"
-    shutil.copytree(TEAM, copy)
+    copy = tmp / DIR.name
+    shutil.copytree(DIR, copy)
     doc = yaml.safe_load((copy / "stack.yml").read_text())
     for svc in doc["services"].values():
         svc.setdefault("deploy", {})["endpoint_mode"] = "dnsrr"
@@ -56,12 +68,14 @@ def adapted_copy(tmp: Path) -> Path:
 
 
 def docker_env(s, environ: dict[str, str]) -> dict[str, str]:
-    """The docker CLI pointed at the first manager (what `eval $(inv env NODE)` sets)."""
+    """The docker CLI pointed at the first manager (what `eval $(inv env NODE)` sets), with the
+    stack's variables as `inv services` gives them (REGISTRY and PROXY_PORT among them)."""
     out = dict(environ)
     for line in env_lines(s, s.cluster.leader):
         key, _, value = line.removeprefix("export ").partition("=")
         out[key] = value.strip("'")
-    return {**out, **dict(s.stack.stack_variables)}
+    defaults = {"REGISTRY": registry.address(s), "PROXY_PORT": str(s.services.proxy_port)}
+    return {**out, **defaults, **dict(s.stack.stack_variables)}
 
 
 def remove_stack(env: dict[str, str], manager) -> float:
@@ -96,17 +110,18 @@ def main() -> None:
     figures: dict = {}
     try:
         benchlib.say(f"lab {lab}: provision the test cluster")
-        benchlib.inv(["provision"], environ)
+        benchlib.inv(["provision", "--env", "test"], environ)
         s = config.load("test", environ=environ, project_dir=ROOT)
         cluster = Cluster.of(s).discover()
         manager = cluster.client(cluster.gateway().manager_name())  # the SDK, to watch removal
         cli = docker_env(s, environ)
 
         benchlib.say(
-            "(a) inv services from nothing (builds and pushes the team's images, loads the "
-            "offline images into the nodes)"
+            f"(a) inv services from nothing, the {WHICH} stack (builds and pushes its images, "
+            "loads the offline images into the nodes)"
         )
-        figures["inv_services_first_s"] = round(benchlib.inv(["services"], environ), 1)
+        figures["stack"] = WHICH
+        figures["inv_services_first_s"] = round(benchlib.inv(SERVICES, environ), 1)
         figures["remove_s"] = round(remove_stack(cli, manager), 1)
 
         benchlib.say("(b) docker stack deploy --detach=false of the same file (adapted for dnsrr)")
@@ -129,17 +144,17 @@ def main() -> None:
         benchlib.say("(c) inv services from nothing again (images already on the nodes)")
         figures["load_1min_c"] = load()
         cpu = cpu_seconds()
-        tool = benchlib.inv(["services"], environ)
+        tool = benchlib.inv(SERVICES, environ)
         figures["inv_services_s"] = round(tool, 1)
         figures["inv_services_cpu_s"] = round(cpu_seconds() - cpu, 2)
         benchlib.say("(d) inv services again: nothing to change")
-        figures["inv_services_noop_s"] = round(benchlib.inv(["services"], environ), 1)
+        figures["inv_services_noop_s"] = round(benchlib.inv(SERVICES, environ), 1)
         benchlib.say("(e) inv plan, 3 times")
         figures["load_1min_e"] = load()
         plans, cpus = [], []
         for _ in range(3):
             cpu = cpu_seconds()
-            plans.append(benchlib.inv(["plan"], environ))
+            plans.append(benchlib.inv(["plan", "--env", "test"], environ))
             cpus.append(cpu_seconds() - cpu)
         figures["inv_plan_median_s"] = round(statistics.median(plans), 2)
         figures["inv_plan_cpu_median_s"] = round(statistics.median(cpus), 2)
